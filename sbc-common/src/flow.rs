@@ -1,0 +1,242 @@
+//! Media flows: the entries the daemon writes and the XDP program forwards by.
+//!
+//! One flow exists per local media port (RTP, and RTCP unless rtcp-mux is used). A packet that
+//! arrives at `FlowKey` is sent on from `Flow::new_src:new_src_port` to
+//! `Flow::new_dst:new_dst_port`, provided it came from the latched peer.
+
+/// An IP address of either family, as 16 bytes in network order.
+///
+/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so the same maps can carry IPv6
+/// later without changing their layout. Aligned to 4 so the XDP program may compare it by words.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct IpAddress {
+    pub octets: [u8; 16],
+}
+
+impl IpAddress {
+    pub const UNSPECIFIED: Self = Self { octets: [0; 16] };
+
+    /// The IPv4-mapped form of an IPv4 address given as its four octets.
+    #[inline(always)]
+    pub const fn from_ipv4(v4: [u8; 4]) -> Self {
+        Self {
+            octets: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+            ],
+        }
+    }
+
+    /// The four IPv4 octets, when this is an IPv4-mapped address.
+    #[inline(always)]
+    pub fn ipv4(&self) -> Option<[u8; 4]> {
+        let o = &self.octets;
+        if o[..10] == [0; 10] && o[10] == 0xff && o[11] == 0xff {
+            Some([o[12], o[13], o[14], o[15]])
+        } else {
+            None
+        }
+    }
+
+    pub fn is_unspecified(&self) -> bool {
+        self.octets == [0; 16] || self.ipv4() == Some([0; 4])
+    }
+
+    /// The address as a `core::net::IpAddr` (IPv4-mapped addresses become IPv4).
+    pub fn to_ip(&self) -> core::net::IpAddr {
+        match self.ipv4() {
+            Some(v4) => core::net::IpAddr::from(v4),
+            None => core::net::IpAddr::from(self.octets),
+        }
+    }
+}
+
+impl From<core::net::IpAddr> for IpAddress {
+    fn from(ip: core::net::IpAddr) -> Self {
+        match ip {
+            core::net::IpAddr::V4(v4) => Self::from_ipv4(v4.octets()),
+            core::net::IpAddr::V6(v6) => Self {
+                octets: v6.octets(),
+            },
+        }
+    }
+}
+
+/// Transport protocol number of a flow key (only UDP media today).
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the flows map: the local address and port a media packet arrives at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKey {
+    pub addr: IpAddress,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub const fn udp(addr: IpAddress, port_be: u16) -> Self {
+        Self {
+            addr,
+            port: port_be,
+            proto: PROTO_UDP,
+            _pad: 0,
+        }
+    }
+}
+
+/// `Flow::flags`: the peer's real source has been learnt; only it may send on this flow.
+pub const FLOW_LATCHED: u16 = 1;
+
+/// Which of a session's two legs a flow belongs to (the port the packet arrived at).
+pub const LEG_A: u8 = 0;
+pub const LEG_B: u8 = 1;
+
+/// What a flow carries: RTP (also RTCP when multiplexed) or RTCP on port + 1.
+pub const STREAM_RTP: u8 = 0;
+pub const STREAM_RTCP: u8 = 1;
+
+/// Value of the flows map: where to send what arrives, and from whom to accept it.
+///
+/// Written only by the daemon. Besides forwarding, it carries the session id, leg and stream so a
+/// restarted daemon can rebuild its sessions from the pinned map alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Flow {
+    /// Source address of forwarded packets: our local address on the other leg.
+    pub new_src: IpAddress,
+    /// Destination of forwarded packets: the other leg's peer (latched or announced).
+    pub new_dst: IpAddress,
+    /// This leg's peer: the only source accepted once `FLOW_LATCHED` is set.
+    pub peer: IpAddress,
+    /// Network byte order.
+    pub new_src_port: u16,
+    /// Network byte order.
+    pub new_dst_port: u16,
+    /// Network byte order.
+    pub peer_port: u16,
+    pub flags: u16,
+    pub session_id: u32,
+    pub leg: u8,
+    pub stream: u8,
+    pub _pad: [u8; 2],
+}
+
+/// How a packet's source relates to the flow it arrived on. Both the XDP program and the
+/// userspace relay decide with [`check_source`], so the two paths cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceCheck {
+    /// The flow has latched and this is its peer: forward.
+    Accept,
+    /// The flow has not latched yet: this source becomes the peer (userspace only).
+    Latch,
+    /// The flow has latched to another source: drop (RTP injection / "RTP bleed").
+    Foreign,
+}
+
+#[inline(always)]
+pub fn check_source(flow: &Flow, src: &IpAddress, src_port_be: u16) -> SourceCheck {
+    if flow.flags & FLOW_LATCHED == 0 {
+        SourceCheck::Latch
+    } else if flow.peer == *src && flow.peer_port == src_port_be {
+        SourceCheck::Accept
+    } else {
+        SourceCheck::Foreign
+    }
+}
+
+/// Per-CPU counters of one flow, written only by the XDP program (packets it forwarded or
+/// dropped); the daemon sums them over CPUs. Host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet seen, forwarded or not.
+    pub last_seen_ns: u64,
+    /// Packets dropped because they came from a source other than the latched peer.
+    pub foreign_dropped: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<IpAddress>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Flow>() == 64);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `repr(C)`, has no padding (explicit `_pad` fields) and holds only
+    // integers, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::IpAddress {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::FlowStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latched(peer: IpAddress, port: u16) -> Flow {
+        Flow {
+            new_src: IpAddress::UNSPECIFIED,
+            new_dst: IpAddress::UNSPECIFIED,
+            peer,
+            new_src_port: 0,
+            new_dst_port: 0,
+            peer_port: port.to_be(),
+            flags: FLOW_LATCHED,
+            session_id: 1,
+            leg: LEG_A,
+            stream: STREAM_RTP,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn ipv4_mapping_round_trips() {
+        let a = IpAddress::from_ipv4([198, 18, 1, 2]);
+        assert_eq!(a.ipv4(), Some([198, 18, 1, 2]));
+        let mut v6 = a;
+        v6.octets[0] = 0x20;
+        assert_eq!(v6.ipv4(), None);
+        assert!(IpAddress::from_ipv4([0; 4]).is_unspecified());
+        assert!(!a.is_unspecified());
+        let ip: core::net::IpAddr = "198.18.1.2".parse().unwrap();
+        assert_eq!(IpAddress::from(ip), a);
+        assert_eq!(a.to_ip(), ip);
+        let ip6: core::net::IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(IpAddress::from(ip6).to_ip(), ip6);
+    }
+
+    #[test]
+    fn source_check_latches_then_rejects_others() {
+        let peer = IpAddress::from_ipv4([198, 18, 1, 2]);
+        let mut flow = latched(peer, 4000);
+        assert_eq!(
+            check_source(&flow, &peer, 4000u16.to_be()),
+            SourceCheck::Accept
+        );
+        assert_eq!(
+            check_source(&flow, &peer, 4002u16.to_be()),
+            SourceCheck::Foreign
+        );
+        let other = IpAddress::from_ipv4([198, 18, 1, 3]);
+        assert_eq!(
+            check_source(&flow, &other, 4000u16.to_be()),
+            SourceCheck::Foreign
+        );
+        flow.flags = 0;
+        assert_eq!(
+            check_source(&flow, &other, 4000u16.to_be()),
+            SourceCheck::Latch
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! Types shared by the XDP program and the daemon: the map contract.
+//!
+//! Every type that crosses the kernel/userspace boundary lives here and nowhere else. Layouts are
+//! `#[repr(C)]` with explicit padding and compile-time size checks, so both sides agree on every
+//! byte; multi-byte protocol fields (addresses, ports) are kept in network byte order so the XDP
+//! program can compare and copy them without conversions.
+#![no_std]
+
+pub mod checksum;
+pub mod flow;
+pub mod maps;
+pub mod reason;
+
+pub use flow::{Flow, FlowKey, FlowStats, IpAddress, SourceCheck};
+pub use reason::Reason;

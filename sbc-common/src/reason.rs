@@ -1,0 +1,65 @@
+//! Why the XDP program gave each verdict: one per-CPU counter per reason (invariant: every
+//! decision is counted). The index of a reason in the counters map is its discriminant.
+
+macro_rules! reasons {
+    ($($variant:ident = $name:literal: $doc:literal,)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable snake_case name, used in metrics and `sbc maps`.
+            pub const fn name(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            pub const fn description(self) -> &'static str {
+                match self { $(Reason::$variant => $doc,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    ForwardTx = "forward_tx": "media forwarded back out of the interface it arrived on (XDP_TX)",
+    ForwardRedirect = "forward_redirect": "media forwarded out of another interface (DEVMAP redirect)",
+    DropForeignSource = "drop_foreign_source": "packet to a latched flow from a source other than its peer",
+    PassTruncatedEthernet = "pass_truncated_ethernet": "frame shorter than its Ethernet/VLAN headers",
+    PassStackedVlan = "pass_stacked_vlan": "more than one VLAN tag",
+    PassNotIp = "pass_not_ip": "neither IPv4 nor IPv6 (ARP, LLDP, ...)",
+    PassIpv6 = "pass_ipv6": "IPv6 (not relayed in the kernel yet)",
+    PassBadIpv4 = "pass_bad_ipv4": "IPv4 header with a bad version, header length or total length",
+    PassTruncatedIpv4 = "pass_truncated_ipv4": "frame shorter than its IPv4 header or total length",
+    PassIpv4Options = "pass_ipv4_options": "IPv4 header with options",
+    PassFragment = "pass_fragment": "IPv4 fragment",
+    PassNotUdp = "pass_not_udp": "IPv4 but not UDP",
+    PassTruncatedUdp = "pass_truncated_udp": "frame shorter than its UDP header or UDP length",
+    PassNoFlow = "pass_no_flow": "UDP to an address and port with no media flow",
+    PassNotLatched = "pass_not_latched": "media flow whose peer is not latched yet (userspace latches it)",
+    PassNoDestination = "pass_no_destination": "media flow whose other leg has no known peer yet",
+    PassVlanTagged = "pass_vlan_tagged": "media for a known flow in a VLAN-tagged frame (relayed in userspace)",
+    PassTtlExpired = "pass_ttl_expired": "IPv4 TTL would reach zero",
+    PassNoNeighbour = "pass_no_neighbour": "next hop has no resolved neighbour yet (the kernel resolves it)",
+    PassForwardingDisabled = "pass_forwarding_disabled": "IPv4 forwarding is off on the ingress interface (bpf_fib_lookup refuses)",
+    PassFragNeeded = "pass_frag_needed": "the forwarded packet would exceed the egress MTU",
+    PassFibFailed = "pass_fib_failed": "no usable route to the flow's destination",
+    PassRedirectFailed = "pass_redirect_failed": "egress interface not in the redirect map",
+    DropRedirectFailed = "drop_redirect_failed": "egress interface left the redirect map after the frame was rewritten",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discriminants_are_dense_indices() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.name());
+        }
+    }
+}

@@ -1,0 +1,110 @@
+// How to build the XDP object: the one recipe shared by `cargo xtask build-ebpf` and by
+// `sbc-userspace/build.rs` (both `#[path]`-include this file), so the two cannot drift.
+//
+// The eBPF crate needs `-Z build-std=core`; we get it from the same stable toolchain as the rest of
+// the workspace with RUSTC_BOOTSTRAP=1 (verified in TOOLCHAIN.md), so there is one toolchain to
+// install. `-C debuginfo=2 -C link-arg=--btf` makes bpf-linker emit BTF, which gives the maps their
+// typed keys and values for `bpftool map dump`.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+pub const BPF_TARGET: &str = "bpfel-unknown-none";
+const PACKAGE: &str = "sbc-ebpf";
+const BINARY: &str = "sbc-xdp";
+
+/// Directories whose contents go into the object (for rebuild tracking).
+pub const SOURCES: &[&str] = &["sbc-ebpf", "sbc-common", "Cargo.toml", "Cargo.lock"];
+
+/// The stable path of the built object: `<workspace>/target/ebpf/sbc-xdp.o`.
+pub fn object_path(workspace: &Path) -> PathBuf {
+    workspace.join("target").join("ebpf").join("sbc-xdp.o")
+}
+
+/// Builds the XDP object with `cargo` (the path of the cargo that runs us) and returns its path.
+pub fn build(workspace: &Path, cargo: &Path) -> Result<PathBuf, String> {
+    check_prerequisites()?;
+    let target_dir = workspace.join("target").join("ebpf");
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--package", PACKAGE, "--bin", BINARY, "--release"])
+        .args([
+            "--target",
+            BPF_TARGET,
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
+    // Settings meant for the host build must not leak into the BPF build.
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", cargo.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "building the XDP object failed ({status}): {cmd:?}"
+        ));
+    }
+    let built = target_dir.join(BPF_TARGET).join("release").join(BINARY);
+    let object = object_path(workspace);
+    std::fs::copy(&built, &object).map_err(|e| {
+        format!(
+            "cannot copy {} to {}: {e}",
+            built.display(),
+            object.display()
+        )
+    })?;
+    Ok(object)
+}
+
+/// bpf-linker and rust-src are the two things a stock Rust install lacks; say so plainly.
+fn check_prerequisites() -> Result<(), String> {
+    let mut missing = String::new();
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        missing.push_str("bpf-linker is not on PATH; ");
+    }
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    let rust_src = sysroot.join("lib/rustlib/src/rust/library/core");
+    if !rust_src.is_dir() {
+        let _ = write!(
+            missing,
+            "rust-src is not installed in {}; ",
+            sysroot.display()
+        );
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{missing}run `cargo xtask setup` to install the eBPF toolchain"
+        ))
+    }
+}

@@ -1,0 +1,91 @@
+//! Next hop and transmission: `bpf_fib_lookup` for the egress interface and MAC addresses, then
+//! `XDP_TX` when the egress is the ingress interface, else a DEVMAP redirect.
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action,
+    },
+    helpers::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
+};
+use sbc_common::{Flow, Reason};
+
+use crate::{Verdict, maps::SBC_EGRESS};
+
+const AF_INET: u8 = 2;
+const IPPROTO_UDP: u8 = 17;
+
+pub struct NextHop {
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+/// Resolves where a packet from `src` to `dst` leaves, as the kernel's routing would send it.
+#[inline(always)]
+pub fn next_hop(
+    ctx: &XdpContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    flow: &Flow,
+    tot_len: u16,
+) -> Result<NextHop, Reason> {
+    // SAFETY: bpf_fib_lookup is a plain C struct for which all-zero is a valid value.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = IPPROTO_UDP;
+    params.sport = flow.new_src_port;
+    params.dport = flow.new_dst_port;
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+
+    // SAFETY: `params` is a valid, writable bpf_fib_lookup of the size we pass.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.ctx.cast(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Reason::PassNoNeighbour),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Reason::PassForwardingDisabled),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::PassFragNeeded),
+        _ => return Err(Reason::PassFibFailed),
+    }
+    let next_hop = NextHop {
+        ifindex: params.ifindex,
+        src_mac: params.smac,
+        dst_mac: params.dmac,
+    };
+    // A redirect can only go to an interface the daemon put in the egress map; check it now,
+    // while the frame is still untouched.
+    if next_hop.ifindex != ctx.ingress_ifindex() as u32
+        && SBC_EGRESS.get_ifindex(next_hop.ifindex).is_none()
+    {
+        return Err(Reason::PassRedirectFailed);
+    }
+    Ok(next_hop)
+}
+
+#[inline(always)]
+pub fn send(ctx: &XdpContext, next_hop: &NextHop) -> Verdict {
+    if next_hop.ifindex == ctx.ingress_ifindex() as u32 {
+        return Verdict {
+            action: xdp_action::XDP_TX,
+            reason: Reason::ForwardTx,
+        };
+    }
+    match SBC_EGRESS.redirect(next_hop.ifindex, 0) {
+        Ok(action) => Verdict {
+            action,
+            reason: Reason::ForwardRedirect,
+        },
+        // Checked in `next_hop`; if the entry vanished since, the rewritten frame is lost.
+        Err(_) => Verdict::drop(Reason::DropRedirectFailed),
+    }
+}

@@ -1,0 +1,104 @@
+//! Header parsing with explicit bounds checks: Ethernet, at most one VLAN tag, IPv4 without
+//! options or fragmentation, UDP. Each refusal names its `Reason`.
+use aya_ebpf::programs::XdpContext;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{IpProto, Ipv4Hdr},
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+use sbc_common::Reason;
+
+/// A frame that carries a complete IPv4/UDP header pair.
+pub struct Ipv4Udp {
+    pub ip: *mut Ipv4Hdr,
+    pub udp: *mut UdpHdr,
+    /// The frame carried one 802.1Q/802.1ad tag in front of IPv4.
+    pub vlan_tagged: bool,
+}
+
+/// A pointer to a `T` at `offset` into the frame, if the frame holds all of it.
+#[inline(always)]
+pub fn header_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16
+}
+
+const IPV4_FLAG_MF: u8 = 0x20;
+const IPV4_FRAG_OFFSET_HIGH: u8 = 0x1f;
+
+#[inline(always)]
+pub fn ipv4_udp(ctx: &XdpContext) -> Result<Ipv4Udp, Reason> {
+    // 1. Ethernet, and at most one VLAN tag.
+    let eth: *mut EthHdr = header_at(ctx, 0).ok_or(Reason::PassTruncatedEthernet)?;
+    // SAFETY: `header_at` checked that the whole header lies inside the frame.
+    let mut ether_type = unsafe { (*eth).ether_type };
+    let mut offset = EthHdr::LEN;
+    let vlan_tagged = is_vlan(ether_type);
+    if vlan_tagged {
+        let vlan: *mut VlanHdr = header_at(ctx, offset).ok_or(Reason::PassTruncatedEthernet)?;
+        // SAFETY: bounds checked by `header_at`.
+        ether_type = unsafe { (*vlan).ether_type };
+        offset += VlanHdr::LEN;
+        if is_vlan(ether_type) {
+            return Err(Reason::PassStackedVlan);
+        }
+    }
+    if ether_type == EtherType::Ipv6 as u16 {
+        return Err(Reason::PassIpv6);
+    }
+    if ether_type != EtherType::Ipv4 as u16 {
+        return Err(Reason::PassNotIp);
+    }
+
+    // 2. IPv4: version 4, no options, not a fragment, total length inside the frame.
+    let ip: *mut Ipv4Hdr = header_at(ctx, offset).ok_or(Reason::PassTruncatedIpv4)?;
+    // SAFETY: bounds checked by `header_at`.
+    let (vihl, frags, tot_len, proto) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).frags,
+            u16::from_be_bytes((*ip).tot_len) as usize,
+            (*ip).proto,
+        )
+    };
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 || tot_len < Ipv4Hdr::LEN {
+        return Err(Reason::PassBadIpv4);
+    }
+    if vihl & 0x0f != 5 {
+        return Err(Reason::PassIpv4Options);
+    }
+    if frags[0] & (IPV4_FLAG_MF | IPV4_FRAG_OFFSET_HIGH) != 0 || frags[1] != 0 {
+        return Err(Reason::PassFragment);
+    }
+    if ctx.data() + offset + tot_len > ctx.data_end() {
+        return Err(Reason::PassTruncatedIpv4);
+    }
+    if proto != IpProto::Udp as u8 {
+        return Err(Reason::PassNotUdp);
+    }
+
+    // 3. UDP, with a length that fits the IPv4 payload.
+    let udp_offset = offset + Ipv4Hdr::LEN;
+    let udp: *mut UdpHdr = header_at(ctx, udp_offset).ok_or(Reason::PassTruncatedUdp)?;
+    // SAFETY: bounds checked by `header_at`.
+    let udp_len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
+    if udp_len < UdpHdr::LEN || udp_len > tot_len - Ipv4Hdr::LEN {
+        return Err(Reason::PassTruncatedUdp);
+    }
+
+    Ok(Ipv4Udp {
+        ip,
+        udp,
+        vlan_tagged,
+    })
+}

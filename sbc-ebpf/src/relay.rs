@@ -1,0 +1,150 @@
+//! The media relay: forward a datagram of a latched flow to the other leg's peer.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use sbc_common::{
+    Flow, FlowKey, FlowStats, IpAddress, Reason, SourceCheck, checksum::ChecksumUpdate,
+    flow::check_source,
+};
+
+use crate::{
+    Verdict,
+    forward::{self, NextHop},
+    maps::{SBC_FLOW_STATS, SBC_FLOWS},
+    parse::{Ipv4Udp, header_at},
+};
+
+#[inline(always)]
+pub fn media(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
+    match try_media(ctx, packet) {
+        Ok(verdict) => verdict,
+        Err(reason) => reason.into(),
+    }
+}
+
+#[inline(always)]
+fn try_media(ctx: &XdpContext, packet: &Ipv4Udp) -> Result<Verdict, Reason> {
+    let (ip, udp) = (packet.ip, packet.udp);
+    // SAFETY: `parse::ipv4_udp` bounds-checked both headers.
+    let (src_addr, dst_addr, src_port, dst_port, ttl, udp_len) = unsafe {
+        (
+            (*ip).src_addr,
+            (*ip).dst_addr,
+            u16::from_ne_bytes((*udp).src),
+            u16::from_ne_bytes((*udp).dst),
+            (*ip).ttl,
+            u16::from_be_bytes((*udp).len),
+        )
+    };
+
+    let key = FlowKey::udp(IpAddress::from_ipv4(dst_addr), dst_port);
+    // SAFETY: the daemon replaces flow values whole with bpf_map_update_elem; we copy it out at
+    // once and never hold the reference across a helper that could free it.
+    let flow: Flow = unsafe { *SBC_FLOWS.get(&key).ok_or(Reason::PassNoFlow)? };
+    let stats = flow_stats(&key);
+
+    match check_source(&flow, &IpAddress::from_ipv4(src_addr), src_port) {
+        SourceCheck::Latch => return Err(Reason::PassNotLatched),
+        SourceCheck::Foreign => {
+            if let Some(stats) = stats {
+                // SAFETY: per-CPU value, only this CPU writes it.
+                unsafe { (*stats).foreign_dropped += 1 };
+            }
+            return Ok(Verdict::drop(Reason::DropForeignSource));
+        }
+        SourceCheck::Accept => {}
+    }
+    if let Some(stats) = stats {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { (*stats).last_seen_ns = bpf_ktime_get_ns() };
+    }
+    if packet.vlan_tagged {
+        return Err(Reason::PassVlanTagged);
+    }
+    if ttl <= 1 {
+        return Err(Reason::PassTtlExpired);
+    }
+    if flow.new_dst_port == 0 {
+        return Err(Reason::PassNoDestination);
+    }
+    let (Some(new_src), Some(new_dst)) = (flow.new_src.ipv4(), flow.new_dst.ipv4()) else {
+        return Err(Reason::PassFibFailed);
+    };
+
+    // Find the next hop before touching the frame: a refusal must pass up the original bytes.
+    // SAFETY: bounds checked by the parser.
+    let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+    let next_hop = forward::next_hop(ctx, new_src, new_dst, &flow, tot_len)?;
+
+    rewrite(ctx, packet, &flow, new_src, new_dst, &next_hop)?;
+    if let Some(stats) = stats {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += u64::from(udp_len) - UdpHdr::LEN as u64;
+        }
+    }
+    Ok(forward::send(ctx, &next_hop))
+}
+
+/// The flow's per-CPU counters, created on first use if the daemon has not made them yet.
+#[inline(always)]
+fn flow_stats(key: &FlowKey) -> Option<*mut FlowStats> {
+    if let Some(stats) = SBC_FLOW_STATS.get_ptr_mut(key) {
+        return Some(stats);
+    }
+    let _ = SBC_FLOW_STATS.insert(key, FlowStats::default(), u64::from(BPF_NOEXIST));
+    SBC_FLOW_STATS.get_ptr_mut(key)
+}
+
+/// Rewrites Ethernet, IPv4 and UDP headers in place, updating both checksums incrementally.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    packet: &Ipv4Udp,
+    flow: &Flow,
+    new_src: [u8; 4],
+    new_dst: [u8; 4],
+    next_hop: &NextHop,
+) -> Result<(), Reason> {
+    // The parser rejected VLAN-tagged frames before this point, so Ethernet is at offset 0.
+    let eth: *mut EthHdr = header_at(ctx, 0).ok_or(Reason::PassTruncatedEthernet)?;
+    let (ip, udp): (*mut Ipv4Hdr, *mut UdpHdr) = (packet.ip, packet.udp);
+    // SAFETY: all three headers were bounds-checked by `header_at` / the parser.
+    unsafe {
+        (*eth).dst_addr = next_hop.dst_mac;
+        (*eth).src_addr = next_hop.src_mac;
+
+        let old_src = (*ip).src_addr;
+        let old_dst = (*ip).dst_addr;
+        let ttl_proto_old = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).ttl -= 1;
+        let ttl_proto_new = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).src_addr = new_src;
+        (*ip).dst_addr = new_dst;
+        (*ip).check = ChecksumUpdate::new(u16::from_be_bytes((*ip).check))
+            .replace_4(old_src, new_src)
+            .replace_4(old_dst, new_dst)
+            .replace_u16(ttl_proto_old, ttl_proto_new)
+            .finish()
+            .to_be_bytes();
+
+        let old_sport = u16::from_be_bytes((*udp).src);
+        let old_dport = u16::from_be_bytes((*udp).dst);
+        let new_sport = u16::from_be(flow.new_src_port);
+        let new_dport = u16::from_be(flow.new_dst_port);
+        (*udp).src = new_sport.to_be_bytes();
+        (*udp).dst = new_dport.to_be_bytes();
+        let check = u16::from_be_bytes((*udp).check);
+        // A zero UDP checksum means "none" (RFC 768): it stays zero.
+        if check != 0 {
+            (*udp).check = ChecksumUpdate::new(check)
+                .replace_4(old_src, new_src)
+                .replace_4(old_dst, new_dst)
+                .replace_u16(old_sport, new_sport)
+                .replace_u16(old_dport, new_dport)
+                .finish_udp()
+                .to_be_bytes();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Routes of the control API.
+//!
+//! | method and path          | what                                                   |
+//! |--------------------------|--------------------------------------------------------|
+//! | `GET /v1/health`         | liveness, dataplane mode, session count                |
+//! | `GET /v1/sessions`       | every media session with its counters                  |
+//! | `POST /v1/sessions`      | create one (`SessionSpec`); 503 + Retry-After when full |
+//! | `GET /v1/sessions/{id}`  | one session                                            |
+//! | `DELETE /v1/sessions/{id}` | end it; answers its final counters                   |
+//! | `GET /v1/stats`          | XDP verdict counters by reason, port pool use          |
+use std::{
+    io,
+    net::SocketAddr,
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    path::Path,
+    sync::Arc,
+};
+
+use anyhow::{Context as _, bail};
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path as UrlPath, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::{
+    config::DataplaneMode,
+    dataplane::ReasonCounters,
+    media::{EndReason, MediaError, MediaPlane, RETRY_AFTER_SECS, SessionSpec},
+};
+
+pub struct ApiState {
+    pub plane: Arc<MediaPlane>,
+    pub reasons: Option<ReasonCounters>,
+    pub dataplane: DataplaneMode,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/sessions", get(list_sessions).post(create_session))
+        .route("/v1/sessions/{id}", get(show_session).delete(end_session))
+        .route("/v1/stats", get(stats))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+impl IntoResponse for MediaError {
+    fn into_response(self) -> Response {
+        match &self {
+            MediaError::Invalid(_) => error(StatusCode::BAD_REQUEST, &self),
+            MediaError::NotFound(_) => error(StatusCode::NOT_FOUND, &self),
+            MediaError::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, &self),
+            MediaError::Exhausted(_) => {
+                let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &self);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                response
+            }
+        }
+    }
+}
+
+async fn health(State(api): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "dataplane": match api.dataplane { DataplaneMode::Xdp => "xdp", DataplaneMode::Userspace => "userspace" },
+        "sessions": api.plane.session_count(),
+    }))
+}
+
+async fn list_sessions(State(api): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!({ "sessions": api.plane.list() }))
+}
+
+async fn create_session(State(api): State<Arc<ApiState>>, body: Bytes) -> Response {
+    let spec: SessionSpec = match serde_json::from_slice(&body) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid session request: {e}"),
+            );
+        }
+    };
+    match api.plane.create(&spec) {
+        Ok(info) => (StatusCode::CREATED, Json(info)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn show_session(State(api): State<Arc<ApiState>>, UrlPath(id): UrlPath<u32>) -> Response {
+    match api.plane.get(id) {
+        Some(info) => Json(info).into_response(),
+        None => MediaError::NotFound(id).into_response(),
+    }
+}
+
+async fn end_session(State(api): State<Arc<ApiState>>, UrlPath(id): UrlPath<u32>) -> Response {
+    match api.plane.end(id, EndReason::Deleted) {
+        Ok(info) => Json(info).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn stats(State(api): State<Arc<ApiState>>) -> Response {
+    let reasons = match api.reasons.as_ref().map(ReasonCounters::read) {
+        None => Value::Null,
+        Some(Ok(counters)) => counters
+            .into_iter()
+            .map(|(reason, count)| (reason.name().to_owned(), Value::from(count)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    };
+    let ports: Vec<Value> = api
+        .plane
+        .ports_in_use()
+        .into_iter()
+        .map(|(address, in_use, capacity)| {
+            json!({ "address": address, "in_use": in_use, "capacity": capacity })
+        })
+        .collect();
+    Json(json!({ "xdp_reasons": reasons, "ports": ports, "sessions": api.plane.session_count() }))
+        .into_response()
+}
+
+/// Binds the API's Unix socket, refusing if another daemon already serves on it.
+pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another sbc daemon is serving on {}; stop it first (one daemon per instance)",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        Ok(_) => bail!("{} exists and is not a socket", path.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding API socket {}", path.display()))?;
+    // The API creates and ends sessions: keep it to root (and whoever root lets in by group).
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// Serves the API until `shutdown` resolves.
+pub async fn serve(
+    unix: UnixListener,
+    tcp: Option<SocketAddr>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_for_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let tcp_server = match tcp {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding API address {addr}"))?;
+            let server = axum::serve(listener, router.clone())
+                .with_graceful_shutdown(wait_for_stop(stop_rx.clone()));
+            Some(tokio::spawn(async move { server.await }))
+        }
+        None => None,
+    };
+    let unix_server =
+        axum::serve(unix, router).with_graceful_shutdown(wait_for_stop(stop_rx.clone()));
+    let unix_server = tokio::spawn(async move { unix_server.await });
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    unix_server.await??;
+    if let Some(server) = tcp_server {
+        server.await??;
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! The daemon's TOML configuration: parsing, defaults, and validation that names the key.
+//!
+//! Two stages: `parse` checks the file on its own (syntax, unknown keys, types, ranges), and
+//! `check_environment` checks it against the host (interfaces and addresses exist). `sbc run`
+//! and `sbc check-config` run both.
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this daemon's pinned state (`<bpffs>/sbc/<instance>/`) and API socket.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    pub media: MediaConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneMode {
+    /// Media relayed in the kernel (XDP), with the userspace relay for what comes up.
+    Xdp,
+    /// No XDP at all: every packet relayed by the daemon.
+    Userspace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// In the driver (fast path proper).
+    Native,
+    /// In the generic network stack, for drivers without XDP support.
+    Generic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    pub mode: DataplaneMode,
+    pub xdp_mode: XdpAttachMode,
+    /// Interfaces the XDP program is attached to (where media arrives and leaves).
+    pub interfaces: Vec<String>,
+    /// Where bpffs is (or gets) mounted.
+    pub bpffs: PathBuf,
+    /// `bpf_fib_lookup` only answers for interfaces with IPv4 forwarding on: turn it on for the
+    /// XDP interfaces at start. When false, the daemon refuses to start if it is off.
+    pub enable_forwarding: bool,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            mode: DataplaneMode::Xdp,
+            xdp_mode: XdpAttachMode::Native,
+            interfaces: Vec::new(),
+            bpffs: PathBuf::from("/sys/fs/bpf"),
+            enable_forwarding: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Local address for legs on the public side (carriers, trunks).
+    pub public_address: IpAddr,
+    /// Local address for legs on the private side (backends); defaults to the public one.
+    #[serde(default)]
+    pub private_address: Option<IpAddr>,
+    /// First port of the relay range (inclusive).
+    pub port_min: u16,
+    /// Last port of the relay range (inclusive).
+    pub port_max: u16,
+    /// A session with no media in either direction for this long is ended.
+    #[serde(default = "default_media_timeout")]
+    pub timeout_secs: u64,
+    /// Refuse new sessions beyond this many (0 = only the port range limits).
+    #[serde(default)]
+    pub max_sessions: usize,
+}
+
+impl MediaConfig {
+    pub fn private_address(&self) -> IpAddr {
+        self.private_address.unwrap_or(self.public_address)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Unix socket of the control API; default `/run/sbc/<instance>/api.sock`.
+    pub socket: Option<PathBuf>,
+    /// Optional TCP listener for the same API (keep it on loopback).
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// File that receives one JSON line per event (appended).
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `sbc=debug`; RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+fn default_instance() -> String {
+    "default".into()
+}
+
+fn default_media_timeout() -> u64 {
+    60
+}
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parses and validates a configuration, without looking at the host.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new("(file)", e.to_string().trim_end().to_owned()))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = match e.path().to_string().as_str() {
+                "." => "(top level)".to_owned(),
+                path => path.to_owned(),
+            };
+            // toml's message carries a source excerpt; the first line of the inner error is
+            // the problem itself.
+            let problem = e.inner().message().trim().to_owned();
+            ConfigError::new(&key, problem)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let valid_instance = !self.instance.is_empty()
+            && self.instance.len() <= 32
+            && self
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_instance {
+            return Err(ConfigError::new(
+                "instance",
+                format!(
+                    "{:?} must be 1 to 32 characters of letters, digits, '-' or '_'",
+                    self.instance
+                ),
+            ));
+        }
+        let media = &self.media;
+        if media.port_min == 0 {
+            return Err(ConfigError::new("media.port_min", "must be at least 1"));
+        }
+        if media.port_min >= media.port_max {
+            return Err(ConfigError::new(
+                "media.port_min",
+                format!(
+                    "must be below media.port_max ({} >= {})",
+                    media.port_min, media.port_max
+                ),
+            ));
+        }
+        if media.port_max - media.port_min < 3 {
+            return Err(ConfigError::new(
+                "media.port_max",
+                "the range must hold at least two port pairs",
+            ));
+        }
+        if media.timeout_secs == 0 {
+            return Err(ConfigError::new("media.timeout_secs", "must be at least 1"));
+        }
+        for (key, addr) in [
+            ("media.public_address", media.public_address),
+            ("media.private_address", media.private_address()),
+        ] {
+            if addr.is_unspecified() || addr.is_multicast() {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{addr} is not a unicast address of this host"),
+                ));
+            }
+            if addr.is_ipv6() && self.dataplane.mode == DataplaneMode::Xdp {
+                return Err(ConfigError::new(
+                    key,
+                    "IPv6 media is relayed only with dataplane.mode = \"userspace\" for now",
+                ));
+            }
+        }
+        if self.dataplane.mode == DataplaneMode::Xdp && self.dataplane.interfaces.is_empty() {
+            return Err(ConfigError::new(
+                "dataplane.interfaces",
+                "lists no interface; name where media arrives, or set dataplane.mode = \"userspace\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the configuration against this host: interfaces exist and addresses are local.
+    pub fn check_environment(&self) -> Result<(), ConfigError> {
+        if self.dataplane.mode == DataplaneMode::Xdp {
+            for name in &self.dataplane.interfaces {
+                if interface_index(name).is_none() {
+                    return Err(ConfigError::new(
+                        "dataplane.interfaces",
+                        format!("interface {name:?} does not exist"),
+                    ));
+                }
+            }
+        }
+        for (key, addr) in [
+            ("media.public_address", self.media.public_address),
+            ("media.private_address", self.media.private_address()),
+        ] {
+            if let Err(e) = UdpSocket::bind(SocketAddr::new(addr, 0)) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("cannot bind to {addr} ({e}); is it assigned to an interface?"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn api_socket(&self) -> PathBuf {
+        self.api
+            .socket
+            .clone()
+            .unwrap_or_else(|| default_api_socket(&self.instance))
+    }
+}
+
+pub fn default_api_socket(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/run/sbc/{instance}/api.sock"))
+}
+
+/// The ifindex of a network interface in this network namespace.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        instance = "lab"
+        [dataplane]
+        interfaces = ["pub0", "priv0"]
+        [media]
+        public_address = "198.18.1.1"
+        private_address = "198.18.2.1"
+        port_min = 20000
+        port_max = 20999
+    "#;
+
+    fn key_of(text: &str) -> String {
+        Config::parse(text).unwrap_err().key
+    }
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.dataplane.mode, DataplaneMode::Xdp);
+        assert_eq!(c.dataplane.xdp_mode, XdpAttachMode::Native);
+        assert_eq!(c.media.timeout_secs, 60);
+        assert_eq!(c.api_socket(), PathBuf::from("/run/sbc/lab/api.sock"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let err = Config::parse(&GOOD.replace("port_max = 20999", "port_max = 20999\nbogus = 1"))
+            .unwrap_err();
+        assert_eq!(err.key, "media.bogus", "{err}");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        assert_eq!(key_of(&format!("colour = 1\n{GOOD}")), "colour");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(
+            key_of(&GOOD.replace("port_min = 20000", "port_min = 30000")),
+            "media.port_min"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("port_min = 20000", "port_min = 70000")),
+            "media.port_min"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("198.18.1.1", "not-an-ip")),
+            "media.public_address"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace(r#"["pub0", "priv0"]"#, "[]")),
+            "dataplane.interfaces"
+        );
+        assert_eq!(key_of(&GOOD.replace("\"lab\"", "\"a/b\"")), "instance");
+        assert_eq!(
+            key_of(&GOOD.replace("[dataplane]", "[dataplane]\nmode = \"dpdk\"")),
+            "dataplane.mode"
+        );
+    }
+
+    #[test]
+    fn missing_interface_is_named() {
+        let c = Config::parse(&GOOD.replace("pub0", "sbc-no-such-if0")).unwrap();
+        let err = c.check_environment().unwrap_err();
+        assert_eq!(err.key, "dataplane.interfaces");
+        assert!(err.problem.contains("sbc-no-such-if0"), "{err}");
+    }
+}

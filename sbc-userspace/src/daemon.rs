@@ -1,0 +1,138 @@
+//! `sbc run`: start the dataplane, adopt pinned state, serve the API until told to stop.
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::{
+    api::server::{self, ApiState},
+    config::{Config, DataplaneMode},
+    dataplane::{FlowMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins, xdp},
+    events::EventSink,
+    media::{EndReason, MediaPlane, MediaSettings},
+};
+
+pub struct RunOptions {
+    /// Start from nothing: drop whatever a previous daemon pinned.
+    pub clean: bool,
+}
+
+pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    config.validate()?;
+    config.check_environment()?;
+    raise_open_files_limit();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(serve(config, options))
+}
+
+fn media_settings(config: &Config) -> MediaSettings {
+    MediaSettings {
+        public_address: config.media.public_address,
+        private_address: config.media.private_address(),
+        port_min: config.media.port_min,
+        port_max: config.media.port_max,
+        timeout: std::time::Duration::from_secs(config.media.timeout_secs),
+        max_sessions: config.media.max_sessions,
+    }
+}
+
+async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    // First, so a second daemon for the same instance stops before touching anything.
+    let socket = config.api_socket();
+    let api_listener = server::bind_unix(&socket)?;
+    let layout = PinLayout::new(&config.dataplane.bpffs, &config.instance);
+    let mode = config.dataplane.mode;
+    let (kernel, reasons) = match mode {
+        DataplaneMode::Xdp => {
+            pins::ensure_bpffs(&config.dataplane.bpffs)?;
+            if options.clean {
+                layout.remove()?;
+                info!(dir = %layout.instance_dir.display(), "--clean: removed pinned state");
+            }
+            xdp::start(&config, &layout)?;
+            let maps = FlowMaps::open(&layout)?;
+            let stats = FlowStatsReader::open(&layout)?;
+            (Some((maps, stats)), Some(ReasonCounters::open(&layout)?))
+        }
+        DataplaneMode::Userspace => {
+            if layout.exists() {
+                warn!(
+                    dir = %layout.instance_dir.display(),
+                    "removing this instance's pinned XDP state: the userspace dataplane does not use it"
+                );
+                layout.remove()?;
+            }
+            (None, None)
+        }
+    };
+    let events = EventSink::open(config.events.file.as_deref())?;
+    let plane = MediaPlane::new(media_settings(&config), kernel, events);
+    let reaper = tokio::spawn(end_idle_sessions(Arc::clone(&plane)));
+    let router = server::router(Arc::new(ApiState {
+        plane: Arc::clone(&plane),
+        reasons,
+        dataplane: mode,
+    }));
+    info!(
+        instance = %config.instance,
+        dataplane = ?mode,
+        api = %socket.display(),
+        sessions = plane.session_count(),
+        "sbc running"
+    );
+    server::serve(api_listener, config.api.listen, router, shutdown_signal()).await?;
+    reaper.abort();
+    match mode {
+        DataplaneMode::Userspace => plane.end_all(EndReason::Shutdown),
+        DataplaneMode::Xdp => info!(
+            sessions = plane.session_count(),
+            "stopping; the kernel keeps relaying latched media and the next daemon adopts it"
+        ),
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn end_idle_sessions(plane: Arc<MediaPlane>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let plane = Arc::clone(&plane);
+        // Reading kernel counters is a syscall per flow: keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || plane.end_idle_sessions()).await;
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+}
+
+/// One socket per relay port: allow as many descriptors as the hard limit permits.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

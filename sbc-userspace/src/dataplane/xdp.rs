@@ -1,0 +1,129 @@
+//! Loading and attaching the XDP program so that its state outlives the daemon.
+//!
+//! Maps are created pinned (or re-opened from their pins); each interface's XDP link is pinned
+//! too. A daemon that finds a pinned link swaps its program atomically (`bpf_link_update`), so
+//! media keeps flowing across restarts and upgrades.
+use anyhow::{Context as _, bail};
+use aya::{
+    EbpfLoader,
+    maps::DevMapHash,
+    programs::{
+        Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpMode},
+    },
+};
+use sbc_common::maps::{self as map_names, XDP_PROGRAM};
+use tracing::{info, warn};
+
+use super::{PinLayout, maps::check_pinned};
+use crate::config::{Config, XdpAttachMode, interface_index};
+
+/// The XDP object built by `sbc-ebpf/build_recipe.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SBC_XDP_OBJECT"));
+
+/// Loads the program, attaches it to every configured interface (or takes over the links a
+/// previous daemon pinned), and fills the egress map.
+pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
+    layout.create()?;
+    for name in map_names::ALL {
+        let path = layout.map(name);
+        if path.exists() {
+            check_pinned(&path, name)?;
+        }
+    }
+    let mut loader = EbpfLoader::new();
+    for name in map_names::ALL {
+        loader.map_pin_path(name, layout.map(name));
+    }
+    let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+    let program: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .context("the XDP object has no sbc_xdp program")?
+        .try_into()?;
+    program
+        .load()
+        .context("the kernel verifier rejected the XDP program")?;
+
+    let mode = match config.dataplane.xdp_mode {
+        XdpAttachMode::Native => XdpMode::Driver,
+        XdpAttachMode::Generic => XdpMode::Skb,
+    };
+    for interface in &config.dataplane.interfaces {
+        ensure_forwarding(interface, config.dataplane.enable_forwarding)?;
+        attach(program, interface, mode, layout)?;
+    }
+
+    let mut egress = DevMapHash::try_from(
+        ebpf.map_mut(map_names::EGRESS)
+            .context("the XDP object has no egress map")?,
+    )?;
+    for interface in &config.dataplane.interfaces {
+        let index = interface_index(interface)
+            .with_context(|| format!("interface {interface} disappeared"))?;
+        egress
+            .insert(index, index, None, 0)
+            .with_context(|| format!("adding {interface} to the egress map"))?;
+    }
+    // Dropping `ebpf` closes our descriptors; the pins keep maps and links alive.
+    Ok(())
+}
+
+fn attach(
+    program: &mut Xdp,
+    interface: &str,
+    mode: XdpMode,
+    layout: &PinLayout,
+) -> anyhow::Result<()> {
+    let pin = layout.link(interface);
+    if pin.exists() {
+        let link = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?;
+        let link = XdpLink::try_from(FdLink::from(link))?;
+        let id = program
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the XDP program on {interface}"))?;
+        // Keep it attached beyond this process: the pin holds it.
+        let _ = FdLink::try_from(program.take_link(id)?)?;
+        info!(
+            interface,
+            "took over pinned XDP link (program replaced atomically)"
+        );
+        return Ok(());
+    }
+    let id = program.attach(interface, mode).map_err(|e| {
+        anyhow::anyhow!(
+            "attaching XDP ({mode:?}) to {interface}: {e}; another XDP program may be attached \
+             (see `ip link show {interface}`), or the driver lacks native XDP \
+             (try dataplane.xdp_mode = \"generic\")"
+        )
+    })?;
+    let link = FdLink::try_from(program.take_link(id)?).with_context(|| {
+        format!("the kernel attached XDP on {interface} without a bpf_link; it cannot be pinned")
+    })?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+    info!(interface, ?mode, "attached XDP program");
+    Ok(())
+}
+
+/// `bpf_fib_lookup` refuses to route for an ingress interface without IPv4 forwarding.
+fn ensure_forwarding(interface: &str, enable: bool) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+    let current = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    if current.trim() == "1" {
+        return Ok(());
+    }
+    if !enable {
+        bail!(
+            "IPv4 forwarding is off on {interface}, so XDP cannot look up next hops; \
+             set {path} to 1 or dataplane.enable_forwarding = true"
+        );
+    }
+    std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
+    warn!(
+        interface,
+        "enabled IPv4 forwarding (needed by bpf_fib_lookup); filter routed traffic with your firewall"
+    );
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! sbc: the daemon (`sbc run`) and its operator commands, as a library so that integration
+//! tests and the lab drive the same code.
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod events;
+pub mod maps_report;
+pub mod media;

@@ -1,0 +1,281 @@
+//! The `sbc` command: the daemon and the operator's tools.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use sbc::{
+    api::{ApiClient, client::ApiResponse},
+    config::{Config, DataplaneMode, default_api_socket},
+    daemon::{self, RunOptions},
+    dataplane::PinLayout,
+    maps_report,
+};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "sbc",
+    version,
+    about = "SIP edge with an in-kernel (XDP) RTP/RTCP relay",
+    long_about = "SIP edge with an in-kernel (XDP) RTP/RTCP relay.\n\n\
+        `sbc run` is the daemon; the other commands talk to it over its API socket, or (`maps`, \
+        `down`) read and change its pinned kernel state directly."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (as root: it loads XDP and binds media ports).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Drop the pinned state of a previous daemon instead of adopting its sessions.
+        #[arg(long)]
+        clean: bool,
+        /// Override `dataplane.mode` from the config.
+        #[arg(long, value_enum)]
+        dataplane: Option<DataplaneMode>,
+    },
+    /// Check a config file: syntax, keys and values, and this host's interfaces and addresses.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List, show, create or end media sessions of a running daemon.
+    Sessions {
+        #[command(flatten)]
+        target: ApiTarget,
+        #[command(subcommand)]
+        action: Option<SessionsAction>,
+    },
+    /// Print the pinned flows and XDP verdict counters (works while the daemon is down).
+    Maps {
+        #[command(flatten)]
+        target: PinTarget,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach XDP and remove an instance's pinned state (ends media the kernel still relays).
+    Down {
+        #[command(flatten)]
+        target: PinTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// One line per session (the default).
+    List,
+    /// One session in full, as JSON.
+    Show { id: u32 },
+    /// Create a session between a public-side and a private-side peer.
+    Create {
+        /// Where the public-side peer receives RTP (learnt from its first packet if omitted).
+        #[arg(long)]
+        a_peer: Option<SocketAddr>,
+        /// Where the private-side peer receives RTP (learnt from its first packet if omitted).
+        #[arg(long)]
+        b_peer: Option<SocketAddr>,
+        /// RTP and RTCP on one port (RFC 5761).
+        #[arg(long)]
+        rtcp_mux: bool,
+    },
+    /// End a session.
+    Delete { id: u32 },
+}
+
+#[derive(Args)]
+struct ApiTarget {
+    /// Config of the daemon (for its API socket).
+    #[arg(long, short, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// The daemon's API socket [default: /run/sbc/default/api.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl ApiTarget {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        let socket = match (&self.config, &self.socket) {
+            (Some(config), _) => Config::load(config)?.api_socket(),
+            (None, Some(socket)) => socket.clone(),
+            (None, None) => default_api_socket("default"),
+        };
+        Ok(ApiClient::new(socket))
+    }
+}
+
+#[derive(Args)]
+struct PinTarget {
+    /// Config of the daemon (for its instance and bpffs).
+    #[arg(long, short, conflicts_with = "instance")]
+    config: Option<PathBuf>,
+    /// Instance name [default: default].
+    #[arg(long)]
+    instance: Option<String>,
+    /// Where bpffs is mounted.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
+}
+
+impl PinTarget {
+    fn resolve(&self) -> anyhow::Result<(PinLayout, PathBuf)> {
+        Ok(match &self.config {
+            Some(path) => {
+                let config = Config::load(path)?;
+                (
+                    PinLayout::new(&config.dataplane.bpffs, &config.instance),
+                    config.api_socket(),
+                )
+            }
+            None => {
+                let instance = self.instance.as_deref().unwrap_or("default");
+                (
+                    PinLayout::new(&self.bpffs, instance),
+                    default_api_socket(instance),
+                )
+            }
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sbc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            config,
+            clean,
+            dataplane,
+        } => {
+            let mut config = Config::load(&config)?;
+            if let Some(mode) = dataplane {
+                config.dataplane.mode = mode;
+            }
+            init_logging(&config.log.level);
+            daemon::run(config, RunOptions { clean })
+        }
+        Command::CheckConfig { config: path } => {
+            let config = Config::load(&path)?;
+            config
+                .check_environment()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        Command::Sessions { target, action } => sessions(&target.client()?, action),
+        Command::Maps { target, json } => {
+            let (layout, _) = target.resolve()?;
+            let report = maps_report::read(&layout)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", maps_report::render(&report)?);
+            }
+            Ok(())
+        }
+        Command::Down { target } => {
+            let (layout, socket) = target.resolve()?;
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                bail!(
+                    "the daemon is running (API at {}); stop it before removing its state",
+                    socket.display()
+                );
+            }
+            layout.remove()?;
+            println!("removed {}", layout.instance_dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+/// Fails with the daemon's own error message unless the status is the expected one.
+fn expect_status(response: ApiResponse, expected: u16) -> anyhow::Result<Value> {
+    if response.status == expected {
+        return Ok(response.body);
+    }
+    let message = response.body["error"].as_str().unwrap_or("no details");
+    match response.retry_after {
+        Some(secs) => bail!("{message} (HTTP {}, retry after {secs} s)", response.status),
+        None => bail!("{message} (HTTP {})", response.status),
+    }
+}
+
+fn sessions(client: &ApiClient, action: Option<SessionsAction>) -> anyhow::Result<()> {
+    match action.unwrap_or(SessionsAction::List) {
+        SessionsAction::List => {
+            let body = expect_status(client.get("/v1/sessions")?, 200)?;
+            let sessions = body["sessions"].as_array().context("malformed answer")?;
+            println!(
+                "{:>7} {:<21} {:<21} {:>7} {:>12} {:>12} {:>9}",
+                "SESSION", "A LOCAL", "B LOCAL", "LATCHED", "A->B PKTS", "B->A PKTS", "IDLE_MS"
+            );
+            for s in sessions {
+                let leg = |i: usize| &s["legs"][i];
+                let packets = |i: usize| {
+                    let rtp = &leg(i)["rtp"];
+                    rtp["kernel_packets"].as_u64().unwrap_or(0)
+                        + rtp["userspace_packets"].as_u64().unwrap_or(0)
+                };
+                let latched = match (leg(0)["latched"].as_bool(), leg(1)["latched"].as_bool()) {
+                    (Some(true), Some(true)) => "both",
+                    (Some(true), _) => "a",
+                    (_, Some(true)) => "b",
+                    _ => "none",
+                };
+                println!(
+                    "{:>7} {:<21} {:<21} {:>7} {:>12} {:>12} {:>9}",
+                    s["id"],
+                    leg(0)["local_rtp"].as_str().unwrap_or("-"),
+                    leg(1)["local_rtp"].as_str().unwrap_or("-"),
+                    latched,
+                    packets(0),
+                    packets(1),
+                    s["idle_ms"],
+                );
+            }
+        }
+        SessionsAction::Show { id } => {
+            let body = expect_status(client.get(&format!("/v1/sessions/{id}"))?, 200)?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+        SessionsAction::Create {
+            a_peer,
+            b_peer,
+            rtcp_mux,
+        } => {
+            let spec = json!({
+                "rtcp_mux": rtcp_mux,
+                "a": { "side": "public", "peer": a_peer },
+                "b": { "side": "private", "peer": b_peer },
+            });
+            let body = expect_status(client.post("/v1/sessions", &spec)?, 201)?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+        SessionsAction::Delete { id } => {
+            let body = expect_status(client.delete(&format!("/v1/sessions/{id}"))?, 200)?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+    }
+    Ok(())
+}

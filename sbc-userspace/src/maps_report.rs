@@ -1,0 +1,115 @@
+//! `sbc maps`: the pinned flows, their counters and the XDP verdict counters, read straight from
+//! bpffs, so it works while the daemon is down (or gone).
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, bail};
+use sbc_common::flow::{FLOW_LATCHED, STREAM_RTP};
+use serde_json::{Value, json};
+
+use crate::{
+    clock::monotonic_ns,
+    dataplane::{FlowMaps, PinLayout, ReasonCounters, maps::FlowStatsReader},
+    media::session::{LEG_NAMES, socket_addr},
+};
+
+pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
+    if !layout.dir.exists() {
+        bail!(
+            "no pinned state at {} (no daemon has run with XDP for this instance)",
+            layout.dir.display()
+        );
+    }
+    let flows = FlowMaps::open(layout)?.flows()?;
+    let stats = FlowStatsReader::open(layout)?;
+    let now = monotonic_ns();
+    let mut rows: Vec<Value> = flows
+        .iter()
+        .map(|(key, flow)| {
+            let counters = stats.get(key).unwrap_or_default();
+            json!({
+                "session": flow.session_id,
+                "leg": LEG_NAMES.get(usize::from(flow.leg)).copied().unwrap_or("?"),
+                "stream": if flow.stream == STREAM_RTP { "rtp" } else { "rtcp" },
+                "local": socket_addr(&key.addr, key.port).to_string(),
+                "latched": flow.flags & FLOW_LATCHED != 0,
+                "peer": (flow.flags & FLOW_LATCHED != 0)
+                    .then(|| socket_addr(&flow.peer, flow.peer_port).to_string()),
+                "send_from": socket_addr(&flow.new_src, flow.new_src_port).to_string(),
+                "send_to": (flow.new_dst_port != 0)
+                    .then(|| socket_addr(&flow.new_dst, flow.new_dst_port).to_string()),
+                "packets": counters.packets,
+                "bytes": counters.bytes,
+                "foreign_dropped": counters.foreign_dropped,
+                "idle_ms": (counters.last_seen_ns != 0)
+                    .then(|| now.saturating_sub(counters.last_seen_ns) / 1_000_000),
+            })
+        })
+        .collect();
+    rows.sort_by_key(|row| {
+        (
+            row["session"].as_u64(),
+            row["leg"].as_str().map(str::to_owned),
+            row["stream"].as_str().map(str::to_owned),
+        )
+    });
+    let reasons: serde_json::Map<String, Value> = ReasonCounters::open(layout)?
+        .read()?
+        .into_iter()
+        .map(|(reason, count)| (reason.name().to_owned(), count.into()))
+        .collect();
+    Ok(
+        json!({ "pin_dir": layout.dir.display().to_string(), "flows": rows, "xdp_reasons": reasons }),
+    )
+}
+
+pub fn render(report: &Value) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let flows = report["flows"].as_array().context("report without flows")?;
+    writeln!(
+        out,
+        "pinned state: {}",
+        report["pin_dir"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        out,
+        "{:>7} {:>3} {:>4}  {:<21} {:<21} {:<21} {:<21} {:>10} {:>12} {:>8} {:>8}",
+        "SESSION",
+        "LEG",
+        "STRM",
+        "LOCAL",
+        "PEER (LATCHED)",
+        "SEND FROM",
+        "SEND TO",
+        "PACKETS",
+        "BYTES",
+        "FOREIGN",
+        "IDLE_MS"
+    )?;
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    for row in flows {
+        writeln!(
+            out,
+            "{:>7} {:>3} {:>4}  {:<21} {:<21} {:<21} {:<21} {:>10} {:>12} {:>8} {:>8}",
+            row["session"],
+            text(&row["leg"]),
+            text(&row["stream"]),
+            text(&row["local"]),
+            text(&row["peer"]),
+            text(&row["send_from"]),
+            text(&row["send_to"]),
+            row["packets"],
+            row["bytes"],
+            row["foreign_dropped"],
+            row["idle_ms"]
+                .as_u64()
+                .map_or("-".into(), |ms| ms.to_string()),
+        )?;
+    }
+    writeln!(out, "{} flows\n\nXDP verdicts (non-zero):", flows.len())?;
+    if let Some(reasons) = report["xdp_reasons"].as_object() {
+        for (name, count) in reasons.iter().filter(|(_, c)| c.as_u64() != Some(0)) {
+            writeln!(out, "  {name:<26} {count}")?;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,198 @@
+//! Re-adopting the sessions a previous daemon left in the pinned flow map.
+//!
+//! The kernel keeps relaying latched media while no daemon runs. Each flow carries its session
+//! id, leg and stream, so a new daemon rebuilds every session from the map alone: it reserves
+//! and binds the same ports (the slow path must receive again) and restarts their relays.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use sbc_common::{
+    Flow, FlowKey,
+    flow::{LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{
+    plane::{EndReason, FlowEntry, MediaPlane, Session, State, UserCounters, bind_udp},
+    relay,
+    session::{Leg, Side, socket_addr},
+};
+use crate::clock::monotonic_ns;
+
+impl MediaPlane {
+    pub(super) fn adopt_kernel_sessions(self: &Arc<Self>) {
+        let mut state = self.lock();
+        let flows = match state.kernel.as_ref().map(|kernel| kernel.flows()) {
+            None => return,
+            Some(Ok(flows)) => flows,
+            Some(Err(e)) => {
+                warn!("cannot read pinned flows, starting without them: {e:#}");
+                return;
+            }
+        };
+        let mut by_session: BTreeMap<u32, Vec<(FlowKey, Flow)>> = BTreeMap::new();
+        for (key, flow) in flows {
+            by_session
+                .entry(flow.session_id)
+                .or_default()
+                .push((key, flow));
+        }
+        let mut adopted = 0;
+        for (id, flows) in &by_session {
+            match self.adopt_session(&mut state, *id, flows) {
+                Ok(()) => adopted += 1,
+                Err(problem) => {
+                    warn!(
+                        session = id,
+                        "cannot adopt pinned session ({problem}); removing it"
+                    );
+                    if let Some(kernel) = state.kernel.as_mut() {
+                        for (key, _) in flows {
+                            kernel.remove(key);
+                        }
+                    }
+                    self.events.emit(
+                        "media_session_ended",
+                        json!({ "reason": EndReason::AdoptFailed.as_str(), "session_id": id,
+                                "problem": problem }),
+                    );
+                }
+            }
+        }
+        state.next_id = by_session
+            .keys()
+            .max()
+            .map_or(1, |max| max.checked_add(1).unwrap_or(1));
+        if adopted > 0 {
+            info!(
+                sessions = adopted,
+                "adopted media sessions from pinned state"
+            );
+        }
+    }
+
+    fn side_of(&self, local: SocketAddr) -> Side {
+        if local.ip() == self.settings.public_address {
+            Side::Public
+        } else {
+            Side::Private
+        }
+    }
+
+    fn adopt_session(
+        self: &Arc<Self>,
+        state: &mut State,
+        id: u32,
+        flows: &[(FlowKey, Flow)],
+    ) -> Result<(), String> {
+        let local_of = |leg: u8, stream: u8| {
+            flows
+                .iter()
+                .find(|(_, f)| f.leg == leg && f.stream == stream)
+                .map(|(key, _)| socket_addr(&key.addr, key.port))
+        };
+        let rtcp_mux = local_of(LEG_A, STREAM_RTCP).is_none();
+        let mut legs = Vec::with_capacity(2);
+        for leg in [LEG_A, LEG_B] {
+            let rtp = local_of(leg, STREAM_RTP).ok_or("a leg has no RTP flow")?;
+            let rtcp = local_of(leg, STREAM_RTCP);
+            if rtcp.is_none() != rtcp_mux {
+                return Err("its legs disagree on rtcp-mux".into());
+            }
+            legs.push(Leg {
+                side: self.side_of(rtp),
+                rtp,
+                rtcp,
+            });
+        }
+        if flows.len() != if rtcp_mux { 2 } else { 4 } {
+            return Err(format!("it has {} flows", flows.len()));
+        }
+
+        let sockets = bind_ports(state, legs.iter().flat_map(|leg| leg.ports()))?;
+        let mut entries = Vec::with_capacity(flows.len());
+        for (key, flow) in flows {
+            let out = socket_addr(&flow.new_src, flow.new_src_port);
+            let Some(out) = sockets.get(&out) else {
+                for local in sockets.keys() {
+                    release(state, *local);
+                }
+                return Err(format!(
+                    "a flow sends from {out}, which is not one of its ports"
+                ));
+            };
+            entries.push((*key, *flow, Arc::clone(out)));
+        }
+
+        let mut relays = Vec::with_capacity(entries.len());
+        for (key, flow, out) in entries {
+            let own = Arc::clone(&sockets[&socket_addr(&key.addr, key.port)]);
+            relays.push(relay::spawn(Arc::clone(self), key, own));
+            state.flows.insert(
+                key,
+                FlowEntry {
+                    flow,
+                    out,
+                    counters: UserCounters::default(),
+                },
+            );
+        }
+        let legs: [Leg; 2] = legs.try_into().expect("two legs");
+        state.sessions.insert(
+            id,
+            Session {
+                rtcp_mux,
+                legs,
+                created_ns: monotonic_ns(),
+                relays,
+            },
+        );
+        Ok(())
+    }
+}
+
+fn release(state: &mut State, local: SocketAddr) {
+    if let Some(pool) = state.pools.get_mut(&local.ip()) {
+        pool.release(local.port());
+    }
+}
+
+/// Reserves and binds the given ports again; all or nothing.
+fn bind_ports(
+    state: &mut State,
+    ports: impl Iterator<Item = (u8, SocketAddr)>,
+) -> Result<HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>, String> {
+    let mut sockets = HashMap::new();
+    for (_, local) in ports {
+        let reserved = state
+            .pools
+            .get_mut(&local.ip())
+            .is_some_and(|pool| pool.reserve(local.port()));
+        let bound = if reserved {
+            bind_udp(local).map_err(|e| {
+                release(state, local);
+                format!("cannot bind {local}: {e}")
+            })
+        } else {
+            Err(format!(
+                "port {local} is outside the media range or taken twice"
+            ))
+        };
+        match bound {
+            Ok(socket) => {
+                sockets.insert(local, socket);
+            }
+            Err(problem) => {
+                for local in sockets.keys() {
+                    release(state, *local);
+                }
+                return Err(problem);
+            }
+        }
+    }
+    Ok(sockets)
+}

@@ -1,0 +1,603 @@
+//! The media plane: sessions, their ports and flows, latching, and the userspace relay's
+//! forwarding decision.
+//!
+//! Every flow exists twice: in `State::flows` (what the userspace relay forwards by) and, with
+//! XDP, in the kernel flow map (what the fast path forwards by). Both are written here and only
+//! here, under one lock, so they never disagree.
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use sbc_common::{
+    Flow, FlowKey, IpAddress, SourceCheck,
+    flow::{FLOW_LATCHED, LEG_A, LEG_B, STREAM_RTP, check_source},
+};
+use serde_json::json;
+use tokio::{net::UdpSocket, task::JoinHandle};
+use tracing::{info, warn};
+
+use super::{
+    ports::{AllocError, PortPool},
+    relay,
+    session::{
+        LEG_NAMES, Leg, LegInfo, SessionInfo, SessionSpec, Side, StreamCounters, flow_key,
+        socket_addr,
+    },
+};
+use crate::{
+    clock::monotonic_ns,
+    dataplane::{FlowMaps, maps::FlowStatsReader},
+    events::EventSink,
+};
+
+/// How long a refused caller should wait before trying again (`Retry-After`).
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    pub public_address: IpAddr,
+    pub private_address: IpAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub timeout: Duration,
+    /// 0: no limit but the port range.
+    pub max_sessions: usize,
+}
+
+#[derive(Debug)]
+pub enum MediaError {
+    /// The request itself is wrong.
+    Invalid(String),
+    NotFound(u32),
+    /// Out of ports or sessions: try again later.
+    Exhausted(String),
+    /// The kernel or the OS refused (map full, bind error).
+    Internal(String),
+}
+
+impl std::fmt::Display for MediaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(m) | Self::Exhausted(m) | Self::Internal(m) => f.write_str(m),
+            Self::NotFound(id) => write!(f, "no media session {id}"),
+        }
+    }
+}
+
+impl std::error::Error for MediaError {}
+
+/// Why a session ended (reported in its event).
+#[derive(Debug, Clone, Copy)]
+pub enum EndReason {
+    Deleted,
+    MediaTimeout,
+    Shutdown,
+    AdoptFailed,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deleted => "deleted",
+            Self::MediaTimeout => "media_timeout",
+            Self::Shutdown => "shutdown",
+            Self::AdoptFailed => "adopt_failed",
+        }
+    }
+}
+
+/// Packets that the userspace relay saw on one flow.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct UserCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub foreign_dropped: u64,
+    pub undeliverable: u64,
+    pub last_seen_ns: u64,
+}
+
+pub(super) struct FlowEntry {
+    pub flow: Flow,
+    /// The socket of the other leg's port: relayed packets leave from it.
+    pub out: Arc<UdpSocket>,
+    pub counters: UserCounters,
+}
+
+pub(super) struct Session {
+    pub rtcp_mux: bool,
+    pub legs: [Leg; 2],
+    pub created_ns: u64,
+    pub relays: Vec<JoinHandle<()>>,
+}
+
+impl Session {
+    pub fn keys(&self) -> impl Iterator<Item = FlowKey> + '_ {
+        self.legs
+            .iter()
+            .flat_map(|leg| leg.ports().map(|(_, local)| flow_key(local)))
+    }
+}
+
+pub(super) struct State {
+    pub sessions: BTreeMap<u32, Session>,
+    pub flows: HashMap<FlowKey, FlowEntry>,
+    pub pools: HashMap<IpAddr, PortPool>,
+    pub kernel: Option<FlowMaps>,
+    pub next_id: u32,
+}
+
+pub struct MediaPlane {
+    pub(super) settings: MediaSettings,
+    pub(super) state: Mutex<State>,
+    kernel_stats: Option<FlowStatsReader>,
+    pub(super) events: EventSink,
+}
+
+/// A leg whose ports are bound: its sockets by stream (RTP, then RTCP if any).
+pub(super) struct BoundLeg {
+    pub leg: Leg,
+    pub sockets: Vec<Arc<UdpSocket>>,
+}
+
+pub(super) fn bind_udp(local: SocketAddr) -> io::Result<Arc<UdpSocket>> {
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.set_nonblocking(true)?;
+    Ok(Arc::new(UdpSocket::from_std(socket)?))
+}
+
+/// Where a peer receives the given stream: RTCP on port + 1 unless multiplexed.
+fn stream_peer(rtp_peer: SocketAddr, stream: u8) -> SocketAddr {
+    if stream == STREAM_RTP {
+        rtp_peer
+    } else {
+        SocketAddr::new(rtp_peer.ip(), rtp_peer.port() + 1)
+    }
+}
+
+impl MediaPlane {
+    /// A media plane; with `kernel`, flows are mirrored into the XDP maps and whatever those
+    /// maps already hold (from a previous daemon) is adopted.
+    pub fn new(
+        settings: MediaSettings,
+        kernel: Option<(FlowMaps, FlowStatsReader)>,
+        events: EventSink,
+    ) -> Arc<Self> {
+        let mut pools = HashMap::new();
+        for address in [settings.public_address, settings.private_address] {
+            pools
+                .entry(address)
+                .or_insert_with(|| PortPool::new(settings.port_min, settings.port_max));
+        }
+        let (kernel, kernel_stats) = kernel.unzip();
+        let plane = Arc::new(Self {
+            settings,
+            state: Mutex::new(State {
+                sessions: BTreeMap::new(),
+                flows: HashMap::new(),
+                pools,
+                kernel,
+                next_id: 1,
+            }),
+            kernel_stats,
+            events,
+        });
+        plane.adopt_kernel_sessions();
+        plane
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the tables half-written in a way that
+        // is worse than stopping media for good, so keep going with the data as it is.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn address(&self, side: Side) -> IpAddr {
+        match side {
+            Side::Public => self.settings.public_address,
+            Side::Private => self.settings.private_address,
+        }
+    }
+
+    pub fn ports_in_use(&self) -> Vec<(IpAddr, usize, usize)> {
+        let state = self.lock();
+        state
+            .pools
+            .iter()
+            .map(|(addr, pool)| (*addr, pool.in_use(), pool.capacity()))
+            .collect()
+    }
+
+    fn validate(&self, spec: &SessionSpec) -> Result<(), MediaError> {
+        for (name, leg) in LEG_NAMES.iter().zip([&spec.a, &spec.b]) {
+            let Some(peer) = leg.peer else { continue };
+            let local = self.address(leg.side);
+            if peer.is_ipv4() != local.is_ipv4() {
+                return Err(MediaError::Invalid(format!(
+                    "leg {name}: peer {peer} and local address {local} are of different IP families"
+                )));
+            }
+            if peer.port() == 0 || peer.ip().is_unspecified() {
+                return Err(MediaError::Invalid(format!(
+                    "leg {name}: peer {peer} is not a media address (omit it to learn it from the first packet)"
+                )));
+            }
+            if !spec.rtcp_mux && peer.port() == u16::MAX {
+                return Err(MediaError::Invalid(format!(
+                    "leg {name}: peer port {} leaves no room for RTCP on port + 1",
+                    peer.port()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a session: binds its ports, installs its flows, starts its relays.
+    pub fn create(self: &Arc<Self>, spec: &SessionSpec) -> Result<SessionInfo, MediaError> {
+        self.validate(spec)?;
+        let mut state = self.lock();
+        let max = self.settings.max_sessions;
+        if max > 0 && state.sessions.len() >= max {
+            return Err(MediaError::Exhausted(format!(
+                "the media session limit ({max}) is reached"
+            )));
+        }
+        let pair = !spec.rtcp_mux;
+        let a = state.bind_leg(spec.a.side, self.address(spec.a.side), pair)?;
+        let b = match state.bind_leg(spec.b.side, self.address(spec.b.side), pair) {
+            Ok(b) => b,
+            Err(e) => {
+                state.release_ports(&a.leg);
+                return Err(e);
+            }
+        };
+        let id = state.allocate_id();
+        let legs = [a, b];
+        let peers = [spec.a.peer, spec.b.peer];
+        let mut entries = Vec::new();
+        for (index, bound) in legs.iter().enumerate() {
+            let other = &legs[1 - index];
+            for (slot, (stream, local)) in bound.leg.ports().enumerate() {
+                let new_src = other
+                    .leg
+                    .local(stream)
+                    .expect("both legs have the same streams");
+                let new_dst = peers[1 - index].map(|peer| stream_peer(peer, stream));
+                let flow = Flow {
+                    new_src: IpAddress::from(new_src.ip()),
+                    new_src_port: new_src.port().to_be(),
+                    new_dst: new_dst.map_or(IpAddress::UNSPECIFIED, |d| IpAddress::from(d.ip())),
+                    new_dst_port: new_dst.map_or(0, |d| d.port().to_be()),
+                    peer: IpAddress::UNSPECIFIED,
+                    peer_port: 0,
+                    flags: 0,
+                    session_id: id,
+                    leg: if index == 0 { LEG_A } else { LEG_B },
+                    stream,
+                    _pad: [0; 2],
+                };
+                let out = Arc::clone(&other.sockets[slot]);
+                entries.push((flow_key(local), flow, out, Arc::clone(&bound.sockets[slot])));
+            }
+        }
+        if let Some(kernel) = state.kernel.as_mut() {
+            for (done, (key, flow, ..)) in entries.iter().enumerate() {
+                if let Err(e) = kernel.install(key, flow) {
+                    for (key, ..) in &entries[..done] {
+                        kernel.remove(key);
+                    }
+                    for bound in &legs {
+                        state.release_ports(&bound.leg);
+                    }
+                    return Err(MediaError::Exhausted(format!("{e:#}")));
+                }
+            }
+        }
+        let mut relays = Vec::new();
+        for (key, flow, out, socket) in entries {
+            relays.push(relay::spawn(Arc::clone(self), key, socket));
+            state.flows.insert(
+                key,
+                FlowEntry {
+                    flow,
+                    out,
+                    counters: UserCounters::default(),
+                },
+            );
+        }
+        let [a, b] = legs;
+        state.sessions.insert(
+            id,
+            Session {
+                rtcp_mux: spec.rtcp_mux,
+                legs: [a.leg, b.leg],
+                created_ns: monotonic_ns(),
+                relays,
+            },
+        );
+        let info = self.info_locked(&state, id, monotonic_ns());
+        drop(state);
+        if let Some(info) = &info {
+            self.events
+                .emit("media_session_created", json!({ "session": info }));
+        }
+        info.ok_or(MediaError::Internal(
+            "session vanished while created".into(),
+        ))
+    }
+
+    pub fn get(&self, id: u32) -> Option<SessionInfo> {
+        let state = self.lock();
+        self.info_locked(&state, id, monotonic_ns())
+    }
+
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let state = self.lock();
+        let now = monotonic_ns();
+        state
+            .sessions
+            .keys()
+            .filter_map(|&id| self.info_locked(&state, id, now))
+            .collect()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Ends a session: stops its relays, removes its flows, frees its ports, reports it.
+    pub fn end(&self, id: u32, reason: EndReason) -> Result<SessionInfo, MediaError> {
+        let mut state = self.lock();
+        let info = self
+            .info_locked(&state, id, monotonic_ns())
+            .ok_or(MediaError::NotFound(id))?;
+        let session = state.sessions.remove(&id).ok_or(MediaError::NotFound(id))?;
+        for relay in &session.relays {
+            relay.abort();
+        }
+        for key in session.keys() {
+            state.flows.remove(&key);
+            if let Some(kernel) = state.kernel.as_mut() {
+                kernel.remove(&key);
+            }
+        }
+        for leg in &session.legs {
+            state.release_ports(leg);
+        }
+        drop(state);
+        self.events.emit(
+            "media_session_ended",
+            json!({ "reason": reason.as_str(), "session": &info }),
+        );
+        Ok(info)
+    }
+
+    /// Ends every session with no media in either direction for the configured timeout.
+    pub fn end_idle_sessions(&self) -> Vec<u32> {
+        let now = monotonic_ns();
+        let timeout = self.settings.timeout.as_nanos() as u64;
+        // Snapshot under the lock, read kernel counters without it.
+        let snapshot: Vec<(u32, u64, Vec<FlowKey>)> = {
+            let state = self.lock();
+            state
+                .sessions
+                .iter()
+                .map(|(&id, session)| {
+                    let keys: Vec<FlowKey> = session.keys().collect();
+                    let last = keys
+                        .iter()
+                        .filter_map(|key| state.flows.get(key))
+                        .map(|entry| entry.counters.last_seen_ns)
+                        .fold(session.created_ns, u64::max);
+                    (id, last, keys)
+                })
+                .collect()
+        };
+        let idle: Vec<u32> = snapshot
+            .into_iter()
+            .filter_map(|(id, last, keys)| {
+                let last = keys
+                    .iter()
+                    .filter_map(|key| self.kernel_stats.as_ref()?.get(key))
+                    .map(|stats| stats.last_seen_ns)
+                    .fold(last, u64::max);
+                (now.saturating_sub(last) >= timeout).then_some(id)
+            })
+            .collect();
+        for &id in &idle {
+            if self.end(id, EndReason::MediaTimeout).is_ok() {
+                info!(
+                    session = id,
+                    "media session ended: no media for the timeout"
+                );
+            }
+        }
+        idle
+    }
+
+    /// Ends every session (userspace dataplane shutdown: nothing would relay them).
+    pub fn end_all(&self, reason: EndReason) {
+        let ids: Vec<u32> = self.lock().sessions.keys().copied().collect();
+        for id in ids {
+            let _ = self.end(id, reason);
+        }
+    }
+
+    /// The userspace relay's decision for a datagram that arrived at `local` from `src`: where
+    /// to send it and from which socket, or `None` to drop it (counted).
+    pub fn on_packet(
+        &self,
+        local: &FlowKey,
+        src: SocketAddr,
+        len: usize,
+    ) -> Option<(Arc<UdpSocket>, SocketAddr)> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let entry = state.flows.get_mut(local)?;
+        let src_ip = IpAddress::from(src.ip());
+        match check_source(&entry.flow, &src_ip, src.port().to_be()) {
+            SourceCheck::Foreign => {
+                entry.counters.foreign_dropped += 1;
+                return None;
+            }
+            SourceCheck::Latch => {
+                entry.flow.peer = src_ip;
+                entry.flow.peer_port = src.port().to_be();
+                entry.flow.flags |= FLOW_LATCHED;
+                let latched = entry.flow;
+                // Symmetric RTP: what the other leg relays to this peer goes where it sends from.
+                let reverse_key = FlowKey::udp(latched.new_src, latched.new_src_port);
+                let reverse = state.flows.get_mut(&reverse_key).map(|reverse| {
+                    reverse.flow.new_dst = src_ip;
+                    reverse.flow.new_dst_port = src.port().to_be();
+                    reverse.flow
+                });
+                if let Some(kernel) = state.kernel.as_mut() {
+                    let written = kernel
+                        .update(local, &latched)
+                        .and_then(|()| match &reverse {
+                            Some(reverse) => kernel.update(&reverse_key, reverse),
+                            None => Ok(()),
+                        });
+                    if let Err(e) = written {
+                        warn!("latching {src} in the kernel failed, relaying in userspace: {e:#}");
+                    }
+                }
+                info!(
+                    session = latched.session_id,
+                    leg = LEG_NAMES[usize::from(latched.leg & 1)],
+                    %src,
+                    "latched media peer"
+                );
+            }
+            SourceCheck::Accept => {}
+        }
+        let entry = state.flows.get_mut(local)?;
+        entry.counters.last_seen_ns = monotonic_ns();
+        if entry.flow.new_dst_port == 0 {
+            entry.counters.undeliverable += 1;
+            return None;
+        }
+        entry.counters.packets += 1;
+        entry.counters.bytes += len as u64;
+        let dst = socket_addr(&entry.flow.new_dst, entry.flow.new_dst_port);
+        Some((Arc::clone(&entry.out), dst))
+    }
+
+    pub(super) fn info_locked(&self, state: &State, id: u32, now: u64) -> Option<SessionInfo> {
+        let session = state.sessions.get(&id)?;
+        let mut last_seen = session.created_ns;
+        let mut stream_info = |local: SocketAddr| -> (StreamCounters, Option<Flow>) {
+            let key = flow_key(local);
+            let mut counters = StreamCounters::default();
+            let entry = state.flows.get(&key);
+            if let Some(entry) = entry {
+                counters.userspace_packets = entry.counters.packets;
+                counters.userspace_bytes = entry.counters.bytes;
+                counters.foreign_dropped = entry.counters.foreign_dropped;
+                counters.undeliverable = entry.counters.undeliverable;
+                last_seen = last_seen.max(entry.counters.last_seen_ns);
+            }
+            if let Some(kernel) = self.kernel_stats.as_ref().and_then(|k| k.get(&key)) {
+                counters.kernel_packets = kernel.packets;
+                counters.kernel_bytes = kernel.bytes;
+                counters.foreign_dropped += kernel.foreign_dropped;
+                last_seen = last_seen.max(kernel.last_seen_ns);
+            }
+            (counters, entry.map(|e| e.flow))
+        };
+        let mut legs = Vec::with_capacity(2);
+        let mut flows = Vec::with_capacity(2);
+        for leg in &session.legs {
+            let (rtp, flow) = stream_info(leg.rtp);
+            let rtcp = leg.rtcp.map(|rtcp| stream_info(rtcp).0);
+            legs.push((leg, rtp, rtcp));
+            flows.push(flow);
+        }
+        let leg_infos: Vec<LegInfo> = legs
+            .into_iter()
+            .enumerate()
+            .map(|(index, (leg, rtp, rtcp))| {
+                // This leg's peer is where the other leg's flow sends to.
+                let peer = flows[1 - index]
+                    .filter(|f| f.new_dst_port != 0)
+                    .map(|f| socket_addr(&f.new_dst, f.new_dst_port));
+                LegInfo {
+                    name: LEG_NAMES[index],
+                    side: leg.side,
+                    local_rtp: leg.rtp,
+                    local_rtcp: leg.rtcp,
+                    peer,
+                    latched: flows[index].is_some_and(|f| f.flags & FLOW_LATCHED != 0),
+                    rtp,
+                    rtcp,
+                }
+            })
+            .collect();
+        Some(SessionInfo {
+            id,
+            rtcp_mux: session.rtcp_mux,
+            age_ms: now.saturating_sub(session.created_ns) / 1_000_000,
+            idle_ms: now.saturating_sub(last_seen) / 1_000_000,
+            legs: leg_infos.try_into().ok()?,
+        })
+    }
+}
+
+impl State {
+    fn pool(&mut self, address: IpAddr) -> &mut PortPool {
+        self.pools
+            .get_mut(&address)
+            .expect("a pool exists for both configured addresses")
+    }
+
+    /// Allocates and binds a leg's ports (a pair unless rtcp-mux).
+    pub(super) fn bind_leg(
+        &mut self,
+        side: Side,
+        address: IpAddr,
+        pair: bool,
+    ) -> Result<BoundLeg, MediaError> {
+        let pool = self.pool(address);
+        let (first, sockets) = pool
+            .allocate(pair, |port| bind_udp(SocketAddr::new(address, port)))
+            .map_err(|e| match e {
+                AllocError::Exhausted { in_use, capacity } => {
+                    let (min, max) = pool.range();
+                    MediaError::Exhausted(format!(
+                        "media ports {min}-{max} on {address} are exhausted ({in_use} of {capacity} in use)"
+                    ))
+                }
+                AllocError::Bind(e) => {
+                    MediaError::Internal(format!("cannot bind a media port on {address}: {e}"))
+                }
+            })?;
+        let leg = Leg {
+            side,
+            rtp: SocketAddr::new(address, first),
+            rtcp: pair.then(|| SocketAddr::new(address, first + 1)),
+        };
+        Ok(BoundLeg { leg, sockets })
+    }
+
+    pub(super) fn release_ports(&mut self, leg: &Leg) {
+        for (_, local) in leg.ports() {
+            self.pool(local.ip()).release(local.port());
+        }
+    }
+
+    fn allocate_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if id != 0 && !self.sessions.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}

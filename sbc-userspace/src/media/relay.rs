@@ -1,0 +1,40 @@
+//! The userspace relay: one task per local media port. It receives what the kernel passes up
+//! (everything, with `--dataplane userspace`) and forwards it as `MediaPlane::on_packet` decides.
+use std::{io, sync::Arc, time::Duration};
+
+use sbc_common::FlowKey;
+use tokio::{net::UdpSocket, task::JoinHandle};
+use tracing::debug;
+
+use super::plane::MediaPlane;
+
+/// Large enough for any UDP datagram, so nothing is ever truncated.
+const MAX_DATAGRAM: usize = 65_536;
+
+pub(super) fn spawn(
+    plane: Arc<MediaPlane>,
+    key: FlowKey,
+    socket: Arc<UdpSocket>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (len, src) = match socket.recv_from(&mut buf).await {
+                Ok(received) => received,
+                // An ICMP error for something we sent earlier; nothing to do with this port.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => {
+                    // Not expected on a bound UDP socket; back off rather than spin.
+                    debug!("media socket receive failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            if let Some((out, dst)) = plane.on_packet(&key, src, len)
+                && let Err(e) = out.send_to(&buf[..len], dst).await
+            {
+                debug!(%dst, "relaying media failed: {e}");
+            }
+        }
+    })
+}
