@@ -90,16 +90,16 @@ pub fn render(report: &Value) -> anyhow::Result<String> {
         writeln!(
             out,
             "{:>7} {:>3} {:>4}  {:<21} {:<21} {:<21} {:<21} {:>10} {:>12} {:>8} {:>8}",
-            row["session"],
+            row["session"].as_u64().unwrap_or(0),
             text(&row["leg"]),
             text(&row["stream"]),
             text(&row["local"]),
             text(&row["peer"]),
             text(&row["send_from"]),
             text(&row["send_to"]),
-            row["packets"],
-            row["bytes"],
-            row["foreign_dropped"],
+            row["packets"].as_u64().unwrap_or(0),
+            row["bytes"].as_u64().unwrap_or(0),
+            row["foreign_dropped"].as_u64().unwrap_or(0),
             row["idle_ms"]
                 .as_u64()
                 .map_or("-".into(), |ms| ms.to_string()),
@@ -108,7 +108,7 @@ pub fn render(report: &Value) -> anyhow::Result<String> {
     writeln!(out, "{} flows\n\nXDP verdicts (non-zero):", flows.len())?;
     if let Some(reasons) = report["xdp_reasons"].as_object() {
         for (name, count) in reasons.iter().filter(|(_, c)| c.as_u64() != Some(0)) {
-            writeln!(out, "  {name:<26} {count}")?;
+            writeln!(out, "  {name:<26} {}", count.as_u64().unwrap_or(0))?;
         }
     }
     Ok(out)

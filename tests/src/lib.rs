@@ -1,1 +1,13 @@
-
+//! The lab the integration tests and the demo run in: network namespaces joined by veth pairs,
+//! the sbc daemon started inside one of them, and RTP/RTCP peers in the others.
+//!
+//! Everything here creates only namespaces and interfaces of its own (named with a per-process
+//! prefix), with addresses that exist only inside them, and removes them on drop, also when a
+//! test fails.
+pub mod calls;
+pub mod daemon;
+pub mod demo;
+pub mod lab;
+pub mod netns;
+pub mod privileges;
+pub mod rtp;

@@ -1,0 +1,245 @@
+//! The sbc daemon as the tests and the demo run it: inside the lab's sbc namespace (network
+//! namespace only, so its bpffs pins live in the host's bpffs), with a generated config.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use sbc::api::{ApiClient, client::ApiResponse};
+use serde_json::{Value, json};
+
+use crate::lab::{Lab, SBC_INTERFACES, SBC_PRIVATE, SBC_PUBLIC};
+
+/// The `sbc` binary under test: `$SBC_BIN`, else the workspace's debug build.
+pub fn sbc_binary() -> PathBuf {
+    let path = std::env::var_os("SBC_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sbc"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "the sbc binary is not at {} (build it with `cargo build -p sbc-userspace`, or set SBC_BIN; \
+         `cargo xtask test` does this)",
+        path.display()
+    );
+    path
+}
+
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// "xdp" or "userspace".
+    pub dataplane: &'static str,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub media_timeout_secs: u64,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            dataplane: "xdp",
+            port_min: 20000,
+            port_max: 29999,
+            media_timeout_secs: 60,
+        }
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    netns: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub api: ApiClient,
+    binary: PathBuf,
+}
+
+impl Daemon {
+    /// Writes a config for `lab` and starts the daemon, waiting until its API answers.
+    pub fn start(lab: &Lab, options: &DaemonOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("sbc-test-").tempdir()?;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let instance = format!(
+            "t{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let config = dir.path().join("sbc.toml");
+        let socket = dir.path().join("api.sock");
+        std::fs::write(
+            &config,
+            format!(
+                r#"instance = "{instance}"
+[dataplane]
+mode = "{mode}"
+interfaces = {interfaces:?}
+[media]
+public_address = "{SBC_PUBLIC}"
+private_address = "{SBC_PRIVATE}"
+port_min = {port_min}
+port_max = {port_max}
+timeout_secs = {timeout}
+[api]
+socket = "{socket}"
+[events]
+file = "{events}"
+[log]
+level = "info"
+"#,
+                mode = options.dataplane,
+                interfaces = SBC_INTERFACES,
+                port_min = options.port_min,
+                port_max = options.port_max,
+                timeout = options.media_timeout_secs,
+                socket = socket.display(),
+                events = dir.path().join("events.jsonl").display(),
+            ),
+        )?;
+        let mut daemon = Self {
+            child: None,
+            netns: lab.sbc.name.clone(),
+            api: ApiClient::new(&socket),
+            config,
+            dir,
+            binary: crate::daemon::sbc_binary(),
+        };
+        daemon.spawn(&[])?;
+        Ok(daemon)
+    }
+
+    /// Starts the daemon process (again), with extra `sbc run` arguments.
+    pub fn spawn(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("sbc.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(&self.binary)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting sbc")?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.api.get("/v1/health")
+                && r.status == 200
+            {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("sbc exited ({status}) before it was ready:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("sbc did not answer on its API within 20 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sbc.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up (the crash case).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("sbc exited with {status}:\n{}", self.log());
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("sbc did not stop within 10 s of SIGTERM")
+    }
+
+    /// Runs another `sbc` command against this daemon's config.
+    pub fn command(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut command = Command::new(&self.binary);
+        command.args(args).arg("--config").arg(&self.config);
+        Ok(command.output()?)
+    }
+
+    /// `sbc maps --json`, read from the pins (works while the daemon is down).
+    pub fn maps(&self) -> anyhow::Result<Value> {
+        let output = self.command(&["maps", "--json"])?;
+        if !output.status.success() {
+            bail!(
+                "sbc maps failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Creates a session between `a_peer` (public side) and `b_peer` (private side).
+    pub fn create_session(
+        &self,
+        a_peer: std::net::SocketAddr,
+        b_peer: std::net::SocketAddr,
+        rtcp_mux: bool,
+    ) -> anyhow::Result<ApiResponse> {
+        self.api.post(
+            "/v1/sessions",
+            &json!({
+                "rtcp_mux": rtcp_mux,
+                "a": { "side": "public", "peer": a_peer },
+                "b": { "side": "private", "peer": b_peer },
+            }),
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Detach XDP and free the maps: nothing of a test may outlive it.
+        let _ = self.command(&["down"]);
+    }
+}

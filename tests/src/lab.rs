@@ -1,0 +1,114 @@
+//! The lab topology: a caller, the sbc with a public and a private interface, a callee, and a
+//! rogue host on the Internet side (for injection tests).
+//!
+//! ```text
+//!  rogue 198.18.3.2 ─ 198.18.3.1 caller 198.18.1.2 ─ pub0 198.18.1.1  sbc  198.18.2.1 priv0 ─ 198.18.2.2 callee
+//!         eth0         rogue0       (routes)   eth0                               eth0
+//! ```
+//! 198.18.0.0/15 is the benchmarking range (RFC 2544): it exists only inside these namespaces.
+use std::net::Ipv4Addr;
+
+use anyhow::Context as _;
+
+use crate::netns::{Netns, unique_prefix};
+
+pub const CALLER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const SBC_PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const SBC_PRIVATE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const CALLEE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+pub const ROGUE: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+const ROGUE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
+
+/// The sbc namespace's interfaces, where XDP is attached.
+pub const SBC_INTERFACES: [&str; 2] = ["pub0", "priv0"];
+
+pub struct Lab {
+    pub caller: Netns,
+    pub sbc: Netns,
+    pub callee: Netns,
+    pub rogue: Netns,
+}
+
+impl Lab {
+    /// Builds the topology; `tag` names it (e.g. the test) so leftovers are recognisable.
+    pub fn up(tag: &str) -> anyhow::Result<Self> {
+        Self::up_named(&unique_prefix(tag))
+    }
+
+    /// Builds the topology with namespaces called `<prefix>-caller`, `<prefix>-sbc`, ...
+    pub fn up_named(prefix: &str) -> anyhow::Result<Self> {
+        let lab = Self {
+            caller: Netns::create(&format!("{prefix}-caller"))?,
+            sbc: Netns::create(&format!("{prefix}-sbc"))?,
+            callee: Netns::create(&format!("{prefix}-callee"))?,
+            rogue: Netns::create(&format!("{prefix}-rogue"))?,
+        };
+        lab.wire()
+            .with_context(|| format!("building lab {prefix}"))?;
+        Ok(lab)
+    }
+
+    fn wire(&self) -> anyhow::Result<()> {
+        let (caller, sbc, callee, rogue) = (&self.caller, &self.sbc, &self.callee, &self.rogue);
+        veth(sbc, "pub0", caller, "eth0")?;
+        veth(sbc, "priv0", callee, "eth0")?;
+        veth(rogue, "eth0", caller, "rogue0")?;
+        address(caller, "eth0", CALLER)?;
+        address(caller, "rogue0", ROGUE_GATEWAY)?;
+        address(sbc, "pub0", SBC_PUBLIC)?;
+        address(sbc, "priv0", SBC_PRIVATE)?;
+        address(callee, "eth0", CALLEE)?;
+        address(rogue, "eth0", ROGUE)?;
+        // The caller's side stands for the Internet: it routes the rogue host to the sbc.
+        caller.sysctl("net.ipv4.ip_forward", "1")?;
+        rogue.ip(&["route", "add", "default", "via", &ROGUE_GATEWAY.to_string()])?;
+        sbc.ip(&["route", "add", "default", "via", &CALLER.to_string()])?;
+        for ns in [caller, callee, rogue] {
+            // A veth hands locally sent packets over with the UDP checksum still to be filled
+            // in (checksum offload); the XDP relay forwards frames as they are, as it must for
+            // real NICs, so the lab hosts compute full checksums like a real host on a wire.
+            // GRO gives the veth NAPI, which XDP_REDIRECT into it needs (no second XDP program).
+            ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the namespaces after this process exits (`cargo xtask lab up`); `Lab::down` with
+    /// the same prefix removes them.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+
+    /// Removes a kept lab.
+    pub fn down(prefix: &str) {
+        for role in ["caller", "sbc", "callee", "rogue"] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &format!("{prefix}-{role}")])
+                .output();
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "namespaces: {} ({CALLER}), {} (pub0 {SBC_PUBLIC}, priv0 {SBC_PRIVATE}), {} ({CALLEE}), {} ({ROGUE})",
+            self.caller.name, self.sbc.name, self.callee.name, self.rogue.name
+        )
+    }
+}
+
+fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> anyhow::Result<()> {
+    crate::netns::run(
+        "ip",
+        &[
+            "link", "add", "dev", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev,
+            "netns", &b.name,
+        ],
+    )?;
+    Ok(())
+}
+
+fn address(ns: &Netns, dev: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+    ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+    ns.ip(&["link", "set", dev, "up"])?;
+    Ok(())
+}
