@@ -16,21 +16,23 @@ pub const BPF_TARGET: &str = "bpfel-unknown-none";
 const PACKAGE: &str = "sbc-ebpf";
 const BINARY: &str = "sbc-xdp";
 
-/// Directories whose contents go into the object (for rebuild tracking).
-pub const SOURCES: &[&str] = &["sbc-ebpf", "sbc-common", "Cargo.toml", "Cargo.lock"];
-
 /// The stable path of the built object: `<workspace>/target/ebpf/sbc-xdp.o`.
 pub fn object_path(workspace: &Path) -> PathBuf {
     workspace.join("target").join("ebpf").join("sbc-xdp.o")
 }
 
-/// Builds the XDP object with `cargo` (the path of the cargo that runs us) and returns its path.
-pub fn build(workspace: &Path, cargo: &Path) -> Result<PathBuf, String> {
-    check_prerequisites()?;
-    let target_dir = workspace.join("target").join("ebpf");
+/// `cargo <subcommand>` for the eBPF crate, with the recipe's target, `build-std` and flags.
+pub fn cargo_for_bpf(workspace: &Path, cargo: &Path, subcommand: &str) -> Command {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--package", PACKAGE, "--bin", BINARY, "--release"])
+        .args([
+            subcommand,
+            "--package",
+            PACKAGE,
+            "--bin",
+            BINARY,
+            "--release",
+        ])
         .args([
             "--target",
             BPF_TARGET,
@@ -38,7 +40,7 @@ pub fn build(workspace: &Path, cargo: &Path) -> Result<PathBuf, String> {
             "build-std=core",
             "--target-dir",
         ])
-        .arg(&target_dir)
+        .arg(workspace.join("target").join("ebpf"))
         .env("RUSTC_BOOTSTRAP", "1")
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
@@ -57,6 +59,13 @@ pub fn build(workspace: &Path, cargo: &Path) -> Result<PathBuf, String> {
     ] {
         cmd.env_remove(var);
     }
+    cmd
+}
+
+/// Builds the XDP object with `cargo` (the path of the cargo that runs us) and returns its path.
+pub fn build(workspace: &Path, cargo: &Path) -> Result<PathBuf, String> {
+    check_prerequisites()?;
+    let mut cmd = cargo_for_bpf(workspace, cargo, "build");
     let status = cmd
         .status()
         .map_err(|e| format!("cannot run {}: {e}", cargo.display()))?;
@@ -65,7 +74,12 @@ pub fn build(workspace: &Path, cargo: &Path) -> Result<PathBuf, String> {
             "building the XDP object failed ({status}): {cmd:?}"
         ));
     }
-    let built = target_dir.join(BPF_TARGET).join("release").join(BINARY);
+    let built = workspace
+        .join("target")
+        .join("ebpf")
+        .join(BPF_TARGET)
+        .join("release")
+        .join(BINARY);
     let object = object_path(workspace);
     std::fs::copy(&built, &object).map_err(|e| {
         format!(

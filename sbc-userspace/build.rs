@@ -5,12 +5,15 @@ mod recipe;
 
 use std::path::{Path, PathBuf};
 
+/// What goes into the XDP object: a change to any of it rebuilds the object.
+const SOURCES: &[&str] = &["sbc-ebpf", "sbc-common", "Cargo.toml", "Cargo.lock"];
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let workspace = manifest_dir
         .parent()
         .expect("sbc-userspace lives in the workspace root");
-    for source in recipe::SOURCES {
+    for source in SOURCES {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(source).display()

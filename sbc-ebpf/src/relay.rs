@@ -39,7 +39,7 @@ fn try_media(ctx: &XdpContext, packet: &Ipv4Udp) -> Result<Verdict, Reason> {
     let key = FlowKey::udp(IpAddress::from_ipv4(dst_addr), dst_port);
     // SAFETY: the daemon replaces flow values whole with bpf_map_update_elem; we copy it out at
     // once and never hold the reference across a helper that could free it.
-    let flow: Flow = unsafe { *SBC_FLOWS.get(&key).ok_or(Reason::PassNoFlow)? };
+    let flow: Flow = unsafe { *SBC_FLOWS.get(key).ok_or(Reason::PassNoFlow)? };
     let stats = flow_stats(&key);
 
     match check_source(&flow, &IpAddress::from_ipv4(src_addr), src_port) {

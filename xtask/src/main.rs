@@ -1,1 +1,161 @@
-fn main() {}
+//! `cargo xtask <task>`: everything the project does besides compiling, in one place.
+//!
+//! It depends on nothing that needs the eBPF toolchain, so `setup` can run on a machine that
+//! has none of it yet.
+mod setup;
+
+#[path = "../../sbc-ebpf/build_recipe.rs"]
+mod recipe;
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "sbc project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages, rust-src, bpf-linker (skips what is present).
+    Setup,
+    /// Build the XDP object (with BTF) at target/ebpf/sbc-xdp.o.
+    BuildEbpf,
+    /// Build the XDP object, the sbc binary and the lab.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, and run the whole test suite, privileged tests included (as root).
+    Test {
+        /// Extra arguments for the privileged tests' harness (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        filter: Vec<String>,
+    },
+    /// cargo fmt --check and clippy (host crates and the XDP program), warnings as errors.
+    Lint,
+    /// The network-namespace lab for manual play.
+    Lab {
+        #[arg(value_parser = ["up", "down"])]
+        action: String,
+    },
+    /// Set up, build, and run the demo: media through the sbc in a lab of namespaces (as root).
+    Demo {
+        /// Arguments for the demo (see `cargo xtask demo -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> PathBuf {
+    std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
+}
+
+/// Runs a command in the workspace, failing if it fails.
+fn run(program: impl AsRef<OsStr>, args: &[&str], envs: &[(&str, &OsStr)]) -> anyhow::Result<()> {
+    let program = program.as_ref();
+    let mut command = Command::new(program);
+    command.current_dir(workspace()).args(args);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    if !status.success() {
+        bail!(
+            "`{} {}` failed ({status})",
+            program.display(),
+            args.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> anyhow::Result<PathBuf> {
+    let object = recipe::build(&workspace(), &cargo()).map_err(anyhow::Error::msg)?;
+    println!("XDP object: {}", object.display());
+    Ok(object)
+}
+
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    build_ebpf()?;
+    let mut args = vec!["build", "-p", "sbc-userspace", "-p", "sbc-tests", "--bins"];
+    if release {
+        args.push("--release");
+    }
+    run(cargo(), &args, &[])?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace().join("target").join(profile))
+}
+
+fn lab_binary(bin_dir: &Path) -> PathBuf {
+    bin_dir.join("sbc-lab")
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::install(),
+        Task::BuildEbpf => build_ebpf().map(drop),
+        Task::Build { release } => build(release).map(drop),
+        Task::Lint => {
+            run(cargo(), &["fmt", "--all", "--", "--check"], &[])?;
+            run(
+                cargo(),
+                // The default members: every crate but the eBPF one, which is linted below.
+                &["clippy", "--all-targets", "--", "-D", "warnings"],
+                &[],
+            )?;
+            let mut clippy_bpf = recipe::cargo_for_bpf(&workspace(), &cargo(), "clippy");
+            let status = clippy_bpf.args(["--", "-D", "warnings"]).status()?;
+            anyhow::ensure!(status.success(), "clippy on the XDP program failed");
+            Ok(())
+        }
+        Task::Test { filter } => {
+            setup::install()?;
+            let bin_dir = build(false)?;
+            println!("== unit tests");
+            run(
+                cargo(),
+                &["test", "--workspace", "--exclude", "sbc-tests"],
+                &[],
+            )?;
+            println!("== privileged tests: XDP fixtures, network-namespace lab (serially)");
+            let mut args = vec!["test", "-p", "sbc-tests", "--", "--test-threads=1"];
+            args.extend(filter.iter().map(String::as_str));
+            let sbc = bin_dir.join("sbc");
+            run(cargo(), &args, &[("SBC_BIN", sbc.as_os_str())])
+        }
+        Task::Lab { action } => {
+            let bin_dir = build(false)?;
+            run(lab_binary(&bin_dir), &[&action], &[])
+        }
+        Task::Demo { args } => {
+            setup::install()?;
+            let bin_dir = build(false)?;
+            let sbc = bin_dir.join("sbc");
+            let mut demo_args = vec!["demo"];
+            demo_args.extend(args.iter().map(String::as_str));
+            run(
+                lab_binary(&bin_dir),
+                &demo_args,
+                &[("SBC_BIN", sbc.as_os_str())],
+            )
+        }
+    }
+}
