@@ -7,6 +7,7 @@
 pub mod calls;
 pub mod daemon;
 pub mod demo;
+pub mod frames;
 pub mod lab;
 pub mod netns;
 pub mod privileges;

@@ -1,0 +1,661 @@
+//! BPF_PROG_TEST_RUN fixtures: the kernel runs the real XDP program on crafted frames, with maps
+//! filled as the daemon fills them, and every verdict, reason counter and output byte is checked.
+//! Expected frames are built from scratch with checksums computed in full (`sbc_tests::frames`),
+//! independently of the program's incremental updates.
+//!
+//! The program runs in a namespace of its own with two veth interfaces and permanent neighbour
+//! entries, so `bpf_fib_lookup` answers deterministically.
+use std::net::Ipv4Addr;
+
+use aya::{
+    Ebpf,
+    maps::{DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use sbc_common::{
+    Flow, FlowKey, FlowStats, IpAddress, Reason,
+    flow::{FLOW_LATCHED, LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
+    maps::{EGRESS, FLOW_STATS, FLOWS, REASONS, XDP_PROGRAM},
+};
+use sbc_tests::{
+    frames::{ETHERTYPE_ARP, ETHERTYPE_IPV6, PROTO_TCP, UdpFrame},
+    netns::{self, Netns, unique_prefix},
+    privileges::require_lab_privileges,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CALLER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const ROGUE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const PRIVATE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+const CALLEE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+const HAIRPIN_PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
+const UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 9);
+
+const PUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const PRIV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
+const CALLEE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
+const HAIRPIN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x03];
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The fixture's namespaces: `sbc` holds pub0 and priv0, `peer` their other ends.
+struct Fixture {
+    sbc: Netns,
+    _peer: Netns,
+}
+
+fn fixture() -> Fixture {
+    let prefix = unique_prefix("fixtures");
+    let sbc = Netns::create(&format!("{prefix}-sbc")).unwrap();
+    let peer = Netns::create(&format!("{prefix}-peer")).unwrap();
+    for (dev, peer_dev, addr, mac_addr) in [
+        ("pub0", "p0", PUBLIC, PUB_MAC),
+        ("priv0", "p1", PRIVATE, PRIV_MAC),
+    ] {
+        netns::run(
+            "ip",
+            &[
+                "link", "add", "dev", dev, "netns", &sbc.name, "type", "veth", "peer", "name",
+                peer_dev, "netns", &peer.name,
+            ],
+        )
+        .unwrap();
+        sbc.ip(&["link", "set", dev, "address", &mac(mac_addr)])
+            .unwrap();
+        sbc.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])
+            .unwrap();
+        sbc.ip(&["link", "set", dev, "up"]).unwrap();
+        peer.ip(&["link", "set", peer_dev, "up"]).unwrap();
+        sbc.sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
+            .unwrap();
+    }
+    for (addr, mac_addr, dev) in [
+        (CALLEE, CALLEE_MAC, "priv0"),
+        (HAIRPIN_PEER, HAIRPIN_MAC, "priv0"),
+        (CALLER, [0x02, 0, 0, 0, 0x01, 0x02], "pub0"),
+    ] {
+        sbc.ip(&[
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            &mac(mac_addr),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    }
+    Fixture { sbc, _peer: peer }
+}
+
+fn ifindex(name: &str) -> u32 {
+    sbc::config::interface_index(name).unwrap_or_else(|| panic!("no interface {name}"))
+}
+
+fn key(addr: Ipv4Addr, port: u16) -> FlowKey {
+    FlowKey::udp(IpAddress::from_ipv4(addr.octets()), port.to_be())
+}
+
+struct FlowSpec {
+    local: (Ipv4Addr, u16),
+    peer: Option<(Ipv4Addr, u16)>,
+    send_from: (Ipv4Addr, u16),
+    send_to: Option<(Ipv4Addr, u16)>,
+    leg: u8,
+    stream: u8,
+}
+
+fn flow(spec: &FlowSpec) -> (FlowKey, Flow) {
+    let peer = spec.peer.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+    let send_to = spec.send_to.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+    (
+        key(spec.local.0, spec.local.1),
+        Flow {
+            new_src: IpAddress::from_ipv4(spec.send_from.0.octets()),
+            new_dst: IpAddress::from_ipv4(send_to.0.octets()),
+            peer: IpAddress::from_ipv4(peer.0.octets()),
+            new_src_port: spec.send_from.1.to_be(),
+            new_dst_port: send_to.1.to_be(),
+            peer_port: peer.1.to_be(),
+            flags: if spec.peer.is_some() { FLOW_LATCHED } else { 0 },
+            session_id: 7,
+            leg: spec.leg,
+            stream: spec.stream,
+            _pad: [0; 2],
+        },
+    )
+}
+
+/// The program with its maps, loaded fresh (unpinned) for this test.
+struct Program {
+    ebpf: Ebpf,
+}
+
+impl Program {
+    fn load() -> Self {
+        let object =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ebpf/sbc-xdp.o");
+        let bytes = std::fs::read(&object).unwrap_or_else(|e| {
+            panic!(
+                "cannot read {} ({e}); `cargo xtask build-ebpf` builds it",
+                object.display()
+            )
+        });
+        let mut ebpf = Ebpf::load(&bytes).expect("loading the XDP object");
+        let program: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
+        program.load().expect("the verifier accepts the program");
+        Self { ebpf }
+    }
+
+    fn install(&mut self, spec: &FlowSpec) {
+        let (key, value) = flow(spec);
+        let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
+            HashMap::try_from(self.ebpf.map_mut(FLOWS).unwrap()).unwrap();
+        flows.insert(key, value, 0).unwrap();
+    }
+
+    fn allow_egress(&mut self, interface: &str) {
+        let mut egress = DevMapHash::try_from(self.ebpf.map_mut(EGRESS).unwrap()).unwrap();
+        let index = ifindex(interface);
+        egress.insert(index, index, None, 0).unwrap();
+    }
+
+    fn reasons(&self) -> Vec<u64> {
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(REASONS).unwrap()).unwrap();
+        Reason::ALL
+            .iter()
+            .map(|&r| counters.get(&(r as u32), 0).unwrap().iter().sum())
+            .collect()
+    }
+
+    fn flow_stats(&self, key: &FlowKey) -> FlowStats {
+        let stats: PerCpuHashMap<&MapData, FlowKey, FlowStats> =
+            PerCpuHashMap::try_from(self.ebpf.map(FLOW_STATS).unwrap()).unwrap();
+        stats.get(key, 0).map_or_else(
+            |_| FlowStats::default(),
+            |per_cpu| {
+                per_cpu
+                    .iter()
+                    .fold(FlowStats::default(), |sum, s| FlowStats {
+                        packets: sum.packets + s.packets,
+                        bytes: sum.bytes + s.bytes,
+                        last_seen_ns: sum.last_seen_ns.max(s.last_seen_ns),
+                        foreign_dropped: sum.foreign_dropped + s.foreign_dropped,
+                    })
+            },
+        )
+    }
+
+    /// Runs the program on `frame` as if it arrived on `interface`.
+    fn run(&mut self, frame: &[u8], interface: &str) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex(interface), 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.data_out = Some(&mut out);
+        options.ctx_in = Some(&ctx);
+        let result = program.test_run(options).expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    ingress: &'static str,
+    action: u32,
+    reason: Reason,
+    /// The exact frame expected out; `None`: the input, unchanged.
+    expect: Option<Vec<u8>>,
+}
+
+fn rtp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> UdpFrame {
+    UdpFrame::rtp(src, dst)
+}
+
+/// What the relay must emit for `input`: same payload, IP ID and flags, new addresses, ports
+/// and MACs, TTL one less, checksums recomputed from scratch.
+fn relayed(
+    input: &UdpFrame,
+    from: (Ipv4Addr, u16),
+    to: (Ipv4Addr, u16),
+    macs: ([u8; 6], [u8; 6]),
+) -> Vec<u8> {
+    UdpFrame {
+        eth_src: macs.0,
+        eth_dst: macs.1,
+        src: from.0,
+        sport: from.1,
+        dst: to.0,
+        dport: to.1,
+        ttl: input.ttl - 1,
+        ..input.clone()
+    }
+    .bytes()
+}
+
+fn cases() -> Vec<Case> {
+    let media_in = rtp((CALLER, 40000), (PUBLIC, 20000));
+    let rtcp_in = UdpFrame {
+        payload: vec![
+            0x80, 200, 0, 6, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+        ..rtp((CALLER, 40001), (PUBLIC, 20001))
+    };
+    let no_checksum = UdpFrame {
+        udp_checksum: false,
+        ..media_in.clone()
+    };
+    let hairpin_in = rtp((CALLEE, 50002), (PRIVATE, 30002));
+    let mut vlan = media_in.clone();
+    vlan.vlans = vec![100];
+    let mut vlan_foreign = rtp((ROGUE, 40000), (PUBLIC, 20000));
+    vlan_foreign.vlans = vec![100];
+    let mut stacked = media_in.clone();
+    stacked.vlans = vec![100, 200];
+
+    let base = media_in.bytes();
+    let with = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut frame = base.clone();
+        edit(&mut frame);
+        frame
+    };
+    let ethertype = |t: u16| with(&|f: &mut Vec<u8>| f[12..14].copy_from_slice(&t.to_be_bytes()));
+
+    vec![
+        Case {
+            name: "RTP of a latched flow is rewritten and redirected to the private interface",
+            expect: Some(relayed(
+                &media_in,
+                (PRIVATE, 30000),
+                (CALLEE, 50000),
+                (PRIV_MAC, CALLEE_MAC),
+            )),
+            frame: media_in.bytes(),
+            ingress: "pub0",
+            action: XDP_REDIRECT,
+            reason: Reason::ForwardRedirect,
+        },
+        Case {
+            name: "RTCP on port + 1 is relayed the same way",
+            expect: Some(relayed(
+                &rtcp_in,
+                (PRIVATE, 30001),
+                (CALLEE, 50001),
+                (PRIV_MAC, CALLEE_MAC),
+            )),
+            frame: rtcp_in.bytes(),
+            ingress: "pub0",
+            action: XDP_REDIRECT,
+            reason: Reason::ForwardRedirect,
+        },
+        Case {
+            name: "a zero UDP checksum stays zero",
+            expect: Some(relayed(
+                &no_checksum,
+                (PRIVATE, 30000),
+                (CALLEE, 50000),
+                (PRIV_MAC, CALLEE_MAC),
+            )),
+            frame: no_checksum.bytes(),
+            ingress: "pub0",
+            action: XDP_REDIRECT,
+            reason: Reason::ForwardRedirect,
+        },
+        Case {
+            name: "a flow whose next hop is on the ingress interface goes back out with XDP_TX",
+            expect: Some(relayed(
+                &hairpin_in,
+                (PRIVATE, 30004),
+                (HAIRPIN_PEER, 50004),
+                (PRIV_MAC, HAIRPIN_MAC),
+            )),
+            frame: hairpin_in.bytes(),
+            ingress: "priv0",
+            action: XDP_TX,
+            reason: Reason::ForwardTx,
+        },
+        Case {
+            name: "a port without a flow goes up",
+            frame: rtp((CALLER, 40000), (PUBLIC, 29998)).bytes(),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassNoFlow,
+            expect: None,
+        },
+        Case {
+            name: "a foreign source on a latched flow is dropped",
+            frame: rtp((ROGUE, 40000), (PUBLIC, 20000)).bytes(),
+            ingress: "pub0",
+            action: XDP_DROP,
+            reason: Reason::DropForeignSource,
+            expect: None,
+        },
+        Case {
+            name: "the right host from another port is foreign too",
+            frame: rtp((CALLER, 40002), (PUBLIC, 20000)).bytes(),
+            ingress: "pub0",
+            action: XDP_DROP,
+            reason: Reason::DropForeignSource,
+            expect: None,
+        },
+        Case {
+            name: "a flow that has not latched goes up (userspace latches it)",
+            frame: rtp((CALLER, 40010), (PUBLIC, 20010)).bytes(),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassNotLatched,
+            expect: None,
+        },
+        Case {
+            name: "a next hop without a neighbour entry goes up (the kernel resolves it)",
+            frame: rtp((CALLER, 40020), (PUBLIC, 20020)).bytes(),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassNoNeighbour,
+            expect: None,
+        },
+        Case {
+            name: "a flow whose other leg has no peer yet goes up",
+            frame: rtp((CALLER, 40030), (PUBLIC, 20030)).bytes(),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassNoDestination,
+            expect: None,
+        },
+        Case {
+            name: "TTL 1 goes up",
+            frame: UdpFrame {
+                ttl: 1,
+                ..media_in.clone()
+            }
+            .bytes(),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassTtlExpired,
+            expect: None,
+        },
+        Case {
+            name: "a VLAN tag without room for its header is truncated Ethernet",
+            frame: with(&|f| {
+                f[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+                f.truncate(16);
+            }),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassTruncatedEthernet,
+            expect: None,
+        },
+        Case {
+            name: "a frame cut inside the IPv4 header",
+            frame: with(&|f| f.truncate(14 + 10)),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassTruncatedIpv4,
+            expect: None,
+        },
+        Case {
+            name: "an IPv4 total length beyond the frame",
+            frame: with(&|f| f.truncate(f.len() - 20)),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassTruncatedIpv4,
+            expect: None,
+        },
+        Case {
+            name: "IP version 6 in an IPv4 frame",
+            frame: with(&|f| f[14] = 0x65),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassBadIpv4,
+            expect: None,
+        },
+        Case {
+            name: "IPv4 options",
+            frame: with(&|f| {
+                f[14] = 0x46;
+                f.splice(34..34, [1, 1, 1, 0]);
+                let total = u16::from_be_bytes([f[16], f[17]]) + 4;
+                f[16..18].copy_from_slice(&total.to_be_bytes());
+            }),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassIpv4Options,
+            expect: None,
+        },
+        Case {
+            name: "a first fragment (more fragments)",
+            frame: with(&|f| f[20] = 0x20),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassFragment,
+            expect: None,
+        },
+        Case {
+            name: "a later fragment (offset)",
+            frame: with(&|f| f[21] = 0x10),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassFragment,
+            expect: None,
+        },
+        Case {
+            name: "TCP",
+            frame: UdpFrame {
+                protocol: PROTO_TCP,
+                ..media_in.clone()
+            }
+            .bytes(),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassNotUdp,
+            expect: None,
+        },
+        Case {
+            name: "a UDP header cut short",
+            frame: with(&|f| {
+                f.truncate(34 + 4);
+                f[16..18].copy_from_slice(&24u16.to_be_bytes());
+            }),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassTruncatedUdp,
+            expect: None,
+        },
+        Case {
+            name: "a UDP length beyond the IPv4 payload",
+            frame: with(&|f| f[38..40].copy_from_slice(&4000u16.to_be_bytes())),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassTruncatedUdp,
+            expect: None,
+        },
+        Case {
+            name: "media of a known flow in a VLAN-tagged frame goes up (relayed in userspace)",
+            frame: vlan.bytes(),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassVlanTagged,
+            expect: None,
+        },
+        Case {
+            name: "a VLAN-tagged foreign source is still dropped",
+            frame: vlan_foreign.bytes(),
+            ingress: "pub0",
+            action: XDP_DROP,
+            reason: Reason::DropForeignSource,
+            expect: None,
+        },
+        Case {
+            name: "two VLAN tags",
+            frame: stacked.bytes(),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassStackedVlan,
+            expect: None,
+        },
+        Case {
+            name: "IPv6",
+            frame: ethertype(ETHERTYPE_IPV6),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassIpv6,
+            expect: None,
+        },
+        Case {
+            name: "ARP",
+            frame: ethertype(ETHERTYPE_ARP),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassNotIp,
+            expect: None,
+        },
+    ]
+}
+
+#[test]
+fn xdp_verdicts_counters_and_output_bytes() {
+    require_lab_privileges();
+    let fixture = fixture();
+    netns::enter(&fixture.sbc.name).unwrap();
+    let mut program = Program::load();
+    program.allow_egress("pub0");
+    program.allow_egress("priv0");
+    let latched = |local, peer, send_from, send_to, stream| FlowSpec {
+        local,
+        peer: Some(peer),
+        send_from,
+        send_to: Some(send_to),
+        leg: LEG_A,
+        stream,
+    };
+    for spec in [
+        latched(
+            (PUBLIC, 20000),
+            (CALLER, 40000),
+            (PRIVATE, 30000),
+            (CALLEE, 50000),
+            STREAM_RTP,
+        ),
+        latched(
+            (PUBLIC, 20001),
+            (CALLER, 40001),
+            (PRIVATE, 30001),
+            (CALLEE, 50001),
+            STREAM_RTCP,
+        ),
+        FlowSpec {
+            leg: LEG_B,
+            ..latched(
+                (PRIVATE, 30002),
+                (CALLEE, 50002),
+                (PRIVATE, 30004),
+                (HAIRPIN_PEER, 50004),
+                STREAM_RTP,
+            )
+        },
+        FlowSpec {
+            peer: None,
+            ..latched(
+                (PUBLIC, 20010),
+                (CALLER, 40010),
+                (PRIVATE, 30010),
+                (CALLEE, 50010),
+                STREAM_RTP,
+            )
+        },
+        latched(
+            (PUBLIC, 20020),
+            (CALLER, 40020),
+            (PRIVATE, 30020),
+            (UNRESOLVED, 50020),
+            STREAM_RTP,
+        ),
+        FlowSpec {
+            send_to: None,
+            ..latched(
+                (PUBLIC, 20030),
+                (CALLER, 40030),
+                (PRIVATE, 30030),
+                (CALLEE, 50030),
+                STREAM_RTP,
+            )
+        },
+    ] {
+        program.install(&spec);
+    }
+
+    let mut failures = Vec::new();
+    for case in cases() {
+        let before = program.reasons();
+        let (action, out) = program.run(&case.frame, case.ingress);
+        let after = program.reasons();
+        let expected_out = case.expect.clone().unwrap_or_else(|| case.frame.clone());
+        let mut problems = Vec::new();
+        if action != case.action {
+            problems.push(format!("action {action}, expected {}", case.action));
+        }
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            let delta = after[i] - before[i];
+            let expected = u64::from(*reason == case.reason);
+            if delta != expected {
+                problems.push(format!(
+                    "counter {} moved by {delta}, expected {expected}",
+                    reason.name()
+                ));
+            }
+        }
+        if out != expected_out {
+            problems.push(format!(
+                "output differs\n   got      {}\n   expected {}",
+                hex(&out),
+                hex(&expected_out)
+            ));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}:\n  {}", case.name, problems.join("\n  ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // Per-flow counters of port 20000: two packets relayed (with and without UDP checksum; the
+    // TTL-1 and VLAN-tagged ones went up), their 172-byte payloads, three foreign sources.
+    let stats = program.flow_stats(&key(PUBLIC, 20000));
+    assert_eq!(stats.packets, 2, "{stats:?}");
+    assert_eq!(stats.bytes, 2 * 172, "{stats:?}");
+    assert_eq!(stats.foreign_dropped, 3, "{stats:?}");
+    assert!(stats.last_seen_ns > 0, "{stats:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
