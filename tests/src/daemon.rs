@@ -54,6 +54,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub api: ApiClient,
+    /// Where the daemon pins its maps and links.
+    pub pin_dir: PathBuf,
     binary: PathBuf,
 }
 
@@ -102,6 +104,7 @@ level = "info"
             child: None,
             netns: lab.sbc.name.clone(),
             api: ApiClient::new(&socket),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/sbc/{instance}/v1")),
             config,
             dir,
             binary: crate::daemon::sbc_binary(),
@@ -216,6 +219,14 @@ level = "info"
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
+    }
+
+    /// The XDP verdict counters by reason name, from the API.
+    pub fn xdp_reason(&self, name: &str) -> anyhow::Result<u64> {
+        let stats = self.api.get("/v1/stats")?.body;
+        stats["xdp_reasons"][name]
+            .as_u64()
+            .with_context(|| format!("no XDP counter {name} in {stats}"))
     }
 
     /// Creates a session between `a_peer` (public side) and `b_peer` (private side).

@@ -1,0 +1,75 @@
+//! The pinned maps can be read by an operator: bpftool prints the flows with named fields
+//! (BTF), and `sbc maps` prints the same table with the daemon stopped.
+use std::process::Command;
+
+use sbc_tests::{
+    calls::open_calls,
+    daemon::{Daemon, DaemonOptions},
+    lab::Lab,
+    privileges::require_lab_privileges,
+};
+use serde_json::Value;
+
+#[test]
+fn bpftool_and_sbc_maps_show_the_flows() {
+    require_lab_privileges();
+    let lab = Lab::up("inspect").expect("lab");
+    let mut daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
+    let opened = open_calls(&daemon, 0..2, false).expect("sessions");
+    daemon.stop().expect("clean stop");
+
+    let flows = daemon.pin_dir.join("SBC_FLOWS");
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&flows)
+        .output()
+        .expect("bpftool is installed (`cargo xtask setup`)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dump: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    let entries = dump.as_array().expect("entries");
+    assert_eq!(entries.len(), 8, "two sessions of four flows: {dump}");
+    for entry in entries {
+        let value = &entry["formatted"]["value"];
+        for field in [
+            "new_src",
+            "new_dst",
+            "peer",
+            "new_src_port",
+            "new_dst_port",
+            "flags",
+            "session_id",
+            "leg",
+            "stream",
+        ] {
+            assert!(
+                !value[field].is_null(),
+                "bpftool shows no field {field}: {entry}"
+            );
+        }
+        assert!(
+            !entry["formatted"]["key"]["addr"]["octets"].is_null(),
+            "{entry}"
+        );
+    }
+    let ids: Vec<u64> = entries
+        .iter()
+        .map(|e| e["formatted"]["value"]["session_id"].as_u64().unwrap())
+        .collect();
+    for (id, _) in &opened {
+        assert_eq!(ids.iter().filter(|&&i| i == u64::from(*id)).count(), 4);
+    }
+
+    let table = daemon.command(&["maps"]).expect("sbc maps");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert!(text.contains("8 flows"), "{text}");
+    assert!(text.contains("198.18.1.1:20000"), "{text}");
+}

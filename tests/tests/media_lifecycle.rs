@@ -1,0 +1,212 @@
+//! The life of media sessions around the daemon: a crash and restart, running out of ports,
+//! and the media timeout.
+use std::{collections::BTreeSet, time::Duration};
+
+use sbc_tests::{
+    calls::open_calls,
+    daemon::{Daemon, DaemonOptions},
+    lab::Lab,
+    privileges::require_lab_privileges,
+    rtp::Traffic,
+};
+use serde_json::Value;
+
+fn kernel_packets(maps: &Value) -> u64 {
+    maps["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .map(|f| f["packets"].as_u64().unwrap())
+        .sum()
+}
+
+fn session_ids(daemon: &Daemon) -> BTreeSet<u64> {
+    daemon.api.get("/v1/sessions").expect("sessions").body["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn media_survives_kill_9_and_a_restarted_daemon_adopts_and_ends_the_sessions() {
+    require_lab_privileges();
+    let lab = Lab::up("restart").expect("lab");
+    let mut daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
+    let mut opened = open_calls(&daemon, 0..10, false).expect("sessions");
+    opened.extend(open_calls(&daemon, 10..20, true).expect("rtcp-mux sessions"));
+    let ids: BTreeSet<u64> = opened.iter().map(|(id, _)| u64::from(*id)).collect();
+    let calls: Vec<_> = opened.into_iter().map(|(_, call)| call).collect();
+
+    let traffic = Traffic::start(&lab, &calls, Duration::from_secs(7));
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.kill9();
+    let while_down = daemon.maps().expect("sbc maps with the daemon down");
+    std::thread::sleep(Duration::from_secs(2));
+    let later = daemon.maps().expect("sbc maps with the daemon down");
+    assert!(
+        kernel_packets(&later) > kernel_packets(&while_down) + 1000,
+        "the kernel stopped relaying when the daemon died ({} then {})",
+        kernel_packets(&while_down),
+        kernel_packets(&later)
+    );
+
+    daemon.spawn(&[]).expect("restart");
+    assert_eq!(
+        session_ids(&daemon),
+        ids,
+        "the restarted daemon lists other sessions"
+    );
+    let report = traffic.finish().expect("traffic");
+    for direction in [report.caller_to_callee(), report.callee_to_caller()] {
+        assert!(
+            direction.delivered() >= 0.999,
+            "media was lost across the crash: {direction:?}\n{}",
+            daemon.log()
+        );
+    }
+
+    for id in &ids {
+        let response = daemon
+            .api
+            .delete(&format!("/v1/sessions/{id}"))
+            .expect("delete");
+        assert_eq!(
+            response.status, 200,
+            "ending adopted session {id}: {}",
+            response.body
+        );
+    }
+    let maps = daemon.maps().expect("maps");
+    assert_eq!(
+        maps["flows"].as_array().unwrap().len(),
+        0,
+        "flows left behind: {maps}"
+    );
+    let stats = daemon.api.get("/v1/stats").expect("stats").body;
+    for pool in stats["ports"].as_array().unwrap() {
+        assert_eq!(pool["in_use"], 0, "ports left allocated: {stats}");
+    }
+    let ended: BTreeSet<u64> = daemon
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "media_session_ended" && e["reason"] == "deleted")
+        .map(|e| e["session"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ended, ids, "one end event per adopted session");
+}
+
+#[test]
+fn port_exhaustion_is_refused_cleanly_and_disturbs_nothing() {
+    require_lab_privileges();
+    let lab = Lab::up("ports").expect("lab");
+    // 20 ports per address: ten RTP/RTCP pairs, so ten sessions.
+    let options = DaemonOptions {
+        port_min: 20000,
+        port_max: 20019,
+        ..Default::default()
+    };
+    let daemon = Daemon::start(&lab, &options).expect("daemon");
+    let opened = open_calls(&daemon, 0..10, false).expect("ten sessions fit");
+    let before = session_ids(&daemon);
+
+    for rtcp_mux in [false, true] {
+        let response = daemon
+            .create_session(
+                "198.18.1.2:41000".parse().unwrap(),
+                "198.18.2.2:51000".parse().unwrap(),
+                rtcp_mux,
+            )
+            .expect("request");
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert_eq!(response.retry_after, Some(5), "503 without Retry-After");
+        let error = response.body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("exhausted") && error.contains("20000-20019"),
+            "unclear error: {error}"
+        );
+    }
+    assert_eq!(
+        session_ids(&daemon),
+        before,
+        "a refused request changed the sessions"
+    );
+
+    let calls: Vec<_> = opened.iter().map(|(_, call)| *call).collect();
+    let report = Traffic::start(&lab, &calls, Duration::from_secs(2))
+        .finish()
+        .expect("traffic");
+    for direction in [report.caller_to_callee(), report.callee_to_caller()] {
+        assert!(
+            direction.delivered() >= 0.999,
+            "existing sessions lost media: {direction:?}"
+        );
+    }
+
+    let freed = opened[0].0;
+    assert_eq!(
+        daemon
+            .api
+            .delete(&format!("/v1/sessions/{freed}"))
+            .unwrap()
+            .status,
+        200
+    );
+    let again = daemon
+        .create_session(
+            "198.18.1.2:41000".parse().unwrap(),
+            "198.18.2.2:51000".parse().unwrap(),
+            false,
+        )
+        .expect("request");
+    assert_eq!(
+        again.status, 201,
+        "freed ports were not reusable: {}",
+        again.body
+    );
+}
+
+#[test]
+fn idle_sessions_end_after_the_media_timeout_and_are_reported() {
+    require_lab_privileges();
+    let lab = Lab::up("timeout").expect("lab");
+    let options = DaemonOptions {
+        media_timeout_secs: 2,
+        ..Default::default()
+    };
+    let daemon = Daemon::start(&lab, &options).expect("daemon");
+    let opened = open_calls(&daemon, 0..2, false).expect("sessions");
+    let (active, idle) = (opened[0].0, opened[1].0);
+
+    let traffic = Traffic::start(&lab, &[opened[0].1], Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(
+        session_ids(&daemon),
+        BTreeSet::from([u64::from(active)]),
+        "only the idle session should have ended"
+    );
+    traffic.finish().expect("traffic");
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(
+        session_ids(&daemon).is_empty(),
+        "the session outlived its media"
+    );
+
+    let timeouts: Vec<u64> = daemon
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "media_session_ended" && e["reason"] == "media_timeout")
+        .map(|e| e["session"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(timeouts, vec![u64::from(idle), u64::from(active)]);
+    let stats = daemon.api.get("/v1/stats").unwrap().body;
+    assert!(
+        stats["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["in_use"] == 0),
+        "{stats}"
+    );
+}
