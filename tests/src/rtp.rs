@@ -344,15 +344,17 @@ fn run_side(
     let start = Instant::now();
     let mut tick = 0u32;
     while start.elapsed() < duration {
+        let rtcp_tick = tick % RTCP_EVERY == RTCP_EVERY / 2;
         for endpoint in &mut endpoints {
             endpoint.send_rtp();
-            if tick % RTCP_EVERY == RTCP_EVERY / 2 {
+            if rtcp_tick {
                 endpoint.send_rtcp();
             }
         }
+        let per_endpoint = if rtcp_tick { 2 } else { 1 };
         progress
             .sent
-            .fetch_add(endpoints.len() as u64, Ordering::Relaxed);
+            .fetch_add(per_endpoint * endpoints.len() as u64, Ordering::Relaxed);
         tick += 1;
         let next = start + PACKET_INTERVAL * tick;
         loop {

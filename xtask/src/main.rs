@@ -87,6 +87,49 @@ fn run(program: impl AsRef<OsStr>, args: &[&str], envs: &[(&str, &OsStr)]) -> an
     Ok(())
 }
 
+/// Passed and failed tests, summed over `cargo test` result lines.
+#[derive(Default)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test` with `args`, echoing its output and adding up its result lines.
+fn cargo_test(
+    args: &[&str],
+    envs: &[(&str, &OsStr)],
+    counts: &mut TestCounts,
+) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, BufReader};
+    let mut command = Command::new(cargo());
+    command
+        .current_dir(workspace())
+        .arg("test")
+        .args(args)
+        .stdout(std::process::Stdio::piped());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().context("cannot run cargo test")?;
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        // "test result: ok. 5 passed; 0 failed; 0 ignored; ..."
+        if let Some(result) = line.strip_prefix("test result: ") {
+            for part in result.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                match (words.next().map(str::parse::<u64>), words.next()) {
+                    (Some(Ok(n)), Some("passed")) => counts.passed += n,
+                    (Some(Ok(n)), Some("failed")) => counts.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(child.wait()?.success())
+}
+
 fn build_ebpf() -> anyhow::Result<PathBuf> {
     let object = recipe::build(&workspace(), &cargo()).map_err(anyhow::Error::msg)?;
     println!("XDP object: {}", object.display());
@@ -129,17 +172,17 @@ fn main() -> anyhow::Result<()> {
         Task::Test { filter } => {
             setup::install()?;
             let bin_dir = build(false)?;
+            let mut counts = TestCounts::default();
             println!("== unit tests");
-            run(
-                cargo(),
-                &["test", "--workspace", "--exclude", "sbc-tests"],
-                &[],
-            )?;
+            let unit_ok = cargo_test(&["--workspace", "--exclude", "sbc-tests"], &[], &mut counts)?;
             println!("== privileged tests: XDP fixtures, network-namespace lab (serially)");
-            let mut args = vec!["test", "-p", "sbc-tests", "--", "--test-threads=1"];
+            let mut args = vec!["-p", "sbc-tests", "--", "--test-threads=1"];
             args.extend(filter.iter().map(String::as_str));
             let sbc = bin_dir.join("sbc");
-            run(cargo(), &args, &[("SBC_BIN", sbc.as_os_str())])
+            let lab_ok = cargo_test(&args, &[("SBC_BIN", sbc.as_os_str())], &mut counts)?;
+            println!("tests: {} passed, {} failed", counts.passed, counts.failed);
+            anyhow::ensure!(unit_ok && lab_ok, "tests failed");
+            Ok(())
         }
         Task::Lab { action } => {
             let bin_dir = build(false)?;
