@@ -659,3 +659,39 @@ fn xdp_verdicts_counters_and_output_bytes() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Verifier stability: the program loads, and the work the verifier does on it stays far from
+/// the kernel's limits (1 million processed instructions). A change that makes the verifier's
+/// job explode fails here before it fails on an operator's kernel.
+#[test]
+fn verifier_cost_stays_within_budget() {
+    require_lab_privileges();
+    const VERIFIED_BUDGET: u32 = 20_000;
+    const TRANSLATED_BUDGET_BYTES: u32 = 16 * 1024;
+    let mut program = Program::load();
+    let xdp: &mut Xdp = program
+        .ebpf
+        .program_mut(XDP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let info = xdp.info().expect("program info");
+    let verified = info
+        .verified_instruction_count()
+        .expect("kernel reports verified instructions");
+    let translated = info
+        .size_translated()
+        .expect("kernel reports the translated size");
+    eprintln!(
+        "sbc_xdp: {verified} instructions verified, {} translated",
+        translated / 8
+    );
+    assert!(
+        verified <= VERIFIED_BUDGET,
+        "the verifier processed {verified} instructions"
+    );
+    assert!(
+        translated <= TRANSLATED_BUDGET_BYTES,
+        "the program grew to {translated} bytes"
+    );
+}
