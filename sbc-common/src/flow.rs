@@ -165,6 +165,18 @@ pub struct FlowStats {
     pub foreign_dropped: u64,
 }
 
+impl FlowStats {
+    /// Adds another CPU's counters to these (last seen: the later of the two).
+    pub fn merge(self, other: &FlowStats) -> FlowStats {
+        FlowStats {
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+            last_seen_ns: self.last_seen_ns.max(other.last_seen_ns),
+            foreign_dropped: self.foreign_dropped + other.foreign_dropped,
+        }
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<IpAddress>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Flow>() == 64);

@@ -186,16 +186,7 @@ impl Program {
             PerCpuHashMap::try_from(self.ebpf.map(FLOW_STATS).unwrap()).unwrap();
         stats.get(key, 0).map_or_else(
             |_| FlowStats::default(),
-            |per_cpu| {
-                per_cpu
-                    .iter()
-                    .fold(FlowStats::default(), |sum, s| FlowStats {
-                        packets: sum.packets + s.packets,
-                        bytes: sum.bytes + s.bytes,
-                        last_seen_ns: sum.last_seen_ns.max(s.last_seen_ns),
-                        foreign_dropped: sum.foreign_dropped + s.foreign_dropped,
-                    })
-            },
+            |per_cpu| per_cpu.iter().fold(FlowStats::default(), FlowStats::merge),
         )
     }
 

@@ -120,16 +120,7 @@ impl FlowStatsReader {
     /// The counters of one flow summed over CPUs (last seen: the latest of any CPU).
     pub fn get(&self, key: &FlowKey) -> Option<FlowStats> {
         let per_cpu = self.stats.get(key, 0).ok()?;
-        Some(
-            per_cpu
-                .iter()
-                .fold(FlowStats::default(), |sum, s| FlowStats {
-                    packets: sum.packets + s.packets,
-                    bytes: sum.bytes + s.bytes,
-                    last_seen_ns: sum.last_seen_ns.max(s.last_seen_ns),
-                    foreign_dropped: sum.foreign_dropped + s.foreign_dropped,
-                }),
-        )
+        Some(per_cpu.iter().fold(FlowStats::default(), FlowStats::merge))
     }
 }
 

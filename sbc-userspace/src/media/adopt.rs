@@ -17,8 +17,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    plane::{EndReason, FlowEntry, MediaPlane, Session, State, UserCounters, bind_udp},
-    relay,
+    plane::{EndReason, MediaPlane, Session, State, bind_udp},
     session::{Leg, Side, socket_addr},
 };
 use crate::clock::monotonic_ns;
@@ -125,22 +124,11 @@ impl MediaPlane {
                     "a flow sends from {out}, which is not one of its ports"
                 ));
             };
-            entries.push((*key, *flow, Arc::clone(out)));
+            let own = Arc::clone(&sockets[&socket_addr(&key.addr, key.port)]);
+            entries.push((*key, *flow, Arc::clone(out), own));
         }
 
-        let mut relays = Vec::with_capacity(entries.len());
-        for (key, flow, out) in entries {
-            let own = Arc::clone(&sockets[&socket_addr(&key.addr, key.port)]);
-            relays.push(relay::spawn(Arc::clone(self), key, own));
-            state.flows.insert(
-                key,
-                FlowEntry {
-                    flow,
-                    out,
-                    counters: UserCounters::default(),
-                },
-            );
-        }
+        let relays = self.activate_flows(state, entries);
         let legs: [Leg; 2] = legs.try_into().expect("two legs");
         state.sessions.insert(
             id,

@@ -137,6 +137,10 @@ pub struct MediaPlane {
     pub(super) events: EventSink,
 }
 
+/// A flow about to be activated: its key and value, the socket it sends from (the other leg's)
+/// and the socket it receives on (its own).
+pub(super) type NewFlow = (FlowKey, Flow, Arc<UdpSocket>, Arc<UdpSocket>);
+
 /// A leg whose ports are bound: its sockets by stream (RTP, then RTCP if any).
 pub(super) struct BoundLeg {
     pub leg: Leg,
@@ -298,18 +302,7 @@ impl MediaPlane {
                 }
             }
         }
-        let mut relays = Vec::new();
-        for (key, flow, out, socket) in entries {
-            relays.push(relay::spawn(Arc::clone(self), key, socket));
-            state.flows.insert(
-                key,
-                FlowEntry {
-                    flow,
-                    out,
-                    counters: UserCounters::default(),
-                },
-            );
-        }
+        let relays = self.activate_flows(&mut state, entries);
         let [a, b] = legs;
         state.sessions.insert(
             id,
@@ -329,6 +322,28 @@ impl MediaPlane {
         info.ok_or(MediaError::Internal(
             "session vanished while created".into(),
         ))
+    }
+
+    /// Registers flows for the userspace relay and starts a relay on each flow's own socket.
+    pub(super) fn activate_flows(
+        self: &Arc<Self>,
+        state: &mut State,
+        flows: Vec<NewFlow>,
+    ) -> Vec<JoinHandle<()>> {
+        flows
+            .into_iter()
+            .map(|(key, flow, out, own)| {
+                state.flows.insert(
+                    key,
+                    FlowEntry {
+                        flow,
+                        out,
+                        counters: UserCounters::default(),
+                    },
+                );
+                relay::spawn(Arc::clone(self), key, own)
+            })
+            .collect()
     }
 
     pub fn get(&self, id: u32) -> Option<SessionInfo> {
