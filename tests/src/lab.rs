@@ -50,27 +50,38 @@ impl Lab {
 
     fn wire(&self) -> anyhow::Result<()> {
         let (caller, sbc, callee, rogue) = (&self.caller, &self.sbc, &self.callee, &self.rogue);
-        veth(sbc, "pub0", caller, "eth0")?;
+        self.connect_public()?;
         veth(sbc, "priv0", callee, "eth0")?;
         veth(rogue, "eth0", caller, "rogue0")?;
-        address(caller, "eth0", CALLER)?;
         address(caller, "rogue0", ROGUE_GATEWAY)?;
-        address(sbc, "pub0", SBC_PUBLIC)?;
         address(sbc, "priv0", SBC_PRIVATE)?;
         address(callee, "eth0", CALLEE)?;
         address(rogue, "eth0", ROGUE)?;
         // The caller's side stands for the Internet: it routes the rogue host to the sbc.
         caller.sysctl("net.ipv4.ip_forward", "1")?;
         rogue.ip(&["route", "add", "default", "via", &ROGUE_GATEWAY.to_string()])?;
-        sbc.ip(&["route", "add", "default", "via", &CALLER.to_string()])?;
-        for ns in [caller, callee, rogue] {
-            // A veth hands locally sent packets over with the UDP checksum still to be filled
-            // in (checksum offload); the XDP relay forwards frames as they are, as it must for
-            // real NICs, so the lab hosts compute full checksums like a real host on a wire.
-            // GRO gives the veth NAPI, which XDP_REDIRECT into it needs (no second XDP program).
-            ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])?;
+        for ns in [callee, rogue] {
+            host_offloads(ns)?;
         }
         Ok(())
+    }
+
+    /// The caller ↔ sbc link (pub0), with the sbc's default route through it.
+    fn connect_public(&self) -> anyhow::Result<()> {
+        veth(&self.sbc, "pub0", &self.caller, "eth0")?;
+        address(&self.caller, "eth0", CALLER)?;
+        address(&self.sbc, "pub0", SBC_PUBLIC)?;
+        host_offloads(&self.caller)?;
+        self.sbc
+            .ip(&["route", "replace", "default", "via", &CALLER.to_string()])?;
+        Ok(())
+    }
+
+    /// Deletes pub0 and creates it again (a new interface under the old name, as after a
+    /// driver reload): whatever was attached to the old one is gone.
+    pub fn recreate_public_interface(&self) -> anyhow::Result<()> {
+        self.sbc.ip(&["link", "del", "pub0"])?;
+        self.connect_public()
     }
 
     /// Keeps the namespaces after this process exits (`cargo xtask lab up`); `Lab::down` with
@@ -94,6 +105,15 @@ impl Lab {
             self.caller.name, self.sbc.name, self.callee.name, self.rogue.name
         )
     }
+}
+
+/// A veth hands locally sent packets over with the UDP checksum still to be filled in (checksum
+/// offload); the XDP relay forwards frames as they are, as it must for real NICs, so lab hosts
+/// compute full checksums like a host on a wire. GRO gives the veth NAPI, which XDP_REDIRECT into
+/// it needs (no second XDP program).
+fn host_offloads(ns: &Netns) -> anyhow::Result<()> {
+    ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])?;
+    Ok(())
 }
 
 fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use sbc_tests::{
-    calls::open_calls,
+    calls::{open_calls, relayed_packets},
     daemon::{Daemon, DaemonOptions},
     lab::Lab,
     privileges::require_lab_privileges,
@@ -210,5 +210,35 @@ fn idle_sessions_end_after_the_media_timeout_and_are_reported() {
             .iter()
             .all(|p| p["in_use"] == 0),
         "{stats}"
+    );
+}
+
+#[test]
+fn a_restarted_daemon_reattaches_xdp_to_a_recreated_interface() {
+    require_lab_privileges();
+    let lab = Lab::up("reattach").expect("lab");
+    let mut daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
+    let calls: Vec<_> = open_calls(&daemon, 0..4, false)
+        .expect("sessions")
+        .into_iter()
+        .map(|(_, call)| call)
+        .collect();
+    daemon.stop().expect("clean stop");
+    lab.recreate_public_interface().expect("new pub0");
+    daemon.spawn(&[]).expect("restart");
+
+    let traffic = Traffic::start(&lab, &calls, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(1500));
+    let warm = relayed_packets(&daemon).expect("counters");
+    let report = traffic.finish().expect("traffic");
+    let done = relayed_packets(&daemon).expect("counters");
+    for direction in [report.caller_to_callee(), report.callee_to_caller()] {
+        assert!(direction.delivered() >= 0.999, "{direction:?}");
+    }
+    let (kernel, userspace) = (done.0 - warm.0, done.1 - warm.1);
+    assert!(
+        kernel as f64 >= 0.99 * (kernel + userspace) as f64,
+        "XDP is not relaying on the new pub0: {kernel} kernel, {userspace} userspace\n{}",
+        daemon.log()
     );
 }

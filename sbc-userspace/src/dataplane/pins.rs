@@ -92,3 +92,52 @@ pub fn ensure_bpffs(path: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The interface a pinned XDP link is attached to; 0 once that interface is gone (the kernel
+/// then keeps the link, defunct). aya does not expose a link's target, so this asks bpf(2).
+pub fn pinned_xdp_link_ifindex(path: &Path) -> io::Result<u32> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    /// `struct bpf_link_info`: type, id, prog_id, then (8-aligned) the per-type union, which
+    /// for XDP starts with the ifindex.
+    const IFINDEX_OFFSET: usize = 16;
+
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags (zero-padded).
+    let mut get = [0u64; 4];
+    get[0] = c_path.as_ptr() as u64;
+    // SAFETY: `get` is a valid bpf_attr prefix for BPF_OBJ_GET and outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, get.as_ptr(), size_of_val(&get)) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor; OwnedFd closes it.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let mut info = [0u8; 64];
+    // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
+    let mut attr = [0u64; 2];
+    attr[0] = u64::from(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32) | ((info.len() as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: `attr` is a valid bpf_attr for this command; `info` is writable for its length.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let word = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes"));
+    if word(0) != BPF_LINK_TYPE_XDP {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not an XDP link", path.display()),
+        ));
+    }
+    Ok(word(IFINDEX_OFFSET))
+}

@@ -3,6 +3,8 @@
 //! Maps are created pinned (or re-opened from their pins); each interface's XDP link is pinned
 //! too. A daemon that finds a pinned link swaps its program atomically (`bpf_link_update`), so
 //! media keeps flowing across restarts and upgrades.
+use std::path::Path;
+
 use anyhow::{Context as _, bail};
 use aya::{
     EbpfLoader,
@@ -16,7 +18,7 @@ use aya::{
 use sbc_common::maps::{self as map_names, XDP_PROGRAM};
 use tracing::{info, warn};
 
-use super::{PinLayout, maps::check_pinned};
+use super::{PinLayout, maps::check_pinned, pins::pinned_xdp_link_ifindex};
 use crate::config::{Config, XdpAttachMode, interface_index};
 
 /// The XDP object built by `sbc-ebpf/build_recipe.rs`.
@@ -49,6 +51,7 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
         XdpAttachMode::Native => XdpMode::Driver,
         XdpAttachMode::Generic => XdpMode::Skb,
     };
+    detach_unconfigured(config, layout)?;
     for interface in &config.dataplane.interfaces {
         ensure_forwarding(interface, config.dataplane.enable_forwarding)?;
         attach(program, interface, mode, layout)?;
@@ -76,6 +79,9 @@ fn attach(
     layout: &PinLayout,
 ) -> anyhow::Result<()> {
     let pin = layout.link(interface);
+    if pin.exists() && !link_still_attached(&pin, interface)? {
+        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+    }
     if pin.exists() {
         let link = PinnedLink::from_pin(&pin)
             .with_context(|| format!("opening pinned link {}", pin.display()))?;
@@ -104,6 +110,41 @@ fn attach(
     link.pin(&pin)
         .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
     info!(interface, ?mode, "attached XDP program");
+    Ok(())
+}
+
+/// False when a pinned link no longer drives `interface` (the interface was deleted, perhaps
+/// recreated under the same name): taking it over would leave XDP silently off.
+fn link_still_attached(pin: &Path, interface: &str) -> anyhow::Result<bool> {
+    let attached_to = pinned_xdp_link_ifindex(pin)
+        .with_context(|| format!("inspecting pinned link {}", pin.display()))?;
+    if Some(attached_to) == interface_index(interface) {
+        return Ok(true);
+    }
+    warn!(
+        interface,
+        "the pinned XDP link belongs to a vanished interface; attaching anew"
+    );
+    Ok(false)
+}
+
+/// Detaches the links of interfaces that are no longer configured.
+fn detach_unconfigured(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
+    let links = layout.dir.join("links");
+    for entry in
+        std::fs::read_dir(&links).with_context(|| format!("reading {}", links.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !config.dataplane.interfaces.contains(&name) {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            info!(
+                interface = name,
+                "detached XDP: the interface is no longer configured"
+            );
+        }
+    }
     Ok(())
 }
 
