@@ -162,6 +162,38 @@ fn stream_peer(rtp_peer: SocketAddr, stream: u8) -> SocketAddr {
     }
 }
 
+/// The flows of a new session: what arrives on a leg's port leaves from the other leg's port of
+/// the same stream, towards the other leg's peer (unknown until announced or latched).
+fn session_flows(id: u32, legs: &[BoundLeg; 2], peers: [Option<SocketAddr>; 2]) -> Vec<NewFlow> {
+    let mut flows = Vec::with_capacity(4);
+    for (index, bound) in legs.iter().enumerate() {
+        let other = &legs[1 - index];
+        for (slot, (stream, local)) in bound.leg.ports().enumerate() {
+            let new_src = other
+                .leg
+                .local(stream)
+                .expect("both legs have the same streams");
+            let new_dst = peers[1 - index].map(|peer| stream_peer(peer, stream));
+            let flow = Flow {
+                new_src: IpAddress::from(new_src.ip()),
+                new_src_port: new_src.port().to_be(),
+                new_dst: new_dst.map_or(IpAddress::UNSPECIFIED, |d| IpAddress::from(d.ip())),
+                new_dst_port: new_dst.map_or(0, |d| d.port().to_be()),
+                peer: IpAddress::UNSPECIFIED,
+                peer_port: 0,
+                flags: 0,
+                session_id: id,
+                leg: if index == 0 { LEG_A } else { LEG_B },
+                stream,
+                _pad: [0; 2],
+            };
+            let out = Arc::clone(&other.sockets[slot]);
+            flows.push((flow_key(local), flow, out, Arc::clone(&bound.sockets[slot])));
+        }
+    }
+    flows
+}
+
 impl MediaPlane {
     /// A media plane; with `kernel`, flows are mirrored into the XDP maps and whatever those
     /// maps already hold (from a previous daemon) is adopted.
@@ -262,45 +294,12 @@ impl MediaPlane {
         };
         let id = state.allocate_id();
         let legs = [a, b];
-        let peers = [spec.a.peer, spec.b.peer];
-        let mut entries = Vec::new();
-        for (index, bound) in legs.iter().enumerate() {
-            let other = &legs[1 - index];
-            for (slot, (stream, local)) in bound.leg.ports().enumerate() {
-                let new_src = other
-                    .leg
-                    .local(stream)
-                    .expect("both legs have the same streams");
-                let new_dst = peers[1 - index].map(|peer| stream_peer(peer, stream));
-                let flow = Flow {
-                    new_src: IpAddress::from(new_src.ip()),
-                    new_src_port: new_src.port().to_be(),
-                    new_dst: new_dst.map_or(IpAddress::UNSPECIFIED, |d| IpAddress::from(d.ip())),
-                    new_dst_port: new_dst.map_or(0, |d| d.port().to_be()),
-                    peer: IpAddress::UNSPECIFIED,
-                    peer_port: 0,
-                    flags: 0,
-                    session_id: id,
-                    leg: if index == 0 { LEG_A } else { LEG_B },
-                    stream,
-                    _pad: [0; 2],
-                };
-                let out = Arc::clone(&other.sockets[slot]);
-                entries.push((flow_key(local), flow, out, Arc::clone(&bound.sockets[slot])));
+        let entries = session_flows(id, &legs, [spec.a.peer, spec.b.peer]);
+        if let Err(e) = state.install_in_kernel(&entries) {
+            for bound in &legs {
+                state.release_ports(&bound.leg);
             }
-        }
-        if let Some(kernel) = state.kernel.as_mut() {
-            for (done, (key, flow, ..)) in entries.iter().enumerate() {
-                if let Err(e) = kernel.install(key, flow) {
-                    for (key, ..) in &entries[..done] {
-                        kernel.remove(key);
-                    }
-                    for bound in &legs {
-                        state.release_ports(&bound.leg);
-                    }
-                    return Err(MediaError::Exhausted(format!("{e:#}")));
-                }
-            }
+            return Err(e);
         }
         let relays = self.activate_flows(&mut state, entries);
         let [a, b] = legs;
@@ -604,6 +603,22 @@ impl State {
         for (_, local) in leg.ports() {
             self.pool(local.ip()).release(local.port());
         }
+    }
+
+    /// Mirrors new flows into the kernel map, all or nothing.
+    fn install_in_kernel(&mut self, flows: &[NewFlow]) -> Result<(), MediaError> {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return Ok(());
+        };
+        for (done, (key, flow, ..)) in flows.iter().enumerate() {
+            if let Err(e) = kernel.install(key, flow) {
+                for (key, ..) in &flows[..done] {
+                    kernel.remove(key);
+                }
+                return Err(MediaError::Exhausted(format!("{e:#}")));
+            }
+        }
+        Ok(())
     }
 
     fn allocate_id(&mut self) -> u32 {
