@@ -8,3 +8,4 @@ pub mod dataplane;
 pub mod events;
 pub mod maps_report;
 pub mod media;
+pub mod sip;
