@@ -8,4 +8,5 @@ pub mod dataplane;
 pub mod events;
 pub mod maps_report;
 pub mod media;
+pub mod sdp;
 pub mod sip;

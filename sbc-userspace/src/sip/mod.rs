@@ -7,6 +7,7 @@
 //! editing single headers, so what the proxy does not touch passes through byte for byte.
 pub mod address;
 pub mod check;
+pub mod edit;
 pub mod framing;
 pub mod inbound;
 pub mod message;
