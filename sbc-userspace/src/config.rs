@@ -26,6 +26,105 @@ pub struct Config {
     pub events: EventsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The SIP proxy; without it the daemon anchors media for the control API only.
+    #[serde(default)]
+    pub sip: Option<SipConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// Where carriers and trunks send SIP (UDP).
+    pub public_listen: SocketAddr,
+    /// Where backends send SIP; defaults to `public_listen` (one interface).
+    #[serde(default)]
+    pub private_listen: Option<SocketAddr>,
+    /// The media servers new calls from the public side go to.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub policy: BalancePolicy,
+    /// An INVITE unanswered (not even 100) this long goes to the next backend.
+    #[serde(default = "default_invite_timeout_ms")]
+    pub invite_timeout_ms: u64,
+    /// Where new requests from the private side go when their Request-URI names no IP address.
+    #[serde(default)]
+    pub trunk: Option<SocketAddr>,
+    /// Retry-After of our 503s.
+    #[serde(default = "default_retry_after_secs")]
+    pub retry_after_secs: u32,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+impl SipConfig {
+    pub fn private_listen(&self) -> SocketAddr {
+        self.private_listen.unwrap_or(self.public_listen)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: SocketAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    #[default]
+    RoundRobin,
+    Weighted,
+    LeastCalls,
+    CallIdHash,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Time between OPTIONS probes of each backend.
+    pub interval_ms: u64,
+    /// A probe unanswered this long failed.
+    pub timeout_ms: u64,
+    /// Consecutive failures (probes, INVITE timeouts, 5xx) that mark a backend down.
+    pub failure_threshold: u32,
+    /// Consecutive answered probes that bring it back.
+    pub recovery_threshold: u32,
+    /// Probe answers that count as alive: codes ("404") or ranges ("200-299").
+    pub alive_codes: Vec<String>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            failure_threshold: 2,
+            recovery_threshold: 2,
+            alive_codes: vec!["200-299".into()],
+        }
+    }
+}
+
+/// Parses an `alive_codes` entry: "404" or "200-299".
+pub fn code_range(entry: &str) -> Option<(u16, u16)> {
+    let (low, high) = entry.split_once('-').unwrap_or((entry, entry));
+    let (low, high) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    ((100..=699).contains(&low) && low <= high && high <= 699).then_some((low, high))
+}
+
+fn default_invite_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_retry_after_secs() -> u32 {
+    5
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -241,6 +340,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(sip) = &self.sip {
+            validate_sip(sip)?;
+        }
         if self.dataplane.mode == DataplaneMode::Xdp && self.dataplane.interfaces.is_empty() {
             return Err(ConfigError::new(
                 "dataplane.interfaces",
@@ -262,10 +364,15 @@ impl Config {
                 }
             }
         }
-        for (key, addr) in [
+        let mut local = vec![
             ("media.public_address", self.media.public_address),
             ("media.private_address", self.media.private_address()),
-        ] {
+        ];
+        if let Some(sip) = &self.sip {
+            local.push(("sip.public_listen", sip.public_listen.ip()));
+            local.push(("sip.private_listen", sip.private_listen().ip()));
+        }
+        for (key, addr) in local {
             if let Err(e) = UdpSocket::bind(SocketAddr::new(addr, 0)) {
                 return Err(ConfigError::new(
                     key,
@@ -282,6 +389,53 @@ impl Config {
             .clone()
             .unwrap_or_else(|| default_api_socket(&self.instance))
     }
+}
+
+fn validate_sip(sip: &SipConfig) -> Result<(), ConfigError> {
+    if sip.backends.is_empty() {
+        return Err(ConfigError::new(
+            "sip.backends",
+            "lists no backend: name at least one media server",
+        ));
+    }
+    for (i, backend) in sip.backends.iter().enumerate() {
+        if backend.weight == 0 {
+            return Err(ConfigError::new(
+                &format!("sip.backends[{i}].weight"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if sip.invite_timeout_ms == 0 {
+        return Err(ConfigError::new(
+            "sip.invite_timeout_ms",
+            "must be at least 1",
+        ));
+    }
+    let health = &sip.health;
+    for (key, value) in [
+        ("sip.health.interval_ms", health.interval_ms),
+        ("sip.health.timeout_ms", health.timeout_ms),
+        (
+            "sip.health.failure_threshold",
+            u64::from(health.failure_threshold),
+        ),
+        (
+            "sip.health.recovery_threshold",
+            u64::from(health.recovery_threshold),
+        ),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(key, "must be at least 1"));
+        }
+    }
+    if let Some(bad) = health.alive_codes.iter().find(|c| code_range(c).is_none()) {
+        return Err(ConfigError::new(
+            "sip.health.alive_codes",
+            format!("{bad:?} is neither a status code nor a range like \"200-299\""),
+        ));
+    }
+    Ok(())
 }
 
 pub fn default_api_socket(instance: &str) -> PathBuf {

@@ -10,6 +10,7 @@ use crate::{
     dataplane::{FlowMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins, xdp},
     events::EventSink,
     media::{EndReason, MediaPlane, MediaSettings},
+    proxy::{Proxy, ProxyHandle},
 };
 
 pub struct RunOptions {
@@ -68,9 +69,13 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
             (None, None)
         }
     };
-    let events = EventSink::open(config.events.file.as_deref())?;
-    let plane = MediaPlane::new(media_settings(&config), kernel, events);
-    let reaper = tokio::spawn(end_idle_sessions(Arc::clone(&plane)));
+    let events = Arc::new(EventSink::open(config.events.file.as_deref())?);
+    let plane = MediaPlane::new(media_settings(&config), kernel, Arc::clone(&events));
+    let proxy = match &config.sip {
+        Some(sip) => Some(Proxy::start(sip, Arc::clone(&plane), Arc::clone(&events)).await?),
+        None => None,
+    };
+    let reaper = tokio::spawn(end_idle_sessions(Arc::clone(&plane), proxy.clone()));
     let router = server::router(Arc::new(ApiState {
         plane: Arc::clone(&plane),
         reasons,
@@ -96,13 +101,18 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn end_idle_sessions(plane: Arc<MediaPlane>) {
+/// Ends sessions without media once a second; the proxy then ends their calls with BYE.
+async fn end_idle_sessions(plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
         let plane = Arc::clone(&plane);
         // Reading kernel counters is a syscall per flow: keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || plane.end_idle_sessions()).await;
+        if let Ok(ended) = tokio::task::spawn_blocking(move || plane.end_idle_sessions()).await
+            && let Some(proxy) = &proxy
+        {
+            proxy.media_timed_out(ended);
+        }
     }
 }
 

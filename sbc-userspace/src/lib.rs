@@ -8,5 +8,6 @@ pub mod dataplane;
 pub mod events;
 pub mod maps_report;
 pub mod media;
+pub mod proxy;
 pub mod sdp;
 pub mod sip;

@@ -13,6 +13,7 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "ethtool",    // lab interface offloads
     "procps",     // sysctl
     "bpftool",    // inspecting maps and programs
+    "sip-tester", // SIPp: callers and backends in the tests and the demo
 ];
 
 /// What building bpf-linker against the system's LLVM 22 needs (rustc's LLVM is 22).

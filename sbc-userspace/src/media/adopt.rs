@@ -136,6 +136,7 @@ impl MediaPlane {
                 rtcp_mux,
                 legs,
                 created_ns: monotonic_ns(),
+                armed: true,
                 relays,
             },
         );

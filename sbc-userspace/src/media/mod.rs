@@ -36,7 +36,7 @@ mod tests {
                 max_sessions: 0,
             },
             None,
-            EventSink::default(),
+            std::sync::Arc::new(EventSink::default()),
         )
     }
 

@@ -77,6 +77,8 @@ pub enum EndReason {
     MediaTimeout,
     Shutdown,
     AdoptFailed,
+    /// The call it belonged to ended (BYE, CANCEL, a failed INVITE).
+    CallEnded,
 }
 
 impl EndReason {
@@ -86,6 +88,7 @@ impl EndReason {
             Self::MediaTimeout => "media_timeout",
             Self::Shutdown => "shutdown",
             Self::AdoptFailed => "adopt_failed",
+            Self::CallEnded => "call_ended",
         }
     }
 }
@@ -110,7 +113,10 @@ pub(super) struct FlowEntry {
 pub(super) struct Session {
     pub rtcp_mux: bool,
     pub legs: [Leg; 2],
+    /// When it was created, or its media timeout armed.
     pub created_ns: u64,
+    /// Whether the media timeout applies yet (a call's media is only expected once answered).
+    pub armed: bool,
     pub relays: Vec<JoinHandle<()>>,
 }
 
@@ -134,7 +140,7 @@ pub struct MediaPlane {
     pub(super) settings: MediaSettings,
     pub(super) state: Mutex<State>,
     kernel_stats: Option<FlowStatsReader>,
-    pub(super) events: EventSink,
+    pub(super) events: Arc<EventSink>,
 }
 
 /// A flow about to be activated: its key and value, the socket it sends from (the other leg's)
@@ -200,7 +206,7 @@ impl MediaPlane {
     pub fn new(
         settings: MediaSettings,
         kernel: Option<(FlowMaps, FlowStatsReader)>,
-        events: EventSink,
+        events: Arc<EventSink>,
     ) -> Arc<Self> {
         let mut pools = HashMap::new();
         for address in [settings.public_address, settings.private_address] {
@@ -275,6 +281,27 @@ impl MediaPlane {
 
     /// Creates a session: binds its ports, installs its flows, starts its relays.
     pub fn create(self: &Arc<Self>, spec: &SessionSpec) -> Result<SessionInfo, MediaError> {
+        self.create_session(spec, true)
+    }
+
+    /// Creates a session whose media timeout waits for `arm` (a call not answered yet).
+    pub fn create_unarmed(self: &Arc<Self>, spec: &SessionSpec) -> Result<SessionInfo, MediaError> {
+        self.create_session(spec, false)
+    }
+
+    /// Starts a session's media timeout from now.
+    pub fn arm(&self, id: u32) {
+        if let Some(session) = self.lock().sessions.get_mut(&id) {
+            session.armed = true;
+            session.created_ns = monotonic_ns();
+        }
+    }
+
+    fn create_session(
+        self: &Arc<Self>,
+        spec: &SessionSpec,
+        armed: bool,
+    ) -> Result<SessionInfo, MediaError> {
         self.validate(spec)?;
         let mut state = self.lock();
         let max = self.settings.max_sessions;
@@ -309,6 +336,7 @@ impl MediaPlane {
                 rtcp_mux: spec.rtcp_mux,
                 legs: [a.leg, b.leg],
                 created_ns: monotonic_ns(),
+                armed,
                 relays,
             },
         );
@@ -343,6 +371,46 @@ impl MediaPlane {
                 relay::spawn(Arc::clone(self), key, own)
             })
             .collect()
+    }
+
+    /// Tells a session where a leg's peer receives RTP (from its SDP). The other leg's media
+    /// goes there until the peer's own packets latch its real address, which then wins.
+    pub fn announce_peer(
+        &self,
+        id: u32,
+        leg: usize,
+        rtp_peer: SocketAddr,
+    ) -> Result<(), MediaError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let session = state.sessions.get(&id).ok_or(MediaError::NotFound(id))?;
+        if rtp_peer.is_ipv4() != session.legs[leg].rtp.is_ipv4() {
+            return Err(MediaError::Invalid(format!(
+                "peer {rtp_peer} is of another IP family than leg {}",
+                LEG_NAMES[leg]
+            )));
+        }
+        let (own, other) = (session.legs[leg].clone(), session.legs[1 - leg].clone());
+        for (stream, local) in other.ports() {
+            let own_latched = own
+                .local(stream)
+                .and_then(|own_local| state.flows.get(&flow_key(own_local)))
+                .is_some_and(|entry| entry.flow.flags & FLOW_LATCHED != 0);
+            let key = flow_key(local);
+            let (Some(entry), false) = (state.flows.get_mut(&key), own_latched) else {
+                continue;
+            };
+            let peer = stream_peer(rtp_peer, stream);
+            entry.flow.new_dst = IpAddress::from(peer.ip());
+            entry.flow.new_dst_port = peer.port().to_be();
+            let flow = entry.flow;
+            if let Some(kernel) = state.kernel.as_mut() {
+                kernel
+                    .update(&key, &flow)
+                    .map_err(|e| MediaError::Internal(format!("{e:#}")))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: u32) -> Option<SessionInfo> {
@@ -391,8 +459,9 @@ impl MediaPlane {
         Ok(info)
     }
 
-    /// Ends every session with no media in either direction for the configured timeout.
-    pub fn end_idle_sessions(&self) -> Vec<u32> {
+    /// Ends every armed session with no media in either direction for the configured timeout,
+    /// and returns their final state.
+    pub fn end_idle_sessions(&self) -> Vec<SessionInfo> {
         let now = monotonic_ns();
         let timeout = self.settings.timeout.as_nanos() as u64;
         // Snapshot under the lock, read kernel counters without it.
@@ -401,6 +470,7 @@ impl MediaPlane {
             state
                 .sessions
                 .iter()
+                .filter(|(_, session)| session.armed)
                 .map(|(&id, session)| {
                     let keys: Vec<FlowKey> = session.keys().collect();
                     let last = keys
@@ -423,15 +493,16 @@ impl MediaPlane {
                 (now.saturating_sub(last) >= timeout).then_some(id)
             })
             .collect();
-        for &id in &idle {
-            if self.end(id, EndReason::MediaTimeout).is_ok() {
+        idle.into_iter()
+            .filter_map(|id| {
+                let info = self.end(id, EndReason::MediaTimeout).ok()?;
                 info!(
                     session = id,
                     "media session ended: no media for the timeout"
                 );
-            }
-        }
-        idle
+                Some(info)
+            })
+            .collect()
     }
 
     /// Ends every session (userspace dataplane shutdown: nothing would relay them).

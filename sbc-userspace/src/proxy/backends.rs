@@ -1,0 +1,212 @@
+//! The backend pool: which media server gets a new call (policy), and whether it is healthy
+//! (OPTIONS probes plus what real traffic shows).
+use std::{net::SocketAddr, time::Instant};
+
+use crate::config::{BalancePolicy, HealthConfig, SipConfig, code_range};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Down,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub health: Health,
+    /// Consecutive failures (probes, timeouts, 5xx) and successes.
+    failures: u32,
+    successes: u32,
+    /// Calls in progress or established through it.
+    pub active_calls: usize,
+    /// For smooth weighted round robin.
+    current_weight: i64,
+    pub changed_at: Instant,
+}
+
+#[derive(Debug)]
+pub struct Backends {
+    pub list: Vec<Backend>,
+    policy: BalancePolicy,
+    health: HealthConfig,
+    alive: Vec<(u16, u16)>,
+    next: usize,
+}
+
+/// What a health observation changed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    WentDown,
+    CameUp,
+}
+
+impl Backends {
+    pub fn new(config: &SipConfig) -> Self {
+        Self {
+            list: config
+                .backends
+                .iter()
+                .map(|b| Backend {
+                    address: b.address,
+                    weight: b.weight,
+                    health: Health::Up,
+                    failures: 0,
+                    successes: 0,
+                    active_calls: 0,
+                    current_weight: 0,
+                    changed_at: Instant::now(),
+                })
+                .collect(),
+            policy: config.policy,
+            alive: config
+                .health
+                .alive_codes
+                .iter()
+                .filter_map(|c| code_range(c))
+                .collect(),
+            health: config.health.clone(),
+            next: 0,
+        }
+    }
+
+    pub fn index_of(&self, address: SocketAddr) -> Option<usize> {
+        self.list.iter().position(|b| b.address == address)
+    }
+
+    /// The healthy backends in the order to try them for a new call.
+    pub fn candidates(&mut self, call_id: &str) -> Vec<usize> {
+        let healthy: Vec<usize> = (0..self.list.len())
+            .filter(|&i| self.list[i].health == Health::Up)
+            .collect();
+        if healthy.is_empty() {
+            return healthy;
+        }
+        let first = match self.policy {
+            BalancePolicy::RoundRobin => {
+                self.next = self.next.wrapping_add(1);
+                healthy[self.next % healthy.len()]
+            }
+            BalancePolicy::Weighted => self.smooth_weighted(&healthy),
+            BalancePolicy::LeastCalls => *healthy
+                .iter()
+                .min_by_key(|&&i| self.list[i].active_calls)
+                .expect("not empty"),
+            BalancePolicy::CallIdHash => {
+                healthy[fnv1a(call_id.as_bytes()) as usize % healthy.len()]
+            }
+        };
+        let position = healthy
+            .iter()
+            .position(|&i| i == first)
+            .expect("chosen from healthy");
+        healthy[position..]
+            .iter()
+            .chain(&healthy[..position])
+            .copied()
+            .collect()
+    }
+
+    /// Nginx's smooth weighted round robin: even spread, proportional to weights.
+    fn smooth_weighted(&mut self, healthy: &[usize]) -> usize {
+        let total: i64 = healthy
+            .iter()
+            .map(|&i| i64::from(self.list[i].weight))
+            .sum();
+        for &i in healthy {
+            self.list[i].current_weight += i64::from(self.list[i].weight);
+        }
+        let best = *healthy
+            .iter()
+            .max_by_key(|&&i| (self.list[i].current_weight, std::cmp::Reverse(i)))
+            .expect("not empty");
+        self.list[best].current_weight -= total;
+        best
+    }
+
+    pub fn is_alive_code(&self, code: u16) -> bool {
+        self.alive
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&code))
+    }
+
+    pub fn record_success(&mut self, index: usize) -> Transition {
+        let backend = &mut self.list[index];
+        backend.failures = 0;
+        backend.successes += 1;
+        if backend.health == Health::Down && backend.successes >= self.health.recovery_threshold {
+            backend.health = Health::Up;
+            backend.changed_at = Instant::now();
+            return Transition::CameUp;
+        }
+        Transition::None
+    }
+
+    pub fn record_failure(&mut self, index: usize) -> Transition {
+        let backend = &mut self.list[index];
+        backend.successes = 0;
+        backend.failures += 1;
+        if backend.health == Health::Up && backend.failures >= self.health.failure_threshold {
+            backend.health = Health::Down;
+            backend.changed_at = Instant::now();
+            return Transition::WentDown;
+        }
+        Transition::None
+    }
+}
+
+/// FNV-1a: a small, stable hash (the same Call-ID always picks the same backend).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendConfig;
+
+    fn pool(policy: BalancePolicy, weights: &[u32]) -> Backends {
+        let config = SipConfig {
+            public_listen: "127.0.0.1:5060".parse().unwrap(),
+            private_listen: None,
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| BackendConfig {
+                    address: format!("127.0.0.{}:5060", i + 2).parse().unwrap(),
+                    weight,
+                })
+                .collect(),
+            policy,
+            invite_timeout_ms: 2000,
+            trunk: None,
+            retry_after_secs: 5,
+            health: HealthConfig::default(),
+        };
+        Backends::new(&config)
+    }
+
+    #[test]
+    fn weighted_spreads_by_weight_and_lists_the_rest_for_failover() {
+        let mut backends = pool(BalancePolicy::Weighted, &[3, 1]);
+        let firsts: Vec<usize> = (0..8).map(|_| backends.candidates("x")[0]).collect();
+        assert_eq!(firsts.iter().filter(|&&i| i == 0).count(), 6);
+        assert_eq!(backends.candidates("x").len(), 2);
+    }
+
+    #[test]
+    fn health_thresholds_and_down_backends_are_skipped() {
+        let mut backends = pool(BalancePolicy::RoundRobin, &[1, 1]);
+        assert_eq!(backends.record_failure(0), Transition::None);
+        assert_eq!(backends.record_failure(0), Transition::WentDown);
+        assert_eq!(backends.candidates("x"), vec![1]);
+        assert_eq!(backends.record_success(0), Transition::None);
+        assert_eq!(backends.record_success(0), Transition::CameUp);
+        assert_eq!(backends.candidates("x").len(), 2);
+        let mut hashed = pool(BalancePolicy::CallIdHash, &[1, 1, 1]);
+        assert_eq!(hashed.candidates("abc")[0], hashed.candidates("abc")[0]);
+    }
+}

@@ -1,0 +1,370 @@
+//! Calls: the dialog each INVITE starts, its anchored media, and its events (one JSON line
+//! each: started, ringing, answered, ended with reason, final code, duration and RTP packets
+//! per direction).
+use std::{net::SocketAddr, time::Instant};
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{
+    Proxy, Timer, build,
+    transactions::{ClientTx, LINGER, Purpose, T1, client_key},
+};
+use crate::{
+    media::{EndReason, SessionInfo, SessionSpec, session::Side},
+    sdp::{self, Anchor},
+    sip::{Message, address, check},
+};
+
+/// One end of a call, as the proxy needs it to reach that end itself (BYE on media timeout).
+#[derive(Debug, Clone)]
+pub struct Party {
+    pub side: Side,
+    /// Its From (caller) or To (callee) value, tag included once known.
+    pub address: String,
+    pub contact: Option<String>,
+    /// Route set towards it, nearest first.
+    pub route_set: Vec<String>,
+    pub source: Option<SocketAddr>,
+    pub cseq: u32,
+}
+
+#[derive(Debug)]
+pub struct Call {
+    pub caller: Party,
+    pub callee: Party,
+    /// The media session of each `m=` line (`None`: rejected stream).
+    pub media: Vec<Option<u32>>,
+    pub backend: Option<usize>,
+    started: Instant,
+    ringing: Option<Instant>,
+    answered: Option<Instant>,
+}
+
+fn contact_uri(message: &Message) -> Option<String> {
+    address::parse_list(message.value("contact")?)
+        .ok()?
+        .into_iter()
+        .next()
+        .map(|a| a.uri)
+}
+
+fn record_routes(message: &Message) -> Vec<String> {
+    message
+        .headers_named("record-route")
+        .filter_map(|h| address::parse_list(&h.value).ok())
+        .flatten()
+        .map(|a| a.uri)
+        .collect()
+}
+
+impl Call {
+    pub fn new(
+        request: &check::Request,
+        message: &Message,
+        side: Side,
+        source: SocketAddr,
+    ) -> Self {
+        Self {
+            caller: Party {
+                side,
+                address: message.value("from").unwrap_or_default().to_owned(),
+                contact: contact_uri(message),
+                // Record-Routes above ours were added by proxies between the caller and us.
+                route_set: record_routes(message),
+                source: Some(source),
+                cseq: request.cseq,
+            },
+            callee: Party {
+                side: Proxy::other(side),
+                address: message.value("to").unwrap_or_default().to_owned(),
+                contact: None,
+                route_set: Vec::new(),
+                source: None,
+                cseq: 0,
+            },
+            media: Vec::new(),
+            backend: None,
+            started: Instant::now(),
+            ringing: None,
+            answered: None,
+        }
+    }
+
+    fn party_mut(&mut self, side: Side) -> &mut Party {
+        if self.caller.side == side {
+            &mut self.caller
+        } else {
+            &mut self.callee
+        }
+    }
+}
+
+fn leg_index(side: Side) -> usize {
+    match side {
+        Side::Public => 0,
+        Side::Private => 1,
+    }
+}
+
+impl Proxy {
+    pub(super) fn call_started(&self, call_id: &str) {
+        if let Some(call) = self.calls.get(call_id) {
+            self.events.emit(
+                "call_started",
+                json!({ "call_id": call_id, "from": call.caller.address, "to": call.callee.address }),
+            );
+        }
+    }
+
+    /// Notes what an INVITE response means for its call (only the initial INVITE: a call that
+    /// is answered already is being re-INVITEd).
+    pub(super) fn invite_progress(&mut self, call_id: &str, response: &Message, code: u16) {
+        let routes = record_routes(response);
+        let ours = routes
+            .iter()
+            .position(|r| self.route_is_us_uri(r))
+            .unwrap_or(routes.len());
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if call.answered.is_some() {
+            return;
+        }
+        let setup_ms = call.started.elapsed().as_millis() as u64;
+        match code {
+            180..=189 if call.ringing.is_none() => {
+                call.ringing = Some(Instant::now());
+                self.events.emit(
+                    "call_ringing",
+                    json!({ "call_id": call_id, "code": code, "setup_ms": setup_ms }),
+                );
+            }
+            200..=299 => {
+                call.answered = Some(Instant::now());
+                for id in call.media.iter().flatten() {
+                    self.plane.arm(*id);
+                }
+                call.callee.address = response.value("to").unwrap_or_default().to_owned();
+                call.callee.contact = contact_uri(response);
+                // In the 2xx, Record-Routes above ours were added beyond us, towards the callee.
+                call.callee.route_set = routes[..ours].iter().rev().cloned().collect();
+                let backend = call.backend;
+                if let Some(index) = backend {
+                    self.backends.list[index].active_calls += 1;
+                }
+                self.events.emit(
+                    "call_answered",
+                    json!({
+                        "call_id": call_id,
+                        "code": code,
+                        "setup_ms": setup_ms,
+                        "backend": backend.map(|i| self.backends.list[i].address),
+                    }),
+                );
+            }
+            300..=699 => self.end_call(call_id, "failed", Some(code)),
+            _ => {}
+        }
+    }
+
+    fn route_is_us_uri(&self, uri: &str) -> bool {
+        match crate::sip::uri::parse(uri) {
+            Ok(crate::sip::uri::Uri::Sip(sip)) => self.is_us(&sip.host, sip.port),
+            _ => false,
+        }
+    }
+
+    /// Records the CSeq of an in-dialog request, so requests we originate go above it.
+    pub(super) fn note_cseq(&mut self, call_id: &str, side: Side, cseq: u32) {
+        if let Some(call) = self.calls.get_mut(call_id) {
+            let party = call.party_mut(side);
+            party.cseq = party.cseq.max(cseq);
+        }
+    }
+
+    /// Anchors the media of an SDP body that arrived from `from_side`: one media session per
+    /// active stream, the peer's address noted on its leg, and the SDP rewritten to the
+    /// relay's address and ports on the other side. Bodies of unknown calls pass unchanged.
+    pub(super) fn anchor(
+        &mut self,
+        call_id: &str,
+        from_side: Side,
+        body: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return Ok(body.to_vec());
+        };
+        let streams = sdp::streams(body).map_err(|e| e.to_string())?;
+        let (leg, other) = (leg_index(from_side), leg_index(Proxy::other(from_side)));
+        let mut anchors = Vec::with_capacity(streams.len());
+        for (index, stream) in streams.iter().enumerate() {
+            if call.media.len() <= index {
+                call.media.push(None);
+            }
+            if stream.port == 0 {
+                anchors.push(None);
+                continue;
+            }
+            let id = match call.media[index] {
+                Some(id) => id,
+                None => {
+                    let spec: SessionSpec = serde_json::from_value(json!({
+                        "rtcp_mux": stream.rtcp_mux,
+                        "a": { "side": "public" },
+                        "b": { "side": "private" },
+                    }))
+                    .expect("a valid session spec");
+                    let info = self
+                        .plane
+                        .create_unarmed(&spec)
+                        .map_err(|e| e.to_string())?;
+                    call.media[index] = Some(info.id);
+                    info.id
+                }
+            };
+            if let Some(peer) = stream.rtp_peer() {
+                self.plane
+                    .announce_peer(id, leg, peer)
+                    .map_err(|e| e.to_string())?;
+            }
+            let info = self.plane.get(id).ok_or("media session vanished")?;
+            anchors.push(Some(Anchor {
+                rtp_port: info.legs[other].local_rtp.port(),
+                rtcp_port: info.legs[other].local_rtcp.map(|a| a.port()),
+            }));
+        }
+        let address = self.plane.address(Proxy::other(from_side));
+        sdp::rewrite(body, address, &anchors).map_err(|e| e.to_string())
+    }
+
+    /// Ends a call: its media sessions end, its backend has one call less, its end is reported.
+    pub(super) fn end_call(&mut self, call_id: &str, reason: &str, code: Option<u16>) {
+        self.end_call_with(call_id, reason, code, &[]);
+    }
+
+    /// `end_call` for a call some of whose media sessions already ended (`ended`).
+    fn end_call_with(
+        &mut self,
+        call_id: &str,
+        reason: &str,
+        code: Option<u16>,
+        ended: &[SessionInfo],
+    ) {
+        let Some(call) = self.calls.remove(call_id) else {
+            return;
+        };
+        let (mut forward, mut backward) = (0u64, 0u64);
+        let caller_leg = leg_index(call.caller.side);
+        for id in call.media.iter().flatten() {
+            let info = match ended.iter().find(|info| info.id == *id) {
+                Some(info) => Some(info.clone()),
+                None => self.plane.end(*id, EndReason::CallEnded).ok(),
+            };
+            if let Some(info) = info {
+                forward += info.legs[caller_leg].rtp.packets();
+                backward += info.legs[1 - caller_leg].rtp.packets();
+            }
+        }
+        if let (Some(index), Some(_)) = (call.backend, call.answered) {
+            let backend = &mut self.backends.list[index];
+            backend.active_calls = backend.active_calls.saturating_sub(1);
+        }
+        self.events.emit(
+            "call_ended",
+            json!({
+                "call_id": call_id,
+                "reason": reason,
+                "final_code": code,
+                "duration_ms": call.answered.map(|t| t.elapsed().as_millis() as u64),
+                "rtp_packets": { "caller_to_callee": forward, "callee_to_caller": backward },
+            }),
+        );
+    }
+
+    /// Media stopped: BYE to both ends (with a Reason), then the call ends.
+    pub(super) fn on_media_timeout(&mut self, sessions: &[SessionInfo]) {
+        let calls: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| {
+                call.media
+                    .iter()
+                    .flatten()
+                    .any(|id| sessions.iter().any(|s| s.id == *id))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for call_id in calls {
+            info!(%call_id, "no media: ending the call with BYE to both sides");
+            let Some(call) = self.calls.get(&call_id) else {
+                continue;
+            };
+            let (caller, callee) = (call.caller.clone(), call.callee.clone());
+            if call.answered.is_some() {
+                self.send_bye(&call_id, &caller, &callee);
+                self.send_bye(&call_id, &callee, &caller);
+            }
+            self.end_call_with(&call_id, "media_timeout", None, sessions);
+        }
+    }
+
+    /// A BYE to `to`, sent as `from` would.
+    fn send_bye(&mut self, call_id: &str, to: &Party, from: &Party) {
+        let target_uri = to.contact.clone().unwrap_or_else(|| {
+            address::parse(&to.address)
+                .map(|a| a.uri)
+                .unwrap_or_default()
+        });
+        let next = to
+            .route_set
+            .first()
+            .cloned()
+            .unwrap_or_else(|| target_uri.clone());
+        let destination = match crate::sip::uri::parse(&next) {
+            Ok(crate::sip::uri::Uri::Sip(sip)) => sip
+                .host
+                .ip()
+                .map(|ip| SocketAddr::new(ip, sip.port.unwrap_or(5060))),
+            _ => None,
+        }
+        .or(to.source);
+        let Some(destination) = destination else {
+            warn!(%call_id, "no address to send BYE to");
+            return;
+        };
+        let branch = self.branch();
+        let mut bye = build::RequestBuilder::new("BYE", &target_uri)
+            .header("Via", &self.via_line(to.side, &branch))
+            .header("Max-Forwards", "70");
+        for route in &to.route_set {
+            bye = bye.header("Route", &format!("<{route}>"));
+        }
+        let bytes = bye
+            .header("From", &from.address)
+            .header("To", &to.address)
+            .header("Call-ID", call_id)
+            .header("CSeq", &format!("{} BYE", from.cseq + 1))
+            .header("Reason", "SIP;cause=408;text=\"media timeout\"")
+            .finish();
+        self.send(to.side, destination, &bytes);
+        let key = client_key(&branch, "BYE");
+        self.client.insert(
+            key.clone(),
+            ClientTx {
+                server: None,
+                purpose: Purpose::Bye,
+                method: "BYE".into(),
+                target: destination,
+                side: to.side,
+                bytes,
+                backend: None,
+                provisional: false,
+                final_code: None,
+                interval: T1,
+            },
+        );
+        self.schedule(Timer::Retransmit(key.clone()), T1);
+        self.schedule(Timer::ClientDone(key), LINGER);
+    }
+}

@@ -1,0 +1,385 @@
+//! The SIP proxy: a record-routing, transaction-stateful proxy (RFC 3261 16, 17; RFC 3581)
+//! between the public side (carriers, trunks) and the private side (backends), anchoring every
+//! call's media in the relay.
+//!
+//! One task owns all SIP state (transactions, calls, backend health) and handles one event at a
+//! time: datagrams from the listeners, timers, and media timeouts. Nothing is shared, so nothing
+//! is locked; the media plane is the only thing it calls out to.
+mod backends;
+mod build;
+mod calls;
+mod health;
+mod requests;
+mod responses;
+mod transactions;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures_util_free::next_expired;
+use tokio::{net::UdpSocket, sync::mpsc};
+use tokio_util::time::DelayQueue;
+use tracing::{debug, warn};
+
+use self::{
+    backends::Backends,
+    calls::Call,
+    transactions::{ClientTx, ServerTx},
+};
+use crate::{
+    config::SipConfig,
+    events::EventSink,
+    media::{MediaPlane, SessionInfo, session::Side},
+    sip::{
+        inbound::{self, Inbound},
+        via::Via,
+    },
+};
+
+/// What the proxy task reacts to.
+pub enum Event {
+    Datagram {
+        listener: Side,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// Media sessions the media plane ended for lack of media, with their final counters.
+    MediaTimeout(Vec<SessionInfo>),
+}
+
+/// Timers, each naming what it is about; a timer whose subject is gone or has moved on is
+/// simply ignored when it fires.
+#[derive(Debug, Clone)]
+enum Timer {
+    Retransmit(String),
+    ClientTimeout(String),
+    ClientDone(String),
+    ServerDone(String),
+    Probe(usize),
+}
+
+/// Counters of what the proxy refused or dropped (the metrics issue exports them).
+#[derive(Default)]
+pub struct Counters {
+    pub refused: AtomicU64,
+    pub dropped: AtomicU64,
+    pub requests: AtomicU64,
+    pub responses: AtomicU64,
+}
+
+struct Listener {
+    socket: Arc<UdpSocket>,
+    address: SocketAddr,
+}
+
+/// A handle to the running proxy.
+#[derive(Clone)]
+pub struct ProxyHandle {
+    events: mpsc::UnboundedSender<Event>,
+    pub counters: Arc<Counters>,
+}
+
+impl ProxyHandle {
+    pub fn media_timed_out(&self, sessions: Vec<SessionInfo>) {
+        if !sessions.is_empty() {
+            let _ = self.events.send(Event::MediaTimeout(sessions));
+        }
+    }
+}
+
+pub struct Proxy {
+    public: Listener,
+    private: Listener,
+    backends: Backends,
+    server: HashMap<String, ServerTx>,
+    client: HashMap<String, ClientTx>,
+    calls: HashMap<String, Call>,
+    timers: DelayQueue<Timer>,
+    plane: Arc<MediaPlane>,
+    events: Arc<EventSink>,
+    config: SipConfig,
+    counters: Arc<Counters>,
+    /// Makes our branches and tags unique to this process.
+    token: String,
+    sequence: u64,
+}
+
+async fn bind(address: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
+    Ok(Arc::new(UdpSocket::bind(address).await.with_context(
+        || format!("binding SIP listener {address} (UDP)"),
+    )?))
+}
+
+impl Proxy {
+    /// Binds the listeners and starts the proxy task.
+    pub async fn start(
+        config: &SipConfig,
+        plane: Arc<MediaPlane>,
+        events: Arc<EventSink>,
+    ) -> anyhow::Result<ProxyHandle> {
+        let public = bind(config.public_listen).await?;
+        let private = if config.private_listen() == config.public_listen {
+            Arc::clone(&public)
+        } else {
+            bind(config.private_listen()).await?
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        spawn_receiver(Arc::clone(&public), Side::Public, tx.clone());
+        if !Arc::ptr_eq(&public, &private) {
+            spawn_receiver(Arc::clone(&private), Side::Private, tx.clone());
+        }
+        let counters = Arc::new(Counters::default());
+        let token = format!(
+            "{:x}",
+            crate::clock::unix_ms() ^ u64::from(std::process::id())
+        );
+        let mut proxy = Proxy {
+            public: Listener {
+                socket: public,
+                address: config.public_listen,
+            },
+            private: Listener {
+                socket: private,
+                address: config.private_listen(),
+            },
+            backends: Backends::new(config),
+            server: HashMap::new(),
+            client: HashMap::new(),
+            calls: HashMap::new(),
+            timers: DelayQueue::new(),
+            plane,
+            events,
+            config: config.clone(),
+            counters: Arc::clone(&counters),
+            token,
+            sequence: 0,
+        };
+        proxy.start_probes();
+        tokio::spawn(proxy.run(rx));
+        Ok(ProxyHandle {
+            events: tx,
+            counters,
+        })
+    }
+
+    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(event),
+                    None => return,
+                },
+                Some(timer) = next_expired(&mut self.timers) => self.on_timer(timer),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Datagram {
+                listener,
+                from,
+                bytes,
+            } => self.on_datagram(listener, from, &bytes),
+            Event::MediaTimeout(sessions) => self.on_media_timeout(&sessions),
+        }
+    }
+
+    /// Which side a datagram came from: its listener, or with one shared listener, whether
+    /// it came from a backend.
+    fn side_of(&self, listener: Side, from: SocketAddr) -> Side {
+        if self.public.address != self.private.address {
+            return listener;
+        }
+        if self
+            .backends
+            .list
+            .iter()
+            .any(|b| b.address.ip() == from.ip())
+        {
+            Side::Private
+        } else {
+            Side::Public
+        }
+    }
+
+    fn on_datagram(&mut self, listener: Side, from: SocketAddr, bytes: &[u8]) {
+        let side = self.side_of(listener, from);
+        match inbound::datagram(bytes) {
+            Inbound::Request(message, request) => {
+                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                self.on_request(side, from, message, request);
+            }
+            Inbound::Response(message, response) => {
+                self.counters.responses.fetch_add(1, Ordering::Relaxed);
+                self.on_response(side, from, message, response);
+            }
+            Inbound::Refuse { rejection, message } => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                match message {
+                    Some(message) => {
+                        let extra = build::rejection_headers(&rejection);
+                        let tag = self.tag();
+                        let reason = format!(
+                            "{} ({})",
+                            build::reason_phrase(rejection.status),
+                            rejection.reason
+                        );
+                        let response =
+                            build::response(&message, rejection.status, &reason, &tag, &extra);
+                        self.send(side, from, &response);
+                    }
+                    None => debug!(%from, "unanswerable request dropped: {}", rejection.reason),
+                }
+            }
+            Inbound::Drop(why) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                debug!(%from, "dropped: {why}");
+            }
+            Inbound::KeepAlive => {}
+        }
+    }
+
+    fn listener(&self, side: Side) -> &Listener {
+        match side {
+            Side::Public => &self.public,
+            Side::Private => &self.private,
+        }
+    }
+
+    fn other(side: Side) -> Side {
+        match side {
+            Side::Public => Side::Private,
+            Side::Private => Side::Public,
+        }
+    }
+
+    fn send(&self, side: Side, to: SocketAddr, bytes: &[u8]) {
+        if let Err(e) = self.listener(side).socket.try_send_to(bytes, to) {
+            warn!(%to, "sending SIP failed: {e}");
+        }
+    }
+
+    fn next_sequence(&mut self) -> u64 {
+        self.sequence += 1;
+        self.sequence
+    }
+
+    /// A fresh branch: the magic cookie, our token, a sequence number.
+    fn branch(&mut self) -> String {
+        let n = self.next_sequence();
+        format!("z9hG4bK{}.{n}", self.token)
+    }
+
+    /// A fresh branch ending with a request's loop hash (see `requests::loop_hash`).
+    fn branch_with(&mut self, loop_hash: &str) -> String {
+        format!("{}-{loop_hash}", self.branch())
+    }
+
+    fn tag(&mut self) -> String {
+        let n = self.next_sequence();
+        format!("{}{n}", self.token)
+    }
+
+    /// Our Via for a request leaving on `side`.
+    fn via_line(&self, side: Side, branch: &str) -> String {
+        format!(
+            "SIP/2.0/UDP {};branch={branch};rport",
+            self.listener(side).address
+        )
+    }
+
+    /// Our Record-Route/Route URI on `side`.
+    fn uri(&self, side: Side) -> String {
+        format!("<sip:{};lr>", self.listener(side).address)
+    }
+
+    /// Whether a SIP URI names this proxy (either listener).
+    fn is_us(&self, host: &crate::sip::uri::Host, port: Option<u16>) -> bool {
+        let port = port.unwrap_or(5060);
+        [&self.public.address, &self.private.address]
+            .iter()
+            .any(|a| host.ip() == Some(a.ip()) && a.port() == port)
+    }
+
+    fn schedule(&mut self, timer: Timer, after: Duration) {
+        self.timers.insert(timer, after);
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Retransmit(key) => self.retransmit(&key),
+            Timer::ClientTimeout(key) => self.client_timeout(&key),
+            Timer::ClientDone(key) => {
+                self.client.remove(&key);
+            }
+            Timer::ServerDone(key) => {
+                self.server.remove(&key);
+            }
+            Timer::Probe(index) => self.probe(index),
+        }
+    }
+}
+
+/// Where a response goes for a Via (RFC 3261 18.2.2 with RFC 3581): `received` and `rport`
+/// when the hop set them, else the sent-by.
+fn via_destination(via: &Via) -> Option<SocketAddr> {
+    let host = via
+        .param("received")
+        .and_then(|p| p.value.as_deref())
+        .and_then(|r| r.trim_matches(['[', ']']).parse().ok())
+        .or_else(|| via.host.ip())?;
+    let port = via
+        .param("rport")
+        .and_then(|p| p.value.as_deref())
+        .and_then(|p| p.parse().ok())
+        .or(via.port)
+        .unwrap_or(5060);
+    Some(SocketAddr::new(host, port))
+}
+
+fn spawn_receiver(socket: Arc<UdpSocket>, listener: Side, events: mpsc::UnboundedSender<Event>) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((len, from)) => {
+                    let event = Event::Datagram {
+                        listener,
+                        from,
+                        bytes: buf[..len].to_vec(),
+                    };
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => debug!("SIP receive error: {e}"),
+            }
+        }
+    });
+}
+
+/// `DelayQueue::next` without the `futures` crate: poll it in place.
+mod futures_util_free {
+    use std::{future::poll_fn, task::Poll};
+
+    use tokio_util::time::DelayQueue;
+
+    /// The next expired timer; pending forever while the queue is empty (the select arm
+    /// then waits on the other branch).
+    pub async fn next_expired<T>(queue: &mut DelayQueue<T>) -> Option<T> {
+        poll_fn(|cx| match queue.poll_expired(cx) {
+            Poll::Ready(Some(expired)) => Poll::Ready(Some(expired.into_inner())),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        })
+        .await
+    }
+}

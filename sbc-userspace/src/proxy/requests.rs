@@ -1,0 +1,598 @@
+//! Requests: absorb retransmissions, answer what is ours to answer, then route and forward
+//! (RFC 3261 16.3-16.6) with Record-Route, our Via and the media anchored.
+use std::net::SocketAddr;
+
+use tracing::{debug, info};
+
+use super::{
+    Proxy, Timer, build,
+    calls::Call,
+    transactions::{ClientTx, LINGER, Purpose, ServerTx, T1, client_key, server_key},
+};
+use crate::{
+    media::session::Side,
+    sip::{
+        Message, address, check,
+        edit::Editor,
+        syntax::split_top_level,
+        uri::{self, Host},
+    },
+};
+
+/// Max-Forwards of requests that arrive without one (RFC 3261 16.6 step 3).
+const DEFAULT_MAX_FORWARDS: u8 = 70;
+
+/// Methods that create a dialog: the proxy record-routes them.
+const DIALOG_CREATING: &[&str] = &["INVITE", "SUBSCRIBE", "REFER", "NOTIFY"];
+
+/// Where a request goes next and on which side it leaves.
+struct NextHop {
+    target: SocketAddr,
+    side: Side,
+    /// Backends to fall back on, for new calls from the public side.
+    candidates: Vec<usize>,
+    /// A new Request-URI (an in-dialog request sent to us instead of along its route set).
+    request_uri: Option<String>,
+}
+
+impl Proxy {
+    pub(super) fn on_request(
+        &mut self,
+        side: Side,
+        from: SocketAddr,
+        message: Message,
+        request: check::Request,
+    ) {
+        let key = server_key(&message, &request);
+        match request.method.as_str() {
+            "ACK" => return self.on_ack(side, from, &key, message, request),
+            "CANCEL" => return self.on_cancel(side, from, message, request),
+            _ => {}
+        }
+        if let Some(tx) = self.server.get(&key) {
+            // A retransmission: answer it with what we last said, if anything.
+            if let Some(last) = tx.last_response.clone() {
+                self.send(tx.side, tx.source, &last);
+            }
+            return;
+        }
+        let to_tag = self.tag();
+        if request.method == "OPTIONS" && self.addressed_to_us(&request) {
+            let allow = (
+                "Allow",
+                "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO".to_owned(),
+            );
+            let response = build::response(&message, 200, "OK", &to_tag, &[allow]);
+            return self.send(side, from, &response);
+        }
+        let max_forwards = request.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS);
+        if max_forwards == 0 {
+            return self.reply(side, from, &message, 483, &to_tag, &[]);
+        }
+        if self.is_loop(&request) {
+            return self.reply(side, from, &message, 482, &to_tag, &[]);
+        }
+        let in_dialog = request.to.tag().is_some();
+        if in_dialog {
+            self.note_cseq(&request.call_id, side, request.cseq);
+        }
+        let hop = match self.next_hop(side, &request, in_dialog) {
+            Ok(hop) => hop,
+            Err((code, why)) => {
+                info!(call_id = %request.call_id, "cannot route {}: {why}", request.method);
+                let extra = self.retry_after(code);
+                return self.reply(side, from, &message, code, &to_tag, &extra);
+            }
+        };
+        let initial_invite = request.method == "INVITE" && !in_dialog;
+        if initial_invite {
+            self.calls.insert(
+                request.call_id.clone(),
+                Call::new(&request, &message, side, from),
+            );
+            self.call_started(&request.call_id);
+        }
+        let template = match self.forwardable(
+            side,
+            from,
+            &message,
+            &request,
+            &hop,
+            max_forwards - 1,
+            in_dialog,
+        ) {
+            Ok(template) => template,
+            Err((code, why)) => {
+                info!(call_id = %request.call_id, "refusing {}: {why}", request.method);
+                let extra = self.retry_after(code);
+                self.reply(side, from, &message, code, &to_tag, &extra);
+                if initial_invite {
+                    self.end_call(&request.call_id, "failed", Some(code));
+                }
+                return;
+            }
+        };
+        if request.method == "INVITE" {
+            let trying = build::response(&message, 100, "Trying", &to_tag, &[]);
+            self.send(side, from, &trying);
+        }
+        let mut tx = ServerTx {
+            side,
+            source: from,
+            request: message,
+            info: request,
+            to_tag,
+            last_response: None,
+            final_code: None,
+            client: None,
+            template,
+            out_side: hop.side,
+            balanced: !hop.candidates.is_empty(),
+            candidates: hop.candidates,
+            cancelled: false,
+            provisional_forwarded: false,
+        };
+        if initial_invite
+            && let Some(backend) = self.backends.index_of(hop.target)
+            && let Some(call) = self.calls.get_mut(&tx.info.call_id)
+        {
+            call.backend = Some(backend);
+        }
+        let target = hop.target;
+        tx.candidates
+            .retain(|&b| self.backends.list[b].address != target);
+        self.server.insert(key.clone(), tx);
+        self.attempt(&key, target);
+    }
+
+    /// Sends the server transaction's request to `target` in a new client transaction.
+    pub(super) fn attempt(&mut self, server_key: &str, target: SocketAddr) {
+        let Some(tx) = self.server.get(server_key) else {
+            return;
+        };
+        let (side, method) = (tx.out_side, tx.info.method.clone());
+        let hash = loop_hash(&tx.info);
+        let branch = self.branch_with(&hash);
+        let Some(tx) = self.server.get(server_key) else {
+            return;
+        };
+        let bytes = with_via(&tx.template, &self.via_line(side, &branch));
+        let key = client_key(&branch, &method);
+        let backend = self.backends.index_of(target);
+        self.send(side, target, &bytes);
+        self.client.insert(
+            key.clone(),
+            ClientTx {
+                server: Some(server_key.to_owned()),
+                purpose: Purpose::Forward,
+                method: method.clone(),
+                target,
+                side,
+                bytes,
+                backend,
+                provisional: false,
+                final_code: None,
+                interval: T1,
+            },
+        );
+        if let Some(tx) = self.server.get_mut(server_key) {
+            tx.client = Some(key.clone());
+        }
+        self.schedule(Timer::Retransmit(key.clone()), T1);
+        let timeout = if method == "INVITE" {
+            std::time::Duration::from_millis(self.config.invite_timeout_ms)
+        } else {
+            LINGER
+        };
+        self.schedule(Timer::ClientTimeout(key), timeout);
+    }
+
+    pub(super) fn reply(
+        &mut self,
+        side: Side,
+        to: SocketAddr,
+        request: &Message,
+        code: u16,
+        to_tag: &str,
+        extra: &[(&str, String)],
+    ) {
+        let response = build::response(request, code, build::reason_phrase(code), to_tag, extra);
+        self.send(side, to, &response);
+    }
+
+    pub(super) fn retry_after(&self, code: u16) -> Vec<(&'static str, String)> {
+        if code == 503 {
+            vec![("Retry-After", self.config.retry_after_secs.to_string())]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// OPTIONS to one of our addresses, with no Route elsewhere: answered by the proxy (so
+    /// load balancers and the tests can see it is alive).
+    fn addressed_to_us(&self, request: &check::Request) -> bool {
+        let Some(sip) = request.uri.as_sip() else {
+            return false;
+        };
+        self.is_us(&sip.host, sip.port)
+            && sip.userinfo.is_none()
+            && request.routes.iter().all(|r| self.route_is_us(&r.uri))
+    }
+
+    fn route_is_us(&self, uri: &str) -> bool {
+        match uri::parse(uri) {
+            Ok(uri::Uri::Sip(sip)) => self.is_us(&sip.host, sip.port),
+            _ => false,
+        }
+    }
+
+    /// A request that already went through us unchanged: one of the Vias is ours with the
+    /// same loop hash (RFC 3261 16.3 step 4). Spirals (a new Request-URI) are fine.
+    fn is_loop(&self, request: &check::Request) -> bool {
+        let hash = loop_hash(request);
+        request.vias.iter().any(|via| {
+            self.is_us(&via.host, via.port)
+                && via
+                    .branch()
+                    .is_some_and(|b| b.ends_with(&format!("-{hash}")))
+        })
+    }
+
+    fn next_hop(
+        &mut self,
+        side: Side,
+        request: &check::Request,
+        in_dialog: bool,
+    ) -> Result<NextHop, (u16, String)> {
+        let out = Self::other(side);
+        // Loose routing: our own Route entries are popped; the next one says where to go.
+        if let Some(route) = request.routes.iter().find(|r| !self.route_is_us(&r.uri)) {
+            return Ok(NextHop {
+                target: uri_target(&route.uri)?,
+                side: out,
+                candidates: Vec::new(),
+                request_uri: None,
+            });
+        }
+        let uri = request.uri.as_sip().expect("checked: SIP Request-URI");
+        if in_dialog && self.is_us(&uri.host, uri.port) {
+            return self.dialog_peer(side, request);
+        }
+        if in_dialog || side == Side::Private {
+            let uri = request.uri.as_sip().expect("checked: SIP Request-URI");
+            let target = match (uri.host.ip(), self.config.trunk) {
+                (Some(ip), _) => SocketAddr::new(ip, uri.port.unwrap_or(5060)),
+                (None, Some(trunk)) if !in_dialog => trunk,
+                (None, _) => return Err((404, format!("cannot resolve {}", uri.host))),
+            };
+            return Ok(NextHop {
+                target,
+                side: out,
+                candidates: Vec::new(),
+                request_uri: None,
+            });
+        }
+        let candidates = self.backends.candidates(&request.call_id);
+        let Some(&first) = candidates.first() else {
+            return Err((503, "no backend is available".into()));
+        };
+        Ok(NextHop {
+            target: self.backends.list[first].address,
+            side: Side::Private,
+            candidates,
+            request_uri: None,
+        })
+    }
+
+    /// An in-dialog request addressed to us rather than routed through us (user agents that
+    /// ignore the route set): it goes to the other party of the call, at its Contact.
+    fn dialog_peer(&self, side: Side, request: &check::Request) -> Result<NextHop, (u16, String)> {
+        let call = self
+            .calls
+            .get(&request.call_id)
+            .ok_or((481, format!("no call {}", request.call_id)))?;
+        let peer = if call.caller.side == side {
+            &call.callee
+        } else {
+            &call.caller
+        };
+        let contact = peer
+            .contact
+            .clone()
+            .ok_or((481, "the other party has no Contact yet".to_owned()))?;
+        let target = uri_target(&contact).or_else(|e| peer.source.ok_or(e))?;
+        Ok(NextHop {
+            target,
+            side: peer.side,
+            candidates: Vec::new(),
+            request_uri: Some(contact),
+        })
+    }
+
+    /// The request as it leaves, minus our Via: Max-Forwards, our Routes popped,
+    /// Record-Route added, the previous hop's Via marked (received/rport), media anchored.
+    #[allow(clippy::too_many_arguments)]
+    fn forwardable(
+        &mut self,
+        side: Side,
+        from: SocketAddr,
+        message: &Message,
+        request: &check::Request,
+        hop: &NextHop,
+        max_forwards: u8,
+        in_dialog: bool,
+    ) -> Result<Vec<u8>, (u16, String)> {
+        let mut editor = Editor::new(message);
+        if let Some(uri) = &hop.request_uri {
+            editor.start_line(format!("{} {uri} SIP/2.0", request.method));
+        }
+        // The previous hop's Via: where responses really go (RFC 3581, RFC 3261 18.2.1).
+        if let Some(index) = editor.first("via") {
+            let header = &message.headers[index];
+            let values = split_top_level(&header.value, b',');
+            let top = &request.vias[0];
+            let mut first = values[0].to_owned();
+            if top.host.ip() != Some(from.ip()) {
+                first.push_str(&format!(";received={}", from.ip()));
+            }
+            if let Some(rport) = top.param("rport")
+                && rport.value.is_none()
+            {
+                first = first.replacen(";rport", &format!(";rport={}", from.port()), 1);
+            }
+            if first != values[0] {
+                let rest: Vec<&str> = values[1..].to_vec();
+                let value = std::iter::once(first.as_str())
+                    .chain(rest)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                editor.replace(index, &value);
+            }
+        }
+        match editor.first("max-forwards") {
+            Some(index) => {
+                editor.replace(index, &max_forwards.to_string());
+            }
+            None => {
+                editor.insert(
+                    message.headers.len(),
+                    "Max-Forwards",
+                    &max_forwards.to_string(),
+                );
+            }
+        }
+        self.pop_our_routes(message, &mut editor);
+        if DIALOG_CREATING.contains(&request.method.as_str()) && !in_dialog {
+            let index = editor
+                .first("record-route")
+                .or_else(|| editor.first("via").map(|v| v + 1))
+                .unwrap_or(0);
+            editor.insert(index, "Record-Route", &self.uri(hop.side));
+            if hop.side != side && self.public.address != self.private.address {
+                editor.insert(index, "Record-Route", &self.uri(side));
+            }
+        }
+        if is_sdp(message) {
+            let body = self
+                .anchor(&request.call_id, side, message.body())
+                .map_err(|e| (503, e))?;
+            editor.body(body);
+        }
+        Ok(editor.finish())
+    }
+
+    /// Removes the Route values that name us (one or two: the double Record-Route).
+    fn pop_our_routes(&self, message: &Message, editor: &mut Editor<'_>) {
+        for (index, header) in message.headers.iter().enumerate() {
+            if header.name != "route" {
+                continue;
+            }
+            let values = split_top_level(&header.value, b',');
+            let keep: Vec<&str> = values
+                .iter()
+                .copied()
+                .skip_while(|v| address::parse(v).is_ok_and(|a| self.route_is_us(&a.uri)))
+                .collect();
+            if keep.len() == values.len() {
+                return;
+            }
+            if keep.is_empty() {
+                editor.remove(index);
+            } else {
+                editor.replace(index, &keep.join(", "));
+                return;
+            }
+        }
+    }
+
+    fn on_ack(
+        &mut self,
+        side: Side,
+        from: SocketAddr,
+        key: &str,
+        message: Message,
+        request: check::Request,
+    ) {
+        // The ACK of a non-2xx final response ends its INVITE transaction here (hop by hop).
+        if self
+            .server
+            .get(key)
+            .is_some_and(|tx| tx.final_code.is_some_and(|code| code >= 300))
+        {
+            return;
+        }
+        // The ACK of a 2xx is a request of its own, forwarded along the dialog.
+        let max_forwards = request.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS);
+        if max_forwards == 0 || request.to.tag().is_none() {
+            return;
+        }
+        let Ok(hop) = self.next_hop(side, &request, true) else {
+            debug!(call_id = %request.call_id, "ACK without a route dropped");
+            return;
+        };
+        let Ok(template) =
+            self.forwardable(side, from, &message, &request, &hop, max_forwards - 1, true)
+        else {
+            return;
+        };
+        let branch = self.branch_with(&loop_hash(&request));
+        let bytes = with_via(&template, &self.via_line(hop.side, &branch));
+        self.send(hop.side, hop.target, &bytes);
+    }
+
+    fn on_cancel(
+        &mut self,
+        side: Side,
+        from: SocketAddr,
+        message: Message,
+        request: check::Request,
+    ) {
+        let invite_key = server_key(
+            &message,
+            &check::Request {
+                method: "INVITE".into(),
+                ..request.clone()
+            },
+        );
+        let to_tag = self.tag();
+        if !self.server.contains_key(&invite_key) {
+            return self.reply(side, from, &message, 481, &to_tag, &[]);
+        }
+        let response = build::response(&message, 200, "OK", &to_tag, &[]);
+        self.send(side, from, &response);
+        let tx = self.server.get_mut(&invite_key).expect("checked above");
+        if tx.final_code.is_some() || tx.cancelled {
+            return;
+        }
+        tx.cancelled = true;
+        tx.candidates.clear();
+        let client = tx.client.clone();
+        let provisional = client
+            .as_ref()
+            .and_then(|k| self.client.get(k))
+            .is_some_and(|c| c.provisional);
+        if provisional {
+            if let Some(client) = client {
+                self.send_cancel(&client);
+            }
+        } else {
+            // Nothing reached the backend's user yet: end it here; a late answer is cancelled
+            // when its provisional response arrives.
+            self.finish_invite(&invite_key, 487, None);
+        }
+    }
+
+    /// Sends CANCEL for a forwarded INVITE: same Request-URI, Call-ID, From, To, CSeq number,
+    /// Route and our Via with the INVITE's branch (RFC 3261 9.1).
+    pub(super) fn send_cancel(&mut self, invite_client: &str) {
+        let Some(client) = self.client.get(invite_client) else {
+            return;
+        };
+        let Ok(forwarded) = Message::parse(client.bytes.clone()) else {
+            return;
+        };
+        let crate::sip::StartLine::Request { uri, .. } = &forwarded.start else {
+            return;
+        };
+        let mut cancel = build::RequestBuilder::new("CANCEL", uri);
+        if let Some(via) = forwarded.value("via") {
+            cancel = cancel.header("Via", split_top_level(via, b',')[0]);
+        }
+        for header in &forwarded.headers {
+            match header.name.as_str() {
+                "route" => cancel = cancel.header("Route", &header.value),
+                "from" => cancel = cancel.header("From", &header.value),
+                "to" => cancel = cancel.header("To", &header.value),
+                "call-id" => cancel = cancel.header("Call-ID", &header.value),
+                "cseq" => {
+                    let number = header.value.split_whitespace().next().unwrap_or("1");
+                    cancel = cancel.header("CSeq", &format!("{number} CANCEL"));
+                }
+                _ => {}
+            }
+        }
+        let bytes = cancel.header("Max-Forwards", "70").finish();
+        let (side, target) = (client.side, client.target);
+        let branch = invite_client
+            .split('|')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        self.send(side, target, &bytes);
+        let key = client_key(&branch, "CANCEL");
+        self.client.insert(
+            key.clone(),
+            ClientTx {
+                server: None,
+                purpose: Purpose::Cancel,
+                method: "CANCEL".into(),
+                target,
+                side,
+                bytes,
+                backend: None,
+                provisional: false,
+                final_code: None,
+                interval: T1,
+            },
+        );
+        self.schedule(Timer::Retransmit(key.clone()), T1);
+        self.schedule(Timer::ClientDone(key), LINGER);
+    }
+}
+
+fn is_sdp(message: &Message) -> bool {
+    !message.body().is_empty()
+        && message
+            .value("content-type")
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/sdp"))
+}
+
+/// Where a Route URI points (IP addresses only: the proxy does not resolve names).
+fn uri_target(route: &str) -> Result<SocketAddr, (u16, String)> {
+    match uri::parse(route) {
+        Ok(uri::Uri::Sip(sip)) => match &sip.host {
+            Host::Ipv4(_) | Host::Ipv6(_) => Ok(SocketAddr::new(
+                sip.host.ip().expect("an IP host"),
+                sip.port.unwrap_or(5060),
+            )),
+            other => Err((404, format!("cannot resolve {other}"))),
+        },
+        _ => Err((400, format!("bad Route {route}"))),
+    }
+}
+
+/// A short hash of what makes a request the same request for loop detection: Request-URI,
+/// Call-ID, CSeq, From tag and the originator's Via.
+pub(super) fn loop_hash(request: &check::Request) -> String {
+    let origin = request
+        .vias
+        .last()
+        .map(|v| format!("{}{:?}", v.host, v.branch()))
+        .unwrap_or_default();
+    let text = format!(
+        "{:?}|{}|{}|{}|{origin}",
+        request.uri,
+        request.call_id,
+        request.cseq,
+        request.from.tag().unwrap_or_default()
+    );
+    format!(
+        "{:x}",
+        super::backends::fnv1a(text.as_bytes()) & 0xffff_ffff
+    )
+}
+
+/// The request with our Via on top (the first header after the start line).
+fn with_via(template: &[u8], via_line: &str) -> Vec<u8> {
+    let start_end = template
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(template.len(), |i| i + 1);
+    let mut out = Vec::with_capacity(template.len() + via_line.len() + 8);
+    out.extend_from_slice(&template[..start_end]);
+    out.extend_from_slice(b"Via: ");
+    out.extend_from_slice(via_line.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&template[start_end..]);
+    out
+}

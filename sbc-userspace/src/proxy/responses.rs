@@ -1,0 +1,372 @@
+//! Responses and client-transaction timers: match responses to what we sent (RFC 3261 17.1.3),
+//! fail over to the next backend on timeout, 408 or 5xx before the caller hears anything, and
+//! relay the rest upstream with our Via removed and media anchored.
+use std::net::SocketAddr;
+
+use tracing::{debug, info, warn};
+
+use super::{
+    Proxy, Timer,
+    backends::Transition,
+    build,
+    transactions::{LINGER, Purpose, T2, client_key},
+    via_destination,
+};
+use crate::{
+    media::session::Side,
+    sip::{Message, check, edit::Editor, syntax::split_top_level},
+};
+
+impl Proxy {
+    pub(super) fn on_response(
+        &mut self,
+        side: Side,
+        _from: SocketAddr,
+        message: Message,
+        response: check::Response,
+    ) {
+        let top = &response.vias[0];
+        let (Some(branch), true) = (top.branch(), self.is_us(&top.host, top.port)) else {
+            debug!("response not for us dropped");
+            return;
+        };
+        let key = client_key(branch, &response.cseq_method);
+        let code = response.code;
+        let Some(client) = self.client.get_mut(&key) else {
+            // A 2xx to an INVITE outlives its transaction: its retransmissions go up as they come.
+            if response.cseq_method == "INVITE" && (200..300).contains(&code) {
+                self.forward_stateless(side, &message, &response);
+            }
+            return;
+        };
+        if code < 200 {
+            client.provisional = true;
+        } else if client.final_code.is_some() {
+            // A retransmitted final response.
+            let (invite, purpose) = (client.is_invite(), client.purpose);
+            if purpose == Purpose::Forward && invite && code >= 300 {
+                self.ack_failure(&key, &message);
+            } else if purpose == Purpose::Forward && invite {
+                self.forward_stateless(side, &message, &response);
+            }
+            return;
+        } else {
+            client.final_code = Some(code);
+        }
+        let (purpose, backend, invite, server) = (
+            client.purpose,
+            client.backend,
+            client.is_invite(),
+            client.server.clone(),
+        );
+        match purpose {
+            Purpose::Probe(index) => {
+                if code >= 200 {
+                    self.client.remove(&key);
+                    self.probe_answered(index, code);
+                }
+                return;
+            }
+            Purpose::Cancel | Purpose::Bye => return,
+            Purpose::Forward => {}
+        }
+        if code >= 200 {
+            self.schedule(Timer::ClientDone(key.clone()), LINGER);
+        }
+        if invite && code >= 300 {
+            self.ack_failure(&key, &message);
+        }
+        if let Some(index) = backend {
+            let transition = if code == 408 || code >= 500 {
+                self.backends.record_failure(index)
+            } else {
+                self.backends.record_success(index)
+            };
+            self.log_transition(index, transition, "traffic");
+        }
+        let Some(server) = server else { return };
+        if code == 100 {
+            return;
+        }
+        let answered_upstream = self
+            .server
+            .get(&server)
+            .is_some_and(|tx| tx.cancelled && tx.final_code.is_some());
+        if invite && answered_upstream {
+            // We already told the caller 487: a backend that wakes up now is cancelled too.
+            if code < 200 {
+                self.send_cancel(&key);
+            } else if code < 300 {
+                warn!("a backend answered a call its caller had cancelled");
+            }
+            return;
+        }
+        if invite && (code == 408 || code >= 500) && self.fail_over(&server) {
+            return;
+        }
+        self.relay(&server, &message, code);
+    }
+
+    /// Sends a response up through its server transaction: our Via removed, SDP anchored,
+    /// a backend's 503 never passed on as it is (RFC 3261 16.7 step 6).
+    fn relay(&mut self, server_key: &str, message: &Message, code: u16) {
+        let Some(tx) = self.server.get(server_key) else {
+            return;
+        };
+        if code == 503 {
+            let (side, source) = (tx.side, tx.source);
+            let request = tx.request.clone();
+            let tag = tx.to_tag.clone();
+            let response = build::response(&request, 500, "Server Internal Error", &tag, &[]);
+            self.finish_with(server_key, response, 500, side, source);
+            return;
+        }
+        let (side, out_side, source, call_id, method) = (
+            tx.side,
+            tx.out_side,
+            tx.source,
+            tx.info.call_id.clone(),
+            tx.info.method.clone(),
+        );
+        let mut editor = Editor::new(message);
+        pop_top_via(message, &mut editor);
+        if !message.body().is_empty()
+            && message
+                .value("content-type")
+                .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/sdp"))
+        {
+            match self.anchor(&call_id, out_side, message.body()) {
+                Ok(body) => {
+                    editor.body(body);
+                }
+                Err(e) => warn!(%call_id, "cannot anchor the answer's media: {e}"),
+            }
+        }
+        let bytes = editor.finish();
+        if method == "INVITE" {
+            self.invite_progress(&call_id, message, code);
+        }
+        if code < 200 {
+            self.send(side, source, &bytes);
+            if let Some(tx) = self.server.get_mut(server_key) {
+                tx.provisional_forwarded = true;
+                tx.last_response = Some(bytes);
+            }
+            return;
+        }
+        self.finish_with(server_key, bytes, code, side, source);
+        if method == "BYE" {
+            self.end_call(&call_id, "bye", Some(code));
+        }
+    }
+
+    /// Sends a final response and keeps it for retransmissions.
+    fn finish_with(
+        &mut self,
+        server_key: &str,
+        bytes: Vec<u8>,
+        code: u16,
+        side: Side,
+        source: SocketAddr,
+    ) {
+        self.send(side, source, &bytes);
+        if let Some(tx) = self.server.get_mut(server_key) {
+            tx.last_response = Some(bytes);
+            tx.final_code = Some(code);
+        }
+        self.schedule(Timer::ServerDone(server_key.to_owned()), LINGER);
+    }
+
+    /// Our own final response to an INVITE (487 after CANCEL, 503 with no backend, 408).
+    pub(super) fn finish_invite(&mut self, server_key: &str, code: u16, _reason: Option<&str>) {
+        let Some(tx) = self.server.get(server_key) else {
+            return;
+        };
+        if tx.final_code.is_some() {
+            return;
+        }
+        let (side, source, call_id) = (tx.side, tx.source, tx.info.call_id.clone());
+        let extra = self.retry_after(code);
+        let response = build::response(
+            &tx.request,
+            code,
+            build::reason_phrase(code),
+            &tx.to_tag,
+            &extra,
+        );
+        self.finish_with(server_key, response, code, side, source);
+        let reason = match code {
+            487 => "cancelled",
+            _ => "failed",
+        };
+        self.end_call(&call_id, reason, Some(code));
+    }
+
+    /// After a backend failed an INVITE: the next healthy candidate, or our own 503 when none
+    /// is left. False when failover does not apply (the caller already heard something, or
+    /// the request was not sent to a backend).
+    fn fail_over(&mut self, server_key: &str) -> bool {
+        let Some(tx) = self.server.get_mut(server_key) else {
+            return false;
+        };
+        if tx.cancelled || tx.provisional_forwarded || tx.final_code.is_some() {
+            return false;
+        }
+        if !tx.balanced {
+            return false;
+        }
+        while let Some(next) = tx.candidates.first().copied() {
+            tx.candidates.remove(0);
+            if self.backends.list[next].health == super::backends::Health::Up {
+                let target = self.backends.list[next].address;
+                let call_id = tx.info.call_id.clone();
+                info!(%call_id, backend = %target, "failing over to the next backend");
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.backend = Some(next);
+                }
+                self.attempt(server_key, target);
+                return true;
+            }
+        }
+        self.finish_invite(server_key, 503, Some("no backend answered"));
+        true
+    }
+
+    /// The hop-by-hop ACK for a non-2xx final response to an INVITE we sent (RFC 3261 17.1.1.3).
+    fn ack_failure(&mut self, client_key: &str, response: &Message) {
+        let Some(client) = self.client.get(client_key) else {
+            return;
+        };
+        let Ok(invite) = Message::parse(client.bytes.clone()) else {
+            return;
+        };
+        let crate::sip::StartLine::Request { uri, .. } = &invite.start else {
+            return;
+        };
+        let mut ack = build::RequestBuilder::new("ACK", uri);
+        if let Some(via) = invite.value("via") {
+            ack = ack.header("Via", split_top_level(via, b',')[0]);
+        }
+        for header in &invite.headers {
+            match header.name.as_str() {
+                "route" => ack = ack.header("Route", &header.value),
+                "from" => ack = ack.header("From", &header.value),
+                "call-id" => ack = ack.header("Call-ID", &header.value),
+                "cseq" => {
+                    let number = header.value.split_whitespace().next().unwrap_or("1");
+                    ack = ack.header("CSeq", &format!("{number} ACK"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(to) = response.value("to") {
+            ack = ack.header("To", to);
+        }
+        let bytes = ack.header("Max-Forwards", "70").finish();
+        self.send(client.side, client.target, &bytes);
+    }
+
+    /// Relays a response that matches no transaction (2xx retransmissions) along its Vias.
+    fn forward_stateless(&mut self, side: Side, message: &Message, response: &check::Response) {
+        let Some(next) = response.vias.get(1) else {
+            return;
+        };
+        let Some(destination) = via_destination(next) else {
+            return;
+        };
+        let mut editor = Editor::new(message);
+        pop_top_via(message, &mut editor);
+        self.send(Self::other(side), destination, &editor.finish());
+    }
+
+    pub(super) fn retransmit(&mut self, key: &str) {
+        let Some(client) = self.client.get_mut(key) else {
+            return;
+        };
+        if !client.awaiting() {
+            return;
+        }
+        client.interval = if client.is_invite() {
+            client.interval * 2
+        } else {
+            (client.interval * 2).min(T2)
+        };
+        let (side, target, interval) = (client.side, client.target, client.interval);
+        let bytes = client.bytes.clone();
+        self.send(side, target, &bytes);
+        self.schedule(Timer::Retransmit(key.to_owned()), interval);
+    }
+
+    pub(super) fn client_timeout(&mut self, key: &str) {
+        let Some(client) = self.client.get_mut(key) else {
+            return;
+        };
+        if client.final_code.is_some() || (client.is_invite() && client.provisional) {
+            return;
+        }
+        client.final_code = Some(408);
+        let (purpose, backend, server, invite) = (
+            client.purpose,
+            client.backend,
+            client.server.clone(),
+            client.is_invite(),
+        );
+        self.schedule(Timer::ClientDone(key.to_owned()), LINGER);
+        if let Purpose::Probe(index) = purpose {
+            self.client.remove(key);
+            let transition = self.backends.record_failure(index);
+            self.log_transition(index, transition, "probe timeout");
+            return;
+        }
+        if purpose != Purpose::Forward {
+            return;
+        }
+        if let Some(index) = backend {
+            let transition = self.backends.record_failure(index);
+            self.log_transition(index, transition, "request timeout");
+        }
+        let Some(server) = server else { return };
+        if invite && self.fail_over(&server) {
+            return;
+        }
+        if invite {
+            self.finish_invite(&server, 408, None);
+        } else if let Some(tx) = self.server.get(&server) {
+            let (side, source) = (tx.side, tx.source);
+            let response = build::response(&tx.request, 408, "Request Timeout", &tx.to_tag, &[]);
+            self.finish_with(&server, response, 408, side, source);
+        }
+    }
+
+    pub(super) fn log_transition(&self, index: usize, transition: Transition, cause: &str) {
+        let address = self.backends.list[index].address;
+        match transition {
+            Transition::WentDown => {
+                warn!(backend = %address, cause, "backend marked down");
+                self.events.emit(
+                    "backend_down",
+                    serde_json::json!({ "backend": address, "cause": cause }),
+                );
+            }
+            Transition::CameUp => {
+                info!(backend = %address, "backend back up");
+                self.events
+                    .emit("backend_up", serde_json::json!({ "backend": address }));
+            }
+            Transition::None => {}
+        }
+    }
+}
+
+/// Removes the topmost Via value (ours) from a message being relayed.
+fn pop_top_via(message: &Message, editor: &mut Editor<'_>) {
+    let Some(index) = editor.first("via") else {
+        return;
+    };
+    let values = split_top_level(&message.headers[index].value, b',');
+    if values.len() > 1 {
+        editor.replace(index, &values[1..].join(", "));
+    } else {
+        editor.remove(index);
+    }
+}

@@ -1,0 +1,109 @@
+//! Transaction state (RFC 3261 17): what the proxy remembers per request it received (server
+//! side) and per request it sent (client side), and how they are named.
+use std::{net::SocketAddr, time::Duration};
+
+use crate::{
+    media::session::Side,
+    sip::{Message, check},
+};
+
+/// RFC 3261 timer T1 (RTT estimate) and T2 (largest non-INVITE retransmit interval).
+pub const T1: Duration = Duration::from_millis(500);
+pub const T2: Duration = Duration::from_secs(4);
+/// How long a finished transaction is kept to absorb retransmissions (64 * T1).
+pub const LINGER: Duration = Duration::from_secs(32);
+
+/// The server transaction a request belongs to: RFC 3261 branch matching, or the RFC 2543
+/// fallback (Call-ID, CSeq, From tag, top Via) for requests without a magic-cookie branch.
+/// ACK is matched to its INVITE.
+pub fn server_key(message: &Message, request: &check::Request) -> String {
+    let method = if request.method == "ACK" {
+        "INVITE"
+    } else {
+        request.method.as_str()
+    };
+    let top = &request.vias[0];
+    match top.branch() {
+        Some(branch) if top.has_rfc3261_branch() => {
+            format!(
+                "{branch}|{}:{}|{method}",
+                top.host,
+                top.port.unwrap_or(5060)
+            )
+        }
+        _ => format!(
+            "2543|{}|{}|{}|{}|{method}",
+            request.call_id,
+            request.cseq,
+            request.from.tag().unwrap_or_default(),
+            message.value("via").unwrap_or_default()
+        ),
+    }
+}
+
+/// A client transaction is named by the branch of our Via and its method (a CANCEL shares the
+/// branch of the INVITE it cancels).
+pub fn client_key(branch: &str, method: &str) -> String {
+    format!("{branch}|{method}")
+}
+
+pub struct ServerTx {
+    pub side: Side,
+    /// Where the request came from: responses go back there (RFC 3581).
+    pub source: SocketAddr,
+    pub request: Message,
+    pub info: check::Request,
+    /// Our To tag for responses we generate.
+    pub to_tag: String,
+    pub last_response: Option<Vec<u8>>,
+    pub final_code: Option<u16>,
+    /// The client transaction currently carrying the request.
+    pub client: Option<String>,
+    /// The forwarded request without our Via (each attempt adds its own).
+    pub template: Vec<u8>,
+    pub out_side: Side,
+    /// Sent to a backend chosen from the pool (new requests from the public side): failures
+    /// fail over, and a final failure is our own 503.
+    pub balanced: bool,
+    /// Backends still to try if the current one fails.
+    pub candidates: Vec<usize>,
+    pub cancelled: bool,
+    /// A provisional response went upstream: the caller has heard something, no failover.
+    pub provisional_forwarded: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Carries a request we proxy.
+    Forward,
+    /// A CANCEL we send for a request we proxied.
+    Cancel,
+    /// An OPTIONS health probe of this backend.
+    Probe(usize),
+    /// A BYE we originate (media timeout).
+    Bye,
+}
+
+pub struct ClientTx {
+    pub server: Option<String>,
+    pub purpose: Purpose,
+    pub method: String,
+    pub target: SocketAddr,
+    pub side: Side,
+    pub bytes: Vec<u8>,
+    pub backend: Option<usize>,
+    pub provisional: bool,
+    pub final_code: Option<u16>,
+    pub interval: Duration,
+}
+
+impl ClientTx {
+    pub fn is_invite(&self) -> bool {
+        self.method == "INVITE"
+    }
+
+    /// Still retransmitting: INVITE until anything arrives, others until a final response.
+    pub fn awaiting(&self) -> bool {
+        self.final_code.is_none() && !(self.is_invite() && self.provisional)
+    }
+}
