@@ -35,6 +35,9 @@ pub struct DaemonOptions {
     pub port_min: u16,
     pub port_max: u16,
     pub media_timeout_secs: u64,
+    /// Backends of the SIP proxy; none: no `[sip]` table (media only).
+    pub sip_backends: Vec<std::net::SocketAddr>,
+    pub health_interval_ms: u64,
 }
 
 impl Default for DaemonOptions {
@@ -44,6 +47,8 @@ impl Default for DaemonOptions {
             port_min: 20000,
             port_max: 29999,
             media_timeout_secs: 60,
+            sip_backends: Vec::new(),
+            health_interval_ms: 1000,
         }
     }
 }
@@ -71,6 +76,18 @@ impl Daemon {
         );
         let config = dir.path().join("sbc.toml");
         let socket = dir.path().join("api.sock");
+        let mut sip = String::new();
+        if !options.sip_backends.is_empty() {
+            sip = format!(
+                "[sip]\npublic_listen = \"{SBC_PUBLIC}:5060\"\nprivate_listen = \"{SBC_PRIVATE}:5060\"\n\
+                 [sip.health]\ninterval_ms = {}\ntimeout_ms = {}\nfailure_threshold = 1\n",
+                options.health_interval_ms,
+                options.health_interval_ms / 2,
+            );
+            for backend in &options.sip_backends {
+                sip.push_str(&format!("[[sip.backends]]\naddress = \"{backend}\"\n"));
+            }
+        }
         std::fs::write(
             &config,
             format!(
@@ -90,7 +107,7 @@ socket = "{socket}"
 file = "{events}"
 [log]
 level = "info"
-"#,
+{sip}"#,
                 mode = options.dataplane,
                 interfaces = SBC_INTERFACES,
                 port_min = options.port_min,

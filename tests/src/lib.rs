@@ -12,3 +12,5 @@ pub mod lab;
 pub mod netns;
 pub mod privileges;
 pub mod rtp;
+pub mod sip_probe;
+pub mod sipp;

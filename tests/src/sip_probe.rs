@@ -1,0 +1,56 @@
+//! Hand-made SIP requests for what SIPp's scenarios do not cover: send one datagram from a lab
+//! namespace and collect what comes back.
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use crate::netns::Netns;
+
+/// An INVITE with a small SDP offer, from `local` to `target`.
+pub fn invite(local: SocketAddr, target: SocketAddr, call_id: &str) -> Vec<u8> {
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8\r\n",
+        ip = local.ip()
+    );
+    format!(
+        "INVITE sip:probe@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p1\r\nTo: <sip:probe@{target}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:probe@{local}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+    .into_bytes()
+}
+
+/// Sends `request` from `local` in `ns` and returns every datagram received within 3 s (or
+/// until a final response arrives).
+pub fn send(
+    ns: &Netns,
+    local: SocketAddr,
+    target: SocketAddr,
+    request: &[u8],
+) -> anyhow::Result<Vec<String>> {
+    let request = request.to_vec();
+    ns.spawn(move || {
+        let socket = UdpSocket::bind(local)?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        socket.send_to(&request, target)?;
+        let mut answers = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 65_536];
+        while Instant::now() < deadline {
+            if let Ok((len, _)) = socket.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+                let is_final = text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1");
+                answers.push(text);
+                if is_final {
+                    break;
+                }
+            }
+        }
+        Ok(answers)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+}

@@ -1,0 +1,187 @@
+//! SIPp (Debian package `sip-tester`) as the real SIP peers of the lab: a backend that answers
+//! and echoes RTP, and callers that place calls with RTP from a pcap. Every run is bounded
+//! (`-m`, `-timeout`, and a deadline after which the process is killed), and only processes
+//! started here are stopped, by PID (`nsenter` execs SIPp, so the PID is SIPp's).
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::Netns;
+
+/// SIPp's bundled pcaps (`uac_pcap` plays `pcap/g711a.pcap` relative to its directory).
+const PCAPS: &str = "/usr/share/sip-tester";
+
+/// A working directory for SIPp with `pcap/` pointing at the bundled captures.
+pub fn workdir() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("sbc-sipp-").tempdir()?;
+    let pcap = dir.path().join("pcap");
+    std::fs::create_dir(&pcap)?;
+    for entry in std::fs::read_dir(PCAPS).context("SIPp's pcaps (install sip-tester)")? {
+        let entry = entry?;
+        std::os::unix::fs::symlink(entry.path(), pcap.join(entry.file_name()))?;
+    }
+    Ok(dir)
+}
+
+fn sipp(ns: &Netns, dir: &Path, args: &[String]) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .arg("sipp")
+        .args(args)
+        .args(["-nostdin", "-trace_err"])
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    command
+}
+
+/// A SIPp backend (UAS) answering every INVITE, echoing RTP and answering OPTIONS.
+pub struct Backend {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Backend {
+    /// Starts a backend at `address`; it runs until dropped or killed.
+    pub fn start(ns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
+        let dir = workdir()?;
+        let log = std::fs::File::create(dir.path().join("uas.out"))?;
+        // Each backend echoes RTP on ports of its own.
+        let media_port = 10_000 + 2 * u32::from(address.port());
+        let args: Vec<String> = [
+            "-sn",
+            "uas",
+            "-rtp_echo",
+            "-aa",
+            "-i",
+            &address.ip().to_string(),
+            "-p",
+            &address.port().to_string(),
+            "-mp",
+            &media_port.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let child = sipp(ns, dir.path(), &args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting SIPp (install sip-tester)")?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Self { child, _dir: dir })
+    }
+
+    /// Kills the backend (a crash, as the failover tests need).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a SIPp caller run reported.
+#[derive(Debug)]
+pub struct CallerResult {
+    pub exit_code: Option<i32>,
+    pub successful: u64,
+    pub failed: u64,
+    pub output: String,
+}
+
+/// What the SIPp caller does in each call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// INVITE, ACK, 7 s of G.711 RTP from a pcap, BYE (SIPp's `uac_pcap`).
+    WithMedia,
+    /// INVITE, ACK, BYE at once (SIPp's `uac`): signalling only.
+    Short,
+}
+
+/// Places `calls` calls at `rate` per second from `local` to `target`, and waits for them
+/// (bounded by `limit`).
+pub fn place_calls(
+    ns: &Netns,
+    local: SocketAddr,
+    target: SocketAddr,
+    kind: CallKind,
+    (calls, rate): (u32, u32),
+    limit: Duration,
+) -> anyhow::Result<CallerResult> {
+    let dir = workdir()?;
+    let scenario = match kind {
+        CallKind::WithMedia => "uac_pcap",
+        CallKind::Short => "uac",
+    };
+    let args: Vec<String> = [
+        "-sn",
+        scenario,
+        &target.to_string(),
+        "-i",
+        &local.ip().to_string(),
+        "-p",
+        &local.port().to_string(),
+        "-m",
+        &calls.to_string(),
+        "-r",
+        &rate.to_string(),
+        "-timeout",
+        &format!("{}s", limit.as_secs()),
+        "-default_behaviors",
+        "all,-abortunexp",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out_path = dir.path().join("uac.out");
+    let mut child = sipp(ns, dir.path(), &args)
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running SIPp (install sip-tester)")?;
+    let deadline = std::time::Instant::now() + limit + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let column = |label: &str| -> u64 {
+        text.lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split('|').nth(2))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let result = CallerResult {
+        exit_code: status.and_then(|s| s.code()),
+        successful: column("Successful call"),
+        failed: column("Failed call"),
+        output: text,
+    };
+    if result.successful + result.failed == 0 {
+        bail!(
+            "SIPp placed no call (exit {:?}):\n{}",
+            result.exit_code,
+            result.output
+        );
+    }
+    Ok(result)
+}
