@@ -1,6 +1,10 @@
-//! `cargo xtask demo`: a lab, the daemon with XDP in native mode, a few dozen media sessions
-//! with RTP and RTCP both ways, and a report of what arrived and which path relayed it.
-use std::time::{Duration, Instant};
+//! `cargo xtask demo`: a lab of namespaces, the daemon with XDP in native mode, real SIP calls
+//! from a SIPp caller through the sbc to a SIPp backend with RTP both ways, then media sessions
+//! streamed through the control API; reports of what arrived and which path relayed it.
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use serde_json::Value;
@@ -8,16 +12,24 @@ use serde_json::Value;
 use crate::{
     calls::{open_calls, relayed_packets},
     daemon::{Daemon, DaemonOptions},
-    lab::Lab,
+    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
     rtp::{Direction, PACKET_INTERVAL, RTP_PAYLOAD_BYTES, Traffic},
+    sipp::{self, CallKind},
 };
 
 #[derive(clap::Args, Debug)]
 pub struct DemoOptions {
-    /// Media sessions to create (half with RTCP on port + 1, half rtcp-mux).
+    /// SIP calls placed by SIPp through the sbc to a SIPp backend (RTP from a pcap, echoed).
+    #[arg(long, default_value_t = 20)]
+    pub calls: u32,
+    /// New calls per second.
+    #[arg(long, default_value_t = 5)]
+    pub rate: u32,
+    /// Media sessions created through the control API (half with RTCP on port + 1, half
+    /// rtcp-mux).
     #[arg(long, default_value_t = 40)]
     pub sessions: usize,
-    /// Seconds of media.
+    /// Seconds of media on those sessions.
     #[arg(long, default_value_t = 6)]
     pub seconds: u64,
     /// Relay media with XDP (the default) or in the daemon only.
@@ -36,43 +48,126 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     } else {
         "xdp"
     };
-    println!("[1/5] building the lab (network namespaces caller, sbc, callee)");
+    println!("[1/6] building the lab (network namespaces caller, sbc, callee)");
     let lab = Lab::up("demo")?;
     println!("      {}", lab.describe());
 
+    let backend = SocketAddr::new(CALLEE.into(), 5060);
+    let _backend = sipp::Backend::start(&lab.callee, backend)?;
     println!(
-        "[2/5] starting sbc with the {dataplane} dataplane (XDP in native mode on pub0, priv0)"
+        "[2/6] starting sbc: {dataplane} dataplane (XDP native on pub0, priv0), SIP on \
+         {SBC_PUBLIC}:5060, SIPp backend at {backend} echoing RTP"
     );
-    let mut daemon = Daemon::start(
-        &lab,
-        &DaemonOptions {
-            dataplane,
-            ..Default::default()
-        },
-    )?;
+    let daemon_options = DaemonOptions {
+        dataplane,
+        sip_backends: vec![backend],
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start(&lab, &daemon_options)?;
 
+    sip_calls(&lab, &daemon, options)?;
+    media_sessions(&lab, &daemon, options)?;
+
+    daemon.stop()?;
+    drop(daemon);
+    drop(lab);
+    println!("\nlab torn down");
+    Ok(())
+}
+
+/// Phase one: SIPp calls with RTP, and a line per call from the daemon's events.
+fn sip_calls(lab: &Lab, daemon: &Daemon, options: &DemoOptions) -> anyhow::Result<()> {
+    println!(
+        "[3/6] SIPp places {} calls at {}/s through the sbc (each: INVITE, 7 s of G.711 RTP from \
+         a pcap echoed back by the backend, BYE)",
+        options.calls, options.rate
+    );
+    let limit = Duration::from_secs(u64::from(options.calls / options.rate.max(1)) + 40);
+    let caller = SocketAddr::new(CALLER.into(), 5060);
+    let target = SocketAddr::new(SBC_PUBLIC.into(), 5060);
+    let result = sipp::place_calls(
+        &lab.caller,
+        caller,
+        target,
+        CallKind::WithMedia,
+        (options.calls, options.rate),
+        limit,
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let events = daemon.events();
+    let of = |name: &'static str| events.iter().filter(move |e| e["event"] == name);
+    println!(
+        "\n  {:<28} {:>6} {:>9} {:>11} {:>12} {:>12}",
+        "call", "code", "setup ms", "duration s", "RTP c->b", "RTP b->c"
+    );
+    for ended in of("call_ended") {
+        let call_id = ended["call_id"].as_str().unwrap_or("?");
+        let setup = of("call_answered")
+            .find(|a| a["call_id"] == call_id)
+            .and_then(|a| a["setup_ms"].as_u64());
+        println!(
+            "  {:<28} {:>6} {:>9} {:>11.1} {:>12} {:>12}",
+            call_id,
+            ended["final_code"]
+                .as_u64()
+                .map_or("-".into(), |c| c.to_string()),
+            setup.map_or("-".into(), |ms| ms.to_string()),
+            ended["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            ended["rtp_packets"]["caller_to_callee"]
+                .as_u64()
+                .unwrap_or(0),
+            ended["rtp_packets"]["callee_to_caller"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+    }
+    let (mut kernel, mut userspace) = (0u64, 0u64);
+    for ended in of("media_session_ended") {
+        for leg in ended["session"]["legs"].as_array().into_iter().flatten() {
+            kernel += leg["rtp"]["kernel_packets"].as_u64().unwrap_or(0);
+            userspace += leg["rtp"]["userspace_packets"].as_u64().unwrap_or(0);
+        }
+    }
+    println!(
+        "\n  SIPp: {} calls successful, {} failed\n  RTP relayed in the kernel: {kernel} packets \
+         ({:.2} %), in userspace: {userspace}",
+        result.successful,
+        result.failed,
+        100.0 * kernel as f64 / (kernel + userspace).max(1) as f64
+    );
+    Ok(())
+}
+
+/// Phase two: media sessions through the control API, streamed both ways.
+fn media_sessions(lab: &Lab, daemon: &Daemon, options: &DemoOptions) -> anyhow::Result<()> {
     let half = options.sessions / 2;
     println!(
-        "[3/5] creating {} media sessions ({half} with RTCP on port + 1, {} rtcp-mux)",
+        "\n[4/6] creating {} media sessions through the control API ({half} with RTCP on port + 1, {} rtcp-mux)",
         options.sessions,
         options.sessions - half
     );
-    let mut calls = open_calls(&daemon, 0..half, false)?;
-    calls.extend(open_calls(&daemon, half..options.sessions, true)?);
+    // Peers on ports of their own, clear of the SIPp calls.
+    let mut calls = open_calls(daemon, 1000..1000 + half, false)?;
+    calls.extend(open_calls(
+        daemon,
+        1000 + half..1000 + options.sessions,
+        true,
+    )?);
     let calls: Vec<_> = calls.into_iter().map(|(_, call)| call).collect();
 
     println!(
-        "[4/5] streaming RTP both ways for {} s: one {}-byte G.711 payload every {} ms per stream, RTCP every 500 ms",
+        "[5/6] streaming RTP both ways for {} s: one {}-byte G.711 payload every {} ms per stream, RTCP every 500 ms",
         options.seconds,
         RTP_PAYLOAD_BYTES,
         PACKET_INTERVAL.as_millis()
     );
+    let before = relayed_packets(daemon)?;
     let duration = Duration::from_secs(options.seconds);
-    let traffic = Traffic::start(&lab, &calls, duration);
+    let traffic = Traffic::start(lab, &calls, duration);
     let start = Instant::now();
     while start.elapsed() < duration {
         std::thread::sleep(Duration::from_secs(1));
-        let (kernel, userspace) = relayed_packets(&daemon)?;
+        let (kernel, userspace) = relayed_packets(daemon)?;
         println!(
             "      {:>2} s  sent {:>7}  received {:>7}  relayed in kernel {:>7}  in userspace {:>5}",
             start.elapsed().as_secs(),
@@ -84,14 +179,15 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
                 .progress
                 .received
                 .load(std::sync::atomic::Ordering::Relaxed),
-            kernel,
-            userspace
+            kernel - before.0,
+            userspace - before.1
         );
     }
     let report = traffic.finish()?;
-    let (kernel, userspace) = relayed_packets(&daemon)?;
+    let (kernel, userspace) = relayed_packets(daemon)?;
+    let (kernel, userspace) = (kernel - before.0, userspace - before.1);
 
-    println!("[5/5] results\n");
+    println!("[6/6] results\n");
     println!(
         "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>8}",
         "direction", "RTP sent", "RTP recv", "RTCP sent", "RTCP recv", "loss"
@@ -102,14 +198,13 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     ] {
         print_direction(name, &direction);
     }
-    let total = kernel + userspace;
     println!(
         "\n  relayed in the kernel (XDP): {kernel:>8} packets ({:.2} %)\n  relayed in userspace:        {userspace:>8} packets (first packets: latching, ARP)",
-        100.0 * kernel as f64 / total.max(1) as f64
+        100.0 * kernel as f64 / (kernel + userspace).max(1) as f64
     );
     let stats = daemon.api.get("/v1/stats")?.body;
     if let Some(reasons) = stats["xdp_reasons"].as_object() {
-        println!("\n  XDP verdicts:");
+        println!("\n  XDP verdicts (whole run):");
         for (name, count) in reasons.iter().filter(|(_, c)| c.as_u64() != Some(0)) {
             println!("    {name:<26} {count}");
         }
@@ -129,10 +224,6 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         "\n  sessions with both legs latched: {latched} of {}",
         calls.len()
     );
-    daemon.stop()?;
-    drop(daemon);
-    drop(lab);
-    println!("\nlab torn down");
     Ok(())
 }
 

@@ -151,8 +151,18 @@ fn lab_binary(bin_dir: &Path) -> PathBuf {
     bin_dir.join("sbc-lab")
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+fn main() -> std::process::ExitCode {
+    match run_task(Cli::parse().task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> anyhow::Result<()> {
+    match task {
         Task::Setup => setup::install(),
         Task::BuildEbpf => build_ebpf().map(drop),
         Task::Build { release } => build(release).map(drop),
