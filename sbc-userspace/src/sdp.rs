@@ -75,9 +75,14 @@ fn connection(value: &str) -> Result<IpAddr, SdpError> {
         return Err(SdpError(format!("bad connection line c={value}")));
     };
     let address = address.split('/').next().unwrap_or(address);
-    address
+    let address: IpAddr = address
         .parse()
-        .map_err(|_| SdpError(format!("bad connection address {address:?}")))
+        .map_err(|_| SdpError(format!("bad connection address {address:?}")))?;
+    // An IPv4-mapped IPv6 address (RFC 5118 4.9) is the IPv4 host it maps.
+    Ok(match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
+    })
 }
 
 fn media_port(value: &str) -> Result<(String, u16), SdpError> {

@@ -164,6 +164,8 @@ fn the_refusals_can_be_answered() {
     // A 400 needs the request's Via, From, To, Call-ID and CSeq: every refused torture message
     // that has them must come back with its parsed headers.
     for file in [
+        "lwsstart.dat",
+        "trws.dat",
         "badinv01.dat",
         "clerr.dat",
         "ncl.dat",

@@ -38,6 +38,8 @@ pub struct DaemonOptions {
     /// Backends of the SIP proxy; none: no `[sip]` table (media only).
     pub sip_backends: Vec<std::net::SocketAddr>,
     pub health_interval_ms: u64,
+    /// Failures in a row that mark a backend down.
+    pub health_failure_threshold: u32,
 }
 
 impl Default for DaemonOptions {
@@ -49,6 +51,7 @@ impl Default for DaemonOptions {
             media_timeout_secs: 60,
             sip_backends: Vec::new(),
             health_interval_ms: 1000,
+            health_failure_threshold: 2,
         }
     }
 }
@@ -80,9 +83,10 @@ impl Daemon {
         if !options.sip_backends.is_empty() {
             sip = format!(
                 "[sip]\npublic_listen = \"{SBC_PUBLIC}:5060\"\nprivate_listen = \"{SBC_PRIVATE}:5060\"\n\
-                 [sip.health]\ninterval_ms = {}\ntimeout_ms = {}\nfailure_threshold = 1\n",
+                 [sip.health]\ninterval_ms = {}\ntimeout_ms = {}\nfailure_threshold = {}\n",
                 options.health_interval_ms,
                 options.health_interval_ms / 2,
+                options.health_failure_threshold,
             );
             for backend in &options.sip_backends {
                 sip.push_str(&format!("[[sip.backends]]\naddress = \"{backend}\"\n"));

@@ -105,6 +105,7 @@ fn calls_fail_over_when_a_backend_dies_and_503_when_none_is_left() {
         &DaemonOptions {
             sip_backends: vec![first, second],
             health_interval_ms: interval.as_millis() as u64,
+            health_failure_threshold: 1,
             ..Default::default()
         },
     )

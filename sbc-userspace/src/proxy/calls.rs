@@ -11,7 +11,7 @@ use super::{
     transactions::{ClientTx, LINGER, Purpose, T1, client_key},
 };
 use crate::{
-    media::{EndReason, SessionInfo, SessionSpec, session::Side},
+    media::{EndReason, MediaError, SessionInfo, SessionSpec, session::Side},
     sdp::{self, Anchor},
     sip::{Message, address, check},
 };
@@ -29,8 +29,15 @@ pub struct Party {
     pub cseq: u32,
 }
 
+/// Calls are named by Call-ID and the caller's tag: a Call-ID alone may collide (RFC 5118's
+/// example messages share one).
+pub fn call_key(call_id: &str, caller_tag: &str) -> String {
+    format!("{call_id};{caller_tag}")
+}
+
 #[derive(Debug)]
 pub struct Call {
+    pub call_id: String,
     pub caller: Party,
     pub callee: Party,
     /// The media session of each `m=` line (`None`: rejected stream).
@@ -66,6 +73,7 @@ impl Call {
         source: SocketAddr,
     ) -> Self {
         Self {
+            call_id: request.call_id.clone(),
             caller: Party {
                 side,
                 address: message.value("from").unwrap_or_default().to_owned(),
@@ -100,6 +108,18 @@ impl Call {
     }
 }
 
+/// How a call is refused when its media cannot be anchored: 503 (with Retry-After) when the
+/// relay is out of ports or sessions, 488 when the media itself cannot be relayed (IPv6 for
+/// now), 500 otherwise.
+fn media_refusal(error: MediaError) -> (u16, String) {
+    let status = match &error {
+        MediaError::Exhausted(_) => 503,
+        MediaError::Invalid(_) => 488,
+        MediaError::NotFound(_) | MediaError::Internal(_) => 500,
+    };
+    (status, error.to_string())
+}
+
 fn leg_index(side: Side) -> usize {
     match side {
         Side::Public => 0,
@@ -108,26 +128,37 @@ fn leg_index(side: Side) -> usize {
 }
 
 impl Proxy {
-    pub(super) fn call_started(&self, call_id: &str) {
-        if let Some(call) = self.calls.get(call_id) {
+    /// The call a request belongs to: named by its From tag (the caller's requests) or its To
+    /// tag (the callee's).
+    pub(super) fn find_call(&self, request: &check::Request) -> Option<String> {
+        [request.from.tag(), request.to.tag()]
+            .into_iter()
+            .flatten()
+            .map(|tag| call_key(&request.call_id, tag))
+            .find(|key| self.calls.contains_key(key))
+    }
+
+    pub(super) fn call_started(&self, key: &str) {
+        if let Some(call) = self.calls.get(key) {
             self.events.emit(
                 "call_started",
-                json!({ "call_id": call_id, "from": call.caller.address, "to": call.callee.address }),
+                json!({ "call_id": call.call_id, "from": call.caller.address, "to": call.callee.address }),
             );
         }
     }
 
     /// Notes what an INVITE response means for its call (only the initial INVITE: a call that
     /// is answered already is being re-INVITEd).
-    pub(super) fn invite_progress(&mut self, call_id: &str, response: &Message, code: u16) {
+    pub(super) fn invite_progress(&mut self, key: &str, response: &Message, code: u16) {
         let routes = record_routes(response);
         let ours = routes
             .iter()
             .position(|r| self.route_is_us_uri(r))
             .unwrap_or(routes.len());
-        let Some(call) = self.calls.get_mut(call_id) else {
+        let Some(call) = self.calls.get_mut(key) else {
             return;
         };
+        let call_id = call.call_id.clone();
         if call.answered.is_some() {
             return;
         }
@@ -163,7 +194,7 @@ impl Proxy {
                     }),
                 );
             }
-            300..=699 => self.end_call(call_id, "failed", Some(code)),
+            300..=699 => self.end_call(key, "failed", Some(code)),
             _ => {}
         }
     }
@@ -176,8 +207,8 @@ impl Proxy {
     }
 
     /// Records the CSeq of an in-dialog request, so requests we originate go above it.
-    pub(super) fn note_cseq(&mut self, call_id: &str, side: Side, cseq: u32) {
-        if let Some(call) = self.calls.get_mut(call_id) {
+    pub(super) fn note_cseq(&mut self, key: &str, side: Side, cseq: u32) {
+        if let Some(call) = self.calls.get_mut(key) {
             let party = call.party_mut(side);
             party.cseq = party.cseq.max(cseq);
         }
@@ -188,14 +219,14 @@ impl Proxy {
     /// relay's address and ports on the other side. Bodies of unknown calls pass unchanged.
     pub(super) fn anchor(
         &mut self,
-        call_id: &str,
+        key: &str,
         from_side: Side,
         body: &[u8],
-    ) -> Result<Vec<u8>, String> {
-        let Some(call) = self.calls.get_mut(call_id) else {
+    ) -> Result<Vec<u8>, (u16, String)> {
+        let Some(call) = self.calls.get_mut(key) else {
             return Ok(body.to_vec());
         };
-        let streams = sdp::streams(body).map_err(|e| e.to_string())?;
+        let streams = sdp::streams(body).map_err(|e| (400, e.to_string()))?;
         let (leg, other) = (leg_index(from_side), leg_index(Proxy::other(from_side)));
         let mut anchors = Vec::with_capacity(streams.len());
         for (index, stream) in streams.iter().enumerate() {
@@ -215,10 +246,7 @@ impl Proxy {
                         "b": { "side": "private" },
                     }))
                     .expect("a valid session spec");
-                    let info = self
-                        .plane
-                        .create_unarmed(&spec)
-                        .map_err(|e| e.to_string())?;
+                    let info = self.plane.create_unarmed(&spec).map_err(media_refusal)?;
                     call.media[index] = Some(info.id);
                     info.id
                 }
@@ -226,32 +254,29 @@ impl Proxy {
             if let Some(peer) = stream.rtp_peer() {
                 self.plane
                     .announce_peer(id, leg, peer)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(media_refusal)?;
             }
-            let info = self.plane.get(id).ok_or("media session vanished")?;
+            let info = self
+                .plane
+                .get(id)
+                .ok_or((500, "media session vanished".to_owned()))?;
             anchors.push(Some(Anchor {
                 rtp_port: info.legs[other].local_rtp.port(),
                 rtcp_port: info.legs[other].local_rtcp.map(|a| a.port()),
             }));
         }
         let address = self.plane.address(Proxy::other(from_side));
-        sdp::rewrite(body, address, &anchors).map_err(|e| e.to_string())
+        sdp::rewrite(body, address, &anchors).map_err(|e| (400, e.to_string()))
     }
 
     /// Ends a call: its media sessions end, its backend has one call less, its end is reported.
-    pub(super) fn end_call(&mut self, call_id: &str, reason: &str, code: Option<u16>) {
-        self.end_call_with(call_id, reason, code, &[]);
+    pub(super) fn end_call(&mut self, key: &str, reason: &str, code: Option<u16>) {
+        self.end_call_with(key, reason, code, &[]);
     }
 
     /// `end_call` for a call some of whose media sessions already ended (`ended`).
-    fn end_call_with(
-        &mut self,
-        call_id: &str,
-        reason: &str,
-        code: Option<u16>,
-        ended: &[SessionInfo],
-    ) {
-        let Some(call) = self.calls.remove(call_id) else {
+    fn end_call_with(&mut self, key: &str, reason: &str, code: Option<u16>, ended: &[SessionInfo]) {
+        let Some(call) = self.calls.remove(key) else {
             return;
         };
         let (mut forward, mut backward) = (0u64, 0u64);
@@ -273,7 +298,7 @@ impl Proxy {
         self.events.emit(
             "call_ended",
             json!({
-                "call_id": call_id,
+                "call_id": call.call_id,
                 "reason": reason,
                 "final_code": code,
                 "duration_ms": call.answered.map(|t| t.elapsed().as_millis() as u64),
@@ -295,17 +320,18 @@ impl Proxy {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        for call_id in calls {
-            info!(%call_id, "no media: ending the call with BYE to both sides");
-            let Some(call) = self.calls.get(&call_id) else {
+        for key in calls {
+            let Some(call) = self.calls.get(&key) else {
                 continue;
             };
+            let call_id = call.call_id.clone();
+            info!(%call_id, "no media: ending the call with BYE to both sides");
             let (caller, callee) = (call.caller.clone(), call.callee.clone());
             if call.answered.is_some() {
                 self.send_bye(&call_id, &caller, &callee);
                 self.send_bye(&call_id, &callee, &caller);
             }
-            self.end_call_with(&call_id, "media_timeout", None, sessions);
+            self.end_call_with(&key, "media_timeout", None, sessions);
         }
     }
 

@@ -262,9 +262,14 @@ impl Proxy {
         }
     }
 
-    fn send(&self, side: Side, to: SocketAddr, bytes: &[u8]) {
-        if let Err(e) = self.listener(side).socket.try_send_to(bytes, to) {
-            warn!(%to, "sending SIP failed: {e}");
+    /// Sends a datagram; false (and logged) when the transport refused it.
+    fn send(&self, side: Side, to: SocketAddr, bytes: &[u8]) -> bool {
+        match self.listener(side).socket.try_send_to(bytes, to) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(%to, "sending SIP failed: {e}");
+                false
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use tracing::{debug, info};
 
 use super::{
     Proxy, Timer, build,
-    calls::Call,
+    calls::{Call, call_key},
     transactions::{ClientTx, LINGER, Purpose, ServerTx, T1, client_key, server_key},
 };
 use crate::{
@@ -43,7 +43,7 @@ impl Proxy {
         message: Message,
         request: check::Request,
     ) {
-        let key = server_key(&message, &request);
+        let key = server_key(&message, &request, from);
         match request.method.as_str() {
             "ACK" => return self.on_ack(side, from, &key, message, request),
             "CANCEL" => return self.on_cancel(side, from, message, request),
@@ -63,7 +63,8 @@ impl Proxy {
                 "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO".to_owned(),
             );
             let response = build::response(&message, 200, "OK", &to_tag, &[allow]);
-            return self.send(side, from, &response);
+            self.send(side, from, &response);
+            return;
         }
         let max_forwards = request.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS);
         if max_forwards == 0 {
@@ -73,8 +74,9 @@ impl Proxy {
             return self.reply(side, from, &message, 482, &to_tag, &[]);
         }
         let in_dialog = request.to.tag().is_some();
-        if in_dialog {
-            self.note_cseq(&request.call_id, side, request.cseq);
+        let known_call = self.find_call(&request);
+        if let (true, Some(key)) = (in_dialog, &known_call) {
+            self.note_cseq(key, side, request.cseq);
         }
         let hop = match self.next_hop(side, &request, in_dialog) {
             Ok(hop) => hop,
@@ -85,13 +87,20 @@ impl Proxy {
             }
         };
         let initial_invite = request.method == "INVITE" && !in_dialog;
-        if initial_invite {
-            self.calls.insert(
-                request.call_id.clone(),
-                Call::new(&request, &message, side, from),
-            );
-            self.call_started(&request.call_id);
-        }
+        let call = if initial_invite {
+            let key = call_key(&request.call_id, request.from.tag().unwrap_or_default());
+            if self.calls.contains_key(&key) {
+                // A new INVITE for a call still set up (a retry after a challenge, glare):
+                // the old attempt is over.
+                self.end_call(&key, "replaced", None);
+            }
+            self.calls
+                .insert(key.clone(), Call::new(&request, &message, side, from));
+            self.call_started(&key);
+            Some(key)
+        } else {
+            known_call
+        };
         let template = match self.forwardable(
             side,
             from,
@@ -100,14 +109,15 @@ impl Proxy {
             &hop,
             max_forwards - 1,
             in_dialog,
+            call.as_deref(),
         ) {
             Ok(template) => template,
             Err((code, why)) => {
                 info!(call_id = %request.call_id, "refusing {}: {why}", request.method);
                 let extra = self.retry_after(code);
                 self.reply(side, from, &message, code, &to_tag, &extra);
-                if initial_invite {
-                    self.end_call(&request.call_id, "failed", Some(code));
+                if let (true, Some(key)) = (initial_invite, &call) {
+                    self.end_call(key, "failed", Some(code));
                 }
                 return;
             }
@@ -121,6 +131,7 @@ impl Proxy {
             source: from,
             request: message,
             info: request,
+            call,
             to_tag,
             last_response: None,
             final_code: None,
@@ -134,7 +145,7 @@ impl Proxy {
         };
         if initial_invite
             && let Some(backend) = self.backends.index_of(hop.target)
-            && let Some(call) = self.calls.get_mut(&tx.info.call_id)
+            && let Some(call) = tx.call.as_ref().and_then(|key| self.calls.get_mut(key))
         {
             call.backend = Some(backend);
         }
@@ -159,7 +170,7 @@ impl Proxy {
         let bytes = with_via(&tx.template, &self.via_line(side, &branch));
         let key = client_key(&branch, &method);
         let backend = self.backends.index_of(target);
-        self.send(side, target, &bytes);
+        let sent = self.send(side, target, &bytes);
         self.client.insert(
             key.clone(),
             ClientTx {
@@ -184,6 +195,10 @@ impl Proxy {
         } else {
             LINGER
         };
+        if !sent {
+            // RFC 3261 16.9: a transport error counts as a 503 from that hop.
+            return self.transport_failed(&key);
+        }
         self.schedule(Timer::ClientTimeout(key), timeout);
     }
 
@@ -245,8 +260,17 @@ impl Proxy {
         in_dialog: bool,
     ) -> Result<NextHop, (u16, String)> {
         let out = Self::other(side);
+        // The edge is no open relay: in-dialog requests only for dialogs it set up, and no
+        // preloaded Route elsewhere on new requests from the Internet.
+        if in_dialog && self.find_call(request).is_none() {
+            return Err((481, "no such dialog here".into()));
+        }
+        let foreign_route = request.routes.iter().find(|r| !self.route_is_us(&r.uri));
+        if foreign_route.is_some() && !in_dialog && side == Side::Public {
+            return Err((403, "a preloaded Route elsewhere is not relayed".into()));
+        }
         // Loose routing: our own Route entries are popped; the next one says where to go.
-        if let Some(route) = request.routes.iter().find(|r| !self.route_is_us(&r.uri)) {
+        if let Some(route) = foreign_route {
             return Ok(NextHop {
                 target: uri_target(&route.uri)?,
                 side: out,
@@ -288,8 +312,8 @@ impl Proxy {
     /// ignore the route set): it goes to the other party of the call, at its Contact.
     fn dialog_peer(&self, side: Side, request: &check::Request) -> Result<NextHop, (u16, String)> {
         let call = self
-            .calls
-            .get(&request.call_id)
+            .find_call(request)
+            .and_then(|key| self.calls.get(&key))
             .ok_or((481, format!("no call {}", request.call_id)))?;
         let peer = if call.caller.side == side {
             &call.callee
@@ -321,6 +345,7 @@ impl Proxy {
         hop: &NextHop,
         max_forwards: u8,
         in_dialog: bool,
+        call: Option<&str>,
     ) -> Result<Vec<u8>, (u16, String)> {
         let mut editor = Editor::new(message);
         if let Some(uri) = &hop.request_uri {
@@ -372,10 +397,8 @@ impl Proxy {
                 editor.insert(index, "Record-Route", &self.uri(side));
             }
         }
-        if is_sdp(message) {
-            let body = self
-                .anchor(&request.call_id, side, message.body())
-                .map_err(|e| (503, e))?;
+        if let (true, Some(call)) = (message.has_sdp(), call) {
+            let body = self.anchor(call, side, message.body())?;
             editor.body(body);
         }
         Ok(editor.finish())
@@ -426,13 +449,21 @@ impl Proxy {
         if max_forwards == 0 || request.to.tag().is_none() {
             return;
         }
+        let call = self.find_call(&request);
         let Ok(hop) = self.next_hop(side, &request, true) else {
             debug!(call_id = %request.call_id, "ACK without a route dropped");
             return;
         };
-        let Ok(template) =
-            self.forwardable(side, from, &message, &request, &hop, max_forwards - 1, true)
-        else {
+        let Ok(template) = self.forwardable(
+            side,
+            from,
+            &message,
+            &request,
+            &hop,
+            max_forwards - 1,
+            true,
+            call.as_deref(),
+        ) else {
             return;
         };
         let branch = self.branch_with(&loop_hash(&request));
@@ -453,6 +484,7 @@ impl Proxy {
                 method: "INVITE".into(),
                 ..request.clone()
             },
+            from,
         );
         let to_tag = self.tag();
         if !self.server.contains_key(&invite_key) {
@@ -538,13 +570,6 @@ impl Proxy {
         self.schedule(Timer::Retransmit(key.clone()), T1);
         self.schedule(Timer::ClientDone(key), LINGER);
     }
-}
-
-fn is_sdp(message: &Message) -> bool {
-    !message.body().is_empty()
-        && message
-            .value("content-type")
-            .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/sdp"))
 }
 
 /// Where a Route URI points (IP addresses only: the proxy does not resolve names).

@@ -121,30 +121,26 @@ impl Proxy {
             self.finish_with(server_key, response, 500, side, source);
             return;
         }
-        let (side, out_side, source, call_id, method) = (
+        let (side, out_side, source, call, method) = (
             tx.side,
             tx.out_side,
             tx.source,
-            tx.info.call_id.clone(),
+            tx.call.clone(),
             tx.info.method.clone(),
         );
         let mut editor = Editor::new(message);
         pop_top_via(message, &mut editor);
-        if !message.body().is_empty()
-            && message
-                .value("content-type")
-                .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/sdp"))
-        {
-            match self.anchor(&call_id, out_side, message.body()) {
+        if let (true, Some(call)) = (message.has_sdp(), &call) {
+            match self.anchor(call, out_side, message.body()) {
                 Ok(body) => {
                     editor.body(body);
                 }
-                Err(e) => warn!(%call_id, "cannot anchor the answer's media: {e}"),
+                Err((_, e)) => warn!(call, "cannot anchor the answer's media: {e}"),
             }
         }
         let bytes = editor.finish();
-        if method == "INVITE" {
-            self.invite_progress(&call_id, message, code);
+        if let (true, Some(call)) = (method == "INVITE", &call) {
+            self.invite_progress(call, message, code);
         }
         if code < 200 {
             self.send(side, source, &bytes);
@@ -155,8 +151,8 @@ impl Proxy {
             return;
         }
         self.finish_with(server_key, bytes, code, side, source);
-        if method == "BYE" {
-            self.end_call(&call_id, "bye", Some(code));
+        if let (true, Some(call)) = (method == "BYE", &call) {
+            self.end_call(call, "bye", Some(code));
         }
     }
 
@@ -185,7 +181,7 @@ impl Proxy {
         if tx.final_code.is_some() {
             return;
         }
-        let (side, source, call_id) = (tx.side, tx.source, tx.info.call_id.clone());
+        let (side, source, call) = (tx.side, tx.source, tx.call.clone());
         let extra = self.retry_after(code);
         let response = build::response(
             &tx.request,
@@ -199,7 +195,9 @@ impl Proxy {
             487 => "cancelled",
             _ => "failed",
         };
-        self.end_call(&call_id, reason, Some(code));
+        if let Some(call) = call {
+            self.end_call(&call, reason, Some(code));
+        }
     }
 
     /// After a backend failed an INVITE: the next healthy candidate, or our own 503 when none
@@ -219,9 +217,8 @@ impl Proxy {
             tx.candidates.remove(0);
             if self.backends.list[next].health == super::backends::Health::Up {
                 let target = self.backends.list[next].address;
-                let call_id = tx.info.call_id.clone();
-                info!(%call_id, backend = %target, "failing over to the next backend");
-                if let Some(call) = self.calls.get_mut(&call_id) {
+                info!(call_id = %tx.info.call_id, backend = %target, "failing over to the next backend");
+                if let Some(call) = tx.call.clone().and_then(|key| self.calls.get_mut(&key)) {
                     call.backend = Some(next);
                 }
                 self.attempt(server_key, target);
@@ -277,6 +274,33 @@ impl Proxy {
         let mut editor = Editor::new(message);
         pop_top_via(message, &mut editor);
         self.send(Self::other(side), destination, &editor.finish());
+    }
+
+    /// A request the transport could not send: as if its hop answered 503 (RFC 3261 16.9),
+    /// which fails over, or reaches the caller as 500.
+    pub(super) fn transport_failed(&mut self, key: &str) {
+        let Some(client) = self.client.get_mut(key) else {
+            return;
+        };
+        client.final_code = Some(503);
+        let (server, invite) = (client.server.clone(), client.is_invite());
+        self.schedule(Timer::ClientDone(key.to_owned()), LINGER);
+        let Some(server) = server else { return };
+        if invite && self.fail_over(&server) {
+            return;
+        }
+        let Some(tx) = self.server.get(&server) else {
+            return;
+        };
+        let (side, source) = (tx.side, tx.source);
+        let response = build::response(&tx.request, 500, "Server Internal Error", &tx.to_tag, &[]);
+        self.finish_with(&server, response, 500, side, source);
+        if let (true, Some(call)) = (
+            invite,
+            self.server.get(&server).and_then(|tx| tx.call.clone()),
+        ) {
+            self.end_call(&call, "failed", Some(500));
+        }
     }
 
     pub(super) fn retransmit(&mut self, key: &str) {

@@ -15,8 +15,9 @@ pub const LINGER: Duration = Duration::from_secs(32);
 
 /// The server transaction a request belongs to: RFC 3261 branch matching, or the RFC 2543
 /// fallback (Call-ID, CSeq, From tag, top Via) for requests without a magic-cookie branch.
-/// ACK is matched to its INVITE.
-pub fn server_key(message: &Message, request: &check::Request) -> String {
+/// ACK is matched to its INVITE. The source address is part of the name too: user agents
+/// that reuse branches (some do) must not see each other's responses.
+pub fn server_key(message: &Message, request: &check::Request, source: SocketAddr) -> String {
     let method = if request.method == "ACK" {
         "INVITE"
     } else {
@@ -26,13 +27,13 @@ pub fn server_key(message: &Message, request: &check::Request) -> String {
     match top.branch() {
         Some(branch) if top.has_rfc3261_branch() => {
             format!(
-                "{branch}|{}:{}|{method}",
+                "{source}|{branch}|{}:{}|{method}",
                 top.host,
                 top.port.unwrap_or(5060)
             )
         }
         _ => format!(
-            "2543|{}|{}|{}|{}|{method}",
+            "{source}|2543|{}|{}|{}|{}|{method}",
             request.call_id,
             request.cseq,
             request.from.tag().unwrap_or_default(),
@@ -53,6 +54,8 @@ pub struct ServerTx {
     pub source: SocketAddr,
     pub request: Message,
     pub info: check::Request,
+    /// The call it belongs to (`calls::call_key`), if any.
+    pub call: Option<String>,
     /// Our To tag for responses we generate.
     pub to_tag: String,
     pub last_response: Option<Vec<u8>>,

@@ -45,7 +45,7 @@ pub fn message(bytes: &[u8]) -> Inbound {
                     reason: e.0,
                     unsupported: None,
                 },
-                message: None,
+                message: headers_only(bytes),
             };
         }
     };
@@ -63,6 +63,19 @@ pub fn message(bytes: &[u8]) -> Inbound {
             Err(e) => Inbound::Drop(format!("malformed response: {e}")),
         }
     }
+}
+
+/// The headers of a request whose start line is broken, read behind a stand-in start line:
+/// enough to answer it (its Via, From, To, Call-ID and CSeq).
+fn headers_only(bytes: &[u8]) -> Option<Message> {
+    let line_end = bytes.iter().position(|&b| b == b'\n')? + 1;
+    let mut patched = b"BROKEN sip:invalid SIP/2.0\r\n".to_vec();
+    patched.extend_from_slice(&bytes[line_end..]);
+    if framing::header_end(&patched).is_none() {
+        // A datagram that ends without the empty line still has all its headers.
+        patched.extend_from_slice(b"\r\n\r\n");
+    }
+    Message::parse(patched).ok()
 }
 
 /// Sorts a UDP datagram (one message; trailing octets ignored).

@@ -259,6 +259,14 @@ impl Message {
     pub fn value(&self, name: &str) -> Option<&str> {
         self.header(name).map(|h| h.value.as_str())
     }
+
+    /// Whether the body is an SDP offer or answer.
+    pub fn has_sdp(&self) -> bool {
+        !self.body().is_empty()
+            && self
+                .value("content-type")
+                .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/sdp"))
+    }
 }
 
 #[cfg(test)]
