@@ -84,6 +84,9 @@ pub enum BalancePolicy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
+    /// Probe backends with OPTIONS (off for media servers that do not answer OPTIONS: then
+    /// only real traffic says whether a backend is healthy).
+    pub probes: bool,
     /// Time between OPTIONS probes of each backend.
     pub interval_ms: u64,
     /// A probe unanswered this long failed.
@@ -99,6 +102,7 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
+            probes: true,
             interval_ms: 2000,
             timeout_ms: 1000,
             failure_threshold: 2,

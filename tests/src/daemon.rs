@@ -40,6 +40,8 @@ pub struct DaemonOptions {
     pub health_interval_ms: u64,
     /// Failures in a row that mark a backend down.
     pub health_failure_threshold: u32,
+    /// OPTIONS probes (scripted SIPp backends take a probe for a call of their scenario).
+    pub health_probes: bool,
 }
 
 impl Default for DaemonOptions {
@@ -52,6 +54,7 @@ impl Default for DaemonOptions {
             sip_backends: Vec::new(),
             health_interval_ms: 1000,
             health_failure_threshold: 2,
+            health_probes: true,
         }
     }
 }
@@ -83,7 +86,8 @@ impl Daemon {
         if !options.sip_backends.is_empty() {
             sip = format!(
                 "[sip]\npublic_listen = \"{SBC_PUBLIC}:5060\"\nprivate_listen = \"{SBC_PRIVATE}:5060\"\n\
-                 [sip.health]\ninterval_ms = {}\ntimeout_ms = {}\nfailure_threshold = {}\n",
+                 [sip.health]\nprobes = {}\ninterval_ms = {}\ntimeout_ms = {}\nfailure_threshold = {}\n",
+                options.health_probes,
                 options.health_interval_ms,
                 options.health_interval_ms / 2,
                 options.health_failure_threshold,

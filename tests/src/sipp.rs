@@ -40,41 +40,110 @@ fn sipp(ns: &Netns, dir: &Path, args: &[String]) -> Command {
     command
 }
 
-/// A SIPp backend (UAS) answering every INVITE, echoing RTP and answering OPTIONS.
+/// One of this crate's SIPp scenarios (`tests/scenarios/<name>.xml`).
+pub fn scenario(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.xml"))
+}
+
+/// A SIPp backend (UAS).
 pub struct Backend {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Backend {
-    /// Starts a backend at `address`; it runs until dropped or killed.
+    /// SIPp's built-in backend: answers every INVITE, echoes RTP, answers OPTIONS. It runs
+    /// until dropped or killed.
     pub fn start(ns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
-        let dir = workdir()?;
-        let log = std::fs::File::create(dir.path().join("uas.out"))?;
         // Each backend echoes RTP on ports of its own.
         let media_port = 10_000 + 2 * u32::from(address.port());
-        let args: Vec<String> = [
-            "-sn",
-            "uas",
-            "-rtp_echo",
+        Self::spawn(
+            ns,
+            address,
+            &[
+                "-sn",
+                "uas",
+                "-rtp_echo",
+                "-aa",
+                "-mp",
+                &media_port.to_string(),
+            ],
+        )
+    }
+
+    /// A backend playing `scenario` for `calls` calls (it exits when they are done), echoing
+    /// RTP.
+    pub fn start_scenario(
+        ns: &Netns,
+        address: SocketAddr,
+        scenario: &Path,
+        calls: u32,
+    ) -> anyhow::Result<Self> {
+        let scenario = scenario.to_string_lossy().into_owned();
+        // It echoes RTP, on ports of its own.
+        let media_port = (10_000 + 2 * u32::from(address.port())).to_string();
+        let calls = calls.to_string();
+        let args = [
+            "-sf",
+            &scenario,
+            "-m",
+            &calls,
             "-aa",
-            "-i",
-            &address.ip().to_string(),
-            "-p",
-            &address.port().to_string(),
+            "-rtp_echo",
             "-mp",
-            &media_port.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+            &media_port,
+        ];
+        Self::spawn(ns, address, &args)
+    }
+
+    fn spawn(ns: &Netns, address: SocketAddr, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = workdir()?;
+        let log = std::fs::File::create(dir.path().join("uas.out"))?;
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "-i".into(),
+            address.ip().to_string(),
+            "-p".into(),
+            address.port().to_string(),
+        ]);
         let child = sipp(ns, dir.path(), &args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting SIPp (install sip-tester)")?;
         std::thread::sleep(Duration::from_millis(300));
-        Ok(Self { child, _dir: dir })
+        Ok(Self { child, dir })
+    }
+
+    /// Waits for a scenario backend to finish; its exit code (0: every call went as scripted),
+    /// or `None` if it had to be killed at the deadline.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+        None
+    }
+
+    /// What SIPp printed, and its error log, for failure messages.
+    pub fn output(&self) -> String {
+        let mut text = std::fs::read_to_string(self.dir.path().join("uas.out")).unwrap_or_default();
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().ends_with("errors.log") {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        text
     }
 
     /// Kills the backend (a crash, as the failover tests need).
@@ -106,6 +175,8 @@ pub enum CallKind {
     WithMedia,
     /// INVITE, ACK, BYE at once (SIPp's `uac`): signalling only.
     Short,
+    /// A scenario file of this crate (see `scenario`).
+    Scenario(&'static str),
 }
 
 /// Places `calls` calls at `rate` per second from `local` to `target`, and waits for them
@@ -119,13 +190,14 @@ pub fn place_calls(
     limit: Duration,
 ) -> anyhow::Result<CallerResult> {
     let dir = workdir()?;
-    let scenario = match kind {
-        CallKind::WithMedia => "uac_pcap",
-        CallKind::Short => "uac",
+    let (flag, scenario) = match kind {
+        CallKind::WithMedia => ("-sn", "uac_pcap".to_owned()),
+        CallKind::Short => ("-sn", "uac".to_owned()),
+        CallKind::Scenario(name) => ("-sf", scenario(name).to_string_lossy().into_owned()),
     };
     let args: Vec<String> = [
-        "-sn",
-        scenario,
+        flag,
+        &scenario,
         &target.to_string(),
         "-i",
         &local.ip().to_string(),

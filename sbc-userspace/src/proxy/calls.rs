@@ -149,7 +149,13 @@ impl Proxy {
 
     /// Notes what an INVITE response means for its call (only the initial INVITE: a call that
     /// is answered already is being re-INVITEd).
-    pub(super) fn invite_progress(&mut self, key: &str, response: &Message, code: u16) {
+    pub(super) fn invite_progress(
+        &mut self,
+        key: &str,
+        response: &Message,
+        code: u16,
+        cancelled: bool,
+    ) {
         let routes = record_routes(response);
         let ours = routes
             .iter()
@@ -194,7 +200,10 @@ impl Proxy {
                     }),
                 );
             }
-            300..=699 => self.end_call(key, "failed", Some(code)),
+            300..=699 => {
+                let reason = if cancelled { "cancelled" } else { "failed" };
+                self.end_call(key, reason, Some(code));
+            }
             _ => {}
         }
     }

@@ -11,6 +11,9 @@ use crate::media::session::Side;
 
 impl Proxy {
     pub(super) fn start_probes(&mut self) {
+        if !self.config.health.probes {
+            return;
+        }
         for index in 0..self.backends.list.len() {
             // Stagger the first probes so they do not all go out at once.
             self.schedule(

@@ -121,12 +121,13 @@ impl Proxy {
             self.finish_with(server_key, response, 500, side, source);
             return;
         }
-        let (side, out_side, source, call, method) = (
+        let (side, out_side, source, call, method, cancelled) = (
             tx.side,
             tx.out_side,
             tx.source,
             tx.call.clone(),
             tx.info.method.clone(),
+            tx.cancelled,
         );
         let mut editor = Editor::new(message);
         pop_top_via(message, &mut editor);
@@ -140,7 +141,7 @@ impl Proxy {
         }
         let bytes = editor.finish();
         if let (true, Some(call)) = (method == "INVITE", &call) {
-            self.invite_progress(call, message, code);
+            self.invite_progress(call, message, code, cancelled);
         }
         if code < 200 {
             self.send(side, source, &bytes);

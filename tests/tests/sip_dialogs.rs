@@ -1,0 +1,170 @@
+//! Dialogs through the proxy with scripted SIPp peers (`tests/scenarios`): CANCEL while
+//! ringing, re-INVITE to hold and back, and a silent call ended with BYE to both sides.
+use std::{net::SocketAddr, time::Duration};
+
+use sbc_tests::{
+    daemon::{Daemon, DaemonOptions},
+    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
+    privileges::require_lab_privileges,
+    sipp::{self, Backend, CallKind},
+};
+use serde_json::Value;
+
+fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+/// The lab, a scripted backend and the daemon routing to it.
+fn setup(
+    tag: &str,
+    backend_scenario: &str,
+    calls: u32,
+    options: DaemonOptions,
+) -> (Lab, Backend, Daemon) {
+    require_lab_privileges();
+    let lab = Lab::up(tag).expect("lab");
+    let backend_address = addr(CALLEE, 5060);
+    let backend = Backend::start_scenario(
+        &lab.callee,
+        backend_address,
+        &sipp::scenario(backend_scenario),
+        calls,
+    )
+    .expect("backend");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            sip_backends: vec![backend_address],
+            // A scripted backend would take a probe for a call of its scenario.
+            health_probes: false,
+            ..options
+        },
+    )
+    .expect("daemon");
+    (lab, backend, daemon)
+}
+
+fn call(lab: &Lab, scenario: &'static str, calls: u32) -> sipp::CallerResult {
+    sipp::place_calls(
+        &lab.caller,
+        addr(CALLER, 5060),
+        addr(SBC_PUBLIC, 5060),
+        CallKind::Scenario(scenario),
+        (calls, 5),
+        Duration::from_secs(60),
+    )
+    .expect("SIPp caller")
+}
+
+fn ended(daemon: &Daemon) -> Vec<Value> {
+    daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "call_ended")
+        .collect()
+}
+
+/// Nothing left behind: no media session, no port.
+fn assert_no_leaks(daemon: &Daemon) {
+    let stats = daemon.api.get("/v1/stats").unwrap().body;
+    assert_eq!(stats["sessions"], 0, "media sessions leaked: {stats}");
+    for pool in stats["ports"].as_array().unwrap() {
+        assert_eq!(pool["in_use"], 0, "ports leaked: {stats}");
+    }
+}
+
+#[test]
+fn cancel_while_ringing_reaches_the_backend_and_leaks_nothing() {
+    let (lab, mut backend, daemon) = setup("cancel", "cancel_uas", 5, DaemonOptions::default());
+    let result = call(&lab, "cancel_uac", 5);
+    assert_eq!(
+        (result.exit_code, result.successful),
+        (Some(0), 5),
+        "the caller did not get 200 for CANCEL and 487:\n{}",
+        result.output
+    );
+    assert_eq!(
+        backend.wait(Duration::from_secs(10)),
+        Some(0),
+        "the backend did not see CANCEL and the ACK of its 487:\n{}",
+        backend.output()
+    );
+    let ended = ended(&daemon);
+    assert_eq!(ended.len(), 5);
+    for event in &ended {
+        assert_eq!(
+            (&event["reason"], &event["final_code"]),
+            (&Value::from("cancelled"), &Value::from(487)),
+            "{event}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_no_leaks(&daemon);
+}
+
+#[test]
+fn reinvite_to_hold_and_back_keeps_media_flowing() {
+    let (lab, mut backend, daemon) = setup("reinvite", "reinvite_uas", 3, DaemonOptions::default());
+    let result = call(&lab, "reinvite_uac", 3);
+    assert_eq!(
+        (result.exit_code, result.successful),
+        (Some(0), 3),
+        "{}",
+        result.output
+    );
+    assert_eq!(
+        backend.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        backend.output()
+    );
+    let ended = ended(&daemon);
+    assert_eq!(ended.len(), 3);
+    for event in &ended {
+        assert_eq!(event["reason"], "bye", "{event}");
+        // 236 packets of G.711 go out through hold and back; the backend echoes them.
+        for direction in ["caller_to_callee", "callee_to_caller"] {
+            let packets = event["rtp_packets"][direction].as_u64().unwrap();
+            assert!(packets >= 230, "{direction}: {packets} packets in {event}");
+        }
+    }
+    // Each call kept its one media session through both re-INVITEs.
+    let sessions = daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "media_session_created")
+        .count();
+    assert_eq!(
+        sessions, 3,
+        "re-INVITEs must reuse the call's media session"
+    );
+    assert_no_leaks(&daemon);
+}
+
+#[test]
+fn a_call_without_media_is_ended_with_bye_to_both_sides() {
+    let options = DaemonOptions {
+        media_timeout_secs: 2,
+        ..Default::default()
+    };
+    let (lab, mut backend, daemon) = setup("silent", "silent_uas", 2, options);
+    let result = call(&lab, "silent_uac", 2);
+    assert_eq!(
+        (result.exit_code, result.successful),
+        (Some(0), 2),
+        "the caller did not get a BYE with the Reason:\n{}",
+        result.output
+    );
+    assert_eq!(
+        backend.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        backend.output()
+    );
+    let ended = ended(&daemon);
+    assert_eq!(ended.len(), 2);
+    for event in &ended {
+        assert_eq!(event["reason"], "media_timeout", "{event}");
+    }
+    assert_no_leaks(&daemon);
+}
