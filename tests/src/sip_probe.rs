@@ -54,3 +54,40 @@ pub fn send(
     .join()
     .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
 }
+
+/// Sends `request` over a new TCP connection from `ns` and returns the status codes of what
+/// comes back within 1.5 s (or until a final response).
+pub fn send_tcp(ns: &Netns, target: SocketAddr, request: &[u8]) -> anyhow::Result<Vec<u16>> {
+    use std::io::{Read as _, Write as _};
+    let request = request.to_vec();
+    ns.spawn(move || {
+        let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+        stream.write_all(&request)?;
+        let mut received = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut buf = [0u8; 65_536];
+        while Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(len) => received.extend_from_slice(&buf[..len]),
+                Err(_) => {}
+            }
+            if status_codes(&received).iter().any(|&code| code >= 200) {
+                break;
+            }
+        }
+        Ok(status_codes(&received))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+}
+
+/// The status codes of the responses in a byte stream.
+fn status_codes(bytes: &[u8]) -> Vec<u16> {
+    String::from_utf8_lossy(bytes)
+        .split("SIP/2.0 ")
+        .skip(1)
+        .filter_map(|rest| rest.get(..3)?.parse().ok())
+        .collect()
+}

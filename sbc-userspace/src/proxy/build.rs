@@ -21,6 +21,7 @@ pub fn reason_phrase(code: u16) -> &'static str {
         500 => "Server Internal Error",
         503 => "Service Unavailable",
         505 => "Version Not Supported",
+        513 => "Message Too Large",
         _ => "Unknown",
     }
 }

@@ -11,6 +11,7 @@ mod calls;
 mod health;
 mod requests;
 mod responses;
+mod tcp;
 mod transactions;
 
 use std::{
@@ -32,7 +33,7 @@ use tracing::{debug, warn};
 use self::{
     backends::Backends,
     calls::Call,
-    transactions::{ClientTx, ServerTx},
+    transactions::{ClientTx, Peer, ServerTx, Transport},
 };
 use crate::{
     config::SipConfig,
@@ -50,6 +51,20 @@ pub enum Event {
         listener: Side,
         from: SocketAddr,
         bytes: Vec<u8>,
+    },
+    /// A complete message read from a TCP connection.
+    Stream {
+        listener: Side,
+        from: SocketAddr,
+        connection: u64,
+        bytes: Vec<u8>,
+    },
+    Connected {
+        connection: u64,
+        writer: mpsc::UnboundedSender<Vec<u8>>,
+    },
+    Disconnected {
+        connection: u64,
     },
     /// Media sessions the media plane ended for lack of media, with their final counters.
     MediaTimeout(Vec<SessionInfo>),
@@ -102,6 +117,8 @@ pub struct Proxy {
     server: HashMap<String, ServerTx>,
     client: HashMap<String, ClientTx>,
     calls: HashMap<String, Call>,
+    /// Writers of the open TCP connections.
+    connections: HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>,
     timers: DelayQueue<Timer>,
     plane: Arc<MediaPlane>,
     events: Arc<EventSink>,
@@ -136,6 +153,23 @@ impl Proxy {
         if !Arc::ptr_eq(&public, &private) {
             spawn_receiver(Arc::clone(&private), Side::Private, tx.clone());
         }
+        let connections = Arc::new(AtomicU64::new(0));
+        tcp::listen(
+            config.public_listen,
+            Side::Public,
+            tx.clone(),
+            Arc::clone(&connections),
+        )
+        .await?;
+        if config.private_listen() != config.public_listen {
+            tcp::listen(
+                config.private_listen(),
+                Side::Private,
+                tx.clone(),
+                connections,
+            )
+            .await?;
+        }
         let counters = Arc::new(Counters::default());
         let token = format!(
             "{:x}",
@@ -154,6 +188,7 @@ impl Proxy {
             server: HashMap::new(),
             client: HashMap::new(),
             calls: HashMap::new(),
+            connections: HashMap::new(),
             timers: DelayQueue::new(),
             plane,
             events,
@@ -189,6 +224,25 @@ impl Proxy {
                 from,
                 bytes,
             } => self.on_datagram(listener, from, &bytes),
+            Event::Stream {
+                listener,
+                from,
+                connection,
+                bytes,
+            } => {
+                let peer = Peer {
+                    side: self.side_of(listener, from),
+                    address: from,
+                    transport: Transport::Tcp(connection),
+                };
+                self.on_message(peer, inbound::message(&bytes));
+            }
+            Event::Connected { connection, writer } => {
+                self.connections.insert(connection, writer);
+            }
+            Event::Disconnected { connection } => {
+                self.connections.remove(&connection);
+            }
             Event::MediaTimeout(sessions) => self.on_media_timeout(&sessions),
         }
     }
@@ -212,11 +266,20 @@ impl Proxy {
     }
 
     fn on_datagram(&mut self, listener: Side, from: SocketAddr, bytes: &[u8]) {
-        let side = self.side_of(listener, from);
-        match inbound::datagram(bytes) {
+        let peer = Peer {
+            side: self.side_of(listener, from),
+            address: from,
+            transport: Transport::Udp,
+        };
+        self.on_message(peer, inbound::datagram(bytes));
+    }
+
+    fn on_message(&mut self, peer: Peer, inbound: Inbound) {
+        let (side, from) = (peer.side, peer.address);
+        match inbound {
             Inbound::Request(message, request) => {
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
-                self.on_request(side, from, message, request);
+                self.on_request(peer, message, request);
             }
             Inbound::Response(message, response) => {
                 self.counters.responses.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +298,7 @@ impl Proxy {
                         );
                         let response =
                             build::response(&message, rejection.status, &reason, &tag, &extra);
-                        self.send(side, from, &response);
+                        self.send_to(peer, &response);
                     }
                     None => debug!(%from, "unanswerable request dropped: {}", rejection.reason),
                 }
@@ -259,6 +322,17 @@ impl Proxy {
         match side {
             Side::Public => Side::Private,
             Side::Private => Side::Public,
+        }
+    }
+
+    /// Answers a peer the way it reached us (UDP, or its TCP connection).
+    fn send_to(&self, peer: Peer, bytes: &[u8]) -> bool {
+        match peer.transport {
+            Transport::Udp => self.send(peer.side, peer.address, bytes),
+            Transport::Tcp(connection) => self
+                .connections
+                .get(&connection)
+                .is_some_and(|writer| writer.send(bytes.to_vec()).is_ok()),
         }
     }
 

@@ -7,7 +7,7 @@ use tracing::{debug, info};
 use super::{
     Proxy, Timer, build,
     calls::{Call, call_key},
-    transactions::{ClientTx, LINGER, Purpose, ServerTx, T1, client_key, server_key},
+    transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1, client_key, server_key},
 };
 use crate::{
     media::session::Side,
@@ -36,23 +36,18 @@ struct NextHop {
 }
 
 impl Proxy {
-    pub(super) fn on_request(
-        &mut self,
-        side: Side,
-        from: SocketAddr,
-        message: Message,
-        request: check::Request,
-    ) {
+    pub(super) fn on_request(&mut self, peer: Peer, message: Message, request: check::Request) {
+        let (side, from) = (peer.side, peer.address);
         let key = server_key(&message, &request, from);
         match request.method.as_str() {
             "ACK" => return self.on_ack(side, from, &key, message, request),
-            "CANCEL" => return self.on_cancel(side, from, message, request),
+            "CANCEL" => return self.on_cancel(peer, message, request),
             _ => {}
         }
         if let Some(tx) = self.server.get(&key) {
             // A retransmission: answer it with what we last said, if anything.
             if let Some(last) = tx.last_response.clone() {
-                self.send(tx.side, tx.source, &last);
+                self.send_to(tx.upstream, &last);
             }
             return;
         }
@@ -63,15 +58,15 @@ impl Proxy {
                 "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO".to_owned(),
             );
             let response = build::response(&message, 200, "OK", &to_tag, &[allow]);
-            self.send(side, from, &response);
+            self.send_to(peer, &response);
             return;
         }
         let max_forwards = request.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS);
         if max_forwards == 0 {
-            return self.reply(side, from, &message, 483, &to_tag, &[]);
+            return self.reply(peer, &message, 483, &to_tag, &[]);
         }
         if self.is_loop(&request) {
-            return self.reply(side, from, &message, 482, &to_tag, &[]);
+            return self.reply(peer, &message, 482, &to_tag, &[]);
         }
         let in_dialog = request.to.tag().is_some();
         let known_call = self.find_call(&request);
@@ -83,7 +78,7 @@ impl Proxy {
             Err((code, why)) => {
                 info!(call_id = %request.call_id, "cannot route {}: {why}", request.method);
                 let extra = self.retry_after(code);
-                return self.reply(side, from, &message, code, &to_tag, &extra);
+                return self.reply(peer, &message, code, &to_tag, &extra);
             }
         };
         let initial_invite = request.method == "INVITE" && !in_dialog;
@@ -115,7 +110,7 @@ impl Proxy {
             Err((code, why)) => {
                 info!(call_id = %request.call_id, "refusing {}: {why}", request.method);
                 let extra = self.retry_after(code);
-                self.reply(side, from, &message, code, &to_tag, &extra);
+                self.reply(peer, &message, code, &to_tag, &extra);
                 if let (true, Some(key)) = (initial_invite, &call) {
                     self.end_call(key, "failed", Some(code));
                 }
@@ -124,11 +119,10 @@ impl Proxy {
         };
         if request.method == "INVITE" {
             let trying = build::response(&message, 100, "Trying", &to_tag, &[]);
-            self.send(side, from, &trying);
+            self.send_to(peer, &trying);
         }
         let mut tx = ServerTx {
-            side,
-            source: from,
+            upstream: peer,
             request: message,
             info: request,
             call,
@@ -204,15 +198,14 @@ impl Proxy {
 
     pub(super) fn reply(
         &mut self,
-        side: Side,
-        to: SocketAddr,
+        peer: Peer,
         request: &Message,
         code: u16,
         to_tag: &str,
         extra: &[(&str, String)],
     ) {
         let response = build::response(request, code, build::reason_phrase(code), to_tag, extra);
-        self.send(side, to, &response);
+        self.send_to(peer, &response);
     }
 
     pub(super) fn retry_after(&self, code: u16) -> Vec<(&'static str, String)> {
@@ -471,13 +464,8 @@ impl Proxy {
         self.send(hop.side, hop.target, &bytes);
     }
 
-    fn on_cancel(
-        &mut self,
-        side: Side,
-        from: SocketAddr,
-        message: Message,
-        request: check::Request,
-    ) {
+    fn on_cancel(&mut self, peer: Peer, message: Message, request: check::Request) {
+        let from = peer.address;
         let invite_key = server_key(
             &message,
             &check::Request {
@@ -488,10 +476,10 @@ impl Proxy {
         );
         let to_tag = self.tag();
         if !self.server.contains_key(&invite_key) {
-            return self.reply(side, from, &message, 481, &to_tag, &[]);
+            return self.reply(peer, &message, 481, &to_tag, &[]);
         }
         let response = build::response(&message, 200, "OK", &to_tag, &[]);
-        self.send(side, from, &response);
+        self.send_to(peer, &response);
         let tx = self.server.get_mut(&invite_key).expect("checked above");
         if tx.final_code.is_some() || tx.cancelled {
             return;

@@ -9,7 +9,7 @@ use super::{
     Proxy, Timer,
     backends::Transition,
     build,
-    transactions::{LINGER, Purpose, T2, client_key},
+    transactions::{LINGER, Peer, Purpose, T2, client_key},
     via_destination,
 };
 use crate::{
@@ -114,17 +114,15 @@ impl Proxy {
             return;
         };
         if code == 503 {
-            let (side, source) = (tx.side, tx.source);
-            let request = tx.request.clone();
-            let tag = tx.to_tag.clone();
-            let response = build::response(&request, 500, "Server Internal Error", &tag, &[]);
-            self.finish_with(server_key, response, 500, side, source);
+            let upstream = tx.upstream;
+            let response =
+                build::response(&tx.request, 500, "Server Internal Error", &tx.to_tag, &[]);
+            self.finish_with(server_key, response, 500, upstream);
             return;
         }
-        let (side, out_side, source, call, method, cancelled) = (
-            tx.side,
+        let (upstream, out_side, call, method, cancelled) = (
+            tx.upstream,
             tx.out_side,
-            tx.source,
             tx.call.clone(),
             tx.info.method.clone(),
             tx.cancelled,
@@ -144,29 +142,22 @@ impl Proxy {
             self.invite_progress(call, message, code, cancelled);
         }
         if code < 200 {
-            self.send(side, source, &bytes);
+            self.send_to(upstream, &bytes);
             if let Some(tx) = self.server.get_mut(server_key) {
                 tx.provisional_forwarded = true;
                 tx.last_response = Some(bytes);
             }
             return;
         }
-        self.finish_with(server_key, bytes, code, side, source);
+        self.finish_with(server_key, bytes, code, upstream);
         if let (true, Some(call)) = (method == "BYE", &call) {
             self.end_call(call, "bye", Some(code));
         }
     }
 
     /// Sends a final response and keeps it for retransmissions.
-    fn finish_with(
-        &mut self,
-        server_key: &str,
-        bytes: Vec<u8>,
-        code: u16,
-        side: Side,
-        source: SocketAddr,
-    ) {
-        self.send(side, source, &bytes);
+    fn finish_with(&mut self, server_key: &str, bytes: Vec<u8>, code: u16, upstream: Peer) {
+        self.send_to(upstream, &bytes);
         if let Some(tx) = self.server.get_mut(server_key) {
             tx.last_response = Some(bytes);
             tx.final_code = Some(code);
@@ -182,7 +173,7 @@ impl Proxy {
         if tx.final_code.is_some() {
             return;
         }
-        let (side, source, call) = (tx.side, tx.source, tx.call.clone());
+        let (upstream, call) = (tx.upstream, tx.call.clone());
         let extra = self.retry_after(code);
         let response = build::response(
             &tx.request,
@@ -191,7 +182,7 @@ impl Proxy {
             &tx.to_tag,
             &extra,
         );
-        self.finish_with(server_key, response, code, side, source);
+        self.finish_with(server_key, response, code, upstream);
         let reason = match code {
             487 => "cancelled",
             _ => "failed",
@@ -293,9 +284,9 @@ impl Proxy {
         let Some(tx) = self.server.get(&server) else {
             return;
         };
-        let (side, source) = (tx.side, tx.source);
+        let upstream = tx.upstream;
         let response = build::response(&tx.request, 500, "Server Internal Error", &tx.to_tag, &[]);
-        self.finish_with(&server, response, 500, side, source);
+        self.finish_with(&server, response, 500, upstream);
         if let (true, Some(call)) = (
             invite,
             self.server.get(&server).and_then(|tx| tx.call.clone()),
@@ -357,9 +348,9 @@ impl Proxy {
         if invite {
             self.finish_invite(&server, 408, None);
         } else if let Some(tx) = self.server.get(&server) {
-            let (side, source) = (tx.side, tx.source);
+            let upstream = tx.upstream;
             let response = build::response(&tx.request, 408, "Request Timeout", &tx.to_tag, &[]);
-            self.finish_with(&server, response, 408, side, source);
+            self.finish_with(&server, response, 408, upstream);
         }
     }
 

@@ -48,10 +48,25 @@ pub fn client_key(branch: &str, method: &str) -> String {
     format!("{branch}|{method}")
 }
 
-pub struct ServerTx {
+/// How a message reached us, and so how to answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    /// A TCP connection, by its number.
+    Tcp(u64),
+}
+
+/// Where a message came from: responses go back the same way (RFC 3581; the same TCP
+/// connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
     pub side: Side,
-    /// Where the request came from: responses go back there (RFC 3581).
-    pub source: SocketAddr,
+    pub address: SocketAddr,
+    pub transport: Transport,
+}
+
+pub struct ServerTx {
+    pub upstream: Peer,
     pub request: Message,
     pub info: check::Request,
     /// The call it belongs to (`calls::call_key`), if any.

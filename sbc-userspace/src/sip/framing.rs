@@ -14,6 +14,8 @@ pub enum FramingError {
     MissingContentLength,
     /// Headers longer than we accept (a stream that never ends its headers).
     HeadersTooLong,
+    /// A message larger than we accept.
+    TooLarge(usize),
 }
 
 impl std::fmt::Display for FramingError {
@@ -27,6 +29,7 @@ impl std::fmt::Display for FramingError {
             ),
             Self::MissingContentLength => f.write_str("no Content-Length on a stream transport"),
             Self::HeadersTooLong => f.write_str("header section too long"),
+            Self::TooLarge(length) => write!(f, "a {length}-octet message is too large"),
         }
     }
 }
@@ -35,12 +38,26 @@ impl FramingError {
     /// Whether a request framed this badly still deserves an answer (400): only when its end is
     /// known; with conflicting lengths the rest of a stream is unusable.
     pub fn answerable(&self) -> bool {
-        matches!(self, Self::BadContentLength(_) | Self::Truncated { .. })
+        matches!(
+            self,
+            Self::BadContentLength(_) | Self::Truncated { .. } | Self::TooLarge(_)
+        )
+    }
+
+    /// The status a refused request gets: 513 for size, 400 otherwise.
+    pub fn status(&self) -> u16 {
+        if matches!(self, Self::TooLarge(_)) {
+            513
+        } else {
+            400
+        }
     }
 }
 
 /// The largest header section accepted on a stream before giving up on it.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The largest message accepted on a stream.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// The end of the header section: (start of the empty line, start of the body).
 pub fn header_end(bytes: &[u8]) -> Option<(usize, usize)> {
@@ -141,6 +158,9 @@ pub fn stream(buffer: &[u8]) -> Result<StreamFrame, FramingError> {
     };
     let declared =
         content_length(&buffer[..body_start])?.ok_or(FramingError::MissingContentLength)?;
+    if body_start + declared > MAX_MESSAGE_BYTES {
+        return Err(FramingError::TooLarge(body_start + declared));
+    }
     if buffer.len() < body_start + declared {
         return Ok(StreamFrame::Incomplete);
     }

@@ -96,7 +96,7 @@ pub fn framing_failure(bytes: &[u8], error: &FramingError) -> Inbound {
     let head = framing::header_end(bytes).map_or(bytes, |(_, body)| &bytes[..body]);
     Inbound::Refuse {
         rejection: Rejection {
-            status: 400,
+            status: error.status(),
             reason: error.to_string(),
             unsupported: None,
         },
