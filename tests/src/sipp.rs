@@ -186,6 +186,20 @@ pub fn place_calls(
     local: SocketAddr,
     target: SocketAddr,
     kind: CallKind,
+    calls: (u32, u32),
+    limit: Duration,
+) -> anyhow::Result<CallerResult> {
+    place_calls_through(ns, local, target, None, kind, calls, limit)
+}
+
+/// `place_calls` with the Request-URI naming `target` while the messages go to `proxy` (an
+/// outbound proxy, as a backend uses the sbc to reach a carrier).
+pub fn place_calls_through(
+    ns: &Netns,
+    local: SocketAddr,
+    target: SocketAddr,
+    proxy: Option<SocketAddr>,
+    kind: CallKind,
     (calls, rate): (u32, u32),
     limit: Duration,
 ) -> anyhow::Result<CallerResult> {
@@ -215,6 +229,10 @@ pub fn place_calls(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let mut args = args;
+    if let Some(proxy) = proxy {
+        args.extend(["-rsa".to_owned(), proxy.to_string()]);
+    }
     let out_path = dir.path().join("uac.out");
     let mut child = sipp(ns, dir.path(), &args)
         .stdout(std::fs::File::create(&out_path)?)

@@ -7,7 +7,7 @@ use std::{
 
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
-    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
+    lab::{CALLEE, CALLER, Lab, SBC_PRIVATE, SBC_PUBLIC},
     privileges::require_lab_privileges,
     sip_probe,
     sipp::{self, Backend, CallKind},
@@ -178,4 +178,54 @@ fn calls_fail_over_when_a_backend_dies_and_503_when_none_is_left() {
     let last = answers.last().expect("an answer");
     assert!(last.starts_with("SIP/2.0 503"), "{answers:?}");
     assert!(last.contains("Retry-After: 5"), "{last}");
+}
+
+#[test]
+fn calls_from_the_private_side_go_to_their_request_uri() {
+    require_lab_privileges();
+    let lab = Lab::up("outbound").expect("lab");
+    // A carrier on the public side, reached by a backend that uses the sbc as outbound proxy.
+    let carrier = addr(CALLER, 5060);
+    let _carrier = Backend::start(&lab.caller, carrier).expect("carrier");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            sip_backends: vec![addr(CALLEE, 5070)],
+            health_probes: false,
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    let result = sipp::place_calls_through(
+        &lab.callee,
+        addr(CALLEE, 5060),
+        carrier,
+        Some(addr(SBC_PRIVATE, 5060)),
+        CallKind::WithMedia,
+        (10, 5),
+        Duration::from_secs(60),
+    )
+    .expect("SIPp caller");
+    assert_eq!(
+        (result.exit_code, result.successful),
+        (Some(0), 10),
+        "{}\n{}",
+        result.output,
+        daemon.log()
+    );
+    let ended: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "call_ended")
+        .collect();
+    assert_eq!(ended.len(), 10);
+    for event in &ended {
+        assert_eq!(event["reason"], "bye", "{event}");
+        for direction in ["caller_to_callee", "callee_to_caller"] {
+            assert!(
+                event["rtp_packets"][direction].as_u64().unwrap() >= 230,
+                "{event}"
+            );
+        }
+    }
 }

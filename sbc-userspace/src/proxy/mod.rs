@@ -76,6 +76,8 @@ pub enum Event {
 enum Timer {
     Retransmit(String),
     ClientTimeout(String),
+    /// Timer C: an INVITE that rang but was never answered.
+    Proceeding(String),
     ClientDone(String),
     ServerDone(String),
     Probe(usize),
@@ -397,6 +399,7 @@ impl Proxy {
         match timer {
             Timer::Retransmit(key) => self.retransmit(&key),
             Timer::ClientTimeout(key) => self.client_timeout(&key),
+            Timer::Proceeding(key) => self.proceeding_timeout(&key),
             Timer::ClientDone(key) => {
                 self.client.remove(&key);
             }

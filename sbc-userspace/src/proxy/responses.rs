@@ -9,7 +9,7 @@ use super::{
     Proxy, Timer,
     backends::Transition,
     build,
-    transactions::{LINGER, Peer, Purpose, T2, client_key},
+    transactions::{LINGER, Peer, Purpose, T2, TIMER_C, client_key},
     via_destination,
 };
 use crate::{
@@ -39,6 +39,7 @@ impl Proxy {
             }
             return;
         };
+        let first_provisional = code < 200 && !client.provisional && client.is_invite();
         if code < 200 {
             client.provisional = true;
         } else if client.final_code.is_some() {
@@ -59,6 +60,9 @@ impl Proxy {
             client.is_invite(),
             client.server.clone(),
         );
+        if first_provisional {
+            self.schedule(Timer::Proceeding(key.clone()), TIMER_C);
+        }
         match purpose {
             Purpose::Probe(index) => {
                 if code >= 200 {
@@ -292,6 +296,23 @@ impl Proxy {
             self.server.get(&server).and_then(|tx| tx.call.clone()),
         ) {
             self.end_call(&call, "failed", Some(500));
+        }
+    }
+
+    /// Timer C (RFC 3261 16.8): an INVITE that rang for too long without an answer is
+    /// cancelled towards the backend and answered 408 upstream.
+    pub(super) fn proceeding_timeout(&mut self, key: &str) {
+        let Some(client) = self.client.get(key) else {
+            return;
+        };
+        if client.final_code.is_some() {
+            return;
+        }
+        let server = client.server.clone();
+        info!("INVITE unanswered after ringing for {TIMER_C:?}: cancelling it");
+        self.send_cancel(key);
+        if let Some(server) = server {
+            self.finish_invite(&server, 408, None);
         }
     }
 

@@ -12,6 +12,8 @@ pub const T1: Duration = Duration::from_millis(500);
 pub const T2: Duration = Duration::from_secs(4);
 /// How long a finished transaction is kept to absorb retransmissions (64 * T1).
 pub const LINGER: Duration = Duration::from_secs(32);
+/// Timer C: how long a proxied INVITE may ring unanswered (RFC 3261: more than 3 minutes).
+pub const TIMER_C: Duration = Duration::from_secs(181);
 
 /// The server transaction a request belongs to: RFC 3261 branch matching, or the RFC 2543
 /// fallback (Call-ID, CSeq, From tag, top Via) for requests without a magic-cookie branch.
