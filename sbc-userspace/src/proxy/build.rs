@@ -73,6 +73,33 @@ pub fn rejection_headers(rejection: &check::Rejection) -> Vec<(&'static str, Str
         .collect()
 }
 
+/// A CANCEL or the ACK of a failure for an INVITE we forwarded (RFC 3261 9.1, 17.1.1.3): the
+/// same Request-URI, our Via (so the same branch), Route, From, Call-ID and CSeq number; `to`
+/// replaces the To (the ACK carries the response's, with its tag).
+pub fn for_forwarded_invite(method: &str, invite: &[u8], to: Option<&str>) -> Option<Vec<u8>> {
+    let invite = Message::parse(invite.to_vec()).ok()?;
+    let crate::sip::StartLine::Request { uri, .. } = &invite.start else {
+        return None;
+    };
+    let mut request = RequestBuilder::new(method, uri);
+    let via = invite.value("via")?;
+    request = request.header("Via", crate::sip::syntax::split_top_level(via, b',')[0]);
+    for header in &invite.headers {
+        request = match header.name.as_str() {
+            "route" => request.header("Route", &header.value),
+            "from" => request.header("From", &header.value),
+            "call-id" => request.header("Call-ID", &header.value),
+            "to" => request.header("To", to.unwrap_or(&header.value)),
+            "cseq" => {
+                let number = header.value.split_whitespace().next().unwrap_or("1");
+                request.header("CSeq", &format!("{number} {method}"))
+            }
+            _ => request,
+        };
+    }
+    Some(request.header("Max-Forwards", "70").finish())
+}
+
 /// A request the proxy originates.
 pub struct RequestBuilder {
     text: String,

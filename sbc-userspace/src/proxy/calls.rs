@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{
     Proxy, Timer, build,
-    transactions::{ClientTx, LINGER, Purpose, T1, client_key},
+    transactions::{ClientTx, LINGER, Purpose, client_key},
 };
 use crate::{
     media::{EndReason, MediaError, SessionInfo, SessionSpec, session::Side},
@@ -382,24 +382,8 @@ impl Proxy {
             .header("CSeq", &format!("{} BYE", from.cseq + 1))
             .header("Reason", "SIP;cause=408;text=\"media timeout\"")
             .finish();
-        self.send(to.side, destination, &bytes);
         let key = client_key(&branch, "BYE");
-        self.client.insert(
-            key.clone(),
-            ClientTx {
-                server: None,
-                purpose: Purpose::Bye,
-                method: "BYE".into(),
-                target: destination,
-                side: to.side,
-                bytes,
-                backend: None,
-                provisional: false,
-                final_code: None,
-                interval: T1,
-            },
-        );
-        self.schedule(Timer::Retransmit(key.clone()), T1);
-        self.schedule(Timer::ClientDone(key), LINGER);
+        let bye = ClientTx::own(Purpose::Bye, "BYE", to.side, destination, bytes);
+        self.originate(key.clone(), bye, Timer::ClientDone(key), LINGER);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     Proxy, Timer, build,
-    transactions::{ClientTx, Purpose, T1, client_key},
+    transactions::{ClientTx, Purpose, client_key},
 };
 use crate::media::session::Side;
 
@@ -38,28 +38,16 @@ impl Proxy {
             .header("Call-ID", &format!("hc{n}.{}@{}", self.token, local.ip()))
             .header("CSeq", &format!("{n} OPTIONS"))
             .finish();
-        self.send(Side::Private, target, &bytes);
         let key = client_key(&branch, "OPTIONS");
-        self.client.insert(
-            key.clone(),
-            ClientTx {
-                server: None,
-                purpose: Purpose::Probe(index),
-                method: "OPTIONS".into(),
-                target,
-                side: Side::Private,
-                bytes,
-                backend: Some(index),
-                provisional: false,
-                final_code: None,
-                interval: T1,
-            },
+        let probe = ClientTx::own(
+            Purpose::Probe(index),
+            "OPTIONS",
+            Side::Private,
+            target,
+            bytes,
         );
-        self.schedule(Timer::Retransmit(key.clone()), T1);
-        self.schedule(
-            Timer::ClientTimeout(key),
-            Duration::from_millis(self.config.health.timeout_ms),
-        );
+        let timeout = Duration::from_millis(self.config.health.timeout_ms);
+        self.originate(key.clone(), probe, Timer::ClientTimeout(key), timeout);
     }
 
     pub(super) fn probe_answered(&mut self, index: usize, code: u16) {

@@ -391,6 +391,15 @@ impl Proxy {
             .any(|a| host.ip() == Some(a.ip()) && a.port() == port)
     }
 
+    /// Sends a request the proxy originates (CANCEL, BYE, probe) in a client transaction that
+    /// retransmits until answered; `end` is when to give up on it.
+    fn originate(&mut self, key: String, tx: ClientTx, end: Timer, after: Duration) {
+        self.send(tx.side, tx.target, &tx.bytes);
+        self.client.insert(key.clone(), tx);
+        self.schedule(Timer::Retransmit(key), transactions::T1);
+        self.schedule(end, after);
+    }
+
     fn schedule(&mut self, timer: Timer, after: Duration) {
         self.timers.insert(timer, after);
     }

@@ -508,55 +508,14 @@ impl Proxy {
         let Some(client) = self.client.get(invite_client) else {
             return;
         };
-        let Ok(forwarded) = Message::parse(client.bytes.clone()) else {
+        let Some(bytes) = build::for_forwarded_invite("CANCEL", &client.bytes, None) else {
             return;
         };
-        let crate::sip::StartLine::Request { uri, .. } = &forwarded.start else {
-            return;
-        };
-        let mut cancel = build::RequestBuilder::new("CANCEL", uri);
-        if let Some(via) = forwarded.value("via") {
-            cancel = cancel.header("Via", split_top_level(via, b',')[0]);
-        }
-        for header in &forwarded.headers {
-            match header.name.as_str() {
-                "route" => cancel = cancel.header("Route", &header.value),
-                "from" => cancel = cancel.header("From", &header.value),
-                "to" => cancel = cancel.header("To", &header.value),
-                "call-id" => cancel = cancel.header("Call-ID", &header.value),
-                "cseq" => {
-                    let number = header.value.split_whitespace().next().unwrap_or("1");
-                    cancel = cancel.header("CSeq", &format!("{number} CANCEL"));
-                }
-                _ => {}
-            }
-        }
-        let bytes = cancel.header("Max-Forwards", "70").finish();
         let (side, target) = (client.side, client.target);
-        let branch = invite_client
-            .split('|')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        self.send(side, target, &bytes);
-        let key = client_key(&branch, "CANCEL");
-        self.client.insert(
-            key.clone(),
-            ClientTx {
-                server: None,
-                purpose: Purpose::Cancel,
-                method: "CANCEL".into(),
-                target,
-                side,
-                bytes,
-                backend: None,
-                provisional: false,
-                final_code: None,
-                interval: T1,
-            },
-        );
-        self.schedule(Timer::Retransmit(key.clone()), T1);
-        self.schedule(Timer::ClientDone(key), LINGER);
+        let branch = invite_client.split('|').next().unwrap_or_default();
+        let key = client_key(branch, "CANCEL");
+        let cancel = ClientTx::own(Purpose::Cancel, "CANCEL", side, target, bytes);
+        self.originate(key.clone(), cancel, Timer::ClientDone(key), LINGER);
     }
 }
 

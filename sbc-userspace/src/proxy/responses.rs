@@ -230,33 +230,9 @@ impl Proxy {
         let Some(client) = self.client.get(client_key) else {
             return;
         };
-        let Ok(invite) = Message::parse(client.bytes.clone()) else {
-            return;
-        };
-        let crate::sip::StartLine::Request { uri, .. } = &invite.start else {
-            return;
-        };
-        let mut ack = build::RequestBuilder::new("ACK", uri);
-        if let Some(via) = invite.value("via") {
-            ack = ack.header("Via", split_top_level(via, b',')[0]);
+        if let Some(ack) = build::for_forwarded_invite("ACK", &client.bytes, response.value("to")) {
+            self.send(client.side, client.target, &ack);
         }
-        for header in &invite.headers {
-            match header.name.as_str() {
-                "route" => ack = ack.header("Route", &header.value),
-                "from" => ack = ack.header("From", &header.value),
-                "call-id" => ack = ack.header("Call-ID", &header.value),
-                "cseq" => {
-                    let number = header.value.split_whitespace().next().unwrap_or("1");
-                    ack = ack.header("CSeq", &format!("{number} ACK"));
-                }
-                _ => {}
-            }
-        }
-        if let Some(to) = response.value("to") {
-            ack = ack.header("To", to);
-        }
-        let bytes = ack.header("Max-Forwards", "70").finish();
-        self.send(client.side, client.target, &bytes);
     }
 
     /// Relays a response that matches no transaction (2xx retransmissions) along its Vias.

@@ -118,6 +118,31 @@ pub struct ClientTx {
 }
 
 impl ClientTx {
+    /// A client transaction for a request the proxy originates itself.
+    pub fn own(
+        purpose: Purpose,
+        method: &str,
+        side: Side,
+        target: SocketAddr,
+        bytes: Vec<u8>,
+    ) -> Self {
+        Self {
+            server: None,
+            purpose,
+            method: method.to_owned(),
+            target,
+            side,
+            bytes,
+            backend: match purpose {
+                Purpose::Probe(index) => Some(index),
+                _ => None,
+            },
+            provisional: false,
+            final_code: None,
+            interval: T1,
+        }
+    }
+
     pub fn is_invite(&self) -> bool {
         self.method == "INVITE"
     }
