@@ -44,8 +44,16 @@ fn setup(
     (lab, backend, daemon)
 }
 
-fn call(lab: &Lab, scenario: &'static str, calls: u32) -> sipp::CallerResult {
-    sipp::place_calls(
+/// Runs `calls` calls of the caller scenario against the scripted backend; both must play
+/// their script through. Returns the call end events.
+fn play(
+    lab: &Lab,
+    backend: &mut Backend,
+    daemon: &Daemon,
+    scenario: &'static str,
+    calls: u32,
+) -> Vec<Value> {
+    let result = sipp::place_calls(
         &lab.caller,
         addr(CALLER, 5060),
         addr(SBC_PUBLIC, 5060),
@@ -53,15 +61,27 @@ fn call(lab: &Lab, scenario: &'static str, calls: u32) -> sipp::CallerResult {
         (calls, 5),
         Duration::from_secs(60),
     )
-    .expect("SIPp caller")
-}
-
-fn ended(daemon: &Daemon) -> Vec<Value> {
-    daemon
+    .expect("SIPp caller");
+    assert_eq!(
+        (result.exit_code, result.successful),
+        (Some(0), u64::from(calls)),
+        "the caller's script did not play through:\n{}\n{}",
+        result.output,
+        daemon.log()
+    );
+    assert_eq!(
+        backend.wait(Duration::from_secs(10)),
+        Some(0),
+        "the backend's script did not play through:\n{}",
+        backend.output()
+    );
+    let ended: Vec<Value> = daemon
         .events()
         .into_iter()
         .filter(|e| e["event"] == "call_ended")
-        .collect()
+        .collect();
+    assert_eq!(ended.len(), calls as usize, "one end event per call");
+    ended
 }
 
 /// Nothing left behind: no media session, no port.
@@ -76,21 +96,8 @@ fn assert_no_leaks(daemon: &Daemon) {
 #[test]
 fn cancel_while_ringing_reaches_the_backend_and_leaks_nothing() {
     let (lab, mut backend, daemon) = setup("cancel", "cancel_uas", 5, DaemonOptions::default());
-    let result = call(&lab, "cancel_uac", 5);
-    assert_eq!(
-        (result.exit_code, result.successful),
-        (Some(0), 5),
-        "the caller did not get 200 for CANCEL and 487:\n{}",
-        result.output
-    );
-    assert_eq!(
-        backend.wait(Duration::from_secs(10)),
-        Some(0),
-        "the backend did not see CANCEL and the ACK of its 487:\n{}",
-        backend.output()
-    );
-    let ended = ended(&daemon);
-    assert_eq!(ended.len(), 5);
+    // The caller gets 200 for CANCEL and 487; the backend sees CANCEL and the ACK of its 487.
+    let ended = play(&lab, &mut backend, &daemon, "cancel_uac", 5);
     for event in &ended {
         assert_eq!(
             (&event["reason"], &event["final_code"]),
@@ -105,21 +112,7 @@ fn cancel_while_ringing_reaches_the_backend_and_leaks_nothing() {
 #[test]
 fn reinvite_to_hold_and_back_keeps_media_flowing() {
     let (lab, mut backend, daemon) = setup("reinvite", "reinvite_uas", 3, DaemonOptions::default());
-    let result = call(&lab, "reinvite_uac", 3);
-    assert_eq!(
-        (result.exit_code, result.successful),
-        (Some(0), 3),
-        "{}",
-        result.output
-    );
-    assert_eq!(
-        backend.wait(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        backend.output()
-    );
-    let ended = ended(&daemon);
-    assert_eq!(ended.len(), 3);
+    let ended = play(&lab, &mut backend, &daemon, "reinvite_uac", 3);
     for event in &ended {
         assert_eq!(event["reason"], "bye", "{event}");
         // 236 packets of G.711 go out through hold and back; the backend echoes them.
@@ -148,21 +141,8 @@ fn a_call_without_media_is_ended_with_bye_to_both_sides() {
         ..Default::default()
     };
     let (lab, mut backend, daemon) = setup("silent", "silent_uas", 2, options);
-    let result = call(&lab, "silent_uac", 2);
-    assert_eq!(
-        (result.exit_code, result.successful),
-        (Some(0), 2),
-        "the caller did not get a BYE with the Reason:\n{}",
-        result.output
-    );
-    assert_eq!(
-        backend.wait(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        backend.output()
-    );
-    let ended = ended(&daemon);
-    assert_eq!(ended.len(), 2);
+    // Both scripts wait for a BYE with the Reason header.
+    let ended = play(&lab, &mut backend, &daemon, "silent_uac", 2);
     for event in &ended {
         assert_eq!(event["reason"], "media_timeout", "{event}");
     }
