@@ -1,9 +1,8 @@
-//! The proxy on the RFC 4475 and RFC 5118 messages (`../shared/conformance`), sent over UDP
-//! from the caller's namespace: each is forwarded to the backend, answered with the status the
-//! index calls for, or dropped; and the proxy still answers OPTIONS after every one.
+//! The proxy on the RFC 4475 and RFC 5118 messages (`sbc_tests::conformance`), sent over UDP
+//! and over TCP from the caller's namespace: each is forwarded to the backend, answered with the
+//! status the index calls for, or dropped; and the proxy still answers OPTIONS after every one.
 use std::{
     net::{SocketAddr, UdpSocket},
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,34 +11,13 @@ use std::{
 };
 
 use sbc_tests::{
+    conformance::{ALL, AtProxy},
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
     netns::Netns,
     privileges::require_lab_privileges,
     sip_probe,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// Reaches the backend.
-    Forwarded,
-    /// Answered by the proxy with this status (and not forwarded).
-    Answered(u16),
-    /// Neither answered nor forwarded.
-    Silent,
-}
-
-fn corpus(dir: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance")
-        .join(dir);
-    assert!(
-        path.is_dir(),
-        "the conformance corpus is missing at {}",
-        path.display()
-    );
-    path
-}
 
 /// A backend that only records what reaches it.
 struct Sink {
@@ -125,7 +103,7 @@ fn check(
     over: Over,
     name: &str,
     bytes: &[u8],
-    expected: Expect,
+    expected: AtProxy,
     n: usize,
 ) -> Option<String> {
     let proxy = SocketAddr::new(SBC_PUBLIC.into(), 5060);
@@ -150,9 +128,9 @@ fn check(
     std::thread::sleep(Duration::from_millis(100));
     let forwarded = sink.take();
     let got = match (forwarded.is_empty(), finals.first()) {
-        (false, _) => Expect::Forwarded,
-        (true, Some(&code)) => Expect::Answered(code),
-        (true, None) => Expect::Silent,
+        (false, _) => AtProxy::Forwarded,
+        (true, Some(&code)) => AtProxy::Answered(code),
+        (true, None) => AtProxy::Silent,
     };
     let alive = sip_probe::send(
         &lab.caller,
@@ -184,12 +162,11 @@ fn torture_messages_over_tcp() {
 }
 
 fn torture_messages(over: Over) {
-    use Expect::*;
     require_lab_privileges();
     let lab = Lab::up("conformance").expect("lab");
     let backend = SocketAddr::new(CALLEE.into(), 5060);
     let sink = Sink::start(&lab.callee, backend);
-    let _daemon = Daemon::start(
+    let daemon = Daemon::start(
         &lab,
         &DaemonOptions {
             sip_backends: vec![backend],
@@ -199,106 +176,29 @@ fn torture_messages(over: Over) {
     .expect("daemon");
     std::thread::sleep(Duration::from_millis(300));
 
-    let rfc4475: &[(&str, Expect)] = &[
-        // In-dialog (To tag) for a dialog the sbc did not set up: not relayed.
-        ("wsinv.dat", Answered(481)),
-        ("intmeth.dat", Forwarded),
-        ("esc01.dat", Forwarded),
-        ("escnull.dat", Forwarded),
-        ("esc02.dat", Forwarded),
-        ("lwsdisp.dat", Forwarded),
-        ("longreq.dat", Forwarded),
-        ("dblreq.dat", Forwarded),
-        ("semiuri.dat", Forwarded),
-        ("transports.dat", Forwarded),
-        // A MESSAGE with a preloaded Route to 127.0.0.1: the edge relays to no such place.
-        ("mpart01.dat", Answered(403)),
-        // Responses matching no transaction of ours.
-        ("unreason.dat", Silent),
-        ("noreason.dat", Silent),
-        ("badinv01.dat", Answered(400)),
-        ("clerr.dat", Answered(400)),
-        ("ncl.dat", Answered(400)),
-        ("scalar02.dat", Answered(400)),
-        ("scalarlg.dat", Silent),
-        ("quotbal.dat", Answered(400)),
-        ("ltgtruri.dat", Answered(400)),
-        ("lwsruri.dat", Answered(400)),
-        ("lwsstart.dat", Answered(400)),
-        ("trws.dat", Answered(400)),
-        ("escruri.dat", Answered(400)),
-        ("baddate.dat", Forwarded),
-        ("regbadct.dat", Answered(400)),
-        ("badaspec.dat", Answered(400)),
-        ("baddn.dat", Answered(400)),
-        ("badvers.dat", Answered(505)),
-        ("mismatch01.dat", Answered(400)),
-        ("mismatch02.dat", Answered(400)),
-        ("bigcode.dat", Silent),
-        ("badbranch.dat", Forwarded),
-        ("insuf.dat", Answered(400)),
-        ("unkscm.dat", Answered(416)),
-        ("novelsc.dat", Answered(416)),
-        ("unksm2.dat", Forwarded),
-        ("bext01.dat", Answered(420)),
-        ("invut.dat", Forwarded),
-        ("regaut01.dat", Forwarded),
-        ("multi01.dat", Answered(400)),
-        ("mcl01.dat", Silent),
-        ("bcast.dat", Silent),
-        ("zeromf.dat", Answered(483)),
-        ("cparam01.dat", Forwarded),
-        ("cparam02.dat", Forwarded),
-        ("regescrt.dat", Forwarded),
-        ("sdp01.dat", Forwarded),
-        ("inv2543.dat", Forwarded),
-    ];
-    let rfc5118: &[(&str, Expect)] = &[
-        ("ipv6-good", Forwarded),
-        ("ipv6-bad", Answered(400)),
-        ("port-ambiguous", Forwarded),
-        ("port-unambiguous", Forwarded),
-        ("via-received-param-with-delim", Answered(481)),
-        ("via-received-param-no-delim", Forwarded),
-        // Parsed; IPv6 media cannot be anchored (yet): refused as not acceptable.
-        ("ipv6-in-sdp", Answered(488)),
-        // In-dialog requests for dialogs the sbc did not set up.
-        ("mult-ip-in-header", Answered(481)),
-        ("mult-ip-in-sdp", Answered(488)),
-        ("ipv4-mapped-ipv6", Forwarded),
-        ("ipv6-bug-abnf-3-colons", Forwarded),
-        ("ipv6-correct-abnf-2-colons", Forwarded),
-    ];
     // On a stream, framing is by Content-Length alone (RFC 3261 18.3): a message that claims
     // more than it sends waits for the rest, and one whose length cannot be known (none,
     // two, no end of headers) ends the connection without an answer.
-    let stream_framing: &[(&str, Expect)] = &[
-        ("clerr.dat", Silent),
-        ("mcl01.dat", Silent),
-        ("baddn.dat", Silent),
-        ("inv2543.dat", Silent),
-    ];
-    let expected_for = |file: &str, expected: Expect| match over {
-        Over::Tcp => stream_framing
-            .iter()
-            .find(|(f, _)| *f == file)
-            .map_or(expected, |(_, e)| *e),
-        Over::Udp => expected,
-    };
+    let unframeable_on_a_stream = ["clerr.dat", "mcl01.dat", "baddn.dat", "inv2543.dat"];
     let mut failures = Vec::new();
     let mut n = 0;
-    for (dir, suffix, cases) in [("rfc4475", "", rfc4475), ("rfc5118-wire", ".sip", rfc5118)] {
-        for (file, expected) in cases {
+    for set in ALL {
+        set.assert_complete();
+        for case in set.cases {
             n += 1;
-            let bytes = std::fs::read(corpus(dir).join(format!("{file}{suffix}"))).unwrap();
-            let expected = expected_for(file, *expected);
-            failures.extend(check(&lab, &sink, over, file, &bytes, expected, n));
+            let bytes = set.read(case);
+            let expected = match over {
+                Over::Tcp if unframeable_on_a_stream.contains(&case.file) => AtProxy::Silent,
+                _ => case.proxy(&bytes),
+            };
+            failures.extend(check(&lab, &sink, over, case.file, &bytes, expected, n));
         }
     }
     assert!(
         failures.is_empty(),
-        "{} messages mishandled:\n{}",
+        "{} messages mishandled:\n{}\n{}",
         failures.len(),
-        failures.join("\n")
+        failures.join("\n"),
+        daemon.log()
     );
 }
