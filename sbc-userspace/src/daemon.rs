@@ -80,6 +80,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
         plane: Arc::clone(&plane),
         reasons,
         dataplane: mode,
+        sip: proxy.as_ref().map(|p| Arc::clone(&p.counters)),
     }));
     info!(
         instance = %config.instance,

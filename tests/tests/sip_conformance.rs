@@ -11,7 +11,7 @@ use std::{
 };
 
 use sbc_tests::{
-    conformance::{ALL, AtProxy},
+    conformance::{ALL, AtProxy, Wire},
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
     netns::Netns,
@@ -201,4 +201,23 @@ fn torture_messages(over: Over) {
         failures.join("\n"),
         daemon.log()
     );
+    if over == Over::Udp {
+        // Every refusal and every drop was counted.
+        let count = |wanted: fn(Wire) -> bool| {
+            ALL.iter()
+                .flat_map(|set| set.cases)
+                .filter(|case| wanted(case.wire))
+                .count() as u64
+        };
+        let sip = &daemon.api.get("/v1/stats").unwrap().body["sip"];
+        assert_eq!(
+            sip["refused"],
+            count(|w| matches!(w, Wire::Refuse(_))),
+            "{sip}"
+        );
+        assert!(
+            sip["dropped"].as_u64().unwrap() >= count(|w| w == Wire::Drop),
+            "{sip}"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! | `POST /v1/sessions`      | create one (`SessionSpec`); 503 + Retry-After when full |
 //! | `GET /v1/sessions/{id}`  | one session                                            |
 //! | `DELETE /v1/sessions/{id}` | end it; answers its final counters                   |
-//! | `GET /v1/stats`          | XDP verdict counters by reason, port pool use          |
+//! | `GET /v1/stats`          | XDP verdicts by reason, port pool use, SIP counters    |
 use std::{
     io,
     net::SocketAddr,
@@ -38,6 +38,8 @@ pub struct ApiState {
     pub plane: Arc<MediaPlane>,
     pub reasons: Option<ReasonCounters>,
     pub dataplane: DataplaneMode,
+    /// The SIP proxy's counters, when it runs.
+    pub sip: Option<Arc<crate::proxy::Counters>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -130,8 +132,14 @@ async fn stats(State(api): State<Arc<ApiState>>) -> Response {
             json!({ "address": address, "in_use": in_use, "capacity": capacity })
         })
         .collect();
-    Json(json!({ "xdp_reasons": reasons, "ports": ports, "sessions": api.plane.session_count() }))
-        .into_response()
+    let sip = api.sip.as_ref().map(|counters| counters.snapshot());
+    Json(json!({
+        "xdp_reasons": reasons,
+        "ports": ports,
+        "sessions": api.plane.session_count(),
+        "sip": sip,
+    }))
+    .into_response()
 }
 
 /// Binds the API's Unix socket, refusing if another daemon already serves on it.

@@ -83,13 +83,26 @@ enum Timer {
     Probe(usize),
 }
 
-/// Counters of what the proxy refused or dropped (the metrics issue exports them).
+/// What the proxy received, refused and dropped (in `GET /v1/stats`).
 #[derive(Default)]
 pub struct Counters {
-    pub refused: AtomicU64,
-    pub dropped: AtomicU64,
     pub requests: AtomicU64,
     pub responses: AtomicU64,
+    /// Requests answered with an error because they were malformed or unsupported.
+    pub refused: AtomicU64,
+    /// Messages dropped unanswered (broken responses, unanswerable requests).
+    pub dropped: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "requests": self.requests.load(Ordering::Relaxed),
+            "responses": self.responses.load(Ordering::Relaxed),
+            "refused": self.refused.load(Ordering::Relaxed),
+            "dropped": self.dropped.load(Ordering::Relaxed),
+        })
+    }
 }
 
 struct Listener {
@@ -302,7 +315,10 @@ impl Proxy {
                             build::response(&message, rejection.status, &reason, &tag, &extra);
                         self.send_to(peer, &response);
                     }
-                    None => debug!(%from, "unanswerable request dropped: {}", rejection.reason),
+                    None => {
+                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        debug!(%from, "unanswerable request dropped: {}", rejection.reason);
+                    }
                 }
             }
             Inbound::Drop(why) => {

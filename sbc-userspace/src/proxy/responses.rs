@@ -287,6 +287,8 @@ impl Proxy {
         let server = client.server.clone();
         info!("INVITE unanswered after ringing for {TIMER_C:?}: cancelling it");
         self.send_cancel(key);
+        // Whatever the backend says now (487, or nothing at all), this attempt is over.
+        self.schedule(Timer::ClientDone(key.to_owned()), LINGER);
         if let Some(server) = server {
             self.finish_invite(&server, 408, None);
         }
