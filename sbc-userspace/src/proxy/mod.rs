@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures_util_free::next_expired;
+use timer_queue::next_expired;
 use tokio::{net::UdpSocket, sync::mpsc};
 use tokio_util::time::DelayQueue;
 use tracing::{debug, warn};
@@ -475,7 +475,7 @@ fn spawn_receiver(socket: Arc<UdpSocket>, listener: Side, events: mpsc::Unbounde
 }
 
 /// `DelayQueue::next` without the `futures` crate: poll it in place.
-mod futures_util_free {
+mod timer_queue {
     use std::{future::poll_fn, task::Poll};
 
     use tokio_util::time::DelayQueue;
