@@ -61,19 +61,18 @@ impl Proxy {
             self.send_to(peer, &response);
             return;
         }
-        let max_forwards = request.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS);
-        if max_forwards == 0 {
+        if max_forwards(&request) == 0 {
             return self.reply(peer, &message, 483, &to_tag, &[]);
         }
         if self.is_loop(&request) {
             return self.reply(peer, &message, 482, &to_tag, &[]);
         }
-        let in_dialog = request.to.tag().is_some();
+        let in_dialog = request.in_dialog();
         let known_call = self.find_call(&request);
         if let (true, Some(key)) = (in_dialog, &known_call) {
             self.note_cseq(key, side, request.cseq);
         }
-        let hop = match self.next_hop(side, &request, in_dialog) {
+        let hop = match self.next_hop(side, &request) {
             Ok(hop) => hop,
             Err((code, why)) => {
                 info!(call_id = %request.call_id, "cannot route {}: {why}", request.method);
@@ -96,16 +95,7 @@ impl Proxy {
         } else {
             known_call
         };
-        let template = match self.forwardable(
-            side,
-            from,
-            &message,
-            &request,
-            &hop,
-            max_forwards - 1,
-            in_dialog,
-            call.as_deref(),
-        ) {
+        let template = match self.forwardable(side, from, &message, &request, &hop) {
             Ok(template) => template,
             Err((code, why)) => {
                 info!(call_id = %request.call_id, "refusing {}: {why}", request.method);
@@ -246,12 +236,8 @@ impl Proxy {
         })
     }
 
-    fn next_hop(
-        &mut self,
-        side: Side,
-        request: &check::Request,
-        in_dialog: bool,
-    ) -> Result<NextHop, (u16, String)> {
+    fn next_hop(&mut self, side: Side, request: &check::Request) -> Result<NextHop, (u16, String)> {
+        let in_dialog = request.in_dialog();
         let out = Self::other(side);
         // The edge is no open relay: in-dialog requests only for dialogs it set up, and no
         // preloaded Route elsewhere on new requests from the Internet.
@@ -328,7 +314,6 @@ impl Proxy {
 
     /// The request as it leaves, minus our Via: Max-Forwards, our Routes popped,
     /// Record-Route added, the previous hop's Via marked (received/rport), media anchored.
-    #[allow(clippy::too_many_arguments)]
     fn forwardable(
         &mut self,
         side: Side,
@@ -336,10 +321,10 @@ impl Proxy {
         message: &Message,
         request: &check::Request,
         hop: &NextHop,
-        max_forwards: u8,
-        in_dialog: bool,
-        call: Option<&str>,
     ) -> Result<Vec<u8>, (u16, String)> {
+        let in_dialog = request.in_dialog();
+        // Callers answered 483 already when Max-Forwards was 0.
+        let max_forwards = max_forwards(request).saturating_sub(1);
         let mut editor = Editor::new(message);
         if let Some(uri) = &hop.request_uri {
             editor.start_line(format!("{} {uri} SIP/2.0", request.method));
@@ -390,8 +375,8 @@ impl Proxy {
                 editor.insert(index, "Record-Route", &self.uri(side));
             }
         }
-        if let (true, Some(call)) = (message.has_sdp(), call) {
-            let body = self.anchor(call, side, message.body())?;
+        if let (true, Some(call)) = (message.has_sdp(), self.find_call(request)) {
+            let body = self.anchor(&call, side, message.body())?;
             editor.body(body);
         }
         Ok(editor.finish())
@@ -438,25 +423,14 @@ impl Proxy {
             return;
         }
         // The ACK of a 2xx is a request of its own, forwarded along the dialog.
-        let max_forwards = request.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS);
-        if max_forwards == 0 || request.to.tag().is_none() {
+        if max_forwards(&request) == 0 || !request.in_dialog() {
             return;
         }
-        let call = self.find_call(&request);
-        let Ok(hop) = self.next_hop(side, &request, true) else {
+        let Ok(hop) = self.next_hop(side, &request) else {
             debug!(call_id = %request.call_id, "ACK without a route dropped");
             return;
         };
-        let Ok(template) = self.forwardable(
-            side,
-            from,
-            &message,
-            &request,
-            &hop,
-            max_forwards - 1,
-            true,
-            call.as_deref(),
-        ) else {
+        let Ok(template) = self.forwardable(side, from, &message, &request, &hop) else {
             return;
         };
         let branch = self.branch_with(&loop_hash(&request));
@@ -552,6 +526,11 @@ pub(super) fn loop_hash(request: &check::Request) -> String {
         "{:x}",
         super::backends::fnv1a(text.as_bytes()) & 0xffff_ffff
     )
+}
+
+/// Max-Forwards as received, or the value a proxy adds when it is missing.
+fn max_forwards(request: &check::Request) -> u8 {
+    request.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS)
 }
 
 /// The request with our Via on top (the first header after the start line).

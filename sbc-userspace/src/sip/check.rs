@@ -41,6 +41,13 @@ pub struct Request {
     pub routes: Vec<Address>,
 }
 
+impl Request {
+    /// Sent within a dialog (the To header carries a tag).
+    pub fn in_dialog(&self) -> bool {
+        self.to.tag().is_some()
+    }
+}
+
 /// The parts of a response the proxy works with, checked.
 #[derive(Debug, Clone)]
 pub struct Response {
