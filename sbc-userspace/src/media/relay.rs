@@ -8,8 +8,10 @@ use tracing::debug;
 
 use super::plane::MediaPlane;
 
-/// Large enough for any UDP datagram, so nothing is ever truncated.
-const MAX_DATAGRAM: usize = 65_536;
+/// Receive buffer per relay port: a jumbo frame's worth. Media never comes near it, and a
+/// buffer per port (four per session) must stay small; anything that fills it may have been
+/// cut short and is dropped rather than relayed.
+const MAX_DATAGRAM: usize = 9216;
 
 pub(super) fn spawn(
     plane: Arc<MediaPlane>,
@@ -30,6 +32,10 @@ pub(super) fn spawn(
                     continue;
                 }
             };
+            if len == MAX_DATAGRAM {
+                debug!(%src, "oversized datagram on a media port dropped");
+                continue;
+            }
             if let Some((out, dst)) = plane.on_packet(&key, src, len)
                 && let Err(e) = out.send_to(&buf[..len], dst).await
             {
