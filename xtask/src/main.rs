@@ -105,6 +105,8 @@ fn cargo_test(
     command
         .current_dir(workspace())
         .arg("test")
+        // Every suite runs even after a failure, so one run reports all that is broken.
+        .arg("--no-fail-fast")
         .args(args)
         .stdout(std::process::Stdio::piped());
     for (key, value) in envs {

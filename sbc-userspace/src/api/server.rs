@@ -108,8 +108,9 @@ async fn show_session(State(api): State<Arc<ApiState>>, UrlPath(id): UrlPath<u32
 }
 
 async fn end_session(State(api): State<Arc<ApiState>>, UrlPath(id): UrlPath<u32>) -> Response {
+    // Answer once the ports are free: a client that ends a session to make room can retry.
     match api.plane.end(id, EndReason::Deleted) {
-        Ok(info) => Json(info).into_response(),
+        Ok(ended) => Json(ended.ports_released().await).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -17,8 +17,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    plane::{EndReason, MediaPlane, Session, State, bind_udp},
+    plane::{EndReason, MediaPlane, Session, State},
     session::{Leg, Side, socket_addr},
+    socket::MediaSocket,
 };
 use crate::clock::monotonic_ns;
 
@@ -112,14 +113,12 @@ impl MediaPlane {
             return Err(format!("it has {} flows", flows.len()));
         }
 
-        let sockets = bind_ports(state, legs.iter().flat_map(|leg| leg.ports()))?;
+        // On failure the sockets bound so far close, giving their ports back.
+        let sockets = self.rebind_ports(legs.iter().flat_map(|leg| leg.ports()))?;
         let mut entries = Vec::with_capacity(flows.len());
         for (key, flow) in flows {
             let out = socket_addr(&flow.new_src, flow.new_src_port);
             let Some(out) = sockets.get(&out) else {
-                for local in sockets.keys() {
-                    release(state, *local);
-                }
                 return Err(format!(
                     "a flow sends from {out}, which is not one of its ports"
                 ));
@@ -142,46 +141,20 @@ impl MediaPlane {
         );
         Ok(())
     }
-}
 
-fn release(state: &mut State, local: SocketAddr) {
-    if let Some(pool) = state.pools.get_mut(&local.ip()) {
-        pool.release(local.port());
-    }
-}
-
-/// Reserves and binds the given ports again; all or nothing.
-fn bind_ports(
-    state: &mut State,
-    ports: impl Iterator<Item = (u8, SocketAddr)>,
-) -> Result<HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>, String> {
-    let mut sockets = HashMap::new();
-    for (_, local) in ports {
-        let reserved = state
-            .pools
-            .get_mut(&local.ip())
-            .is_some_and(|pool| pool.reserve(local.port()));
-        let bound = if reserved {
-            bind_udp(local).map_err(|e| {
-                release(state, local);
-                format!("cannot bind {local}: {e}")
+    /// Takes and binds the given ports again; all or nothing.
+    fn rebind_ports(
+        &self,
+        ports: impl Iterator<Item = (u8, SocketAddr)>,
+    ) -> Result<HashMap<SocketAddr, Arc<MediaSocket>>, String> {
+        ports
+            .map(|(_, local)| {
+                let pool = self
+                    .pools
+                    .get(&local.ip())
+                    .ok_or_else(|| format!("{local} is not a media address of this daemon"))?;
+                Ok((local, pool.rebind(local)?))
             })
-        } else {
-            Err(format!(
-                "port {local} is outside the media range or taken twice"
-            ))
-        };
-        match bound {
-            Ok(socket) => {
-                sockets.insert(local, socket);
-            }
-            Err(problem) => {
-                for local in sockets.keys() {
-                    release(state, *local);
-                }
-                return Err(problem);
-            }
-        }
+            .collect()
     }
-    Ok(sockets)
 }

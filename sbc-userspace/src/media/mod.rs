@@ -4,8 +4,9 @@ pub mod plane;
 pub mod ports;
 mod relay;
 pub mod session;
+mod socket;
 
-pub use plane::{EndReason, MediaError, MediaPlane, MediaSettings, RETRY_AFTER_SECS};
+pub use plane::{EndReason, EndedSession, MediaError, MediaPlane, MediaSettings, RETRY_AFTER_SECS};
 pub use session::{SessionInfo, SessionSpec};
 
 #[cfg(test)]
@@ -128,7 +129,11 @@ mod tests {
         }
         assert_eq!(plane.session_count(), 2);
         assert!(plane.ports_in_use().iter().all(|&(_, used, _)| used == 4));
-        plane.end(first.id, EndReason::Deleted).unwrap();
+        plane
+            .end(first.id, EndReason::Deleted)
+            .unwrap()
+            .ports_released()
+            .await;
         assert!(matches!(
             plane.end(first.id, EndReason::Deleted),
             Err(MediaError::NotFound(_))

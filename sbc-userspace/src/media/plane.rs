@@ -6,7 +6,6 @@
 //! here, under one lock, so they never disagree.
 use std::{
     collections::{BTreeMap, HashMap},
-    io,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -17,16 +16,17 @@ use sbc_common::{
     flow::{FLOW_LATCHED, LEG_A, LEG_B, STREAM_RTP, check_source},
 };
 use serde_json::json;
-use tokio::{net::UdpSocket, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{
-    ports::{AllocError, PortPool},
+    ports::AllocError,
     relay,
     session::{
         LEG_NAMES, Leg, LegInfo, SessionInfo, SessionSpec, Side, StreamCounters, flow_key,
         socket_addr,
     },
+    socket::{MediaSocket, SharedPool},
 };
 use crate::{
     clock::monotonic_ns,
@@ -106,7 +106,7 @@ pub(super) struct UserCounters {
 pub(super) struct FlowEntry {
     pub flow: Flow,
     /// The socket of the other leg's port: relayed packets leave from it.
-    pub out: Arc<UdpSocket>,
+    pub out: Arc<MediaSocket>,
     pub counters: UserCounters,
 }
 
@@ -131,7 +131,6 @@ impl Session {
 pub(super) struct State {
     pub sessions: BTreeMap<u32, Session>,
     pub flows: HashMap<FlowKey, FlowEntry>,
-    pub pools: HashMap<IpAddr, PortPool>,
     pub kernel: Option<FlowMaps>,
     pub next_id: u32,
 }
@@ -139,24 +138,20 @@ pub(super) struct State {
 pub struct MediaPlane {
     pub(super) settings: MediaSettings,
     pub(super) state: Mutex<State>,
+    /// The relay ports of each local address (their own locks: sockets give ports back).
+    pub(super) pools: HashMap<IpAddr, SharedPool>,
     kernel_stats: Option<FlowStatsReader>,
     pub(super) events: Arc<EventSink>,
 }
 
 /// A flow about to be activated: its key and value, the socket it sends from (the other leg's)
 /// and the socket it receives on (its own).
-pub(super) type NewFlow = (FlowKey, Flow, Arc<UdpSocket>, Arc<UdpSocket>);
+pub(super) type NewFlow = (FlowKey, Flow, Arc<MediaSocket>, Arc<MediaSocket>);
 
 /// A leg whose ports are bound: its sockets by stream (RTP, then RTCP if any).
 pub(super) struct BoundLeg {
     pub leg: Leg,
-    pub sockets: Vec<Arc<UdpSocket>>,
-}
-
-pub(super) fn bind_udp(local: SocketAddr) -> io::Result<Arc<UdpSocket>> {
-    let socket = std::net::UdpSocket::bind(local)?;
-    socket.set_nonblocking(true)?;
-    Ok(Arc::new(UdpSocket::from_std(socket)?))
+    pub sockets: Vec<Arc<MediaSocket>>,
 }
 
 /// Where a peer receives the given stream: RTCP on port + 1 unless multiplexed.
@@ -212,7 +207,7 @@ impl MediaPlane {
         for address in [settings.public_address, settings.private_address] {
             pools
                 .entry(address)
-                .or_insert_with(|| PortPool::new(settings.port_min, settings.port_max));
+                .or_insert_with(|| SharedPool::new(settings.port_min, settings.port_max));
         }
         let (kernel, kernel_stats) = kernel.unzip();
         let plane = Arc::new(Self {
@@ -220,10 +215,10 @@ impl MediaPlane {
             state: Mutex::new(State {
                 sessions: BTreeMap::new(),
                 flows: HashMap::new(),
-                pools,
                 kernel,
                 next_id: 1,
             }),
+            pools,
             kernel_stats,
             events,
         });
@@ -247,11 +242,12 @@ impl MediaPlane {
     }
 
     pub fn ports_in_use(&self) -> Vec<(IpAddr, usize, usize)> {
-        let state = self.lock();
-        state
-            .pools
+        self.pools
             .iter()
-            .map(|(addr, pool)| (*addr, pool.in_use(), pool.capacity()))
+            .map(|(addr, pool)| {
+                let pool = pool.lock();
+                (*addr, pool.in_use(), pool.capacity())
+            })
             .collect()
     }
 
@@ -311,23 +307,14 @@ impl MediaPlane {
             )));
         }
         let pair = !spec.rtcp_mux;
-        let a = state.bind_leg(spec.a.side, self.address(spec.a.side), pair)?;
-        let b = match state.bind_leg(spec.b.side, self.address(spec.b.side), pair) {
-            Ok(b) => b,
-            Err(e) => {
-                state.release_ports(&a.leg);
-                return Err(e);
-            }
-        };
+        // On failure the sockets bound so far close, giving their ports back.
+        let legs = [
+            self.bind_leg(spec.a.side, pair)?,
+            self.bind_leg(spec.b.side, pair)?,
+        ];
         let id = state.allocate_id();
-        let legs = [a, b];
         let entries = session_flows(id, &legs, [spec.a.peer, spec.b.peer]);
-        if let Err(e) = state.install_in_kernel(&entries) {
-            for bound in &legs {
-                state.release_ports(&bound.leg);
-            }
-            return Err(e);
-        }
+        state.install_in_kernel(&entries)?;
         let relays = self.activate_flows(&mut state, entries);
         let [a, b] = legs;
         state.sessions.insert(
@@ -432,8 +419,9 @@ impl MediaPlane {
         self.lock().sessions.len()
     }
 
-    /// Ends a session: stops its relays, removes its flows, frees its ports, reports it.
-    pub fn end(&self, id: u32, reason: EndReason) -> Result<SessionInfo, MediaError> {
+    /// Ends a session: stops its relays, removes its flows, reports it. Its ports are free
+    /// again once the relays have let go of their sockets (`EndedSession::ports_released`).
+    pub fn end(&self, id: u32, reason: EndReason) -> Result<EndedSession, MediaError> {
         let mut state = self.lock();
         let info = self
             .info_locked(&state, id, monotonic_ns())
@@ -448,15 +436,15 @@ impl MediaPlane {
                 kernel.remove(&key);
             }
         }
-        for leg in &session.legs {
-            state.release_ports(leg);
-        }
         drop(state);
         self.events.emit(
             "media_session_ended",
             json!({ "reason": reason.as_str(), "session": &info }),
         );
-        Ok(info)
+        Ok(EndedSession {
+            info,
+            relays: session.relays,
+        })
     }
 
     /// Ends every armed session with no media in either direction for the configured timeout,
@@ -495,7 +483,7 @@ impl MediaPlane {
             .collect();
         idle.into_iter()
             .filter_map(|id| {
-                let info = self.end(id, EndReason::MediaTimeout).ok()?;
+                let info = self.end(id, EndReason::MediaTimeout).ok()?.info;
                 info!(
                     session = id,
                     "media session ended: no media for the timeout"
@@ -520,7 +508,7 @@ impl MediaPlane {
         local: &FlowKey,
         src: SocketAddr,
         len: usize,
-    ) -> Option<(Arc<UdpSocket>, SocketAddr)> {
+    ) -> Option<(Arc<MediaSocket>, SocketAddr)> {
         let mut state = self.lock();
         let state = &mut *state;
         let entry = state.flows.get_mut(local)?;
@@ -634,34 +622,40 @@ impl MediaPlane {
     }
 }
 
-impl State {
-    fn pool(&mut self, address: IpAddr) -> &mut PortPool {
-        self.pools
-            .get_mut(&address)
-            .expect("a pool exists for both configured addresses")
-    }
+/// A session that has ended: its final state, and its relays, which are stopping.
+pub struct EndedSession {
+    pub info: SessionInfo,
+    relays: Vec<JoinHandle<()>>,
+}
 
-    /// Allocates and binds a leg's ports (a pair unless rtcp-mux).
-    pub(super) fn bind_leg(
-        &mut self,
-        side: Side,
-        address: IpAddr,
-        pair: bool,
-    ) -> Result<BoundLeg, MediaError> {
-        let pool = self.pool(address);
-        let (first, sockets) = pool
-            .allocate(pair, |port| bind_udp(SocketAddr::new(address, port)))
-            .map_err(|e| match e {
-                AllocError::Exhausted { in_use, capacity } => {
-                    let (min, max) = pool.range();
-                    MediaError::Exhausted(format!(
-                        "media ports {min}-{max} on {address} are exhausted ({in_use} of {capacity} in use)"
-                    ))
-                }
-                AllocError::Bind(e) => {
-                    MediaError::Internal(format!("cannot bind a media port on {address}: {e}"))
-                }
-            })?;
+impl EndedSession {
+    /// Waits until the session's relays have stopped: its sockets are closed and its ports
+    /// can be allocated again.
+    pub async fn ports_released(self) -> SessionInfo {
+        for relay in self.relays {
+            // Aborted: the only outcome is that the task (and its socket) is gone.
+            let _ = relay.await;
+        }
+        self.info
+    }
+}
+
+impl MediaPlane {
+    /// Allocates and binds a leg's ports on its side's address (a pair unless rtcp-mux).
+    fn bind_leg(&self, side: Side, pair: bool) -> Result<BoundLeg, MediaError> {
+        let address = self.address(side);
+        let pool = &self.pools[&address];
+        let (first, sockets) = pool.bind(address, pair).map_err(|e| match e {
+            AllocError::Exhausted { in_use, capacity } => {
+                let (min, max) = pool.lock().range();
+                MediaError::Exhausted(format!(
+                    "media ports {min}-{max} on {address} are exhausted ({in_use} of {capacity} in use)"
+                ))
+            }
+            AllocError::Bind(e) => {
+                MediaError::Internal(format!("cannot bind a media port on {address}: {e}"))
+            }
+        })?;
         let leg = Leg {
             side,
             rtp: SocketAddr::new(address, first),
@@ -669,13 +663,9 @@ impl State {
         };
         Ok(BoundLeg { leg, sockets })
     }
+}
 
-    pub(super) fn release_ports(&mut self, leg: &Leg) {
-        for (_, local) in leg.ports() {
-            self.pool(local.ip()).release(local.port());
-        }
-    }
-
+impl State {
     /// Mirrors new flows into the kernel map, all or nothing.
     fn install_in_kernel(&mut self, flows: &[NewFlow]) -> Result<(), MediaError> {
         let Some(kernel) = self.kernel.as_mut() else {

@@ -3,10 +3,10 @@
 use std::{io, sync::Arc, time::Duration};
 
 use sbc_common::FlowKey;
-use tokio::{net::UdpSocket, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::debug;
 
-use super::plane::MediaPlane;
+use super::{plane::MediaPlane, socket::MediaSocket};
 
 /// Receive buffer per relay port: a jumbo frame's worth. Media never comes near it, and a
 /// buffer per port (four per session) must stay small; anything that fills it may have been
@@ -16,7 +16,7 @@ const MAX_DATAGRAM: usize = 9216;
 pub(super) fn spawn(
     plane: Arc<MediaPlane>,
     key: FlowKey,
-    socket: Arc<UdpSocket>,
+    socket: Arc<MediaSocket>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_DATAGRAM];

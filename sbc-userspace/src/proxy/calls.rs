@@ -293,7 +293,11 @@ impl Proxy {
         for id in call.media.iter().flatten() {
             let info = match ended.iter().find(|info| info.id == *id) {
                 Some(info) => Some(info.clone()),
-                None => self.plane.end(*id, EndReason::CallEnded).ok(),
+                None => self
+                    .plane
+                    .end(*id, EndReason::CallEnded)
+                    .ok()
+                    .map(|e| e.info),
             };
             if let Some(info) = info {
                 forward += info.legs[caller_leg].rtp.packets();
