@@ -6,10 +6,17 @@
 //! program can compare and copy them without conversions.
 #![no_std]
 
+// Tests run on the host and may allocate.
+#[cfg(test)]
+extern crate std;
+
+pub mod call_id;
 pub mod checksum;
 pub mod flow;
+pub mod guard;
 pub mod maps;
 pub mod reason;
 
 pub use flow::{Flow, FlowKey, FlowStats, IpAddress, SourceCheck};
+pub use guard::{Block, Dialog, GuardConfig, PacketLimit, SourceBucket, SourceRule};
 pub use reason::Reason;

@@ -2,7 +2,7 @@
 
 /// Version of the map layout. Pins live under `<bpffs>/sbc/<instance>/v<MAP_ABI_VERSION>/`, so a
 /// daemon with another layout never misreads old maps; bump it whenever a shared type changes.
-pub const MAP_ABI_VERSION: u32 = 1;
+pub const MAP_ABI_VERSION: u32 = 2;
 
 /// `HashMap<FlowKey, Flow>`: what to do with media arriving at a local port.
 pub const FLOWS: &str = "SBC_FLOWS";
@@ -13,13 +13,48 @@ pub const REASONS: &str = "SBC_REASONS";
 /// `DevMapHash` keyed by ifindex: interfaces the program may redirect to.
 pub const EGRESS: &str = "SBC_EGRESS";
 
+/// `HashMap<FlowKey, u32>`: the addresses and ports of our SIP listeners (UDP), which the
+/// guard protects; the value is unused (1).
+pub const SIP_LISTENERS: &str = "SBC_SIP_LISTENERS";
+/// `Array<GuardConfig>` of one entry: the guard's limits and switches.
+pub const GUARD: &str = "SBC_GUARD";
+/// `LpmTrie<[u8; 16], SourceRule>`: allow- and blocklisted CIDRs.
+pub const SOURCE_RULES: &str = "SBC_SOURCE_RULES";
+/// `LruHashMap<IpAddress, SourceBucket>`: the token bucket of each recent SIP source.
+pub const SOURCES: &str = "SBC_SOURCES";
+/// `LruHashMap<IpAddress, Block>`: sources blocked for a while.
+pub const BLOCKS: &str = "SBC_BLOCKS";
+/// `HashMap<u64, Dialog>`: the known dialogs, by Call-ID hash.
+pub const DIALOGS: &str = "SBC_DIALOGS";
+
 /// All maps, for pinning and re-opening.
-pub const ALL: &[&str] = &[FLOWS, FLOW_STATS, REASONS, EGRESS];
+pub const ALL: &[&str] = &[
+    FLOWS,
+    FLOW_STATS,
+    REASONS,
+    EGRESS,
+    SIP_LISTENERS,
+    GUARD,
+    SOURCE_RULES,
+    SOURCES,
+    BLOCKS,
+    DIALOGS,
+];
 
 /// Capacity of the flow maps (two legs, RTP and RTCP: up to four flows per session).
 pub const MAX_FLOWS: usize = 65536;
 /// Capacity of the redirect map.
 pub const MAX_EGRESS: usize = 64;
+/// Capacity of the SIP listeners map (public and private, with room to spare).
+pub const MAX_SIP_LISTENERS: usize = 8;
+/// Capacity of the source rules (CIDRs in allow- and blocklists).
+pub const MAX_SOURCE_RULES: usize = 16384;
+/// Sources whose buckets are kept; the least recently seen make room for new ones.
+pub const MAX_SOURCES: usize = 65536;
+/// Dynamic blocks kept; when full, the least recently hit make room.
+pub const MAX_BLOCKS: usize = 16384;
+/// Capacity of the dialogs map (about one per call).
+pub const MAX_DIALOGS: usize = 65536;
 
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "sbc_xdp";

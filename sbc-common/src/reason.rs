@@ -39,7 +39,7 @@ reasons! {
     PassFragment = "pass_fragment": "IPv4 fragment",
     PassNotUdp = "pass_not_udp": "IPv4 but not UDP",
     PassTruncatedUdp = "pass_truncated_udp": "frame shorter than its UDP header or UDP length",
-    PassNoFlow = "pass_no_flow": "UDP to an address and port with no media flow",
+    PassNoFlow = "pass_no_flow": "UDP to an address and port with neither a media flow nor a SIP listener",
     PassNotLatched = "pass_not_latched": "media flow whose peer is not latched yet (userspace latches it)",
     PassNoDestination = "pass_no_destination": "media flow whose other leg has no known peer yet",
     PassVlanTagged = "pass_vlan_tagged": "media for a known flow in a VLAN-tagged frame (relayed in userspace)",
@@ -50,6 +50,13 @@ reasons! {
     PassFibFailed = "pass_fib_failed": "no usable route to the flow's destination",
     PassRedirectFailed = "pass_redirect_failed": "egress interface not in the redirect map",
     DropRedirectFailed = "drop_redirect_failed": "egress interface left the redirect map after the frame was rewritten",
+    PassSipUnguarded = "pass_sip_unguarded": "SIP to a listener while the guard is off",
+    PassSipDialog = "pass_sip_dialog": "SIP of a known dialog (never limited)",
+    PassSipUnlimited = "pass_sip_unlimited": "SIP from an allowlisted source without a limit",
+    PassSip = "pass_sip": "out-of-dialog SIP within its source's limit",
+    DropSipBlocklisted = "drop_sip_blocklisted": "SIP from a blocklisted CIDR",
+    DropSipBlocked = "drop_sip_blocked": "SIP from a source under a dynamic block",
+    DropSipRateLimited = "drop_sip_rate_limited": "out-of-dialog SIP over its source's packet rate",
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
-//! The sbc XDP program: relays RTP/RTCP of known media flows in the kernel.
+//! The sbc XDP program: relays RTP/RTCP of known media flows in the kernel, and guards the SIP
+//! listeners against floods.
 //!
-//! parse (Ethernet, one VLAN tag, IPv4, UDP) → look up the flow of the destination port → check
-//! the source against the latched peer → rewrite → next hop by `bpf_fib_lookup` → `XDP_TX` or a
-//! DEVMAP redirect. Whatever it does not fully understand goes up with `XDP_PASS`, and every
-//! verdict is counted by reason (see `sbc_common::Reason`).
+//! parse (Ethernet, one VLAN tag, IPv4, UDP) → classify by destination:
+//! - a media flow: check the source against the latched peer → rewrite → next hop by
+//!   `bpf_fib_lookup` → `XDP_TX` or a DEVMAP redirect;
+//! - a SIP listener: blocklists, known dialogs, dynamic blocks, per-source token buckets.
+//!
+//! Whatever it does not fully understand goes up with `XDP_PASS`, and every verdict is counted
+//! by reason (see `sbc_common::Reason`).
 #![no_std]
 #![no_main]
 
@@ -12,9 +16,15 @@ mod forward;
 mod maps;
 mod parse;
 mod relay;
+mod sip_guard;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use sbc_common::Reason;
+use sbc_common::{FlowKey, IpAddress, Reason};
+
+use crate::{
+    maps::{SBC_FLOWS, SBC_SIP_LISTENERS},
+    parse::Ipv4Udp,
+};
 
 /// What the program does with a frame, and why.
 pub struct Verdict {
@@ -48,11 +58,29 @@ impl From<Reason> for Verdict {
 #[xdp]
 pub fn sbc_xdp(ctx: XdpContext) -> u32 {
     let verdict = match parse::ipv4_udp(&ctx) {
-        Ok(packet) => relay::media(&ctx, &packet),
+        Ok(packet) => classify(&ctx, &packet),
         Err(reason) => Verdict::pass(reason),
     };
     counters::count(verdict.reason);
     verdict.action
+}
+
+/// Media to one of our relay ports, or SIP to one of our listeners: the destination decides.
+#[inline(always)]
+fn classify(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
+    // SAFETY: the parser bounds-checked both headers.
+    let (dst_addr, dst_port) =
+        unsafe { ((*packet.ip).dst_addr, u16::from_ne_bytes((*packet.udp).dst)) };
+    let destination = FlowKey::udp(IpAddress::from_ipv4(dst_addr), dst_port);
+    // SAFETY: the daemon replaces flow values whole with bpf_map_update_elem; the value is
+    // copied out at once and no reference is held across a helper that could free it.
+    if let Some(flow) = unsafe { SBC_FLOWS.get(destination) } {
+        return relay::media(ctx, packet, &destination, *flow);
+    }
+    if SBC_SIP_LISTENERS.get_ptr(destination).is_some() {
+        return sip_guard::sip(ctx, packet);
+    }
+    Verdict::pass(Reason::PassNoFlow)
 }
 
 #[cfg(not(test))]

@@ -1,12 +1,17 @@
 //! The maps of the program. Their key and value types come from `sbc-common` (the contract);
 //! they are declared as BTF maps so `bpftool map dump` prints every field by name.
 use aya_ebpf::{
-    btf_maps::{DevMapHash, HashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use sbc_common::{
-    Flow, FlowKey, FlowStats, Reason,
-    maps::{MAX_EGRESS, MAX_FLOWS},
+    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SourceBucket,
+    SourceRule,
+    call_id::SCAN_BUFFER,
+    maps::{
+        MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_SIP_LISTENERS, MAX_SOURCE_RULES,
+        MAX_SOURCES,
+    },
 };
 
 #[btf_map]
@@ -20,3 +25,29 @@ pub static SBC_REASONS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArr
 
 #[btf_map]
 pub static SBC_EGRESS: DevMapHash<MAX_EGRESS> = DevMapHash::new();
+
+#[btf_map]
+pub static SBC_SIP_LISTENERS: HashMap<FlowKey, u32, MAX_SIP_LISTENERS> = HashMap::new();
+
+#[btf_map]
+pub static SBC_GUARD: Array<GuardConfig, 1> = Array::new();
+
+#[btf_map]
+pub static SBC_SOURCE_RULES: LpmTrie<[u8; 16], SourceRule, MAX_SOURCE_RULES> = LpmTrie::new();
+
+#[btf_map]
+pub static SBC_SOURCES: LruHashMap<IpAddress, SourceBucket, MAX_SOURCES> = LruHashMap::new();
+
+#[btf_map]
+pub static SBC_BLOCKS: LruHashMap<IpAddress, Block, MAX_BLOCKS> = LruHashMap::new();
+
+#[btf_map]
+pub static SBC_DIALOGS: HashMap<u64, Dialog, MAX_DIALOGS> = HashMap::new();
+
+/// The start of a SIP payload, copied for the Call-ID scan (per CPU: XDP never nests).
+pub struct ScanBuffer {
+    pub bytes: [u8; SCAN_BUFFER],
+}
+
+#[btf_map]
+pub static SBC_SCAN: PerCpuArray<ScanBuffer, 1> = PerCpuArray::new();

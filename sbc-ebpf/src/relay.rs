@@ -9,38 +9,36 @@ use sbc_common::{
 use crate::{
     Verdict,
     forward::{self, NextHop},
-    maps::{SBC_FLOW_STATS, SBC_FLOWS},
+    maps::SBC_FLOW_STATS,
     parse::{Ipv4Udp, header_at},
 };
 
 #[inline(always)]
-pub fn media(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
-    match try_media(ctx, packet) {
+pub fn media(ctx: &XdpContext, packet: &Ipv4Udp, key: &FlowKey, flow: Flow) -> Verdict {
+    match try_media(ctx, packet, key, flow) {
         Ok(verdict) => verdict,
         Err(reason) => reason.into(),
     }
 }
 
 #[inline(always)]
-fn try_media(ctx: &XdpContext, packet: &Ipv4Udp) -> Result<Verdict, Reason> {
+fn try_media(
+    ctx: &XdpContext,
+    packet: &Ipv4Udp,
+    key: &FlowKey,
+    flow: Flow,
+) -> Result<Verdict, Reason> {
     let (ip, udp) = (packet.ip, packet.udp);
     // SAFETY: `parse::ipv4_udp` bounds-checked both headers.
-    let (src_addr, dst_addr, src_port, dst_port, ttl, udp_len) = unsafe {
+    let (src_addr, src_port, ttl, udp_len) = unsafe {
         (
             (*ip).src_addr,
-            (*ip).dst_addr,
             u16::from_ne_bytes((*udp).src),
-            u16::from_ne_bytes((*udp).dst),
             (*ip).ttl,
             u16::from_be_bytes((*udp).len),
         )
     };
-
-    let key = FlowKey::udp(IpAddress::from_ipv4(dst_addr), dst_port);
-    // SAFETY: the daemon replaces flow values whole with bpf_map_update_elem; we copy it out at
-    // once and never hold the reference across a helper that could free it.
-    let flow: Flow = unsafe { *SBC_FLOWS.get(key).ok_or(Reason::PassNoFlow)? };
-    let stats = flow_stats(&key);
+    let stats = flow_stats(key);
 
     match check_source(&flow, &IpAddress::from_ipv4(src_addr), src_port) {
         SourceCheck::Latch => return Err(Reason::PassNotLatched),

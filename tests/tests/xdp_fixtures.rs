@@ -9,13 +9,21 @@ use std::net::Ipv4Addr;
 
 use aya::{
     Ebpf,
-    maps::{DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{
+        Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use sbc_common::{
-    Flow, FlowKey, FlowStats, IpAddress, Reason,
+    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, PacketLimit, Reason,
+    SourceRule,
     flow::{FLOW_LATCHED, LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
-    maps::{EGRESS, FLOW_STATS, FLOWS, REASONS, XDP_PROGRAM},
+    guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK, call_id_hash},
+    maps::{
+        BLOCKS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, REASONS, SIP_LISTENERS, SOURCE_RULES,
+        XDP_PROGRAM,
+    },
 };
 use sbc_tests::{
     frames::{ETHERTYPE_ARP, ETHERTYPE_IPV6, PROTO_TCP, UdpFrame},
@@ -170,6 +178,38 @@ impl Program {
         let mut egress = DevMapHash::try_from(self.ebpf.map_mut(EGRESS).unwrap()).unwrap();
         let index = ifindex(interface);
         egress.insert(index, index, None, 0).unwrap();
+    }
+
+    fn listen_sip(&mut self, listener: FlowKey) {
+        let mut listeners: HashMap<&mut MapData, FlowKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut(SIP_LISTENERS).unwrap()).unwrap();
+        listeners.insert(listener, 1, 0).unwrap();
+    }
+
+    fn configure_guard(&mut self, config: GuardConfig) {
+        let mut guard: Array<&mut MapData, GuardConfig> =
+            Array::try_from(self.ebpf.map_mut(GUARD).unwrap()).unwrap();
+        guard.set(0, config, 0).unwrap();
+    }
+
+    fn add_rule(&mut self, network: Ipv4Addr, prefix: u32, rule: SourceRule) {
+        let mut rules: LpmTrie<&mut MapData, [u8; 16], SourceRule> =
+            LpmTrie::try_from(self.ebpf.map_mut(SOURCE_RULES).unwrap()).unwrap();
+        let key = Key::new(96 + prefix, IpAddress::from_ipv4(network.octets()).octets);
+        rules.insert(&key, rule, 0).unwrap();
+    }
+
+    fn add_dialog(&mut self, call_id: &str, seed: u64) {
+        let mut dialogs: HashMap<&mut MapData, u64, Dialog> =
+            HashMap::try_from(self.ebpf.map_mut(DIALOGS).unwrap()).unwrap();
+        dialogs
+            .insert(call_id_hash(call_id.as_bytes(), seed), Dialog::default(), 0)
+            .unwrap();
+    }
+
+    /// The dynamic blocks (an LRU hash, read and written like a hash map).
+    fn blocks(&mut self) -> HashMap<&mut MapData, IpAddress, Block> {
+        HashMap::try_from(self.ebpf.map_mut(BLOCKS).unwrap()).unwrap()
     }
 
     fn reasons(&self) -> Vec<u64> {
@@ -645,6 +685,264 @@ fn xdp_verdicts_counters_and_output_bytes() {
     assert_eq!(stats.bytes, 2 * 172, "{stats:?}");
     assert_eq!(stats.foreign_dropped, 3, "{stats:?}");
     assert!(stats.last_seen_ns > 0, "{stats:?}");
+}
+
+const SIP_PORT: u16 = 5060;
+const SEED: u64 = 0x5eed;
+const SCANNER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
+const TRUNK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+const BLOCKLISTED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+
+fn sip_frame(src: Ipv4Addr, call_id_header: &str) -> Vec<u8> {
+    let text = format!(
+        "OPTIONS sip:sbc@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP {src}:5060;branch=z9hG4bK1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@{src}>;tag=1\r\nTo: <sip:sbc@198.18.1.1>\r\n\
+         {call_id_header}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    UdpFrame {
+        payload: text.into_bytes(),
+        ..rtp((src, 5060), (PUBLIC, SIP_PORT))
+    }
+    .bytes()
+}
+
+/// The SIP guard on crafted datagrams: each verdict and reason, in the order the checks apply,
+/// and the dynamic block a source earns by exceeding its limit.
+#[test]
+fn sip_guard_verdicts_and_dynamic_blocks() {
+    require_lab_privileges();
+    let fixture = fixture();
+    netns::enter(&fixture.sbc.name).unwrap();
+    let mut program = Program::load();
+    program.listen_sip(key(PUBLIC, SIP_PORT));
+    let options = |src| sip_frame(src, "Call-ID: ood-1@198.18.1.2");
+    let mut failures = Vec::new();
+    let mut expect = |program: &mut Program, name: &str, frame: &[u8], action, reason: Reason| {
+        let before = program.reasons();
+        let (got, _) = program.run(frame, "pub0");
+        let moved = program.reasons()[reason as usize] - before[reason as usize];
+        if got != action || moved != 1 {
+            failures.push(format!(
+                "{name}: action {got} (expected {action}), {} moved by {moved}",
+                reason.name()
+            ));
+        }
+    };
+
+    // With no configuration the guard lets everything up.
+    expect(
+        &mut program,
+        "unguarded",
+        &options(ROGUE),
+        XDP_PASS,
+        Reason::PassSipUnguarded,
+    );
+
+    program.configure_guard(GuardConfig {
+        default_limit: PacketLimit { rate: 1, burst: 2 },
+        block_after_drops: 3,
+        flags: GUARD_ON,
+        block_ns: 3_600_000_000_000,
+        dialog_seed: SEED,
+    });
+    program.add_rule(
+        TRUNK,
+        32,
+        SourceRule {
+            action: RULE_ALLOW,
+            limit: PacketLimit { rate: 1, burst: 4 },
+        },
+    );
+    program.add_rule(
+        BACKEND,
+        32,
+        SourceRule {
+            action: RULE_ALLOW,
+            limit: PacketLimit::UNLIMITED,
+        },
+    );
+    program.add_rule(
+        Ipv4Addr::new(192, 0, 2, 128),
+        25,
+        SourceRule {
+            action: RULE_BLOCK,
+            limit: PacketLimit::UNLIMITED,
+        },
+    );
+    program.add_dialog("dialog-7@198.18.1.2", SEED);
+
+    // Other UDP to the SBC's address is none of the guard's business.
+    let not_sip = UdpFrame {
+        payload: b"x".to_vec(),
+        ..rtp((ROGUE, 5060), (PUBLIC, 5070))
+    }
+    .bytes();
+    expect(
+        &mut program,
+        "other port",
+        &not_sip,
+        XDP_PASS,
+        Reason::PassNoFlow,
+    );
+
+    // The default limit: a burst of two, then drops.
+    expect(
+        &mut program,
+        "burst 1",
+        &options(ROGUE),
+        XDP_PASS,
+        Reason::PassSip,
+    );
+    expect(
+        &mut program,
+        "burst 2",
+        &options(ROGUE),
+        XDP_PASS,
+        Reason::PassSip,
+    );
+    expect(
+        &mut program,
+        "over",
+        &options(ROGUE),
+        XDP_DROP,
+        Reason::DropSipRateLimited,
+    );
+    // A known dialog from the limited source passes, in every spelling of the header.
+    for header in [
+        "Call-ID: dialog-7@198.18.1.2",
+        "i:dialog-7@198.18.1.2",
+        "CALL-id :  dialog-7@198.18.1.2",
+    ] {
+        expect(
+            &mut program,
+            header,
+            &sip_frame(ROGUE, header),
+            XDP_PASS,
+            Reason::PassSipDialog,
+        );
+    }
+    expect(
+        &mut program,
+        "unknown dialog",
+        &sip_frame(ROGUE, "Call-ID: dialog-8@198.18.1.2"),
+        XDP_DROP,
+        Reason::DropSipRateLimited,
+    );
+    // The third drop within a second earns a block.
+    expect(
+        &mut program,
+        "over 3",
+        &options(ROGUE),
+        XDP_DROP,
+        Reason::DropSipRateLimited,
+    );
+    let rogue = IpAddress::from_ipv4(ROGUE.octets());
+    let block = program
+        .blocks()
+        .get(&rogue, 0)
+        .expect("a dynamic block for the source");
+    assert_eq!(block.reason, BLOCK_RATE);
+    expect(
+        &mut program,
+        "blocked",
+        &options(ROGUE),
+        XDP_DROP,
+        Reason::DropSipBlocked,
+    );
+    expect(
+        &mut program,
+        "blocked, in dialog",
+        &sip_frame(ROGUE, "i: dialog-7@198.18.1.2"),
+        XDP_PASS,
+        Reason::PassSipDialog,
+    );
+    assert_eq!(program.blocks().get(&rogue, 0).unwrap().dropped, 1);
+    // An expired block no longer applies (and the bucket has been refilling meanwhile).
+    program
+        .blocks()
+        .insert(
+            rogue,
+            Block {
+                until_ns: 1,
+                ..block
+            },
+            0,
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    expect(
+        &mut program,
+        "block expired",
+        &options(ROGUE),
+        XDP_PASS,
+        Reason::PassSip,
+    );
+
+    // Allowlisted sources: their own limit, never blocked; an unlimited one is not even scanned.
+    for n in 1..=4 {
+        expect(
+            &mut program,
+            &format!("trunk {n}"),
+            &options(TRUNK),
+            XDP_PASS,
+            Reason::PassSip,
+        );
+    }
+    for n in 0..4 {
+        expect(
+            &mut program,
+            &format!("trunk over {n}"),
+            &options(TRUNK),
+            XDP_DROP,
+            Reason::DropSipRateLimited,
+        );
+    }
+    assert!(
+        program
+            .blocks()
+            .get(&IpAddress::from_ipv4(TRUNK.octets()), 0)
+            .is_err(),
+        "an allowlisted source was blocked"
+    );
+    for _ in 0..5 {
+        expect(
+            &mut program,
+            "backend",
+            &options(BACKEND),
+            XDP_PASS,
+            Reason::PassSipUnlimited,
+        );
+    }
+    // A blocklisted range is dropped, known dialog or not.
+    expect(
+        &mut program,
+        "blocklisted",
+        &options(BLOCKLISTED),
+        XDP_DROP,
+        Reason::DropSipBlocklisted,
+    );
+    expect(
+        &mut program,
+        "blocklisted dialog",
+        &sip_frame(BLOCKLISTED, "Call-ID: dialog-7@198.18.1.2"),
+        XDP_DROP,
+        Reason::DropSipBlocklisted,
+    );
+    // Garbage to the SIP port is limited like anything else out of dialog.
+    let junk = UdpFrame {
+        payload: vec![0xff; 1400],
+        ..rtp((SCANNER, 5060), (PUBLIC, SIP_PORT))
+    }
+    .bytes();
+    expect(&mut program, "junk", &junk, XDP_PASS, Reason::PassSip);
+
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {

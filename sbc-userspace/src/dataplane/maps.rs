@@ -7,8 +7,13 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use sbc_common::{
-    Flow, FlowKey, FlowStats, Reason,
-    maps::{EGRESS, FLOW_STATS, FLOWS, MAX_EGRESS, MAX_FLOWS, REASONS},
+    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SourceBucket,
+    SourceRule,
+    maps::{
+        BLOCKS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS,
+        MAX_FLOWS, MAX_SIP_LISTENERS, MAX_SOURCE_RULES, MAX_SOURCES, REASONS, SIP_LISTENERS,
+        SOURCE_RULES, SOURCES,
+    },
 };
 
 use super::PinLayout;
@@ -30,6 +35,25 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         REASONS => Some((4, 8, Reason::COUNT)),
         // A devmap value is `struct bpf_devmap_val` (ifindex + program).
         EGRESS => Some((4, 8, MAX_EGRESS as u32)),
+        SIP_LISTENERS => Some((size(size_of::<FlowKey>()), 4, MAX_SIP_LISTENERS as u32)),
+        GUARD => Some((4, size(size_of::<GuardConfig>()), 1)),
+        // An LPM trie key is the prefix length (u32) and the address.
+        SOURCE_RULES => Some((
+            4 + size(size_of::<IpAddress>()),
+            size(size_of::<SourceRule>()),
+            MAX_SOURCE_RULES as u32,
+        )),
+        SOURCES => Some((
+            size(size_of::<IpAddress>()),
+            size(size_of::<SourceBucket>()),
+            MAX_SOURCES as u32,
+        )),
+        BLOCKS => Some((
+            size(size_of::<IpAddress>()),
+            size(size_of::<Block>()),
+            MAX_BLOCKS as u32,
+        )),
+        DIALOGS => Some((8, size(size_of::<Dialog>()), MAX_DIALOGS as u32)),
         _ => None,
     }
 }

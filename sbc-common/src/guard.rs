@@ -1,0 +1,292 @@
+//! The SIP guard: what the XDP program needs to drop floods before they reach the daemon.
+//!
+//! For UDP SIP to one of our listeners the program decides, in this order:
+//! 1. a source in a blocklisted CIDR (`SourceRule` with `RULE_BLOCK`) is dropped;
+//! 2. a known dialog (its Call-ID hash is in the dialogs map) goes up, never limited;
+//! 3. a source under a dynamic block (`Block`) is dropped;
+//! 4. the source's token bucket (`SourceBucket`), with the allowlisted CIDR's limit or the
+//!    default one, passes it or drops it; a source that keeps exceeding its limit earns a
+//!    dynamic block.
+//!
+//! The bucket and block arithmetic lives here so the daemon's userspace dataplane decides
+//! exactly as the kernel does.
+/// A packet rate limit for one source: a token bucket refilled at `rate` packets per second,
+/// holding at most `burst`. A rate of 0 means no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PacketLimit {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl PacketLimit {
+    pub const UNLIMITED: Self = Self { rate: 0, burst: 0 };
+
+    pub const fn is_unlimited(&self) -> bool {
+        self.rate == 0
+    }
+}
+
+/// `GuardConfig::flags`: the guard is on (off, every SIP packet goes up unexamined).
+pub const GUARD_ON: u32 = 1;
+
+/// The one entry of the guard's configuration map, written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GuardConfig {
+    /// The limit of sources outside every allowlisted CIDR.
+    pub default_limit: PacketLimit,
+    /// Packets dropped over the limit within one second that earn the source a dynamic
+    /// block; 0: never block for the rate alone.
+    pub block_after_drops: u32,
+    pub flags: u32,
+    /// How long such a block lasts.
+    pub block_ns: u64,
+    /// Seeds the Call-ID hash, so dialog keys cannot be precomputed from outside.
+    pub dialog_seed: u64,
+}
+
+/// `SourceRule::action`: the CIDR is allowlisted with the rule's own limit.
+pub const RULE_ALLOW: u32 = 1;
+/// `SourceRule::action`: the CIDR is blocklisted.
+pub const RULE_BLOCK: u32 = 2;
+
+/// Value of the source rules (an LPM trie keyed by prefix length and `IpAddress` octets; IPv4
+/// prefixes are IPv4-mapped, so a /24 is stored as a /120). The longest prefix wins, so an
+/// allowlisted host inside a blocklisted range is allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SourceRule {
+    pub action: u32,
+    pub limit: PacketLimit,
+}
+
+/// Why a source is blocked (`Block::reason`).
+pub const BLOCK_RATE: u32 = 1;
+/// It sent a scanner's User-Agent.
+pub const BLOCK_SCANNER: u32 = 2;
+/// Its requests kept being refused by the daemon's admission limits.
+pub const BLOCK_ABUSE: u32 = 3;
+/// An operator blocked it.
+pub const BLOCK_MANUAL: u32 = 4;
+
+/// Value of the dynamic blocks map, keyed by source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Block {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at which the block ends; `u64::MAX`: never.
+    pub until_ns: u64,
+    /// Packets dropped by this block.
+    pub dropped: u64,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+impl Block {
+    pub const fn is_active(&self, now_ns: u64) -> bool {
+        self.until_ns > now_ns
+    }
+}
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+/// A bucket never refills for more than this long at once, so `elapsed * rate` cannot
+/// overflow (rates are capped far below `u64::MAX / MAX_REFILL_NS`).
+const MAX_REFILL_NS: u64 = 60 * NS_PER_SEC;
+
+/// Value of the per-source buckets map (an LRU hash keyed by source address). Tokens are kept
+/// in billionths so a refill of any duration adds exactly `elapsed_ns * rate` of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SourceBucket {
+    pub nanotokens: u64,
+    pub refilled_ns: u64,
+    /// Start of the one-second window that `window_drops` counts in.
+    pub window_ns: u64,
+    pub window_drops: u32,
+    pub _pad: u32,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+impl SourceBucket {
+    /// A bucket that starts full.
+    pub const fn full(limit: &PacketLimit, now_ns: u64) -> Self {
+        Self {
+            nanotokens: limit.burst as u64 * NS_PER_SEC,
+            refilled_ns: now_ns,
+            window_ns: now_ns,
+            window_drops: 0,
+            _pad: 0,
+            passed: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Takes one token for a packet: true if it may pass. Counts the outcome.
+    #[inline(always)]
+    pub fn take(&mut self, limit: &PacketLimit, now_ns: u64) -> bool {
+        let elapsed = now_ns.saturating_sub(self.refilled_ns);
+        let elapsed = if elapsed > MAX_REFILL_NS {
+            MAX_REFILL_NS
+        } else {
+            elapsed
+        };
+        let capacity = limit.burst as u64 * NS_PER_SEC;
+        let refilled = self.nanotokens + elapsed * limit.rate as u64;
+        self.nanotokens = if refilled > capacity {
+            capacity
+        } else {
+            refilled
+        };
+        self.refilled_ns = now_ns;
+        if self.nanotokens >= NS_PER_SEC {
+            self.nanotokens -= NS_PER_SEC;
+            self.passed += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+
+    /// Records a packet dropped over the limit: true when the source has now dropped
+    /// `threshold` packets within one second (it earns a block, and the count starts over).
+    #[inline(always)]
+    pub fn strike(&mut self, threshold: u32, now_ns: u64) -> bool {
+        if threshold == 0 {
+            return false;
+        }
+        if now_ns.saturating_sub(self.window_ns) >= NS_PER_SEC {
+            self.window_ns = now_ns;
+            self.window_drops = 0;
+        }
+        self.window_drops += 1;
+        if self.window_drops >= threshold {
+            self.window_drops = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Value of the dialogs map, keyed by `call_id_hash` of a dialog's Call-ID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Dialog {
+    /// Packets of this dialog let through by the guard.
+    pub packets: u64,
+}
+
+/// The hash that keys the dialogs map: FNV-1a over the Call-ID's bytes, seeded.
+pub struct CallIdHasher(u64);
+
+impl CallIdHasher {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+    #[inline(always)]
+    pub const fn new(seed: u64) -> Self {
+        Self(Self::OFFSET ^ seed)
+    }
+
+    #[inline(always)]
+    pub fn write_byte(&mut self, byte: u8) {
+        self.0 = (self.0 ^ byte as u64).wrapping_mul(Self::PRIME);
+    }
+
+    #[inline(always)]
+    pub const fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `call_id_hash` of a whole Call-ID, as the daemon computes it from a parsed message.
+pub fn call_id_hash(call_id: &[u8], seed: u64) -> u64 {
+    let mut hasher = CallIdHasher::new(seed);
+    for &byte in call_id {
+        hasher.write_byte(byte);
+    }
+    hasher.finish()
+}
+
+const _: () = assert!(core::mem::size_of::<PacketLimit>() == 8);
+const _: () = assert!(core::mem::size_of::<GuardConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<SourceRule>() == 12);
+const _: () = assert!(core::mem::size_of::<Block>() == 24);
+const _: () = assert!(core::mem::size_of::<SourceBucket>() == 48);
+const _: () = assert!(core::mem::size_of::<Dialog>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `repr(C)`, has no padding (explicit `_pad` fields) and holds only
+    // integers, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::PacketLimit {}
+    unsafe impl aya::Pod for super::GuardConfig {}
+    unsafe impl aya::Pod for super::SourceRule {}
+    unsafe impl aya::Pod for super::Block {}
+    unsafe impl aya::Pod for super::SourceBucket {}
+    unsafe impl aya::Pod for super::Dialog {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = NS_PER_SEC;
+
+    #[test]
+    fn a_bucket_passes_its_burst_then_its_rate() {
+        let limit = PacketLimit { rate: 10, burst: 5 };
+        let mut bucket = SourceBucket::full(&limit, SEC);
+        let passed = (0..20).filter(|_| bucket.take(&limit, SEC)).count();
+        assert_eq!(passed, 5, "the burst, then nothing at the same instant");
+        // 10 per second: one token every 100 ms.
+        assert!(!bucket.take(&limit, SEC + 99_000_000));
+        assert!(bucket.take(&limit, SEC + 100_000_000));
+        assert!(!bucket.take(&limit, SEC + 100_000_001));
+        // A long silence refills only up to the burst.
+        let later = SEC * 3600;
+        assert_eq!((0..20).filter(|_| bucket.take(&limit, later)).count(), 5);
+        assert_eq!(bucket.passed, 11);
+        assert_eq!(bucket.dropped, 15 + 2 + 15);
+    }
+
+    #[test]
+    fn a_clock_going_backwards_takes_nothing_and_adds_nothing() {
+        let limit = PacketLimit { rate: 1, burst: 1 };
+        let mut bucket = SourceBucket::full(&limit, 10 * SEC);
+        assert!(bucket.take(&limit, 10 * SEC));
+        assert!(!bucket.take(&limit, 5 * SEC));
+    }
+
+    #[test]
+    fn strikes_within_one_second_earn_a_block() {
+        let mut bucket = SourceBucket::default();
+        assert!(!bucket.strike(0, 0), "0: never");
+        assert!(!bucket.strike(3, SEC));
+        assert!(!bucket.strike(3, SEC + 1));
+        // A new window starts over.
+        assert!(!bucket.strike(3, 2 * SEC + 2));
+        assert!(!bucket.strike(3, 2 * SEC + 3));
+        assert!(bucket.strike(3, 2 * SEC + 4));
+        assert!(
+            !bucket.strike(3, 2 * SEC + 5),
+            "counting starts over after a block"
+        );
+    }
+
+    #[test]
+    fn call_id_hashes_depend_on_every_byte_and_the_seed() {
+        let a = call_id_hash(b"a84b4c76e66710@pc33.atlanta.com", 7);
+        assert_eq!(a, call_id_hash(b"a84b4c76e66710@pc33.atlanta.com", 7));
+        assert_ne!(a, call_id_hash(b"a84b4c76e66710@pc33.atlanta.coM", 7));
+        assert_ne!(a, call_id_hash(b"a84b4c76e66710@pc33.atlanta.com", 8));
+    }
+}

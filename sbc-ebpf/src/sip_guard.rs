@@ -1,0 +1,190 @@
+//! The SIP guard: UDP SIP to one of our listeners is let up to the daemon or dropped here,
+//! before it costs a context switch. The order and the arithmetic are `sbc_common::guard`'s.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    btf_maps::lpm_trie::Key,
+    cty::{c_long, c_void},
+    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
+use network_types::udp::UdpHdr;
+use sbc_common::{
+    Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceBucket,
+    call_id::{CallIdScanner, SCAN_BUFFER, Step},
+    guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK},
+};
+
+use crate::{
+    Verdict,
+    maps::{SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES},
+    parse::Ipv4Udp,
+};
+
+/// Adds one to a counter in a shared map value. Two CPUs may race and lose an increment: these
+/// counters inform operators, and an atomic per packet is not worth exactness here.
+#[inline(always)]
+fn count(counter: *mut u64) {
+    // SAFETY: `counter` points into a map value, which lives as long as the entry.
+    unsafe { *counter += 1 };
+}
+
+#[inline(always)]
+pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
+    let Some(config) = SBC_GUARD.get(0) else {
+        return Verdict::pass(Reason::PassSipUnguarded);
+    };
+    if config.flags & GUARD_ON == 0 {
+        return Verdict::pass(Reason::PassSipUnguarded);
+    }
+    // SAFETY: the parser bounds-checked the IPv4 header.
+    let source = IpAddress::from_ipv4(unsafe { (*packet.ip).src_addr });
+
+    // 1. Blocklisted CIDRs are dropped whatever they send; allowlisted ones carry their limit.
+    let rule = SBC_SOURCE_RULES.get(&Key::new(128, source.octets));
+    let (limit, allowlisted) = match rule {
+        Some(rule) if rule.action == RULE_BLOCK => {
+            return Verdict::drop(Reason::DropSipBlocklisted);
+        }
+        Some(rule) if rule.action == RULE_ALLOW => (rule.limit, true),
+        _ => (config.default_limit, false),
+    };
+    if limit.is_unlimited() {
+        return Verdict::pass(Reason::PassSipUnlimited);
+    }
+
+    // 2. Known dialogs are never limited.
+    if let Some(dialog_id) = call_id(ctx, packet, config.dialog_seed)
+        && let Some(dialog) = SBC_DIALOGS.get_ptr_mut(dialog_id)
+    {
+        // SAFETY: a pointer into the map value just looked up.
+        count(unsafe { &raw mut (*dialog).packets });
+        return Verdict::pass(Reason::PassSipDialog);
+    }
+
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // 3. Dynamic blocks (an allowlisted source is never blocked for its behaviour).
+    if !allowlisted && let Some(block) = SBC_BLOCKS.get_ptr_mut(source) {
+        // SAFETY: a pointer into the map value just looked up.
+        unsafe {
+            if (*block).is_active(now) {
+                count(&raw mut (*block).dropped);
+                return Verdict::drop(Reason::DropSipBlocked);
+            }
+        }
+    }
+
+    // 4. The source's token bucket.
+    rate_limit(config, &source, &limit, allowlisted, now)
+}
+
+#[inline(always)]
+fn rate_limit(
+    config: &GuardConfig,
+    source: &IpAddress,
+    limit: &PacketLimit,
+    allowlisted: bool,
+    now: u64,
+) -> Verdict {
+    let bucket = match SBC_SOURCES.get_ptr_mut(source) {
+        Some(bucket) => bucket,
+        None => {
+            let _ = SBC_SOURCES.insert(
+                source,
+                SourceBucket::full(limit, now),
+                u64::from(BPF_NOEXIST),
+            );
+            match SBC_SOURCES.get_ptr_mut(source) {
+                Some(bucket) => bucket,
+                // The LRU map always makes room; should it not, the packet is not the one to
+                // pay for it.
+                None => return Verdict::pass(Reason::PassSip),
+            }
+        }
+    };
+    // SAFETY: a pointer into the map value just looked up. Two CPUs may update one source's
+    // bucket at once and lose a refill or a token: the limit is approximate by that much, and
+    // a lock would cost every packet more than the error is worth.
+    let bucket = unsafe { &mut *bucket };
+    if bucket.take(limit, now) {
+        return Verdict::pass(Reason::PassSip);
+    }
+    if !allowlisted && bucket.strike(config.block_after_drops, now) {
+        let block = Block {
+            until_ns: now.saturating_add(config.block_ns),
+            dropped: 0,
+            reason: BLOCK_RATE,
+            _pad: 0,
+        };
+        let _ = SBC_BLOCKS.insert(source, block, 0);
+    }
+    Verdict::drop(Reason::DropSipRateLimited)
+}
+
+/// The state of one Call-ID scan, on the stack and handed to each `bpf_loop` step.
+struct Scan {
+    scanner: CallIdScanner,
+    result: Option<u64>,
+}
+
+/// One `bpf_loop` step: feeds byte `index` of the scan buffer. Returns 1 to stop the loop.
+extern "C" fn scan_step(index: u64, scan: *mut c_void) -> c_long {
+    let scan = scan.cast::<Scan>();
+    let Some(buffer) = SBC_SCAN.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: the buffer is this CPU's; the index is masked into it (bpf_loop stops at the
+    // copied length, which is at most its size).
+    let byte = unsafe { (*buffer).bytes[index as usize & (SCAN_BUFFER - 1)] };
+    // SAFETY: `scan` is the caller's `Scan`, alive for the whole loop.
+    unsafe {
+        match (*scan).scanner.feed(byte) {
+            Step::More => 0,
+            Step::Found(hash) => {
+                (*scan).result = Some(hash);
+                1
+            }
+            Step::NotFound => 1,
+        }
+    }
+}
+
+/// The seeded hash of the datagram's Call-ID, if it lies within the scanned bytes.
+#[inline(always)]
+fn call_id(ctx: &XdpContext, packet: &Ipv4Udp, seed: u64) -> Option<u64> {
+    let buffer = SBC_SCAN.get_ptr_mut(0)?;
+    let payload_offset = packet.udp as usize - ctx.data() + UdpHdr::LEN;
+    // SAFETY: the parser bounds-checked the UDP header, and its length against the frame.
+    let payload_len = usize::from(u16::from_be_bytes(unsafe { (*packet.udp).len })) - UdpHdr::LEN;
+    let len = if payload_len > SCAN_BUFFER {
+        SCAN_BUFFER
+    } else {
+        payload_len
+    };
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: copies `len` (at most the buffer's size) bytes of the frame into this CPU's
+    // buffer; the helper checks the frame bounds itself.
+    let copied = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            payload_offset as u32,
+            (*buffer).bytes.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if copied != 0 {
+        return None;
+    }
+    let mut scan = Scan {
+        scanner: CallIdScanner::new(seed),
+        result: None,
+    };
+    // The callback is passed as a function address (the loader turns it into a BPF_PSEUDO_FUNC
+    // reference); it must reach the helper unchanged.
+    let step = scan_step as extern "C" fn(u64, *mut c_void) -> c_long;
+    // SAFETY: `scan` outlives the call; the callback has the signature bpf_loop expects.
+    unsafe { bpf_loop(len as u32, step as *mut c_void, (&raw mut scan).cast(), 0) };
+    scan.result
+}
