@@ -11,6 +11,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::admission::AdmissionConfig;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -29,6 +31,9 @@ pub struct Config {
     /// The SIP proxy; without it the daemon anchors media for the control API only.
     #[serde(default)]
     pub sip: Option<SipConfig>,
+    /// Rate limits, allow- and blocklists, dynamic blocks (applies to the SIP proxy).
+    #[serde(default)]
+    pub admission: AdmissionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +74,9 @@ pub struct BackendConfig {
     pub address: SocketAddr,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Concurrent calls this backend takes (0: no limit); a full backend is skipped.
+    #[serde(default)]
+    pub max_calls: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -248,7 +256,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: &str, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &str, problem: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             problem: problem.into(),
@@ -327,6 +335,7 @@ impl Config {
         if media.timeout_secs == 0 {
             return Err(ConfigError::new("media.timeout_secs", "must be at least 1"));
         }
+        self.admission.validate()?;
         for (key, addr) in [
             ("media.public_address", media.public_address),
             ("media.private_address", media.private_address()),
@@ -514,6 +523,32 @@ mod tests {
             key_of(&GOOD.replace("[dataplane]", "[dataplane]\nmode = \"dpdk\"")),
             "dataplane.mode"
         );
+    }
+
+    #[test]
+    fn admission_problems_name_their_key() {
+        let with = |admission: &str| format!("{GOOD}\n[admission]\n{admission}");
+        let c = Config::parse(&with("allowlist = [\"192.0.2.0/24\"]")).unwrap();
+        assert_eq!(c.admission.allowlist.len(), 1);
+        assert_eq!(c.admission.source.invites_per_sec, 20);
+        assert_eq!(
+            key_of(&with("blocklist = [\"10.0.0.0/33\"]")),
+            "admission.blocklist[0]"
+        );
+        assert_eq!(
+            key_of(&with("source = { packet_burst = 0 }")),
+            "admission.source.packet_burst"
+        );
+        assert_eq!(
+            key_of(&with("invites_per_sec = 50")),
+            "admission.invite_burst"
+        );
+        assert_eq!(
+            key_of(&with("scanner_user_agents = [\"sipvicious\", \" \"]")),
+            "admission.scanner_user_agents[1]"
+        );
+        assert_eq!(key_of(&with("block_secs = 0")), "admission.block_secs");
+        assert_eq!(key_of(&with("rate = 5")), "admission.rate");
     }
 
     #[test]

@@ -5,9 +5,10 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
+    admission::{AdmissionControl, SipGuard},
     api::server::{self, ApiState},
     config::{Config, DataplaneMode},
-    dataplane::{FlowMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins, xdp},
+    dataplane::{FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins, xdp},
     events::EventSink,
     media::{EndReason, MediaPlane, MediaSettings},
     proxy::{Proxy, ProxyHandle},
@@ -16,6 +17,8 @@ use crate::{
 pub struct RunOptions {
     /// Start from nothing: drop whatever a previous daemon pinned.
     pub clean: bool,
+    /// The file the configuration came from, read again on reload.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
@@ -46,7 +49,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let api_listener = server::bind_unix(&socket)?;
     let layout = PinLayout::new(&config.dataplane.bpffs, &config.instance);
     let mode = config.dataplane.mode;
-    let (kernel, reasons) = match mode {
+    let (kernel, reasons, guard) = match mode {
         DataplaneMode::Xdp => {
             pins::ensure_bpffs(&config.dataplane.bpffs)?;
             if options.clean {
@@ -56,7 +59,12 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
             xdp::start(&config, &layout)?;
             let maps = FlowMaps::open(&layout)?;
             let stats = FlowStatsReader::open(&layout)?;
-            (Some((maps, stats)), Some(ReasonCounters::open(&layout)?))
+            let guard = SipGuard::kernel(GuardMaps::open(&layout)?)?;
+            (
+                Some((maps, stats)),
+                Some(ReasonCounters::open(&layout)?),
+                guard,
+            )
         }
         DataplaneMode::Userspace => {
             if layout.exists() {
@@ -66,21 +74,41 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 );
                 layout.remove()?;
             }
-            (None, None)
+            (None, None, SipGuard::userspace())
         }
     };
+    let guard = Arc::new(guard);
     let events = Arc::new(EventSink::open(config.events.file.as_deref())?);
     let plane = MediaPlane::new(media_settings(&config), kernel, Arc::clone(&events));
     let proxy = match &config.sip {
-        Some(sip) => Some(Proxy::start(sip, Arc::clone(&plane), Arc::clone(&events)).await?),
+        Some(sip) => Some(
+            Proxy::start(
+                sip,
+                &config.admission,
+                Arc::clone(&guard),
+                Arc::clone(&plane),
+                Arc::clone(&events),
+            )
+            .await?,
+        ),
         None => None,
     };
+    let admission = Arc::new(AdmissionControl::new(
+        guard,
+        proxy.clone(),
+        &config,
+        options.config_path,
+    ));
+    admission.apply(&config.admission)?;
+    tokio::spawn(reload_on_sighup(Arc::clone(&admission)));
     let reaper = tokio::spawn(end_idle_sessions(Arc::clone(&plane), proxy.clone()));
     let router = server::router(Arc::new(ApiState {
         plane: Arc::clone(&plane),
         reasons,
         dataplane: mode,
         sip: proxy.as_ref().map(|p| Arc::clone(&p.counters)),
+        admission_counters: proxy.as_ref().map(|p| Arc::clone(&p.admission)),
+        admission,
     }));
     info!(
         instance = %config.instance,
@@ -113,6 +141,24 @@ async fn end_idle_sessions(plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>) {
             && let Some(proxy) = &proxy
         {
             proxy.media_timed_out(ended);
+        }
+    }
+}
+
+/// SIGHUP: reload `[admission]` from the config file.
+async fn reload_on_sighup(admission: Arc<AdmissionControl>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; reload with POST /v1/reload");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let admission = Arc::clone(&admission);
+        // Reading the file and writing the maps are blocking calls.
+        match tokio::task::spawn_blocking(move || admission.reload()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("SIGHUP: reload failed, keeping the running configuration: {e:#}"),
+            Err(e) => warn!("SIGHUP: reload failed: {e}"),
         }
     }
 }

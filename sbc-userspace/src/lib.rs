@@ -1,5 +1,6 @@
 //! sbc: the daemon (`sbc run`) and its operator commands, as a library so that integration
 //! tests and the lab drive the same code.
+pub mod admission;
 pub mod api;
 pub mod clock;
 pub mod config;

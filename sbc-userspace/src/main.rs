@@ -51,6 +51,18 @@ enum Command {
         #[command(subcommand)]
         action: Option<SessionsAction>,
     },
+    /// List, add or remove dynamic blocks of SIP sources.
+    Blocks {
+        #[command(flatten)]
+        target: ApiTarget,
+        #[command(subcommand)]
+        action: Option<BlocksAction>,
+    },
+    /// Make a running daemon read `[admission]` from its config file again (as SIGHUP does).
+    Reload {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
     /// Print the pinned flows and XDP verdict counters (works while the daemon is down).
     Maps {
         #[command(flatten)]
@@ -86,6 +98,21 @@ enum SessionsAction {
     },
     /// End a session.
     Delete { id: u32 },
+}
+
+#[derive(Subcommand)]
+enum BlocksAction {
+    /// One line per block in force (the default).
+    List,
+    /// Block a source's SIP in the kernel.
+    Add {
+        address: std::net::IpAddr,
+        /// For how long [default: until removed].
+        #[arg(long)]
+        secs: Option<u64>,
+    },
+    /// Lift a block.
+    Remove { address: std::net::IpAddr },
 }
 
 #[derive(Args)]
@@ -157,16 +184,22 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run {
-            config,
+            config: path,
             clean,
             dataplane,
         } => {
-            let mut config = Config::load(&config)?;
+            let mut config = Config::load(&path)?;
             if let Some(mode) = dataplane {
                 config.dataplane.mode = mode;
             }
             init_logging(&config.log.level);
-            daemon::run(config, RunOptions { clean })
+            daemon::run(
+                config,
+                RunOptions {
+                    clean,
+                    config_path: Some(path),
+                },
+            )
         }
         Command::CheckConfig { config: path } => {
             let config = Config::load(&path)?;
@@ -177,6 +210,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sessions { target, action } => sessions(&target.client()?, action),
+        Command::Blocks { target, action } => blocks(&target.client()?, action),
+        Command::Reload { target } => {
+            expect_status(target.client()?.post("/v1/reload", &json!({}))?, 200)?;
+            println!("admission configuration reloaded");
+            Ok(())
+        }
         Command::Maps { target, json } => {
             let (layout, _) = target.resolve()?;
             let report = maps_report::read(&layout)?;
@@ -224,6 +263,44 @@ fn expect_status(response: ApiResponse, expected: u16) -> anyhow::Result<Value> 
         Some(secs) => bail!("{message} (HTTP {}, retry after {secs} s)", response.status),
         None => bail!("{message} (HTTP {})", response.status),
     }
+}
+
+fn blocks(client: &ApiClient, action: Option<BlocksAction>) -> anyhow::Result<()> {
+    match action.unwrap_or(BlocksAction::List) {
+        BlocksAction::List => {
+            let body = expect_status(client.get("/v1/blocks")?, 200)?;
+            let blocks = body["blocks"].as_array().context("malformed answer")?;
+            println!(
+                "{:<40} {:<12} {:>10} {:>12}",
+                "ADDRESS", "REASON", "SECS LEFT", "DROPPED"
+            );
+            for block in blocks {
+                let left = block["remaining_secs"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_owned(), |s| s.to_string());
+                println!(
+                    "{:<40} {:<12} {:>10} {:>12}",
+                    block["address"].as_str().unwrap_or("-"),
+                    block["reason"].as_str().unwrap_or("-"),
+                    left,
+                    block["dropped"],
+                );
+            }
+        }
+        BlocksAction::Add { address, secs } => {
+            let request = json!({ "address": address, "secs": secs });
+            expect_status(client.post("/v1/blocks", &request)?, 201)?;
+            match secs {
+                Some(secs) => println!("blocked {address} for {secs} s"),
+                None => println!("blocked {address} until removed"),
+            }
+        }
+        BlocksAction::Remove { address } => {
+            expect_status(client.delete(&format!("/v1/blocks/{address}"))?, 200)?;
+            println!("unblocked {address}");
+        }
+    }
+    Ok(())
 }
 
 fn sessions(client: &ApiClient, action: Option<SessionsAction>) -> anyhow::Result<()> {

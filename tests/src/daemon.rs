@@ -129,7 +129,10 @@ level = "info"
             child: None,
             netns: lab.sbc.name.clone(),
             api: ApiClient::new(&socket),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/sbc/{instance}/v1")),
+            pin_dir: PathBuf::from(format!(
+                "/sys/fs/bpf/sbc/{instance}/v{}",
+                sbc_common::maps::MAP_ABI_VERSION
+            )),
             config,
             dir,
             binary: crate::daemon::sbc_binary(),

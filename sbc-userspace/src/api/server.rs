@@ -7,7 +7,11 @@
 //! | `POST /v1/sessions`      | create one (`SessionSpec`); 503 + Retry-After when full |
 //! | `GET /v1/sessions/{id}`  | one session                                            |
 //! | `DELETE /v1/sessions/{id}` | end it; answers its final counters                   |
-//! | `GET /v1/stats`          | XDP verdicts by reason, port pool use, SIP counters    |
+//! | `GET /v1/stats`          | XDP verdicts by reason, port pool use, SIP and admission counters |
+//! | `GET /v1/blocks`         | the dynamic blocks in force                            |
+//! | `POST /v1/blocks`        | block a source (`{"address": .., "secs": ..}`)         |
+//! | `DELETE /v1/blocks/{address}` | lift a block                                      |
+//! | `POST /v1/reload`        | read `[admission]` from the config file again          |
 use std::{
     io,
     net::SocketAddr,
@@ -23,12 +27,14 @@ use axum::{
     extract::{Path as UrlPath, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, UnixListener};
 
+use super::admission;
 use crate::{
+    admission::{AdmissionControl, AdmissionCounters},
     config::DataplaneMode,
     dataplane::ReasonCounters,
     media::{EndReason, MediaError, MediaPlane, RETRY_AFTER_SECS, SessionSpec},
@@ -40,6 +46,8 @@ pub struct ApiState {
     pub dataplane: DataplaneMode,
     /// The SIP proxy's counters, when it runs.
     pub sip: Option<Arc<crate::proxy::Counters>>,
+    pub admission_counters: Option<Arc<AdmissionCounters>>,
+    pub admission: Arc<AdmissionControl>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -48,10 +56,19 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/sessions", get(list_sessions).post(create_session))
         .route("/v1/sessions/{id}", get(show_session).delete(end_session))
         .route("/v1/stats", get(stats))
+        .route(
+            "/v1/blocks",
+            get(admission::list_blocks).post(admission::add_block),
+        )
+        .route(
+            "/v1/blocks/{address}",
+            axum::routing::delete(admission::remove_block),
+        )
+        .route("/v1/reload", post(admission::reload))
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(super) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
@@ -134,11 +151,22 @@ async fn stats(State(api): State<Arc<ApiState>>) -> Response {
         })
         .collect();
     let sip = api.sip.as_ref().map(|counters| counters.snapshot());
+    let admission = api.admission_counters.as_ref().map(|c| c.snapshot());
+    // With the userspace dataplane the daemon gives the guard's verdicts itself.
+    let guard: serde_json::Map<String, Value> = api
+        .admission
+        .guard
+        .userspace_reasons()
+        .into_iter()
+        .map(|(reason, count)| (reason.name().to_owned(), Value::from(count)))
+        .collect();
     Json(json!({
         "xdp_reasons": reasons,
+        "guard_reasons": guard,
         "ports": ports,
         "sessions": api.plane.session_count(),
         "sip": sip,
+        "admission": admission,
     }))
     .into_response()
 }

@@ -77,7 +77,7 @@ pub fn check_pinned(path: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open(layout: &PinLayout, name: &str) -> anyhow::Result<MapData> {
+pub(super) fn open(layout: &PinLayout, name: &str) -> anyhow::Result<MapData> {
     let path = layout.map(name);
     check_pinned(&path, name)?;
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))

@@ -1,7 +1,9 @@
 //! The kernel side as the daemon sees it: pinned state, the typed maps, and the XDP program.
+pub mod guard_maps;
 pub mod maps;
 pub mod pins;
 pub mod xdp;
 
+pub use guard_maps::GuardMaps;
 pub use maps::{FlowMaps, ReasonCounters};
 pub use pins::PinLayout;

@@ -18,8 +18,10 @@ pub struct Backend {
     /// Consecutive failures (probes, timeouts, 5xx) and successes.
     failures: u32,
     successes: u32,
-    /// Calls in progress or established through it.
+    /// Calls established through it.
     pub active_calls: usize,
+    /// Its `max_calls` (0: no limit).
+    pub max_calls: usize,
     /// For smooth weighted round robin.
     current_weight: i64,
     pub changed_at: Instant,
@@ -55,6 +57,7 @@ impl Backends {
                     failures: 0,
                     successes: 0,
                     active_calls: 0,
+                    max_calls: b.max_calls as usize,
                     current_weight: 0,
                     changed_at: Instant::now(),
                 })
@@ -75,10 +78,23 @@ impl Backends {
         self.list.iter().position(|b| b.address == address)
     }
 
-    /// The healthy backends in the order to try them for a new call.
+    /// Whether a backend can take another call.
+    fn has_room(&self, index: usize) -> bool {
+        let backend = &self.list[index];
+        backend.max_calls == 0 || backend.active_calls < backend.max_calls
+    }
+
+    /// Whether every healthy backend is at its `max_calls`.
+    pub fn all_full(&self) -> bool {
+        (0..self.list.len())
+            .filter(|&i| self.list[i].health == Health::Up)
+            .all(|i| !self.has_room(i))
+    }
+
+    /// The healthy backends with room for a call, in the order to try them for a new call.
     pub fn candidates(&mut self, call_id: &str) -> Vec<usize> {
         let healthy: Vec<usize> = (0..self.list.len())
-            .filter(|&i| self.list[i].health == Health::Up)
+            .filter(|&i| self.list[i].health == Health::Up && self.has_room(i))
             .collect();
         if healthy.is_empty() {
             return healthy;
@@ -178,6 +194,7 @@ mod tests {
                 .map(|(i, &weight)| BackendConfig {
                     address: format!("127.0.0.{}:5060", i + 2).parse().unwrap(),
                     weight,
+                    max_calls: 0,
                 })
                 .collect(),
             policy,
@@ -208,5 +225,18 @@ mod tests {
         assert_eq!(backends.candidates("x").len(), 2);
         let mut hashed = pool(BalancePolicy::CallIdHash, &[1, 1, 1]);
         assert_eq!(hashed.candidates("abc")[0], hashed.candidates("abc")[0]);
+    }
+
+    #[test]
+    fn full_backends_are_skipped_until_every_one_is_full() {
+        let mut backends = pool(BalancePolicy::LeastCalls, &[1, 1]);
+        backends.list[0].max_calls = 2;
+        backends.list[0].active_calls = 2;
+        assert_eq!(backends.candidates("x"), vec![1]);
+        assert!(!backends.all_full());
+        backends.list[1].max_calls = 1;
+        backends.list[1].active_calls = 1;
+        assert!(backends.candidates("x").is_empty());
+        assert!(backends.all_full());
     }
 }

@@ -140,6 +140,10 @@ impl Proxy {
 
     pub(super) fn call_started(&self, key: &str) {
         if let Some(call) = self.calls.get(key) {
+            // From now on the guard lets its in-dialog traffic through unlimited.
+            if let Err(e) = self.guard.dialog_started(&call.call_id) {
+                warn!(call_id = %call.call_id, "the kernel will limit this call's signalling: {e:#}");
+            }
             self.events.emit(
                 "call_started",
                 json!({ "call_id": call.call_id, "from": call.caller.address, "to": call.callee.address }),
@@ -288,6 +292,7 @@ impl Proxy {
         let Some(call) = self.calls.remove(key) else {
             return;
         };
+        self.guard.dialog_ended(&call.call_id);
         let (mut forward, mut backward) = (0u64, 0u64);
         let caller_leg = leg_index(call.caller.side);
         for id in call.media.iter().flatten() {

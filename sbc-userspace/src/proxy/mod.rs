@@ -5,6 +5,7 @@
 //! One task owns all SIP state (transactions, calls, backend health) and handles one event at a
 //! time: datagrams from the listeners, timers, and media timeouts. Nothing is shared, so nothing
 //! is locked; the media plane is the only thing it calls out to.
+mod admit;
 mod backends;
 mod build;
 mod calls;
@@ -21,7 +22,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -36,6 +37,8 @@ use self::{
     transactions::{ClientTx, Peer, ServerTx, Transport},
 };
 use crate::{
+    admission::{Admission, AdmissionConfig, AdmissionCounters, SipGuard},
+    clock::monotonic_ns,
     config::SipConfig,
     events::EventSink,
     media::{MediaPlane, SessionInfo, session::Side},
@@ -51,6 +54,7 @@ pub enum Event {
         listener: Side,
         from: SocketAddr,
         bytes: Vec<u8>,
+        received: Instant,
     },
     /// A complete message read from a TCP connection.
     Stream {
@@ -68,6 +72,8 @@ pub enum Event {
     },
     /// Media sessions the media plane ended for lack of media, with their final counters.
     MediaTimeout(Vec<SessionInfo>),
+    /// A reloaded `[admission]`.
+    Reconfigure(Box<AdmissionConfig>),
 }
 
 /// Timers, each naming what it is about; a timer whose subject is gone or has moved on is
@@ -115,9 +121,14 @@ struct Listener {
 pub struct ProxyHandle {
     events: mpsc::UnboundedSender<Event>,
     pub counters: Arc<Counters>,
+    pub admission: Arc<AdmissionCounters>,
 }
 
 impl ProxyHandle {
+    pub fn reconfigure(&self, admission: AdmissionConfig) {
+        let _ = self.events.send(Event::Reconfigure(Box::new(admission)));
+    }
+
     pub fn media_timed_out(&self, sessions: Vec<SessionInfo>) {
         if !sessions.is_empty() {
             let _ = self.events.send(Event::MediaTimeout(sessions));
@@ -139,6 +150,11 @@ pub struct Proxy {
     events: Arc<EventSink>,
     config: SipConfig,
     counters: Arc<Counters>,
+    guard: Arc<SipGuard>,
+    admission: Admission,
+    admission_counters: Arc<AdmissionCounters>,
+    /// How long the datagram being handled waited to be (the proxy's overload signal).
+    event_delay: Duration,
     /// Makes our branches and tags unique to this process.
     token: String,
     sequence: u64,
@@ -154,6 +170,8 @@ impl Proxy {
     /// Binds the listeners and starts the proxy task.
     pub async fn start(
         config: &SipConfig,
+        admission: &AdmissionConfig,
+        guard: Arc<SipGuard>,
         plane: Arc<MediaPlane>,
         events: Arc<EventSink>,
     ) -> anyhow::Result<ProxyHandle> {
@@ -164,9 +182,19 @@ impl Proxy {
             bind(config.private_listen()).await?
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        spawn_receiver(Arc::clone(&public), Side::Public, tx.clone());
+        spawn_receiver(
+            Arc::clone(&public),
+            Side::Public,
+            tx.clone(),
+            Arc::clone(&guard),
+        );
         if !Arc::ptr_eq(&public, &private) {
-            spawn_receiver(Arc::clone(&private), Side::Private, tx.clone());
+            spawn_receiver(
+                Arc::clone(&private),
+                Side::Private,
+                tx.clone(),
+                Arc::clone(&guard),
+            );
         }
         let connections = Arc::new(AtomicU64::new(0));
         tcp::listen(
@@ -186,6 +214,8 @@ impl Proxy {
             .await?;
         }
         let counters = Arc::new(Counters::default());
+        let admission_counters = Arc::new(AdmissionCounters::default());
+        let backend_ips = config.backends.iter().map(|b| b.address.ip()).collect();
         let token = format!(
             "{:x}",
             crate::clock::unix_ms() ^ u64::from(std::process::id())
@@ -209,6 +239,10 @@ impl Proxy {
             events,
             config: config.clone(),
             counters: Arc::clone(&counters),
+            guard,
+            admission: Admission::new(admission, backend_ips, monotonic_ns()),
+            admission_counters: Arc::clone(&admission_counters),
+            event_delay: Duration::ZERO,
             token,
             sequence: 0,
         };
@@ -217,6 +251,7 @@ impl Proxy {
         Ok(ProxyHandle {
             events: tx,
             counters,
+            admission: admission_counters,
         })
     }
 
@@ -238,7 +273,11 @@ impl Proxy {
                 listener,
                 from,
                 bytes,
-            } => self.on_datagram(listener, from, &bytes),
+                received,
+            } => {
+                self.event_delay = received.elapsed();
+                self.on_datagram(listener, from, &bytes);
+            }
             Event::Stream {
                 listener,
                 from,
@@ -259,6 +298,7 @@ impl Proxy {
                 self.connections.remove(&connection);
             }
             Event::MediaTimeout(sessions) => self.on_media_timeout(&sessions),
+            Event::Reconfigure(admission) => self.admission.reconfigure(&admission),
         }
     }
 
@@ -453,16 +493,27 @@ fn via_destination(via: &Via) -> Option<SocketAddr> {
     Some(SocketAddr::new(host, port))
 }
 
-fn spawn_receiver(socket: Arc<UdpSocket>, listener: Side, events: mpsc::UnboundedSender<Event>) {
+/// Reads a UDP listener. With the userspace dataplane the guard decides here what the XDP
+/// program would have dropped, before anything is copied or queued.
+fn spawn_receiver(
+    socket: Arc<UdpSocket>,
+    listener: Side,
+    events: mpsc::UnboundedSender<Event>,
+    guard: Arc<SipGuard>,
+) {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
             match socket.recv_from(&mut buf).await {
                 Ok((len, from)) => {
+                    if !guard.admit(from.ip(), &buf[..len]) {
+                        continue;
+                    }
                     let event = Event::Datagram {
                         listener,
                         from,
                         bytes: buf[..len].to_vec(),
+                        received: Instant::now(),
                     };
                     if events.send(event).is_err() {
                         return;

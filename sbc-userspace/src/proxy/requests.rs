@@ -52,6 +52,13 @@ impl Proxy {
             return;
         }
         let to_tag = self.tag();
+        let in_dialog = request.in_dialog();
+        let known_call = self.find_call(&request);
+        // A To tag alone does not make a request part of a call: only a call we hold does.
+        let of_known_call = in_dialog && known_call.is_some();
+        if !self.admit(peer, &message, &request, of_known_call, &to_tag) {
+            return;
+        }
         if request.method == "OPTIONS" && self.addressed_to_us(&request) {
             let allow = (
                 "Allow",
@@ -67,8 +74,6 @@ impl Proxy {
         if self.is_loop(&request) {
             return self.reply(peer, &message, 482, &to_tag, &[]);
         }
-        let in_dialog = request.in_dialog();
-        let known_call = self.find_call(&request);
         if let (true, Some(key)) = (in_dialog, &known_call) {
             self.note_cseq(key, side, request.cseq);
         }
@@ -277,7 +282,12 @@ impl Proxy {
         }
         let candidates = self.backends.candidates(&request.call_id);
         let Some(&first) = candidates.first() else {
-            return Err((503, "no backend is available".into()));
+            let why = if self.backends.all_full() && !self.backends.list.is_empty() {
+                "every backend is at its call limit"
+            } else {
+                "no backend is available"
+            };
+            return Err((503, why.into()));
         };
         Ok(NextHop {
             target: self.backends.list[first].address,

@@ -1,0 +1,393 @@
+//! The SIP guard as the daemon holds it: it programs the XDP program's maps, or, with the
+//! userspace dataplane, makes the same decisions itself on each datagram before the proxy
+//! sees it (invariant: the slow path behaves as the fast path, only slower).
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use sbc_common::{
+    Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceBucket, SourceRule,
+    call_id::call_id_hash as scan_call_id,
+    guard::{
+        BLOCK_ABUSE, BLOCK_MANUAL, BLOCK_RATE, BLOCK_SCANNER, GUARD_ON, RULE_ALLOW, RULE_BLOCK,
+        call_id_hash,
+    },
+};
+use serde::Serialize;
+
+use super::{config::AdmissionConfig, rate::limit};
+use crate::{clock::monotonic_ns, dataplane::GuardMaps};
+
+/// Why a source is blocked, as operators read it.
+pub fn block_reason_name(reason: u32) -> &'static str {
+    match reason {
+        BLOCK_RATE => "packet_rate",
+        BLOCK_SCANNER => "scanner",
+        BLOCK_ABUSE => "refusals",
+        BLOCK_MANUAL => "manual",
+        _ => "unknown",
+    }
+}
+
+/// A dynamic block, as `GET /v1/blocks` and `sbc blocks` show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct BlockInfo {
+    pub address: IpAddr,
+    pub reason: String,
+    /// Seconds until it ends; `None`: until removed.
+    pub remaining_secs: Option<u64>,
+    /// Datagrams dropped because of it.
+    pub dropped: u64,
+}
+
+/// Where the guard's state lives.
+enum Tables {
+    Kernel(Box<GuardMaps>),
+    /// The userspace dataplane's copy of what the kernel maps would hold.
+    Userspace {
+        blocks: HashMap<IpAddress, Block>,
+        buckets: HashMap<IpAddress, SourceBucket>,
+        dialogs: HashMap<u64, ()>,
+        /// Verdicts by reason, as the kernel counts them in SBC_REASONS.
+        reasons: Vec<u64>,
+    },
+}
+
+struct State {
+    tables: Tables,
+    config: GuardConfig,
+    /// The CIDR rules, longest prefix first (the userspace lookup takes the first match).
+    rules: Vec<(IpNet, SourceRule)>,
+    /// Calls per Call-ID: a dialog entry goes when its last call does.
+    dialogs: HashMap<u64, usize>,
+}
+
+pub struct SipGuard {
+    state: Mutex<State>,
+}
+
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: `seed` is a valid, writable buffer of its length.
+    let filled = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if filled == 8 {
+        u64::from_ne_bytes(seed)
+    } else {
+        // Only unpredictability suffers, never correctness.
+        monotonic_ns() ^ u64::from(std::process::id()).rotate_left(32)
+    }
+}
+
+impl SipGuard {
+    /// A guard that programs the kernel maps. The dialog seed of a previous daemon is kept
+    /// (its dialog entries stay meaningful); dialogs themselves are rebuilt from our calls.
+    pub fn kernel(mut maps: GuardMaps) -> anyhow::Result<Self> {
+        let mut config = maps.config()?;
+        if config.dialog_seed == 0 {
+            config.dialog_seed = random_seed();
+        }
+        for id in maps.dialog_ids() {
+            maps.remove_dialog(id);
+        }
+        maps.set_config(config)?;
+        Ok(Self::with(Tables::Kernel(Box::new(maps)), config))
+    }
+
+    pub fn userspace() -> Self {
+        let config = GuardConfig {
+            dialog_seed: random_seed(),
+            ..GuardConfig::default()
+        };
+        Self::with(
+            Tables::Userspace {
+                blocks: HashMap::new(),
+                buckets: HashMap::new(),
+                dialogs: HashMap::new(),
+                reasons: vec![0; Reason::COUNT as usize],
+            },
+            config,
+        )
+    }
+
+    fn with(tables: Tables, config: GuardConfig) -> Self {
+        Self {
+            state: Mutex::new(State {
+                tables,
+                config,
+                rules: Vec::new(),
+                dialogs: HashMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Tables and counters only: nothing a panic elsewhere can leave inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `[admission]`: limits, lists (and the backends, allowlisted without limits),
+    /// and the listeners to protect.
+    pub fn configure(
+        &self,
+        admission: &AdmissionConfig,
+        backends: &[IpAddr],
+        listeners: &[SocketAddr],
+    ) -> anyhow::Result<()> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.config = GuardConfig {
+            default_limit: limit(
+                admission.source.packets_per_sec,
+                admission.source.packet_burst,
+            ),
+            block_after_drops: admission.block_after_drops,
+            flags: if admission.enabled { GUARD_ON } else { 0 },
+            block_ns: admission.block_secs.saturating_mul(1_000_000_000),
+            dialog_seed: state.config.dialog_seed,
+        };
+        let allowlisted = limit(
+            admission.allowlisted.packets_per_sec,
+            admission.allowlisted.packet_burst,
+        );
+        let rule = |action, limit| SourceRule { action, limit };
+        let mut rules: Vec<(IpNet, SourceRule)> = admission
+            .blocklist
+            .iter()
+            .map(|net| (*net, rule(RULE_BLOCK, PacketLimit::UNLIMITED)))
+            .chain(
+                admission
+                    .allowlist
+                    .iter()
+                    .map(|net| (*net, rule(RULE_ALLOW, allowlisted))),
+            )
+            .chain(
+                backends
+                    .iter()
+                    .map(|ip| (IpNet::from(*ip), rule(RULE_ALLOW, PacketLimit::UNLIMITED))),
+            )
+            .collect();
+        rules.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        state.rules = rules;
+        if let Tables::Kernel(maps) = &mut state.tables {
+            maps.set_config(state.config)?;
+            maps.set_rules(&state.rules)?;
+            maps.set_listeners(listeners)?;
+        }
+        Ok(())
+    }
+
+    fn dialog_id(state: &State, call_id: &str) -> u64 {
+        call_id_hash(call_id.as_bytes(), state.config.dialog_seed)
+    }
+
+    /// A call with this Call-ID is set up: its in-dialog traffic is never limited from now on.
+    pub fn dialog_started(&self, call_id: &str) -> anyhow::Result<()> {
+        let mut state = self.lock();
+        let id = Self::dialog_id(&state, call_id);
+        let calls = state.dialogs.entry(id).or_insert(0);
+        *calls += 1;
+        if *calls > 1 {
+            return Ok(());
+        }
+        match &mut state.tables {
+            Tables::Kernel(maps) => maps.add_dialog(id),
+            Tables::Userspace { dialogs, .. } => {
+                dialogs.insert(id, ());
+                Ok(())
+            }
+        }
+    }
+
+    pub fn dialog_ended(&self, call_id: &str) {
+        let mut state = self.lock();
+        let id = Self::dialog_id(&state, call_id);
+        let Some(calls) = state.dialogs.get_mut(&id) else {
+            return;
+        };
+        *calls -= 1;
+        if *calls > 0 {
+            return;
+        }
+        state.dialogs.remove(&id);
+        match &mut state.tables {
+            Tables::Kernel(maps) => maps.remove_dialog(id),
+            Tables::Userspace { dialogs, .. } => {
+                dialogs.remove(&id);
+            }
+        }
+    }
+
+    /// Blocks a source for `duration` (`None`: until unblocked).
+    pub fn block(
+        &self,
+        source: IpAddr,
+        duration: Option<Duration>,
+        reason: u32,
+    ) -> anyhow::Result<()> {
+        let until_ns = duration.map_or(u64::MAX, |d| {
+            monotonic_ns().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64)
+        });
+        let block = Block {
+            until_ns,
+            dropped: 0,
+            reason,
+            _pad: 0,
+        };
+        let address = IpAddress::from(source);
+        match &mut self.lock().tables {
+            Tables::Kernel(maps) => maps.block(address, block),
+            Tables::Userspace { blocks, .. } => {
+                blocks.insert(address, block);
+                Ok(())
+            }
+        }
+    }
+
+    /// Lifts a block; false if the source was not blocked.
+    pub fn unblock(&self, source: IpAddr) -> bool {
+        let address = IpAddress::from(source);
+        match &mut self.lock().tables {
+            Tables::Kernel(maps) => maps.unblock(&address),
+            Tables::Userspace { blocks, .. } => blocks.remove(&address).is_some(),
+        }
+    }
+
+    /// The blocks in force; expired ones are removed on the way.
+    pub fn blocks(&self) -> Vec<BlockInfo> {
+        let now = monotonic_ns();
+        let mut state = self.lock();
+        let all: Vec<(IpAddress, Block)> = match &state.tables {
+            Tables::Kernel(maps) => maps.blocks(),
+            Tables::Userspace { blocks, .. } => blocks.iter().map(|(a, b)| (*a, *b)).collect(),
+        };
+        let mut active = Vec::new();
+        for (address, block) in all {
+            if !block.is_active(now) {
+                match &mut state.tables {
+                    Tables::Kernel(maps) => {
+                        maps.unblock(&address);
+                    }
+                    Tables::Userspace { blocks, .. } => {
+                        blocks.remove(&address);
+                    }
+                }
+                continue;
+            }
+            active.push(BlockInfo {
+                address: address.to_ip(),
+                reason: block_reason_name(block.reason).to_owned(),
+                remaining_secs: (block.until_ns != u64::MAX)
+                    .then(|| (block.until_ns - now).div_ceil(1_000_000_000)),
+                dropped: block.dropped,
+            });
+        }
+        active.sort_by_key(|b| b.address);
+        active
+    }
+
+    /// The userspace dataplane's verdicts by reason (empty with XDP: the kernel counts them).
+    pub fn userspace_reasons(&self) -> Vec<(Reason, u64)> {
+        match &self.lock().tables {
+            Tables::Kernel(_) => Vec::new(),
+            Tables::Userspace { reasons, .. } => Reason::ALL
+                .iter()
+                .zip(reasons)
+                .filter(|(_, count)| **count > 0)
+                .map(|(reason, count)| (*reason, *count))
+                .collect(),
+        }
+    }
+
+    /// With the userspace dataplane, whether a datagram from `source` to a SIP listener goes
+    /// on to the proxy: the XDP program's decision, in the same order with the same
+    /// arithmetic. With XDP the kernel has decided already.
+    pub fn admit(&self, source: IpAddr, datagram: &[u8]) -> bool {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let config = state.config;
+        let matched = state.rules.iter().find(|(net, _)| net.contains(&source));
+        let Tables::Userspace {
+            blocks,
+            buckets,
+            dialogs,
+            reasons,
+        } = &mut state.tables
+        else {
+            return true;
+        };
+        let (pass, reason) = decide(
+            &config,
+            matched.map(|(_, rule)| *rule),
+            IpAddress::from(source),
+            || {
+                scan_call_id(datagram, config.dialog_seed)
+                    .is_some_and(|id| dialogs.contains_key(&id))
+            },
+            blocks,
+            buckets,
+            monotonic_ns(),
+        );
+        reasons[reason as usize] += 1;
+        pass
+    }
+}
+
+/// The guard's decision for one datagram, as `sbc-ebpf/src/sip_guard.rs` makes it.
+fn decide(
+    config: &GuardConfig,
+    rule: Option<SourceRule>,
+    source: IpAddress,
+    known_dialog: impl FnOnce() -> bool,
+    blocks: &mut HashMap<IpAddress, Block>,
+    buckets: &mut HashMap<IpAddress, SourceBucket>,
+    now: u64,
+) -> (bool, Reason) {
+    if config.flags & GUARD_ON == 0 {
+        return (true, Reason::PassSipUnguarded);
+    }
+    let (limit, allowlisted) = match rule {
+        Some(rule) if rule.action == RULE_BLOCK => return (false, Reason::DropSipBlocklisted),
+        Some(rule) if rule.action == RULE_ALLOW => (rule.limit, true),
+        _ => (config.default_limit, false),
+    };
+    if limit.is_unlimited() {
+        return (true, Reason::PassSipUnlimited);
+    }
+    if known_dialog() {
+        return (true, Reason::PassSipDialog);
+    }
+    if !allowlisted
+        && let Some(block) = blocks.get_mut(&source)
+        && block.is_active(now)
+    {
+        block.dropped += 1;
+        return (false, Reason::DropSipBlocked);
+    }
+    let bucket = buckets
+        .entry(source)
+        .or_insert_with(|| SourceBucket::full(&limit, now));
+    if bucket.take(&limit, now) {
+        return (true, Reason::PassSip);
+    }
+    if !allowlisted && bucket.strike(config.block_after_drops, now) {
+        blocks.insert(
+            source,
+            Block {
+                until_ns: now.saturating_add(config.block_ns),
+                dropped: 0,
+                reason: BLOCK_RATE,
+                _pad: 0,
+            },
+        );
+    }
+    if buckets.len() > sbc_common::maps::MAX_SOURCES {
+        // The kernel's table is an LRU of this size; forget the idlest here.
+        let cutoff = now.saturating_sub(60_000_000_000);
+        buckets.retain(|_, b| b.refilled_ns > cutoff);
+    }
+    (false, Reason::DropSipRateLimited)
+}

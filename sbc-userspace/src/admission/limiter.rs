@@ -1,0 +1,285 @@
+//! The daemon's admission decisions for out-of-dialog requests: per-source and global rates,
+//! concurrent calls, overload. In-dialog requests never come here.
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use sbc_common::{PacketLimit, SourceBucket};
+use serde_json::{Value, json};
+
+use super::{
+    config::{AdmissionConfig, SourceLimits},
+    rate::{SourceBuckets, limit},
+};
+
+/// Refusals are counted per source over this window for `block_after_refusals`.
+const REFUSAL_WINDOW_NS: u64 = 10_000_000_000;
+
+/// Why a request is refused (503 with Retry-After); `block` when the source has now earned a
+/// dynamic block for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub block: Option<Duration>,
+}
+
+/// What admission refused, by reason (in `GET /v1/stats`).
+#[derive(Default)]
+pub struct AdmissionCounters {
+    pub source_invite_rate: AtomicU64,
+    pub source_request_rate: AtomicU64,
+    pub global_invite_rate: AtomicU64,
+    pub max_calls: AtomicU64,
+    pub overload: AtomicU64,
+    pub scanners: AtomicU64,
+}
+
+impl AdmissionCounters {
+    pub fn snapshot(&self) -> Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "refused_source_invite_rate": get(&self.source_invite_rate),
+            "refused_source_request_rate": get(&self.source_request_rate),
+            "refused_global_invite_rate": get(&self.global_invite_rate),
+            "refused_max_calls": get(&self.max_calls),
+            "refused_overload": get(&self.overload),
+            "scanners_blocked": get(&self.scanners),
+        })
+    }
+}
+
+pub struct Admission {
+    config: AdmissionConfig,
+    /// The allowlist and the backends (which have no limits at all).
+    allowlist: Vec<IpNet>,
+    backends: Vec<IpAddr>,
+    invites: SourceBuckets,
+    requests: SourceBuckets,
+    global_invites: SourceBucket,
+    refusals: HashMap<IpAddr, (u64, u32)>,
+    scanner_needles: Vec<String>,
+}
+
+impl Admission {
+    pub fn new(config: &AdmissionConfig, backends: Vec<IpAddr>, now_ns: u64) -> Self {
+        let global = limit(config.invites_per_sec, config.invite_burst);
+        Self {
+            config: config.clone(),
+            allowlist: config.allowlist.clone(),
+            backends,
+            invites: SourceBuckets::default(),
+            requests: SourceBuckets::default(),
+            global_invites: SourceBucket::full(&global, now_ns),
+            refusals: HashMap::new(),
+            scanner_needles: config
+                .scanner_user_agents
+                .iter()
+                .map(|ua| ua.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Takes a new configuration; buckets and refusal counts carry over.
+    pub fn reconfigure(&mut self, config: &AdmissionConfig) {
+        let fresh = Self::new(config, std::mem::take(&mut self.backends), 0);
+        self.config = fresh.config;
+        self.allowlist = fresh.allowlist;
+        self.backends = fresh.backends;
+        self.scanner_needles = fresh.scanner_needles;
+    }
+
+    /// The limits `source` is held to; `None` for a backend (no limits).
+    fn limits_of(&self, source: IpAddr) -> Option<&SourceLimits> {
+        if self.backends.contains(&source) {
+            None
+        } else if self.allowlist.iter().any(|net| net.contains(&source)) {
+            Some(&self.config.allowlisted)
+        } else {
+            Some(&self.config.source)
+        }
+    }
+
+    fn is_allowlisted(&self, source: IpAddr) -> bool {
+        self.backends.contains(&source) || self.allowlist.iter().any(|net| net.contains(&source))
+    }
+
+    /// Whether a User-Agent is a known scanner's.
+    pub fn is_scanner(&self, user_agent: &str) -> bool {
+        if !self.config.enabled {
+            return false;
+        }
+        let user_agent = user_agent.to_ascii_lowercase();
+        self.scanner_needles
+            .iter()
+            .any(|needle| user_agent.contains(needle.as_str()))
+    }
+
+    pub fn scanner_block(&self) -> Duration {
+        Duration::from_secs(self.config.scanner_block_secs)
+    }
+
+    /// A new INVITE from `source`, with `active_calls` calls up and the proxy `delay` behind.
+    pub fn new_invite(
+        &mut self,
+        source: IpAddr,
+        active_calls: usize,
+        delay: Duration,
+        counters: &AdmissionCounters,
+        now_ns: u64,
+    ) -> Result<(), Refusal> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        if delay > Duration::from_millis(self.config.overload_delay_ms) {
+            counters.overload.fetch_add(1, Ordering::Relaxed);
+            return Err(self.refuse(source, "the SBC is overloaded", false, now_ns));
+        }
+        let max_calls = self.config.max_calls as usize;
+        if max_calls > 0 && active_calls >= max_calls {
+            counters.max_calls.fetch_add(1, Ordering::Relaxed);
+            return Err(self.refuse(source, "the call limit is reached", false, now_ns));
+        }
+        if let Some(limits) = self.limits_of(source) {
+            let per_source = limit(limits.invites_per_sec, limits.invite_burst);
+            if !self.invites.take(source, &per_source, now_ns) {
+                counters.source_invite_rate.fetch_add(1, Ordering::Relaxed);
+                return Err(self.refuse(source, "too many calls from this source", true, now_ns));
+            }
+        }
+        let global = limit(self.config.invites_per_sec, self.config.invite_burst);
+        if !global.is_unlimited() && !self.global_invites.take(&global, now_ns) {
+            counters.global_invite_rate.fetch_add(1, Ordering::Relaxed);
+            return Err(self.refuse(source, "too many calls", false, now_ns));
+        }
+        Ok(())
+    }
+
+    /// An out-of-dialog request other than INVITE (OPTIONS, REGISTER, MESSAGE, SUBSCRIBE...).
+    pub fn other_request(
+        &mut self,
+        source: IpAddr,
+        counters: &AdmissionCounters,
+        now_ns: u64,
+    ) -> Result<(), Refusal> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let Some(limits) = self.limits_of(source) else {
+            return Ok(());
+        };
+        let per_source: PacketLimit = limit(limits.requests_per_sec, limits.request_burst);
+        if self.requests.take(source, &per_source, now_ns) {
+            return Ok(());
+        }
+        counters.source_request_rate.fetch_add(1, Ordering::Relaxed);
+        Err(self.refuse(source, "too many requests from this source", true, now_ns))
+    }
+
+    /// A refusal; one that the source caused (`its_own`) counts towards blocking it.
+    fn refuse(&mut self, source: IpAddr, reason: &'static str, its_own: bool, now: u64) -> Refusal {
+        let threshold = self.config.block_after_refusals;
+        let mut block = None;
+        if its_own && threshold > 0 && !self.is_allowlisted(source) {
+            let (start, count) = self.refusals.entry(source).or_insert((now, 0));
+            if now.saturating_sub(*start) >= REFUSAL_WINDOW_NS {
+                (*start, *count) = (now, 0);
+            }
+            *count += 1;
+            if *count >= threshold {
+                self.refusals.remove(&source);
+                block = Some(Duration::from_secs(self.config.block_secs));
+            }
+            if self.refusals.len() > 100_000 {
+                self.refusals
+                    .retain(|_, (start, _)| now.saturating_sub(*start) < REFUSAL_WINDOW_NS);
+            }
+        }
+        Refusal { reason, block }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AdmissionConfig {
+        AdmissionConfig {
+            source: SourceLimits {
+                invites_per_sec: 2,
+                invite_burst: 2,
+                requests_per_sec: 1,
+                request_burst: 1,
+                ..SourceLimits::default()
+            },
+            allowlist: vec!["192.0.2.0/24".parse().unwrap()],
+            max_calls: 10,
+            block_after_refusals: 3,
+            ..AdmissionConfig::default()
+        }
+    }
+
+    const NOW: u64 = 1_000_000_000;
+
+    #[test]
+    fn per_source_rates_refuse_the_excess_and_then_block() {
+        let counters = AdmissionCounters::default();
+        let mut admission = Admission::new(&config(), vec![], NOW);
+        let source: IpAddr = "203.0.113.5".parse().unwrap();
+        let invite = |a: &mut Admission| a.new_invite(source, 0, Duration::ZERO, &counters, NOW);
+        assert_eq!(invite(&mut admission), Ok(()));
+        assert_eq!(invite(&mut admission), Ok(()));
+        let refused = invite(&mut admission).unwrap_err();
+        assert_eq!(refused.block, None);
+        assert!(invite(&mut admission).unwrap_err().block.is_none());
+        assert_eq!(
+            invite(&mut admission).unwrap_err().block,
+            Some(Duration::from_secs(300)),
+            "the third refusal within ten seconds blocks"
+        );
+        // Other requests have their own bucket.
+        assert_eq!(admission.other_request(source, &counters, NOW), Ok(()));
+        assert!(admission.other_request(source, &counters, NOW).is_err());
+        assert_eq!(counters.source_invite_rate.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn allowlisted_sources_get_their_limits_and_are_never_blocked() {
+        let counters = AdmissionCounters::default();
+        let mut admission = Admission::new(&config(), vec!["198.18.2.2".parse().unwrap()], NOW);
+        let trunk: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..400 {
+            assert_eq!(
+                admission.new_invite(trunk, 0, Duration::ZERO, &counters, NOW),
+                Ok(())
+            );
+        }
+        let over = admission.new_invite(trunk, 0, Duration::ZERO, &counters, NOW);
+        assert_eq!(over.unwrap_err().block, None);
+        let backend: IpAddr = "198.18.2.2".parse().unwrap();
+        assert!((0..1000).all(|_| admission.other_request(backend, &counters, NOW).is_ok()));
+    }
+
+    #[test]
+    fn calls_and_overload_refuse_new_invites_without_blaming_the_source() {
+        let counters = AdmissionCounters::default();
+        let mut admission = Admission::new(&config(), vec![], NOW);
+        let source: IpAddr = "203.0.113.5".parse().unwrap();
+        let full = admission.new_invite(source, 10, Duration::ZERO, &counters, NOW);
+        assert_eq!(full.unwrap_err().reason, "the call limit is reached");
+        let late = admission.new_invite(source, 0, Duration::from_secs(1), &counters, NOW);
+        assert_eq!(late.unwrap_err().reason, "the SBC is overloaded");
+        assert_eq!(counters.overload.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn scanners_are_recognised_in_any_case() {
+        let admission = Admission::new(&config(), vec![], NOW);
+        assert!(admission.is_scanner("friendly-scanner"));
+        assert!(admission.is_scanner("SIPVicious 0.3.4"));
+        assert!(!admission.is_scanner("Asterisk PBX 20.1"));
+    }
+}

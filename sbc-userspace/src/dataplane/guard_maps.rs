@@ -1,0 +1,134 @@
+//! The SIP guard's maps, as the daemon writes them: configuration, listeners, CIDR rules,
+//! dialogs and dynamic blocks (see `sbc_common::guard` for what the program does with them).
+use std::{collections::HashSet, net::SocketAddr};
+
+use anyhow::Context as _;
+use aya::maps::{
+    Array, HashMap, Map, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
+use ipnet::IpNet;
+use sbc_common::{
+    Block, Dialog, FlowKey, GuardConfig, IpAddress, SourceRule,
+    maps::{BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, SIP_LISTENERS, SOURCE_RULES},
+};
+
+use super::{PinLayout, maps::open};
+
+pub struct GuardMaps {
+    config: Array<MapData, GuardConfig>,
+    listeners: HashMap<MapData, FlowKey, u32>,
+    rules: LpmTrie<MapData, [u8; 16], SourceRule>,
+    dialogs: HashMap<MapData, u64, Dialog>,
+    blocks: HashMap<MapData, IpAddress, Block>,
+}
+
+/// The trie key of a CIDR: IPv4 networks are stored IPv4-mapped, 96 bits longer.
+pub fn rule_key(net: &IpNet) -> Key<[u8; 16]> {
+    let bits = match net {
+        IpNet::V4(v4) => 96 + u32::from(v4.prefix_len()),
+        IpNet::V6(v6) => u32::from(v6.prefix_len()),
+    };
+    Key::new(bits, IpAddress::from(net.network()).octets)
+}
+
+impl GuardMaps {
+    pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
+        Ok(Self {
+            config: Array::try_from(Map::Array(open(layout, GUARD)?))?,
+            listeners: HashMap::try_from(Map::HashMap(open(layout, SIP_LISTENERS)?))?,
+            rules: LpmTrie::try_from(Map::LpmTrie(open(layout, SOURCE_RULES)?))?,
+            dialogs: HashMap::try_from(Map::HashMap(open(layout, DIALOGS)?))?,
+            blocks: HashMap::try_from(Map::LruHashMap(open(layout, BLOCKS)?))?,
+        })
+    }
+
+    pub fn config(&self) -> anyhow::Result<GuardConfig> {
+        self.config
+            .get(&0, 0)
+            .context("reading the guard configuration map")
+    }
+
+    pub fn set_config(&mut self, config: GuardConfig) -> anyhow::Result<()> {
+        self.config
+            .set(0, config, 0)
+            .context("writing the guard configuration map")
+    }
+
+    /// Makes `listeners` exactly the set of protected SIP listeners.
+    pub fn set_listeners(&mut self, listeners: &[SocketAddr]) -> anyhow::Result<()> {
+        let wanted: HashSet<FlowKey> = listeners
+            .iter()
+            .map(|l| FlowKey::udp(IpAddress::from(l.ip()), l.port().to_be()))
+            .collect();
+        let stale: Vec<FlowKey> = self
+            .listeners
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !wanted.contains(key))
+            .collect();
+        for key in stale {
+            let _ = self.listeners.remove(&key);
+        }
+        for key in wanted {
+            self.listeners
+                .insert(key, 1, 0)
+                .context("writing the SIP listeners map")?;
+        }
+        Ok(())
+    }
+
+    /// Makes the CIDR rules exactly `rules`: new ones are written before stale ones go, so
+    /// a reload never opens a gap.
+    pub fn set_rules(&mut self, rules: &[(IpNet, SourceRule)]) -> anyhow::Result<()> {
+        let wanted: Vec<(Key<[u8; 16]>, SourceRule)> = rules
+            .iter()
+            .map(|(net, rule)| (rule_key(net), *rule))
+            .collect();
+        let identity = |key: &Key<[u8; 16]>| (key.prefix_len(), key.data());
+        let keep: HashSet<(u32, [u8; 16])> = wanted.iter().map(|(key, _)| identity(key)).collect();
+        for (key, rule) in &wanted {
+            self.rules
+                .insert(key, rule, 0)
+                .context("writing the source rules map")?;
+        }
+        let stale: Vec<Key<[u8; 16]>> = self
+            .rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !keep.contains(&identity(key)))
+            .collect();
+        for key in stale {
+            let _ = self.rules.remove(&key);
+        }
+        Ok(())
+    }
+
+    pub fn add_dialog(&mut self, id: u64) -> anyhow::Result<()> {
+        self.dialogs
+            .insert(id, Dialog::default(), 0)
+            .with_context(|| format!("adding a dialog to the kernel map (capacity {MAX_DIALOGS})"))
+    }
+
+    pub fn remove_dialog(&mut self, id: u64) {
+        let _ = self.dialogs.remove(&id);
+    }
+
+    pub fn dialog_ids(&self) -> Vec<u64> {
+        self.dialogs.keys().filter_map(Result::ok).collect()
+    }
+
+    pub fn block(&mut self, source: IpAddress, block: Block) -> anyhow::Result<()> {
+        self.blocks
+            .insert(source, block, 0)
+            .context("writing the blocks map")
+    }
+
+    pub fn unblock(&mut self, source: &IpAddress) -> bool {
+        self.blocks.remove(source).is_ok()
+    }
+
+    pub fn blocks(&self) -> Vec<(IpAddress, Block)> {
+        self.blocks.iter().filter_map(Result::ok).collect()
+    }
+}
