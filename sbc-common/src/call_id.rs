@@ -10,7 +10,7 @@
 //! than `CALL_ID_MAX` or folded onto the next line, and when the bytes run out (a scan is cut
 //! at `SCAN_BUFFER` bytes): the packet is then treated as out of dialog, which is limited but
 //! never lost while under its limit.
-use crate::guard::CallIdHasher;
+use crate::guard::Fnv1a;
 
 /// Bytes of a datagram that are scanned at most (the size of the XDP program's scan buffer).
 pub const SCAN_BUFFER: usize = 2048;
@@ -51,7 +51,7 @@ pub enum Step {
 pub struct CallIdScanner {
     state: u32,
     count: u32,
-    hasher: CallIdHasher,
+    hasher: Fnv1a,
 }
 
 #[inline(always)]
@@ -65,7 +65,7 @@ impl CallIdScanner {
         Self {
             state: IN_LINE,
             count: 0,
-            hasher: CallIdHasher::new(seed),
+            hasher: Fnv1a::new(seed),
         }
     }
 

@@ -184,10 +184,11 @@ pub struct Dialog {
     pub packets: u64,
 }
 
-/// The hash that keys the dialogs map: FNV-1a over the Call-ID's bytes, seeded.
-pub struct CallIdHasher(u64);
+/// FNV-1a, seeded: small and stable. It keys the dialogs map (over a Call-ID's bytes) and the
+/// daemon uses it wherever a stable spread is enough (backend choice, branch suffixes).
+pub struct Fnv1a(u64);
 
-impl CallIdHasher {
+impl Fnv1a {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -207,13 +208,20 @@ impl CallIdHasher {
     }
 }
 
-/// `call_id_hash` of a whole Call-ID, as the daemon computes it from a parsed message.
-pub fn call_id_hash(call_id: &[u8], seed: u64) -> u64 {
-    let mut hasher = CallIdHasher::new(seed);
-    for &byte in call_id {
-        hasher.write_byte(byte);
+impl Fnv1a {
+    /// The hash of a whole byte string.
+    pub fn hash(bytes: &[u8], seed: u64) -> u64 {
+        let mut hasher = Self::new(seed);
+        for &byte in bytes {
+            hasher.write_byte(byte);
+        }
+        hasher.finish()
     }
-    hasher.finish()
+}
+
+/// The key of a dialog in the dialogs map, as the daemon computes it from a parsed message.
+pub fn call_id_hash(call_id: &[u8], seed: u64) -> u64 {
+    Fnv1a::hash(call_id, seed)
 }
 
 const _: () = assert!(core::mem::size_of::<PacketLimit>() == 8);

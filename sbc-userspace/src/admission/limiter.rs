@@ -7,7 +7,6 @@ use std::{
     time::Duration,
 };
 
-use ipnet::IpNet;
 use sbc_common::{PacketLimit, SourceBucket};
 use serde_json::{Value, json};
 
@@ -52,10 +51,18 @@ impl AdmissionCounters {
     }
 }
 
+/// The scanner User-Agents, lower-cased once for matching.
+fn scanner_needles(config: &AdmissionConfig) -> Vec<String> {
+    config
+        .scanner_user_agents
+        .iter()
+        .map(|ua| ua.to_ascii_lowercase())
+        .collect()
+}
+
 pub struct Admission {
     config: AdmissionConfig,
-    /// The allowlist and the backends (which have no limits at all).
-    allowlist: Vec<IpNet>,
+    /// The backends, which have no limits at all.
     backends: Vec<IpAddr>,
     invites: SourceBuckets,
     requests: SourceBuckets,
@@ -69,34 +76,31 @@ impl Admission {
         let global = limit(config.invites_per_sec, config.invite_burst);
         Self {
             config: config.clone(),
-            allowlist: config.allowlist.clone(),
             backends,
             invites: SourceBuckets::default(),
             requests: SourceBuckets::default(),
             global_invites: SourceBucket::full(&global, now_ns),
             refusals: HashMap::new(),
-            scanner_needles: config
-                .scanner_user_agents
-                .iter()
-                .map(|ua| ua.to_ascii_lowercase())
-                .collect(),
+            scanner_needles: scanner_needles(config),
         }
     }
 
     /// Takes a new configuration; buckets and refusal counts carry over.
     pub fn reconfigure(&mut self, config: &AdmissionConfig) {
-        let fresh = Self::new(config, std::mem::take(&mut self.backends), 0);
-        self.config = fresh.config;
-        self.allowlist = fresh.allowlist;
-        self.backends = fresh.backends;
-        self.scanner_needles = fresh.scanner_needles;
+        self.config = config.clone();
+        self.scanner_needles = scanner_needles(config);
     }
 
     /// The limits `source` is held to; `None` for a backend (no limits).
     fn limits_of(&self, source: IpAddr) -> Option<&SourceLimits> {
         if self.backends.contains(&source) {
             None
-        } else if self.allowlist.iter().any(|net| net.contains(&source)) {
+        } else if self
+            .config
+            .allowlist
+            .iter()
+            .any(|net| net.contains(&source))
+        {
             Some(&self.config.allowlisted)
         } else {
             Some(&self.config.source)
@@ -104,7 +108,12 @@ impl Admission {
     }
 
     fn is_allowlisted(&self, source: IpAddr) -> bool {
-        self.backends.contains(&source) || self.allowlist.iter().any(|net| net.contains(&source))
+        self.backends.contains(&source)
+            || self
+                .config
+                .allowlist
+                .iter()
+                .any(|net| net.contains(&source))
     }
 
     /// Whether a User-Agent is a known scanner's.

@@ -172,11 +172,9 @@ impl Backends {
     }
 }
 
-/// FNV-1a: a small, stable hash (the same Call-ID always picks the same backend).
+/// A stable hash: the same Call-ID always picks the same backend.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    sbc_common::guard::Fnv1a::hash(bytes, 0)
 }
 
 #[cfg(test)]
