@@ -118,10 +118,11 @@ enum BlocksAction {
 #[derive(Args)]
 struct ApiTarget {
     /// Config of the daemon (for its API socket).
-    #[arg(long, short, conflicts_with = "socket")]
+    // Global: `sbc blocks list --config X` reads as naturally as `sbc blocks --config X list`.
+    #[arg(long, short, conflicts_with = "socket", global = true)]
     config: Option<PathBuf>,
     /// The daemon's API socket [default: /run/sbc/default/api.sock].
-    #[arg(long)]
+    #[arg(long, global = true)]
     socket: Option<PathBuf>,
 }
 

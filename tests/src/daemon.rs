@@ -42,6 +42,8 @@ pub struct DaemonOptions {
     pub health_failure_threshold: u32,
     /// OPTIONS probes (scripted SIPp backends take a probe for a call of their scenario).
     pub health_probes: bool,
+    /// More TOML tables, appended to the generated config (an `[admission]` table, say).
+    pub extra_config: String,
 }
 
 impl Default for DaemonOptions {
@@ -55,6 +57,7 @@ impl Default for DaemonOptions {
             health_interval_ms: 1000,
             health_failure_threshold: 2,
             health_probes: true,
+            extra_config: String::new(),
         }
     }
 }
@@ -115,7 +118,7 @@ socket = "{socket}"
 file = "{events}"
 [log]
 level = "info"
-{sip}"#,
+{sip}{extra}"#,
                 mode = options.dataplane,
                 interfaces = SBC_INTERFACES,
                 port_min = options.port_min,
@@ -123,6 +126,7 @@ level = "info"
                 timeout = options.media_timeout_secs,
                 socket = socket.display(),
                 events = dir.path().join("events.jsonl").display(),
+                extra = options.extra_config,
             ),
         )?;
         let mut daemon = Self {
@@ -192,6 +196,28 @@ level = "info"
         self.child.as_ref().map(Child::id)
     }
 
+    /// The CPU time the daemon has used so far (user and system, all threads), from /proc.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let pid = self.pid().context("the daemon is not running")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // The fields after the command name, which is in parentheses and may hold spaces:
+        // state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("malformed /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks = |field: usize| -> anyhow::Result<u64> {
+            Ok(fields.get(field - 3).context("short /proc stat")?.parse()?)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok(Duration::from_secs_f64(
+            (ticks(14)? + ticks(15)?) as f64 / per_sec,
+        ))
+    }
+
     /// SIGKILL: the daemon gets no chance to clean up (the crash case).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -255,6 +281,33 @@ level = "info"
         stats["xdp_reasons"][name]
             .as_u64()
             .with_context(|| format!("no XDP counter {name} in {stats}"))
+    }
+
+    /// The SIP guard's verdicts by reason name: the kernel's, or with the userspace dataplane
+    /// the daemon's (0 if never counted).
+    pub fn guard_verdicts(&self, name: &str) -> anyhow::Result<u64> {
+        let stats = self.api.get("/v1/stats")?.body;
+        Ok(["xdp_reasons", "guard_reasons"]
+            .iter()
+            .filter_map(|table| stats[table][name].as_u64())
+            .sum())
+    }
+
+    /// One of the admission counters of `GET /v1/stats` (`refused_source_invite_rate`...).
+    pub fn admission_counter(&self, name: &str) -> anyhow::Result<u64> {
+        let stats = self.api.get("/v1/stats")?.body;
+        stats["admission"][name]
+            .as_u64()
+            .with_context(|| format!("no admission counter {name} in {stats}"))
+    }
+
+    /// The dynamic blocks in force (`GET /v1/blocks`).
+    pub fn blocks(&self) -> anyhow::Result<Vec<Value>> {
+        let body = self.api.get("/v1/blocks")?.body;
+        body["blocks"]
+            .as_array()
+            .cloned()
+            .with_context(|| format!("malformed blocks: {body}"))
     }
 
     /// Creates a session between `a_peer` (public side) and `b_peer` (private side).

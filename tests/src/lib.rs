@@ -8,6 +8,7 @@ pub mod calls;
 pub mod conformance;
 pub mod daemon;
 pub mod demo;
+pub mod flood;
 pub mod frames;
 pub mod lab;
 pub mod netns;

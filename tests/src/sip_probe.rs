@@ -23,6 +23,17 @@ pub fn invite(local: SocketAddr, target: SocketAddr, call_id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// An OPTIONS to the SBC itself (which answers it), with a User-Agent.
+pub fn options(local: SocketAddr, target: SocketAddr, call_id: &str, user_agent: &str) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p1\r\nTo: <sip:{target}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nUser-Agent: {user_agent}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// Sends `request` from `local` in `ns` and returns every datagram received within 3 s (or
 /// until a final response arrives).
 pub fn send(
@@ -31,13 +42,24 @@ pub fn send(
     target: SocketAddr,
     request: &[u8],
 ) -> anyhow::Result<Vec<String>> {
+    send_waiting(ns, local, target, request, Duration::from_secs(3))
+}
+
+/// `send`, waiting at most `wait` for answers.
+pub fn send_waiting(
+    ns: &Netns,
+    local: SocketAddr,
+    target: SocketAddr,
+    request: &[u8],
+    wait: Duration,
+) -> anyhow::Result<Vec<String>> {
     let request = request.to_vec();
     ns.spawn(move || {
         let socket = UdpSocket::bind(local)?;
-        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
         socket.send_to(&request, target)?;
         let mut answers = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + wait;
         let mut buf = [0u8; 65_536];
         while Instant::now() < deadline {
             if let Ok((len, _)) = socket.recv_from(&mut buf) {

@@ -248,12 +248,18 @@ impl Message {
     }
 
     /// The first header of that (canonical) name.
+    /// The first header of a name given in its full form, in any case (`"User-Agent"` finds
+    /// `user-agent:`; compact forms are canonical already, so `"Call-ID"` finds `i:`).
     pub fn header(&self, name: &str) -> Option<&Header> {
-        self.headers.iter().find(|h| h.name == name)
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
     }
 
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Header> + 'a {
-        self.headers.iter().filter(move |h| h.name == name)
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
     }
 
     pub fn value(&self, name: &str) -> Option<&str> {
@@ -280,6 +286,11 @@ mod tests {
         let m = Message::parse(raw.to_vec()).unwrap();
         assert_eq!(m.value("to"), Some("sip:x@y ;  tag = 1"));
         assert_eq!(m.value("call-id"), Some("abc"));
+        assert_eq!(
+            m.value("Call-ID"),
+            Some("abc"),
+            "full names match in any case"
+        );
         assert_eq!(m.body(), b"xyz");
         assert_eq!(
             &m.bytes()[m.headers[0].span.clone()],

@@ -1,0 +1,504 @@
+//! Admission control and flood protection in the lab: polite refusals for sources over their
+//! limits, allowlisted trunks, scanners blocked and unblocked, established calls that keep
+//! working from a source that is being limited, and a flood that dies in the kernel while
+//! SIPp's calls go through.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use sbc_tests::{
+    daemon::{Daemon, DaemonOptions},
+    flood::{self, Flood},
+    lab::{CALLEE, CALLER, Lab, ROGUE, SBC_PUBLIC},
+    privileges::require_lab_privileges,
+    sip_probe,
+    sipp::{self, Backend, CallKind, CallerResult},
+};
+use serde_json::Value;
+
+fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+const SBC_SIP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(SBC_PUBLIC), 5060);
+
+/// The lab with SIPp's answering backend and the daemon, configured with `admission`.
+fn setup(tag: &str, dataplane: &'static str, admission: &str) -> (Lab, Backend, Daemon) {
+    require_lab_privileges();
+    let lab = Lab::up(tag).expect("lab");
+    let backend_address = addr(CALLEE, 5060);
+    let backend = Backend::start(&lab.callee, backend_address).expect("backend");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            dataplane,
+            sip_backends: vec![backend_address],
+            extra_config: admission.to_owned(),
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    (lab, backend, daemon)
+}
+
+/// `calls` calls at `rate` per second from the caller, each answered and hung up at once or
+/// refused with 503 and Retry-After (`tests/scenarios/admission_uac.xml`); SIPp fails a call
+/// that gets anything else.
+fn call_or_refusal(lab: &Lab, daemon: &Daemon, calls: u32, rate: u32) -> CallerResult {
+    let result = sipp::place_calls(
+        &lab.caller,
+        addr(CALLER, 5060),
+        SBC_SIP,
+        CallKind::Scenario("admission_uac"),
+        (calls, rate),
+        Duration::from_secs(60),
+    )
+    .expect("SIPp caller");
+    assert_eq!(
+        (result.exit_code, result.successful, result.failed),
+        (Some(0), u64::from(calls), 0),
+        "a call was neither answered nor refused with Retry-After:\n{}\n{}",
+        result.output,
+        daemon.log()
+    );
+    result
+}
+
+fn count_events(daemon: &Daemon, name: &str) -> usize {
+    daemon
+        .events()
+        .iter()
+        .filter(|event| event["event"] == name)
+        .count()
+}
+
+/// Events are written as calls end; the last BYE may still be in flight.
+fn wait_for_events(daemon: &Daemon, name: &str, count: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = count_events(daemon, name);
+        if seen >= count || Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn blocked_addresses(daemon: &Daemon) -> Vec<String> {
+    daemon
+        .blocks()
+        .expect("blocks")
+        .iter()
+        .map(|block| block["address"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Sends one OPTIONS to the SBC and returns the status codes of the answers.
+fn options_answers(ns: &sbc_tests::netns::Netns, local: SocketAddr, user_agent: &str) -> Vec<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call_id = format!(
+        "options-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let request = sip_probe::options(local, SBC_SIP, &call_id, user_agent);
+    sip_probe::send_waiting(ns, local, SBC_SIP, &request, Duration::from_millis(700))
+        .expect("probe")
+        .iter()
+        .filter_map(|answer| answer.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_source_slightly_over_its_limit_gets_503_for_the_excess_only() {
+    let (lab, _backend, daemon) = setup(
+        "adm-over",
+        "xdp",
+        "[admission.source]\ninvites_per_sec = 5\ninvite_burst = 5\n",
+    );
+    // 6 calls/s for 10 s against 5/s with a burst of 5: about 55 fit, the rest do not.
+    let calls = 60;
+    call_or_refusal(&lab, &daemon, calls, 6);
+    let refused = daemon
+        .admission_counter("refused_source_invite_rate")
+        .unwrap();
+    let answered = wait_for_events(&daemon, "call_answered", (calls as u64 - refused) as usize);
+    eprintln!("{answered} calls answered, {refused} refused with 503");
+    assert!(
+        (1..=15).contains(&refused),
+        "{refused} of {calls} calls refused at 6/s against a limit of 5/s:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        answered as u64 + refused,
+        u64::from(calls),
+        "every call is either answered or refused"
+    );
+    assert!(
+        blocked_addresses(&daemon).is_empty(),
+        "a source slightly over its limit is refused politely, not blocked"
+    );
+}
+
+#[test]
+fn an_allowlisted_trunk_at_five_times_the_default_limit_is_never_limited() {
+    let (lab, _backend, daemon) = setup(
+        "adm-allow",
+        "xdp",
+        &format!(
+            "[admission]\nallowlist = [\"{CALLER}/32\"]\n\
+             [admission.source]\ninvites_per_sec = 4\ninvite_burst = 4\n\
+             [admission.allowlisted]\npackets_per_sec = 2000\npacket_burst = 4000\n\
+             invites_per_sec = 40\ninvite_burst = 40\n"
+        ),
+    );
+    // 20 calls/s: five times the per-source limit.
+    call_or_refusal(&lab, &daemon, 100, 20);
+    assert_eq!(wait_for_events(&daemon, "call_answered", 100), 100);
+    for counter in [
+        "refused_source_invite_rate",
+        "refused_global_invite_rate",
+        "refused_overload",
+    ] {
+        assert_eq!(daemon.admission_counter(counter).unwrap(), 0, "{counter}");
+    }
+    for reason in ["drop_sip_rate_limited", "drop_sip_blocked"] {
+        assert_eq!(daemon.guard_verdicts(reason).unwrap(), 0, "{reason}");
+    }
+
+    // The same caller without the allowlist (reloaded, no restart) is held to 4/s.
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    let without = config.replace(&format!("allowlist = [\"{CALLER}/32\"]\n"), "");
+    assert_ne!(config, without);
+    std::fs::write(&daemon.config, without).unwrap();
+    let reload = daemon.command(&["reload"]).unwrap();
+    assert!(reload.status.success(), "{reload:?}");
+    call_or_refusal(&lab, &daemon, 40, 20);
+    let refused = daemon
+        .admission_counter("refused_source_invite_rate")
+        .unwrap();
+    assert!(
+        refused >= 10,
+        "only {refused} of 40 calls at 20/s refused once the caller is no longer allowlisted"
+    );
+}
+
+fn scanner_is_blocked_then_unblocked(dataplane: &'static str) {
+    let block = Duration::from_secs(3);
+    let (lab, _backend, daemon) = setup(
+        &format!("adm-scan-{dataplane}"),
+        dataplane,
+        &format!("[admission]\nscanner_block_secs = {}\n", block.as_secs()),
+    );
+    let rogue = addr(ROGUE, 5060);
+    assert_eq!(options_answers(&lab.rogue, rogue, "Linphone/5.2"), [200]);
+
+    // The scanner's first request gets no answer at all, and blocks it.
+    assert_eq!(
+        options_answers(&lab.rogue, rogue, "friendly-scanner"),
+        [] as [u16; 0],
+        "a scanner was answered:\n{}",
+        daemon.log()
+    );
+    let blocked_at = Instant::now();
+    let blocks = daemon.blocks().unwrap();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0]["address"], ROGUE.to_string());
+    assert_eq!(blocks[0]["reason"], "scanner");
+    let listed = daemon.command(&["blocks", "list"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&ROGUE.to_string()),
+        "`sbc blocks list` does not show the scanner: {listed:?}"
+    );
+
+    // Whatever it sends now is dropped before the proxy; others are served.
+    let dropped_before = daemon.guard_verdicts("drop_sip_blocked").unwrap();
+    assert_eq!(
+        options_answers(&lab.rogue, rogue, "Linphone/5.2"),
+        [] as [u16; 0]
+    );
+    assert!(daemon.guard_verdicts("drop_sip_blocked").unwrap() > dropped_before);
+    assert_eq!(
+        options_answers(&lab.caller, addr(CALLER, 5070), "Linphone/5.2"),
+        [200]
+    );
+
+    // After the block time it is answered again.
+    let still_blocked = blocked_at.elapsed();
+    assert!(
+        still_blocked < block,
+        "the checks took {still_blocked:?}, longer than the block"
+    );
+    let deadline = blocked_at + block + Duration::from_secs(3);
+    let unblocked_after = loop {
+        if options_answers(&lab.rogue, rogue, "Linphone/5.2") == [200] {
+            break blocked_at.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still blocked long after the block time:\n{}",
+            daemon.log()
+        );
+    };
+    assert!(
+        unblocked_after >= still_blocked,
+        "unblocked after {unblocked_after:?}"
+    );
+    assert!(blocked_addresses(&daemon).is_empty());
+}
+
+#[test]
+fn a_scanner_is_blocked_after_its_first_request_and_unblocked_later_xdp() {
+    scanner_is_blocked_then_unblocked("xdp");
+}
+
+#[test]
+fn a_scanner_is_blocked_after_its_first_request_and_unblocked_later_userspace() {
+    scanner_is_blocked_then_unblocked("userspace");
+}
+
+fn established_calls_survive_their_source_being_limited(dataplane: &'static str) {
+    require_lab_privileges();
+    let lab = Lab::up(&format!("adm-est-{dataplane}")).expect("lab");
+    let backend_address = addr(CALLEE, 5060);
+    let calls = 3;
+    let mut backend = Backend::start_scenario(
+        &lab.callee,
+        backend_address,
+        &sipp::scenario("reinvite_uas"),
+        calls,
+    )
+    .expect("backend");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            dataplane,
+            sip_backends: vec![backend_address],
+            health_probes: false,
+            extra_config: "[admission]\nblock_after_drops = 500\nblock_secs = 60\n".into(),
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+
+    // Calls with re-INVITEs at 1.5 s and 3 s and a BYE at 8 s after they are answered...
+    let result = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| {
+            sipp::place_calls(
+                &lab.caller,
+                addr(CALLER, 5060),
+                SBC_SIP,
+                CallKind::Scenario("reinvite_uac"),
+                (calls, 3),
+                Duration::from_secs(40),
+            )
+        });
+        // ...while the same source floods out-of-dialog requests once they are up: paced so
+        // that a daemon deciding in userspace reads them all rather than its socket dropping
+        // most of them.
+        std::thread::sleep(Duration::from_millis(1200));
+        let report = flood::start(
+            &lab.caller,
+            addr(CALLER, 5099),
+            SBC_SIP,
+            Flood {
+                packets: 10_000,
+                duration: Duration::from_secs(3),
+                // Requests that set up no call: the backend's script is for three.
+                invites: false,
+                pace: Some(5_000),
+            },
+        )
+        .join()
+        .expect("flood thread")
+        .expect("flood");
+        eprintln!("flood from the caller: {report:?}");
+        // Limited by the daemon (503s, and a block for too many of them), by the kernel's
+        // packet bucket, or both, depending on which limit the flood reaches first.
+        let limited = daemon
+            .admission_counter("refused_source_request_rate")
+            .unwrap()
+            + daemon.guard_verdicts("drop_sip_rate_limited").unwrap();
+        assert!(
+            limited > 0,
+            "the caller was never rate limited: {}\n{}",
+            daemon.api.get("/v1/stats").unwrap().body,
+            daemon.log()
+        );
+        assert!(
+            blocked_addresses(&daemon).contains(&CALLER.to_string()),
+            "the caller was not blocked for its flood: {:?}",
+            daemon.blocks()
+        );
+        // A new call from it is not served now.
+        let invite = sip_probe::invite(addr(CALLER, 5098), SBC_SIP, "new-while-blocked");
+        let answers = sip_probe::send_waiting(
+            &lab.caller,
+            addr(CALLER, 5098),
+            SBC_SIP,
+            &invite,
+            Duration::from_millis(700),
+        )
+        .expect("probe");
+        assert!(
+            answers.is_empty(),
+            "a blocked source was served: {answers:?}"
+        );
+        caller.join().expect("caller thread").expect("SIPp caller")
+    });
+    assert_eq!(
+        (result.exit_code, result.successful, result.failed),
+        (Some(0), u64::from(calls), 0),
+        "established calls broke while their source was limited:\n{}\n{}",
+        result.output,
+        daemon.log()
+    );
+    assert_eq!(
+        backend.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        backend.output()
+    );
+    assert!(daemon.guard_verdicts("pass_sip_dialog").unwrap() > 0);
+    assert!(daemon.guard_verdicts("drop_sip_blocked").unwrap() > 0);
+    let ended: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter(|event| event["event"] == "call_ended")
+        .collect();
+    assert_eq!(ended.len(), calls as usize);
+    for event in &ended {
+        assert_eq!(event["reason"], "bye", "{event}");
+    }
+}
+
+#[test]
+fn established_calls_keep_working_from_a_rate_limited_source_xdp() {
+    established_calls_survive_their_source_being_limited("xdp");
+}
+
+#[test]
+fn established_calls_keep_working_from_a_rate_limited_source_userspace() {
+    established_calls_survive_their_source_being_limited("userspace");
+}
+
+/// The kernel's verdicts on datagrams to the SIP listeners: (dropped, passed to the daemon).
+fn sip_verdicts(daemon: &Daemon) -> (u64, u64) {
+    let sum = |reasons: &[&str]| -> u64 {
+        reasons
+            .iter()
+            .map(|reason| daemon.guard_verdicts(reason).unwrap())
+            .sum()
+    };
+    (
+        sum(&[
+            "drop_sip_rate_limited",
+            "drop_sip_blocked",
+            "drop_sip_blocklisted",
+        ]),
+        sum(&[
+            "pass_sip",
+            "pass_sip_dialog",
+            "pass_sip_unlimited",
+            "pass_sip_unguarded",
+        ]),
+    )
+}
+
+/// SIPp's calls with media, and the daemon CPU time they cost.
+fn calls_with_media(lab: &Lab, daemon: &Daemon, calls: u32) -> (CallerResult, Duration) {
+    let before = daemon.cpu_time().unwrap();
+    let result = sipp::place_calls(
+        &lab.caller,
+        addr(CALLER, 5060),
+        SBC_SIP,
+        CallKind::WithMedia,
+        (calls, 20),
+        Duration::from_secs(90),
+    )
+    .expect("SIPp caller");
+    (result, daemon.cpu_time().unwrap() - before)
+}
+
+#[test]
+fn a_flood_dies_in_the_kernel_while_calls_with_media_go_through() {
+    let (lab, _backend, daemon) = setup("adm-flood", "xdp", "");
+    // 12 s of calls at 20/s, each with 7 s of RTP both ways.
+    let calls = 240;
+    let (quiet, quiet_cpu) = calls_with_media(&lab, &daemon, calls);
+    assert_eq!(
+        (quiet.successful, quiet.failed),
+        (u64::from(calls), 0),
+        "calls failed without any flood:\n{}",
+        quiet.output
+    );
+
+    // The same calls again, while the rogue host floods INVITEs and OPTIONS.
+    let (dropped_before, passed_before) = sip_verdicts(&daemon);
+    let ((flooded, flooded_cpu), flood) = std::thread::scope(|scope| {
+        let flood = flood::start(
+            &lab.rogue,
+            addr(ROGUE, 5060),
+            SBC_SIP,
+            Flood {
+                packets: 4_000_000,
+                duration: Duration::from_secs(11),
+                invites: true,
+                pace: None,
+            },
+        );
+        let calls = scope.spawn(|| calls_with_media(&lab, &daemon, calls));
+        let flood = flood.join().expect("flood thread").expect("flood");
+        (calls.join().expect("caller thread"), flood)
+    });
+    let (dropped, passed) = sip_verdicts(&daemon);
+    let (dropped, passed) = (dropped - dropped_before, passed - passed_before);
+    eprintln!(
+        "flood: {} packets in {:.1?} ({:.0} packets/s); at the SBC {dropped} SIP datagrams \
+         dropped in the kernel, {passed} passed to the daemon; \
+         daemon CPU {quiet_cpu:?} without the flood, {flooded_cpu:?} with it; \
+         calls {}/{calls} without, {}/{calls} with",
+        flood.sent,
+        flood.elapsed,
+        flood.packets_per_sec(),
+        quiet.successful,
+        flooded.successful,
+    );
+    assert!(
+        flooded.successful * 1000 >= u64::from(calls) * 995,
+        "fewer than 99.5 % of the calls succeeded during the flood:\n{}\n{}",
+        flooded.output,
+        daemon.log()
+    );
+    assert!(
+        flood.elapsed >= Duration::from_secs(10),
+        "the flood stopped early"
+    );
+    assert!(
+        flood.packets_per_sec() >= 50_000.0,
+        "the lab generated only {:.0} packets/s",
+        flood.packets_per_sec()
+    );
+    // The lab's own links lose a little of the flood on the way (veth queues overflow);
+    // what reaches the SBC dies in XDP, except the first few packets the source's bucket
+    // lets through before it is blocked, next to the calls' own signalling.
+    assert!(
+        (dropped + passed) as f64 >= flood.sent as f64 * 0.9,
+        "only {} of {} flood packets reached the SBC",
+        dropped + passed,
+        flood.sent
+    );
+    assert!(
+        passed <= u64::from(calls) * 12 + 1_000,
+        "{passed} SIP datagrams reached the daemon for {calls} calls"
+    );
+    assert!(
+        dropped as f64 >= (dropped + passed) as f64 * 0.99,
+        "the kernel dropped only {dropped} of {} SIP datagrams",
+        dropped + passed
+    );
+    assert!(
+        flooded_cpu <= quiet_cpu * 2,
+        "the daemon used {flooded_cpu:?} of CPU during the flood, {quiet_cpu:?} without"
+    );
+}
