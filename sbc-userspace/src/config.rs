@@ -548,6 +548,10 @@ mod tests {
             "admission.scanner_user_agents[1]"
         );
         assert_eq!(key_of(&with("block_secs = 0")), "admission.block_secs");
+        assert_eq!(
+            key_of(&with("shed_queue_depth = 100000")),
+            "admission.shed_queue_depth"
+        );
         assert_eq!(key_of(&with("rate = 5")), "admission.rate");
     }
 

@@ -11,6 +11,7 @@ use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     flood::{self, Flood},
     lab::{CALLEE, CALLER, Lab, ROGUE, SBC_PUBLIC},
+    netns::Netns,
     privileges::require_lab_privileges,
     sip_probe,
     sipp::{self, Backend, CallKind, CallerResult},
@@ -95,7 +96,7 @@ fn blocked_addresses(daemon: &Daemon) -> Vec<String> {
 }
 
 /// Sends one OPTIONS to the SBC and returns the status codes of the answers.
-fn options_answers(ns: &sbc_tests::netns::Netns, local: SocketAddr, user_agent: &str) -> Vec<u16> {
+fn options_answers(ns: &Netns, local: SocketAddr, user_agent: &str) -> Vec<u16> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let call_id = format!(
         "options-{}",
@@ -257,9 +258,23 @@ fn a_scanner_is_blocked_after_its_first_request_and_unblocked_later_userspace() 
     scanner_is_blocked_then_unblocked("userspace");
 }
 
-fn established_calls_survive_their_source_being_limited(dataplane: &'static str) {
-    require_lab_privileges();
-    let lab = Lab::up(&format!("adm-est-{dataplane}")).expect("lab");
+/// Where a flood comes from, and what it is.
+struct Flooder<'a> {
+    ns: &'a Netns,
+    local: SocketAddr,
+    flood: Flood,
+}
+
+/// Three calls with re-INVITEs at 1.5 s and 3 s and a BYE at 8 s after they are answered
+/// (`reinvite_uac`/`reinvite_uas`), with `flooder` starting once they are up; `during` runs
+/// when the flood has ended, before the calls do. Every call must play through, and end with
+/// its BYE. Returns the daemon for more checks.
+fn calls_through_a_flood(
+    lab: &Lab,
+    options: DaemonOptions,
+    flooder: Flooder,
+    during: impl FnOnce(&Daemon),
+) -> Daemon {
     let backend_address = addr(CALLEE, 5060);
     let calls = 3;
     let mut backend = Backend::start_scenario(
@@ -270,18 +285,14 @@ fn established_calls_survive_their_source_being_limited(dataplane: &'static str)
     )
     .expect("backend");
     let daemon = Daemon::start(
-        &lab,
+        lab,
         &DaemonOptions {
-            dataplane,
             sip_backends: vec![backend_address],
             health_probes: false,
-            extra_config: "[admission]\nblock_after_drops = 500\nblock_secs = 60\n".into(),
-            ..Default::default()
+            ..options
         },
     )
     .expect("daemon");
-
-    // Calls with re-INVITEs at 1.5 s and 3 s and a BYE at 8 s after they are answered...
     let result = std::thread::scope(|scope| {
         let caller = scope.spawn(|| {
             sipp::place_calls(
@@ -293,26 +304,62 @@ fn established_calls_survive_their_source_being_limited(dataplane: &'static str)
                 Duration::from_secs(40),
             )
         });
-        // ...while the same source floods out-of-dialog requests once they are up: paced so
-        // that a daemon deciding in userspace reads them all rather than its socket dropping
-        // most of them.
         std::thread::sleep(Duration::from_millis(1200));
-        let report = flood::start(
-            &lab.caller,
-            addr(CALLER, 5099),
-            SBC_SIP,
-            Flood {
-                packets: 10_000,
-                duration: Duration::from_secs(3),
-                // Requests that set up no call: the backend's script is for three.
-                invites: false,
-                pace: Some(5_000),
-            },
-        )
-        .join()
-        .expect("flood thread")
-        .expect("flood");
-        eprintln!("flood from the caller: {report:?}");
+        let report = flood::start(flooder.ns, flooder.local, SBC_SIP, flooder.flood)
+            .join()
+            .expect("flood thread")
+            .expect("flood");
+        eprintln!("flood: {report:?}");
+        during(&daemon);
+        caller.join().expect("caller thread").expect("SIPp caller")
+    });
+    assert_eq!(
+        (result.exit_code, result.successful, result.failed),
+        (Some(0), u64::from(calls), 0),
+        "established calls broke during the flood:\n{}\n{}",
+        result.output,
+        daemon.log()
+    );
+    assert_eq!(
+        backend.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        backend.output()
+    );
+    let ended: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter(|event| event["event"] == "call_ended")
+        .collect();
+    assert_eq!(ended.len(), calls as usize);
+    for event in &ended {
+        assert_eq!(event["reason"], "bye", "{event}");
+    }
+    daemon
+}
+
+fn established_calls_survive_their_source_being_limited(dataplane: &'static str) {
+    require_lab_privileges();
+    let lab = Lab::up(&format!("adm-est-{dataplane}")).expect("lab");
+    let options = DaemonOptions {
+        dataplane,
+        extra_config: "[admission]\nblock_after_drops = 500\nblock_secs = 60\n".into(),
+        ..Default::default()
+    };
+    // The calls' own source floods out-of-dialog requests: paced so that a daemon deciding
+    // in userspace reads them all rather than its socket dropping most of them.
+    let flooder = Flooder {
+        ns: &lab.caller,
+        local: addr(CALLER, 5099),
+        flood: Flood {
+            packets: 10_000,
+            duration: Duration::from_secs(3),
+            // Requests that set up no call: the backend's script is for three.
+            invites: false,
+            pace: Some(5_000),
+        },
+    };
+    let daemon = calls_through_a_flood(&lab, options, flooder, |daemon| {
         // Limited by the daemon (503s, and a block for too many of them), by the kernel's
         // packet bucket, or both, depending on which limit the flood reaches first.
         let limited = daemon
@@ -326,7 +373,7 @@ fn established_calls_survive_their_source_being_limited(dataplane: &'static str)
             daemon.log()
         );
         assert!(
-            blocked_addresses(&daemon).contains(&CALLER.to_string()),
+            blocked_addresses(daemon).contains(&CALLER.to_string()),
             "the caller was not blocked for its flood: {:?}",
             daemon.blocks()
         );
@@ -344,32 +391,9 @@ fn established_calls_survive_their_source_being_limited(dataplane: &'static str)
             answers.is_empty(),
             "a blocked source was served: {answers:?}"
         );
-        caller.join().expect("caller thread").expect("SIPp caller")
     });
-    assert_eq!(
-        (result.exit_code, result.successful, result.failed),
-        (Some(0), u64::from(calls), 0),
-        "established calls broke while their source was limited:\n{}\n{}",
-        result.output,
-        daemon.log()
-    );
-    assert_eq!(
-        backend.wait(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        backend.output()
-    );
     assert!(daemon.guard_verdicts("pass_sip_dialog").unwrap() > 0);
     assert!(daemon.guard_verdicts("drop_sip_blocked").unwrap() > 0);
-    let ended: Vec<Value> = daemon
-        .events()
-        .into_iter()
-        .filter(|event| event["event"] == "call_ended")
-        .collect();
-    assert_eq!(ended.len(), calls as usize);
-    for event in &ended {
-        assert_eq!(event["reason"], "bye", "{event}");
-    }
 }
 
 #[test]
@@ -380,6 +404,43 @@ fn established_calls_keep_working_from_a_rate_limited_source_xdp() {
 #[test]
 fn established_calls_keep_working_from_a_rate_limited_source_userspace() {
     established_calls_survive_their_source_being_limited("userspace");
+}
+
+/// With the userspace dataplane a flood that the limits let through (here: no packet limit,
+/// no blocks) reaches the proxy, which falls behind: new requests are shed on arrival while
+/// the calls already up keep their re-INVITEs and BYEs.
+#[test]
+fn an_overloaded_daemon_sheds_new_requests_before_calls_userspace() {
+    require_lab_privileges();
+    let lab = Lab::up("adm-shed").expect("lab");
+    let options = DaemonOptions {
+        dataplane: "userspace",
+        extra_config: "[admission]\nshed_queue_depth = 32\nblock_after_refusals = 0\n\
+                       [admission.source]\npackets_per_sec = 10000000\npacket_burst = 10000000\n"
+            .into(),
+        ..Default::default()
+    };
+    let flooder = Flooder {
+        ns: &lab.rogue,
+        local: addr(ROGUE, 5060),
+        // Paced within what the daemon's receiver can read: beyond that the kernel drops at
+        // the full socket, blind to what is in the datagrams (which is what XDP is for).
+        flood: Flood {
+            packets: 240_000,
+            duration: Duration::from_secs(8),
+            invites: false,
+            pace: Some(30_000),
+        },
+    };
+    let daemon = calls_through_a_flood(&lab, options, flooder, |_| {});
+    let shed = daemon.admission_counter("shed_new_requests").unwrap();
+    eprintln!(
+        "shed {shed} new requests; {} refused with 503",
+        daemon
+            .admission_counter("refused_source_request_rate")
+            .unwrap()
+    );
+    assert!(shed > 0, "nothing was shed:\n{}", daemon.log());
 }
 
 /// The kernel's verdicts on datagrams to the SIP listeners: (dropped, passed to the daemon).

@@ -2,7 +2,7 @@
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::{config::ConfigError, proxy::QUEUE_LIMIT};
 
 /// The limits of one class of source. Every rate is per second; 0 means no limit.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -45,7 +45,7 @@ fn allowlisted_default() -> SourceLimits {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdmissionConfig {
-    /// Off: no limit anywhere (lists still apply).
+    /// Off: no limit anywhere (lists, and shedding when the proxy falls behind, still apply).
     pub enabled: bool,
     /// CIDRs whose SIP is dropped in the kernel, whatever it is.
     pub blocklist: Vec<IpNet>,
@@ -76,6 +76,10 @@ pub struct AdmissionConfig {
     /// Overload: when the proxy handles a datagram later than this after it arrived, new
     /// INVITEs are refused (503) until it catches up; calls already set up are served first.
     pub overload_delay_ms: u64,
+    /// Overload: when this many messages wait for the proxy, new requests from the public
+    /// side that belong to no call are dropped on arrival (0: never); responses and
+    /// requests of calls still get through.
+    pub shed_queue_depth: usize,
 }
 
 impl Default for AdmissionConfig {
@@ -102,6 +106,7 @@ impl Default for AdmissionConfig {
             .to_vec(),
             scanner_block_secs: 3600,
             overload_delay_ms: 500,
+            shed_queue_depth: 2048,
         }
     }
 }
@@ -177,6 +182,15 @@ impl AdmissionConfig {
             return Err(ConfigError::new(
                 &format!("admission.scanner_user_agents[{empty}]"),
                 "is empty: it would match every User-Agent",
+            ));
+        }
+        if self.shed_queue_depth >= QUEUE_LIMIT {
+            return Err(ConfigError::new(
+                "admission.shed_queue_depth",
+                format!(
+                    "{} is not below the queue's own bound, {QUEUE_LIMIT}, where everything is dropped",
+                    self.shed_queue_depth
+                ),
             ));
         }
         Ok(())

@@ -47,11 +47,11 @@ pub struct BlockInfo {
 /// Where the guard's state lives.
 enum Tables {
     Kernel(Box<GuardMaps>),
-    /// The userspace dataplane's copy of what the kernel maps would hold.
+    /// The userspace dataplane's copy of what the kernel maps would hold (its dialogs are
+    /// `State::dialogs`).
     Userspace {
         blocks: HashMap<IpAddress, Block>,
         buckets: HashMap<IpAddress, SourceBucket>,
-        dialogs: HashMap<u64, ()>,
         /// Verdicts by reason, as the kernel counts them in SBC_REASONS.
         reasons: Vec<u64>,
     },
@@ -62,7 +62,8 @@ struct State {
     config: GuardConfig,
     /// The CIDR rules, longest prefix first (the userspace lookup takes the first match).
     rules: Vec<(IpNet, SourceRule)>,
-    /// Calls per Call-ID: a dialog entry goes when its last call does.
+    /// Calls per dialog id (the seeded Call-ID hash): a dialog entry goes when its last
+    /// call does.
     dialogs: HashMap<u64, usize>,
 }
 
@@ -106,7 +107,6 @@ impl SipGuard {
             Tables::Userspace {
                 blocks: HashMap::new(),
                 buckets: HashMap::new(),
-                dialogs: HashMap::new(),
                 reasons: vec![0; Reason::COUNT as usize],
             },
             config,
@@ -195,10 +195,7 @@ impl SipGuard {
         }
         match &mut state.tables {
             Tables::Kernel(maps) => maps.add_dialog(id),
-            Tables::Userspace { dialogs, .. } => {
-                dialogs.insert(id, ());
-                Ok(())
-            }
+            Tables::Userspace { .. } => Ok(()),
         }
     }
 
@@ -213,12 +210,17 @@ impl SipGuard {
             return;
         }
         state.dialogs.remove(&id);
-        match &mut state.tables {
-            Tables::Kernel(maps) => maps.remove_dialog(id),
-            Tables::Userspace { dialogs, .. } => {
-                dialogs.remove(&id);
-            }
+        if let Tables::Kernel(maps) = &mut state.tables {
+            maps.remove_dialog(id);
         }
+    }
+
+    /// Whether a datagram's Call-ID is that of a call we hold (found as the XDP program
+    /// finds it).
+    pub fn knows_dialog(&self, datagram: &[u8]) -> bool {
+        let state = self.lock();
+        scan_call_id(datagram, state.config.dialog_seed)
+            .is_some_and(|id| state.dialogs.contains_key(&id))
     }
 
     /// Blocks a source for `duration` (`None`: until unblocked).
@@ -313,12 +315,12 @@ impl SipGuard {
         let Tables::Userspace {
             blocks,
             buckets,
-            dialogs,
             reasons,
         } = &mut state.tables
         else {
             return true;
         };
+        let dialogs = &state.dialogs;
         let (pass, reason) = decide(
             &config,
             matched.map(|(_, rule)| *rule),

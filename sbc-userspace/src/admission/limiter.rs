@@ -35,6 +35,10 @@ pub struct AdmissionCounters {
     pub max_calls: AtomicU64,
     pub overload: AtomicU64,
     pub scanners: AtomicU64,
+    /// New requests dropped on arrival because the proxy's queue was deep.
+    pub shed_new_requests: AtomicU64,
+    /// Datagrams dropped on arrival because the proxy's queue was full.
+    pub shed_queue_full: AtomicU64,
 }
 
 impl AdmissionCounters {
@@ -47,6 +51,8 @@ impl AdmissionCounters {
             "refused_max_calls": get(&self.max_calls),
             "refused_overload": get(&self.overload),
             "scanners_blocked": get(&self.scanners),
+            "shed_new_requests": get(&self.shed_new_requests),
+            "shed_queue_full": get(&self.shed_queue_full),
         })
     }
 }

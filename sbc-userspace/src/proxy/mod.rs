@@ -10,6 +10,7 @@ mod backends;
 mod build;
 mod calls;
 mod health;
+mod intake;
 mod requests;
 mod responses;
 mod tcp;
@@ -25,15 +26,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use timer_queue::next_expired;
 use tokio::{net::UdpSocket, sync::mpsc};
 use tokio_util::time::DelayQueue;
 use tracing::{debug, warn};
 
+pub use self::intake::QUEUE_LIMIT;
 use self::{
     backends::Backends,
     calls::Call,
+    intake::{Intake, bind, spawn_receiver},
     transactions::{ClientTx, Peer, ServerTx, Transport},
 };
 use crate::{
@@ -62,6 +64,7 @@ pub enum Event {
         from: SocketAddr,
         connection: u64,
         bytes: Vec<u8>,
+        received: Instant,
     },
     Connected {
         connection: u64,
@@ -120,12 +123,14 @@ struct Listener {
 #[derive(Clone)]
 pub struct ProxyHandle {
     events: mpsc::UnboundedSender<Event>,
+    intake: Arc<Intake>,
     pub counters: Arc<Counters>,
     pub admission: Arc<AdmissionCounters>,
 }
 
 impl ProxyHandle {
     pub fn reconfigure(&self, admission: AdmissionConfig) {
+        self.intake.set_shed_at(admission.shed_queue_depth);
         let _ = self.events.send(Event::Reconfigure(Box::new(admission)));
     }
 
@@ -151,6 +156,7 @@ pub struct Proxy {
     config: SipConfig,
     counters: Arc<Counters>,
     guard: Arc<SipGuard>,
+    intake: Arc<Intake>,
     admission: Admission,
     admission_counters: Arc<AdmissionCounters>,
     /// How long the datagram being handled waited to be (the proxy's overload signal).
@@ -158,12 +164,6 @@ pub struct Proxy {
     /// Makes our branches and tags unique to this process.
     token: String,
     sequence: u64,
-}
-
-async fn bind(address: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
-    Ok(Arc::new(UdpSocket::bind(address).await.with_context(
-        || format!("binding SIP listener {address} (UDP)"),
-    )?))
 }
 
 impl Proxy {
@@ -182,39 +182,30 @@ impl Proxy {
             bind(config.private_listen()).await?
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        spawn_receiver(
-            Arc::clone(&public),
-            Side::Public,
-            tx.clone(),
-            Arc::clone(&guard),
-        );
-        if !Arc::ptr_eq(&public, &private) {
-            spawn_receiver(
-                Arc::clone(&private),
-                Side::Private,
-                tx.clone(),
-                Arc::clone(&guard),
-            );
-        }
-        let connections = Arc::new(AtomicU64::new(0));
-        tcp::listen(
-            config.public_listen,
-            Side::Public,
-            tx.clone(),
-            Arc::clone(&connections),
-        )
-        .await?;
-        if config.private_listen() != config.public_listen {
-            tcp::listen(
-                config.private_listen(),
-                Side::Private,
-                tx.clone(),
-                connections,
-            )
-            .await?;
-        }
         let counters = Arc::new(Counters::default());
         let admission_counters = Arc::new(AdmissionCounters::default());
+        let intake = Arc::new(Intake::new(
+            admission.shed_queue_depth,
+            Arc::clone(&admission_counters),
+        ));
+        let receive = |socket: &Arc<UdpSocket>, side| {
+            let (guard, intake) = (Arc::clone(&guard), Arc::clone(&intake));
+            spawn_receiver(Arc::clone(socket), side, tx.clone(), guard, intake);
+        };
+        receive(&public, Side::Public);
+        if !Arc::ptr_eq(&public, &private) {
+            receive(&private, Side::Private);
+        }
+        let connections = Arc::new(AtomicU64::new(0));
+        let mut tcp_listeners = vec![(config.public_listen, Side::Public)];
+        if config.private_listen() != config.public_listen {
+            tcp_listeners.push((config.private_listen(), Side::Private));
+        }
+        for (address, side) in tcp_listeners {
+            let (events, intake, numbers) =
+                (tx.clone(), Arc::clone(&intake), Arc::clone(&connections));
+            tcp::listen(address, side, events, intake, numbers).await?;
+        }
         let backend_ips = config.backends.iter().map(|b| b.address.ip()).collect();
         let token = format!(
             "{:x}",
@@ -240,6 +231,7 @@ impl Proxy {
             config: config.clone(),
             counters: Arc::clone(&counters),
             guard,
+            intake: Arc::clone(&intake),
             admission: Admission::new(admission, backend_ips, monotonic_ns()),
             admission_counters: Arc::clone(&admission_counters),
             event_delay: Duration::ZERO,
@@ -250,6 +242,7 @@ impl Proxy {
         tokio::spawn(proxy.run(rx));
         Ok(ProxyHandle {
             events: tx,
+            intake,
             counters,
             admission: admission_counters,
         })
@@ -275,6 +268,7 @@ impl Proxy {
                 bytes,
                 received,
             } => {
+                self.intake.taken();
                 self.event_delay = received.elapsed();
                 self.on_datagram(listener, from, &bytes);
             }
@@ -283,7 +277,10 @@ impl Proxy {
                 from,
                 connection,
                 bytes,
+                received,
             } => {
+                self.intake.taken();
+                self.event_delay = received.elapsed();
                 let peer = Peer {
                     side: self.side_of(listener, from),
                     address: from,
@@ -491,38 +488,6 @@ fn via_destination(via: &Via) -> Option<SocketAddr> {
         .or(via.port)
         .unwrap_or(5060);
     Some(SocketAddr::new(host, port))
-}
-
-/// Reads a UDP listener. With the userspace dataplane the guard decides here what the XDP
-/// program would have dropped, before anything is copied or queued.
-fn spawn_receiver(
-    socket: Arc<UdpSocket>,
-    listener: Side,
-    events: mpsc::UnboundedSender<Event>,
-    guard: Arc<SipGuard>,
-) {
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            match socket.recv_from(&mut buf).await {
-                Ok((len, from)) => {
-                    if !guard.admit(from.ip(), &buf[..len]) {
-                        continue;
-                    }
-                    let event = Event::Datagram {
-                        listener,
-                        from,
-                        bytes: buf[..len].to_vec(),
-                        received: Instant::now(),
-                    };
-                    if events.send(event).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => debug!("SIP receive error: {e}"),
-            }
-        }
-    });
 }
 
 /// `DelayQueue::next` without the `futures` crate: poll it in place.

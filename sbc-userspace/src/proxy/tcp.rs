@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -19,7 +19,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::{Event, build};
+use super::{Event, build, intake::Intake};
 use crate::{
     media::session::Side,
     sip::{
@@ -35,6 +35,7 @@ pub async fn listen(
     address: SocketAddr,
     side: Side,
     events: mpsc::UnboundedSender<Event>,
+    intake: Arc<Intake>,
     numbers: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address)
@@ -45,7 +46,8 @@ pub async fn listen(
             match listener.accept().await {
                 Ok((stream, from)) => {
                     let connection = numbers.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(serve(stream, from, side, connection, events.clone()));
+                    let (events, intake) = (events.clone(), Arc::clone(&intake));
+                    tokio::spawn(serve(stream, from, side, connection, events, intake));
                 }
                 Err(e) => debug!("accepting a SIP connection failed: {e}"),
             }
@@ -60,6 +62,7 @@ async fn serve(
     listener: Side,
     connection: u64,
     events: mpsc::UnboundedSender<Event>,
+    intake: Arc<Intake>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -105,8 +108,9 @@ async fn serve(
                         from,
                         connection,
                         bytes,
+                        received: Instant::now(),
                     };
-                    if events.send(event).is_err() {
+                    if !intake.queue_stream(&events, event).await {
                         break 'read;
                     }
                 }

@@ -1,0 +1,217 @@
+//! Intake: the listeners' side of the queue to the proxy task, and where an overloaded daemon
+//! sheds. Past `shed_queue_depth` waiting messages, new requests from the public side that
+//! belong to no call are dropped on arrival (their senders retransmit or go elsewhere, and
+//! handling them would delay the calls already up); responses, requests of known dialogs and
+//! the private side still get through. Past `QUEUE_LIMIT` every datagram is dropped and TCP
+//! readers wait, so the queue's memory stays bounded whatever arrives.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{net::UdpSocket, sync::mpsc};
+use tracing::debug;
+
+use super::Event;
+use crate::{
+    admission::{AdmissionCounters, SipGuard},
+    media::session::Side,
+};
+
+/// Messages that may wait for the proxy at most (a few tens of MiB at worst).
+pub const QUEUE_LIMIT: usize = 65_536;
+
+/// What a SIP listener asks of the kernel as receive buffer: room for a burst while the
+/// receiver is busy (the kernel caps it at `net.core.rmem_max` unless we may force it).
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+pub struct Intake {
+    /// Messages queued and not yet taken by the proxy.
+    depth: AtomicUsize,
+    /// From this depth on, new public requests are shed (0: never).
+    shed_at: AtomicUsize,
+    counters: Arc<AdmissionCounters>,
+}
+
+impl Intake {
+    pub fn new(shed_at: usize, counters: Arc<AdmissionCounters>) -> Self {
+        Self {
+            depth: AtomicUsize::new(0),
+            shed_at: AtomicUsize::new(shed_at),
+            counters,
+        }
+    }
+
+    pub fn set_shed_at(&self, depth: usize) {
+        self.shed_at.store(depth, Ordering::Relaxed);
+    }
+
+    /// Whether a datagram is queued for the proxy; if not, it is counted as shed.
+    fn accepts(&self, listener: Side, datagram: &[u8], guard: &SipGuard) -> bool {
+        let depth = self.depth.load(Ordering::Relaxed);
+        if depth >= QUEUE_LIMIT {
+            self.counters
+                .shed_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let shed_at = self.shed_at.load(Ordering::Relaxed);
+        if shed_at == 0 || depth < shed_at || listener == Side::Private {
+            return true;
+        }
+        let of_a_call = datagram.starts_with(b"SIP/2.0 ") || guard.knows_dialog(datagram);
+        if !of_a_call {
+            self.counters
+                .shed_new_requests
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        of_a_call
+    }
+
+    fn queued(&self) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The proxy took a message off the queue.
+    pub fn taken(&self) {
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Queues a message read from a TCP connection, first waiting (and so pushing back on
+    /// the sender) while the queue is full. False once the proxy is gone.
+    pub async fn queue_stream(&self, events: &mpsc::UnboundedSender<Event>, event: Event) -> bool {
+        while self.depth.load(Ordering::Relaxed) >= QUEUE_LIMIT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.queued();
+        events.send(event).is_ok()
+    }
+}
+
+/// A SIP UDP listener with a receive buffer for bursts.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
+    let socket = UdpSocket::bind(address)
+        .await
+        .with_context(|| format!("binding SIP listener {address} (UDP)"))?;
+    enlarge_receive_buffer(&socket);
+    Ok(Arc::new(socket))
+}
+
+fn enlarge_receive_buffer(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let size = RECEIVE_BUFFER as libc::c_int;
+    let set = |option| {
+        // SAFETY: a valid socket fd and a c_int option value of the size given.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    // FORCE passes rmem_max, which needs CAP_NET_ADMIN (the daemon has it); without it the
+    // kernel grants what rmem_max allows.
+    if !set(libc::SO_RCVBUFFORCE) && !set(libc::SO_RCVBUF) {
+        debug!("cannot enlarge a SIP listener's receive buffer");
+    }
+}
+
+/// Reads a UDP listener. With the userspace dataplane the guard decides here what the XDP
+/// program would have dropped, before anything is copied or queued; then intake sheds what
+/// an overloaded proxy should not see.
+pub fn spawn_receiver(
+    socket: Arc<UdpSocket>,
+    listener: Side,
+    events: mpsc::UnboundedSender<Event>,
+    guard: Arc<SipGuard>,
+    intake: Arc<Intake>,
+) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((len, from)) => {
+                    let datagram = &buf[..len];
+                    if !guard.admit(from.ip(), datagram)
+                        || !intake.accepts(listener, datagram, &guard)
+                    {
+                        continue;
+                    }
+                    intake.queued();
+                    let event = Event::Datagram {
+                        listener,
+                        from,
+                        bytes: datagram.to_vec(),
+                        received: Instant::now(),
+                    };
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => debug!("SIP receive error: {e}"),
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::AdmissionConfig;
+
+    fn guard_with_call(call_id: &str) -> SipGuard {
+        let guard = SipGuard::userspace();
+        guard
+            .configure(&AdmissionConfig::default(), &[], &[])
+            .unwrap();
+        guard.dialog_started(call_id).unwrap();
+        guard
+    }
+
+    const NEW: &[u8] = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: new-call\r\n\r\n";
+    const BYE: &[u8] = b"BYE sip:a@b SIP/2.0\r\ni: up-call\r\n\r\n";
+    const RESPONSE: &[u8] = b"SIP/2.0 180 Ringing\r\nCall-ID: new-call\r\n\r\n";
+
+    #[test]
+    fn a_deep_queue_sheds_new_public_requests_first() {
+        let counters = Arc::new(AdmissionCounters::default());
+        let intake = Intake::new(2, Arc::clone(&counters));
+        let guard = guard_with_call("up-call");
+        intake.queued();
+        assert!(intake.accepts(Side::Public, NEW, &guard), "below the bound");
+        intake.queued();
+        assert!(!intake.accepts(Side::Public, NEW, &guard));
+        assert!(intake.accepts(Side::Public, BYE, &guard), "a known dialog");
+        assert!(intake.accepts(Side::Public, RESPONSE, &guard));
+        assert!(
+            intake.accepts(Side::Private, NEW, &guard),
+            "the backends' side"
+        );
+        assert_eq!(counters.shed_new_requests.load(Ordering::Relaxed), 1);
+        intake.taken();
+        assert!(intake.accepts(Side::Public, NEW, &guard), "caught up");
+        intake.set_shed_at(0);
+        intake.queued();
+        intake.queued();
+        assert!(intake.accepts(Side::Public, NEW, &guard), "never shed");
+    }
+
+    #[test]
+    fn a_full_queue_takes_nothing() {
+        let counters = Arc::new(AdmissionCounters::default());
+        let intake = Intake::new(0, Arc::clone(&counters));
+        intake.depth.store(QUEUE_LIMIT, Ordering::Relaxed);
+        let guard = guard_with_call("up-call");
+        assert!(!intake.accepts(Side::Public, BYE, &guard));
+        assert!(!intake.accepts(Side::Private, RESPONSE, &guard));
+        assert_eq!(counters.shed_queue_full.load(Ordering::Relaxed), 2);
+    }
+}
