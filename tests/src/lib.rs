@@ -16,3 +16,4 @@ pub mod privileges;
 pub mod rtp;
 pub mod sip_probe;
 pub mod sipp;
+pub mod xdp_fixture;

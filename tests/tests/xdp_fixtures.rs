@@ -7,252 +7,19 @@
 //! entries, so `bpf_fib_lookup` answers deterministically.
 use std::net::Ipv4Addr;
 
-use aya::{
-    Ebpf,
-    maps::{
-        Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap,
-        lpm_trie::{Key, LpmTrie},
-    },
-    programs::{TestRun, TestRunOptions, Xdp},
-};
+use aya::programs::Xdp;
 use sbc_common::{
-    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, PacketLimit, Reason,
-    SourceRule,
-    flow::{FLOW_LATCHED, LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
-    guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK, call_id_hash},
-    maps::{
-        BLOCKS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, REASONS, SIP_LISTENERS, SOURCE_RULES,
-        XDP_PROGRAM,
-    },
+    Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceRule,
+    flow::{LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
+    guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK},
+    maps::XDP_PROGRAM,
 };
 use sbc_tests::{
     frames::{ETHERTYPE_ARP, ETHERTYPE_IPV6, PROTO_TCP, UdpFrame},
-    netns::{self, Netns, unique_prefix},
+    netns,
     privileges::require_lab_privileges,
+    xdp_fixture::*,
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-const CALLER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
-const ROGUE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
-const PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
-const PRIVATE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
-const CALLEE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
-const HAIRPIN_PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
-const UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 9);
-
-const PUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-const PRIV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
-const CALLEE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
-const HAIRPIN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x03];
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// The fixture's namespaces: `sbc` holds pub0 and priv0, `peer` their other ends.
-struct Fixture {
-    sbc: Netns,
-    _peer: Netns,
-}
-
-fn fixture() -> Fixture {
-    let prefix = unique_prefix("fixtures");
-    let sbc = Netns::create(&format!("{prefix}-sbc")).unwrap();
-    let peer = Netns::create(&format!("{prefix}-peer")).unwrap();
-    for (dev, peer_dev, addr, mac_addr) in [
-        ("pub0", "p0", PUBLIC, PUB_MAC),
-        ("priv0", "p1", PRIVATE, PRIV_MAC),
-    ] {
-        netns::run(
-            "ip",
-            &[
-                "link", "add", "dev", dev, "netns", &sbc.name, "type", "veth", "peer", "name",
-                peer_dev, "netns", &peer.name,
-            ],
-        )
-        .unwrap();
-        sbc.ip(&["link", "set", dev, "address", &mac(mac_addr)])
-            .unwrap();
-        sbc.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])
-            .unwrap();
-        sbc.ip(&["link", "set", dev, "up"]).unwrap();
-        peer.ip(&["link", "set", peer_dev, "up"]).unwrap();
-        sbc.sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
-            .unwrap();
-    }
-    for (addr, mac_addr, dev) in [
-        (CALLEE, CALLEE_MAC, "priv0"),
-        (HAIRPIN_PEER, HAIRPIN_MAC, "priv0"),
-        (CALLER, [0x02, 0, 0, 0, 0x01, 0x02], "pub0"),
-    ] {
-        sbc.ip(&[
-            "neigh",
-            "replace",
-            &addr.to_string(),
-            "lladdr",
-            &mac(mac_addr),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    }
-    Fixture { sbc, _peer: peer }
-}
-
-fn ifindex(name: &str) -> u32 {
-    sbc::config::interface_index(name).unwrap_or_else(|| panic!("no interface {name}"))
-}
-
-fn key(addr: Ipv4Addr, port: u16) -> FlowKey {
-    FlowKey::udp(IpAddress::from_ipv4(addr.octets()), port.to_be())
-}
-
-struct FlowSpec {
-    local: (Ipv4Addr, u16),
-    peer: Option<(Ipv4Addr, u16)>,
-    send_from: (Ipv4Addr, u16),
-    send_to: Option<(Ipv4Addr, u16)>,
-    leg: u8,
-    stream: u8,
-}
-
-fn flow(spec: &FlowSpec) -> (FlowKey, Flow) {
-    let peer = spec.peer.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
-    let send_to = spec.send_to.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
-    (
-        key(spec.local.0, spec.local.1),
-        Flow {
-            new_src: IpAddress::from_ipv4(spec.send_from.0.octets()),
-            new_dst: IpAddress::from_ipv4(send_to.0.octets()),
-            peer: IpAddress::from_ipv4(peer.0.octets()),
-            new_src_port: spec.send_from.1.to_be(),
-            new_dst_port: send_to.1.to_be(),
-            peer_port: peer.1.to_be(),
-            flags: if spec.peer.is_some() { FLOW_LATCHED } else { 0 },
-            session_id: 7,
-            leg: spec.leg,
-            stream: spec.stream,
-            _pad: [0; 2],
-        },
-    )
-}
-
-/// The program with its maps, loaded fresh (unpinned) for this test.
-struct Program {
-    ebpf: Ebpf,
-}
-
-impl Program {
-    fn load() -> Self {
-        let object =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ebpf/sbc-xdp.o");
-        let bytes = std::fs::read(&object).unwrap_or_else(|e| {
-            panic!(
-                "cannot read {} ({e}); `cargo xtask build-ebpf` builds it",
-                object.display()
-            )
-        });
-        let mut ebpf = Ebpf::load(&bytes).expect("loading the XDP object");
-        let program: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
-        program.load().expect("the verifier accepts the program");
-        Self { ebpf }
-    }
-
-    fn install(&mut self, spec: &FlowSpec) {
-        let (key, value) = flow(spec);
-        let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
-            HashMap::try_from(self.ebpf.map_mut(FLOWS).unwrap()).unwrap();
-        flows.insert(key, value, 0).unwrap();
-    }
-
-    fn allow_egress(&mut self, interface: &str) {
-        let mut egress = DevMapHash::try_from(self.ebpf.map_mut(EGRESS).unwrap()).unwrap();
-        let index = ifindex(interface);
-        egress.insert(index, index, None, 0).unwrap();
-    }
-
-    fn listen_sip(&mut self, listener: FlowKey) {
-        let mut listeners: HashMap<&mut MapData, FlowKey, u32> =
-            HashMap::try_from(self.ebpf.map_mut(SIP_LISTENERS).unwrap()).unwrap();
-        listeners.insert(listener, 1, 0).unwrap();
-    }
-
-    fn configure_guard(&mut self, config: GuardConfig) {
-        let mut guard: Array<&mut MapData, GuardConfig> =
-            Array::try_from(self.ebpf.map_mut(GUARD).unwrap()).unwrap();
-        guard.set(0, config, 0).unwrap();
-    }
-
-    fn add_rule(&mut self, network: Ipv4Addr, prefix: u32, rule: SourceRule) {
-        let mut rules: LpmTrie<&mut MapData, [u8; 16], SourceRule> =
-            LpmTrie::try_from(self.ebpf.map_mut(SOURCE_RULES).unwrap()).unwrap();
-        let key = Key::new(96 + prefix, IpAddress::from_ipv4(network.octets()).octets);
-        rules.insert(&key, rule, 0).unwrap();
-    }
-
-    fn add_dialog(&mut self, call_id: &str, seed: u64) {
-        let mut dialogs: HashMap<&mut MapData, u64, Dialog> =
-            HashMap::try_from(self.ebpf.map_mut(DIALOGS).unwrap()).unwrap();
-        dialogs
-            .insert(call_id_hash(call_id.as_bytes(), seed), Dialog::default(), 0)
-            .unwrap();
-    }
-
-    /// The dynamic blocks (an LRU hash, read and written like a hash map).
-    fn blocks(&mut self) -> HashMap<&mut MapData, IpAddress, Block> {
-        HashMap::try_from(self.ebpf.map_mut(BLOCKS).unwrap()).unwrap()
-    }
-
-    fn reasons(&self) -> Vec<u64> {
-        let counters: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(REASONS).unwrap()).unwrap();
-        Reason::ALL
-            .iter()
-            .map(|&r| counters.get(&(r as u32), 0).unwrap().iter().sum())
-            .collect()
-    }
-
-    fn flow_stats(&self, key: &FlowKey) -> FlowStats {
-        let stats: PerCpuHashMap<&MapData, FlowKey, FlowStats> =
-            PerCpuHashMap::try_from(self.ebpf.map(FLOW_STATS).unwrap()).unwrap();
-        stats.get(key, 0).map_or_else(
-            |_| FlowStats::default(),
-            |per_cpu| per_cpu.iter().fold(FlowStats::default(), FlowStats::merge),
-        )
-    }
-
-    /// Runs the program on `frame` as if it arrived on `interface`.
-    fn run(&mut self, frame: &[u8], interface: &str) -> (u32, Vec<u8>) {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex(interface), 0, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
-        let mut out = vec![0u8; frame.len() + 256];
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(XDP_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let mut options = TestRunOptions::new();
-        options.data_in = Some(frame);
-        options.data_out = Some(&mut out);
-        options.ctx_in = Some(&ctx);
-        let result = program.test_run(options).expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-}
 
 struct Case {
     name: &'static str,
@@ -637,7 +404,8 @@ fn xdp_verdicts_counters_and_output_bytes() {
             )
         },
     ] {
-        program.install(&spec);
+        let (key, value) = flow(&spec);
+        program.install(key, value);
     }
 
     let mut failures = Vec::new();
