@@ -44,6 +44,8 @@ pub struct DaemonOptions {
     pub health_probes: bool,
     /// More TOML tables, appended to the generated config (an `[admission]` table, say).
     pub extra_config: String,
+    /// The one CPU the daemon may run on (the benchmark pins the system under test).
+    pub cpu: Option<usize>,
 }
 
 impl Default for DaemonOptions {
@@ -58,6 +60,7 @@ impl Default for DaemonOptions {
             health_failure_threshold: 2,
             health_probes: true,
             extra_config: String::new(),
+            cpu: None,
         }
     }
 }
@@ -71,6 +74,7 @@ pub struct Daemon {
     /// Where the daemon pins its maps and links.
     pub pin_dir: PathBuf,
     binary: PathBuf,
+    cpu: Option<usize>,
 }
 
 impl Daemon {
@@ -140,6 +144,7 @@ level = "info"
             config,
             dir,
             binary: crate::daemon::sbc_binary(),
+            cpu: options.cpu,
         };
         daemon.spawn(&[])?;
         Ok(daemon)
@@ -151,7 +156,16 @@ level = "info"
             .create(true)
             .append(true)
             .open(self.dir.path().join("sbc.log"))?;
-        let child = Command::new("nsenter")
+        // taskset and nsenter exec what follows them: the PID is the daemon's.
+        let mut command = match self.cpu {
+            Some(cpu) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", &cpu.to_string(), "nsenter"]);
+                taskset
+            }
+            None => Command::new("nsenter"),
+        };
+        let child = command
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg(&self.binary)
             .args(["run", "--config"])

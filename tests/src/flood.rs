@@ -1,5 +1,5 @@
-//! A bounded SIP flood from one lab host, as scanners and attackers send it: INVITEs and
-//! OPTIONS (or OPTIONS only), each with a Call-ID and branch of its own (so none can pass for a known dialog),
+//! A bounded SIP flood from one lab host, as scanners and attackers send it: INVITEs, OPTIONS
+//! or both, each with a Call-ID and branch of its own (so none can pass for a known dialog),
 //! sent in batches with `sendmmsg` as fast as the host allows, until a packet count or a time
 //! limit is reached, whichever comes first.
 use std::{
@@ -23,9 +23,7 @@ const PLACEHOLDER: &[u8] = b"ffffffffffffffff";
 pub struct Flood {
     pub packets: u64,
     pub duration: Duration,
-    /// INVITEs and OPTIONS alternately; without, OPTIONS only (nothing that could set up a
-    /// call at a backend).
-    pub invites: bool,
+    pub mix: Mix,
     /// Packets per second at most; `None`: as fast as the host can.
     pub pace: Option<u32>,
 }
@@ -41,6 +39,16 @@ impl FloodReport {
     pub fn packets_per_sec(&self) -> f64 {
         self.sent as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// What a flood sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// Nothing that could set up a call at a backend.
+    Options,
+    Invites,
+    /// INVITEs and OPTIONS alternately.
+    InvitesAndOptions,
 }
 
 /// A request with its placeholder offsets.
@@ -77,13 +85,13 @@ pub fn start(
 ) -> JoinHandle<anyhow::Result<FloodReport>> {
     ns.spawn(move || {
         let call_id = std::str::from_utf8(PLACEHOLDER).expect("ASCII");
-        let options = Template::new(sip_probe::options(local, target, call_id, "flood"));
-        let other = if limits.invites {
-            Template::new(sip_probe::invite(local, target, call_id))
-        } else {
-            Template::new(options.bytes.clone())
+        let options = || Template::new(sip_probe::options(local, target, call_id, "flood"));
+        let invite = || Template::new(sip_probe::invite(local, target, call_id));
+        let templates = match limits.mix {
+            Mix::Options => [options(), options()],
+            Mix::Invites => [invite(), invite()],
+            Mix::InvitesAndOptions => [invite(), options()],
         };
-        let templates = [other, options];
         let socket = UdpSocket::bind(local)?;
         socket.connect(target)?;
         let mut buffers: Vec<Vec<u8>> =

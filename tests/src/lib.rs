@@ -4,6 +4,7 @@
 //! Everything here creates only namespaces and interfaces of its own (named with a per-process
 //! prefix), with addresses that exist only inside them, and removes them on drop, also when a
 //! test fails.
+pub mod bench;
 pub mod calls;
 pub mod conformance;
 pub mod daemon;

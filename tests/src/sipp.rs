@@ -166,6 +166,8 @@ pub struct CallerResult {
     pub successful: u64,
     pub failed: u64,
     pub output: String,
+    /// Milliseconds from INVITE to 200 of each call, as SIPp timed them (1 ms resolution).
+    pub response_times_ms: Vec<f64>,
 }
 
 /// What the SIPp caller does in each call.
@@ -175,6 +177,8 @@ pub enum CallKind {
     WithMedia,
     /// INVITE, ACK, BYE at once (SIPp's `uac`): signalling only.
     Short,
+    /// SIPp's `uac`, holding each call this long before the BYE.
+    Held(Duration),
     /// A scenario file of this crate (see `scenario`).
     Scenario(&'static str),
 }
@@ -206,8 +210,12 @@ pub fn place_calls_through(
     let dir = workdir()?;
     let (flag, scenario) = match kind {
         CallKind::WithMedia => ("-sn", "uac_pcap".to_owned()),
-        CallKind::Short => ("-sn", "uac".to_owned()),
+        CallKind::Short | CallKind::Held(_) => ("-sn", "uac".to_owned()),
         CallKind::Scenario(name) => ("-sf", scenario(name).to_string_lossy().into_owned()),
+    };
+    let hold = match kind {
+        CallKind::Held(hold) => hold.as_millis(),
+        _ => 0,
     };
     let args: Vec<String> = [
         flag,
@@ -225,6 +233,11 @@ pub fn place_calls_through(
         &format!("{}s", limit.as_secs()),
         "-default_behaviors",
         "all,-abortunexp",
+        "-d",
+        &hold.to_string(),
+        "-trace_rtt",
+        "-rtt_freq",
+        "1",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -265,6 +278,7 @@ pub fn place_calls_through(
         successful: column("Successful call"),
         failed: column("Failed call"),
         output: text,
+        response_times_ms: response_times(dir.path()),
     };
     if result.successful + result.failed == 0 {
         bail!(
@@ -274,4 +288,22 @@ pub fn place_calls_through(
         );
     }
     Ok(result)
+}
+
+/// The response times SIPp wrote with `-trace_rtt` (`<scenario>_<pid>_rtt.csv`:
+/// `Date_ms;response_time_ms;rtd_no`).
+fn response_times(dir: &Path) -> Vec<f64> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with("_rtt.csv"))
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| line.split(';').nth(1)?.trim().parse().ok())
+                .collect::<Vec<f64>>()
+        })
+        .collect()
 }

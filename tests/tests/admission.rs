@@ -9,7 +9,7 @@ use std::{
 
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
-    flood::{self, Flood},
+    flood::{self, Flood, Mix},
     lab::{CALLEE, CALLER, Lab, ROGUE, SBC_PUBLIC},
     netns::Netns,
     privileges::require_lab_privileges,
@@ -355,7 +355,7 @@ fn established_calls_survive_their_source_being_limited(dataplane: &'static str)
             packets: 10_000,
             duration: Duration::from_secs(3),
             // Requests that set up no call: the backend's script is for three.
-            invites: false,
+            mix: Mix::Options,
             pace: Some(5_000),
         },
     };
@@ -428,7 +428,7 @@ fn an_overloaded_daemon_sheds_new_requests_before_calls_userspace() {
         flood: Flood {
             packets: 240_000,
             duration: Duration::from_secs(8),
-            invites: false,
+            mix: Mix::Options,
             pace: Some(30_000),
         },
     };
@@ -504,7 +504,7 @@ fn a_flood_dies_in_the_kernel_while_calls_with_media_go_through() {
             Flood {
                 packets: 4_000_000,
                 duration: Duration::from_secs(11),
-                invites: true,
+                mix: Mix::InvitesAndOptions,
                 pace: None,
             },
         );

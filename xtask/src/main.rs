@@ -47,6 +47,13 @@ enum Task {
         #[arg(value_parser = ["up", "down"])]
         action: String,
     },
+    /// Set up, build in release, and measure the relay and the proxy side by side (as root);
+    /// results in target/bench/.
+    Bench {
+        /// Arguments for the benchmark: --full for the full run (see `cargo xtask bench -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up, build, and run the demo: media through the sbc in a lab of namespaces (as root).
     Demo {
         /// Arguments for the demo (see `cargo xtask demo -- --help`).
@@ -199,6 +206,18 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Lab { action } => {
             let bin_dir = build(false)?;
             run(lab_binary(&bin_dir), &[&action], &[])
+        }
+        Task::Bench { args } => {
+            setup::install()?;
+            let bin_dir = build(true)?;
+            let sbc = bin_dir.join("sbc");
+            let mut bench_args = vec!["bench"];
+            bench_args.extend(args.iter().map(String::as_str));
+            run(
+                lab_binary(&bin_dir),
+                &bench_args,
+                &[("SBC_BIN", sbc.as_os_str())],
+            )
         }
         Task::Demo { args } => {
             setup::install()?;

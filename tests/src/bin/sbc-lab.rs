@@ -1,7 +1,13 @@
-//! The lab for people: `up` and `down` for manual play, `demo` for the README's first command.
-//! Run through `cargo xtask lab up|down` and `cargo xtask demo`.
-use clap::{Parser, Subcommand};
-use sbc_tests::lab::Lab;
+//! The lab for people: `up` and `down` for manual play, `demo` for the README's first command,
+//! `bench` for the numbers. Run through `cargo xtask lab up|down`, `cargo xtask demo` and
+//! `cargo xtask bench`.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sbc_tests::{
+    bench::{self, Mode},
+    lab::Lab,
+};
 
 /// Namespaces of the manual lab: sbc-lab-caller, sbc-lab-sbc, sbc-lab-callee, sbc-lab-rogue.
 const MANUAL_PREFIX: &str = "sbc-lab";
@@ -21,6 +27,22 @@ enum Command {
     Down,
     /// Run the demo: media sessions with RTP both ways through the sbc, then a report.
     Demo(sbc_tests::demo::DemoOptions),
+    /// Measure the relay and the proxy side by side; print one table and write it as JSON and
+    /// Markdown.
+    Bench(BenchOptions),
+}
+
+#[derive(Args)]
+struct BenchOptions {
+    /// The full run (the numbers for BENCHMARKS.md); the default is a quick run.
+    #[arg(long, conflicts_with = "quick")]
+    full: bool,
+    /// A quick run (the default): every measurement, smaller and shorter.
+    #[arg(long)]
+    quick: bool,
+    /// Where results.json and results.md go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +63,21 @@ fn main() -> anyhow::Result<()> {
             println!("lab down");
         }
         Command::Demo(options) => sbc_tests::demo::run(&options)?,
+        Command::Bench(options) => {
+            sbc_tests::privileges::require_lab_privileges();
+            let mode = if options.full {
+                Mode::Full
+            } else {
+                Mode::Quick
+            };
+            let report = bench::run(mode)?;
+            print!("{}", report.text());
+            report.write(&options.out)?;
+            println!(
+                "\nwritten: {0}/results.json, {0}/results.md",
+                options.out.display()
+            );
+        }
     }
     Ok(())
 }

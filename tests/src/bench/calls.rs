@@ -1,0 +1,145 @@
+//! Call setup through a proxy with media anchoring: SIPp places short calls (INVITE with an SDP
+//! offer, 180, 200 with the answer, ACK, BYE) at stepped rates, so every call also gets a media
+//! session; the highest rate with fewer than 0.5 % failed calls is the result, with SIPp's
+//! response times (INVITE to 200) at that rate. The system under test runs on one core, the
+//! load generators on the other.
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use super::report::Measurement;
+use crate::{
+    lab::{CALLER, Lab},
+    sipp::{self, CallKind},
+};
+
+const SECTION: &str = "Call setup";
+/// A step fails at this share of failed calls.
+const FAILURE_BOUND: f64 = 0.005;
+
+#[derive(Debug, Clone)]
+pub struct Steps {
+    /// Offered calls per second, in order.
+    pub rates: Vec<u32>,
+    pub seconds_per_step: u32,
+}
+
+/// One step's outcome.
+#[derive(Debug, Clone)]
+struct Step {
+    rate: u32,
+    failed_share: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// SIPp could not place the calls at the offered rate.
+    generator_limited: bool,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank]
+}
+
+fn step(lab: &Lab, target: SocketAddr, rate: u32, seconds: u32) -> anyhow::Result<Step> {
+    let calls = rate * seconds;
+    let started = Instant::now();
+    let result = sipp::place_calls(
+        &lab.caller,
+        SocketAddr::new(CALLER.into(), 5060),
+        target,
+        CallKind::Short,
+        (calls, rate),
+        Duration::from_secs(u64::from(seconds) * 3 + 30),
+    )?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut times = result.response_times_ms.clone();
+    times.sort_by(f64::total_cmp);
+    Ok(Step {
+        rate,
+        // Calls SIPp never completed count as failed too.
+        failed_share: 1.0 - result.successful as f64 / f64::from(calls),
+        p50_ms: percentile(&times, 0.5),
+        p99_ms: percentile(&times, 0.99),
+        // Short calls take milliseconds: a run much longer than the schedule was SIPp's pace.
+        generator_limited: elapsed > f64::from(seconds) * 1.25 + 2.0,
+    })
+}
+
+/// Steps up the rate against `target` (labelled `system`) until a step fails.
+pub fn measure(
+    lab: &Lab,
+    target: SocketAddr,
+    system: &str,
+    steps: &Steps,
+) -> anyhow::Result<Vec<Measurement>> {
+    let mut measurements = Vec::new();
+    let mut best: Option<Step> = None;
+    for &rate in &steps.rates {
+        let outcome = step(lab, target, rate, steps.seconds_per_step)?;
+        eprintln!("  {system}: {rate} calls/s offered: {outcome:?}");
+        let mut row = Measurement::new(
+            SECTION,
+            format!("{system}, {rate} calls/s offered"),
+            "failed calls",
+            outcome.failed_share * 100.0,
+            "%",
+        );
+        if outcome.generator_limited {
+            row = row.note("SIPp could not keep the offered rate (generator-limited)");
+        }
+        measurements.push(row);
+        if outcome.failed_share >= FAILURE_BOUND || outcome.generator_limited {
+            break;
+        }
+        best = Some(outcome);
+    }
+    let limit_note = if best.as_ref().map(|b| b.rate) == steps.rates.last().copied() {
+        "the highest step offered passed: the true limit is higher"
+    } else {
+        ""
+    };
+    let best = best.unwrap_or(Step {
+        rate: 0,
+        failed_share: 1.0,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        generator_limited: false,
+    });
+    measurements.push(
+        Measurement::new(
+            SECTION,
+            system,
+            "highest rate with < 0.5 % failed",
+            f64::from(best.rate),
+            "calls/s",
+        )
+        .note(limit_note),
+    );
+    for (metric, value) in [
+        ("response time p50 at that rate", best.p50_ms),
+        ("response time p99 at that rate", best.p99_ms),
+    ] {
+        measurements.push(
+            Measurement::new(SECTION, system, metric, value, "ms")
+                .note("SIPp's timer: 1 ms resolution"),
+        );
+    }
+    Ok(measurements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_by_rank() {
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 0.5), 51.0);
+        assert_eq!(percentile(&sorted, 0.99), 99.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+}

@@ -1,0 +1,157 @@
+//! The XDP program's own cost per packet: the kernel runs the real program (BPF_PROG_TEST_RUN)
+//! many times on one frame, with maps filled as the daemon fills them, and reports the
+//! average. This is the program alone, without the driver and the redirect that follow.
+//!
+//! A relayed frame is rewritten in place, so a repeated run would time the program on its own
+//! output: those frames run once per call instead, and the kernel's per-call timing overhead
+//! (one clock read, found by timing the unchanged pass-through frame both ways) is taken off.
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, ensure};
+use sbc_common::{
+    FlowKey, GuardConfig, IpAddress, PacketLimit,
+    flow::{LEG_A, STREAM_RTP},
+    guard::GUARD_ON,
+};
+
+use super::report::Measurement;
+use crate::{
+    frames::UdpFrame,
+    netns, sip_probe,
+    xdp_fixture::{
+        CALLEE, CALLER, FlowSpec, PRIVATE, PUBLIC, Program, XDP_PASS, XDP_REDIRECT, fixture, flow,
+    },
+};
+
+const SECTION: &str = "In-kernel cost";
+const SEED: u64 = 0x5eed;
+
+/// One frame to time, and the verdict it must get (else the bench times the wrong path).
+struct Case {
+    subject: &'static str,
+    frame: Vec<u8>,
+    verdict: u32,
+    /// The program rewrites this frame in place: a repeated run would see its own output.
+    rewritten: bool,
+}
+
+fn sip_frame(call_id: &str) -> Vec<u8> {
+    let local = SocketAddr::new(CALLER.into(), 5060);
+    let target = SocketAddr::new(PUBLIC.into(), 5060);
+    UdpFrame {
+        payload: sip_probe::invite(local, target, call_id),
+        ..UdpFrame::rtp((CALLER, 5060), (PUBLIC, 5060))
+    }
+    .bytes()
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            subject: "RTP frame of a latched flow (relayed)",
+            frame: UdpFrame::rtp((CALLER, 40000), (PUBLIC, 20000)).bytes(),
+            verdict: XDP_REDIRECT,
+            rewritten: true,
+        },
+        Case {
+            subject: "UDP frame of no flow (passed)",
+            frame: UdpFrame::rtp((CALLER, 40000), (PUBLIC, 9999)).bytes(),
+            verdict: XDP_PASS,
+            rewritten: false,
+        },
+        Case {
+            subject: "SIP INVITE, new call (Call-ID scan, bucket)",
+            frame: sip_frame("new-call-0123456789@198.18.1.2"),
+            verdict: XDP_PASS,
+            rewritten: false,
+        },
+        Case {
+            subject: "SIP request of a known dialog",
+            frame: sip_frame("known-call-0123456789@198.18.1.2"),
+            verdict: XDP_PASS,
+            rewritten: false,
+        },
+    ]
+}
+
+/// Nanoseconds per run for each case, `repeat` runs each.
+pub fn measure(repeat: u32) -> anyhow::Result<Vec<Measurement>> {
+    let fixture = fixture();
+    let namespace = fixture.sbc.name.clone();
+    std::thread::spawn(move || -> anyhow::Result<Vec<Measurement>> {
+        netns::enter(&namespace)?;
+        let mut program = Program::load();
+        program.allow_egress("pub0");
+        program.allow_egress("priv0");
+        let (key, value) = flow(&FlowSpec {
+            local: (PUBLIC, 20000),
+            peer: Some((CALLER, 40000)),
+            send_from: (PRIVATE, 30000),
+            send_to: Some((CALLEE, 50000)),
+            leg: LEG_A,
+            stream: STREAM_RTP,
+        });
+        program.install(key, value);
+        program.listen_sip(FlowKey::udp(
+            IpAddress::from_ipv4(PUBLIC.octets()),
+            5060u16.to_be(),
+        ));
+        program.configure_guard(GuardConfig {
+            // A bucket the runs never empty: the cost of taking a token, not of dropping.
+            default_limit: PacketLimit {
+                rate: 10_000_000,
+                burst: 10_000_000,
+            },
+            block_after_drops: 0,
+            flags: GUARD_ON,
+            block_ns: 0,
+            dialog_seed: SEED,
+        });
+        program.add_dialog("known-call-0123456789@198.18.1.2", SEED);
+        let runs = |program: &mut Program, case: &Case, repeated: bool| -> anyhow::Result<f64> {
+            let (verdict, per_run) = if repeated {
+                let (verdict, _, per_run) = program.run_repeated(&case.frame, "pub0", repeat);
+                (verdict, per_run.as_nanos() as f64)
+            } else {
+                let mut verdict = 0;
+                let mut total = 0.0;
+                for _ in 0..repeat {
+                    let (v, _, per_run) = program.run_repeated(&case.frame, "pub0", 1);
+                    (verdict, total) = (v, total + per_run.as_nanos() as f64);
+                }
+                (verdict, total / f64::from(repeat))
+            };
+            ensure!(
+                verdict == case.verdict,
+                "{}: verdict {verdict}, expected {}",
+                case.subject,
+                case.verdict
+            );
+            Ok(per_run)
+        };
+        let cases = cases();
+        let calibration = cases
+            .iter()
+            .find(|case| !case.rewritten)
+            .expect("a frame that is not rewritten");
+        let overhead = (runs(&mut program, calibration, false)?
+            - runs(&mut program, calibration, true)?)
+        .max(0.0);
+        let mut measurements = Vec::new();
+        for case in &cases {
+            let mut ns = runs(&mut program, case, !case.rewritten)?;
+            let mut note = format!("{} bytes, {repeat} runs", case.frame.len());
+            if case.rewritten {
+                ns -= overhead;
+                note += &format!(", one per call less {overhead:.0} ns of timing");
+            }
+            measurements.push(
+                Measurement::new(SECTION, case.subject, "time per packet", ns, "ns").note(note),
+            );
+        }
+        Ok(measurements)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the test-run thread panicked"))?
+    .context("timing the XDP program")
+}
