@@ -14,25 +14,33 @@ use std::{
 
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
 const PACKAGE: &str = "sbc-ebpf";
-const BINARY: &str = "sbc-xdp";
+/// The sbc's XDP program, and the benchmark's generator and sink (not part of the sbc).
+const BINARIES: [&str; 2] = ["sbc-xdp", "sbc-bench-xdp"];
 
-/// The stable path of the built object: `<workspace>/target/ebpf/sbc-xdp.o`.
+/// The stable path of a built object: `<workspace>/target/ebpf/<binary>.o`.
+fn built_object(workspace: &Path, binary: &str) -> PathBuf {
+    workspace
+        .join("target")
+        .join("ebpf")
+        .join(format!("{binary}.o"))
+}
+
+/// The sbc's XDP object: `<workspace>/target/ebpf/sbc-xdp.o`.
 pub fn object_path(workspace: &Path) -> PathBuf {
-    workspace.join("target").join("ebpf").join("sbc-xdp.o")
+    built_object(workspace, BINARIES[0])
+}
+
+/// The benchmark's object: `<workspace>/target/ebpf/sbc-bench-xdp.o`.
+#[allow(dead_code)] // Used by the tests crate's benchmark, not by every includer.
+pub fn bench_object_path(workspace: &Path) -> PathBuf {
+    built_object(workspace, BINARIES[1])
 }
 
 /// `cargo <subcommand>` for the eBPF crate, with the recipe's target, `build-std` and flags.
 pub fn cargo_for_bpf(workspace: &Path, cargo: &Path, subcommand: &str) -> Command {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args([
-            subcommand,
-            "--package",
-            PACKAGE,
-            "--bin",
-            BINARY,
-            "--release",
-        ])
+        .args([subcommand, "--package", PACKAGE, "--bins", "--release"])
         .args([
             "--target",
             BPF_TARGET,
@@ -74,21 +82,23 @@ pub fn build(workspace: &Path, cargo: &Path) -> Result<PathBuf, String> {
             "building the XDP object failed ({status}): {cmd:?}"
         ));
     }
-    let built = workspace
-        .join("target")
-        .join("ebpf")
-        .join(BPF_TARGET)
-        .join("release")
-        .join(BINARY);
-    let object = object_path(workspace);
-    std::fs::copy(&built, &object).map_err(|e| {
-        format!(
-            "cannot copy {} to {}: {e}",
-            built.display(),
-            object.display()
-        )
-    })?;
-    Ok(object)
+    for binary in BINARIES {
+        let built = workspace
+            .join("target")
+            .join("ebpf")
+            .join(BPF_TARGET)
+            .join("release")
+            .join(binary);
+        let object = built_object(workspace, binary);
+        std::fs::copy(&built, &object).map_err(|e| {
+            format!(
+                "cannot copy {} to {}: {e}",
+                built.display(),
+                object.display()
+            )
+        })?;
+    }
+    Ok(object_path(workspace))
 }
 
 /// bpf-linker and rust-src are the two things a stock Rust install lacks; say so plainly.

@@ -10,6 +10,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod bench;
 pub mod call_id;
 pub mod checksum;
 pub mod flow;

@@ -94,6 +94,21 @@ pub fn enter(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `f` with the calling thread in namespace `name`, then moves the thread back.
+pub fn within<T>(name: &str, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+    enter(name)?;
+    let result = f();
+    // SAFETY: a valid namespace fd; CLONE_NEWNET only changes this thread's network namespace.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "returning from netns {name}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(result)
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also deletes the veth ends inside it.
