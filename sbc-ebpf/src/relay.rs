@@ -1,5 +1,5 @@
 //! The media relay: forward a datagram of a latched flow to the other leg's peer.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use sbc_common::{
     Flow, FlowKey, FlowStats, IpAddress, Reason, SourceCheck, checksum::ChecksumUpdate,
@@ -52,8 +52,9 @@ fn try_media(
         SourceCheck::Accept => {}
     }
     if let Some(stats) = stats {
-        // SAFETY: per-CPU value, only this CPU writes it.
-        unsafe { (*stats).last_seen_ns = bpf_ktime_get_ns() };
+        // The coarse clock (a tick's resolution) is plenty for timeouts of seconds and costs
+        // less per packet. SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { (*stats).last_seen_ns = bpf_ktime_get_coarse_ns() };
     }
     if packet.vlan_tagged {
         return Err(Reason::PassVlanTagged);
