@@ -24,7 +24,7 @@ pub struct RunOptions {
 pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     config.validate()?;
     config.check_environment()?;
-    raise_open_files_limit();
+    raise_open_files_limit(u64::from(config.media.port_max - config.media.port_min) + 1);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -178,18 +178,42 @@ async fn shutdown_signal() {
     }
 }
 
-/// One socket per relay port: allow as many descriptors as the hard limit permits.
-fn raise_open_files_limit() {
+/// One socket per relay port, on each media address: the daemon needs a descriptor per port
+/// of the range twice over, plus some for everything else. The soft limit is raised to that (or
+/// as far as the hard limit goes); the hard limit too, when the daemon may (CAP_SYS_RESOURCE),
+/// up to the kernel's `fs.nr_open`.
+fn raise_open_files_limit(media_ports: u64) {
+    let wanted = media_ports * 2 + 4096;
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1 << 20);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid, writable rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_max < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted.min(nr_open),
+            rlim_max: wanted.min(nr_open),
+        };
+        // SAFETY: a valid rlimit; refused without the capability, which the fallback covers.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return;
         }
+    }
+    limit.rlim_cur = wanted.max(limit.rlim_cur).min(limit.rlim_max);
+    // SAFETY: a valid rlimit within the hard limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            wanted,
+            "the open-files limit is below one descriptor per media port: calls will be refused (503) before the port range is used up"
+        );
     }
 }

@@ -34,6 +34,8 @@ struct Step {
     p99_ms: f64,
     /// SIPp could not place the calls at the offered rate.
     generator_limited: bool,
+    /// SIPp did not finish the step (it had to be stopped, or reported nothing).
+    unfinished: Option<String>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -47,14 +49,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn step(lab: &Lab, target: SocketAddr, rate: u32, seconds: u32) -> anyhow::Result<Step> {
     let calls = rate * seconds;
     let started = Instant::now();
-    let result = sipp::place_calls(
+    let result = match sipp::place_calls(
         &lab.caller,
         SocketAddr::new(CALLER.into(), 5060),
         target,
         CallKind::Short,
         (calls, rate),
         Duration::from_secs(u64::from(seconds) * 3 + 30),
-    )?;
+    ) {
+        Ok(result) => result,
+        // An overloaded step may leave SIPp with nothing to say: the step failed.
+        Err(e) => {
+            return Ok(Step {
+                rate,
+                failed_share: 1.0,
+                p50_ms: f64::NAN,
+                p99_ms: f64::NAN,
+                generator_limited: false,
+                unfinished: Some(format!("{e:#}").lines().next().unwrap_or("").to_owned()),
+            });
+        }
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let mut times = result.response_times_ms.clone();
     times.sort_by(f64::total_cmp);
@@ -66,6 +81,7 @@ fn step(lab: &Lab, target: SocketAddr, rate: u32, seconds: u32) -> anyhow::Resul
         p99_ms: percentile(&times, 0.99),
         // Short calls take milliseconds: a run much longer than the schedule was SIPp's pace.
         generator_limited: elapsed > f64::from(seconds) * 1.25 + 2.0,
+        unfinished: None,
     })
 }
 
@@ -91,6 +107,9 @@ pub fn measure(
         if outcome.generator_limited {
             row = row.note("SIPp could not keep the offered rate (generator-limited)");
         }
+        if let Some(why) = &outcome.unfinished {
+            row = row.note(format!("SIPp did not finish the step: {why}"));
+        }
         measurements.push(row);
         if outcome.failed_share >= FAILURE_BOUND || outcome.generator_limited {
             break;
@@ -108,6 +127,7 @@ pub fn measure(
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,
         generator_limited: false,
+        unfinished: None,
     });
     measurements.push(
         Measurement::new(

@@ -202,7 +202,11 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = format!(
             "Run: `cargo xtask bench{}` on {}.\n\n",
-            if self.mode == "full" { " --full" } else { "" },
+            if self.mode == "full" {
+                " -- --full"
+            } else {
+                ""
+            },
             self.machine.describe()
         );
         out += &format!("| {} |\n", Self::HEADER.join(" | "));
