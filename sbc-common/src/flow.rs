@@ -159,10 +159,50 @@ pub fn check_source(flow: &Flow, src: &IpAddress, src_port_be: u16) -> SourceChe
 pub struct FlowStats {
     pub packets: u64,
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet seen, forwarded or not.
+    /// CLOCK_MONOTONIC (coarse: a tick's resolution) of the last packet seen, forwarded or not.
     pub last_seen_ns: u64,
     /// Packets dropped because they came from a source other than the latched peer.
     pub foreign_dropped: u64,
+    /// This CPU's memo of the flow's next hop (not a counter: `merge` keeps one side's).
+    pub next_hop: NextHopMemo,
+}
+
+/// How long the relay reuses a next hop before asking `bpf_fib_lookup` again: a route or
+/// neighbour change reaches a flow within this time.
+pub const NEXT_HOP_MEMO_NS: u64 = 250_000_000;
+
+/// A next hop the relay looked up for a flow, so that `bpf_fib_lookup` (the largest part of
+/// the per-packet cost) runs a few times a second per flow instead of for every packet. It is
+/// used only for the same addresses and ingress it was found for, for frames no longer than
+/// one that passed the MTU check, and until `until_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NextHopMemo {
+    /// 0: empty.
+    pub until_ns: u64,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub ingress_ifindex: u32,
+    pub egress_ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// The IPv4 total length that passed the MTU check.
+    pub max_len: u16,
+    pub _pad: [u8; 2],
+}
+
+impl NextHopMemo {
+    /// Whether the memo answers for a frame of `len` bytes from `src` to `dst` that arrived
+    /// on `ingress` at `now_ns`.
+    #[inline(always)]
+    pub fn answers(&self, src: [u8; 4], dst: [u8; 4], ingress: u32, len: u16, now_ns: u64) -> bool {
+        now_ns < self.until_ns
+            && self.src == src
+            && self.dst == dst
+            && self.ingress_ifindex == ingress
+            && len <= self.max_len
+    }
 }
 
 impl FlowStats {
@@ -173,6 +213,7 @@ impl FlowStats {
             bytes: self.bytes + other.bytes,
             last_seen_ns: self.last_seen_ns.max(other.last_seen_ns),
             foreign_dropped: self.foreign_dropped + other.foreign_dropped,
+            next_hop: self.next_hop,
         }
     }
 }
@@ -180,7 +221,8 @@ impl FlowStats {
 const _: () = assert!(core::mem::size_of::<IpAddress>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Flow>() == 64);
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 72);
+const _: () = assert!(core::mem::size_of::<NextHopMemo>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -190,6 +232,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::NextHopMemo {}
 }
 
 #[cfg(test)]

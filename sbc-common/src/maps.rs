@@ -2,7 +2,7 @@
 
 /// Version of the map layout. Pins live under `<bpffs>/sbc/<instance>/v<MAP_ABI_VERSION>/`, so a
 /// daemon with another layout never misreads old maps; bump it whenever a shared type changes.
-pub const MAP_ABI_VERSION: u32 = 2;
+pub const MAP_ABI_VERSION: u32 = 3;
 
 /// `HashMap<FlowKey, Flow>`: what to do with media arriving at a local port.
 pub const FLOWS: &str = "SBC_FLOWS";

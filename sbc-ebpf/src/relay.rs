@@ -2,8 +2,9 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use sbc_common::{
-    Flow, FlowKey, FlowStats, IpAddress, Reason, SourceCheck, checksum::ChecksumUpdate,
-    flow::check_source,
+    Flow, FlowKey, FlowStats, IpAddress, Reason, SourceCheck,
+    checksum::ChecksumUpdate,
+    flow::{NEXT_HOP_MEMO_NS, NextHopMemo, check_source},
 };
 
 use crate::{
@@ -51,10 +52,13 @@ fn try_media(
         }
         SourceCheck::Accept => {}
     }
+    // The coarse clock (a tick's resolution) is plenty for timeouts of seconds and for the
+    // next-hop memo, and costs less per packet.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(stats) = stats {
-        // The coarse clock (a tick's resolution) is plenty for timeouts of seconds and costs
-        // less per packet. SAFETY: per-CPU value, only this CPU writes it.
-        unsafe { (*stats).last_seen_ns = bpf_ktime_get_coarse_ns() };
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { (*stats).last_seen_ns = now };
     }
     if packet.vlan_tagged {
         return Err(Reason::PassVlanTagged);
@@ -72,7 +76,7 @@ fn try_media(
     // Find the next hop before touching the frame: a refusal must pass up the original bytes.
     // SAFETY: bounds checked by the parser.
     let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
-    let next_hop = forward::next_hop(ctx, new_src, new_dst, &flow, tot_len)?;
+    let next_hop = remembered_next_hop(ctx, stats, new_src, new_dst, &flow, tot_len, now)?;
 
     rewrite(ctx, packet, &flow, new_src, new_dst, &next_hop)?;
     if let Some(stats) = stats {
@@ -83,6 +87,49 @@ fn try_media(
         }
     }
     Ok(forward::send(ctx, &next_hop))
+}
+
+/// The next hop from this CPU's memo for the flow, or looked up (and remembered).
+#[inline(always)]
+fn remembered_next_hop(
+    ctx: &XdpContext,
+    stats: Option<*mut FlowStats>,
+    src: [u8; 4],
+    dst: [u8; 4],
+    flow: &Flow,
+    tot_len: u16,
+    now: u64,
+) -> Result<NextHop, Reason> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    if let Some(stats) = stats {
+        // SAFETY: per-CPU value, only this CPU touches it.
+        let memo = unsafe { &(*stats).next_hop };
+        if memo.answers(src, dst, ingress, tot_len, now) {
+            return Ok(NextHop {
+                ifindex: memo.egress_ifindex,
+                src_mac: memo.src_mac,
+                dst_mac: memo.dst_mac,
+            });
+        }
+    }
+    let next_hop = forward::next_hop(ctx, src, dst, flow, tot_len)?;
+    if let Some(stats) = stats {
+        // SAFETY: per-CPU value, only this CPU touches it.
+        unsafe {
+            (*stats).next_hop = NextHopMemo {
+                until_ns: now + NEXT_HOP_MEMO_NS,
+                src,
+                dst,
+                ingress_ifindex: ingress,
+                egress_ifindex: next_hop.ifindex,
+                src_mac: next_hop.src_mac,
+                dst_mac: next_hop.dst_mac,
+                max_len: tot_len,
+                _pad: [0; 2],
+            }
+        };
+    }
+    Ok(next_hop)
 }
 
 /// The flow's per-CPU counters, created on first use if the daemon has not made them yet.

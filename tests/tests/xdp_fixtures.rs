@@ -752,3 +752,61 @@ fn verifier_cost_stays_within_budget() {
         "the program grew to {translated} bytes"
     );
 }
+
+/// The relay remembers a flow's next hop for a moment instead of asking the FIB for every
+/// packet: a neighbour change reaches the flow once the memo expires, a changed flow at once.
+#[test]
+fn next_hops_are_remembered_briefly_and_follow_changes() {
+    require_lab_privileges();
+    let fixture = fixture();
+    netns::enter(&fixture.sbc.name).unwrap();
+    let mut program = Program::load();
+    program.allow_egress("priv0");
+    let spec = |send_to| FlowSpec {
+        local: (PUBLIC, 20000),
+        peer: Some((CALLER, 40000)),
+        send_from: (PRIVATE, 30000),
+        send_to: Some(send_to),
+        leg: LEG_A,
+        stream: STREAM_RTP,
+    };
+    let (key, value) = flow(&spec((CALLEE, 50000)));
+    program.install(key, value);
+    let frame = rtp((CALLER, 40000), (PUBLIC, 20000)).bytes();
+    let dst_mac = |program: &mut Program| {
+        let (action, out) = program.run(&frame, "pub0");
+        assert_eq!(action, XDP_REDIRECT);
+        <[u8; 6]>::try_from(&out[..6]).unwrap()
+    };
+    assert_eq!(dst_mac(&mut program), CALLEE_MAC);
+
+    let moved = [0x02, 0, 0, 0, 0x02, 0x99];
+    fixture
+        .sbc
+        .ip(&[
+            "neigh",
+            "replace",
+            &CALLEE.to_string(),
+            "lladdr",
+            &mac(moved),
+            "dev",
+            "priv0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    assert_eq!(dst_mac(&mut program), CALLEE_MAC, "remembered");
+    std::thread::sleep(std::time::Duration::from_nanos(
+        sbc_common::flow::NEXT_HOP_MEMO_NS + 100_000_000,
+    ));
+    assert_eq!(
+        dst_mac(&mut program),
+        moved,
+        "looked up again after the memo"
+    );
+
+    // A flow re-aimed by the daemon (a re-INVITE) is looked up at once.
+    let (key, value) = flow(&spec((HAIRPIN_PEER, 50004)));
+    program.install(key, value);
+    assert_eq!(dst_mac(&mut program), HAIRPIN_MAC);
+}
