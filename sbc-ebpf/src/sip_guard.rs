@@ -16,7 +16,9 @@ use sbc_common::{
 
 use crate::{
     Verdict,
-    maps::{SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES},
+    maps::{
+        SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES, ScanBuffer,
+    },
     parse::Ipv4Udp,
 };
 
@@ -123,6 +125,8 @@ fn rate_limit(
 
 /// The state of one Call-ID scan, on the stack and handed to each `bpf_loop` step.
 struct Scan {
+    /// This CPU's copy of the payload, looked up once for the whole scan.
+    buffer: *const ScanBuffer,
     scanner: CallIdScanner,
     result: Option<u64>,
 }
@@ -130,14 +134,11 @@ struct Scan {
 /// One `bpf_loop` step: feeds byte `index` of the scan buffer. Returns 1 to stop the loop.
 extern "C" fn scan_step(index: u64, scan: *mut c_void) -> c_long {
     let scan = scan.cast::<Scan>();
-    let Some(buffer) = SBC_SCAN.get_ptr(0) else {
-        return 1;
-    };
-    // SAFETY: the buffer is this CPU's; the index is masked into it (bpf_loop stops at the
-    // copied length, which is at most its size).
-    let byte = unsafe { (*buffer).bytes[index as usize & (SCAN_BUFFER - 1)] };
-    // SAFETY: `scan` is the caller's `Scan`, alive for the whole loop.
+    // SAFETY: `scan` is the caller's `Scan`, alive for the whole loop; its buffer is this
+    // CPU's, and the index is masked into it (bpf_loop stops at the copied length, which is
+    // at most its size).
     unsafe {
+        let byte = (*(*scan).buffer).bytes[index as usize & (SCAN_BUFFER - 1)];
         match (*scan).scanner.feed(byte) {
             Step::More => 0,
             Step::Found(hash) => {
@@ -178,6 +179,7 @@ fn call_id(ctx: &XdpContext, packet: &Ipv4Udp, seed: u64) -> Option<u64> {
         return None;
     }
     let mut scan = Scan {
+        buffer,
         scanner: CallIdScanner::new(seed),
         result: None,
     };

@@ -69,6 +69,8 @@ struct State {
 
 pub struct SipGuard {
     state: Mutex<State>,
+    /// The kernel decides (XDP): `admit` has nothing to do, and takes no lock to know it.
+    in_kernel: bool,
 }
 
 fn random_seed() -> u64 {
@@ -115,6 +117,7 @@ impl SipGuard {
 
     fn with(tables: Tables, config: GuardConfig) -> Self {
         Self {
+            in_kernel: matches!(tables, Tables::Kernel(_)),
             state: Mutex::new(State {
                 tables,
                 config,
@@ -308,6 +311,9 @@ impl SipGuard {
     /// on to the proxy: the XDP program's decision, in the same order with the same
     /// arithmetic. With XDP the kernel has decided already.
     pub fn admit(&self, source: IpAddr, datagram: &[u8]) -> bool {
+        if self.in_kernel {
+            return true;
+        }
         let mut state = self.lock();
         let state = &mut *state;
         let config = state.config;

@@ -97,29 +97,27 @@ impl Admission {
         self.scanner_needles = scanner_needles(config);
     }
 
+    fn in_allowlist(&self, source: IpAddr) -> bool {
+        self.config
+            .allowlist
+            .iter()
+            .any(|net| net.contains(&source))
+    }
+
     /// The limits `source` is held to; `None` for a backend (no limits).
     fn limits_of(&self, source: IpAddr) -> Option<&SourceLimits> {
         if self.backends.contains(&source) {
             None
-        } else if self
-            .config
-            .allowlist
-            .iter()
-            .any(|net| net.contains(&source))
-        {
+        } else if self.in_allowlist(source) {
             Some(&self.config.allowlisted)
         } else {
             Some(&self.config.source)
         }
     }
 
+    /// Backends and allowlisted trunks are never blocked for their behaviour.
     fn is_allowlisted(&self, source: IpAddr) -> bool {
-        self.backends.contains(&source)
-            || self
-                .config
-                .allowlist
-                .iter()
-                .any(|net| net.contains(&source))
+        self.backends.contains(&source) || self.in_allowlist(source)
     }
 
     /// Whether a User-Agent is a known scanner's.
