@@ -156,18 +156,7 @@ level = "info"
             .create(true)
             .append(true)
             .open(self.dir.path().join("sbc.log"))?;
-        // taskset and nsenter exec what follows them: the PID is the daemon's.
-        let mut command = match self.cpu {
-            Some(cpu) => {
-                let mut taskset = Command::new("taskset");
-                taskset.args(["-c", &cpu.to_string(), "nsenter"]);
-                taskset
-            }
-            None => Command::new("nsenter"),
-        };
-        let child = command
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(&self.binary)
+        let child = crate::netns::command_in(&self.netns, self.cpu, &self.binary)
             .args(["run", "--config"])
             .arg(&self.config)
             .args(extra)
@@ -212,24 +201,7 @@ level = "info"
 
     /// The CPU time the daemon has used so far (user and system, all threads), from /proc.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let pid = self.pid().context("the daemon is not running")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // The fields after the command name, which is in parentheses and may hold spaces:
-        // state is field 3, utime 14, stime 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("malformed /proc stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks = |field: usize| -> anyhow::Result<u64> {
-            Ok(fields.get(field - 3).context("short /proc stat")?.parse()?)
-        };
-        // SAFETY: sysconf has no preconditions.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        Ok(Duration::from_secs_f64(
-            (ticks(14)? + ticks(15)?) as f64 / per_sec,
-        ))
+        crate::process_cpu::process(self.pid().context("the daemon is not running")?)
     }
 
     /// SIGKILL: the daemon gets no chance to clean up (the crash case).

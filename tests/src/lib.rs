@@ -14,6 +14,7 @@ pub mod frames;
 pub mod lab;
 pub mod netns;
 pub mod privileges;
+pub mod process_cpu;
 pub mod rtp;
 pub mod sip_probe;
 pub mod sipp;

@@ -83,6 +83,21 @@ impl Netns {
     }
 }
 
+/// A command that runs `program` in namespace `name`, on `cpu` alone if given. taskset and
+/// nsenter exec what follows them, so the child's PID is the program's own.
+pub fn command_in(name: &str, cpu: Option<usize>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &cpu.to_string(), "nsenter"]);
+            taskset
+        }
+        None => Command::new("nsenter"),
+    };
+    command.arg(format!("--net=/run/netns/{name}")).arg(program);
+    command
+}
+
 /// Moves the calling thread into a namespace (sockets it creates afterwards live there).
 pub fn enter(name: &str) -> anyhow::Result<()> {
     let file = File::open(format!("/run/netns/{name}"))

@@ -73,28 +73,29 @@ impl Backend {
         )
     }
 
-    /// A backend playing `scenario` for `calls` calls (it exits when they are done), echoing
-    /// RTP.
+    /// A backend playing `scenario` for `calls` calls (it exits when they are done) or until
+    /// stopped, echoing RTP and answering OPTIONS.
     pub fn start_scenario(
         ns: &Netns,
         address: SocketAddr,
         scenario: &Path,
-        calls: u32,
+        calls: Option<u32>,
     ) -> anyhow::Result<Self> {
         let scenario = scenario.to_string_lossy().into_owned();
         // It echoes RTP, on ports of its own.
         let media_port = (10_000 + 2 * u32::from(address.port())).to_string();
-        let calls = calls.to_string();
-        let args = [
-            "-sf",
-            &scenario,
-            "-m",
-            &calls,
-            "-aa",
-            "-rtp_echo",
-            "-mp",
-            &media_port,
+        let mut args = vec![
+            "-sf".to_owned(),
+            scenario,
+            "-aa".into(),
+            "-rtp_echo".into(),
+            "-mp".into(),
+            media_port,
         ];
+        if let Some(calls) = calls {
+            args.extend(["-m".into(), calls.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::spawn(ns, address, &args)
     }
 

@@ -281,7 +281,7 @@ fn calls_through_a_flood(
         &lab.callee,
         backend_address,
         &sipp::scenario("reinvite_uas"),
-        calls,
+        Some(calls),
     )
     .expect("backend");
     let daemon = Daemon::start(

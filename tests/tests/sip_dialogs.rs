@@ -28,7 +28,7 @@ fn setup(
         &lab.callee,
         backend_address,
         &sipp::scenario(backend_scenario),
-        calls,
+        Some(calls),
     )
     .expect("backend");
     let daemon = Daemon::start(

@@ -73,6 +73,17 @@ fn cargo() -> PathBuf {
     std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
 }
 
+/// The value of `--peer` among the benchmark's arguments (`--peer X` or `--peer=X`).
+fn peer_argument(args: &[String]) -> Option<&str> {
+    args.iter()
+        .enumerate()
+        .find_map(|(i, arg)| match arg.strip_prefix("--peer") {
+            Some("") => args.get(i + 1).map(String::as_str),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        })
+}
+
 /// Runs a command in the workspace, failing if it fails.
 fn run(program: impl AsRef<OsStr>, args: &[&str], envs: &[(&str, &OsStr)]) -> anyhow::Result<()> {
     let program = program.as_ref();
@@ -209,6 +220,9 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         }
         Task::Bench { args } => {
             setup::install()?;
+            if let Some(peer) = peer_argument(&args) {
+                setup::install_bench_peer(peer)?;
+            }
             let bin_dir = build(true)?;
             let sbc = bin_dir.join("sbc");
             let mut bench_args = vec!["bench"];
@@ -231,5 +245,25 @@ fn run_task(task: Task) -> anyhow::Result<()> {
                 &[("SBC_BIN", sbc.as_os_str())],
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_is_found_in_either_spelling() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            peer_argument(&args(&["--full", "--peer", "kamailio-rtpengine"])),
+            Some("kamailio-rtpengine")
+        );
+        assert_eq!(
+            peer_argument(&args(&["--peer=kamailio-rtpengine"])),
+            Some("kamailio-rtpengine")
+        );
+        assert_eq!(peer_argument(&args(&["--full"])), None);
+        assert_eq!(peer_argument(&args(&["--peer"])), None);
     }
 }

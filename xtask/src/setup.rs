@@ -16,6 +16,10 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "sip-tester", // SIPp: callers and backends in the tests and the demo
 ];
 
+/// The benchmark's peer, `--peer kamailio-rtpengine`: the main kamailio package carries the
+/// dispatcher, rr, tm, pike and rtpengine modules.
+const KAMAILIO_RTPENGINE_PACKAGES: &[&str] = &["kamailio", "rtpengine-daemon"];
+
 /// What building bpf-linker against the system's LLVM 22 needs (rustc's LLVM is 22).
 const BPF_LINKER_BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -121,6 +125,15 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
             ("LLVM_SYS_221_PREFIX", LLVM_PREFIX.as_ref()),
         ],
     )
+}
+
+/// Installs what a benchmark peer needs; `peer` as `sbc-lab bench --peer` names it.
+pub fn install_bench_peer(peer: &str) -> anyhow::Result<()> {
+    match peer {
+        "kamailio-rtpengine" => apt_install(KAMAILIO_RTPENGINE_PACKAGES),
+        // sbc-lab rejects an unknown peer with the list of known ones.
+        _ => Ok(()),
+    }
 }
 
 pub fn install() -> anyhow::Result<()> {

@@ -1,27 +1,29 @@
-//! What a flood costs the daemon: one source sends INVITEs (each with a Call-ID of its own) at
-//! a fixed rate, and the daemon's CPU time over the flood is compared with the wall time.
+//! What a flood costs the system under test: one source sends INVITEs (each with a Call-ID of
+//! its own) at a fixed rate, and the CPU time of the system's processes over the flood is
+//! compared with the wall time.
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 
-use super::report::Measurement;
+use super::{SystemUnderTest, report::Measurement};
 use crate::{
-    daemon::Daemon,
     flood::{self, Flood, Mix},
     lab::{Lab, ROGUE},
 };
 
 const SECTION: &str = "Flood";
+/// The CPU of the system under test's processes over the flood, against wall time.
+pub const METRIC: &str = "CPU used during the flood";
 
 pub fn measure(
     lab: &Lab,
-    daemon: &Daemon,
+    system_under_test: &dyn SystemUnderTest,
     target: SocketAddr,
     system: &str,
     rate: u32,
     duration: Duration,
 ) -> anyhow::Result<Vec<Measurement>> {
-    let before = daemon.cpu_time()?;
+    let before = system_under_test.cpu_time()?;
     let report = flood::start(
         &lab.rogue,
         SocketAddr::new(ROGUE.into(), 5060),
@@ -36,12 +38,12 @@ pub fn measure(
     .join()
     .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?
     .context("flood")?;
-    let used = daemon.cpu_time()? - before;
+    let used = system_under_test.cpu_time()? - before;
     let achieved = report.packets_per_sec();
     let mut row = Measurement::new(
         SECTION,
         system,
-        "daemon CPU during the flood",
+        METRIC,
         used.as_secs_f64() / report.elapsed.as_secs_f64() * 100.0,
         "% of a core",
     )

@@ -5,7 +5,8 @@
 //! `bench_sink` (XDP) counts the frames and records their one-way latency from the stamp,
 //! then drops them, so the receiver is cheap too. In between, one of three configurations:
 //! plain kernel routing through the sbc namespace (the harness' ceiling), the XDP fast path,
-//! and the daemon's userspace relay; each with the same streams, paced per stream.
+//! and the daemon's userspace relay (and rtpengine's, when the peer is measured); each with the
+//! same streams, paced per stream.
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -25,7 +26,7 @@ use sbc_common::bench::{
     bucket_floor,
 };
 
-use super::report::Measurement;
+use super::{SystemUnderTest, report::Measurement};
 use crate::{
     frames::UdpFrame,
     lab::{CALLEE, CALLER, Lab},
@@ -241,6 +242,8 @@ pub enum Path {
     Routing,
     Xdp,
     Userspace,
+    /// rtpengine (userspace forwarding), set up as Kamailio sets it up for a call.
+    Rtpengine,
 }
 
 impl Path {
@@ -249,14 +252,16 @@ impl Path {
             Self::Routing => "plain routing",
             Self::Xdp => "XDP fast path",
             Self::Userspace => "userspace relay",
+            Self::Rtpengine => "rtpengine (userspace)",
         }
     }
 }
 
-/// A configuration ready to carry streams: where frames go, and the daemon if there is one.
+/// A configuration ready to carry streams: where frames go, and the relay's processes if
+/// there are any.
 pub struct Setup {
     pub path: Path,
-    pub daemon: Option<crate::daemon::Daemon>,
+    pub relay: Option<Box<dyn SystemUnderTest>>,
     pub streams: Vec<Stream>,
     pub destination: Ipv4Addr,
 }
@@ -269,7 +274,8 @@ pub struct Outcome {
     pub delivered: u64,
     pub seconds: f64,
     pub cpu_busy: f64,
-    pub daemon_cpu: Option<f64>,
+    /// CPU seconds of the relay's processes (none for plain routing).
+    pub relay_cpu: Option<f64>,
     pub histogram: Vec<u64>,
 }
 
@@ -392,7 +398,7 @@ fn run_frames(
     let frame = template(lab, setup.destination)?;
     harness.set_frame(&frame, &setup.streams)?;
     harness.reset_sink()?;
-    let daemon_before = setup.daemon.as_ref().map(|d| d.cpu_time()).transpose()?;
+    let relay_before = setup.relay.as_ref().map(|r| r.cpu_time()).transpose()?;
     let machine_before = MachineCpu::read()?;
     let started = Instant::now();
     let sent = harness.send(&frame, rate, frames, limit)?;
@@ -400,8 +406,8 @@ fn run_frames(
     std::thread::sleep(Duration::from_millis(200));
     let seconds = started.elapsed().as_secs_f64() - 0.2;
     let machine = MachineCpu::read()?.since(machine_before);
-    let daemon_cpu = match (&setup.daemon, daemon_before) {
-        (Some(daemon), Some(before)) => Some((daemon.cpu_time()? - before).as_secs_f64()),
+    let relay_cpu = match (&setup.relay, relay_before) {
+        (Some(relay), Some(before)) => Some((relay.cpu_time()? - before).as_secs_f64()),
         _ => None,
     };
     let (counters, histogram) = harness.sink_report()?;
@@ -411,7 +417,7 @@ fn run_frames(
         delivered: counters.packets,
         seconds,
         cpu_busy: machine.busy,
-        daemon_cpu,
+        relay_cpu,
         histogram,
     })
 }
@@ -486,12 +492,15 @@ pub fn paced_rows(path: Path, streams: u32, outcome: &Outcome) -> Vec<Measuremen
         )
         .note("generator and sink included (the same in every configuration)"),
     ];
-    if let Some(daemon) = outcome.daemon_cpu {
-        rows.push(row(
-            "daemon CPU per million packets",
-            outcome.cpu_per_million(daemon),
-            "s",
-        ));
+    if let Some(relay) = outcome.relay_cpu {
+        rows.push(
+            row(
+                "relay process CPU per million packets",
+                outcome.cpu_per_million(relay),
+                "s",
+            )
+            .note("the relay's own processes; the XDP program runs in the kernel, counted in machine CPU"),
+        );
     }
     rows
 }

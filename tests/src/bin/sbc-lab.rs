@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use sbc_tests::{
-    bench::{self, Mode},
+    bench::{self, Mode, Peer},
     lab::Lab,
 };
 
@@ -40,6 +40,14 @@ struct BenchOptions {
     /// A quick run (the default): every measurement, smaller and shorter.
     #[arg(long)]
     quick: bool,
+    /// Also measure this stack on the same harness, for ratios against it (installed by
+    /// `cargo xtask bench`); the default run measures the SBC alone.
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
+    /// Concurrent streams of the paced relay runs, comma-separated (default: 1000; the full run
+    /// adds 9000). The saturation runs use the smallest.
+    #[arg(long, value_delimiter = ',')]
+    streams: Option<Vec<u32>>,
     /// Where results.json and results.md go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -70,7 +78,11 @@ fn main() -> anyhow::Result<()> {
             } else {
                 Mode::Quick
             };
-            let report = bench::run(mode)?;
+            let report = bench::run(&bench::Options {
+                mode,
+                peer: options.peer,
+                streams: options.streams,
+            })?;
             print!("{}", report.text());
             report.write(&options.out)?;
             println!(
