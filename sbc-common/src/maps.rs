@@ -2,11 +2,12 @@
 
 /// Version of the map layout. Pins live under `<bpffs>/sbc/<instance>/v<MAP_ABI_VERSION>/`, so a
 /// daemon with another layout never misreads old maps; bump it whenever a shared type changes.
-pub const MAP_ABI_VERSION: u32 = 3;
+pub const MAP_ABI_VERSION: u32 = 4;
 
 /// `HashMap<FlowKey, Flow>`: what to do with media arriving at a local port.
 pub const FLOWS: &str = "SBC_FLOWS";
-/// `PerCpuHashMap<FlowKey, FlowStats>`: per-flow counters kept by the XDP program.
+/// `PerCpuArray<FlowStats>` indexed by `Flow::stats_slot`: per-flow counters kept by the XDP
+/// program.
 pub const FLOW_STATS: &str = "SBC_FLOW_STATS";
 /// `PerCpuArray<u64>` indexed by `Reason`: why each verdict was given.
 pub const REASONS: &str = "SBC_REASONS";

@@ -1,7 +1,7 @@
 //! The maps of the program. Their key and value types come from `sbc-common` (the contract);
 //! they are declared as BTF maps so `bpftool map dump` prints every field by name.
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use sbc_common::{
@@ -18,7 +18,7 @@ use sbc_common::{
 pub static SBC_FLOWS: HashMap<FlowKey, Flow, MAX_FLOWS> = HashMap::new();
 
 #[btf_map]
-pub static SBC_FLOW_STATS: PerCpuHashMap<FlowKey, FlowStats, MAX_FLOWS> = PerCpuHashMap::new();
+pub static SBC_FLOW_STATS: PerCpuArray<FlowStats, MAX_FLOWS> = PerCpuArray::new();
 
 #[btf_map]
 pub static SBC_REASONS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray::new();

@@ -1,8 +1,8 @@
 //! The media relay: forward a datagram of a latched flow to the other leg's peer.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use sbc_common::{
-    Flow, FlowKey, FlowStats, IpAddress, Reason, SourceCheck,
+    Flow, FlowStats, IpAddress, Reason, SourceCheck,
     checksum::ChecksumUpdate,
     flow::{NEXT_HOP_MEMO_NS, NextHopMemo, check_source},
 };
@@ -15,20 +15,15 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn media(ctx: &XdpContext, packet: &Ipv4Udp, key: &FlowKey, flow: Flow) -> Verdict {
-    match try_media(ctx, packet, key, flow) {
+pub fn media(ctx: &XdpContext, packet: &Ipv4Udp, flow: Flow) -> Verdict {
+    match try_media(ctx, packet, flow) {
         Ok(verdict) => verdict,
         Err(reason) => reason.into(),
     }
 }
 
 #[inline(always)]
-fn try_media(
-    ctx: &XdpContext,
-    packet: &Ipv4Udp,
-    key: &FlowKey,
-    flow: Flow,
-) -> Result<Verdict, Reason> {
+fn try_media(ctx: &XdpContext, packet: &Ipv4Udp, flow: Flow) -> Result<Verdict, Reason> {
     let (ip, udp) = (packet.ip, packet.udp);
     // SAFETY: `parse::ipv4_udp` bounds-checked both headers.
     let (src_addr, src_port, ttl, udp_len) = unsafe {
@@ -39,7 +34,8 @@ fn try_media(
             u16::from_be_bytes((*udp).len),
         )
     };
-    let stats = flow_stats(key);
+    // This CPU's counters of the flow (none only for a slot out of range).
+    let stats = SBC_FLOW_STATS.get_ptr_mut(flow.stats_slot);
 
     match check_source(&flow, &IpAddress::from_ipv4(src_addr), src_port) {
         SourceCheck::Latch => return Err(Reason::PassNotLatched),
@@ -130,16 +126,6 @@ fn remembered_next_hop(
         };
     }
     Ok(next_hop)
-}
-
-/// The flow's per-CPU counters, created on first use if the daemon has not made them yet.
-#[inline(always)]
-fn flow_stats(key: &FlowKey) -> Option<*mut FlowStats> {
-    if let Some(stats) = SBC_FLOW_STATS.get_ptr_mut(key) {
-        return Some(stats);
-    }
-    let _ = SBC_FLOW_STATS.insert(key, FlowStats::default(), u64::from(BPF_NOEXIST));
-    SBC_FLOW_STATS.get_ptr_mut(key)
 }
 
 /// Rewrites Ethernet, IPv4 and UDP headers in place, updating both checksums incrementally.

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use aya::{
     Ebpf,
     maps::{
-        Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap,
+        Array, DevMapHash, HashMap, MapData, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{TestRun, TestRunOptions, Xdp},
@@ -136,6 +136,8 @@ pub fn flow(spec: &FlowSpec) -> (FlowKey, Flow) {
             leg: spec.leg,
             stream: spec.stream,
             _pad: [0; 2],
+            // `Program::install` assigns it.
+            stats_slot: 0,
         },
     )
 }
@@ -143,6 +145,8 @@ pub fn flow(spec: &FlowSpec) -> (FlowKey, Flow) {
 /// The program with its maps, loaded fresh (unpinned) for this test.
 pub struct Program {
     pub ebpf: Ebpf,
+    /// The next unused counters slot (the maps are fresh: every slot starts at zero).
+    next_stats_slot: u32,
 }
 
 impl Program {
@@ -158,13 +162,34 @@ impl Program {
         let mut ebpf = Ebpf::load(&bytes).expect("loading the XDP object");
         let program: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
         program.load().expect("the verifier accepts the program");
-        Self { ebpf }
+        Self {
+            ebpf,
+            next_stats_slot: 0,
+        }
     }
 
+    /// Installs or replaces a flow, as the daemon does: a new flow gets counters of its own, a
+    /// replaced one keeps its counters.
     pub fn install(&mut self, key: FlowKey, value: Flow) {
         let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
             HashMap::try_from(self.ebpf.map_mut(FLOWS).unwrap()).unwrap();
-        flows.insert(key, value, 0).unwrap();
+        let stats_slot = flows.get(&key, 0).map_or_else(
+            |_| {
+                self.next_stats_slot += 1;
+                self.next_stats_slot - 1
+            },
+            |installed| installed.stats_slot,
+        );
+        flows
+            .insert(
+                key,
+                Flow {
+                    stats_slot,
+                    ..value
+                },
+                0,
+            )
+            .unwrap();
     }
 
     pub fn allow_egress(&mut self, interface: &str) {
@@ -214,13 +239,18 @@ impl Program {
             .collect()
     }
 
+    /// The counters of an installed flow, summed over CPUs.
     pub fn flow_stats(&self, key: &FlowKey) -> FlowStats {
-        let stats: PerCpuHashMap<&MapData, FlowKey, FlowStats> =
-            PerCpuHashMap::try_from(self.ebpf.map(FLOW_STATS).unwrap()).unwrap();
-        stats.get(key, 0).map_or_else(
-            |_| FlowStats::default(),
-            |per_cpu| per_cpu.iter().fold(FlowStats::default(), FlowStats::merge),
-        )
+        let flows: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(self.ebpf.map(FLOWS).unwrap()).unwrap();
+        let slot = flows.get(key, 0).expect("an installed flow").stats_slot;
+        let stats: PerCpuArray<&MapData, FlowStats> =
+            PerCpuArray::try_from(self.ebpf.map(FLOW_STATS).unwrap()).unwrap();
+        stats
+            .get(&slot, 0)
+            .unwrap()
+            .iter()
+            .fold(FlowStats::default(), FlowStats::merge)
     }
 
     /// Runs the program on `frame` as if it arrived on `interface`.

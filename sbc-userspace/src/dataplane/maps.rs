@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use sbc_common::{
     Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SourceBucket,
     SourceRule,
@@ -16,7 +16,7 @@ use sbc_common::{
     },
 };
 
-use super::PinLayout;
+use super::{PinLayout, stats_slots::StatsSlots};
 
 /// Key size, value size and capacity this build expects of each pinned map.
 fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
@@ -27,11 +27,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
             size(size_of::<Flow>()),
             MAX_FLOWS as u32,
         )),
-        FLOW_STATS => Some((
-            size(size_of::<FlowKey>()),
-            size(size_of::<FlowStats>()),
-            MAX_FLOWS as u32,
-        )),
+        FLOW_STATS => Some((4, size(size_of::<FlowStats>()), MAX_FLOWS as u32)),
         REASONS => Some((4, 8, Reason::COUNT)),
         // A devmap value is `struct bpf_devmap_val` (ifindex + program).
         EGRESS => Some((4, 8, MAX_EGRESS as u32)),
@@ -83,42 +79,74 @@ pub(super) fn open(layout: &PinLayout, name: &str) -> anyhow::Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
 }
 
-/// The flow table and its counters, as written by the daemon.
+/// The flow table and its counters, as written by the daemon: each installed flow owns a slot
+/// of the counters array, named in its `stats_slot`.
 pub struct FlowMaps {
     flows: HashMap<MapData, FlowKey, Flow>,
-    stats: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    stats: PerCpuArray<MapData, FlowStats>,
+    slots: StatsSlots,
     cpus: usize,
 }
 
 impl FlowMaps {
+    /// Opens the pinned maps, taking over the slots of flows already installed (by a daemon
+    /// that ran before this one).
     pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
+        let flows: HashMap<MapData, FlowKey, Flow> =
+            HashMap::try_from(Map::HashMap(open(layout, FLOWS)?))?;
+        let installed = flows
+            .iter()
+            .map(|entry| entry.map(|(key, flow)| (key, flow.stats_slot)))
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the kernel flow map")?;
         Ok(Self {
-            flows: HashMap::try_from(Map::HashMap(open(layout, FLOWS)?))?,
-            stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(layout, FLOW_STATS)?))?,
+            flows,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(open(layout, FLOW_STATS)?))?,
+            slots: StatsSlots::new(MAX_FLOWS as u32, installed),
             cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
         })
     }
 
-    /// Adds a new flow with zeroed counters (counters first, so the program always finds them).
+    /// Adds a new flow with zeroed counters (counters first, so the program never counts on
+    /// another flow's).
     pub fn install(&mut self, key: &FlowKey, flow: &Flow) -> anyhow::Result<()> {
-        let zero = PerCpuValues::try_from(vec![FlowStats::default(); self.cpus])?;
-        self.stats
-            .insert(key, zero, 0)
-            .context("adding flow counters to the kernel map")?;
+        if self.slots.of(key).is_none() {
+            let slot = self
+                .slots
+                .take()
+                .with_context(|| format!("the kernel flow map is full ({MAX_FLOWS} flows)"))?;
+            let zero = PerCpuValues::try_from(vec![FlowStats::default(); self.cpus])?;
+            if let Err(e) = self.stats.set(slot, zero, 0) {
+                self.slots.give_back(slot);
+                return Err(e).context("zeroing flow counters in the kernel map");
+            }
+            self.slots.confirm(*key, slot);
+        }
         self.update(key, flow)
     }
 
-    /// Replaces a flow's forwarding (latching, a new destination); counters are kept.
+    /// Replaces an installed flow's forwarding (latching, a new destination); counters are kept.
     pub fn update(&mut self, key: &FlowKey, flow: &Flow) -> anyhow::Result<()> {
+        let stats_slot = self
+            .slots
+            .of(key)
+            .context("updating a flow that was never installed")?;
         self.flows
-            .insert(key, flow, 0)
+            .insert(
+                key,
+                Flow {
+                    stats_slot,
+                    ..*flow
+                },
+                0,
+            )
             .map_err(|e| anyhow::anyhow!("writing the kernel flow map (capacity {MAX_FLOWS}): {e}"))
     }
 
-    /// Removes a flow and its counters; a flow that is already gone is not an error.
+    /// Removes a flow and frees its counters; a flow that is already gone is not an error.
     pub fn remove(&mut self, key: &FlowKey) {
         let _ = self.flows.remove(key);
-        let _ = self.stats.remove(key);
+        self.slots.release(key);
     }
 
     pub fn flows(&self) -> anyhow::Result<Vec<(FlowKey, Flow)>> {
@@ -131,19 +159,22 @@ impl FlowMaps {
 
 /// Read-only access to the per-flow counters, usable without the daemon's state lock.
 pub struct FlowStatsReader {
-    stats: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    flows: HashMap<MapData, FlowKey, Flow>,
+    stats: PerCpuArray<MapData, FlowStats>,
 }
 
 impl FlowStatsReader {
     pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
         Ok(Self {
-            stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(layout, FLOW_STATS)?))?,
+            flows: HashMap::try_from(Map::HashMap(open(layout, FLOWS)?))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(open(layout, FLOW_STATS)?))?,
         })
     }
 
-    /// The counters of one flow summed over CPUs (last seen: the latest of any CPU).
+    /// The counters of one installed flow summed over CPUs (last seen: the latest of any CPU).
     pub fn get(&self, key: &FlowKey) -> Option<FlowStats> {
-        let per_cpu = self.stats.get(key, 0).ok()?;
+        let slot = self.flows.get(key, 0).ok()?.stats_slot;
+        let per_cpu = self.stats.get(&slot, 0).ok()?;
         Some(per_cpu.iter().fold(FlowStats::default(), FlowStats::merge))
     }
 }

@@ -2,6 +2,7 @@
 pub mod guard_maps;
 pub mod maps;
 pub mod pins;
+mod stats_slots;
 pub mod xdp;
 
 pub use guard_maps::GuardMaps;

@@ -187,6 +187,8 @@ fn session_flows(id: u32, legs: &[BoundLeg; 2], peers: [Option<SocketAddr>; 2]) 
                 leg: if index == 0 { LEG_A } else { LEG_B },
                 stream,
                 _pad: [0; 2],
+                // The kernel maps assign it when the flow is installed.
+                stats_slot: 0,
             };
             let out = Arc::clone(&other.sockets[slot]);
             flows.push((flow_key(local), flow, out, Arc::clone(&bound.sockets[slot])));
