@@ -397,16 +397,10 @@ fn relay_section(
     let mut latency = std::collections::HashMap::new();
     for &streams in stream_counts {
         for &path in &paths {
-            let Some(setup) = peer_may_fail(
-                relay_setup(lab, backend, path, streams),
-                path,
-                streams,
-                &mut rows,
-            )?
+            let Some(setup) = latched_setup(&mut harness, lab, backend, path, streams, &mut rows)?
             else {
                 continue;
             };
-            relay::latch(&mut harness, lab, &setup)?;
             let rate = u64::from(streams) * relay::STREAM_PPS;
             let outcome = relay::run(&mut harness, lab, &setup, rate, seconds)?;
             eprintln!(
@@ -424,8 +418,10 @@ fn relay_section(
     let saturation_streams = stream_counts.iter().copied().min().unwrap_or(1_000);
     let mut saturation = std::collections::HashMap::new();
     for &path in &paths {
-        let Some(setup) = peer_may_fail(
-            relay_setup(lab, backend, path, saturation_streams),
+        let Some(setup) = latched_setup(
+            &mut harness,
+            lab,
+            backend,
             path,
             saturation_streams,
             &mut rows,
@@ -433,7 +429,6 @@ fn relay_section(
         else {
             continue;
         };
-        relay::latch(&mut harness, lab, &setup)?;
         let mut best = 0.0f64;
         let mut note = "the highest offered rate passed";
         for rate in [100_000u64, 200_000, 400_000, 800_000, 1_600_000, 3_200_000] {
@@ -531,6 +526,27 @@ fn relay_section(
         "x",
     ));
     Ok(rows)
+}
+
+/// A configuration set up (or, for the peer, a row saying why not) with every stream latched.
+fn latched_setup(
+    harness: &mut relay::Harness,
+    lab: &Lab,
+    backend: SocketAddr,
+    path: relay::Path,
+    streams: u32,
+    rows: &mut Vec<Measurement>,
+) -> anyhow::Result<Option<relay::Setup>> {
+    let setup = peer_may_fail(
+        relay_setup(lab, backend, path, streams),
+        path,
+        streams,
+        rows,
+    )?;
+    if let Some(setup) = &setup {
+        relay::latch(harness, lab, setup)?;
+    }
+    Ok(setup)
 }
 
 /// The SBC's configurations must set up; the peer may not (rtpengine holds four sockets per
