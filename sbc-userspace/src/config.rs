@@ -34,6 +34,38 @@ pub struct Config {
     /// Rate limits, allow- and blocklists, dynamic blocks (applies to the SIP proxy).
     #[serde(default)]
     pub admission: AdmissionConfig,
+    #[serde(default)]
+    pub drain: DrainConfig,
+}
+
+/// What SIGTERM does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SigtermAction {
+    /// Stop at once; the kernel keeps relaying established calls and the next daemon adopts
+    /// them (restarts and upgrades).
+    #[default]
+    Stop,
+    /// Drain: refuse new calls, exit once the last call ends (scale-in).
+    Drain,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// How long established calls may go on once a drain begins; then they get BYE.
+    pub deadline_secs: u64,
+    pub on_sigterm: SigtermAction,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            // Long calls are rare past two hours; a scale-in should not wait much longer.
+            deadline_secs: 7200,
+            on_sigterm: SigtermAction::Stop,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,13 +241,56 @@ impl MediaConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Unix socket of the control API; default `/run/sbc/<instance>/api.sock`.
     pub socket: Option<PathBuf>,
-    /// Optional TCP listener for the same API (keep it on loopback).
+    /// TCP listener of the same API and of `/metrics`; loopback by default.
     pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token that TCP clients must send (`Authorization: Bearer
+    /// ...`); required when `listen` is not a loopback address.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where the admin API and `/metrics` listen unless configured otherwise.
+pub const DEFAULT_API_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9470);
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            listen: Some(DEFAULT_API_LISTEN),
+            token_file: None,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The token TCP clients must present, read from `token_file`.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "api.token_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let token = token.trim();
+        if token.len() < 16 {
+            return Err(ConfigError::new(
+                "api.token_file",
+                format!(
+                    "{} holds a token shorter than 16 characters",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(token.to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -356,6 +431,23 @@ impl Config {
         if let Some(sip) = &self.sip {
             validate_sip(sip)?;
         }
+        if let Some(listen) = self.api.listen
+            && !listen.ip().is_loopback()
+            && self.api.token_file.is_none()
+        {
+            return Err(ConfigError::new(
+                "api.token_file",
+                format!(
+                    "must be set: api.listen ({listen}) is not a loopback address, and the admin API ends calls"
+                ),
+            ));
+        }
+        if self.drain.deadline_secs == 0 {
+            return Err(ConfigError::new(
+                "drain.deadline_secs",
+                "must be at least 1",
+            ));
+        }
         if self.dataplane.mode == DataplaneMode::Xdp && self.dataplane.interfaces.is_empty() {
             return Err(ConfigError::new(
                 "dataplane.interfaces",
@@ -367,6 +459,7 @@ impl Config {
 
     /// Checks the configuration against this host: interfaces exist and addresses are local.
     pub fn check_environment(&self) -> Result<(), ConfigError> {
+        self.api.token()?;
         if self.dataplane.mode == DataplaneMode::Xdp {
             for name in &self.dataplane.interfaces {
                 if interface_index(name).is_none() {

@@ -1,5 +1,5 @@
 //! `sbc run`: start the dataplane, adopt pinned state, serve the API until told to stop.
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tracing::{info, warn};
@@ -7,8 +7,9 @@ use tracing::{info, warn};
 use crate::{
     admission::{AdmissionControl, SipGuard},
     api::server::{self, ApiState},
-    config::{Config, DataplaneMode},
+    config::{Config, DataplaneMode, SigtermAction},
     dataplane::{FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins, xdp},
+    drain::Drain,
     events::EventSink,
     media::{EndReason, MediaPlane, MediaSettings},
     proxy::{Proxy, ProxyHandle},
@@ -47,6 +48,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     // First, so a second daemon for the same instance stops before touching anything.
     let socket = config.api_socket();
     let api_listener = server::bind_unix(&socket)?;
+    let token = config.api.token()?;
     let layout = PinLayout::new(&config.dataplane.bpffs, &config.instance);
     let mode = config.dataplane.mode;
     let (kernel, reasons, guard) = match mode {
@@ -78,6 +80,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
         }
     };
     let guard = Arc::new(guard);
+    let drain = Arc::new(Drain::new(Duration::from_secs(config.drain.deadline_secs)));
     let events = Arc::new(EventSink::open(config.events.file.as_deref())?);
     let plane = MediaPlane::new(media_settings(&config), kernel, Arc::clone(&events));
     let proxy = match &config.sip {
@@ -88,6 +91,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 Arc::clone(&guard),
                 Arc::clone(&plane),
                 Arc::clone(&events),
+                Arc::clone(&drain),
             )
             .await?,
         ),
@@ -106,10 +110,17 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
         plane: Arc::clone(&plane),
         reasons,
         dataplane: mode,
-        sip: proxy.as_ref().map(|p| Arc::clone(&p.counters)),
+        sip: proxy.as_ref().map(|p| Arc::clone(&p.stats)),
         admission_counters: proxy.as_ref().map(|p| Arc::clone(&p.admission)),
         admission,
+        proxy: proxy.clone(),
+        drain: Arc::clone(&drain),
+        started: std::time::Instant::now(),
     }));
+    let tcp = config.api.listen.map(|address| server::TcpApi {
+        address,
+        token: token.clone(),
+    });
     info!(
         instance = %config.instance,
         dataplane = ?mode,
@@ -117,7 +128,13 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
         sessions = plane.session_count(),
         "sbc running"
     );
-    server::serve(api_listener, config.api.listen, router, shutdown_signal()).await?;
+    let stopped = until_stopped(
+        Arc::clone(&drain),
+        Arc::clone(&plane),
+        proxy.clone(),
+        config.drain.on_sigterm,
+    );
+    server::serve(api_listener, tcp, router, stopped).await?;
     reaper.abort();
     match mode {
         DataplaneMode::Userspace => plane.end_all(EndReason::Shutdown),
@@ -163,7 +180,15 @@ async fn reload_on_sighup(admission: Arc<AdmissionControl>) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves when the daemon should stop: SIGINT; SIGTERM (at once, or after a drain when
+/// `drain.on_sigterm = "drain"`, a second SIGTERM stopping at once); or a drain begun by the
+/// API that has finished.
+async fn until_stopped(
+    drain: Arc<Drain>,
+    plane: Arc<MediaPlane>,
+    proxy: Option<ProxyHandle>,
+    on_sigterm: SigtermAction,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -172,9 +197,18 @@ async fn shutdown_signal() {
         warn!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+    let drained = Arc::clone(&drain).finished(plane, proxy);
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            () = &mut drained => return,
+            _ = int.recv() => return info!("SIGINT: shutting down"),
+            _ = term.recv() => match on_sigterm {
+                SigtermAction::Drain if !drain.is_draining() => drain.begin("SIGTERM"),
+                SigtermAction::Drain => return info!("second SIGTERM: shutting down now"),
+                SigtermAction::Stop => return info!("SIGTERM: shutting down"),
+            },
+        }
     }
 }
 

@@ -44,6 +44,35 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The daemon at a glance: version, uptime, drain state, calls, sessions, backends.
+    Status {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// One line per call: Call-ID, state, age, backend, media latching and packets each way.
+    Calls {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// One call in full, as JSON: both parties, its backend, each media session's legs,
+    /// counters by path (kernel / userspace) and latching.
+    Call {
+        /// Its Call-ID.
+        call_id: String,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// The backend pool: health, load, share of recent failures.
+    Backends {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Drain for scale-in: refuse new calls (503 + Retry-After; OPTIONS answered 503), let
+    /// established calls end (BYE at `drain.deadline_secs`), then the daemon exits.
+    Drain {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
     /// List, show, create or end media sessions of a running daemon.
     Sessions {
         #[command(flatten)]
@@ -210,6 +239,23 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}: ok", path.display());
             Ok(())
         }
+        Command::Status { target } => status(&target.client()?),
+        Command::Calls { target } => calls(&target.client()?),
+        Command::Call { call_id, target } => {
+            let path = format!("/v1/calls/{}", percent_encode(&call_id));
+            let body = expect_status(target.client()?.get(&path)?, 200)?;
+            println!("{}", serde_json::to_string_pretty(&body["calls"])?);
+            Ok(())
+        }
+        Command::Backends { target } => backends(&target.client()?),
+        Command::Drain { target } => {
+            let body = expect_status(target.client()?.post("/v1/drain", &json!({}))?, 202)?;
+            println!(
+                "draining: {} calls and {} media sessions to finish; the daemon exits when they have (at most {} s)",
+                body["calls"], body["sessions"], body["remaining_secs"]
+            );
+            Ok(())
+        }
         Command::Sessions { target, action } => sessions(&target.client()?, action),
         Command::Blocks { target, action } => blocks(&target.client()?, action),
         Command::Reload { target } => {
@@ -264,6 +310,129 @@ fn expect_status(response: ApiResponse, expected: u16) -> anyhow::Result<Value> 
         Some(secs) => bail!("{message} (HTTP {}, retry after {secs} s)", response.status),
         None => bail!("{message} (HTTP {})", response.status),
     }
+}
+
+/// A Call-ID as one URL path segment: everything but RFC 3986's unreserved characters escaped.
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn status(client: &ApiClient) -> anyhow::Result<()> {
+    let body = expect_status(client.get("/v1/status")?, 200)?;
+    let drain = &body["drain"];
+    let drain_state = if drain["draining"].as_bool() == Some(true) {
+        format!("draining ({} s to the deadline)", drain["remaining_secs"])
+    } else {
+        "taking calls".to_owned()
+    };
+    println!(
+        "sbc {} (pid {})",
+        body["version"].as_str().unwrap_or("?"),
+        body["pid"]
+    );
+    println!("uptime      {} s", body["uptime_secs"]);
+    println!("dataplane   {}", body["dataplane"].as_str().unwrap_or("?"));
+    println!("state       {drain_state}");
+    if let Some(calls) = body["calls"].as_object() {
+        println!(
+            "calls       {} active, {} established; {} attempted, {} answered since start",
+            calls["active"], calls["established"], calls["attempted"], calls["answered"]
+        );
+    }
+    println!("sessions    {}", body["sessions"]);
+    if let Some(backends) = body["backends"].as_object() {
+        println!(
+            "backends    {} of {} healthy",
+            backends["healthy"], backends["total"]
+        );
+    }
+    Ok(())
+}
+
+fn calls(client: &ApiClient) -> anyhow::Result<()> {
+    let body = expect_status(client.get("/v1/calls")?, 200)?;
+    let calls = body["calls"].as_array().context("malformed answer")?;
+    println!(
+        "{:<36} {:<9} {:>8} {:<21} {:<7} {:>10} {:>10}",
+        "CALL-ID", "STATE", "AGE_S", "BACKEND", "LATCHED", "A->B PKTS", "B->A PKTS"
+    );
+    for call in calls {
+        let sessions: Vec<&Value> = call["media"]
+            .as_array()
+            .map(|m| m.iter().filter(|s| s.is_object()).collect())
+            .unwrap_or_default();
+        let packets = |leg: usize| -> u64 {
+            sessions
+                .iter()
+                .map(|s| {
+                    let rtp = &s["legs"][leg]["rtp"];
+                    rtp["kernel_packets"].as_u64().unwrap_or(0)
+                        + rtp["userspace_packets"].as_u64().unwrap_or(0)
+                })
+                .sum()
+        };
+        let latched = |leg: usize| {
+            !sessions.is_empty()
+                && sessions
+                    .iter()
+                    .all(|s| s["legs"][leg]["latched"].as_bool() == Some(true))
+        };
+        let latching = match (latched(0), latched(1)) {
+            (true, true) => "both",
+            (true, false) => "a",
+            (false, true) => "b",
+            (false, false) => "none",
+        };
+        println!(
+            "{:<36} {:<9} {:>8} {:<21} {:<7} {:>10} {:>10}",
+            call["call_id"].as_str().unwrap_or("-"),
+            call["state"].as_str().unwrap_or("-"),
+            call["age_ms"].as_u64().unwrap_or(0) / 1000,
+            call["backend"].as_str().unwrap_or("-"),
+            latching,
+            packets(0),
+            packets(1),
+        );
+    }
+    Ok(())
+}
+
+fn backends(client: &ApiClient) -> anyhow::Result<()> {
+    let body = expect_status(client.get("/v1/backends")?, 200)?;
+    let backends = body["backends"].as_array().context("malformed answer")?;
+    println!(
+        "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>8}",
+        "BACKEND", "HEALTH", "SINCE_S", "CALLS", "MAX_CALLS", "WEIGHT", "FAILURES"
+    );
+    for backend in backends {
+        let max = match backend["max_calls"].as_u64() {
+            Some(0) | None => "-".to_owned(),
+            Some(n) => n.to_string(),
+        };
+        println!(
+            "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>7.0}%",
+            backend["address"].as_str().unwrap_or("-"),
+            if backend["healthy"].as_bool() == Some(true) {
+                "up"
+            } else {
+                "down"
+            },
+            backend["since_secs"],
+            backend["active_calls"],
+            max,
+            backend["weight"],
+            backend["failure_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+        );
+    }
+    Ok(())
 }
 
 fn blocks(client: &ApiClient, action: Option<BlocksAction>) -> anyhow::Result<()> {

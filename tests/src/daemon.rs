@@ -46,6 +46,8 @@ pub struct DaemonOptions {
     pub extra_config: String,
     /// The one CPU the daemon may run on (the benchmark pins the system under test).
     pub cpu: Option<usize>,
+    /// More keys of the `[api]` table (`listen`, `token_file`).
+    pub api_config: String,
 }
 
 impl Default for DaemonOptions {
@@ -61,6 +63,7 @@ impl Default for DaemonOptions {
             health_probes: true,
             extra_config: String::new(),
             cpu: None,
+            api_config: String::new(),
         }
     }
 }
@@ -118,6 +121,7 @@ port_max = {port_max}
 timeout_secs = {timeout}
 [api]
 socket = "{socket}"
+{api_config}
 [events]
 file = "{events}"
 [log]
@@ -131,6 +135,7 @@ level = "info"
                 socket = socket.display(),
                 events = dir.path().join("events.jsonl").display(),
                 extra = options.extra_config,
+                api_config = options.api_config,
             ),
         )?;
         let mut daemon = Self {
@@ -210,6 +215,50 @@ level = "info"
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits for the daemon to exit on its own (a finished drain), up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("the daemon is not running")?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("sbc did not exit within {limit:?}:\n{}", self.log())
+    }
+
+    /// Sends a signal to the daemon (our own child, by its pid).
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let pid = self.pid().context("the daemon is not running")?;
+        // SAFETY: signalling our own child by its pid.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            bail!("kill({pid}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// An HTTP GET on the daemon's TCP admin listener (in its namespace), with an optional
+    /// bearer token: the status code and the body as text.
+    pub fn http_get(
+        &self,
+        address: std::net::SocketAddr,
+        path: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        crate::http::get_in(&self.netns, address, path, token)
+    }
+
+    /// `/metrics` from the default admin listener, parsed.
+    pub fn metrics(&self) -> anyhow::Result<crate::http::Metrics> {
+        let (status, text) = self.http_get(sbc::config::DEFAULT_API_LISTEN, "/metrics", None)?;
+        if status != 200 {
+            bail!("GET /metrics answered {status}: {text}");
+        }
+        Ok(crate::http::Metrics::parse(&text))
     }
 
     /// SIGTERM and wait for a clean exit.

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod demo;
 pub mod flood;
 pub mod frames;
+pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod privileges;

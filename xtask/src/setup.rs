@@ -14,6 +14,7 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "procps",     // sysctl
     "bpftool",    // inspecting maps and programs
     "sip-tester", // SIPp: callers and backends in the tests and the demo
+    "prometheus", // promtool: the tests check the /metrics exposition with it
 ];
 
 /// The benchmark's peer, `--peer kamailio-rtpengine`: the main kamailio package carries the

@@ -34,6 +34,8 @@ pub struct AdmissionCounters {
     pub global_invite_rate: AtomicU64,
     pub max_calls: AtomicU64,
     pub overload: AtomicU64,
+    /// New INVITEs while the daemon drains.
+    pub draining: AtomicU64,
     pub scanners: AtomicU64,
     /// New requests dropped on arrival because the proxy's queue was deep.
     pub shed_new_requests: AtomicU64,
@@ -50,6 +52,7 @@ impl AdmissionCounters {
             "refused_global_invite_rate": get(&self.global_invite_rate),
             "refused_max_calls": get(&self.max_calls),
             "refused_overload": get(&self.overload),
+            "refused_draining": get(&self.draining),
             "scanners_blocked": get(&self.scanners),
             "shed_new_requests": get(&self.shed_new_requests),
             "shed_queue_full": get(&self.shed_queue_full),

@@ -2,6 +2,8 @@
 //! Tests, the demo and the `sbc` commands use it; the admin API grows from it.
 mod admission;
 pub mod client;
+mod metrics;
+mod operations;
 pub mod server;
 
 pub use client::ApiClient;

@@ -12,6 +12,15 @@
 //! | `POST /v1/blocks`        | block a source (`{"address": .., "secs": ..}`)         |
 //! | `DELETE /v1/blocks/{address}` | lift a block                                      |
 //! | `POST /v1/reload`        | read `[admission]` from the config file again          |
+//! | `GET /v1/status`         | version, uptime, drain state, call and backend counts  |
+//! | `GET /v1/calls`          | every call with its media sessions (legs, counters, latching) |
+//! | `GET /v1/calls/{call_id}` | the calls with that Call-ID                           |
+//! | `GET /v1/backends`       | the backend pool: health, load, failure ratio          |
+//! | `POST /v1/drain`         | refuse new calls, exit once the last call has ended    |
+//! | `GET /metrics`           | Prometheus metrics                                     |
+//!
+//! Over TCP (`api.listen`) every route needs `Authorization: Bearer <token>` when
+//! `api.token_file` is set; the Unix socket is guarded by its file mode.
 use std::{
     io,
     net::SocketAddr,
@@ -32,12 +41,14 @@ use axum::{
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, UnixListener};
 
-use super::admission;
+use super::{admission, metrics, operations};
 use crate::{
     admission::{AdmissionControl, AdmissionCounters},
     config::DataplaneMode,
     dataplane::ReasonCounters,
+    drain::Drain,
     media::{EndReason, MediaError, MediaPlane, RETRY_AFTER_SECS, SessionSpec},
+    proxy::ProxyHandle,
 };
 
 pub struct ApiState {
@@ -45,9 +56,18 @@ pub struct ApiState {
     pub reasons: Option<ReasonCounters>,
     pub dataplane: DataplaneMode,
     /// The SIP proxy's counters, when it runs.
-    pub sip: Option<Arc<crate::proxy::Counters>>,
+    pub sip: Option<Arc<crate::proxy::stats::SipStats>>,
     pub admission_counters: Option<Arc<AdmissionCounters>>,
     pub admission: Arc<AdmissionControl>,
+    pub proxy: Option<ProxyHandle>,
+    pub drain: Arc<Drain>,
+    pub started: std::time::Instant,
+}
+
+/// The API's TCP listener and the token its clients must present.
+pub struct TcpApi {
+    pub address: SocketAddr,
+    pub token: Option<String>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -65,6 +85,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
             axum::routing::delete(admission::remove_block),
         )
         .route("/v1/reload", post(admission::reload))
+        .route("/v1/status", get(operations::status))
+        .route("/v1/calls", get(operations::list_calls))
+        .route("/v1/calls/{call_id}", get(operations::show_call))
+        .route("/v1/backends", get(operations::backends))
+        .route("/v1/drain", post(operations::drain))
+        .route("/metrics", get(metrics::metrics))
         .with_state(state)
 }
 
@@ -171,6 +197,22 @@ async fn stats(State(api): State<Arc<ApiState>>) -> Response {
     .into_response()
 }
 
+/// Whether a request carries `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches(request: &axum::extract::Request, token: &str) -> bool {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
 /// Binds the API's Unix socket, refusing if another daemon already serves on it.
 pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
@@ -201,7 +243,7 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
 /// Serves the API until `shutdown` resolves.
 pub async fn serve(
     unix: UnixListener,
-    tcp: Option<SocketAddr>,
+    tcp: Option<TcpApi>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -210,11 +252,26 @@ pub async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let tcp_server = match tcp {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
+        Some(TcpApi { address, token }) => {
+            let listener = TcpListener::bind(address)
                 .await
-                .with_context(|| format!("binding API address {addr}"))?;
-            let server = axum::serve(listener, router.clone())
+                .with_context(|| format!("binding API address {address}"))?;
+            let router = match token {
+                Some(token) => router.clone().layer(axum::middleware::from_fn(
+                    move |request: axum::extract::Request, next: axum::middleware::Next| {
+                        let allowed = bearer_matches(&request, &token);
+                        async move {
+                            if allowed {
+                                next.run(request).await
+                            } else {
+                                error(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+                            }
+                        }
+                    },
+                )),
+                None => router.clone(),
+            };
+            let server = axum::serve(listener, router)
                 .with_graceful_shutdown(wait_for_stop(stop_rx.clone()));
             Some(tokio::spawn(async move { server.await }))
         }

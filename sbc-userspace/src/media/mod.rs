@@ -5,9 +5,11 @@ pub mod ports;
 mod relay;
 pub mod session;
 mod socket;
+mod totals;
 
 pub use plane::{EndReason, EndedSession, MediaError, MediaPlane, MediaSettings, RETRY_AFTER_SECS};
 pub use session::{SessionInfo, SessionSpec};
+pub use totals::MediaTotals;
 
 #[cfg(test)]
 mod tests {

@@ -27,6 +27,7 @@ use super::{
         socket_addr,
     },
     socket::{MediaSocket, SharedPool},
+    totals::SharedAccumulator,
 };
 use crate::{
     clock::monotonic_ns,
@@ -142,6 +143,8 @@ pub struct MediaPlane {
     pub(super) pools: HashMap<IpAddr, SharedPool>,
     kernel_stats: Option<FlowStatsReader>,
     pub(super) events: Arc<EventSink>,
+    /// Counters of every session since start (`media_totals`).
+    pub(super) totals: SharedAccumulator,
 }
 
 /// A flow about to be activated: its key and value, the socket it sends from (the other leg's)
@@ -223,6 +226,7 @@ impl MediaPlane {
             pools,
             kernel_stats,
             events,
+            totals: SharedAccumulator::default(),
         });
         plane.adopt_kernel_sessions();
         plane
@@ -421,6 +425,11 @@ impl MediaPlane {
         self.lock().sessions.len()
     }
 
+    /// Flows installed (in the kernel map too, with XDP): one per local media port.
+    pub fn flow_count(&self) -> usize {
+        self.lock().flows.len()
+    }
+
     /// Ends a session: stops its relays, removes its flows, reports it. Its ports are free
     /// again once the relays have let go of their sockets (`EndedSession::ports_released`).
     pub fn end(&self, id: u32, reason: EndReason) -> Result<EndedSession, MediaError> {
@@ -439,6 +448,7 @@ impl MediaPlane {
             }
         }
         drop(state);
+        self.settle_totals(&info);
         self.events.emit(
             "media_session_ended",
             json!({ "reason": reason.as_str(), "session": &info }),

@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use super::{Proxy, transactions::Peer};
 use crate::{
-    admission::guard::block_reason_name,
+    admission::{Refusal, guard::block_reason_name},
     clock::monotonic_ns,
     sip::{Message, check},
 };
@@ -39,7 +39,15 @@ impl Proxy {
             return true;
         }
         let now = monotonic_ns();
-        let verdict = if request.method == "INVITE" {
+        let verdict = if request.method == "INVITE" && self.drain.is_draining() {
+            self.admission_counters
+                .draining
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Refusal {
+                reason: "the SBC is draining",
+                block: None,
+            })
+        } else if request.method == "INVITE" {
             let delay = self.event_delay;
             let calls = self.calls.len();
             self.admission
@@ -55,7 +63,7 @@ impl Proxy {
         let reason = format!("Service Unavailable ({})", refusal.reason);
         let extra = self.retry_after(503);
         let response = super::build::response(message, 503, &reason, to_tag, &extra);
-        self.send_to(peer, &response);
+        self.respond(peer, message, 503, &response, super::stats::Origin::Local);
         if let Some(block) = refusal.block {
             self.block_source(source, block, BLOCK_ABUSE, refusal.reason);
         }

@@ -1,15 +1,12 @@
 //! Calls: the dialog each INVITE starts, its anchored media, and its events (one JSON line
 //! each: started, ringing, answered, ended with reason, final code, duration and RTP packets
 //! per direction).
-use std::{net::SocketAddr, time::Instant};
+use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
 
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::{
-    Proxy, Timer, build,
-    transactions::{ClientTx, LINGER, Purpose, client_key},
-};
+use super::Proxy;
 use crate::{
     media::{EndReason, MediaError, SessionInfo, SessionSpec, session::Side},
     sdp::{self, Anchor},
@@ -44,8 +41,10 @@ pub struct Call {
     pub media: Vec<Option<u32>>,
     pub backend: Option<usize>,
     started: Instant,
+    /// A response other than 100 came back (RFC 6076 SRD is measured up to the first one).
+    responded: bool,
     ringing: Option<Instant>,
-    answered: Option<Instant>,
+    pub answered: Option<Instant>,
 }
 
 fn contact_uri(message: &Message) -> Option<String> {
@@ -65,7 +64,44 @@ fn record_routes(message: &Message) -> Vec<String> {
         .collect()
 }
 
+/// A call as the admin API shows it (its media sessions are looked up separately).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallSummary {
+    pub call_id: String,
+    pub from: String,
+    pub to: String,
+    /// The side the caller is on.
+    pub caller_side: Side,
+    /// `trying`, `ringing` or `answered`.
+    pub state: &'static str,
+    pub backend: Option<SocketAddr>,
+    pub age_ms: u64,
+    /// Since the 2xx.
+    pub answered_ms: Option<u64>,
+    /// The media session of each `m=` line (`null`: a rejected stream).
+    pub media: Vec<Option<u32>>,
+}
+
 impl Call {
+    pub fn summary(&self, backend: Option<SocketAddr>) -> CallSummary {
+        let state = match (self.answered, self.ringing) {
+            (Some(_), _) => "answered",
+            (None, Some(_)) => "ringing",
+            (None, None) => "trying",
+        };
+        CallSummary {
+            call_id: self.call_id.clone(),
+            from: self.caller.address.clone(),
+            to: self.callee.address.clone(),
+            caller_side: self.caller.side,
+            state,
+            backend,
+            age_ms: self.started.elapsed().as_millis() as u64,
+            answered_ms: self.answered.map(|t| t.elapsed().as_millis() as u64),
+            media: self.media.clone(),
+        }
+    }
+
     pub fn new(
         request: &check::Request,
         message: &Message,
@@ -94,6 +130,7 @@ impl Call {
             media: Vec::new(),
             backend: None,
             started: Instant::now(),
+            responded: false,
             ringing: None,
             answered: None,
         }
@@ -172,10 +209,16 @@ impl Proxy {
         if call.answered.is_some() {
             return;
         }
-        let setup_ms = call.started.elapsed().as_millis() as u64;
+        let setup = call.started.elapsed();
+        let setup_ms = setup.as_millis() as u64;
+        if !call.responded {
+            call.responded = true;
+            self.stats.session_request_delay.observe(setup);
+        }
         match code {
             180..=189 if call.ringing.is_none() => {
                 call.ringing = Some(Instant::now());
+                self.stats.setup_ringing.observe(setup);
                 self.events.emit(
                     "call_ringing",
                     json!({ "call_id": call_id, "code": code, "setup_ms": setup_ms }),
@@ -183,6 +226,8 @@ impl Proxy {
             }
             200..=299 => {
                 call.answered = Some(Instant::now());
+                self.stats.setup_answered.observe(setup);
+                self.stats.calls_established.fetch_add(1, Ordering::Relaxed);
                 for id in call.media.iter().flatten() {
                     self.plane.arm(*id);
                 }
@@ -283,12 +328,18 @@ impl Proxy {
     }
 
     /// Ends a call: its media sessions end, its backend has one call less, its end is reported.
-    pub(super) fn end_call(&mut self, key: &str, reason: &str, code: Option<u16>) {
+    pub(super) fn end_call(&mut self, key: &str, reason: &'static str, code: Option<u16>) {
         self.end_call_with(key, reason, code, &[]);
     }
 
     /// `end_call` for a call some of whose media sessions already ended (`ended`).
-    fn end_call_with(&mut self, key: &str, reason: &str, code: Option<u16>, ended: &[SessionInfo]) {
+    pub(super) fn end_call_with(
+        &mut self,
+        key: &str,
+        reason: &'static str,
+        code: Option<u16>,
+        ended: &[SessionInfo],
+    ) {
         let Some(call) = self.calls.remove(key) else {
             return;
         };
@@ -313,6 +364,10 @@ impl Proxy {
             let backend = &mut self.backends.list[index];
             backend.active_calls = backend.active_calls.saturating_sub(1);
         }
+        if call.answered.is_some() {
+            self.stats.calls_ended.increment(reason);
+            self.stats.calls_established.fetch_sub(1, Ordering::Relaxed);
+        }
         self.events.emit(
             "call_ended",
             json!({
@@ -323,76 +378,5 @@ impl Proxy {
                 "rtp_packets": { "caller_to_callee": forward, "callee_to_caller": backward },
             }),
         );
-    }
-
-    /// Media stopped: BYE to both ends (with a Reason), then the call ends.
-    pub(super) fn on_media_timeout(&mut self, sessions: &[SessionInfo]) {
-        let calls: Vec<String> = self
-            .calls
-            .iter()
-            .filter(|(_, call)| {
-                call.media
-                    .iter()
-                    .flatten()
-                    .any(|id| sessions.iter().any(|s| s.id == *id))
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for key in calls {
-            let Some(call) = self.calls.get(&key) else {
-                continue;
-            };
-            let call_id = call.call_id.clone();
-            info!(%call_id, "no media: ending the call with BYE to both sides");
-            let (caller, callee) = (call.caller.clone(), call.callee.clone());
-            if call.answered.is_some() {
-                self.send_bye(&call_id, &caller, &callee);
-                self.send_bye(&call_id, &callee, &caller);
-            }
-            self.end_call_with(&key, "media_timeout", None, sessions);
-        }
-    }
-
-    /// A BYE to `to`, sent as `from` would.
-    fn send_bye(&mut self, call_id: &str, to: &Party, from: &Party) {
-        let target_uri = to.contact.clone().unwrap_or_else(|| {
-            address::parse(&to.address)
-                .map(|a| a.uri)
-                .unwrap_or_default()
-        });
-        let next = to
-            .route_set
-            .first()
-            .cloned()
-            .unwrap_or_else(|| target_uri.clone());
-        let destination = match crate::sip::uri::parse(&next) {
-            Ok(crate::sip::uri::Uri::Sip(sip)) => sip
-                .host
-                .ip()
-                .map(|ip| SocketAddr::new(ip, sip.port.unwrap_or(5060))),
-            _ => None,
-        }
-        .or(to.source);
-        let Some(destination) = destination else {
-            warn!(%call_id, "no address to send BYE to");
-            return;
-        };
-        let branch = self.branch();
-        let mut bye = build::RequestBuilder::new("BYE", &target_uri)
-            .header("Via", &self.via_line(to.side, &branch))
-            .header("Max-Forwards", "70");
-        for route in &to.route_set {
-            bye = bye.header("Route", &format!("<{route}>"));
-        }
-        let bytes = bye
-            .header("From", &from.address)
-            .header("To", &to.address)
-            .header("Call-ID", call_id)
-            .header("CSeq", &format!("{} BYE", from.cseq + 1))
-            .header("Reason", "SIP;cause=408;text=\"media timeout\"")
-            .finish();
-        let key = client_key(&branch, "BYE");
-        let bye = ClientTx::own(Purpose::Bye, "BYE", to.side, destination, bytes);
-        self.originate(key.clone(), bye, Timer::ClientDone(key), LINGER);
     }
 }

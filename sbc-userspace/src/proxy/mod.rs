@@ -9,10 +9,13 @@ mod admit;
 mod backends;
 mod build;
 mod calls;
+mod hangup;
 mod health;
+mod inspect;
 mod intake;
 mod requests;
 mod responses;
+pub mod stats;
 mod tcp;
 mod transactions;
 
@@ -31,17 +34,20 @@ use tokio::{net::UdpSocket, sync::mpsc};
 use tokio_util::time::DelayQueue;
 use tracing::{debug, warn};
 
-pub use self::intake::QUEUE_LIMIT;
 use self::{
     backends::Backends,
     calls::Call,
+    inspect::Query,
     intake::{Intake, bind, spawn_receiver},
+    stats::{Origin, SipStats, method_label},
     transactions::{ClientTx, Peer, ServerTx, Transport},
 };
+pub use self::{calls::CallSummary, inspect::BackendSummary, intake::QUEUE_LIMIT};
 use crate::{
     admission::{Admission, AdmissionConfig, AdmissionCounters, SipGuard},
     clock::monotonic_ns,
     config::SipConfig,
+    drain::Drain,
     events::EventSink,
     media::{MediaPlane, SessionInfo, session::Side},
     sip::{
@@ -77,6 +83,10 @@ pub enum Event {
     MediaTimeout(Vec<SessionInfo>),
     /// A reloaded `[admission]`.
     Reconfigure(Box<AdmissionConfig>),
+    /// From the admin API.
+    Query(Query),
+    /// A drain's deadline passed: end every call.
+    HangUpAll,
 }
 
 /// Timers, each naming what it is about; a timer whose subject is gone or has moved on is
@@ -92,28 +102,6 @@ enum Timer {
     Probe(usize),
 }
 
-/// What the proxy received, refused and dropped (in `GET /v1/stats`).
-#[derive(Default)]
-pub struct Counters {
-    pub requests: AtomicU64,
-    pub responses: AtomicU64,
-    /// Requests answered with an error because they were malformed or unsupported.
-    pub refused: AtomicU64,
-    /// Messages dropped unanswered (broken responses, unanswerable requests).
-    pub dropped: AtomicU64,
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> serde_json::Value {
-        serde_json::json!({
-            "requests": self.requests.load(Ordering::Relaxed),
-            "responses": self.responses.load(Ordering::Relaxed),
-            "refused": self.refused.load(Ordering::Relaxed),
-            "dropped": self.dropped.load(Ordering::Relaxed),
-        })
-    }
-}
-
 struct Listener {
     socket: Arc<UdpSocket>,
     address: SocketAddr,
@@ -124,7 +112,7 @@ struct Listener {
 pub struct ProxyHandle {
     events: mpsc::UnboundedSender<Event>,
     intake: Arc<Intake>,
-    pub counters: Arc<Counters>,
+    pub stats: Arc<SipStats>,
     pub admission: Arc<AdmissionCounters>,
 }
 
@@ -138,6 +126,31 @@ impl ProxyHandle {
         if !sessions.is_empty() {
             let _ = self.events.send(Event::MediaTimeout(sessions));
         }
+    }
+
+    /// Calls being set up or established.
+    pub fn active_calls(&self) -> u64 {
+        self.stats.calls_active.load(Ordering::Relaxed)
+    }
+
+    pub fn hang_up_all(&self) {
+        let _ = self.events.send(Event::HangUpAll);
+    }
+
+    pub async fn calls(&self) -> anyhow::Result<Vec<CallSummary>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let _ = self.events.send(Event::Query(Query::Calls(reply)));
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the SIP proxy has stopped"))
+    }
+
+    pub async fn backends(&self) -> anyhow::Result<Vec<BackendSummary>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let _ = self.events.send(Event::Query(Query::Backends(reply)));
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the SIP proxy has stopped"))
     }
 }
 
@@ -154,11 +167,12 @@ pub struct Proxy {
     plane: Arc<MediaPlane>,
     events: Arc<EventSink>,
     config: SipConfig,
-    counters: Arc<Counters>,
+    stats: Arc<SipStats>,
     guard: Arc<SipGuard>,
     intake: Arc<Intake>,
     admission: Admission,
     admission_counters: Arc<AdmissionCounters>,
+    drain: Arc<Drain>,
     /// How long the datagram being handled waited to be (the proxy's overload signal).
     event_delay: Duration,
     /// Makes our branches and tags unique to this process.
@@ -174,6 +188,7 @@ impl Proxy {
         guard: Arc<SipGuard>,
         plane: Arc<MediaPlane>,
         events: Arc<EventSink>,
+        drain: Arc<Drain>,
     ) -> anyhow::Result<ProxyHandle> {
         let public = bind(config.public_listen).await?;
         let private = if config.private_listen() == config.public_listen {
@@ -182,7 +197,7 @@ impl Proxy {
             bind(config.private_listen()).await?
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let counters = Arc::new(Counters::default());
+        let stats = Arc::new(SipStats::new(config.backends.iter().map(|b| b.address)));
         let admission_counters = Arc::new(AdmissionCounters::default());
         let intake = Arc::new(Intake::new(
             admission.shed_queue_depth,
@@ -229,11 +244,12 @@ impl Proxy {
             plane,
             events,
             config: config.clone(),
-            counters: Arc::clone(&counters),
+            stats: Arc::clone(&stats),
             guard,
             intake: Arc::clone(&intake),
             admission: Admission::new(admission, backend_ips, monotonic_ns()),
             admission_counters: Arc::clone(&admission_counters),
+            drain,
             event_delay: Duration::ZERO,
             token,
             sequence: 0,
@@ -243,7 +259,7 @@ impl Proxy {
         Ok(ProxyHandle {
             events: tx,
             intake,
-            counters,
+            stats,
             admission: admission_counters,
         })
     }
@@ -257,6 +273,24 @@ impl Proxy {
                 },
                 Some(timer) = next_expired(&mut self.timers) => self.on_timer(timer),
             }
+            self.publish_gauges();
+        }
+    }
+
+    /// Copies what the proxy task holds alone (calls, backend health and load) to the shared
+    /// stats, after every event: a few stores, so a scrape never waits for the proxy.
+    fn publish_gauges(&self) {
+        let stats = &self.stats;
+        stats
+            .calls_active
+            .store(self.calls.len() as u64, Ordering::Relaxed);
+        for (backend, published) in self.backends.list.iter().zip(&stats.backends) {
+            published
+                .up
+                .store(backend.health == backends::Health::Up, Ordering::Relaxed);
+            published
+                .active_calls
+                .store(backend.active_calls as u64, Ordering::Relaxed);
         }
     }
 
@@ -296,6 +330,8 @@ impl Proxy {
             }
             Event::MediaTimeout(sessions) => self.on_media_timeout(&sessions),
             Event::Reconfigure(admission) => self.admission.reconfigure(&admission),
+            Event::Query(query) => self.answer(query),
+            Event::HangUpAll => self.hang_up_all(),
         }
     }
 
@@ -330,17 +366,25 @@ impl Proxy {
         let (side, from) = (peer.side, peer.address);
         match inbound {
             Inbound::Request(message, request) => {
-                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .requests
+                    .increment((side, method_label(&request.method)));
                 self.on_request(peer, message, request);
             }
             Inbound::Response(message, response) => {
-                self.counters.responses.fetch_add(1, Ordering::Relaxed);
+                let method = method_label(&response.cseq_method);
+                self.stats
+                    .responses_received
+                    .increment((side, method, response.code));
                 self.on_response(side, from, message, response);
             }
             Inbound::Refuse { rejection, message } => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 match message {
                     Some(message) => {
+                        if stats::is_initial_invite(&message) {
+                            self.stats.calls_attempted.fetch_add(1, Ordering::Relaxed);
+                        }
                         let extra = build::rejection_headers(&rejection);
                         let tag = self.tag();
                         let reason = format!(
@@ -350,16 +394,16 @@ impl Proxy {
                         );
                         let response =
                             build::response(&message, rejection.status, &reason, &tag, &extra);
-                        self.send_to(peer, &response);
+                        self.respond(peer, &message, rejection.status, &response, Origin::Local);
                     }
                     None => {
-                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                         debug!(%from, "unanswerable request dropped: {}", rejection.reason);
                     }
                 }
             }
             Inbound::Drop(why) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 debug!(%from, "dropped: {why}");
             }
             Inbound::KeepAlive => {}
@@ -389,6 +433,26 @@ impl Proxy {
                 .get(&connection)
                 .is_some_and(|writer| writer.send(bytes.to_vec()).is_ok()),
         }
+    }
+
+    /// Sends a response to `request` back to its sender, counted by side, method and code; a
+    /// final response to an initial INVITE also closes that call attempt in the stats.
+    fn respond(
+        &self,
+        peer: Peer,
+        request: &crate::sip::Message,
+        code: u16,
+        bytes: &[u8],
+        origin: Origin,
+    ) {
+        let method = method_label(request.method().unwrap_or_default());
+        self.stats
+            .responses_sent
+            .increment((peer.side, method, code));
+        if code >= 200 && stats::is_initial_invite(request) {
+            self.stats.invite_finished(code, origin);
+        }
+        self.send_to(peer, bytes);
     }
 
     /// Sends a datagram; false (and logged) when the transport refused it.

@@ -1,12 +1,13 @@
 //! Requests: absorb retransmissions, answer what is ours to answer, then route and forward
 //! (RFC 3261 16.3-16.6) with Record-Route, our Via and the media anchored.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
 
 use tracing::{debug, info};
 
 use super::{
     Proxy, Timer, build,
     calls::{Call, call_key},
+    stats::Origin,
     transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1, client_key, server_key},
 };
 use crate::{
@@ -53,6 +54,9 @@ impl Proxy {
         }
         let to_tag = self.tag();
         let in_dialog = request.in_dialog();
+        if request.method == "INVITE" && !in_dialog {
+            self.stats.calls_attempted.fetch_add(1, Ordering::Relaxed);
+        }
         let known_call = self.find_call(&request);
         // A To tag alone does not make a request part of a call: only a call we hold does.
         let of_known_call = in_dialog && known_call.is_some();
@@ -60,13 +64,7 @@ impl Proxy {
             return;
         }
         if request.method == "OPTIONS" && self.addressed_to_us(&request) {
-            let allow = (
-                "Allow",
-                "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO".to_owned(),
-            );
-            let response = build::response(&message, 200, "OK", &to_tag, &[allow]);
-            self.send_to(peer, &response);
-            return;
+            return self.answer_options(peer, &message, &to_tag);
         }
         if max_forwards(&request) == 0 {
             return self.reply(peer, &message, 483, &to_tag, &[]);
@@ -114,7 +112,7 @@ impl Proxy {
         };
         if request.method == "INVITE" {
             let trying = build::response(&message, 100, "Trying", &to_tag, &[]);
-            self.send_to(peer, &trying);
+            self.respond(peer, &message, 100, &trying, Origin::Local);
         }
         let mut tx = ServerTx {
             upstream: peer,
@@ -131,6 +129,7 @@ impl Proxy {
             candidates: hop.candidates,
             cancelled: false,
             provisional_forwarded: false,
+            received: Instant::now(),
         };
         if initial_invite
             && let Some(backend) = self.backends.index_of(hop.target)
@@ -173,6 +172,7 @@ impl Proxy {
                 provisional: false,
                 final_code: None,
                 interval: T1,
+                sent: Instant::now(),
             },
         );
         if let Some(tx) = self.server.get_mut(server_key) {
@@ -191,6 +191,23 @@ impl Proxy {
         self.schedule(Timer::ClientTimeout(key), timeout);
     }
 
+    /// OPTIONS to us: 200 while taking calls; 503 with Retry-After while draining, which
+    /// balancers and dispatchers probing with OPTIONS read as "send no new calls here".
+    fn answer_options(&mut self, peer: Peer, message: &Message, to_tag: &str) {
+        let allow = (
+            "Allow",
+            "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO".to_owned(),
+        );
+        let (code, reason, mut extra) = if self.drain.is_draining() {
+            (503, "Service Unavailable (draining)", self.retry_after(503))
+        } else {
+            (200, "OK", Vec::new())
+        };
+        extra.push(allow);
+        let response = build::response(message, code, reason, to_tag, &extra);
+        self.respond(peer, message, code, &response, Origin::Local);
+    }
+
     pub(super) fn reply(
         &mut self,
         peer: Peer,
@@ -200,7 +217,7 @@ impl Proxy {
         extra: &[(&str, String)],
     ) {
         let response = build::response(request, code, build::reason_phrase(code), to_tag, extra);
-        self.send_to(peer, &response);
+        self.respond(peer, request, code, &response, Origin::Local);
     }
 
     pub(super) fn retry_after(&self, code: u16) -> Vec<(&'static str, String)> {
@@ -463,7 +480,7 @@ impl Proxy {
             return self.reply(peer, &message, 481, &to_tag, &[]);
         }
         let response = build::response(&message, 200, "OK", &to_tag, &[]);
-        self.send_to(peer, &response);
+        self.respond(peer, &message, 200, &response, Origin::Local);
         let tx = self.server.get_mut(&invite_key).expect("checked above");
         if tx.final_code.is_some() || tx.cancelled {
             return;

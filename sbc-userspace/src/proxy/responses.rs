@@ -9,6 +9,7 @@ use super::{
     Proxy, Timer,
     backends::Transition,
     build,
+    stats::Origin,
     transactions::{LINGER, Peer, Purpose, T2, TIMER_C, client_key},
     via_destination,
 };
@@ -39,6 +40,13 @@ impl Proxy {
             }
             return;
         };
+        let first_response = !client.provisional && client.final_code.is_none();
+        if let (true, Some(index)) = (first_response, client.backend) {
+            let method = super::stats::method_label(&client.method);
+            self.stats.backends[index]
+                .latency
+                .observe(method, client.sent.elapsed());
+        }
         let first_provisional = code < 200 && !client.provisional && client.is_invite();
         if code < 200 {
             client.provisional = true;
@@ -53,6 +61,9 @@ impl Proxy {
             return;
         } else {
             client.final_code = Some(code);
+            if let Some(index) = client.backend {
+                self.stats.backends[index].answered(&client.method, Some(code));
+            }
         }
         let (purpose, backend, invite, server) = (
             client.purpose,
@@ -118,10 +129,14 @@ impl Proxy {
             return;
         };
         if code == 503 {
-            let upstream = tx.upstream;
+            let (upstream, call, cancelled) = (tx.upstream, tx.call.clone(), tx.cancelled);
+            let invite = tx.info.method == "INVITE";
             let response =
                 build::response(&tx.request, 500, "Server Internal Error", &tx.to_tag, &[]);
-            self.finish_with(server_key, response, 500, upstream);
+            self.finish_with(server_key, response, 500, upstream, Origin::Relayed);
+            if let (true, Some(call)) = (invite, call) {
+                self.invite_progress(&call, message, 500, cancelled);
+            }
             return;
         }
         let (upstream, out_side, call, method, cancelled) = (
@@ -146,22 +161,40 @@ impl Proxy {
             self.invite_progress(call, message, code, cancelled);
         }
         if code < 200 {
-            self.send_to(upstream, &bytes);
+            if let Some(tx) = self.server.get(server_key) {
+                self.respond(upstream, &tx.request, code, &bytes, Origin::Relayed);
+            }
             if let Some(tx) = self.server.get_mut(server_key) {
                 tx.provisional_forwarded = true;
                 tx.last_response = Some(bytes);
             }
             return;
         }
-        self.finish_with(server_key, bytes, code, upstream);
+        if method == "BYE"
+            && let Some(tx) = self.server.get(server_key)
+        {
+            self.stats
+                .session_disconnect_delay
+                .observe(tx.received.elapsed());
+        }
+        self.finish_with(server_key, bytes, code, upstream, Origin::Relayed);
         if let (true, Some(call)) = (method == "BYE", &call) {
             self.end_call(call, "bye", Some(code));
         }
     }
 
     /// Sends a final response and keeps it for retransmissions.
-    fn finish_with(&mut self, server_key: &str, bytes: Vec<u8>, code: u16, upstream: Peer) {
-        self.send_to(upstream, &bytes);
+    fn finish_with(
+        &mut self,
+        server_key: &str,
+        bytes: Vec<u8>,
+        code: u16,
+        upstream: Peer,
+        origin: Origin,
+    ) {
+        if let Some(tx) = self.server.get(server_key) {
+            self.respond(upstream, &tx.request, code, &bytes, origin);
+        }
         if let Some(tx) = self.server.get_mut(server_key) {
             tx.last_response = Some(bytes);
             tx.final_code = Some(code);
@@ -186,7 +219,7 @@ impl Proxy {
             &tx.to_tag,
             &extra,
         );
-        self.finish_with(server_key, response, code, upstream);
+        self.finish_with(server_key, response, code, upstream, Origin::Local);
         let reason = match code {
             487 => "cancelled",
             _ => "failed",
@@ -245,6 +278,10 @@ impl Proxy {
         };
         let mut editor = Editor::new(message);
         pop_top_via(message, &mut editor);
+        let method = super::stats::method_label(&response.cseq_method);
+        self.stats
+            .responses_sent
+            .increment((Self::other(side), method, response.code));
         self.send(Self::other(side), destination, &editor.finish());
     }
 
@@ -266,7 +303,7 @@ impl Proxy {
         };
         let upstream = tx.upstream;
         let response = build::response(&tx.request, 500, "Server Internal Error", &tx.to_tag, &[]);
-        self.finish_with(&server, response, 500, upstream);
+        self.finish_with(&server, response, 500, upstream, Origin::Local);
         if let (true, Some(call)) = (
             invite,
             self.server.get(&server).and_then(|tx| tx.call.clone()),
@@ -320,6 +357,9 @@ impl Proxy {
             return;
         }
         client.final_code = Some(408);
+        if let Some(index) = client.backend {
+            self.stats.backends[index].answered(&client.method, None);
+        }
         let (purpose, backend, server, invite) = (
             client.purpose,
             client.backend,
@@ -349,7 +389,7 @@ impl Proxy {
         } else if let Some(tx) = self.server.get(&server) {
             let upstream = tx.upstream;
             let response = build::response(&tx.request, 408, "Request Timeout", &tx.to_tag, &[]);
-            self.finish_with(&server, response, 408, upstream);
+            self.finish_with(&server, response, 408, upstream, Origin::Local);
         }
     }
 

@@ -1,6 +1,9 @@
 //! Transaction state (RFC 3261 17): what the proxy remembers per request it received (server
 //! side) and per request it sent (client side), and how they are named.
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use crate::{
     media::session::Side,
@@ -90,6 +93,8 @@ pub struct ServerTx {
     pub cancelled: bool,
     /// A provisional response went upstream: the caller has heard something, no failover.
     pub provisional_forwarded: bool,
+    /// When the request arrived (RFC 6076 delays are measured from here).
+    pub received: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +120,8 @@ pub struct ClientTx {
     pub provisional: bool,
     pub final_code: Option<u16>,
     pub interval: Duration,
+    /// When the request was first sent (a backend's latency is measured from here).
+    pub sent: Instant,
 }
 
 impl ClientTx {
@@ -140,6 +147,7 @@ impl ClientTx {
             provisional: false,
             final_code: None,
             interval: T1,
+            sent: Instant::now(),
         }
     }
 

@@ -1,0 +1,131 @@
+//! Operations routes: the daemon's status, its calls (with their media), its backends, drain.
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path as UrlPath, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use super::server::{ApiState, error};
+use crate::{config::DataplaneMode, proxy::CallSummary};
+
+pub async fn status(State(api): State<Arc<ApiState>>) -> Response {
+    let backends = match &api.proxy {
+        Some(proxy) => match proxy.backends().await {
+            Ok(backends) => json!({
+                "total": backends.len(),
+                "healthy": backends.iter().filter(|b| b.healthy).count(),
+            }),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        },
+        None => Value::Null,
+    };
+    let calls = api.sip.as_ref().map(|sip| {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        json!({
+            "active": load(&sip.calls_active),
+            "established": load(&sip.calls_established),
+            "attempted": load(&sip.calls_attempted),
+            "answered": load(&sip.calls_answered),
+        })
+    });
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_secs": api.started.elapsed().as_secs(),
+        "dataplane": match api.dataplane { DataplaneMode::Xdp => "xdp", DataplaneMode::Userspace => "userspace" },
+        "drain": api.drain.status(),
+        "calls": calls,
+        "sessions": api.plane.session_count(),
+        "backends": backends,
+    }))
+    .into_response()
+}
+
+/// The calls as the proxy holds them, each with its media sessions in full (both legs,
+/// counters by path, latching).
+async fn calls_with_media(api: &Arc<ApiState>, call_id: Option<&str>) -> Result<Value, Response> {
+    let Some(proxy) = &api.proxy else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "this daemon runs no SIP proxy (no [sip] table)",
+        ));
+    };
+    let mut calls: Vec<CallSummary> = proxy
+        .calls()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    if let Some(call_id) = call_id {
+        calls.retain(|call| call.call_id == call_id);
+        if calls.is_empty() {
+            return Err(error(StatusCode::NOT_FOUND, format!("no call {call_id}")));
+        }
+    }
+    calls.sort_by_key(|call| std::cmp::Reverse(call.age_ms));
+    let plane = Arc::clone(&api.plane);
+    // Media counters come from the kernel map, a syscall per flow: off the async workers.
+    let with_media = tokio::task::spawn_blocking(move || {
+        calls
+            .into_iter()
+            .map(|call| {
+                let media: Vec<Value> = call
+                    .media
+                    .iter()
+                    .map(|id| match id.and_then(|id| plane.get(id)) {
+                        Some(session) => json!(session),
+                        None => Value::Null,
+                    })
+                    .collect();
+                let mut value = json!(call);
+                value["media"] = Value::Array(media);
+                value
+            })
+            .collect::<Vec<Value>>()
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(json!({ "calls": with_media }))
+}
+
+pub async fn list_calls(State(api): State<Arc<ApiState>>) -> Response {
+    match calls_with_media(&api, None).await {
+        Ok(body) => Json(body).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The calls with this Call-ID (usually one; RFC 5118-style collisions share a Call-ID).
+pub async fn show_call(
+    State(api): State<Arc<ApiState>>,
+    UrlPath(call_id): UrlPath<String>,
+) -> Response {
+    match calls_with_media(&api, Some(&call_id)).await {
+        Ok(body) => Json(body).into_response(),
+        Err(response) => response,
+    }
+}
+
+pub async fn backends(State(api): State<Arc<ApiState>>) -> Response {
+    let Some(proxy) = &api.proxy else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this daemon runs no SIP proxy (no [sip] table)",
+        );
+    };
+    match proxy.backends().await {
+        Ok(backends) => Json(json!({ "backends": backends })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
+}
+
+/// Begins a drain (again: no change) and answers what is left to finish.
+pub async fn drain(State(api): State<Arc<ApiState>>) -> Response {
+    api.drain.begin("drain requested through the API");
+    let mut status = api.drain.status();
+    status["calls"] = json!(api.proxy.as_ref().map_or(0, |p| p.active_calls()));
+    status["sessions"] = json!(api.plane.session_count());
+    (StatusCode::ACCEPTED, Json(status)).into_response()
+}

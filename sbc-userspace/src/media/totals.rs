@@ -1,0 +1,97 @@
+//! Media counters since the daemon started, over every session ever held: what `/metrics`
+//! exports as monotonic counters, although sessions (and their per-flow counters) come and go.
+//!
+//! Each session's counters are taken into the running totals by difference with what was
+//! already taken: at every scrape for live sessions, and once more when a session ends. A
+//! scrape reads a session only while holding the accumulator and only while the session is
+//! still live, so an ending session is never counted twice or missed, and the totals never
+//! go down.
+use std::{collections::HashMap, sync::Mutex};
+
+use super::{SessionInfo, plane::MediaPlane};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaTotals {
+    pub kernel_packets: u64,
+    pub kernel_bytes: u64,
+    pub userspace_packets: u64,
+    pub userspace_bytes: u64,
+    /// Dropped because they came from someone other than the latched peer (both paths).
+    pub foreign_dropped: u64,
+    /// Arrived before the other leg's peer was known.
+    pub undeliverable: u64,
+}
+
+impl MediaTotals {
+    fn of(info: &SessionInfo) -> Self {
+        let mut totals = Self::default();
+        let streams = info
+            .legs
+            .iter()
+            .flat_map(|leg| std::iter::once(&leg.rtp).chain(leg.rtcp.as_ref()));
+        for stream in streams {
+            totals.kernel_packets += stream.kernel_packets;
+            totals.kernel_bytes += stream.kernel_bytes;
+            totals.userspace_packets += stream.userspace_packets;
+            totals.userspace_bytes += stream.userspace_bytes;
+            totals.foreign_dropped += stream.foreign_dropped;
+            totals.undeliverable += stream.undeliverable;
+        }
+        totals
+    }
+
+    /// Adds what `now` has beyond `before` (each field on its own: counters only grow).
+    fn add_growth(&mut self, now: &Self, before: &Self) {
+        self.kernel_packets += now.kernel_packets.saturating_sub(before.kernel_packets);
+        self.kernel_bytes += now.kernel_bytes.saturating_sub(before.kernel_bytes);
+        self.userspace_packets += now
+            .userspace_packets
+            .saturating_sub(before.userspace_packets);
+        self.userspace_bytes += now.userspace_bytes.saturating_sub(before.userspace_bytes);
+        self.foreign_dropped += now.foreign_dropped.saturating_sub(before.foreign_dropped);
+        self.undeliverable += now.undeliverable.saturating_sub(before.undeliverable);
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Accumulator {
+    totals: MediaTotals,
+    /// What has been taken into `totals` of each live session.
+    taken: HashMap<u32, MediaTotals>,
+}
+
+impl Accumulator {
+    fn take(&mut self, id: u32, now: MediaTotals) {
+        let before = self.taken.insert(id, now).unwrap_or_default();
+        self.totals.add_growth(&now, &before);
+    }
+}
+
+impl MediaPlane {
+    /// The totals over every session since the daemon started, live ones included.
+    pub fn media_totals(&self) -> MediaTotals {
+        let ids: Vec<u32> = self.lock().sessions.keys().copied().collect();
+        for id in ids {
+            // The accumulator first, then the session: `end` removes a session before it
+            // settles its account, so a session found here is settled after this read.
+            let mut accumulator = self.lock_totals();
+            if let Some(info) = self.get(id) {
+                accumulator.take(id, MediaTotals::of(&info));
+            }
+        }
+        self.lock_totals().totals
+    }
+
+    /// Takes an ended session's final counters into the totals.
+    pub(super) fn settle_totals(&self, info: &SessionInfo) {
+        let mut accumulator = self.lock_totals();
+        accumulator.take(info.id, MediaTotals::of(info));
+        accumulator.taken.remove(&info.id);
+    }
+
+    fn lock_totals(&self) -> std::sync::MutexGuard<'_, Accumulator> {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(super) type SharedAccumulator = Mutex<Accumulator>;

@@ -1,0 +1,318 @@
+//! What the proxy counts: SIP messages by side, method and code; calls from attempt to end;
+//! setup latencies and the RFC 6076 measures; each backend's health, load and answers. The
+//! proxy task writes, `/metrics` and `GET /v1/stats` read, so everything here is atomic or
+//! briefly locked.
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use crate::{
+    media::session::Side,
+    metrics::{CounterMap, Histogram, HistogramMap},
+};
+
+/// The methods counted by name; anything else is "other", so a peer cannot grow the label set.
+const METHODS: [&str; 14] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+    "UPDATE",
+];
+
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(method))
+        .copied()
+        .unwrap_or("other")
+}
+
+/// An INVITE that starts a call (no To tag yet): its final response ends a call attempt.
+pub fn is_initial_invite(request: &crate::sip::Message) -> bool {
+    request.is_request()
+        && request.method() == Some("INVITE")
+        && request
+            .value("to")
+            .and_then(|to| crate::sip::address::parse(to).ok())
+            .is_some_and(|to| to.tag().is_none())
+}
+
+pub fn side_label(side: Side) -> &'static str {
+    match side {
+        Side::Public => "public",
+        Side::Private => "private",
+    }
+}
+
+/// Who produced a final response to an initial INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The proxy itself (admission, no backend, bad request, our timeout or 487).
+    Local,
+    /// Relayed from the far side.
+    Relayed,
+}
+
+/// Why an initial INVITE failed, from its final code and who gave it.
+pub fn failure_reason(code: u16, origin: Origin) -> &'static str {
+    match (code, origin) {
+        (487, _) => "cancelled",
+        (408, _) => "timeout",
+        (_, Origin::Local) => "refused",
+        (_, Origin::Relayed) => "rejected",
+    }
+}
+
+/// RFC 6076 section 4's classes of a final response to an INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rfc6076 {
+    /// 2xx: the session was established.
+    Established,
+    /// 480, 486, 600, 603: the callee was reached and declined (SEER counts these as effective).
+    UserFailure,
+    /// 408, 500, 503, 504: the network failed the attempt (ISA).
+    Ineffective,
+    /// 3xx: excluded from SER and SEER.
+    Redirected,
+    Other,
+}
+
+impl Rfc6076 {
+    pub fn of(code: u16) -> Self {
+        match code {
+            200..=299 => Self::Established,
+            300..=399 => Self::Redirected,
+            480 | 486 | 600 | 603 => Self::UserFailure,
+            408 | 500 | 503 | 504 => Self::Ineffective,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The share of a backend's last 128 final answers that were failures (5xx, 408, no answer):
+/// a ratio an alert can use as is, updated by the proxy task alone.
+#[derive(Default)]
+struct RecentFailures {
+    window: std::sync::Mutex<(u128, u32)>,
+    ratio_bits: AtomicU64,
+}
+
+impl RecentFailures {
+    fn record(&self, failed: bool) {
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let (bits, filled) = &mut *window;
+        *bits = (*bits << 1) | u128::from(failed);
+        *filled = (*filled + 1).min(128);
+        let mask = if *filled == 128 {
+            u128::MAX
+        } else {
+            (1u128 << *filled) - 1
+        };
+        let ratio = f64::from((*bits & mask).count_ones()) / f64::from(*filled);
+        self.ratio_bits.store(ratio.to_bits(), Ordering::Relaxed);
+    }
+
+    fn ratio(&self) -> f64 {
+        f64::from_bits(self.ratio_bits.load(Ordering::Relaxed))
+    }
+}
+
+pub struct BackendStats {
+    pub address: SocketAddr,
+    pub up: AtomicBool,
+    pub active_calls: AtomicU64,
+    /// Final answers by class (`2xx`...`6xx`) and `timeout`, requests and probes alike.
+    pub answers: CounterMap<(&'static str, &'static str)>,
+    /// From sending a request (INVITE, OPTIONS probe...) to its first response.
+    pub latency: HistogramMap<&'static str>,
+    recent: RecentFailures,
+}
+
+fn code_class(code: u16) -> &'static str {
+    match code / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "6xx",
+    }
+}
+
+impl BackendStats {
+    fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            up: AtomicBool::new(true),
+            active_calls: AtomicU64::new(0),
+            answers: CounterMap::default(),
+            latency: HistogramMap::default(),
+            recent: RecentFailures::default(),
+        }
+    }
+
+    /// A final answer from this backend (`None`: it never answered).
+    pub fn answered(&self, method: &str, code: Option<u16>) {
+        let class = code.map_or("timeout", code_class);
+        self.answers.increment((method_label(method), class));
+        self.recent
+            .record(code.is_none_or(|c| c == 408 || c >= 500));
+    }
+
+    pub fn failure_ratio(&self) -> f64 {
+        self.recent.ratio()
+    }
+}
+
+pub struct SipStats {
+    pub requests: CounterMap<(Side, &'static str)>,
+    pub responses_received: CounterMap<(Side, &'static str, u16)>,
+    /// Responses the proxy sent (its own and relayed), by the side they went to.
+    pub responses_sent: CounterMap<(Side, &'static str, u16)>,
+    /// Requests answered with an error because they were malformed or unsupported.
+    pub refused: AtomicU64,
+    /// Messages dropped unanswered (broken responses, unanswerable requests).
+    pub dropped: AtomicU64,
+    pub calls_attempted: AtomicU64,
+    pub calls_answered: AtomicU64,
+    /// Initial INVITEs that got a final failure, by reason and code.
+    pub calls_failed: CounterMap<(&'static str, u16)>,
+    /// Answered calls that ended, by why.
+    pub calls_ended: CounterMap<&'static str>,
+    /// Final responses to initial INVITEs by RFC 6076 class.
+    pub invite_outcomes: CounterMap<Rfc6076>,
+    /// Calls held by the proxy (being set up or established) and those answered.
+    pub calls_active: AtomicU64,
+    pub calls_established: AtomicU64,
+    /// INVITE received to the first 18x relayed, and to the 2xx.
+    pub setup_ringing: Histogram,
+    pub setup_answered: Histogram,
+    /// RFC 6076 SRD: INVITE to the first response other than 100, failures included.
+    pub session_request_delay: Histogram,
+    /// RFC 6076 SDD: BYE to its final response.
+    pub session_disconnect_delay: Histogram,
+    pub backends: Vec<BackendStats>,
+}
+
+impl SipStats {
+    pub fn new(backends: impl IntoIterator<Item = SocketAddr>) -> Self {
+        Self {
+            requests: CounterMap::default(),
+            responses_received: CounterMap::default(),
+            responses_sent: CounterMap::default(),
+            refused: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            calls_attempted: AtomicU64::new(0),
+            calls_answered: AtomicU64::new(0),
+            calls_failed: CounterMap::default(),
+            calls_ended: CounterMap::default(),
+            invite_outcomes: CounterMap::default(),
+            calls_active: AtomicU64::new(0),
+            calls_established: AtomicU64::new(0),
+            setup_ringing: Histogram::default(),
+            setup_answered: Histogram::default(),
+            session_request_delay: Histogram::default(),
+            session_disconnect_delay: Histogram::default(),
+            backends: backends.into_iter().map(BackendStats::new).collect(),
+        }
+    }
+
+    /// The final response to an initial INVITE, once per call attempt.
+    pub fn invite_finished(&self, code: u16, origin: Origin) {
+        self.invite_outcomes.increment(Rfc6076::of(code));
+        if (200..300).contains(&code) {
+            self.calls_answered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.calls_failed
+                .increment((failure_reason(code, origin), code));
+        }
+    }
+
+    /// RFC 6076 SER, SEER and ISA over every finished attempt since the daemon started (NaN
+    /// before the first).
+    pub fn rfc6076_ratios(&self) -> (f64, f64, f64) {
+        let get = |class| self.invite_outcomes.get(&class) as f64;
+        let total: f64 = self
+            .invite_outcomes
+            .snapshot()
+            .iter()
+            .map(|(_, n)| *n as f64)
+            .sum();
+        let not_redirected = total - get(Rfc6076::Redirected);
+        let established = get(Rfc6076::Established);
+        (
+            established / not_redirected,
+            (established + get(Rfc6076::UserFailure)) / not_redirected,
+            get(Rfc6076::Ineffective) / total,
+        )
+    }
+
+    /// The counters of `GET /v1/stats`.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let sum = |map: &CounterMap<(Side, &'static str, u16)>| -> u64 {
+            map.snapshot().iter().map(|(_, n)| n).sum()
+        };
+        serde_json::json!({
+            "requests": self.requests.snapshot().iter().map(|(_, n)| n).sum::<u64>(),
+            "responses": sum(&self.responses_received),
+            "refused": self.refused.load(Ordering::Relaxed),
+            "dropped": self.dropped.load(Ordering::Relaxed),
+            "calls_attempted": self.calls_attempted.load(Ordering::Relaxed),
+            "calls_answered": self.calls_answered.load(Ordering::Relaxed),
+            "calls_active": self.calls_active.load(Ordering::Relaxed),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc6076_ratios_follow_the_definitions() {
+        let stats = SipStats::new([]);
+        let (ser, ..) = stats.rfc6076_ratios();
+        assert!(ser.is_nan(), "no attempts yet: no ratio");
+        for code in [200, 200, 486, 503, 302, 404] {
+            stats.invite_finished(code, Origin::Relayed);
+        }
+        let (ser, seer, isa) = stats.rfc6076_ratios();
+        // 6 attempts, one redirected: SER 2/5, SEER (2 + 486)/5, ISA 503 of all 6.
+        assert_eq!(ser, 0.4);
+        assert_eq!(seer, 0.6);
+        assert_eq!(isa, 1.0 / 6.0);
+        assert_eq!(stats.calls_answered.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.calls_failed.get(&("rejected", 486)), 1);
+    }
+
+    #[test]
+    fn failure_ratio_covers_the_last_answers() {
+        let backend = BackendStats::new("192.0.2.1:5060".parse().unwrap());
+        backend.answered("INVITE", Some(200));
+        backend.answered("INVITE", Some(503));
+        backend.answered("OPTIONS", None);
+        backend.answered("INVITE", Some(486));
+        assert_eq!(backend.failure_ratio(), 0.5);
+        for _ in 0..128 {
+            backend.answered("OPTIONS", Some(200));
+        }
+        assert_eq!(backend.failure_ratio(), 0.0);
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label("invite"), "INVITE");
+        assert_eq!(method_label("FOO"), "other");
+    }
+}

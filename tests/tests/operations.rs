@@ -1,0 +1,287 @@
+//! Operating the edge: Prometheus metrics during live calls (checked by promtool and against
+//! what the test did), the admin API and CLI, and drains from the CLI and from SIGTERM.
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use sbc_tests::{
+    daemon::{Daemon, DaemonOptions},
+    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
+    privileges::require_lab_privileges,
+    sip_probe,
+    sipp::{self, Backend, CallKind, CallerResult},
+};
+use serde_json::Value;
+
+fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+fn events_named(events: &[Value], name: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == name)
+        .cloned()
+        .collect()
+}
+
+/// Waits until the daemon has written `count` events of that name.
+fn wait_for_events(daemon: &Daemon, name: &str, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = daemon.events();
+        if events_named(&events, name).len() >= count || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A daemon in front of one SIPp backend that answers and echoes RTP.
+fn lab_with_backend(name: &str, options: DaemonOptions) -> (Lab, Backend, Daemon) {
+    let lab = Lab::up(name).expect("lab");
+    let backend_address = addr(CALLEE, 5060);
+    let backend = Backend::start(&lab.callee, backend_address).expect("backend");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            sip_backends: vec![backend_address],
+            ..options
+        },
+    )
+    .expect("daemon");
+    (lab, backend, daemon)
+}
+
+fn place(lab: &Lab, port: u16, kind: CallKind, calls: u32, rate: u32) -> CallerResult {
+    sipp::place_calls(
+        &lab.caller,
+        addr(CALLER, port),
+        addr(SBC_PUBLIC, 5060),
+        kind,
+        (calls, rate),
+        Duration::from_secs(60),
+    )
+    .expect("SIPp caller")
+}
+
+/// RTP packets SIPp's `uac_pcap` plays per call: g711a.pcap (236) then dtmf_2833_1.pcap (10);
+/// the backend echoes each one.
+const PCAP_RTP_PACKETS: f64 = 236.0 + 10.0;
+
+#[test]
+fn metrics_pass_promtool_during_live_calls_and_count_what_happened() {
+    require_lab_privileges();
+    let (lab, _backend, daemon) = lab_with_backend("metrics", DaemonOptions::default());
+    const CALLS: u32 = 20;
+    let (result, live) = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| place(&lab, 5060, CallKind::WithMedia, CALLS, 10));
+        // The pcap plays for about 5 s per call: scrape while calls carry media.
+        std::thread::sleep(Duration::from_millis(2500));
+        let live = daemon.metrics().expect("scrape during calls");
+        (caller.join().expect("caller thread"), live)
+    });
+    live.promtool_check().expect("the live scrape");
+    assert!(
+        live.get("sbc_calls_established") > 0.0 && live.get("sbc_media_flows") > 0.0,
+        "no call up at the live scrape:\n{}",
+        live.text
+    );
+    assert_eq!(
+        (result.successful, result.failed),
+        (u64::from(CALLS), 0),
+        "{}",
+        result.output
+    );
+    let events = wait_for_events(&daemon, "call_ended", CALLS as usize);
+    assert_eq!(events_named(&events, "call_ended").len(), CALLS as usize);
+
+    let after = daemon.metrics().expect("scrape after the calls");
+    after.promtool_check().expect("the scrape after the calls");
+    let calls = f64::from(CALLS);
+    for (series, expected) in [
+        ("sbc_calls_attempted_total", calls),
+        ("sbc_calls_answered_total", calls),
+        ("sbc_calls_ended_total{reason=\"bye\"}", calls),
+        ("sbc_calls_active", 0.0),
+        ("sbc_calls_established", 0.0),
+        ("sbc_media_sessions", 0.0),
+        ("sbc_session_attempts_total{class=\"established\"}", calls),
+        ("sbc_session_establishment_ratio", 1.0),
+        ("sbc_call_setup_seconds_count{stage=\"answered\"}", calls),
+        ("sbc_session_disconnect_delay_seconds_count", calls),
+        (
+            "sbc_sip_requests_received_total{side=\"public\",method=\"INVITE\"}",
+            calls,
+        ),
+        (
+            "sbc_sip_responses_sent_total{side=\"public\",method=\"INVITE\",code=\"200\"}",
+            calls,
+        ),
+        (
+            "sbc_sip_responses_sent_total{side=\"public\",method=\"INVITE\",code=\"100\"}",
+            calls,
+        ),
+        (
+            "sbc_sip_responses_received_total{side=\"private\",method=\"BYE\",code=\"200\"}",
+            calls,
+        ),
+        ("sbc_backend_up{backend=\"198.18.2.2:5060\"}", 1.0),
+    ] {
+        assert_eq!(after.get(series), expected, "{series} in:\n{}", after.text);
+    }
+    // What SIPp sent: the pcap each way of every call.
+    let sent = PCAP_RTP_PACKETS * 2.0 * calls;
+    let relayed = after.sum("sbc_media_packets_total", &[]);
+    assert!(
+        (relayed - sent).abs() <= sent * 0.01,
+        "{relayed} media packets counted, {sent} sent:\n{}",
+        after.text
+    );
+    assert!(
+        after.get("sbc_media_packets_total{path=\"kernel\"}") >= 0.98 * relayed,
+        "media mostly relayed in the kernel:\n{}",
+        after.text
+    );
+    let forwarded = after.sum("sbc_packet_decisions_total", &["action=\"forward\""]);
+    assert!(
+        forwarded >= after.get("sbc_media_packets_total{path=\"kernel\"}"),
+        "XDP forward verdicts ({forwarded}) cover the kernel's media packets"
+    );
+
+    // The same counts through the admin API and the CLI.
+    let status = daemon.command(&["status"]).expect("sbc status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("taking calls") && status.contains("1 of 1 healthy"),
+        "{status}"
+    );
+}
+
+/// An INVITE from a fresh source: the responses' start lines and headers.
+fn probe_invite(lab: &Lab, port: u16, name: &str) -> Vec<String> {
+    let invite = sip_probe::invite(addr(CALLER, port), addr(SBC_PUBLIC, 5060), name);
+    sip_probe::send(
+        &lab.caller,
+        addr(CALLER, port),
+        addr(SBC_PUBLIC, 5060),
+        &invite,
+    )
+    .expect("probe INVITE")
+}
+
+fn probe_options(lab: &Lab, port: u16, name: &str) -> Vec<String> {
+    let options = sip_probe::options(addr(CALLER, port), addr(SBC_PUBLIC, 5060), name, "balancer");
+    sip_probe::send(
+        &lab.caller,
+        addr(CALLER, port),
+        addr(SBC_PUBLIC, 5060),
+        &options,
+    )
+    .expect("probe OPTIONS")
+}
+
+/// While draining: new calls get 503 with Retry-After, OPTIONS say 503 too.
+fn assert_refusing_new_calls(lab: &Lab) {
+    let answers = probe_invite(lab, 5090, "drain-new-call");
+    let last = answers.last().expect("an answer to the new INVITE");
+    assert!(
+        last.starts_with("SIP/2.0 503") && last.to_ascii_lowercase().contains("retry-after:"),
+        "new INVITE while draining:\n{answers:?}"
+    );
+    let options = probe_options(lab, 5091, "options-draining");
+    assert!(
+        options.last().is_some_and(|r| r.starts_with("SIP/2.0 503")),
+        "OPTIONS while draining: {options:?}"
+    );
+}
+
+/// Held calls up, a drain begun by `begin`, then: new calls refused, the held calls complete,
+/// and the daemon exits by itself once the last one has ended.
+fn drain_with_calls_up(name: &str, extra_config: &str, begin: impl FnOnce(&Daemon)) {
+    require_lab_privileges();
+    let (lab, _backend, mut daemon) = lab_with_backend(
+        name,
+        DaemonOptions {
+            extra_config: extra_config.to_owned(),
+            ..Default::default()
+        },
+    );
+    let before = probe_options(&lab, 5091, "options-before");
+    assert!(
+        before.last().is_some_and(|r| r.starts_with("SIP/2.0 200")),
+        "OPTIONS before the drain: {before:?}"
+    );
+    const CALLS: u32 = 3;
+    let result = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| {
+            place(
+                &lab,
+                5060,
+                CallKind::Held(Duration::from_secs(6)),
+                CALLS,
+                10,
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let calls = daemon.api.get("/v1/calls").expect("calls").body;
+            let answered = calls["calls"]
+                .as_array()
+                .map_or(0, |c| c.iter().filter(|c| c["state"] == "answered").count());
+            if answered == CALLS as usize {
+                break;
+            }
+            assert!(Instant::now() < deadline, "calls not up: {calls}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        begin(&daemon);
+        let status = daemon.api.get("/v1/status").expect("status").body;
+        assert_eq!(status["drain"]["draining"], true, "{status}");
+        assert_refusing_new_calls(&lab);
+        caller.join().expect("caller thread")
+    });
+    assert_eq!(
+        (result.successful, result.failed),
+        (u64::from(CALLS), 0),
+        "established calls complete during the drain:\n{}",
+        result.output
+    );
+    let exit = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("the daemon exits once drained");
+    assert!(exit.success(), "{exit}:\n{}", daemon.log());
+    let events = daemon.events();
+    let ended = events_named(&events, "call_ended");
+    let byes = ended.iter().filter(|e| e["reason"] == "bye").count();
+    assert_eq!(byes, CALLS as usize, "{ended:?}");
+    assert!(
+        daemon.log().contains("drained: the last call has ended"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn sbc_drain_refuses_new_calls_and_exits_after_the_last_one() {
+    drain_with_calls_up("drain-cli", "", |daemon| {
+        let output = daemon.command(&["drain"]).expect("sbc drain");
+        assert!(
+            output.status.success(),
+            "sbc drain: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(said.contains("draining: 3 calls"), "{said}");
+    });
+}
+
+#[test]
+fn sigterm_drains_when_configured() {
+    drain_with_calls_up(
+        "drain-term",
+        "[drain]\non_sigterm = \"drain\"\n",
+        |daemon| daemon.signal(libc::SIGTERM).expect("SIGTERM"),
+    );
+}
