@@ -19,6 +19,10 @@ pub struct Config {
     /// Names this daemon's pinned state (`<bpffs>/sbc/<instance>/`) and API socket.
     #[serde(default = "default_instance")]
     pub instance: String,
+    /// Where the daemon keeps what a restarted daemon needs besides the pinned maps (the
+    /// established calls); default `/run/sbc/<instance>`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     #[serde(default)]
     pub dataplane: DataplaneConfig,
     pub media: MediaConfig,
@@ -487,6 +491,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The journal of established calls (see `proxy::journal`).
+    pub fn call_state_file(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/run/sbc/{}", self.instance)))
+            .join("calls.jsonl")
     }
 
     pub fn api_socket(&self) -> PathBuf {

@@ -56,7 +56,8 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
             pins::ensure_bpffs(&config.dataplane.bpffs)?;
             if options.clean {
                 layout.remove()?;
-                info!(dir = %layout.instance_dir.display(), "--clean: removed pinned state");
+                remove_call_state(&config)?;
+                info!(dir = %layout.instance_dir.display(), "--clean: removed pinned state and recorded calls");
             }
             xdp::start(&config, &layout)?;
             let maps = FlowMaps::open(&layout)?;
@@ -92,6 +93,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 Arc::clone(&plane),
                 Arc::clone(&events),
                 Arc::clone(&drain),
+                Some(&config.call_state_file()),
             )
             .await?,
         ),
@@ -145,6 +147,17 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Forgets the calls a previous daemon recorded (their media is being removed with the pins).
+fn remove_call_state(config: &Config) -> anyhow::Result<()> {
+    let path = config.call_state_file();
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Ends sessions without media once a second; the proxy then ends their calls with BYE.

@@ -100,7 +100,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Detach XDP and remove an instance's pinned state (ends media the kernel still relays).
+    /// Detach XDP and remove an instance's pinned state and recorded calls (ends media the
+    /// kernel still relays).
     Down {
         #[command(flatten)]
         target: PinTarget,
@@ -179,22 +180,31 @@ struct PinTarget {
     bpffs: PathBuf,
 }
 
+/// Where an instance keeps its state: pins, API socket, recorded calls.
+struct InstanceState {
+    pins: PinLayout,
+    socket: PathBuf,
+    calls: PathBuf,
+}
+
 impl PinTarget {
-    fn resolve(&self) -> anyhow::Result<(PinLayout, PathBuf)> {
+    fn resolve(&self) -> anyhow::Result<InstanceState> {
         Ok(match &self.config {
             Some(path) => {
                 let config = Config::load(path)?;
-                (
-                    PinLayout::new(&config.dataplane.bpffs, &config.instance),
-                    config.api_socket(),
-                )
+                InstanceState {
+                    pins: PinLayout::new(&config.dataplane.bpffs, &config.instance),
+                    socket: config.api_socket(),
+                    calls: config.call_state_file(),
+                }
             }
             None => {
                 let instance = self.instance.as_deref().unwrap_or("default");
-                (
-                    PinLayout::new(&self.bpffs, instance),
-                    default_api_socket(instance),
-                )
+                InstanceState {
+                    pins: PinLayout::new(&self.bpffs, instance),
+                    socket: default_api_socket(instance),
+                    calls: PathBuf::from(format!("/run/sbc/{instance}/calls.jsonl")),
+                }
             }
         })
     }
@@ -264,8 +274,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Maps { target, json } => {
-            let (layout, _) = target.resolve()?;
-            let report = maps_report::read(&layout)?;
+            let report = maps_report::read(&target.resolve()?.pins)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -274,15 +283,20 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Down { target } => {
-            let (layout, socket) = target.resolve()?;
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            let state = target.resolve()?;
+            if std::os::unix::net::UnixStream::connect(&state.socket).is_ok() {
                 bail!(
                     "the daemon is running (API at {}); stop it before removing its state",
-                    socket.display()
+                    state.socket.display()
                 );
             }
-            layout.remove()?;
-            println!("removed {}", layout.instance_dir.display());
+            state.pins.remove()?;
+            println!("removed {}", state.pins.instance_dir.display());
+            match std::fs::remove_file(&state.calls) {
+                Ok(()) => println!("removed {}", state.calls.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("removing {}: {e}", state.calls.display()),
+            }
             Ok(())
         }
     }

@@ -110,6 +110,7 @@ impl Daemon {
             &config,
             format!(
                 r#"instance = "{instance}"
+state_dir = "{state_dir}"
 [dataplane]
 mode = "{mode}"
 interfaces = {interfaces:?}
@@ -136,6 +137,7 @@ level = "info"
                 events = dir.path().join("events.jsonl").display(),
                 extra = options.extra_config,
                 api_config = options.api_config,
+                state_dir = dir.path().display(),
             ),
         )?;
         let mut daemon = Self {

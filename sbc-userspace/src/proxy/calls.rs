@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
 use serde_json::json;
 use tracing::warn;
 
-use super::Proxy;
+use super::{Proxy, journal::CallRecord};
 use crate::{
     media::{EndReason, MediaError, SessionInfo, SessionSpec, session::Side},
     sdp::{self, Anchor},
@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// One end of a call, as the proxy needs it to reach that end itself (BYE on media timeout).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Party {
     pub side: Side,
     /// Its From (caller) or To (callee) value, tag included once known.
@@ -82,7 +82,54 @@ pub struct CallSummary {
     pub media: Vec<Option<u32>>,
 }
 
+/// CSeqs a restarted daemon adds to what its predecessor recorded: in-dialog requests since
+/// the last record are not in it, and a BYE the proxy sends must go above them.
+const RESTORED_CSEQ_MARGIN: u32 = 1000;
+
+/// An `Instant` that many milliseconds of wall clock ago.
+fn instant_of_unix_ms(unix_ms: u64) -> Instant {
+    let ago = std::time::Duration::from_millis(crate::clock::unix_ms().saturating_sub(unix_ms));
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+}
+
+fn unix_ms_of_instant(instant: Instant) -> u64 {
+    crate::clock::unix_ms().saturating_sub(instant.elapsed().as_millis() as u64)
+}
+
 impl Call {
+    /// What the journal keeps of an answered call.
+    pub fn record(&self, key: &str, backend: Option<SocketAddr>) -> Option<CallRecord> {
+        Some(CallRecord {
+            key: key.to_owned(),
+            call_id: self.call_id.clone(),
+            caller: self.caller.clone(),
+            callee: self.callee.clone(),
+            media: self.media.clone(),
+            backend,
+            started_unix_ms: unix_ms_of_instant(self.started),
+            answered_unix_ms: unix_ms_of_instant(self.answered?),
+        })
+    }
+
+    /// An answered call as a previous daemon recorded it.
+    pub fn restore(record: CallRecord, backend: Option<usize>) -> Self {
+        let mut call = Self {
+            call_id: record.call_id,
+            caller: record.caller,
+            callee: record.callee,
+            media: record.media,
+            backend,
+            started: instant_of_unix_ms(record.started_unix_ms),
+            responded: true,
+            ringing: None,
+            answered: Some(instant_of_unix_ms(record.answered_unix_ms)),
+        };
+        for party in [&mut call.caller, &mut call.callee] {
+            party.cseq = party.cseq.saturating_add(RESTORED_CSEQ_MARGIN);
+        }
+        call
+    }
+
     pub fn summary(&self, backend: Option<SocketAddr>) -> CallSummary {
         let state = match (self.answered, self.ringing) {
             (Some(_), _) => "answered",
@@ -365,6 +412,7 @@ impl Proxy {
             backend.active_calls = backend.active_calls.saturating_sub(1);
         }
         if call.answered.is_some() {
+            self.journal.end(key);
             self.stats.calls_ended.increment(reason);
             self.stats.calls_established.fetch_sub(1, Ordering::Relaxed);
         }

@@ -9,10 +9,12 @@ mod admit;
 mod backends;
 mod build;
 mod calls;
+mod continuity;
 mod hangup;
 mod health;
 mod inspect;
 mod intake;
+mod journal;
 mod requests;
 mod responses;
 pub mod stats;
@@ -39,6 +41,7 @@ use self::{
     calls::Call,
     inspect::Query,
     intake::{Intake, bind, spawn_receiver},
+    journal::Journal,
     stats::{Origin, SipStats, method_label},
     transactions::{ClientTx, Peer, ServerTx, Transport},
 };
@@ -173,6 +176,7 @@ pub struct Proxy {
     admission: Admission,
     admission_counters: Arc<AdmissionCounters>,
     drain: Arc<Drain>,
+    journal: Journal,
     /// How long the datagram being handled waited to be (the proxy's overload signal).
     event_delay: Duration,
     /// Makes our branches and tags unique to this process.
@@ -189,7 +193,12 @@ impl Proxy {
         plane: Arc<MediaPlane>,
         events: Arc<EventSink>,
         drain: Arc<Drain>,
+        state_file: Option<&std::path::Path>,
     ) -> anyhow::Result<ProxyHandle> {
+        let (journal, recorded) = match state_file {
+            Some(path) => Journal::open(path)?,
+            None => (Journal::disabled(), Vec::new()),
+        };
         let public = bind(config.public_listen).await?;
         let private = if config.private_listen() == config.public_listen {
             Arc::clone(&public)
@@ -250,10 +259,12 @@ impl Proxy {
             admission: Admission::new(admission, backend_ips, monotonic_ns()),
             admission_counters: Arc::clone(&admission_counters),
             drain,
+            journal,
             event_delay: Duration::ZERO,
             token,
             sequence: 0,
         };
+        proxy.restore_calls(recorded);
         proxy.start_probes();
         tokio::spawn(proxy.run(rx));
         Ok(ProxyHandle {

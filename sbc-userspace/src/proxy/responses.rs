@@ -159,6 +159,10 @@ impl Proxy {
         let bytes = editor.finish();
         if let (true, Some(call)) = (method == "INVITE", &call) {
             self.invite_progress(call, message, code, cancelled);
+            if (200..300).contains(&code) {
+                // Answered, or re-INVITEd (a new target or media): what a restart needs.
+                self.persist(call);
+            }
         }
         if code < 200 {
             if let Some(tx) = self.server.get(server_key) {

@@ -1,0 +1,195 @@
+//! The established calls, kept in a file so that a restarted (or upgraded) daemon carries on
+//! with them: the kernel holds their media (pinned flows), this file holds what it does not
+//! (the dialog: parties, route sets, CSeqs, media session ids, backend, times).
+//!
+//! An append-only journal of JSON lines, `{"put": record}` when a call is answered (again after
+//! each re-INVITE, whose answer may change the target or the media) and `{"end": key}` when it
+//! ends. Each line is one `write`; a process killed mid-line leaves a torn last line, which
+//! loading skips. At start the journal is read and rewritten with the live calls only (write
+//! to a temporary file, then rename), so it never grows beyond one restart's worth of calls.
+//! It lives on `/run` (tmpfs) by default: like the pinned maps, it does not outlive a reboot.
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::calls::Party;
+
+/// What a restarted daemon needs of an established call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallRecord {
+    pub key: String,
+    pub call_id: String,
+    pub caller: Party,
+    pub callee: Party,
+    pub media: Vec<Option<u32>>,
+    pub backend: Option<SocketAddr>,
+    pub started_unix_ms: u64,
+    pub answered_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Line {
+    Put(Box<CallRecord>),
+    End(String),
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl Journal {
+    /// Reads the journal at `path` (missing: no calls), rewrites it with the live calls only,
+    /// and opens it for appending.
+    pub fn open(path: &Path) -> anyhow::Result<(Self, Vec<CallRecord>)> {
+        let calls = Self::read(path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let temporary = path.with_extension("compacting");
+        let mut compacted = File::create(&temporary)
+            .with_context(|| format!("creating {}", temporary.display()))?;
+        for record in &calls {
+            compacted.write_all(&line(&Line::Put(Box::new(record.clone()))))?;
+        }
+        compacted.sync_all()?;
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("replacing {}", path.display()))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok((
+            Self {
+                path: path.to_owned(),
+                file: Some(file),
+            },
+            calls,
+        ))
+    }
+
+    /// A journal that keeps nothing (a proxy without a state file, in unit tests).
+    pub fn disabled() -> Self {
+        Self {
+            path: PathBuf::new(),
+            file: None,
+        }
+    }
+
+    fn read(path: &Path) -> anyhow::Result<Vec<CallRecord>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut calls = BTreeMap::new();
+        for (number, text) in text.lines().enumerate() {
+            match serde_json::from_str::<Line>(text) {
+                Ok(Line::Put(record)) => {
+                    calls.insert(record.key.clone(), *record);
+                }
+                Ok(Line::End(key)) => {
+                    calls.remove(&key);
+                }
+                Err(e) => warn!(
+                    file = %path.display(),
+                    line = number + 1,
+                    "skipping an unreadable call record (torn by a crash?): {e}"
+                ),
+            }
+        }
+        Ok(calls.into_values().collect())
+    }
+
+    pub fn put(&mut self, record: CallRecord) {
+        self.append(&Line::Put(Box::new(record)));
+    }
+
+    pub fn end(&mut self, key: &str) {
+        self.append(&Line::End(key.to_owned()));
+    }
+
+    fn append(&mut self, entry: &Line) {
+        let Some(file) = &mut self.file else { return };
+        if let Err(e) = file.write_all(&line(entry)) {
+            warn!(
+                file = %self.path.display(),
+                "cannot record call state ({e}); a restart would lose this call's dialog"
+            );
+        }
+    }
+}
+
+fn line(entry: &Line) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(entry).expect("call records serialize");
+    bytes.push(b'\n');
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::session::Side;
+
+    fn party(side: Side, address: &str) -> Party {
+        Party {
+            side,
+            address: address.to_owned(),
+            contact: Some("sip:ua@192.0.2.1:5060".to_owned()),
+            route_set: vec!["sip:192.0.2.9;lr".to_owned()],
+            source: Some("192.0.2.1:5060".parse().unwrap()),
+            cseq: 1,
+        }
+    }
+
+    fn record(key: &str) -> CallRecord {
+        CallRecord {
+            key: key.to_owned(),
+            call_id: key.to_owned(),
+            caller: party(Side::Public, "<sip:a@example.com>;tag=1"),
+            callee: party(Side::Private, "<sip:b@example.com>;tag=2"),
+            media: vec![Some(7), None],
+            backend: Some("192.0.2.2:5060".parse().unwrap()),
+            started_unix_ms: 1,
+            answered_unix_ms: 2,
+        }
+    }
+
+    #[test]
+    fn replays_puts_and_ends_skips_torn_lines_and_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("calls.jsonl");
+        {
+            let (mut journal, calls) = Journal::open(&path).unwrap();
+            assert!(calls.is_empty());
+            journal.put(record("one"));
+            journal.put(record("two"));
+            let mut changed = record("one");
+            changed.media.push(Some(9));
+            journal.put(changed);
+            journal.end("two");
+        }
+        // A crash in the middle of a line.
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"put\":{\"key\":\"thr")
+            .unwrap();
+        let (_, calls) = Journal::open(&path).unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].key, "one");
+        assert_eq!(calls[0].media, vec![Some(7), None, Some(9)]);
+        let compacted = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(compacted.lines().count(), 1, "{compacted}");
+    }
+}
