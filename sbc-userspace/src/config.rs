@@ -237,6 +237,44 @@ pub struct MediaConfig {
     /// Refuse new sessions beyond this many (0 = only the port range limits).
     #[serde(default)]
     pub max_sessions: usize,
+    #[serde(default)]
+    pub no_audio: NoAudioConfig,
+}
+
+/// What to do about an answered call whose media is missing in a direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoAudioAction {
+    /// An event and a metric.
+    #[default]
+    Report,
+    /// Also end the call: BYE to both sides with a Reason header.
+    Hangup,
+}
+
+/// No-audio detection for answered calls (per direction).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoAudioConfig {
+    pub enabled: bool,
+    /// Media from each side must start this long after the answer (or after a hold ends).
+    pub first_packet_secs: u64,
+    /// A direction silent this long after media flowed is reported.
+    pub silence_secs: u64,
+    pub action: NoAudioAction,
+}
+
+impl Default for NoAudioConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            // Phones send within a packet time of the answer; a few seconds covers slow
+            // early-media-less gateways without letting a silent caller wait long.
+            first_packet_secs: 5,
+            silence_secs: 10,
+            action: NoAudioAction::Report,
+        }
+    }
 }
 
 impl MediaConfig {
@@ -413,6 +451,17 @@ impl Config {
         }
         if media.timeout_secs == 0 {
             return Err(ConfigError::new("media.timeout_secs", "must be at least 1"));
+        }
+        for (key, secs) in [
+            (
+                "media.no_audio.first_packet_secs",
+                media.no_audio.first_packet_secs,
+            ),
+            ("media.no_audio.silence_secs", media.no_audio.silence_secs),
+        ] {
+            if secs == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
         }
         self.admission.validate()?;
         for (key, addr) in [

@@ -7,11 +7,11 @@ use tracing::{info, warn};
 use crate::{
     admission::{AdmissionControl, SipGuard},
     api::server::{self, ApiState},
-    config::{Config, DataplaneMode, SigtermAction},
+    config::{Config, DataplaneMode, NoAudioAction, NoAudioConfig, SigtermAction},
     dataplane::{FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins, xdp},
     drain::Drain,
     events::EventSink,
-    media::{EndReason, MediaPlane, MediaSettings},
+    media::{AudioDeadlines, EndReason, MediaPlane, MediaSettings},
     proxy::{Proxy, ProxyHandle},
 };
 
@@ -107,7 +107,11 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     ));
     admission.apply(&config.admission)?;
     tokio::spawn(reload_on_sighup(Arc::clone(&admission)));
-    let reaper = tokio::spawn(end_idle_sessions(Arc::clone(&plane), proxy.clone()));
+    let reaper = tokio::spawn(watch_media(
+        Arc::clone(&plane),
+        proxy.clone(),
+        config.media.no_audio.clone(),
+    ));
     let router = server::router(Arc::new(ApiState {
         plane: Arc::clone(&plane),
         reasons,
@@ -160,17 +164,33 @@ fn remove_call_state(config: &Config) -> anyhow::Result<()> {
     }
 }
 
-/// Ends sessions without media once a second; the proxy then ends their calls with BYE.
-async fn end_idle_sessions(plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+/// Once a second: ends sessions without media (the proxy then ends their calls with BYE),
+/// and tells the proxy about answered calls with a silent direction.
+async fn watch_media(plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>, no_audio: NoAudioConfig) {
+    let deadlines = AudioDeadlines {
+        first_packet: Duration::from_secs(no_audio.first_packet_secs),
+        silence: Duration::from_secs(no_audio.silence_secs),
+    };
+    let hang_up = no_audio.action == NoAudioAction::Hangup;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let plane = Arc::clone(&plane);
+        let check_audio = no_audio.enabled && proxy.is_some();
         // Reading kernel counters is a syscall per flow: keep it off the async workers.
-        if let Ok(ended) = tokio::task::spawn_blocking(move || plane.end_idle_sessions()).await
-            && let Some(proxy) = &proxy
-        {
+        let watched = tokio::task::spawn_blocking(move || {
+            let ended = plane.end_idle_sessions();
+            let silent = if check_audio {
+                plane.silent_legs(deadlines)
+            } else {
+                Vec::new()
+            };
+            (ended, silent)
+        })
+        .await;
+        if let (Ok((ended, silent)), Some(proxy)) = (watched, &proxy) {
             proxy.media_timed_out(ended);
+            proxy.no_audio(silent, hang_up);
         }
     }
 }

@@ -20,9 +20,45 @@ pub struct Stream {
     /// The connection address in force for it (media-level `c=`, else session-level).
     pub address: Option<IpAddr>,
     pub rtcp_mux: bool,
+    /// Its `a=sendrecv|sendonly|recvonly|inactive` (media-level, else session-level).
+    pub direction: Direction,
+}
+
+/// Which way media flows for the party whose SDP it is (RFC 3264 section 5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn parse(attribute: &str) -> Option<Self> {
+        Some(match attribute {
+            "a=sendrecv" => Self::SendRecv,
+            "a=sendonly" => Self::SendOnly,
+            "a=recvonly" => Self::RecvOnly,
+            "a=inactive" => Self::Inactive,
+            _ => return None,
+        })
+    }
 }
 
 impl Stream {
+    /// Whether this party will send media on the stream.
+    pub fn sends(&self) -> bool {
+        self.port != 0 && matches!(self.direction, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    /// Whether this party wants media on the stream (not rejected, not on hold either way).
+    pub fn receives(&self) -> bool {
+        self.port != 0
+            && !self.on_hold()
+            && matches!(self.direction, Direction::SendRecv | Direction::RecvOnly)
+    }
+
     /// On hold the RFC 2543 way (`c=0.0.0.0`): no address to send to.
     pub fn on_hold(&self) -> bool {
         self.address.is_some_and(|a| a.is_unspecified())
@@ -104,6 +140,7 @@ fn text(sdp: &[u8]) -> Result<&str, SdpError> {
 /// The streams of an SDP body, in `m=` order.
 pub fn streams(sdp: &[u8]) -> Result<Vec<Stream>, SdpError> {
     let mut session_address = None;
+    let mut session_direction = Direction::default();
     let mut streams: Vec<Stream> = Vec::new();
     for (line, _) in lines(text(sdp)?) {
         if let Some(value) = line.strip_prefix("m=") {
@@ -113,7 +150,13 @@ pub fn streams(sdp: &[u8]) -> Result<Vec<Stream>, SdpError> {
                 port,
                 address: session_address,
                 rtcp_mux: false,
+                direction: session_direction,
             });
+        } else if let Some(direction) = Direction::parse(line) {
+            match streams.last_mut() {
+                Some(stream) => stream.direction = direction,
+                None => session_direction = direction,
+            }
         } else if let Some(value) = line.strip_prefix("c=") {
             let address = connection(value)?;
             match streams.last_mut() {
@@ -202,6 +245,19 @@ m=video 51372 RTP/AVP 99\r\nc=IN IP4 192.0.2.11\r\na=rtcp-mux\r\n";
         assert_eq!(s[1].rtp_peer(), None);
         assert_eq!(s[2].rtp_peer(), Some("192.0.2.11:51372".parse().unwrap()));
         assert!(s[2].rtcp_mux && !s[0].rtcp_mux);
+    }
+
+    #[test]
+    fn reads_directions_media_level_over_session_level() {
+        let sdp = "v=0\nc=IN IP4 192.0.2.1\na=sendonly\nm=audio 4000 RTP/AVP 0\n\
+                   m=audio 4002 RTP/AVP 0\na=inactive\nm=audio 4004 RTP/AVP 0\na=sendrecv\n\
+                   m=audio 4006 RTP/AVP 0\nc=IN IP4 0.0.0.0\n";
+        let s = streams(sdp.as_bytes()).unwrap();
+        let flags: Vec<(bool, bool)> = s.iter().map(|s| (s.sends(), s.receives())).collect();
+        assert_eq!(
+            flags,
+            [(true, false), (false, false), (true, true), (true, false)]
+        );
     }
 
     #[test]

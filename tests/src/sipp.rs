@@ -73,6 +73,12 @@ impl Backend {
         )
     }
 
+    /// A backend that answers every call (and OPTIONS) but never sends media: the one-way
+    /// call of the no-audio tests.
+    pub fn start_silent(ns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
+        Self::spawn(ns, address, &["-sn", "uas", "-aa"])
+    }
+
     /// A backend playing `scenario` for `calls` calls (it exits when they are done) or until
     /// stopped, echoing RTP and answering OPTIONS.
     pub fn start_scenario(

@@ -167,6 +167,14 @@ fn write_calls(out: &mut Exposition, sip: &SipStats) {
             (labels, *n)
         }),
     );
+    let no_audio = sip.no_audio.snapshot();
+    out.counter(
+        "sbc_calls_no_audio_total",
+        "Media directions of answered calls that missed their deadline: no_media (nothing since the answer) or media_stopped, by direction.",
+        no_audio.iter().map(|((direction, silence), n)| {
+            ([("direction", *direction), ("silence", *silence)], *n)
+        }),
+    );
     out.gauge_value(
         "sbc_calls_active",
         "Calls the proxy holds: being set up or established.",

@@ -137,6 +137,7 @@ impl MediaPlane {
                 created_ns: monotonic_ns(),
                 armed: true,
                 relays,
+                audio: Default::default(),
             },
         );
         Ok(())

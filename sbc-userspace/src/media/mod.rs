@@ -1,5 +1,6 @@
 //! The media plane: relay ports, sessions, latching, and the userspace relay.
 mod adopt;
+mod audio_watch;
 pub mod plane;
 pub mod ports;
 mod relay;
@@ -7,6 +8,7 @@ pub mod session;
 mod socket;
 mod totals;
 
+pub use audio_watch::{AudioDeadlines, Silence, SilentLeg};
 pub use plane::{EndReason, EndedSession, MediaError, MediaPlane, MediaSettings, RETRY_AFTER_SECS};
 pub use session::{SessionInfo, SessionSpec};
 pub use totals::MediaTotals;

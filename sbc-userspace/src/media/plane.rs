@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{
+    audio_watch::AudioState,
     ports::AllocError,
     relay,
     session::{
@@ -119,6 +120,8 @@ pub(super) struct Session {
     /// Whether the media timeout applies yet (a call's media is only expected once answered).
     pub armed: bool,
     pub relays: Vec<JoinHandle<()>>,
+    /// What each leg's party said about the stream, and whether its media is overdue.
+    pub audio: AudioState,
 }
 
 impl Session {
@@ -331,6 +334,7 @@ impl MediaPlane {
                 created_ns: monotonic_ns(),
                 armed,
                 relays,
+                audio: AudioState::default(),
             },
         );
         let info = self.info_locked(&state, id, monotonic_ns());
@@ -577,37 +581,41 @@ impl MediaPlane {
     pub(super) fn info_locked(&self, state: &State, id: u32, now: u64) -> Option<SessionInfo> {
         let session = state.sessions.get(&id)?;
         let mut last_seen = session.created_ns;
-        let mut stream_info = |local: SocketAddr| -> (StreamCounters, Option<Flow>) {
+        // A stream's counters, its flow, and when media last arrived on it (0: never).
+        let mut stream_info = |local: SocketAddr| -> (StreamCounters, Option<Flow>, u64) {
             let key = flow_key(local);
             let mut counters = StreamCounters::default();
+            let mut stream_seen = 0;
             let entry = state.flows.get(&key);
             if let Some(entry) = entry {
                 counters.userspace_packets = entry.counters.packets;
                 counters.userspace_bytes = entry.counters.bytes;
                 counters.foreign_dropped = entry.counters.foreign_dropped;
                 counters.undeliverable = entry.counters.undeliverable;
-                last_seen = last_seen.max(entry.counters.last_seen_ns);
+                stream_seen = entry.counters.last_seen_ns;
             }
             if let Some(kernel) = self.kernel_stats.as_ref().and_then(|k| k.get(&key)) {
                 counters.kernel_packets = kernel.packets;
                 counters.kernel_bytes = kernel.bytes;
                 counters.foreign_dropped += kernel.foreign_dropped;
-                last_seen = last_seen.max(kernel.last_seen_ns);
+                stream_seen = stream_seen.max(kernel.last_seen_ns);
             }
-            (counters, entry.map(|e| e.flow))
+            last_seen = last_seen.max(stream_seen);
+            (counters, entry.map(|e| e.flow), stream_seen)
         };
         let mut legs = Vec::with_capacity(2);
         let mut flows = Vec::with_capacity(2);
         for leg in &session.legs {
-            let (rtp, flow) = stream_info(leg.rtp);
+            let (rtp, flow, rtp_seen) = stream_info(leg.rtp);
             let rtcp = leg.rtcp.map(|rtcp| stream_info(rtcp).0);
-            legs.push((leg, rtp, rtcp));
+            let rtp_idle_ms = (rtp_seen != 0).then(|| now.saturating_sub(rtp_seen) / 1_000_000);
+            legs.push((leg, rtp, rtcp, rtp_idle_ms));
             flows.push(flow);
         }
         let leg_infos: Vec<LegInfo> = legs
             .into_iter()
             .enumerate()
-            .map(|(index, (leg, rtp, rtcp))| {
+            .map(|(index, (leg, rtp, rtcp, rtp_idle_ms))| {
                 // This leg's peer is where the other leg's flow sends to.
                 let peer = flows[1 - index]
                     .filter(|f| f.new_dst_port != 0)
@@ -621,6 +629,7 @@ impl MediaPlane {
                     latched: flows[index].is_some_and(|f| f.flags & FLOW_LATCHED != 0),
                     rtp,
                     rtcp,
+                    rtp_idle_ms,
                 }
             })
             .collect();

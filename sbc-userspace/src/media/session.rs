@@ -113,6 +113,8 @@ pub struct LegInfo {
     /// What arrived on this leg (and was relayed to the other).
     pub rtp: StreamCounters,
     pub rtcp: Option<StreamCounters>,
+    /// Since RTP last arrived on this leg (`None`: never).
+    pub rtp_idle_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -204,7 +204,7 @@ fn media_refusal(error: MediaError) -> (u16, String) {
     (status, error.to_string())
 }
 
-fn leg_index(side: Side) -> usize {
+pub(super) fn leg_index(side: Side) -> usize {
     match side {
         Side::Public => 0,
         Side::Private => 1,
@@ -277,6 +277,7 @@ impl Proxy {
                 self.stats.calls_established.fetch_add(1, Ordering::Relaxed);
                 for id in call.media.iter().flatten() {
                     self.plane.arm(*id);
+                    self.plane.watch_audio(*id);
                 }
                 call.callee.address = response.value("to").unwrap_or_default().to_owned();
                 call.callee.contact = contact_uri(response);
@@ -361,6 +362,8 @@ impl Proxy {
                     .announce_peer(id, leg, peer)
                     .map_err(media_refusal)?;
             }
+            self.plane
+                .note_direction(id, leg, stream.sends(), stream.receives());
             let info = self
                 .plane
                 .get(id)

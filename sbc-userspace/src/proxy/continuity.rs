@@ -39,6 +39,9 @@ impl Proxy {
                 );
                 continue;
             }
+            for id in &sessions {
+                self.plane.watch_audio(*id);
+            }
             let backend = record.backend.and_then(|a| self.backends.index_of(a));
             let call = Call::restore(record, backend);
             if let Some(index) = backend {

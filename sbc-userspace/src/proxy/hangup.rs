@@ -27,6 +27,18 @@ pub const MEDIA_TIMEOUT: HangUp = HangUp {
     text: "media timeout",
 };
 
+pub const NO_AUDIO_FROM_CALLER: HangUp = HangUp {
+    end_reason: "no_audio",
+    cause: 408,
+    text: "no audio from the caller",
+};
+
+pub const NO_AUDIO_FROM_CALLEE: HangUp = HangUp {
+    end_reason: "no_audio",
+    cause: 408,
+    text: "no audio from the callee",
+};
+
 pub const DRAIN_DEADLINE: HangUp = HangUp {
     end_reason: "drain_deadline",
     cause: 503,

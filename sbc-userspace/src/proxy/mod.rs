@@ -15,6 +15,7 @@ mod health;
 mod inspect;
 mod intake;
 mod journal;
+mod no_audio;
 mod requests;
 mod responses;
 pub mod stats;
@@ -52,7 +53,7 @@ use crate::{
     config::SipConfig,
     drain::Drain,
     events::EventSink,
-    media::{MediaPlane, SessionInfo, session::Side},
+    media::{MediaPlane, SessionInfo, SilentLeg, session::Side},
     sip::{
         inbound::{self, Inbound},
         via::Via,
@@ -90,6 +91,11 @@ pub enum Event {
     Query(Query),
     /// A drain's deadline passed: end every call.
     HangUpAll,
+    /// Answered calls' media legs that missed their deadline; `hang_up`: end those calls.
+    NoAudio {
+        silent: Vec<SilentLeg>,
+        hang_up: bool,
+    },
 }
 
 /// Timers, each naming what it is about; a timer whose subject is gone or has moved on is
@@ -128,6 +134,12 @@ impl ProxyHandle {
     pub fn media_timed_out(&self, sessions: Vec<SessionInfo>) {
         if !sessions.is_empty() {
             let _ = self.events.send(Event::MediaTimeout(sessions));
+        }
+    }
+
+    pub fn no_audio(&self, silent: Vec<SilentLeg>, hang_up: bool) {
+        if !silent.is_empty() {
+            let _ = self.events.send(Event::NoAudio { silent, hang_up });
         }
     }
 
@@ -343,6 +355,7 @@ impl Proxy {
             Event::Reconfigure(admission) => self.admission.reconfigure(&admission),
             Event::Query(query) => self.answer(query),
             Event::HangUpAll => self.hang_up_all(),
+            Event::NoAudio { silent, hang_up } => self.on_no_audio(silent, hang_up),
         }
     }
 

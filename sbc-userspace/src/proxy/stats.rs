@@ -190,6 +190,8 @@ pub struct SipStats {
     pub calls_failed: CounterMap<(&'static str, u16)>,
     /// Answered calls that ended, by why.
     pub calls_ended: CounterMap<&'static str>,
+    /// Media directions of answered calls that fell silent, by direction and how.
+    pub no_audio: CounterMap<(&'static str, &'static str)>,
     /// Final responses to initial INVITEs by RFC 6076 class.
     pub invite_outcomes: CounterMap<Rfc6076>,
     /// Calls held by the proxy (being set up or established) and those answered.
@@ -217,6 +219,7 @@ impl SipStats {
             calls_answered: AtomicU64::new(0),
             calls_failed: CounterMap::default(),
             calls_ended: CounterMap::default(),
+            no_audio: CounterMap::default(),
             invite_outcomes: CounterMap::default(),
             calls_active: AtomicU64::new(0),
             calls_established: AtomicU64::new(0),

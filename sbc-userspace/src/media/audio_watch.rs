@@ -1,0 +1,181 @@
+//! No-audio detection: once a call is answered, media from each leg must start within a
+//! deadline and keep arriving. Pass-through anchors cannot tell a silent or one-way call from
+//! a good one; the relay sees every packet, so it can.
+//!
+//! Media from a leg is expected while its party's latest SDP says it sends and the other
+//! party's says it receives (holds and `inactive` streams expect nothing); the clock restarts
+//! whenever the expectation starts again. Each expectation is reported at most once.
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{SessionInfo, plane::MediaPlane};
+use crate::clock::monotonic_ns;
+
+/// What a leg's party last said about a stream, and what is expected of it.
+#[derive(Debug, Clone, Copy)]
+struct LegAudio {
+    sends: bool,
+    receives: bool,
+    /// Since when media from this leg is expected; `None` while it is not.
+    expected_since_ns: Option<u64>,
+    reported: bool,
+}
+
+impl Default for LegAudio {
+    fn default() -> Self {
+        Self {
+            sends: true,
+            receives: true,
+            expected_since_ns: None,
+            reported: false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct AudioState {
+    legs: [LegAudio; 2],
+    /// Set once the call is answered; sessions of the control API are not watched.
+    watched: bool,
+}
+
+impl AudioState {
+    fn refresh(&mut self, now: u64) {
+        for leg in 0..2 {
+            let expected = self.watched && self.legs[leg].sends && self.legs[1 - leg].receives;
+            let audio = &mut self.legs[leg];
+            match (expected, audio.expected_since_ns) {
+                (true, None) => {
+                    audio.expected_since_ns = Some(now);
+                    audio.reported = false;
+                }
+                (false, Some(_)) => audio.expected_since_ns = None,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// How a leg fell silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Silence {
+    /// No packet since media became expected.
+    NoMedia,
+    /// Packets came, then stopped.
+    MediaStopped,
+}
+
+impl Silence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoMedia => "no_media",
+            Self::MediaStopped => "media_stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AudioDeadlines {
+    /// For the first packet once media is expected.
+    pub first_packet: Duration,
+    /// For a gap after media has flowed.
+    pub silence: Duration,
+}
+
+/// A leg whose media is missing, with its session as it stands.
+#[derive(Debug, Clone)]
+pub struct SilentLeg {
+    pub session: SessionInfo,
+    /// 0: leg a (public side), 1: leg b.
+    pub leg: usize,
+    pub silence: Silence,
+    pub expected_for: Duration,
+}
+
+impl MediaPlane {
+    /// Starts expecting media on a session's legs (its call was answered).
+    pub fn watch_audio(&self, id: u32) {
+        let now = monotonic_ns();
+        if let Some(session) = self.lock().sessions.get_mut(&id) {
+            session.audio.watched = true;
+            session.audio.refresh(now);
+        }
+    }
+
+    /// Records what a leg's party said in its SDP for this stream.
+    pub fn note_direction(&self, id: u32, leg: usize, sends: bool, receives: bool) {
+        let now = monotonic_ns();
+        if let Some(session) = self.lock().sessions.get_mut(&id) {
+            session.audio.legs[leg].sends = sends;
+            session.audio.legs[leg].receives = receives;
+            session.audio.refresh(now);
+        }
+    }
+
+    /// The legs that missed a deadline since the last look (each expectation once).
+    pub fn silent_legs(&self, deadlines: AudioDeadlines) -> Vec<SilentLeg> {
+        let now = monotonic_ns();
+        let pending: Vec<(u32, [Option<u64>; 2])> = {
+            let state = self.lock();
+            state
+                .sessions
+                .iter()
+                .filter_map(|(&id, session)| {
+                    let since = session
+                        .audio
+                        .legs
+                        .map(|leg| leg.expected_since_ns.filter(|_| !leg.reported));
+                    since.iter().any(Option::is_some).then_some((id, since))
+                })
+                .collect()
+        };
+        let mut silent = Vec::new();
+        for (id, since) in pending {
+            // Counters come from the kernel (a syscall per flow): read without the lock.
+            let Some(info) = self.get(id) else { continue };
+            for (leg, since) in since.iter().enumerate() {
+                let Some(since) = *since else { continue };
+                let expected_for = Duration::from_nanos(now.saturating_sub(since));
+                let Some(silence) = silence_of(&info, leg, expected_for, deadlines) else {
+                    continue;
+                };
+                let mut state = self.lock();
+                let Some(audio) = state.sessions.get_mut(&id).map(|s| &mut s.audio.legs[leg])
+                else {
+                    continue;
+                };
+                // Only if the expectation is still the one measured.
+                if audio.expected_since_ns == Some(since) && !audio.reported {
+                    audio.reported = true;
+                    silent.push(SilentLeg {
+                        session: info.clone(),
+                        leg,
+                        silence,
+                        expected_for,
+                    });
+                }
+            }
+        }
+        silent
+    }
+}
+
+/// Whether (and how) a leg missed its deadline.
+fn silence_of(
+    info: &SessionInfo,
+    leg: usize,
+    expected_for: Duration,
+    deadlines: AudioDeadlines,
+) -> Option<Silence> {
+    let rtp = &info.legs[leg].rtp;
+    // Arrived from the peer, relayed or not (foreign packets are not the peer's media).
+    let arrived = rtp.packets() + rtp.undeliverable;
+    let idle = info.legs[leg].rtp_idle_ms.map(Duration::from_millis);
+    if arrived == 0 && expected_for >= deadlines.first_packet {
+        return Some(Silence::NoMedia);
+    }
+    let quiet_for = idle.unwrap_or(expected_for).min(expected_for);
+    (arrived > 0 && quiet_for >= deadlines.silence).then_some(Silence::MediaStopped)
+}
