@@ -347,12 +347,31 @@ pub struct EventsConfig {
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `sbc=debug`; RUST_LOG overrides it.
     pub level: String,
+    pub format: LogFormat,
+    /// At most this many log lines per second in all (a flood cannot fill the disk).
+    pub max_lines_per_sec: u32,
+    /// At most this many per second from any one place in the code (one noisy warning
+    /// cannot crowd out the others).
+    pub max_lines_per_sec_per_site: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            format: LogFormat::Text,
+            max_lines_per_sec: 200,
+            max_lines_per_sec_per_site: 20,
         }
     }
 }
@@ -493,6 +512,12 @@ impl Config {
                 format!(
                     "must be set: api.listen ({listen}) is not a loopback address, and the admin API ends calls"
                 ),
+            ));
+        }
+        if self.log.max_lines_per_sec == 0 || self.log.max_lines_per_sec_per_site == 0 {
+            return Err(ConfigError::new(
+                "log.max_lines_per_sec",
+                "must be at least 1 (and so must log.max_lines_per_sec_per_site)",
             ));
         }
         if self.drain.deadline_secs == 0 {

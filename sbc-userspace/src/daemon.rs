@@ -107,6 +107,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     ));
     admission.apply(&config.admission)?;
     tokio::spawn(reload_on_sighup(Arc::clone(&admission)));
+    tokio::spawn(crate::logging::report_suppressed());
     let reaper = tokio::spawn(watch_media(
         Arc::clone(&plane),
         proxy.clone(),

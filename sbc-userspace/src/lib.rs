@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod drain;
 pub mod events;
+pub mod logging;
 pub mod maps_report;
 pub mod media;
 pub mod metrics;

@@ -232,7 +232,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(mode) = dataplane {
                 config.dataplane.mode = mode;
             }
-            init_logging(&config.log.level);
+            sbc::logging::init(&config.log);
             daemon::run(
                 config,
                 RunOptions {
@@ -300,18 +300,6 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 /// Fails with the daemon's own error message unless the status is the expected one.

@@ -48,6 +48,8 @@ pub struct DaemonOptions {
     pub cpu: Option<usize>,
     /// More keys of the `[api]` table (`listen`, `token_file`).
     pub api_config: String,
+    /// `log.format`: "text" or "json".
+    pub log_format: &'static str,
 }
 
 impl Default for DaemonOptions {
@@ -64,6 +66,7 @@ impl Default for DaemonOptions {
             extra_config: String::new(),
             cpu: None,
             api_config: String::new(),
+            log_format: "text",
         }
     }
 }
@@ -127,6 +130,7 @@ socket = "{socket}"
 file = "{events}"
 [log]
 level = "info"
+format = "{log_format}"
 {sip}{extra}"#,
                 mode = options.dataplane,
                 interfaces = SBC_INTERFACES,
@@ -138,6 +142,7 @@ level = "info"
                 extra = options.extra_config,
                 api_config = options.api_config,
                 state_dir = dir.path().display(),
+                log_format = options.log_format,
             ),
         )?;
         let mut daemon = Self {

@@ -199,15 +199,9 @@ fn assert_refusing_new_calls(lab: &Lab) {
 
 /// Held calls up, a drain begun by `begin`, then: new calls refused, the held calls complete,
 /// and the daemon exits by itself once the last one has ended.
-fn drain_with_calls_up(name: &str, extra_config: &str, begin: impl FnOnce(&Daemon)) {
+fn drain_with_calls_up(name: &str, options: DaemonOptions, begin: impl FnOnce(&Daemon)) -> String {
     require_lab_privileges();
-    let (lab, _backend, mut daemon) = lab_with_backend(
-        name,
-        DaemonOptions {
-            extra_config: extra_config.to_owned(),
-            ..Default::default()
-        },
-    );
+    let (lab, _backend, mut daemon) = lab_with_backend(name, options);
     let before = probe_options(&lab, 5091, "options-before");
     assert!(
         before.last().is_some_and(|r| r.starts_with("SIP/2.0 200")),
@@ -256,16 +250,14 @@ fn drain_with_calls_up(name: &str, extra_config: &str, begin: impl FnOnce(&Daemo
     let ended = events_named(&events, "call_ended");
     let byes = ended.iter().filter(|e| e["reason"] == "bye").count();
     assert_eq!(byes, CALLS as usize, "{ended:?}");
-    assert!(
-        daemon.log().contains("drained: the last call has ended"),
-        "{}",
-        daemon.log()
-    );
+    let log = daemon.log();
+    assert!(log.contains("drained: the last call has ended"), "{log}");
+    log
 }
 
 #[test]
 fn sbc_drain_refuses_new_calls_and_exits_after_the_last_one() {
-    drain_with_calls_up("drain-cli", "", |daemon| {
+    let _log = drain_with_calls_up("drain-cli", DaemonOptions::default(), |daemon| {
         let output = daemon.command(&["drain"]).expect("sbc drain");
         assert!(
             output.status.success(),
@@ -277,11 +269,23 @@ fn sbc_drain_refuses_new_calls_and_exits_after_the_last_one() {
     });
 }
 
+/// Also the JSON log format: every line the daemon wrote is one JSON object.
 #[test]
 fn sigterm_drains_when_configured() {
-    drain_with_calls_up(
-        "drain-term",
-        "[drain]\non_sigterm = \"drain\"\n",
-        |daemon| daemon.signal(libc::SIGTERM).expect("SIGTERM"),
-    );
+    let options = DaemonOptions {
+        extra_config: "[drain]\non_sigterm = \"drain\"\n".to_owned(),
+        log_format: "json",
+        ..Default::default()
+    };
+    let log = drain_with_calls_up("drain-term", options, |daemon| {
+        daemon.signal(libc::SIGTERM).expect("SIGTERM")
+    });
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let record: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        assert!(
+            record["level"].is_string() && record["timestamp"].is_string(),
+            "{line}"
+        );
+    }
 }

@@ -55,6 +55,11 @@ pub async fn metrics(State(api): State<Arc<ApiState>>) -> Response {
         write_admission(&mut out, admission);
     }
     write_dataplane(&mut out, &readings);
+    out.counter_value(
+        "sbc_log_lines_suppressed_total",
+        "Log lines dropped by log.max_lines_per_sec / max_lines_per_sec_per_site.",
+        crate::logging::suppressed_lines(),
+    );
     (
         [(
             header::CONTENT_TYPE,
