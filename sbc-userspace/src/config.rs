@@ -646,6 +646,24 @@ pub fn interface_index(name: &str) -> Option<u32> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_example_configs_are_valid() {
+        for name in ["lab.toml", "production.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples")
+                .join(name);
+            let text = std::fs::read_to_string(&path).unwrap();
+            Config::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_api_off_loopback_needs_a_token() {
+        let text = format!("{GOOD}\n[api]\nlisten = \"0.0.0.0:9470\"\n");
+        let error = Config::parse(&text).unwrap_err();
+        assert_eq!(error.key, "api.token_file", "{error}");
+    }
+
     const GOOD: &str = r#"
         instance = "lab"
         [dataplane]

@@ -150,6 +150,30 @@ fn metrics_pass_promtool_during_live_calls_and_count_what_happened() {
         "XDP forward verdicts ({forwarded}) cover the kernel's media packets"
     );
 
+    // The Grafana dashboard only uses metrics the daemon exposes.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/grafana/sbc-dashboard.json"),
+    )
+    .expect("the dashboard");
+    let _: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut rest = dashboard.as_str();
+    while let Some(at) = rest.find("sbc_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            after.text.contains(&format!("# TYPE {family} ")),
+            "the dashboard uses {name}, which /metrics does not expose"
+        );
+    }
+
     // The same counts through the admin API and the CLI.
     let status = daemon.command(&["status"]).expect("sbc status");
     let status = String::from_utf8_lossy(&status.stdout);
@@ -288,4 +312,44 @@ fn sigterm_drains_when_configured() {
             "{line}"
         );
     }
+}
+
+#[test]
+fn the_admin_api_off_loopback_answers_only_with_its_token() {
+    require_lab_privileges();
+    let lab = Lab::up("api-token").expect("lab");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let token = "5f0c2a9e81d34b7a9c6e2f10d8b4a713";
+    let token_file = secrets.path().join("api-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let listen = addr(SBC_PUBLIC, 9470);
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            api_config: format!(
+                "listen = \"{listen}\"\ntoken_file = \"{}\"\n",
+                token_file.display()
+            ),
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    for (presented, expected) in [
+        (None, 401),
+        (Some("not-the-token-at-all-0000000000000"), 401),
+        (Some(token), 200),
+    ] {
+        for path in ["/metrics", "/v1/status"] {
+            let (status, body) = daemon.http_get(listen, path, presented).expect(path);
+            assert_eq!(status, expected, "{path} with {presented:?}: {body}");
+        }
+    }
+    let (_, text) = daemon
+        .http_get(listen, "/metrics", Some(token))
+        .expect("metrics");
+    sbc_tests::http::Metrics::parse(&text)
+        .promtool_check()
+        .expect("promtool on a scrape of a daemon without calls");
+    // The Unix socket needs no token: its file mode guards it.
+    assert_eq!(daemon.api.get("/v1/status").expect("status").status, 200);
 }
