@@ -80,6 +80,7 @@ fn metrics_pass_promtool_during_live_calls_and_count_what_happened() {
         // The pcap plays for about 5 s per call: scrape while calls carry media.
         std::thread::sleep(Duration::from_millis(2500));
         let live = daemon.metrics().expect("scrape during calls");
+        assert_cli_shows_live_calls(&daemon);
         (caller.join().expect("caller thread"), live)
     });
     live.promtool_check().expect("the live scrape");
@@ -180,6 +181,51 @@ fn metrics_pass_promtool_during_live_calls_and_count_what_happened() {
     assert!(
         status.contains("taking calls") && status.contains("1 of 1 healthy"),
         "{status}"
+    );
+}
+
+fn stdout_of(daemon: &Daemon, args: &[&str]) -> String {
+    let output = daemon.command(args).expect("sbc");
+    assert!(
+        output.status.success(),
+        "sbc {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `sbc calls`, `sbc call ID` and `sbc backends` while calls carry media both ways.
+fn assert_cli_shows_live_calls(daemon: &Daemon) {
+    let listing = stdout_of(daemon, &["calls"]);
+    let rows: Vec<&str> = listing.lines().skip(1).collect();
+    assert!(!rows.is_empty(), "{listing}");
+    let latched = rows
+        .iter()
+        .filter(|row| row.contains(" answered ") && row.contains(" both "))
+        .count();
+    assert!(
+        latched > 0,
+        "no answered call latched both ways:\n{listing}"
+    );
+    let call_id = rows[0].split_whitespace().next().expect("a Call-ID");
+    let call: Value = serde_json::from_str(&stdout_of(daemon, &["call", call_id])).expect("JSON");
+    let call = &call[0];
+    assert_eq!(call["call_id"], call_id, "{call}");
+    let legs = call["media"][0]["legs"].as_array().expect("both legs");
+    assert_eq!(legs.len(), 2, "{call}");
+    for leg in legs {
+        assert!(
+            leg["local_rtp"].is_string() && leg["latched"].is_boolean(),
+            "{leg}"
+        );
+        assert!(leg["rtp"]["kernel_packets"].is_u64(), "{leg}");
+    }
+    let backends = stdout_of(daemon, &["backends"]);
+    assert!(
+        backends
+            .lines()
+            .any(|l| l.starts_with("198.18.2.2:5060") && l.contains(" up ")),
+        "{backends}"
     );
 }
 
