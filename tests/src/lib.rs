@@ -17,6 +17,7 @@ pub mod netns;
 pub mod privileges;
 pub mod process_cpu;
 pub mod rtp;
+pub mod scripted;
 pub mod sip_probe;
 pub mod sipp;
 pub mod xdp_fixture;

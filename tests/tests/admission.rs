@@ -13,7 +13,7 @@ use sbc_tests::{
     lab::{CALLEE, CALLER, Lab, ROGUE, SBC_PUBLIC},
     netns::Netns,
     privileges::require_lab_privileges,
-    sip_probe,
+    scripted, sip_probe,
     sipp::{self, Backend, CallKind, CallerResult},
 };
 use serde_json::Value;
@@ -275,24 +275,8 @@ fn calls_through_a_flood(
     flooder: Flooder,
     during: impl FnOnce(&Daemon),
 ) -> Daemon {
-    let backend_address = addr(CALLEE, 5060);
     let calls = 3;
-    let mut backend = Backend::start_scenario(
-        &lab.callee,
-        backend_address,
-        &sipp::scenario("reinvite_uas"),
-        Some(calls),
-    )
-    .expect("backend");
-    let daemon = Daemon::start(
-        lab,
-        &DaemonOptions {
-            sip_backends: vec![backend_address],
-            health_probes: false,
-            ..options
-        },
-    )
-    .expect("daemon");
+    let (mut backend, daemon) = scripted::start(lab, "reinvite_uas", calls, options);
     let result = std::thread::scope(|scope| {
         let caller = scope.spawn(|| {
             sipp::place_calls(

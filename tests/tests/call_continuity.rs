@@ -13,7 +13,8 @@ use sbc_tests::{
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
     privileges::require_lab_privileges,
     rtp::{self, PACKET_INTERVAL, Traffic},
-    sipp::{self, Backend, CallKind},
+    scripted,
+    sipp::{self, CallKind},
 };
 use serde_json::Value;
 
@@ -65,24 +66,8 @@ fn answered_calls(daemon: &Daemon) -> Vec<rtp::Call> {
 fn fifty_calls_survive_kill_9_and_are_reinvited_and_ended_afterwards() {
     require_lab_privileges();
     let lab = Lab::up("continuity").expect("lab");
-    let backend_address = addr(CALLEE, 5060);
-    let mut backend = Backend::start_scenario(
-        &lab.callee,
-        backend_address,
-        &sipp::scenario("restart_uas"),
-        Some(CALLS),
-    )
-    .expect("backend");
-    let mut daemon = Daemon::start(
-        &lab,
-        &DaemonOptions {
-            sip_backends: vec![backend_address],
-            // A scripted backend would take a probe for a call of its scenario.
-            health_probes: false,
-            ..Default::default()
-        },
-    )
-    .expect("daemon");
+    let (mut backend, mut daemon) =
+        scripted::start(&lab, "restart_uas", CALLS, DaemonOptions::default());
 
     let result = std::thread::scope(|scope| {
         // Each call: INVITE, 12 s established, re-INVITE, BYE.

@@ -10,6 +10,7 @@ use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
     privileges::require_lab_privileges,
+    scripted,
     sipp::{self, Backend, CallKind},
 };
 use serde_json::Value;
@@ -116,25 +117,12 @@ fn a_backend_that_never_sends_rtp_is_reported_within_the_deadline() {
 fn a_silent_call_is_hung_up_with_a_reason_when_configured() {
     require_lab_privileges();
     let lab = Lab::up("noaudio-bye").expect("lab");
-    let backend_address = addr(CALLEE, 5060);
     const CALLS: u32 = 2;
-    let mut backend = Backend::start_scenario(
-        &lab.callee,
-        backend_address,
-        &sipp::scenario("silent_uas"),
-        Some(CALLS),
-    )
-    .expect("backend");
-    let daemon = Daemon::start(
-        &lab,
-        &DaemonOptions {
-            sip_backends: vec![backend_address],
-            health_probes: false,
-            extra_config: no_audio_config("hangup"),
-            ..Default::default()
-        },
-    )
-    .expect("daemon");
+    let options = DaemonOptions {
+        extra_config: no_audio_config("hangup"),
+        ..Default::default()
+    };
+    let (mut backend, daemon) = scripted::start(&lab, "silent_uas", CALLS, options);
     let started = Instant::now();
     // Both scripts wait for a BYE whose Reason says "no audio".
     let result = sipp::place_calls(

@@ -4,8 +4,9 @@ use std::{net::SocketAddr, time::Duration};
 
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
-    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
+    lab::{CALLER, Lab, SBC_PUBLIC},
     privileges::require_lab_privileges,
+    scripted,
     sipp::{self, Backend, CallKind},
 };
 use serde_json::Value;
@@ -23,24 +24,7 @@ fn setup(
 ) -> (Lab, Backend, Daemon) {
     require_lab_privileges();
     let lab = Lab::up(tag).expect("lab");
-    let backend_address = addr(CALLEE, 5060);
-    let backend = Backend::start_scenario(
-        &lab.callee,
-        backend_address,
-        &sipp::scenario(backend_scenario),
-        Some(calls),
-    )
-    .expect("backend");
-    let daemon = Daemon::start(
-        &lab,
-        &DaemonOptions {
-            sip_backends: vec![backend_address],
-            // A scripted backend would take a probe for a call of its scenario.
-            health_probes: false,
-            ..options
-        },
-    )
-    .expect("daemon");
+    let (backend, daemon) = scripted::start(&lab, backend_scenario, calls, options);
     (lab, backend, daemon)
 }
 

@@ -8,34 +8,21 @@
 //! go down.
 use std::{collections::HashMap, sync::Mutex};
 
-use super::{SessionInfo, plane::MediaPlane};
+use super::{SessionInfo, plane::MediaPlane, session::StreamCounters};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MediaTotals {
-    pub kernel_packets: u64,
-    pub kernel_bytes: u64,
-    pub userspace_packets: u64,
-    pub userspace_bytes: u64,
-    /// Dropped because they came from someone other than the latched peer (both paths).
-    pub foreign_dropped: u64,
-    /// Arrived before the other leg's peer was known.
-    pub undeliverable: u64,
-}
+/// The totals have the fields of one stream's counters, summed over every stream.
+pub type MediaTotals = StreamCounters;
 
-impl MediaTotals {
-    fn of(info: &SessionInfo) -> Self {
+impl StreamCounters {
+    /// The sum over a session's streams (RTP and RTCP of both legs).
+    fn session_total(info: &SessionInfo) -> Self {
         let mut totals = Self::default();
         let streams = info
             .legs
             .iter()
             .flat_map(|leg| std::iter::once(&leg.rtp).chain(leg.rtcp.as_ref()));
         for stream in streams {
-            totals.kernel_packets += stream.kernel_packets;
-            totals.kernel_bytes += stream.kernel_bytes;
-            totals.userspace_packets += stream.userspace_packets;
-            totals.userspace_bytes += stream.userspace_bytes;
-            totals.foreign_dropped += stream.foreign_dropped;
-            totals.undeliverable += stream.undeliverable;
+            totals.add_growth(stream, &Self::default());
         }
         totals
     }
@@ -76,7 +63,7 @@ impl MediaPlane {
             // settles its account, so a session found here is settled after this read.
             let mut accumulator = self.lock_totals();
             if let Some(info) = self.get(id) {
-                accumulator.take(id, MediaTotals::of(&info));
+                accumulator.take(id, StreamCounters::session_total(&info));
             }
         }
         self.lock_totals().totals
@@ -85,7 +72,7 @@ impl MediaPlane {
     /// Takes an ended session's final counters into the totals.
     pub(super) fn settle_totals(&self, info: &SessionInfo) {
         let mut accumulator = self.lock_totals();
-        accumulator.take(info.id, MediaTotals::of(info));
+        accumulator.take(info.id, StreamCounters::session_total(info));
         accumulator.taken.remove(&info.id);
     }
 
