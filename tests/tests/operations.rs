@@ -399,3 +399,52 @@ fn the_admin_api_off_loopback_answers_only_with_its_token() {
     // The Unix socket needs no token: its file mode guards it.
     assert_eq!(daemon.api.get("/v1/status").expect("status").status, 200);
 }
+
+#[test]
+fn a_drain_deadline_hangs_up_the_remaining_calls_and_exits() {
+    require_lab_privileges();
+    let options = DaemonOptions {
+        extra_config: "[drain]\ndeadline_secs = 2\n".to_owned(),
+        ..Default::default()
+    };
+    let (lab, _backend, mut daemon) = lab_with_backend("drain-deadline", options);
+    std::thread::scope(|scope| {
+        // Held beyond the deadline and its grace: the network hangs up first. SIPp's own
+        // BYE later finds no daemon, so its run is cut short by a global timeout.
+        let caller = scope.spawn(|| {
+            sipp::place_calls(
+                &lab.caller,
+                addr(CALLER, 5060),
+                addr(SBC_PUBLIC, 5060),
+                CallKind::Held(Duration::from_secs(6)),
+                (1, 1),
+                Duration::from_secs(8),
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while daemon.api.get("/v1/calls").expect("calls").body["calls"][0]["state"] != "answered" {
+            assert!(Instant::now() < deadline, "the call was not answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let drained = Instant::now();
+        assert!(
+            daemon
+                .command(&["drain"])
+                .expect("sbc drain")
+                .status
+                .success()
+        );
+        let exit = daemon
+            .wait_exit(Duration::from_secs(10))
+            .expect("the daemon exits after the deadline");
+        assert!(exit.success(), "{exit}:\n{}", daemon.log());
+        assert!(
+            drained.elapsed() >= Duration::from_secs(2),
+            "exited before the deadline"
+        );
+        let _ = caller.join();
+    });
+    let ended = events_named(&daemon.events(), "call_ended");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["reason"], "drain_deadline", "{:?}", ended[0]);
+}
