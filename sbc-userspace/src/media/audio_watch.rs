@@ -179,3 +179,95 @@ fn silence_of(
     let quiet_for = idle.unwrap_or(expected_for).min(expected_for);
     (arrived > 0 && quiet_for >= deadlines.silence).then_some(Silence::MediaStopped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::session::{LegInfo, Side, StreamCounters};
+
+    fn session(packets: [u64; 2], idle_ms: [Option<u64>; 2]) -> SessionInfo {
+        let leg = |i: usize| LegInfo {
+            name: ["a", "b"][i],
+            side: [Side::Public, Side::Private][i],
+            local_rtp: "192.0.2.1:20000".parse().unwrap(),
+            local_rtcp: None,
+            peer: None,
+            latched: packets[i] > 0,
+            rtp: StreamCounters {
+                kernel_packets: packets[i],
+                ..Default::default()
+            },
+            rtcp: None,
+            rtp_idle_ms: idle_ms[i],
+        };
+        SessionInfo {
+            id: 1,
+            rtcp_mux: true,
+            age_ms: 0,
+            idle_ms: 0,
+            legs: [leg(0), leg(1)],
+        }
+    }
+
+    const DEADLINES: AudioDeadlines = AudioDeadlines {
+        first_packet: Duration::from_secs(5),
+        silence: Duration::from_secs(10),
+    };
+
+    #[test]
+    fn a_leg_that_never_sent_misses_the_first_packet_deadline() {
+        let info = session([100, 0], [Some(20), None]);
+        assert_eq!(
+            silence_of(&info, 1, Duration::from_secs(4), DEADLINES),
+            None
+        );
+        assert_eq!(
+            silence_of(&info, 1, Duration::from_secs(5), DEADLINES),
+            Some(Silence::NoMedia)
+        );
+        assert_eq!(
+            silence_of(&info, 0, Duration::from_secs(60), DEADLINES),
+            None
+        );
+    }
+
+    #[test]
+    fn a_leg_that_stopped_is_reported_after_the_silence_deadline() {
+        let info = session([100, 100], [Some(9_000), Some(10_000)]);
+        assert_eq!(
+            silence_of(&info, 0, Duration::from_secs(60), DEADLINES),
+            None
+        );
+        assert_eq!(
+            silence_of(&info, 1, Duration::from_secs(60), DEADLINES),
+            Some(Silence::MediaStopped)
+        );
+        // Media that stopped before a hold ended is timed from the end of the hold.
+        assert_eq!(
+            silence_of(&info, 1, Duration::from_secs(3), DEADLINES),
+            None
+        );
+    }
+
+    #[test]
+    fn a_hold_expects_nothing_from_the_held_direction() {
+        let mut audio = AudioState {
+            watched: true,
+            ..Default::default()
+        };
+        audio.refresh(1);
+        assert!(audio.legs.iter().all(|l| l.expected_since_ns == Some(1)));
+        // Leg a's party puts the call on hold: sendonly (it sends, does not receive).
+        audio.legs[0].receives = false;
+        audio.refresh(2);
+        assert_eq!(audio.legs[0].expected_since_ns, Some(1));
+        assert_eq!(
+            audio.legs[1].expected_since_ns, None,
+            "b is not expected to send"
+        );
+        // Off hold: b's clock starts again.
+        audio.legs[0].receives = true;
+        audio.refresh(3);
+        assert_eq!(audio.legs[1].expected_since_ns, Some(3));
+    }
+}
