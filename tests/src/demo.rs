@@ -135,6 +135,21 @@ fn sip_calls(lab: &Lab, daemon: &Daemon, options: &DemoOptions) -> anyhow::Resul
         result.failed,
         100.0 * kernel as f64 / (kernel + userspace).max(1) as f64
     );
+    let metrics = daemon.metrics()?;
+    println!("\n  the same calls as Prometheus scrapes them (GET /metrics, 127.0.0.1:9470):");
+    for series in [
+        "sbc_calls_attempted_total",
+        "sbc_calls_answered_total",
+        "sbc_calls_ended_total{reason=\"bye\"}",
+        "sbc_session_establishment_ratio",
+        "sbc_call_setup_seconds_count{stage=\"answered\"}",
+        "sbc_media_packets_total{path=\"kernel\"}",
+        "sbc_media_packets_total{path=\"userspace\"}",
+    ] {
+        println!("    {series} {}", metrics.get(series));
+    }
+    let silent = metrics.sum("sbc_calls_no_audio_total", &[]);
+    println!("    sbc_calls_no_audio_total (all directions) {silent}");
     Ok(())
 }
 

@@ -104,8 +104,8 @@ impl Metrics {
                 let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
                 metric == name && labels.iter().all(|l| rest.contains(l))
             })
-            .map(|(_, v)| v)
-            .sum()
+            // A fold from +0: an empty f64 sum is -0.
+            .fold(0.0, |total, (_, v)| total + v)
     }
 
     /// `promtool check metrics` on this scrape: its complaints, if any.
