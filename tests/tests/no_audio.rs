@@ -83,7 +83,7 @@ fn a_backend_that_never_sends_rtp_is_reported_within_the_deadline() {
         assert!(caller["rtp_packets_in"].as_u64() > Some(0), "{report}");
         assert_eq!(callee["latched"], false, "{report}");
         assert_eq!(callee["rtp_packets_in"], 0, "{report}");
-        // Within the deadline, give or take the once-a-second check.
+        // Within the deadline, plus the once-a-second check and some scheduling.
         let answered_at = answered
             .iter()
             .find(|a| a["call_id"] == report["call_id"])
@@ -91,7 +91,7 @@ fn a_backend_that_never_sends_rtp_is_reported_within_the_deadline() {
             .expect("the call's answer");
         let after = report["ts_ms"].as_u64().unwrap() - answered_at;
         assert!(
-            (FIRST_PACKET_SECS * 1000..=FIRST_PACKET_SECS * 1000 + 1500).contains(&after),
+            (FIRST_PACKET_SECS * 1000..=FIRST_PACKET_SECS * 1000 + 2000).contains(&after),
             "reported {after} ms after the answer: {report}"
         );
     }

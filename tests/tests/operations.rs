@@ -301,8 +301,16 @@ fn drain_with_calls_up(name: &str, options: DaemonOptions, begin: impl FnOnce(&D
             std::thread::sleep(Duration::from_millis(100));
         }
         begin(&daemon);
-        let status = daemon.api.get("/v1/status").expect("status").body;
-        assert_eq!(status["drain"]["draining"], true, "{status}");
+        // A signal is handled a moment after it is sent.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let status = daemon.api.get("/v1/status").expect("status").body;
+            if status["drain"]["draining"] == true {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not draining: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert_refusing_new_calls(&lab);
         caller.join().expect("caller thread")
     });
