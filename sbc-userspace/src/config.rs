@@ -184,6 +184,15 @@ pub enum DataplaneMode {
     Userspace,
 }
 
+impl DataplaneMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Userspace => "userspace",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
@@ -571,8 +580,8 @@ impl Config {
     pub fn call_state_file(&self) -> PathBuf {
         self.state_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/run/sbc/{}", self.instance)))
-            .join("calls.jsonl")
+            .unwrap_or_else(|| default_state_dir(&self.instance))
+            .join(CALL_STATE_FILE)
     }
 
     pub fn api_socket(&self) -> PathBuf {
@@ -630,8 +639,17 @@ fn validate_sip(sip: &SipConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Where an instance keeps its runtime state unless configured otherwise: on tmpfs, like the
+/// pinned maps it goes with.
+pub fn default_state_dir(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/run/sbc/{instance}"))
+}
+
+/// The journal of established calls, in the state directory.
+pub const CALL_STATE_FILE: &str = "calls.jsonl";
+
 pub fn default_api_socket(instance: &str) -> PathBuf {
-    PathBuf::from(format!("/run/sbc/{instance}/api.sock"))
+    default_state_dir(instance).join("api.sock")
 }
 
 /// The ifindex of a network interface in this network namespace.

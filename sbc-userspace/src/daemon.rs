@@ -12,7 +12,7 @@ use crate::{
     drain::Drain,
     events::EventSink,
     media::{AudioDeadlines, EndReason, MediaPlane, MediaSettings},
-    proxy::{Proxy, ProxyHandle},
+    proxy::{Proxy, ProxyHandle, journal::Journal},
 };
 
 pub struct RunOptions {
@@ -56,7 +56,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
             pins::ensure_bpffs(&config.dataplane.bpffs)?;
             if options.clean {
                 layout.remove()?;
-                remove_call_state(&config)?;
+                Journal::remove(&config.call_state_file())?;
                 info!(dir = %layout.instance_dir.display(), "--clean: removed pinned state and recorded calls");
             }
             xdp::start(&config, &layout)?;
@@ -93,7 +93,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 Arc::clone(&plane),
                 Arc::clone(&events),
                 Arc::clone(&drain),
-                Some(&config.call_state_file()),
+                &config.call_state_file(),
             )
             .await?,
         ),
@@ -154,17 +154,6 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Forgets the calls a previous daemon recorded (their media is being removed with the pins).
-fn remove_call_state(config: &Config) -> anyhow::Result<()> {
-    let path = config.call_state_file();
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Once a second: ends sessions without media (the proxy then ends their calls with BYE),
 /// and tells the proxy about answered calls with a silent direction.
 async fn watch_media(plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>, no_audio: NoAudioConfig) {
@@ -177,21 +166,12 @@ async fn watch_media(plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>, no_audi
     loop {
         tick.tick().await;
         let plane = Arc::clone(&plane);
-        let check_audio = no_audio.enabled && proxy.is_some();
+        let audio = (no_audio.enabled && proxy.is_some()).then_some(deadlines);
         // Reading kernel counters is a syscall per flow: keep it off the async workers.
-        let watched = tokio::task::spawn_blocking(move || {
-            let ended = plane.end_idle_sessions();
-            let silent = if check_audio {
-                plane.silent_legs(deadlines)
-            } else {
-                Vec::new()
-            };
-            (ended, silent)
-        })
-        .await;
-        if let (Ok((ended, silent)), Some(proxy)) = (watched, &proxy) {
-            proxy.media_timed_out(ended);
-            proxy.no_audio(silent, hang_up);
+        let watched = tokio::task::spawn_blocking(move || plane.watch(audio)).await;
+        if let (Ok(watched), Some(proxy)) = (watched, &proxy) {
+            proxy.media_timed_out(watched.idle);
+            proxy.no_audio(watched.silent, hang_up);
         }
     }
 }

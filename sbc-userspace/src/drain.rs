@@ -2,10 +2,7 @@
 //! same way so balancers take this edge out), established calls go on until they end or the
 //! deadline passes, then the daemon exits on its own.
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -21,8 +18,8 @@ const POLL: Duration = Duration::from_millis(200);
 const HANGUP_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Drain {
-    draining: AtomicBool,
-    started: Mutex<Option<Instant>>,
+    /// When the drain began; set once.
+    started: OnceLock<Instant>,
     deadline: Duration,
     begun: Notify,
 }
@@ -30,23 +27,19 @@ pub struct Drain {
 impl Drain {
     pub fn new(deadline: Duration) -> Self {
         Self {
-            draining: AtomicBool::new(false),
-            started: Mutex::new(None),
+            started: OnceLock::new(),
             deadline,
             begun: Notify::new(),
         }
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.started.get().is_some()
     }
 
     /// Starts draining (a second call changes nothing); `why` is logged.
     pub fn begin(&self, why: &str) {
-        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
-        if started.is_none() {
-            *started = Some(Instant::now());
-            self.draining.store(true, Ordering::Relaxed);
+        if self.started.set(Instant::now()).is_ok() {
             info!(
                 deadline_secs = self.deadline.as_secs(),
                 "{why}: draining (new calls refused with 503, established calls continue)"
@@ -57,8 +50,9 @@ impl Drain {
 
     /// How long until established calls are ended, while draining.
     pub fn remaining(&self) -> Option<Duration> {
-        let started = *self.started.lock().unwrap_or_else(|p| p.into_inner());
-        started.map(|t| self.deadline.saturating_sub(t.elapsed()))
+        self.started
+            .get()
+            .map(|t| self.deadline.saturating_sub(t.elapsed()))
     }
 
     pub fn status(&self) -> Value {

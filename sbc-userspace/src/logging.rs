@@ -144,42 +144,38 @@ pub async fn report_suppressed() {
 mod tests {
     use super::*;
 
-    struct Site;
-    impl tracing::Callsite for Site {
-        fn set_interest(&self, _: tracing::subscriber::Interest) {}
-        fn metadata(&self) -> &tracing::Metadata<'_> {
-            unimplemented!("not needed for an identifier")
-        }
+    /// Two real call sites, as `tracing`'s macros make them.
+    fn sites() -> [Identifier; 2] {
+        use tracing::{Callsite as _, metadata::Kind};
+        let one = tracing::callsite!(name: "one", kind: Kind::EVENT, fields: []);
+        let two = tracing::callsite!(name: "two", kind: Kind::EVENT, fields: []);
+        [one.metadata().callsite(), two.metadata().callsite()]
     }
-    static ONE: Site = Site;
-    static TWO: Site = Site;
 
     #[test]
     fn one_site_is_bounded_and_cannot_starve_another() {
+        let [one, two] = sites();
         let limit = RateLimit::new(100, 5);
         let start = 1_000_000_000;
         let admitted = (0..1000)
-            .filter(|_| limit.admit(Identifier(&ONE), start))
+            .filter(|_| limit.admit(one.clone(), start))
             .count();
         assert_eq!(admitted, 5, "a burst of one site's lines");
-        assert!(
-            limit.admit(Identifier(&TWO), start),
-            "another site still logs"
-        );
+        assert!(limit.admit(two, start), "another site still logs");
         // A second later the site has a second's worth again.
         let later = start + 1_000_000_000;
         let admitted = (0..1000)
-            .filter(|_| limit.admit(Identifier(&ONE), later))
+            .filter(|_| limit.admit(one.clone(), later))
             .count();
         assert_eq!(admitted, 5);
     }
 
     #[test]
     fn the_global_bound_holds_across_sites() {
+        let sites = sites();
         let limit = RateLimit::new(10, 10);
-        let sites = [&ONE, &TWO];
         let admitted = (0..100)
-            .filter(|i| limit.admit(Identifier(sites[i % 2]), 5_000_000_000))
+            .filter(|i| limit.admit(sites[i % 2].clone(), 5_000_000_000))
             .count();
         assert_eq!(admitted, 10);
     }

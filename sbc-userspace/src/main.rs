@@ -5,10 +5,11 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use sbc::{
     api::{ApiClient, client::ApiResponse},
-    config::{Config, DataplaneMode, default_api_socket},
+    config::{CALL_STATE_FILE, Config, DataplaneMode, default_api_socket, default_state_dir},
     daemon::{self, RunOptions},
     dataplane::PinLayout,
     maps_report,
+    proxy::journal::Journal,
 };
 use serde_json::{Value, json};
 
@@ -203,7 +204,7 @@ impl PinTarget {
                 InstanceState {
                     pins: PinLayout::new(&self.bpffs, instance),
                     socket: default_api_socket(instance),
-                    calls: PathBuf::from(format!("/run/sbc/{instance}/calls.jsonl")),
+                    calls: default_state_dir(instance).join(CALL_STATE_FILE),
                 }
             }
         })
@@ -292,10 +293,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             state.pins.remove()?;
             println!("removed {}", state.pins.instance_dir.display());
-            match std::fs::remove_file(&state.calls) {
-                Ok(()) => println!("removed {}", state.calls.display()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => bail!("removing {}: {e}", state.calls.display()),
+            if Journal::remove(&state.calls)? {
+                println!("removed {}", state.calls.display());
             }
             Ok(())
         }

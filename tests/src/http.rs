@@ -32,40 +32,12 @@ pub fn get_in(
         )?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw)?;
-        let text = String::from_utf8(raw).context("non-UTF-8 HTTP response")?;
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            bail!("truncated HTTP response: {text}");
-        };
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("malformed status line")?;
-        let chunked = head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
-        let body = if chunked {
-            dechunk(body)?
-        } else {
-            body.to_owned()
-        };
-        Ok((status, body))
+        let response = sbc::api::client::parse_http(&raw)?;
+        let body = String::from_utf8(response.payload).context("non-UTF-8 HTTP body")?;
+        Ok((response.status, body))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the HTTP thread panicked"))?
-}
-
-fn dechunk(mut data: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = data.split_once("\r\n").context("bad chunk")?;
-        let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(rest.get(..size).context("short chunk")?);
-        data = rest.get(size + 2..).context("short chunk")?;
-    }
 }
 
 /// One scrape: every sample by its series (`name{labels}` exactly as exposed).

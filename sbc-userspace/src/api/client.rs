@@ -72,6 +72,32 @@ impl ApiClient {
 }
 
 fn parse_response(raw: &[u8]) -> anyhow::Result<ApiResponse> {
+    let HttpResponse {
+        status,
+        retry_after,
+        payload,
+    } = parse_http(raw)?;
+    let body = if payload.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&payload).context("the daemon answered with invalid JSON")?
+    };
+    Ok(ApiResponse {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+/// An HTTP/1.1 response read to the end of its connection, its body de-chunked.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub payload: Vec<u8>,
+}
+
+pub fn parse_http(raw: &[u8]) -> anyhow::Result<HttpResponse> {
     let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         bail!("truncated HTTP response from the daemon");
     };
@@ -101,15 +127,10 @@ fn parse_response(raw: &[u8]) -> anyhow::Result<ApiResponse> {
     } else {
         payload.to_vec()
     };
-    let body = if payload.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&payload).context("the daemon answered with invalid JSON")?
-    };
-    Ok(ApiResponse {
+    Ok(HttpResponse {
         status,
         retry_after,
-        body,
+        payload,
     })
 }
 

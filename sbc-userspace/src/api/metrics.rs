@@ -1,7 +1,13 @@
 //! `GET /metrics`: everything the daemon counts, in the Prometheus text format. Read at scrape
 //! time from the proxy's stats, admission's counters, the media plane and the kernel's per-CPU
 //! maps; the proxy is never asked, so a scrape cannot wait behind a flood.
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use axum::{
     extract::State,
@@ -15,8 +21,15 @@ use crate::{
     admission::AdmissionCounters,
     media::MediaTotals,
     metrics::{Exposition, HistogramSnapshot, NO_LABELS},
-    proxy::stats::{Rfc6076, SipStats, side_label},
+    proxy::stats::{BackendStats, Rfc6076, SipStats, side_label},
 };
+
+/// A gauge family with one sample per item: name, help, and the item's value.
+type GaugeOf<T> = (&'static str, &'static str, fn(&T) -> f64);
+
+pub(super) fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
 
 /// What the exposition needs that costs syscalls, read off the async workers.
 struct DataplaneReadings {
@@ -126,7 +139,6 @@ fn write_sip(out: &mut Exposition, sip: &SipStats) {
             }),
         );
     }
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     out.counter(
         "sbc_sip_malformed_total",
         "Malformed or unsupported SIP messages: answered with an error, or dropped when no answer could be formed.",
@@ -138,7 +150,6 @@ fn write_sip(out: &mut Exposition, sip: &SipStats) {
 }
 
 fn write_calls(out: &mut Exposition, sip: &SipStats) {
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     out.counter_value(
         "sbc_calls_attempted_total",
         "Initial INVITEs received (retransmissions not counted), refused ones included.",
@@ -243,39 +254,32 @@ fn write_calls(out: &mut Exposition, sip: &SipStats) {
 
 fn write_backends(out: &mut Exposition, sip: &SipStats) {
     let names: Vec<String> = sip.backends.iter().map(|b| b.address.to_string()).collect();
-    let per_backend = |value: &dyn Fn(usize) -> f64| -> Vec<(Vec<(&str, &str)>, f64)> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| (vec![("backend", name.as_str())], value(i)))
-            .collect()
-    };
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    let gauges: [(&str, &str, Vec<_>); 3] = [
+    let gauges: [GaugeOf<BackendStats>; 3] = [
         (
             "sbc_backend_up",
             "1 while the backend is healthy (OPTIONS probes and real traffic), 0 while it is down.",
-            per_backend(&|i| {
-                f64::from(u8::from(
-                    sip.backends[i]
-                        .up
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                ))
-            }),
+            |b| f64::from(u8::from(b.up.load(Ordering::Relaxed))),
         ),
         (
             "sbc_backend_calls_active",
             "Established calls through the backend.",
-            per_backend(&|i| load(&sip.backends[i].active_calls) as f64),
+            |b| load(&b.active_calls) as f64,
         ),
         (
             "sbc_backend_failure_ratio",
             "Share of the backend's last 128 final answers that were 5xx, 408 or none at all.",
-            per_backend(&|i| sip.backends[i].failure_ratio()),
+            BackendStats::failure_ratio,
         ),
     ];
-    for (name, help, samples) in &gauges {
-        out.gauge(name, help, samples.iter().map(|(l, v)| (&l[..], *v)));
+    for (name, help, value) in gauges {
+        out.gauge(
+            name,
+            help,
+            sip.backends
+                .iter()
+                .zip(&names)
+                .map(|(backend, name)| ([("backend", name.as_str())], value(backend))),
+        );
     }
     let answers: Vec<_> = sip
         .backends
@@ -322,7 +326,6 @@ fn write_backends(out: &mut Exposition, sip: &SipStats) {
 }
 
 fn write_admission(out: &mut Exposition, admission: &AdmissionCounters) {
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     out.counter(
         "sbc_admission_refusals_total",
         "Requests refused with 503 and Retry-After by admission control, by reason.",
@@ -402,18 +405,19 @@ fn write_dataplane(out: &mut Exposition, readings: &DataplaneReadings) {
         readings.flows as f64,
     );
     let addresses: Vec<String> = readings.ports.iter().map(|(a, ..)| a.to_string()).collect();
-    for (name, help, value) in [
+    let gauges: [GaugeOf<(IpAddr, usize, usize)>; 2] = [
         (
             "sbc_media_ports_in_use",
             "Relay ports allocated on each media address.",
-            (|p: &(IpAddr, usize, usize)| p.1) as fn(&(IpAddr, usize, usize)) -> usize,
+            |&(_, in_use, _)| in_use as f64,
         ),
         (
             "sbc_media_ports_capacity",
             "Relay ports each media address has (media.port_min..=port_max).",
-            |p: &(IpAddr, usize, usize)| p.2,
+            |&(_, _, capacity)| capacity as f64,
         ),
-    ] {
+    ];
+    for (name, help, value) in gauges {
         out.gauge(
             name,
             help,
@@ -421,10 +425,7 @@ fn write_dataplane(out: &mut Exposition, readings: &DataplaneReadings) {
                 .ports
                 .iter()
                 .zip(&addresses)
-                .map(|(ports, address)| {
-                    let labels = [("address", address.as_str())];
-                    (labels, value(ports) as f64)
-                }),
+                .map(|(ports, address)| ([("address", address.as_str())], value(ports))),
         );
     }
 }

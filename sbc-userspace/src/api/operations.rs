@@ -1,5 +1,5 @@
 //! Operations routes: the daemon's status, its calls (with their media), its backends, drain.
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
     Json,
@@ -9,40 +9,39 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::server::{ApiState, error};
-use crate::{config::DataplaneMode, proxy::CallSummary};
+use super::{
+    metrics::load,
+    server::{ApiState, error},
+};
+use crate::proxy::CallSummary;
 
-pub async fn status(State(api): State<Arc<ApiState>>) -> Response {
-    let backends = match &api.proxy {
-        Some(proxy) => match proxy.backends().await {
-            Ok(backends) => json!({
-                "total": backends.len(),
-                "healthy": backends.iter().filter(|b| b.healthy).count(),
+/// From the shared stats, like `/metrics`: a status never waits behind the proxy's queue.
+pub async fn status(State(api): State<Arc<ApiState>>) -> Json<Value> {
+    let (calls, backends) = match &api.sip {
+        Some(sip) => (
+            json!({
+                "active": load(&sip.calls_active),
+                "established": load(&sip.calls_established),
+                "attempted": load(&sip.calls_attempted),
+                "answered": load(&sip.calls_answered),
             }),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
-        },
-        None => Value::Null,
+            json!({
+                "total": sip.backends.len(),
+                "healthy": sip.backends.iter().filter(|b| b.up.load(Ordering::Relaxed)).count(),
+            }),
+        ),
+        None => (Value::Null, Value::Null),
     };
-    let calls = api.sip.as_ref().map(|sip| {
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        json!({
-            "active": load(&sip.calls_active),
-            "established": load(&sip.calls_established),
-            "attempted": load(&sip.calls_attempted),
-            "answered": load(&sip.calls_answered),
-        })
-    });
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "uptime_secs": api.started.elapsed().as_secs(),
-        "dataplane": match api.dataplane { DataplaneMode::Xdp => "xdp", DataplaneMode::Userspace => "userspace" },
+        "dataplane": api.dataplane.as_str(),
         "drain": api.drain.status(),
         "calls": calls,
         "sessions": api.plane.session_count(),
         "backends": backends,
     }))
-    .into_response()
 }
 
 /// The calls as the proxy holds them, each with its media sessions in full (both legs,

@@ -118,7 +118,7 @@ impl IntoResponse for MediaError {
 async fn health(State(api): State<Arc<ApiState>>) -> Json<Value> {
     Json(json!({
         "status": "ok",
-        "dataplane": match api.dataplane { DataplaneMode::Xdp => "xdp", DataplaneMode::Userspace => "userspace" },
+        "dataplane": api.dataplane.as_str(),
         "sessions": api.plane.session_count(),
     }))
 }

@@ -114,48 +114,31 @@ impl MediaPlane {
         }
     }
 
-    /// The legs that missed a deadline since the last look (each expectation once).
-    pub fn silent_legs(&self, deadlines: AudioDeadlines) -> Vec<SilentLeg> {
+    /// The legs of a session, as just read, that missed a deadline (each expectation once).
+    pub(super) fn missed_audio_deadlines(
+        &self,
+        info: SessionInfo,
+        deadlines: AudioDeadlines,
+    ) -> Vec<SilentLeg> {
         let now = monotonic_ns();
-        let pending: Vec<(u32, [Option<u64>; 2])> = {
-            let state = self.lock();
-            state
-                .sessions
-                .iter()
-                .filter_map(|(&id, session)| {
-                    let since = session
-                        .audio
-                        .legs
-                        .map(|leg| leg.expected_since_ns.filter(|_| !leg.reported));
-                    since.iter().any(Option::is_some).then_some((id, since))
-                })
-                .collect()
+        let mut state = self.lock();
+        let Some(session) = state.sessions.get_mut(&info.id) else {
+            return Vec::new();
         };
         let mut silent = Vec::new();
-        for (id, since) in pending {
-            // Counters come from the kernel (a syscall per flow): read without the lock.
-            let Some(info) = self.get(id) else { continue };
-            for (leg, since) in since.iter().enumerate() {
-                let Some(since) = *since else { continue };
-                let expected_for = Duration::from_nanos(now.saturating_sub(since));
-                let Some(silence) = silence_of(&info, leg, expected_for, deadlines) else {
-                    continue;
-                };
-                let mut state = self.lock();
-                let Some(audio) = state.sessions.get_mut(&id).map(|s| &mut s.audio.legs[leg])
-                else {
-                    continue;
-                };
-                // Only if the expectation is still the one measured.
-                if audio.expected_since_ns == Some(since) && !audio.reported {
-                    audio.reported = true;
-                    silent.push(SilentLeg {
-                        session: info.clone(),
-                        leg,
-                        silence,
-                        expected_for,
-                    });
-                }
+        for (leg, audio) in session.audio.legs.iter_mut().enumerate() {
+            let Some(since) = audio.expected_since_ns.filter(|_| !audio.reported) else {
+                continue;
+            };
+            let expected_for = Duration::from_nanos(now.saturating_sub(since));
+            if let Some(silence) = silence_of(&info, leg, expected_for, deadlines) {
+                audio.reported = true;
+                silent.push(SilentLeg {
+                    session: info.clone(),
+                    leg,
+                    silence,
+                    expected_for,
+                });
             }
         }
         silent

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{
-    audio_watch::AudioState,
+    audio_watch::{AudioDeadlines, AudioState, SilentLeg},
     ports::AllocError,
     relay,
     session::{
@@ -463,50 +463,38 @@ impl MediaPlane {
         })
     }
 
-    /// Ends every armed session with no media in either direction for the configured timeout,
-    /// and returns their final state.
-    pub fn end_idle_sessions(&self) -> Vec<SessionInfo> {
-        let now = monotonic_ns();
-        let timeout = self.settings.timeout.as_nanos() as u64;
-        // Snapshot under the lock, read kernel counters without it.
-        let snapshot: Vec<(u32, u64, Vec<FlowKey>)> = {
+    /// The once-a-second look at the armed sessions: each is read once (with XDP, a syscall
+    /// per flow), those with no media either way for the media timeout are ended, and with
+    /// `audio` the legs of answered calls that missed an audio deadline are found.
+    pub fn watch(&self, audio: Option<AudioDeadlines>) -> Watched {
+        let timeout_ms = self.settings.timeout.as_millis() as u64;
+        let armed: Vec<u32> = {
             let state = self.lock();
             state
                 .sessions
                 .iter()
                 .filter(|(_, session)| session.armed)
-                .map(|(&id, session)| {
-                    let keys: Vec<FlowKey> = session.keys().collect();
-                    let last = keys
-                        .iter()
-                        .filter_map(|key| state.flows.get(key))
-                        .map(|entry| entry.counters.last_seen_ns)
-                        .fold(session.created_ns, u64::max);
-                    (id, last, keys)
-                })
+                .map(|(&id, _)| id)
                 .collect()
         };
-        let idle: Vec<u32> = snapshot
-            .into_iter()
-            .filter_map(|(id, last, keys)| {
-                let last = keys
-                    .iter()
-                    .filter_map(|key| self.kernel_stats.as_ref()?.get(key))
-                    .map(|stats| stats.last_seen_ns)
-                    .fold(last, u64::max);
-                (now.saturating_sub(last) >= timeout).then_some(id)
-            })
-            .collect();
-        idle.into_iter()
-            .filter_map(|id| {
-                let info = self.end(id, EndReason::MediaTimeout).ok()?.info;
-                info!(
-                    session = id,
-                    "media session ended: no media for the timeout"
-                );
-                Some(info)
-            })
-            .collect()
+        let mut watched = Watched::default();
+        for id in armed {
+            let Some(info) = self.get(id) else { continue };
+            if info.idle_ms >= timeout_ms {
+                if let Ok(ended) = self.end(id, EndReason::MediaTimeout) {
+                    info!(
+                        session = id,
+                        "media session ended: no media for the timeout"
+                    );
+                    watched.idle.push(ended.info);
+                }
+            } else if let Some(deadlines) = audio {
+                watched
+                    .silent
+                    .extend(self.missed_audio_deadlines(info, deadlines));
+            }
+        }
+        watched
     }
 
     /// Ends every session (userspace dataplane shutdown: nothing would relay them).
@@ -641,6 +629,15 @@ impl MediaPlane {
             legs: leg_infos.try_into().ok()?,
         })
     }
+}
+
+/// What `MediaPlane::watch` found.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// Sessions ended for the media timeout, in their final state.
+    pub idle: Vec<SessionInfo>,
+    /// Legs of answered calls whose media missed its deadline.
+    pub silent: Vec<SilentLeg>,
 }
 
 /// A session that has ended: its final state, and its relays, which are stopping.

@@ -44,7 +44,7 @@ enum Line {
 
 pub struct Journal {
     path: PathBuf,
-    file: Option<File>,
+    file: File,
 }
 
 impl Journal {
@@ -71,17 +71,18 @@ impl Journal {
         Ok((
             Self {
                 path: path.to_owned(),
-                file: Some(file),
+                file,
             },
             calls,
         ))
     }
 
-    /// A journal that keeps nothing (a proxy without a state file, in unit tests).
-    pub fn disabled() -> Self {
-        Self {
-            path: PathBuf::new(),
-            file: None,
+    /// Forgets every recorded call (`sbc run --clean`, `sbc down`); true if there was a file.
+    pub fn remove(path: &Path) -> anyhow::Result<bool> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
         }
     }
 
@@ -119,8 +120,7 @@ impl Journal {
     }
 
     fn append(&mut self, entry: &Line) {
-        let Some(file) = &mut self.file else { return };
-        if let Err(e) = file.write_all(&line(entry)) {
+        if let Err(e) = self.file.write_all(&line(entry)) {
             warn!(
                 file = %self.path.display(),
                 "cannot record call state ({e}); a restart would lose this call's dialog"

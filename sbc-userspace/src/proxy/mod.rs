@@ -14,7 +14,7 @@ mod hangup;
 mod health;
 mod inspect;
 mod intake;
-mod journal;
+pub mod journal;
 mod no_audio;
 mod requests;
 mod responses;
@@ -153,16 +153,20 @@ impl ProxyHandle {
     }
 
     pub async fn calls(&self) -> anyhow::Result<Vec<CallSummary>> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let _ = self.events.send(Event::Query(Query::Calls(reply)));
-        answer
-            .await
-            .map_err(|_| anyhow::anyhow!("the SIP proxy has stopped"))
+        self.ask(Query::Calls).await
     }
 
     pub async fn backends(&self) -> anyhow::Result<Vec<BackendSummary>> {
+        self.ask(Query::Backends).await
+    }
+
+    /// Puts a question in the proxy task's queue and waits for its answer.
+    async fn ask<T>(
+        &self,
+        query: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Query,
+    ) -> anyhow::Result<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let _ = self.events.send(Event::Query(Query::Backends(reply)));
+        let _ = self.events.send(Event::Query(query(reply)));
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the SIP proxy has stopped"))
@@ -205,12 +209,9 @@ impl Proxy {
         plane: Arc<MediaPlane>,
         events: Arc<EventSink>,
         drain: Arc<Drain>,
-        state_file: Option<&std::path::Path>,
+        state_file: &std::path::Path,
     ) -> anyhow::Result<ProxyHandle> {
-        let (journal, recorded) = match state_file {
-            Some(path) => Journal::open(path)?,
-            None => (Journal::disabled(), Vec::new()),
-        };
+        let (journal, recorded) = Journal::open(state_file)?;
         let public = bind(config.public_listen).await?;
         let private = if config.private_listen() == config.public_listen {
             Arc::clone(&public)

@@ -104,8 +104,8 @@ impl Rfc6076 {
 /// a ratio an alert can use as is, updated by the proxy task alone.
 #[derive(Default)]
 struct RecentFailures {
+    /// One bit per answer, the newest lowest (1: a failure), and how many bits are filled.
     window: std::sync::Mutex<(u128, u32)>,
-    ratio_bits: AtomicU64,
 }
 
 impl RecentFailures {
@@ -114,17 +114,13 @@ impl RecentFailures {
         let (bits, filled) = &mut *window;
         *bits = (*bits << 1) | u128::from(failed);
         *filled = (*filled + 1).min(128);
-        let mask = if *filled == 128 {
-            u128::MAX
-        } else {
-            (1u128 << *filled) - 1
-        };
-        let ratio = f64::from((*bits & mask).count_ones()) / f64::from(*filled);
-        self.ratio_bits.store(ratio.to_bits(), Ordering::Relaxed);
     }
 
+    /// 0 before the first answer.
     fn ratio(&self) -> f64 {
-        f64::from_bits(self.ratio_bits.load(Ordering::Relaxed))
+        let (bits, filled) = *self.window.lock().unwrap_or_else(|p| p.into_inner());
+        // Bits shifted in beyond `filled` are zeros, so all ones counted are in the window.
+        f64::from(bits.count_ones()) / f64::from(filled.max(1))
     }
 }
 
@@ -175,6 +171,7 @@ impl BackendStats {
     }
 }
 
+#[derive(Default)]
 pub struct SipStats {
     pub requests: CounterMap<(Side, &'static str)>,
     pub responses_received: CounterMap<(Side, &'static str, u16)>,
@@ -210,24 +207,8 @@ pub struct SipStats {
 impl SipStats {
     pub fn new(backends: impl IntoIterator<Item = SocketAddr>) -> Self {
         Self {
-            requests: CounterMap::default(),
-            responses_received: CounterMap::default(),
-            responses_sent: CounterMap::default(),
-            refused: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            calls_attempted: AtomicU64::new(0),
-            calls_answered: AtomicU64::new(0),
-            calls_failed: CounterMap::default(),
-            calls_ended: CounterMap::default(),
-            no_audio: CounterMap::default(),
-            invite_outcomes: CounterMap::default(),
-            calls_active: AtomicU64::new(0),
-            calls_established: AtomicU64::new(0),
-            setup_ringing: Histogram::default(),
-            setup_answered: Histogram::default(),
-            session_request_delay: Histogram::default(),
-            session_disconnect_delay: Histogram::default(),
             backends: backends.into_iter().map(BackendStats::new).collect(),
+            ..Self::default()
         }
     }
 
