@@ -1,19 +1,15 @@
 //! Dialogs through the proxy with scripted SIPp peers (`tests/scenarios`): CANCEL while
 //! ringing, re-INVITE to hold and back, and a silent call ended with BYE to both sides.
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
-    lab::{CALLER, Lab, SBC_PUBLIC},
+    lab::Lab,
     privileges::require_lab_privileges,
     scripted,
-    sipp::{self, Backend, CallKind},
+    sipp::Backend,
 };
 use serde_json::Value;
-
-fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.into(), port)
-}
 
 /// The lab, a scripted backend and the daemon routing to it.
 fn setup(
@@ -26,46 +22,6 @@ fn setup(
     let lab = Lab::up(tag).expect("lab");
     let (backend, daemon) = scripted::start(&lab, backend_scenario, calls, options);
     (lab, backend, daemon)
-}
-
-/// Runs `calls` calls of the caller scenario against the scripted backend; both must play
-/// their script through. Returns the call end events.
-fn play(
-    lab: &Lab,
-    backend: &mut Backend,
-    daemon: &Daemon,
-    scenario: &'static str,
-    calls: u32,
-) -> Vec<Value> {
-    let result = sipp::place_calls(
-        &lab.caller,
-        addr(CALLER, 5060),
-        addr(SBC_PUBLIC, 5060),
-        CallKind::Scenario(scenario),
-        (calls, 5),
-        Duration::from_secs(60),
-    )
-    .expect("SIPp caller");
-    assert_eq!(
-        (result.exit_code, result.successful),
-        (Some(0), u64::from(calls)),
-        "the caller's script did not play through:\n{}\n{}",
-        result.output,
-        daemon.log()
-    );
-    assert_eq!(
-        backend.wait(Duration::from_secs(10)),
-        Some(0),
-        "the backend's script did not play through:\n{}",
-        backend.output()
-    );
-    let ended: Vec<Value> = daemon
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "call_ended")
-        .collect();
-    assert_eq!(ended.len(), calls as usize, "one end event per call");
-    ended
 }
 
 /// Nothing left behind: no media session, no port.
@@ -81,7 +37,7 @@ fn assert_no_leaks(daemon: &Daemon) {
 fn cancel_while_ringing_reaches_the_backend_and_leaks_nothing() {
     let (lab, mut backend, daemon) = setup("cancel", "cancel_uas", 5, DaemonOptions::default());
     // The caller gets 200 for CANCEL and 487; the backend sees CANCEL and the ACK of its 487.
-    let ended = play(&lab, &mut backend, &daemon, "cancel_uac", 5);
+    let ended = scripted::play(&lab, &mut backend, &daemon, "cancel_uac", 5);
     for event in &ended {
         assert_eq!(
             (&event["reason"], &event["final_code"]),
@@ -96,7 +52,7 @@ fn cancel_while_ringing_reaches_the_backend_and_leaks_nothing() {
 #[test]
 fn reinvite_to_hold_and_back_keeps_media_flowing() {
     let (lab, mut backend, daemon) = setup("reinvite", "reinvite_uas", 3, DaemonOptions::default());
-    let ended = play(&lab, &mut backend, &daemon, "reinvite_uac", 3);
+    let ended = scripted::play(&lab, &mut backend, &daemon, "reinvite_uac", 3);
     for event in &ended {
         assert_eq!(event["reason"], "bye", "{event}");
         // 236 packets of G.711 go out through hold and back; the backend echoes them.
@@ -126,7 +82,7 @@ fn a_call_without_media_is_ended_with_bye_to_both_sides() {
     };
     let (lab, mut backend, daemon) = setup("silent", "silent_uas", 2, options);
     // Both scripts wait for a BYE with the Reason header.
-    let ended = play(&lab, &mut backend, &daemon, "silent_uac", 2);
+    let ended = scripted::play(&lab, &mut backend, &daemon, "silent_uac", 2);
     for event in &ended {
         assert_eq!(event["reason"], "media_timeout", "{event}");
     }
