@@ -26,7 +26,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what is missing: Debian packages, rust-src, bpf-linker (skips what is present).
-    Setup,
+    Setup {
+        /// Also exercise every install step whose result is present: each Debian package has an
+        /// install candidate, rust-src can be added, bpf-linker builds into a throwaway root.
+        #[arg(long)]
+        verify: bool,
+    },
     /// Build the XDP object (with BTF) at target/ebpf/sbc-xdp.o.
     BuildEbpf,
     /// Build the XDP object, the sbc binary and the lab.
@@ -183,7 +188,8 @@ fn main() -> std::process::ExitCode {
 
 fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
-        Task::Setup => setup::install(),
+        Task::Setup { verify: false } => setup::install(),
+        Task::Setup { verify: true } => setup::install_and_verify(),
         Task::BuildEbpf => build_ebpf().map(drop),
         Task::Build { release } => build(release).map(drop),
         Task::Lint => {
