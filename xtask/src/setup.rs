@@ -112,9 +112,9 @@ fn step(
             println!("setup: {label}: done in {took} s");
             Ok(())
         }
-        Err(e) => Err(e.context(format!(
-            "setup step `{label}` failed after {took} s; to run it by hand:\n    {by_hand}"
-        ))),
+        Err(e) => Err(anyhow::anyhow!(
+            "{e:#}\nsetup step `{label}` failed after {took} s; to run it by hand:\n    {by_hand}"
+        )),
     }
 }
 
