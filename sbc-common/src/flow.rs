@@ -90,8 +90,62 @@ impl FlowKey {
     }
 }
 
-/// `Flow::flags`: the peer's real source has been learnt; only it may send on this flow.
+/// `Flow::flags`: the flow has a peer (its real source, learnt from its packets); the program
+/// forwards the peer's packets. Until then it passes the flow's packets up and the daemon
+/// decides who may latch (only a source that matches what signalling says about the peer).
 pub const FLOW_LATCHED: u16 = 1;
+
+/// `Flow::flags`: the latched peer is provisional. It matched signalling less than exactly, and
+/// for a short learning window a better-matching source may replace it, so the program passes
+/// other sources' packets up to the daemon instead of dropping them. Cleared when the daemon
+/// locks the peer.
+pub const FLOW_LEARNING: u16 = 2;
+
+/// `Flow::flags` bits 8..=11: how the latched peer matched signalling ([`PeerMatch`]). The
+/// daemon's bookkeeping, kept in the map so that a restarted daemon still knows; the program
+/// ignores it.
+const FLOW_PEER_MATCH_SHIFT: u16 = 8;
+const FLOW_PEER_MATCH_MASK: u16 = 0xf << FLOW_PEER_MATCH_SHIFT;
+
+/// How a latched peer's source matched what signalling said about it; a better match orders
+/// higher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum PeerMatch {
+    /// Not recorded (latched by a daemon that did not record it).
+    Unknown = 0,
+    /// Signalling was not consulted (latching policy `any`, labs only).
+    Unchecked = 1,
+    /// The address the party's SIP came from, any port (a NAT'd peer whose SDP names a
+    /// private address).
+    SipSource = 2,
+    /// The SDP's address with another port (a NAT that keeps the address).
+    SdpAddress = 3,
+    /// The SDP's address and port.
+    Sdp = 4,
+}
+
+impl PeerMatch {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Unchecked => "unchecked",
+            Self::SipSource => "sip-source",
+            Self::SdpAddress => "sdp-address",
+            Self::Sdp => "sdp",
+        }
+    }
+
+    const fn from_bits(bits: u16) -> Self {
+        match bits {
+            1 => Self::Unchecked,
+            2 => Self::SipSource,
+            3 => Self::SdpAddress,
+            4 => Self::Sdp,
+            _ => Self::Unknown,
+        }
+    }
+}
 
 /// Which of a session's two legs a flow belongs to (the port the packet arrived at).
 pub const LEG_A: u8 = 0;
@@ -132,15 +186,55 @@ pub struct Flow {
     pub stats_slot: u32,
 }
 
+impl Flow {
+    pub const fn is_latched(&self) -> bool {
+        self.flags & FLOW_LATCHED != 0
+    }
+
+    /// Latched to a provisional peer that a better match may still replace.
+    pub const fn is_learning(&self) -> bool {
+        self.flags & FLOW_LEARNING != 0
+    }
+
+    /// How the latched peer matched signalling.
+    pub const fn peer_match(&self) -> PeerMatch {
+        PeerMatch::from_bits((self.flags & FLOW_PEER_MATCH_MASK) >> FLOW_PEER_MATCH_SHIFT)
+    }
+
+    /// Makes `peer` (port in network byte order) the flow's peer: locked (only it may send from
+    /// now on), or provisional while `learning`.
+    pub fn latch(&mut self, peer: IpAddress, port_be: u16, matched: PeerMatch, learning: bool) {
+        self.peer = peer;
+        self.peer_port = port_be;
+        self.flags = (self.flags & !(FLOW_PEER_MATCH_MASK | FLOW_LEARNING))
+            | FLOW_LATCHED
+            | if learning { FLOW_LEARNING } else { 0 }
+            | ((matched as u16) << FLOW_PEER_MATCH_SHIFT);
+    }
+
+    /// Ends the learning window: the provisional peer is the peer.
+    pub fn lock(&mut self) {
+        self.flags &= !FLOW_LEARNING;
+    }
+
+    /// Forgets the latched peer (signalling named another one): the flow learns again.
+    pub fn unlatch(&mut self) {
+        self.peer = IpAddress::UNSPECIFIED;
+        self.peer_port = 0;
+        self.flags &= !(FLOW_LATCHED | FLOW_LEARNING | FLOW_PEER_MATCH_MASK);
+    }
+}
+
 /// How a packet's source relates to the flow it arrived on. Both the XDP program and the
 /// userspace relay decide with [`check_source`], so the two paths cannot disagree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceCheck {
     /// The flow has latched and this is its peer: forward.
     Accept,
-    /// The flow has not latched yet: this source becomes the peer (userspace only).
+    /// The flow has no peer yet, or a provisional one and this is another source: the daemon
+    /// decides whether this source may latch (userspace only).
     Latch,
-    /// The flow has latched to another source: drop (RTP injection / "RTP bleed").
+    /// The flow is locked to another source: drop (RTP injection / "RTP bleed").
     Foreign,
 }
 
@@ -150,6 +244,8 @@ pub fn check_source(flow: &Flow, src: &IpAddress, src_port_be: u16) -> SourceChe
         SourceCheck::Latch
     } else if flow.peer == *src && flow.peer_port == src_port_be {
         SourceCheck::Accept
+    } else if flow.flags & FLOW_LEARNING != 0 {
+        SourceCheck::Latch
     } else {
         SourceCheck::Foreign
     }
@@ -293,10 +389,51 @@ mod tests {
             check_source(&flow, &other, 4000u16.to_be()),
             SourceCheck::Foreign
         );
-        flow.flags = 0;
+        // A provisional peer is forwarded; anyone else goes up to the daemon to be judged.
+        flow.latch(peer, 4000u16.to_be(), PeerMatch::SipSource, true);
+        assert_eq!(
+            check_source(&flow, &peer, 4000u16.to_be()),
+            SourceCheck::Accept
+        );
         assert_eq!(
             check_source(&flow, &other, 4000u16.to_be()),
             SourceCheck::Latch
+        );
+        flow.lock();
+        assert_eq!(
+            check_source(&flow, &other, 4000u16.to_be()),
+            SourceCheck::Foreign
+        );
+        flow.unlatch();
+        assert_eq!(
+            check_source(&flow, &other, 4000u16.to_be()),
+            SourceCheck::Latch
+        );
+    }
+
+    #[test]
+    fn the_peer_match_rides_in_the_flags_beside_the_latch() {
+        let mut flow = latched(IpAddress::UNSPECIFIED, 0);
+        assert_eq!(
+            flow.peer_match(),
+            PeerMatch::Unknown,
+            "an older daemon's latch"
+        );
+        let peer = IpAddress::from_ipv4([198, 18, 1, 2]);
+        for matched in [PeerMatch::SipSource, PeerMatch::Sdp, PeerMatch::Unchecked] {
+            flow.latch(peer, 4000u16.to_be(), matched, true);
+            assert!(flow.is_latched() && flow.is_learning());
+            assert_eq!(flow.peer_match(), matched);
+            assert_eq!(flow.peer, peer);
+        }
+        flow.lock();
+        assert!(flow.is_latched() && !flow.is_learning());
+        assert_eq!(flow.peer_match(), PeerMatch::Unchecked);
+        flow.unlatch();
+        assert!(!flow.is_latched() && !flow.is_learning());
+        assert_eq!(flow.peer_match(), PeerMatch::Unknown);
+        assert!(
+            PeerMatch::Sdp > PeerMatch::SdpAddress && PeerMatch::SdpAddress > PeerMatch::SipSource
         );
     }
 }

@@ -40,7 +40,7 @@ reasons! {
     PassNotUdp = "pass_not_udp": "IPv4 but not UDP",
     PassTruncatedUdp = "pass_truncated_udp": "frame shorter than its UDP header or UDP length",
     PassNoFlow = "pass_no_flow": "UDP to an address and port with neither a media flow nor a SIP listener",
-    PassNotLatched = "pass_not_latched": "media flow whose peer is not latched yet (userspace latches it)",
+    PassNotLatched = "pass_not_latched": "media flow whose peer is not latched yet, or from another source while its peer is provisional (the daemon decides who latches)",
     PassNoDestination = "pass_no_destination": "media flow whose other leg has no known peer yet",
     PassVlanTagged = "pass_vlan_tagged": "media for a known flow in a VLAN-tagged frame (relayed in userspace)",
     PassTtlExpired = "pass_ttl_expired": "IPv4 TTL would reach zero",

@@ -11,7 +11,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::admission::AdmissionConfig;
+use crate::{admission::AdmissionConfig, media::LatchPolicy};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,7 +248,34 @@ pub struct MediaConfig {
     pub max_sessions: usize,
     #[serde(default)]
     pub no_audio: NoAudioConfig,
+    #[serde(default)]
+    pub latching: LatchingConfig,
 }
+
+/// Who may latch a media leg (see `media::latching`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LatchingConfig {
+    /// `strict` (the SDP's address and port only), `nat-aware` (also the SDP's address with
+    /// another port, or the address the SIP came from) or `any` (the first source: labs only).
+    pub policy: LatchPolicy,
+    /// After a leg's first latch, a better-matching source may replace it for this long.
+    pub learning_ms: u64,
+}
+
+impl Default for LatchingConfig {
+    fn default() -> Self {
+        Self {
+            policy: LatchPolicy::NatAware,
+            // Long enough for a NAT'd phone's first packets from an odd port to be bettered by
+            // its real one, short enough that media reaches the kernel within seconds.
+            learning_ms: 3000,
+        }
+    }
+}
+
+/// Longest learning window accepted: beyond it, media stays in userspace for no gain.
+const MAX_LEARNING_MS: u64 = 30_000;
 
 /// What to do about an answered call whose media is missing in a direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -490,6 +517,15 @@ impl Config {
             if secs == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
             }
+        }
+        if media.latching.learning_ms > MAX_LEARNING_MS {
+            return Err(ConfigError::new(
+                "media.latching.learning_ms",
+                format!(
+                    "must be at most {MAX_LEARNING_MS} ({} given)",
+                    media.latching.learning_ms
+                ),
+            ));
         }
         self.admission.validate()?;
         for (key, addr) in [

@@ -41,6 +41,8 @@ fn media_settings(config: &Config) -> MediaSettings {
         port_max: config.media.port_max,
         timeout: std::time::Duration::from_secs(config.media.timeout_secs),
         max_sessions: config.media.max_sessions,
+        latching: config.media.latching.policy,
+        learning: std::time::Duration::from_millis(config.media.latching.learning_ms),
     }
 }
 

@@ -362,7 +362,7 @@ fn calls(client: &ApiClient) -> anyhow::Result<()> {
     let body = expect_status(client.get("/v1/calls")?, 200)?;
     let calls = body["calls"].as_array().context("malformed answer")?;
     println!(
-        "{:<36} {:<9} {:>8} {:<21} {:<7} {:>10} {:>10}",
+        "{:<36} {:<9} {:>8} {:<21} {:<29} {:>10} {:>10}",
         "CALL-ID", "STATE", "AGE_S", "BACKEND", "LATCHED", "A->B PKTS", "B->A PKTS"
     );
     for call in calls {
@@ -380,20 +380,9 @@ fn calls(client: &ApiClient) -> anyhow::Result<()> {
                 })
                 .sum()
         };
-        let latched = |leg: usize| {
-            !sessions.is_empty()
-                && sessions
-                    .iter()
-                    .all(|s| s["legs"][leg]["latched"].as_bool() == Some(true))
-        };
-        let latching = match (latched(0), latched(1)) {
-            (true, true) => "both",
-            (true, false) => "a",
-            (false, true) => "b",
-            (false, false) => "none",
-        };
+        let latching = latching_label(&sessions);
         println!(
-            "{:<36} {:<9} {:>8} {:<21} {:<7} {:>10} {:>10}",
+            "{:<36} {:<9} {:>8} {:<21} {:<29} {:>10} {:>10}",
             call["call_id"].as_str().unwrap_or("-"),
             call["state"].as_str().unwrap_or("-"),
             call["age_ms"].as_u64().unwrap_or(0) / 1000,
@@ -404,6 +393,37 @@ fn calls(client: &ApiClient) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How each leg's peers were latched, e.g. `a=sdp b=sip-source?`: per leg the weakest
+/// match over the given sessions' RTP and RTCP ports (a hijack hides in the weakest one),
+/// `?` while a better-matching source may still replace it, `-` while nothing is latched.
+fn latching_label(sessions: &[&Value]) -> String {
+    // Strongest first, as the daemon prefers them; anything else sorts last.
+    const RANK: [&str; 5] = ["sdp", "sdp-address", "sip-source", "unchecked", "unknown"];
+    let rank = |name: &str| RANK.iter().position(|r| *r == name).unwrap_or(RANK.len());
+    let leg = |i: usize| -> String {
+        let latches: Vec<&Value> = sessions
+            .iter()
+            .flat_map(|s| [&s["legs"][i]["latch"], &s["legs"][i]["rtcp_latch"]])
+            .filter(|latch| !latch.is_null())
+            .collect();
+        let rtp_unlatched =
+            sessions.is_empty() || sessions.iter().any(|s| s["legs"][i]["latch"].is_null());
+        if rtp_unlatched {
+            return "-".to_owned();
+        }
+        let weakest = latches
+            .iter()
+            .filter_map(|latch| latch["matched"].as_str())
+            .max_by_key(|name| rank(name))
+            .unwrap_or("?");
+        let learning = latches
+            .iter()
+            .any(|latch| latch["locked"].as_bool() == Some(false));
+        format!("{weakest}{}", if learning { "?" } else { "" })
+    };
+    format!("a={} b={}", leg(0), leg(1))
 }
 
 fn backends(client: &ApiClient) -> anyhow::Result<()> {
@@ -480,7 +500,7 @@ fn sessions(client: &ApiClient, action: Option<SessionsAction>) -> anyhow::Resul
             let body = expect_status(client.get("/v1/sessions")?, 200)?;
             let sessions = body["sessions"].as_array().context("malformed answer")?;
             println!(
-                "{:>7} {:<21} {:<21} {:>7} {:>12} {:>12} {:>9}",
+                "{:>7} {:<21} {:<21} {:<29} {:>12} {:>12} {:>9}",
                 "SESSION", "A LOCAL", "B LOCAL", "LATCHED", "A->B PKTS", "B->A PKTS", "IDLE_MS"
             );
             for s in sessions {
@@ -490,18 +510,12 @@ fn sessions(client: &ApiClient, action: Option<SessionsAction>) -> anyhow::Resul
                     rtp["kernel_packets"].as_u64().unwrap_or(0)
                         + rtp["userspace_packets"].as_u64().unwrap_or(0)
                 };
-                let latched = match (leg(0)["latched"].as_bool(), leg(1)["latched"].as_bool()) {
-                    (Some(true), Some(true)) => "both",
-                    (Some(true), _) => "a",
-                    (_, Some(true)) => "b",
-                    _ => "none",
-                };
                 println!(
-                    "{:>7} {:<21} {:<21} {:>7} {:>12} {:>12} {:>9}",
+                    "{:>7} {:<21} {:<21} {:<29} {:>12} {:>12} {:>9}",
                     s["id"],
                     leg(0)["local_rtp"].as_str().unwrap_or("-"),
                     leg(1)["local_rtp"].as_str().unwrap_or("-"),
-                    latched,
+                    latching_label(&[s]),
                     packets(0),
                     packets(1),
                     s["idle_ms"],

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, bail};
-use sbc_common::flow::{FLOW_LATCHED, STREAM_RTP};
+use sbc_common::flow::STREAM_RTP;
 use serde_json::{Value, json};
 
 use crate::{
@@ -31,8 +31,10 @@ pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
                 "leg": LEG_NAMES.get(usize::from(flow.leg)).copied().unwrap_or("?"),
                 "stream": if flow.stream == STREAM_RTP { "rtp" } else { "rtcp" },
                 "local": socket_addr(&key.addr, key.port).to_string(),
-                "latched": flow.flags & FLOW_LATCHED != 0,
-                "peer": (flow.flags & FLOW_LATCHED != 0)
+                "latched": flow.is_latched(),
+                "locked": flow.is_latched() && !flow.is_learning(),
+                "matched": flow.is_latched().then(|| flow.peer_match().name()),
+                "peer": flow.is_latched()
                     .then(|| socket_addr(&flow.peer, flow.peer_port).to_string()),
                 "send_from": socket_addr(&flow.new_src, flow.new_src_port).to_string(),
                 "send_to": (flow.new_dst_port != 0)
@@ -72,12 +74,13 @@ pub fn render(report: &Value) -> anyhow::Result<String> {
     )?;
     writeln!(
         out,
-        "{:>7} {:>3} {:>4}  {:<21} {:<21} {:<21} {:<21} {:>10} {:>12} {:>8} {:>8}",
+        "{:>7} {:>3} {:>4}  {:<21} {:<21} {:<12} {:<21} {:<21} {:>10} {:>12} {:>8} {:>8}",
         "SESSION",
         "LEG",
         "STRM",
         "LOCAL",
         "PEER (LATCHED)",
+        "MATCHED",
         "SEND FROM",
         "SEND TO",
         "PACKETS",
@@ -89,12 +92,18 @@ pub fn render(report: &Value) -> anyhow::Result<String> {
     for row in flows {
         writeln!(
             out,
-            "{:>7} {:>3} {:>4}  {:<21} {:<21} {:<21} {:<21} {:>10} {:>12} {:>8} {:>8}",
+            "{:>7} {:>3} {:>4}  {:<21} {:<21} {:<12} {:<21} {:<21} {:>10} {:>12} {:>8} {:>8}",
             row["session"].as_u64().unwrap_or(0),
             text(&row["leg"]),
             text(&row["stream"]),
             text(&row["local"]),
             text(&row["peer"]),
+            // `?`: provisional, a better-matching source may still replace it.
+            match (row["matched"].as_str(), row["locked"].as_bool()) {
+                (Some(matched), Some(false)) => format!("{matched}?"),
+                (Some(matched), _) => matched.to_owned(),
+                (None, _) => "-".to_owned(),
+            },
             text(&row["send_from"]),
             text(&row["send_to"]),
             row["packets"].as_u64().unwrap_or(0),

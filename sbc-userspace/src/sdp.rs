@@ -20,6 +20,8 @@ pub struct Stream {
     /// The connection address in force for it (media-level `c=`, else session-level).
     pub address: Option<IpAddr>,
     pub rtcp_mux: bool,
+    /// The port of its `a=rtcp:` attribute (RFC 3605); RTCP is on port + 1 without one.
+    pub rtcp_port: Option<u16>,
     /// Its `a=sendrecv|sendonly|recvonly|inactive` (media-level, else session-level).
     pub direction: Direction,
 }
@@ -150,6 +152,7 @@ pub fn streams(sdp: &[u8]) -> Result<Vec<Stream>, SdpError> {
                 port,
                 address: session_address,
                 rtcp_mux: false,
+                rtcp_port: None,
                 direction: session_direction,
             });
         } else if let Some(direction) = Direction::parse(line) {
@@ -167,6 +170,15 @@ pub fn streams(sdp: &[u8]) -> Result<Vec<Stream>, SdpError> {
             && let Some(stream) = streams.last_mut()
         {
             stream.rtcp_mux = true;
+        } else if let Some(value) = line.strip_prefix("a=rtcp:")
+            && let Some(stream) = streams.last_mut()
+        {
+            // a=rtcp:53020 [IN IP4 192.0.2.1]: the port is all latching needs.
+            let port = value.split_whitespace().next().unwrap_or_default();
+            stream.rtcp_port = Some(
+                port.parse()
+                    .map_err(|_| SdpError(format!("bad RTCP port {port:?}")))?,
+            );
         }
     }
     Ok(streams)
@@ -245,6 +257,7 @@ m=video 51372 RTP/AVP 99\r\nc=IN IP4 192.0.2.11\r\na=rtcp-mux\r\n";
         assert_eq!(s[1].rtp_peer(), None);
         assert_eq!(s[2].rtp_peer(), Some("192.0.2.11:51372".parse().unwrap()));
         assert!(s[2].rtcp_mux && !s[0].rtcp_mux);
+        assert_eq!((s[0].rtcp_port, s[2].rtcp_port), (Some(49171), None));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //!  rogue 198.18.3.2 ─ 198.18.3.1 caller 198.18.1.2 ─ pub0 198.18.1.1  sbc  198.18.2.1 priv0 ─ 198.18.2.2 callee
-//!         eth0         rogue0       (routes)   eth0                               eth0
+//!         eth0         rogue0       (routes)   eth0                               eth0  198.18.2.3
 //! ```
+//! The callee's second address, 198.18.2.3, stands for another host on the backends' network
+//! (an attacker on the private side).
 //! 198.18.0.0/15 is the benchmarking range (RFC 2544): it exists only inside these namespaces.
 use std::net::Ipv4Addr;
 
@@ -17,6 +19,8 @@ pub const SBC_PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const SBC_PRIVATE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 pub const CALLEE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 pub const ROGUE: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+/// A stranger on the backends' network (an address of the callee namespace).
+pub const PRIVATE_ROGUE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
 const ROGUE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
 
 /// The sbc namespace's interfaces, where XDP is attached.
@@ -56,6 +60,7 @@ impl Lab {
         address(caller, "rogue0", ROGUE_GATEWAY)?;
         address(sbc, "priv0", SBC_PRIVATE)?;
         address(callee, "eth0", CALLEE)?;
+        address(callee, "eth0", PRIVATE_ROGUE)?;
         address(rogue, "eth0", ROGUE)?;
         // The caller's side stands for the Internet: it routes the rogue host to the sbc.
         caller.sysctl("net.ipv4.ip_forward", "1")?;

@@ -7,7 +7,7 @@
 //! foreign (this is how injection tests see leaks).
 use std::{
     io,
-    net::{SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
         Arc, Barrier,
         atomic::{AtomicU64, Ordering},
@@ -382,28 +382,59 @@ fn run_side(
     })
 }
 
-/// Sends forged RTP from `ns` to each target for `duration` (an RTP injection attempt); returns
-/// how many packets were sent.
-pub fn inject(ns: &Netns, targets: Vec<SocketAddr>, duration: Duration) -> anyhow::Result<u64> {
-    ns.spawn(move || {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
-        let mut packet = [0u8; RTP_HEADER_BYTES + RTP_PAYLOAD_BYTES];
-        packet[0] = 0x80;
-        packet[1] = 8;
-        packet[8..12].copy_from_slice(&0xbad0_bad0u32.to_be_bytes());
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while start.elapsed() < duration {
-            for target in &targets {
-                packet[2..4].copy_from_slice(&(sent as u16).to_be_bytes());
-                if socket.send_to(&packet, target).is_ok() {
-                    sent += 1;
+/// An attacker spraying forged RTP at relay ports from one address, and counting whatever
+/// reaches it (a hijacked leg would send it the call's media).
+pub struct Spray {
+    thread: JoinHandle<anyhow::Result<SprayReport>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SprayReport {
+    pub sent: u64,
+    /// Packets that reached the attacker: any at all is a leak.
+    pub received: u64,
+}
+
+impl Spray {
+    /// Starts sending from `source` (an address of `ns`, any port) to every target, round after
+    /// round, for `duration`.
+    pub fn start(ns: &Netns, source: IpAddr, targets: Vec<SocketAddr>, duration: Duration) -> Self {
+        let thread = ns.spawn(move || {
+            let socket = UdpSocket::bind(SocketAddr::new(source, 0))
+                .with_context(|| format!("binding the attacker to {source}"))?;
+            socket.set_nonblocking(true)?;
+            let mut packet = [0u8; RTP_HEADER_BYTES + RTP_PAYLOAD_BYTES];
+            packet[0] = 0x80;
+            packet[1] = 8;
+            packet[8..12].copy_from_slice(&0xbad0_bad0u32.to_be_bytes());
+            let mut report = SprayReport::default();
+            let mut buf = [0u8; 2048];
+            let start = Instant::now();
+            let mut receive = |report: &mut SprayReport| {
+                while socket.recv_from(&mut buf).is_ok() {
+                    report.received += 1;
                 }
+            };
+            while start.elapsed() < duration {
+                for target in &targets {
+                    packet[2..4].copy_from_slice(&(report.sent as u16).to_be_bytes());
+                    if socket.send_to(&packet, target).is_ok() {
+                        report.sent += 1;
+                    }
+                }
+                receive(&mut report);
+                std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(sent)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the injection thread panicked"))?
+            std::thread::sleep(DRAIN);
+            receive(&mut report);
+            Ok(report)
+        });
+        Self { thread }
+    }
+
+    pub fn finish(self) -> anyhow::Result<SprayReport> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the attacker's thread panicked"))?
+    }
 }

@@ -1,14 +1,114 @@
-//! RTP injection ("RTP bleed"): once a leg has latched its peer, nothing another host sends to
-//! that port may reach anyone, and the kernel counts what it dropped.
-use std::{net::SocketAddr, time::Duration};
+//! Media hijack and injection, from the attacker's side: before a call's first packet (the
+//! moment a first-source-wins relay hands the call to whoever sprays its ports) and after the
+//! legs have latched ("RTP bleed"), nothing another host sends may reach anyone, the attacker
+//! receives nothing, and every refused packet is counted.
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use sbc_tests::{
     calls::open_calls,
     daemon::{Daemon, DaemonOptions},
-    lab::Lab,
+    lab::{Lab, PRIVATE_ROGUE, ROGUE},
     privileges::require_lab_privileges,
-    rtp::{Traffic, inject},
+    rtp::{Call, Spray, Traffic, TrafficReport},
 };
+use serde_json::Value;
+
+/// Each call's relay ports on one side, RTP and RTCP.
+fn ports(calls: &[Call], sbc_side: impl Fn(&Call) -> SocketAddr) -> Vec<SocketAddr> {
+    calls
+        .iter()
+        .flat_map(|c| {
+            let rtp = sbc_side(c);
+            [rtp, SocketAddr::new(rtp.ip(), rtp.port() + 1)]
+        })
+        .collect()
+}
+
+fn assert_media_clean(report: &TrafficReport) {
+    for (name, direction) in [
+        ("callee", report.caller_to_callee()),
+        ("caller", report.callee_to_caller()),
+    ] {
+        assert_eq!(
+            direction.foreign, 0,
+            "the {name} received injected packets: {direction:?}"
+        );
+        assert!(
+            direction.delivered() >= 0.999,
+            "the {name} lost media: {direction:?}"
+        );
+    }
+}
+
+/// Every leg of every session, RTP and RTCP counters side by side.
+fn legs(daemon: &Daemon) -> Vec<Value> {
+    let sessions = daemon.api.get("/v1/sessions").expect("sessions").body;
+    sessions["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .flat_map(|s| s["legs"].as_array().unwrap().clone())
+        .collect()
+}
+
+/// The attackers (one on the Internet side, one on the backends' network) spray every RTP and
+/// RTCP port of the sessions from before the peers' first packet until after they stop. The
+/// peers still latch as their SDP says, nothing of the spray reaches them, and nothing of the
+/// calls reaches the attackers.
+#[test]
+fn a_spray_before_the_first_packet_hijacks_nothing() {
+    require_lab_privileges();
+    let lab = Lab::up("hijack").expect("lab");
+    let daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
+    let calls: Vec<_> = open_calls(&daemon, 0..6, false)
+        .expect("sessions")
+        .into_iter()
+        .map(|(_, call)| call)
+        .collect();
+    let spray = Duration::from_secs(6);
+    let public = Spray::start(
+        &lab.rogue,
+        IpAddr::V4(ROGUE),
+        ports(&calls, |c| c.caller_sends_to),
+        spray,
+    );
+    let private = Spray::start(
+        &lab.callee,
+        IpAddr::V4(PRIVATE_ROGUE),
+        ports(&calls, |c| c.callee_sends_to),
+        spray,
+    );
+    // The calls' ports have been open to the sprays for a while before their peers send.
+    std::thread::sleep(Duration::from_millis(1500));
+    let traffic = Traffic::start(&lab, &calls, Duration::from_secs(3));
+    let report = traffic.finish().expect("traffic");
+    let (public, private) = (
+        public.finish().expect("spray"),
+        private.finish().expect("spray"),
+    );
+
+    assert_media_clean(&report);
+    for (side, spray) in [("public", public), ("private", private)] {
+        assert!(spray.sent > 1000, "the {side} attacker sent only {spray:?}");
+        assert_eq!(
+            spray.received, 0,
+            "media reached the {side} attacker: {spray:?}"
+        );
+    }
+    for leg in legs(&daemon) {
+        for (stream, latch) in [("rtp", &leg["latch"]), ("rtcp", &leg["rtcp_latch"])] {
+            assert_eq!(latch["matched"], "sdp", "{stream} of {leg}");
+            assert_eq!(latch["locked"], true, "{stream} of {leg}");
+            assert!(
+                leg[stream]["unsignalled_dropped"].as_u64() > Some(0),
+                "the spray before latching was not counted on {stream}: {leg}"
+            );
+        }
+    }
+}
 
 #[test]
 fn injected_media_never_reaches_the_peers() {
@@ -25,43 +125,30 @@ fn injected_media_never_reaches_the_peers() {
 
     // The rogue host, on the Internet side, aims at every public RTP and RTCP port (the private
     // side is not routed from the Internet).
-    let targets: Vec<SocketAddr> = calls
-        .iter()
-        .flat_map(|c| {
-            let rtp = c.caller_sends_to;
-            [rtp, SocketAddr::new(rtp.ip(), rtp.port() + 1)]
-        })
-        .collect();
+    let targets = ports(&calls, |c| c.caller_sends_to);
     let dropped_before = daemon.xdp_reason("drop_foreign_source").expect("counter");
-    let injected = inject(&lab.rogue, targets, Duration::from_secs(2)).expect("inject");
+    let spray = Spray::start(
+        &lab.rogue,
+        IpAddr::V4(ROGUE),
+        targets,
+        Duration::from_secs(2),
+    )
+    .finish()
+    .expect("inject");
     let report = traffic.finish().expect("traffic");
     let dropped = daemon.xdp_reason("drop_foreign_source").expect("counter") - dropped_before;
 
-    for (name, direction) in [
-        ("callee", report.caller_to_callee()),
-        ("caller", report.callee_to_caller()),
-    ] {
-        assert_eq!(
-            direction.foreign, 0,
-            "the {name} received injected packets: {direction:?}"
-        );
-        assert!(
-            direction.delivered() >= 0.999,
-            "the {name} lost media: {direction:?}"
-        );
-    }
+    assert_media_clean(&report);
+    assert_eq!(spray.received, 0, "media reached the rogue: {spray:?}");
+    let injected = spray.sent;
     assert!(injected > 1000, "the rogue sent only {injected} packets");
     // A few of the first packets may wait on ARP in the rogue's router; all others must die in XDP.
     assert!(
         dropped >= injected * 95 / 100 && dropped <= injected,
         "XDP dropped {dropped} of {injected} injected packets"
     );
-    let sessions = daemon.api.get("/v1/sessions").expect("sessions").body;
-    let per_flow: u64 = sessions["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["legs"].as_array().unwrap().clone())
+    let per_flow: u64 = legs(&daemon)
+        .into_iter()
         .flat_map(|leg| {
             [
                 leg["rtp"]["foreign_dropped"].clone(),

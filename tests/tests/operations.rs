@@ -201,11 +201,11 @@ fn assert_cli_shows_live_calls(daemon: &Daemon) {
     assert!(!rows.is_empty(), "{listing}");
     let latched = rows
         .iter()
-        .filter(|row| row.contains(" answered ") && row.contains(" both "))
+        .filter(|row| row.contains(" answered ") && row.contains(" a=sdp b=sdp "))
         .count();
     assert!(
         latched > 0,
-        "no answered call latched both ways:\n{listing}"
+        "no answered call latched both ways to its SDP peers:\n{listing}"
     );
     let call_id = rows[0].split_whitespace().next().expect("a Call-ID");
     let call: Value = serde_json::from_str(&stdout_of(daemon, &["call", call_id])).expect("JSON");
@@ -218,6 +218,12 @@ fn assert_cli_shows_live_calls(daemon: &Daemon) {
             leg["local_rtp"].is_string() && leg["latched"].is_boolean(),
             "{leg}"
         );
+        if leg["latched"] == true {
+            assert!(
+                leg["latch"]["peer"].is_string() && leg["latch"]["matched"] == "sdp",
+                "{leg}"
+            );
+        }
         assert!(leg["rtp"]["kernel_packets"].is_u64(), "{leg}");
     }
     let backends = stdout_of(daemon, &["backends"]);

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use aya::programs::Xdp;
 use sbc_common::{
     Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceRule,
-    flow::{LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
+    flow::{LEG_A, LEG_B, PeerMatch, STREAM_RTCP, STREAM_RTP},
     guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK},
     maps::XDP_PROGRAM,
 };
@@ -69,6 +69,7 @@ fn cases() -> Vec<Case> {
         ..media_in.clone()
     };
     let hairpin_in = rtp((CALLEE, 50002), (PRIVATE, 30002));
+    let provisional_in = rtp((CALLER, 40040), (PUBLIC, 20040));
     let mut vlan = media_in.clone();
     vlan.vlans = vec![100];
     let mut vlan_foreign = rtp((ROGUE, 40000), (PUBLIC, 20000));
@@ -159,6 +160,27 @@ fn cases() -> Vec<Case> {
             ingress: "pub0",
             action: XDP_DROP,
             reason: Reason::DropForeignSource,
+            expect: None,
+        },
+        Case {
+            name: "a provisional peer's RTP is relayed from its first packet",
+            expect: Some(relayed(
+                &provisional_in,
+                (PRIVATE, 30040),
+                (CALLEE, 50040),
+                (PRIV_MAC, CALLEE_MAC),
+            )),
+            frame: provisional_in.bytes(),
+            ingress: "pub0",
+            action: XDP_REDIRECT,
+            reason: Reason::ForwardRedirect,
+        },
+        Case {
+            name: "another source while the peer is provisional goes up (the daemon judges it)",
+            frame: rtp((ROGUE, 40040), (PUBLIC, 20040)).bytes(),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassNotLatched,
             expect: None,
         },
         Case {
@@ -407,6 +429,21 @@ fn xdp_verdicts_counters_and_output_bytes() {
         let (key, value) = flow(&spec);
         program.install(key, value);
     }
+    // Latched while learning: a better-matching source may still replace the peer.
+    let (provisional_key, mut provisional) = flow(&latched(
+        (PUBLIC, 20040),
+        (CALLER, 40040),
+        (PRIVATE, 30040),
+        (CALLEE, 50040),
+        STREAM_RTP,
+    ));
+    provisional.latch(
+        provisional.peer,
+        provisional.peer_port,
+        PeerMatch::SipSource,
+        true,
+    );
+    program.install(provisional_key, provisional);
 
     let mut failures = Vec::new();
     for case in cases() {

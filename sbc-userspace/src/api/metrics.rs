@@ -388,9 +388,10 @@ fn write_dataplane(out: &mut Exposition, readings: &DataplaneReadings) {
     );
     out.counter(
         "sbc_media_dropped_total",
-        "Media packets not relayed: from a source other than the latched peer, or before the other leg's peer was known.",
+        "Media packets not relayed: from a source other than the latched peer, from a source that matches nothing signalling says about the peer (before latching), or before the other leg's peer was known.",
         [
             (&[("reason", "foreign_source")][..], media.foreign_dropped),
+            (&[("reason", "unsignalled_source")][..], media.unsignalled_dropped),
             (&[("reason", "undeliverable")][..], media.undeliverable),
         ],
     );

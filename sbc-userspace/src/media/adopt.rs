@@ -17,7 +17,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    plane::{EndReason, MediaPlane, Session, State},
+    latching::Expected,
+    plane::{EndReason, MediaPlane, NewFlow, Session, State},
     session::{Leg, Side, socket_addr},
     socket::MediaSocket,
 };
@@ -123,11 +124,20 @@ impl MediaPlane {
                     "a flow sends from {out}, which is not one of its ports"
                 ));
             };
-            let own = Arc::clone(&sockets[&socket_addr(&key.addr, key.port)]);
-            entries.push((*key, *flow, Arc::clone(out), own));
+            entries.push(NewFlow {
+                key: *key,
+                flow: *flow,
+                expected: expected_peer(flows, flow),
+                out: Arc::clone(out),
+                own: Arc::clone(&sockets[&socket_addr(&key.addr, key.port)]),
+            });
         }
 
         let relays = self.activate_flows(state, entries);
+        // A learning window died with the daemon that opened it: keep the peer it chose.
+        for (key, _) in flows.iter().filter(|(_, flow)| flow.is_learning()) {
+            state.lock_peer(key);
+        }
         let legs: [Leg; 2] = legs.try_into().expect("two legs");
         state.sessions.insert(
             id,
@@ -157,5 +167,27 @@ impl MediaPlane {
                 Ok((local, pool.rebind(local)?))
             })
             .collect()
+    }
+}
+
+/// What signalling said about an adopted flow's peer, as far as the pinned flows tell. A flow
+/// that has not latched may latch to where the other leg sends to its peer (the SDP's
+/// address). For a latched one nothing is known (the other leg sends to the latched peer, not
+/// to the SDP's address), so the restored call's next SDP sets it without unlatching. The SIP
+/// source is not in the map; the restored call announces it again.
+fn expected_peer(flows: &[(FlowKey, Flow)], flow: &Flow) -> Expected {
+    if flow.is_latched() {
+        return Expected::default();
+    }
+    let reverse_key = FlowKey::udp(flow.new_src, flow.new_src_port);
+    let media = flows
+        .iter()
+        .find(|(key, _)| *key == reverse_key)
+        .map(|(_, reverse)| reverse)
+        .filter(|reverse| reverse.new_dst_port != 0)
+        .map(|reverse| socket_addr(&reverse.new_dst, reverse.new_dst_port));
+    Expected {
+        media,
+        sip_source: None,
     }
 }

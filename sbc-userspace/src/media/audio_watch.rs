@@ -176,6 +176,8 @@ mod tests {
             local_rtcp: None,
             peer: None,
             latched: packets[i] > 0,
+            latch: None,
+            rtcp_latch: None,
             rtp: StreamCounters {
                 kernel_packets: packets[i],
                 ..Default::default()

@@ -1,6 +1,7 @@
 //! The media plane: relay ports, sessions, latching, and the userspace relay.
 mod adopt;
 mod audio_watch;
+pub mod latching;
 pub mod plane;
 pub mod ports;
 mod relay;
@@ -9,7 +10,11 @@ mod socket;
 mod totals;
 
 pub use audio_watch::{AudioDeadlines, Silence, SilentLeg};
-pub use plane::{EndReason, EndedSession, MediaError, MediaPlane, MediaSettings, RETRY_AFTER_SECS};
+pub use latching::LatchPolicy;
+pub use plane::{
+    EndReason, EndedSession, MediaError, MediaPlane, MediaSettings, PeerAnnouncement,
+    RETRY_AFTER_SECS,
+};
 pub use session::{SessionInfo, SessionSpec};
 pub use totals::MediaTotals;
 
@@ -39,6 +44,8 @@ mod tests {
                 port_max,
                 timeout: Duration::from_secs(60),
                 max_sessions: 0,
+                latching: LatchPolicy::NatAware,
+                learning: Duration::from_millis(300),
             },
             None,
             std::sync::Arc::new(EventSink::default()),
@@ -117,6 +124,128 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// An attacker on another address sprays every port of a session, both sides, RTP and
+    /// RTCP, before either peer has sent: nothing of it is relayed, it receives nothing, and
+    /// the peers latch as signalled when they start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spray_before_the_first_packet_latches_nothing() {
+        let plane = plane(31400, 31499);
+        let (caller, callee) = (peer(PUBLIC), peer(PRIVATE));
+        let attacker = peer("127.0.0.3");
+        let info = plane.create(&spec(&caller, &callee, false)).unwrap();
+        let locals: Vec<SocketAddr> = info
+            .legs
+            .iter()
+            .flat_map(|leg| [Some(leg.local_rtp), leg.local_rtcp])
+            .flatten()
+            .collect();
+        let (a_local, b_local) = (info.legs[0].local_rtp, info.legs[1].local_rtp);
+        tokio::task::spawn_blocking(move || {
+            for local in &locals {
+                for _ in 0..5 {
+                    attacker.send_to(b"hijack", local).unwrap();
+                }
+            }
+            assert_eq!(recv(&callee), None, "the spray reached the callee");
+            assert_eq!(recv(&caller), None, "the spray reached the caller");
+            caller.send_to(b"hello callee", a_local).unwrap();
+            assert_eq!(recv(&callee).unwrap().0, b"hello callee");
+            callee.send_to(b"hello caller", b_local).unwrap();
+            assert_eq!(recv(&caller).unwrap().0, b"hello caller");
+            assert_eq!(recv(&attacker), None, "the attacker received media");
+        })
+        .await
+        .unwrap();
+        let info = plane.get(info.id).unwrap();
+        for leg in &info.legs {
+            let latch = leg.latch.expect("latched by its peer");
+            assert_eq!((latch.matched, latch.locked), ("sdp", true), "{leg:?}");
+            assert_eq!(leg.rtp.unsignalled_dropped, 5, "{leg:?}");
+            assert_eq!(leg.rtcp.unwrap().unsignalled_dropped, 5, "{leg:?}");
+            assert!(leg.rtcp_latch.is_none(), "no RTCP was sent: {leg:?}");
+        }
+    }
+
+    /// A NAT'd caller whose SDP names an address it does not send from latches from its SIP
+    /// source; its real SDP address, arriving within the window, wins; then the leg is locked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_better_match_wins_while_learning_then_the_leg_locks() {
+        let plane = plane(31500, 31599);
+        let callee = peer(PRIVATE);
+        let behind_nat = peer("127.0.0.4");
+        let announced = peer(PUBLIC);
+        let other_port = peer(PUBLIC);
+        let spec: SessionSpec = serde_json::from_value(json!({
+            "a": { "side": "public", "peer": announced.local_addr().unwrap(),
+                   "sip_source": "127.0.0.4" },
+            "b": { "side": "private", "peer": callee.local_addr().unwrap() },
+        }))
+        .unwrap();
+        let info = plane.create(&spec).unwrap();
+        let a_local = info.legs[0].local_rtp;
+        let id = info.id;
+        let plane2 = std::sync::Arc::clone(&plane);
+        tokio::task::spawn_blocking(move || {
+            behind_nat.send_to(b"via NAT", a_local).unwrap();
+            assert_eq!(recv(&callee).unwrap().0, b"via NAT");
+            let latch = plane2.get(id).unwrap().legs[0].latch.unwrap();
+            assert_eq!((latch.matched, latch.locked), ("sip-source", false));
+            other_port.send_to(b"SDP address", a_local).unwrap();
+            assert_eq!(recv(&callee).unwrap().0, b"SDP address");
+            behind_nat.send_to(b"now foreign", a_local).unwrap();
+            assert_eq!(recv(&callee), None, "a worse match replaced a better one");
+            // Past the learning window (300 ms here) the leg is locked: not even the exact SDP
+            // match may take it now.
+            std::thread::sleep(Duration::from_millis(400));
+            announced.send_to(b"too late", a_local).unwrap();
+            assert_eq!(recv(&callee), None, "a match after the window took the leg");
+            other_port.send_to(b"locked", a_local).unwrap();
+            assert_eq!(recv(&callee).unwrap().0, b"locked");
+        })
+        .await
+        .unwrap();
+        let leg = &plane.get(id).unwrap().legs[0];
+        let latch = leg.latch.unwrap();
+        assert_eq!((latch.matched, latch.locked), ("sdp-address", true));
+        assert_eq!(
+            Some(latch.peer),
+            leg.peer,
+            "the callee's media goes to the peer"
+        );
+        assert_eq!(leg.rtp.foreign_dropped, 2);
+    }
+
+    /// A re-INVITE that moves a peer to another address makes its leg learn again; the old
+    /// address is foreign from then on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_sdp_address_makes_the_leg_learn_again() {
+        let plane = plane(31600, 31699);
+        let (caller, callee) = (peer(PUBLIC), peer(PRIVATE));
+        let moved = peer("127.0.0.5");
+        let info = plane.create(&spec(&caller, &callee, true)).unwrap();
+        let (id, a_local) = (info.id, info.legs[0].local_rtp);
+        let moved_to = moved.local_addr().unwrap();
+        let plane2 = std::sync::Arc::clone(&plane);
+        tokio::task::spawn_blocking(move || {
+            caller.send_to(b"first", a_local).unwrap();
+            assert_eq!(recv(&callee).unwrap().0, b"first");
+            let announced = PeerAnnouncement {
+                rtp: moved_to,
+                rtcp_port: None,
+                sip_source: None,
+            };
+            plane2.announce_peer(id, 0, announced).unwrap();
+            caller.send_to(b"old address", a_local).unwrap();
+            assert_eq!(recv(&callee), None, "the old address still relays");
+            moved.send_to(b"new address", a_local).unwrap();
+            assert_eq!(recv(&callee).unwrap().0, b"new address");
+        })
+        .await
+        .unwrap();
+        let latch = plane.get(id).unwrap().legs[0].latch.unwrap();
+        assert_eq!((latch.peer, latch.matched), (moved_to, "sdp"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::{
 
 use sbc_common::{
     Flow, FlowKey, IpAddress, SourceCheck,
-    flow::{FLOW_LATCHED, LEG_A, LEG_B, STREAM_RTP, check_source},
+    flow::{LEG_A, LEG_B, PeerMatch, STREAM_RTP, check_source},
 };
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -21,11 +21,12 @@ use tracing::{info, warn};
 
 use super::{
     audio_watch::{AudioDeadlines, AudioState, SilentLeg},
+    latching::{Decision, Expected, LatchPolicy, Learning, Refusal},
     ports::AllocError,
     relay,
     session::{
-        LEG_NAMES, Leg, LegInfo, SessionInfo, SessionSpec, Side, StreamCounters, flow_key,
-        socket_addr,
+        LEG_NAMES, LatchInfo, Leg, LegInfo, SessionInfo, SessionSpec, Side, StreamCounters,
+        flow_key, socket_addr,
     },
     socket::{MediaSocket, SharedPool},
     totals::SharedAccumulator,
@@ -48,6 +49,10 @@ pub struct MediaSettings {
     pub timeout: Duration,
     /// 0: no limit but the port range.
     pub max_sessions: usize,
+    /// Which sources may latch a leg.
+    pub latching: LatchPolicy,
+    /// How long after a leg's first latch a better-matching source may still replace it.
+    pub learning: Duration,
 }
 
 #[derive(Debug)]
@@ -101,12 +106,16 @@ pub(super) struct UserCounters {
     pub packets: u64,
     pub bytes: u64,
     pub foreign_dropped: u64,
+    pub unsignalled_dropped: u64,
     pub undeliverable: u64,
     pub last_seen_ns: u64,
 }
 
 pub(super) struct FlowEntry {
+    /// As mirrored in the kernel: forwarding, and the locked peer once latched.
     pub flow: Flow,
+    /// Who may latch, and the peer chosen while learning (until the flow is locked).
+    pub learning: Learning,
     /// The socket of the other leg's port: relayed packets leave from it.
     pub out: Arc<MediaSocket>,
     pub counters: UserCounters,
@@ -150,9 +159,17 @@ pub struct MediaPlane {
     pub(super) totals: SharedAccumulator,
 }
 
-/// A flow about to be activated: its key and value, the socket it sends from (the other leg's)
-/// and the socket it receives on (its own).
-pub(super) type NewFlow = (FlowKey, Flow, Arc<MediaSocket>, Arc<MediaSocket>);
+/// A flow about to be activated.
+pub(super) struct NewFlow {
+    pub key: FlowKey,
+    pub flow: Flow,
+    /// What signalling says about the peer that sends to it.
+    pub expected: Expected,
+    /// The socket it sends from (the other leg's).
+    pub out: Arc<MediaSocket>,
+    /// The socket it receives on (its own).
+    pub own: Arc<MediaSocket>,
+}
 
 /// A leg whose ports are bound: its sockets by stream (RTP, then RTCP if any).
 pub(super) struct BoundLeg {
@@ -160,18 +177,43 @@ pub(super) struct BoundLeg {
     pub sockets: Vec<Arc<MediaSocket>>,
 }
 
-/// Where a peer receives the given stream: RTCP on port + 1 unless multiplexed.
-fn stream_peer(rtp_peer: SocketAddr, stream: u8) -> SocketAddr {
-    if stream == STREAM_RTP {
-        rtp_peer
-    } else {
-        SocketAddr::new(rtp_peer.ip(), rtp_peer.port() + 1)
+/// What signalling says about a leg's peer: where it receives media (from its SDP) and where
+/// its SIP came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAnnouncement {
+    pub rtp: SocketAddr,
+    /// The RTCP port from `a=rtcp`; port + 1 when absent.
+    pub rtcp_port: Option<u16>,
+    pub sip_source: Option<IpAddr>,
+}
+
+impl PeerAnnouncement {
+    /// Where the peer receives the given stream: RTCP at the RTP address, on the `a=rtcp` port
+    /// or port + 1.
+    fn media(&self, stream: u8) -> SocketAddr {
+        if stream == STREAM_RTP {
+            self.rtp
+        } else {
+            let port = self.rtcp_port.unwrap_or(self.rtp.port().wrapping_add(1));
+            SocketAddr::new(self.rtp.ip(), port)
+        }
+    }
+
+    fn expected(&self, stream: u8) -> Expected {
+        Expected {
+            media: Some(self.media(stream)),
+            sip_source: self.sip_source,
+        }
     }
 }
 
 /// The flows of a new session: what arrives on a leg's port leaves from the other leg's port of
 /// the same stream, towards the other leg's peer (unknown until announced or latched).
-fn session_flows(id: u32, legs: &[BoundLeg; 2], peers: [Option<SocketAddr>; 2]) -> Vec<NewFlow> {
+fn session_flows(
+    id: u32,
+    legs: &[BoundLeg; 2],
+    peers: [Option<PeerAnnouncement>; 2],
+) -> Vec<NewFlow> {
     let mut flows = Vec::with_capacity(4);
     for (index, bound) in legs.iter().enumerate() {
         let other = &legs[1 - index];
@@ -180,7 +222,7 @@ fn session_flows(id: u32, legs: &[BoundLeg; 2], peers: [Option<SocketAddr>; 2]) 
                 .leg
                 .local(stream)
                 .expect("both legs have the same streams");
-            let new_dst = peers[1 - index].map(|peer| stream_peer(peer, stream));
+            let new_dst = peers[1 - index].map(|peer| peer.media(stream));
             let flow = Flow {
                 new_src: IpAddress::from(new_src.ip()),
                 new_src_port: new_src.port().to_be(),
@@ -196,8 +238,13 @@ fn session_flows(id: u32, legs: &[BoundLeg; 2], peers: [Option<SocketAddr>; 2]) 
                 // The kernel maps assign it when the flow is installed.
                 stats_slot: 0,
             };
-            let out = Arc::clone(&other.sockets[slot]);
-            flows.push((flow_key(local), flow, out, Arc::clone(&bound.sockets[slot])));
+            flows.push(NewFlow {
+                key: flow_key(local),
+                flow,
+                expected: peers[index].map_or_else(Expected::default, |p| p.expected(stream)),
+                out: Arc::clone(&other.sockets[slot]),
+                own: Arc::clone(&bound.sockets[slot]),
+            });
         }
     }
     flows
@@ -322,7 +369,7 @@ impl MediaPlane {
             self.bind_leg(spec.b.side, pair)?,
         ];
         let id = state.allocate_id();
-        let entries = session_flows(id, &legs, [spec.a.peer, spec.b.peer]);
+        let entries = session_flows(id, &legs, [spec.a.announcement(), spec.b.announcement()]);
         state.install_in_kernel(&entries)?;
         let relays = self.activate_flows(&mut state, entries);
         let [a, b] = legs;
@@ -356,48 +403,77 @@ impl MediaPlane {
     ) -> Vec<JoinHandle<()>> {
         flows
             .into_iter()
-            .map(|(key, flow, out, own)| {
+            .map(|new| {
                 state.flows.insert(
-                    key,
+                    new.key,
                     FlowEntry {
-                        flow,
-                        out,
+                        flow: new.flow,
+                        learning: Learning::new(new.expected),
+                        out: new.out,
                         counters: UserCounters::default(),
                     },
                 );
-                relay::spawn(Arc::clone(self), key, own)
+                relay::spawn(Arc::clone(self), new.key, new.own)
             })
             .collect()
     }
 
-    /// Tells a session where a leg's peer receives RTP (from its SDP). The other leg's media
-    /// goes there until the peer's own packets latch its real address, which then wins.
+    /// Tells a session what signalling says about a leg's peer (from its SDP and its SIP):
+    /// who may latch the leg, and where the other leg's media goes until the peer latches.
+    /// When the SDP names another address than before (a re-INVITE to a new media server), the
+    /// leg forgets its latched peer and learns again.
     pub fn announce_peer(
         &self,
         id: u32,
         leg: usize,
-        rtp_peer: SocketAddr,
+        announced: PeerAnnouncement,
     ) -> Result<(), MediaError> {
         let mut state = self.lock();
         let state = &mut *state;
         let session = state.sessions.get(&id).ok_or(MediaError::NotFound(id))?;
-        if rtp_peer.is_ipv4() != session.legs[leg].rtp.is_ipv4() {
+        if announced.rtp.is_ipv4() != session.legs[leg].rtp.is_ipv4() {
             return Err(MediaError::Invalid(format!(
-                "peer {rtp_peer} is of another IP family than leg {}",
-                LEG_NAMES[leg]
+                "peer {} is of another IP family than leg {}",
+                announced.rtp, LEG_NAMES[leg]
             )));
         }
         let (own, other) = (session.legs[leg].clone(), session.legs[1 - leg].clone());
-        for (stream, local) in other.ports() {
-            let own_latched = own
-                .local(stream)
-                .and_then(|own_local| state.flows.get(&flow_key(own_local)))
-                .is_some_and(|entry| entry.flow.flags & FLOW_LATCHED != 0);
-            let key = flow_key(local);
-            let (Some(entry), false) = (state.flows.get_mut(&key), own_latched) else {
+        for (stream, local) in own.ports() {
+            let own_key = flow_key(local);
+            let Some(entry) = state.flows.get_mut(&own_key) else {
                 continue;
             };
-            let peer = stream_peer(rtp_peer, stream);
+            let expected = announced.expected(stream);
+            let moved = entry
+                .learning
+                .expected
+                .media
+                .is_some_and(|before| Some(before) != expected.media);
+            if moved {
+                entry.learning = Learning::new(expected);
+                if entry.flow.is_latched() {
+                    entry.flow.unlatch();
+                    let flow = entry.flow;
+                    if let Some(kernel) = state.kernel.as_mut() {
+                        kernel
+                            .update(&own_key, &flow)
+                            .map_err(|e| MediaError::Internal(format!("{e:#}")))?;
+                    }
+                }
+            } else {
+                entry.learning.expected = expected;
+            }
+            let has_peer = entry.flow.is_latched();
+            // The other leg's flow of this stream sends to this peer: to where it said it
+            // receives, until its own packets latch where it really is.
+            let Some(other_local) = other.local(stream) else {
+                continue;
+            };
+            let key = flow_key(other_local);
+            let (Some(entry), false) = (state.flows.get_mut(&key), has_peer) else {
+                continue;
+            };
+            let peer = announced.media(stream);
             entry.flow.new_dst = IpAddress::from(peer.ip());
             entry.flow.new_dst_port = peer.port().to_be();
             let flow = entry.flow;
@@ -469,7 +545,8 @@ impl MediaPlane {
     pub fn watch(&self, audio: Option<AudioDeadlines>) -> Watched {
         let timeout_ms = self.settings.timeout.as_millis() as u64;
         let armed: Vec<u32> = {
-            let state = self.lock();
+            let mut state = self.lock();
+            state.lock_learnt_peers(monotonic_ns());
             state
                 .sessions
                 .iter()
@@ -513,49 +590,43 @@ impl MediaPlane {
         src: SocketAddr,
         len: usize,
     ) -> Option<(Arc<MediaSocket>, SocketAddr)> {
+        let now = monotonic_ns();
         let mut state = self.lock();
         let state = &mut *state;
         let entry = state.flows.get_mut(local)?;
-        let src_ip = IpAddress::from(src.ip());
-        match check_source(&entry.flow, &src_ip, src.port().to_be()) {
-            SourceCheck::Foreign => {
-                entry.counters.foreign_dropped += 1;
-                return None;
-            }
-            SourceCheck::Latch => {
-                entry.flow.peer = src_ip;
-                entry.flow.peer_port = src.port().to_be();
-                entry.flow.flags |= FLOW_LATCHED;
-                let latched = entry.flow;
-                // Symmetric RTP: what the other leg relays to this peer goes where it sends from.
-                let reverse_key = FlowKey::udp(latched.new_src, latched.new_src_port);
-                let reverse = state.flows.get_mut(&reverse_key).map(|reverse| {
-                    reverse.flow.new_dst = src_ip;
-                    reverse.flow.new_dst_port = src.port().to_be();
-                    reverse.flow
-                });
-                if let Some(kernel) = state.kernel.as_mut() {
-                    let written = kernel
-                        .update(local, &latched)
-                        .and_then(|()| match &reverse {
-                            Some(reverse) => kernel.update(&reverse_key, reverse),
-                            None => Ok(()),
-                        });
-                    if let Err(e) = written {
-                        warn!("latching {src} in the kernel failed, relaying in userspace: {e:#}");
-                    }
-                }
-                info!(
-                    session = latched.session_id,
-                    leg = LEG_NAMES[usize::from(latched.leg & 1)],
-                    %src,
-                    "latched media peer"
-                );
-            }
-            SourceCheck::Accept => {}
+        if entry.flow.is_learning() && entry.learning.is_over(now) {
+            state.lock_peer(local);
         }
         let entry = state.flows.get_mut(local)?;
-        entry.counters.last_seen_ns = monotonic_ns();
+        let refused =
+            match check_source(&entry.flow, &IpAddress::from(src.ip()), src.port().to_be()) {
+                SourceCheck::Accept => None,
+                SourceCheck::Foreign => Some(Refusal::Foreign),
+                SourceCheck::Latch => {
+                    let current = entry.flow.is_latched().then(|| entry.flow.peer_match());
+                    let window = self.settings.learning.as_nanos() as u64;
+                    match entry
+                        .learning
+                        .consider(current, src, now, self.settings.latching, window)
+                    {
+                        Decision::Refuse(refusal) => Some(refusal),
+                        Decision::Latch { matched, lock } => {
+                            state.latch(local, src, matched, lock);
+                            None
+                        }
+                    }
+                }
+            };
+        let entry = state.flows.get_mut(local)?;
+        match refused {
+            Some(Refusal::Unsignalled) => entry.counters.unsignalled_dropped += 1,
+            Some(Refusal::Foreign) => entry.counters.foreign_dropped += 1,
+            None => {}
+        }
+        if refused.is_some() {
+            return None;
+        }
+        entry.counters.last_seen_ns = now;
         if entry.flow.new_dst_port == 0 {
             entry.counters.undeliverable += 1;
             return None;
@@ -579,6 +650,7 @@ impl MediaPlane {
                 counters.userspace_packets = entry.counters.packets;
                 counters.userspace_bytes = entry.counters.bytes;
                 counters.foreign_dropped = entry.counters.foreign_dropped;
+                counters.unsignalled_dropped = entry.counters.unsignalled_dropped;
                 counters.undeliverable = entry.counters.undeliverable;
                 stream_seen = entry.counters.last_seen_ns;
             }
@@ -608,13 +680,16 @@ impl MediaPlane {
                 let peer = flows[1 - index]
                     .filter(|f| f.new_dst_port != 0)
                     .map(|f| socket_addr(&f.new_dst, f.new_dst_port));
+                let latch = latch_info(state, leg.rtp);
                 LegInfo {
                     name: LEG_NAMES[index],
                     side: leg.side,
                     local_rtp: leg.rtp,
                     local_rtcp: leg.rtcp,
                     peer,
-                    latched: flows[index].is_some_and(|f| f.flags & FLOW_LATCHED != 0),
+                    latched: latch.is_some(),
+                    latch,
+                    rtcp_latch: leg.rtcp.and_then(|rtcp| latch_info(state, rtcp)),
                     rtp,
                     rtcp,
                     rtp_idle_ms,
@@ -629,6 +704,20 @@ impl MediaPlane {
             legs: leg_infos.try_into().ok()?,
         })
     }
+}
+
+/// Who a flow's peer is, how it matched signalling and whether it is locked.
+fn latch_info(state: &State, local: SocketAddr) -> Option<LatchInfo> {
+    let flow = state.flows.get(&flow_key(local))?.flow;
+    flow.is_latched().then(|| LatchInfo {
+        peer: socket_addr(&flow.peer, flow.peer_port),
+        matched: flow.peer_match().name(),
+        locked: !flow.is_learning(),
+    })
+}
+
+fn stream_name(stream: u8) -> &'static str {
+    if stream == STREAM_RTP { "rtp" } else { "rtcp" }
 }
 
 /// What `MediaPlane::watch` found.
@@ -684,15 +773,90 @@ impl MediaPlane {
 }
 
 impl State {
+    /// `peer` is the flow's peer now (locked when `lock`, else provisional): the kernel
+    /// forwards its packets from now on, and what the other leg relays to this peer goes where
+    /// it sends from (symmetric RTP).
+    fn latch(&mut self, local: &FlowKey, peer: SocketAddr, matched: PeerMatch, lock: bool) {
+        let Some(entry) = self.flows.get_mut(local) else {
+            return;
+        };
+        let peer_ip = IpAddress::from(peer.ip());
+        entry
+            .flow
+            .latch(peer_ip, peer.port().to_be(), matched, !lock);
+        let flow = entry.flow;
+        let reverse_key = FlowKey::udp(flow.new_src, flow.new_src_port);
+        let reverse = self.flows.get_mut(&reverse_key).map(|reverse| {
+            reverse.flow.new_dst = peer_ip;
+            reverse.flow.new_dst_port = peer.port().to_be();
+            reverse.flow
+        });
+        if let Some(kernel) = self.kernel.as_mut() {
+            let written = kernel.update(local, &flow).and_then(|()| match &reverse {
+                Some(reverse) => kernel.update(&reverse_key, reverse),
+                None => Ok(()),
+            });
+            if let Err(e) = written {
+                warn!("latching {peer} in the kernel failed, relaying in userspace: {e:#}");
+            }
+        }
+        info!(
+            session = flow.session_id,
+            leg = LEG_NAMES[usize::from(flow.leg & 1)],
+            stream = stream_name(flow.stream),
+            %peer,
+            matched = matched.name(),
+            locked = lock,
+            "latched media peer"
+        );
+    }
+
+    /// Ends a flow's learning window: its provisional peer is locked, and the kernel drops
+    /// everyone else from now on.
+    pub(super) fn lock_peer(&mut self, local: &FlowKey) {
+        let Some(entry) = self.flows.get_mut(local) else {
+            return;
+        };
+        entry.flow.lock();
+        let flow = entry.flow;
+        if let Some(kernel) = self.kernel.as_mut()
+            && let Err(e) = kernel.update(local, &flow)
+        {
+            warn!("locking a media peer in the kernel failed: {e:#}");
+        }
+        info!(
+            session = flow.session_id,
+            leg = LEG_NAMES[usize::from(flow.leg & 1)],
+            stream = stream_name(flow.stream),
+            peer = %socket_addr(&flow.peer, flow.peer_port),
+            matched = flow.peer_match().name(),
+            "locked media peer"
+        );
+    }
+
+    /// Locks every flow whose learning window has passed (the kernel relays their peers'
+    /// packets, so the daemon may not see one to notice).
+    fn lock_learnt_peers(&mut self, now: u64) {
+        let learnt: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, entry)| entry.flow.is_learning() && entry.learning.is_over(now))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in learnt {
+            self.lock_peer(&key);
+        }
+    }
+
     /// Mirrors new flows into the kernel map, all or nothing.
     fn install_in_kernel(&mut self, flows: &[NewFlow]) -> Result<(), MediaError> {
         let Some(kernel) = self.kernel.as_mut() else {
             return Ok(());
         };
-        for (done, (key, flow, ..)) in flows.iter().enumerate() {
-            if let Err(e) = kernel.install(key, flow) {
-                for (key, ..) in &flows[..done] {
-                    kernel.remove(key);
+        for (done, new) in flows.iter().enumerate() {
+            if let Err(e) = kernel.install(&new.key, &new.flow) {
+                for installed in &flows[..done] {
+                    kernel.remove(&installed.key);
                 }
                 return Err(MediaError::Exhausted(format!("{e:#}")));
             }

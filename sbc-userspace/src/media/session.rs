@@ -3,13 +3,15 @@
 //! A session anchors one media stream between two peers. Each of its two legs ("a" and "b") has
 //! a local RTP port (and RTCP on port + 1 unless rtcp-mux is used) on the side's address; what
 //! arrives on one leg is relayed out of the other leg's port to that leg's peer.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use sbc_common::{
     FlowKey, IpAddress,
     flow::{LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
 };
 use serde::{Deserialize, Serialize};
+
+use super::plane::PeerAnnouncement;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,9 +27,24 @@ pub enum Side {
 #[serde(deny_unknown_fields)]
 pub struct LegSpec {
     pub side: Side,
-    /// Where the peer said it receives (SDP `c=`/`m=`); learnt from its first packet when absent.
+    /// Where the peer said it receives (SDP `c=`/`m=`; RTCP on port + 1). Without it (and
+    /// without `sip_source`) nothing latches the leg unless `media.latching.policy = "any"`.
     #[serde(default)]
     pub peer: Option<SocketAddr>,
+    /// Where the peer's signalling comes from: a NAT'd peer may latch from this address.
+    #[serde(default)]
+    pub sip_source: Option<IpAddr>,
+}
+
+impl LegSpec {
+    /// What the spec says about the peer, for latching (`None`: nothing).
+    pub fn announcement(&self) -> Option<PeerAnnouncement> {
+        self.peer.map(|rtp| PeerAnnouncement {
+            rtp,
+            rtcp_port: None,
+            sip_source: self.sip_source,
+        })
+    }
 }
 
 /// A session to create (the body of `POST /v1/sessions`).
@@ -91,6 +108,9 @@ pub struct StreamCounters {
     pub userspace_bytes: u64,
     /// Dropped because they came from someone other than the latched peer.
     pub foreign_dropped: u64,
+    /// Dropped before the leg latched: the source matched nothing signalling says about the
+    /// peer (a spray at the port range, for instance).
+    pub unsignalled_dropped: u64,
     /// Arrived before the other leg's peer was known, so could not be relayed.
     pub undeliverable: u64,
 }
@@ -109,12 +129,28 @@ pub struct LegInfo {
     pub local_rtcp: Option<SocketAddr>,
     /// Where this leg's media is sent: the latched source, else the announced address.
     pub peer: Option<SocketAddr>,
+    /// Whether the leg's RTP has a peer (locked, or chosen while learning).
     pub latched: bool,
+    /// Who latched the leg's RTP, and how it matched signalling.
+    pub latch: Option<LatchInfo>,
+    /// The same for its RTCP port (none with rtcp-mux).
+    pub rtcp_latch: Option<LatchInfo>,
     /// What arrived on this leg (and was relayed to the other).
     pub rtp: StreamCounters,
     pub rtcp: Option<StreamCounters>,
     /// Since RTP last arrived on this leg (`None`: never).
     pub rtp_idle_ms: Option<u64>,
+}
+
+/// A latched peer as the API shows it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LatchInfo {
+    pub peer: SocketAddr,
+    /// How it matched signalling: `sdp`, `sdp-address`, `sip-source`, `unchecked` (policy
+    /// `any`) or `unknown` (latched by an older daemon).
+    pub matched: &'static str,
+    /// false while a better-matching source may still replace it.
+    pub locked: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -36,6 +36,9 @@ impl StreamCounters {
             .saturating_sub(before.userspace_packets);
         self.userspace_bytes += now.userspace_bytes.saturating_sub(before.userspace_bytes);
         self.foreign_dropped += now.foreign_dropped.saturating_sub(before.foreign_dropped);
+        self.unsignalled_dropped += now
+            .unsignalled_dropped
+            .saturating_sub(before.unsignalled_dropped);
         self.undeliverable += now.undeliverable.saturating_sub(before.undeliverable);
     }
 }

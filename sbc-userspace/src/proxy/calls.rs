@@ -1,14 +1,18 @@
 //! Calls: the dialog each INVITE starts, its anchored media, and its events (one JSON line
 //! each: started, ringing, answered, ended with reason, final code, duration and RTP packets
 //! per direction).
-use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::atomic::Ordering,
+    time::Instant,
+};
 
 use serde_json::json;
 use tracing::warn;
 
 use super::{Proxy, journal::CallRecord};
 use crate::{
-    media::{EndReason, MediaError, SessionInfo, SessionSpec, session::Side},
+    media::{EndReason, MediaError, PeerAnnouncement, SessionInfo, SessionSpec, session::Side},
     sdp::{self, Anchor},
     sip::{Message, address, check},
 };
@@ -320,13 +324,15 @@ impl Proxy {
         }
     }
 
-    /// Anchors the media of an SDP body that arrived from `from_side`: one media session per
-    /// active stream, the peer's address noted on its leg, and the SDP rewritten to the
-    /// relay's address and ports on the other side. Bodies of unknown calls pass unchanged.
+    /// Anchors the media of an SDP body that arrived from `from_side`, in SIP sent from
+    /// `sip_source`: one media session per active stream, what signalling says about the peer
+    /// noted on its leg (who may latch it), and the SDP rewritten to the relay's address and
+    /// ports on the other side. Bodies of unknown calls pass unchanged.
     pub(super) fn anchor(
         &mut self,
         key: &str,
         from_side: Side,
+        sip_source: IpAddr,
         body: &[u8],
     ) -> Result<Vec<u8>, (u16, String)> {
         let Some(call) = self.calls.get_mut(key) else {
@@ -357,9 +363,14 @@ impl Proxy {
                     info.id
                 }
             };
-            if let Some(peer) = stream.rtp_peer() {
+            if let Some(rtp) = stream.rtp_peer() {
+                let announced = PeerAnnouncement {
+                    rtp,
+                    rtcp_port: stream.rtcp_port,
+                    sip_source: Some(sip_source),
+                };
                 self.plane
-                    .announce_peer(id, leg, peer)
+                    .announce_peer(id, leg, announced)
                     .map_err(media_refusal)?;
             }
             self.plane

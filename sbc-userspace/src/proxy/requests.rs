@@ -403,7 +403,7 @@ impl Proxy {
             }
         }
         if let (true, Some(call)) = (message.has_sdp(), self.find_call(request)) {
-            let body = self.anchor(&call, side, message.body())?;
+            let body = self.anchor(&call, side, from.ip(), message.body())?;
             editor.body(body);
         }
         Ok(editor.finish())

@@ -22,7 +22,7 @@ impl Proxy {
     pub(super) fn on_response(
         &mut self,
         side: Side,
-        _from: SocketAddr,
+        from: SocketAddr,
         message: Message,
         response: check::Response,
     ) {
@@ -119,12 +119,12 @@ impl Proxy {
         if invite && (code == 408 || code >= 500) && self.fail_over(&server) {
             return;
         }
-        self.relay(&server, &message, code);
+        self.relay(&server, from, &message, code);
     }
 
-    /// Sends a response up through its server transaction: our Via removed, SDP anchored,
-    /// a backend's 503 never passed on as it is (RFC 3261 16.7 step 6).
-    fn relay(&mut self, server_key: &str, message: &Message, code: u16) {
+    /// Sends a response (from `from`) up through its server transaction: our Via removed, SDP
+    /// anchored, a backend's 503 never passed on as it is (RFC 3261 16.7 step 6).
+    fn relay(&mut self, server_key: &str, from: SocketAddr, message: &Message, code: u16) {
         let Some(tx) = self.server.get(server_key) else {
             return;
         };
@@ -149,7 +149,7 @@ impl Proxy {
         let mut editor = Editor::new(message);
         pop_top_via(message, &mut editor);
         if let (true, Some(call)) = (message.has_sdp(), &call) {
-            match self.anchor(call, out_side, message.body()) {
+            match self.anchor(call, out_side, from.ip(), message.body()) {
                 Ok(body) => {
                     editor.body(body);
                 }
