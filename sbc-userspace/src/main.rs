@@ -446,10 +446,11 @@ fn backends(client: &ApiClient) -> anyhow::Result<()> {
             } else {
                 "down"
             },
-            backend["since_secs"],
-            backend["active_calls"],
+            // As numbers: a JSON value ignores the width it is printed with.
+            backend["since_secs"].as_u64().unwrap_or(0),
+            backend["active_calls"].as_u64().unwrap_or(0),
             max,
-            backend["weight"],
+            backend["weight"].as_u64().unwrap_or(0),
             backend["failure_ratio"].as_f64().unwrap_or(0.0) * 100.0,
         );
     }
@@ -474,7 +475,7 @@ fn blocks(client: &ApiClient, action: Option<BlocksAction>) -> anyhow::Result<()
                     block["address"].as_str().unwrap_or("-"),
                     block["reason"].as_str().unwrap_or("-"),
                     left,
-                    block["dropped"],
+                    block["dropped"].as_u64().unwrap_or(0),
                 );
             }
         }
@@ -512,13 +513,13 @@ fn sessions(client: &ApiClient, action: Option<SessionsAction>) -> anyhow::Resul
                 };
                 println!(
                     "{:>7} {:<21} {:<21} {:<29} {:>12} {:>12} {:>9}",
-                    s["id"],
+                    s["id"].as_u64().unwrap_or(0),
                     leg(0)["local_rtp"].as_str().unwrap_or("-"),
                     leg(1)["local_rtp"].as_str().unwrap_or("-"),
                     latching_label(&[s]),
                     packets(0),
                     packets(1),
-                    s["idle_ms"],
+                    s["idle_ms"].as_u64().unwrap_or(0),
                 );
             }
         }

@@ -16,6 +16,7 @@ pub mod lab;
 pub mod netns;
 pub mod privileges;
 pub mod process_cpu;
+pub mod responder;
 pub mod rtp;
 pub mod scripted;
 pub mod sip_probe;

@@ -23,6 +23,17 @@ pub fn invite(local: SocketAddr, target: SocketAddr, call_id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// An out-of-dialog request without a body (MESSAGE, REGISTER, ...) for a user behind `target`.
+pub fn request(method: &str, local: SocketAddr, target: SocketAddr, call_id: &str) -> Vec<u8> {
+    format!(
+        "{method} sip:probe@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p1\r\nTo: <sip:probe@{target}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nContact: <sip:probe@{local}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// An OPTIONS to the SBC itself (which answers it), with a User-Agent.
 pub fn options(local: SocketAddr, target: SocketAddr, call_id: &str, user_agent: &str) -> Vec<u8> {
     format!(

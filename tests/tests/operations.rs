@@ -194,6 +194,16 @@ fn stdout_of(daemon: &Daemon, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Fixed-width columns: every row is as long as the header, so each value ends where its
+/// column's title does.
+fn assert_columns_line_up(table: &str) {
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header");
+    for row in lines {
+        assert_eq!(row.len(), header.len(), "misaligned:\n{header}\n{row}");
+    }
+}
+
 /// `sbc calls`, `sbc call ID` and `sbc backends` while calls carry media both ways.
 fn assert_cli_shows_live_calls(daemon: &Daemon) {
     let listing = stdout_of(daemon, &["calls"]);
@@ -226,7 +236,9 @@ fn assert_cli_shows_live_calls(daemon: &Daemon) {
         }
         assert!(leg["rtp"]["kernel_packets"].is_u64(), "{leg}");
     }
+    assert_columns_line_up(&listing);
     let backends = stdout_of(daemon, &["backends"]);
+    assert_columns_line_up(&backends);
     assert!(
         backends
             .lines()

@@ -1,5 +1,10 @@
-//! The backend pool: which media server gets a new call (policy), and whether it is healthy
-//! (OPTIONS probes plus what real traffic shows).
+//! The backend pool: which media server gets a new call (policy), and whether it is healthy.
+//!
+//! Health is the backend's own doing only: probes, and how it answers the INVITEs sent to it.
+//! What an outsider's requests provoke (a MESSAGE it ignores, a REGISTER it rejects) never
+//! counts, or anyone could take the backend out. Only answered probes bring a down backend
+//! back, and a probe answer that is late while the backend answers other traffic is not a
+//! failure: under load the answer waited in a queue, the backend is alive.
 use std::{net::SocketAddr, time::Instant};
 
 use crate::config::{BalancePolicy, HealthConfig, SipConfig, code_range};
@@ -15,9 +20,11 @@ pub struct Backend {
     pub address: SocketAddr,
     pub weight: u32,
     pub health: Health,
-    /// Consecutive failures (probes, timeouts, 5xx) and successes.
+    /// Consecutive failures and answered probes.
     failures: u32,
     successes: u32,
+    /// When anything was last heard from it.
+    last_heard: Option<Instant>,
     /// Calls established through it.
     pub active_calls: usize,
     /// Its `max_calls` (0: no limit).
@@ -34,6 +41,26 @@ pub struct Backends {
     health: HealthConfig,
     alive: Vec<(u16, u16)>,
     next: usize,
+}
+
+/// What a backend did, as its health counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observation {
+    /// A probe got an alive answer: the only thing that brings a down backend back.
+    ProbeAlive,
+    /// A probe got another answer, or none while nothing else was heard from the backend.
+    ProbeFailed,
+    /// An INVITE it left unanswered, or answered 408 or 5xx.
+    CallFailed,
+    /// Any other answer to an INVITE (or a late probe while it answers traffic): alive, so its
+    /// failures start over; not a recovery.
+    Alive,
+}
+
+impl Observation {
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::ProbeFailed | Self::CallFailed)
+    }
 }
 
 /// What a health observation changed.
@@ -56,6 +83,7 @@ impl Backends {
                     health: Health::Up,
                     failures: 0,
                     successes: 0,
+                    last_heard: None,
                     active_calls: 0,
                     max_calls: b.max_calls as usize,
                     current_weight: 0,
@@ -147,28 +175,54 @@ impl Backends {
             .any(|&(low, high)| (low..=high).contains(&code))
     }
 
-    pub fn record_success(&mut self, index: usize) -> Transition {
+    /// Something arrived from this backend.
+    pub fn heard_from(&mut self, index: usize, now: Instant) {
+        self.list[index].last_heard = Some(now);
+    }
+
+    /// Whether anything arrived from this backend after `since`.
+    pub fn heard_since(&self, index: usize, since: Instant) -> bool {
+        self.list[index]
+            .last_heard
+            .is_some_and(|heard| heard > since)
+    }
+
+    pub fn observe(&mut self, index: usize, observation: Observation) -> Transition {
         let backend = &mut self.list[index];
-        backend.failures = 0;
-        backend.successes += 1;
-        if backend.health == Health::Down && backend.successes >= self.health.recovery_threshold {
-            backend.health = Health::Up;
-            backend.changed_at = Instant::now();
-            return Transition::CameUp;
+        match observation {
+            Observation::ProbeAlive => {
+                backend.failures = 0;
+                backend.successes += 1;
+                if backend.health == Health::Down
+                    && backend.successes >= self.health.recovery_threshold
+                {
+                    return backend.change(Health::Up);
+                }
+            }
+            Observation::Alive => backend.failures = 0,
+            Observation::ProbeFailed | Observation::CallFailed => {
+                backend.successes = 0;
+                backend.failures += 1;
+                if backend.health == Health::Up && backend.failures >= self.health.failure_threshold
+                {
+                    return backend.change(Health::Down);
+                }
+            }
         }
         Transition::None
     }
+}
 
-    pub fn record_failure(&mut self, index: usize) -> Transition {
-        let backend = &mut self.list[index];
-        backend.successes = 0;
-        backend.failures += 1;
-        if backend.health == Health::Up && backend.failures >= self.health.failure_threshold {
-            backend.health = Health::Down;
-            backend.changed_at = Instant::now();
-            return Transition::WentDown;
+impl Backend {
+    fn change(&mut self, health: Health) -> Transition {
+        self.health = health;
+        self.changed_at = Instant::now();
+        self.failures = 0;
+        self.successes = 0;
+        match health {
+            Health::Up => Transition::CameUp,
+            Health::Down => Transition::WentDown,
         }
-        Transition::None
     }
 }
 
@@ -214,15 +268,35 @@ mod tests {
 
     #[test]
     fn health_thresholds_and_down_backends_are_skipped() {
+        use Observation::*;
         let mut backends = pool(BalancePolicy::RoundRobin, &[1, 1]);
-        assert_eq!(backends.record_failure(0), Transition::None);
-        assert_eq!(backends.record_failure(0), Transition::WentDown);
+        assert_eq!(backends.observe(0, CallFailed), Transition::None);
+        // An answered call in between: the failures start over.
+        assert_eq!(backends.observe(0, Alive), Transition::None);
+        assert_eq!(backends.observe(0, ProbeFailed), Transition::None);
+        assert_eq!(backends.observe(0, CallFailed), Transition::WentDown);
         assert_eq!(backends.candidates("x"), vec![1]);
-        assert_eq!(backends.record_success(0), Transition::None);
-        assert_eq!(backends.record_success(0), Transition::CameUp);
+        // The calls it still carries are answered: that brings it no closer to coming back.
+        for _ in 0..10 {
+            assert_eq!(backends.observe(0, Alive), Transition::None);
+        }
+        assert_eq!(backends.observe(0, ProbeAlive), Transition::None);
+        assert_eq!(backends.observe(0, ProbeAlive), Transition::CameUp);
         assert_eq!(backends.candidates("x").len(), 2);
+        // A fresh health period: one failure is not yet enough.
+        assert_eq!(backends.observe(0, ProbeFailed), Transition::None);
         let mut hashed = pool(BalancePolicy::CallIdHash, &[1, 1, 1]);
         assert_eq!(hashed.candidates("abc")[0], hashed.candidates("abc")[0]);
+    }
+
+    #[test]
+    fn only_what_arrived_after_a_moment_counts_as_heard_since() {
+        let mut backends = pool(BalancePolicy::RoundRobin, &[1]);
+        let probe_sent = Instant::now();
+        assert!(!backends.heard_since(0, probe_sent));
+        backends.heard_from(0, probe_sent + std::time::Duration::from_millis(5));
+        assert!(backends.heard_since(0, probe_sent));
+        assert!(!backends.heard_since(0, probe_sent + std::time::Duration::from_secs(1)));
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Active health checks: an OPTIONS probe per backend every interval; answers with an alive
-//! code count as success, other answers and silence as failure (with what real traffic shows,
-//! see `responses`), against the configured thresholds.
-use std::time::Duration;
+//! code count as success, other answers and silence as failure (with what the backend does
+//! with the calls sent to it, see `responses`), against the configured thresholds.
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
 
 use super::{
-    Proxy, Timer, build,
+    Proxy, Timer,
+    backends::{Observation, Transition},
+    build,
     transactions::{ClientTx, Purpose, client_key},
 };
 use crate::media::session::Side;
@@ -51,11 +55,48 @@ impl Proxy {
     }
 
     pub(super) fn probe_answered(&mut self, index: usize, code: u16) {
-        let transition = if self.backends.is_alive_code(code) {
-            self.backends.record_success(index)
+        let observation = if self.backends.is_alive_code(code) {
+            Observation::ProbeAlive
         } else {
-            self.backends.record_failure(index)
+            Observation::ProbeFailed
         };
-        self.log_transition(index, transition, "probe answer");
+        self.observe_backend(index, observation, "probe answer");
+    }
+
+    /// A probe sent at `sent` got no answer. If the backend answered anything else since, the
+    /// answer is late (queued behind load), not missing: the backend is alive.
+    pub(super) fn probe_unanswered(&mut self, index: usize, sent: Instant) {
+        let observation = if self.backends.heard_since(index, sent) {
+            Observation::Alive
+        } else {
+            Observation::ProbeFailed
+        };
+        self.observe_backend(index, observation, "probe timeout");
+    }
+
+    /// Counts what a backend did toward its health (and its share of recent failures), and
+    /// reports a change of health.
+    pub(super) fn observe_backend(&mut self, index: usize, observation: Observation, cause: &str) {
+        let stats = &self.stats.backends[index];
+        stats.observed(observation.is_failure());
+        let transition = self.backends.observe(index, observation);
+        let address = self.backends.list[index].address;
+        match transition {
+            Transition::WentDown => {
+                stats.health_changed();
+                warn!(backend = %address, cause, "backend marked down");
+                self.events.emit(
+                    "backend_down",
+                    serde_json::json!({ "backend": address, "cause": cause }),
+                );
+            }
+            Transition::CameUp => {
+                stats.health_changed();
+                info!(backend = %address, "backend back up");
+                self.events
+                    .emit("backend_up", serde_json::json!({ "backend": address }));
+            }
+            Transition::None => {}
+        }
     }
 }

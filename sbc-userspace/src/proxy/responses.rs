@@ -1,13 +1,13 @@
 //! Responses and client-transaction timers: match responses to what we sent (RFC 3261 17.1.3),
 //! fail over to the next backend on timeout, 408 or 5xx before the caller hears anything, and
 //! relay the rest upstream with our Via removed and media anchored.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Instant};
 
 use tracing::{debug, info, warn};
 
 use super::{
     Proxy, Timer,
-    backends::Transition,
+    backends::Observation,
     build,
     stats::Origin,
     transactions::{LINGER, Peer, Purpose, T2, TIMER_C, client_key},
@@ -33,6 +33,9 @@ impl Proxy {
         };
         let key = client_key(branch, &response.cseq_method);
         let code = response.code;
+        if let Some(index) = self.backends.index_of(from) {
+            self.backends.heard_from(index, Instant::now());
+        }
         let Some(client) = self.client.get_mut(&key) else {
             // A 2xx to an INVITE outlives its transaction: its retransmissions go up as they come.
             if response.cseq_method == "INVITE" && (200..300).contains(&code) {
@@ -91,13 +94,15 @@ impl Proxy {
         if invite && code >= 300 {
             self.ack_failure(&key, &message);
         }
-        if let Some(index) = backend {
-            let transition = if code == 408 || code >= 500 {
-                self.backends.record_failure(index)
+        // How a backend answers a call is its health; how it answers an outsider's MESSAGE
+        // or REGISTER is not.
+        if let (Some(index), true) = (backend, invite) {
+            let observation = if code == 408 || code >= 500 {
+                Observation::CallFailed
             } else {
-                self.backends.record_success(index)
+                Observation::Alive
             };
-            self.log_transition(index, transition, "traffic");
+            self.observe_backend(index, observation, "call answered with a failure");
         }
         let Some(server) = server else { return };
         if code == 100 {
@@ -364,25 +369,32 @@ impl Proxy {
         if let Some(index) = client.backend {
             self.stats.backends[index].answered(&client.method, None);
         }
-        let (purpose, backend, server, invite) = (
+        let (purpose, backend, server, invite, sent) = (
             client.purpose,
             client.backend,
             client.server.clone(),
             client.is_invite(),
+            client.sent,
         );
         self.schedule(Timer::ClientDone(key.to_owned()), LINGER);
         if let Purpose::Probe(index) = purpose {
             self.client.remove(key);
-            let transition = self.backends.record_failure(index);
-            self.log_transition(index, transition, "probe timeout");
+            self.probe_unanswered(index, sent);
             return;
         }
         if purpose != Purpose::Forward {
             return;
         }
-        if let Some(index) = backend {
-            let transition = self.backends.record_failure(index);
-            self.log_transition(index, transition, "request timeout");
+        // Only a call left unanswered counts against a backend, and only if it answered
+        // nothing else meanwhile: unanswered out-of-dialog requests are an outsider's doing,
+        // and an INVITE lost in a busy backend's queue is no sign of a dead one.
+        if let (Some(index), true) = (backend, invite) {
+            let observation = if self.backends.heard_since(index, sent) {
+                Observation::Alive
+            } else {
+                Observation::CallFailed
+            };
+            self.observe_backend(index, observation, "call unanswered");
         }
         let Some(server) = server else { return };
         if invite && self.fail_over(&server) {
@@ -394,25 +406,6 @@ impl Proxy {
             let upstream = tx.upstream;
             let response = build::response(&tx.request, 408, "Request Timeout", &tx.to_tag, &[]);
             self.finish_with(&server, response, 408, upstream, Origin::Local);
-        }
-    }
-
-    pub(super) fn log_transition(&self, index: usize, transition: Transition, cause: &str) {
-        let address = self.backends.list[index].address;
-        match transition {
-            Transition::WentDown => {
-                warn!(backend = %address, cause, "backend marked down");
-                self.events.emit(
-                    "backend_down",
-                    serde_json::json!({ "backend": address, "cause": cause }),
-                );
-            }
-            Transition::CameUp => {
-                info!(backend = %address, "backend back up");
-                self.events
-                    .emit("backend_up", serde_json::json!({ "backend": address }));
-            }
-            Transition::None => {}
         }
     }
 }

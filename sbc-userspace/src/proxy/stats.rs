@@ -109,6 +109,10 @@ struct RecentFailures {
 }
 
 impl RecentFailures {
+    fn forget(&self) {
+        *self.window.lock().unwrap_or_else(|p| p.into_inner()) = (0, 0);
+    }
+
     fn record(&self, failed: bool) {
         let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
         let (bits, filled) = &mut *window;
@@ -162,10 +166,21 @@ impl BackendStats {
     pub fn answered(&self, method: &str, code: Option<u16>) {
         let class = code.map_or("timeout", code_class);
         self.answers.increment((method_label(method), class));
-        self.recent
-            .record(code.is_none_or(|c| c == 408 || c >= 500));
     }
 
+    /// Something that counts toward its health happened (see `backends::Observation`).
+    pub fn observed(&self, failure: bool) {
+        self.recent.record(failure);
+    }
+
+    /// Its health changed: the share of failures starts over, so a backend that is up does
+    /// not show the failures that had taken it down.
+    pub fn health_changed(&self) {
+        self.recent.forget();
+    }
+
+    /// The share of failures among its recent health observations since its health last
+    /// changed.
     pub fn failure_ratio(&self) -> f64 {
         self.recent.ratio()
     }
@@ -281,17 +296,19 @@ mod tests {
     }
 
     #[test]
-    fn failure_ratio_covers_the_last_answers() {
+    fn failure_ratio_covers_the_last_observations_of_the_current_health() {
         let backend = BackendStats::new("192.0.2.1:5060".parse().unwrap());
-        backend.answered("INVITE", Some(200));
-        backend.answered("INVITE", Some(503));
-        backend.answered("OPTIONS", None);
-        backend.answered("INVITE", Some(486));
+        for failure in [false, true, true, false] {
+            backend.observed(failure);
+        }
         assert_eq!(backend.failure_ratio(), 0.5);
         for _ in 0..128 {
-            backend.answered("OPTIONS", Some(200));
+            backend.observed(false);
         }
         assert_eq!(backend.failure_ratio(), 0.0);
+        backend.observed(true);
+        backend.health_changed();
+        assert_eq!(backend.failure_ratio(), 0.0, "a new health period");
     }
 
     #[test]
