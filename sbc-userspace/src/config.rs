@@ -642,6 +642,16 @@ fn validate_sip(sip: &SipConfig) -> Result<(), ConfigError> {
                 "must be at least 1",
             ));
         }
+        // Two entries for one server would double its share and split its health.
+        if let Some(first) = sip.backends[..i]
+            .iter()
+            .position(|other| other.address == backend.address)
+        {
+            return Err(ConfigError::new(
+                &format!("sip.backends[{i}].address"),
+                format!("{} is already sip.backends[{first}]", backend.address),
+            ));
+        }
     }
     if sip.invite_timeout_ms == 0 {
         return Err(ConfigError::new(

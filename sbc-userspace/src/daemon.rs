@@ -23,8 +23,13 @@ pub struct RunOptions {
 }
 
 pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
-    config.validate()?;
-    config.check_environment()?;
+    // A config problem names its file, as `sbc check-config` does.
+    let in_file = |e: crate::config::ConfigError| match &options.config_path {
+        Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+        None => anyhow::Error::new(e),
+    };
+    config.validate().map_err(in_file)?;
+    config.check_environment().map_err(in_file)?;
     raise_open_files_limit(u64::from(config.media.port_max - config.media.port_min) + 1);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -167,6 +167,16 @@ fn an_allowlisted_trunk_at_five_times_the_default_limit_is_never_limited() {
         assert_eq!(daemon.guard_verdicts(reason).unwrap(), 0, "{reason}");
     }
 
+    // A scanner's User-Agent from the trunk (a PBX that says "friendly-scanner", say) blocks
+    // nothing: it is answered, and nothing lists or reports it as blocked.
+    let answers = options_answers(&lab.caller, addr(CALLER, 5098), "friendly-scanner");
+    assert_eq!(answers, vec![200], "the allowlisted trunk's OPTIONS");
+    assert!(
+        blocked_addresses(&daemon).is_empty(),
+        "the trunk is listed as blocked"
+    );
+    assert_eq!(count_events(&daemon, "source_blocked"), 0);
+
     // The same caller without the allowlist (reloaded, no restart) is held to 4/s.
     let config = std::fs::read_to_string(&daemon.config).unwrap();
     let without = config.replace(&format!("allowlist = [\"{CALLER}/32\"]\n"), "");

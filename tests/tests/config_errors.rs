@@ -16,8 +16,8 @@ port_max = 20999
 socket = "/nonexistent/sbc-cfgtest.sock"
 "#;
 
-/// Runs `sbc <command> --config <text>` and returns (success, stderr).
-fn sbc_with_config(command: &str, text: &str) -> (bool, String) {
+/// Runs `sbc <command> --config <text>` and returns (success, stderr, the config's path).
+fn sbc_with_config(command: &str, text: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sbc.toml");
     std::fs::write(&path, text).unwrap();
@@ -29,16 +29,21 @@ fn sbc_with_config(command: &str, text: &str) -> (bool, String) {
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
+        path.display().to_string(),
     )
 }
 
 fn assert_rejected(text: &str, key: &str, detail: &str) {
     for command in ["run", "check-config"] {
-        let (ok, stderr) = sbc_with_config(command, text);
+        let (ok, stderr, path) = sbc_with_config(command, text);
         assert!(!ok, "`sbc {command}` accepted a bad config");
         assert!(
             stderr.contains(&format!("`{key}`")) && stderr.contains(detail),
             "`sbc {command}` did not name `{key}` ({detail}): {stderr}"
+        );
+        assert!(
+            stderr.contains(&path),
+            "`sbc {command}` did not name the file {path}: {stderr}"
         );
     }
 }
@@ -76,7 +81,20 @@ fn missing_interface_is_named() {
 }
 
 #[test]
+fn a_duplicate_backend_is_named() {
+    let sip = "[sip]\npublic_listen = \"127.0.0.1:5060\"\n\
+               [[sip.backends]]\naddress = \"127.0.0.2:5060\"\n\
+               [[sip.backends]]\naddress = \"127.0.0.3:5060\"\n\
+               [[sip.backends]]\naddress = \"127.0.0.2:5060\"\n";
+    assert_rejected(
+        &format!("{GOOD}{sip}"),
+        "sip.backends[2].address",
+        "127.0.0.2:5060 is already sip.backends[0]",
+    );
+}
+
+#[test]
 fn a_good_config_passes_the_check() {
-    let (ok, stderr) = sbc_with_config("check-config", GOOD);
+    let (ok, stderr, _) = sbc_with_config("check-config", GOOD);
     assert!(ok, "{stderr}");
 }

@@ -123,9 +123,11 @@ impl Admission {
         self.backends.contains(&source) || self.in_allowlist(source)
     }
 
-    /// Whether a User-Agent is a known scanner's.
-    pub fn is_scanner(&self, user_agent: &str) -> bool {
-        if !self.config.enabled {
+    /// Whether a request from `source` with this User-Agent is a scanner's, to be blocked. Never
+    /// for backends and allowlisted trunks: they are not blocked for behaviour, and a list that
+    /// showed them blocked while their traffic passes would mislead the operator.
+    pub fn is_scanner(&self, source: IpAddr, user_agent: &str) -> bool {
+        if !self.config.enabled || self.is_allowlisted(source) {
             return false;
         }
         let user_agent = user_agent.to_ascii_lowercase();
@@ -293,9 +295,14 @@ mod tests {
 
     #[test]
     fn scanners_are_recognised_in_any_case() {
-        let admission = Admission::new(&config(), vec![], NOW);
-        assert!(admission.is_scanner("friendly-scanner"));
-        assert!(admission.is_scanner("SIPVicious 0.3.4"));
-        assert!(!admission.is_scanner("Asterisk PBX 20.1"));
+        let admission = Admission::new(&config(), vec!["198.18.2.2".parse().unwrap()], NOW);
+        let stranger: IpAddr = "203.0.113.5".parse().unwrap();
+        assert!(admission.is_scanner(stranger, "friendly-scanner"));
+        assert!(admission.is_scanner(stranger, "SIPVicious 0.3.4"));
+        assert!(!admission.is_scanner(stranger, "Asterisk PBX 20.1"));
+        // A trunk or a backend that calls itself a scanner is not blocked for it.
+        for trusted in ["192.0.2.7", "198.18.2.2"] {
+            assert!(!admission.is_scanner(trusted.parse().unwrap(), "friendly-scanner"));
+        }
     }
 }

@@ -26,7 +26,7 @@ impl Proxy {
     ) -> bool {
         let source = peer.address.ip();
         if let Some(user_agent) = message.value("User-Agent")
-            && self.admission.is_scanner(user_agent)
+            && self.admission.is_scanner(source, user_agent)
         {
             self.admission_counters
                 .scanners

@@ -3,7 +3,7 @@
 //! Health is the backend's own doing only: probes, and how it answers the INVITEs sent to it.
 //! What an outsider's requests provoke (a MESSAGE it ignores, a REGISTER it rejects) never
 //! counts, or anyone could take the backend out. Only answered probes bring a down backend
-//! back, and a probe answer that is late while the backend answers other traffic is not a
+//! back (answered calls only with probes off), and a probe answer that is late while the backend answers other traffic is not a
 //! failure: under load the answer waited in a queue, the backend is alive.
 use std::{net::SocketAddr, time::Instant};
 
@@ -188,6 +188,11 @@ impl Backends {
     }
 
     pub fn observe(&mut self, index: usize, observation: Observation) -> Transition {
+        // Without probes, answered calls are all there is to bring a backend back.
+        let observation = match observation {
+            Observation::Alive if !self.health.probes => Observation::ProbeAlive,
+            other => other,
+        };
         let backend = &mut self.list[index];
         match observation {
             Observation::ProbeAlive => {
