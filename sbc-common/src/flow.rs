@@ -101,6 +101,11 @@ pub const FLOW_LATCHED: u16 = 1;
 /// locks the peer.
 pub const FLOW_LEARNING: u16 = 2;
 
+/// `Flow::flags`: the flow's session belongs to a call of the SIP proxy (not one made through
+/// the API), so a restarted daemon frees it when no recorded call claims it. The daemon's
+/// bookkeeping; the program ignores it.
+pub const FLOW_OF_CALL: u16 = 4;
+
 /// `Flow::flags` bits 8..=11: how the latched peer matched signalling ([`PeerMatch`]). The
 /// daemon's bookkeeping, kept in the map so that a restarted daemon still knows; the program
 /// ignores it.

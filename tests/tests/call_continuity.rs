@@ -167,3 +167,99 @@ fn fifty_calls_survive_kill_9_and_are_reinvited_and_ended_afterwards() {
         Some(0)
     );
 }
+
+const RINGING_CALLS: u32 = 10;
+
+/// `kill -9` while calls ring; the backend answers 8 s later, through the new daemon. Every
+/// answer reaches its caller with the media anchored on the sbc's public address (the caller's
+/// script fails a call whose SDP names anything else), the caller's ACK and BYE reach the
+/// backend, every call ends once with its real outcome, and nothing is left behind.
+#[test]
+fn calls_ringing_through_kill_9_are_answered_anchored_and_hung_up() {
+    require_lab_privileges();
+    let lab = Lab::up("ringing").expect("lab");
+    let (mut backend, mut daemon) =
+        scripted::start(&lab, "ringing_uas", RINGING_CALLS, DaemonOptions::default());
+    let result = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| {
+            sipp::place_calls(
+                &lab.caller,
+                addr(CALLER, 5060),
+                addr(SBC_PUBLIC, 5060),
+                CallKind::Scenario("ringing_uac"),
+                (RINGING_CALLS, 50),
+                Duration::from_secs(40),
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let body = daemon.api.get("/v1/calls").expect("GET /v1/calls").body;
+            let calls = body["calls"].as_array().cloned().unwrap_or_default();
+            if calls.len() == RINGING_CALLS as usize
+                && calls.iter().all(|c| c["state"] == "ringing")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "calls not all ringing: {body}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon.kill9();
+        std::thread::sleep(Duration::from_millis(500));
+        daemon.spawn(&[]).expect("the daemon starts again");
+        caller.join().expect("caller thread").expect("SIPp caller")
+    });
+    assert_eq!(
+        (result.successful, result.failed),
+        (u64::from(RINGING_CALLS), 0),
+        "every call answered with anchored media and hung up:\n{}\n{}",
+        result.output,
+        daemon.log()
+    );
+    assert_eq!(
+        backend.wait(Duration::from_secs(10)),
+        Some(0),
+        "the backend got every ACK and BYE:\n{}",
+        backend.output()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let events = daemon.events();
+        let ended = events.iter().filter(|e| e["event"] == "call_ended").count();
+        if ended >= RINGING_CALLS as usize || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let named =
+        |name: &str| -> Vec<&Value> { events.iter().filter(|e| e["event"] == name).collect() };
+    let ended = named("call_ended");
+    assert_eq!(ended.len(), RINGING_CALLS as usize, "{ended:?}");
+    for event in &ended {
+        assert_eq!(
+            (event["reason"].as_str(), event["final_code"].as_u64()),
+            (Some("bye"), Some(200)),
+            "{event}"
+        );
+    }
+    assert_eq!(named("call_answered").len(), RINGING_CALLS as usize);
+    assert_eq!(
+        named("call_started").len(),
+        RINGING_CALLS as usize,
+        "no call started twice"
+    );
+    assert!(
+        named("media_session_ended")
+            .iter()
+            .all(|e| e["reason"] != "orphaned"),
+        "a call's media was taken for an orphan"
+    );
+    let left = daemon.api.get("/v1/calls").expect("calls").body;
+    assert_eq!(left["calls"].as_array().map(Vec::len), Some(0), "{left}");
+    let sessions = daemon.api.get("/v1/sessions").expect("sessions").body;
+    assert_eq!(
+        sessions["sessions"].as_array().map(Vec::len),
+        Some(0),
+        "{sessions}"
+    );
+}

@@ -11,7 +11,7 @@ use std::{
 
 use sbc_common::{
     Flow, FlowKey,
-    flow::{LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
+    flow::{FLOW_OF_CALL, LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
 };
 use serde_json::json;
 use tracing::{info, warn};
@@ -133,6 +133,7 @@ impl MediaPlane {
             });
         }
 
+        let of_call = flows.iter().any(|(_, flow)| flow.flags & FLOW_OF_CALL != 0);
         let relays = self.activate_flows(state, entries);
         // A learning window died with the daemon that opened it: keep the peer it chose.
         for (key, _) in flows.iter().filter(|(_, flow)| flow.is_learning()) {
@@ -145,7 +146,9 @@ impl MediaPlane {
                 rtcp_mux,
                 legs,
                 created_ns: monotonic_ns(),
-                armed: true,
+                // A call's session waits for its restored call to arm it (once answered).
+                armed: !of_call,
+                of_call,
                 relays,
                 audio: Default::default(),
             },

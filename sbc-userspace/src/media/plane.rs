@@ -13,7 +13,7 @@ use std::{
 
 use sbc_common::{
     Flow, FlowKey, IpAddress, SourceCheck,
-    flow::{LEG_A, LEG_B, PeerMatch, STREAM_RTP, check_source},
+    flow::{FLOW_OF_CALL, LEG_A, LEG_B, PeerMatch, STREAM_RTP, check_source},
 };
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -86,6 +86,8 @@ pub enum EndReason {
     AdoptFailed,
     /// The call it belonged to ended (BYE, CANCEL, a failed INVITE).
     CallEnded,
+    /// Adopted from the pinned state, made for a call that no recorded call claims.
+    Orphaned,
 }
 
 impl EndReason {
@@ -96,6 +98,7 @@ impl EndReason {
             Self::Shutdown => "shutdown",
             Self::AdoptFailed => "adopt_failed",
             Self::CallEnded => "call_ended",
+            Self::Orphaned => "orphaned",
         }
     }
 }
@@ -128,6 +131,8 @@ pub(super) struct Session {
     pub created_ns: u64,
     /// Whether the media timeout applies yet (a call's media is only expected once answered).
     pub armed: bool,
+    /// Made for a call of the SIP proxy (`create_for_call`), not through the API.
+    pub of_call: bool,
     pub relays: Vec<JoinHandle<()>>,
     /// What each leg's party said about the stream, and whether its media is overdue.
     pub audio: AudioState,
@@ -333,12 +338,17 @@ impl MediaPlane {
 
     /// Creates a session: binds its ports, installs its flows, starts its relays.
     pub fn create(self: &Arc<Self>, spec: &SessionSpec) -> Result<SessionInfo, MediaError> {
-        self.create_session(spec, true)
+        self.create_session(spec, false)
     }
 
-    /// Creates a session whose media timeout waits for `arm` (a call not answered yet).
-    pub fn create_unarmed(self: &Arc<Self>, spec: &SessionSpec) -> Result<SessionInfo, MediaError> {
-        self.create_session(spec, false)
+    /// Creates a session for a call of the SIP proxy. Its media timeout waits for `arm` (the
+    /// call is not answered yet), and its flows say it belongs to a call, so that a restarted
+    /// daemon frees it if no recorded call claims it.
+    pub fn create_for_call(
+        self: &Arc<Self>,
+        spec: &SessionSpec,
+    ) -> Result<SessionInfo, MediaError> {
+        self.create_session(spec, true)
     }
 
     /// Starts a session's media timeout from now.
@@ -349,10 +359,26 @@ impl MediaPlane {
         }
     }
 
+    /// Ends the sessions made for calls that none of `claimed` is (adopted from a daemon that
+    /// died before it recorded their call, or after it recorded its end).
+    pub fn end_orphans(&self, claimed: &std::collections::HashSet<u32>) -> Vec<SessionInfo> {
+        let orphans: Vec<u32> = self
+            .lock()
+            .sessions
+            .iter()
+            .filter(|(id, session)| session.of_call && !claimed.contains(id))
+            .map(|(&id, _)| id)
+            .collect();
+        orphans
+            .into_iter()
+            .filter_map(|id| self.end(id, EndReason::Orphaned).ok().map(|e| e.info))
+            .collect()
+    }
+
     fn create_session(
         self: &Arc<Self>,
         spec: &SessionSpec,
-        armed: bool,
+        of_call: bool,
     ) -> Result<SessionInfo, MediaError> {
         self.validate(spec)?;
         let mut state = self.lock();
@@ -369,7 +395,12 @@ impl MediaPlane {
             self.bind_leg(spec.b.side, pair)?,
         ];
         let id = state.allocate_id();
-        let entries = session_flows(id, &legs, [spec.a.announcement(), spec.b.announcement()]);
+        let mut entries = session_flows(id, &legs, [spec.a.announcement(), spec.b.announcement()]);
+        if of_call {
+            for entry in &mut entries {
+                entry.flow.flags |= FLOW_OF_CALL;
+            }
+        }
         state.install_in_kernel(&entries)?;
         let relays = self.activate_flows(&mut state, entries);
         let [a, b] = legs;
@@ -379,7 +410,9 @@ impl MediaPlane {
                 rtcp_mux: spec.rtcp_mux,
                 legs: [a.leg, b.leg],
                 created_ns: monotonic_ns(),
-                armed,
+                // A call's media is only expected once it is answered.
+                armed: !of_call,
+                of_call,
                 relays,
                 audio: AudioState::default(),
             },

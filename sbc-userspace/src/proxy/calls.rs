@@ -10,7 +10,10 @@ use std::{
 use serde_json::json;
 use tracing::warn;
 
-use super::{Proxy, journal::CallRecord};
+use super::{
+    Proxy,
+    journal::{CallRecord, SetupRecord},
+};
 use crate::{
     media::{EndReason, MediaError, PeerAnnouncement, SessionInfo, SessionSpec, session::Side},
     sdp::{self, Anchor},
@@ -49,6 +52,8 @@ pub struct Call {
     responded: bool,
     ringing: Option<Instant>,
     pub answered: Option<Instant>,
+    /// Recorded in the journal (its end must be too).
+    pub journaled: bool,
 }
 
 fn contact_uri(message: &Message) -> Option<String> {
@@ -101,9 +106,14 @@ fn unix_ms_of_instant(instant: Instant) -> u64 {
 }
 
 impl Call {
-    /// What the journal keeps of an answered call.
-    pub fn record(&self, key: &str, backend: Option<SocketAddr>) -> Option<CallRecord> {
-        Some(CallRecord {
+    /// What the journal keeps of a call (with its INVITE transactions while it is set up).
+    pub fn record(
+        &self,
+        key: &str,
+        backend: Option<SocketAddr>,
+        setup: Option<SetupRecord>,
+    ) -> CallRecord {
+        CallRecord {
             key: key.to_owned(),
             call_id: self.call_id.clone(),
             caller: self.caller.clone(),
@@ -111,27 +121,37 @@ impl Call {
             media: self.media.clone(),
             backend,
             started_unix_ms: unix_ms_of_instant(self.started),
-            answered_unix_ms: unix_ms_of_instant(self.answered?),
-        })
+            answered_unix_ms: self.answered.map(unix_ms_of_instant),
+            setup,
+        }
     }
 
-    /// An answered call as a previous daemon recorded it.
+    /// A call as a previous daemon recorded it.
     pub fn restore(record: CallRecord, backend: Option<usize>) -> Self {
+        let started = instant_of_unix_ms(record.started_unix_ms);
+        let provisional = record.setup.as_ref().is_some_and(|s| s.provisional);
         let mut call = Self {
             call_id: record.call_id,
             caller: record.caller,
             callee: record.callee,
             media: record.media,
             backend,
-            started: instant_of_unix_ms(record.started_unix_ms),
-            responded: true,
-            ringing: None,
-            answered: Some(instant_of_unix_ms(record.answered_unix_ms)),
+            started,
+            responded: record.answered_unix_ms.is_some() || provisional,
+            // When it started ringing is not recorded; that it did is.
+            ringing: provisional.then_some(started),
+            answered: record.answered_unix_ms.map(instant_of_unix_ms),
+            journaled: true,
         };
         for party in [&mut call.caller, &mut call.callee] {
             party.cseq = party.cseq.saturating_add(RESTORED_CSEQ_MARGIN);
         }
         call
+    }
+
+    /// When its INVITE arrived.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     pub fn summary(&self, backend: Option<SocketAddr>) -> CallSummary {
@@ -184,6 +204,7 @@ impl Call {
             responded: false,
             ringing: None,
             answered: None,
+            journaled: false,
         }
     }
 
@@ -219,10 +240,29 @@ impl Proxy {
     /// The call a request belongs to: named by its From tag (the caller's requests) or its To
     /// tag (the callee's).
     pub(super) fn find_call(&self, request: &check::Request) -> Option<String> {
-        [request.from.tag(), request.to.tag()]
-            .into_iter()
+        self.find_call_by(&request.call_id, [request.from.tag(), request.to.tag()])
+    }
+
+    /// The call a response belongs to, by the tags of its From and To.
+    pub(super) fn find_call_of_response(
+        &self,
+        message: &Message,
+        response: &check::Response,
+    ) -> Option<String> {
+        let tag = |name| {
+            message
+                .value(name)
+                .and_then(|value| address::parse(value).ok())
+                .and_then(|a| a.tag().map(str::to_owned))
+        };
+        let (from, to) = (tag("from"), tag("to"));
+        self.find_call_by(&response.call_id, [from.as_deref(), to.as_deref()])
+    }
+
+    fn find_call_by(&self, call_id: &str, tags: [Option<&str>; 2]) -> Option<String> {
+        tags.into_iter()
             .flatten()
-            .map(|tag| call_key(&request.call_id, tag))
+            .map(|tag| call_key(call_id, tag))
             .find(|key| self.calls.contains_key(key))
     }
 
@@ -358,7 +398,7 @@ impl Proxy {
                         "b": { "side": "private" },
                     }))
                     .expect("a valid session spec");
-                    let info = self.plane.create_unarmed(&spec).map_err(media_refusal)?;
+                    let info = self.plane.create_for_call(&spec).map_err(media_refusal)?;
                     call.media[index] = Some(info.id);
                     info.id
                 }
@@ -425,8 +465,10 @@ impl Proxy {
             let backend = &mut self.backends.list[index];
             backend.active_calls = backend.active_calls.saturating_sub(1);
         }
-        if call.answered.is_some() {
+        if call.journaled {
             self.journal.end(key);
+        }
+        if call.answered.is_some() {
             self.stats.calls_ended.increment(reason);
             self.stats.calls_established.fetch_sub(1, Ordering::Relaxed);
         }

@@ -1,10 +1,11 @@
-//! The established calls, kept in a file so that a restarted (or upgraded) daemon carries on
-//! with them: the kernel holds their media (pinned flows), this file holds what it does not
-//! (the dialog: parties, route sets, CSeqs, media session ids, backend, times).
+//! The calls, kept in a file so that a restarted (or upgraded) daemon carries on with them:
+//! the kernel holds their media (pinned flows), this file holds what it does not (the dialog:
+//! parties, route sets, CSeqs, media session ids, backend, times; for a call still being set
+//! up, its INVITE transactions).
 //!
-//! An append-only journal of JSON lines, `{"put": record}` when a call is answered (again after
-//! each re-INVITE, whose answer may change the target or the media) and `{"end": key}` when it
-//! ends. Each line is one `write`; a process killed mid-line leaves a torn last line, which
+//! An append-only journal of JSON lines, `{"put": record}` when a call's INVITE is forwarded
+//! (again when it rings, fails over, is answered, and after each re-INVITE, whose answer may
+//! change the target or the media) and `{"end": key}` when it ends. Each line is one `write`; a process killed mid-line leaves a torn last line, which
 //! loading skips. At start the journal is read and rewritten with the live calls only (write
 //! to a temporary file, then rename), so it never grows beyond one restart's worth of calls.
 //! It lives on `/run` (tmpfs) by default: like the pinned maps, it does not outlive a reboot.
@@ -21,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::calls::Party;
+use crate::media::session::Side;
 
-/// What a restarted daemon needs of an established call.
+/// What a restarted daemon needs of a call.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CallRecord {
     pub key: String,
@@ -32,7 +34,34 @@ pub struct CallRecord {
     pub media: Vec<Option<u32>>,
     pub backend: Option<SocketAddr>,
     pub started_unix_ms: u64,
-    pub answered_unix_ms: u64,
+    /// `None` while the call is being set up.
+    pub answered_unix_ms: Option<u64>,
+    /// The INVITE transactions of a call being set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SetupRecord>,
+}
+
+/// A call's INVITE in flight: the caller's request as received (the server transaction) and
+/// as forwarded (the client transaction), so that a restarted daemon can take the answer,
+/// anchor its media and relay it, or end the attempt cleanly on both sides.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SetupRecord {
+    pub server_key: String,
+    /// The caller's INVITE as received, and where from.
+    pub invite: String,
+    pub upstream: SocketAddr,
+    pub upstream_side: Side,
+    /// Over UDP: a TCP connection dies with the daemon, and its caller with it.
+    pub upstream_udp: bool,
+    /// Our To tag for the responses we make.
+    pub to_tag: String,
+    pub client_key: String,
+    /// The INVITE as sent to the next hop, our Via on top.
+    pub forwarded: String,
+    pub target: SocketAddr,
+    pub out_side: Side,
+    /// A provisional response came back (the INVITE is no longer retransmitted; CANCEL may go).
+    pub provisional: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -138,7 +167,6 @@ fn line(entry: &Line) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::session::Side;
 
     fn party(side: Side, address: &str) -> Party {
         Party {
@@ -160,7 +188,8 @@ mod tests {
             media: vec![Some(7), None],
             backend: Some("192.0.2.2:5060".parse().unwrap()),
             started_unix_ms: 1,
-            answered_unix_ms: 2,
+            answered_unix_ms: Some(2),
+            setup: None,
         }
     }
 
@@ -185,11 +214,36 @@ mod tests {
             .unwrap()
             .write_all(b"{\"put\":{\"key\":\"thr")
             .unwrap();
-        let (_, calls) = Journal::open(&path).unwrap();
+        let (mut journal, calls) = Journal::open(&path).unwrap();
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].key, "one");
         assert_eq!(calls[0].media, vec![Some(7), None, Some(9)]);
         let compacted = std::fs::read_to_string(&path).unwrap();
         assert_eq!(compacted.lines().count(), 1, "{compacted}");
+
+        // A call being set up keeps its transactions; an older daemon's record (a bare
+        // number for the answer time, no setup) still reads.
+        let mut ringing = record("four");
+        ringing.answered_unix_ms = None;
+        ringing.setup = Some(SetupRecord {
+            server_key: "s".into(),
+            invite: "INVITE sip:b@example.com SIP/2.0\r\n".into(),
+            upstream: "192.0.2.1:5060".parse().unwrap(),
+            upstream_side: Side::Public,
+            upstream_udp: true,
+            to_tag: "t".into(),
+            client_key: "c".into(),
+            forwarded: "INVITE sip:b@192.0.2.2 SIP/2.0\r\n".into(),
+            target: "192.0.2.2:5060".parse().unwrap(),
+            out_side: Side::Private,
+            provisional: true,
+        });
+        journal.put(ringing.clone());
+        drop(journal);
+        let (_, calls) = Journal::open(&path).unwrap();
+        assert_eq!(calls.iter().find(|c| c.key == "four"), Some(&ringing));
+        let older = r#"{"key":"k","call_id":"k","caller":{"side":"public","address":"a","contact":null,"route_set":[],"source":null,"cseq":1},"callee":{"side":"private","address":"b","contact":null,"route_set":[],"source":null,"cseq":1},"media":[],"backend":null,"started_unix_ms":1,"answered_unix_ms":2}"#;
+        let older: CallRecord = serde_json::from_str(older).unwrap();
+        assert_eq!((older.answered_unix_ms, older.setup), (Some(2), None));
     }
 }

@@ -184,6 +184,8 @@ impl Proxy {
         } else {
             LINGER
         };
+        // A call's INVITE in flight is recorded, so that a restart does not lose it.
+        self.persist_setup(server_key);
         if !sent {
             // RFC 3261 16.9: a transport error counts as a 503 from that hop.
             return self.transport_failed(&key);

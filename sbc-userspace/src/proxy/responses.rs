@@ -1,7 +1,7 @@
 //! Responses and client-transaction timers: match responses to what we sent (RFC 3261 17.1.3),
 //! fail over to the next backend on timeout, 408 or 5xx before the caller hears anything, and
 //! relay the rest upstream with our Via removed and media anchored.
-use std::{net::SocketAddr, time::Instant};
+use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
 
 use tracing::{debug, info, warn};
 
@@ -39,7 +39,7 @@ impl Proxy {
         let Some(client) = self.client.get_mut(&key) else {
             // A 2xx to an INVITE outlives its transaction: its retransmissions go up as they come.
             if response.cseq_method == "INVITE" && (200..300).contains(&code) {
-                self.forward_stateless(side, &message, &response);
+                self.forward_stateless(side, from, &message, &response);
             }
             return;
         };
@@ -59,7 +59,7 @@ impl Proxy {
             if purpose == Purpose::Forward && invite && code >= 300 {
                 self.ack_failure(&key, &message);
             } else if purpose == Purpose::Forward && invite {
-                self.forward_stateless(side, &message, &response);
+                self.forward_stateless(side, from, &message, &response);
             }
             return;
         } else {
@@ -76,6 +76,10 @@ impl Proxy {
         );
         if first_provisional {
             self.schedule(Timer::Proceeding(key.clone()), TIMER_C);
+            // Ringing: after a restart it is CANCEL, not a retransmission, that may follow.
+            if let Some(server) = &server {
+                self.persist_setup(server);
+            }
         }
         match purpose {
             Purpose::Probe(index) => {
@@ -278,7 +282,13 @@ impl Proxy {
     }
 
     /// Relays a response that matches no transaction (2xx retransmissions) along its Vias.
-    fn forward_stateless(&mut self, side: Side, message: &Message, response: &check::Response) {
+    fn forward_stateless(
+        &mut self,
+        side: Side,
+        from: SocketAddr,
+        message: &Message,
+        response: &check::Response,
+    ) {
         let Some(next) = response.vias.get(1) else {
             return;
         };
@@ -287,6 +297,27 @@ impl Proxy {
         };
         let mut editor = Editor::new(message);
         pop_top_via(message, &mut editor);
+        // Its SDP is anchored as the first answer's was. An answer for a call we do not hold
+        // would route media around the relay and name the far side's addresses: dropped.
+        if message.has_sdp() {
+            let anchored = self
+                .find_call_of_response(message, response)
+                .map(|call| self.anchor(&call, side, from.ip(), message.body()));
+            match anchored {
+                Some(Ok(body)) => {
+                    editor.body(body);
+                }
+                Some(Err((_, why))) => {
+                    warn!(call_id = %response.call_id, "cannot anchor a retransmitted answer, dropped: {why}");
+                    return;
+                }
+                None => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    debug!(call_id = %response.call_id, "an answer for no call we hold dropped");
+                    return;
+                }
+            }
+        }
         let method = super::stats::method_label(&response.cseq_method);
         self.stats
             .responses_sent

@@ -53,6 +53,10 @@ pub fn client_key(branch: &str, method: &str) -> String {
     format!("{branch}|{method}")
 }
 
+/// The connection number of a caller's TCP connection held by a previous daemon: nothing is
+/// sent on it (connections are numbered from 0 up).
+pub const GONE_CONNECTION: u64 = u64::MAX;
+
 /// How a message reached us, and so how to answer it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
