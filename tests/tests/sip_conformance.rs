@@ -219,5 +219,26 @@ fn torture_messages(over: Over) {
             sip["dropped"].as_u64().unwrap() >= count(|w| w == Wire::Drop),
             "{sip}"
         );
+        // A request too broken to answer (no start line, no header) is dropped and counted
+        // once, as dropped: never also as answered.
+        let get = |key: &str| daemon.api.get("/v1/stats").unwrap().body["sip"][key].as_u64();
+        let (refused, dropped) = (get("refused"), get("dropped").unwrap());
+        let local = SocketAddr::new(CALLER.into(), 29_999);
+        let unanswerable = b"INVITE\r\nno header here\r\n\r\n";
+        let answers = sip_probe::send_waiting(
+            &lab.caller,
+            local,
+            SocketAddr::new(SBC_PUBLIC.into(), 5060),
+            unanswerable,
+            Duration::from_millis(300),
+        )
+        .expect("send");
+        assert!(answers.is_empty(), "{answers:?}");
+        assert_eq!(
+            get("refused"),
+            refused,
+            "an unanswered datagram counted as answered"
+        );
+        assert_eq!(get("dropped"), Some(dropped + 1));
     }
 }

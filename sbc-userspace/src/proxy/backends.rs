@@ -112,11 +112,12 @@ impl Backends {
         backend.max_calls == 0 || backend.active_calls < backend.max_calls
     }
 
-    /// Whether every healthy backend is at its `max_calls`.
+    /// Whether there are healthy backends and every one is at its `max_calls`.
     pub fn all_full(&self) -> bool {
-        (0..self.list.len())
+        let mut up = (0..self.list.len())
             .filter(|&i| self.list[i].health == Health::Up)
-            .all(|i| !self.has_room(i))
+            .peekable();
+        up.peek().is_some() && up.all(|i| !self.has_room(i))
     }
 
     /// The healthy backends with room for a call, in the order to try them for a new call.
@@ -315,5 +316,10 @@ mod tests {
         backends.list[1].active_calls = 1;
         assert!(backends.candidates("x").is_empty());
         assert!(backends.all_full());
+        // None up is not "all full": the log and the 503 say no backend is available.
+        for backend in &mut backends.list {
+            backend.health = Health::Down;
+        }
+        assert!(!backends.all_full());
     }
 }

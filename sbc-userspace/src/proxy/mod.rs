@@ -404,12 +404,11 @@ impl Proxy {
                 self.on_response(side, from, message, response);
             }
             Inbound::Refuse { rejection, message } => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 match message {
                     Some(message) => {
-                        if stats::is_initial_invite(&message) {
-                            self.stats.calls_attempted.fetch_add(1, Ordering::Relaxed);
-                        }
+                        // Counted as answered only here: one datagram, one count. A malformed
+                        // INVITE is no call attempt (`Origin::Malformed`).
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         let extra = build::rejection_headers(&rejection);
                         let tag = self.tag();
                         let reason = format!(
@@ -419,7 +418,13 @@ impl Proxy {
                         );
                         let response =
                             build::response(&message, rejection.status, &reason, &tag, &extra);
-                        self.respond(peer, &message, rejection.status, &response, Origin::Local);
+                        self.respond(
+                            peer,
+                            &message,
+                            rejection.status,
+                            &response,
+                            Origin::Malformed,
+                        );
                     }
                     None => {
                         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -474,7 +479,7 @@ impl Proxy {
         self.stats
             .responses_sent
             .increment((peer.side, method, code));
-        if code >= 200 && stats::is_initial_invite(request) {
+        if code >= 200 && origin != Origin::Malformed && stats::is_initial_invite(request) {
             self.stats.invite_finished(code, origin);
         }
         self.send_to(peer, bytes);

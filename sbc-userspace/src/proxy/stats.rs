@@ -58,10 +58,12 @@ pub fn side_label(side: Side) -> &'static str {
 /// Who produced a final response to an initial INVITE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// The proxy itself (admission, no backend, bad request, our timeout or 487).
+    /// The proxy itself (admission, no backend, our timeout or 487).
     Local,
     /// Relayed from the far side.
     Relayed,
+    /// The proxy refusing a malformed request: answered, but no call attempt.
+    Malformed,
 }
 
 /// Why an initial INVITE failed, from its final code and who gave it.
@@ -69,7 +71,7 @@ pub fn failure_reason(code: u16, origin: Origin) -> &'static str {
     match (code, origin) {
         (487, _) => "cancelled",
         (408, _) => "timeout",
-        (_, Origin::Local) => "refused",
+        (_, Origin::Local | Origin::Malformed) => "refused",
         (_, Origin::Relayed) => "rejected",
     }
 }

@@ -103,3 +103,18 @@ pub fn framing_failure(bytes: &[u8], error: &FramingError) -> Inbound {
         message: Message::parse(head.to_vec()).ok(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request too broken to answer is refused without a message to answer: the proxy
+    /// counts it as dropped only.
+    #[test]
+    fn a_request_without_start_line_or_headers_cannot_be_answered() {
+        assert!(matches!(
+            datagram(b"INVITE\r\nno header here\r\n\r\n"),
+            Inbound::Refuse { message: None, .. }
+        ));
+    }
+}
