@@ -11,7 +11,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{admission::AdmissionConfig, media::LatchPolicy};
+use crate::{admission::AdmissionConfig, media::LatchPolicy, sip::bounds};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +96,9 @@ pub struct SipConfig {
     pub retry_after_secs: u32,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Bounds on header fields and tokens: what exceeds them is refused, not forwarded.
+    #[serde(default)]
+    pub limits: crate::sip::bounds::Bounds,
 }
 
 impl SipConfig {
@@ -658,6 +661,31 @@ fn validate_sip(sip: &SipConfig) -> Result<(), ConfigError> {
             "sip.invite_timeout_ms",
             "must be at least 1",
         ));
+    }
+    let limits = &sip.limits;
+    for (key, value, least) in [
+        (
+            "sip.limits.max_headers",
+            limits.max_headers,
+            bounds::MIN_HEADERS,
+        ),
+        (
+            "sip.limits.max_header_bytes",
+            limits.max_header_bytes,
+            bounds::MIN_HEADER_BYTES,
+        ),
+        (
+            "sip.limits.max_token_bytes",
+            limits.max_token_bytes,
+            bounds::MIN_TOKEN_BYTES,
+        ),
+    ] {
+        if value < least {
+            return Err(ConfigError::new(
+                key,
+                format!("must be at least {least} (valid messages need that much)"),
+            ));
+        }
     }
     let health = &sip.health;
     for (key, value) in [

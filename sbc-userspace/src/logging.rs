@@ -106,14 +106,12 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
     let limit = RateLimit::new(config.max_lines_per_sec, config.max_lines_per_sec_per_site);
     let registry = tracing_subscriber::registry().with(filter).with(limit);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(|| Escaping(std::io::stderr()));
     let result = match config.format {
-        LogFormat::Text => registry
-            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
-            .try_init(),
+        // No colours: every escape sequence in a line would be one from the wire.
+        LogFormat::Text => registry.with(fmt.with_ansi(false)).try_init(),
         LogFormat::Json => registry
             .with(fmt.json().flatten_event(true).with_current_span(false))
             .try_init(),
@@ -121,6 +119,43 @@ pub fn init(config: &LogConfig) {
     if let Err(e) = result {
         eprintln!("sbc: logging was set up already: {e}");
     }
+}
+
+/// A log writer that shows every control character of a line as `\xNN` (the newline that
+/// ends it aside): Call-IDs, User-Agents and reasons come from the wire, and raw they could
+/// recolour, move the cursor of, or forge lines in an operator's terminal or log viewer. JSON
+/// lines have none to escape (JSON escapes them itself).
+struct Escaping<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Escaping<W> {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(&escape_controls(line))?;
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `line` with its control characters (C0 and DEL, but a final newline) as `\xNN`.
+fn escape_controls(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    if !body.iter().any(|b| b.is_ascii_control()) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = Vec::with_capacity(line.len() + 16);
+    for &byte in body {
+        if byte.is_ascii_control() {
+            out.extend_from_slice(format!("\\x{byte:02x}").as_bytes());
+        } else {
+            out.push(byte);
+        }
+    }
+    if body.len() < line.len() {
+        out.push(b'\n');
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Every 10 s, says how many lines the limits dropped (a line of its own, itself limited).
@@ -143,6 +178,20 @@ pub async fn report_suppressed() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_from_the_wire_are_escaped_but_the_line_end_stays() {
+        let line = b"call_id=\x1b[31mred\x07 tab\there\r\nforged line\x7f\n";
+        assert_eq!(
+            &*escape_controls(line),
+            b"call_id=\\x1b[31mred\\x07 tab\\x09here\\x0d\\x0aforged line\\x7f\n"
+        );
+        let clean = b"an ordinary line\n";
+        assert!(matches!(
+            escape_controls(clean),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     /// Two real call sites, as `tracing`'s macros make them.
     fn sites() -> [Identifier; 2] {

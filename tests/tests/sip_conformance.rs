@@ -201,6 +201,14 @@ fn torture_messages(over: Over) {
         failures.join("\n"),
         daemon.log()
     );
+    // The corpus is full of control characters (intmeth.dat's To has BEL, NUL and DEL): none
+    // reaches the log raw.
+    let log = daemon.log();
+    let raw = log
+        .lines()
+        .filter(|l| l.bytes().any(|b| b.is_ascii_control()))
+        .count();
+    assert_eq!(raw, 0, "log lines with raw control characters:\n{log}");
     if over == Over::Udp {
         // Every refusal and every drop was counted.
         let count = |wanted: fn(Wire) -> bool| {
@@ -219,9 +227,37 @@ fn torture_messages(over: Over) {
             sip["dropped"].as_u64().unwrap() >= count(|w| w == Wire::Drop),
             "{sip}"
         );
+        let get = |key: &str| daemon.api.get("/v1/stats").unwrap().body["sip"][key].as_u64();
+        // A Via host of 400 bytes (it crashed SIPp) is refused with 400, not forwarded.
+        let oversized_before = get("oversized").unwrap();
+        let local = SocketAddr::new(CALLER.into(), 29_998);
+        let sbc = SocketAddr::new(SBC_PUBLIC.into(), 5060);
+        let request = String::from_utf8(sip_probe::request("MESSAGE", local, sbc, "long-via"))
+            .unwrap()
+            .replacen(
+                &format!("Via: SIP/2.0/UDP {local}"),
+                &format!(
+                    "Via: SIP/2.0/UDP {}.example.com:{}",
+                    "h".repeat(388),
+                    local.port()
+                ),
+                1,
+            );
+        let answers = sip_probe::send(&lab.caller, local, sbc, request.as_bytes()).expect("send");
+        assert!(
+            answers.iter().any(|a| a.starts_with("SIP/2.0 400")),
+            "{answers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            sink.take(),
+            Vec::<String>::new(),
+            "the oversized request reached the backend"
+        );
+        assert_eq!(get("oversized"), Some(oversized_before + 1));
+
         // A request too broken to answer (no start line, no header) is dropped and counted
         // once, as dropped: never also as answered.
-        let get = |key: &str| daemon.api.get("/v1/stats").unwrap().body["sip"][key].as_u64();
         let (refused, dropped) = (get("refused"), get("dropped").unwrap());
         let local = SocketAddr::new(CALLER.into(), 29_999);
         let unanswerable = b"INVITE\r\nno header here\r\n\r\n";

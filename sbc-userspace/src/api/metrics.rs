@@ -147,6 +147,11 @@ fn write_sip(out: &mut Exposition, sip: &SipStats) {
             (&[("action", "dropped")][..], load(&sip.dropped)),
         ],
     );
+    out.counter_value(
+        "sbc_sip_oversized_total",
+        "SIP messages beyond [sip.limits] (header count, header or token length): requests refused with 400, responses dropped; also counted in sbc_sip_malformed_total.",
+        load(&sip.oversized),
+    );
 }
 
 fn write_calls(out: &mut Exposition, sip: &SipStats) {

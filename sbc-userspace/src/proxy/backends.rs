@@ -260,6 +260,7 @@ mod tests {
             trunk: None,
             retry_after_secs: 5,
             health: HealthConfig::default(),
+            limits: Default::default(),
         };
         Backends::new(&config)
     }

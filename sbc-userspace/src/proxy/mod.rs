@@ -391,10 +391,22 @@ impl Proxy {
         let (side, from) = (peer.side, peer.address);
         match inbound {
             Inbound::Request(message, request) => {
+                if let Err(rejection) = self.config.limits.check_request(&message, &request) {
+                    self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+                    let message = Some(message);
+                    return self.on_message(peer, Inbound::Refuse { rejection, message });
+                }
                 self.stats
                     .requests
                     .increment((side, method_label(&request.method)));
                 self.on_request(peer, message, request);
+            }
+            Inbound::Response(message, _)
+                if self.config.limits.check_headers(&message).is_err() =>
+            {
+                self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                debug!(%from, "response beyond sip.limits dropped");
             }
             Inbound::Response(message, response) => {
                 let method = method_label(&response.cseq_method);

@@ -198,6 +198,9 @@ pub struct SipStats {
     pub refused: AtomicU64,
     /// Messages dropped unanswered (broken responses, unanswerable requests).
     pub dropped: AtomicU64,
+    /// Messages beyond `[sip.limits]` (requests refused with 400, responses dropped; also
+    /// counted in `refused` or `dropped`).
+    pub oversized: AtomicU64,
     pub calls_attempted: AtomicU64,
     pub calls_answered: AtomicU64,
     /// Initial INVITEs that got a final failure, by reason and code.
@@ -269,6 +272,7 @@ impl SipStats {
             "responses": sum(&self.responses_received),
             "refused": self.refused.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
+            "oversized": self.oversized.load(Ordering::Relaxed),
             "calls_attempted": self.calls_attempted.load(Ordering::Relaxed),
             "calls_answered": self.calls_answered.load(Ordering::Relaxed),
             "calls_active": self.calls_active.load(Ordering::Relaxed),

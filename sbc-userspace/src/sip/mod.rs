@@ -6,6 +6,7 @@
 //! re-serialises bodies lossily. Here, messages keep their received bytes and are forwarded by
 //! editing single headers, so what the proxy does not touch passes through byte for byte.
 pub mod address;
+pub mod bounds;
 pub mod check;
 pub mod edit;
 pub mod framing;
