@@ -99,6 +99,9 @@ pub struct SipConfig {
     /// Bounds on header fields and tokens: what exceeds them is refused, not forwarded.
     #[serde(default)]
     pub limits: crate::sip::bounds::Bounds,
+    /// Bounds on SIP over TCP: connections, and how long a message may take.
+    #[serde(default)]
+    pub tcp: crate::proxy::tcp::TcpConfig,
 }
 
 impl SipConfig {
@@ -661,6 +664,20 @@ fn validate_sip(sip: &SipConfig) -> Result<(), ConfigError> {
             "sip.invite_timeout_ms",
             "must be at least 1",
         ));
+    }
+    let tcp = &sip.tcp;
+    for (key, value) in [
+        ("sip.tcp.max_connections", tcp.max_connections as u64),
+        (
+            "sip.tcp.max_connections_per_source",
+            tcp.max_connections_per_source as u64,
+        ),
+        ("sip.tcp.message_timeout_ms", tcp.message_timeout_ms),
+        ("sip.tcp.idle_secs", tcp.idle_secs),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(key, "must be at least 1"));
+        }
     }
     let limits = &sip.limits;
     for (key, value, least) in [

@@ -147,6 +147,21 @@ fn write_sip(out: &mut Exposition, sip: &SipStats) {
             (&[("action", "dropped")][..], load(&sip.dropped)),
         ],
     );
+    out.gauge_value(
+        "sbc_sip_tcp_connections",
+        "Open SIP TCP connections.",
+        load(&sip.tcp_open) as f64,
+    );
+    out.counter_value(
+        "sbc_sip_tcp_refused_total",
+        "SIP TCP connections closed at once: over sip.tcp.max_connections or max_connections_per_source.",
+        load(&sip.tcp_refused),
+    );
+    out.counter_value(
+        "sbc_sip_tcp_slow_closed_total",
+        "SIP TCP connections closed because a message took longer than sip.tcp.message_timeout_ms.",
+        load(&sip.tcp_slow_closed),
+    );
     out.counter_value(
         "sbc_sip_oversized_total",
         "SIP messages beyond [sip.limits] (header count, header or token length): requests refused with 400, responses dropped; also counted in sbc_sip_malformed_total.",

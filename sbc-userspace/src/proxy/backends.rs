@@ -261,6 +261,7 @@ mod tests {
             retry_after_secs: 5,
             health: HealthConfig::default(),
             limits: Default::default(),
+            tcp: Default::default(),
         };
         Backends::new(&config)
     }

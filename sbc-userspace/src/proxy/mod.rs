@@ -19,7 +19,7 @@ mod no_audio;
 mod requests;
 mod responses;
 pub mod stats;
-mod tcp;
+pub mod tcp;
 mod transactions;
 
 use std::{
@@ -234,6 +234,7 @@ impl Proxy {
             receive(&private, Side::Private);
         }
         let connections = Arc::new(AtomicU64::new(0));
+        let tcp_connections = tcp::Connections::new(config.tcp.clone(), Arc::clone(&stats));
         let mut tcp_listeners = vec![(config.public_listen, Side::Public)];
         if config.private_listen() != config.public_listen {
             tcp_listeners.push((config.private_listen(), Side::Private));
@@ -241,7 +242,8 @@ impl Proxy {
         for (address, side) in tcp_listeners {
             let (events, intake, numbers) =
                 (tx.clone(), Arc::clone(&intake), Arc::clone(&connections));
-            tcp::listen(address, side, events, intake, numbers).await?;
+            let limits = Arc::clone(&tcp_connections);
+            tcp::listen(address, side, events, intake, numbers, limits).await?;
         }
         let backend_ips = config.backends.iter().map(|b| b.address.ip()).collect();
         let token = format!(

@@ -198,6 +198,11 @@ pub struct SipStats {
     pub refused: AtomicU64,
     /// Messages dropped unanswered (broken responses, unanswerable requests).
     pub dropped: AtomicU64,
+    /// Open SIP TCP connections; connections refused over `[sip.tcp]` limits; connections
+    /// closed because a message came too slowly.
+    pub tcp_open: AtomicU64,
+    pub tcp_refused: AtomicU64,
+    pub tcp_slow_closed: AtomicU64,
     /// Messages beyond `[sip.limits]` (requests refused with 400, responses dropped; also
     /// counted in `refused` or `dropped`).
     pub oversized: AtomicU64,
@@ -273,6 +278,11 @@ impl SipStats {
             "refused": self.refused.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
             "oversized": self.oversized.load(Ordering::Relaxed),
+            "tcp": {
+                "open": self.tcp_open.load(Ordering::Relaxed),
+                "refused": self.tcp_refused.load(Ordering::Relaxed),
+                "slow_closed": self.tcp_slow_closed.load(Ordering::Relaxed),
+            },
             "calls_attempted": self.calls_attempted.load(Ordering::Relaxed),
             "calls_answered": self.calls_answered.load(Ordering::Relaxed),
             "calls_active": self.calls_active.load(Ordering::Relaxed),
