@@ -102,6 +102,9 @@ pub struct SipConfig {
     /// Bounds on SIP over TCP: connections, and how long a message may take.
     #[serde(default)]
     pub tcp: crate::proxy::tcp::TcpConfig,
+    /// What the public side does not learn: which users exist, what runs behind the edge.
+    #[serde(default)]
+    pub hiding: crate::proxy::hiding::HidingConfig,
 }
 
 impl SipConfig {

@@ -1,6 +1,6 @@
-//! A hand-made SIP backend for health tests, where SIPp cannot be told what not to answer: it
-//! answers each request with the status `answer` gives for its method (none: silence) and
-//! counts the requests it got by method.
+//! A hand-made SIP backend for what SIPp cannot be told (ignore MESSAGE, say 404 for some
+//! users): it answers each request as `answer` says (none: silence) and counts the requests it
+//! got by method.
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
@@ -14,6 +14,36 @@ use std::{
 
 use crate::netns::Netns;
 
+/// An answer: its status, and header lines to add (`Server: ...`).
+pub struct Reply {
+    pub code: u16,
+    pub headers: Vec<String>,
+}
+
+impl From<u16> for Reply {
+    fn from(code: u16) -> Self {
+        Self {
+            code,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A request's method.
+pub fn method(request: &str) -> &str {
+    request.split(' ').next().unwrap_or_default()
+}
+
+/// The user part of a request's To URI.
+pub fn to_user(request: &str) -> &str {
+    request
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("to:"))
+        .and_then(|l| l.split("sip:").nth(1))
+        .and_then(|uri| uri.split('@').next())
+        .unwrap_or_default()
+}
+
 pub struct Responder {
     stop: Arc<AtomicBool>,
     received: Arc<Mutex<BTreeMap<String, u64>>>,
@@ -24,7 +54,7 @@ impl Responder {
     pub fn start(
         ns: &Netns,
         address: SocketAddr,
-        answer: impl Fn(&str) -> Option<u16> + Send + 'static,
+        answer: impl Fn(&str) -> Option<Reply> + Send + 'static,
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(Mutex::new(BTreeMap::new()));
@@ -50,8 +80,8 @@ impl Responder {
                         .unwrap()
                         .entry(method.to_owned())
                         .or_default() += 1;
-                    if let Some(code) = answer(method) {
-                        socket.send_to(&response(&request, code), from)?;
+                    if let Some(reply) = answer(&request) {
+                        socket.send_to(&response(&request, &reply), from)?;
                     }
                 }
                 Ok(())
@@ -88,8 +118,8 @@ impl Drop for Responder {
 }
 
 /// A response to `request`: its Via, From, To (tagged), Call-ID and CSeq copied.
-fn response(request: &str, code: u16) -> Vec<u8> {
-    let mut out = format!("SIP/2.0 {code} Test\r\n");
+fn response(request: &str, reply: &Reply) -> Vec<u8> {
+    let mut out = format!("SIP/2.0 {} Test\r\n", reply.code);
     for line in request.lines().skip(1) {
         if line.is_empty() {
             break;
@@ -115,6 +145,10 @@ fn response(request: &str, code: u16) -> Vec<u8> {
             }
             _ => {}
         }
+    }
+    for header in &reply.headers {
+        out.push_str(header);
+        out.push_str("\r\n");
     }
     out.push_str("Content-Length: 0\r\n\r\n");
     out.into_bytes()

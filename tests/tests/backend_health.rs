@@ -10,7 +10,7 @@ use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
     privileges::require_lab_privileges,
-    responder::Responder,
+    responder::{Responder, method},
     sip_probe,
 };
 
@@ -26,10 +26,10 @@ fn what_outsiders_provoke_never_takes_a_backend_down() {
     require_lab_privileges();
     let lab = Lab::up("health").expect("lab");
     let backend = addr(CALLEE, 5060);
-    let responder = Responder::start(&lab.callee, backend, |method| match method {
+    let responder = Responder::start(&lab.callee, backend, |request| match method(request) {
         "MESSAGE" | "ACK" => None,
-        "REGISTER" => Some(500),
-        _ => Some(200),
+        "REGISTER" => Some(500.into()),
+        _ => Some(200.into()),
     })
     .expect("backend");
     let daemon = Daemon::start(

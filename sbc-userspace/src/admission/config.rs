@@ -73,6 +73,12 @@ pub struct AdmissionConfig {
     /// once, unanswered.
     pub scanner_user_agents: Vec<String>,
     pub scanner_block_secs: u64,
+    /// A source whose out-of-dialog requests for this many different users fail as for a
+    /// missing user (404, 484, 604...) within `failed_users_window_secs` is enumerating users:
+    /// it is blocked like a scanner (0: never). A caller does not ask for many users that do
+    /// not exist; a word list does.
+    pub block_after_failed_users: u32,
+    pub failed_users_window_secs: u64,
     /// Overload: when the proxy handles a datagram later than this after it arrived, new
     /// INVITEs are refused (503) until it catches up; calls already set up are served first.
     pub overload_delay_ms: u64,
@@ -105,6 +111,8 @@ impl Default for AdmissionConfig {
             .map(String::from)
             .to_vec(),
             scanner_block_secs: 3600,
+            block_after_failed_users: 10,
+            failed_users_window_secs: 60,
             overload_delay_ms: 500,
             shed_queue_depth: 2048,
         }
@@ -169,6 +177,10 @@ impl AdmissionConfig {
         for (key, value) in [
             ("admission.block_secs", self.block_secs),
             ("admission.scanner_block_secs", self.scanner_block_secs),
+            (
+                "admission.failed_users_window_secs",
+                self.failed_users_window_secs,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));

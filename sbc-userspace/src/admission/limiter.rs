@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::{
     config::{AdmissionConfig, SourceLimits},
+    enumeration::FailedUsers,
     rate::{SourceBuckets, limit},
 };
 
@@ -69,6 +70,13 @@ fn scanner_needles(config: &AdmissionConfig) -> Vec<String> {
         .collect()
 }
 
+fn failed_users(config: &AdmissionConfig) -> FailedUsers {
+    FailedUsers::new(
+        config.block_after_failed_users,
+        config.failed_users_window_secs,
+    )
+}
+
 pub struct Admission {
     config: AdmissionConfig,
     /// The backends, which have no limits at all.
@@ -78,6 +86,7 @@ pub struct Admission {
     global_invites: SourceBucket,
     refusals: HashMap<IpAddr, (u64, u32)>,
     scanner_needles: Vec<String>,
+    failed_users: FailedUsers,
 }
 
 impl Admission {
@@ -91,11 +100,21 @@ impl Admission {
             global_invites: SourceBucket::full(&global, now_ns),
             refusals: HashMap::new(),
             scanner_needles: scanner_needles(config),
+            failed_users: failed_users(config),
         }
     }
 
     /// Takes a new configuration; buckets and refusal counts carry over.
     pub fn reconfigure(&mut self, config: &AdmissionConfig) {
+        if (
+            config.block_after_failed_users,
+            config.failed_users_window_secs,
+        ) != (
+            self.config.block_after_failed_users,
+            self.config.failed_users_window_secs,
+        ) {
+            self.failed_users = failed_users(config);
+        }
         self.config = config.clone();
         self.scanner_needles = scanner_needles(config);
     }
@@ -138,6 +157,23 @@ impl Admission {
 
     pub fn scanner_block(&self) -> Duration {
         Duration::from_secs(self.config.scanner_block_secs)
+    }
+
+    /// Whether `source` is trusted: a backend or an allowlisted trunk (never blocked for its
+    /// behaviour, told the truth about users).
+    pub fn is_trusted(&self, source: IpAddr) -> bool {
+        self.is_allowlisted(source)
+    }
+
+    /// An out-of-dialog request from `source` for `user` failed as for a missing user: how
+    /// long to block the source, if this makes it an enumerator.
+    pub fn user_failed(&mut self, source: IpAddr, user: &str, now_ns: u64) -> Option<Duration> {
+        if !self.config.enabled || self.is_allowlisted(source) {
+            return None;
+        }
+        self.failed_users
+            .failed(source, user, now_ns)
+            .then(|| self.scanner_block())
     }
 
     /// A new INVITE from `source`, with `active_calls` calls up and the proxy `delay` behind.

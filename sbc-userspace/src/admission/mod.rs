@@ -11,6 +11,7 @@
 //! Known dialogs pass both untouched: established calls are never limited.
 pub mod config;
 pub mod control;
+pub mod enumeration;
 pub mod guard;
 pub mod limiter;
 pub mod rate;

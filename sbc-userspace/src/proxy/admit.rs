@@ -70,7 +70,13 @@ impl Proxy {
         false
     }
 
-    fn block_source(&self, source: std::net::IpAddr, block: Duration, reason: u32, why: &str) {
+    pub(super) fn block_source(
+        &self,
+        source: std::net::IpAddr,
+        block: Duration,
+        reason: u32,
+        why: &str,
+    ) {
         if let Err(e) = self.guard.block(source, Some(block), reason) {
             warn!(%source, "cannot block source: {e:#}");
             return;

@@ -262,6 +262,7 @@ mod tests {
             health: HealthConfig::default(),
             limits: Default::default(),
             tcp: Default::default(),
+            hiding: Default::default(),
         };
         Backends::new(&config)
     }

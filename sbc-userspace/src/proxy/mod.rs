@@ -12,6 +12,7 @@ mod calls;
 mod continuity;
 mod hangup;
 mod health;
+pub mod hiding;
 mod inspect;
 mod intake;
 pub mod journal;
@@ -193,6 +194,7 @@ pub struct Proxy {
     admission_counters: Arc<AdmissionCounters>,
     drain: Arc<Drain>,
     journal: Journal,
+    hiding: hiding::Hiding,
     /// How long the datagram being handled waited to be (the proxy's overload signal).
     event_delay: Duration,
     /// Makes our branches and tags unique to this process.
@@ -275,6 +277,7 @@ impl Proxy {
             admission_counters: Arc::clone(&admission_counters),
             drain,
             journal,
+            hiding: hiding::Hiding::new(&config.hiding),
             event_delay: Duration::ZERO,
             token,
             sequence: 0,

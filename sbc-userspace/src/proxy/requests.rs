@@ -394,6 +394,9 @@ impl Proxy {
             }
         }
         self.pop_our_routes(message, &mut editor);
+        if side == Side::Private && hop.side == Side::Public {
+            self.hiding.strip(message, &mut editor);
+        }
         if DIALOG_CREATING.contains(&request.method.as_str()) && !in_dialog {
             let index = editor
                 .first("record-route")

@@ -134,6 +134,21 @@ impl Proxy {
     /// Sends a response (from `from`) up through its server transaction: our Via removed, SDP
     /// anchored, a backend's 503 never passed on as it is (RFC 3261 16.7 step 6).
     fn relay(&mut self, server_key: &str, from: SocketAddr, message: &Message, code: u16) {
+        if code >= 300
+            && let Some((uniform, bytes)) = self.hide_failure(server_key, message, code)
+        {
+            let Some(tx) = self.server.get(server_key) else {
+                return;
+            };
+            let (upstream, call, cancelled) = (tx.upstream, tx.call.clone(), tx.cancelled);
+            let invite = tx.info.method == "INVITE";
+            self.finish_with(server_key, bytes, uniform, upstream, Origin::Relayed);
+            if let (true, Some(call)) = (invite, call) {
+                // The call's end says what really happened.
+                self.invite_progress(&call, message, code, cancelled);
+            }
+            return;
+        }
         let Some(tx) = self.server.get(server_key) else {
             return;
         };
@@ -157,6 +172,9 @@ impl Proxy {
         );
         let mut editor = Editor::new(message);
         pop_top_via(message, &mut editor);
+        if upstream.side == Side::Public && out_side == Side::Private {
+            self.hiding.strip(message, &mut editor);
+        }
         if let (true, Some(call)) = (message.has_sdp(), &call) {
             match self.anchor(call, out_side, from.ip(), message.body()) {
                 Ok(body) => {
@@ -297,6 +315,9 @@ impl Proxy {
         };
         let mut editor = Editor::new(message);
         pop_top_via(message, &mut editor);
+        if side == Side::Private {
+            self.hiding.strip(message, &mut editor);
+        }
         // Its SDP is anchored as the first answer's was. An answer for a call we do not hold
         // would route media around the relay and name the far side's addresses: dropped.
         if message.has_sdp() {
