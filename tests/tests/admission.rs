@@ -557,3 +557,48 @@ fn a_flood_dies_in_the_kernel_while_calls_with_media_go_through() {
         "the daemon used {flooded_cpu:?} of CPU during the flood, {quiet_cpu:?} without"
     );
 }
+
+/// A caller that misses our 503 (a lost datagram, under load) retransmits its INVITE: it gets
+/// the same 503 again, and the attempt, the refusal and its weight towards a block count once.
+#[test]
+fn a_retransmitted_refused_invite_gets_the_same_answer_and_counts_once() {
+    let (lab, _backend, daemon) = setup(
+        "adm-retrans",
+        "xdp",
+        "[admission.source]\ninvites_per_sec = 1\ninvite_burst = 1\n",
+    );
+    let local = addr(CALLER, 5090);
+    let first = sip_probe::invite(local, SBC_SIP, "retrans-first");
+    let answers = sip_probe::send(&lab.caller, local, SBC_SIP, &first).expect("first");
+    assert!(
+        answers.iter().any(|a| a.starts_with("SIP/2.0 200")),
+        "{answers:?}"
+    );
+
+    let refused = sip_probe::invite(local, SBC_SIP, "retrans-refused");
+    let mut to_tags = Vec::new();
+    for _ in 0..3 {
+        let answers = sip_probe::send(&lab.caller, local, SBC_SIP, &refused).expect("refused");
+        let last = answers.last().cloned().unwrap_or_default();
+        assert!(last.starts_with("SIP/2.0 503"), "{answers:?}");
+        assert!(last.contains("Retry-After:"), "{last}");
+        let to = last
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .unwrap_or_default()
+            .to_owned();
+        to_tags.push(to);
+    }
+    assert!(
+        to_tags.windows(2).all(|w| w[0] == w[1]),
+        "three different answers: {to_tags:?}"
+    );
+    assert_eq!(
+        daemon
+            .admission_counter("refused_source_invite_rate")
+            .unwrap(),
+        1
+    );
+    let status = daemon.api.get("/v1/status").expect("status").body;
+    assert_eq!(status["calls"]["attempted"], 2, "{status}");
+}

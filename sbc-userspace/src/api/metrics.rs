@@ -147,6 +147,11 @@ fn write_sip(out: &mut Exposition, sip: &SipStats) {
             (&[("action", "dropped")][..], load(&sip.dropped)),
         ],
     );
+    out.counter_value(
+        "sbc_sip_send_busy_total",
+        "SIP datagrams the send buffer had no room for: left to retransmission (a sign of overload), never a failed hop.",
+        load(&sip.send_busy),
+    );
     out.gauge_value(
         "sbc_sip_tcp_connections",
         "Open SIP TCP connections.",

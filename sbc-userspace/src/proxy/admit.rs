@@ -18,6 +18,7 @@ impl Proxy {
     /// deliberately not) and counted.
     pub(super) fn admit(
         &mut self,
+        key: &str,
         peer: Peer,
         message: &Message,
         request: &check::Request,
@@ -60,10 +61,11 @@ impl Proxy {
             return true;
         };
         debug!(%source, method = %request.method, "refused: {}", refusal.reason);
-        let reason = format!("Service Unavailable ({})", refusal.reason);
-        let extra = self.retry_after(503);
-        let response = super::build::response(message, 503, &reason, to_tag, &extra);
-        self.respond(peer, message, 503, &response, super::stats::Origin::Local);
+        let answer = super::answered::Answer {
+            reason: format!("Service Unavailable ({})", refusal.reason),
+            ..self.own_answer(503, to_tag)
+        };
+        self.refuse(key, peer, message, answer);
         if let Some(block) = refusal.block {
             self.block_source(source, block, BLOCK_ABUSE, refusal.reason);
         }

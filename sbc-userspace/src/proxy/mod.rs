@@ -6,6 +6,7 @@
 //! time: datagrams from the listeners, timers, and media timeouts. Nothing is shared, so nothing
 //! is locked; the media plane is the only thing it calls out to.
 mod admit;
+mod answered;
 mod backends;
 mod build;
 mod calls;
@@ -195,6 +196,8 @@ pub struct Proxy {
     drain: Arc<Drain>,
     journal: Journal,
     hiding: hiding::Hiding,
+    /// Refusals by transaction, so retransmissions get them again and count once.
+    answered: answered::Answered,
     /// How long the datagram being handled waited to be (the proxy's overload signal).
     event_delay: Duration,
     /// Makes our branches and tags unique to this process.
@@ -278,6 +281,7 @@ impl Proxy {
             drain,
             journal,
             hiding: hiding::Hiding::new(&config.hiding),
+            answered: answered::Answered::new(transactions::LINGER),
             event_delay: Duration::ZERO,
             token,
             sequence: 0,
@@ -502,10 +506,18 @@ impl Proxy {
         self.send_to(peer, bytes);
     }
 
-    /// Sends a datagram; false (and logged) when the transport refused it.
+    /// Sends a datagram; false (and logged) when the transport refused it. A full send
+    /// buffer is no refusal: under load it fills, and the datagram counts as sent and lost,
+    /// which the transaction's own retransmissions (or its sender's) repair. Treating it as
+    /// a failed hop would answer callers 500 and blame a healthy backend.
     fn send(&self, side: Side, to: SocketAddr, bytes: &[u8]) -> bool {
         match self.listener(side).socket.try_send_to(bytes, to) {
             Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.stats.send_busy.fetch_add(1, Ordering::Relaxed);
+                debug!(%to, "SIP send buffer full: left to retransmission");
+                true
+            }
             Err(e) => {
                 warn!(%to, "sending SIP failed: {e}");
                 false

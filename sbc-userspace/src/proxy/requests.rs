@@ -5,7 +5,9 @@ use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
 use tracing::{debug, info};
 
 use super::{
-    Proxy, Timer, build,
+    Proxy, Timer,
+    answered::Answer,
+    build,
     calls::{Call, call_key},
     stats::Origin,
     transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1, client_key, server_key},
@@ -52,6 +54,18 @@ impl Proxy {
             }
             return;
         }
+        if let Some(answer) = self.answered.get(&key) {
+            // A retransmission of a request we refused: the same refusal, counted once.
+            let response = build::response(
+                &message,
+                answer.code,
+                &answer.reason,
+                &answer.to_tag,
+                &answer.extra,
+            );
+            self.send_to(peer, &response);
+            return;
+        }
         let to_tag = self.tag();
         let in_dialog = request.in_dialog();
         if request.method == "INVITE" && !in_dialog {
@@ -60,17 +74,19 @@ impl Proxy {
         let known_call = self.find_call(&request);
         // A To tag alone does not make a request part of a call: only a call we hold does.
         let of_known_call = in_dialog && known_call.is_some();
-        if !self.admit(peer, &message, &request, of_known_call, &to_tag) {
+        if !self.admit(&key, peer, &message, &request, of_known_call, &to_tag) {
             return;
         }
         if request.method == "OPTIONS" && self.addressed_to_us(&request) {
             return self.answer_options(peer, &message, &to_tag);
         }
         if max_forwards(&request) == 0 {
-            return self.reply(peer, &message, 483, &to_tag, &[]);
+            let answer = self.own_answer(483, &to_tag);
+            return self.refuse(&key, peer, &message, answer);
         }
         if self.is_loop(&request) {
-            return self.reply(peer, &message, 482, &to_tag, &[]);
+            let answer = self.own_answer(482, &to_tag);
+            return self.refuse(&key, peer, &message, answer);
         }
         if let (true, Some(key)) = (in_dialog, &known_call) {
             self.note_cseq(key, side, request.cseq);
@@ -79,8 +95,8 @@ impl Proxy {
             Ok(hop) => hop,
             Err((code, why)) => {
                 info!(call_id = %request.call_id, "cannot route {}: {why}", request.method);
-                let extra = self.retry_after(code);
-                return self.reply(peer, &message, code, &to_tag, &extra);
+                let answer = self.own_answer(code, &to_tag);
+                return self.refuse(&key, peer, &message, answer);
             }
         };
         let initial_invite = request.method == "INVITE" && !in_dialog;
@@ -102,8 +118,8 @@ impl Proxy {
             Ok(template) => template,
             Err((code, why)) => {
                 info!(call_id = %request.call_id, "refusing {}: {why}", request.method);
-                let extra = self.retry_after(code);
-                self.reply(peer, &message, code, &to_tag, &extra);
+                let answer = self.own_answer(code, &to_tag);
+                self.refuse(&key, peer, &message, answer);
                 if let (true, Some(key)) = (initial_invite, &call) {
                     self.end_call(key, "failed", Some(code));
                 }
@@ -208,6 +224,30 @@ impl Proxy {
         extra.push(allow);
         let response = build::response(message, code, reason, to_tag, &extra);
         self.respond(peer, message, code, &response, Origin::Local);
+    }
+
+    /// Answers a request with our own final response, and remembers it for the request's
+    /// retransmissions (`answered`).
+    pub(super) fn refuse(&mut self, key: &str, peer: Peer, request: &Message, answer: Answer) {
+        let response = build::response(
+            request,
+            answer.code,
+            &answer.reason,
+            &answer.to_tag,
+            &answer.extra,
+        );
+        self.respond(peer, request, answer.code, &response, Origin::Local);
+        self.answered.remember(key, answer, Instant::now());
+    }
+
+    /// Our own answer `code` (with its usual reason phrase, and Retry-After on a 503).
+    pub(super) fn own_answer(&self, code: u16, to_tag: &str) -> Answer {
+        Answer {
+            code,
+            reason: build::reason_phrase(code).to_owned(),
+            to_tag: to_tag.to_owned(),
+            extra: self.retry_after(code),
+        }
     }
 
     pub(super) fn reply(

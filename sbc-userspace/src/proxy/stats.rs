@@ -198,6 +198,8 @@ pub struct SipStats {
     pub refused: AtomicU64,
     /// Messages dropped unanswered (broken responses, unanswerable requests).
     pub dropped: AtomicU64,
+    /// Datagrams the send buffer had no room for (left to retransmission, not failed).
+    pub send_busy: AtomicU64,
     /// Open SIP TCP connections; connections refused over `[sip.tcp]` limits; connections
     /// closed because a message came too slowly.
     pub tcp_open: AtomicU64,
@@ -278,6 +280,7 @@ impl SipStats {
             "refused": self.refused.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
             "oversized": self.oversized.load(Ordering::Relaxed),
+            "send_busy": self.send_busy.load(Ordering::Relaxed),
             "tcp": {
                 "open": self.tcp_open.load(Ordering::Relaxed),
                 "refused": self.tcp_refused.load(Ordering::Relaxed),

@@ -1,0 +1,89 @@
+//! Requests the proxy refused itself (503 by admission, 483, 482, no route, media it cannot
+//! anchor), remembered for a while by transaction: a retransmission (its sender missed the
+//! answer, likely under load) gets the same answer again, and is neither examined again nor
+//! counted as a new call attempt, a new refusal or a new call (RFC 3261 17.2: a server
+//! transaction absorbs retransmissions). Bounded in count, so a flood cannot grow it: past the
+//! bound the oldest are forgotten first. Only what the answer needs is kept, not the request.
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+/// Transactions remembered at most.
+const CAPACITY: usize = 65_536;
+
+/// A refusal as it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub code: u16,
+    pub reason: String,
+    pub to_tag: String,
+    pub extra: Vec<(&'static str, String)>,
+}
+
+pub struct Answered {
+    keep: Duration,
+    answers: HashMap<String, Answer>,
+    /// Keys by age, oldest first.
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Answered {
+    /// Remembers answers for `keep` (a transaction's linger time).
+    pub fn new(keep: Duration) -> Self {
+        Self {
+            keep,
+            answers: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn remember(&mut self, key: &str, answer: Answer, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < self.keep && self.order.len() < CAPACITY {
+                break;
+            }
+            let (_, old) = self.order.pop_front().expect("not empty");
+            self.answers.remove(&old);
+        }
+        if self.answers.insert(key.to_owned(), answer).is_none() {
+            self.order.push_back((now, key.to_owned()));
+        }
+    }
+
+    /// The answer already given to this transaction, if it is still remembered.
+    pub fn get(&self, key: &str) -> Option<&Answer> {
+        self.answers.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(code: u16) -> Answer {
+        Answer {
+            code,
+            reason: "Service Unavailable".into(),
+            to_tag: "t".into(),
+            extra: vec![("Retry-After", "5".into())],
+        }
+    }
+
+    #[test]
+    fn answers_are_kept_for_a_while_and_bounded() {
+        let start = Instant::now();
+        let mut answered = Answered::new(Duration::from_secs(32));
+        answered.remember("a", answer(503), start);
+        assert_eq!(answered.get("a"), Some(&answer(503)));
+        // Long after, a new answer makes room by forgetting the old one.
+        answered.remember("b", answer(483), start + Duration::from_secs(40));
+        assert_eq!(answered.get("a"), None);
+        assert_eq!(answered.get("b"), Some(&answer(483)));
+        for i in 0..CAPACITY + 10 {
+            answered.remember(&i.to_string(), answer(503), start + Duration::from_secs(41));
+        }
+        assert!(answered.answers.len() <= CAPACITY && answered.order.len() <= CAPACITY);
+        assert_eq!(answered.get("b"), None, "the oldest went first");
+    }
+}
