@@ -602,3 +602,60 @@ fn a_retransmitted_refused_invite_gets_the_same_answer_and_counts_once() {
     let status = daemon.api.get("/v1/status").expect("status").body;
     assert_eq!(status["calls"]["attempted"], 2, "{status}");
 }
+
+/// The overload signal counts the time a datagram waits in the kernel's receive buffer, not
+/// only in the proxy's queue: with the daemon stopped (SIGSTOP) for 1.5 s while INVITEs
+/// arrive, they have waited past `shed_delay_ms` (1 s) when it resumes, and are dropped
+/// unanswered (their senders retransmit); an allowlisted trunk's, given four times as long,
+/// are served, and a fresh INVITE afterwards is too.
+#[test]
+fn requests_that_waited_in_the_kernel_buffer_are_shed_as_stale() {
+    let (lab, _backend, daemon) = setup(
+        "adm-stale",
+        "xdp",
+        &format!("[admission]\nallowlist = [\"{CALLER}/32\"]\n"),
+    );
+    let pid = daemon.pid().expect("running") as libc::pid_t;
+    // SAFETY: signals to the daemon this test started, by its PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let send = |ns: &Netns, local: SocketAddr, call_id: &str| {
+        let invite = sip_probe::invite(local, SBC_SIP, call_id);
+        sip_probe::send_waiting(ns, local, SBC_SIP, &invite, Duration::from_secs(3)).expect("send")
+    };
+    let (rogue, send) = (&lab.rogue, &send);
+    let (stale, trunk) = std::thread::scope(|scope| {
+        let stale: Vec<_> = (0..5u16)
+            .map(|n| {
+                let call_id = format!("stale-{n}");
+                scope.spawn(move || send(rogue, addr(ROGUE, 5200 + n), &call_id))
+            })
+            .collect();
+        let trunk = scope.spawn(|| send(&lab.caller, addr(CALLER, 5300), "trunk"));
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        let stale: Vec<Vec<String>> = stale
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        (stale, trunk.join().expect("thread"))
+    });
+    for (n, answers) in stale.iter().enumerate() {
+        assert!(
+            answers.is_empty(),
+            "stale INVITE {n} was handled: {answers:?}"
+        );
+    }
+    assert!(
+        trunk.iter().any(|a| a.starts_with("SIP/2.0 200")),
+        "the trunk's INVITE: {trunk:?}"
+    );
+    let counters = daemon.api.get("/v1/stats").expect("stats").body;
+    assert_eq!(counters["admission"]["shed_late"], 5, "{counters}");
+    let fresh = sip_probe::invite(addr(ROGUE, 5299), SBC_SIP, "fresh");
+    let answers = sip_probe::send(&lab.rogue, addr(ROGUE, 5299), SBC_SIP, &fresh).expect("send");
+    assert!(
+        answers.iter().any(|a| a.starts_with("SIP/2.0 200")),
+        "{answers:?}"
+    );
+}

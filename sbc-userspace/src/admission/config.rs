@@ -79,13 +79,19 @@ pub struct AdmissionConfig {
     /// not exist; a word list does.
     pub block_after_failed_users: u32,
     pub failed_users_window_secs: u64,
-    /// Overload: when the proxy handles a datagram later than this after it arrived, new
-    /// INVITEs are refused (503) until it catches up; calls already set up are served first.
+    /// Overload: when the proxy handles a datagram later than this after it arrived (in the
+    /// kernel's receive buffer and its queue), new INVITEs are refused (503) until it catches
+    /// up; calls already set up are served first, allowlisted sources up to four times as long.
     pub overload_delay_ms: u64,
     /// Overload: when this many messages wait for the proxy, new requests from the public
     /// side that belong to no call are dropped on arrival (0: never); responses and
     /// requests of calls still get through.
     pub shed_queue_depth: usize,
+    /// Overload: a new request from the public side that waited this long since it arrived
+    /// (in the kernel's receive buffer and the queue) is dropped unanswered: its sender has
+    /// retransmitted by then, and handling it would delay the calls that are up. Allowlisted
+    /// sources get four times as long (0: never).
+    pub shed_delay_ms: u64,
 }
 
 impl Default for AdmissionConfig {
@@ -115,6 +121,7 @@ impl Default for AdmissionConfig {
             failed_users_window_secs: 60,
             overload_delay_ms: 500,
             shed_queue_depth: 2048,
+            shed_delay_ms: 1000,
         }
     }
 }

@@ -371,10 +371,11 @@ fn write_admission(out: &mut Exposition, admission: &AdmissionCounters) {
     );
     out.counter(
         "sbc_admission_shed_total",
-        "Datagrams dropped on arrival while the proxy was behind: new requests at shed_queue_depth, everything with the queue full.",
+        "Datagrams dropped while the proxy was behind: new requests at shed_queue_depth or older than shed_delay_ms, everything with the queue full.",
         [
             (&[("reason", "new_request")][..], load(&admission.shed_new_requests)),
             (&[("reason", "queue_full")][..], load(&admission.shed_queue_full)),
+            (&[("reason", "late")][..], load(&admission.shed_late)),
         ],
     );
 }

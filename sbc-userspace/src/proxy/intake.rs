@@ -99,7 +99,105 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
         .await
         .with_context(|| format!("binding SIP listener {address} (UDP)"))?;
     enlarge_receive_buffer(&socket);
+    stamp_arrivals(&socket)?;
     Ok(Arc::new(socket))
+}
+
+/// Asks the kernel to stamp each datagram with its arrival time (SO_TIMESTAMPNS): under load
+/// a datagram may wait in the receive buffer for longer than in the proxy's queue, and the
+/// overload signal must count both.
+fn stamp_arrivals(socket: &UdpSocket) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the size given.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    anyhow::ensure!(
+        done == 0,
+        "SO_TIMESTAMPNS on a SIP listener: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Receives one datagram with `recvmsg`: its length, its source, and how long it waited in
+/// the kernel since it arrived (zero when the kernel gave no stamp).
+fn receive_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Duration)> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: an all-zero sockaddr_storage is valid (family AF_UNSPEC).
+    let mut source: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one SCM_TIMESTAMPNS message (a timespec), 8-byte aligned.
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below to live buffers.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_name = (&raw mut source).cast();
+    header.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    header.msg_iov = &raw mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every buffer the header points to outlives the call.
+    let len = unsafe { libc::recvmsg(socket.as_raw_fd(), &raw mut header, libc::MSG_DONTWAIT) };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let from = socket_addr_of(&source).ok_or_else(|| std::io::Error::other("no source address"))?;
+    let mut waited = Duration::ZERO;
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled, within its length.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let stamp: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                let arrived = std::time::UNIX_EPOCH
+                    + Duration::new(stamp.tv_sec as u64, stamp.tv_nsec as u32);
+                waited = std::time::SystemTime::now()
+                    .duration_since(arrived)
+                    .unwrap_or_default();
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const header, cmsg);
+        }
+    }
+    Ok((len as usize, from, waited))
+}
+
+fn socket_addr_of(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says it is a sockaddr_in.
+            let v4: &libc::sockaddr_in =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::new(
+                std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)).into(),
+                u16::from_be(v4.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it is a sockaddr_in6.
+            let v6: &libc::sockaddr_in6 =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::new(
+                std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr).into(),
+                u16::from_be(v6.sin6_port),
+            ))
+        }
+        _ => None,
+    }
 }
 
 fn enlarge_receive_buffer(socket: &UdpSocket) {
@@ -137,8 +235,13 @@ pub fn spawn_receiver(
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
-            match socket.recv_from(&mut buf).await {
-                Ok((len, from)) => {
+            let received = socket
+                .async_io(tokio::io::Interest::READABLE, || {
+                    receive_stamped(&socket, &mut buf)
+                })
+                .await;
+            match received {
+                Ok((len, from, waited)) => {
                     let datagram = &buf[..len];
                     if !guard.admit(from.ip(), datagram)
                         || !intake.accepts(listener, datagram, &guard)
@@ -146,11 +249,13 @@ pub fn spawn_receiver(
                         continue;
                     }
                     intake.queued();
+                    let now = Instant::now();
                     let event = Event::Datagram {
                         listener,
                         from,
                         bytes: datagram.to_vec(),
-                        received: Instant::now(),
+                        // Its arrival in the kernel: the proxy's delay counts the buffer too.
+                        received: now.checked_sub(waited).unwrap_or(now),
                     };
                     if events.send(event).is_err() {
                         return;

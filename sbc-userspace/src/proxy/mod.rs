@@ -337,6 +337,12 @@ impl Proxy {
             } => {
                 self.intake.taken();
                 self.event_delay = received.elapsed();
+                if self.is_stale_new_request(listener, from, &bytes) {
+                    self.admission_counters
+                        .shed_late
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 self.on_datagram(listener, from, &bytes);
             }
             Event::Stream {
@@ -367,6 +373,24 @@ impl Proxy {
             Event::HangUpAll => self.hang_up_all(),
             Event::NoAudio { silent, hang_up } => self.on_no_audio(silent, hang_up),
         }
+    }
+
+    /// A new request from the public side that waited (in the kernel's buffer and the queue)
+    /// past `admission.shed_delay_ms`, four times as long for allowlisted sources: its sender
+    /// has retransmitted already, and answering it would only delay the calls that are up.
+    /// Responses and requests of calls are never stale.
+    fn is_stale_new_request(&self, listener: Side, from: SocketAddr, bytes: &[u8]) -> bool {
+        let Some(bound) = self.admission.shed_delay() else {
+            return false;
+        };
+        if self.event_delay < bound
+            || self.side_of(listener, from) == Side::Private
+            || bytes.starts_with(b"SIP/2.0 ")
+            || self.guard.knows_dialog(bytes)
+        {
+            return false;
+        }
+        !self.admission.is_trusted(from.ip()) || self.event_delay >= 4 * bound
     }
 
     /// Which side a datagram came from: its listener, or with one shared listener, whether
