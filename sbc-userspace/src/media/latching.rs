@@ -57,6 +57,12 @@ pub struct Expected {
 }
 
 impl Expected {
+    /// Signalling said nothing about the peer (an API session created without one, a stream
+    /// on hold): the first source is taken, as for policy `any`, until signalling speaks.
+    pub fn is_unknown(&self) -> bool {
+        self.media.is_none() && self.sip_source.is_none()
+    }
+
     /// How `source` matches, best first; `Unchecked` when it matches nothing.
     pub fn match_of(&self, source: SocketAddr) -> PeerMatch {
         match self.media {
@@ -124,7 +130,8 @@ impl Learning {
         window_ns: u64,
     ) -> Decision {
         let matched = self.expected.match_of(source);
-        if !policy.admits(matched) {
+        let blind = self.expected.is_unknown();
+        if !blind && !policy.admits(matched) {
             return Decision::Refuse(Refusal::Unsignalled);
         }
         match current {
@@ -133,7 +140,7 @@ impl Learning {
                 Decision::Latch {
                     matched,
                     // `any` keeps the first source, as a plain symmetric-RTP relay would.
-                    lock: matched == PeerMatch::Sdp || policy == LatchPolicy::Any,
+                    lock: matched == PeerMatch::Sdp || policy == LatchPolicy::Any || blind,
                 }
             }
             // The window does not restart with a better match: it is short by design.
@@ -224,6 +231,20 @@ mod tests {
             );
         }
         assert!(!learning.is_over(u64::MAX), "no window before a latch");
+        // With nothing signalled (an API session without peers), the first source is taken.
+        assert_eq!(
+            Learning::new(Expected::default()).consider(
+                None,
+                addr("198.51.100.66:4000"),
+                0,
+                LatchPolicy::Strict,
+                WINDOW
+            ),
+            Decision::Latch {
+                matched: PeerMatch::Unchecked,
+                lock: true
+            }
+        );
         assert_eq!(
             learning.consider(
                 None,

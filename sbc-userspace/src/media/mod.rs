@@ -248,6 +248,42 @@ mod tests {
         assert_eq!((latch.peer, latch.matched), (moved_to, "sdp"));
     }
 
+    /// A session made through the API without peers takes each leg's first source (as the
+    /// API documents); when signalling later names the peer, a source that does not match it
+    /// loses the leg.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_signalling_the_first_source_latches_until_signalling_speaks() {
+        let plane = plane(31700, 31799);
+        let (caller, callee, real) = (peer(PUBLIC), peer(PRIVATE), peer("127.0.0.6"));
+        let spec: SessionSpec = serde_json::from_value(json!({
+            "a": { "side": "public" },
+            "b": { "side": "private", "peer": callee.local_addr().unwrap() },
+        }))
+        .unwrap();
+        let info = plane.create(&spec).unwrap();
+        let (id, a_local) = (info.id, info.legs[0].local_rtp);
+        let real_addr = real.local_addr().unwrap();
+        let plane2 = std::sync::Arc::clone(&plane);
+        tokio::task::spawn_blocking(move || {
+            caller.send_to(b"first", a_local).unwrap();
+            assert_eq!(recv(&callee).unwrap().0, b"first");
+            let announced = PeerAnnouncement {
+                rtp: real_addr,
+                rtcp_port: None,
+                sip_source: None,
+            };
+            plane2.announce_peer(id, 0, announced).unwrap();
+            caller.send_to(b"no longer", a_local).unwrap();
+            assert_eq!(recv(&callee), None, "the blind latch survived signalling");
+            real.send_to(b"signalled", a_local).unwrap();
+            assert_eq!(recv(&callee).unwrap().0, b"signalled");
+        })
+        .await
+        .unwrap();
+        let latch = plane.get(id).unwrap().legs[0].latch.unwrap();
+        assert_eq!((latch.peer, latch.matched), (real_addr, "sdp"));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn exhaustion_is_refused_and_ending_frees_ports() {
         let plane = plane(31200, 31203);

@@ -477,11 +477,16 @@ impl MediaPlane {
                 continue;
             };
             let expected = announced.expected(stream);
-            let moved = entry
-                .learning
-                .expected
-                .media
-                .is_some_and(|before| Some(before) != expected.media);
+            // A peer latched before signalling said anything is judged again now.
+            let latched_blind = entry.learning.expected.is_unknown()
+                && entry.flow.is_latched()
+                && self.settings.latching != LatchPolicy::Any;
+            let moved = latched_blind
+                || entry
+                    .learning
+                    .expected
+                    .media
+                    .is_some_and(|before| Some(before) != expected.media);
             if moved {
                 entry.learning = Learning::new(expected);
                 if entry.flow.is_latched() {
