@@ -32,6 +32,8 @@ pub struct Steps {
 #[derive(Debug, Clone)]
 struct Step {
     rate: u32,
+    /// Calls answered and hung up.
+    successful: u64,
     failed_share: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -65,6 +67,7 @@ fn step(lab: &Lab, target: SocketAddr, rate: u32, seconds: u32) -> anyhow::Resul
         Err(e) => {
             return Ok(Step {
                 rate,
+                successful: 0,
                 failed_share: 1.0,
                 p50_ms: f64::NAN,
                 p99_ms: f64::NAN,
@@ -80,6 +83,7 @@ fn step(lab: &Lab, target: SocketAddr, rate: u32, seconds: u32) -> anyhow::Resul
     let failed_share = 1.0 - result.successful as f64 / f64::from(calls);
     Ok(Step {
         rate,
+        successful: result.successful,
         failed_share,
         p50_ms: percentile(&times, 0.5),
         p99_ms: percentile(&times, 0.99),
@@ -130,6 +134,7 @@ pub fn measure(
     };
     let best = best.unwrap_or(Step {
         rate: 0,
+        successful: 0,
         failed_share: 1.0,
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,
@@ -157,6 +162,60 @@ pub fn measure(
     }
     Ok(measurements)
 }
+
+/// Past capacity (RFC 5390, 7339): offered 1.5x and 2x `capacity` calls/s for `seconds`, the
+/// share of the capacity still completed as calls (goodput; the goal is at least 90 %), their
+/// p99 setup time (the goal: under 1 s), and how many new requests the system under test
+/// refused or shed (`refused`: a counter read before and after each step).
+pub fn overload(
+    lab: &Lab,
+    target: SocketAddr,
+    system: &str,
+    capacity: u32,
+    seconds: u32,
+    refused: &dyn Fn() -> anyhow::Result<u64>,
+) -> anyhow::Result<Vec<Measurement>> {
+    let mut measurements = Vec::new();
+    for factor in [1.5, 2.0] {
+        let rate = (f64::from(capacity) * factor).round() as u32;
+        let before = refused()?;
+        let outcome = step(lab, target, rate, seconds)?;
+        let refused = refused()?.saturating_sub(before);
+        eprintln!(
+            "  {system}: {factor}x capacity ({rate} calls/s): {outcome:?}, {refused} refused"
+        );
+        let subject = format!("{system}, {factor}x capacity ({rate} calls/s offered)");
+        let goodput = outcome.successful as f64 / f64::from(seconds) / f64::from(capacity);
+        let mut rows = vec![
+            Measurement::new(
+                OVERLOAD,
+                &subject,
+                "goodput (calls completed / capacity)",
+                goodput * 100.0,
+                "%",
+            )
+            .note("goal: at least 90 %"),
+            Measurement::new(OVERLOAD, &subject, "setup p99", outcome.p99_ms, "ms")
+                .note("goal: under 1 s"),
+            Measurement::new(
+                OVERLOAD,
+                &subject,
+                "new requests refused or shed",
+                refused as f64,
+                "",
+            ),
+        ];
+        if let Some(why) = &outcome.unfinished {
+            rows[0] = rows[0]
+                .clone()
+                .note(format!("SIPp did not finish the step: {why}"));
+        }
+        measurements.extend(rows);
+    }
+    Ok(measurements)
+}
+
+const OVERLOAD: &str = "Overload";
 
 #[cfg(test)]
 mod tests {
