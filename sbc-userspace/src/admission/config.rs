@@ -88,9 +88,9 @@ pub struct AdmissionConfig {
     /// requests of calls still get through.
     pub shed_queue_depth: usize,
     /// Overload: a new request from the public side that waited this long since it arrived
-    /// (in the kernel's receive buffer and the queue) is dropped unanswered: its sender has
-    /// retransmitted by then, and handling it would delay the calls that are up. Allowlisted
-    /// sources get four times as long (0: never).
+    /// (in the kernel's receive buffer and the queue) is refused at once (503) before any
+    /// other work: handling it would delay the calls that are up, and dropping it would bring
+    /// it back as retransmissions. Allowlisted sources get four times as long (0: never).
     pub shed_delay_ms: u64,
 }
 

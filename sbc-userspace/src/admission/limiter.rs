@@ -42,7 +42,7 @@ pub struct AdmissionCounters {
     pub shed_new_requests: AtomicU64,
     /// Datagrams dropped on arrival because the proxy's queue was full.
     pub shed_queue_full: AtomicU64,
-    /// New requests dropped unanswered because they waited past `shed_delay_ms`.
+    /// New requests refused at once (503) because they waited past `shed_delay_ms`.
     pub shed_late: AtomicU64,
 }
 

@@ -371,7 +371,7 @@ fn write_admission(out: &mut Exposition, admission: &AdmissionCounters) {
     );
     out.counter(
         "sbc_admission_shed_total",
-        "Datagrams dropped while the proxy was behind: new requests at shed_queue_depth or older than shed_delay_ms, everything with the queue full.",
+        "Datagrams shed while the proxy was behind: new requests dropped at shed_queue_depth or refused at once (503) past shed_delay_ms, everything dropped with the queue full.",
         [
             (&[("reason", "new_request")][..], load(&admission.shed_new_requests)),
             (&[("reason", "queue_full")][..], load(&admission.shed_queue_full)),

@@ -341,7 +341,12 @@ impl Proxy {
                     self.admission_counters
                         .shed_late
                         .fetch_add(1, Ordering::Relaxed);
-                    return;
+                    let peer = Peer {
+                        side: Side::Public,
+                        address: from,
+                        transport: Transport::Udp,
+                    };
+                    return self.refuse_stale(peer, &bytes);
                 }
                 self.on_datagram(listener, from, &bytes);
             }
@@ -376,9 +381,9 @@ impl Proxy {
     }
 
     /// A new request from the public side that waited (in the kernel's buffer and the queue)
-    /// past `admission.shed_delay_ms`, four times as long for allowlisted sources: its sender
-    /// has retransmitted already, and answering it would only delay the calls that are up.
-    /// Responses and requests of calls are never stale.
+    /// past `admission.shed_delay_ms`, four times as long for allowlisted sources: it is
+    /// refused at once, not handled, so the calls that are up go first. Responses and
+    /// requests of calls are never stale.
     fn is_stale_new_request(&self, listener: Side, from: SocketAddr, bytes: &[u8]) -> bool {
         let Some(bound) = self.admission.shed_delay() else {
             return false;

@@ -17,6 +17,7 @@ use crate::{
     sip::{
         Message, address, check,
         edit::Editor,
+        inbound::{self, Inbound},
         syntax::split_top_level,
         uri::{self, Host},
     },
@@ -54,16 +55,7 @@ impl Proxy {
             }
             return;
         }
-        if let Some(answer) = self.answered.get(&key) {
-            // A retransmission of a request we refused: the same refusal, counted once.
-            let response = build::response(
-                &message,
-                answer.code,
-                &answer.reason,
-                &answer.to_tag,
-                &answer.extra,
-            );
-            self.send_to(peer, &response);
+        if self.refused_before(&key, peer, &message) {
             return;
         }
         let to_tag = self.tag();
@@ -224,6 +216,46 @@ impl Proxy {
         extra.push(allow);
         let response = build::response(message, code, reason, to_tag, &extra);
         self.respond(peer, message, code, &response, Origin::Local);
+    }
+
+    /// A retransmission of a request we refused gets the same refusal, counted once; true if
+    /// `key` was one.
+    pub(super) fn refused_before(&self, key: &str, peer: Peer, message: &Message) -> bool {
+        let Some(answer) = self.answered.get(key) else {
+            return false;
+        };
+        let response = build::response(
+            message,
+            answer.code,
+            &answer.reason,
+            &answer.to_tag,
+            &answer.extra,
+        );
+        self.send_to(peer, &response);
+        true
+    }
+
+    /// A new request that waited past `admission.shed_delay_ms`: refused at once, 503 with
+    /// Retry-After, before any other work. Dropped silently it would come back as up to six
+    /// retransmissions, which an overloaded edge can afford least of all; refused, its caller
+    /// knows now and may go elsewhere.
+    pub(super) fn refuse_stale(&mut self, peer: Peer, bytes: &[u8]) {
+        let Inbound::Request(message, request) = inbound::datagram(bytes) else {
+            return;
+        };
+        let key = server_key(&message, &request, peer.address);
+        if request.method == "ACK" || self.refused_before(&key, peer, &message) {
+            return;
+        }
+        if request.method == "INVITE" {
+            self.stats.calls_attempted.fetch_add(1, Ordering::Relaxed);
+        }
+        let to_tag = self.tag();
+        let answer = Answer {
+            reason: "Service Unavailable (the SBC is overloaded)".to_owned(),
+            ..self.own_answer(503, &to_tag)
+        };
+        self.refuse(&key, peer, &message, answer);
     }
 
     /// Answers a request with our own final response, and remembers it for the request's
