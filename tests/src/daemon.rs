@@ -309,6 +309,19 @@ format = "{log_format}"
         Ok(serde_json::from_slice(&output.stdout)?)
     }
 
+    /// Every event so far, once `count` events named `name` are among them (or at `limit`).
+    pub fn events_once(&self, name: &str, count: usize, limit: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let events = self.events();
+            let seen = events.iter().filter(|e| e["event"] == name).count();
+            if seen >= count || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn events(&self) -> Vec<Value> {
         std::fs::read_to_string(self.dir.path().join("events.jsonl"))
             .unwrap_or_default()

@@ -115,15 +115,7 @@ fn fifty_calls_survive_kill_9_and_are_reinvited_and_ended_afterwards() {
         backend.output()
     );
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let events = loop {
-        let events = daemon.events();
-        let ended = events.iter().filter(|e| e["event"] == "call_ended").count();
-        if ended >= CALLS as usize || Instant::now() > deadline {
-            break events;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let events = daemon.events_once("call_ended", CALLS as usize, Duration::from_secs(10));
     let mut ends: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for event in events.iter().filter(|e| e["event"] == "call_ended") {
         ends.entry(event["call_id"].as_str().unwrap().to_owned())
@@ -222,15 +214,7 @@ fn calls_ringing_through_kill_9_are_answered_anchored_and_hung_up() {
         backend.output()
     );
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let events = loop {
-        let events = daemon.events();
-        let ended = events.iter().filter(|e| e["event"] == "call_ended").count();
-        if ended >= RINGING_CALLS as usize || Instant::now() > deadline {
-            break events;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let events = daemon.events_once("call_ended", RINGING_CALLS as usize, Duration::from_secs(5));
     let named =
         |name: &str| -> Vec<&Value> { events.iter().filter(|e| e["event"] == name).collect() };
     let ended = named("call_ended");

@@ -38,7 +38,7 @@ impl LatchPolicy {
     }
 
     /// Whether a source matching this way may latch.
-    fn admits(self, matched: PeerMatch) -> bool {
+    pub fn admits(self, matched: PeerMatch) -> bool {
         match self {
             Self::Strict => matched == PeerMatch::Sdp,
             Self::NatAware => matched >= PeerMatch::SipSource,
@@ -72,6 +72,21 @@ impl Expected {
             _ => PeerMatch::Unchecked,
         }
     }
+}
+
+/// Whether a latched `peer`, which matched as `matched`, may stay when signalling now says
+/// `expected`: only if the policy admits it and it matches at least as well as it did. A
+/// media server that moved (even to another port of the same host) is learnt again, and so is
+/// a peer latched before signalling said anything; a NAT'd phone re-INVITEd from the same SIP
+/// source keeps its latch.
+pub fn keeps(
+    policy: LatchPolicy,
+    expected: &Expected,
+    peer: SocketAddr,
+    matched: PeerMatch,
+) -> bool {
+    let now = expected.match_of(peer);
+    policy.admits(now) && now >= matched
 }
 
 /// Why a packet was not relayed.
@@ -218,6 +233,46 @@ mod tests {
             };
             assert_eq!(got, admitted, "{policy:?} {source}");
         }
+    }
+
+    /// (latched peer, how it matched, new signalling, kept?)
+    #[test]
+    fn a_latch_stays_only_while_signalling_admits_it_as_well_as_before() {
+        let nat = Expected {
+            media: Some(addr("10.0.0.7:4000")),
+            sip_source: Some("203.0.113.5".parse().unwrap()),
+        };
+        let moved_port = Expected {
+            media: Some(addr("192.0.2.10:4100")),
+            ..expected()
+        };
+        let cases = [
+            ("203.0.113.5:6000", PeerMatch::SipSource, nat, true),
+            ("192.0.2.10:4000", PeerMatch::Sdp, expected(), true),
+            ("192.0.2.10:4000", PeerMatch::Sdp, moved_port, false),
+            (
+                "198.51.100.66:4000",
+                PeerMatch::Unchecked,
+                expected(),
+                false,
+            ),
+            ("192.0.2.10:4000", PeerMatch::Unchecked, expected(), true),
+        ];
+        for (peer, matched, signalled, kept) in cases {
+            let policy = LatchPolicy::NatAware;
+            assert_eq!(
+                keeps(policy, &signalled, addr(peer), matched),
+                kept,
+                "{peer} {matched:?}"
+            );
+        }
+        let any = LatchPolicy::Any;
+        assert!(keeps(
+            any,
+            &expected(),
+            addr("198.51.100.66:4000"),
+            PeerMatch::Unchecked
+        ));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::{
     audio_watch::{AudioDeadlines, AudioState, SilentLeg},
-    latching::{Decision, Expected, LatchPolicy, Learning, Refusal},
+    latching::{Decision, Expected, LatchPolicy, Learning, Refusal, keeps},
     ports::AllocError,
     relay,
     session::{
@@ -117,7 +117,8 @@ pub(super) struct UserCounters {
 pub(super) struct FlowEntry {
     /// As mirrored in the kernel: forwarding, and the locked peer once latched.
     pub flow: Flow,
-    /// Who may latch, and the peer chosen while learning (until the flow is locked).
+    /// What signalling says about the peer, and until when a better match may replace a
+    /// provisional one (the peer itself is in `flow`).
     pub learning: Learning,
     /// The socket of the other leg's port: relayed packets leave from it.
     pub out: Arc<MediaSocket>,
@@ -452,9 +453,9 @@ impl MediaPlane {
     }
 
     /// Tells a session what signalling says about a leg's peer (from its SDP and its SIP):
-    /// who may latch the leg, and where the other leg's media goes until the peer latches.
-    /// When the SDP names another address than before (a re-INVITE to a new media server), the
-    /// leg forgets its latched peer and learns again.
+    /// who may latch the leg, and where the other leg's media goes until the peer latches. A
+    /// latched peer that signalling no longer admits as well as before (a re-INVITE to a new
+    /// media server, a peer latched before signalling spoke) is forgotten: the leg learns again.
     pub fn announce_peer(
         &self,
         id: u32,
@@ -477,26 +478,16 @@ impl MediaPlane {
                 continue;
             };
             let expected = announced.expected(stream);
-            // A peer latched before signalling said anything is judged again now.
-            let latched_blind = entry.learning.expected.is_unknown()
-                && entry.flow.is_latched()
-                && self.settings.latching != LatchPolicy::Any;
-            let moved = latched_blind
-                || entry
-                    .learning
-                    .expected
-                    .media
-                    .is_some_and(|before| Some(before) != expected.media);
-            if moved {
+            let peer = socket_addr(&entry.flow.peer, entry.flow.peer_port);
+            let policy = self.settings.latching;
+            if entry.flow.is_latched() && !keeps(policy, &expected, peer, entry.flow.peer_match()) {
                 entry.learning = Learning::new(expected);
-                if entry.flow.is_latched() {
-                    entry.flow.unlatch();
-                    let flow = entry.flow;
-                    if let Some(kernel) = state.kernel.as_mut() {
-                        kernel
-                            .update(&own_key, &flow)
-                            .map_err(|e| MediaError::Internal(format!("{e:#}")))?;
-                    }
+                entry.flow.unlatch();
+                let flow = entry.flow;
+                if let Some(kernel) = state.kernel.as_mut() {
+                    kernel
+                        .update(&own_key, &flow)
+                        .map_err(|e| MediaError::Internal(format!("{e:#}")))?;
                 }
             } else {
                 entry.learning.expected = expected;
@@ -656,12 +647,11 @@ impl MediaPlane {
                 }
             };
         let entry = state.flows.get_mut(local)?;
-        match refused {
-            Some(Refusal::Unsignalled) => entry.counters.unsignalled_dropped += 1,
-            Some(Refusal::Foreign) => entry.counters.foreign_dropped += 1,
-            None => {}
-        }
-        if refused.is_some() {
+        if let Some(refusal) = refused {
+            match refusal {
+                Refusal::Unsignalled => entry.counters.unsignalled_dropped += 1,
+                Refusal::Foreign => entry.counters.foreign_dropped += 1,
+            }
             return None;
         }
         entry.counters.last_seen_ns = now;

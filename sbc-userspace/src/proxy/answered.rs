@@ -9,6 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::build;
+use crate::sip::Message;
+
 /// Transactions remembered at most.
 const CAPACITY: usize = 65_536;
 
@@ -19,6 +22,13 @@ pub struct Answer {
     pub reason: String,
     pub to_tag: String,
     pub extra: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    /// This answer to `request` (or to a retransmission of it).
+    pub fn to(&self, request: &Message) -> Vec<u8> {
+        build::response(request, self.code, &self.reason, &self.to_tag, &self.extra)
+    }
 }
 
 pub struct Answered {

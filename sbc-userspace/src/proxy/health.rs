@@ -63,15 +63,22 @@ impl Proxy {
         self.observe_backend(index, observation, "probe answer");
     }
 
-    /// A probe sent at `sent` got no answer. If the backend answered anything else since, the
-    /// answer is late (queued behind load), not missing: the backend is alive.
-    pub(super) fn probe_unanswered(&mut self, index: usize, sent: Instant) {
+    /// A probe or INVITE sent at `sent` got no answer: `failure`, unless the backend answered
+    /// anything else since: then the answer is late (queued behind load), not missing, and
+    /// the backend is alive.
+    pub(super) fn backend_left_unanswered(
+        &mut self,
+        index: usize,
+        sent: Instant,
+        failure: Observation,
+        cause: &str,
+    ) {
         let observation = if self.backends.heard_since(index, sent) {
             Observation::Alive
         } else {
-            Observation::ProbeFailed
+            failure
         };
-        self.observe_backend(index, observation, "probe timeout");
+        self.observe_backend(index, observation, cause);
     }
 
     /// Counts what a backend did toward its health (and its share of recent failures), and

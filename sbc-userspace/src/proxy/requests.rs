@@ -48,14 +48,7 @@ impl Proxy {
             "CANCEL" => return self.on_cancel(peer, message, request),
             _ => {}
         }
-        if let Some(tx) = self.server.get(&key) {
-            // A retransmission: answer it with what we last said, if anything.
-            if let Some(last) = tx.last_response.clone() {
-                self.send_to(tx.upstream, &last);
-            }
-            return;
-        }
-        if self.refused_before(&key, peer, &message) {
+        if self.absorbed(&key, peer, &message) {
             return;
         }
         let to_tag = self.tag();
@@ -218,20 +211,19 @@ impl Proxy {
         self.respond(peer, message, code, &response, Origin::Local);
     }
 
-    /// A retransmission of a request we refused gets the same refusal, counted once; true if
-    /// `key` was one.
-    pub(super) fn refused_before(&self, key: &str, peer: Peer, message: &Message) -> bool {
+    /// A retransmission of a request in a server transaction, or of one we refused, gets what
+    /// we last said (if anything) and nothing else happens; true if `key` was one.
+    pub(super) fn absorbed(&self, key: &str, peer: Peer, message: &Message) -> bool {
+        if let Some(tx) = self.server.get(key) {
+            if let Some(last) = &tx.last_response {
+                self.send_to(tx.upstream, last);
+            }
+            return true;
+        }
         let Some(answer) = self.answered.get(key) else {
             return false;
         };
-        let response = build::response(
-            message,
-            answer.code,
-            &answer.reason,
-            &answer.to_tag,
-            &answer.extra,
-        );
-        self.send_to(peer, &response);
+        self.send_to(peer, &answer.to(message));
         true
     }
 
@@ -244,7 +236,7 @@ impl Proxy {
             return;
         };
         let key = server_key(&message, &request, peer.address);
-        if request.method == "ACK" || self.refused_before(&key, peer, &message) {
+        if request.method == "ACK" || self.absorbed(&key, peer, &message) {
             return;
         }
         if request.method == "INVITE" {
@@ -261,13 +253,7 @@ impl Proxy {
     /// Answers a request with our own final response, and remembers it for the request's
     /// retransmissions (`answered`).
     pub(super) fn refuse(&mut self, key: &str, peer: Peer, request: &Message, answer: Answer) {
-        let response = build::response(
-            request,
-            answer.code,
-            &answer.reason,
-            &answer.to_tag,
-            &answer.extra,
-        );
+        let response = answer.to(request);
         self.respond(peer, request, answer.code, &response, Origin::Local);
         self.answered.remember(key, answer, Instant::now());
     }

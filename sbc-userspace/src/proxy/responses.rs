@@ -431,7 +431,7 @@ impl Proxy {
         self.schedule(Timer::ClientDone(key.to_owned()), LINGER);
         if let Purpose::Probe(index) = purpose {
             self.client.remove(key);
-            self.probe_unanswered(index, sent);
+            self.backend_left_unanswered(index, sent, Observation::ProbeFailed, "probe timeout");
             return;
         }
         if purpose != Purpose::Forward {
@@ -441,12 +441,7 @@ impl Proxy {
         // nothing else meanwhile: unanswered out-of-dialog requests are an outsider's doing,
         // and an INVITE lost in a busy backend's queue is no sign of a dead one.
         if let (Some(index), true) = (backend, invite) {
-            let observation = if self.backends.heard_since(index, sent) {
-                Observation::Alive
-            } else {
-                Observation::CallFailed
-            };
-            self.observe_backend(index, observation, "call unanswered");
+            self.backend_left_unanswered(index, sent, Observation::CallFailed, "call unanswered");
         }
         let Some(server) = server else { return };
         if invite && self.fail_over(&server) {
