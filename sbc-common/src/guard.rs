@@ -4,12 +4,19 @@
 //! 1. a source in a blocklisted CIDR (`SourceRule` with `RULE_BLOCK`) is dropped;
 //! 2. a known dialog (its Call-ID hash is in the dialogs map) goes up, never limited;
 //! 3. a source under a dynamic block (`Block`) is dropped;
-//! 4. the source's token bucket (`SourceBucket`), with the allowlisted CIDR's limit or the
-//!    default one, passes it or drops it; a source that keeps exceeding its limit earns a
-//!    dynamic block.
+//! 4. the source's buckets (`SourceBucket`), with the allowlisted CIDR's limits or the
+//!    default ones: every datagram takes a packet token, and an INVITE (which would start a
+//!    call: its dialog is unknown) takes an INVITE token too; without one it is dropped. A
+//!    source that keeps exceeding its limits earns a dynamic block.
 //!
-//! The bucket and block arithmetic lives here so the daemon's userspace dataplane decides
-//! exactly as the kernel does.
+//! The INVITE limit here is a flood limit, twice the daemon's own per-source INVITE rate: a
+//! source slightly over its limit still gets a 503 from the daemon for the excess, and a
+//! source far over it (a botnet's member) costs the daemon no more than twice its share.
+//!
+//! The bucket, verdict and block arithmetic lives here so the daemon's userspace dataplane
+//! decides exactly as the kernel does.
+use crate::Reason;
+
 /// A packet rate limit for one source: a token bucket refilled at `rate` packets per second,
 /// holding at most `burst`. A rate of 0 means no limit.
 #[repr(C)]
@@ -28,6 +35,36 @@ impl PacketLimit {
     }
 }
 
+/// The kernel's limits of one source: every out-of-dialog datagram, and of those the INVITEs
+/// that would start a call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SourceLimit {
+    pub packets: PacketLimit,
+    pub invites: PacketLimit,
+}
+
+impl SourceLimit {
+    pub const UNLIMITED: Self = Self {
+        packets: PacketLimit::UNLIMITED,
+        invites: PacketLimit::UNLIMITED,
+    };
+
+    pub const fn is_unlimited(&self) -> bool {
+        self.packets.is_unlimited() && self.invites.is_unlimited()
+    }
+}
+
+/// Whether a datagram starting with these 8 bytes (little-endian) is an INVITE: the first
+/// bytes of a request are its method, and the kernel needs no more to tell a call from
+/// other SIP.
+#[inline(always)]
+pub const fn is_invite(head: u64) -> bool {
+    const INVITE: u64 = u64::from_le_bytes(*b"INVITE \0");
+    head & 0x00ff_ffff_ffff_ffff == INVITE
+}
+
 /// `GuardConfig::flags`: the guard is on (off, every SIP packet goes up unexamined).
 pub const GUARD_ON: u32 = 1;
 
@@ -36,8 +73,8 @@ pub const GUARD_ON: u32 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct GuardConfig {
-    /// The limit of sources outside every allowlisted CIDR.
-    pub default_limit: PacketLimit,
+    /// The limits of sources outside every allowlisted CIDR.
+    pub default_limit: SourceLimit,
     /// Packets dropped over the limit within one second that earn the source a dynamic
     /// block; 0: never block for the rate alone.
     pub block_after_drops: u32,
@@ -61,7 +98,7 @@ pub const RULE_BLOCK: u32 = 2;
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SourceRule {
     pub action: u32,
-    pub limit: PacketLimit,
+    pub limit: SourceLimit,
 }
 
 /// Why a source is blocked (`Block::reason`).
@@ -97,39 +134,31 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// overflow (rates are capped far below `u64::MAX / MAX_REFILL_NS`).
 const MAX_REFILL_NS: u64 = 60 * NS_PER_SEC;
 
-/// Value of the per-source buckets map (an LRU hash keyed by source address). Tokens are kept
-/// in billionths so a refill of any duration adds exactly `elapsed_ns * rate` of them.
+/// A token bucket refilled at a `PacketLimit`'s rate up to its burst. Tokens are kept in
+/// billionths so a refill of any duration adds exactly `elapsed_ns * rate` of them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct SourceBucket {
+pub struct TokenBucket {
     pub nanotokens: u64,
     pub refilled_ns: u64,
-    /// Start of the one-second window that `window_drops` counts in.
-    pub window_ns: u64,
-    pub window_drops: u32,
-    pub _pad: u32,
-    pub passed: u64,
-    pub dropped: u64,
 }
 
-impl SourceBucket {
+impl TokenBucket {
     /// A bucket that starts full.
     pub const fn full(limit: &PacketLimit, now_ns: u64) -> Self {
         Self {
             nanotokens: limit.burst as u64 * NS_PER_SEC,
             refilled_ns: now_ns,
-            window_ns: now_ns,
-            window_drops: 0,
-            _pad: 0,
-            passed: 0,
-            dropped: 0,
         }
     }
 
-    /// Takes one token for a packet: true if it may pass. Counts the outcome.
+    /// Takes one token: true if there was one. No limit (rate 0) always has one.
     #[inline(always)]
     pub fn take(&mut self, limit: &PacketLimit, now_ns: u64) -> bool {
+        if limit.is_unlimited() {
+            return true;
+        }
         let elapsed = now_ns.saturating_sub(self.refilled_ns);
         let elapsed = if elapsed > MAX_REFILL_NS {
             MAX_REFILL_NS
@@ -146,16 +175,63 @@ impl SourceBucket {
         self.refilled_ns = now_ns;
         if self.nanotokens >= NS_PER_SEC {
             self.nanotokens -= NS_PER_SEC;
-            self.passed += 1;
             true
         } else {
-            self.dropped += 1;
             false
         }
     }
+}
 
-    /// Records a packet dropped over the limit: true when the source has now dropped
-    /// `threshold` packets within one second (it earns a block, and the count starts over).
+/// Value of the per-source buckets map (an LRU hash keyed by source address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SourceBucket {
+    pub packets: TokenBucket,
+    pub invites: TokenBucket,
+    /// Start of the one-second window that `window_drops` counts in.
+    pub window_ns: u64,
+    pub window_drops: u32,
+    pub _pad: u32,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+impl SourceBucket {
+    /// Buckets that start full.
+    pub const fn full(limit: &SourceLimit, now_ns: u64) -> Self {
+        Self {
+            packets: TokenBucket::full(&limit.packets, now_ns),
+            invites: TokenBucket::full(&limit.invites, now_ns),
+            window_ns: now_ns,
+            window_drops: 0,
+            _pad: 0,
+            passed: 0,
+            dropped: 0,
+        }
+    }
+
+    /// The verdict on one out-of-dialog datagram from this source (`invite`: it is an
+    /// INVITE, see `is_invite`): `PassSip`, or the limit it is over. Counts the outcome.
+    #[inline(always)]
+    pub fn admit(&mut self, limit: &SourceLimit, invite: bool, now_ns: u64) -> Reason {
+        let verdict = if !self.packets.take(&limit.packets, now_ns) {
+            Reason::DropSipRateLimited
+        } else if invite && !self.invites.take(&limit.invites, now_ns) {
+            Reason::DropSipInviteRate
+        } else {
+            Reason::PassSip
+        };
+        if matches!(verdict, Reason::PassSip) {
+            self.passed += 1;
+        } else {
+            self.dropped += 1;
+        }
+        verdict
+    }
+
+    /// Records a datagram dropped over a limit: true when the source has now dropped
+    /// `threshold` datagrams within one second (it earns a block, and the count starts over).
     #[inline(always)]
     pub fn strike(&mut self, threshold: u32, now_ns: u64) -> bool {
         if threshold == 0 {
@@ -225,10 +301,12 @@ pub fn call_id_hash(call_id: &[u8], seed: u64) -> u64 {
 }
 
 const _: () = assert!(core::mem::size_of::<PacketLimit>() == 8);
-const _: () = assert!(core::mem::size_of::<GuardConfig>() == 32);
-const _: () = assert!(core::mem::size_of::<SourceRule>() == 12);
+const _: () = assert!(core::mem::size_of::<SourceLimit>() == 16);
+const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
+const _: () = assert!(core::mem::size_of::<GuardConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<SourceRule>() == 20);
 const _: () = assert!(core::mem::size_of::<Block>() == 24);
-const _: () = assert!(core::mem::size_of::<SourceBucket>() == 48);
+const _: () = assert!(core::mem::size_of::<SourceBucket>() == 64);
 const _: () = assert!(core::mem::size_of::<Dialog>() == 8);
 
 #[cfg(feature = "user")]
@@ -236,6 +314,7 @@ mod pod {
     // SAFETY: each type is `repr(C)`, has no padding (explicit `_pad` fields) and holds only
     // integers, so every bit pattern is valid.
     unsafe impl aya::Pod for super::PacketLimit {}
+    unsafe impl aya::Pod for super::SourceLimit {}
     unsafe impl aya::Pod for super::GuardConfig {}
     unsafe impl aya::Pod for super::SourceRule {}
     unsafe impl aya::Pod for super::Block {}
@@ -252,7 +331,7 @@ mod tests {
     #[test]
     fn a_bucket_passes_its_burst_then_its_rate() {
         let limit = PacketLimit { rate: 10, burst: 5 };
-        let mut bucket = SourceBucket::full(&limit, SEC);
+        let mut bucket = TokenBucket::full(&limit, SEC);
         let passed = (0..20).filter(|_| bucket.take(&limit, SEC)).count();
         assert_eq!(passed, 5, "the burst, then nothing at the same instant");
         // 10 per second: one token every 100 ms.
@@ -262,16 +341,66 @@ mod tests {
         // A long silence refills only up to the burst.
         let later = SEC * 3600;
         assert_eq!((0..20).filter(|_| bucket.take(&limit, later)).count(), 5);
-        assert_eq!(bucket.passed, 11);
-        assert_eq!(bucket.dropped, 15 + 2 + 15);
+        let mut unlimited = TokenBucket::default();
+        assert!((0..1000).all(|_| unlimited.take(&PacketLimit::UNLIMITED, SEC)));
     }
 
     #[test]
     fn a_clock_going_backwards_takes_nothing_and_adds_nothing() {
         let limit = PacketLimit { rate: 1, burst: 1 };
-        let mut bucket = SourceBucket::full(&limit, 10 * SEC);
+        let mut bucket = TokenBucket::full(&limit, 10 * SEC);
         assert!(bucket.take(&limit, 10 * SEC));
         assert!(!bucket.take(&limit, 5 * SEC));
+    }
+
+    #[test]
+    fn invites_take_a_token_of_their_own_after_the_packet_token() {
+        let limit = SourceLimit {
+            packets: PacketLimit { rate: 1, burst: 4 },
+            invites: PacketLimit { rate: 1, burst: 2 },
+        };
+        let mut source = SourceBucket::full(&limit, SEC);
+        let verdicts =
+            [true, true, true, false, false].map(|invite| source.admit(&limit, invite, SEC));
+        assert_eq!(
+            verdicts,
+            [
+                Reason::PassSip,
+                Reason::PassSip,
+                Reason::DropSipInviteRate,
+                Reason::PassSip,
+                Reason::DropSipRateLimited,
+            ],
+            "two INVITEs, then only other requests, each taking a packet token"
+        );
+        assert_eq!((source.passed, source.dropped), (3, 2));
+        // Other requests do not spend the INVITE tokens.
+        let later = 2 * SEC;
+        assert_eq!(source.admit(&limit, true, later), Reason::PassSip);
+        let open = SourceLimit {
+            invites: PacketLimit::UNLIMITED,
+            ..limit
+        };
+        assert_eq!(
+            source.admit(&open, true, 3 * SEC),
+            Reason::PassSip,
+            "no INVITE limit"
+        );
+    }
+
+    #[test]
+    fn only_an_invite_is_an_invite() {
+        let head = |bytes: &[u8]| u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert!(is_invite(head(b"INVITE sip:a@b SIP/2.0")));
+        for other in [
+            &b"INVITEX sip:a@b"[..],
+            b"invite sip:a@b SIP",
+            b"SIP/2.0 200 OK\r\n",
+            b"OPTIONS sip:a@b",
+            b" INVITE sip:a@b",
+        ] {
+            assert!(!is_invite(head(other)), "{other:?}");
+        }
     }
 
     #[test]

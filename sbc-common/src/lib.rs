@@ -19,5 +19,7 @@ pub mod maps;
 pub mod reason;
 
 pub use flow::{Flow, FlowKey, FlowStats, IpAddress, SourceCheck};
-pub use guard::{Block, Dialog, GuardConfig, PacketLimit, SourceBucket, SourceRule};
+pub use guard::{
+    Block, Dialog, GuardConfig, PacketLimit, SourceBucket, SourceLimit, SourceRule, TokenBucket,
+};
 pub use reason::Reason;

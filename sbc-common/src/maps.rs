@@ -1,7 +1,8 @@
 //! Names, sizes and pinning layout of the maps (the contract between both sides).
 
 /// Version of the map layout. Pins live under `<bpffs>/sbc/<instance>/v<MAP_ABI_VERSION>/`, so a
-/// daemon with another layout never misreads old maps; bump it whenever a shared type changes.
+/// daemon with another layout never misreads old maps; bump it whenever the type of a map that
+/// carries calls changes (a map of `REBUILT` is replaced instead, see there).
 pub const MAP_ABI_VERSION: u32 = 4;
 
 /// `HashMap<FlowKey, Flow>`: what to do with media arriving at a local port.
@@ -41,6 +42,12 @@ pub const ALL: &[&str] = &[
     BLOCKS,
     DIALOGS,
 ];
+
+/// Maps that hold nothing a call needs, only what the daemon writes anew at every start
+/// (configuration, listeners, verdict counters, rate buckets, dynamic blocks). A pinned one
+/// whose layout differs from this build's is replaced rather than refused: an upgrade that
+/// changes only these keeps every call and loses counts, buckets and blocks, which rebuild.
+pub const REBUILT: &[&str] = &[REASONS, SIP_LISTENERS, GUARD, SOURCE_RULES, SOURCES, BLOCKS];
 
 /// Capacity of the flow maps (two legs, RTP and RTCP: up to four flows per session).
 pub const MAX_FLOWS: usize = 65536;

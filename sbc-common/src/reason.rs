@@ -57,6 +57,7 @@ reasons! {
     DropSipBlocklisted = "drop_sip_blocklisted": "SIP from a blocklisted CIDR",
     DropSipBlocked = "drop_sip_blocked": "SIP from a source under a dynamic block",
     DropSipRateLimited = "drop_sip_rate_limited": "out-of-dialog SIP over its source's packet rate",
+    DropSipInviteRate = "drop_sip_invite_rate": "an INVITE starting a call over twice its source's INVITE rate",
 }
 
 #[cfg(test)]

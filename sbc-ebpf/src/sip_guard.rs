@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use network_types::udp::UdpHdr;
 use sbc_common::{
-    Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceBucket,
+    Block, GuardConfig, IpAddress, Reason, SourceBucket, SourceLimit,
     call_id::{CallIdScanner, SCAN_BUFFER, Step},
-    guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK},
+    guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK, is_invite},
 };
 
 use crate::{
@@ -54,8 +54,10 @@ pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
         return Verdict::pass(Reason::PassSipUnlimited);
     }
 
-    // 2. Known dialogs are never limited.
-    if let Some(dialog_id) = call_id(ctx, packet, config.dialog_seed)
+    // 2. Known dialogs are never limited (a datagram with nothing to read is limited as any).
+    let payload = Payload::copy(ctx, packet);
+    if let Some(payload) = &payload
+        && let Some(dialog_id) = payload.call_id(config.dialog_seed)
         && let Some(dialog) = SBC_DIALOGS.get_ptr_mut(dialog_id)
     {
         // SAFETY: a pointer into the map value just looked up.
@@ -76,16 +78,19 @@ pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
         }
     }
 
-    // 4. The source's token bucket.
-    rate_limit(config, &source, &limit, allowlisted, now)
+    // 4. The source's buckets: its packet rate, and for an INVITE that starts a call (its
+    // dialog is unknown) its INVITE rate too.
+    let invite = payload.is_some_and(|payload| payload.is_invite());
+    rate_limit(config, &source, &limit, allowlisted, invite, now)
 }
 
 #[inline(always)]
 fn rate_limit(
     config: &GuardConfig,
     source: &IpAddress,
-    limit: &PacketLimit,
+    limit: &SourceLimit,
     allowlisted: bool,
+    invite: bool,
     now: u64,
 ) -> Verdict {
     let bucket = match SBC_SOURCES.get_ptr_mut(source) {
@@ -108,8 +113,9 @@ fn rate_limit(
     // bucket at once and lose a refill or a token: the limit is approximate by that much, and
     // a lock would cost every packet more than the error is worth.
     let bucket = unsafe { &mut *bucket };
-    if bucket.take(limit, now) {
-        return Verdict::pass(Reason::PassSip);
+    let verdict = bucket.admit(limit, invite, now);
+    if matches!(verdict, Reason::PassSip) {
+        return Verdict::pass(verdict);
     }
     if !allowlisted && bucket.strike(config.block_after_drops, now) {
         let block = Block {
@@ -120,7 +126,7 @@ fn rate_limit(
         };
         let _ = SBC_BLOCKS.insert(source, block, 0);
     }
-    Verdict::drop(Reason::DropSipRateLimited)
+    Verdict::drop(verdict)
 }
 
 /// The state of one Call-ID scan, on the stack and handed to each `bpf_loop` step.
@@ -150,43 +156,74 @@ extern "C" fn scan_step(index: u64, scan: *mut c_void) -> c_long {
     }
 }
 
-/// The seeded hash of the datagram's Call-ID, if it lies within the scanned bytes.
-#[inline(always)]
-fn call_id(ctx: &XdpContext, packet: &Ipv4Udp, seed: u64) -> Option<u64> {
-    let buffer = SBC_SCAN.get_ptr_mut(0)?;
-    let payload_offset = packet.udp as usize - ctx.data() + UdpHdr::LEN;
-    // SAFETY: the parser bounds-checked the UDP header, and its length against the frame.
-    let payload_len = usize::from(u16::from_be_bytes(unsafe { (*packet.udp).len })) - UdpHdr::LEN;
-    let len = if payload_len > SCAN_BUFFER {
-        SCAN_BUFFER
-    } else {
-        payload_len
-    };
-    if len == 0 {
-        return None;
+/// The first bytes of a datagram's payload, copied into this CPU's scan buffer.
+struct Payload {
+    buffer: *const ScanBuffer,
+    len: usize,
+}
+
+impl Payload {
+    /// Copies up to `SCAN_BUFFER` bytes of the payload; `None` if it is empty or the copy
+    /// failed.
+    #[inline(always)]
+    fn copy(ctx: &XdpContext, packet: &Ipv4Udp) -> Option<Self> {
+        let buffer = SBC_SCAN.get_ptr_mut(0)?;
+        let payload_offset = packet.udp as usize - ctx.data() + UdpHdr::LEN;
+        // SAFETY: the parser bounds-checked the UDP header, and its length against the frame.
+        let payload_len =
+            usize::from(u16::from_be_bytes(unsafe { (*packet.udp).len })) - UdpHdr::LEN;
+        let len = if payload_len > SCAN_BUFFER {
+            SCAN_BUFFER
+        } else {
+            payload_len
+        };
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: copies `len` (at most the buffer's size) bytes of the frame into this CPU's
+        // buffer; the helper checks the frame bounds itself.
+        let copied = unsafe {
+            bpf_xdp_load_bytes(
+                ctx.ctx,
+                payload_offset as u32,
+                (*buffer).bytes.as_mut_ptr().cast(),
+                len as u32,
+            )
+        };
+        (copied == 0).then_some(Self { buffer, len })
     }
-    // SAFETY: copies `len` (at most the buffer's size) bytes of the frame into this CPU's
-    // buffer; the helper checks the frame bounds itself.
-    let copied = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            payload_offset as u32,
-            (*buffer).bytes.as_mut_ptr().cast(),
-            len as u32,
-        )
-    };
-    if copied != 0 {
-        return None;
+
+    /// Whether the payload is an INVITE (by its first bytes).
+    #[inline(always)]
+    fn is_invite(&self) -> bool {
+        if self.len < 8 {
+            return false;
+        }
+        // SAFETY: the buffer is this CPU's, and its first 8 bytes were copied from the frame.
+        let head = unsafe { core::ptr::read_unaligned((*self.buffer).bytes.as_ptr().cast()) };
+        is_invite(u64::from_le(head))
     }
-    let mut scan = Scan {
-        buffer,
-        scanner: CallIdScanner::new(seed),
-        result: None,
-    };
-    // The callback is passed as a function address (the loader turns it into a BPF_PSEUDO_FUNC
-    // reference); it must reach the helper unchanged.
-    let step = scan_step as extern "C" fn(u64, *mut c_void) -> c_long;
-    // SAFETY: `scan` outlives the call; the callback has the signature bpf_loop expects.
-    unsafe { bpf_loop(len as u32, step as *mut c_void, (&raw mut scan).cast(), 0) };
-    scan.result
+
+    /// The seeded hash of the datagram's Call-ID, if it lies within the copied bytes.
+    #[inline(always)]
+    fn call_id(&self, seed: u64) -> Option<u64> {
+        let mut scan = Scan {
+            buffer: self.buffer,
+            scanner: CallIdScanner::new(seed),
+            result: None,
+        };
+        // The callback is passed as a function address (the loader turns it into a
+        // BPF_PSEUDO_FUNC reference); it must reach the helper unchanged.
+        let step = scan_step as extern "C" fn(u64, *mut c_void) -> c_long;
+        // SAFETY: `scan` outlives the call; the callback has the signature bpf_loop expects.
+        unsafe {
+            bpf_loop(
+                self.len as u32,
+                step as *mut c_void,
+                (&raw mut scan).cast(),
+                0,
+            )
+        };
+        scan.result
+    }
 }

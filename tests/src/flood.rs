@@ -1,7 +1,8 @@
-//! A bounded SIP flood from one lab host, as scanners and attackers send it: INVITEs, OPTIONS
-//! or both, each with a Call-ID and branch of its own (so none can pass for a known dialog),
-//! sent in batches with `sendmmsg` as fast as the host allows, until a packet count or a time
-//! limit is reached, whichever comes first.
+//! A bounded SIP flood, as scanners and attackers send it: INVITEs, OPTIONS or both, each with
+//! a Call-ID and branch of its own (so none can pass for a known dialog), sent in batches with
+//! `sendmmsg` as fast as the host allows (or paced), until a packet count or a time limit is
+//! reached, whichever comes first. From one address, or from many in turn as a botnet sends:
+//! each source under every per-source limit, the sum far above what the edge can serve.
 use std::{
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd as _,
@@ -15,6 +16,9 @@ use crate::{netns::Netns, sip_probe};
 
 /// Datagrams per `sendmmsg` call.
 const BATCH: usize = 64;
+/// Datagrams per `sendmmsg` call when there are many sources: each source's packets are
+/// spread over the second, as a botnet's are, instead of arriving in bursts.
+const BATCH_PER_SOURCE: usize = 16;
 /// Where each datagram's sequence number goes (in its Call-ID and Via branch).
 const PLACEHOLDER: &[u8] = b"ffffffffffffffff";
 
@@ -83,27 +87,73 @@ pub fn start(
     target: SocketAddr,
     limits: Flood,
 ) -> JoinHandle<anyhow::Result<FloodReport>> {
-    ns.spawn(move || {
+    start_from(ns, vec![local], target, limits)
+}
+
+/// One source of a flood: its socket and its requests.
+struct Source {
+    socket: UdpSocket,
+    templates: [Template; 2],
+    buffers: Vec<Vec<u8>>,
+}
+
+impl Source {
+    fn new(local: SocketAddr, target: SocketAddr, mix: Mix, batch: usize) -> anyhow::Result<Self> {
         let call_id = std::str::from_utf8(PLACEHOLDER).expect("ASCII");
         let options = || Template::new(sip_probe::options(local, target, call_id, "flood"));
         let invite = || Template::new(sip_probe::invite(local, target, call_id));
-        let templates = match limits.mix {
+        let templates = match mix {
             Mix::Options => [options(), options()],
             Mix::Invites => [invite(), invite()],
             Mix::InvitesAndOptions => [invite(), options()],
         };
         let socket = UdpSocket::bind(local)?;
         socket.connect(target)?;
-        let mut buffers: Vec<Vec<u8>> =
-            (0..BATCH).map(|i| templates[i % 2].bytes.clone()).collect();
+        let buffers = (0..batch).map(|i| templates[i % 2].bytes.clone()).collect();
+        Ok(Self {
+            socket,
+            templates,
+            buffers,
+        })
+    }
+
+    /// Sends `count` (at most its batch) requests numbered from `sequence` on: how many the
+    /// kernel took.
+    fn send(&mut self, count: usize, sequence: u64) -> anyhow::Result<u64> {
+        for (i, buffer) in self.buffers.iter_mut().take(count).enumerate() {
+            self.templates[i % 2].stamp(buffer, sequence + i as u64);
+        }
+        send_batch(&self.socket, &mut self.buffers[..count])
+    }
+}
+
+/// Starts a flood from each of `locals` in turn (addresses of `ns`), `limits` being for all of
+/// them together.
+pub fn start_from(
+    ns: &Netns,
+    locals: Vec<SocketAddr>,
+    target: SocketAddr,
+    limits: Flood,
+) -> JoinHandle<anyhow::Result<FloodReport>> {
+    ns.spawn(move || {
+        let batch = if locals.len() > 1 {
+            BATCH_PER_SOURCE
+        } else {
+            BATCH
+        };
+        let mut sources = locals
+            .iter()
+            .map(|&local| Source::new(local, target, limits.mix, batch))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let started = Instant::now();
         let mut sent = 0u64;
-        while sent < limits.packets && started.elapsed() < limits.duration {
-            let batch = BATCH.min((limits.packets - sent) as usize);
-            for (i, buffer) in buffers.iter_mut().take(batch).enumerate() {
-                templates[i % 2].stamp(buffer, sent + i as u64);
+        for turn in 0.. {
+            if sent >= limits.packets || started.elapsed() >= limits.duration {
+                break;
             }
-            sent += send_batch(&socket, &mut buffers[..batch])?;
+            let count = batch.min((limits.packets - sent) as usize);
+            let source = turn % sources.len();
+            sent += sources[source].send(count, sent)?;
             if let Some(rate) = limits.pace {
                 let due = started + Duration::from_secs_f64(sent as f64 / f64::from(rate.max(1)));
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));

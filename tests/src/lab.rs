@@ -6,7 +6,8 @@
 //!         eth0         rogue0       (routes)   eth0                               eth0  198.18.2.3
 //! ```
 //! The callee's second address, 198.18.2.3, stands for another host on the backends' network
-//! (an attacker on the private side).
+//! (an attacker on the private side). On demand the rogue host also holds a botnet's addresses,
+//! 198.18.4.0/22, routed through the caller like its own.
 //! 198.18.0.0/15 is the benchmarking range (RFC 2544): it exists only inside these namespaces.
 use std::net::Ipv4Addr;
 
@@ -22,6 +23,9 @@ pub const ROGUE: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
 /// A stranger on the backends' network (an address of the callee namespace).
 pub const PRIVATE_ROGUE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
 const ROGUE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
+/// The botnet's range: `Lab::botnet` hands out addresses from it.
+const BOTNET: Ipv4Addr = Ipv4Addr::new(198, 18, 4, 0);
+const BOTNET_PREFIX: u8 = 22;
 
 /// The sbc namespace's interfaces, where XDP is attached.
 pub const SBC_INTERFACES: [&str; 2] = ["pub0", "priv0"];
@@ -80,6 +84,24 @@ impl Lab {
         self.sbc
             .ip(&["route", "replace", "default", "via", &CALLER.to_string()])?;
         Ok(())
+    }
+
+    /// `count` (at most 1,024) addresses of the rogue host, as many sources on the Internet
+    /// side: the whole range is local to the rogue namespace (any of it can be bound) and
+    /// routed to it by the caller's side, so the sbc's answers reach it.
+    pub fn botnet(&self, count: u16) -> anyhow::Result<Vec<Ipv4Addr>> {
+        anyhow::ensure!(
+            u32::from(count) <= 1 << (32 - BOTNET_PREFIX),
+            "a botnet of {count} does not fit {BOTNET}/{BOTNET_PREFIX}"
+        );
+        let range = format!("{BOTNET}/{BOTNET_PREFIX}");
+        self.rogue
+            .ip(&["route", "add", "local", &range, "dev", "lo"])?;
+        self.caller
+            .ip(&["route", "add", &range, "via", &ROGUE.to_string()])?;
+        Ok((0..u32::from(count))
+            .map(|i| Ipv4Addr::from(u32::from(BOTNET) + i))
+            .collect())
     }
 
     /// Deletes pub0 and creates it again (a new interface under the old name, as after a

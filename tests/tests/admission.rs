@@ -661,3 +661,133 @@ fn requests_that_waited_in_the_kernel_buffer_are_refused_as_stale() {
         "{answers:?}"
     );
 }
+
+/// A botnet's flood: `BOTNET_SOURCES` addresses, each under every per-source limit of the
+/// defaults, 100,000 INVITE/s in all, far above what the edge can serve, while an allowlisted
+/// trunk places 20 calls/s. The backend refuses the flood's calls (404 for the user `probe`)
+/// and answers the trunk's. The trunk keeps at least 99.5 % of its calls, with `[admission]`
+/// on (`admission` is its table's extra lines) and off: overload sheds the strangers first.
+/// With admission on, what is shed counts against each source, so the botnet ends up
+/// blocked in the kernel (`blocked`); with it off nothing is blocked.
+fn a_trunk_keeps_its_calls_through_a_distributed_flood(tag: &str, admission: &str, blocked: bool) {
+    const BOTNET_SOURCES: u16 = 1_000;
+    const FLOOD_RATE: u32 = 100_000;
+    require_lab_privileges();
+    let lab = Lab::up(tag).expect("lab");
+    let backend_address = addr(CALLEE, 5060);
+    let _backend = Backend::start_scenario(
+        &lab.callee,
+        backend_address,
+        &sipp::scenario("uas_refusing_probes"),
+        None,
+    )
+    .expect("backend");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            sip_backends: vec![backend_address],
+            extra_config: format!("[admission]\nallowlist = [\"{CALLER}/32\"]\n{admission}"),
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    let sources: Vec<SocketAddr> = lab
+        .botnet(BOTNET_SOURCES)
+        .expect("botnet addresses")
+        .into_iter()
+        .map(|ip| addr(ip, 5060))
+        .collect();
+
+    // 20 s of calls; the flood starts 2 s in and lasts 15 s.
+    let calls = 400;
+    let before = daemon.cpu_time().unwrap();
+    let (trunk, flood) = std::thread::scope(|scope| {
+        let trunk = scope.spawn(|| {
+            sipp::place_calls(
+                &lab.caller,
+                addr(CALLER, 5060),
+                SBC_SIP,
+                CallKind::Short,
+                (calls, 20),
+                Duration::from_secs(90),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let flood = flood::start_from(
+            &lab.rogue,
+            sources,
+            SBC_SIP,
+            Flood {
+                packets: u64::from(FLOOD_RATE) * 15,
+                duration: Duration::from_secs(15),
+                mix: Mix::Invites,
+                pace: Some(FLOOD_RATE),
+            },
+        )
+        .join()
+        .expect("flood thread")
+        .expect("flood");
+        (
+            trunk.join().expect("trunk thread").expect("SIPp trunk"),
+            flood,
+        )
+    });
+    let cpu = daemon.cpu_time().unwrap() - before;
+    let counter = |name: &str| daemon.admission_counter(name).unwrap_or_default();
+    let sources_blocked = daemon.blocks().expect("blocks").len();
+    eprintln!(
+        "flood: {} INVITEs from {BOTNET_SOURCES} sources in {:.1?} ({:.0}/s); trunk {}/{calls} \
+         calls; daemon CPU {cpu:?}; {sources_blocked} sources blocked; kernel: {} dropped over \
+         the INVITE rate, {} blocked, {} passed; daemon: shed {} new, {} late, {} queue full, \
+         refused {} over source limits, {} overload",
+        flood.sent,
+        flood.elapsed,
+        flood.packets_per_sec(),
+        trunk.successful,
+        daemon
+            .guard_verdicts("drop_sip_invite_rate")
+            .unwrap_or_default(),
+        daemon
+            .guard_verdicts("drop_sip_blocked")
+            .unwrap_or_default(),
+        daemon.guard_verdicts("pass_sip").unwrap_or_default(),
+        counter("shed_new_requests"),
+        counter("shed_late"),
+        counter("shed_queue_full"),
+        counter("refused_source_invite_rate"),
+        counter("refused_overload"),
+    );
+    assert!(
+        flood.packets_per_sec() >= f64::from(FLOOD_RATE) * 0.9,
+        "the lab generated only {:.0} INVITE/s",
+        flood.packets_per_sec()
+    );
+    assert!(
+        trunk.successful * 1000 >= u64::from(calls) * 995,
+        "fewer than 99.5 % of the trunk's calls succeeded during the flood:\n{}\n{}",
+        trunk.output,
+        daemon.log()
+    );
+    if blocked {
+        assert!(
+            sources_blocked * 10 >= usize::from(BOTNET_SOURCES) * 9,
+            "only {sources_blocked} of the botnet's {BOTNET_SOURCES} sources were blocked"
+        );
+    } else {
+        assert_eq!(sources_blocked, 0, "blocks with admission off");
+    }
+}
+
+#[test]
+fn a_trunk_keeps_its_calls_through_a_distributed_flood_with_admission() {
+    a_trunk_keeps_its_calls_through_a_distributed_flood("adm-botnet", "", true);
+}
+
+#[test]
+fn a_trunk_keeps_its_calls_through_a_distributed_flood_without_admission() {
+    a_trunk_keeps_its_calls_through_a_distributed_flood(
+        "adm-botnet-off",
+        "enabled = false\n",
+        false,
+    );
+}

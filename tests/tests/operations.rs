@@ -474,3 +474,89 @@ fn a_drain_deadline_hangs_up_the_remaining_calls_and_exits() {
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert_eq!(ended[0]["reason"], "drain_deadline", "{:?}", ended[0]);
 }
+
+/// The id of the map pinned at `path` (`bpftool map show`).
+fn pinned_map_id(path: &std::path::Path) -> u64 {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(path)
+        .output()
+        .expect("bpftool (install bpftool)");
+    assert!(output.status.success(), "{output:?}");
+    let info: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    info["id"].as_u64().expect("a map id")
+}
+
+/// Pins, in place of a daemon's map, an array of another layout (what an older build left).
+fn pin_other_layout(daemon: &Daemon, name: &str) {
+    let path = daemon.pin_dir.join(name);
+    std::fs::remove_file(&path).expect("unpinning");
+    let output = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args([
+            "type", "array", "key", "4", "value", "4", "entries", "3", "name", "old",
+        ])
+        .output()
+        .expect("bpftool");
+    assert!(output.status.success(), "{output:?}");
+}
+
+/// An upgrade to a build whose guard and counter maps have another layout: the new daemon
+/// replaces those (they hold nothing it does not rebuild) and keeps the maps that carry calls;
+/// a call-carrying map of another layout is refused, with what to do about it.
+#[test]
+fn an_upgrade_replaces_the_maps_it_rebuilds_and_keeps_those_of_calls() {
+    require_lab_privileges();
+    let lab = Lab::up("ops-upgrade").expect("lab");
+    let backend_address = addr(CALLEE, 5060);
+    let _backend = Backend::start(&lab.callee, backend_address).expect("backend");
+    let options = DaemonOptions {
+        sip_backends: vec![backend_address],
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start(&lab, &options).expect("daemon");
+    let flows = pinned_map_id(&daemon.pin_dir.join("SBC_FLOWS"));
+    daemon.kill9();
+    for name in ["SBC_GUARD", "SBC_REASONS", "SBC_SOURCES"] {
+        pin_other_layout(&daemon, name);
+    }
+    daemon
+        .spawn(&[])
+        .expect("the new build starts over the old maps");
+    assert!(
+        daemon.log().contains("replacing it"),
+        "no word of the replaced maps:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        pinned_map_id(&daemon.pin_dir.join("SBC_FLOWS")),
+        flows,
+        "the flows map was not kept"
+    );
+    // The replaced guard works: an OPTIONS is let up, counted, and answered.
+    let local = addr(CALLER, 5099);
+    let answers = sip_probe::send(
+        &lab.caller,
+        local,
+        addr(SBC_PUBLIC, 5060),
+        &sip_probe::options(local, addr(SBC_PUBLIC, 5060), "upgrade-1", "probe"),
+    )
+    .expect("OPTIONS");
+    assert!(
+        answers.iter().any(|a| a.starts_with("SIP/2.0 200")),
+        "{answers:?}"
+    );
+    assert!(daemon.guard_verdicts("pass_sip").unwrap() >= 1);
+
+    daemon.kill9();
+    pin_other_layout(&daemon, "SBC_FLOWS");
+    let refused = daemon
+        .spawn(&[])
+        .expect_err("a flows map of another layout");
+    assert!(
+        refused.to_string().contains("sbc run --clean"),
+        "the refusal does not say what to do: {refused:#}"
+    );
+    daemon.spawn(&["--clean"]).expect("a clean start");
+}

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use aya::programs::Xdp;
 use sbc_common::{
-    Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceRule,
+    Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceLimit, SourceRule,
     flow::{LEG_A, LEG_B, PeerMatch, STREAM_RTCP, STREAM_RTP},
     guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK},
     maps::XDP_PROGRAM,
@@ -498,12 +498,18 @@ const SCANNER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
 const TRUNK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 const BLOCKLISTED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+/// A PBX allowlisted with a generous packet rate and one INVITE at a time.
+const PBX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 
 fn sip_frame(src: Ipv4Addr, call_id_header: &str) -> Vec<u8> {
+    sip_request(src, "OPTIONS", call_id_header)
+}
+
+fn sip_request(src: Ipv4Addr, method: &str, call_id_header: &str) -> Vec<u8> {
     let text = format!(
-        "OPTIONS sip:sbc@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP {src}:5060;branch=z9hG4bK1\r\n\
+        "{method} sip:sbc@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP {src}:5060;branch=z9hG4bK1\r\n\
          Max-Forwards: 70\r\nFrom: <sip:a@{src}>;tag=1\r\nTo: <sip:sbc@198.18.1.1>\r\n\
-         {call_id_header}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+         {call_id_header}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
     );
     UdpFrame {
         payload: text.into_bytes(),
@@ -545,7 +551,10 @@ fn sip_guard_verdicts_and_dynamic_blocks() {
     );
 
     program.configure_guard(GuardConfig {
-        default_limit: PacketLimit { rate: 1, burst: 2 },
+        default_limit: SourceLimit {
+            packets: PacketLimit { rate: 1, burst: 2 },
+            invites: PacketLimit::UNLIMITED,
+        },
         block_after_drops: 3,
         flags: GUARD_ON,
         block_ns: 3_600_000_000_000,
@@ -556,7 +565,24 @@ fn sip_guard_verdicts_and_dynamic_blocks() {
         32,
         SourceRule {
             action: RULE_ALLOW,
-            limit: PacketLimit { rate: 1, burst: 4 },
+            limit: SourceLimit {
+                packets: PacketLimit { rate: 1, burst: 4 },
+                invites: PacketLimit::UNLIMITED,
+            },
+        },
+    );
+    program.add_rule(
+        PBX,
+        32,
+        SourceRule {
+            action: RULE_ALLOW,
+            limit: SourceLimit {
+                packets: PacketLimit {
+                    rate: 100,
+                    burst: 100,
+                },
+                invites: PacketLimit { rate: 1, burst: 1 },
+            },
         },
     );
     program.add_rule(
@@ -564,7 +590,7 @@ fn sip_guard_verdicts_and_dynamic_blocks() {
         32,
         SourceRule {
             action: RULE_ALLOW,
-            limit: PacketLimit::UNLIMITED,
+            limit: SourceLimit::UNLIMITED,
         },
     );
     program.add_rule(
@@ -572,7 +598,7 @@ fn sip_guard_verdicts_and_dynamic_blocks() {
         25,
         SourceRule {
             action: RULE_BLOCK,
-            limit: PacketLimit::UNLIMITED,
+            limit: SourceLimit::UNLIMITED,
         },
     );
     program.add_dialog("dialog-7@198.18.1.2", SEED);
@@ -719,6 +745,38 @@ fn sip_guard_verdicts_and_dynamic_blocks() {
             Reason::PassSipUnlimited,
         );
     }
+    // INVITEs that start calls have a rate of their own; other requests and the INVITEs of
+    // known dialogs (re-INVITEs) do not spend it.
+    let pbx_invite = |call_id: &str| sip_request(PBX, "INVITE", &format!("Call-ID: {call_id}"));
+    expect(
+        &mut program,
+        "PBX INVITE",
+        &pbx_invite("new-1@192.0.2.20"),
+        XDP_PASS,
+        Reason::PassSip,
+    );
+    expect(
+        &mut program,
+        "PBX INVITE over",
+        &pbx_invite("new-2@192.0.2.20"),
+        XDP_DROP,
+        Reason::DropSipInviteRate,
+    );
+    expect(
+        &mut program,
+        "PBX re-INVITE",
+        &pbx_invite("dialog-7@198.18.1.2"),
+        XDP_PASS,
+        Reason::PassSipDialog,
+    );
+    expect(
+        &mut program,
+        "PBX OPTIONS",
+        &options(PBX),
+        XDP_PASS,
+        Reason::PassSip,
+    );
+
     // A blocklisted range is dropped, known dialog or not.
     expect(
         &mut program,

@@ -11,7 +11,8 @@ pub struct SourceLimits {
     /// Out-of-dialog SIP datagrams, enforced in the kernel: above it they are dropped.
     pub packets_per_sec: u32,
     pub packet_burst: u32,
-    /// New INVITEs: above it they are refused with 503 and Retry-After.
+    /// New INVITEs: above it they are refused with 503 and Retry-After; above twice it (and
+    /// 10 more) the kernel drops them before they reach the daemon.
     pub invites_per_sec: u32,
     pub invite_burst: u32,
     /// Other out-of-dialog requests (OPTIONS, REGISTER, MESSAGE, SUBSCRIBE...): 503 above it.
@@ -65,7 +66,8 @@ pub struct AdmissionConfig {
     /// Datagrams dropped over the packet limit within one second that get the source blocked
     /// (0: never).
     pub block_after_drops: u32,
-    /// Requests refused over a source's limits within ten seconds that get it blocked (0: never).
+    /// Requests refused over a source's limits, or shed by an overloaded daemon, within ten
+    /// seconds that get it blocked (0: never).
     pub block_after_refusals: u32,
     /// How long those blocks last.
     pub block_secs: u64,

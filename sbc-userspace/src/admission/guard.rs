@@ -10,16 +10,19 @@ use std::{
 
 use ipnet::IpNet;
 use sbc_common::{
-    Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceBucket, SourceRule,
+    Block, GuardConfig, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
     call_id::call_id_hash as scan_call_id,
     guard::{
         BLOCK_ABUSE, BLOCK_MANUAL, BLOCK_RATE, BLOCK_SCANNER, GUARD_ON, RULE_ALLOW, RULE_BLOCK,
-        call_id_hash,
+        call_id_hash, is_invite,
     },
 };
 use serde::Serialize;
 
-use super::{config::AdmissionConfig, rate::limit};
+use super::{
+    config::{AdmissionConfig, SourceLimits},
+    rate::limit,
+};
 use crate::{clock::monotonic_ns, dataplane::GuardMaps};
 
 /// Why a source is blocked, as operators read it.
@@ -85,6 +88,28 @@ fn random_seed() -> u64 {
     }
 }
 
+/// INVITEs per second (and at once) the kernel lets a source send beyond twice its limit:
+/// with a limit of a few per second, a caller that missed our 503 still gets its
+/// retransmissions answered (the same 503) instead of silence.
+const INVITE_FLOOD_SLACK: u32 = 10;
+
+/// What the guard holds a class of sources to: their packet rate, and twice their INVITE rate
+/// and a little more (between one and two times it the daemon refuses the excess politely,
+/// with 503; beyond that a source is flooding, and its excess never reaches the daemon).
+fn kernel_limit(limits: &SourceLimits) -> SourceLimit {
+    let flood = |allowed: u32| {
+        if allowed == 0 {
+            0
+        } else {
+            allowed.saturating_mul(2).saturating_add(INVITE_FLOOD_SLACK)
+        }
+    };
+    SourceLimit {
+        packets: limit(limits.packets_per_sec, limits.packet_burst),
+        invites: limit(flood(limits.invites_per_sec), flood(limits.invite_burst)),
+    }
+}
+
 impl SipGuard {
     /// A guard that programs the kernel maps. The dialog seed of a previous daemon is kept
     /// (its dialog entries stay meaningful); dialogs themselves are rebuilt from our calls.
@@ -143,24 +168,18 @@ impl SipGuard {
         let mut state = self.lock();
         let state = &mut *state;
         state.config = GuardConfig {
-            default_limit: limit(
-                admission.source.packets_per_sec,
-                admission.source.packet_burst,
-            ),
+            default_limit: kernel_limit(&admission.source),
             block_after_drops: admission.block_after_drops,
             flags: if admission.enabled { GUARD_ON } else { 0 },
             block_ns: admission.block_secs.saturating_mul(1_000_000_000),
             dialog_seed: state.config.dialog_seed,
         };
-        let allowlisted = limit(
-            admission.allowlisted.packets_per_sec,
-            admission.allowlisted.packet_burst,
-        );
+        let allowlisted = kernel_limit(&admission.allowlisted);
         let rule = |action, limit| SourceRule { action, limit };
         let mut rules: Vec<(IpNet, SourceRule)> = admission
             .blocklist
             .iter()
-            .map(|net| (*net, rule(RULE_BLOCK, PacketLimit::UNLIMITED)))
+            .map(|net| (*net, rule(RULE_BLOCK, SourceLimit::UNLIMITED)))
             .chain(
                 admission
                     .allowlist
@@ -170,7 +189,7 @@ impl SipGuard {
             .chain(
                 backends
                     .iter()
-                    .map(|ip| (IpNet::from(*ip), rule(RULE_ALLOW, PacketLimit::UNLIMITED))),
+                    .map(|ip| (IpNet::from(*ip), rule(RULE_ALLOW, SourceLimit::UNLIMITED))),
             )
             .collect();
         rules.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
@@ -224,6 +243,16 @@ impl SipGuard {
         let state = self.lock();
         scan_call_id(datagram, state.config.dialog_seed)
             .is_some_and(|id| state.dialogs.contains_key(&id))
+    }
+
+    /// Whether `source` is allowlisted (a trunk or a backend): its longest matching rule
+    /// allows it. Intake asks only when it sheds, to shed strangers first.
+    pub fn is_allowlisted(&self, source: IpAddr) -> bool {
+        self.lock()
+            .rules
+            .iter()
+            .find(|(net, _)| net.contains(&source))
+            .is_some_and(|(_, rule)| rule.action == RULE_ALLOW)
     }
 
     /// Blocks a source for `duration` (`None`: until unblocked).
@@ -327,33 +356,46 @@ impl SipGuard {
             return true;
         };
         let dialogs = &state.dialogs;
-        let (pass, reason) = decide(
-            &config,
-            matched.map(|(_, rule)| *rule),
-            IpAddress::from(source),
-            || {
+        let arrival = Arrival {
+            source: IpAddress::from(source),
+            rule: matched.map(|(_, rule)| *rule),
+            invite: datagram
+                .first_chunk::<8>()
+                .is_some_and(|head| is_invite(u64::from_le_bytes(*head))),
+            known_dialog: || {
                 scan_call_id(datagram, config.dialog_seed)
                     .is_some_and(|id| dialogs.contains_key(&id))
             },
-            blocks,
-            buckets,
-            monotonic_ns(),
-        );
+        };
+        let (pass, reason) = decide(&config, arrival, blocks, buckets, monotonic_ns());
         reasons[reason as usize] += 1;
         pass
     }
 }
 
+/// What the guard knows of a datagram: its source and the rule that matches it, whether it is
+/// an INVITE, and (asked only when needed: it scans the datagram) whether its dialog is known.
+struct Arrival<F> {
+    source: IpAddress,
+    rule: Option<SourceRule>,
+    invite: bool,
+    known_dialog: F,
+}
+
 /// The guard's decision for one datagram, as `sbc-ebpf/src/sip_guard.rs` makes it.
 fn decide(
     config: &GuardConfig,
-    rule: Option<SourceRule>,
-    source: IpAddress,
-    known_dialog: impl FnOnce() -> bool,
+    arrival: Arrival<impl FnOnce() -> bool>,
     blocks: &mut HashMap<IpAddress, Block>,
     buckets: &mut HashMap<IpAddress, SourceBucket>,
     now: u64,
 ) -> (bool, Reason) {
+    let Arrival {
+        source,
+        rule,
+        invite,
+        known_dialog,
+    } = arrival;
     if config.flags & GUARD_ON == 0 {
         return (true, Reason::PassSipUnguarded);
     }
@@ -378,8 +420,9 @@ fn decide(
     let bucket = buckets
         .entry(source)
         .or_insert_with(|| SourceBucket::full(&limit, now));
-    if bucket.take(&limit, now) {
-        return (true, Reason::PassSip);
+    let verdict = bucket.admit(&limit, invite, now);
+    if verdict == Reason::PassSip {
+        return (true, verdict);
     }
     if !allowlisted && bucket.strike(config.block_after_drops, now) {
         blocks.insert(
@@ -395,7 +438,7 @@ fn decide(
     if buckets.len() > sbc_common::maps::MAX_SOURCES {
         // The kernel's table is an LRU of this size; forget the idlest here.
         let cutoff = now.saturating_sub(60_000_000_000);
-        buckets.retain(|_, b| b.refilled_ns > cutoff);
+        buckets.retain(|_, b| b.packets.refilled_ns > cutoff);
     }
-    (false, Reason::DropSipRateLimited)
+    (false, verdict)
 }

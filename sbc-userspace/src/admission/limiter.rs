@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use sbc_common::{PacketLimit, SourceBucket};
+use sbc_common::{PacketLimit, TokenBucket};
 use serde_json::{Value, json};
 
 use super::{
@@ -86,7 +86,7 @@ pub struct Admission {
     backends: Vec<IpAddr>,
     invites: SourceBuckets,
     requests: SourceBuckets,
-    global_invites: SourceBucket,
+    global_invites: TokenBucket,
     refusals: HashMap<IpAddr, (u64, u32)>,
     scanner_needles: Vec<String>,
     failed_users: FailedUsers,
@@ -100,7 +100,7 @@ impl Admission {
             backends,
             invites: SourceBuckets::default(),
             requests: SourceBuckets::default(),
-            global_invites: SourceBucket::full(&global, now_ns),
+            global_invites: TokenBucket::full(&global, now_ns),
             refusals: HashMap::new(),
             scanner_needles: scanner_needles(config),
             failed_users: failed_users(config),
@@ -246,24 +246,44 @@ impl Admission {
 
     /// A refusal; one that the source caused (`its_own`) counts towards blocking it.
     fn refuse(&mut self, source: IpAddr, reason: &'static str, its_own: bool, now: u64) -> Refusal {
-        let threshold = self.config.block_after_refusals;
-        let mut block = None;
-        if its_own && threshold > 0 && !self.is_allowlisted(source) {
-            let (start, count) = self.refusals.entry(source).or_insert((now, 0));
-            if now.saturating_sub(*start) >= REFUSAL_WINDOW_NS {
-                (*start, *count) = (now, 0);
-            }
-            *count += 1;
-            if *count >= threshold {
-                self.refusals.remove(&source);
-                block = Some(Duration::from_secs(self.config.block_secs));
-            }
-            if self.refusals.len() > 100_000 {
-                self.refusals
-                    .retain(|_, (start, _)| now.saturating_sub(*start) < REFUSAL_WINDOW_NS);
-            }
-        }
+        let block = if its_own {
+            self.count_refusals(source, 1, now)
+        } else {
+            None
+        };
         Refusal { reason, block }
+    }
+
+    /// New requests of `source` that an overloaded daemon shed (dropped on arrival or refused
+    /// as stale): they count towards blocking it as refusals do, or a botnet whose members
+    /// each stay under their limits would never be blocked while it buries the daemon. How
+    /// long to block it, if it has now earned a block.
+    pub fn shed(&mut self, source: IpAddr, requests: u32, now: u64) -> Option<Duration> {
+        self.count_refusals(source, requests, now)
+    }
+
+    /// Adds `count` refusals to `source`'s window: how long to block it, if that makes
+    /// `block_after_refusals` within the window. Never for trusted sources, nor with
+    /// admission off.
+    fn count_refusals(&mut self, source: IpAddr, count: u32, now: u64) -> Option<Duration> {
+        let threshold = self.config.block_after_refusals;
+        if !self.config.enabled || threshold == 0 || self.is_allowlisted(source) {
+            return None;
+        }
+        let (start, refused) = self.refusals.entry(source).or_insert((now, 0));
+        if now.saturating_sub(*start) >= REFUSAL_WINDOW_NS {
+            (*start, *refused) = (now, 0);
+        }
+        *refused = refused.saturating_add(count);
+        let block = (*refused >= threshold).then(|| {
+            self.refusals.remove(&source);
+            Duration::from_secs(self.config.block_secs)
+        });
+        if self.refusals.len() > 100_000 {
+            self.refusals
+                .retain(|_, (start, _)| now.saturating_sub(*start) < REFUSAL_WINDOW_NS);
+        }
+        block
     }
 }
 
@@ -309,6 +329,33 @@ mod tests {
         assert_eq!(admission.other_request(source, &counters, NOW), Ok(()));
         assert!(admission.other_request(source, &counters, NOW).is_err());
         assert_eq!(counters.source_invite_rate.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn shed_requests_count_against_their_source_but_never_a_trusted_one() {
+        let mut admission = Admission::new(&config(), vec![], NOW);
+        let stranger: IpAddr = "203.0.113.5".parse().unwrap();
+        let trunk: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(admission.shed(stranger, 2, NOW), None, "2 of 3");
+        assert_eq!(
+            admission.shed(stranger, 1, NOW + 1),
+            Some(Duration::from_secs(300)),
+            "the third within the window"
+        );
+        assert_eq!(admission.shed(trunk, 1_000, NOW), None, "allowlisted");
+        // Sheds far apart do not add up.
+        let other: IpAddr = "203.0.113.6".parse().unwrap();
+        assert_eq!(admission.shed(other, 2, NOW), None);
+        assert_eq!(admission.shed(other, 2, NOW + REFUSAL_WINDOW_NS), None);
+        let mut off = Admission::new(
+            &AdmissionConfig {
+                enabled: false,
+                ..config()
+            },
+            vec![],
+            NOW,
+        );
+        assert_eq!(off.shed(stranger, 1_000, NOW), None, "admission off");
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Token buckets by source, in the daemon. The arithmetic is `sbc_common::SourceBucket`'s, the
+//! Token buckets by source, in the daemon. The arithmetic is `sbc_common::TokenBucket`'s, the
 //! same the XDP program runs, so a limit means the same thing on both sides.
 use std::{collections::HashMap, net::IpAddr};
 
-use sbc_common::{PacketLimit, SourceBucket};
+use sbc_common::{PacketLimit, TokenBucket};
 
 /// Sources tracked at most; past it, idle ones are forgotten first, then the oldest.
 const MAX_SOURCES: usize = 100_000;
@@ -16,7 +16,7 @@ pub fn limit(rate: u32, burst: u32) -> PacketLimit {
 /// One bucket per source for one limit.
 #[derive(Default)]
 pub struct SourceBuckets {
-    buckets: HashMap<IpAddr, SourceBucket>,
+    buckets: HashMap<IpAddr, TokenBucket>,
 }
 
 impl SourceBuckets {
@@ -30,7 +30,7 @@ impl SourceBuckets {
         }
         self.buckets
             .entry(source)
-            .or_insert_with(|| SourceBucket::full(limit, now_ns))
+            .or_insert_with(|| TokenBucket::full(limit, now_ns))
             .take(limit, now_ns)
     }
 

@@ -54,20 +54,28 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
     }
 }
 
-/// Fails with a clear message if a pinned map has another layout than this build's.
-pub fn check_pinned(path: &Path, name: &str) -> anyhow::Result<()> {
+/// How a pinned map's layout differs from this build's, if it does.
+pub fn layout_difference(path: &Path, name: &str) -> anyhow::Result<Option<String>> {
     let Some((key, value, entries)) = expected_layout(name) else {
         bail!("no layout is known for map {name}");
     };
     let info = MapInfo::from_pin(path).with_context(|| format!("reading {}", path.display()))?;
     let found = (info.key_size(), info.value_size(), info.max_entries());
-    if found != (key, value, entries) {
-        bail!(
-            "pinned map {} has key/value size and capacity {found:?}, this build expects {:?}; \
-             it was left by an incompatible build: stop it and start with `sbc run --clean` \
-             (drops the media it still relays)",
+    Ok((found != (key, value, entries)).then(|| {
+        format!(
+            "pinned map {} has key/value size and capacity {found:?}, this build expects {:?}",
             path.display(),
             (key, value, entries)
+        )
+    }))
+}
+
+/// Fails with a clear message if a pinned map has another layout than this build's.
+pub fn check_pinned(path: &Path, name: &str) -> anyhow::Result<()> {
+    if let Some(difference) = layout_difference(path, name)? {
+        bail!(
+            "{difference}; it was left by an incompatible build: stop it and start with \
+             `sbc run --clean` (drops the media it still relays)"
         );
     }
     Ok(())

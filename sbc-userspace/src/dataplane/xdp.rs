@@ -18,7 +18,11 @@ use aya::{
 use sbc_common::maps::{self as map_names, XDP_PROGRAM};
 use tracing::{info, warn};
 
-use super::{PinLayout, maps::check_pinned, pins::pinned_xdp_link_ifindex};
+use super::{
+    PinLayout,
+    maps::{check_pinned, layout_difference},
+    pins::pinned_xdp_link_ifindex,
+};
 use crate::config::{Config, XdpAttachMode, interface_index};
 
 /// The XDP object built by `sbc-ebpf/build_recipe.rs`.
@@ -30,7 +34,17 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
     layout.create()?;
     for name in map_names::ALL {
         let path = layout.map(name);
-        if path.exists() {
+        if !path.exists() {
+            continue;
+        }
+        if map_names::REBUILT.contains(name) {
+            if let Some(difference) = layout_difference(&path, name)? {
+                // The old program keeps its copy until its link takes the new program.
+                warn!("{difference}; replacing it: it holds nothing this daemon does not rebuild");
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("unpinning {}", path.display()))?;
+            }
+        } else {
             check_pinned(&path, name)?;
         }
     }

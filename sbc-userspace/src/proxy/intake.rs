@@ -2,12 +2,15 @@
 //! sheds. Past `shed_queue_depth` waiting messages, new requests from the public side that
 //! belong to no call are dropped on arrival (their senders retransmit or go elsewhere, and
 //! handling them would delay the calls already up); responses, requests of known dialogs and
-//! the private side still get through. Past `QUEUE_LIMIT` every datagram is dropped and TCP
+//! the private side still get through, and allowlisted sources' new requests until the queue
+//! is four times as deep. Each source's shed requests are counted for the proxy, which holds
+//! them against the source as refusals. Past `QUEUE_LIMIT` every datagram is dropped and TCP
 //! readers wait, so the queue's memory stays bounded whatever arrives.
 use std::{
-    net::SocketAddr,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -26,6 +29,14 @@ use crate::{
 /// Messages that may wait for the proxy at most (a few tens of MiB at worst).
 pub const QUEUE_LIMIT: usize = 65_536;
 
+/// Allowlisted sources' new requests are shed only when the queue is this many times deeper
+/// than for others (the same patience they get for overload refusals).
+const TRUSTED_PATIENCE: usize = 4;
+
+/// Sources whose shed requests are counted between two collections by the proxy; past it a
+/// new source's go uncounted until the next collection (the table's memory stays bounded).
+const MAX_SHED_SOURCES: usize = 65_536;
+
 /// What a SIP listener asks of the kernel as receive buffer: room for a burst while the
 /// receiver is busy (the kernel caps it at `net.core.rmem_max` unless we may force it).
 const RECEIVE_BUFFER: usize = 4 << 20;
@@ -36,6 +47,8 @@ pub struct Intake {
     /// From this depth on, new public requests are shed (0: never).
     shed_at: AtomicUsize,
     counters: Arc<AdmissionCounters>,
+    /// New requests shed per source since the proxy last collected them.
+    shed_by_source: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl Intake {
@@ -44,6 +57,7 @@ impl Intake {
             depth: AtomicUsize::new(0),
             shed_at: AtomicUsize::new(shed_at),
             counters,
+            shed_by_source: Mutex::new(HashMap::new()),
         }
     }
 
@@ -51,8 +65,9 @@ impl Intake {
         self.shed_at.store(depth, Ordering::Relaxed);
     }
 
-    /// Whether a datagram is queued for the proxy; if not, it is counted as shed.
-    fn accepts(&self, listener: Side, datagram: &[u8], guard: &SipGuard) -> bool {
+    /// Whether a datagram from `source` is queued for the proxy; if not, it is counted as
+    /// shed.
+    fn accepts(&self, listener: Side, source: IpAddr, datagram: &[u8], guard: &SipGuard) -> bool {
         let depth = self.depth.load(Ordering::Relaxed);
         if depth >= QUEUE_LIMIT {
             self.counters
@@ -64,13 +79,37 @@ impl Intake {
         if shed_at == 0 || depth < shed_at || listener == Side::Private {
             return true;
         }
-        let of_a_call = datagram.starts_with(b"SIP/2.0 ") || guard.knows_dialog(datagram);
-        if !of_a_call {
-            self.counters
-                .shed_new_requests
-                .fetch_add(1, Ordering::Relaxed);
+        if datagram.starts_with(b"SIP/2.0 ") || guard.knows_dialog(datagram) {
+            return true;
         }
-        of_a_call
+        if depth < shed_at.saturating_mul(TRUSTED_PATIENCE) && guard.is_allowlisted(source) {
+            return true;
+        }
+        self.counters
+            .shed_new_requests
+            .fetch_add(1, Ordering::Relaxed);
+        self.count_shed(source);
+        false
+    }
+
+    fn count_shed(&self, source: IpAddr) {
+        let mut shed = self
+            .shed_by_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if shed.len() < MAX_SHED_SOURCES || shed.contains_key(&source) {
+            *shed.entry(source).or_default() += 1;
+        }
+    }
+
+    /// The new requests shed per source since the last call.
+    pub fn take_shed(&self) -> HashMap<IpAddr, u32> {
+        std::mem::take(
+            &mut *self
+                .shed_by_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     fn queued(&self) {
@@ -244,7 +283,7 @@ pub fn spawn_receiver(
                 Ok((len, from, waited)) => {
                     let datagram = &buf[..len];
                     if !guard.admit(from.ip(), datagram)
-                        || !intake.accepts(listener, datagram, &guard)
+                        || !intake.accepts(listener, from.ip(), datagram, &guard)
                     {
                         continue;
                     }
@@ -272,11 +311,16 @@ mod tests {
     use super::*;
     use crate::admission::AdmissionConfig;
 
+    const STRANGER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
+    const TRUNK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
+
     fn guard_with_call(call_id: &str) -> SipGuard {
         let guard = SipGuard::userspace();
-        guard
-            .configure(&AdmissionConfig::default(), &[], &[])
-            .unwrap();
+        let admission = AdmissionConfig {
+            allowlist: vec!["192.0.2.0/24".parse().unwrap()],
+            ..AdmissionConfig::default()
+        };
+        guard.configure(&admission, &[], &[]).unwrap();
         guard.dialog_started(call_id).unwrap();
         guard
     }
@@ -290,23 +334,30 @@ mod tests {
         let counters = Arc::new(AdmissionCounters::default());
         let intake = Intake::new(2, Arc::clone(&counters));
         let guard = guard_with_call("up-call");
+        let accepts = |side, source, datagram| intake.accepts(side, source, datagram, &guard);
         intake.queued();
-        assert!(intake.accepts(Side::Public, NEW, &guard), "below the bound");
+        assert!(accepts(Side::Public, STRANGER, NEW), "below the bound");
         intake.queued();
-        assert!(!intake.accepts(Side::Public, NEW, &guard));
-        assert!(intake.accepts(Side::Public, BYE, &guard), "a known dialog");
-        assert!(intake.accepts(Side::Public, RESPONSE, &guard));
-        assert!(
-            intake.accepts(Side::Private, NEW, &guard),
-            "the backends' side"
-        );
+        assert!(!accepts(Side::Public, STRANGER, NEW));
+        assert!(accepts(Side::Public, STRANGER, BYE), "a known dialog");
+        assert!(accepts(Side::Public, STRANGER, RESPONSE));
+        assert!(accepts(Side::Private, STRANGER, NEW), "the backends' side");
+        assert!(accepts(Side::Public, TRUNK, NEW), "an allowlisted source");
         assert_eq!(counters.shed_new_requests.load(Ordering::Relaxed), 1);
-        intake.taken();
-        assert!(intake.accepts(Side::Public, NEW, &guard), "caught up");
+        assert_eq!(intake.take_shed(), HashMap::from([(STRANGER, 1)]));
+        assert!(intake.take_shed().is_empty(), "taken");
+        intake.depth.store(2 * TRUSTED_PATIENCE, Ordering::Relaxed);
+        assert!(
+            !accepts(Side::Public, TRUNK, NEW),
+            "allowlisted, four times deeper"
+        );
+        assert!(accepts(Side::Public, TRUNK, RESPONSE));
+        intake.depth.store(1, Ordering::Relaxed);
+        assert!(accepts(Side::Public, STRANGER, NEW), "caught up");
         intake.set_shed_at(0);
         intake.queued();
         intake.queued();
-        assert!(intake.accepts(Side::Public, NEW, &guard), "never shed");
+        assert!(accepts(Side::Public, STRANGER, NEW), "never shed");
     }
 
     #[test]
@@ -315,8 +366,8 @@ mod tests {
         let intake = Intake::new(0, Arc::clone(&counters));
         intake.depth.store(QUEUE_LIMIT, Ordering::Relaxed);
         let guard = guard_with_call("up-call");
-        assert!(!intake.accepts(Side::Public, BYE, &guard));
-        assert!(!intake.accepts(Side::Private, RESPONSE, &guard));
+        assert!(!intake.accepts(Side::Public, STRANGER, BYE, &guard));
+        assert!(!intake.accepts(Side::Private, TRUNK, RESPONSE, &guard));
         assert_eq!(counters.shed_queue_full.load(Ordering::Relaxed), 2);
     }
 }

@@ -26,7 +26,7 @@ mod transactions;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -34,6 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sbc_common::guard::BLOCK_ABUSE;
 use timer_queue::next_expired;
 use tokio::{net::UdpSocket, sync::mpsc};
 use tokio_util::time::DelayQueue;
@@ -61,6 +62,9 @@ use crate::{
         via::Via,
     },
 };
+
+/// How often the proxy collects what intake shed, to hold it against its sources.
+const SHED_COLLECTION: Duration = Duration::from_millis(200);
 
 /// What the proxy task reacts to.
 pub enum Event {
@@ -298,6 +302,8 @@ impl Proxy {
     }
 
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        let mut shed_collection = tokio::time::interval(SHED_COLLECTION);
+        shed_collection.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = events.recv() => match event {
@@ -305,8 +311,24 @@ impl Proxy {
                     None => return,
                 },
                 Some(timer) = next_expired(&mut self.timers) => self.on_timer(timer),
+                _ = shed_collection.tick() => self.hold_shedding_against_sources(),
             }
             self.publish_gauges();
+        }
+    }
+
+    /// What intake shed, per source, counts against the source as refusals would.
+    fn hold_shedding_against_sources(&mut self) {
+        let now = monotonic_ns();
+        for (source, requests) in self.intake.take_shed() {
+            self.shed_from(source, requests, now);
+        }
+    }
+
+    /// `requests` new requests of `source` were shed: it is blocked if that makes too many.
+    fn shed_from(&mut self, source: IpAddr, requests: u32, now: u64) {
+        if let Some(block) = self.admission.shed(source, requests, now) {
+            self.block_source(source, block, BLOCK_ABUSE, "its requests kept being shed");
         }
     }
 
@@ -341,6 +363,7 @@ impl Proxy {
                     self.admission_counters
                         .shed_late
                         .fetch_add(1, Ordering::Relaxed);
+                    self.shed_from(from.ip(), 1, monotonic_ns());
                     let peer = Peer {
                         side: Side::Public,
                         address: from,

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, ensure};
 use sbc_common::{
-    FlowKey, GuardConfig, IpAddress, PacketLimit,
+    FlowKey, GuardConfig, IpAddress, PacketLimit, SourceLimit,
     flow::{LEG_A, STREAM_RTP},
     guard::GUARD_ON,
 };
@@ -98,9 +98,15 @@ pub fn measure(repeat: u32) -> anyhow::Result<Vec<Measurement>> {
         ));
         program.configure_guard(GuardConfig {
             // A bucket the runs never empty: the cost of taking a token, not of dropping.
-            default_limit: PacketLimit {
-                rate: 10_000_000,
-                burst: 10_000_000,
+            default_limit: SourceLimit {
+                packets: PacketLimit {
+                    rate: 10_000_000,
+                    burst: 10_000_000,
+                },
+                invites: PacketLimit {
+                    rate: 10_000_000,
+                    burst: 10_000_000,
+                },
             },
             block_after_drops: 0,
             flags: GUARD_ON,
