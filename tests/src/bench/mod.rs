@@ -49,11 +49,23 @@ pub enum Peer {
     KamailioRtpengine,
 }
 
+/// A part of the benchmark, to run alone while working on it (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    KernelCost,
+    CallSetup,
+    Scale,
+    Relay,
+    Flood,
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub mode: Mode,
     pub peer: Option<Peer>,
+    /// The sections to run; empty: all of them.
+    pub only: Vec<Section>,
     /// Concurrent streams of the paced relay runs; by default 1,000, and `full_sessions()` too
     /// in the full run.
     pub streams: Option<Vec<u32>>,
@@ -187,20 +199,25 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let full = options.mode == Mode::Full;
     let peer = options.peer;
     let mut measurements: Vec<Measurement> = Vec::new();
+    let runs = |section| options.only.is_empty() || options.only.contains(&section);
 
-    eprintln!("== in-kernel cost (BPF_PROG_TEST_RUN)");
-    measurements.extend(kernel_cost::measure(if full {
-        10_000_000
-    } else {
-        1_000_000
-    })?);
+    if runs(Section::KernelCost) {
+        eprintln!("== in-kernel cost (BPF_PROG_TEST_RUN)");
+        measurements.extend(kernel_cost::measure(if full {
+            10_000_000
+        } else {
+            1_000_000
+        })?);
+    }
 
     let lab = Lab::up("bench")?;
     let backend_address = SocketAddr::new(CALLEE.into(), 5060);
     let sbc_sip = SocketAddr::new(SBC_PUBLIC.into(), 5060);
-    eprintln!("== call setup");
-    measurements.extend(call_setup_section(&lab, backend_address, full, peer)?);
-    {
+    if runs(Section::CallSetup) {
+        eprintln!("== call setup");
+        measurements.extend(call_setup_section(&lab, backend_address, full, peer)?);
+    }
+    if runs(Section::Scale) {
         let _backend = Backend::start(&lab.callee, backend_address)?;
         let daemon = sbc(&lab, backend_address, "xdp", NO_LIMITS)?;
         eprintln!("== scale and memory");
@@ -213,16 +230,20 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
         let (count, rate) = if full { (4_000, 250) } else { (1_000, 200) };
         measurements.extend(scale::held_calls(&lab, &daemon, sbc_sip, count, rate)?);
     }
-    eprintln!("== RTP relay");
-    measurements.extend(relay_section(
-        &lab,
-        backend_address,
-        full,
-        &stream_counts,
-        peer,
-    )?);
-    eprintln!("== flood");
-    measurements.extend(flood_section(&lab, backend_address, full, peer)?);
+    if runs(Section::Relay) {
+        eprintln!("== RTP relay");
+        measurements.extend(relay_section(
+            &lab,
+            backend_address,
+            full,
+            &stream_counts,
+            peer,
+        )?);
+    }
+    if runs(Section::Flood) {
+        eprintln!("== flood");
+        measurements.extend(flood_section(&lab, backend_address, full, peer)?);
+    }
 
     let mut report = Report {
         mode: options.mode.name(),

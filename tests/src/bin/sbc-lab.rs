@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use sbc_tests::{
-    bench::{self, Mode, Peer},
+    bench::{self, Mode, Peer, Section},
     lab::Lab,
 };
 
@@ -48,6 +48,10 @@ struct BenchOptions {
     /// adds 9000). The saturation runs use the smallest.
     #[arg(long, value_delimiter = ',')]
     streams: Option<Vec<u32>>,
+    /// Run only these sections, comma-separated (while working on one); the table then has
+    /// only their rows.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
     /// Where results.json and results.md go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -82,6 +86,7 @@ fn main() -> anyhow::Result<()> {
                 mode,
                 peer: options.peer,
                 streams: options.streams,
+                only: options.only,
             })?;
             print!("{}", report.text());
             report.write(&options.out)?;
