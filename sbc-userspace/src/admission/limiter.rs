@@ -40,8 +40,13 @@ pub struct AdmissionCounters {
     pub scanners: AtomicU64,
     /// New requests dropped on arrival because the proxy's queue was deep.
     pub shed_new_requests: AtomicU64,
+    /// Of those, INVITEs answered 503 on arrival (the answers are bounded per second).
+    pub shed_answered: AtomicU64,
     /// Datagrams dropped on arrival because the proxy's queue was full.
     pub shed_queue_full: AtomicU64,
+    /// Datagrams the kernel dropped because a SIP listener's receive buffer was full (the
+    /// listener was not read fast enough; nothing of them was seen).
+    pub shed_receive_buffer: AtomicU64,
     /// New requests refused at once (503) because they waited past `shed_delay_ms`.
     pub shed_late: AtomicU64,
 }
@@ -58,7 +63,9 @@ impl AdmissionCounters {
             "refused_draining": get(&self.draining),
             "scanners_blocked": get(&self.scanners),
             "shed_new_requests": get(&self.shed_new_requests),
+            "shed_answered": get(&self.shed_answered),
             "shed_queue_full": get(&self.shed_queue_full),
+            "shed_receive_buffer": get(&self.shed_receive_buffer),
             "shed_late": get(&self.shed_late),
         })
     }

@@ -371,12 +371,18 @@ fn write_admission(out: &mut Exposition, admission: &AdmissionCounters) {
     );
     out.counter(
         "sbc_admission_shed_total",
-        "Datagrams shed while the proxy was behind: new requests dropped at shed_queue_depth or refused at once (503) past shed_delay_ms, everything dropped with the queue full.",
+        "Datagrams shed while the proxy was behind: new requests shed at shed_queue_depth or refused at once (503) past shed_delay_ms, everything dropped with the queue full, and what the kernel dropped with a listener's receive buffer full.",
         [
             (&[("reason", "new_request")][..], load(&admission.shed_new_requests)),
             (&[("reason", "queue_full")][..], load(&admission.shed_queue_full)),
+            (&[("reason", "receive_buffer")][..], load(&admission.shed_receive_buffer)),
             (&[("reason", "late")][..], load(&admission.shed_late)),
         ],
+    );
+    out.counter_value(
+        "sbc_admission_shed_answered_total",
+        "New INVITEs shed on arrival (reason new_request) that were answered 503 with Retry-After at once; the answers are bounded per second.",
+        load(&admission.shed_answered),
     );
 }
 

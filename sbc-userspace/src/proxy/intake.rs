@@ -3,11 +3,11 @@
 //! belong to no call are dropped on arrival (their senders retransmit or go elsewhere, and
 //! handling them would delay the calls already up); responses, requests of known dialogs and
 //! the private side still get through, and allowlisted sources' new requests until the queue
-//! is four times as deep. Each source's shed requests are counted for the proxy, which holds
-//! them against the source as refusals. Past `QUEUE_LIMIT` every datagram is dropped and TCP
+//! is four times as deep. A shed INVITE is answered 503 at once (`shed_answer`). Each source's
+//! shed requests are counted for the proxy, which holds them against the source as refusals. Past `QUEUE_LIMIT` every datagram is dropped and TCP
 //! readers wait, so the queue's memory stays bounded whatever arrives.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
@@ -17,10 +17,11 @@ use std::{
 };
 
 use anyhow::Context as _;
+use sbc_common::{call_id::call_id_hash, guard::is_invite};
 use tokio::{net::UdpSocket, sync::mpsc};
 use tracing::debug;
 
-use super::Event;
+use super::{Event, shed_answer::ShedAnswers};
 use crate::{
     admission::{AdmissionCounters, SipGuard},
     media::session::Side,
@@ -37,6 +38,23 @@ const TRUSTED_PATIENCE: usize = 4;
 /// new source's go uncounted until the next collection (the table's memory stays bounded).
 const MAX_SHED_SOURCES: usize = 65_536;
 
+/// How long an INVITE queued for the proxy is remembered (at least; at most twice as long).
+const INVITE_MEMORY: Duration = Duration::from_secs(4);
+/// INVITEs remembered in one generation at most.
+const MAX_RECENT_INVITES: usize = 65_536;
+
+fn is_an_invite(datagram: &[u8]) -> bool {
+    datagram
+        .first_chunk::<8>()
+        .is_some_and(|head| is_invite(u64::from_le_bytes(*head)))
+}
+
+/// What identifies an INVITE among those queued lately: its Call-ID's hash (the seed only
+/// spreads it; any fixed one serves).
+fn invite_id(datagram: &[u8]) -> Option<u64> {
+    call_id_hash(datagram, 0)
+}
+
 /// What a SIP listener asks of the kernel as receive buffer: room for a burst while the
 /// receiver is busy (the kernel caps it at `net.core.rmem_max` unless we may force it).
 const RECEIVE_BUFFER: usize = 4 << 20;
@@ -49,47 +67,198 @@ pub struct Intake {
     counters: Arc<AdmissionCounters>,
     /// New requests shed per source since the proxy last collected them.
     shed_by_source: Mutex<HashMap<IpAddr, u32>>,
+    answers: ShedAnswers,
+    recent_invites: Mutex<RecentInvites>,
+}
+
+/// The Call-IDs of the INVITEs queued lately. A retransmission of one that arrives while the
+/// queue is deep is dropped, not answered 503: the original is on its way to the proxy, and
+/// refusing the retransmission would fail a call the proxy is about to set up.
+struct RecentInvites {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+    rotated: Instant,
+}
+
+impl RecentInvites {
+    fn new() -> Self {
+        Self {
+            current: HashSet::new(),
+            previous: HashSet::new(),
+            rotated: Instant::now(),
+        }
+    }
+
+    fn remember(&mut self, call_id: u64, now: Instant) {
+        if now.duration_since(self.rotated) >= INVITE_MEMORY
+            || self.current.len() >= MAX_RECENT_INVITES
+        {
+            self.previous = std::mem::take(&mut self.current);
+            self.rotated = now;
+        }
+        self.current.insert(call_id);
+    }
+
+    fn contains(&self, call_id: u64) -> bool {
+        self.current.contains(&call_id) || self.previous.contains(&call_id)
+    }
+}
+
+/// The two queues to the proxy task. What keeps calls going goes first: control, responses,
+/// requests of calls the proxy holds, everything from the backends' side. New requests from
+/// the public side wait behind it: under overload they are the ones to wait, and to be shed,
+/// and a call being set up must not wait for its answer behind them.
+#[derive(Clone)]
+pub struct Lanes {
+    urgent: mpsc::UnboundedSender<Event>,
+    new_requests: mpsc::UnboundedSender<Event>,
+    guard: Arc<SipGuard>,
+}
+
+/// The proxy task's ends of the lanes.
+pub struct LaneReceivers {
+    pub urgent: mpsc::UnboundedReceiver<Event>,
+    pub new_requests: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Lanes {
+    pub fn new(guard: Arc<SipGuard>) -> (Self, LaneReceivers) {
+        let (urgent, urgent_rx) = mpsc::unbounded_channel();
+        let (new_requests, new_requests_rx) = mpsc::unbounded_channel();
+        let lanes = Self {
+            urgent,
+            new_requests,
+            guard,
+        };
+        let receivers = LaneReceivers {
+            urgent: urgent_rx,
+            new_requests: new_requests_rx,
+        };
+        (lanes, receivers)
+    }
+
+    /// A control event or a connection notice; false once the proxy is gone.
+    pub fn control(&self, event: Event) -> bool {
+        self.urgent.send(event).is_ok()
+    }
+
+    /// A message read from a listener, in its lane; false once the proxy is gone.
+    fn message(&self, event: Event) -> bool {
+        let keeps_calls_going = match &event {
+            Event::Datagram {
+                listener, bytes, ..
+            }
+            | Event::Stream {
+                listener, bytes, ..
+            } => {
+                *listener == Side::Private
+                    || bytes.starts_with(b"SIP/2.0 ")
+                    || self.guard.knows_dialog(bytes)
+            }
+            _ => true,
+        };
+        let lane = if keeps_calls_going {
+            &self.urgent
+        } else {
+            &self.new_requests
+        };
+        lane.send(event).is_ok()
+    }
+}
+
+/// What becomes of a datagram on arrival.
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    Queue,
+    Drop,
+    /// Shed, and answered with this (503).
+    Answer(Vec<u8>),
 }
 
 impl Intake {
-    pub fn new(shed_at: usize, counters: Arc<AdmissionCounters>) -> Self {
+    pub fn new(shed_at: usize, retry_after_secs: u32, counters: Arc<AdmissionCounters>) -> Self {
         Self {
             depth: AtomicUsize::new(0),
             shed_at: AtomicUsize::new(shed_at),
             counters,
             shed_by_source: Mutex::new(HashMap::new()),
+            answers: ShedAnswers::new(retry_after_secs),
+            recent_invites: Mutex::new(RecentInvites::new()),
         }
+    }
+
+    fn recent_invites(&self) -> std::sync::MutexGuard<'_, RecentInvites> {
+        self.recent_invites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set_shed_at(&self, depth: usize) {
         self.shed_at.store(depth, Ordering::Relaxed);
     }
 
-    /// Whether a datagram from `source` is queued for the proxy; if not, it is counted as
-    /// shed.
-    fn accepts(&self, listener: Side, source: IpAddr, datagram: &[u8], guard: &SipGuard) -> bool {
+    /// What becomes of a datagram from `source`: queued for the proxy, or shed (counted, and
+    /// an INVITE answered unless it is a retransmission of one queued).
+    fn arrival(
+        &self,
+        listener: Side,
+        source: IpAddr,
+        datagram: &[u8],
+        guard: &SipGuard,
+    ) -> Arrival {
+        let arrival = self.decide(listener, source, datagram, guard);
+        if arrival == Arrival::Queue
+            && is_an_invite(datagram)
+            && let Some(id) = invite_id(datagram)
+        {
+            self.recent_invites().remember(id, Instant::now());
+        }
+        arrival
+    }
+
+    fn decide(&self, listener: Side, source: IpAddr, datagram: &[u8], guard: &SipGuard) -> Arrival {
         let depth = self.depth.load(Ordering::Relaxed);
         if depth >= QUEUE_LIMIT {
             self.counters
                 .shed_queue_full
                 .fetch_add(1, Ordering::Relaxed);
-            return false;
+            return Arrival::Drop;
+        }
+        if ShedAnswers::is_ack_of_answer(datagram) {
+            // It ends a transaction that was never kept: nothing to do.
+            return Arrival::Drop;
         }
         let shed_at = self.shed_at.load(Ordering::Relaxed);
         if shed_at == 0 || depth < shed_at || listener == Side::Private {
-            return true;
+            return Arrival::Queue;
         }
         if datagram.starts_with(b"SIP/2.0 ") || guard.knows_dialog(datagram) {
-            return true;
+            return Arrival::Queue;
         }
         if depth < shed_at.saturating_mul(TRUSTED_PATIENCE) && guard.is_allowlisted(source) {
-            return true;
+            return Arrival::Queue;
         }
         self.counters
             .shed_new_requests
             .fetch_add(1, Ordering::Relaxed);
+        if datagram.starts_with(b"ACK ") {
+            // An ACK asks for nothing: dropping it costs its sender nothing to hold against it.
+            return Arrival::Drop;
+        }
+        if is_an_invite(datagram)
+            && invite_id(datagram).is_some_and(|id| self.recent_invites().contains(id))
+        {
+            // A retransmission: its original is queued.
+            return Arrival::Drop;
+        }
         self.count_shed(source);
-        false
+        match self.answers.answer(datagram) {
+            Some(answer) => {
+                self.counters.shed_answered.fetch_add(1, Ordering::Relaxed);
+                Arrival::Answer(answer)
+            }
+            None => Arrival::Drop,
+        }
     }
 
     fn count_shed(&self, source: IpAddr) {
@@ -123,12 +292,12 @@ impl Intake {
 
     /// Queues a message read from a TCP connection, first waiting (and so pushing back on
     /// the sender) while the queue is full. False once the proxy is gone.
-    pub async fn queue_stream(&self, events: &mpsc::UnboundedSender<Event>, event: Event) -> bool {
+    pub async fn queue_stream(&self, lanes: &Lanes, event: Event) -> bool {
         while self.depth.load(Ordering::Relaxed) >= QUEUE_LIMIT {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.queued();
-        events.send(event).is_ok()
+        lanes.message(event)
     }
 }
 
@@ -144,34 +313,46 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
 
 /// Asks the kernel to stamp each datagram with its arrival time (SO_TIMESTAMPNS): under load
 /// a datagram may wait in the receive buffer for longer than in the proxy's queue, and the
-/// overload signal must count both.
+/// overload signal must count both. And to say, with each datagram, how many it dropped so
+/// far because the buffer was full (SO_RXQ_OVFL): shedding nobody sees is the worst kind.
 fn stamp_arrivals(socket: &UdpSocket) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
     let on: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a c_int option value of the size given.
-    let done = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    anyhow::ensure!(
-        done == 0,
-        "SO_TIMESTAMPNS on a SIP listener: {}",
-        std::io::Error::last_os_error()
-    );
+    for (option, name) in [
+        (libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS"),
+        (libc::SO_RXQ_OVFL, "SO_RXQ_OVFL"),
+    ] {
+        // SAFETY: a valid socket fd and a c_int option value of the size given.
+        let done = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(
+            done == 0,
+            "{name} on a SIP listener: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(())
 }
 
-/// Receives one datagram with `recvmsg`: its length, its source, and how long it waited in
-/// the kernel since it arrived (zero when the kernel gave no stamp).
-fn receive_stamped(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr, Duration)> {
+/// One datagram as `recvmsg` gave it.
+struct Received {
+    len: usize,
+    from: SocketAddr,
+    /// How long it waited in the kernel since it arrived (zero without a stamp).
+    waited: Duration,
+    /// Datagrams the socket has dropped so far for a full buffer (a wrapping count).
+    dropped_so_far: Option<u32>,
+}
+
+/// Receives one datagram with `recvmsg`, with what the kernel says about it.
+fn receive_stamped(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: an all-zero sockaddr_storage is valid (family AF_UNSPEC).
     let mut source: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -179,8 +360,9 @@ fn receive_stamped(
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // Room for one SCM_TIMESTAMPNS message (a timespec), 8-byte aligned.
-    let mut control = [0u64; 8];
+    // Room for an SCM_TIMESTAMPNS message (a timespec) and an SO_RXQ_OVFL one (a u32),
+    // 8-byte aligned.
+    let mut control = [0u64; 12];
     // SAFETY: an all-zero msghdr is valid; its pointers are set below to live buffers.
     let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
     header.msg_name = (&raw mut source).cast();
@@ -195,24 +377,35 @@ fn receive_stamped(
         return Err(std::io::Error::last_os_error());
     }
     let from = socket_addr_of(&source).ok_or_else(|| std::io::Error::other("no source address"))?;
-    let mut waited = Duration::ZERO;
+    let mut received = Received {
+        len: len as usize,
+        from,
+        waited: Duration::ZERO,
+        dropped_so_far: None,
+    };
     // SAFETY: the CMSG macros walk the control buffer the kernel filled, within its length.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&raw const header);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
-            {
-                let stamp: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                let arrived = std::time::UNIX_EPOCH
-                    + Duration::new(stamp.tv_sec as u64, stamp.tv_nsec as u32);
-                waited = std::time::SystemTime::now()
-                    .duration_since(arrived)
-                    .unwrap_or_default();
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                    let stamp: libc::timespec = std::ptr::read_unaligned(data.cast());
+                    let arrived = std::time::UNIX_EPOCH
+                        + Duration::new(stamp.tv_sec as u64, stamp.tv_nsec as u32);
+                    received.waited = std::time::SystemTime::now()
+                        .duration_since(arrived)
+                        .unwrap_or_default();
+                }
+                (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) => {
+                    received.dropped_so_far = Some(std::ptr::read_unaligned(data.cast()));
+                }
+                _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(&raw const header, cmsg);
         }
     }
-    Ok((len as usize, from, waited))
+    Ok(received)
 }
 
 fn socket_addr_of(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -267,12 +460,13 @@ fn enlarge_receive_buffer(socket: &UdpSocket) {
 pub fn spawn_receiver(
     socket: Arc<UdpSocket>,
     listener: Side,
-    events: mpsc::UnboundedSender<Event>,
+    lanes: Lanes,
     guard: Arc<SipGuard>,
     intake: Arc<Intake>,
 ) {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
+        let mut dropped_seen = 0u32;
         loop {
             let received = socket
                 .async_io(tokio::io::Interest::READABLE, || {
@@ -280,12 +474,32 @@ pub fn spawn_receiver(
                 })
                 .await;
             match received {
-                Ok((len, from, waited)) => {
+                Ok(Received {
+                    len,
+                    from,
+                    waited,
+                    dropped_so_far,
+                }) => {
+                    if let Some(total) = dropped_so_far {
+                        intake.counters.shed_receive_buffer.fetch_add(
+                            u64::from(total.wrapping_sub(dropped_seen)),
+                            Ordering::Relaxed,
+                        );
+                        dropped_seen = total;
+                    }
                     let datagram = &buf[..len];
-                    if !guard.admit(from.ip(), datagram)
-                        || !intake.accepts(listener, from.ip(), datagram, &guard)
-                    {
+                    if !guard.admit(from.ip(), datagram) {
                         continue;
+                    }
+                    match intake.arrival(listener, from.ip(), datagram, &guard) {
+                        Arrival::Queue => {}
+                        Arrival::Drop => continue,
+                        Arrival::Answer(answer) => {
+                            // A full send buffer loses the answer: the request's
+                            // retransmission gets another.
+                            let _ = socket.try_send_to(&answer, from);
+                            continue;
+                        }
                     }
                     intake.queued();
                     let now = Instant::now();
@@ -296,7 +510,7 @@ pub fn spawn_receiver(
                         // Its arrival in the kernel: the proxy's delay counts the buffer too.
                         received: now.checked_sub(waited).unwrap_or(now),
                     };
-                    if events.send(event).is_err() {
+                    if !lanes.message(event) {
                         return;
                     }
                 }
@@ -326,19 +540,22 @@ mod tests {
     }
 
     const NEW: &[u8] = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: new-call\r\n\r\n";
+    const OTHER_NEW: &[u8] = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: other-call\r\n\r\n";
     const BYE: &[u8] = b"BYE sip:a@b SIP/2.0\r\ni: up-call\r\n\r\n";
     const RESPONSE: &[u8] = b"SIP/2.0 180 Ringing\r\nCall-ID: new-call\r\n\r\n";
 
     #[test]
     fn a_deep_queue_sheds_new_public_requests_first() {
         let counters = Arc::new(AdmissionCounters::default());
-        let intake = Intake::new(2, Arc::clone(&counters));
+        let intake = Intake::new(2, 5, Arc::clone(&counters));
         let guard = guard_with_call("up-call");
-        let accepts = |side, source, datagram| intake.accepts(side, source, datagram, &guard);
+        let accepts = |side, source, datagram| {
+            intake.arrival(side, source, datagram, &guard) == Arrival::Queue
+        };
         intake.queued();
         assert!(accepts(Side::Public, STRANGER, NEW), "below the bound");
         intake.queued();
-        assert!(!accepts(Side::Public, STRANGER, NEW));
+        assert!(!accepts(Side::Public, STRANGER, OTHER_NEW));
         assert!(accepts(Side::Public, STRANGER, BYE), "a known dialog");
         assert!(accepts(Side::Public, STRANGER, RESPONSE));
         assert!(accepts(Side::Private, STRANGER, NEW), "the backends' side");
@@ -363,11 +580,68 @@ mod tests {
     #[test]
     fn a_full_queue_takes_nothing() {
         let counters = Arc::new(AdmissionCounters::default());
-        let intake = Intake::new(0, Arc::clone(&counters));
+        let intake = Intake::new(0, 5, Arc::clone(&counters));
         intake.depth.store(QUEUE_LIMIT, Ordering::Relaxed);
         let guard = guard_with_call("up-call");
-        assert!(!intake.accepts(Side::Public, STRANGER, BYE, &guard));
-        assert!(!intake.accepts(Side::Private, TRUNK, RESPONSE, &guard));
+        assert_eq!(
+            intake.arrival(Side::Public, STRANGER, BYE, &guard),
+            Arrival::Drop
+        );
+        assert_eq!(
+            intake.arrival(Side::Private, TRUNK, RESPONSE, &guard),
+            Arrival::Drop
+        );
         assert_eq!(counters.shed_queue_full.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_shed_invite_is_answered_and_an_ack_is_not_held_against_its_source() {
+        let counters = Arc::new(AdmissionCounters::default());
+        let intake = Intake::new(1, 9, Arc::clone(&counters));
+        let guard = guard_with_call("up-call");
+        intake.queued();
+        let invite =
+            b"INVITE sip:a@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.9;branch=z9hG4bK7\r\n\
+            From: <sip:x@203.0.113.9>;tag=1\r\nTo: <sip:a@198.18.1.1>\r\nCall-ID: shed-me\r\n\
+            CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let Arrival::Answer(answer) = intake.arrival(Side::Public, STRANGER, invite, &guard) else {
+            panic!("a shed INVITE goes unanswered");
+        };
+        assert!(answer.starts_with(b"SIP/2.0 503 "));
+        let ack = b"ACK sip:a@198.18.1.1 SIP/2.0\r\nCall-ID: other\r\n\r\n";
+        assert_eq!(
+            intake.arrival(Side::Public, STRANGER, ack, &guard),
+            Arrival::Drop
+        );
+        assert_eq!(counters.shed_answered.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.shed_new_requests.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            intake.take_shed(),
+            HashMap::from([(STRANGER, 1)]),
+            "the ACK is not"
+        );
+    }
+
+    #[test]
+    fn a_retransmission_of_a_queued_invite_is_dropped_not_refused() {
+        let counters = Arc::new(AdmissionCounters::default());
+        let intake = Intake::new(1, 5, Arc::clone(&counters));
+        let guard = guard_with_call("up-call");
+        let invite =
+            b"INVITE sip:a@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.9;branch=z9hG4bK8\r\n\
+            From: <sip:x@203.0.113.9>;tag=1\r\nTo: <sip:a@198.18.1.1>\r\nCall-ID: queued\r\n\
+            CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            intake.arrival(Side::Public, STRANGER, invite, &guard),
+            Arrival::Queue
+        );
+        intake.queued();
+        assert_eq!(
+            intake.arrival(Side::Public, STRANGER, invite, &guard),
+            Arrival::Drop,
+            "its retransmission, with the queue deep"
+        );
+        assert_eq!(counters.shed_answered.load(Ordering::Relaxed), 0);
+        assert!(intake.take_shed().is_empty(), "not held against its source");
     }
 }

@@ -20,6 +20,7 @@ pub mod journal;
 mod no_audio;
 mod requests;
 mod responses;
+mod shed_answer;
 pub mod stats;
 pub mod tcp;
 mod transactions;
@@ -44,7 +45,7 @@ use self::{
     backends::Backends,
     calls::Call,
     inspect::Query,
-    intake::{Intake, bind, spawn_receiver},
+    intake::{Intake, LaneReceivers, Lanes, bind, spawn_receiver},
     journal::Journal,
     stats::{Origin, SipStats, method_label},
     transactions::{ClientTx, Peer, ServerTx, Transport},
@@ -125,7 +126,7 @@ struct Listener {
 /// A handle to the running proxy.
 #[derive(Clone)]
 pub struct ProxyHandle {
-    events: mpsc::UnboundedSender<Event>,
+    lanes: Lanes,
     intake: Arc<Intake>,
     pub stats: Arc<SipStats>,
     pub admission: Arc<AdmissionCounters>,
@@ -134,18 +135,18 @@ pub struct ProxyHandle {
 impl ProxyHandle {
     pub fn reconfigure(&self, admission: AdmissionConfig) {
         self.intake.set_shed_at(admission.shed_queue_depth);
-        let _ = self.events.send(Event::Reconfigure(Box::new(admission)));
+        let _ = self.lanes.control(Event::Reconfigure(Box::new(admission)));
     }
 
     pub fn media_timed_out(&self, sessions: Vec<SessionInfo>) {
         if !sessions.is_empty() {
-            let _ = self.events.send(Event::MediaTimeout(sessions));
+            let _ = self.lanes.control(Event::MediaTimeout(sessions));
         }
     }
 
     pub fn no_audio(&self, silent: Vec<SilentLeg>, hang_up: bool) {
         if !silent.is_empty() {
-            let _ = self.events.send(Event::NoAudio { silent, hang_up });
+            let _ = self.lanes.control(Event::NoAudio { silent, hang_up });
         }
     }
 
@@ -155,7 +156,7 @@ impl ProxyHandle {
     }
 
     pub fn hang_up_all(&self) {
-        let _ = self.events.send(Event::HangUpAll);
+        let _ = self.lanes.control(Event::HangUpAll);
     }
 
     pub async fn calls(&self) -> anyhow::Result<Vec<CallSummary>> {
@@ -172,7 +173,7 @@ impl ProxyHandle {
         query: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Query,
     ) -> anyhow::Result<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let _ = self.events.send(Event::Query(query(reply)));
+        let _ = self.lanes.control(Event::Query(query(reply)));
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the SIP proxy has stopped"))
@@ -227,16 +228,17 @@ impl Proxy {
         } else {
             bind(config.private_listen()).await?
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (lanes, receivers) = Lanes::new(Arc::clone(&guard));
         let stats = Arc::new(SipStats::new(config.backends.iter().map(|b| b.address)));
         let admission_counters = Arc::new(AdmissionCounters::default());
         let intake = Arc::new(Intake::new(
             admission.shed_queue_depth,
+            config.retry_after_secs,
             Arc::clone(&admission_counters),
         ));
         let receive = |socket: &Arc<UdpSocket>, side| {
             let (guard, intake) = (Arc::clone(&guard), Arc::clone(&intake));
-            spawn_receiver(Arc::clone(socket), side, tx.clone(), guard, intake);
+            spawn_receiver(Arc::clone(socket), side, lanes.clone(), guard, intake);
         };
         receive(&public, Side::Public);
         if !Arc::ptr_eq(&public, &private) {
@@ -249,10 +251,10 @@ impl Proxy {
             tcp_listeners.push((config.private_listen(), Side::Private));
         }
         for (address, side) in tcp_listeners {
-            let (events, intake, numbers) =
-                (tx.clone(), Arc::clone(&intake), Arc::clone(&connections));
+            let (lanes, intake, numbers) =
+                (lanes.clone(), Arc::clone(&intake), Arc::clone(&connections));
             let limits = Arc::clone(&tcp_connections);
-            tcp::listen(address, side, events, intake, numbers, limits).await?;
+            tcp::listen(address, side, lanes, intake, numbers, limits).await?;
         }
         let backend_ips = config.backends.iter().map(|b| b.address.ip()).collect();
         let token = format!(
@@ -292,26 +294,31 @@ impl Proxy {
         };
         proxy.restore_calls(recorded);
         proxy.start_probes();
-        tokio::spawn(proxy.run(rx));
+        tokio::spawn(proxy.run(receivers));
         Ok(ProxyHandle {
-            events: tx,
+            lanes,
             intake,
             stats,
             admission: admission_counters,
         })
     }
 
-    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+    /// Serves, in this order: what keeps calls going (the urgent lane), expired timers
+    /// (retransmissions, timeouts), the collection of what intake shed, then new requests
+    /// from the public side.
+    async fn run(mut self, mut lanes: LaneReceivers) {
         let mut shed_collection = tokio::time::interval(SHED_COLLECTION);
         shed_collection.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                event = events.recv() => match event {
+                biased;
+                event = lanes.urgent.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => return,
                 },
                 Some(timer) = next_expired(&mut self.timers) => self.on_timer(timer),
                 _ = shed_collection.tick() => self.hold_shedding_against_sources(),
+                Some(event) = lanes.new_requests.recv() => self.on_event(event),
             }
             self.publish_gauges();
         }

@@ -24,7 +24,11 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::{Event, build, intake::Intake, stats::SipStats};
+use super::{
+    Event, build,
+    intake::{Intake, Lanes},
+    stats::SipStats,
+};
 use crate::{
     media::session::Side,
     sip::{
@@ -120,7 +124,7 @@ impl Drop for Admitted {
 pub async fn listen(
     address: SocketAddr,
     side: Side,
-    events: mpsc::UnboundedSender<Event>,
+    lanes: Lanes,
     intake: Arc<Intake>,
     numbers: Arc<AtomicU64>,
     connections: Arc<Connections>,
@@ -137,7 +141,7 @@ pub async fn listen(
                         continue;
                     };
                     let connection = numbers.fetch_add(1, Ordering::Relaxed);
-                    let (events, intake) = (events.clone(), Arc::clone(&intake));
+                    let (lanes, intake) = (lanes.clone(), Arc::clone(&intake));
                     let limits = connections.config.clone();
                     let stats = Arc::clone(&connections.stats);
                     tokio::spawn(async move {
@@ -146,7 +150,7 @@ pub async fn listen(
                             listener: side,
                             connection,
                         };
-                        serve(stream, peer, &limits, events, intake, &stats).await;
+                        serve(stream, peer, &limits, lanes, intake, &stats).await;
                         drop(admitted);
                     });
                 }
@@ -168,7 +172,7 @@ async fn serve(
     stream: TcpStream,
     peer: Peer,
     limits: &TcpConfig,
-    events: mpsc::UnboundedSender<Event>,
+    lanes: Lanes,
     intake: Arc<Intake>,
     stats: &SipStats,
 ) {
@@ -181,13 +185,10 @@ async fn serve(
     let message_timeout = Duration::from_millis(limits.message_timeout_ms);
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if events
-        .send(Event::Connected {
-            connection,
-            writer: tx.clone(),
-        })
-        .is_err()
-    {
+    if !lanes.control(Event::Connected {
+        connection,
+        writer: tx.clone(),
+    }) {
         return;
     }
     let writing = tokio::spawn(async move {
@@ -236,7 +237,7 @@ async fn serve(
                         bytes,
                         received: Instant::now(),
                     };
-                    if !intake.queue_stream(&events, event).await {
+                    if !intake.queue_stream(&lanes, event).await {
                         break 'read;
                     }
                 }
@@ -271,6 +272,6 @@ async fn serve(
         };
     }
     drop(tx);
-    let _ = events.send(Event::Disconnected { connection });
+    let _ = lanes.control(Event::Disconnected { connection });
     let _ = writing.await;
 }
