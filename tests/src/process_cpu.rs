@@ -69,6 +69,27 @@ pub fn process_tree(root: u32) -> anyhow::Result<Duration> {
     Ok(total)
 }
 
+/// A core's time so far from `/proc/stat`, in clock ticks: (busy, total). Busy counts
+/// interrupts and softirqs too, which serve a process's sockets on its core without being
+/// charged to it.
+pub fn core_ticks(cpu: usize) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let label = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(label.as_str()))
+        .with_context(|| format!("no {label} in /proc/stat"))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +106,11 @@ mod tests {
         std::hint::black_box(x);
         assert!(process_tree(me).unwrap() >= process(me).unwrap());
         assert!(process(me).unwrap() > Duration::ZERO);
+    }
+
+    #[test]
+    fn a_core_is_busy_part_of_its_time() {
+        let (busy, total) = core_ticks(0).unwrap();
+        assert!(0 < busy && busy < total, "{busy} of {total}");
     }
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::report::Measurement;
+use super::{SystemUnderTest, report::Measurement};
 use crate::{
     lab::{CALLER, Lab},
     sipp::{self, CallKind},
@@ -41,6 +41,30 @@ struct Step {
     generator_limited: bool,
     /// SIPp did not finish the step (it had to be stopped, or reported nothing).
     unfinished: Option<String>,
+    /// The share of one core the system under test's processes used over the step, and how
+    /// busy its core was (softirqs serving its sockets included): with the core far from
+    /// full, the load generators on the other core were the limit, not the system.
+    sut_core_share: Option<f64>,
+    sut_core_busy: Option<f64>,
+}
+
+impl Step {
+    /// How busy the system under test was, as a row's note.
+    fn load_note(&self) -> String {
+        let percent =
+            |share: Option<f64>| share.map_or("?".to_owned(), |s| format!("{:.0}", s * 100.0));
+        format!(
+            "system under test at {} % of a core, its core {} % busy",
+            percent(self.sut_core_share),
+            percent(self.sut_core_busy)
+        )
+    }
+
+    fn unfinished_note(&self) -> Option<String> {
+        self.unfinished
+            .as_ref()
+            .map(|why| format!("SIPp did not finish the step: {why}"))
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -51,9 +75,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank]
 }
 
-fn step(lab: &Lab, target: SocketAddr, rate: u32, seconds: u32) -> anyhow::Result<Step> {
+fn step(
+    lab: &Lab,
+    target: SocketAddr,
+    sut: &dyn SystemUnderTest,
+    rate: u32,
+    seconds: u32,
+) -> anyhow::Result<Step> {
     let calls = rate * seconds;
     let started = Instant::now();
+    let cpu_before = sut.cpu_time().ok();
+    let core = super::sut_cpu();
+    let core_before = core.and_then(|cpu| crate::process_cpu::core_ticks(cpu).ok());
     let result = match sipp::place_calls(
         &lab.caller,
         SocketAddr::new(CALLER.into(), 5060),
@@ -73,10 +106,20 @@ fn step(lab: &Lab, target: SocketAddr, rate: u32, seconds: u32) -> anyhow::Resul
                 p99_ms: f64::NAN,
                 generator_limited: false,
                 unfinished: Some(format!("{e:#}").lines().next().unwrap_or("").to_owned()),
+                sut_core_share: None,
+                sut_core_busy: None,
             });
         }
     };
     let elapsed = started.elapsed().as_secs_f64();
+    let sut_core_share = cpu_before
+        .zip(sut.cpu_time().ok())
+        .map(|(before, after)| (after - before).as_secs_f64() / elapsed);
+    let sut_core_busy = core_before
+        .zip(core.and_then(|cpu| crate::process_cpu::core_ticks(cpu).ok()))
+        .map(|((busy, total), (busy_after, total_after))| {
+            (busy_after - busy) as f64 / (total_after - total).max(1) as f64
+        });
     let mut times = result.response_times_ms.clone();
     times.sort_by(f64::total_cmp);
     // Calls SIPp never completed count as failed too.
@@ -93,34 +136,37 @@ fn step(lab: &Lab, target: SocketAddr, rate: u32, seconds: u32) -> anyhow::Resul
         generator_limited: failed_share < FAILURE_BOUND
             && elapsed > f64::from(seconds) * 1.25 + 2.0,
         unfinished: None,
+        sut_core_share,
+        sut_core_busy,
     })
 }
 
-/// Steps up the rate against `target` (labelled `system`) until a step fails.
+/// Steps up the rate against `target` (labelled `system`, `sut`) until a step fails.
 pub fn measure(
     lab: &Lab,
     target: SocketAddr,
     system: &str,
+    sut: &dyn SystemUnderTest,
     steps: &Steps,
 ) -> anyhow::Result<Vec<Measurement>> {
     let mut measurements = Vec::new();
     let mut best: Option<Step> = None;
     for &rate in &steps.rates {
-        let outcome = step(lab, target, rate, steps.seconds_per_step)?;
+        let outcome = step(lab, target, sut, rate, steps.seconds_per_step)?;
         eprintln!("  {system}: {rate} calls/s offered: {outcome:?}");
-        let mut row = Measurement::new(
+        let mut notes = vec![outcome.load_note()];
+        if outcome.generator_limited {
+            notes.push("SIPp could not keep the offered rate (generator-limited)".into());
+        }
+        notes.extend(outcome.unfinished_note());
+        let row = Measurement::new(
             SECTION,
             format!("{system}, {rate} calls/s offered"),
             "failed calls",
             outcome.failed_share * 100.0,
             "%",
-        );
-        if outcome.generator_limited {
-            row = row.note("SIPp could not keep the offered rate (generator-limited)");
-        }
-        if let Some(why) = &outcome.unfinished {
-            row = row.note(format!("SIPp did not finish the step: {why}"));
-        }
+        )
+        .note(notes.join("; "));
         measurements.push(row);
         if outcome.failed_share >= FAILURE_BOUND || outcome.generator_limited {
             break;
@@ -140,6 +186,8 @@ pub fn measure(
         p99_ms: f64::NAN,
         generator_limited: false,
         unfinished: None,
+        sut_core_share: None,
+        sut_core_busy: None,
     });
     measurements.push(
         Measurement::new(
@@ -171,6 +219,7 @@ pub fn overload(
     lab: &Lab,
     target: SocketAddr,
     system: &str,
+    sut: &dyn SystemUnderTest,
     capacity: u32,
     seconds: u32,
     refused: &dyn Fn() -> anyhow::Result<u64>,
@@ -179,14 +228,14 @@ pub fn overload(
     for factor in [1.5, 2.0] {
         let rate = (f64::from(capacity) * factor).round() as u32;
         let before = refused()?;
-        let outcome = step(lab, target, rate, seconds)?;
+        let outcome = step(lab, target, sut, rate, seconds)?;
         let refused = refused()?.saturating_sub(before);
         eprintln!(
             "  {system}: {factor}x capacity ({rate} calls/s): {outcome:?}, {refused} refused"
         );
         let subject = format!("{system}, {factor}x capacity ({rate} calls/s offered)");
         let goodput = outcome.successful as f64 / f64::from(seconds) / f64::from(capacity);
-        let mut rows = vec![
+        let rows = vec![
             Measurement::new(
                 OVERLOAD,
                 &subject,
@@ -194,7 +243,13 @@ pub fn overload(
                 goodput * 100.0,
                 "%",
             )
-            .note("goal: at least 90 %"),
+            .note(
+                ["goal: at least 90 %".to_owned(), outcome.load_note()]
+                    .into_iter()
+                    .chain(outcome.unfinished_note())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
             Measurement::new(OVERLOAD, &subject, "setup p99", outcome.p99_ms, "ms")
                 .note("goal: under 1 s"),
             Measurement::new(
@@ -205,11 +260,6 @@ pub fn overload(
                 "",
             ),
         ];
-        if let Some(why) = &outcome.unfinished {
-            rows[0] = rows[0]
-                .clone()
-                .note(format!("SIPp did not finish the step: {why}"));
-        }
         measurements.extend(rows);
     }
     Ok(measurements)

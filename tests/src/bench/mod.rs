@@ -110,8 +110,14 @@ impl SystemUnderTest for Daemon {
 const SUT_CPU: usize = 1;
 const LOAD_CPU: usize = 0;
 
+/// The core of the system under test, if the machine has one to spare. Counted from the
+/// online CPUs, not `available_parallelism` (which follows this process's affinity: once
+/// `pin_load_generators` ran, it saw one CPU, and every system under test was started on the
+/// load generators' core).
 fn sut_cpu() -> Option<usize> {
-    (std::thread::available_parallelism().map_or(1, |n| n.get()) > SUT_CPU).then_some(SUT_CPU)
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    (usize::try_from(online).unwrap_or(1) > SUT_CPU).then_some(SUT_CPU)
 }
 
 /// Keeps this process and what it starts (SIPp, floods) off the system under test's core.
@@ -284,8 +290,8 @@ fn call_setup_section(
     let mut rows = Vec::new();
     {
         let _backend = serve()?;
-        let _daemon = sbc(lab, backend, "xdp", NO_LIMITS)?;
-        rows.extend(calls::measure(lab, target, SBC_XDP, &steps)?);
+        let daemon = sbc(lab, backend, "xdp", NO_LIMITS)?;
+        rows.extend(calls::measure(lab, target, SBC_XDP, &daemon, &steps)?);
     }
     let capacity = rows
         .iter()
@@ -305,13 +311,19 @@ fn call_setup_section(
         };
         let seconds = steps.seconds_per_step * 2;
         rows.extend(calls::overload(
-            lab, target, SBC_XDP, capacity, seconds, &refused,
+            lab, target, SBC_XDP, &daemon, capacity, seconds, &refused,
         )?);
     }
     if peer.is_some() {
         let _backend = serve()?;
-        let _peer = peer::KamailioRtpengine::start(lab, backend, sut_cpu(), false)?;
-        rows.extend(calls::measure(lab, target, peer::NAME, &steps)?);
+        let peer_system = peer::KamailioRtpengine::start(lab, backend, sut_cpu(), false)?;
+        rows.extend(calls::measure(
+            lab,
+            target,
+            peer::NAME,
+            &peer_system,
+            &steps,
+        )?);
         let rate = |system: &str| {
             rows.iter()
                 .find(|m| m.subject == system && m.metric == calls::HIGHEST_RATE)
