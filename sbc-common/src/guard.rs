@@ -54,6 +54,28 @@ impl SourceLimit {
     pub const fn is_unlimited(&self) -> bool {
         self.packets.is_unlimited() && self.invites.is_unlimited()
     }
+
+    /// Drops within one second that earn a source a block, for a drop of this `verdict`:
+    /// `block_after_drops` for the packet rate; for INVITEs, no more than half the kernel's
+    /// INVITE rate (a source whose new calls overflow it so, sending at 1.5 times the
+    /// kernel's rate and three times its own limit, is a flood whatever its packet rate).
+    /// 0: never.
+    #[inline(always)]
+    pub const fn drops_to_block(&self, verdict: Reason, block_after_drops: u32) -> u32 {
+        let invite_floods = if self.invites.rate > 1 {
+            self.invites.rate / 2
+        } else {
+            1
+        };
+        if matches!(verdict, Reason::DropSipInviteRate)
+            && block_after_drops > 0
+            && invite_floods < block_after_drops
+        {
+            invite_floods
+        } else {
+            block_after_drops
+        }
+    }
 }
 
 /// Whether a datagram starting with these 8 bytes (little-endian) is an INVITE: the first
@@ -386,6 +408,28 @@ mod tests {
             Reason::PassSip,
             "no INVITE limit"
         );
+    }
+
+    #[test]
+    fn invite_floods_are_blocked_sooner_than_packet_floods() {
+        let limit = SourceLimit {
+            packets: PacketLimit {
+                rate: 200,
+                burst: 400,
+            },
+            invites: PacketLimit {
+                rate: 50,
+                burst: 90,
+            },
+        };
+        assert_eq!(limit.drops_to_block(Reason::DropSipInviteRate, 2000), 25);
+        assert_eq!(limit.drops_to_block(Reason::DropSipRateLimited, 2000), 2000);
+        assert_eq!(
+            limit.drops_to_block(Reason::DropSipInviteRate, 0),
+            0,
+            "never"
+        );
+        assert_eq!(limit.drops_to_block(Reason::DropSipInviteRate, 20), 20);
     }
 
     #[test]

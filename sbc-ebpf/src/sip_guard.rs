@@ -117,7 +117,8 @@ fn rate_limit(
     if matches!(verdict, Reason::PassSip) {
         return Verdict::pass(verdict);
     }
-    if !allowlisted && bucket.strike(config.block_after_drops, now) {
+    let threshold = limit.drops_to_block(verdict, config.block_after_drops);
+    if !allowlisted && bucket.strike(threshold, now) {
         let block = Block {
             until_ns: now.saturating_add(config.block_ns),
             dropped: 0,

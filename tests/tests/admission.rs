@@ -738,8 +738,8 @@ fn a_trunk_keeps_its_calls_through_a_distributed_flood(tag: &str, admission: &st
     eprintln!(
         "flood: {} INVITEs from {BOTNET_SOURCES} sources in {:.1?} ({:.0}/s); trunk {}/{calls} \
          calls; daemon CPU {cpu:?}; {sources_blocked} sources blocked; kernel: {} dropped over \
-         the INVITE rate, {} blocked, {} passed; daemon: shed {} new, {} late, {} queue full, \
-         refused {} over source limits, {} overload",
+         the INVITE rate, {} blocked, {} passed; daemon: shed {} new ({} answered 503), {} late, \
+         {} queue full, {} at a full receive buffer, refused {} over source limits, {} overload",
         flood.sent,
         flood.elapsed,
         flood.packets_per_sec(),
@@ -752,8 +752,10 @@ fn a_trunk_keeps_its_calls_through_a_distributed_flood(tag: &str, admission: &st
             .unwrap_or_default(),
         daemon.guard_verdicts("pass_sip").unwrap_or_default(),
         counter("shed_new_requests"),
+        counter("shed_answered"),
         counter("shed_late"),
         counter("shed_queue_full"),
+        counter("shed_receive_buffer"),
         counter("refused_source_invite_rate"),
         counter("refused_overload"),
     );

@@ -424,7 +424,8 @@ fn decide(
     if verdict == Reason::PassSip {
         return (true, verdict);
     }
-    if !allowlisted && bucket.strike(config.block_after_drops, now) {
+    let threshold = limit.drops_to_block(verdict, config.block_after_drops);
+    if !allowlisted && bucket.strike(threshold, now) {
         blocks.insert(
             source,
             Block {
