@@ -162,23 +162,34 @@ fn fifty_calls_survive_kill_9_and_are_reinvited_and_ended_afterwards() {
 
 const RINGING_CALLS: u32 = 10;
 
+/// Who ends the calls of the ringing-restart test.
+#[derive(Clone, Copy)]
+enum HangsUp {
+    Caller,
+    Callee,
+}
+
 /// `kill -9` while calls ring; the backend answers 8 s later, through the new daemon. Every
 /// answer reaches its caller with the media anchored on the sbc's public address (the caller's
-/// script fails a call whose SDP names anything else), the caller's ACK and BYE reach the
-/// backend, every call ends once with its real outcome, and nothing is left behind.
-#[test]
-fn calls_ringing_through_kill_9_are_answered_anchored_and_hung_up() {
+/// script fails a call whose SDP names anything else), the caller's ACK reaches the backend,
+/// the BYE of whoever hangs up reaches the other side, every call ends once with its real
+/// outcome, and nothing is left behind.
+fn calls_ringing_through_kill_9(tag: &str, hangs_up: HangsUp) {
     require_lab_privileges();
-    let lab = Lab::up("ringing").expect("lab");
+    let lab = Lab::up(tag).expect("lab");
+    let (uas, uac) = match hangs_up {
+        HangsUp::Caller => ("ringing_uas", "ringing_uac"),
+        HangsUp::Callee => ("ringing_uas_callee_hangs_up", "ringing_uac_callee_hangs_up"),
+    };
     let (mut backend, mut daemon) =
-        scripted::start(&lab, "ringing_uas", RINGING_CALLS, DaemonOptions::default());
+        scripted::start(&lab, uas, RINGING_CALLS, DaemonOptions::default());
     let result = std::thread::scope(|scope| {
         let caller = scope.spawn(|| {
             sipp::place_calls(
                 &lab.caller,
                 addr(CALLER, 5060),
                 addr(SBC_PUBLIC, 5060),
-                CallKind::Scenario("ringing_uac"),
+                CallKind::Scenario(uac),
                 (RINGING_CALLS, 50),
                 Duration::from_secs(40),
             )
@@ -210,7 +221,7 @@ fn calls_ringing_through_kill_9_are_answered_anchored_and_hung_up() {
     assert_eq!(
         backend.wait(Duration::from_secs(10)),
         Some(0),
-        "the backend got every ACK and BYE:\n{}",
+        "the backend did not play every call through (ACK, BYE):\n{}",
         backend.output()
     );
 
@@ -246,4 +257,14 @@ fn calls_ringing_through_kill_9_are_answered_anchored_and_hung_up() {
         Some(0),
         "{sessions}"
     );
+}
+
+#[test]
+fn calls_ringing_through_kill_9_are_answered_anchored_and_hung_up_by_the_caller() {
+    calls_ringing_through_kill_9("ringing", HangsUp::Caller);
+}
+
+#[test]
+fn calls_ringing_through_kill_9_are_answered_anchored_and_hung_up_by_the_callee() {
+    calls_ringing_through_kill_9("ringing-callee", HangsUp::Callee);
 }
