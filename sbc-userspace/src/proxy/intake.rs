@@ -142,27 +142,59 @@ impl Lanes {
         self.urgent.send(event).is_ok()
     }
 
-    /// A message read from a listener, in its lane; false once the proxy is gone.
-    fn message(&self, event: Event) -> bool {
-        let keeps_calls_going = match &event {
-            Event::Datagram {
-                listener, bytes, ..
-            }
-            | Event::Stream {
-                listener, bytes, ..
-            } => {
-                *listener == Side::Private
-                    || bytes.starts_with(b"SIP/2.0 ")
-                    || self.guard.knows_dialog(bytes)
-            }
+    /// A message read from a TCP connection, in its lane; false once the proxy is gone.
+    fn stream_message(&self, event: Event) -> bool {
+        let of_a_call = match &event {
+            Event::Stream {
+                listener,
+                from,
+                bytes,
+                ..
+            } => Arriving::new(*listener, from.ip(), bytes, &self.guard).of_a_call(),
             _ => true,
         };
-        let lane = if keeps_calls_going {
+        self.send(event, of_a_call)
+    }
+
+    /// A message in the lane `of_a_call` says; false once the proxy is gone.
+    fn send(&self, event: Event, of_a_call: bool) -> bool {
+        let lane = if of_a_call {
             &self.urgent
         } else {
             &self.new_requests
         };
         lane.send(event).is_ok()
+    }
+}
+
+/// A datagram being looked at on arrival, with what is known of it.
+struct Arriving<'a> {
+    listener: Side,
+    source: IpAddr,
+    bytes: &'a [u8],
+    guard: &'a SipGuard,
+    of_a_call: std::cell::OnceCell<bool>,
+}
+
+impl<'a> Arriving<'a> {
+    fn new(listener: Side, source: IpAddr, bytes: &'a [u8], guard: &'a SipGuard) -> Self {
+        Self {
+            listener,
+            source,
+            bytes,
+            guard,
+            of_a_call: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Whether it keeps calls going: from the backends' side, a response, or a request of
+    /// a call the proxy holds. Found out at most once: the Call-ID scan is the costly part.
+    fn of_a_call(&self) -> bool {
+        *self.of_a_call.get_or_init(|| {
+            self.listener == Side::Private
+                || self.bytes.starts_with(b"SIP/2.0 ")
+                || self.guard.knows_dialog(self.bytes)
+        })
     }
 }
 
@@ -199,24 +231,19 @@ impl Intake {
 
     /// What becomes of a datagram from `source`: queued for the proxy, or shed (counted, and
     /// an INVITE answered unless it is a retransmission of one queued).
-    fn arrival(
-        &self,
-        listener: Side,
-        source: IpAddr,
-        datagram: &[u8],
-        guard: &SipGuard,
-    ) -> Arrival {
-        let arrival = self.decide(listener, source, datagram, guard);
+    fn arrival(&self, arriving: &Arriving) -> Arrival {
+        let arrival = self.decide(arriving);
         if arrival == Arrival::Queue
-            && is_an_invite(datagram)
-            && let Some(id) = invite_id(datagram)
+            && is_an_invite(arriving.bytes)
+            && let Some(id) = invite_id(arriving.bytes)
         {
             self.recent_invites().remember(id, Instant::now());
         }
         arrival
     }
 
-    fn decide(&self, listener: Side, source: IpAddr, datagram: &[u8], guard: &SipGuard) -> Arrival {
+    fn decide(&self, arriving: &Arriving) -> Arrival {
+        let (listener, source, datagram) = (arriving.listener, arriving.source, arriving.bytes);
         let depth = self.depth.load(Ordering::Relaxed);
         if depth >= QUEUE_LIMIT {
             self.counters
@@ -232,10 +259,11 @@ impl Intake {
         if shed_at == 0 || depth < shed_at || listener == Side::Private {
             return Arrival::Queue;
         }
-        if datagram.starts_with(b"SIP/2.0 ") || guard.knows_dialog(datagram) {
+        if arriving.of_a_call() {
             return Arrival::Queue;
         }
-        if depth < shed_at.saturating_mul(TRUSTED_PATIENCE) && guard.is_allowlisted(source) {
+        if depth < shed_at.saturating_mul(TRUSTED_PATIENCE) && arriving.guard.is_allowlisted(source)
+        {
             return Arrival::Queue;
         }
         self.counters
@@ -297,7 +325,7 @@ impl Intake {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.queued();
-        lanes.message(event)
+        lanes.stream_message(event)
     }
 }
 
@@ -491,7 +519,8 @@ pub fn spawn_receiver(
                     if !guard.admit(from.ip(), datagram) {
                         continue;
                     }
-                    match intake.arrival(listener, from.ip(), datagram, &guard) {
+                    let arriving = Arriving::new(listener, from.ip(), datagram, &guard);
+                    match intake.arrival(&arriving) {
                         Arrival::Queue => {}
                         Arrival::Drop => continue,
                         Arrival::Answer(answer) => {
@@ -510,7 +539,7 @@ pub fn spawn_receiver(
                         // Its arrival in the kernel: the proxy's delay counts the buffer too.
                         received: now.checked_sub(waited).unwrap_or(now),
                     };
-                    if !lanes.message(event) {
+                    if !lanes.send(event, arriving.of_a_call()) {
                         return;
                     }
                 }
@@ -550,7 +579,7 @@ mod tests {
         let intake = Intake::new(2, 5, Arc::clone(&counters));
         let guard = guard_with_call("up-call");
         let accepts = |side, source, datagram| {
-            intake.arrival(side, source, datagram, &guard) == Arrival::Queue
+            intake.arrival(&Arriving::new(side, source, datagram, &guard)) == Arrival::Queue
         };
         intake.queued();
         assert!(accepts(Side::Public, STRANGER, NEW), "below the bound");
@@ -584,11 +613,11 @@ mod tests {
         intake.depth.store(QUEUE_LIMIT, Ordering::Relaxed);
         let guard = guard_with_call("up-call");
         assert_eq!(
-            intake.arrival(Side::Public, STRANGER, BYE, &guard),
+            intake.arrival(&Arriving::new(Side::Public, STRANGER, BYE, &guard)),
             Arrival::Drop
         );
         assert_eq!(
-            intake.arrival(Side::Private, TRUNK, RESPONSE, &guard),
+            intake.arrival(&Arriving::new(Side::Private, TRUNK, RESPONSE, &guard)),
             Arrival::Drop
         );
         assert_eq!(counters.shed_queue_full.load(Ordering::Relaxed), 2);
@@ -604,13 +633,15 @@ mod tests {
             b"INVITE sip:a@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.9;branch=z9hG4bK7\r\n\
             From: <sip:x@203.0.113.9>;tag=1\r\nTo: <sip:a@198.18.1.1>\r\nCall-ID: shed-me\r\n\
             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
-        let Arrival::Answer(answer) = intake.arrival(Side::Public, STRANGER, invite, &guard) else {
+        let Arrival::Answer(answer) =
+            intake.arrival(&Arriving::new(Side::Public, STRANGER, invite, &guard))
+        else {
             panic!("a shed INVITE goes unanswered");
         };
         assert!(answer.starts_with(b"SIP/2.0 503 "));
         let ack = b"ACK sip:a@198.18.1.1 SIP/2.0\r\nCall-ID: other\r\n\r\n";
         assert_eq!(
-            intake.arrival(Side::Public, STRANGER, ack, &guard),
+            intake.arrival(&Arriving::new(Side::Public, STRANGER, ack, &guard)),
             Arrival::Drop
         );
         assert_eq!(counters.shed_answered.load(Ordering::Relaxed), 1);
@@ -632,12 +663,12 @@ mod tests {
             From: <sip:x@203.0.113.9>;tag=1\r\nTo: <sip:a@198.18.1.1>\r\nCall-ID: queued\r\n\
             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
-            intake.arrival(Side::Public, STRANGER, invite, &guard),
+            intake.arrival(&Arriving::new(Side::Public, STRANGER, invite, &guard)),
             Arrival::Queue
         );
         intake.queued();
         assert_eq!(
-            intake.arrival(Side::Public, STRANGER, invite, &guard),
+            intake.arrival(&Arriving::new(Side::Public, STRANGER, invite, &guard)),
             Arrival::Drop,
             "its retransmission, with the queue deep"
         );
