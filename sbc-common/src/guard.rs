@@ -87,6 +87,13 @@ pub const fn is_invite(head: u64) -> bool {
     head & 0x00ff_ffff_ffff_ffff == INVITE
 }
 
+/// `is_invite` of a whole message, as the daemon holds it.
+pub fn starts_an_invite(message: &[u8]) -> bool {
+    message
+        .first_chunk::<8>()
+        .is_some_and(|head| is_invite(u64::from_le_bytes(*head)))
+}
+
 /// `GuardConfig::flags`: the guard is on (off, every SIP packet goes up unexamined).
 pub const GUARD_ON: u32 = 1;
 

@@ -14,7 +14,7 @@ use sbc_common::{
     call_id::call_id_hash as scan_call_id,
     guard::{
         BLOCK_ABUSE, BLOCK_MANUAL, BLOCK_RATE, BLOCK_SCANNER, GUARD_ON, RULE_ALLOW, RULE_BLOCK,
-        call_id_hash, is_invite,
+        call_id_hash, starts_an_invite,
     },
 };
 use serde::Serialize;
@@ -359,9 +359,7 @@ impl SipGuard {
         let arrival = Arrival {
             source: IpAddress::from(source),
             rule: matched.map(|(_, rule)| *rule),
-            invite: datagram
-                .first_chunk::<8>()
-                .is_some_and(|head| is_invite(u64::from_le_bytes(*head))),
+            invite: starts_an_invite(datagram),
             known_dialog: || {
                 scan_call_id(datagram, config.dialog_seed)
                     .is_some_and(|id| dialogs.contains_key(&id))

@@ -4,8 +4,9 @@
 //! handling them would delay the calls already up); responses, requests of known dialogs and
 //! the private side still get through, and allowlisted sources' new requests until the queue
 //! is four times as deep. A shed INVITE is answered 503 at once (`shed_answer`). Each source's
-//! shed requests are counted for the proxy, which holds them against the source as refusals. Past `QUEUE_LIMIT` every datagram is dropped and TCP
-//! readers wait, so the queue's memory stays bounded whatever arrives.
+//! shed requests are counted for the proxy, which holds them against the source as refusals.
+//! Past `QUEUE_LIMIT` every datagram is dropped and TCP readers wait, so the queue's memory
+//! stays bounded whatever arrives.
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -17,7 +18,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sbc_common::{call_id::call_id_hash, guard::is_invite};
+use sbc_common::{call_id::call_id_hash, guard::starts_an_invite};
 use tokio::{net::UdpSocket, sync::mpsc};
 use tracing::debug;
 
@@ -42,12 +43,6 @@ const MAX_SHED_SOURCES: usize = 65_536;
 const INVITE_MEMORY: Duration = Duration::from_secs(4);
 /// INVITEs remembered in one generation at most.
 const MAX_RECENT_INVITES: usize = 65_536;
-
-fn is_an_invite(datagram: &[u8]) -> bool {
-    datagram
-        .first_chunk::<8>()
-        .is_some_and(|head| is_invite(u64::from_le_bytes(*head)))
-}
 
 /// What identifies an INVITE among those queued lately: its Call-ID's hash (the seed only
 /// spreads it; any fixed one serves).
@@ -234,7 +229,7 @@ impl Intake {
     fn arrival(&self, arriving: &Arriving) -> Arrival {
         let arrival = self.decide(arriving);
         if arrival == Arrival::Queue
-            && is_an_invite(arriving.bytes)
+            && starts_an_invite(arriving.bytes)
             && let Some(id) = invite_id(arriving.bytes)
         {
             self.recent_invites().remember(id, Instant::now());
@@ -273,7 +268,7 @@ impl Intake {
             // An ACK asks for nothing: dropping it costs its sender nothing to hold against it.
             return Arrival::Drop;
         }
-        if is_an_invite(datagram)
+        if starts_an_invite(datagram)
             && invite_id(datagram).is_some_and(|id| self.recent_invites().contains(id))
         {
             // A retransmission: its original is queued.
@@ -344,29 +339,33 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<Arc<UdpSocket>> {
 /// overload signal must count both. And to say, with each datagram, how many it dropped so
 /// far because the buffer was full (SO_RXQ_OVFL): shedding nobody sees is the worst kind.
 fn stamp_arrivals(socket: &UdpSocket) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let on: libc::c_int = 1;
     for (option, name) in [
         (libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS"),
         (libc::SO_RXQ_OVFL, "SO_RXQ_OVFL"),
     ] {
-        // SAFETY: a valid socket fd and a c_int option value of the size given.
-        let done = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw const on).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
         anyhow::ensure!(
-            done == 0,
+            set_socket_option(socket, option, 1),
             "{name} on a SIP listener: {}",
             std::io::Error::last_os_error()
         );
     }
     Ok(())
+}
+
+/// Sets a SOL_SOCKET option with an int value; false if the kernel refused it (errno says
+/// why).
+fn set_socket_option(socket: &UdpSocket, option: libc::c_int, value: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket fd and a c_int option value of the size given.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
 }
 
 /// One datagram as `recvmsg` gave it.
@@ -461,23 +460,12 @@ fn socket_addr_of(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 fn enlarge_receive_buffer(socket: &UdpSocket) {
-    use std::os::fd::AsRawFd as _;
     let size = RECEIVE_BUFFER as libc::c_int;
-    let set = |option| {
-        // SAFETY: a valid socket fd and a c_int option value of the size given.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw const size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
     // FORCE passes rmem_max, which needs CAP_NET_ADMIN (the daemon has it); without it the
     // kernel grants what rmem_max allows.
-    if !set(libc::SO_RCVBUFFORCE) && !set(libc::SO_RCVBUF) {
+    if !set_socket_option(socket, libc::SO_RCVBUFFORCE, size)
+        && !set_socket_option(socket, libc::SO_RCVBUF, size)
+    {
         debug!("cannot enlarge a SIP listener's receive buffer");
     }
 }

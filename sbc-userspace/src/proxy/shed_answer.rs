@@ -10,7 +10,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use sbc_common::{PacketLimit, TokenBucket, guard::is_invite};
+use sbc_common::{PacketLimit, TokenBucket, guard::starts_an_invite};
 
 use super::build;
 use crate::{clock::monotonic_ns, sip::Message};
@@ -44,8 +44,7 @@ impl ShedAnswers {
 
     /// The 503 for a shed `datagram` if it is an INVITE, it parses and the budget allows.
     pub fn answer(&self, datagram: &[u8]) -> Option<Vec<u8>> {
-        let head = datagram.first_chunk::<8>()?;
-        if !is_invite(u64::from_le_bytes(*head)) {
+        if !starts_an_invite(datagram) {
             return None;
         }
         let request = Message::parse(datagram.to_vec()).ok()?;
