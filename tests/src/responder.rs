@@ -14,10 +14,12 @@ use std::{
 
 use crate::netns::Netns;
 
-/// An answer: its status, and header lines to add (`Server: ...`).
+/// An answer: its status, header lines to add (`Server: ...`) and a body (with its
+/// `Content-Type` among the headers; empty: none).
 pub struct Reply {
     pub code: u16,
     pub headers: Vec<String>,
+    pub body: String,
 }
 
 impl From<u16> for Reply {
@@ -25,6 +27,26 @@ impl From<u16> for Reply {
         Self {
             code,
             headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+}
+
+impl Reply {
+    /// A 200 that answers an INVITE from `contact`, with an SDP answer for media at `media`.
+    pub fn answer_call(contact: SocketAddr, media: SocketAddr) -> Self {
+        let ip = media.ip();
+        Self {
+            code: 200,
+            headers: vec![
+                format!("Contact: <sip:callee@{contact}>"),
+                "Content-Type: application/sdp".to_owned(),
+            ],
+            body: format!(
+                "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+                 m=audio {} RTP/AVP 8\r\n",
+                media.port()
+            ),
         }
     }
 }
@@ -150,6 +172,7 @@ fn response(request: &str, reply: &Reply) -> Vec<u8> {
         out.push_str(header);
         out.push_str("\r\n");
     }
-    out.push_str("Content-Length: 0\r\n\r\n");
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", reply.body.len()));
+    out.push_str(&reply.body);
     out.into_bytes()
 }

@@ -1,8 +1,12 @@
 //! A backend's health is its own doing: what an outsider's requests provoke (a MESSAGE the
 //! backend ignores, a REGISTER it rejects with 500) never marks it down, while its probes keep
-//! it up.
+//! it up; and only its probes bring it back.
 use std::{
     net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -10,8 +14,9 @@ use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
     privileges::require_lab_privileges,
-    responder::{Responder, method},
+    responder::{Reply, Responder, method},
     sip_probe,
+    sipp::{self, CallKind},
 };
 
 fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
@@ -84,4 +89,106 @@ fn what_outsiders_provoke_never_takes_a_backend_down() {
     let only = &backends["backends"][0];
     assert_eq!(only["healthy"], true, "{backends}");
     assert_eq!(only["failure_ratio"], 0.0, "{backends}");
+}
+
+/// Only answered probes bring a down backend back (`recovery_threshold` of them): a backend
+/// that stops answering probes while calls are up is marked down; the BYEs of those calls
+/// still reach it and its 200s come back (calls that are up keep working), but that is no
+/// recovery: it stays down, and a new call goes nowhere near it. Once it answers probes
+/// again, it is back up.
+#[test]
+fn a_down_backend_comes_back_on_answered_probes_only() {
+    const CALLS: u32 = 20;
+    require_lab_privileges();
+    let lab = Lab::up("recovery").expect("lab");
+    let backend = addr(CALLEE, 5060);
+    let answers_probes = Arc::new(AtomicBool::new(true));
+    let responder = {
+        let answers_probes = Arc::clone(&answers_probes);
+        Responder::start(&lab.callee, backend, move |request| match method(request) {
+            "OPTIONS" if answers_probes.load(Ordering::Relaxed) => Some(200.into()),
+            "OPTIONS" | "ACK" => None,
+            "INVITE" => Some(Reply::answer_call(backend, addr(CALLEE, 40_000))),
+            _ => Some(200.into()),
+        })
+        .expect("backend")
+    };
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            sip_backends: vec![backend],
+            health_interval_ms: 500,
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    let sbc = addr(SBC_PUBLIC, 5060);
+
+    let calls = std::thread::scope(|scope| {
+        let calls = scope.spawn(|| {
+            sipp::place_calls(
+                &lab.caller,
+                addr(CALLER, 5060),
+                sbc,
+                CallKind::Held(Duration::from_secs(8)),
+                (CALLS, 5),
+                Duration::from_secs(40),
+            )
+            .expect("SIPp")
+        });
+        // Once the calls are up, the backend stops answering probes; it is marked down
+        // before the first BYE, and the BYEs span several probe intervals.
+        std::thread::sleep(Duration::from_millis(4500));
+        answers_probes.store(false, Ordering::Relaxed);
+        let events = daemon.events_once("backend_down", 1, Duration::from_secs(5));
+        assert!(
+            events.iter().any(|e| e["event"] == "backend_down"),
+            "the backend was not marked down: {events:?}"
+        );
+        calls.join().expect("caller")
+    });
+    assert_eq!(
+        calls.successful,
+        u64::from(CALLS),
+        "calls up through a down backend must end cleanly: {}",
+        calls.output
+    );
+    assert!(
+        responder.received("BYE") >= u64::from(CALLS),
+        "the BYEs did not reach it"
+    );
+
+    // Probe intervals with the calls' answers behind it, and a new call offered.
+    let invites = responder.received("INVITE");
+    let local = addr(CALLER, 5200);
+    let answers = sip_probe::send(
+        &lab.caller,
+        local,
+        sbc,
+        &sip_probe::invite(local, sbc, "new"),
+    )
+    .expect("send");
+    assert!(
+        answers.iter().any(|a| a.starts_with("SIP/2.0 503")),
+        "a new call with the only backend down: {answers:?}"
+    );
+    assert_eq!(
+        responder.received("INVITE"),
+        invites,
+        "an INVITE reached it"
+    );
+    let up = |events: &[serde_json::Value]| events.iter().any(|e| e["event"] == "backend_up");
+    assert!(
+        !up(&daemon.events()),
+        "answers to in-dialog requests brought it back"
+    );
+
+    answers_probes.store(true, Ordering::Relaxed);
+    let events = daemon.events_once("backend_up", 1, Duration::from_secs(5));
+    assert!(
+        up(&events),
+        "answered probes did not bring it back: {events:?}"
+    );
+    let backends = daemon.api.get("/v1/backends").expect("backends").body;
+    assert_eq!(backends["backends"][0]["healthy"], true, "{backends}");
 }

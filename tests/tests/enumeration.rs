@@ -29,16 +29,19 @@ fn pbx(request: &str) -> Option<Reply> {
                         .to_owned(),
                     server,
                 ],
+                body: String::new(),
             })
         }
         "REGISTER" => Some(Reply {
             code: 404,
             headers: vec![server],
+            body: String::new(),
         }),
         "ACK" => None,
         _ => Some(Reply {
             code: 200,
             headers: vec![server],
+            body: String::new(),
         }),
     }
 }
