@@ -81,12 +81,15 @@ pub struct AdmissionConfig {
     /// not exist; a word list does.
     pub block_after_failed_users: u32,
     pub failed_users_window_secs: u64,
-    /// Overload: when the proxy handles a datagram later than this after it arrived (in the
-    /// kernel's receive buffer and its queue), new INVITEs are refused (503) until it catches
-    /// up; calls already set up are served first, allowlisted sources up to four times as long.
+    /// Overload: the longest a new INVITE may wait for the proxy (in the kernel's receive
+    /// buffer and its queue). While new requests wait half of it, new public requests are
+    /// shed on arrival (INVITEs answered 503), so those let in are served within it; one that
+    /// waited longer anyway is refused (503). Calls already set up are served first,
+    /// allowlisted sources up to four times as long. Kept well under SIP's 500 ms
+    /// retransmission timer, so callers let in do not retransmit into the overload.
     pub overload_delay_ms: u64,
     /// Overload: when this many messages wait for the proxy, new requests from the public
-    /// side that belong to no call are dropped on arrival (0: never); responses and
+    /// side that belong to no call are shed on arrival too (0: never); responses and
     /// requests of calls still get through.
     pub shed_queue_depth: usize,
     /// Overload: a new request from the public side that waited this long since it arrived
@@ -121,7 +124,7 @@ impl Default for AdmissionConfig {
             scanner_block_secs: 3600,
             block_after_failed_users: 10,
             failed_users_window_secs: 60,
-            overload_delay_ms: 500,
+            overload_delay_ms: 300,
             shed_queue_depth: 2048,
             shed_delay_ms: 1000,
         }

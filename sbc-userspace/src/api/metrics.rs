@@ -371,7 +371,7 @@ fn write_admission(out: &mut Exposition, admission: &AdmissionCounters) {
     );
     out.counter(
         "sbc_admission_shed_total",
-        "Datagrams shed while the proxy was behind: new requests shed at shed_queue_depth or refused at once (503) past shed_delay_ms, everything dropped with the queue full, and what the kernel dropped with a listener's receive buffer full.",
+        "Datagrams shed while the proxy was behind: new requests shed on arrival (half of overload_delay_ms behind, or shed_queue_depth queued) or refused at once (503) past shed_delay_ms, everything dropped with the queue full, and what the kernel dropped with a listener's receive buffer full.",
         [
             (&[("reason", "new_request")][..], load(&admission.shed_new_requests)),
             (&[("reason", "queue_full")][..], load(&admission.shed_queue_full)),

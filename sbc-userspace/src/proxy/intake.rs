@@ -1,38 +1,42 @@
 //! Intake: the listeners' side of the queue to the proxy task, and where an overloaded daemon
-//! sheds. Past `shed_queue_depth` waiting messages, new requests from the public side that
-//! belong to no call are dropped on arrival (their senders retransmit or go elsewhere, and
-//! handling them would delay the calls already up); responses, requests of known dialogs and
-//! the private side still get through, and allowlisted sources' new requests until the queue
-//! is four times as deep. A shed INVITE is answered 503 at once (`shed_answer`). Each source's
-//! shed requests are counted for the proxy, which holds them against the source as refusals.
-//! Past `QUEUE_LIMIT` every datagram is dropped and TCP readers wait, so the queue's memory
-//! stays bounded whatever arrives.
+//! sheds. The proxy is behind when new requests wait half of `overload_delay_ms` for it (the
+//! oldest one queued, or the datagram at hand in the kernel's buffer: those let in then reach
+//! the proxy within the bound, where it would refuse them), or when `shed_queue_depth`
+//! messages wait.
+//! Then new requests from the public side that belong to no call are shed on arrival (their
+//! senders retransmit or go elsewhere, and handling them would delay the calls already up);
+//! responses, requests of known dialogs and the private side still get through, and
+//! allowlisted sources' new requests until the proxy is four times as far behind. A shed
+//! INVITE is answered 503 at once (`shed_answer`). Each source's shed requests are counted
+//! for the proxy, which holds them against the source as refusals. Past `QUEUE_LIMIT` every
+//! datagram is dropped and TCP readers wait, so the queue's memory stays bounded whatever
+//! arrives.
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use sbc_common::{call_id::call_id_hash, guard::starts_an_invite};
-use tokio::{net::UdpSocket, sync::mpsc};
+use tokio::net::UdpSocket;
 use tracing::debug;
 
-use super::{Event, shed_answer::ShedAnswers};
+use super::{Event, lanes::Lanes, shed_answer::ShedAnswers};
 use crate::{
-    admission::{AdmissionCounters, SipGuard},
+    admission::{AdmissionConfig, AdmissionCounters, SipGuard},
     media::session::Side,
 };
 
 /// Messages that may wait for the proxy at most (a few tens of MiB at worst).
 pub const QUEUE_LIMIT: usize = 65_536;
 
-/// Allowlisted sources' new requests are shed only when the queue is this many times deeper
-/// than for others (the same patience they get for overload refusals).
+/// Allowlisted sources' new requests are shed only when the proxy is this many times further
+/// behind than for others (the same patience they get for overload refusals).
 const TRUSTED_PATIENCE: usize = 4;
 
 /// Sources whose shed requests are counted between two collections by the proxy; past it a
@@ -59,6 +63,9 @@ pub struct Intake {
     depth: AtomicUsize,
     /// From this depth on, new public requests are shed (0: never).
     shed_at: AtomicUsize,
+    /// Once the oldest new request waiting has waited this long, new public requests are shed
+    /// (in nanoseconds; 0: never).
+    shed_after_ns: AtomicU64,
     counters: Arc<AdmissionCounters>,
     /// New requests shed per source since the proxy last collected them.
     shed_by_source: Mutex<HashMap<IpAddr, u32>>,
@@ -99,71 +106,8 @@ impl RecentInvites {
     }
 }
 
-/// The two queues to the proxy task. What keeps calls going goes first: control, responses,
-/// requests of calls the proxy holds, everything from the backends' side. New requests from
-/// the public side wait behind it: under overload they are the ones to wait, and to be shed,
-/// and a call being set up must not wait for its answer behind them.
-#[derive(Clone)]
-pub struct Lanes {
-    urgent: mpsc::UnboundedSender<Event>,
-    new_requests: mpsc::UnboundedSender<Event>,
-    guard: Arc<SipGuard>,
-}
-
-/// The proxy task's ends of the lanes.
-pub struct LaneReceivers {
-    pub urgent: mpsc::UnboundedReceiver<Event>,
-    pub new_requests: mpsc::UnboundedReceiver<Event>,
-}
-
-impl Lanes {
-    pub fn new(guard: Arc<SipGuard>) -> (Self, LaneReceivers) {
-        let (urgent, urgent_rx) = mpsc::unbounded_channel();
-        let (new_requests, new_requests_rx) = mpsc::unbounded_channel();
-        let lanes = Self {
-            urgent,
-            new_requests,
-            guard,
-        };
-        let receivers = LaneReceivers {
-            urgent: urgent_rx,
-            new_requests: new_requests_rx,
-        };
-        (lanes, receivers)
-    }
-
-    /// A control event or a connection notice; false once the proxy is gone.
-    pub fn control(&self, event: Event) -> bool {
-        self.urgent.send(event).is_ok()
-    }
-
-    /// A message read from a TCP connection, in its lane; false once the proxy is gone.
-    fn stream_message(&self, event: Event) -> bool {
-        let of_a_call = match &event {
-            Event::Stream {
-                listener,
-                from,
-                bytes,
-                ..
-            } => Arriving::new(*listener, from.ip(), bytes, &self.guard).of_a_call(),
-            _ => true,
-        };
-        self.send(event, of_a_call)
-    }
-
-    /// A message in the lane `of_a_call` says; false once the proxy is gone.
-    fn send(&self, event: Event, of_a_call: bool) -> bool {
-        let lane = if of_a_call {
-            &self.urgent
-        } else {
-            &self.new_requests
-        };
-        lane.send(event).is_ok()
-    }
-}
-
 /// A datagram being looked at on arrival, with what is known of it.
-struct Arriving<'a> {
+pub(super) struct Arriving<'a> {
     listener: Side,
     source: IpAddr,
     bytes: &'a [u8],
@@ -172,7 +116,12 @@ struct Arriving<'a> {
 }
 
 impl<'a> Arriving<'a> {
-    fn new(listener: Side, source: IpAddr, bytes: &'a [u8], guard: &'a SipGuard) -> Self {
+    pub(super) fn new(
+        listener: Side,
+        source: IpAddr,
+        bytes: &'a [u8],
+        guard: &'a SipGuard,
+    ) -> Self {
         Self {
             listener,
             source,
@@ -184,7 +133,7 @@ impl<'a> Arriving<'a> {
 
     /// Whether it keeps calls going: from the backends' side, a response, or a request of
     /// a call the proxy holds. Found out at most once: the Call-ID scan is the costly part.
-    fn of_a_call(&self) -> bool {
+    pub(super) fn of_a_call(&self) -> bool {
         *self.of_a_call.get_or_init(|| {
             self.listener == Side::Private
                 || self.bytes.starts_with(b"SIP/2.0 ")
@@ -203,15 +152,22 @@ enum Arrival {
 }
 
 impl Intake {
-    pub fn new(shed_at: usize, retry_after_secs: u32, counters: Arc<AdmissionCounters>) -> Self {
-        Self {
+    pub fn new(
+        admission: &AdmissionConfig,
+        retry_after_secs: u32,
+        counters: Arc<AdmissionCounters>,
+    ) -> Self {
+        let intake = Self {
             depth: AtomicUsize::new(0),
-            shed_at: AtomicUsize::new(shed_at),
+            shed_at: AtomicUsize::new(0),
+            shed_after_ns: AtomicU64::new(0),
             counters,
             shed_by_source: Mutex::new(HashMap::new()),
             answers: ShedAnswers::new(retry_after_secs),
             recent_invites: Mutex::new(RecentInvites::new()),
-        }
+        };
+        intake.reconfigure(admission);
+        intake
     }
 
     fn recent_invites(&self) -> std::sync::MutexGuard<'_, RecentInvites> {
@@ -220,14 +176,30 @@ impl Intake {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_shed_at(&self, depth: usize) {
-        self.shed_at.store(depth, Ordering::Relaxed);
+    /// Takes the bounds of a (reloaded) `[admission]`. They hold with its limits off too:
+    /// shedding is what keeps the calls that are up going, not a policy on sources.
+    pub fn reconfigure(&self, admission: &AdmissionConfig) {
+        self.shed_at
+            .store(admission.shed_queue_depth, Ordering::Relaxed);
+        let wait = Duration::from_millis(admission.overload_delay_ms) / 2;
+        let wait_ns = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        self.shed_after_ns.store(wait_ns, Ordering::Relaxed);
     }
 
-    /// What becomes of a datagram from `source`: queued for the proxy, or shed (counted, and
-    /// an INVITE answered unless it is a retransmission of one queued).
-    fn arrival(&self, arriving: &Arriving) -> Arrival {
-        let arrival = self.decide(arriving);
+    /// Whether the proxy is behind by `patience` times the bounds, with `depth` messages
+    /// queued and new requests waiting `behind`.
+    fn is_behind(&self, depth: usize, behind: Duration, patience: usize) -> bool {
+        let shed_at = self.shed_at.load(Ordering::Relaxed);
+        let shed_after = Duration::from_nanos(self.shed_after_ns.load(Ordering::Relaxed));
+        (shed_at > 0 && depth >= shed_at.saturating_mul(patience))
+            || (!shed_after.is_zero() && behind >= shed_after * patience as u32)
+    }
+
+    /// What becomes of a datagram: queued for the proxy, or shed (counted, and an INVITE
+    /// answered unless it is a retransmission of one queued). `behind`: how long new
+    /// requests wait for the proxy now (in the kernel's buffer and the queue).
+    fn arrival(&self, arriving: &Arriving, behind: Duration) -> Arrival {
+        let arrival = self.decide(arriving, behind);
         if arrival == Arrival::Queue
             && starts_an_invite(arriving.bytes)
             && let Some(id) = invite_id(arriving.bytes)
@@ -237,7 +209,7 @@ impl Intake {
         arrival
     }
 
-    fn decide(&self, arriving: &Arriving) -> Arrival {
+    fn decide(&self, arriving: &Arriving, behind: Duration) -> Arrival {
         let (listener, source, datagram) = (arriving.listener, arriving.source, arriving.bytes);
         let depth = self.depth.load(Ordering::Relaxed);
         if depth >= QUEUE_LIMIT {
@@ -250,14 +222,13 @@ impl Intake {
             // It ends a transaction that was never kept: nothing to do.
             return Arrival::Drop;
         }
-        let shed_at = self.shed_at.load(Ordering::Relaxed);
-        if shed_at == 0 || depth < shed_at || listener == Side::Private {
+        if listener == Side::Private || !self.is_behind(depth, behind, 1) {
             return Arrival::Queue;
         }
         if arriving.of_a_call() {
             return Arrival::Queue;
         }
-        if depth < shed_at.saturating_mul(TRUSTED_PATIENCE) && arriving.guard.is_allowlisted(source)
+        if arriving.guard.is_allowlisted(source) && !self.is_behind(depth, behind, TRUSTED_PATIENCE)
         {
             return Arrival::Queue;
         }
@@ -508,7 +479,10 @@ pub fn spawn_receiver(
                         continue;
                     }
                     let arriving = Arriving::new(listener, from.ip(), datagram, &guard);
-                    match intake.arrival(&arriving) {
+                    // How far behind the proxy is: what this datagram waited in the kernel,
+                    // or the oldest new request waiting in the queue, whichever is longer.
+                    let behind = waited.max(lanes.oldest_new_request_waited());
+                    match intake.arrival(&arriving, behind) {
                         Arrival::Queue => {}
                         Arrival::Drop => continue,
                         Arrival::Answer(answer) => {
@@ -540,7 +514,6 @@ pub fn spawn_receiver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::AdmissionConfig;
 
     const STRANGER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9));
     const TRUNK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
@@ -556,6 +529,21 @@ mod tests {
         guard
     }
 
+    /// An intake that sheds at `depth` queued messages (0: never), or once the oldest new
+    /// request has waited 250 ms.
+    fn intake_shedding_at(
+        depth: usize,
+        retry_after: u32,
+        counters: &Arc<AdmissionCounters>,
+    ) -> Intake {
+        let admission = AdmissionConfig {
+            shed_queue_depth: depth,
+            overload_delay_ms: 500,
+            ..AdmissionConfig::default()
+        };
+        Intake::new(&admission, retry_after, Arc::clone(counters))
+    }
+
     const NEW: &[u8] = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: new-call\r\n\r\n";
     const OTHER_NEW: &[u8] = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: other-call\r\n\r\n";
     const BYE: &[u8] = b"BYE sip:a@b SIP/2.0\r\ni: up-call\r\n\r\n";
@@ -564,10 +552,13 @@ mod tests {
     #[test]
     fn a_deep_queue_sheds_new_public_requests_first() {
         let counters = Arc::new(AdmissionCounters::default());
-        let intake = Intake::new(2, 5, Arc::clone(&counters));
+        let intake = intake_shedding_at(2, 5, &counters);
         let guard = guard_with_call("up-call");
         let accepts = |side, source, datagram| {
-            intake.arrival(&Arriving::new(side, source, datagram, &guard)) == Arrival::Queue
+            intake.arrival(
+                &Arriving::new(side, source, datagram, &guard),
+                Duration::ZERO,
+            ) == Arrival::Queue
         };
         intake.queued();
         assert!(accepts(Side::Public, STRANGER, NEW), "below the bound");
@@ -588,24 +579,62 @@ mod tests {
         assert!(accepts(Side::Public, TRUNK, RESPONSE));
         intake.depth.store(1, Ordering::Relaxed);
         assert!(accepts(Side::Public, STRANGER, NEW), "caught up");
-        intake.set_shed_at(0);
+        intake.reconfigure(&AdmissionConfig {
+            shed_queue_depth: 0,
+            overload_delay_ms: 0,
+            ..AdmissionConfig::default()
+        });
         intake.queued();
         intake.queued();
         assert!(accepts(Side::Public, STRANGER, NEW), "never shed");
     }
 
     #[test]
+    fn a_proxy_behind_in_time_sheds_new_public_requests_first() {
+        let counters = Arc::new(AdmissionCounters::default());
+        let intake = intake_shedding_at(0, 5, &counters);
+        let guard = guard_with_call("up-call");
+        let accepts = |side, source, datagram, waited_ms| {
+            let waited = Duration::from_millis(waited_ms);
+            intake.arrival(&Arriving::new(side, source, datagram, &guard), waited) == Arrival::Queue
+        };
+        assert!(
+            accepts(Side::Public, STRANGER, NEW, 249),
+            "within half the delay"
+        );
+        assert!(!accepts(Side::Public, STRANGER, OTHER_NEW, 250));
+        assert!(accepts(Side::Public, STRANGER, BYE, 900), "a known dialog");
+        assert!(accepts(Side::Public, STRANGER, RESPONSE, 900));
+        assert!(
+            accepts(Side::Private, STRANGER, NEW, 900),
+            "the backends' side"
+        );
+        assert!(
+            accepts(Side::Public, TRUNK, NEW, 999),
+            "allowlisted: four times as long"
+        );
+        assert!(!accepts(Side::Public, TRUNK, NEW, 1000));
+        assert_eq!(counters.shed_new_requests.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
     fn a_full_queue_takes_nothing() {
         let counters = Arc::new(AdmissionCounters::default());
-        let intake = Intake::new(0, 5, Arc::clone(&counters));
+        let intake = intake_shedding_at(0, 5, &counters);
         intake.depth.store(QUEUE_LIMIT, Ordering::Relaxed);
         let guard = guard_with_call("up-call");
         assert_eq!(
-            intake.arrival(&Arriving::new(Side::Public, STRANGER, BYE, &guard)),
+            intake.arrival(
+                &Arriving::new(Side::Public, STRANGER, BYE, &guard),
+                Duration::ZERO
+            ),
             Arrival::Drop
         );
         assert_eq!(
-            intake.arrival(&Arriving::new(Side::Private, TRUNK, RESPONSE, &guard)),
+            intake.arrival(
+                &Arriving::new(Side::Private, TRUNK, RESPONSE, &guard),
+                Duration::ZERO
+            ),
             Arrival::Drop
         );
         assert_eq!(counters.shed_queue_full.load(Ordering::Relaxed), 2);
@@ -614,22 +643,26 @@ mod tests {
     #[test]
     fn a_shed_invite_is_answered_and_an_ack_is_not_held_against_its_source() {
         let counters = Arc::new(AdmissionCounters::default());
-        let intake = Intake::new(1, 9, Arc::clone(&counters));
+        let intake = intake_shedding_at(1, 9, &counters);
         let guard = guard_with_call("up-call");
         intake.queued();
         let invite =
             b"INVITE sip:a@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.9;branch=z9hG4bK7\r\n\
             From: <sip:x@203.0.113.9>;tag=1\r\nTo: <sip:a@198.18.1.1>\r\nCall-ID: shed-me\r\n\
             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
-        let Arrival::Answer(answer) =
-            intake.arrival(&Arriving::new(Side::Public, STRANGER, invite, &guard))
-        else {
+        let Arrival::Answer(answer) = intake.arrival(
+            &Arriving::new(Side::Public, STRANGER, invite, &guard),
+            Duration::ZERO,
+        ) else {
             panic!("a shed INVITE goes unanswered");
         };
         assert!(answer.starts_with(b"SIP/2.0 503 "));
         let ack = b"ACK sip:a@198.18.1.1 SIP/2.0\r\nCall-ID: other\r\n\r\n";
         assert_eq!(
-            intake.arrival(&Arriving::new(Side::Public, STRANGER, ack, &guard)),
+            intake.arrival(
+                &Arriving::new(Side::Public, STRANGER, ack, &guard),
+                Duration::ZERO
+            ),
             Arrival::Drop
         );
         assert_eq!(counters.shed_answered.load(Ordering::Relaxed), 1);
@@ -644,19 +677,25 @@ mod tests {
     #[test]
     fn a_retransmission_of_a_queued_invite_is_dropped_not_refused() {
         let counters = Arc::new(AdmissionCounters::default());
-        let intake = Intake::new(1, 5, Arc::clone(&counters));
+        let intake = intake_shedding_at(1, 5, &counters);
         let guard = guard_with_call("up-call");
         let invite =
             b"INVITE sip:a@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.9;branch=z9hG4bK8\r\n\
             From: <sip:x@203.0.113.9>;tag=1\r\nTo: <sip:a@198.18.1.1>\r\nCall-ID: queued\r\n\
             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
-            intake.arrival(&Arriving::new(Side::Public, STRANGER, invite, &guard)),
+            intake.arrival(
+                &Arriving::new(Side::Public, STRANGER, invite, &guard),
+                Duration::ZERO
+            ),
             Arrival::Queue
         );
         intake.queued();
         assert_eq!(
-            intake.arrival(&Arriving::new(Side::Public, STRANGER, invite, &guard)),
+            intake.arrival(
+                &Arriving::new(Side::Public, STRANGER, invite, &guard),
+                Duration::ZERO
+            ),
             Arrival::Drop,
             "its retransmission, with the queue deep"
         );

@@ -17,6 +17,7 @@ pub mod hiding;
 mod inspect;
 mod intake;
 pub mod journal;
+mod lanes;
 mod no_audio;
 mod requests;
 mod responses;
@@ -45,8 +46,9 @@ use self::{
     backends::Backends,
     calls::Call,
     inspect::Query,
-    intake::{Intake, LaneReceivers, Lanes, bind, spawn_receiver},
+    intake::{Intake, bind, spawn_receiver},
     journal::Journal,
+    lanes::{LaneReceivers, Lanes},
     stats::{Origin, SipStats, method_label},
     transactions::{ClientTx, Peer, ServerTx, Transport},
 };
@@ -105,6 +107,16 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// When a message arrived (in the kernel, for a datagram); `None` for other events.
+    fn received(&self) -> Option<Instant> {
+        match self {
+            Event::Datagram { received, .. } | Event::Stream { received, .. } => Some(*received),
+            _ => None,
+        }
+    }
+}
+
 /// Timers, each naming what it is about; a timer whose subject is gone or has moved on is
 /// simply ignored when it fires.
 #[derive(Debug, Clone)]
@@ -134,7 +146,7 @@ pub struct ProxyHandle {
 
 impl ProxyHandle {
     pub fn reconfigure(&self, admission: AdmissionConfig) {
-        self.intake.set_shed_at(admission.shed_queue_depth);
+        self.intake.reconfigure(&admission);
         let _ = self.lanes.control(Event::Reconfigure(Box::new(admission)));
     }
 
@@ -232,7 +244,7 @@ impl Proxy {
         let stats = Arc::new(SipStats::new(config.backends.iter().map(|b| b.address)));
         let admission_counters = Arc::new(AdmissionCounters::default());
         let intake = Arc::new(Intake::new(
-            admission.shed_queue_depth,
+            admission,
             config.retry_after_secs,
             Arc::clone(&admission_counters),
         ));
@@ -318,7 +330,7 @@ impl Proxy {
                 },
                 Some(timer) = next_expired(&mut self.timers) => self.on_timer(timer),
                 _ = shed_collection.tick() => self.hold_shedding_against_sources(),
-                Some(event) = lanes.new_requests.recv() => self.on_event(event),
+                Some(event) = lanes.new_requests.next() => self.on_event(event),
             }
             self.publish_gauges();
         }

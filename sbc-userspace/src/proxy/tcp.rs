@@ -24,11 +24,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::{
-    Event, build,
-    intake::{Intake, Lanes},
-    stats::SipStats,
-};
+use super::{Event, build, intake::Intake, lanes::Lanes, stats::SipStats};
 use crate::{
     media::session::Side,
     sip::{

@@ -41,7 +41,8 @@ struct Step {
     generator_limited: bool,
     /// SIPp did not finish the step (it had to be stopped, or reported nothing).
     unfinished: Option<String>,
-    /// The share of one core the system under test's processes used over the step, and how
+    /// The share of one core the system under test's processes used while the calls were
+    /// offered, and how
     /// busy its core was (softirqs serving its sockets included): with the core far from
     /// full, the load generators on the other core were the limit, not the system.
     sut_core_share: Option<f64>,
@@ -83,18 +84,26 @@ fn step(
     seconds: u32,
 ) -> anyhow::Result<Step> {
     let calls = rate * seconds;
-    let started = Instant::now();
-    let cpu_before = sut.cpu_time().ok();
-    let core = super::sut_cpu();
-    let core_before = core.and_then(|cpu| crate::process_cpu::core_ticks(cpu).ok());
-    let result = match sipp::place_calls(
-        &lab.caller,
-        SocketAddr::new(CALLER.into(), 5060),
-        target,
-        CallKind::Scenario("bench_uac"),
-        (calls, rate),
-        Duration::from_secs(u64::from(seconds) * 3 + 30),
-    ) {
+    let started = Load::start(sut);
+    // The load is read over the offered window: after it, SIPp may wait out the timers of
+    // calls that failed, with the system under test idle.
+    let (placed, load) = std::thread::scope(|scope| {
+        let window = scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(u64::from(seconds)));
+            started.read(sut)
+        });
+        let placed = sipp::place_calls(
+            &lab.caller,
+            SocketAddr::new(CALLER.into(), 5060),
+            target,
+            CallKind::Scenario("bench_uac"),
+            (calls, rate),
+            Duration::from_secs(u64::from(seconds) * 3 + 30),
+        );
+        (placed, window.join().unwrap_or_default())
+    });
+    let elapsed = started.at.elapsed().as_secs_f64();
+    let result = match placed {
         Ok(result) => result,
         // An overloaded step may leave SIPp with nothing to say: the step failed.
         Err(e) => {
@@ -106,20 +115,11 @@ fn step(
                 p99_ms: f64::NAN,
                 generator_limited: false,
                 unfinished: Some(format!("{e:#}").lines().next().unwrap_or("").to_owned()),
-                sut_core_share: None,
-                sut_core_busy: None,
+                sut_core_share: load.share,
+                sut_core_busy: load.core_busy,
             });
         }
     };
-    let elapsed = started.elapsed().as_secs_f64();
-    let sut_core_share = cpu_before
-        .zip(sut.cpu_time().ok())
-        .map(|(before, after)| (after - before).as_secs_f64() / elapsed);
-    let sut_core_busy = core_before
-        .zip(core.and_then(|cpu| crate::process_cpu::core_ticks(cpu).ok()))
-        .map(|((busy, total), (busy_after, total_after))| {
-            (busy_after - busy) as f64 / (total_after - total).max(1) as f64
-        });
     let mut times = result.response_times_ms.clone();
     times.sort_by(f64::total_cmp);
     // Calls SIPp never completed count as failed too.
@@ -136,9 +136,50 @@ fn step(
         generator_limited: failed_share < FAILURE_BOUND
             && elapsed > f64::from(seconds) * 1.25 + 2.0,
         unfinished: None,
-        sut_core_share,
-        sut_core_busy,
+        sut_core_share: load.share,
+        sut_core_busy: load.core_busy,
     })
+}
+
+/// The system under test's CPU time and its core's busy ticks at a step's start.
+struct Load {
+    at: Instant,
+    cpu: Option<Duration>,
+    core: Option<(usize, (u64, u64))>,
+}
+
+/// How loaded the system under test was over a window.
+#[derive(Default)]
+struct LoadRead {
+    share: Option<f64>,
+    core_busy: Option<f64>,
+}
+
+impl Load {
+    fn start(sut: &dyn SystemUnderTest) -> Self {
+        let core =
+            super::sut_cpu().and_then(|cpu| Some((cpu, crate::process_cpu::core_ticks(cpu).ok()?)));
+        Self {
+            at: Instant::now(),
+            cpu: sut.cpu_time().ok(),
+            core,
+        }
+    }
+
+    /// The share of a core its processes used since the start, and how busy its core was
+    /// (softirqs serving its sockets included).
+    fn read(&self, sut: &dyn SystemUnderTest) -> LoadRead {
+        let elapsed = self.at.elapsed().as_secs_f64();
+        let share = self
+            .cpu
+            .zip(sut.cpu_time().ok())
+            .map(|(before, after)| (after - before).as_secs_f64() / elapsed);
+        let core_busy = self.core.and_then(|(cpu, (busy, total))| {
+            let (busy_after, total_after) = crate::process_cpu::core_ticks(cpu).ok()?;
+            Some((busy_after - busy) as f64 / (total_after - total).max(1) as f64)
+        });
+        LoadRead { share, core_busy }
+    }
 }
 
 /// Steps up the rate against `target` (labelled `system`, `sut`) until a step fails.

@@ -95,7 +95,7 @@ impl Options {
 }
 
 /// What the benchmark reads of a system under test while it measures.
-pub trait SystemUnderTest {
+pub trait SystemUnderTest: Sync {
     /// The CPU time all of its processes have used so far.
     fn cpu_time(&self) -> anyhow::Result<Duration>;
 }
@@ -280,7 +280,7 @@ fn call_setup_section(
                 200, 400, 700, 1000, 1250, 1500, 1750, 2000, 2250, 2500, 3000, 3500, 4000, 5000,
             ]
         } else {
-            vec![250, 500, 1000, 1500, 2000, 3000]
+            vec![250, 500, 1000, 1500, 1750, 2000, 2250, 3000]
         },
         seconds_per_step: if full { 15 } else { 4 },
     };
