@@ -1,5 +1,6 @@
 //! The SIP guard: UDP SIP to one of our listeners is let up to the daemon or dropped here,
-//! before it costs a context switch. The order and the arithmetic are `sbc_common::guard`'s.
+//! before it costs a context switch. The decision is `sbc_common::guard::decide`, the one the
+//! daemon's userspace dataplane makes too; this file gives it the maps and the datagram.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     btf_maps::lpm_trie::Key,
@@ -9,9 +10,9 @@ use aya_ebpf::{
 };
 use network_types::udp::UdpHdr;
 use sbc_common::{
-    Block, GuardConfig, IpAddress, Reason, SourceBucket, SourceLimit,
+    Block, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
     call_id::{CallIdScanner, SCAN_BUFFER, Step},
-    guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK, is_invite},
+    guard::{GuardTables, GuardedDatagram, decide, is_invite},
 };
 
 use crate::{
@@ -35,99 +36,77 @@ pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
     let Some(config) = SBC_GUARD.get(0) else {
         return Verdict::pass(Reason::PassSipUnguarded);
     };
-    if config.flags & GUARD_ON == 0 {
-        return Verdict::pass(Reason::PassSipUnguarded);
-    }
     // SAFETY: the parser bounds-checked the IPv4 header.
     let source = IpAddress::from_ipv4(unsafe { (*packet.ip).src_addr });
-
-    // 1. Blocklisted CIDRs are dropped whatever they send; allowlisted ones carry their limit.
-    let rule = SBC_SOURCE_RULES.get(&Key::new(128, source.octets));
-    let (limit, allowlisted) = match rule {
-        Some(rule) if rule.action == RULE_BLOCK => {
-            return Verdict::drop(Reason::DropSipBlocklisted);
-        }
-        Some(rule) if rule.action == RULE_ALLOW => (rule.limit, true),
-        _ => (config.default_limit, false),
-    };
-    if limit.is_unlimited() {
-        return Verdict::pass(Reason::PassSipUnlimited);
+    let decision = decide(
+        config,
+        &mut GuardMaps,
+        &source,
+        || Payload::copy(ctx, packet),
+        // SAFETY: no preconditions.
+        || unsafe { bpf_ktime_get_ns() },
+    );
+    if decision.pass {
+        Verdict::pass(decision.reason)
+    } else {
+        Verdict::drop(decision.reason)
     }
-
-    // 2. Known dialogs are never limited (a datagram with nothing to read is limited as any).
-    let payload = Payload::copy(ctx, packet);
-    if let Some(payload) = &payload
-        && let Some(dialog_id) = payload.call_id(config.dialog_seed)
-        && let Some(dialog) = SBC_DIALOGS.get_ptr_mut(dialog_id)
-    {
-        // SAFETY: a pointer into the map value just looked up.
-        count(unsafe { &raw mut (*dialog).packets });
-        return Verdict::pass(Reason::PassSipDialog);
-    }
-
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // 3. Dynamic blocks (an allowlisted source is never blocked for its behaviour).
-    if !allowlisted && let Some(block) = SBC_BLOCKS.get_ptr_mut(source) {
-        // SAFETY: a pointer into the map value just looked up.
-        unsafe {
-            if (*block).is_active(now) {
-                count(&raw mut (*block).dropped);
-                return Verdict::drop(Reason::DropSipBlocked);
-            }
-        }
-    }
-
-    // 4. The source's buckets: its packet rate, and for an INVITE that starts a call (its
-    // dialog is unknown) its INVITE rate too.
-    let invite = payload.is_some_and(|payload| payload.is_invite());
-    rate_limit(config, &source, &limit, allowlisted, invite, now)
 }
 
-#[inline(always)]
-fn rate_limit(
-    config: &GuardConfig,
-    source: &IpAddress,
-    limit: &SourceLimit,
-    allowlisted: bool,
-    invite: bool,
-    now: u64,
-) -> Verdict {
-    let bucket = match SBC_SOURCES.get_ptr_mut(source) {
-        Some(bucket) => bucket,
-        None => {
-            let _ = SBC_SOURCES.insert(
-                source,
-                SourceBucket::full(limit, now),
-                u64::from(BPF_NOEXIST),
-            );
-            match SBC_SOURCES.get_ptr_mut(source) {
-                Some(bucket) => bucket,
-                // The LRU map always makes room; should it not, the packet is not the one to
-                // pay for it.
-                None => return Verdict::pass(Reason::PassSip),
-            }
-        }
-    };
-    // SAFETY: a pointer into the map value just looked up. Two CPUs may update one source's
-    // bucket at once and lose a refill or a token: the limit is approximate by that much, and
-    // a lock would cost every packet more than the error is worth.
-    let bucket = unsafe { &mut *bucket };
-    let verdict = bucket.admit(limit, invite, now);
-    if matches!(verdict, Reason::PassSip) {
-        return Verdict::pass(verdict);
+/// The guard's tables are the program's maps. Values are changed in place through pointers
+/// into the maps: two CPUs may update one source's bucket or block at once and lose a refill,
+/// a token or a count, so limits are approximate by that much; a lock would cost every packet
+/// more than the error is worth.
+struct GuardMaps;
+
+impl GuardTables for GuardMaps {
+    #[inline(always)]
+    fn rule(&self, source: &IpAddress) -> Option<SourceRule> {
+        SBC_SOURCE_RULES.get(&Key::new(128, source.octets)).copied()
     }
-    let threshold = limit.drops_to_block(verdict, config.block_after_drops);
-    if !allowlisted && bucket.strike(threshold, now) {
-        let block = Block {
-            until_ns: now.saturating_add(config.block_ns),
-            dropped: 0,
-            reason: BLOCK_RATE,
-            _pad: 0,
+
+    #[inline(always)]
+    fn knows_dialog(&mut self, dialog: u64) -> bool {
+        let Some(entry) = SBC_DIALOGS.get_ptr_mut(dialog) else {
+            return false;
         };
+        // SAFETY: a pointer into the map value just looked up.
+        count(unsafe { &raw mut (*entry).packets });
+        true
+    }
+
+    #[inline(always)]
+    fn block(&mut self, source: &IpAddress) -> Option<&mut Block> {
+        // SAFETY: a pointer into the map value just looked up (see the type's doc).
+        SBC_BLOCKS
+            .get_ptr_mut(source)
+            .map(|block| unsafe { &mut *block })
+    }
+
+    #[inline(always)]
+    fn set_block(&mut self, source: &IpAddress, block: Block) {
         let _ = SBC_BLOCKS.insert(source, block, 0);
     }
-    Verdict::drop(verdict)
+
+    #[inline(always)]
+    fn bucket(
+        &mut self,
+        source: &IpAddress,
+        limit: &SourceLimit,
+        now_ns: u64,
+    ) -> Option<&mut SourceBucket> {
+        let bucket = match SBC_SOURCES.get_ptr_mut(source) {
+            Some(bucket) => bucket,
+            None => {
+                let full = SourceBucket::full(limit, now_ns);
+                let _ = SBC_SOURCES.insert(source, full, u64::from(BPF_NOEXIST));
+                // The LRU map always makes room; should it not, there is no bucket.
+                SBC_SOURCES.get_ptr_mut(source)?
+            }
+        };
+        // SAFETY: a pointer into the map value just looked up (see the type's doc).
+        Some(unsafe { &mut *bucket })
+    }
 }
 
 /// The state of one Call-ID scan, on the stack and handed to each `bpf_loop` step.
@@ -193,7 +172,9 @@ impl Payload {
         };
         (copied == 0).then_some(Self { buffer, len })
     }
+}
 
+impl GuardedDatagram for Payload {
     /// Whether the payload is an INVITE (by its first bytes).
     #[inline(always)]
     fn is_invite(&self) -> bool {
@@ -207,7 +188,7 @@ impl Payload {
 
     /// The seeded hash of the datagram's Call-ID, if it lies within the copied bytes.
     #[inline(always)]
-    fn call_id(&self, seed: u64) -> Option<u64> {
+    fn call_id_hash(&self, seed: u64) -> Option<u64> {
         let mut scan = Scan {
             buffer: self.buffer,
             scanner: CallIdScanner::new(seed),

@@ -11,7 +11,7 @@ use aya::programs::Xdp;
 use sbc_common::{
     Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceLimit, SourceRule,
     flow::{LEG_A, LEG_B, PeerMatch, STREAM_RTCP, STREAM_RTP},
-    guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK},
+    guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK, script},
     maps::XDP_PROGRAM,
 };
 use sbc_tests::{
@@ -810,6 +810,47 @@ fn sip_guard_verdicts_and_dynamic_blocks() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The guard's table of cases (`sbc_common::guard::script`), which the daemon's userspace
+/// dataplane and the host's own test play too: the kernel reaches the same verdicts.
+#[test]
+fn the_xdp_program_plays_the_guard_script() {
+    require_lab_privileges();
+    let fixture = fixture();
+    netns::enter(&fixture.sbc.name).unwrap();
+    let mut program = Program::load();
+    program.listen_sip(key(PUBLIC, SIP_PORT));
+    program.configure_guard(script::config(SEED));
+    for (network, prefix, action, limit) in script::RULES {
+        let rule = SourceRule {
+            action: *action,
+            limit: *limit,
+        };
+        program.add_rule(Ipv4Addr::from(*network), u32::from(*prefix), rule);
+    }
+    program.add_dialog(script::KNOWN_CALL_ID, SEED);
+    let mut failures = Vec::new();
+    for (n, step) in script::STEPS.iter().enumerate() {
+        let source = Ipv4Addr::from(step.source);
+        let frame = UdpFrame {
+            payload: step.payload.to_vec(),
+            ..rtp((source, 5060), (PUBLIC, SIP_PORT))
+        }
+        .bytes();
+        let before = program.reasons()[step.reason as usize];
+        let (action, _) = program.run(&frame, "pub0");
+        let moved = program.reasons()[step.reason as usize] - before;
+        let expected = if step.pass { XDP_PASS } else { XDP_DROP };
+        if action != expected || moved != 1 {
+            failures.push(format!(
+                "step {n} ({}): action {action} (expected {expected}), {} moved by {moved}",
+                step.what,
+                step.reason.name()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Verifier stability: the program loads, and the work the verifier does on it stays far from

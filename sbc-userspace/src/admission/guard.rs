@@ -13,8 +13,8 @@ use sbc_common::{
     Block, GuardConfig, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
     call_id::call_id_hash as scan_call_id,
     guard::{
-        BLOCK_ABUSE, BLOCK_MANUAL, BLOCK_RATE, BLOCK_SCANNER, GUARD_ON, RULE_ALLOW, RULE_BLOCK,
-        call_id_hash, starts_an_invite,
+        BLOCK_ABUSE, BLOCK_MANUAL, BLOCK_RATE, BLOCK_SCANNER, GUARD_ON, GuardTables, RULE_ALLOW,
+        RULE_BLOCK, call_id_hash, decide,
     },
 };
 use serde::Serialize;
@@ -176,7 +176,7 @@ impl SipGuard {
         };
         let allowlisted = kernel_limit(&admission.allowlisted);
         let rule = |action, limit| SourceRule { action, limit };
-        let mut rules: Vec<(IpNet, SourceRule)> = admission
+        let rules: Vec<(IpNet, SourceRule)> = admission
             .blocklist
             .iter()
             .map(|net| (*net, rule(RULE_BLOCK, SourceLimit::UNLIMITED)))
@@ -192,8 +192,7 @@ impl SipGuard {
                     .map(|ip| (IpNet::from(*ip), rule(RULE_ALLOW, SourceLimit::UNLIMITED))),
             )
             .collect();
-        rules.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
-        state.rules = rules;
+        state.rules = longest_prefix_first(rules);
         if let Tables::Kernel(maps) = &mut state.tables {
             maps.set_config(state.config)?;
             maps.set_rules(&state.rules)?;
@@ -337,16 +336,14 @@ impl SipGuard {
     }
 
     /// With the userspace dataplane, whether a datagram from `source` to a SIP listener goes
-    /// on to the proxy: the XDP program's decision, in the same order with the same
-    /// arithmetic. With XDP the kernel has decided already.
+    /// on to the proxy: the XDP program's decision (`sbc_common::guard::decide`) over the
+    /// daemon's own tables. With XDP the kernel has decided already.
     pub fn admit(&self, source: IpAddr, datagram: &[u8]) -> bool {
         if self.in_kernel {
             return true;
         }
         let mut state = self.lock();
         let state = &mut *state;
-        let config = state.config;
-        let matched = state.rules.iter().find(|(net, _)| net.contains(&source));
         let Tables::Userspace {
             blocks,
             buckets,
@@ -355,89 +352,126 @@ impl SipGuard {
         else {
             return true;
         };
-        let dialogs = &state.dialogs;
-        let arrival = Arrival {
-            source: IpAddress::from(source),
-            rule: matched.map(|(_, rule)| *rule),
-            invite: starts_an_invite(datagram),
-            known_dialog: || {
-                scan_call_id(datagram, config.dialog_seed)
-                    .is_some_and(|id| dialogs.contains_key(&id))
-            },
+        let mut tables = DaemonTables {
+            rules: &state.rules,
+            dialogs: &state.dialogs,
+            blocks,
+            buckets,
         };
-        let (pass, reason) = decide(&config, arrival, blocks, buckets, monotonic_ns());
-        reasons[reason as usize] += 1;
-        pass
+        let decision = decide(
+            &state.config,
+            &mut tables,
+            &IpAddress::from(source),
+            || datagram,
+            monotonic_ns,
+        );
+        reasons[decision.reason as usize] += 1;
+        decision.pass
     }
 }
 
-/// What the guard knows of a datagram: its source and the rule that matches it, whether it is
-/// an INVITE, and (asked only when needed: it scans the datagram) whether its dialog is known.
-struct Arrival<F> {
-    source: IpAddress,
-    rule: Option<SourceRule>,
-    invite: bool,
-    known_dialog: F,
+/// CIDR rules in the order the userspace lookup takes them: its first match is the longest.
+fn longest_prefix_first(mut rules: Vec<(IpNet, SourceRule)>) -> Vec<(IpNet, SourceRule)> {
+    rules.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+    rules
 }
 
-/// The guard's decision for one datagram, as `sbc-ebpf/src/sip_guard.rs` makes it.
-fn decide(
-    config: &GuardConfig,
-    arrival: Arrival<impl FnOnce() -> bool>,
-    blocks: &mut HashMap<IpAddress, Block>,
-    buckets: &mut HashMap<IpAddress, SourceBucket>,
-    now: u64,
-) -> (bool, Reason) {
-    let Arrival {
-        source,
-        rule,
-        invite,
-        known_dialog,
-    } = arrival;
-    if config.flags & GUARD_ON == 0 {
-        return (true, Reason::PassSipUnguarded);
+/// The userspace dataplane's guard tables, borrowed from the guard's state for one decision.
+struct DaemonTables<'a> {
+    /// Longest prefix first.
+    rules: &'a [(IpNet, SourceRule)],
+    dialogs: &'a HashMap<u64, usize>,
+    blocks: &'a mut HashMap<IpAddress, Block>,
+    buckets: &'a mut HashMap<IpAddress, SourceBucket>,
+}
+
+impl GuardTables for DaemonTables<'_> {
+    fn rule(&self, source: &IpAddress) -> Option<SourceRule> {
+        let source = source.to_ip();
+        self.rules
+            .iter()
+            .find(|(net, _)| net.contains(&source))
+            .map(|(_, rule)| *rule)
     }
-    let (limit, allowlisted) = match rule {
-        Some(rule) if rule.action == RULE_BLOCK => return (false, Reason::DropSipBlocklisted),
-        Some(rule) if rule.action == RULE_ALLOW => (rule.limit, true),
-        _ => (config.default_limit, false),
-    };
-    if limit.is_unlimited() {
-        return (true, Reason::PassSipUnlimited);
+
+    fn knows_dialog(&mut self, dialog: u64) -> bool {
+        self.dialogs.contains_key(&dialog)
     }
-    if known_dialog() {
-        return (true, Reason::PassSipDialog);
+
+    fn block(&mut self, source: &IpAddress) -> Option<&mut Block> {
+        self.blocks.get_mut(source)
     }
-    if !allowlisted
-        && let Some(block) = blocks.get_mut(&source)
-        && block.is_active(now)
-    {
-        block.dropped += 1;
-        return (false, Reason::DropSipBlocked);
+
+    fn set_block(&mut self, source: &IpAddress, block: Block) {
+        self.blocks.insert(*source, block);
     }
-    let bucket = buckets
-        .entry(source)
-        .or_insert_with(|| SourceBucket::full(&limit, now));
-    let verdict = bucket.admit(&limit, invite, now);
-    if verdict == Reason::PassSip {
-        return (true, verdict);
+
+    fn bucket(
+        &mut self,
+        source: &IpAddress,
+        limit: &SourceLimit,
+        now_ns: u64,
+    ) -> Option<&mut SourceBucket> {
+        if self.buckets.len() >= sbc_common::maps::MAX_SOURCES && !self.buckets.contains_key(source)
+        {
+            // The kernel's table is an LRU of this size; forget the idlest here.
+            let cutoff = now_ns.saturating_sub(60_000_000_000);
+            self.buckets.retain(|_, b| b.packets.refilled_ns > cutoff);
+        }
+        Some(
+            self.buckets
+                .entry(*source)
+                .or_insert_with(|| SourceBucket::full(limit, now_ns)),
+        )
     }
-    let threshold = limit.drops_to_block(verdict, config.block_after_drops);
-    if !allowlisted && bucket.strike(threshold, now) {
-        blocks.insert(
-            source,
-            Block {
-                until_ns: now.saturating_add(config.block_ns),
-                dropped: 0,
-                reason: BLOCK_RATE,
-                _pad: 0,
-            },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use sbc_common::guard::script;
+
+    use super::*;
+
+    #[test]
+    fn the_userspace_dataplane_plays_the_guard_script() {
+        let guard = SipGuard::userspace();
+        {
+            let mut state = guard.lock();
+            state.config = script::config(state.config.dialog_seed);
+            let rules = script::RULES
+                .iter()
+                .map(|(net, prefix, action, limit)| {
+                    let net = IpNet::new(Ipv4Addr::from(*net).into(), *prefix).unwrap();
+                    let rule = SourceRule {
+                        action: *action,
+                        limit: *limit,
+                    };
+                    (net, rule)
+                })
+                .collect();
+            state.rules = longest_prefix_first(rules);
+        }
+        guard.dialog_started(script::KNOWN_CALL_ID).unwrap();
+        let counted = |reason: Reason| {
+            guard
+                .userspace_reasons()
+                .into_iter()
+                .find(|(r, _)| *r == reason)
+                .map_or(0, |(_, count)| count)
+        };
+        for (n, step) in script::STEPS.iter().enumerate() {
+            let before = counted(step.reason);
+            let passed = guard.admit(Ipv4Addr::from(step.source).into(), step.payload);
+            assert_eq!(passed, step.pass, "step {n}: {}", step.what);
+            assert_eq!(counted(step.reason), before + 1, "step {n}: {}", step.what);
+        }
+        let blocked: Vec<IpAddr> = guard.blocks().iter().map(|b| b.address).collect();
+        let (stranger, flooder) = (script::STRANGER, script::FLOODER);
+        assert_eq!(
+            blocked,
+            [Ipv4Addr::from(stranger), Ipv4Addr::from(flooder)].map(IpAddr::from)
         );
     }
-    if buckets.len() > sbc_common::maps::MAX_SOURCES {
-        // The kernel's table is an LRU of this size; forget the idlest here.
-        let cutoff = now.saturating_sub(60_000_000_000);
-        buckets.retain(|_, b| b.packets.refilled_ns > cutoff);
-    }
-    (false, verdict)
 }

@@ -1,21 +1,16 @@
-//! The SIP guard: what the XDP program needs to drop floods before they reach the daemon.
-//!
-//! For UDP SIP to one of our listeners the program decides, in this order:
-//! 1. a source in a blocklisted CIDR (`SourceRule` with `RULE_BLOCK`) is dropped;
-//! 2. a known dialog (its Call-ID hash is in the dialogs map) goes up, never limited;
-//! 3. a source under a dynamic block (`Block`) is dropped;
-//! 4. the source's buckets (`SourceBucket`), with the allowlisted CIDR's limits or the
-//!    default ones: every datagram takes a packet token, and an INVITE (which would start a
-//!    call: its dialog is unknown) takes an INVITE token too; without one it is dropped. A
-//!    source that keeps exceeding its limits earns a dynamic block.
+//! The SIP guard: what the XDP program needs to drop floods before they reach the daemon, and
+//! the decision it makes on each datagram (`decision::decide`, the daemon's userspace
+//! dataplane runs the same one over its own tables; `script` is the table of cases both play).
 //!
 //! The INVITE limit here is a flood limit, twice the daemon's own per-source INVITE rate: a
 //! source slightly over its limit still gets a 503 from the daemon for the excess, and a
 //! source far over it (a botnet's member) costs the daemon no more than twice its share.
-//!
-//! The bucket, verdict and block arithmetic lives here so the daemon's userspace dataplane
-//! decides exactly as the kernel does.
 use crate::Reason;
+
+mod decision;
+pub mod script;
+
+pub use decision::{Decision, GuardTables, GuardedDatagram, decide};
 
 /// A packet rate limit for one source: a token bucket refilled at `rate` packets per second,
 /// holding at most `burst`. A rate of 0 means no limit.
