@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
-    admission::{AdmissionControl, SipGuard},
+    admission::{AdmissionControl, SipGuard, control::Reconfigure},
     api::server::{self, ApiState},
     config::{Config, DataplaneMode, NoAudioAction, NoAudioConfig, SigtermAction},
     dataplane::{FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins, xdp},
@@ -106,9 +106,12 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let reconfigure_proxy = proxy.clone().map(|proxy| -> Reconfigure {
+        Box::new(move |admission| proxy.reconfigure(admission.clone()))
+    });
     let admission = Arc::new(AdmissionControl::new(
         guard,
-        proxy.clone(),
+        reconfigure_proxy,
         &config,
         options.config_path,
     ));
@@ -218,7 +221,7 @@ async fn until_stopped(
         warn!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
-    let drained = Arc::clone(&drain).finished(plane, proxy);
+    let drained = drained(&drain, plane, proxy);
     tokio::pin!(drained);
     loop {
         tokio::select! {
@@ -230,6 +233,37 @@ async fn until_stopped(
                 SigtermAction::Stop => return info!("SIGTERM: shutting down"),
             },
         }
+    }
+}
+
+/// How often a drain looks whether the last call has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+/// After the drain deadline's BYEs, how long their transactions get before the daemon exits.
+const HANGUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Resolves once a drain has begun and the last call has ended, or its deadline has passed
+/// (the remaining calls are then hung up with BYE); pending forever otherwise.
+async fn drained(drain: &Drain, plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>) {
+    drain.begun().await;
+    loop {
+        let calls = proxy.as_ref().map_or(0, ProxyHandle::active_calls);
+        let sessions = plane.session_count();
+        if calls == 0 && sessions == 0 {
+            info!("drained: the last call has ended");
+            return;
+        }
+        if drain.remaining().is_some_and(|r| r.is_zero()) {
+            warn!(
+                calls,
+                sessions, "drain deadline passed: hanging up the remaining calls"
+            );
+            if let Some(proxy) = &proxy {
+                proxy.hang_up_all();
+            }
+            tokio::time::sleep(HANGUP_GRACE).await;
+            return;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
     }
 }
 

@@ -1,21 +1,15 @@
 //! Draining for scale-in: new calls are refused (503 with Retry-After, and OPTIONS answered the
 //! same way so balancers take this edge out), established calls go on until they end or the
-//! deadline passes, then the daemon exits on its own.
+//! deadline passes, then the daemon exits on its own. This is the drain's state, which the
+//! proxy reads; the daemon watches the calls end (`daemon::drained`).
 use std::{
-    sync::{Arc, OnceLock},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use tracing::{info, warn};
-
-use crate::{media::MediaPlane, proxy::ProxyHandle};
-
-/// How often a drain looks whether the last call has ended.
-const POLL: Duration = Duration::from_millis(200);
-/// After the deadline's BYEs, how long their transactions get before the daemon exits.
-const HANGUP_GRACE: Duration = Duration::from_secs(2);
+use tracing::info;
 
 pub struct Drain {
     /// When the drain began; set once.
@@ -63,31 +57,10 @@ impl Drain {
         })
     }
 
-    /// Resolves once a drain has begun and the last call has ended, or its deadline has
-    /// passed (the remaining calls are then hung up with BYE); pending forever otherwise.
-    pub async fn finished(self: Arc<Self>, plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>) {
+    /// Resolves once a drain has begun.
+    pub async fn begun(&self) {
         while !self.is_draining() {
             self.begun.notified().await;
-        }
-        loop {
-            let calls = proxy.as_ref().map_or(0, ProxyHandle::active_calls);
-            let sessions = plane.session_count();
-            if calls == 0 && sessions == 0 {
-                info!("drained: the last call has ended");
-                return;
-            }
-            if self.remaining().is_some_and(|r| r.is_zero()) {
-                warn!(
-                    calls,
-                    sessions, "drain deadline passed: hanging up the remaining calls"
-                );
-                if let Some(proxy) = &proxy {
-                    proxy.hang_up_all();
-                }
-                tokio::time::sleep(HANGUP_GRACE).await;
-                return;
-            }
-            tokio::time::sleep(POLL).await;
         }
     }
 }

@@ -14,4 +14,5 @@ pub mod media;
 pub mod metrics;
 pub mod proxy;
 pub mod sdp;
+pub mod side;
 pub mod sip;

@@ -2,7 +2,12 @@
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{config::ConfigError, proxy::QUEUE_LIMIT};
+use crate::config::ConfigError;
+
+/// Messages that may wait for the proxy at most (a few tens of MiB at worst): past it intake
+/// drops every datagram and TCP readers wait, so the queue's memory stays bounded whatever
+/// arrives. The shedding bounds below it are this section's to set.
+pub const QUEUE_LIMIT: usize = 65_536;
 
 /// The limits of one class of source. Every rate is per second; 0 means no limit.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -10,11 +10,15 @@ use anyhow::Context as _;
 use tracing::info;
 
 use super::{AdmissionConfig, SipGuard};
-use crate::{config::Config, proxy::ProxyHandle};
+use crate::config::Config;
+
+/// Another part that takes `[admission]` when it is applied: the proxy, for its limits and
+/// shedding (the daemon wires it; admission knows nothing of the proxy).
+pub type Reconfigure = Box<dyn Fn(&AdmissionConfig) + Send + Sync>;
 
 pub struct AdmissionControl {
     pub guard: Arc<SipGuard>,
-    proxy: Option<ProxyHandle>,
+    reconfigure: Option<Reconfigure>,
     /// Allowlisted without limits.
     backends: Vec<IpAddr>,
     /// The UDP SIP listeners the guard protects.
@@ -49,7 +53,7 @@ pub fn guarded_listeners(config: &Config) -> Vec<SocketAddr> {
 impl AdmissionControl {
     pub fn new(
         guard: Arc<SipGuard>,
-        proxy: Option<ProxyHandle>,
+        reconfigure: Option<Reconfigure>,
         config: &Config,
         config_path: Option<PathBuf>,
     ) -> Self {
@@ -58,7 +62,7 @@ impl AdmissionControl {
         });
         Self {
             guard,
-            proxy,
+            reconfigure,
             backends,
             listeners: guarded_listeners(config),
             config_path,
@@ -68,8 +72,8 @@ impl AdmissionControl {
     pub fn apply(&self, admission: &AdmissionConfig) -> anyhow::Result<()> {
         self.guard
             .configure(admission, &self.backends, &self.listeners)?;
-        if let Some(proxy) = &self.proxy {
-            proxy.reconfigure(admission.clone());
+        if let Some(reconfigure) = &self.reconfigure {
+            reconfigure(admission);
         }
         Ok(())
     }

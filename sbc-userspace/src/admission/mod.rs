@@ -16,7 +16,7 @@ pub mod guard;
 pub mod limiter;
 pub mod rate;
 
-pub use config::{AdmissionConfig, SourceLimits};
+pub use config::{AdmissionConfig, QUEUE_LIMIT, SourceLimits};
 pub use control::AdmissionControl;
 pub use guard::{BlockInfo, SipGuard};
 pub use limiter::{Admission, AdmissionCounters, Refusal};

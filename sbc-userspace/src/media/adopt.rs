@@ -19,10 +19,10 @@ use tracing::{info, warn};
 use super::{
     latching::Expected,
     plane::{EndReason, MediaPlane, NewFlow, Session, State},
-    session::{Leg, Side, socket_addr},
+    session::{Leg, socket_addr},
     socket::MediaSocket,
 };
-use crate::clock::monotonic_ns;
+use crate::{clock::monotonic_ns, side::Side};
 
 impl MediaPlane {
     pub(super) fn adopt_kernel_sessions(self: &Arc<Self>) {

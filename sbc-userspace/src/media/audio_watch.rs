@@ -166,7 +166,10 @@ fn silence_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::session::{LegInfo, Side, StreamCounters};
+    use crate::{
+        media::session::{LegInfo, StreamCounters},
+        side::Side,
+    };
 
     fn session(packets: [u64; 2], idle_ms: [Option<u64>; 2]) -> SessionInfo {
         let leg = |i: usize| LegInfo {

@@ -25,8 +25,8 @@ use super::{
     ports::AllocError,
     relay,
     session::{
-        LEG_NAMES, LatchInfo, Leg, LegInfo, SessionInfo, SessionSpec, Side, StreamCounters,
-        flow_key, socket_addr,
+        LEG_NAMES, LatchInfo, Leg, LegInfo, SessionInfo, SessionSpec, StreamCounters, flow_key,
+        socket_addr,
     },
     socket::{MediaSocket, SharedPool},
     totals::SharedAccumulator,
@@ -35,6 +35,7 @@ use crate::{
     clock::monotonic_ns,
     dataplane::{FlowMaps, maps::FlowStatsReader},
     events::EventSink,
+    side::Side,
 };
 
 /// How long a refused caller should wait before trying again (`Retry-After`).

@@ -12,15 +12,7 @@ use sbc_common::{
 use serde::{Deserialize, Serialize};
 
 use super::plane::PeerAnnouncement;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    /// Carriers and trunks: `media.public_address`.
-    Public,
-    /// Backends: `media.private_address`.
-    Private,
-}
+use crate::side::Side;
 
 /// One leg of a session to create.
 #[derive(Debug, Clone, Deserialize)]

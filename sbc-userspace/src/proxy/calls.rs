@@ -15,8 +15,9 @@ use super::{
     journal::{CallRecord, SetupRecord},
 };
 use crate::{
-    media::{EndReason, MediaError, PeerAnnouncement, SessionInfo, SessionSpec, session::Side},
+    media::{EndReason, MediaError, PeerAnnouncement, SessionInfo, SessionSpec},
     sdp::{self, Anchor},
+    side::Side,
     sip::{Message, address, check},
 };
 

@@ -11,7 +11,7 @@ use super::{
     build,
     transactions::{ClientTx, Purpose, client_key},
 };
-use crate::media::session::Side;
+use crate::side::Side;
 
 impl Proxy {
     pub(super) fn start_probes(&mut self) {

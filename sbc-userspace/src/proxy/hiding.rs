@@ -20,7 +20,7 @@ use tracing::warn;
 use super::{Proxy, build};
 use crate::{
     clock::monotonic_ns,
-    media::session::Side,
+    side::Side,
     sip::{Message, StartLine, edit::Editor, uri},
 };
 

@@ -28,12 +28,9 @@ use tracing::debug;
 
 use super::{Event, lanes::Lanes, shed_answer::ShedAnswers};
 use crate::{
-    admission::{AdmissionConfig, AdmissionCounters, SipGuard},
-    media::session::Side,
+    admission::{AdmissionConfig, AdmissionCounters, QUEUE_LIMIT, SipGuard},
+    side::Side,
 };
-
-/// Messages that may wait for the proxy at most (a few tens of MiB at worst).
-pub const QUEUE_LIMIT: usize = 65_536;
 
 /// Allowlisted sources' new requests are shed only when the proxy is this many times further
 /// behind than for others (the same patience they get for overload refusals).

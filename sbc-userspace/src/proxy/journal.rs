@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::calls::Party;
-use crate::media::session::Side;
+use crate::side::Side;
 
 /// What a restarted daemon needs of a call.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

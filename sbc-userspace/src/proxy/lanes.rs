@@ -125,7 +125,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::media::session::Side;
+    use crate::side::Side;
 
     fn new_request(received: Instant) -> Event {
         Event::Datagram {

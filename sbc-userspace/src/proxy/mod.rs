@@ -52,14 +52,15 @@ use self::{
     stats::{Origin, SipStats, method_label},
     transactions::{ClientTx, Peer, ServerTx, Transport},
 };
-pub use self::{calls::CallSummary, inspect::BackendSummary, intake::QUEUE_LIMIT};
+pub use self::{calls::CallSummary, inspect::BackendSummary};
 use crate::{
     admission::{Admission, AdmissionConfig, AdmissionCounters, SipGuard},
     clock::monotonic_ns,
     config::SipConfig,
     drain::Drain,
     events::EventSink,
-    media::{MediaPlane, SessionInfo, SilentLeg, session::Side},
+    media::{MediaPlane, SessionInfo, SilentLeg},
+    side::Side,
     sip::{
         inbound::{self, Inbound},
         via::Via,

@@ -13,7 +13,7 @@ use super::{
     transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1, client_key, server_key},
 };
 use crate::{
-    media::session::Side,
+    side::Side,
     sip::{
         Message, address, check,
         edit::Editor,

@@ -14,7 +14,7 @@ use super::{
     via_destination,
 };
 use crate::{
-    media::session::Side,
+    side::Side,
     sip::{Message, check, edit::Editor, syntax::split_top_level},
 };
 

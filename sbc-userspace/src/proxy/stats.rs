@@ -8,8 +8,8 @@ use std::{
 };
 
 use crate::{
-    media::session::Side,
     metrics::{CounterMap, Histogram, HistogramMap},
+    side::Side,
 };
 
 /// The methods counted by name; anything else is "other", so a peer cannot grow the label set.

@@ -26,7 +26,7 @@ use tracing::debug;
 
 use super::{Event, build, intake::Intake, lanes::Lanes, stats::SipStats};
 use crate::{
-    media::session::Side,
+    side::Side,
     sip::{
         framing::{self, StreamFrame},
         inbound::{self, Inbound},

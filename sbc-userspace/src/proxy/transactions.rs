@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::{
-    media::session::Side,
+    side::Side,
     sip::{Message, check},
 };
 

@@ -1,0 +1,12 @@
+//! Which side of the edge something is on: the carriers' or the backends'. Signalling,
+//! media and admission all speak of it, so it lives below all of them.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Carriers and trunks: `media.public_address`.
+    Public,
+    /// Backends: `media.private_address`.
+    Private,
+}
