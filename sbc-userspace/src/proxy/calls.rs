@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::{
     Proxy,
+    call_end::CallEnd,
     journal::{CallRecord, SetupRecord},
 };
 use crate::{
@@ -343,7 +344,11 @@ impl Proxy {
                 );
             }
             300..=699 => {
-                let reason = if cancelled { "cancelled" } else { "failed" };
+                let reason = if cancelled {
+                    CallEnd::Cancelled
+                } else {
+                    CallEnd::Failed
+                };
                 self.end_call(key, reason, Some(code));
             }
             _ => {}
@@ -430,7 +435,7 @@ impl Proxy {
     }
 
     /// Ends a call: its media sessions end, its backend has one call less, its end is reported.
-    pub(super) fn end_call(&mut self, key: &str, reason: &'static str, code: Option<u16>) {
+    pub(super) fn end_call(&mut self, key: &str, reason: CallEnd, code: Option<u16>) {
         self.end_call_with(key, reason, code, &[]);
     }
 
@@ -438,7 +443,7 @@ impl Proxy {
     pub(super) fn end_call_with(
         &mut self,
         key: &str,
-        reason: &'static str,
+        reason: CallEnd,
         code: Option<u16>,
         ended: &[SessionInfo],
     ) {
@@ -470,14 +475,14 @@ impl Proxy {
             self.journal.end(key);
         }
         if call.answered.is_some() {
-            self.stats.calls_ended.increment(reason);
+            self.stats.calls_ended.increment(reason.name());
             self.stats.calls_established.fetch_sub(1, Ordering::Relaxed);
         }
         self.events.emit(
             "call_ended",
             json!({
                 "call_id": call.call_id,
-                "reason": reason,
+                "reason": reason.name(),
                 "final_code": code,
                 "duration_ms": call.answered.map(|t| t.elapsed().as_millis() as u64),
                 "rtp_packets": { "caller_to_callee": forward, "callee_to_caller": backward },

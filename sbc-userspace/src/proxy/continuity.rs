@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Proxy, Timer,
+    call_end::CallEnd,
     calls::Call,
     journal::{CallRecord, SetupRecord},
     transactions::{ClientTx, GONE_CONNECTION, Peer, Purpose, ServerTx, T1, TIMER_C, Transport},
@@ -128,13 +129,13 @@ impl Proxy {
             }
             let Some(setup) = setup else {
                 // Recorded without its transactions: nothing can answer its caller.
-                self.end_call(&key, "lost_in_restart", None);
+                self.end_call(&key, CallEnd::LostInRestart, None);
                 continue;
             };
             let (server_key, upstream_udp) = (setup.server_key.clone(), setup.upstream_udp);
             if let Err(why) = self.restore_setup(&key, setup) {
                 warn!(call = %key, "cannot resume a call being set up: {why}");
-                self.end_call(&key, "lost_in_restart", None);
+                self.end_call(&key, CallEnd::LostInRestart, None);
                 continue;
             }
             setting_up += 1;

@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use super::{
     Proxy, Timer, build,
+    call_end::CallEnd,
     calls::Party,
     transactions::{ClientTx, LINGER, Purpose, client_key},
 };
@@ -15,32 +16,32 @@ use crate::{media::SessionInfo, sip::address};
 /// Why the proxy hangs up: what the call-end event says and the BYE's Reason header.
 #[derive(Debug, Clone, Copy)]
 pub struct HangUp {
-    pub end_reason: &'static str,
+    pub end_reason: CallEnd,
     /// RFC 3326 Reason: the SIP cause and its text.
     pub cause: u16,
     pub text: &'static str,
 }
 
 pub const MEDIA_TIMEOUT: HangUp = HangUp {
-    end_reason: "media_timeout",
+    end_reason: CallEnd::MediaTimeout,
     cause: 408,
     text: "media timeout",
 };
 
 pub const NO_AUDIO_FROM_CALLER: HangUp = HangUp {
-    end_reason: "no_audio",
+    end_reason: CallEnd::NoAudio,
     cause: 408,
     text: "no audio from the caller",
 };
 
 pub const NO_AUDIO_FROM_CALLEE: HangUp = HangUp {
-    end_reason: "no_audio",
+    end_reason: CallEnd::NoAudio,
     cause: 408,
     text: "no audio from the callee",
 };
 
 pub const DRAIN_DEADLINE: HangUp = HangUp {
-    end_reason: "drain_deadline",
+    end_reason: CallEnd::DrainDeadline,
     cause: 503,
     text: "the SBC is shutting down",
 };

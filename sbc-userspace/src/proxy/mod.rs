@@ -9,6 +9,7 @@ mod admit;
 mod answered;
 mod backends;
 mod build;
+mod call_end;
 mod calls;
 mod continuity;
 mod hangup;

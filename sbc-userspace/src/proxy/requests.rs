@@ -8,6 +8,7 @@ use super::{
     Proxy, Timer,
     answered::Answer,
     build,
+    call_end::CallEnd,
     calls::{Call, call_key},
     stats::Origin,
     transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1, client_key, server_key},
@@ -90,7 +91,7 @@ impl Proxy {
             if self.calls.contains_key(&key) {
                 // A new INVITE for a call still set up (a retry after a challenge, glare):
                 // the old attempt is over.
-                self.end_call(&key, "replaced", None);
+                self.end_call(&key, CallEnd::Replaced, None);
             }
             self.calls
                 .insert(key.clone(), Call::new(&request, &message, side, from));
@@ -106,7 +107,7 @@ impl Proxy {
                 let answer = self.own_answer(code, &to_tag);
                 self.refuse(&key, peer, &message, answer);
                 if let (true, Some(key)) = (initial_invite, &call) {
-                    self.end_call(key, "failed", Some(code));
+                    self.end_call(key, CallEnd::Failed, Some(code));
                 }
                 return;
             }

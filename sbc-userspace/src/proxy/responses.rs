@@ -9,6 +9,7 @@ use super::{
     Proxy, Timer,
     backends::Observation,
     build,
+    call_end::CallEnd,
     stats::Origin,
     transactions::{LINGER, Peer, Purpose, T2, TIMER_C, client_key},
     via_destination,
@@ -210,7 +211,7 @@ impl Proxy {
         }
         self.finish_with(server_key, bytes, code, upstream, Origin::Relayed);
         if let (true, Some(call)) = (method == "BYE", &call) {
-            self.end_call(call, "bye", Some(code));
+            self.end_call(call, CallEnd::Bye, Some(code));
         }
     }
 
@@ -251,12 +252,8 @@ impl Proxy {
             &extra,
         );
         self.finish_with(server_key, response, code, upstream, Origin::Local);
-        let reason = match code {
-            487 => "cancelled",
-            _ => "failed",
-        };
         if let Some(call) = call {
-            self.end_call(&call, reason, Some(code));
+            self.end_call(&call, CallEnd::of_final(code), Some(code));
         }
     }
 
@@ -369,7 +366,7 @@ impl Proxy {
             invite,
             self.server.get(&server).and_then(|tx| tx.call.clone()),
         ) {
-            self.end_call(&call, "failed", Some(500));
+            self.end_call(&call, CallEnd::Failed, Some(500));
         }
     }
 
