@@ -239,19 +239,26 @@ impl SipGuard {
     /// Whether a datagram's Call-ID is that of a call we hold (found as the XDP program
     /// finds it).
     pub fn knows_dialog(&self, datagram: &[u8]) -> bool {
-        let state = self.lock();
-        scan_call_id(datagram, state.config.dialog_seed)
-            .is_some_and(|id| state.dialogs.contains_key(&id))
+        self.dialog_id_of(datagram)
+            .is_some_and(|id| self.holds_dialog(id))
+    }
+
+    /// A datagram's dialog key: its Call-ID, found as the XDP program finds it, hashed with the
+    /// guard's seed. The scan runs outside the lock.
+    pub fn dialog_id_of(&self, datagram: &[u8]) -> Option<u64> {
+        let seed = self.lock().config.dialog_seed;
+        scan_call_id(datagram, seed)
+    }
+
+    /// Whether `id` (see `dialog_id_of`) is the dialog of a call we hold.
+    pub fn holds_dialog(&self, id: u64) -> bool {
+        self.lock().dialogs.contains_key(&id)
     }
 
     /// Whether `source` is allowlisted (a trunk or a backend): its longest matching rule
     /// allows it. Intake asks only when it sheds, to shed strangers first.
     pub fn is_allowlisted(&self, source: IpAddr) -> bool {
-        self.lock()
-            .rules
-            .iter()
-            .find(|(net, _)| net.contains(&source))
-            .is_some_and(|(_, rule)| rule.action == RULE_ALLOW)
+        matching_rule(&self.lock().rules, source).is_some_and(|rule| rule.action == RULE_ALLOW)
     }
 
     /// Blocks a source for `duration` (`None`: until unblocked).
@@ -376,6 +383,14 @@ fn longest_prefix_first(mut rules: Vec<(IpNet, SourceRule)>) -> Vec<(IpNet, Sour
     rules
 }
 
+/// The rule of the longest prefix in `rules` (longest first) that holds `source`.
+fn matching_rule(rules: &[(IpNet, SourceRule)], source: IpAddr) -> Option<SourceRule> {
+    rules
+        .iter()
+        .find(|(net, _)| net.contains(&source))
+        .map(|(_, rule)| *rule)
+}
+
 /// The userspace dataplane's guard tables, borrowed from the guard's state for one decision.
 struct DaemonTables<'a> {
     /// Longest prefix first.
@@ -387,11 +402,7 @@ struct DaemonTables<'a> {
 
 impl GuardTables for DaemonTables<'_> {
     fn rule(&self, source: &IpAddress) -> Option<SourceRule> {
-        let source = source.to_ip();
-        self.rules
-            .iter()
-            .find(|(net, _)| net.contains(&source))
-            .map(|(_, rule)| *rule)
+        matching_rule(self.rules, source.to_ip())
     }
 
     fn knows_dialog(&mut self, dialog: u64) -> bool {

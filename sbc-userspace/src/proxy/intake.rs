@@ -12,6 +12,7 @@
 //! datagram is dropped and TCP readers wait, so the queue's memory stays bounded whatever
 //! arrives.
 use std::{
+    cell::OnceCell,
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{
@@ -22,7 +23,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sbc_common::{call_id::call_id_hash, guard::starts_an_invite};
+use sbc_common::guard::starts_an_invite;
 use tokio::net::UdpSocket;
 use tracing::debug;
 
@@ -45,12 +46,6 @@ const INVITE_MEMORY: Duration = Duration::from_secs(4);
 /// INVITEs remembered in one generation at most.
 const MAX_RECENT_INVITES: usize = 65_536;
 
-/// What identifies an INVITE among those queued lately: its Call-ID's hash (the seed only
-/// spreads it; any fixed one serves).
-fn invite_id(datagram: &[u8]) -> Option<u64> {
-    call_id_hash(datagram, 0)
-}
-
 /// What a SIP listener asks of the kernel as receive buffer: room for a burst while the
 /// receiver is busy (the kernel caps it at `net.core.rmem_max` unless we may force it).
 const RECEIVE_BUFFER: usize = 4 << 20;
@@ -70,7 +65,7 @@ pub struct Intake {
     recent_invites: Mutex<RecentInvites>,
 }
 
-/// The Call-IDs of the INVITEs queued lately. A retransmission of one that arrives while the
+/// The dialog keys (seeded Call-ID hashes) of the INVITEs queued lately. A retransmission of one that arrives while the
 /// queue is deep is dropped, not answered 503: the original is on its way to the proxy, and
 /// refusing the retransmission would fail a call the proxy is about to set up.
 struct RecentInvites {
@@ -109,7 +104,8 @@ pub(super) struct Arriving<'a> {
     source: IpAddr,
     bytes: &'a [u8],
     guard: &'a SipGuard,
-    of_a_call: std::cell::OnceCell<bool>,
+    dialog_id: OnceCell<Option<u64>>,
+    of_a_call: OnceCell<bool>,
 }
 
 impl<'a> Arriving<'a> {
@@ -124,17 +120,28 @@ impl<'a> Arriving<'a> {
             source,
             bytes,
             guard,
-            of_a_call: std::cell::OnceCell::new(),
+            dialog_id: OnceCell::new(),
+            of_a_call: OnceCell::new(),
         }
     }
 
+    /// Its dialog key (see `SipGuard::dialog_id_of`), scanned for at most once: the scan is
+    /// the costly part, and both the lane and the memory of queued INVITEs need it.
+    fn dialog_id(&self) -> Option<u64> {
+        *self
+            .dialog_id
+            .get_or_init(|| self.guard.dialog_id_of(self.bytes))
+    }
+
     /// Whether it keeps calls going: from the backends' side, a response, or a request of
-    /// a call the proxy holds. Found out at most once: the Call-ID scan is the costly part.
+    /// a call the proxy holds.
     pub(super) fn of_a_call(&self) -> bool {
         *self.of_a_call.get_or_init(|| {
             self.listener == Side::Private
                 || self.bytes.starts_with(b"SIP/2.0 ")
-                || self.guard.knows_dialog(self.bytes)
+                || self
+                    .dialog_id()
+                    .is_some_and(|id| self.guard.holds_dialog(id))
         })
     }
 }
@@ -194,19 +201,20 @@ impl Intake {
 
     /// What becomes of a datagram: queued for the proxy, or shed (counted, and an INVITE
     /// answered unless it is a retransmission of one queued). `behind`: how long new
-    /// requests wait for the proxy now (in the kernel's buffer and the queue).
-    fn arrival(&self, arriving: &Arriving, behind: Duration) -> Arrival {
+    /// requests wait for the proxy now (in the kernel's buffer and the queue), asked only of
+    /// the public side's datagrams.
+    fn arrival(&self, arriving: &Arriving, behind: impl FnOnce() -> Duration) -> Arrival {
         let arrival = self.decide(arriving, behind);
         if arrival == Arrival::Queue
             && starts_an_invite(arriving.bytes)
-            && let Some(id) = invite_id(arriving.bytes)
+            && let Some(id) = arriving.dialog_id()
         {
             self.recent_invites().remember(id, Instant::now());
         }
         arrival
     }
 
-    fn decide(&self, arriving: &Arriving, behind: Duration) -> Arrival {
+    fn decide(&self, arriving: &Arriving, behind: impl FnOnce() -> Duration) -> Arrival {
         let (listener, source, datagram) = (arriving.listener, arriving.source, arriving.bytes);
         let depth = self.depth.load(Ordering::Relaxed);
         if depth >= QUEUE_LIMIT {
@@ -219,7 +227,11 @@ impl Intake {
             // It ends a transaction that was never kept: nothing to do.
             return Arrival::Drop;
         }
-        if listener == Side::Private || !self.is_behind(depth, behind, 1) {
+        if listener == Side::Private {
+            return Arrival::Queue;
+        }
+        let behind = behind();
+        if !self.is_behind(depth, behind, 1) {
             return Arrival::Queue;
         }
         if arriving.of_a_call() {
@@ -237,7 +249,9 @@ impl Intake {
             return Arrival::Drop;
         }
         if starts_an_invite(datagram)
-            && invite_id(datagram).is_some_and(|id| self.recent_invites().contains(id))
+            && arriving
+                .dialog_id()
+                .is_some_and(|id| self.recent_invites().contains(id))
         {
             // A retransmission: its original is queued.
             return Arrival::Drop;
@@ -478,7 +492,7 @@ pub fn spawn_receiver(
                     let arriving = Arriving::new(listener, from.ip(), datagram, &guard);
                     // How far behind the proxy is: what this datagram waited in the kernel,
                     // or the oldest new request waiting in the queue, whichever is longer.
-                    let behind = waited.max(lanes.oldest_new_request_waited());
+                    let behind = || waited.max(lanes.oldest_new_request_waited());
                     match intake.arrival(&arriving, behind) {
                         Arrival::Queue => {}
                         Arrival::Drop => continue,
@@ -552,10 +566,9 @@ mod tests {
         let intake = intake_shedding_at(2, 5, &counters);
         let guard = guard_with_call("up-call");
         let accepts = |side, source, datagram| {
-            intake.arrival(
-                &Arriving::new(side, source, datagram, &guard),
-                Duration::ZERO,
-            ) == Arrival::Queue
+            intake.arrival(&Arriving::new(side, source, datagram, &guard), || {
+                Duration::ZERO
+            }) == Arrival::Queue
         };
         intake.queued();
         assert!(accepts(Side::Public, STRANGER, NEW), "below the bound");
@@ -593,7 +606,8 @@ mod tests {
         let guard = guard_with_call("up-call");
         let accepts = |side, source, datagram, waited_ms| {
             let waited = Duration::from_millis(waited_ms);
-            intake.arrival(&Arriving::new(side, source, datagram, &guard), waited) == Arrival::Queue
+            intake.arrival(&Arriving::new(side, source, datagram, &guard), || waited)
+                == Arrival::Queue
         };
         assert!(
             accepts(Side::Public, STRANGER, NEW, 249),
@@ -621,16 +635,15 @@ mod tests {
         intake.depth.store(QUEUE_LIMIT, Ordering::Relaxed);
         let guard = guard_with_call("up-call");
         assert_eq!(
-            intake.arrival(
-                &Arriving::new(Side::Public, STRANGER, BYE, &guard),
+            intake.arrival(&Arriving::new(Side::Public, STRANGER, BYE, &guard), || {
                 Duration::ZERO
-            ),
+            }),
             Arrival::Drop
         );
         assert_eq!(
             intake.arrival(
                 &Arriving::new(Side::Private, TRUNK, RESPONSE, &guard),
-                Duration::ZERO
+                || Duration::ZERO
             ),
             Arrival::Drop
         );
@@ -649,17 +662,16 @@ mod tests {
             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         let Arrival::Answer(answer) = intake.arrival(
             &Arriving::new(Side::Public, STRANGER, invite, &guard),
-            Duration::ZERO,
+            || Duration::ZERO,
         ) else {
             panic!("a shed INVITE goes unanswered");
         };
         assert!(answer.starts_with(b"SIP/2.0 503 "));
         let ack = b"ACK sip:a@198.18.1.1 SIP/2.0\r\nCall-ID: other\r\n\r\n";
         assert_eq!(
-            intake.arrival(
-                &Arriving::new(Side::Public, STRANGER, ack, &guard),
+            intake.arrival(&Arriving::new(Side::Public, STRANGER, ack, &guard), || {
                 Duration::ZERO
-            ),
+            }),
             Arrival::Drop
         );
         assert_eq!(counters.shed_answered.load(Ordering::Relaxed), 1);
@@ -683,7 +695,7 @@ mod tests {
         assert_eq!(
             intake.arrival(
                 &Arriving::new(Side::Public, STRANGER, invite, &guard),
-                Duration::ZERO
+                || Duration::ZERO
             ),
             Arrival::Queue
         );
@@ -691,7 +703,7 @@ mod tests {
         assert_eq!(
             intake.arrival(
                 &Arriving::new(Side::Public, STRANGER, invite, &guard),
-                Duration::ZERO
+                || Duration::ZERO
             ),
             Arrival::Drop,
             "its retransmission, with the queue deep"

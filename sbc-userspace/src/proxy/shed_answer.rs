@@ -42,12 +42,12 @@ impl ShedAnswers {
         }
     }
 
-    /// The 503 for a shed `datagram` if it is an INVITE, it parses and the budget allows.
+    /// The 503 for a shed `datagram` if it is an INVITE, the budget allows and it parses (the
+    /// budget is asked first: past it, a flood's INVITEs are not even parsed).
     pub fn answer(&self, datagram: &[u8]) -> Option<Vec<u8>> {
         if !starts_an_invite(datagram) {
             return None;
         }
-        let request = Message::parse(datagram.to_vec()).ok()?;
         let allowed = self
             .budget
             .lock()
@@ -56,6 +56,7 @@ impl ShedAnswers {
         if !allowed {
             return None;
         }
+        let request = Message::parse(datagram.to_vec()).ok()?;
         let tag = format!(
             "{TAG_PREFIX}{:x}",
             self.sequence.fetch_add(1, Ordering::Relaxed)
