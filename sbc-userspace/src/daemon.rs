@@ -12,7 +12,7 @@ use crate::{
     drain::Drain,
     events::EventSink,
     media::{AudioDeadlines, EndReason, MediaPlane, MediaSettings},
-    proxy::{Proxy, ProxyHandle, journal::Journal},
+    proxy::{self, ProxyHandle, journal::Journal},
 };
 
 pub struct RunOptions {
@@ -93,7 +93,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let plane = MediaPlane::new(media_settings(&config), kernel, Arc::clone(&events));
     let proxy = match &config.sip {
         Some(sip) => Some(
-            Proxy::start(
+            proxy::start(
                 sip,
                 &config.admission,
                 Arc::clone(&guard),

@@ -27,7 +27,7 @@ use sbc_common::guard::starts_an_invite;
 use tokio::net::UdpSocket;
 use tracing::debug;
 
-use super::{Event, lanes::Lanes, shed_answer::ShedAnswers};
+use super::{Queued, lanes::Lanes, shed_answer::ShedAnswers};
 use crate::{
     admission::{AdmissionConfig, AdmissionCounters, QUEUE_LIMIT, SipGuard},
     side::Side,
@@ -297,7 +297,7 @@ impl Intake {
 
     /// Queues a message read from a TCP connection, first waiting (and so pushing back on
     /// the sender) while the queue is full. False once the proxy is gone.
-    pub async fn queue_stream(&self, lanes: &Lanes, event: Event) -> bool {
+    pub async fn queue_stream(&self, lanes: &Lanes, event: Queued) -> bool {
         while self.depth.load(Ordering::Relaxed) >= QUEUE_LIMIT {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -505,7 +505,7 @@ pub fn spawn_receiver(
                     }
                     intake.queued();
                     let now = Instant::now();
-                    let event = Event::Datagram {
+                    let event = Queued::Datagram {
                         listener,
                         from,
                         bytes: datagram.to_vec(),

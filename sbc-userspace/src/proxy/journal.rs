@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::calls::Party;
+use super::core::calls::Party;
 use crate::side::Side;
 
 /// What a restarted daemon needs of a call.
@@ -64,10 +64,13 @@ pub struct SetupRecord {
     pub provisional: bool,
 }
 
-#[derive(Serialize, Deserialize)]
+/// One line of the journal: what the proxy core asks to be recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum Line {
+pub enum Line {
+    /// A call, recorded (again).
     Put(Box<CallRecord>),
+    /// A call's end, by its key.
     End(String),
 }
 
@@ -140,15 +143,7 @@ impl Journal {
         Ok(calls.into_values().collect())
     }
 
-    pub fn put(&mut self, record: CallRecord) {
-        self.append(&Line::Put(Box::new(record)));
-    }
-
-    pub fn end(&mut self, key: &str) {
-        self.append(&Line::End(key.to_owned()));
-    }
-
-    fn append(&mut self, entry: &Line) {
+    pub fn append(&mut self, entry: &Line) {
         if let Err(e) = self.file.write_all(&line(entry)) {
             warn!(
                 file = %self.path.display(),
@@ -200,12 +195,12 @@ mod tests {
         {
             let (mut journal, calls) = Journal::open(&path).unwrap();
             assert!(calls.is_empty());
-            journal.put(record("one"));
-            journal.put(record("two"));
+            journal.append(&Line::Put(Box::new(record("one"))));
+            journal.append(&Line::Put(Box::new(record("two"))));
             let mut changed = record("one");
             changed.media.push(Some(9));
-            journal.put(changed);
-            journal.end("two");
+            journal.append(&Line::Put(Box::new(changed)));
+            journal.append(&Line::End("two".into()));
         }
         // A crash in the middle of a line.
         OpenOptions::new()
@@ -238,7 +233,7 @@ mod tests {
             out_side: Side::Private,
             provisional: true,
         });
-        journal.put(ringing.clone());
+        journal.append(&Line::Put(Box::new(ringing.clone())));
         drop(journal);
         let (_, calls) = Journal::open(&path).unwrap();
         assert_eq!(calls.iter().find(|c| c.key == "four"), Some(&ringing));

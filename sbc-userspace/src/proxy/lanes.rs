@@ -14,26 +14,26 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{Event, intake::Arriving};
+use super::{Queued, intake::Arriving};
 use crate::admission::SipGuard;
 
 #[derive(Clone)]
 pub struct Lanes {
-    urgent: mpsc::UnboundedSender<Event>,
-    new_requests: mpsc::UnboundedSender<Event>,
+    urgent: mpsc::UnboundedSender<Queued>,
+    new_requests: mpsc::UnboundedSender<Queued>,
     new_arrivals: Arrivals,
     guard: Arc<SipGuard>,
 }
 
 /// The proxy task's ends of the lanes.
 pub struct LaneReceivers {
-    pub urgent: mpsc::UnboundedReceiver<Event>,
+    pub urgent: mpsc::UnboundedReceiver<Queued>,
     pub new_requests: NewRequests,
 }
 
 /// The proxy task's end of the new-request lane.
 pub struct NewRequests {
-    receiver: mpsc::UnboundedReceiver<Event>,
+    receiver: mpsc::UnboundedReceiver<Queued>,
     arrivals: Arrivals,
 }
 
@@ -70,14 +70,14 @@ impl Lanes {
     }
 
     /// A control event or a connection notice; false once the proxy is gone.
-    pub fn control(&self, event: Event) -> bool {
+    pub fn control(&self, event: Queued) -> bool {
         self.urgent.send(event).is_ok()
     }
 
     /// A message read from a TCP connection, in its lane; false once the proxy is gone.
-    pub(super) fn stream_message(&self, event: Event) -> bool {
+    pub(super) fn stream_message(&self, event: Queued) -> bool {
         let of_a_call = match &event {
-            Event::Stream {
+            Queued::Stream {
                 listener,
                 from,
                 bytes,
@@ -89,7 +89,7 @@ impl Lanes {
     }
 
     /// A message in the lane `of_a_call` says; false once the proxy is gone.
-    pub(super) fn send(&self, event: Event, of_a_call: bool) -> bool {
+    pub(super) fn send(&self, event: Queued, of_a_call: bool) -> bool {
         if of_a_call {
             return self.urgent.send(event).is_ok();
         }
@@ -113,7 +113,7 @@ impl Lanes {
 
 impl NewRequests {
     /// The next new request (cancel-safe: it is taken off both queues in one poll).
-    pub async fn next(&mut self) -> Option<Event> {
+    pub async fn next(&mut self) -> Option<Queued> {
         let event = self.receiver.recv().await?;
         self.arrivals.lock().pop_front();
         Some(event)
@@ -127,8 +127,8 @@ mod tests {
     use super::*;
     use crate::side::Side;
 
-    fn new_request(received: Instant) -> Event {
-        Event::Datagram {
+    fn new_request(received: Instant) -> Queued {
+        Queued::Datagram {
             listener: Side::Public,
             from: SocketAddr::from(([203, 0, 113, 9], 5060)),
             bytes: b"INVITE sip:a@b SIP/2.0\r\nCall-ID: new\r\n\r\n".to_vec(),

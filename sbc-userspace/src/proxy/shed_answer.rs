@@ -12,7 +12,7 @@ use std::sync::{
 
 use sbc_common::{PacketLimit, TokenBucket, guard::starts_an_invite};
 
-use super::build;
+use super::core::build;
 use crate::{clock::monotonic_ns, sip::Message};
 
 /// Answers per second at most, and at once.

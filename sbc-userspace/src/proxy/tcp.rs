@@ -24,7 +24,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::{Event, build, intake::Intake, lanes::Lanes, stats::SipStats};
+use super::{Queued, core::build, intake::Intake, lanes::Lanes, stats::SipStats};
 use crate::{
     side::Side,
     sip::{
@@ -181,7 +181,7 @@ async fn serve(
     let message_timeout = Duration::from_millis(limits.message_timeout_ms);
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if !lanes.control(Event::Connected {
+    if !lanes.control(Queued::Connected {
         connection,
         writer: tx.clone(),
     }) {
@@ -226,7 +226,7 @@ async fn serve(
                 }
                 Ok(StreamFrame::Message(len)) => {
                     let bytes: Vec<u8> = buffer.drain(..len).collect();
-                    let event = Event::Stream {
+                    let event = Queued::Stream {
                         listener,
                         from,
                         connection,
@@ -268,6 +268,6 @@ async fn serve(
         };
     }
     drop(tx);
-    let _ = lanes.control(Event::Disconnected { connection });
+    let _ = lanes.control(Queued::Disconnected { connection });
     let _ = writing.await;
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use tracing::{info, warn};
 
 use super::{
-    Proxy, Timer, build,
+    Core, Timer, build,
     call_end::CallEnd,
     calls::Party,
     transactions::{ClientTx, LINGER, Purpose, client_key},
@@ -46,7 +46,7 @@ pub const DRAIN_DEADLINE: HangUp = HangUp {
     text: "the SBC is shutting down",
 };
 
-impl Proxy {
+impl Core {
     /// Media stopped: the calls of those sessions are hung up.
     pub(super) fn on_media_timeout(&mut self, sessions: &[SessionInfo]) {
         let calls: Vec<String> = self
@@ -153,7 +153,14 @@ impl Proxy {
             .header("Reason", &reason)
             .finish();
         let key = client_key(&branch, "BYE");
-        let bye = ClientTx::own(Purpose::Bye, "BYE", to.side, destination, bytes);
+        let bye = ClientTx::own(
+            Purpose::Bye,
+            "BYE",
+            to.side,
+            destination,
+            bytes,
+            self.now.at,
+        );
         self.originate(key.clone(), bye, Timer::ClientDone(key), LINGER);
     }
 }

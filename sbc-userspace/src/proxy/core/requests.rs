@@ -1,24 +1,23 @@
 //! Requests: absorb retransmissions, answer what is ours to answer, then route and forward
 //! (RFC 3261 16.3-16.6) with Record-Route, our Via and the media anchored.
-use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
+use std::{net::SocketAddr, sync::atomic::Ordering};
 
 use tracing::{debug, info};
 
 use super::{
-    Proxy, Timer,
+    Core, Output, Timer,
     answered::Answer,
     build,
     call_end::CallEnd,
     calls::{Call, call_key},
-    stats::Origin,
     transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1, client_key, server_key},
 };
 use crate::{
+    proxy::stats::Origin,
     side::Side,
     sip::{
         Message, address, check,
         edit::Editor,
-        inbound::{self, Inbound},
         syntax::split_top_level,
         uri::{self, Host},
     },
@@ -40,7 +39,7 @@ struct NextHop {
     request_uri: Option<String>,
 }
 
-impl Proxy {
+impl Core {
     pub(super) fn on_request(&mut self, peer: Peer, message: Message, request: check::Request) {
         let (side, from) = (peer.side, peer.address);
         let key = server_key(&message, &request, from);
@@ -93,8 +92,10 @@ impl Proxy {
                 // the old attempt is over.
                 self.end_call(&key, CallEnd::Replaced, None);
             }
-            self.calls
-                .insert(key.clone(), Call::new(&request, &message, side, from));
+            self.calls.insert(
+                key.clone(),
+                Call::new(&request, &message, side, from, self.now.at),
+            );
             self.call_started(&key);
             Some(key)
         } else {
@@ -114,7 +115,7 @@ impl Proxy {
         };
         if request.method == "INVITE" {
             let trying = build::response(&message, 100, "Trying", &to_tag, &[]);
-            self.respond(peer, &message, 100, &trying, Origin::Local);
+            self.respond(peer, &message, 100, trying, Origin::Local);
         }
         let mut tx = ServerTx {
             upstream: peer,
@@ -131,7 +132,7 @@ impl Proxy {
             candidates: hop.candidates,
             cancelled: false,
             provisional_forwarded: false,
-            received: Instant::now(),
+            received: self.now.at,
         };
         if initial_invite
             && let Some(backend) = self.backends.index_of(hop.target)
@@ -160,7 +161,12 @@ impl Proxy {
         let bytes = with_via(&tx.template, &self.via_line(side, &branch));
         let key = client_key(&branch, &method);
         let backend = self.backends.index_of(target);
-        let sent = self.send(side, target, &bytes);
+        // RFC 3261 16.9: a transport error counts as a 503 from that hop (`SendFailed`).
+        self.output(Output::Send {
+            to: Peer::udp(side, target),
+            bytes: bytes.clone(),
+            on_failure: Some(key.clone()),
+        });
         self.client.insert(
             key.clone(),
             ClientTx {
@@ -174,7 +180,7 @@ impl Proxy {
                 provisional: false,
                 final_code: None,
                 interval: T1,
-                sent: Instant::now(),
+                sent: self.now.at,
             },
         );
         if let Some(tx) = self.server.get_mut(server_key) {
@@ -188,10 +194,6 @@ impl Proxy {
         };
         // A call's INVITE in flight is recorded, so that a restart does not lose it.
         self.persist_setup(server_key);
-        if !sent {
-            // RFC 3261 16.9: a transport error counts as a 503 from that hop.
-            return self.transport_failed(&key);
-        }
         self.schedule(Timer::ClientTimeout(key), timeout);
     }
 
@@ -209,14 +211,14 @@ impl Proxy {
         };
         extra.push(allow);
         let response = build::response(message, code, reason, to_tag, &extra);
-        self.respond(peer, message, code, &response, Origin::Local);
+        self.respond(peer, message, code, response, Origin::Local);
     }
 
     /// A retransmission of a request in a server transaction, or of one we refused, gets what
     /// we last said (if anything) and nothing else happens; true if `key` was one.
-    pub(super) fn absorbed(&self, key: &str, peer: Peer, message: &Message) -> bool {
+    pub(super) fn absorbed(&mut self, key: &str, peer: Peer, message: &Message) -> bool {
         if let Some(tx) = self.server.get(key) {
-            if let Some(last) = &tx.last_response {
+            if let Some(last) = tx.last_response.clone() {
                 self.send_to(tx.upstream, last);
             }
             return true;
@@ -224,7 +226,8 @@ impl Proxy {
         let Some(answer) = self.answered.get(key) else {
             return false;
         };
-        self.send_to(peer, &answer.to(message));
+        let again = answer.to(message);
+        self.send_to(peer, again);
         true
     }
 
@@ -232,12 +235,9 @@ impl Proxy {
     /// Retry-After, before any other work. Dropped silently it would come back as up to six
     /// retransmissions, which an overloaded edge can afford least of all; refused, its caller
     /// knows now and may go elsewhere.
-    pub(super) fn refuse_stale(&mut self, peer: Peer, bytes: &[u8]) {
-        let Inbound::Request(message, request) = inbound::datagram(bytes) else {
-            return;
-        };
-        let key = server_key(&message, &request, peer.address);
-        if request.method == "ACK" || self.absorbed(&key, peer, &message) {
+    pub(super) fn refuse_stale(&mut self, peer: Peer, message: &Message, request: &check::Request) {
+        let key = server_key(message, request, peer.address);
+        if request.method == "ACK" || self.absorbed(&key, peer, message) {
             return;
         }
         if request.method == "INVITE" {
@@ -248,15 +248,15 @@ impl Proxy {
             reason: "Service Unavailable (the SBC is overloaded)".to_owned(),
             ..self.own_answer(503, &to_tag)
         };
-        self.refuse(&key, peer, &message, answer);
+        self.refuse(&key, peer, message, answer);
     }
 
     /// Answers a request with our own final response, and remembers it for the request's
     /// retransmissions (`answered`).
     pub(super) fn refuse(&mut self, key: &str, peer: Peer, request: &Message, answer: Answer) {
         let response = answer.to(request);
-        self.respond(peer, request, answer.code, &response, Origin::Local);
-        self.answered.remember(key, answer, Instant::now());
+        self.respond(peer, request, answer.code, response, Origin::Local);
+        self.answered.remember(key, answer, self.now.at);
     }
 
     /// Our own answer `code` (with its usual reason phrase, and Retry-After on a 503).
@@ -278,7 +278,7 @@ impl Proxy {
         extra: &[(&str, String)],
     ) {
         let response = build::response(request, code, build::reason_phrase(code), to_tag, extra);
-        self.respond(peer, request, code, &response, Origin::Local);
+        self.respond(peer, request, code, response, Origin::Local);
     }
 
     pub(super) fn retry_after(&self, code: u16) -> Vec<(&'static str, String)> {
@@ -462,7 +462,7 @@ impl Proxy {
                 .or_else(|| editor.first("via").map(|v| v + 1))
                 .unwrap_or(0);
             editor.insert(index, "Record-Route", &self.uri(hop.side));
-            if hop.side != side && self.public.address != self.private.address {
+            if hop.side != side && self.address(Side::Public) != self.address(Side::Private) {
                 editor.insert(index, "Record-Route", &self.uri(side));
             }
         }
@@ -526,7 +526,7 @@ impl Proxy {
         };
         let branch = self.branch_with(&loop_hash(&request));
         let bytes = with_via(&template, &self.via_line(hop.side, &branch));
-        self.send(hop.side, hop.target, &bytes);
+        self.send(hop.side, hop.target, bytes);
     }
 
     fn on_cancel(&mut self, peer: Peer, message: Message, request: check::Request) {
@@ -544,7 +544,7 @@ impl Proxy {
             return self.reply(peer, &message, 481, &to_tag, &[]);
         }
         let response = build::response(&message, 200, "OK", &to_tag, &[]);
-        self.respond(peer, &message, 200, &response, Origin::Local);
+        self.respond(peer, &message, 200, response, Origin::Local);
         let tx = self.server.get_mut(&invite_key).expect("checked above");
         if tx.final_code.is_some() || tx.cancelled {
             return;
@@ -579,7 +579,7 @@ impl Proxy {
         let (side, target) = (client.side, client.target);
         let branch = invite_client.split('|').next().unwrap_or_default();
         let key = client_key(branch, "CANCEL");
-        let cancel = ClientTx::own(Purpose::Cancel, "CANCEL", side, target, bytes);
+        let cancel = ClientTx::own(Purpose::Cancel, "CANCEL", side, target, bytes, self.now.at);
         self.originate(key.clone(), cancel, Timer::ClientDone(key), LINGER);
     }
 }

@@ -72,7 +72,7 @@ pub enum Transition {
 }
 
 impl Backends {
-    pub fn new(config: &SipConfig) -> Self {
+    pub fn new(config: &SipConfig, now: Instant) -> Self {
         Self {
             list: config
                 .backends
@@ -87,7 +87,7 @@ impl Backends {
                     active_calls: 0,
                     max_calls: b.max_calls as usize,
                     current_weight: 0,
-                    changed_at: Instant::now(),
+                    changed_at: now,
                 })
                 .collect(),
             policy: config.policy,
@@ -188,7 +188,7 @@ impl Backends {
             .is_some_and(|heard| heard > since)
     }
 
-    pub fn observe(&mut self, index: usize, observation: Observation) -> Transition {
+    pub fn observe(&mut self, index: usize, observation: Observation, now: Instant) -> Transition {
         // Without probes, answered calls are all there is to bring a backend back.
         let observation = match observation {
             Observation::Alive if !self.health.probes => Observation::ProbeAlive,
@@ -202,7 +202,7 @@ impl Backends {
                 if backend.health == Health::Down
                     && backend.successes >= self.health.recovery_threshold
                 {
-                    return backend.change(Health::Up);
+                    return backend.change(Health::Up, now);
                 }
             }
             Observation::Alive => backend.failures = 0,
@@ -211,7 +211,7 @@ impl Backends {
                 backend.failures += 1;
                 if backend.health == Health::Up && backend.failures >= self.health.failure_threshold
                 {
-                    return backend.change(Health::Down);
+                    return backend.change(Health::Down, now);
                 }
             }
         }
@@ -220,9 +220,9 @@ impl Backends {
 }
 
 impl Backend {
-    fn change(&mut self, health: Health) -> Transition {
+    fn change(&mut self, health: Health, now: Instant) -> Transition {
         self.health = health;
-        self.changed_at = Instant::now();
+        self.changed_at = now;
         self.failures = 0;
         self.successes = 0;
         match health {
@@ -264,7 +264,7 @@ mod tests {
             tcp: Default::default(),
             hiding: Default::default(),
         };
-        Backends::new(&config)
+        Backends::new(&config, Instant::now())
     }
 
     #[test]
@@ -279,21 +279,39 @@ mod tests {
     fn health_thresholds_and_down_backends_are_skipped() {
         use Observation::*;
         let mut backends = pool(BalancePolicy::RoundRobin, &[1, 1]);
-        assert_eq!(backends.observe(0, CallFailed), Transition::None);
+        assert_eq!(
+            backends.observe(0, CallFailed, Instant::now()),
+            Transition::None
+        );
         // An answered call in between: the failures start over.
-        assert_eq!(backends.observe(0, Alive), Transition::None);
-        assert_eq!(backends.observe(0, ProbeFailed), Transition::None);
-        assert_eq!(backends.observe(0, CallFailed), Transition::WentDown);
+        assert_eq!(backends.observe(0, Alive, Instant::now()), Transition::None);
+        assert_eq!(
+            backends.observe(0, ProbeFailed, Instant::now()),
+            Transition::None
+        );
+        assert_eq!(
+            backends.observe(0, CallFailed, Instant::now()),
+            Transition::WentDown
+        );
         assert_eq!(backends.candidates("x"), vec![1]);
         // The calls it still carries are answered: that brings it no closer to coming back.
         for _ in 0..10 {
-            assert_eq!(backends.observe(0, Alive), Transition::None);
+            assert_eq!(backends.observe(0, Alive, Instant::now()), Transition::None);
         }
-        assert_eq!(backends.observe(0, ProbeAlive), Transition::None);
-        assert_eq!(backends.observe(0, ProbeAlive), Transition::CameUp);
+        assert_eq!(
+            backends.observe(0, ProbeAlive, Instant::now()),
+            Transition::None
+        );
+        assert_eq!(
+            backends.observe(0, ProbeAlive, Instant::now()),
+            Transition::CameUp
+        );
         assert_eq!(backends.candidates("x").len(), 2);
         // A fresh health period: one failure is not yet enough.
-        assert_eq!(backends.observe(0, ProbeFailed), Transition::None);
+        assert_eq!(
+            backends.observe(0, ProbeFailed, Instant::now()),
+            Transition::None
+        );
         let mut hashed = pool(BalancePolicy::CallIdHash, &[1, 1, 1]);
         assert_eq!(hashed.candidates("abc")[0], hashed.candidates("abc")[0]);
     }

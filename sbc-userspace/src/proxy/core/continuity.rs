@@ -5,25 +5,23 @@
 //! relayed, a CANCEL or Timer C ends it, and the caller's ACK and BYE find the call. Media never
 //! stopped: the kernel kept relaying it, and the media plane has adopted its sessions by then;
 //! sessions made for calls that no record claims are freed.
-use std::{
-    collections::HashSet,
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, sync::atomic::Ordering, time::Duration};
 
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::{
-    Proxy, Timer,
+    Core, GuardUpdate, Timer,
     call_end::CallEnd,
     calls::Call,
-    journal::{CallRecord, SetupRecord},
     transactions::{ClientTx, GONE_CONNECTION, Peer, Purpose, ServerTx, T1, TIMER_C, Transport},
 };
-use crate::sip::inbound::{self, Inbound};
+use crate::{
+    proxy::journal::{CallRecord, Line, SetupRecord},
+    sip::inbound::{self, Inbound},
+};
 
-impl Proxy {
+impl Core {
     /// Records (again) an answered call's dialog.
     pub(super) fn persist(&mut self, key: &str) {
         let Some(call) = self.calls.get_mut(key) else {
@@ -34,8 +32,8 @@ impl Proxy {
         }
         call.journaled = true;
         let backend = call.backend.map(|i| self.backends.list[i].address);
-        let record = call.record(key, backend, None);
-        self.journal.put(record);
+        let record = call.record(key, backend, None, self.now);
+        self.journal(Line::Put(Box::new(record)));
     }
 
     /// Records (again) a call being set up, with the INVITE transactions of `server_key`: when
@@ -78,8 +76,8 @@ impl Proxy {
             provisional: client.provisional,
         };
         let backend = call.backend.map(|i| self.backends.list[i].address);
-        let record = call.record(&call_key, backend, Some(setup));
-        self.journal.put(record);
+        let record = call.record(&call_key, backend, Some(setup), self.now);
+        self.journal(Line::Put(Box::new(record)));
         if let Some(call) = self.calls.get_mut(&call_key) {
             call.journaled = true;
         }
@@ -96,13 +94,13 @@ impl Proxy {
             let key = record.key.clone();
             let sessions: Vec<u32> = record.media.iter().flatten().copied().collect();
             let media_lost =
-                !sessions.is_empty() && sessions.iter().all(|id| self.plane.get(*id).is_none());
+                !sessions.is_empty() && sessions.iter().all(|id| self.media.session(*id).is_none());
             claimed.extend(sessions.iter().copied());
             let setup = record.setup.take();
             if record.answered_unix_ms.is_some() && media_lost {
                 warn!(call_id = %record.call_id, "a recorded call lost its media in the restart; ending it");
-                self.journal.end(&key);
-                self.events.emit(
+                self.journal(Line::End(key));
+                self.emit(
                     "call_ended",
                     json!({ "call_id": record.call_id, "reason": "media_lost_in_restart",
                             "final_code": null, "duration_ms": null }),
@@ -110,16 +108,13 @@ impl Proxy {
                 continue;
             }
             let backend = record.backend.and_then(|a| self.backends.index_of(a));
-            let call = Call::restore(record, backend);
-            if let Err(e) = self.guard.dialog_started(&call.call_id) {
-                warn!(call_id = %call.call_id, "the kernel will limit this call's signalling: {e:#}");
-            }
+            let call = Call::restore(record, backend, self.now);
+            self.guard(GuardUpdate::DialogStarted(call.call_id.clone()));
             let answered = call.answered.is_some();
             self.calls.insert(key.clone(), call);
             if answered {
                 for id in &sessions {
-                    self.plane.arm(*id);
-                    self.plane.watch_audio(*id);
+                    self.media.answered(*id);
                 }
                 if let Some(index) = backend {
                     self.backends.list[index].active_calls += 1;
@@ -154,7 +149,7 @@ impl Proxy {
                 setting_up, "took over the calls of the previous daemon"
             );
         }
-        let orphans = self.plane.end_orphans(&claimed);
+        let orphans = self.media.end_orphans(&claimed);
         if !orphans.is_empty() {
             warn!(
                 sessions = orphans.len(),
@@ -171,7 +166,7 @@ impl Proxy {
         let started = self
             .calls
             .get(call_key)
-            .map_or_else(Instant::now, |c| c.started());
+            .map_or(self.now.at, |c| c.started());
         let transport = if setup.upstream_udp {
             Transport::Udp
         } else {
@@ -215,13 +210,13 @@ impl Proxy {
                 provisional: setup.provisional,
                 final_code: None,
                 interval: T1,
-                sent: Instant::now(),
+                sent: self.now.at,
             },
         );
         let key = setup.client_key;
         if setup.provisional {
             // Timer C runs from when the INVITE went out, not from the restart.
-            let left = TIMER_C.saturating_sub(started.elapsed());
+            let left = TIMER_C.saturating_sub(self.now.since(started));
             self.schedule(Timer::Proceeding(key), left.max(Duration::from_secs(1)));
         } else {
             // Nothing came back yet: send it again, and time out as a fresh attempt would.

@@ -5,13 +5,13 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 use super::{
-    Proxy,
+    Core,
     calls::leg_index,
     hangup::{NO_AUDIO_FROM_CALLEE, NO_AUDIO_FROM_CALLER},
 };
 use crate::media::{SilentLeg, session::LEG_NAMES};
 
-impl Proxy {
+impl Core {
     pub(super) fn on_no_audio(&mut self, silent: Vec<SilentLeg>, hang_up: bool) {
         let mut to_end = Vec::new();
         for silent in silent {
@@ -54,9 +54,7 @@ impl Proxy {
                 "no audio from the {}",
                 if from_caller { "caller" } else { "callee" }
             );
-            self.events.emit(
-                "call_no_audio",
-                json!({
+            let fields = json!({
                     "call_id": call.call_id,
                     "direction": direction,
                     "silence": silent.silence,
@@ -64,18 +62,19 @@ impl Proxy {
                     "media_session": id,
                     "legs": legs,
                     "action": if hang_up { "hangup" } else { "report" },
-                }),
-            );
+            });
+            let key = key.clone();
             self.stats
                 .no_audio
                 .increment((direction, silent.silence.as_str()));
-            if hang_up && !to_end.iter().any(|(k, _)| k == key) {
+            self.emit("call_no_audio", fields);
+            if hang_up && !to_end.iter().any(|(k, _)| *k == key) {
                 let why = if from_caller {
                     NO_AUDIO_FROM_CALLER
                 } else {
                     NO_AUDIO_FROM_CALLEE
                 };
-                to_end.push((key.clone(), why));
+                to_end.push((key, why));
             }
         }
         for (key, why) in to_end {

@@ -3,17 +3,15 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use sbc_common::guard::{BLOCK_ABUSE, BLOCK_SCANNER};
-use serde_json::json;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::{Proxy, transactions::Peer};
+use super::{Core, GuardUpdate, transactions::Peer};
 use crate::{
-    admission::{Refusal, guard::block_reason_name},
-    clock::monotonic_ns,
+    admission::Refusal,
     sip::{Message, check},
 };
 
-impl Proxy {
+impl Core {
     /// Whether a request may be handled; if not, it has been answered (or, for a scanner,
     /// deliberately not) and counted.
     pub(super) fn admit(
@@ -39,7 +37,7 @@ impl Proxy {
         if of_known_call {
             return true;
         }
-        let now = monotonic_ns();
+        let now = self.now.monotonic_ns;
         let verdict = if request.method == "INVITE" && self.drain.is_draining() {
             self.admission_counters
                 .draining
@@ -49,7 +47,7 @@ impl Proxy {
                 block: None,
             })
         } else if request.method == "INVITE" {
-            let delay = self.event_delay;
+            let delay = self.waited;
             let calls = self.calls.len();
             self.admission
                 .new_invite(source, calls, delay, &self.admission_counters, now)
@@ -72,26 +70,19 @@ impl Proxy {
         false
     }
 
+    /// Blocks a source in the guard; the driver reports it (`source_blocked`) once in place.
     pub(super) fn block_source(
-        &self,
+        &mut self,
         source: std::net::IpAddr,
-        block: Duration,
+        duration: Duration,
         reason: u32,
         why: &str,
     ) {
-        if let Err(e) = self.guard.block(source, Some(block), reason) {
-            warn!(%source, "cannot block source: {e:#}");
-            return;
-        }
-        warn!(%source, secs = block.as_secs(), reason = block_reason_name(reason), "source blocked: {why}");
-        self.events.emit(
-            "source_blocked",
-            json!({
-                "address": source,
-                "reason": block_reason_name(reason),
-                "secs": block.as_secs(),
-                "detail": why,
-            }),
-        );
+        self.guard(GuardUpdate::Block {
+            source,
+            duration,
+            reason,
+            why: why.to_owned(),
+        });
     }
 }

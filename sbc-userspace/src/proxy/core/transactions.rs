@@ -74,6 +74,17 @@ pub struct Peer {
     pub transport: Transport,
 }
 
+impl Peer {
+    /// A peer reached over UDP from a side's listener.
+    pub fn udp(side: Side, address: SocketAddr) -> Self {
+        Self {
+            side,
+            address,
+            transport: Transport::Udp,
+        }
+    }
+}
+
 pub struct ServerTx {
     pub upstream: Peer,
     pub request: Message,
@@ -136,6 +147,7 @@ impl ClientTx {
         side: Side,
         target: SocketAddr,
         bytes: Vec<u8>,
+        sent: Instant,
     ) -> Self {
         Self {
             server: None,
@@ -151,7 +163,7 @@ impl ClientTx {
             provisional: false,
             final_code: None,
             interval: T1,
-            sent: Instant::now(),
+            sent,
         }
     }
 

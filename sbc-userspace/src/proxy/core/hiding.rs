@@ -17,9 +17,8 @@ use std::{
 use serde::Deserialize;
 use tracing::warn;
 
-use super::{Proxy, build};
+use super::{Core, build};
 use crate::{
-    clock::monotonic_ns,
     side::Side,
     sip::{Message, StartLine, edit::Editor, uri},
 };
@@ -175,7 +174,7 @@ fn realm_of(message: &Message) -> String {
         .unwrap_or_else(|| "sbc".to_owned())
 }
 
-impl Proxy {
+impl Core {
     /// What goes upstream instead of a backend's final failure `response` (`code`) to the
     /// request of `server_key`, if it would tell an untrusted source that a user does not
     /// exist: the challenge an existing user gets. Challenges are remembered on the way, and
@@ -202,7 +201,9 @@ impl Proxy {
         let request = tx.request.clone();
         let to_tag = tx.to_tag.clone();
         if let Some(user) = user_of(&request)
-            && let Some(block) = self.admission.user_failed(source, &user, monotonic_ns())
+            && let Some(block) = self
+                .admission
+                .user_failed(source, &user, self.now.monotonic_ns)
         {
             warn!(%source, "blocking a source that asks for many users that do not exist");
             self.block_source(

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::{
-    Proxy, Timer,
+    Core, Timer,
     backends::{Observation, Transition},
     build,
     transactions::{ClientTx, Purpose, client_key},
 };
 use crate::side::Side;
 
-impl Proxy {
+impl Core {
     pub(super) fn start_probes(&mut self) {
         if !self.config.health.probes {
             return;
@@ -33,13 +33,13 @@ impl Proxy {
         let target = self.backends.list[index].address;
         let branch = self.branch();
         let n = self.next_sequence();
-        let local = self.private.address;
+        let local = self.address(Side::Private);
         let bytes = build::RequestBuilder::new("OPTIONS", &format!("sip:{target}"))
             .header("Via", &self.via_line(Side::Private, &branch))
             .header("Max-Forwards", "70")
             .header("From", &format!("<sip:sbc@{local}>;tag=hc{n}"))
             .header("To", &format!("<sip:{target}>"))
-            .header("Call-ID", &format!("hc{n}.{}@{}", self.token, local.ip()))
+            .header("Call-ID", &format!("hc{n}.{}@{}", self.token(), local.ip()))
             .header("CSeq", &format!("{n} OPTIONS"))
             .finish();
         let key = client_key(&branch, "OPTIONS");
@@ -49,6 +49,7 @@ impl Proxy {
             Side::Private,
             target,
             bytes,
+            self.now.at,
         );
         let timeout = Duration::from_millis(self.config.health.timeout_ms);
         self.originate(key.clone(), probe, Timer::ClientTimeout(key), timeout);
@@ -86,13 +87,13 @@ impl Proxy {
     pub(super) fn observe_backend(&mut self, index: usize, observation: Observation, cause: &str) {
         let stats = &self.stats.backends[index];
         stats.observed(observation.is_failure());
-        let transition = self.backends.observe(index, observation);
+        let transition = self.backends.observe(index, observation, self.now.at);
         let address = self.backends.list[index].address;
         match transition {
             Transition::WentDown => {
                 stats.health_changed();
                 warn!(backend = %address, cause, "backend marked down");
-                self.events.emit(
+                self.emit(
                     "backend_down",
                     serde_json::json!({ "backend": address, "cause": cause }),
                 );
@@ -100,8 +101,7 @@ impl Proxy {
             Transition::CameUp => {
                 stats.health_changed();
                 info!(backend = %address, "backend back up");
-                self.events
-                    .emit("backend_up", serde_json::json!({ "backend": address }));
+                self.emit("backend_up", serde_json::json!({ "backend": address }));
             }
             Transition::None => {}
         }

@@ -1,25 +1,24 @@
 //! Responses and client-transaction timers: match responses to what we sent (RFC 3261 17.1.3),
 //! fail over to the next backend on timeout, 408 or 5xx before the caller hears anything, and
 //! relay the rest upstream with our Via removed and media anchored.
-use std::{net::SocketAddr, sync::atomic::Ordering, time::Instant};
+use std::{net::SocketAddr, sync::atomic::Ordering};
 
 use tracing::{debug, info, warn};
 
 use super::{
-    Proxy, Timer,
+    Core, Timer,
     backends::Observation,
     build,
     call_end::CallEnd,
-    stats::Origin,
     transactions::{LINGER, Peer, Purpose, T2, TIMER_C, client_key},
-    via_destination,
 };
 use crate::{
+    proxy::{stats::Origin, via_destination},
     side::Side,
     sip::{Message, check, edit::Editor, syntax::split_top_level},
 };
 
-impl Proxy {
+impl Core {
     pub(super) fn on_response(
         &mut self,
         side: Side,
@@ -35,7 +34,7 @@ impl Proxy {
         let key = client_key(branch, &response.cseq_method);
         let code = response.code;
         if let Some(index) = self.backends.index_of(from) {
-            self.backends.heard_from(index, Instant::now());
+            self.backends.heard_from(index, self.now.at);
         }
         let Some(client) = self.client.get_mut(&key) else {
             // A 2xx to an INVITE outlives its transaction: its retransmissions go up as they come.
@@ -46,10 +45,10 @@ impl Proxy {
         };
         let first_response = !client.provisional && client.final_code.is_none();
         if let (true, Some(index)) = (first_response, client.backend) {
-            let method = super::stats::method_label(&client.method);
+            let method = crate::proxy::stats::method_label(&client.method);
             self.stats.backends[index]
                 .latency
-                .observe(method, client.sent.elapsed());
+                .observe(method, self.now.since(client.sent));
         }
         let first_provisional = code < 200 && !client.provisional && client.is_invite();
         if code < 200 {
@@ -193,9 +192,11 @@ impl Proxy {
             }
         }
         if code < 200 {
-            if let Some(tx) = self.server.get(server_key) {
-                self.respond(upstream, &tx.request, code, &bytes, Origin::Relayed);
-            }
+            let Some(tx) = self.server.get(server_key) else {
+                return;
+            };
+            self.count_response(upstream.side, &tx.request, code, Origin::Relayed);
+            self.send_to(upstream, bytes.clone());
             if let Some(tx) = self.server.get_mut(server_key) {
                 tx.provisional_forwarded = true;
                 tx.last_response = Some(bytes);
@@ -207,7 +208,7 @@ impl Proxy {
         {
             self.stats
                 .session_disconnect_delay
-                .observe(tx.received.elapsed());
+                .observe(self.now.since(tx.received));
         }
         self.finish_with(server_key, bytes, code, upstream, Origin::Relayed);
         if let (true, Some(call)) = (method == "BYE", &call) {
@@ -224,9 +225,11 @@ impl Proxy {
         upstream: Peer,
         origin: Origin,
     ) {
-        if let Some(tx) = self.server.get(server_key) {
-            self.respond(upstream, &tx.request, code, &bytes, origin);
-        }
+        let Some(tx) = self.server.get(server_key) else {
+            return;
+        };
+        self.count_response(upstream.side, &tx.request, code, origin);
+        self.send_to(upstream, bytes.clone());
         if let Some(tx) = self.server.get_mut(server_key) {
             tx.last_response = Some(bytes);
             tx.final_code = Some(code);
@@ -292,7 +295,8 @@ impl Proxy {
             return;
         };
         if let Some(ack) = build::for_forwarded_invite("ACK", &client.bytes, response.value("to")) {
-            self.send(client.side, client.target, &ack);
+            let (side, target) = (client.side, client.target);
+            self.send(side, target, ack);
         }
     }
 
@@ -336,11 +340,12 @@ impl Proxy {
                 }
             }
         }
-        let method = super::stats::method_label(&response.cseq_method);
+        let method = crate::proxy::stats::method_label(&response.cseq_method);
         self.stats
             .responses_sent
             .increment((Self::other(side), method, response.code));
-        self.send(Self::other(side), destination, &editor.finish());
+        let bytes = editor.finish();
+        self.send(Self::other(side), destination, bytes);
     }
 
     /// A request the transport could not send: as if its hop answered 503 (RFC 3261 16.9),
@@ -403,7 +408,7 @@ impl Proxy {
         };
         let (side, target, interval) = (client.side, client.target, client.interval);
         let bytes = client.bytes.clone();
-        self.send(side, target, &bytes);
+        self.send(side, target, bytes);
         self.schedule(Timer::Retransmit(key.to_owned()), interval);
     }
 

@@ -4,19 +4,16 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::atomic::Ordering,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use serde_json::json;
-use tracing::warn;
 
-use super::{
-    Proxy,
-    call_end::CallEnd,
-    journal::{CallRecord, SetupRecord},
-};
+use super::{Core, GuardUpdate, call_end::CallEnd};
+use crate::proxy::journal::{CallRecord, Line, SetupRecord};
 use crate::{
-    media::{EndReason, MediaError, PeerAnnouncement, SessionInfo, SessionSpec},
+    clock::Now,
+    media::{MediaError, PeerAnnouncement, SessionInfo},
     sdp::{self, Anchor},
     side::Side,
     sip::{Message, address, check},
@@ -97,14 +94,15 @@ pub struct CallSummary {
 /// the last record are not in it, and a BYE the proxy sends must go above them.
 const RESTORED_CSEQ_MARGIN: u32 = 1000;
 
-/// An `Instant` that many milliseconds of wall clock ago.
-fn instant_of_unix_ms(unix_ms: u64) -> Instant {
-    let ago = std::time::Duration::from_millis(crate::clock::unix_ms().saturating_sub(unix_ms));
-    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+/// The `Instant` of a wall-clock time in the past.
+fn instant_of_unix_ms(unix_ms: u64, now: Now) -> Instant {
+    let ago = Duration::from_millis(now.unix_ms.saturating_sub(unix_ms));
+    now.at.checked_sub(ago).unwrap_or(now.at)
 }
 
-fn unix_ms_of_instant(instant: Instant) -> u64 {
-    crate::clock::unix_ms().saturating_sub(instant.elapsed().as_millis() as u64)
+fn unix_ms_of_instant(instant: Instant, now: Now) -> u64 {
+    now.unix_ms
+        .saturating_sub(now.since(instant).as_millis() as u64)
 }
 
 impl Call {
@@ -114,6 +112,7 @@ impl Call {
         key: &str,
         backend: Option<SocketAddr>,
         setup: Option<SetupRecord>,
+        now: Now,
     ) -> CallRecord {
         CallRecord {
             key: key.to_owned(),
@@ -122,15 +121,15 @@ impl Call {
             callee: self.callee.clone(),
             media: self.media.clone(),
             backend,
-            started_unix_ms: unix_ms_of_instant(self.started),
-            answered_unix_ms: self.answered.map(unix_ms_of_instant),
+            started_unix_ms: unix_ms_of_instant(self.started, now),
+            answered_unix_ms: self.answered.map(|t| unix_ms_of_instant(t, now)),
             setup,
         }
     }
 
     /// A call as a previous daemon recorded it.
-    pub fn restore(record: CallRecord, backend: Option<usize>) -> Self {
-        let started = instant_of_unix_ms(record.started_unix_ms);
+    pub fn restore(record: CallRecord, backend: Option<usize>, now: Now) -> Self {
+        let started = instant_of_unix_ms(record.started_unix_ms, now);
         let provisional = record.setup.as_ref().is_some_and(|s| s.provisional);
         let mut call = Self {
             call_id: record.call_id,
@@ -142,7 +141,9 @@ impl Call {
             responded: record.answered_unix_ms.is_some() || provisional,
             // When it started ringing is not recorded; that it did is.
             ringing: provisional.then_some(started),
-            answered: record.answered_unix_ms.map(instant_of_unix_ms),
+            answered: record
+                .answered_unix_ms
+                .map(|ms| instant_of_unix_ms(ms, now)),
             journaled: true,
         };
         for party in [&mut call.caller, &mut call.callee] {
@@ -156,7 +157,7 @@ impl Call {
         self.started
     }
 
-    pub fn summary(&self, backend: Option<SocketAddr>) -> CallSummary {
+    pub fn summary(&self, backend: Option<SocketAddr>, now: Now) -> CallSummary {
         let state = match (self.answered, self.ringing) {
             (Some(_), _) => "answered",
             (None, Some(_)) => "ringing",
@@ -169,8 +170,8 @@ impl Call {
             caller_side: self.caller.side,
             state,
             backend,
-            age_ms: self.started.elapsed().as_millis() as u64,
-            answered_ms: self.answered.map(|t| t.elapsed().as_millis() as u64),
+            age_ms: now.since(self.started).as_millis() as u64,
+            answered_ms: self.answered.map(|t| now.since(t).as_millis() as u64),
             media: self.media.clone(),
         }
     }
@@ -180,6 +181,7 @@ impl Call {
         message: &Message,
         side: Side,
         source: SocketAddr,
+        now: Instant,
     ) -> Self {
         Self {
             call_id: request.call_id.clone(),
@@ -193,7 +195,7 @@ impl Call {
                 cseq: request.cseq,
             },
             callee: Party {
-                side: Proxy::other(side),
+                side: Core::other(side),
                 address: message.value("to").unwrap_or_default().to_owned(),
                 contact: None,
                 route_set: Vec::new(),
@@ -202,7 +204,7 @@ impl Call {
             },
             media: Vec::new(),
             backend: None,
-            started: Instant::now(),
+            started: now,
             responded: false,
             ringing: None,
             answered: None,
@@ -238,7 +240,7 @@ pub(super) fn leg_index(side: Side) -> usize {
     }
 }
 
-impl Proxy {
+impl Core {
     /// The call a request belongs to: named by its From tag (the caller's requests) or its To
     /// tag (the callee's).
     pub(super) fn find_call(&self, request: &check::Request) -> Option<String> {
@@ -268,17 +270,15 @@ impl Proxy {
             .find(|key| self.calls.contains_key(key))
     }
 
-    pub(super) fn call_started(&self, key: &str) {
-        if let Some(call) = self.calls.get(key) {
-            // From now on the guard lets its in-dialog traffic through unlimited.
-            if let Err(e) = self.guard.dialog_started(&call.call_id) {
-                warn!(call_id = %call.call_id, "the kernel will limit this call's signalling: {e:#}");
-            }
-            self.events.emit(
-                "call_started",
-                json!({ "call_id": call.call_id, "from": call.caller.address, "to": call.callee.address }),
-            );
-        }
+    pub(super) fn call_started(&mut self, key: &str) {
+        let Some(call) = self.calls.get(key) else {
+            return;
+        };
+        let call_id = call.call_id.clone();
+        let fields = json!({ "call_id": call.call_id, "from": call.caller.address, "to": call.callee.address });
+        // From now on the guard lets its in-dialog traffic through unlimited.
+        self.guard(GuardUpdate::DialogStarted(call_id));
+        self.emit("call_started", fields);
     }
 
     /// Notes what an INVITE response means for its call (only the initial INVITE: a call that
@@ -302,7 +302,7 @@ impl Proxy {
         if call.answered.is_some() {
             return;
         }
-        let setup = call.started.elapsed();
+        let setup = self.now.since(call.started);
         let setup_ms = setup.as_millis() as u64;
         if !call.responded {
             call.responded = true;
@@ -310,20 +310,19 @@ impl Proxy {
         }
         match code {
             180..=189 if call.ringing.is_none() => {
-                call.ringing = Some(Instant::now());
+                call.ringing = Some(self.now.at);
                 self.stats.setup_ringing.observe(setup);
-                self.events.emit(
+                self.emit(
                     "call_ringing",
                     json!({ "call_id": call_id, "code": code, "setup_ms": setup_ms }),
                 );
             }
             200..=299 => {
-                call.answered = Some(Instant::now());
+                call.answered = Some(self.now.at);
                 self.stats.setup_answered.observe(setup);
                 self.stats.calls_established.fetch_add(1, Ordering::Relaxed);
                 for id in call.media.iter().flatten() {
-                    self.plane.arm(*id);
-                    self.plane.watch_audio(*id);
+                    self.media.answered(*id);
                 }
                 call.callee.address = response.value("to").unwrap_or_default().to_owned();
                 call.callee.contact = contact_uri(response);
@@ -333,7 +332,7 @@ impl Proxy {
                 if let Some(index) = backend {
                     self.backends.list[index].active_calls += 1;
                 }
-                self.events.emit(
+                self.emit(
                     "call_answered",
                     json!({
                         "call_id": call_id,
@@ -385,7 +384,7 @@ impl Proxy {
             return Ok(body.to_vec());
         };
         let streams = sdp::streams(body).map_err(|e| (400, e.to_string()))?;
-        let (leg, other) = (leg_index(from_side), leg_index(Proxy::other(from_side)));
+        let (leg, other) = (leg_index(from_side), leg_index(Core::other(from_side)));
         let mut anchors = Vec::with_capacity(streams.len());
         for (index, stream) in streams.iter().enumerate() {
             if call.media.len() <= index {
@@ -398,13 +397,7 @@ impl Proxy {
             let id = match call.media[index] {
                 Some(id) => id,
                 None => {
-                    let spec: SessionSpec = serde_json::from_value(json!({
-                        "rtcp_mux": stream.rtcp_mux,
-                        "a": { "side": "public" },
-                        "b": { "side": "private" },
-                    }))
-                    .expect("a valid session spec");
-                    let info = self.plane.create_for_call(&spec).map_err(media_refusal)?;
+                    let info = self.media.open(stream.rtcp_mux).map_err(media_refusal)?;
                     call.media[index] = Some(info.id);
                     info.id
                 }
@@ -415,22 +408,22 @@ impl Proxy {
                     rtcp_port: stream.rtcp_port,
                     sip_source: Some(sip_source),
                 };
-                self.plane
+                self.media
                     .announce_peer(id, leg, announced)
                     .map_err(media_refusal)?;
             }
-            self.plane
+            self.media
                 .note_direction(id, leg, stream.sends(), stream.receives());
             let info = self
-                .plane
-                .get(id)
+                .media
+                .session(id)
                 .ok_or((500, "media session vanished".to_owned()))?;
             anchors.push(Some(Anchor {
                 rtp_port: info.legs[other].local_rtp.port(),
                 rtcp_port: info.legs[other].local_rtcp.map(|a| a.port()),
             }));
         }
-        let address = self.plane.address(Proxy::other(from_side));
+        let address = self.media.address(Core::other(from_side));
         sdp::rewrite(body, address, &anchors).map_err(|e| (400, e.to_string()))
     }
 
@@ -450,17 +443,13 @@ impl Proxy {
         let Some(call) = self.calls.remove(key) else {
             return;
         };
-        self.guard.dialog_ended(&call.call_id);
+        self.guard(GuardUpdate::DialogEnded(call.call_id.clone()));
         let (mut forward, mut backward) = (0u64, 0u64);
         let caller_leg = leg_index(call.caller.side);
         for id in call.media.iter().flatten() {
             let info = match ended.iter().find(|info| info.id == *id) {
                 Some(info) => Some(info.clone()),
-                None => self
-                    .plane
-                    .end(*id, EndReason::CallEnded)
-                    .ok()
-                    .map(|e| e.info),
+                None => self.media.end(*id),
             };
             if let Some(info) = info {
                 forward += info.legs[caller_leg].rtp.packets();
@@ -472,19 +461,19 @@ impl Proxy {
             backend.active_calls = backend.active_calls.saturating_sub(1);
         }
         if call.journaled {
-            self.journal.end(key);
+            self.journal(Line::End(key.to_owned()));
         }
         if call.answered.is_some() {
             self.stats.calls_ended.increment(reason.name());
             self.stats.calls_established.fetch_sub(1, Ordering::Relaxed);
         }
-        self.events.emit(
+        self.emit(
             "call_ended",
             json!({
                 "call_id": call.call_id,
                 "reason": reason.name(),
                 "final_code": code,
-                "duration_ms": call.answered.map(|t| t.elapsed().as_millis() as u64),
+                "duration_ms": call.answered.map(|t| self.now.since(t).as_millis() as u64),
                 "rtp_packets": { "caller_to_callee": forward, "callee_to_caller": backward },
             }),
         );

@@ -1,0 +1,72 @@
+//! What the admin API asks the proxy task about: its calls and its backends. Asked through
+//! the task's queue (the proxy owns this state alone) and answered in one go.
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::{Core, backends::Health, calls::CallSummary};
+use crate::clock::Now;
+
+/// A backend as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendSummary {
+    pub address: std::net::SocketAddr,
+    pub weight: u32,
+    pub healthy: bool,
+    /// Seconds in its current health state.
+    pub since_secs: u64,
+    pub active_calls: usize,
+    /// Its `max_calls` (0: no limit).
+    pub max_calls: usize,
+    /// Share of its last 128 final answers that were 5xx, 408 or none.
+    pub failure_ratio: f64,
+}
+
+/// A question for the proxy task, with where to send the answer.
+pub enum Query {
+    Calls(oneshot::Sender<Vec<CallSummary>>),
+    Backends(oneshot::Sender<Vec<BackendSummary>>),
+}
+
+impl Query {
+    /// Answers the question from the core's state. A requester that gave up has dropped its
+    /// receiver: nothing to do.
+    pub fn answer(self, core: &Core, now: Now) {
+        match self {
+            Query::Calls(reply) => {
+                let _ = reply.send(core.call_summaries(now));
+            }
+            Query::Backends(reply) => {
+                let _ = reply.send(core.backend_summaries(now));
+            }
+        }
+    }
+}
+
+impl Core {
+    pub fn call_summaries(&self, now: Now) -> Vec<CallSummary> {
+        self.calls
+            .values()
+            .map(|call| {
+                let backend = call.backend.map(|i| self.backends.list[i].address);
+                call.summary(backend, now)
+            })
+            .collect()
+    }
+
+    pub fn backend_summaries(&self, now: Now) -> Vec<BackendSummary> {
+        self.backends
+            .list
+            .iter()
+            .zip(&self.stats.backends)
+            .map(|(backend, stats)| BackendSummary {
+                address: backend.address,
+                weight: backend.weight,
+                healthy: backend.health == Health::Up,
+                since_secs: now.since(backend.changed_at).as_secs(),
+                active_calls: backend.active_calls,
+                max_calls: backend.max_calls,
+                failure_ratio: stats.failure_ratio(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,1150 @@
+//! The proxy core driven with datagrams and a fake clock, no root and no sockets: a carrier on
+//! the public side, two backends on the private side, and a fake media plane. Each case plays
+//! one piece of RFC 3261 proxy behaviour and checks what the core asked to send, record and
+//! schedule. The cases are a table (`CASES`), played by one test that names every case that
+//! fails; `SBC_CORE_CASE=<name>` plays only that one.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::{
+    Core, GuardUpdate, Input, Output, Parts, Timer,
+    anchoring::MediaAnchoring,
+    transactions::{T1, TIMER_C},
+};
+use crate::{
+    admission::{AdmissionConfig, AdmissionCounters},
+    clock::Now,
+    config::SipConfig,
+    drain::Drain,
+    media::{
+        MediaError, PeerAnnouncement, SessionInfo,
+        session::{LegInfo, StreamCounters},
+    },
+    proxy::{journal::Line, stats::SipStats},
+    side::Side,
+    sip::{Message, StartLine},
+};
+
+const PUBLIC: &str = "192.0.2.1:5060";
+const PRIVATE: &str = "10.0.0.1:5060";
+const CARRIER: &str = "203.0.113.5:5060";
+const BACKEND_A: &str = "10.0.0.10:5060";
+const BACKEND_B: &str = "10.0.0.11:5060";
+const INVITE_TIMEOUT: Duration = Duration::from_millis(2000);
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("a socket address")
+}
+
+fn config(backends: &[&str]) -> SipConfig {
+    let mut text = format!(
+        "public_listen = \"{PUBLIC}\"\nprivate_listen = \"{PRIVATE}\"\n\
+         invite_timeout_ms = {}\n[health]\nprobes = false\n",
+        INVITE_TIMEOUT.as_millis()
+    );
+    for backend in backends {
+        text.push_str(&format!("[[backends]]\naddress = \"{backend}\"\n"));
+    }
+    toml::from_str(&text).expect("a valid [sip] section")
+}
+
+/// A media plane that binds nothing: session `n` has RTP ports 20000 + 2n (public leg) and
+/// 30000 + 2n (private leg), and remembers what it was told.
+#[derive(Default)]
+struct FakeMedia {
+    next: u32,
+    sessions: BTreeMap<u32, SessionInfo>,
+    announced: Vec<(u32, usize, SocketAddr)>,
+    answered: Vec<u32>,
+    ended: Vec<u32>,
+}
+
+const MEDIA_PUBLIC: &str = "192.0.2.1";
+const MEDIA_PRIVATE: &str = "10.0.0.1";
+
+fn leg(name: &'static str, side: Side, rtp: SocketAddr) -> LegInfo {
+    LegInfo {
+        name,
+        side,
+        local_rtp: rtp,
+        local_rtcp: Some(SocketAddr::new(rtp.ip(), rtp.port() + 1)),
+        peer: None,
+        latched: false,
+        latch: None,
+        rtcp_latch: None,
+        rtp: StreamCounters::default(),
+        rtcp: None,
+        rtp_idle_ms: None,
+    }
+}
+
+struct SharedMedia(Arc<Mutex<FakeMedia>>);
+
+impl SharedMedia {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeMedia> {
+        self.0.lock().expect("not poisoned")
+    }
+}
+
+impl MediaAnchoring for SharedMedia {
+    fn open(&self, rtcp_mux: bool) -> Result<SessionInfo, MediaError> {
+        let mut media = self.lock();
+        media.next += 1;
+        let id = media.next;
+        let port = |base: u16| base + 2 * id as u16;
+        let public: IpAddr = MEDIA_PUBLIC.parse().expect("an address");
+        let private: IpAddr = MEDIA_PRIVATE.parse().expect("an address");
+        let info = SessionInfo {
+            id,
+            rtcp_mux,
+            age_ms: 0,
+            idle_ms: 0,
+            legs: [
+                leg("a", Side::Public, SocketAddr::new(public, port(20000))),
+                leg("b", Side::Private, SocketAddr::new(private, port(30000))),
+            ],
+        };
+        media.sessions.insert(id, info.clone());
+        Ok(info)
+    }
+
+    fn announce_peer(
+        &self,
+        id: u32,
+        leg: usize,
+        announced: PeerAnnouncement,
+    ) -> Result<(), MediaError> {
+        let mut media = self.lock();
+        if !media.sessions.contains_key(&id) {
+            return Err(MediaError::NotFound(id));
+        }
+        media.announced.push((id, leg, announced.rtp));
+        Ok(())
+    }
+
+    fn note_direction(&self, _id: u32, _leg: usize, _sends: bool, _receives: bool) {}
+
+    fn session(&self, id: u32) -> Option<SessionInfo> {
+        self.lock().sessions.get(&id).cloned()
+    }
+
+    fn address(&self, side: Side) -> IpAddr {
+        match side {
+            Side::Public => MEDIA_PUBLIC,
+            Side::Private => MEDIA_PRIVATE,
+        }
+        .parse()
+        .expect("an address")
+    }
+
+    fn answered(&self, id: u32) {
+        self.lock().answered.push(id);
+    }
+
+    fn end(&self, id: u32) -> Option<SessionInfo> {
+        let mut media = self.lock();
+        media.ended.push(id);
+        media.sessions.remove(&id)
+    }
+
+    fn end_orphans(&self, claimed: &std::collections::HashSet<u32>) -> Vec<SessionInfo> {
+        let mut media = self.lock();
+        let orphans: Vec<u32> = media
+            .sessions
+            .keys()
+            .filter(|id| !claimed.contains(id))
+            .copied()
+            .collect();
+        orphans
+            .iter()
+            .filter_map(|id| media.sessions.remove(id))
+            .collect()
+    }
+}
+
+/// A message the core sent, parsed.
+struct Sent {
+    to: SocketAddr,
+    side: Side,
+    message: Message,
+}
+
+impl Sent {
+    fn code(&self) -> Option<u16> {
+        self.message.status()
+    }
+
+    /// The method of a request (`None` for a response).
+    fn method(&self) -> Option<&str> {
+        self.message
+            .is_request()
+            .then(|| self.message.method())
+            .flatten()
+    }
+
+    fn value(&self, name: &str) -> &str {
+        self.message.value(name).unwrap_or_default()
+    }
+
+    fn values(&self, name: &str) -> Vec<String> {
+        self.message
+            .headers_named(name)
+            .flat_map(|h| h.value.split(',').map(|v| v.trim().to_owned()))
+            .collect()
+    }
+
+    fn body(&self) -> String {
+        String::from_utf8_lossy(self.message.body()).into_owned()
+    }
+
+    fn request_uri(&self) -> &str {
+        match &self.message.start {
+            StartLine::Request { uri, .. } => uri,
+            StartLine::Response { .. } => "",
+        }
+    }
+}
+
+/// The core with a fake clock and everything it asked for, by kind.
+struct Lab {
+    core: Core,
+    now: Now,
+    timers: Vec<(Instant, Timer)>,
+    sent: Vec<Sent>,
+    events: Vec<(&'static str, Value)>,
+    journal: Vec<Line>,
+    guard: Vec<GuardUpdate>,
+    media: Arc<Mutex<FakeMedia>>,
+    drain: Arc<Drain>,
+}
+
+impl Lab {
+    fn new() -> Self {
+        Self::with(config(&[BACKEND_A, BACKEND_B]), AdmissionConfig::default())
+    }
+
+    fn with(sip: SipConfig, admission: AdmissionConfig) -> Self {
+        let media = Arc::new(Mutex::new(FakeMedia::default()));
+        let drain = Arc::new(Drain::new(Duration::from_secs(30)));
+        let now = Now::read();
+        let parts = Parts {
+            media: Box::new(SharedMedia(Arc::clone(&media))),
+            stats: Arc::new(SipStats::new(sip.backends.iter().map(|b| b.address))),
+            admission_counters: Arc::new(AdmissionCounters::default()),
+            drain: Arc::clone(&drain),
+            token: "t".to_owned(),
+        };
+        let mut core = Core::new(&sip, &admission, parts, now);
+        core.start(now, Vec::new());
+        let mut lab = Self {
+            core,
+            now,
+            timers: Vec::new(),
+            sent: Vec::new(),
+            events: Vec::new(),
+            journal: Vec::new(),
+            guard: Vec::new(),
+            media,
+            drain,
+        };
+        lab.collect();
+        lab
+    }
+
+    fn input(&mut self, input: Input) {
+        self.core.handle(self.now, input);
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Send { to, bytes, .. } => self.sent.push(Sent {
+                    to: to.address,
+                    side: to.side,
+                    message: Message::parse(bytes).expect("the core sends parseable SIP"),
+                }),
+                Output::Event(name, fields) => self.events.push((name, fields)),
+                Output::Journal(line) => self.journal.push(line),
+                Output::Schedule(timer, after) => self.timers.push((self.now.at + after, timer)),
+                Output::Guard(update) => self.guard.push(update),
+            }
+        }
+    }
+
+    fn datagram(&mut self, listener: Side, from: &str, text: &str) {
+        self.input(Input::Datagram {
+            listener,
+            from: addr(from),
+            bytes: text.as_bytes().to_vec(),
+            waited: Duration::ZERO,
+        });
+    }
+
+    fn carrier_sends(&mut self, text: &str) {
+        self.datagram(Side::Public, CARRIER, text);
+    }
+
+    fn backend_sends(&mut self, backend: SocketAddr, text: &str) {
+        self.input(Input::Datagram {
+            listener: Side::Private,
+            from: backend,
+            bytes: text.as_bytes().to_vec(),
+            waited: Duration::ZERO,
+        });
+    }
+
+    /// Moves the clock on by `by`, firing every timer that falls due on the way, in order.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now.at + by;
+        while let Some(index) = (0..self.timers.len())
+            .filter(|&i| self.timers[i].0 <= end)
+            .min_by_key(|&i| self.timers[i].0)
+        {
+            let (due, timer) = self.timers.remove(index);
+            self.now = self.now.after(due.saturating_duration_since(self.now.at));
+            self.input(Input::Timer(timer));
+        }
+        self.now = self.now.after(end.saturating_duration_since(self.now.at));
+    }
+
+    /// What was sent since last asked.
+    fn take_sent(&mut self) -> Vec<Sent> {
+        std::mem::take(&mut self.sent)
+    }
+
+    fn event_names(&self) -> Vec<&'static str> {
+        self.events.iter().map(|(name, _)| *name).collect()
+    }
+
+    fn event(&self, name: &str) -> &Value {
+        &self
+            .events
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no {name} event in {:?}", self.event_names()))
+            .1
+    }
+}
+
+/// The one message sent to `to` among `sent`.
+fn sent_to<'a>(sent: &'a [Sent], to: &str) -> &'a Sent {
+    let to = addr(to);
+    let matching: Vec<&Sent> = sent.iter().filter(|s| s.to == to).collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "expected one message to {to}, got {:?}",
+        summary(sent)
+    );
+    matching[0]
+}
+
+fn summary(sent: &[Sent]) -> Vec<String> {
+    sent.iter()
+        .map(|s| {
+            let what = s
+                .code()
+                .map_or_else(|| s.method().unwrap_or("?").to_owned(), |c| c.to_string());
+            format!("{what} -> {} ({:?})", s.to, s.side)
+        })
+        .collect()
+}
+
+fn sdp(address: &str, port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+}
+
+fn with_body(head: String, body: Option<&str>) -> String {
+    match body {
+        Some(body) => format!(
+            "{head}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        None => format!("{head}Content-Length: 0\r\n\r\n"),
+    }
+}
+
+/// A call as the carrier sees it.
+struct Call {
+    id: String,
+    /// The carrier's From tag.
+    tag: String,
+    cseq: u32,
+}
+
+impl Call {
+    fn new(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            tag: format!("c-{id}"),
+            cseq: 1,
+        }
+    }
+
+    /// The carrier's initial INVITE, with an SDP offer (RTP at port 40000).
+    fn invite(&self, branch: &str) -> String {
+        let head = format!(
+            "INVITE sip:alice@{PUBLIC} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {CARRIER};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:carrier@203.0.113.5>;tag={}\r\n\
+             To: <sip:alice@{PUBLIC}>\r\n\
+             Call-ID: {}\r\n\
+             CSeq: {} INVITE\r\n\
+             Contact: <sip:carrier@{CARRIER}>\r\n",
+            self.tag, self.id, self.cseq
+        );
+        with_body(head, Some(&sdp("203.0.113.5", 40000)))
+    }
+
+    /// The carrier's CANCEL of the INVITE sent with `branch`.
+    fn cancel(&self, branch: &str) -> String {
+        with_body(
+            format!(
+                "CANCEL sip:alice@{PUBLIC} SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP {CARRIER};branch=z9hG4bK{branch};rport\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:carrier@203.0.113.5>;tag={}\r\n\
+                 To: <sip:alice@{PUBLIC}>\r\n\
+                 Call-ID: {}\r\n\
+                 CSeq: {} CANCEL\r\n",
+                self.tag, self.id, self.cseq
+            ),
+            None,
+        )
+    }
+}
+
+/// A response a backend makes to a request it received: its Vias, Record-Routes, From, To
+/// (with `to_tag`), Call-ID and CSeq, and a Contact at the backend.
+fn response(
+    request: &Sent,
+    code: u16,
+    to_tag: &str,
+    backend: SocketAddr,
+    body: Option<&str>,
+) -> String {
+    let mut head = format!("SIP/2.0 {code} Whatever\r\n");
+    for via in request.message.headers_named("via") {
+        head.push_str(&format!("Via: {}\r\n", via.value));
+    }
+    for route in request.message.headers_named("record-route") {
+        head.push_str(&format!("Record-Route: {}\r\n", route.value));
+    }
+    let to = request.value("to");
+    let to = if code > 100 && !to.contains("tag=") {
+        format!("{to};tag={to_tag}")
+    } else {
+        to.to_owned()
+    };
+    head.push_str(&format!(
+        "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:alice@{backend}>\r\n",
+        request.value("from"),
+        request.value("call-id"),
+        request.value("cseq"),
+    ));
+    with_body(head, body)
+}
+
+/// An established call: the carrier's INVITE answered 200 by a backend and ACKed.
+struct Dialog {
+    call: Call,
+    backend: SocketAddr,
+    to_tag: String,
+    /// The route set the carrier uses (the 2xx's Record-Routes, reversed).
+    carrier_routes: Vec<String>,
+    /// The route set the backend uses (the INVITE's Record-Routes, in order).
+    backend_routes: Vec<String>,
+}
+
+impl Dialog {
+    /// An in-dialog request from the carrier, along its route set, to the backend's Contact.
+    fn carrier_request(&mut self, method: &str, branch: &str, body: Option<&str>) -> String {
+        self.call.cseq += u32::from(method != "ACK");
+        let mut head = format!(
+            "{method} sip:alice@{} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {CARRIER};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\n",
+            self.backend
+        );
+        for route in &self.carrier_routes {
+            head.push_str(&format!("Route: {route}\r\n"));
+        }
+        head.push_str(&format!(
+            "From: <sip:carrier@203.0.113.5>;tag={}\r\nTo: <sip:alice@{PUBLIC}>;tag={}\r\n\
+             Call-ID: {}\r\nCSeq: {} {method}\r\nContact: <sip:carrier@{CARRIER}>\r\n",
+            self.call.tag, self.to_tag, self.call.id, self.call.cseq
+        ));
+        with_body(head, body)
+    }
+
+    /// An in-dialog request from the backend, along its route set, to the carrier's Contact.
+    fn backend_request(&self, method: &str, branch: &str, cseq: u32) -> String {
+        let mut head = format!(
+            "{method} sip:carrier@{CARRIER} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\n",
+            self.backend
+        );
+        for route in &self.backend_routes {
+            head.push_str(&format!("Route: {route}\r\n"));
+        }
+        head.push_str(&format!(
+            "From: <sip:alice@{PUBLIC}>;tag={}\r\nTo: <sip:carrier@203.0.113.5>;tag={}\r\n\
+             Call-ID: {}\r\nCSeq: {cseq} {method}\r\n",
+            self.to_tag, self.call.tag, self.call.id
+        ));
+        with_body(head, None)
+    }
+}
+
+/// Sends `call`'s INVITE and returns it as forwarded to a backend.
+fn forward_invite(lab: &mut Lab, call: &Call, branch: &str) -> Sent {
+    lab.carrier_sends(&call.invite(branch));
+    let sent = lab.take_sent();
+    let trying = sent_to(&sent, CARRIER);
+    assert_eq!(trying.code(), Some(100), "100 Trying first");
+    sent.into_iter()
+        .find(|s| s.method() == Some("INVITE"))
+        .expect("the INVITE forwarded")
+}
+
+/// Sets up a call through to a 200 and the carrier's ACK.
+fn establish(lab: &mut Lab, id: &str) -> Dialog {
+    let call = Call::new(id);
+    let invite = forward_invite(lab, &call, &format!("{id}-1"));
+    let backend = invite.to;
+    let to_tag = format!("b-{id}");
+    let answer = sdp("10.0.0.10", 50000);
+    lab.backend_sends(
+        backend,
+        &response(&invite, 200, &to_tag, backend, Some(&answer)),
+    );
+    let sent = lab.take_sent();
+    let ok = sent_to(&sent, CARRIER);
+    assert_eq!(ok.code(), Some(200));
+    let mut dialog = Dialog {
+        carrier_routes: ok.values("record-route").into_iter().rev().collect(),
+        backend_routes: invite.values("record-route"),
+        call,
+        backend,
+        to_tag,
+    };
+    let ack = dialog.carrier_request("ACK", &format!("{id}-ack"), None);
+    lab.carrier_sends(&ack);
+    let sent = lab.take_sent();
+    assert_eq!(sent_to(&sent, &backend.to_string()).method(), Some("ACK"));
+    dialog
+}
+
+struct Case {
+    name: &'static str,
+    play: fn(),
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "an INVITE goes through with 100 Trying, Record-Route and anchored media",
+        play: invite_goes_through,
+    },
+    Case {
+        name: "INVITE retransmissions are absorbed, and answered with the last response",
+        play: retransmissions_are_absorbed,
+    },
+    Case {
+        name: "a forwarded INVITE is retransmitted until the backend answers",
+        play: invite_is_retransmitted_until_answered,
+    },
+    Case {
+        name: "CANCEL after ringing is answered 200, cancelled downstream, ends in 487",
+        play: cancel_after_ringing,
+    },
+    Case {
+        name: "CANCEL before anything came back is answered 487 at once",
+        play: cancel_before_ringing,
+    },
+    Case {
+        name: "CANCEL of no transaction gets 481",
+        play: cancel_of_nothing,
+    },
+    Case {
+        name: "an INVITE unanswered fails over to the next backend on timeout",
+        play: failover_on_timeout,
+    },
+    Case {
+        name: "408 and 5xx from a backend fail over, with an ACK to the failed one",
+        play: failover_on_failure_codes,
+    },
+    Case {
+        name: "a transport error fails over as a 503 from that hop would",
+        play: failover_on_transport_error,
+    },
+    Case {
+        name: "503 with Retry-After when no backend is left",
+        play: none_left_is_503,
+    },
+    Case {
+        name: "a busy callee's 486 is relayed and ACKed hop by hop; the caller's ACK stays",
+        play: failure_is_acked_hop_by_hop,
+    },
+    Case {
+        name: "the 2xx is relayed with anchored media, and the ACK follows the dialog",
+        play: answer_and_ack,
+    },
+    Case {
+        name: "Record-Route twice across sides: each side's route set names our address there",
+        play: double_record_route,
+    },
+    Case {
+        name: "loose routing: our Route entries are popped, in both directions",
+        play: loose_routing,
+    },
+    Case {
+        name: "in-dialog requests of unknown dialogs get 481",
+        play: unknown_dialog_is_481,
+    },
+    Case {
+        name: "Max-Forwards 0 gets 483",
+        play: max_forwards_exhausted,
+    },
+    Case {
+        name: "a request that comes back through us unchanged gets 482",
+        play: loop_detected,
+    },
+    Case {
+        name: "Timer C: an INVITE that rings too long is cancelled and answered 408",
+        play: timer_c,
+    },
+    Case {
+        name: "a re-INVITE's SDP is re-anchored on the call's media sessions",
+        play: reinvite_reanchors,
+    },
+    Case {
+        name: "BYE ends the call: media ended, dialog released, call_ended reported",
+        play: bye_ends_the_call,
+    },
+    Case {
+        name: "OPTIONS to the proxy: 200, and 503 with Retry-After while draining",
+        play: options_to_us,
+    },
+    Case {
+        name: "a new request that waited too long is refused 503 at once, a call's is not",
+        play: stale_requests,
+    },
+    Case {
+        name: "a stray response for no transaction is dropped",
+        play: stray_response,
+    },
+];
+
+#[test]
+fn the_proxy_core_plays_every_case() {
+    let only = std::env::var("SBC_CORE_CASE").ok();
+    let mut failed = Vec::new();
+    let mut played = 0;
+    for case in CASES {
+        if only.as_deref().is_some_and(|only| only != case.name) {
+            continue;
+        }
+        played += 1;
+        if let Err(panic) = std::panic::catch_unwind(case.play) {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            failed.push(format!("{}: {why}", case.name));
+        }
+    }
+    assert!(played > 0, "no case named {only:?}");
+    assert!(
+        failed.is_empty(),
+        "{} of {played} cases failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+fn invite_goes_through() {
+    let mut lab = Lab::new();
+    let call = Call::new("through");
+    let invite = forward_invite(&mut lab, &call, "1");
+    assert!([addr(BACKEND_A), addr(BACKEND_B)].contains(&invite.to));
+    assert_eq!(invite.side, Side::Private);
+    let vias = invite.values("via");
+    assert_eq!(vias.len(), 2, "our Via on top of the carrier's: {vias:?}");
+    assert!(vias[0].starts_with(&format!("SIP/2.0/UDP {PRIVATE};branch=z9hG4bK")));
+    assert!(vias[1].contains("received=203.0.113.5") || vias[1].contains("rport=5060"));
+    assert_eq!(invite.value("max-forwards"), "69");
+    let body = invite.body();
+    assert!(
+        body.contains(&format!("c=IN IP4 {MEDIA_PRIVATE}")),
+        "{body}"
+    );
+    assert!(
+        body.contains("m=audio 30002 "),
+        "the private leg's port: {body}"
+    );
+    let media = lab.media.lock().expect("not poisoned");
+    assert_eq!(media.announced, vec![(1, 0, addr("203.0.113.5:40000"))]);
+    drop(media);
+    assert_eq!(lab.event_names(), vec!["call_started"]);
+    assert_eq!(
+        lab.guard,
+        vec![GuardUpdate::DialogStarted("through".to_owned())]
+    );
+    assert!(
+        matches!(&lab.journal[..], [Line::Put(record)] if record.setup.is_some()),
+        "the call being set up is journaled"
+    );
+}
+
+fn retransmissions_are_absorbed() {
+    let mut lab = Lab::new();
+    let call = Call::new("again");
+    let invite = forward_invite(&mut lab, &call, "1");
+    lab.carrier_sends(&call.invite("1"));
+    assert!(lab.take_sent().is_empty(), "nothing new to say or forward");
+    lab.backend_sends(invite.to, &response(&invite, 180, "b", invite.to, None));
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(180));
+    lab.carrier_sends(&call.invite("1"));
+    let sent = lab.take_sent();
+    assert_eq!(
+        sent_to(&sent, CARRIER).code(),
+        Some(180),
+        "the last response again"
+    );
+    assert!(
+        sent.iter().all(|s| s.method().is_none()),
+        "no INVITE forwarded again"
+    );
+}
+
+fn invite_is_retransmitted_until_answered() {
+    let mut lab = Lab::new();
+    let invite = forward_invite(&mut lab, &Call::new("resend"), "1");
+    lab.advance(T1);
+    let again = lab.take_sent();
+    assert_eq!(
+        sent_to(&again, &invite.to.to_string()).method(),
+        Some("INVITE")
+    );
+    lab.advance(2 * T1);
+    assert_eq!(lab.take_sent().len(), 1, "again after 2*T1");
+    lab.backend_sends(invite.to, &response(&invite, 100, "", invite.to, None));
+    lab.advance(Duration::from_millis(1900));
+    assert!(
+        lab.take_sent().is_empty(),
+        "a provisional response stops retransmissions (and 100 goes no further)"
+    );
+}
+
+fn cancel_after_ringing() {
+    let mut lab = Lab::new();
+    let call = Call::new("cancelled");
+    let invite = forward_invite(&mut lab, &call, "1");
+    lab.backend_sends(invite.to, &response(&invite, 180, "b", invite.to, None));
+    lab.take_sent();
+    lab.carrier_sends(&call.cancel("1"));
+    let sent = lab.take_sent();
+    let ok = sent_to(&sent, CARRIER);
+    assert_eq!((ok.code(), ok.value("cseq")), (Some(200), "1 CANCEL"));
+    let cancel = sent_to(&sent, &invite.to.to_string());
+    assert_eq!(cancel.method(), Some("CANCEL"));
+    assert_eq!(
+        cancel.values("via")[0],
+        invite.values("via")[0],
+        "CANCEL carries the INVITE's branch"
+    );
+    lab.backend_sends(invite.to, &response(cancel, 200, "b", invite.to, None));
+    lab.backend_sends(invite.to, &response(&invite, 487, "b", invite.to, None));
+    let sent = lab.take_sent();
+    assert_eq!(sent_to(&sent, CARRIER).code(), Some(487));
+    assert_eq!(
+        sent_to(&sent, &invite.to.to_string()).method(),
+        Some("ACK"),
+        "487 ACKed to the backend"
+    );
+    assert_eq!(lab.event("call_ended")["reason"], "cancelled");
+}
+
+fn cancel_before_ringing() {
+    let mut lab = Lab::new();
+    let call = Call::new("early-cancel");
+    forward_invite(&mut lab, &call, "1");
+    lab.carrier_sends(&call.cancel("1"));
+    let sent = lab.take_sent();
+    let codes: Vec<_> = sent.iter().filter_map(Sent::code).collect();
+    assert_eq!(codes, vec![200, 487], "{:?}", summary(&sent));
+    assert!(
+        sent.iter().all(|s| s.to == addr(CARRIER)),
+        "nothing to cancel downstream yet"
+    );
+    assert_eq!(lab.event("call_ended")["reason"], "cancelled");
+}
+
+fn cancel_of_nothing() {
+    let mut lab = Lab::new();
+    lab.carrier_sends(&Call::new("nothing").cancel("1"));
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(481));
+}
+
+fn failover_on_timeout() {
+    let mut lab = Lab::new();
+    let first = forward_invite(&mut lab, &Call::new("slow"), "1");
+    lab.advance(INVITE_TIMEOUT);
+    let sent = lab.take_sent();
+    let next: Vec<&Sent> = sent.iter().filter(|s| s.to != first.to).collect();
+    assert_eq!(next.len(), 1, "{:?}", summary(&sent));
+    assert_eq!(next[0].method(), Some("INVITE"));
+    assert_ne!(
+        next[0].values("via")[0],
+        first.values("via")[0],
+        "a new branch"
+    );
+    assert!(
+        !sent.iter().any(|s| s.to == addr(CARRIER)),
+        "the caller hears nothing of it"
+    );
+}
+
+fn failover_on_failure_codes() {
+    for code in [408, 500, 503] {
+        let mut lab = Lab::new();
+        let first = forward_invite(&mut lab, &Call::new(&format!("fails-{code}")), "1");
+        lab.backend_sends(first.to, &response(&first, code, "b", first.to, None));
+        let sent = lab.take_sent();
+        assert_eq!(
+            sent_to(&sent, &first.to.to_string()).method(),
+            Some("ACK"),
+            "{code} ACKed"
+        );
+        let other = sent.iter().find(|s| s.to != first.to).expect("failed over");
+        assert_eq!(other.method(), Some("INVITE"), "after {code}");
+        assert!(!sent.iter().any(|s| s.to == addr(CARRIER)));
+    }
+}
+
+fn failover_on_transport_error() {
+    let mut lab = Lab::new();
+    let first = forward_invite(&mut lab, &Call::new("unreachable"), "1");
+    let key = lab
+        .core
+        .client
+        .keys()
+        .next()
+        .cloned()
+        .expect("the INVITE's client transaction");
+    lab.input(Input::SendFailed(key));
+    let sent = lab.take_sent();
+    let other = sent_to(
+        &sent,
+        if first.to == addr(BACKEND_A) {
+            BACKEND_B
+        } else {
+            BACKEND_A
+        },
+    );
+    assert_eq!(other.method(), Some("INVITE"));
+}
+
+fn none_left_is_503() {
+    let mut lab = Lab::with(config(&[BACKEND_A]), AdmissionConfig::default());
+    let invite = forward_invite(&mut lab, &Call::new("alone"), "1");
+    lab.backend_sends(invite.to, &response(&invite, 503, "b", invite.to, None));
+    let sent = lab.take_sent();
+    let refusal = sent_to(&sent, CARRIER);
+    assert_eq!(refusal.code(), Some(503));
+    assert!(!refusal.value("retry-after").is_empty(), "with Retry-After");
+    assert_eq!(lab.event("call_ended")["final_code"], 503);
+    // A new call now finds the backend still up (one failure is no verdict) and goes to it.
+    let mut lab = Lab::with(config(&[]), AdmissionConfig::default());
+    lab.carrier_sends(&Call::new("nowhere").invite("1"));
+    let sent = lab.take_sent();
+    let codes: Vec<_> = sent.iter().filter_map(Sent::code).collect();
+    assert_eq!(codes, vec![503], "no backend at all: {:?}", summary(&sent));
+}
+
+fn failure_is_acked_hop_by_hop() {
+    let mut lab = Lab::new();
+    let call = Call::new("busy");
+    let invite = forward_invite(&mut lab, &call, "1");
+    lab.backend_sends(invite.to, &response(&invite, 486, "b", invite.to, None));
+    let sent = lab.take_sent();
+    assert_eq!(sent_to(&sent, CARRIER).code(), Some(486));
+    assert_eq!(sent_to(&sent, &invite.to.to_string()).method(), Some("ACK"));
+    // The carrier's ACK of our 486 ends the transaction here.
+    let ack = with_body(
+        format!(
+            "ACK sip:alice@{PUBLIC} SIP/2.0\r\nVia: SIP/2.0/UDP {CARRIER};branch=z9hG4bK1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:carrier@203.0.113.5>;tag={}\r\n\
+             To: <sip:alice@{PUBLIC}>;tag=b\r\nCall-ID: busy\r\nCSeq: 1 ACK\r\n",
+            call.tag
+        ),
+        None,
+    );
+    lab.carrier_sends(&ack);
+    assert!(
+        lab.take_sent().is_empty(),
+        "the ACK of a failure is not forwarded"
+    );
+    assert_eq!(lab.event("call_ended")["reason"], "failed");
+}
+
+fn answer_and_ack() {
+    let mut lab = Lab::new();
+    let call = Call::new("answered");
+    let invite = forward_invite(&mut lab, &call, "1");
+    let answer = sdp("10.0.0.10", 50000);
+    lab.backend_sends(
+        invite.to,
+        &response(&invite, 200, "b", invite.to, Some(&answer)),
+    );
+    let sent = lab.take_sent();
+    let ok = sent_to(&sent, CARRIER);
+    assert_eq!(ok.values("via").len(), 1, "our Via popped");
+    let body = ok.body();
+    assert!(body.contains(&format!("c=IN IP4 {MEDIA_PUBLIC}")), "{body}");
+    assert!(
+        body.contains("m=audio 20002 "),
+        "the public leg's port: {body}"
+    );
+    assert_eq!(lab.media.lock().expect("not poisoned").answered, vec![1]);
+    assert!(lab.event_names().contains(&"call_answered"));
+    // The 2xx's retransmission goes up too (the transaction is over; the proxy relays it).
+    lab.backend_sends(
+        invite.to,
+        &response(&invite, 200, "b", invite.to, Some(&answer)),
+    );
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
+    let mut dialog = Dialog {
+        carrier_routes: ok.values("record-route").into_iter().rev().collect(),
+        backend_routes: invite.values("record-route"),
+        call,
+        backend: invite.to,
+        to_tag: "b".to_owned(),
+    };
+    lab.carrier_sends(&dialog.carrier_request("ACK", "ack", None));
+    let ack = sent_to(&lab.take_sent(), &invite.to.to_string())
+        .request_uri()
+        .to_owned();
+    assert_eq!(ack, format!("sip:alice@{}", invite.to));
+}
+
+fn double_record_route() {
+    let mut lab = Lab::new();
+    let dialog = establish(&mut lab, "routes");
+    let ours = |side: &str| format!("<sip:{side};lr>");
+    assert_eq!(
+        dialog.backend_routes,
+        vec![ours(PRIVATE), ours(PUBLIC)],
+        "the backend reaches us first at our private address"
+    );
+    assert_eq!(
+        dialog.carrier_routes,
+        vec![ours(PUBLIC), ours(PRIVATE)],
+        "the carrier reaches us first at our public address"
+    );
+}
+
+fn loose_routing() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "loose");
+    lab.carrier_sends(&dialog.carrier_request("INFO", "info", None));
+    let sent = lab.take_sent();
+    let info = sent_to(&sent, &dialog.backend.to_string());
+    assert!(
+        info.values("route").is_empty(),
+        "our Routes popped: {:?}",
+        info.values("route")
+    );
+    assert_eq!(info.request_uri(), format!("sip:alice@{}", dialog.backend));
+    let backend = dialog.backend;
+    lab.backend_sends(backend, &response(info, 200, "", backend, None));
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
+    lab.backend_sends(backend, &dialog.backend_request("INFO", "binfo", 1));
+    let sent = lab.take_sent();
+    let info = sent_to(&sent, CARRIER);
+    assert!(
+        info.values("route").is_empty(),
+        "{:?}",
+        info.values("route")
+    );
+    assert_eq!(info.side, Side::Public);
+}
+
+fn unknown_dialog_is_481() {
+    let mut lab = Lab::new();
+    let mut dialog = Dialog {
+        call: Call::new("ghost"),
+        backend: addr(BACKEND_A),
+        to_tag: "b".to_owned(),
+        carrier_routes: vec![format!("<sip:{PUBLIC};lr>")],
+        backend_routes: Vec::new(),
+    };
+    lab.carrier_sends(&dialog.carrier_request("BYE", "bye", None));
+    let sent = lab.take_sent();
+    assert_eq!(sent_to(&sent, CARRIER).code(), Some(481));
+    assert_eq!(sent.len(), 1, "nothing forwarded");
+}
+
+fn max_forwards_exhausted() {
+    let mut lab = Lab::new();
+    let invite = Call::new("tired")
+        .invite("1")
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    lab.carrier_sends(&invite);
+    let sent = lab.take_sent();
+    assert_eq!(sent_to(&sent, CARRIER).code(), Some(483));
+    assert_eq!(sent.len(), 1);
+}
+
+fn loop_detected() {
+    let mut lab = Lab::new();
+    let invite = forward_invite(&mut lab, &Call::new("looping"), "1");
+    // What we sent comes back to the public side unchanged: a loop, not a spiral.
+    lab.carrier_sends(&String::from_utf8_lossy(invite.message.bytes()));
+    let sent = lab.take_sent();
+    let refusal = sent.iter().find_map(Sent::code);
+    assert_eq!(refusal, Some(482), "{:?}", summary(&sent));
+}
+
+fn timer_c() {
+    let mut lab = Lab::new();
+    let call = Call::new("ringing-forever");
+    let invite = forward_invite(&mut lab, &call, "1");
+    lab.backend_sends(invite.to, &response(&invite, 180, "b", invite.to, None));
+    lab.take_sent();
+    lab.advance(TIMER_C - Duration::from_secs(1));
+    assert!(lab.take_sent().is_empty(), "still ringing");
+    lab.advance(Duration::from_secs(1));
+    let sent = lab.take_sent();
+    assert_eq!(
+        sent_to(&sent, &invite.to.to_string()).method(),
+        Some("CANCEL")
+    );
+    assert_eq!(sent_to(&sent, CARRIER).code(), Some(408));
+}
+
+fn reinvite_reanchors() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "moved");
+    let offer = sdp("203.0.113.9", 41000);
+    lab.carrier_sends(&dialog.carrier_request("INVITE", "re", Some(&offer)));
+    let sent = lab.take_sent();
+    let reinvite = sent
+        .iter()
+        .find(|s| s.method() == Some("INVITE"))
+        .expect("the re-INVITE forwarded");
+    let body = reinvite.body();
+    assert!(
+        body.contains("m=audio 30002 "),
+        "the same session's port: {body}"
+    );
+    let media = lab.media.lock().expect("not poisoned");
+    assert_eq!(media.sessions.len(), 1, "no new session");
+    assert_eq!(
+        media.announced.last(),
+        Some(&(1, 0, addr("203.0.113.9:41000"))),
+        "the carrier's new media address announced"
+    );
+}
+
+fn bye_ends_the_call() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "ending");
+    lab.carrier_sends(&dialog.carrier_request("BYE", "bye", None));
+    let sent = lab.take_sent();
+    let bye = sent_to(&sent, &dialog.backend.to_string());
+    assert_eq!(bye.method(), Some("BYE"));
+    let backend = dialog.backend;
+    lab.backend_sends(backend, &response(bye, 200, "", backend, None));
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
+    let ended = lab.event("call_ended");
+    assert_eq!(
+        (ended["reason"].as_str(), ended["final_code"].as_u64()),
+        (Some("bye"), Some(200))
+    );
+    assert_eq!(lab.media.lock().expect("not poisoned").ended, vec![1]);
+    assert_eq!(
+        lab.guard.last(),
+        Some(&GuardUpdate::DialogEnded("ending".to_owned()))
+    );
+    assert!(matches!(lab.journal.last(), Some(Line::End(_))));
+    assert!(lab.core.calls.is_empty());
+}
+
+fn options_to_us() {
+    let mut lab = Lab::new();
+    let options = |branch: &str| {
+        with_body(
+            format!(
+                "OPTIONS sip:{PUBLIC} SIP/2.0\r\nVia: SIP/2.0/UDP {CARRIER};branch=z9hG4bK{branch}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:lb@203.0.113.5>;tag=o\r\nTo: <sip:{PUBLIC}>\r\n\
+                 Call-ID: ping-{branch}\r\nCSeq: 1 OPTIONS\r\n"
+            ),
+            None,
+        )
+    };
+    lab.carrier_sends(&options("1"));
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
+    lab.drain.begin("test");
+    lab.carrier_sends(&options("2"));
+    let sent = lab.take_sent();
+    let draining = sent_to(&sent, CARRIER);
+    assert_eq!(draining.code(), Some(503));
+    assert!(!draining.value("retry-after").is_empty());
+}
+
+fn stale_requests() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "up");
+    let waited = Duration::from_secs(2);
+    lab.input(Input::Datagram {
+        listener: Side::Public,
+        from: addr(CARRIER),
+        bytes: Call::new("late").invite("1").into_bytes(),
+        waited,
+    });
+    let sent = lab.take_sent();
+    assert_eq!(
+        sent_to(&sent, CARRIER).code(),
+        Some(503),
+        "{:?}",
+        summary(&sent)
+    );
+    assert_eq!(sent.len(), 1, "no 100 Trying, nothing forwarded");
+    lab.input(Input::Datagram {
+        listener: Side::Public,
+        from: addr(CARRIER),
+        bytes: dialog.carrier_request("BYE", "bye", None).into_bytes(),
+        waited,
+    });
+    let sent = lab.take_sent();
+    assert_eq!(
+        sent_to(&sent, &dialog.backend.to_string()).method(),
+        Some("BYE"),
+        "a call's request is never stale"
+    );
+}
+
+fn stray_response() {
+    let mut lab = Lab::new();
+    let stray = with_body(
+        format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {PRIVATE};branch=z9hG4bKnothing\r\n\
+             From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: stray\r\nCSeq: 1 BYE\r\n"
+        ),
+        None,
+    );
+    lab.backend_sends(addr(BACKEND_A), &stray);
+    assert!(lab.take_sent().is_empty());
+}
