@@ -21,13 +21,16 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::core::calls::Party;
+use super::core::{
+    calls::{CallKey, Party},
+    transactions::{ClientKey, ServerKey},
+};
 use crate::side::Side;
 
 /// What a restarted daemon needs of a call.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CallRecord {
-    pub key: String,
+    pub key: CallKey,
     pub call_id: String,
     pub caller: Party,
     pub callee: Party,
@@ -46,7 +49,7 @@ pub struct CallRecord {
 /// anchor its media and relay it, or end the attempt cleanly on both sides.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SetupRecord {
-    pub server_key: String,
+    pub server_key: ServerKey,
     /// The caller's INVITE as received, and where from.
     pub invite: String,
     pub upstream: SocketAddr,
@@ -55,7 +58,7 @@ pub struct SetupRecord {
     pub upstream_udp: bool,
     /// Our To tag for the responses we make.
     pub to_tag: String,
-    pub client_key: String,
+    pub client_key: ClientKey,
     /// The INVITE as sent to the next hop, our Via on top.
     pub forwarded: String,
     pub target: SocketAddr,
@@ -71,7 +74,7 @@ pub enum Line {
     /// A call, recorded (again).
     Put(Box<CallRecord>),
     /// A call's end, by its key.
-    End(String),
+    End(CallKey),
 }
 
 pub struct Journal {
@@ -174,9 +177,13 @@ mod tests {
         }
     }
 
+    fn key(call_id: &str) -> CallKey {
+        CallKey::new(call_id, "1")
+    }
+
     fn record(key: &str) -> CallRecord {
         CallRecord {
-            key: key.to_owned(),
+            key: self::key(key),
             call_id: key.to_owned(),
             caller: party(Side::Public, "<sip:a@example.com>;tag=1"),
             callee: party(Side::Private, "<sip:b@example.com>;tag=2"),
@@ -200,7 +207,7 @@ mod tests {
             let mut changed = record("one");
             changed.media.push(Some(9));
             journal.append(&Line::Put(Box::new(changed)));
-            journal.append(&Line::End("two".into()));
+            journal.append(&Line::End(key("two")));
         }
         // A crash in the middle of a line.
         OpenOptions::new()
@@ -211,7 +218,7 @@ mod tests {
             .unwrap();
         let (mut journal, calls) = Journal::open(&path).unwrap();
         assert_eq!(calls.len(), 1);
-        assert_eq!(calls[0].key, "one");
+        assert_eq!(calls[0].key, key("one"));
         assert_eq!(calls[0].media, vec![Some(7), None, Some(9)]);
         let compacted = std::fs::read_to_string(&path).unwrap();
         assert_eq!(compacted.lines().count(), 1, "{compacted}");
@@ -221,13 +228,13 @@ mod tests {
         let mut ringing = record("four");
         ringing.answered_unix_ms = None;
         ringing.setup = Some(SetupRecord {
-            server_key: "s".into(),
+            server_key: ServerKey::named("s"),
             invite: "INVITE sip:b@example.com SIP/2.0\r\n".into(),
             upstream: "192.0.2.1:5060".parse().unwrap(),
             upstream_side: Side::Public,
             upstream_udp: true,
             to_tag: "t".into(),
-            client_key: "c".into(),
+            client_key: ClientKey::new("z9hG4bK1", crate::sip::Method::Invite),
             forwarded: "INVITE sip:b@192.0.2.2 SIP/2.0\r\n".into(),
             target: "192.0.2.2:5060".parse().unwrap(),
             out_side: Side::Private,
@@ -236,7 +243,7 @@ mod tests {
         journal.append(&Line::Put(Box::new(ringing.clone())));
         drop(journal);
         let (_, calls) = Journal::open(&path).unwrap();
-        assert_eq!(calls.iter().find(|c| c.key == "four"), Some(&ringing));
+        assert_eq!(calls.iter().find(|c| c.key == key("four")), Some(&ringing));
         let older = r#"{"key":"k","call_id":"k","caller":{"side":"public","address":"a","contact":null,"route_set":[],"source":null,"cseq":1},"callee":{"side":"private","address":"b","contact":null,"route_set":[],"source":null,"cseq":1},"media":[],"backend":null,"started_unix_ms":1,"answered_unix_ms":2}"#;
         let older: CallRecord = serde_json::from_str(older).unwrap();
         assert_eq!((older.answered_unix_ms, older.setup), (Some(2), None));

@@ -10,38 +10,13 @@ use std::{
 use crate::{
     metrics::{CounterMap, Histogram, HistogramMap},
     side::Side,
+    sip::Method,
 };
-
-/// The methods counted by name; anything else is "other", so a peer cannot grow the label set.
-const METHODS: [&str; 14] = [
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "OPTIONS",
-    "REGISTER",
-    "PRACK",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "INFO",
-    "REFER",
-    "MESSAGE",
-    "UPDATE",
-];
-
-pub fn method_label(method: &str) -> &'static str {
-    METHODS
-        .iter()
-        .find(|known| known.eq_ignore_ascii_case(method))
-        .copied()
-        .unwrap_or("other")
-}
 
 /// An INVITE that starts a call (no To tag yet): its final response ends a call attempt.
 pub fn is_initial_invite(request: &crate::sip::Message) -> bool {
     request.is_request()
-        && request.method() == Some("INVITE")
+        && request.method() == Some(Method::Invite.as_str())
         && request
             .value("to")
             .and_then(|to| crate::sip::address::parse(to).ok())
@@ -165,9 +140,9 @@ impl BackendStats {
     }
 
     /// A final answer from this backend (`None`: it never answered).
-    pub fn answered(&self, method: &str, code: Option<u16>) {
+    pub fn answered(&self, method: &Method, code: Option<u16>) {
         let class = code.map_or("timeout", code_class);
-        self.answers.increment((method_label(method), class));
+        self.answers.increment((method.label(), class));
     }
 
     /// Something that counts toward its health happened (see `backends::Observation`).
@@ -328,11 +303,5 @@ mod tests {
         backend.observed(true);
         backend.health_changed();
         assert_eq!(backend.failure_ratio(), 0.0, "a new health period");
-    }
-
-    #[test]
-    fn unknown_methods_share_one_label() {
-        assert_eq!(method_label("invite"), "INVITE");
-        assert_eq!(method_label("FOO"), "other");
     }
 }

@@ -82,7 +82,7 @@ impl Bounds {
             ]
         });
         let tokens = [
-            ("method", Some(request.method.clone())),
+            ("method", Some(request.method.to_string())),
             ("Call-ID", Some(request.call_id.clone())),
             ("From tag", request.from.tag().map(str::to_owned)),
             ("To tag", request.to.tag().map(str::to_owned)),

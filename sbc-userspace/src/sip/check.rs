@@ -4,6 +4,7 @@
 use super::{
     address::{self, Address},
     message::{Message, StartLine},
+    method::Method,
     uri::{self, Uri},
     via::{self, Via},
 };
@@ -30,7 +31,7 @@ impl Rejection {
 /// The parts of a request the proxy works with, checked.
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub method: String,
+    pub method: Method,
     pub uri: Uri,
     pub vias: Vec<Via>,
     pub from: Address,
@@ -55,7 +56,7 @@ pub struct Response {
     pub vias: Vec<Via>,
     pub call_id: String,
     pub cseq: u32,
-    pub cseq_method: String,
+    pub cseq_method: Method,
 }
 
 /// Headers that may appear only once.
@@ -87,7 +88,7 @@ fn header_rules(message: &Message) -> Result<(), String> {
     Ok(())
 }
 
-fn cseq(message: &Message) -> Result<(u32, String), String> {
+fn cseq(message: &Message) -> Result<(u32, Method), String> {
     let value = message.value("cseq").unwrap_or_default();
     let mut words = value.split_whitespace();
     let (Some(number), Some(method), None) = (words.next(), words.next(), words.next()) else {
@@ -98,7 +99,7 @@ fn cseq(message: &Message) -> Result<(u32, String), String> {
         .ok()
         .filter(|n| *n <= MAX_CSEQ)
         .ok_or_else(|| format!("CSeq number {number} is not below 2^31"))?;
-    Ok((number as u32, method.to_owned()))
+    Ok((number as u32, Method::parse(method)))
 }
 
 fn vias(message: &Message) -> Result<Vec<Via>, String> {
@@ -148,7 +149,7 @@ pub fn request(message: &Message, supported: &[&str]) -> Result<Request, Rejecti
     }
     let vias = vias(message).map_err(Rejection::bad)?;
     let (cseq, cseq_method) = cseq(message).map_err(Rejection::bad)?;
-    if &cseq_method != method {
+    if cseq_method.as_str() != method {
         return Err(Rejection::bad(format!(
             "CSeq method {cseq_method} does not match {method}"
         )));
@@ -188,7 +189,7 @@ pub fn request(message: &Message, supported: &[&str]) -> Result<Request, Rejecti
         });
     }
     Ok(Request {
-        method: method.clone(),
+        method: cseq_method,
         uri,
         vias,
         from,

@@ -12,8 +12,10 @@ pub mod edit;
 pub mod framing;
 pub mod inbound;
 pub mod message;
+pub mod method;
 pub mod syntax;
 pub mod uri;
 pub mod via;
 
 pub use message::{Header, Message, ParseError, StartLine};
+pub use method::Method;

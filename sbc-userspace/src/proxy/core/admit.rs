@@ -5,10 +5,13 @@ use std::{sync::atomic::Ordering, time::Duration};
 use sbc_common::guard::{BLOCK_ABUSE, BLOCK_SCANNER};
 use tracing::debug;
 
-use super::{Core, GuardUpdate, transactions::Peer};
+use super::{
+    Core, GuardUpdate,
+    transactions::{Peer, ServerKey},
+};
 use crate::{
     admission::Refusal,
-    sip::{Message, check},
+    sip::{Message, Method, check},
 };
 
 impl Core {
@@ -16,7 +19,7 @@ impl Core {
     /// deliberately not) and counted.
     pub(super) fn admit(
         &mut self,
-        key: &str,
+        key: &ServerKey,
         peer: Peer,
         message: &Message,
         request: &check::Request,
@@ -38,7 +41,7 @@ impl Core {
             return true;
         }
         let now = self.now.monotonic_ns;
-        let verdict = if request.method == "INVITE" && self.drain.is_draining() {
+        let verdict = if request.method == Method::Invite && self.drain.is_draining() {
             self.admission_counters
                 .draining
                 .fetch_add(1, Ordering::Relaxed);
@@ -46,7 +49,7 @@ impl Core {
                 reason: "the SBC is draining",
                 block: None,
             })
-        } else if request.method == "INVITE" {
+        } else if request.method == Method::Invite {
             let delay = self.waited;
             let calls = self.calls.len();
             self.admission

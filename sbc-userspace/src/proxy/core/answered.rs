@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::build;
+use super::{build, transactions::ServerKey};
 use crate::sip::Message;
 
 /// Transactions remembered at most.
@@ -33,9 +33,9 @@ impl Answer {
 
 pub struct Answered {
     keep: Duration,
-    answers: HashMap<String, Answer>,
+    answers: HashMap<ServerKey, Answer>,
     /// Keys by age, oldest first.
-    order: VecDeque<(Instant, String)>,
+    order: VecDeque<(Instant, ServerKey)>,
 }
 
 impl Answered {
@@ -48,7 +48,7 @@ impl Answered {
         }
     }
 
-    pub fn remember(&mut self, key: &str, answer: Answer, now: Instant) {
+    pub fn remember(&mut self, key: &ServerKey, answer: Answer, now: Instant) {
         while let Some((at, _)) = self.order.front() {
             if now.duration_since(*at) < self.keep && self.order.len() < CAPACITY {
                 break;
@@ -56,13 +56,13 @@ impl Answered {
             let (_, old) = self.order.pop_front().expect("not empty");
             self.answers.remove(&old);
         }
-        if self.answers.insert(key.to_owned(), answer).is_none() {
-            self.order.push_back((now, key.to_owned()));
+        if self.answers.insert(key.clone(), answer).is_none() {
+            self.order.push_back((now, key.clone()));
         }
     }
 
     /// The answer already given to this transaction, if it is still remembered.
-    pub fn get(&self, key: &str) -> Option<&Answer> {
+    pub fn get(&self, key: &ServerKey) -> Option<&Answer> {
         self.answers.get(key)
     }
 }
@@ -70,6 +70,10 @@ impl Answered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(name: &str) -> ServerKey {
+        ServerKey::named(name)
+    }
 
     fn answer(code: u16) -> Answer {
         Answer {
@@ -84,16 +88,20 @@ mod tests {
     fn answers_are_kept_for_a_while_and_bounded() {
         let start = Instant::now();
         let mut answered = Answered::new(Duration::from_secs(32));
-        answered.remember("a", answer(503), start);
-        assert_eq!(answered.get("a"), Some(&answer(503)));
+        answered.remember(&key("a"), answer(503), start);
+        assert_eq!(answered.get(&key("a")), Some(&answer(503)));
         // Long after, a new answer makes room by forgetting the old one.
-        answered.remember("b", answer(483), start + Duration::from_secs(40));
-        assert_eq!(answered.get("a"), None);
-        assert_eq!(answered.get("b"), Some(&answer(483)));
+        answered.remember(&key("b"), answer(483), start + Duration::from_secs(40));
+        assert_eq!(answered.get(&key("a")), None);
+        assert_eq!(answered.get(&key("b")), Some(&answer(483)));
         for i in 0..CAPACITY + 10 {
-            answered.remember(&i.to_string(), answer(503), start + Duration::from_secs(41));
+            answered.remember(
+                &key(&i.to_string()),
+                answer(503),
+                start + Duration::from_secs(41),
+            );
         }
         assert!(answered.answers.len() <= CAPACITY && answered.order.len() <= CAPACITY);
-        assert_eq!(answered.get("b"), None, "the oldest went first");
+        assert_eq!(answered.get(&key("b")), None, "the oldest went first");
     }
 }

@@ -5,7 +5,11 @@
 //! counts, or anyone could take the backend out. Only answered probes bring a down backend
 //! back (answered calls only with probes off), and a probe answer that is late while the backend answers other traffic is not a
 //! failure: under load the answer waited in a queue, the backend is alive.
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    net::SocketAddr,
+    ops::{Index, IndexMut},
+    time::Instant,
+};
 
 use crate::config::{BalancePolicy, HealthConfig, SipConfig, code_range};
 
@@ -34,9 +38,20 @@ pub struct Backend {
     pub changed_at: Instant,
 }
 
+/// A backend of the pool, by its place in `[[sip.backends]]` (also its place in the stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendId(usize);
+
+impl BackendId {
+    /// Its place in `[[sip.backends]]` and in `SipStats::backends`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 #[derive(Debug)]
 pub struct Backends {
-    pub list: Vec<Backend>,
+    list: Vec<Backend>,
     policy: BalancePolicy,
     health: HealthConfig,
     alive: Vec<(u16, u16)>,
@@ -102,8 +117,20 @@ impl Backends {
         }
     }
 
-    pub fn index_of(&self, address: SocketAddr) -> Option<usize> {
-        self.list.iter().position(|b| b.address == address)
+    pub fn id_of(&self, address: SocketAddr) -> Option<BackendId> {
+        self.list
+            .iter()
+            .position(|b| b.address == address)
+            .map(BackendId)
+    }
+
+    /// Every backend, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = (BackendId, &Backend)> {
+        self.list.iter().enumerate().map(|(i, b)| (BackendId(i), b))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
     }
 
     /// Whether a backend can take another call.
@@ -121,12 +148,12 @@ impl Backends {
     }
 
     /// The healthy backends with room for a call, in the order to try them for a new call.
-    pub fn candidates(&mut self, call_id: &str) -> Vec<usize> {
+    pub fn candidates(&mut self, call_id: &str) -> Vec<BackendId> {
         let healthy: Vec<usize> = (0..self.list.len())
             .filter(|&i| self.list[i].health == Health::Up && self.has_room(i))
             .collect();
         if healthy.is_empty() {
-            return healthy;
+            return Vec::new();
         }
         let first = match self.policy {
             BalancePolicy::RoundRobin => {
@@ -149,7 +176,7 @@ impl Backends {
         healthy[position..]
             .iter()
             .chain(&healthy[..position])
-            .copied()
+            .map(|&i| BackendId(i))
             .collect()
     }
 
@@ -177,24 +204,22 @@ impl Backends {
     }
 
     /// Something arrived from this backend.
-    pub fn heard_from(&mut self, index: usize, now: Instant) {
-        self.list[index].last_heard = Some(now);
+    pub fn heard_from(&mut self, id: BackendId, now: Instant) {
+        self[id].last_heard = Some(now);
     }
 
     /// Whether anything arrived from this backend after `since`.
-    pub fn heard_since(&self, index: usize, since: Instant) -> bool {
-        self.list[index]
-            .last_heard
-            .is_some_and(|heard| heard > since)
+    pub fn heard_since(&self, id: BackendId, since: Instant) -> bool {
+        self[id].last_heard.is_some_and(|heard| heard > since)
     }
 
-    pub fn observe(&mut self, index: usize, observation: Observation, now: Instant) -> Transition {
+    pub fn observe(&mut self, id: BackendId, observation: Observation, now: Instant) -> Transition {
         // Without probes, answered calls are all there is to bring a backend back.
         let observation = match observation {
             Observation::Alive if !self.health.probes => Observation::ProbeAlive,
             other => other,
         };
-        let backend = &mut self.list[index];
+        let backend = &mut self.list[id.0];
         match observation {
             Observation::ProbeAlive => {
                 backend.failures = 0;
@@ -216,6 +241,20 @@ impl Backends {
             }
         }
         Transition::None
+    }
+}
+
+impl Index<BackendId> for Backends {
+    type Output = Backend;
+
+    fn index(&self, id: BackendId) -> &Backend {
+        &self.list[id.0]
+    }
+}
+
+impl IndexMut<BackendId> for Backends {
+    fn index_mut(&mut self, id: BackendId) -> &mut Backend {
+        &mut self.list[id.0]
     }
 }
 
@@ -270,8 +309,8 @@ mod tests {
     #[test]
     fn weighted_spreads_by_weight_and_lists_the_rest_for_failover() {
         let mut backends = pool(BalancePolicy::Weighted, &[3, 1]);
-        let firsts: Vec<usize> = (0..8).map(|_| backends.candidates("x")[0]).collect();
-        assert_eq!(firsts.iter().filter(|&&i| i == 0).count(), 6);
+        let firsts: Vec<BackendId> = (0..8).map(|_| backends.candidates("x")[0]).collect();
+        assert_eq!(firsts.iter().filter(|&&id| id == BackendId(0)).count(), 6);
         assert_eq!(backends.candidates("x").len(), 2);
     }
 
@@ -280,36 +319,42 @@ mod tests {
         use Observation::*;
         let mut backends = pool(BalancePolicy::RoundRobin, &[1, 1]);
         assert_eq!(
-            backends.observe(0, CallFailed, Instant::now()),
+            backends.observe(BackendId(0), CallFailed, Instant::now()),
             Transition::None
         );
         // An answered call in between: the failures start over.
-        assert_eq!(backends.observe(0, Alive, Instant::now()), Transition::None);
         assert_eq!(
-            backends.observe(0, ProbeFailed, Instant::now()),
+            backends.observe(BackendId(0), Alive, Instant::now()),
             Transition::None
         );
         assert_eq!(
-            backends.observe(0, CallFailed, Instant::now()),
+            backends.observe(BackendId(0), ProbeFailed, Instant::now()),
+            Transition::None
+        );
+        assert_eq!(
+            backends.observe(BackendId(0), CallFailed, Instant::now()),
             Transition::WentDown
         );
-        assert_eq!(backends.candidates("x"), vec![1]);
+        assert_eq!(backends.candidates("x"), vec![BackendId(1)]);
         // The calls it still carries are answered: that brings it no closer to coming back.
         for _ in 0..10 {
-            assert_eq!(backends.observe(0, Alive, Instant::now()), Transition::None);
+            assert_eq!(
+                backends.observe(BackendId(0), Alive, Instant::now()),
+                Transition::None
+            );
         }
         assert_eq!(
-            backends.observe(0, ProbeAlive, Instant::now()),
+            backends.observe(BackendId(0), ProbeAlive, Instant::now()),
             Transition::None
         );
         assert_eq!(
-            backends.observe(0, ProbeAlive, Instant::now()),
+            backends.observe(BackendId(0), ProbeAlive, Instant::now()),
             Transition::CameUp
         );
         assert_eq!(backends.candidates("x").len(), 2);
         // A fresh health period: one failure is not yet enough.
         assert_eq!(
-            backends.observe(0, ProbeFailed, Instant::now()),
+            backends.observe(BackendId(0), ProbeFailed, Instant::now()),
             Transition::None
         );
         let mut hashed = pool(BalancePolicy::CallIdHash, &[1, 1, 1]);
@@ -320,10 +365,15 @@ mod tests {
     fn only_what_arrived_after_a_moment_counts_as_heard_since() {
         let mut backends = pool(BalancePolicy::RoundRobin, &[1]);
         let probe_sent = Instant::now();
-        assert!(!backends.heard_since(0, probe_sent));
-        backends.heard_from(0, probe_sent + std::time::Duration::from_millis(5));
-        assert!(backends.heard_since(0, probe_sent));
-        assert!(!backends.heard_since(0, probe_sent + std::time::Duration::from_secs(1)));
+        assert!(!backends.heard_since(BackendId(0), probe_sent));
+        backends.heard_from(
+            BackendId(0),
+            probe_sent + std::time::Duration::from_millis(5),
+        );
+        assert!(backends.heard_since(BackendId(0), probe_sent));
+        assert!(
+            !backends.heard_since(BackendId(0), probe_sent + std::time::Duration::from_secs(1))
+        );
     }
 
     #[test]
@@ -331,7 +381,7 @@ mod tests {
         let mut backends = pool(BalancePolicy::LeastCalls, &[1, 1]);
         backends.list[0].max_calls = 2;
         backends.list[0].active_calls = 2;
-        assert_eq!(backends.candidates("x"), vec![1]);
+        assert_eq!(backends.candidates("x"), vec![BackendId(1)]);
         assert!(!backends.all_full());
         backends.list[1].max_calls = 1;
         backends.list[1].active_calls = 1;

@@ -1,6 +1,6 @@
 //! Messages the proxy writes itself: responses to requests it answers, and the requests it
 //! originates (hop-by-hop ACK, CANCEL, BYE on media timeout, OPTIONS probes).
-use crate::sip::{Message, check};
+use crate::sip::{Message, Method, check};
 
 /// The reason phrase of the codes the proxy sends.
 pub fn reason_phrase(code: u16) -> &'static str {
@@ -78,12 +78,12 @@ pub fn rejection_headers(rejection: &check::Rejection) -> Vec<(&'static str, Str
 /// A CANCEL or the ACK of a failure for an INVITE we forwarded (RFC 3261 9.1, 17.1.1.3): the
 /// same Request-URI, our Via (so the same branch), Route, From, Call-ID and CSeq number; `to`
 /// replaces the To (the ACK carries the response's, with its tag).
-pub fn for_forwarded_invite(method: &str, invite: &[u8], to: Option<&str>) -> Option<Vec<u8>> {
+pub fn for_forwarded_invite(method: Method, invite: &[u8], to: Option<&str>) -> Option<Vec<u8>> {
     let invite = Message::parse(invite.to_vec()).ok()?;
     let crate::sip::StartLine::Request { uri, .. } = &invite.start else {
         return None;
     };
-    let mut request = RequestBuilder::new(method, uri);
+    let mut request = RequestBuilder::new(&method, uri);
     let via = invite.value("via")?;
     request = request.header("Via", crate::sip::syntax::split_top_level(via, b',')[0]);
     for header in &invite.headers {
@@ -108,7 +108,7 @@ pub struct RequestBuilder {
 }
 
 impl RequestBuilder {
-    pub fn new(method: &str, uri: &str) -> Self {
+    pub fn new(method: &Method, uri: &str) -> Self {
         Self {
             text: format!("{method} {uri} SIP/2.0\r\n"),
         }

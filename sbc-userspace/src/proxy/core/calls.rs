@@ -9,11 +9,11 @@ use std::{
 
 use serde_json::json;
 
-use super::{Core, GuardUpdate, call_end::CallEnd};
-use crate::proxy::journal::{CallRecord, Line, SetupRecord};
+use super::{Core, GuardUpdate, backends::BackendId, call_end::CallEnd};
 use crate::{
     clock::Now,
     media::{MediaError, PeerAnnouncement, SessionInfo},
+    proxy::journal::{CallRecord, Line, SetupRecord},
     sdp::{self, Anchor},
     side::Side,
     sip::{Message, address, check},
@@ -33,9 +33,24 @@ pub struct Party {
 }
 
 /// Calls are named by Call-ID and the caller's tag: a Call-ID alone may collide (RFC 5118's
-/// example messages share one).
-pub fn call_key(call_id: &str, caller_tag: &str) -> String {
-    format!("{call_id};{caller_tag}")
+/// example messages share one). Only compared, never taken apart; recorded in the journal as
+/// `call-id;tag`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct CallKey(String);
+
+impl CallKey {
+    pub fn new(call_id: &str, caller_tag: &str) -> Self {
+        Self(format!("{call_id};{caller_tag}"))
+    }
+}
+
+impl std::fmt::Display for CallKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[derive(Debug)]
@@ -45,7 +60,7 @@ pub struct Call {
     pub callee: Party,
     /// The media session of each `m=` line (`None`: rejected stream).
     pub media: Vec<Option<u32>>,
-    pub backend: Option<usize>,
+    pub backend: Option<BackendId>,
     started: Instant,
     /// A response other than 100 came back (RFC 6076 SRD is measured up to the first one).
     responded: bool,
@@ -109,13 +124,13 @@ impl Call {
     /// What the journal keeps of a call (with its INVITE transactions while it is set up).
     pub fn record(
         &self,
-        key: &str,
+        key: &CallKey,
         backend: Option<SocketAddr>,
         setup: Option<SetupRecord>,
         now: Now,
     ) -> CallRecord {
         CallRecord {
-            key: key.to_owned(),
+            key: key.clone(),
             call_id: self.call_id.clone(),
             caller: self.caller.clone(),
             callee: self.callee.clone(),
@@ -128,7 +143,7 @@ impl Call {
     }
 
     /// A call as a previous daemon recorded it.
-    pub fn restore(record: CallRecord, backend: Option<usize>, now: Now) -> Self {
+    pub fn restore(record: CallRecord, backend: Option<BackendId>, now: Now) -> Self {
         let started = instant_of_unix_ms(record.started_unix_ms, now);
         let provisional = record.setup.as_ref().is_some_and(|s| s.provisional);
         let mut call = Self {
@@ -243,7 +258,7 @@ pub(super) fn leg_index(side: Side) -> usize {
 impl Core {
     /// The call a request belongs to: named by its From tag (the caller's requests) or its To
     /// tag (the callee's).
-    pub(super) fn find_call(&self, request: &check::Request) -> Option<String> {
+    pub(super) fn find_call(&self, request: &check::Request) -> Option<CallKey> {
         self.find_call_by(&request.call_id, [request.from.tag(), request.to.tag()])
     }
 
@@ -252,7 +267,7 @@ impl Core {
         &self,
         message: &Message,
         response: &check::Response,
-    ) -> Option<String> {
+    ) -> Option<CallKey> {
         let tag = |name| {
             message
                 .value(name)
@@ -263,14 +278,14 @@ impl Core {
         self.find_call_by(&response.call_id, [from.as_deref(), to.as_deref()])
     }
 
-    fn find_call_by(&self, call_id: &str, tags: [Option<&str>; 2]) -> Option<String> {
+    fn find_call_by(&self, call_id: &str, tags: [Option<&str>; 2]) -> Option<CallKey> {
         tags.into_iter()
             .flatten()
-            .map(|tag| call_key(call_id, tag))
+            .map(|tag| CallKey::new(call_id, tag))
             .find(|key| self.calls.contains_key(key))
     }
 
-    pub(super) fn call_started(&mut self, key: &str) {
+    pub(super) fn call_started(&mut self, key: &CallKey) {
         let Some(call) = self.calls.get(key) else {
             return;
         };
@@ -285,7 +300,7 @@ impl Core {
     /// is answered already is being re-INVITEd).
     pub(super) fn invite_progress(
         &mut self,
-        key: &str,
+        key: &CallKey,
         response: &Message,
         code: u16,
         cancelled: bool,
@@ -329,8 +344,8 @@ impl Core {
                 // In the 2xx, Record-Routes above ours were added beyond us, towards the callee.
                 call.callee.route_set = routes[..ours].iter().rev().cloned().collect();
                 let backend = call.backend;
-                if let Some(index) = backend {
-                    self.backends.list[index].active_calls += 1;
+                if let Some(id) = backend {
+                    self.backends[id].active_calls += 1;
                 }
                 self.emit(
                     "call_answered",
@@ -338,7 +353,7 @@ impl Core {
                         "call_id": call_id,
                         "code": code,
                         "setup_ms": setup_ms,
-                        "backend": backend.map(|i| self.backends.list[i].address),
+                        "backend": backend.map(|id| self.backends[id].address),
                     }),
                 );
             }
@@ -362,7 +377,7 @@ impl Core {
     }
 
     /// Records the CSeq of an in-dialog request, so requests we originate go above it.
-    pub(super) fn note_cseq(&mut self, key: &str, side: Side, cseq: u32) {
+    pub(super) fn note_cseq(&mut self, key: &CallKey, side: Side, cseq: u32) {
         if let Some(call) = self.calls.get_mut(key) {
             let party = call.party_mut(side);
             party.cseq = party.cseq.max(cseq);
@@ -375,7 +390,7 @@ impl Core {
     /// ports on the other side. Bodies of unknown calls pass unchanged.
     pub(super) fn anchor(
         &mut self,
-        key: &str,
+        key: &CallKey,
         from_side: Side,
         sip_source: IpAddr,
         body: &[u8],
@@ -428,14 +443,14 @@ impl Core {
     }
 
     /// Ends a call: its media sessions end, its backend has one call less, its end is reported.
-    pub(super) fn end_call(&mut self, key: &str, reason: CallEnd, code: Option<u16>) {
+    pub(super) fn end_call(&mut self, key: &CallKey, reason: CallEnd, code: Option<u16>) {
         self.end_call_with(key, reason, code, &[]);
     }
 
     /// `end_call` for a call some of whose media sessions already ended (`ended`).
     pub(super) fn end_call_with(
         &mut self,
-        key: &str,
+        key: &CallKey,
         reason: CallEnd,
         code: Option<u16>,
         ended: &[SessionInfo],
@@ -456,8 +471,8 @@ impl Core {
                 backward += info.legs[1 - caller_leg].rtp.packets();
             }
         }
-        if let (Some(index), Some(_)) = (call.backend, call.answered) {
-            let backend = &mut self.backends.list[index];
+        if let (Some(id), Some(_)) = (call.backend, call.answered) {
+            let backend = &mut self.backends[id];
             backend.active_calls = backend.active_calls.saturating_sub(1);
         }
         if call.journaled {

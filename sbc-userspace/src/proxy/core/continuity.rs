@@ -13,17 +13,22 @@ use tracing::{debug, info, warn};
 use super::{
     Core, GuardUpdate, Timer,
     call_end::CallEnd,
-    calls::Call,
-    transactions::{ClientTx, GONE_CONNECTION, Peer, Purpose, ServerTx, T1, TIMER_C, Transport},
+    calls::{Call, CallKey},
+    transactions::{
+        ClientTx, GONE_CONNECTION, Peer, Purpose, ServerKey, ServerTx, T1, TIMER_C, Transport,
+    },
 };
 use crate::{
     proxy::journal::{CallRecord, Line, SetupRecord},
-    sip::inbound::{self, Inbound},
+    sip::{
+        Method,
+        inbound::{self, Inbound},
+    },
 };
 
 impl Core {
     /// Records (again) an answered call's dialog.
-    pub(super) fn persist(&mut self, key: &str) {
+    pub(super) fn persist(&mut self, key: &CallKey) {
         let Some(call) = self.calls.get_mut(key) else {
             return;
         };
@@ -31,18 +36,18 @@ impl Core {
             return;
         }
         call.journaled = true;
-        let backend = call.backend.map(|i| self.backends.list[i].address);
+        let backend = call.backend.map(|id| self.backends[id].address);
         let record = call.record(key, backend, None, self.now);
         self.journal(Line::Put(Box::new(record)));
     }
 
     /// Records (again) a call being set up, with the INVITE transactions of `server_key`: when
     /// its INVITE is forwarded (to a first backend, or on failover) and when it first rings.
-    pub(super) fn persist_setup(&mut self, server_key: &str) {
+    pub(super) fn persist_setup(&mut self, server_key: &ServerKey) {
         let Some(tx) = self.server.get(server_key) else {
             return;
         };
-        if tx.info.method != "INVITE" || tx.info.in_dialog() || tx.final_code.is_some() {
+        if tx.info.method != Method::Invite || tx.info.in_dialog() || tx.final_code.is_some() {
             return;
         }
         let (Some(call_key), Some(client_key)) = (tx.call.clone(), tx.client.clone()) else {
@@ -75,7 +80,7 @@ impl Core {
             out_side: client.side,
             provisional: client.provisional,
         };
-        let backend = call.backend.map(|i| self.backends.list[i].address);
+        let backend = call.backend.map(|id| self.backends[id].address);
         let record = call.record(&call_key, backend, Some(setup), self.now);
         self.journal(Line::Put(Box::new(record)));
         if let Some(call) = self.calls.get_mut(&call_key) {
@@ -107,7 +112,7 @@ impl Core {
                 );
                 continue;
             }
-            let backend = record.backend.and_then(|a| self.backends.index_of(a));
+            let backend = record.backend.and_then(|a| self.backends.id_of(a));
             let call = Call::restore(record, backend, self.now);
             self.guard(GuardUpdate::DialogStarted(call.call_id.clone()));
             let answered = call.answered.is_some();
@@ -116,8 +121,8 @@ impl Core {
                 for id in &sessions {
                     self.media.answered(*id);
                 }
-                if let Some(index) = backend {
-                    self.backends.list[index].active_calls += 1;
+                if let Some(id) = backend {
+                    self.backends[id].active_calls += 1;
                 }
                 established += 1;
                 continue;
@@ -159,7 +164,7 @@ impl Core {
     }
 
     /// Puts a recorded call's INVITE transactions back, with the timers they would have run.
-    fn restore_setup(&mut self, call_key: &str, setup: SetupRecord) -> Result<(), String> {
+    fn restore_setup(&mut self, call_key: &CallKey, setup: SetupRecord) -> Result<(), String> {
         let Inbound::Request(request, info) = inbound::message(setup.invite.as_bytes()) else {
             return Err("its INVITE no longer reads as a request".into());
         };
@@ -182,7 +187,7 @@ impl Core {
                 },
                 request,
                 info,
-                call: Some(call_key.to_owned()),
+                call: Some(call_key.clone()),
                 to_tag: setup.to_tag,
                 last_response: None,
                 final_code: None,
@@ -202,11 +207,11 @@ impl Core {
             ClientTx {
                 server: Some(setup.server_key),
                 purpose: Purpose::Forward,
-                method: "INVITE".to_owned(),
+                method: Method::Invite,
                 target: setup.target,
                 side: setup.out_side,
                 bytes: setup.forwarded.into_bytes(),
-                backend: self.backends.index_of(setup.target),
+                backend: self.backends.id_of(setup.target),
                 provisional: setup.provisional,
                 final_code: None,
                 interval: T1,
@@ -230,7 +235,7 @@ impl Core {
     /// Ends a resumed call attempt that cannot go on: the caller gets 503 (if it can still be
     /// reached), the backend CANCEL once it has rung (a later provisional response is
     /// cancelled as it comes).
-    fn abandon_setup(&mut self, server_key: &str) {
+    fn abandon_setup(&mut self, server_key: &ServerKey) {
         let Some(tx) = self.server.get_mut(server_key) else {
             return;
         };

@@ -8,10 +8,13 @@ use tracing::{info, warn};
 use super::{
     Core, Timer, build,
     call_end::CallEnd,
-    calls::Party,
-    transactions::{ClientTx, LINGER, Purpose, client_key},
+    calls::{CallKey, Party},
+    transactions::{ClientKey, ClientTx, LINGER, Purpose, ServerKey},
 };
-use crate::{media::SessionInfo, sip::address};
+use crate::{
+    media::SessionInfo,
+    sip::{Method, address},
+};
 
 /// Why the proxy hangs up: what the call-end event says and the BYE's Reason header.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +52,7 @@ pub const DRAIN_DEADLINE: HangUp = HangUp {
 impl Core {
     /// Media stopped: the calls of those sessions are hung up.
     pub(super) fn on_media_timeout(&mut self, sessions: &[SessionInfo]) {
-        let calls: Vec<String> = self
+        let calls: Vec<CallKey> = self
             .calls
             .iter()
             .filter(|(_, call)| {
@@ -67,14 +70,14 @@ impl Core {
 
     /// Every call, at a drain's deadline.
     pub(super) fn hang_up_all(&mut self) {
-        let keys: Vec<String> = self.calls.keys().cloned().collect();
+        let keys: Vec<CallKey> = self.calls.keys().cloned().collect();
         for key in keys {
             self.hang_up(&key, DRAIN_DEADLINE, &[]);
         }
     }
 
     /// Ends one call from the middle; `ended` are its media sessions that ended already.
-    pub(super) fn hang_up(&mut self, key: &str, why: HangUp, ended: &[SessionInfo]) {
+    pub(super) fn hang_up(&mut self, key: &CallKey, why: HangUp, ended: &[SessionInfo]) {
         let Some(call) = self.calls.get(key) else {
             return;
         };
@@ -102,12 +105,12 @@ impl Core {
     }
 
     /// The server transaction of a call's initial INVITE, while it has no final response.
-    fn invite_of(&self, call_key: &str) -> Option<String> {
+    fn invite_of(&self, call_key: &CallKey) -> Option<ServerKey> {
         self.server
             .iter()
             .find(|(_, tx)| {
-                tx.call.as_deref() == Some(call_key)
-                    && tx.info.method == "INVITE"
+                tx.call.as_ref() == Some(call_key)
+                    && tx.info.method == Method::Invite
                     && tx.final_code.is_none()
             })
             .map(|(key, _)| key.clone())
@@ -138,7 +141,7 @@ impl Core {
             return;
         };
         let branch = self.branch();
-        let mut bye = build::RequestBuilder::new("BYE", &target_uri)
+        let mut bye = build::RequestBuilder::new(&Method::Bye, &target_uri)
             .header("Via", &self.via_line(to.side, &branch))
             .header("Max-Forwards", "70");
         for route in &to.route_set {
@@ -152,10 +155,10 @@ impl Core {
             .header("CSeq", &format!("{} BYE", from.cseq + 1))
             .header("Reason", &reason)
             .finish();
-        let key = client_key(&branch, "BYE");
+        let key = ClientKey::new(&branch, Method::Bye);
         let bye = ClientTx::own(
             Purpose::Bye,
-            "BYE",
+            Method::Bye,
             to.side,
             destination,
             bytes,

@@ -7,34 +7,33 @@ use tracing::{info, warn};
 
 use super::{
     Core, Timer,
-    backends::{Observation, Transition},
+    backends::{BackendId, Observation, Transition},
     build,
-    transactions::{ClientTx, Purpose, client_key},
+    transactions::{ClientKey, ClientTx, Purpose},
 };
-use crate::side::Side;
+use crate::{side::Side, sip::Method};
 
 impl Core {
     pub(super) fn start_probes(&mut self) {
         if !self.config.health.probes {
             return;
         }
-        for index in 0..self.backends.list.len() {
+        let ids: Vec<BackendId> = self.backends.iter().map(|(id, _)| id).collect();
+        for id in ids {
             // Stagger the first probes so they do not all go out at once.
-            self.schedule(
-                Timer::Probe(index),
-                Duration::from_millis(50 * index as u64 + 10),
-            );
+            let stagger = Duration::from_millis(50 * id.index() as u64 + 10);
+            self.schedule(Timer::Probe(id), stagger);
         }
     }
 
-    pub(super) fn probe(&mut self, index: usize) {
+    pub(super) fn probe(&mut self, id: BackendId) {
         let interval = Duration::from_millis(self.config.health.interval_ms);
-        self.schedule(Timer::Probe(index), interval);
-        let target = self.backends.list[index].address;
+        self.schedule(Timer::Probe(id), interval);
+        let target = self.backends[id].address;
         let branch = self.branch();
         let n = self.next_sequence();
         let local = self.address(Side::Private);
-        let bytes = build::RequestBuilder::new("OPTIONS", &format!("sip:{target}"))
+        let bytes = build::RequestBuilder::new(&Method::Options, &format!("sip:{target}"))
             .header("Via", &self.via_line(Side::Private, &branch))
             .header("Max-Forwards", "70")
             .header("From", &format!("<sip:sbc@{local}>;tag=hc{n}"))
@@ -42,10 +41,10 @@ impl Core {
             .header("Call-ID", &format!("hc{n}.{}@{}", self.token(), local.ip()))
             .header("CSeq", &format!("{n} OPTIONS"))
             .finish();
-        let key = client_key(&branch, "OPTIONS");
+        let key = ClientKey::new(&branch, Method::Options);
         let probe = ClientTx::own(
-            Purpose::Probe(index),
-            "OPTIONS",
+            Purpose::Probe(id),
+            Method::Options,
             Side::Private,
             target,
             bytes,
@@ -55,13 +54,13 @@ impl Core {
         self.originate(key.clone(), probe, Timer::ClientTimeout(key), timeout);
     }
 
-    pub(super) fn probe_answered(&mut self, index: usize, code: u16) {
+    pub(super) fn probe_answered(&mut self, id: BackendId, code: u16) {
         let observation = if self.backends.is_alive_code(code) {
             Observation::ProbeAlive
         } else {
             Observation::ProbeFailed
         };
-        self.observe_backend(index, observation, "probe answer");
+        self.observe_backend(id, observation, "probe answer");
     }
 
     /// A probe or INVITE sent at `sent` got no answer: `failure`, unless the backend answered
@@ -69,26 +68,26 @@ impl Core {
     /// the backend is alive.
     pub(super) fn backend_left_unanswered(
         &mut self,
-        index: usize,
+        id: BackendId,
         sent: Instant,
         failure: Observation,
         cause: &str,
     ) {
-        let observation = if self.backends.heard_since(index, sent) {
+        let observation = if self.backends.heard_since(id, sent) {
             Observation::Alive
         } else {
             failure
         };
-        self.observe_backend(index, observation, cause);
+        self.observe_backend(id, observation, cause);
     }
 
     /// Counts what a backend did toward its health (and its share of recent failures), and
     /// reports a change of health.
-    pub(super) fn observe_backend(&mut self, index: usize, observation: Observation, cause: &str) {
-        let stats = &self.stats.backends[index];
+    pub(super) fn observe_backend(&mut self, id: BackendId, observation: Observation, cause: &str) {
+        let stats = &self.stats.backends[id.index()];
         stats.observed(observation.is_failure());
-        let transition = self.backends.observe(index, observation, self.now.at);
-        let address = self.backends.list[index].address;
+        let transition = self.backends.observe(id, observation, self.now.at);
+        let address = self.backends[id].address;
         match transition {
             Transition::WentDown => {
                 stats.health_changed();

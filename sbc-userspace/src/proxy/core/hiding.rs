@@ -17,17 +17,23 @@ use std::{
 use serde::Deserialize;
 use tracing::warn;
 
-use super::{Core, build};
+use super::{Core, build, transactions::ServerKey};
 use crate::{
     side::Side,
-    sip::{Message, StartLine, edit::Editor, uri},
+    sip::{Message, Method, StartLine, edit::Editor, uri},
 };
 
 /// The codes that tell a user does not exist.
 const MISSING_USER: [u16; 5] = [404, 410, 484, 485, 604];
 
 /// Out-of-dialog requests whose failures could tell users apart.
-const PROBING_METHODS: [&str; 5] = ["REGISTER", "INVITE", "OPTIONS", "SUBSCRIBE", "MESSAGE"];
+const PROBING_METHODS: [Method; 5] = [
+    Method::Register,
+    Method::Invite,
+    Method::Options,
+    Method::Subscribe,
+    Method::Message,
+];
 
 /// `[sip.hiding]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -181,7 +187,7 @@ impl Core {
     /// each missing user counts towards blocking the source.
     pub(super) fn hide_failure(
         &mut self,
-        server_key: &str,
+        server_key: &ServerKey,
         response: &Message,
         code: u16,
     ) -> Option<(u16, Vec<u8>)> {
@@ -190,10 +196,10 @@ impl Core {
             && tx.out_side == Side::Private
             && !self.admission.is_trusted(tx.upstream.address.ip());
         let method = tx.info.method.clone();
-        if !untrusted || tx.info.in_dialog() || !PROBING_METHODS.contains(&method.as_str()) {
+        if !untrusted || tx.info.in_dialog() || !PROBING_METHODS.contains(&method) {
             return None;
         }
-        self.hiding.note_challenge(&method, response, code);
+        self.hiding.note_challenge(method.as_str(), response, code);
         if !MISSING_USER.contains(&code) {
             return None;
         }
@@ -216,7 +222,7 @@ impl Core {
         if !self.hiding.uniform_failures {
             return None;
         }
-        let challenge = self.hiding.challenge(&method, &realm_of(&request));
+        let challenge = self.hiding.challenge(method.as_str(), &realm_of(&request));
         let extra = [(challenge.header, challenge.value)];
         let bytes = build::response(&request, challenge.code, &challenge.reason, &to_tag, &extra);
         Some((challenge.code, bytes))

@@ -47,7 +47,7 @@ impl Core {
         self.calls
             .values()
             .map(|call| {
-                let backend = call.backend.map(|i| self.backends.list[i].address);
+                let backend = call.backend.map(|id| self.backends[id].address);
                 call.summary(backend, now)
             })
             .collect()
@@ -55,10 +55,9 @@ impl Core {
 
     pub fn backend_summaries(&self, now: Now) -> Vec<BackendSummary> {
         self.backends
-            .list
             .iter()
             .zip(&self.stats.backends)
-            .map(|(backend, stats)| BackendSummary {
+            .map(|((_, backend), stats)| BackendSummary {
                 address: backend.address,
                 weight: backend.weight,
                 healthy: backend.health == Health::Up,

@@ -39,14 +39,14 @@ use tracing::debug;
 use self::{
     anchoring::MediaAnchoring,
     answered::Answered,
-    backends::Backends,
-    calls::Call,
+    backends::{BackendId, Backends},
+    calls::{Call, CallKey},
     hiding::Hiding,
-    transactions::{ClientTx, Peer, ServerTx, Transport},
+    transactions::{ClientKey, ClientTx, Peer, ServerKey, ServerTx, Transport},
 };
 use super::{
     journal::{CallRecord, Line},
-    stats::{self, Origin, SipStats, method_label},
+    stats::{self, Origin, SipStats},
 };
 use crate::{
     admission::{Admission, AdmissionConfig, AdmissionCounters},
@@ -55,7 +55,10 @@ use crate::{
     drain::Drain,
     media::{SessionInfo, SilentLeg},
     side::Side,
-    sip::inbound::{self, Inbound},
+    sip::{
+        Method,
+        inbound::{self, Inbound},
+    },
 };
 
 /// What the core reacts to.
@@ -80,7 +83,7 @@ pub enum Input {
     Timer(Timer),
     /// A request the core sent (`Output::Send` with `on_failure`) could not be sent: the
     /// client transaction it names failed as if its hop answered 503 (RFC 3261 16.9).
-    SendFailed(String),
+    SendFailed(ClientKey),
     /// Media sessions the media plane ended for lack of media, with their final counters.
     MediaTimeout(Vec<SessionInfo>),
     /// Answered calls' media legs that missed their deadline; `hang_up`: end those calls.
@@ -106,7 +109,7 @@ pub enum Output {
     Send {
         to: Peer,
         bytes: Vec<u8>,
-        on_failure: Option<String>,
+        on_failure: Option<ClientKey>,
     },
     /// A line for the events file: its name and fields.
     Event(&'static str, Value),
@@ -138,13 +141,13 @@ pub enum GuardUpdate {
 /// simply ignored when it fires.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Timer {
-    Retransmit(String),
-    ClientTimeout(String),
+    Retransmit(ClientKey),
+    ClientTimeout(ClientKey),
     /// Timer C: an INVITE that rang but was never answered.
-    Proceeding(String),
-    ClientDone(String),
-    ServerDone(String),
-    Probe(usize),
+    Proceeding(ClientKey),
+    ClientDone(ClientKey),
+    ServerDone(ServerKey),
+    Probe(BackendId),
 }
 
 pub struct Core {
@@ -152,9 +155,9 @@ pub struct Core {
     public: SocketAddr,
     private: SocketAddr,
     pub(super) backends: Backends,
-    pub(super) server: HashMap<String, ServerTx>,
-    pub(super) client: HashMap<String, ClientTx>,
-    pub(super) calls: HashMap<String, Call>,
+    pub(super) server: HashMap<ServerKey, ServerTx>,
+    pub(super) client: HashMap<ClientKey, ClientTx>,
+    pub(super) calls: HashMap<CallKey, Call>,
     pub(super) media: Box<dyn MediaAnchoring>,
     pub(super) config: SipConfig,
     pub(super) stats: Arc<SipStats>,
@@ -303,7 +306,7 @@ impl Core {
         stats
             .calls_active
             .store(self.calls.len() as u64, Ordering::Relaxed);
-        for (backend, published) in self.backends.list.iter().zip(&stats.backends) {
+        for ((_, backend), published) in self.backends.iter().zip(&stats.backends) {
             published
                 .up
                 .store(backend.health == backends::Health::Up, Ordering::Relaxed);
@@ -341,9 +344,8 @@ impl Core {
         }
         if self
             .backends
-            .list
             .iter()
-            .any(|b| b.address.ip() == from.ip())
+            .any(|(_, b)| b.address.ip() == from.ip())
         {
             Side::Private
         } else {
@@ -369,7 +371,7 @@ impl Core {
                 }
                 self.stats
                     .requests
-                    .increment((side, method_label(&request.method)));
+                    .increment((side, request.method.label()));
                 self.on_request(peer, message, request);
             }
             Inbound::Response(message, _)
@@ -380,7 +382,7 @@ impl Core {
                 debug!(%from, "response beyond sip.limits dropped");
             }
             Inbound::Response(message, response) => {
-                let method = method_label(&response.cseq_method);
+                let method = response.cseq_method.label();
                 self.stats
                     .responses_received
                     .increment((side, method, response.code));
@@ -474,7 +476,7 @@ impl Core {
         code: u16,
         origin: Origin,
     ) {
-        let method = method_label(request.method().unwrap_or_default());
+        let method = Method::label_of(request.method().unwrap_or_default());
         self.stats.responses_sent.increment((side, method, code));
         if code >= 200 && origin != Origin::Malformed && stats::is_initial_invite(request) {
             self.stats.invite_finished(code, origin);
@@ -526,7 +528,7 @@ impl Core {
 
     /// Sends a request the proxy originates (CANCEL, BYE, probe) in a client transaction that
     /// retransmits until answered; `end` is when to give up on it.
-    pub(super) fn originate(&mut self, key: String, tx: ClientTx, end: Timer, after: Duration) {
+    pub(super) fn originate(&mut self, key: ClientKey, tx: ClientTx, end: Timer, after: Duration) {
         self.send(tx.side, tx.target, tx.bytes.clone());
         self.client.insert(key.clone(), tx);
         self.schedule(Timer::Retransmit(key), transactions::T1);

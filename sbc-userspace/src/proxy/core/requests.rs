@@ -7,16 +7,17 @@ use tracing::{debug, info};
 use super::{
     Core, Output, Timer,
     answered::Answer,
+    backends::BackendId,
     build,
     call_end::CallEnd,
-    calls::{Call, call_key},
-    transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1, client_key, server_key},
+    calls::{Call, CallKey},
+    transactions::{ClientKey, ClientTx, LINGER, Peer, Purpose, ServerKey, ServerTx, T1},
 };
 use crate::{
     proxy::stats::Origin,
     side::Side,
     sip::{
-        Message, address, check,
+        Message, Method, address, check,
         edit::Editor,
         syntax::split_top_level,
         uri::{self, Host},
@@ -26,15 +27,12 @@ use crate::{
 /// Max-Forwards of requests that arrive without one (RFC 3261 16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u8 = 70;
 
-/// Methods that create a dialog: the proxy record-routes them.
-const DIALOG_CREATING: &[&str] = &["INVITE", "SUBSCRIBE", "REFER", "NOTIFY"];
-
 /// Where a request goes next and on which side it leaves.
 struct NextHop {
     target: SocketAddr,
     side: Side,
     /// Backends to fall back on, for new calls from the public side.
-    candidates: Vec<usize>,
+    candidates: Vec<BackendId>,
     /// A new Request-URI (an in-dialog request sent to us instead of along its route set).
     request_uri: Option<String>,
 }
@@ -42,10 +40,10 @@ struct NextHop {
 impl Core {
     pub(super) fn on_request(&mut self, peer: Peer, message: Message, request: check::Request) {
         let (side, from) = (peer.side, peer.address);
-        let key = server_key(&message, &request, from);
-        match request.method.as_str() {
-            "ACK" => return self.on_ack(side, from, &key, message, request),
-            "CANCEL" => return self.on_cancel(peer, message, request),
+        let key = ServerKey::of(&message, &request, from);
+        match request.method {
+            Method::Ack => return self.on_ack(side, from, &key, message, request),
+            Method::Cancel => return self.on_cancel(peer, message, request),
             _ => {}
         }
         if self.absorbed(&key, peer, &message) {
@@ -53,7 +51,7 @@ impl Core {
         }
         let to_tag = self.tag();
         let in_dialog = request.in_dialog();
-        if request.method == "INVITE" && !in_dialog {
+        if request.method == Method::Invite && !in_dialog {
             self.stats.calls_attempted.fetch_add(1, Ordering::Relaxed);
         }
         let known_call = self.find_call(&request);
@@ -62,7 +60,7 @@ impl Core {
         if !self.admit(&key, peer, &message, &request, of_known_call, &to_tag) {
             return;
         }
-        if request.method == "OPTIONS" && self.addressed_to_us(&request) {
+        if request.method == Method::Options && self.addressed_to_us(&request) {
             return self.answer_options(peer, &message, &to_tag);
         }
         if max_forwards(&request) == 0 {
@@ -84,9 +82,9 @@ impl Core {
                 return self.refuse(&key, peer, &message, answer);
             }
         };
-        let initial_invite = request.method == "INVITE" && !in_dialog;
+        let initial_invite = request.method == Method::Invite && !in_dialog;
         let call = if initial_invite {
-            let key = call_key(&request.call_id, request.from.tag().unwrap_or_default());
+            let key = CallKey::new(&request.call_id, request.from.tag().unwrap_or_default());
             if self.calls.contains_key(&key) {
                 // A new INVITE for a call still set up (a retry after a challenge, glare):
                 // the old attempt is over.
@@ -113,7 +111,7 @@ impl Core {
                 return;
             }
         };
-        if request.method == "INVITE" {
+        if request.method == Method::Invite {
             let trying = build::response(&message, 100, "Trying", &to_tag, &[]);
             self.respond(peer, &message, 100, trying, Origin::Local);
         }
@@ -135,20 +133,20 @@ impl Core {
             received: self.now.at,
         };
         if initial_invite
-            && let Some(backend) = self.backends.index_of(hop.target)
+            && let Some(backend) = self.backends.id_of(hop.target)
             && let Some(call) = tx.call.as_ref().and_then(|key| self.calls.get_mut(key))
         {
             call.backend = Some(backend);
         }
         let target = hop.target;
         tx.candidates
-            .retain(|&b| self.backends.list[b].address != target);
+            .retain(|&b| self.backends[b].address != target);
         self.server.insert(key.clone(), tx);
         self.attempt(&key, target);
     }
 
     /// Sends the server transaction's request to `target` in a new client transaction.
-    pub(super) fn attempt(&mut self, server_key: &str, target: SocketAddr) {
+    pub(super) fn attempt(&mut self, server_key: &ServerKey, target: SocketAddr) {
         let Some(tx) = self.server.get(server_key) else {
             return;
         };
@@ -159,8 +157,8 @@ impl Core {
             return;
         };
         let bytes = with_via(&tx.template, &self.via_line(side, &branch));
-        let key = client_key(&branch, &method);
-        let backend = self.backends.index_of(target);
+        let key = ClientKey::new(&branch, method.clone());
+        let backend = self.backends.id_of(target);
         // RFC 3261 16.9: a transport error counts as a 503 from that hop (`SendFailed`).
         self.output(Output::Send {
             to: Peer::udp(side, target),
@@ -170,7 +168,7 @@ impl Core {
         self.client.insert(
             key.clone(),
             ClientTx {
-                server: Some(server_key.to_owned()),
+                server: Some(server_key.clone()),
                 purpose: Purpose::Forward,
                 method: method.clone(),
                 target,
@@ -187,7 +185,7 @@ impl Core {
             tx.client = Some(key.clone());
         }
         self.schedule(Timer::Retransmit(key.clone()), T1);
-        let timeout = if method == "INVITE" {
+        let timeout = if method == Method::Invite {
             std::time::Duration::from_millis(self.config.invite_timeout_ms)
         } else {
             LINGER
@@ -216,7 +214,7 @@ impl Core {
 
     /// A retransmission of a request in a server transaction, or of one we refused, gets what
     /// we last said (if anything) and nothing else happens; true if `key` was one.
-    pub(super) fn absorbed(&mut self, key: &str, peer: Peer, message: &Message) -> bool {
+    pub(super) fn absorbed(&mut self, key: &ServerKey, peer: Peer, message: &Message) -> bool {
         if let Some(tx) = self.server.get(key) {
             if let Some(last) = tx.last_response.clone() {
                 self.send_to(tx.upstream, last);
@@ -236,11 +234,11 @@ impl Core {
     /// retransmissions, which an overloaded edge can afford least of all; refused, its caller
     /// knows now and may go elsewhere.
     pub(super) fn refuse_stale(&mut self, peer: Peer, message: &Message, request: &check::Request) {
-        let key = server_key(message, request, peer.address);
-        if request.method == "ACK" || self.absorbed(&key, peer, message) {
+        let key = ServerKey::of(message, request, peer.address);
+        if request.method == Method::Ack || self.absorbed(&key, peer, message) {
             return;
         }
-        if request.method == "INVITE" {
+        if request.method == Method::Invite {
             self.stats.calls_attempted.fetch_add(1, Ordering::Relaxed);
         }
         let to_tag = self.tag();
@@ -253,7 +251,13 @@ impl Core {
 
     /// Answers a request with our own final response, and remembers it for the request's
     /// retransmissions (`answered`).
-    pub(super) fn refuse(&mut self, key: &str, peer: Peer, request: &Message, answer: Answer) {
+    pub(super) fn refuse(
+        &mut self,
+        key: &ServerKey,
+        peer: Peer,
+        request: &Message,
+        answer: Answer,
+    ) {
         let response = answer.to(request);
         self.respond(peer, request, answer.code, response, Origin::Local);
         self.answered.remember(key, answer, self.now.at);
@@ -360,7 +364,7 @@ impl Core {
         }
         let candidates = self.backends.candidates(&request.call_id);
         let Some(&first) = candidates.first() else {
-            let why = if self.backends.all_full() && !self.backends.list.is_empty() {
+            let why = if self.backends.all_full() && !self.backends.is_empty() {
                 "every backend is at its call limit"
             } else {
                 "no backend is available"
@@ -368,7 +372,7 @@ impl Core {
             return Err((503, why.into()));
         };
         Ok(NextHop {
-            target: self.backends.list[first].address,
+            target: self.backends[first].address,
             side: Side::Private,
             candidates,
             request_uri: None,
@@ -456,7 +460,7 @@ impl Core {
         if side == Side::Private && hop.side == Side::Public {
             self.hiding.strip(message, &mut editor);
         }
-        if DIALOG_CREATING.contains(&request.method.as_str()) && !in_dialog {
+        if request.method.creates_dialog() && !in_dialog {
             let index = editor
                 .first("record-route")
                 .or_else(|| editor.first("via").map(|v| v + 1))
@@ -501,7 +505,7 @@ impl Core {
         &mut self,
         side: Side,
         from: SocketAddr,
-        key: &str,
+        key: &ServerKey,
         message: Message,
         request: check::Request,
     ) {
@@ -531,10 +535,10 @@ impl Core {
 
     fn on_cancel(&mut self, peer: Peer, message: Message, request: check::Request) {
         let from = peer.address;
-        let invite_key = server_key(
+        let invite_key = ServerKey::of(
             &message,
             &check::Request {
-                method: "INVITE".into(),
+                method: Method::Invite,
                 ..request.clone()
             },
             from,
@@ -569,17 +573,23 @@ impl Core {
 
     /// Sends CANCEL for a forwarded INVITE: same Request-URI, Call-ID, From, To, CSeq number,
     /// Route and our Via with the INVITE's branch (RFC 3261 9.1).
-    pub(super) fn send_cancel(&mut self, invite_client: &str) {
+    pub(super) fn send_cancel(&mut self, invite_client: &ClientKey) {
         let Some(client) = self.client.get(invite_client) else {
             return;
         };
-        let Some(bytes) = build::for_forwarded_invite("CANCEL", &client.bytes, None) else {
+        let Some(bytes) = build::for_forwarded_invite(Method::Cancel, &client.bytes, None) else {
             return;
         };
         let (side, target) = (client.side, client.target);
-        let branch = invite_client.split('|').next().unwrap_or_default();
-        let key = client_key(branch, "CANCEL");
-        let cancel = ClientTx::own(Purpose::Cancel, "CANCEL", side, target, bytes, self.now.at);
+        let key = ClientKey::new(&invite_client.branch, Method::Cancel);
+        let cancel = ClientTx::own(
+            Purpose::Cancel,
+            Method::Cancel,
+            side,
+            target,
+            bytes,
+            self.now.at,
+        );
         self.originate(key.clone(), cancel, Timer::ClientDone(key), LINGER);
     }
 }

@@ -10,12 +10,12 @@ use super::{
     backends::Observation,
     build,
     call_end::CallEnd,
-    transactions::{LINGER, Peer, Purpose, T2, TIMER_C, client_key},
+    transactions::{ClientKey, LINGER, Peer, Purpose, ServerKey, T2, TIMER_C},
 };
 use crate::{
     proxy::{stats::Origin, via_destination},
     side::Side,
-    sip::{Message, check, edit::Editor, syntax::split_top_level},
+    sip::{Message, Method, check, edit::Editor, syntax::split_top_level},
 };
 
 impl Core {
@@ -31,22 +31,22 @@ impl Core {
             debug!("response not for us dropped");
             return;
         };
-        let key = client_key(branch, &response.cseq_method);
+        let key = ClientKey::new(branch, response.cseq_method.clone());
         let code = response.code;
-        if let Some(index) = self.backends.index_of(from) {
-            self.backends.heard_from(index, self.now.at);
+        if let Some(backend_id) = self.backends.id_of(from) {
+            self.backends.heard_from(backend_id, self.now.at);
         }
         let Some(client) = self.client.get_mut(&key) else {
             // A 2xx to an INVITE outlives its transaction: its retransmissions go up as they come.
-            if response.cseq_method == "INVITE" && (200..300).contains(&code) {
+            if response.cseq_method == Method::Invite && (200..300).contains(&code) {
                 self.forward_stateless(side, from, &message, &response);
             }
             return;
         };
         let first_response = !client.provisional && client.final_code.is_none();
-        if let (true, Some(index)) = (first_response, client.backend) {
-            let method = crate::proxy::stats::method_label(&client.method);
-            self.stats.backends[index]
+        if let (true, Some(backend_id)) = (first_response, client.backend) {
+            let method = client.method.label();
+            self.stats.backends[backend_id.index()]
                 .latency
                 .observe(method, self.now.since(client.sent));
         }
@@ -64,8 +64,8 @@ impl Core {
             return;
         } else {
             client.final_code = Some(code);
-            if let Some(index) = client.backend {
-                self.stats.backends[index].answered(&client.method, Some(code));
+            if let Some(backend_id) = client.backend {
+                self.stats.backends[backend_id.index()].answered(&client.method, Some(code));
             }
         }
         let (purpose, backend, invite, server) = (
@@ -82,10 +82,10 @@ impl Core {
             }
         }
         match purpose {
-            Purpose::Probe(index) => {
+            Purpose::Probe(backend_id) => {
                 if code >= 200 {
                     self.client.remove(&key);
-                    self.probe_answered(index, code);
+                    self.probe_answered(backend_id, code);
                 }
                 return;
             }
@@ -100,13 +100,13 @@ impl Core {
         }
         // How a backend answers a call is its health; how it answers an outsider's MESSAGE
         // or REGISTER is not.
-        if let (Some(index), true) = (backend, invite) {
+        if let (Some(backend_id), true) = (backend, invite) {
             let observation = if code == 408 || code >= 500 {
                 Observation::CallFailed
             } else {
                 Observation::Alive
             };
-            self.observe_backend(index, observation, "call answered with a failure");
+            self.observe_backend(backend_id, observation, "call answered with a failure");
         }
         let Some(server) = server else { return };
         if code == 100 {
@@ -133,7 +133,7 @@ impl Core {
 
     /// Sends a response (from `from`) up through its server transaction: our Via removed, SDP
     /// anchored, a backend's 503 never passed on as it is (RFC 3261 16.7 step 6).
-    fn relay(&mut self, server_key: &str, from: SocketAddr, message: &Message, code: u16) {
+    fn relay(&mut self, server_key: &ServerKey, from: SocketAddr, message: &Message, code: u16) {
         if code >= 300
             && let Some((uniform, bytes)) = self.hide_failure(server_key, message, code)
         {
@@ -141,7 +141,7 @@ impl Core {
                 return;
             };
             let (upstream, call, cancelled) = (tx.upstream, tx.call.clone(), tx.cancelled);
-            let invite = tx.info.method == "INVITE";
+            let invite = tx.info.method == Method::Invite;
             self.finish_with(server_key, bytes, uniform, upstream, Origin::Relayed);
             if let (true, Some(call)) = (invite, call) {
                 // The call's end says what really happened.
@@ -154,7 +154,7 @@ impl Core {
         };
         if code == 503 {
             let (upstream, call, cancelled) = (tx.upstream, tx.call.clone(), tx.cancelled);
-            let invite = tx.info.method == "INVITE";
+            let invite = tx.info.method == Method::Invite;
             let response =
                 build::response(&tx.request, 500, "Server Internal Error", &tx.to_tag, &[]);
             self.finish_with(server_key, response, 500, upstream, Origin::Relayed);
@@ -180,11 +180,11 @@ impl Core {
                 Ok(body) => {
                     editor.body(body);
                 }
-                Err((_, e)) => warn!(call, "cannot anchor the answer's media: {e}"),
+                Err((_, e)) => warn!(%call, "cannot anchor the answer's media: {e}"),
             }
         }
         let bytes = editor.finish();
-        if let (true, Some(call)) = (method == "INVITE", &call) {
+        if let (true, Some(call)) = (method == Method::Invite, &call) {
             self.invite_progress(call, message, code, cancelled);
             if (200..300).contains(&code) {
                 // Answered, or re-INVITEd (a new target or media): what a restart needs.
@@ -203,7 +203,7 @@ impl Core {
             }
             return;
         }
-        if method == "BYE"
+        if method == Method::Bye
             && let Some(tx) = self.server.get(server_key)
         {
             self.stats
@@ -211,7 +211,7 @@ impl Core {
                 .observe(self.now.since(tx.received));
         }
         self.finish_with(server_key, bytes, code, upstream, Origin::Relayed);
-        if let (true, Some(call)) = (method == "BYE", &call) {
+        if let (true, Some(call)) = (method == Method::Bye, &call) {
             self.end_call(call, CallEnd::Bye, Some(code));
         }
     }
@@ -219,7 +219,7 @@ impl Core {
     /// Sends a final response and keeps it for retransmissions.
     fn finish_with(
         &mut self,
-        server_key: &str,
+        server_key: &ServerKey,
         bytes: Vec<u8>,
         code: u16,
         upstream: Peer,
@@ -234,11 +234,16 @@ impl Core {
             tx.last_response = Some(bytes);
             tx.final_code = Some(code);
         }
-        self.schedule(Timer::ServerDone(server_key.to_owned()), LINGER);
+        self.schedule(Timer::ServerDone(server_key.clone()), LINGER);
     }
 
     /// Our own final response to an INVITE (487 after CANCEL, 503 with no backend, 408).
-    pub(super) fn finish_invite(&mut self, server_key: &str, code: u16, _reason: Option<&str>) {
+    pub(super) fn finish_invite(
+        &mut self,
+        server_key: &ServerKey,
+        code: u16,
+        _reason: Option<&str>,
+    ) {
         let Some(tx) = self.server.get(server_key) else {
             return;
         };
@@ -263,7 +268,7 @@ impl Core {
     /// After a backend failed an INVITE: the next healthy candidate, or our own 503 when none
     /// is left. False when failover does not apply (the caller already heard something, or
     /// the request was not sent to a backend).
-    fn fail_over(&mut self, server_key: &str) -> bool {
+    fn fail_over(&mut self, server_key: &ServerKey) -> bool {
         let Some(tx) = self.server.get_mut(server_key) else {
             return false;
         };
@@ -275,8 +280,8 @@ impl Core {
         }
         while let Some(next) = tx.candidates.first().copied() {
             tx.candidates.remove(0);
-            if self.backends.list[next].health == super::backends::Health::Up {
-                let target = self.backends.list[next].address;
+            if self.backends[next].health == super::backends::Health::Up {
+                let target = self.backends[next].address;
                 info!(call_id = %tx.info.call_id, backend = %target, "failing over to the next backend");
                 if let Some(call) = tx.call.clone().and_then(|key| self.calls.get_mut(&key)) {
                     call.backend = Some(next);
@@ -290,11 +295,13 @@ impl Core {
     }
 
     /// The hop-by-hop ACK for a non-2xx final response to an INVITE we sent (RFC 3261 17.1.1.3).
-    fn ack_failure(&mut self, client_key: &str, response: &Message) {
+    fn ack_failure(&mut self, client_key: &ClientKey, response: &Message) {
         let Some(client) = self.client.get(client_key) else {
             return;
         };
-        if let Some(ack) = build::for_forwarded_invite("ACK", &client.bytes, response.value("to")) {
+        if let Some(ack) =
+            build::for_forwarded_invite(Method::Ack, &client.bytes, response.value("to"))
+        {
             let (side, target) = (client.side, client.target);
             self.send(side, target, ack);
         }
@@ -340,7 +347,7 @@ impl Core {
                 }
             }
         }
-        let method = crate::proxy::stats::method_label(&response.cseq_method);
+        let method = response.cseq_method.label();
         self.stats
             .responses_sent
             .increment((Self::other(side), method, response.code));
@@ -350,13 +357,13 @@ impl Core {
 
     /// A request the transport could not send: as if its hop answered 503 (RFC 3261 16.9),
     /// which fails over, or reaches the caller as 500.
-    pub(super) fn transport_failed(&mut self, key: &str) {
+    pub(super) fn transport_failed(&mut self, key: &ClientKey) {
         let Some(client) = self.client.get_mut(key) else {
             return;
         };
         client.final_code = Some(503);
         let (server, invite) = (client.server.clone(), client.is_invite());
-        self.schedule(Timer::ClientDone(key.to_owned()), LINGER);
+        self.schedule(Timer::ClientDone(key.clone()), LINGER);
         let Some(server) = server else { return };
         if invite && self.fail_over(&server) {
             return;
@@ -377,7 +384,7 @@ impl Core {
 
     /// Timer C (RFC 3261 16.8): an INVITE that rang for too long without an answer is
     /// cancelled towards the backend and answered 408 upstream.
-    pub(super) fn proceeding_timeout(&mut self, key: &str) {
+    pub(super) fn proceeding_timeout(&mut self, key: &ClientKey) {
         let Some(client) = self.client.get(key) else {
             return;
         };
@@ -388,13 +395,13 @@ impl Core {
         info!("INVITE unanswered after ringing for {TIMER_C:?}: cancelling it");
         self.send_cancel(key);
         // Whatever the backend says now (487, or nothing at all), this attempt is over.
-        self.schedule(Timer::ClientDone(key.to_owned()), LINGER);
+        self.schedule(Timer::ClientDone(key.clone()), LINGER);
         if let Some(server) = server {
             self.finish_invite(&server, 408, None);
         }
     }
 
-    pub(super) fn retransmit(&mut self, key: &str) {
+    pub(super) fn retransmit(&mut self, key: &ClientKey) {
         let Some(client) = self.client.get_mut(key) else {
             return;
         };
@@ -409,10 +416,10 @@ impl Core {
         let (side, target, interval) = (client.side, client.target, client.interval);
         let bytes = client.bytes.clone();
         self.send(side, target, bytes);
-        self.schedule(Timer::Retransmit(key.to_owned()), interval);
+        self.schedule(Timer::Retransmit(key.clone()), interval);
     }
 
-    pub(super) fn client_timeout(&mut self, key: &str) {
+    pub(super) fn client_timeout(&mut self, key: &ClientKey) {
         let Some(client) = self.client.get_mut(key) else {
             return;
         };
@@ -420,8 +427,8 @@ impl Core {
             return;
         }
         client.final_code = Some(408);
-        if let Some(index) = client.backend {
-            self.stats.backends[index].answered(&client.method, None);
+        if let Some(backend_id) = client.backend {
+            self.stats.backends[backend_id.index()].answered(&client.method, None);
         }
         let (purpose, backend, server, invite, sent) = (
             client.purpose,
@@ -430,10 +437,15 @@ impl Core {
             client.is_invite(),
             client.sent,
         );
-        self.schedule(Timer::ClientDone(key.to_owned()), LINGER);
-        if let Purpose::Probe(index) = purpose {
+        self.schedule(Timer::ClientDone(key.clone()), LINGER);
+        if let Purpose::Probe(backend_id) = purpose {
             self.client.remove(key);
-            self.backend_left_unanswered(index, sent, Observation::ProbeFailed, "probe timeout");
+            self.backend_left_unanswered(
+                backend_id,
+                sent,
+                Observation::ProbeFailed,
+                "probe timeout",
+            );
             return;
         }
         if purpose != Purpose::Forward {
@@ -442,8 +454,13 @@ impl Core {
         // Only a call left unanswered counts against a backend, and only if it answered
         // nothing else meanwhile: unanswered out-of-dialog requests are an outsider's doing,
         // and an INVITE lost in a busy backend's queue is no sign of a dead one.
-        if let (Some(index), true) = (backend, invite) {
-            self.backend_left_unanswered(index, sent, Observation::CallFailed, "call unanswered");
+        if let (Some(backend_id), true) = (backend, invite) {
+            self.backend_left_unanswered(
+                backend_id,
+                sent,
+                Observation::CallFailed,
+                "call unanswered",
+            );
         }
         let Some(server) = server else { return };
         if invite && self.fail_over(&server) {

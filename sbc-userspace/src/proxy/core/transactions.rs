@@ -1,13 +1,17 @@
 //! Transaction state (RFC 3261 17): what the proxy remembers per request it received (server
 //! side) and per request it sent (client side), and how they are named.
 use std::{
+    fmt,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
+use serde::{Deserialize, Serialize};
+
+use super::{backends::BackendId, calls::CallKey};
 use crate::{
     side::Side,
-    sip::{Message, check},
+    sip::{Message, Method, check},
 };
 
 /// RFC 3261 timer T1 (RTT estimate) and T2 (largest non-INVITE retransmit interval).
@@ -18,39 +22,96 @@ pub const LINGER: Duration = Duration::from_secs(32);
 /// Timer C: how long a proxied INVITE may ring unanswered (RFC 3261: more than 3 minutes).
 pub const TIMER_C: Duration = Duration::from_secs(181);
 
-/// The server transaction a request belongs to: RFC 3261 branch matching, or the RFC 2543
-/// fallback (Call-ID, CSeq, From tag, top Via) for requests without a magic-cookie branch.
-/// ACK is matched to its INVITE. The source address is part of the name too: user agents
-/// that reuse branches (some do) must not see each other's responses.
-pub fn server_key(message: &Message, request: &check::Request, source: SocketAddr) -> String {
-    let method = if request.method == "ACK" {
-        "INVITE"
-    } else {
-        request.method.as_str()
-    };
-    let top = &request.vias[0];
-    match top.branch() {
-        Some(branch) if top.has_rfc3261_branch() => {
-            format!(
-                "{source}|{branch}|{}:{}|{method}",
-                top.host,
-                top.port.unwrap_or(5060)
-            )
-        }
-        _ => format!(
-            "{source}|2543|{}|{}|{}|{}|{method}",
-            request.call_id,
-            request.cseq,
-            request.from.tag().unwrap_or_default(),
-            message.value("via").unwrap_or_default()
-        ),
+/// The name of a server transaction: only compared, never taken apart (see `of`). Recorded in
+/// the journal as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServerKey(String);
+
+impl ServerKey {
+    /// The server transaction a request belongs to: RFC 3261 branch matching, or the RFC 2543
+    /// fallback (Call-ID, CSeq, From tag, top Via) for requests without a magic-cookie branch.
+    /// ACK is matched to its INVITE. The source address is part of the name too: user agents
+    /// that reuse branches (some do) must not see each other's responses.
+    pub fn of(message: &Message, request: &check::Request, source: SocketAddr) -> Self {
+        let method = if request.method == Method::Ack {
+            Method::Invite.as_str()
+        } else {
+            request.method.as_str()
+        };
+        let top = &request.vias[0];
+        Self(match top.branch() {
+            Some(branch) if top.has_rfc3261_branch() => {
+                format!(
+                    "{source}|{branch}|{}:{}|{method}",
+                    top.host,
+                    top.port.unwrap_or(5060)
+                )
+            }
+            _ => format!(
+                "{source}|2543|{}|{}|{}|{}|{method}",
+                request.call_id,
+                request.cseq,
+                request.from.tag().unwrap_or_default(),
+                message.value("via").unwrap_or_default()
+            ),
+        })
     }
 }
 
-/// A client transaction is named by the branch of our Via and its method (a CANCEL shares the
-/// branch of the INVITE it cancels).
-pub fn client_key(branch: &str, method: &str) -> String {
-    format!("{branch}|{method}")
+#[cfg(test)]
+impl ServerKey {
+    /// Any name, for tests of what stores keys.
+    pub fn named(name: &str) -> Self {
+        Self(name.to_owned())
+    }
+}
+
+impl fmt::Display for ServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of a client transaction: the branch of our Via and the method (a CANCEL shares
+/// the branch of the INVITE it cancels). Recorded in the journal as `branch|METHOD`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct ClientKey {
+    pub branch: String,
+    pub method: Method,
+}
+
+impl ClientKey {
+    pub fn new(branch: &str, method: Method) -> Self {
+        Self {
+            branch: branch.to_owned(),
+            method,
+        }
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}", self.branch, self.method)
+    }
+}
+
+impl From<ClientKey> for String {
+    fn from(key: ClientKey) -> Self {
+        key.to_string()
+    }
+}
+
+impl TryFrom<String> for ClientKey {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let (branch, method) = text
+            .rsplit_once('|')
+            .ok_or_else(|| format!("a client transaction key is branch|METHOD, not {text:?}"))?;
+        Ok(Self::new(branch, Method::parse(method)))
+    }
 }
 
 /// The connection number of a caller's TCP connection held by a previous daemon: nothing is
@@ -89,14 +150,14 @@ pub struct ServerTx {
     pub upstream: Peer,
     pub request: Message,
     pub info: check::Request,
-    /// The call it belongs to (`calls::call_key`), if any.
-    pub call: Option<String>,
+    /// The call it belongs to, if any.
+    pub call: Option<CallKey>,
     /// Our To tag for responses we generate.
     pub to_tag: String,
     pub last_response: Option<Vec<u8>>,
     pub final_code: Option<u16>,
     /// The client transaction currently carrying the request.
-    pub client: Option<String>,
+    pub client: Option<ClientKey>,
     /// The forwarded request without our Via (each attempt adds its own).
     pub template: Vec<u8>,
     pub out_side: Side,
@@ -104,7 +165,7 @@ pub struct ServerTx {
     /// fail over, and a final failure is our own 503.
     pub balanced: bool,
     /// Backends still to try if the current one fails.
-    pub candidates: Vec<usize>,
+    pub candidates: Vec<BackendId>,
     pub cancelled: bool,
     /// A provisional response went upstream: the caller has heard something, no failover.
     pub provisional_forwarded: bool,
@@ -119,19 +180,19 @@ pub enum Purpose {
     /// A CANCEL we send for a request we proxied.
     Cancel,
     /// An OPTIONS health probe of this backend.
-    Probe(usize),
+    Probe(BackendId),
     /// A BYE we originate (media timeout).
     Bye,
 }
 
 pub struct ClientTx {
-    pub server: Option<String>,
+    pub server: Option<ServerKey>,
     pub purpose: Purpose,
-    pub method: String,
+    pub method: Method,
     pub target: SocketAddr,
     pub side: Side,
     pub bytes: Vec<u8>,
-    pub backend: Option<usize>,
+    pub backend: Option<BackendId>,
     pub provisional: bool,
     pub final_code: Option<u16>,
     pub interval: Duration,
@@ -143,7 +204,7 @@ impl ClientTx {
     /// A client transaction for a request the proxy originates itself.
     pub fn own(
         purpose: Purpose,
-        method: &str,
+        method: Method,
         side: Side,
         target: SocketAddr,
         bytes: Vec<u8>,
@@ -152,12 +213,12 @@ impl ClientTx {
         Self {
             server: None,
             purpose,
-            method: method.to_owned(),
+            method,
             target,
             side,
             bytes,
             backend: match purpose {
-                Purpose::Probe(index) => Some(index),
+                Purpose::Probe(id) => Some(id),
                 _ => None,
             },
             provisional: false,
@@ -168,7 +229,7 @@ impl ClientTx {
     }
 
     pub fn is_invite(&self) -> bool {
-        self.method == "INVITE"
+        self.method == Method::Invite
     }
 
     /// Still retransmitting: INVITE until anything arrives, others until a final response.
