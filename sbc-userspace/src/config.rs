@@ -4,14 +4,14 @@
 //! `check_environment` checks it against the host (interfaces and addresses exist). `sbc run`
 //! and `sbc check-config` run both.
 use std::{
-    fmt,
     net::{IpAddr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
 
-use crate::{admission::AdmissionConfig, media::LatchPolicy, sip::bounds};
+pub use crate::proxy::config::{BackendConfig, BalancePolicy, HealthConfig, SipConfig};
+use crate::{admission::AdmissionConfig, media::LatchPolicy};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,118 +70,6 @@ impl Default for DrainConfig {
             on_sigterm: SigtermAction::Stop,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SipConfig {
-    /// Where carriers and trunks send SIP (UDP).
-    pub public_listen: SocketAddr,
-    /// Where backends send SIP; defaults to `public_listen` (one interface).
-    #[serde(default)]
-    pub private_listen: Option<SocketAddr>,
-    /// The media servers new calls from the public side go to.
-    #[serde(default)]
-    pub backends: Vec<BackendConfig>,
-    #[serde(default)]
-    pub policy: BalancePolicy,
-    /// An INVITE unanswered (not even 100) this long goes to the next backend.
-    #[serde(default = "default_invite_timeout_ms")]
-    pub invite_timeout_ms: u64,
-    /// Where new requests from the private side go when their Request-URI names no IP address.
-    #[serde(default)]
-    pub trunk: Option<SocketAddr>,
-    /// Retry-After of our 503s.
-    #[serde(default = "default_retry_after_secs")]
-    pub retry_after_secs: u32,
-    #[serde(default)]
-    pub health: HealthConfig,
-    /// Bounds on header fields and tokens: what exceeds them is refused, not forwarded.
-    #[serde(default)]
-    pub limits: crate::sip::bounds::Bounds,
-    /// Bounds on SIP over TCP: connections, and how long a message may take.
-    #[serde(default)]
-    pub tcp: crate::proxy::tcp::TcpConfig,
-    /// What the public side does not learn: which users exist, what runs behind the edge.
-    #[serde(default)]
-    pub hiding: crate::proxy::hiding::HidingConfig,
-}
-
-impl SipConfig {
-    pub fn private_listen(&self) -> SocketAddr {
-        self.private_listen.unwrap_or(self.public_listen)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    pub address: SocketAddr,
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-    /// Concurrent calls this backend takes (0: no limit); a full backend is skipped.
-    #[serde(default)]
-    pub max_calls: u32,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BalancePolicy {
-    #[default]
-    RoundRobin,
-    Weighted,
-    LeastCalls,
-    CallIdHash,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
-    /// Probe backends with OPTIONS (off for media servers that do not answer OPTIONS: then
-    /// only real traffic says whether a backend is healthy).
-    pub probes: bool,
-    /// Time between OPTIONS probes of each backend.
-    pub interval_ms: u64,
-    /// A probe unanswered this long failed.
-    pub timeout_ms: u64,
-    /// Consecutive failures (probes, INVITE timeouts, 5xx) that mark a backend down.
-    pub failure_threshold: u32,
-    /// Consecutive answered probes that bring it back.
-    pub recovery_threshold: u32,
-    /// Probe answers that count as alive: codes ("404") or ranges ("200-299").
-    pub alive_codes: Vec<String>,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        Self {
-            probes: true,
-            interval_ms: 2000,
-            timeout_ms: 1000,
-            failure_threshold: 2,
-            recovery_threshold: 2,
-            alive_codes: vec!["200-299".into()],
-        }
-    }
-}
-
-/// Parses an `alive_codes` entry: "404" or "200-299".
-pub fn code_range(entry: &str) -> Option<(u16, u16)> {
-    let (low, high) = entry.split_once('-').unwrap_or((entry, entry));
-    let (low, high) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
-    ((100..=699).contains(&low) && low <= high && high <= 699).then_some((low, high))
-}
-
-fn default_invite_timeout_ms() -> u64 {
-    2000
-}
-
-fn default_retry_after_secs() -> u32 {
-    5
-}
-
-fn default_weight() -> u32 {
-    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -429,31 +317,39 @@ fn default_media_timeout() -> u64 {
     60
 }
 
-/// A configuration problem, always naming the key it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub key: String,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: &str, problem: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config key `{}`: {}", self.key, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::config_error::ConfigError;
 
 impl Config {
+    /// The addresses the SIP guard protects: the SIP listeners, with an unspecified address
+    /// replaced by the media address of its side (what packets are actually sent to).
+    pub fn guarded_listeners(&self) -> Vec<SocketAddr> {
+        let Some(sip) = &self.sip else {
+            return Vec::new();
+        };
+        let mut listeners = Vec::new();
+        for (listen, address) in [
+            (sip.public_listen, self.media.public_address),
+            (sip.private_listen(), self.media.private_address()),
+        ] {
+            let listener = if listen.ip().is_unspecified() {
+                SocketAddr::new(address, listen.port())
+            } else {
+                listen
+            };
+            if !listeners.contains(&listener) {
+                listeners.push(listener);
+            }
+        }
+        listeners
+    }
+
+    /// The backends' addresses (allowlisted by the SIP guard without limits).
+    pub fn backend_ips(&self) -> Vec<IpAddr> {
+        self.sip.as_ref().map_or_else(Vec::new, |sip| {
+            sip.backends.iter().map(|b| b.address.ip()).collect()
+        })
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
@@ -555,7 +451,7 @@ impl Config {
             }
         }
         if let Some(sip) = &self.sip {
-            validate_sip(sip)?;
+            sip.validate()?;
         }
         if let Some(listen) = self.api.listen
             && !listen.ip().is_loopback()
@@ -635,102 +531,6 @@ impl Config {
             .clone()
             .unwrap_or_else(|| default_api_socket(&self.instance))
     }
-}
-
-fn validate_sip(sip: &SipConfig) -> Result<(), ConfigError> {
-    if sip.backends.is_empty() {
-        return Err(ConfigError::new(
-            "sip.backends",
-            "lists no backend: name at least one media server",
-        ));
-    }
-    for (i, backend) in sip.backends.iter().enumerate() {
-        if backend.weight == 0 {
-            return Err(ConfigError::new(
-                &format!("sip.backends[{i}].weight"),
-                "must be at least 1",
-            ));
-        }
-        // Two entries for one server would double its share and split its health.
-        if let Some(first) = sip.backends[..i]
-            .iter()
-            .position(|other| other.address == backend.address)
-        {
-            return Err(ConfigError::new(
-                &format!("sip.backends[{i}].address"),
-                format!("{} is already sip.backends[{first}]", backend.address),
-            ));
-        }
-    }
-    if sip.invite_timeout_ms == 0 {
-        return Err(ConfigError::new(
-            "sip.invite_timeout_ms",
-            "must be at least 1",
-        ));
-    }
-    let tcp = &sip.tcp;
-    for (key, value) in [
-        ("sip.tcp.max_connections", tcp.max_connections as u64),
-        (
-            "sip.tcp.max_connections_per_source",
-            tcp.max_connections_per_source as u64,
-        ),
-        ("sip.tcp.message_timeout_ms", tcp.message_timeout_ms),
-        ("sip.tcp.idle_secs", tcp.idle_secs),
-    ] {
-        if value == 0 {
-            return Err(ConfigError::new(key, "must be at least 1"));
-        }
-    }
-    let limits = &sip.limits;
-    for (key, value, least) in [
-        (
-            "sip.limits.max_headers",
-            limits.max_headers,
-            bounds::MIN_HEADERS,
-        ),
-        (
-            "sip.limits.max_header_bytes",
-            limits.max_header_bytes,
-            bounds::MIN_HEADER_BYTES,
-        ),
-        (
-            "sip.limits.max_token_bytes",
-            limits.max_token_bytes,
-            bounds::MIN_TOKEN_BYTES,
-        ),
-    ] {
-        if value < least {
-            return Err(ConfigError::new(
-                key,
-                format!("must be at least {least} (valid messages need that much)"),
-            ));
-        }
-    }
-    let health = &sip.health;
-    for (key, value) in [
-        ("sip.health.interval_ms", health.interval_ms),
-        ("sip.health.timeout_ms", health.timeout_ms),
-        (
-            "sip.health.failure_threshold",
-            u64::from(health.failure_threshold),
-        ),
-        (
-            "sip.health.recovery_threshold",
-            u64::from(health.recovery_threshold),
-        ),
-    ] {
-        if value == 0 {
-            return Err(ConfigError::new(key, "must be at least 1"));
-        }
-    }
-    if let Some(bad) = health.alive_codes.iter().find(|c| code_range(c).is_none()) {
-        return Err(ConfigError::new(
-            "sip.health.alive_codes",
-            format!("{bad:?} is neither a status code nor a range like \"200-299\""),
-        ));
-    }
-    Ok(())
 }
 
 /// Where an instance keeps its runtime state unless configured otherwise: on tmpfs, like the

@@ -5,7 +5,10 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
-    admission::{AdmissionControl, SipGuard, control::Reconfigure},
+    admission::{
+        AdmissionControl, SipGuard,
+        control::{Reconfigure, Reread},
+    },
     api::server::{self, ApiState},
     config::{Config, DataplaneMode, NoAudioAction, NoAudioConfig, SigtermAction},
     dataplane::{FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins, xdp},
@@ -109,11 +112,15 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let reconfigure_proxy = proxy.clone().map(|proxy| -> Reconfigure {
         Box::new(move |admission| proxy.reconfigure(admission.clone()))
     });
+    let reread = options
+        .config_path
+        .map(|path| -> Reread { Box::new(move || Ok(Config::load(&path)?.admission)) });
     let admission = Arc::new(AdmissionControl::new(
         guard,
         reconfigure_proxy,
-        &config,
-        options.config_path,
+        config.backend_ips(),
+        config.guarded_listeners(),
+        reread,
     ));
     admission.apply(&config.admission)?;
     tokio::spawn(reload_on_sighup(Arc::clone(&admission)));

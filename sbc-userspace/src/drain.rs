@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -49,12 +48,12 @@ impl Drain {
             .map(|t| self.deadline.saturating_sub(t.elapsed()))
     }
 
-    pub fn status(&self) -> Value {
-        json!({
-            "draining": self.is_draining(),
-            "deadline_secs": self.deadline.as_secs(),
-            "remaining_secs": self.remaining().map(|r| r.as_secs()),
-        })
+    pub fn status(&self) -> DrainStatus {
+        DrainStatus {
+            draining: self.is_draining(),
+            deadline_secs: self.deadline.as_secs(),
+            remaining_secs: self.remaining().map(|r| r.as_secs()),
+        }
     }
 
     /// Resolves once a drain has begun.
@@ -63,4 +62,13 @@ impl Drain {
             self.begun.notified().await;
         }
     }
+}
+
+/// A drain as `GET /v1/status` and `POST /v1/drain` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DrainStatus {
+    pub draining: bool,
+    pub deadline_secs: u64,
+    /// Until the deadline, once draining.
+    pub remaining_secs: Option<u64>,
 }

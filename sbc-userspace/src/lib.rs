@@ -4,6 +4,7 @@ pub mod admission;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod config_error;
 pub mod daemon;
 pub mod dataplane;
 pub mod drain;

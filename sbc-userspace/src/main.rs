@@ -1,17 +1,25 @@
 //! The `sbc` command: the daemon and the operator's tools.
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use sbc::{
-    api::{ApiClient, client::ApiResponse},
+    api::{
+        ApiClient,
+        contract::{
+            Backends, BlockRequest, Blocks, Calls, DrainStarted, Reloaded, SessionInfo,
+            SessionSpec, Sessions, Status, Unblocked,
+        },
+    },
     config::{CALL_STATE_FILE, Config, DataplaneMode, default_api_socket, default_state_dir},
     daemon::{self, RunOptions},
     dataplane::PinLayout,
     maps_report,
+    media::session::{LatchInfo, Leg, LegSpec},
     proxy::journal::Journal,
+    side::Side,
 };
-use serde_json::{Value, json};
+use sbc_common::flow::PeerMatch;
 
 #[derive(Parser)]
 #[command(
@@ -254,23 +262,28 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Calls { target } => calls(&target.client()?),
         Command::Call { call_id, target } => {
             let path = format!("/v1/calls/{}", percent_encode(&call_id));
-            let body = expect_status(target.client()?.get(&path)?, 200)?;
-            println!("{}", serde_json::to_string_pretty(&body["calls"])?);
+            let found: Calls = target.client()?.get(&path)?.expect(200)?;
+            println!("{}", serde_json::to_string_pretty(&found.calls)?);
             Ok(())
         }
         Command::Backends { target } => backends(&target.client()?),
         Command::Drain { target } => {
-            let body = expect_status(target.client()?.post("/v1/drain", &json!({}))?, 202)?;
+            let started: DrainStarted = target.client()?.post("/v1/drain", &())?.expect(202)?;
             println!(
                 "draining: {} calls and {} media sessions to finish; the daemon exits when they have (at most {} s)",
-                body["calls"], body["sessions"], body["remaining_secs"]
+                started.calls,
+                started.sessions,
+                started
+                    .drain
+                    .remaining_secs
+                    .unwrap_or(started.drain.deadline_secs)
             );
             Ok(())
         }
         Command::Sessions { target, action } => sessions(&target.client()?, action),
         Command::Blocks { target, action } => blocks(&target.client()?, action),
         Command::Reload { target } => {
-            expect_status(target.client()?.post("/v1/reload", &json!({}))?, 200)?;
+            let _: Reloaded = target.client()?.post("/v1/reload", &())?.expect(200)?;
             println!("admission configuration reloaded");
             Ok(())
         }
@@ -301,18 +314,6 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Fails with the daemon's own error message unless the status is the expected one.
-fn expect_status(response: ApiResponse, expected: u16) -> anyhow::Result<Value> {
-    if response.status == expected {
-        return Ok(response.body);
-    }
-    let message = response.body["error"].as_str().unwrap_or("no details");
-    match response.retry_after {
-        Some(secs) => bail!("{message} (HTTP {}, retry after {secs} s)", response.status),
-        None => bail!("{message} (HTTP {})", response.status),
-    }
-}
-
 /// A Call-ID as one URL path segment: everything but RFC 3986's unreserved characters escaped.
 fn percent_encode(segment: &str) -> String {
     segment
@@ -327,69 +328,58 @@ fn percent_encode(segment: &str) -> String {
 }
 
 fn status(client: &ApiClient) -> anyhow::Result<()> {
-    let body = expect_status(client.get("/v1/status")?, 200)?;
-    let drain = &body["drain"];
-    let drain_state = if drain["draining"].as_bool() == Some(true) {
-        format!("draining ({} s to the deadline)", drain["remaining_secs"])
-    } else {
-        "taking calls".to_owned()
+    let status: Status = client.get("/v1/status")?.expect(200)?;
+    let drain_state = match (status.drain.draining, status.drain.remaining_secs) {
+        (true, Some(left)) => format!("draining ({left} s to the deadline)"),
+        (true, None) => "draining".to_owned(),
+        (false, _) => "taking calls".to_owned(),
     };
-    println!(
-        "sbc {} (pid {})",
-        body["version"].as_str().unwrap_or("?"),
-        body["pid"]
-    );
-    println!("uptime      {} s", body["uptime_secs"]);
-    println!("dataplane   {}", body["dataplane"].as_str().unwrap_or("?"));
+    println!("sbc {} (pid {})", status.version, status.pid);
+    println!("uptime      {} s", status.uptime_secs);
+    println!("dataplane   {}", status.dataplane);
     println!("state       {drain_state}");
-    if let Some(calls) = body["calls"].as_object() {
+    if let Some(calls) = status.calls {
         println!(
             "calls       {} active, {} established; {} attempted, {} answered since start",
-            calls["active"], calls["established"], calls["attempted"], calls["answered"]
+            calls.active, calls.established, calls.attempted, calls.answered
         );
     }
-    println!("sessions    {}", body["sessions"]);
-    if let Some(backends) = body["backends"].as_object() {
+    println!("sessions    {}", status.sessions);
+    if let Some(backends) = status.backends {
         println!(
             "backends    {} of {} healthy",
-            backends["healthy"], backends["total"]
+            backends.healthy, backends.total
         );
     }
     Ok(())
 }
 
+/// RTP packets that arrived on a leg of these sessions (and were relayed to the other).
+fn rtp_packets<'a>(sessions: impl IntoIterator<Item = &'a SessionInfo>, leg: Leg) -> u64 {
+    sessions
+        .into_iter()
+        .map(|session| session.legs[leg].rtp.packets())
+        .sum()
+}
+
 fn calls(client: &ApiClient) -> anyhow::Result<()> {
-    let body = expect_status(client.get("/v1/calls")?, 200)?;
-    let calls = body["calls"].as_array().context("malformed answer")?;
+    let Calls { calls } = client.get("/v1/calls")?.expect(200)?;
     println!(
         "{:<36} {:<9} {:>8} {:<21} {:<29} {:>10} {:>10}",
         "CALL-ID", "STATE", "AGE_S", "BACKEND", "LATCHED", "A->B PKTS", "B->A PKTS"
     );
     for call in calls {
-        let sessions: Vec<&Value> = call["media"]
-            .as_array()
-            .map(|m| m.iter().filter(|s| s.is_object()).collect())
-            .unwrap_or_default();
-        let packets = |leg: usize| -> u64 {
-            sessions
-                .iter()
-                .map(|s| {
-                    let rtp = &s["legs"][leg]["rtp"];
-                    rtp["kernel_packets"].as_u64().unwrap_or(0)
-                        + rtp["userspace_packets"].as_u64().unwrap_or(0)
-                })
-                .sum()
-        };
-        let latching = latching_label(&sessions);
+        let sessions: Vec<&SessionInfo> = call.media.iter().flatten().collect();
         println!(
             "{:<36} {:<9} {:>8} {:<21} {:<29} {:>10} {:>10}",
-            call["call_id"].as_str().unwrap_or("-"),
-            call["state"].as_str().unwrap_or("-"),
-            call["age_ms"].as_u64().unwrap_or(0) / 1000,
-            call["backend"].as_str().unwrap_or("-"),
-            latching,
-            packets(0),
-            packets(1),
+            call.call_id,
+            call.state.name(),
+            call.age_ms / 1000,
+            call.backend
+                .map_or_else(|| "-".to_owned(), |b| b.to_string()),
+            latching_label(&sessions),
+            rtp_packets(sessions.iter().copied(), Leg::A),
+            rtp_packets(sessions.iter().copied(), Leg::B),
         );
     }
     Ok(())
@@ -398,60 +388,50 @@ fn calls(client: &ApiClient) -> anyhow::Result<()> {
 /// How each leg's peers were latched, e.g. `a=sdp b=sip-source?`: per leg the weakest
 /// match over the given sessions' RTP and RTCP ports (a hijack hides in the weakest one),
 /// `?` while a better-matching source may still replace it, `-` while nothing is latched.
-fn latching_label(sessions: &[&Value]) -> String {
-    // Strongest first, as the daemon prefers them; anything else sorts last.
-    const RANK: [&str; 5] = ["sdp", "sdp-address", "sip-source", "unchecked", "unknown"];
-    let rank = |name: &str| RANK.iter().position(|r| *r == name).unwrap_or(RANK.len());
-    let leg = |i: usize| -> String {
-        let latches: Vec<&Value> = sessions
-            .iter()
-            .flat_map(|s| [&s["legs"][i]["latch"], &s["legs"][i]["rtcp_latch"]])
-            .filter(|latch| !latch.is_null())
-            .collect();
+fn latching_label(sessions: &[&SessionInfo]) -> String {
+    let leg = |leg: Leg| -> String {
         let rtp_unlatched =
-            sessions.is_empty() || sessions.iter().any(|s| s["legs"][i]["latch"].is_null());
+            sessions.is_empty() || sessions.iter().any(|s| s.legs[leg].latch.is_none());
         if rtp_unlatched {
             return "-".to_owned();
         }
+        let latches: Vec<LatchInfo> = sessions
+            .iter()
+            .flat_map(|s| [s.legs[leg].latch, s.legs[leg].rtcp_latch])
+            .flatten()
+            .collect();
+        // The discriminant orders the matches from weakest (unknown) to strongest (sdp).
         let weakest = latches
             .iter()
-            .filter_map(|latch| latch["matched"].as_str())
-            .max_by_key(|name| rank(name))
-            .unwrap_or("?");
-        let learning = latches
-            .iter()
-            .any(|latch| latch["locked"].as_bool() == Some(false));
+            .map(|latch| latch.matched)
+            .min_by_key(|matched| *matched as u16)
+            .map_or("?", PeerMatch::name);
+        let learning = latches.iter().any(|latch| !latch.locked);
         format!("{weakest}{}", if learning { "?" } else { "" })
     };
-    format!("a={} b={}", leg(0), leg(1))
+    format!("a={} b={}", leg(Leg::A), leg(Leg::B))
 }
 
 fn backends(client: &ApiClient) -> anyhow::Result<()> {
-    let body = expect_status(client.get("/v1/backends")?, 200)?;
-    let backends = body["backends"].as_array().context("malformed answer")?;
+    let Backends { backends } = client.get("/v1/backends")?.expect(200)?;
     println!(
         "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>8}",
         "BACKEND", "HEALTH", "SINCE_S", "CALLS", "MAX_CALLS", "WEIGHT", "FAILURES"
     );
     for backend in backends {
-        let max = match backend["max_calls"].as_u64() {
-            Some(0) | None => "-".to_owned(),
-            Some(n) => n.to_string(),
+        let max = match backend.max_calls {
+            0 => "-".to_owned(),
+            n => n.to_string(),
         };
         println!(
             "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>7.0}%",
-            backend["address"].as_str().unwrap_or("-"),
-            if backend["healthy"].as_bool() == Some(true) {
-                "up"
-            } else {
-                "down"
-            },
-            // As numbers: a JSON value ignores the width it is printed with.
-            backend["since_secs"].as_u64().unwrap_or(0),
-            backend["active_calls"].as_u64().unwrap_or(0),
+            backend.address.to_string(),
+            if backend.healthy { "up" } else { "down" },
+            backend.since_secs,
+            backend.active_calls,
             max,
-            backend["weight"].as_u64().unwrap_or(0),
-            backend["failure_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+            backend.weight,
+            backend.failure_ratio * 100.0,
         );
     }
     Ok(())
@@ -460,35 +440,36 @@ fn backends(client: &ApiClient) -> anyhow::Result<()> {
 fn blocks(client: &ApiClient, action: Option<BlocksAction>) -> anyhow::Result<()> {
     match action.unwrap_or(BlocksAction::List) {
         BlocksAction::List => {
-            let body = expect_status(client.get("/v1/blocks")?, 200)?;
-            let blocks = body["blocks"].as_array().context("malformed answer")?;
+            let Blocks { blocks } = client.get("/v1/blocks")?.expect(200)?;
             println!(
                 "{:<40} {:<12} {:>10} {:>12}",
                 "ADDRESS", "REASON", "SECS LEFT", "DROPPED"
             );
             for block in blocks {
-                let left = block["remaining_secs"]
-                    .as_u64()
+                let left = block
+                    .remaining_secs
                     .map_or_else(|| "-".to_owned(), |s| s.to_string());
                 println!(
                     "{:<40} {:<12} {:>10} {:>12}",
-                    block["address"].as_str().unwrap_or("-"),
-                    block["reason"].as_str().unwrap_or("-"),
+                    block.address.to_string(),
+                    block.reason,
                     left,
-                    block["dropped"].as_u64().unwrap_or(0),
+                    block.dropped,
                 );
             }
         }
         BlocksAction::Add { address, secs } => {
-            let request = json!({ "address": address, "secs": secs });
-            expect_status(client.post("/v1/blocks", &request)?, 201)?;
+            let request = BlockRequest { address, secs };
+            let _: BlockRequest = client.post("/v1/blocks", &request)?.expect(201)?;
             match secs {
                 Some(secs) => println!("blocked {address} for {secs} s"),
                 None => println!("blocked {address} until removed"),
             }
         }
         BlocksAction::Remove { address } => {
-            expect_status(client.delete(&format!("/v1/blocks/{address}"))?, 200)?;
+            let _: Unblocked = client
+                .delete(&format!("/v1/blocks/{address}"))?
+                .expect(200)?;
             println!("unblocked {address}");
         }
     }
@@ -498,51 +479,49 @@ fn blocks(client: &ApiClient, action: Option<BlocksAction>) -> anyhow::Result<()
 fn sessions(client: &ApiClient, action: Option<SessionsAction>) -> anyhow::Result<()> {
     match action.unwrap_or(SessionsAction::List) {
         SessionsAction::List => {
-            let body = expect_status(client.get("/v1/sessions")?, 200)?;
-            let sessions = body["sessions"].as_array().context("malformed answer")?;
+            let Sessions { sessions } = client.get("/v1/sessions")?.expect(200)?;
             println!(
                 "{:>7} {:<21} {:<21} {:<29} {:>12} {:>12} {:>9}",
                 "SESSION", "A LOCAL", "B LOCAL", "LATCHED", "A->B PKTS", "B->A PKTS", "IDLE_MS"
             );
-            for s in sessions {
-                let leg = |i: usize| &s["legs"][i];
-                let packets = |i: usize| {
-                    let rtp = &leg(i)["rtp"];
-                    rtp["kernel_packets"].as_u64().unwrap_or(0)
-                        + rtp["userspace_packets"].as_u64().unwrap_or(0)
-                };
+            for s in &sessions {
                 println!(
                     "{:>7} {:<21} {:<21} {:<29} {:>12} {:>12} {:>9}",
-                    s["id"].as_u64().unwrap_or(0),
-                    leg(0)["local_rtp"].as_str().unwrap_or("-"),
-                    leg(1)["local_rtp"].as_str().unwrap_or("-"),
+                    s.id,
+                    s.legs[Leg::A].local_rtp.to_string(),
+                    s.legs[Leg::B].local_rtp.to_string(),
                     latching_label(&[s]),
-                    packets(0),
-                    packets(1),
-                    s["idle_ms"].as_u64().unwrap_or(0),
+                    rtp_packets([s], Leg::A),
+                    rtp_packets([s], Leg::B),
+                    s.idle_ms,
                 );
             }
         }
         SessionsAction::Show { id } => {
-            let body = expect_status(client.get(&format!("/v1/sessions/{id}"))?, 200)?;
-            println!("{}", serde_json::to_string_pretty(&body)?);
+            let session: SessionInfo = client.get(&format!("/v1/sessions/{id}"))?.expect(200)?;
+            println!("{}", serde_json::to_string_pretty(&session)?);
         }
         SessionsAction::Create {
             a_peer,
             b_peer,
             rtcp_mux,
         } => {
-            let spec = json!({
-                "rtcp_mux": rtcp_mux,
-                "a": { "side": "public", "peer": a_peer },
-                "b": { "side": "private", "peer": b_peer },
-            });
-            let body = expect_status(client.post("/v1/sessions", &spec)?, 201)?;
-            println!("{}", serde_json::to_string_pretty(&body)?);
+            let leg = |side, peer| LegSpec {
+                side,
+                peer,
+                sip_source: None,
+            };
+            let spec = SessionSpec {
+                rtcp_mux,
+                a: leg(Side::Public, a_peer),
+                b: leg(Side::Private, b_peer),
+            };
+            let session: SessionInfo = client.post("/v1/sessions", &spec)?.expect(201)?;
+            println!("{}", serde_json::to_string_pretty(&session)?);
         }
         SessionsAction::Delete { id } => {
-            let body = expect_status(client.delete(&format!("/v1/sessions/{id}"))?, 200)?;
-            println!("{}", serde_json::to_string_pretty(&body)?);
+            let session: SessionInfo = client.delete(&format!("/v1/sessions/{id}"))?.expect(200)?;
+            println!("{}", serde_json::to_string_pretty(&session)?);
         }
     }
     Ok(())

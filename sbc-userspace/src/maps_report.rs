@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::{
     clock::monotonic_ns,
     dataplane::{FlowMaps, PinLayout, ReasonCounters, maps::FlowStatsReader},
-    media::session::{LEG_NAMES, socket_addr},
+    media::session::{Leg, socket_addr},
 };
 
 pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
@@ -28,7 +28,7 @@ pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
             let counters = stats.get(key).unwrap_or_default();
             json!({
                 "session": flow.session_id,
-                "leg": LEG_NAMES.get(usize::from(flow.leg)).copied().unwrap_or("?"),
+                "leg": Leg::of_flow(flow.leg).map_or("?", Leg::name),
                 "stream": if flow.stream == STREAM_RTP { "rtp" } else { "rtcp" },
                 "local": socket_addr(&key.addr, key.port).to_string(),
                 "latched": flow.is_latched(),

@@ -10,3 +10,12 @@ pub enum Side {
     /// Backends: `media.private_address`.
     Private,
 }
+
+impl Side {
+    pub fn other(self) -> Self {
+        match self {
+            Side::Public => Side::Private,
+            Side::Private => Side::Public,
+        }
+    }
+}

@@ -1,8 +1,8 @@
 //! Media sessions set up through the daemon's API for lab peers.
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::{Context as _, bail};
-use serde_json::Value;
+use anyhow::Context as _;
+use sbc::{api::contract::SessionInfo, media::session::Leg};
 
 use crate::{
     daemon::Daemon,
@@ -13,14 +13,6 @@ use crate::{
 /// First RTP port of the lab peers (call `i` uses base + 2i, RTCP the next port).
 const CALLER_PORT_BASE: u16 = 40000;
 const CALLEE_PORT_BASE: u16 = 50000;
-
-fn local_rtp(session: &Value, leg: usize) -> anyhow::Result<SocketAddr> {
-    session["legs"][leg]["local_rtp"]
-        .as_str()
-        .context("session without local_rtp")?
-        .parse()
-        .context("bad local_rtp")
-}
 
 /// Creates one session per index, each with announced peers in the caller and callee namespaces
 /// (call `i` uses the peers' ports base + 2i, so separate ranges never collide).
@@ -34,23 +26,17 @@ pub fn open_calls(
             let offset = 2 * i as u16;
             let caller = SocketAddr::new(IpAddr::V4(CALLER), CALLER_PORT_BASE + offset);
             let callee = SocketAddr::new(IpAddr::V4(CALLEE), CALLEE_PORT_BASE + offset);
-            let response = daemon.create_session(caller, callee, rtcp_mux)?;
-            if response.status != 201 {
-                bail!(
-                    "creating session {i}: HTTP {} {}",
-                    response.status,
-                    response.body
-                );
-            }
-            let session = response.body;
-            let id = session["id"].as_u64().context("session without id")? as u32;
+            let session: SessionInfo = daemon
+                .create_session(caller, callee, rtcp_mux)?
+                .expect(201)
+                .with_context(|| format!("creating session {i}"))?;
             Ok((
-                id,
+                session.id,
                 Call {
                     caller,
-                    caller_sends_to: local_rtp(&session, 0)?,
+                    caller_sends_to: session.legs[Leg::A].local_rtp,
                     callee,
-                    callee_sends_to: local_rtp(&session, 1)?,
+                    callee_sends_to: session.legs[Leg::B].local_rtp,
                     rtcp_mux,
                 },
             ))
@@ -60,16 +46,12 @@ pub fn open_calls(
 
 /// Packets relayed so far by path, summed over all sessions and both legs: (kernel, userspace).
 pub fn relayed_packets(daemon: &Daemon) -> anyhow::Result<(u64, u64)> {
-    let response = daemon.api.get("/v1/sessions")?;
-    let sessions = response.body["sessions"]
-        .as_array()
-        .context("no sessions in answer")?;
     let mut totals = (0, 0);
-    for session in sessions {
-        for leg in session["legs"].as_array().into_iter().flatten() {
-            for stream in [&leg["rtp"], &leg["rtcp"]] {
-                totals.0 += stream["kernel_packets"].as_u64().unwrap_or(0);
-                totals.1 += stream["userspace_packets"].as_u64().unwrap_or(0);
+    for session in daemon.sessions()? {
+        for leg in &session.legs {
+            for stream in std::iter::once(&leg.rtp).chain(&leg.rtcp) {
+                totals.0 += stream.kernel_packets;
+                totals.1 += stream.userspace_packets;
             }
         }
     }

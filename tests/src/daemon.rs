@@ -8,8 +8,20 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use sbc::api::{ApiClient, client::ApiResponse};
-use serde_json::{Value, json};
+use sbc::{
+    api::{
+        ApiClient,
+        client::ApiResponse,
+        contract::{
+            AdmissionTotals, BackendSummary, Backends, BlockInfo, Blocks, CallSummary, Calls,
+            SessionInfo, SessionSpec, Sessions, Stats, Status,
+        },
+    },
+    events::{Event, EventLine, Kind},
+    media::session::LegSpec,
+    side::Side,
+};
+use serde_json::Value;
 
 use crate::lab::{Lab, SBC_INTERFACES, SBC_PRIVATE, SBC_PUBLIC};
 
@@ -310,11 +322,11 @@ format = "{log_format}"
     }
 
     /// Every event so far, once `count` events named `name` are among them (or at `limit`).
-    pub fn events_once(&self, name: &str, count: usize, limit: Duration) -> Vec<Value> {
+    pub fn events_once(&self, name: &str, count: usize, limit: Duration) -> Vec<Event> {
         let deadline = Instant::now() + limit;
         loop {
             let events = self.events();
-            let seen = events.iter().filter(|e| e["event"] == name).count();
+            let seen = events.iter().filter(|e| e.name() == name).count();
             if seen >= count || Instant::now() > deadline {
                 return events;
             }
@@ -322,47 +334,99 @@ format = "{log_format}"
         }
     }
 
-    pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
+    /// Every event so far, as the daemon's own `Event` type reads them.
+    pub fn events(&self) -> Vec<Event> {
+        self.event_lines()
+            .into_iter()
+            .map(|line| line.event)
             .collect()
+    }
+
+    /// Every line of the events file so far (events with their time). A line that does not
+    /// read is a test failure (the file and the type disagree), except a last line still
+    /// being written.
+    pub fn event_lines(&self) -> Vec<EventLine> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("an event line that does not read ({e}): {line}"))
+            })
+            .collect()
+    }
+
+    /// The events of one kind (`CallEnded`, `BackendDown`, ...).
+    pub fn events_of<K: Kind>(&self) -> Vec<K> {
+        self.events().into_iter().filter_map(K::of).collect()
+    }
+
+    /// `GET /v1/stats`.
+    pub fn stats(&self) -> anyhow::Result<Stats> {
+        self.api.get("/v1/stats")?.expect(200)
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> anyhow::Result<Status> {
+        self.api.get("/v1/status")?.expect(200)
+    }
+
+    /// The media sessions (`GET /v1/sessions`).
+    pub fn sessions(&self) -> anyhow::Result<Vec<SessionInfo>> {
+        Ok(self
+            .api
+            .get("/v1/sessions")?
+            .expect::<Sessions>(200)?
+            .sessions)
+    }
+
+    /// The calls with their media (`GET /v1/calls`).
+    pub fn calls(&self) -> anyhow::Result<Vec<CallSummary<SessionInfo>>> {
+        Ok(self.api.get("/v1/calls")?.expect::<Calls>(200)?.calls)
+    }
+
+    /// The backend pool (`GET /v1/backends`).
+    pub fn backends(&self) -> anyhow::Result<Vec<BackendSummary>> {
+        Ok(self
+            .api
+            .get("/v1/backends")?
+            .expect::<Backends>(200)?
+            .backends)
     }
 
     /// The XDP verdict counters by reason name, from the API.
     pub fn xdp_reason(&self, name: &str) -> anyhow::Result<u64> {
-        let stats = self.api.get("/v1/stats")?.body;
-        stats["xdp_reasons"][name]
-            .as_u64()
-            .with_context(|| format!("no XDP counter {name} in {stats}"))
+        let stats = self.stats()?;
+        stats
+            .xdp_reasons
+            .as_ref()
+            .and_then(|reasons| reasons.get(name).copied())
+            .with_context(|| format!("no XDP counter {name} in {stats:?}"))
     }
 
     /// The SIP guard's verdicts by reason name: the kernel's, or with the userspace dataplane
     /// the daemon's (0 if never counted).
     pub fn guard_verdicts(&self, name: &str) -> anyhow::Result<u64> {
-        let stats = self.api.get("/v1/stats")?.body;
-        Ok(["xdp_reasons", "guard_reasons"]
-            .iter()
-            .filter_map(|table| stats[table][name].as_u64())
-            .sum())
+        let stats = self.stats()?;
+        let kernel = stats
+            .xdp_reasons
+            .as_ref()
+            .and_then(|r| r.get(name).copied());
+        Ok(kernel.unwrap_or(0) + stats.guard_reasons.get(name).copied().unwrap_or(0))
     }
 
-    /// One of the admission counters of `GET /v1/stats` (`refused_source_invite_rate`...).
-    pub fn admission_counter(&self, name: &str) -> anyhow::Result<u64> {
-        let stats = self.api.get("/v1/stats")?.body;
-        stats["admission"][name]
-            .as_u64()
-            .with_context(|| format!("no admission counter {name} in {stats}"))
+    /// The admission counters of `GET /v1/stats`.
+    pub fn admission_totals(&self) -> anyhow::Result<AdmissionTotals> {
+        self.stats()?
+            .admission
+            .context("no admission counters: the daemon runs no SIP proxy")
     }
 
     /// The dynamic blocks in force (`GET /v1/blocks`).
-    pub fn blocks(&self) -> anyhow::Result<Vec<Value>> {
-        let body = self.api.get("/v1/blocks")?.body;
-        body["blocks"]
-            .as_array()
-            .cloned()
-            .with_context(|| format!("malformed blocks: {body}"))
+    pub fn blocks(&self) -> anyhow::Result<Vec<BlockInfo>> {
+        Ok(self.api.get("/v1/blocks")?.expect::<Blocks>(200)?.blocks)
     }
 
     /// Creates a session between `a_peer` (public side) and `b_peer` (private side).
@@ -372,14 +436,17 @@ format = "{log_format}"
         b_peer: std::net::SocketAddr,
         rtcp_mux: bool,
     ) -> anyhow::Result<ApiResponse> {
-        self.api.post(
-            "/v1/sessions",
-            &json!({
-                "rtcp_mux": rtcp_mux,
-                "a": { "side": "public", "peer": a_peer },
-                "b": { "side": "private", "peer": b_peer },
-            }),
-        )
+        let leg = |side, peer| LegSpec {
+            side,
+            peer: Some(peer),
+            sip_source: None,
+        };
+        let spec = SessionSpec {
+            rtcp_mux,
+            a: leg(Side::Public, a_peer),
+            b: leg(Side::Private, b_peer),
+        };
+        self.api.post("/v1/sessions", &spec)
     }
 }
 

@@ -2,12 +2,12 @@
 //! from a SIPp caller through the sbc to a SIPp backend with RTP both ways, then media sessions
 //! streamed through the control API; reports of what arrived and which path relayed it.
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-use serde_json::Value;
+use sbc::events::Event;
 
 use crate::{
     calls::{open_calls, relayed_packets},
@@ -95,37 +95,43 @@ fn sip_calls(lab: &Lab, daemon: &Daemon, options: &DemoOptions) -> anyhow::Resul
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let events = daemon.events();
-    let of = |name: &'static str| events.iter().filter(move |e| e["event"] == name);
+    let setup_ms: HashMap<&str, u64> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::CallAnswered(answered) => Some((answered.call_id.as_str(), answered.setup_ms)),
+            _ => None,
+        })
+        .collect();
     println!(
         "\n  {:<28} {:>6} {:>9} {:>11} {:>12} {:>12}",
         "call", "code", "setup ms", "duration s", "RTP c->b", "RTP b->c"
     );
-    for ended in of("call_ended") {
-        let call_id = ended["call_id"].as_str().unwrap_or("?");
-        let setup = of("call_answered")
-            .find(|a| a["call_id"] == call_id)
-            .and_then(|a| a["setup_ms"].as_u64());
-        println!(
-            "  {:<28} {:>6} {:>9} {:>11.1} {:>12} {:>12}",
-            call_id,
-            ended["final_code"]
-                .as_u64()
-                .map_or("-".into(), |c| c.to_string()),
-            setup.map_or("-".into(), |ms| ms.to_string()),
-            ended["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-            ended["rtp_packets"]["caller_to_callee"]
-                .as_u64()
-                .unwrap_or(0),
-            ended["rtp_packets"]["callee_to_caller"]
-                .as_u64()
-                .unwrap_or(0),
-        );
-    }
     let (mut kernel, mut userspace) = (0u64, 0u64);
-    for ended in of("media_session_ended") {
-        for leg in ended["session"]["legs"].as_array().into_iter().flatten() {
-            kernel += leg["rtp"]["kernel_packets"].as_u64().unwrap_or(0);
-            userspace += leg["rtp"]["userspace_packets"].as_u64().unwrap_or(0);
+    for event in &events {
+        match event {
+            Event::CallEnded(ended) => {
+                let (forward, backward) = ended
+                    .rtp_packets
+                    .map_or((0, 0), |p| (p.caller_to_callee, p.callee_to_caller));
+                println!(
+                    "  {:<28} {:>6} {:>9} {:>11.1} {:>12} {:>12}",
+                    ended.call_id,
+                    ended.final_code.map_or("-".into(), |c| c.to_string()),
+                    setup_ms
+                        .get(ended.call_id.as_str())
+                        .map_or("-".into(), |ms| ms.to_string()),
+                    ended.duration_ms.unwrap_or(0) as f64 / 1000.0,
+                    forward,
+                    backward,
+                );
+            }
+            Event::MediaSessionEnded(ended) => {
+                for leg in ended.session.iter().flat_map(|s| &s.legs) {
+                    kernel += leg.rtp.kernel_packets;
+                    userspace += leg.rtp.userspace_packets;
+                }
+            }
+            _ => {}
         }
     }
     println!(
@@ -217,23 +223,17 @@ fn media_sessions(lab: &Lab, daemon: &Daemon, options: &DemoOptions) -> anyhow::
         "\n  relayed in the kernel (XDP): {kernel:>8} packets ({:.2} %)\n  relayed in userspace:        {userspace:>8} packets (first packets: latching, ARP)",
         100.0 * kernel as f64 / (kernel + userspace).max(1) as f64
     );
-    let stats = daemon.api.get("/v1/stats")?.body;
-    if let Some(reasons) = stats["xdp_reasons"].as_object() {
+    let stats = daemon.stats()?;
+    if let Some(reasons) = &stats.xdp_reasons {
         println!("\n  XDP verdicts (whole run):");
-        for (name, count) in reasons.iter().filter(|(_, c)| c.as_u64() != Some(0)) {
+        for (name, count) in reasons.iter().filter(|(_, count)| **count != 0) {
             println!("    {name:<26} {count}");
         }
     }
-    let sessions = daemon.api.get("/v1/sessions")?.body;
-    let latched = sessions["sessions"]
-        .as_array()
-        .context("no sessions")?
+    let latched = daemon
+        .sessions()?
         .iter()
-        .filter(|s| {
-            s["legs"]
-                .as_array()
-                .is_some_and(|legs| legs.iter().all(|l| l["latched"] == Value::Bool(true)))
-        })
+        .filter(|s| s.legs.iter().all(|leg| leg.latched))
         .count();
     println!(
         "\n  sessions with both legs latched: {latched} of {}",

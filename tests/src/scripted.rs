@@ -2,7 +2,7 @@
 //! 198.18.2.2:5060, as the dialog, admission, continuity and no-audio tests use it.
 use std::{net::SocketAddr, time::Duration};
 
-use serde_json::Value;
+use sbc::events::CallEnded;
 
 use crate::{
     daemon::{Daemon, DaemonOptions},
@@ -38,7 +38,7 @@ pub fn play(
     daemon: &Daemon,
     scenario: &'static str,
     calls: u32,
-) -> Vec<Value> {
+) -> Vec<CallEnded> {
     let result = sipp::place_calls(
         &lab.caller,
         SocketAddr::new(CALLER.into(), 5060),
@@ -61,11 +61,7 @@ pub fn play(
         "the backend's script did not play through:\n{}",
         backend.output()
     );
-    let ended: Vec<Value> = daemon
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "call_ended")
-        .collect();
+    let ended: Vec<CallEnded> = daemon.events_of();
     assert_eq!(ended.len(), calls as usize, "one end event per call");
     ended
 }

@@ -3,10 +3,11 @@
 //! working from a source that is being limited, and a flood that dies in the kernel while
 //! SIPp's calls go through.
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
+use sbc::events::{CallEnd, CallEnded};
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     flood::{self, Flood, Mix},
@@ -16,7 +17,6 @@ use sbc_tests::{
     scripted, sip_probe,
     sipp::{self, Backend, CallKind, CallerResult},
 };
-use serde_json::Value;
 
 fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
@@ -70,7 +70,7 @@ fn count_events(daemon: &Daemon, name: &str) -> usize {
     daemon
         .events()
         .iter()
-        .filter(|event| event["event"] == name)
+        .filter(|event| event.name() == name)
         .count()
 }
 
@@ -86,12 +86,12 @@ fn wait_for_events(daemon: &Daemon, name: &str, count: usize) -> usize {
     }
 }
 
-fn blocked_addresses(daemon: &Daemon) -> Vec<String> {
+fn blocked_addresses(daemon: &Daemon) -> Vec<IpAddr> {
     daemon
         .blocks()
         .expect("blocks")
         .iter()
-        .map(|block| block["address"].as_str().unwrap_or_default().to_owned())
+        .map(|block| block.address)
         .collect()
 }
 
@@ -121,8 +121,9 @@ fn a_source_slightly_over_its_limit_gets_503_for_the_excess_only() {
     let calls = 60;
     call_or_refusal(&lab, &daemon, calls, 6);
     let refused = daemon
-        .admission_counter("refused_source_invite_rate")
-        .unwrap();
+        .admission_totals()
+        .unwrap()
+        .refused_source_invite_rate;
     let answered = wait_for_events(&daemon, "call_answered", (calls as u64 - refused) as usize);
     eprintln!("{answered} calls answered, {refused} refused with 503");
     assert!(
@@ -156,13 +157,16 @@ fn an_allowlisted_trunk_at_five_times_the_default_limit_is_never_limited() {
     // 20 calls/s: five times the per-source limit.
     call_or_refusal(&lab, &daemon, 100, 20);
     assert_eq!(wait_for_events(&daemon, "call_answered", 100), 100);
-    for counter in [
-        "refused_source_invite_rate",
-        "refused_global_invite_rate",
-        "refused_overload",
-    ] {
-        assert_eq!(daemon.admission_counter(counter).unwrap(), 0, "{counter}");
-    }
+    let totals = daemon.admission_totals().unwrap();
+    assert_eq!(
+        (
+            totals.refused_source_invite_rate,
+            totals.refused_global_invite_rate,
+            totals.refused_overload
+        ),
+        (0, 0, 0),
+        "{totals:?}"
+    );
     for reason in ["drop_sip_rate_limited", "drop_sip_blocked"] {
         assert_eq!(daemon.guard_verdicts(reason).unwrap(), 0, "{reason}");
     }
@@ -186,8 +190,9 @@ fn an_allowlisted_trunk_at_five_times_the_default_limit_is_never_limited() {
     assert!(reload.status.success(), "{reload:?}");
     call_or_refusal(&lab, &daemon, 40, 20);
     let refused = daemon
-        .admission_counter("refused_source_invite_rate")
-        .unwrap();
+        .admission_totals()
+        .unwrap()
+        .refused_source_invite_rate;
     assert!(
         refused >= 10,
         "only {refused} of 40 calls at 20/s refused once the caller is no longer allowlisted"
@@ -214,8 +219,8 @@ fn scanner_is_blocked_then_unblocked(dataplane: &'static str) {
     let blocked_at = Instant::now();
     let blocks = daemon.blocks().unwrap();
     assert_eq!(blocks.len(), 1, "{blocks:?}");
-    assert_eq!(blocks[0]["address"], ROGUE.to_string());
-    assert_eq!(blocks[0]["reason"], "scanner");
+    assert_eq!(blocks[0].address, IpAddr::V4(ROGUE));
+    assert_eq!(blocks[0].reason, "scanner");
     let listed = daemon.command(&["blocks", "list"]).unwrap();
     assert!(
         String::from_utf8_lossy(&listed.stdout).contains(&ROGUE.to_string()),
@@ -320,14 +325,10 @@ fn calls_through_a_flood(
         "{}",
         backend.output()
     );
-    let ended: Vec<Value> = daemon
-        .events()
-        .into_iter()
-        .filter(|event| event["event"] == "call_ended")
-        .collect();
+    let ended: Vec<CallEnded> = daemon.events_of();
     assert_eq!(ended.len(), calls as usize);
     for event in &ended {
-        assert_eq!(event["reason"], "bye", "{event}");
+        assert_eq!(event.reason, CallEnd::Bye, "{event:?}");
     }
     daemon
 }
@@ -357,17 +358,18 @@ fn established_calls_survive_their_source_being_limited(dataplane: &'static str)
         // Limited by the daemon (503s, and a block for too many of them), by the kernel's
         // packet bucket, or both, depending on which limit the flood reaches first.
         let limited = daemon
-            .admission_counter("refused_source_request_rate")
+            .admission_totals()
             .unwrap()
+            .refused_source_request_rate
             + daemon.guard_verdicts("drop_sip_rate_limited").unwrap();
         assert!(
             limited > 0,
-            "the caller was never rate limited: {}\n{}",
-            daemon.api.get("/v1/stats").unwrap().body,
+            "the caller was never rate limited: {:?}\n{}",
+            daemon.stats().unwrap(),
             daemon.log()
         );
         assert!(
-            blocked_addresses(daemon).contains(&CALLER.to_string()),
+            blocked_addresses(daemon).contains(&IpAddr::V4(CALLER)),
             "the caller was not blocked for its flood: {:?}",
             daemon.blocks()
         );
@@ -427,12 +429,13 @@ fn an_overloaded_daemon_sheds_new_requests_before_calls_userspace() {
         },
     };
     let daemon = calls_through_a_flood(&lab, options, flooder, |_| {});
-    let shed = daemon.admission_counter("shed_new_requests").unwrap();
+    let shed = daemon.admission_totals().unwrap().shed_new_requests;
     eprintln!(
         "shed {shed} new requests; {} refused with 503",
         daemon
-            .admission_counter("refused_source_request_rate")
+            .admission_totals()
             .unwrap()
+            .refused_source_request_rate
     );
     assert!(shed > 0, "nothing was shed:\n{}", daemon.log());
 }
@@ -595,12 +598,13 @@ fn a_retransmitted_refused_invite_gets_the_same_answer_and_counts_once() {
     );
     assert_eq!(
         daemon
-            .admission_counter("refused_source_invite_rate")
-            .unwrap(),
+            .admission_totals()
+            .unwrap()
+            .refused_source_invite_rate,
         1
     );
-    let status = daemon.api.get("/v1/status").expect("status").body;
-    assert_eq!(status["calls"]["attempted"], 2, "{status}");
+    let status = daemon.status().expect("status");
+    assert_eq!(status.calls.map(|c| c.attempted), Some(2), "{status:?}");
 }
 
 /// The overload signal counts the time a datagram waits in the kernel's receive buffer, not
@@ -653,12 +657,11 @@ fn requests_that_waited_in_the_kernel_buffer_are_refused_as_stale() {
         trunk.iter().any(|a| a.starts_with("SIP/2.0 200")),
         "the trunk's INVITE: {trunk:?}"
     );
-    let counters = daemon.api.get("/v1/stats").expect("stats").body;
-    let shed = |name: &str| counters["admission"][name].as_u64().unwrap_or(0);
+    let totals = daemon.admission_totals().expect("stats");
     assert_eq!(
-        shed("shed_late") + shed("shed_answered"),
+        totals.shed_late + totals.shed_answered,
         5,
-        "refused late or on arrival: {counters}"
+        "refused late or on arrival: {totals:?}"
     );
     let fresh = sip_probe::invite(addr(ROGUE, 5299), SBC_SIP, "fresh");
     let answers = sip_probe::send(&lab.rogue, addr(ROGUE, 5299), SBC_SIP, &fresh).expect("send");
@@ -739,7 +742,9 @@ fn a_trunk_keeps_its_calls_through_a_distributed_flood(tag: &str, admission: &st
         )
     });
     let cpu = daemon.cpu_time().unwrap() - before;
-    let counter = |name: &str| daemon.admission_counter(name).unwrap_or_default();
+    let totals = daemon
+        .admission_totals()
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let sources_blocked = daemon.blocks().expect("blocks").len();
     eprintln!(
         "flood: {} INVITEs from {BOTNET_SOURCES} sources in {:.1?} ({:.0}/s); trunk {}/{calls} \
@@ -757,13 +762,13 @@ fn a_trunk_keeps_its_calls_through_a_distributed_flood(tag: &str, admission: &st
             .guard_verdicts("drop_sip_blocked")
             .unwrap_or_default(),
         daemon.guard_verdicts("pass_sip").unwrap_or_default(),
-        counter("shed_new_requests"),
-        counter("shed_answered"),
-        counter("shed_late"),
-        counter("shed_queue_full"),
-        counter("shed_receive_buffer"),
-        counter("refused_source_invite_rate"),
-        counter("refused_overload"),
+        totals.shed_new_requests,
+        totals.shed_answered,
+        totals.shed_late,
+        totals.shed_queue_full,
+        totals.shed_receive_buffer,
+        totals.refused_source_invite_rate,
+        totals.refused_overload,
     );
     assert!(
         flood.packets_per_sec() >= f64::from(FLOOD_RATE) * 0.9,

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sbc::events::{BackendDown, BackendUp, Event};
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
@@ -65,11 +66,7 @@ fn what_outsiders_provoke_never_takes_a_backend_down() {
     }
     let deadline = Instant::now() + NON_INVITE_TIMEOUT;
     while Instant::now() < deadline {
-        let down: Vec<_> = daemon
-            .events()
-            .into_iter()
-            .filter(|e| e["event"] == "backend_down")
-            .collect();
+        let down: Vec<BackendDown> = daemon.events_of();
         assert!(
             down.is_empty(),
             "an outsider took the backend down: {down:?}"
@@ -85,10 +82,9 @@ fn what_outsiders_provoke_never_takes_a_backend_down() {
         responder.received("OPTIONS") >= 20,
         "the backend was not probed"
     );
-    let backends = daemon.api.get("/v1/backends").expect("backends").body;
-    let only = &backends["backends"][0];
-    assert_eq!(only["healthy"], true, "{backends}");
-    assert_eq!(only["failure_ratio"], 0.0, "{backends}");
+    let backends = daemon.backends().expect("backends");
+    assert!(backends[0].healthy, "{backends:?}");
+    assert_eq!(backends[0].failure_ratio, 0.0, "{backends:?}");
 }
 
 /// Only answered probes bring a down backend back (`recovery_threshold` of them): a backend
@@ -142,7 +138,7 @@ fn a_down_backend_comes_back_on_answered_probes_only() {
         answers_probes.store(false, Ordering::Relaxed);
         let events = daemon.events_once("backend_down", 1, Duration::from_secs(5));
         assert!(
-            events.iter().any(|e| e["event"] == "backend_down"),
+            events.iter().any(|e| matches!(e, Event::BackendDown(_))),
             "the backend was not marked down: {events:?}"
         );
         calls.join().expect("caller")
@@ -177,18 +173,12 @@ fn a_down_backend_comes_back_on_answered_probes_only() {
         invites,
         "an INVITE reached it"
     );
-    let up = |events: &[serde_json::Value]| events.iter().any(|e| e["event"] == "backend_up");
-    assert!(
-        !up(&daemon.events()),
-        "answers to in-dialog requests brought it back"
-    );
+    let up = || !daemon.events_of::<BackendUp>().is_empty();
+    assert!(!up(), "answers to in-dialog requests brought it back");
 
     answers_probes.store(true, Ordering::Relaxed);
     let events = daemon.events_once("backend_up", 1, Duration::from_secs(5));
-    assert!(
-        up(&events),
-        "answered probes did not bring it back: {events:?}"
-    );
-    let backends = daemon.api.get("/v1/backends").expect("backends").body;
-    assert_eq!(backends["backends"][0]["healthy"], true, "{backends}");
+    assert!(up(), "answered probes did not bring it back: {events:?}");
+    let backends = daemon.backends().expect("backends");
+    assert!(backends[0].healthy, "{backends:?}");
 }

@@ -8,6 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sbc::{
+    events::{CallEnd, CallEnded, Event, Kind},
+    media::{EndReason, session::Leg},
+    proxy::core::calls::CallState,
+};
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
@@ -16,7 +21,6 @@ use sbc_tests::{
     scripted,
     sipp::{self, CallKind},
 };
-use serde_json::Value;
 
 const CALLS: u32 = 50;
 /// At most this much media may be lost per call and direction (the acceptance bound).
@@ -26,36 +30,31 @@ fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-fn local(session: &Value, leg: usize) -> SocketAddr {
-    session["legs"][leg]["local_rtp"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no local RTP address on leg {leg}: {session}"))
-}
-
 /// Waits until every call is answered; the media endpoints of each, in a stable order.
 fn answered_calls(daemon: &Daemon) -> Vec<rtp::Call> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let calls = loop {
-        let body = daemon.api.get("/v1/calls").expect("GET /v1/calls").body;
-        let calls: Vec<Value> = body["calls"].as_array().cloned().unwrap_or_default();
-        if calls.len() == CALLS as usize && calls.iter().all(|c| c["state"] == "answered") {
+        let calls = daemon.calls().expect("GET /v1/calls");
+        if calls.len() == CALLS as usize && calls.iter().all(|c| c.state == CallState::Answered) {
             break calls;
         }
-        assert!(Instant::now() < deadline, "calls not all answered: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "calls not all answered: {calls:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     calls
         .iter()
         .enumerate()
         .map(|(i, call)| {
-            let session = &call["media"][0];
+            let session = call.media[0].as_ref().expect("the call's media session");
             let port = |base: u16| base + 2 * i as u16;
             rtp::Call {
                 caller: addr(CALLER, port(40000)),
-                caller_sends_to: local(session, 0),
+                caller_sends_to: session.legs[Leg::A].local_rtp,
                 callee: addr(CALLEE, port(50000)),
-                callee_sends_to: local(session, 1),
+                callee_sends_to: session.legs[Leg::B].local_rtp,
                 rtcp_mux: false,
             }
         })
@@ -116,11 +115,11 @@ fn fifty_calls_survive_kill_9_and_are_reinvited_and_ended_afterwards() {
     );
 
     let events = daemon.events_once("call_ended", CALLS as usize, Duration::from_secs(10));
-    let mut ends: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for event in events.iter().filter(|e| e["event"] == "call_ended") {
-        ends.entry(event["call_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(event);
+    let mut ends: BTreeMap<String, Vec<&CallEnded>> = BTreeMap::new();
+    for event in &events {
+        if let Event::CallEnded(ended) = event {
+            ends.entry(ended.call_id.clone()).or_default().push(ended);
+        }
     }
     assert_eq!(
         ends.len(),
@@ -134,30 +133,29 @@ fn fifty_calls_survive_kill_9_and_are_reinvited_and_ended_afterwards() {
             "{call_id} ended more than once: {events:?}"
         );
         let event = events[0];
-        assert_eq!(event["reason"], "bye", "{event}");
-        assert_eq!(event["final_code"], 200, "{event}");
-        assert!(
-            event["duration_ms"].as_u64().is_some_and(|d| d >= 12_000),
-            "the duration spans the restart: {event}"
+        assert_eq!(
+            (event.reason, event.final_code),
+            (CallEnd::Bye, Some(200)),
+            "{event:?}"
         );
-        let relayed = event["rtp_packets"]["caller_to_callee"]
-            .as_u64()
-            .unwrap_or(0);
-        assert!(relayed >= 300, "media counted across the restart: {event}");
+        assert!(
+            event.duration_ms.is_some_and(|d| d >= 12_000),
+            "the duration spans the restart: {event:?}"
+        );
+        let relayed = event.rtp_packets.map_or(0, |p| p.caller_to_callee);
+        assert!(
+            relayed >= 300,
+            "media counted across the restart: {event:?}"
+        );
     }
     let started = events
         .iter()
-        .filter(|e| e["event"] == "call_started")
+        .filter(|e| matches!(e, Event::CallStarted(_)))
         .count();
     assert_eq!(started, CALLS as usize, "no call was started twice");
-    let left = daemon.api.get("/v1/calls").expect("calls").body;
-    assert_eq!(left["calls"].as_array().map(Vec::len), Some(0), "{left}");
-    assert_eq!(
-        daemon.api.get("/v1/sessions").expect("sessions").body["sessions"]
-            .as_array()
-            .map(Vec::len),
-        Some(0)
-    );
+    let left = daemon.calls().expect("calls");
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(daemon.sessions().expect("sessions").len(), 0);
 }
 
 const RINGING_CALLS: u32 = 10;
@@ -196,14 +194,16 @@ fn calls_ringing_through_kill_9(tag: &str, hangs_up: HangsUp) {
         });
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let body = daemon.api.get("/v1/calls").expect("GET /v1/calls").body;
-            let calls = body["calls"].as_array().cloned().unwrap_or_default();
+            let calls = daemon.calls().expect("GET /v1/calls");
             if calls.len() == RINGING_CALLS as usize
-                && calls.iter().all(|c| c["state"] == "ringing")
+                && calls.iter().all(|c| c.state == CallState::Ringing)
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "calls not all ringing: {body}");
+            assert!(
+                Instant::now() < deadline,
+                "calls not all ringing: {calls:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         daemon.kill9();
@@ -227,14 +227,14 @@ fn calls_ringing_through_kill_9(tag: &str, hangs_up: HangsUp) {
 
     let events = daemon.events_once("call_ended", RINGING_CALLS as usize, Duration::from_secs(5));
     let named =
-        |name: &str| -> Vec<&Value> { events.iter().filter(|e| e["event"] == name).collect() };
-    let ended = named("call_ended");
+        |name: &str| -> Vec<&Event> { events.iter().filter(|e| e.name() == name).collect() };
+    let ended: Vec<&CallEnded> = events.iter().filter_map(CallEnded::of_ref).collect();
     assert_eq!(ended.len(), RINGING_CALLS as usize, "{ended:?}");
     for event in &ended {
         assert_eq!(
-            (event["reason"].as_str(), event["final_code"].as_u64()),
-            (Some("bye"), Some(200)),
-            "{event}"
+            (event.reason, event.final_code),
+            (CallEnd::Bye, Some(200)),
+            "{event:?}"
         );
     }
     assert_eq!(named("call_answered").len(), RINGING_CALLS as usize);
@@ -244,19 +244,16 @@ fn calls_ringing_through_kill_9(tag: &str, hangs_up: HangsUp) {
         "no call started twice"
     );
     assert!(
-        named("media_session_ended")
-            .iter()
-            .all(|e| e["reason"] != "orphaned"),
+        !events.iter().any(|e| matches!(
+            e,
+            Event::MediaSessionEnded(ended) if ended.reason == EndReason::Orphaned
+        )),
         "a call's media was taken for an orphan"
     );
-    let left = daemon.api.get("/v1/calls").expect("calls").body;
-    assert_eq!(left["calls"].as_array().map(Vec::len), Some(0), "{left}");
-    let sessions = daemon.api.get("/v1/sessions").expect("sessions").body;
-    assert_eq!(
-        sessions["sessions"].as_array().map(Vec::len),
-        Some(0),
-        "{sessions}"
-    );
+    let left = daemon.calls().expect("calls");
+    assert!(left.is_empty(), "{left:?}");
+    let sessions = daemon.sessions().expect("sessions");
+    assert!(sessions.is_empty(), "{sessions:?}");
 }
 
 #[test]

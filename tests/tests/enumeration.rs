@@ -3,8 +3,12 @@
 //! Existing and missing users get the same answer, nothing names the backend's software, and
 //! after a handful of missing users the scanner is blocked. An office registering many
 //! existing phones from one address is not.
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
+use sbc::events::SourceBlocked;
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, ROGUE, SBC_PUBLIC},
@@ -148,18 +152,14 @@ fn a_scanner_cannot_tell_users_apart_and_is_blocked() {
     assert!(
         blocks
             .iter()
-            .any(|b| b["address"] == ROGUE.to_string() && b["reason"] == "scanner"),
+            .any(|b| b.address == IpAddr::V4(ROGUE) && b.reason == "scanner"),
         "{blocks:?}"
     );
     assert!(
-        !blocks.iter().any(|b| b["address"] == CALLER.to_string()),
+        !blocks.iter().any(|b| b.address == IpAddr::V4(CALLER)),
         "the office was blocked: {blocks:?}"
     );
-    let blocked: Vec<_> = daemon
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "source_blocked")
-        .collect();
+    let blocked: Vec<SourceBlocked> = daemon.events_of();
     assert_eq!(blocked.len(), 1, "{blocked:?}");
-    assert_eq!(blocked[0]["detail"], "enumerating users");
+    assert_eq!(blocked[0].detail, "enumerating users");
 }

@@ -2,6 +2,7 @@
 //! and the media timeout.
 use std::{collections::BTreeSet, time::Duration};
 
+use sbc::{api::contract::Refusal, events::MediaSessionEnded, media::EndReason};
 use sbc_tests::{
     calls::{open_calls, relayed_packets},
     daemon::{Daemon, DaemonOptions},
@@ -10,6 +11,16 @@ use sbc_tests::{
     rtp::Traffic,
 };
 use serde_json::Value;
+
+/// The ids of the media sessions that ended for `reason`, in the order they ended.
+fn ended_sessions(daemon: &Daemon, reason: EndReason) -> Vec<u64> {
+    daemon
+        .events_of::<MediaSessionEnded>()
+        .into_iter()
+        .filter(|ended| ended.reason == reason)
+        .map(|ended| u64::from(ended.session.expect("its counters").id))
+        .collect()
+}
 
 fn kernel_packets(maps: &Value) -> u64 {
     maps["flows"]
@@ -21,11 +32,11 @@ fn kernel_packets(maps: &Value) -> u64 {
 }
 
 fn session_ids(daemon: &Daemon) -> BTreeSet<u64> {
-    daemon.api.get("/v1/sessions").expect("sessions").body["sessions"]
-        .as_array()
+    daemon
+        .sessions()
         .expect("sessions")
         .iter()
-        .map(|s| s["id"].as_u64().unwrap())
+        .map(|s| u64::from(s.id))
         .collect()
 }
 
@@ -84,15 +95,13 @@ fn media_survives_kill_9_and_a_restarted_daemon_adopts_and_ends_the_sessions() {
         0,
         "flows left behind: {maps}"
     );
-    let stats = daemon.api.get("/v1/stats").expect("stats").body;
-    for pool in stats["ports"].as_array().unwrap() {
-        assert_eq!(pool["in_use"], 0, "ports left allocated: {stats}");
-    }
-    let ended: BTreeSet<u64> = daemon
-        .events()
-        .iter()
-        .filter(|e| e["event"] == "media_session_ended" && e["reason"] == "deleted")
-        .map(|e| e["session"]["id"].as_u64().unwrap())
+    let stats = daemon.stats().expect("stats");
+    assert!(
+        stats.ports.iter().all(|pool| pool.in_use == 0),
+        "ports left allocated: {stats:?}"
+    );
+    let ended: BTreeSet<u64> = ended_sessions(&daemon, EndReason::Deleted)
+        .into_iter()
         .collect();
     assert_eq!(ended, ids, "one end event per adopted session");
 }
@@ -121,7 +130,7 @@ fn port_exhaustion_is_refused_cleanly_and_disturbs_nothing() {
             .expect("request");
         assert_eq!(response.status, 503, "{}", response.body);
         assert_eq!(response.retry_after, Some(5), "503 without Retry-After");
-        let error = response.body["error"].as_str().unwrap_or_default();
+        let error = response.json::<Refusal>().expect("a refusal").error;
         assert!(
             error.contains("exhausted") && error.contains("20000-20019"),
             "unclear error: {error}"
@@ -195,22 +204,10 @@ fn idle_sessions_end_after_the_media_timeout_and_are_reported() {
         "the session outlived its media"
     );
 
-    let timeouts: Vec<u64> = daemon
-        .events()
-        .iter()
-        .filter(|e| e["event"] == "media_session_ended" && e["reason"] == "media_timeout")
-        .map(|e| e["session"]["id"].as_u64().unwrap())
-        .collect();
+    let timeouts = ended_sessions(&daemon, EndReason::MediaTimeout);
     assert_eq!(timeouts, vec![u64::from(idle), u64::from(active)]);
-    let stats = daemon.api.get("/v1/stats").unwrap().body;
-    assert!(
-        stats["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["in_use"] == 0),
-        "{stats}"
-    );
+    let stats = daemon.stats().unwrap();
+    assert!(stats.ports.iter().all(|pool| pool.in_use == 0), "{stats:?}");
 }
 
 #[test]

@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+use sbc::media::session::LegInfo;
+use sbc_common::flow::PeerMatch;
 use sbc_tests::{
     calls::open_calls,
     daemon::{Daemon, DaemonOptions},
@@ -14,7 +16,6 @@ use sbc_tests::{
     privileges::require_lab_privileges,
     rtp::{Call, Spray, Traffic, TrafficReport},
 };
-use serde_json::Value;
 
 /// Each call's relay ports on one side, RTP and RTCP.
 fn ports(calls: &[Call], sbc_side: impl Fn(&Call) -> SocketAddr) -> Vec<SocketAddr> {
@@ -44,13 +45,12 @@ fn assert_media_clean(report: &TrafficReport) {
 }
 
 /// Every leg of every session, RTP and RTCP counters side by side.
-fn legs(daemon: &Daemon) -> Vec<Value> {
-    let sessions = daemon.api.get("/v1/sessions").expect("sessions").body;
-    sessions["sessions"]
-        .as_array()
+fn legs(daemon: &Daemon) -> Vec<LegInfo> {
+    daemon
+        .sessions()
         .expect("sessions")
-        .iter()
-        .flat_map(|s| s["legs"].as_array().unwrap().clone())
+        .into_iter()
+        .flat_map(|s| s.legs)
         .collect()
 }
 
@@ -99,12 +99,20 @@ fn a_spray_before_the_first_packet_hijacks_nothing() {
         );
     }
     for leg in legs(&daemon) {
-        for (stream, latch) in [("rtp", &leg["latch"]), ("rtcp", &leg["rtcp_latch"])] {
-            assert_eq!(latch["matched"], "sdp", "{stream} of {leg}");
-            assert_eq!(latch["locked"], true, "{stream} of {leg}");
+        let streams = [
+            ("rtp", leg.latch, Some(leg.rtp)),
+            ("rtcp", leg.rtcp_latch, leg.rtcp),
+        ];
+        for (stream, latch, counters) in streams {
+            let latch = latch.unwrap_or_else(|| panic!("{stream} of {leg:?} not latched"));
+            assert_eq!(
+                (latch.matched, latch.locked),
+                (PeerMatch::Sdp, true),
+                "{stream} of {leg:?}"
+            );
             assert!(
-                leg[stream]["unsignalled_dropped"].as_u64() > Some(0),
-                "the spray before latching was not counted on {stream}: {leg}"
+                counters.is_some_and(|c| c.unsignalled_dropped > 0),
+                "the spray before latching was not counted on {stream}: {leg:?}"
             );
         }
     }
@@ -149,13 +157,8 @@ fn injected_media_never_reaches_the_peers() {
     );
     let per_flow: u64 = legs(&daemon)
         .into_iter()
-        .flat_map(|leg| {
-            [
-                leg["rtp"]["foreign_dropped"].clone(),
-                leg["rtcp"]["foreign_dropped"].clone(),
-            ]
-        })
-        .filter_map(|v| v.as_u64())
+        .flat_map(|leg| std::iter::once(leg.rtp).chain(leg.rtcp))
+        .map(|counters| counters.foreign_dropped)
         .sum();
     assert_eq!(
         per_flow, dropped,

@@ -6,6 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sbc::{
+    events::{CallAnswered, CallEnd, CallNoAudio, Direction, Event, Kind},
+    media::Silence,
+};
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
@@ -13,7 +17,6 @@ use sbc_tests::{
     scripted,
     sipp::{self, Backend, CallKind},
 };
-use serde_json::Value;
 
 const FIRST_PACKET_SECS: u64 = 2;
 
@@ -21,11 +24,12 @@ fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-fn events_named(daemon: &Daemon, name: &str) -> Vec<Value> {
+/// The events of one kind, with when each was written.
+fn timed<T>(daemon: &Daemon, pick: impl Fn(Event) -> Option<T>) -> Vec<(u64, T)> {
     daemon
-        .events()
+        .event_lines()
         .into_iter()
-        .filter(|e| e["event"] == name)
+        .filter_map(|line| pick(line.event).map(|event| (line.ts_ms, event)))
         .collect()
 }
 
@@ -65,34 +69,33 @@ fn a_backend_that_never_sends_rtp_is_reported_within_the_deadline() {
         "reporting does not end calls:\n{}",
         result.output
     );
-    let reports = events_named(&daemon, "call_no_audio");
-    let answered = events_named(&daemon, "call_answered");
+    let reports = timed(&daemon, CallNoAudio::of);
+    let answered = timed(&daemon, CallAnswered::of);
     assert_eq!(
         reports.len(),
         CALLS as usize,
         "one report per call: {reports:#?}"
     );
-    for report in &reports {
-        assert_eq!(report["direction"], "callee_to_caller", "{report}");
-        assert_eq!(report["silence"], "no_media", "{report}");
-        assert_eq!(report["action"], "report", "{report}");
-        let legs = report["legs"].as_array().expect("legs");
-        let party = |name: &str| legs.iter().find(|l| l["party"] == name).expect(name);
+    for (reported_at, report) in &reports {
+        assert_eq!(report.direction, Direction::CalleeToCaller, "{report:?}");
+        assert_eq!(report.silence, Silence::NoMedia, "{report:?}");
+        assert_eq!(report.action, "report", "{report:?}");
+        let party = |name: &str| report.legs.iter().find(|l| l.party == name).expect(name);
         let (caller, callee) = (party("caller"), party("callee"));
-        assert_eq!(caller["latched"], true, "the caller's media came: {report}");
-        assert!(caller["rtp_packets_in"].as_u64() > Some(0), "{report}");
-        assert_eq!(callee["latched"], false, "{report}");
-        assert_eq!(callee["rtp_packets_in"], 0, "{report}");
+        assert!(caller.latched, "the caller's media came: {report:?}");
+        assert!(caller.rtp_packets_in > 0, "{report:?}");
+        assert!(!callee.latched, "{report:?}");
+        assert_eq!(callee.rtp_packets_in, 0, "{report:?}");
         // Within the deadline, plus the once-a-second check and some scheduling.
         let answered_at = answered
             .iter()
-            .find(|a| a["call_id"] == report["call_id"])
-            .and_then(|a| a["ts_ms"].as_u64())
+            .find(|(_, a)| a.call_id == report.call_id)
+            .map(|(at, _)| *at)
             .expect("the call's answer");
-        let after = report["ts_ms"].as_u64().unwrap() - answered_at;
+        let after = reported_at - answered_at;
         assert!(
             (FIRST_PACKET_SECS * 1000..=FIRST_PACKET_SECS * 1000 + 2000).contains(&after),
-            "reported {after} ms after the answer: {report}"
+            "reported {after} ms after the answer: {report:?}"
         );
     }
     let metrics = daemon.metrics().expect("metrics");
@@ -130,13 +133,13 @@ fn a_silent_call_is_hung_up_with_a_reason_when_configured() {
         started.elapsed() < Duration::from_secs(15),
         "hung up by the no-audio deadline, not the media timeout"
     );
-    let reports = events_named(&daemon, "call_no_audio");
+    let reports: Vec<CallNoAudio> = daemon.events_of();
     assert_eq!(
         reports.len(),
         2 * CALLS as usize,
         "both directions of each call: {reports:#?}"
     );
     for event in &ended {
-        assert_eq!(event["reason"], "no_audio", "{event}");
+        assert_eq!(event.reason, CallEnd::NoAudio, "{event:?}");
     }
 }

@@ -5,6 +5,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sbc::{
+    events::{CallEnd, CallEnded, Kind},
+    proxy::core::calls::CallState,
+};
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
@@ -18,20 +22,12 @@ fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-fn events_named(events: &[Value], name: &str) -> Vec<Value> {
-    events
-        .iter()
-        .filter(|e| e["event"] == name)
-        .cloned()
-        .collect()
-}
-
-/// Waits until the daemon has written `count` events of that name.
-fn wait_for_events(daemon: &Daemon, name: &str, count: usize) -> Vec<Value> {
+/// Waits until the daemon has written `count` events of that kind; all of that kind.
+fn wait_for_events<K: Kind>(daemon: &Daemon, count: usize) -> Vec<K> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let events = daemon.events();
-        if events_named(&events, name).len() >= count || Instant::now() > deadline {
+        let events: Vec<K> = daemon.events_of();
+        if events.len() >= count || Instant::now() > deadline {
             return events;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -95,8 +91,8 @@ fn metrics_pass_promtool_during_live_calls_and_count_what_happened() {
         "{}",
         result.output
     );
-    let events = wait_for_events(&daemon, "call_ended", CALLS as usize);
-    assert_eq!(events_named(&events, "call_ended").len(), CALLS as usize);
+    let ended: Vec<CallEnded> = wait_for_events(&daemon, CALLS as usize);
+    assert_eq!(ended.len(), CALLS as usize);
 
     let after = daemon.metrics().expect("scrape after the calls");
     after.promtool_check().expect("the scrape after the calls");
@@ -308,25 +304,26 @@ fn drain_with_calls_up(name: &str, options: DaemonOptions, begin: impl FnOnce(&D
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let calls = daemon.api.get("/v1/calls").expect("calls").body;
-            let answered = calls["calls"]
-                .as_array()
-                .map_or(0, |c| c.iter().filter(|c| c["state"] == "answered").count());
+            let calls = daemon.calls().expect("calls");
+            let answered = calls
+                .iter()
+                .filter(|c| c.state == CallState::Answered)
+                .count();
             if answered == CALLS as usize {
                 break;
             }
-            assert!(Instant::now() < deadline, "calls not up: {calls}");
+            assert!(Instant::now() < deadline, "calls not up: {calls:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
         begin(&daemon);
         // A signal is handled a moment after it is sent.
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let status = daemon.api.get("/v1/status").expect("status").body;
-            if status["drain"]["draining"] == true {
+            let status = daemon.status().expect("status");
+            if status.drain.draining {
                 break;
             }
-            assert!(Instant::now() < deadline, "not draining: {status}");
+            assert!(Instant::now() < deadline, "not draining: {status:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_refusing_new_calls(&lab);
@@ -342,9 +339,8 @@ fn drain_with_calls_up(name: &str, options: DaemonOptions, begin: impl FnOnce(&D
         .wait_exit(Duration::from_secs(10))
         .expect("the daemon exits once drained");
     assert!(exit.success(), "{exit}:\n{}", daemon.log());
-    let events = daemon.events();
-    let ended = events_named(&events, "call_ended");
-    let byes = ended.iter().filter(|e| e["reason"] == "bye").count();
+    let ended: Vec<CallEnded> = daemon.events_of();
+    let byes = ended.iter().filter(|e| e.reason == CallEnd::Bye).count();
     assert_eq!(byes, CALLS as usize, "{ended:?}");
     let log = daemon.log();
     assert!(log.contains("drained: the last call has ended"), "{log}");
@@ -448,7 +444,7 @@ fn a_drain_deadline_hangs_up_the_remaining_calls_and_exits() {
             )
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        while daemon.api.get("/v1/calls").expect("calls").body["calls"][0]["state"] != "answered" {
+        while daemon.calls().expect("calls").first().map(|c| c.state) != Some(CallState::Answered) {
             assert!(Instant::now() < deadline, "the call was not answered");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -470,9 +466,9 @@ fn a_drain_deadline_hangs_up_the_remaining_calls_and_exits() {
         );
         let _ = caller.join();
     });
-    let ended = events_named(&daemon.events(), "call_ended");
+    let ended: Vec<CallEnded> = daemon.events_of();
     assert_eq!(ended.len(), 1, "{ended:?}");
-    assert_eq!(ended[0]["reason"], "drain_deadline", "{:?}", ended[0]);
+    assert_eq!(ended[0].reason, CallEnd::DrainDeadline, "{:?}", ended[0]);
 }
 
 /// The id of the map pinned at `path` (`bpftool map show`).

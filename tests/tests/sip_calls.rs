@@ -5,6 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sbc::events::{CallEnd, CallEnded, Event, Kind};
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PRIVATE, SBC_PUBLIC},
@@ -12,14 +13,13 @@ use sbc_tests::{
     sip_probe,
     sipp::{self, Backend, CallKind},
 };
-use serde_json::Value;
 
 fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-fn events_named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
+fn events_named<'a>(events: &'a [Event], name: &str) -> Vec<&'a Event> {
+    events.iter().filter(|e| e.name() == name).collect()
 }
 
 #[test]
@@ -63,25 +63,28 @@ fn five_hundred_calls_with_media_through_the_sbc() {
     }
     assert_eq!(events_named(&events, "call_started").len(), 500);
     assert_eq!(events_named(&events, "call_answered").len(), 500);
-    let ended = events_named(&events, "call_ended");
+    let ended: Vec<&CallEnded> = events.iter().filter_map(CallEnded::of_ref).collect();
     assert_eq!(ended.len(), 500, "one end event per call");
     for event in &ended {
-        assert_eq!(event["reason"], "bye", "{event}");
-        assert_eq!(event["final_code"], 200, "{event}");
-        for direction in ["caller_to_callee", "callee_to_caller"] {
-            let packets = event["rtp_packets"][direction].as_u64().unwrap();
-            // The pcap holds 236 RTP packets; the backend echoes them.
-            assert!(
-                packets >= 230,
-                "{direction}: {packets} RTP packets in {event}"
-            );
-        }
+        assert_eq!(
+            (event.reason, event.final_code),
+            (CallEnd::Bye, Some(200)),
+            "{event:?}"
+        );
+        let packets = event.rtp_packets.expect("RTP counted");
+        // The pcap holds 236 RTP packets; the backend echoes them.
+        assert!(
+            packets.caller_to_callee >= 230 && packets.callee_to_caller >= 230,
+            "{packets:?} RTP packets in {event:?}"
+        );
     }
     let (mut kernel, mut userspace) = (0u64, 0u64);
-    for event in events_named(&events, "media_session_ended") {
-        for leg in event["session"]["legs"].as_array().unwrap() {
-            kernel += leg["rtp"]["kernel_packets"].as_u64().unwrap();
-            userspace += leg["rtp"]["userspace_packets"].as_u64().unwrap();
+    for event in &events {
+        if let Event::MediaSessionEnded(ended) = event {
+            for leg in &ended.session.as_ref().expect("its counters").legs {
+                kernel += leg.rtp.kernel_packets;
+                userspace += leg.rtp.userspace_packets;
+            }
         }
     }
     let share = kernel as f64 / (kernel + userspace).max(1) as f64;
@@ -138,11 +141,17 @@ fn calls_fail_over_when_a_backend_dies_and_503_when_none_is_left() {
         result.successful,
         result.output
     );
-    let events = daemon.events();
-    let down = events_named(&events, "backend_down");
+    let down: Vec<(u64, SocketAddr)> = daemon
+        .event_lines()
+        .into_iter()
+        .filter_map(|line| match line.event {
+            Event::BackendDown(down) => Some((line.ts_ms, down.backend)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(down.len(), 1, "{down:?}");
-    assert_eq!(down[0]["backend"], first.to_string());
-    let after = down[0]["ts_ms"].as_u64().unwrap().saturating_sub(killed);
+    assert_eq!(down[0].1, first);
+    let after = down[0].0.saturating_sub(killed);
     assert!(
         after <= 2 * interval.as_millis() as u64,
         "marked down {after} ms after it died (probe interval {interval:?})"
@@ -213,19 +222,14 @@ fn calls_from_the_private_side_go_to_their_request_uri() {
         result.output,
         daemon.log()
     );
-    let ended: Vec<Value> = daemon
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "call_ended")
-        .collect();
+    let ended: Vec<CallEnded> = daemon.events_of();
     assert_eq!(ended.len(), 10);
     for event in &ended {
-        assert_eq!(event["reason"], "bye", "{event}");
-        for direction in ["caller_to_callee", "callee_to_caller"] {
-            assert!(
-                event["rtp_packets"][direction].as_u64().unwrap() >= 230,
-                "{event}"
-            );
-        }
+        assert_eq!(event.reason, CallEnd::Bye, "{event:?}");
+        let packets = event.rtp_packets.expect("RTP counted");
+        assert!(
+            packets.caller_to_callee >= 230 && packets.callee_to_caller >= 230,
+            "{event:?}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! ringing, re-INVITE to hold and back, and a silent call ended with BYE to both sides.
 use std::time::Duration;
 
+use sbc::events::{CallEnd, MediaSessionCreated};
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::Lab,
@@ -9,7 +10,6 @@ use sbc_tests::{
     scripted,
     sipp::Backend,
 };
-use serde_json::Value;
 
 /// The lab, a scripted backend and the daemon routing to it.
 fn setup(
@@ -26,11 +26,12 @@ fn setup(
 
 /// Nothing left behind: no media session, no port.
 fn assert_no_leaks(daemon: &Daemon) {
-    let stats = daemon.api.get("/v1/stats").unwrap().body;
-    assert_eq!(stats["sessions"], 0, "media sessions leaked: {stats}");
-    for pool in stats["ports"].as_array().unwrap() {
-        assert_eq!(pool["in_use"], 0, "ports leaked: {stats}");
-    }
+    let stats = daemon.stats().unwrap();
+    assert_eq!(stats.sessions, 0, "media sessions leaked: {stats:?}");
+    assert!(
+        stats.ports.iter().all(|pool| pool.in_use == 0),
+        "ports leaked: {stats:?}"
+    );
 }
 
 #[test]
@@ -40,9 +41,9 @@ fn cancel_while_ringing_reaches_the_backend_and_leaks_nothing() {
     let ended = scripted::play(&lab, &mut backend, &daemon, "cancel_uac", 5);
     for event in &ended {
         assert_eq!(
-            (&event["reason"], &event["final_code"]),
-            (&Value::from("cancelled"), &Value::from(487)),
-            "{event}"
+            (event.reason, event.final_code),
+            (CallEnd::Cancelled, Some(487)),
+            "{event:?}"
         );
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -54,19 +55,16 @@ fn reinvite_to_hold_and_back_keeps_media_flowing() {
     let (lab, mut backend, daemon) = setup("reinvite", "reinvite_uas", 3, DaemonOptions::default());
     let ended = scripted::play(&lab, &mut backend, &daemon, "reinvite_uac", 3);
     for event in &ended {
-        assert_eq!(event["reason"], "bye", "{event}");
+        assert_eq!(event.reason, CallEnd::Bye, "{event:?}");
         // 236 packets of G.711 go out through hold and back; the backend echoes them.
-        for direction in ["caller_to_callee", "callee_to_caller"] {
-            let packets = event["rtp_packets"][direction].as_u64().unwrap();
-            assert!(packets >= 230, "{direction}: {packets} packets in {event}");
-        }
+        let packets = event.rtp_packets.expect("RTP counted");
+        assert!(
+            packets.caller_to_callee >= 230 && packets.callee_to_caller >= 230,
+            "{packets:?} packets in {event:?}"
+        );
     }
     // Each call kept its one media session through both re-INVITEs.
-    let sessions = daemon
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "media_session_created")
-        .count();
+    let sessions = daemon.events_of::<MediaSessionCreated>().len();
     assert_eq!(
         sessions, 3,
         "re-INVITEs must reuse the call's media session"
@@ -84,7 +82,7 @@ fn a_call_without_media_is_ended_with_bye_to_both_sides() {
     // Both scripts wait for a BYE with the Reason header.
     let ended = scripted::play(&lab, &mut backend, &daemon, "silent_uac", 2);
     for event in &ended {
-        assert_eq!(event["reason"], "media_timeout", "{event}");
+        assert_eq!(event.reason, CallEnd::MediaTimeout, "{event:?}");
     }
     assert_no_leaks(&daemon);
 }

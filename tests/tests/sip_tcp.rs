@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sbc::proxy::stats::TcpCounters;
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, ROGUE, SBC_PUBLIC},
@@ -51,10 +52,13 @@ fn open_connections(
     .expect("connections")
 }
 
-fn tcp_stat(daemon: &Daemon, key: &str) -> u64 {
-    daemon.api.get("/v1/stats").expect("stats").body["sip"]["tcp"][key]
-        .as_u64()
-        .expect("a TCP counter")
+fn tcp_counters(daemon: &Daemon) -> TcpCounters {
+    daemon
+        .stats()
+        .expect("stats")
+        .sip
+        .expect("the proxy's counters")
+        .tcp
 }
 
 #[test]
@@ -79,11 +83,11 @@ fn connections_are_bounded_and_a_slow_message_is_cut_off() {
     assert_eq!(served, 5, "one host got more than its 5 connections");
     let (rogue_streams, served) = open_connections(&lab.rogue, ROGUE, 5);
     assert_eq!(served, 3, "the total of 8 connections was exceeded");
-    assert_eq!(tcp_stat(&daemon, "open"), 8);
-    assert_eq!(tcp_stat(&daemon, "refused"), 4);
+    assert_eq!(tcp_counters(&daemon).open, 8);
+    assert_eq!(tcp_counters(&daemon).refused, 4);
     drop((caller_streams, rogue_streams));
     let deadline = Instant::now() + Duration::from_secs(3);
-    while tcp_stat(&daemon, "open") > 0 {
+    while tcp_counters(&daemon).open > 0 {
         assert!(
             Instant::now() < deadline,
             "closed connections still counted as open"
@@ -121,5 +125,5 @@ fn connections_are_bounded_and_a_slow_message_is_cut_off() {
         closed_after < Duration::from_secs(3),
         "a slow message held its connection for {closed_after:?}"
     );
-    assert_eq!(tcp_stat(&daemon, "slow_closed"), 1);
+    assert_eq!(tcp_counters(&daemon).slow_closed, 1);
 }

@@ -2,7 +2,7 @@
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Messages that may wait for the proxy at most (a few tens of MiB at worst): past it intake
 /// drops every datagram and TCP readers wait, so the queue's memory stays bounded whatever

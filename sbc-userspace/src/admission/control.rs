@@ -2,7 +2,6 @@
 //! a restart: calls, buckets and blocks carry over.
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     sync::Arc,
 };
 
@@ -10,11 +9,14 @@ use anyhow::Context as _;
 use tracing::info;
 
 use super::{AdmissionConfig, SipGuard};
-use crate::config::Config;
 
 /// Another part that takes `[admission]` when it is applied: the proxy, for its limits and
 /// shedding (the daemon wires it; admission knows nothing of the proxy).
 pub type Reconfigure = Box<dyn Fn(&AdmissionConfig) + Send + Sync>;
+
+/// Reads `[admission]` again from where the daemon's configuration came from (the daemon
+/// wires it; admission knows nothing of the configuration file).
+pub type Reread = Box<dyn Fn() -> anyhow::Result<AdmissionConfig> + Send + Sync>;
 
 pub struct AdmissionControl {
     pub guard: Arc<SipGuard>,
@@ -23,49 +25,26 @@ pub struct AdmissionControl {
     backends: Vec<IpAddr>,
     /// The UDP SIP listeners the guard protects.
     listeners: Vec<SocketAddr>,
-    /// Where the configuration is read from on reload.
-    config_path: Option<PathBuf>,
-}
-
-/// The addresses the guard protects: the SIP listeners, with an unspecified address replaced
-/// by the media address of its side (what packets are actually sent to).
-pub fn guarded_listeners(config: &Config) -> Vec<SocketAddr> {
-    let Some(sip) = &config.sip else {
-        return Vec::new();
-    };
-    let mut listeners = Vec::new();
-    for (listen, address) in [
-        (sip.public_listen, config.media.public_address),
-        (sip.private_listen(), config.media.private_address()),
-    ] {
-        let listener = if listen.ip().is_unspecified() {
-            SocketAddr::new(address, listen.port())
-        } else {
-            listen
-        };
-        if !listeners.contains(&listener) {
-            listeners.push(listener);
-        }
-    }
-    listeners
+    /// How `[admission]` is read again on reload (`None`: not started from a file).
+    reread: Option<Reread>,
 }
 
 impl AdmissionControl {
+    /// Admission over `guard`, for the SIP `listeners` it protects, with the `backends`
+    /// allowlisted without limits.
     pub fn new(
         guard: Arc<SipGuard>,
         reconfigure: Option<Reconfigure>,
-        config: &Config,
-        config_path: Option<PathBuf>,
+        backends: Vec<IpAddr>,
+        listeners: Vec<SocketAddr>,
+        reread: Option<Reread>,
     ) -> Self {
-        let backends = config.sip.as_ref().map_or_else(Vec::new, |sip| {
-            sip.backends.iter().map(|b| b.address.ip()).collect()
-        });
         Self {
             guard,
             reconfigure,
             backends,
-            listeners: guarded_listeners(config),
-            config_path,
+            listeners,
+            reread,
         }
     }
 
@@ -81,13 +60,12 @@ impl AdmissionControl {
     /// Reads the configuration file again and applies its `[admission]` section; the rest
     /// of the file takes a restart. A file that does not validate changes nothing.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let path = self
-            .config_path
+        let reread = self
+            .reread
             .as_ref()
             .context("the daemon was not started from a config file")?;
-        let config = Config::load(path)?;
-        self.apply(&config.admission)?;
-        info!(config = %path.display(), "admission configuration reloaded");
+        self.apply(&reread()?)?;
+        info!("admission configuration reloaded");
         Ok(())
     }
 }

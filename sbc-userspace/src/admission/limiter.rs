@@ -8,7 +8,6 @@ use std::{
 };
 
 use sbc_common::{PacketLimit, TokenBucket};
-use serde_json::{Value, json};
 
 use super::{
     config::{AdmissionConfig, SourceLimits},
@@ -52,23 +51,40 @@ pub struct AdmissionCounters {
 }
 
 impl AdmissionCounters {
-    pub fn snapshot(&self) -> Value {
+    pub fn snapshot(&self) -> AdmissionTotals {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "refused_source_invite_rate": get(&self.source_invite_rate),
-            "refused_source_request_rate": get(&self.source_request_rate),
-            "refused_global_invite_rate": get(&self.global_invite_rate),
-            "refused_max_calls": get(&self.max_calls),
-            "refused_overload": get(&self.overload),
-            "refused_draining": get(&self.draining),
-            "scanners_blocked": get(&self.scanners),
-            "shed_new_requests": get(&self.shed_new_requests),
-            "shed_answered": get(&self.shed_answered),
-            "shed_queue_full": get(&self.shed_queue_full),
-            "shed_receive_buffer": get(&self.shed_receive_buffer),
-            "shed_late": get(&self.shed_late),
-        })
+        AdmissionTotals {
+            refused_source_invite_rate: get(&self.source_invite_rate),
+            refused_source_request_rate: get(&self.source_request_rate),
+            refused_global_invite_rate: get(&self.global_invite_rate),
+            refused_max_calls: get(&self.max_calls),
+            refused_overload: get(&self.overload),
+            refused_draining: get(&self.draining),
+            scanners_blocked: get(&self.scanners),
+            shed_new_requests: get(&self.shed_new_requests),
+            shed_answered: get(&self.shed_answered),
+            shed_queue_full: get(&self.shed_queue_full),
+            shed_receive_buffer: get(&self.shed_receive_buffer),
+            shed_late: get(&self.shed_late),
+        }
     }
+}
+
+/// What admission refused, blocked and shed, as `GET /v1/stats` shows it (`admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AdmissionTotals {
+    pub refused_source_invite_rate: u64,
+    pub refused_source_request_rate: u64,
+    pub refused_global_invite_rate: u64,
+    pub refused_max_calls: u64,
+    pub refused_overload: u64,
+    pub refused_draining: u64,
+    pub scanners_blocked: u64,
+    pub shed_new_requests: u64,
+    pub shed_answered: u64,
+    pub shed_queue_full: u64,
+    pub shed_receive_buffer: u64,
+    pub shed_late: u64,
 }
 
 /// The scanner User-Agents, lower-cased once for matching.

@@ -9,26 +9,17 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use sbc_common::guard::BLOCK_MANUAL;
-use serde::Deserialize;
-use serde_json::json;
 
-use super::server::{ApiState, error};
-
-/// The body of `POST /v1/blocks`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlockRequest {
-    pub address: IpAddr,
-    /// How long; absent: until removed.
-    #[serde(default)]
-    pub secs: Option<u64>,
-}
+use super::{
+    contract::{BlockRequest, Blocks, Reloaded, Unblocked},
+    state::{ApiState, error},
+};
 
 pub async fn list_blocks(State(api): State<Arc<ApiState>>) -> Response {
     let guard = Arc::clone(&api.admission.guard);
     // Reading the kernel map is a syscall per entry.
     match tokio::task::spawn_blocking(move || guard.blocks()).await {
-        Ok(blocks) => Json(json!({ "blocks": blocks })).into_response(),
+        Ok(blocks) => Json(Blocks { blocks }).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -55,11 +46,7 @@ pub async fn add_block(State(api): State<Arc<ApiState>>, body: Bytes) -> Respons
         .guard
         .block(request.address, duration, BLOCK_MANUAL)
     {
-        Ok(()) => (
-            StatusCode::CREATED,
-            Json(json!({ "address": request.address, "secs": request.secs })),
-        )
-            .into_response(),
+        Ok(()) => (StatusCode::CREATED, Json(request)).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }
@@ -75,7 +62,7 @@ pub async fn remove_block(
         );
     };
     if api.admission.guard.unblock(address) {
-        Json(json!({ "address": address })).into_response()
+        Json(Unblocked { address }).into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("{address} is not blocked"))
     }
@@ -84,7 +71,10 @@ pub async fn remove_block(
 pub async fn reload(State(api): State<Arc<ApiState>>) -> Response {
     let admission = Arc::clone(&api.admission);
     match tokio::task::spawn_blocking(move || admission.reload()).await {
-        Ok(Ok(())) => Json(json!({ "reloaded": "admission" })).into_response(),
+        Ok(Ok(())) => Json(Reloaded {
+            reloaded: "admission".to_owned(),
+        })
+        .into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

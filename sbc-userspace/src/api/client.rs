@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
+
+use super::contract::Refusal;
 
 pub struct ApiClient {
     socket: PathBuf,
@@ -37,8 +40,9 @@ impl ApiClient {
         self.request("GET", path, None)
     }
 
-    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<ApiResponse> {
-        self.request("POST", path, Some(body))
+    pub fn post(&self, path: &str, body: &impl Serialize) -> anyhow::Result<ApiResponse> {
+        let body = serde_json::to_value(body).context("a request body that is not JSON")?;
+        self.request("POST", path, Some(&body))
     }
 
     pub fn delete(&self, path: &str) -> anyhow::Result<ApiResponse> {
@@ -68,6 +72,33 @@ impl ApiClient {
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw)?;
         parse_response(&raw)
+    }
+}
+
+impl ApiResponse {
+    /// The answer of the route (a type of `api::contract`) if the daemon answered with the
+    /// `expected` status; else an error with the daemon's own reason.
+    pub fn expect<T: DeserializeOwned>(self, expected: u16) -> anyhow::Result<T> {
+        if self.status != expected {
+            let message = serde_json::from_value::<Refusal>(self.body)
+                .map_or_else(|_| "no details".to_owned(), |refusal| refusal.error);
+            match self.retry_after {
+                Some(secs) => bail!("{message} (HTTP {}, retry after {secs} s)", self.status),
+                None => bail!("{message} (HTTP {})", self.status),
+            }
+        }
+        self.json()
+    }
+
+    /// The body as a type of `api::contract`, whatever the status.
+    pub fn json<T: DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_value(self.body.clone()).with_context(|| {
+            format!(
+                "the daemon's answer does not read as {}: {}",
+                std::any::type_name::<T>(),
+                self.body
+            )
+        })
     }
 }
 

@@ -16,7 +16,7 @@ use axum::{
 };
 use sbc_common::Reason;
 
-use super::server::{ApiState, error};
+use super::state::{ApiState, error};
 use crate::{
     admission::AdmissionCounters,
     media::MediaTotals,

@@ -2,8 +2,10 @@
 //! Tests, the demo and the `sbc` commands use it; the admin API grows from it.
 mod admission;
 pub mod client;
+pub mod contract;
 mod metrics;
 mod operations;
 pub mod server;
+mod state;
 
 pub use client::ApiClient;

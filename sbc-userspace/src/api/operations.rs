@@ -1,52 +1,50 @@
 //! Operations routes: the daemon's status, its calls (with their media), its backends, drain.
 use std::sync::{Arc, atomic::Ordering};
 
+use super::{
+    contract::{BackendCounts, Backends, CallCounts, Calls, DrainStarted, Status},
+    metrics::load,
+    state::{ApiState, error},
+};
+use crate::proxy::CallSummary;
 use axum::{
     Json,
     extract::{Path as UrlPath, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
-
-use super::{
-    metrics::load,
-    server::{ApiState, error},
-};
-use crate::proxy::CallSummary;
 
 /// From the shared stats, like `/metrics`: a status never waits behind the proxy's queue.
-pub async fn status(State(api): State<Arc<ApiState>>) -> Json<Value> {
-    let (calls, backends) = match &api.sip {
-        Some(sip) => (
-            json!({
-                "active": load(&sip.calls_active),
-                "established": load(&sip.calls_established),
-                "attempted": load(&sip.calls_attempted),
-                "answered": load(&sip.calls_answered),
-            }),
-            json!({
-                "total": sip.backends.len(),
-                "healthy": sip.backends.iter().filter(|b| b.up.load(Ordering::Relaxed)).count(),
-            }),
-        ),
-        None => (Value::Null, Value::Null),
-    };
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "uptime_secs": api.started.elapsed().as_secs(),
-        "dataplane": api.dataplane.as_str(),
-        "drain": api.drain.status(),
-        "calls": calls,
-        "sessions": api.plane.session_count(),
-        "backends": backends,
-    }))
+pub async fn status(State(api): State<Arc<ApiState>>) -> Json<Status> {
+    let calls = api.sip.as_ref().map(|sip| CallCounts {
+        active: load(&sip.calls_active),
+        established: load(&sip.calls_established),
+        attempted: load(&sip.calls_attempted),
+        answered: load(&sip.calls_answered),
+    });
+    let backends = api.sip.as_ref().map(|sip| BackendCounts {
+        total: sip.backends.len(),
+        healthy: sip
+            .backends
+            .iter()
+            .filter(|b| b.up.load(Ordering::Relaxed))
+            .count(),
+    });
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        uptime_secs: api.started.elapsed().as_secs(),
+        dataplane: api.dataplane.as_str().to_owned(),
+        drain: api.drain.status(),
+        calls,
+        sessions: api.plane.session_count(),
+        backends,
+    })
 }
 
 /// The calls as the proxy holds them, each with its media sessions in full (both legs,
 /// counters by path, latching).
-async fn calls_with_media(api: &Arc<ApiState>, call_id: Option<&str>) -> Result<Value, Response> {
+async fn calls_with_media(api: &Arc<ApiState>, call_id: Option<&str>) -> Result<Calls, Response> {
     let Some(proxy) = &api.proxy else {
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -66,27 +64,15 @@ async fn calls_with_media(api: &Arc<ApiState>, call_id: Option<&str>) -> Result<
     calls.sort_by_key(|call| std::cmp::Reverse(call.age_ms));
     let plane = Arc::clone(&api.plane);
     // Media counters come from the kernel map, a syscall per flow: off the async workers.
-    let with_media = tokio::task::spawn_blocking(move || {
+    let calls = tokio::task::spawn_blocking(move || {
         calls
             .into_iter()
-            .map(|call| {
-                let media: Vec<Value> = call
-                    .media
-                    .iter()
-                    .map(|id| match id.and_then(|id| plane.get(id)) {
-                        Some(session) => json!(session),
-                        None => Value::Null,
-                    })
-                    .collect();
-                let mut value = json!(call);
-                value["media"] = Value::Array(media);
-                value
-            })
-            .collect::<Vec<Value>>()
+            .map(|call| call.with_media(|id| plane.get(id)))
+            .collect()
     })
     .await
     .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(json!({ "calls": with_media }))
+    Ok(Calls { calls })
 }
 
 pub async fn list_calls(State(api): State<Arc<ApiState>>) -> Response {
@@ -115,7 +101,7 @@ pub async fn backends(State(api): State<Arc<ApiState>>) -> Response {
         );
     };
     match proxy.backends().await {
-        Ok(backends) => Json(json!({ "backends": backends })).into_response(),
+        Ok(backends) => Json(Backends { backends }).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
     }
 }
@@ -123,8 +109,10 @@ pub async fn backends(State(api): State<Arc<ApiState>>) -> Response {
 /// Begins a drain (again: no change) and answers what is left to finish.
 pub async fn drain(State(api): State<Arc<ApiState>>) -> Response {
     api.drain.begin("drain requested through the API");
-    let mut status = api.drain.status();
-    status["calls"] = json!(api.proxy.as_ref().map_or(0, |p| p.active_calls()));
-    status["sessions"] = json!(api.plane.session_count());
-    (StatusCode::ACCEPTED, Json(status)).into_response()
+    let started = DrainStarted {
+        drain: api.drain.status(),
+        calls: api.proxy.as_ref().map_or(0, |p| p.active_calls()),
+        sessions: api.plane.session_count(),
+    };
+    (StatusCode::ACCEPTED, Json(started)).into_response()
 }

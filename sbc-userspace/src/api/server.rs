@@ -38,31 +38,19 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde_json::{Value, json};
 use tokio::net::{TcpListener, UnixListener};
 
-use super::{admission, metrics, operations};
-use crate::{
-    admission::{AdmissionControl, AdmissionCounters},
-    config::DataplaneMode,
-    dataplane::ReasonCounters,
-    drain::Drain,
-    media::{EndReason, MediaError, MediaPlane, RETRY_AFTER_SECS, SessionSpec},
-    proxy::ProxyHandle,
+pub use super::state::ApiState;
+use super::{
+    admission,
+    contract::{Health, PortPool, Sessions, Stats},
+    metrics, operations,
+    state::error,
 };
-
-pub struct ApiState {
-    pub plane: Arc<MediaPlane>,
-    pub reasons: Option<ReasonCounters>,
-    pub dataplane: DataplaneMode,
-    /// The SIP proxy's counters, when it runs.
-    pub sip: Option<Arc<crate::proxy::stats::SipStats>>,
-    pub admission_counters: Option<Arc<AdmissionCounters>>,
-    pub admission: Arc<AdmissionControl>,
-    pub proxy: Option<ProxyHandle>,
-    pub drain: Arc<Drain>,
-    pub started: std::time::Instant,
-}
+use crate::{
+    dataplane::ReasonCounters,
+    media::{EndReason, MediaError, RETRY_AFTER_SECS, SessionSpec},
+};
 
 /// The API's TCP listener and the token its clients must present.
 pub struct TcpApi {
@@ -94,10 +82,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-pub(super) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": message.to_string() }))).into_response()
-}
-
 impl IntoResponse for MediaError {
     fn into_response(self) -> Response {
         match &self {
@@ -115,16 +99,18 @@ impl IntoResponse for MediaError {
     }
 }
 
-async fn health(State(api): State<Arc<ApiState>>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "dataplane": api.dataplane.as_str(),
-        "sessions": api.plane.session_count(),
-    }))
+async fn health(State(api): State<Arc<ApiState>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        dataplane: api.dataplane.as_str().to_owned(),
+        sessions: api.plane.session_count(),
+    })
 }
 
-async fn list_sessions(State(api): State<Arc<ApiState>>) -> Json<Value> {
-    Json(json!({ "sessions": api.plane.list() }))
+async fn list_sessions(State(api): State<Arc<ApiState>>) -> Json<Sessions> {
+    Json(Sessions {
+        sessions: api.plane.list(),
+    })
 }
 
 async fn create_session(State(api): State<Arc<ApiState>>, body: Bytes) -> Response {
@@ -159,41 +145,36 @@ async fn end_session(State(api): State<Arc<ApiState>>, UrlPath(id): UrlPath<u32>
 }
 
 async fn stats(State(api): State<Arc<ApiState>>) -> Response {
-    let reasons = match api.reasons.as_ref().map(ReasonCounters::read) {
-        None => Value::Null,
-        Some(Ok(counters)) => counters
+    let by_name = |counters: Vec<(sbc_common::Reason, u64)>| {
+        counters
             .into_iter()
-            .map(|(reason, count)| (reason.name().to_owned(), Value::from(count)))
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
+            .map(|(reason, count)| (reason.name().to_owned(), count))
+            .collect()
+    };
+    let xdp_reasons = match api.reasons.as_ref().map(ReasonCounters::read) {
+        None => None,
+        Some(Ok(counters)) => Some(by_name(counters)),
         Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     };
-    let ports: Vec<Value> = api
+    let ports = api
         .plane
         .ports_in_use()
         .into_iter()
-        .map(|(address, in_use, capacity)| {
-            json!({ "address": address, "in_use": in_use, "capacity": capacity })
+        .map(|(address, in_use, capacity)| PortPool {
+            address,
+            in_use,
+            capacity,
         })
         .collect();
-    let sip = api.sip.as_ref().map(|counters| counters.snapshot());
-    let admission = api.admission_counters.as_ref().map(|c| c.snapshot());
-    // With the userspace dataplane the daemon gives the guard's verdicts itself.
-    let guard: serde_json::Map<String, Value> = api
-        .admission
-        .guard
-        .userspace_reasons()
-        .into_iter()
-        .map(|(reason, count)| (reason.name().to_owned(), Value::from(count)))
-        .collect();
-    Json(json!({
-        "xdp_reasons": reasons,
-        "guard_reasons": guard,
-        "ports": ports,
-        "sessions": api.plane.session_count(),
-        "sip": sip,
-        "admission": admission,
-    }))
+    Json(Stats {
+        xdp_reasons,
+        // With the userspace dataplane the daemon gives the guard's verdicts itself.
+        guard_reasons: by_name(api.admission.guard.userspace_reasons()),
+        ports,
+        sessions: api.plane.session_count(),
+        sip: api.sip.as_ref().map(|counters| counters.snapshot()),
+        admission: api.admission_counters.as_ref().map(|c| c.snapshot()),
+    })
     .into_response()
 }
 

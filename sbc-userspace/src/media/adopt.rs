@@ -13,16 +13,19 @@ use sbc_common::{
     Flow, FlowKey,
     flow::{FLOW_OF_CALL, LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
 };
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
     latching::Expected,
-    plane::{EndReason, MediaPlane, NewFlow, Session, State},
-    session::{Leg, socket_addr},
+    plane::{MediaPlane, NewFlow, Session, State},
+    session::{EndReason, LegPorts, socket_addr},
     socket::MediaSocket,
 };
-use crate::{clock::monotonic_ns, side::Side};
+use crate::{
+    clock::monotonic_ns,
+    events::{self, Event},
+    side::Side,
+};
 
 impl MediaPlane {
     pub(super) fn adopt_kernel_sessions(self: &Arc<Self>) {
@@ -56,11 +59,13 @@ impl MediaPlane {
                             kernel.remove(key);
                         }
                     }
-                    self.events.emit(
-                        "media_session_ended",
-                        json!({ "reason": EndReason::AdoptFailed.as_str(), "session_id": id,
-                                "problem": problem }),
-                    );
+                    self.events
+                        .emit(Event::MediaSessionEnded(events::MediaSessionEnded {
+                            reason: EndReason::AdoptFailed,
+                            session: None,
+                            session_id: Some(*id),
+                            problem: Some(problem),
+                        }));
                 }
             }
         }
@@ -104,7 +109,7 @@ impl MediaPlane {
             if rtcp.is_none() != rtcp_mux {
                 return Err("its legs disagree on rtcp-mux".into());
             }
-            legs.push(Leg {
+            legs.push(LegPorts {
                 side: self.side_of(rtp),
                 rtp,
                 rtcp,
@@ -139,7 +144,7 @@ impl MediaPlane {
         for (key, _) in flows.iter().filter(|(_, flow)| flow.is_learning()) {
             state.lock_peer(key);
         }
-        let legs: [Leg; 2] = legs.try_into().expect("two legs");
+        let legs: [LegPorts; 2] = legs.try_into().expect("two legs");
         state.sessions.insert(
             id,
             Session {

@@ -7,10 +7,10 @@
 //! whenever the expectation starts again. Each expectation is reported at most once.
 use std::time::Duration;
 
-use serde::Serialize;
-
-use super::{SessionInfo, plane::MediaPlane};
-use crate::clock::monotonic_ns;
+use super::{
+    SessionInfo,
+    session::{Leg, Silence},
+};
 
 /// What a leg's party last said about a stream, and what is expected of it.
 #[derive(Debug, Clone, Copy)]
@@ -42,8 +42,8 @@ pub(super) struct AudioState {
 
 impl AudioState {
     fn refresh(&mut self, now: u64) {
-        for leg in 0..2 {
-            let expected = self.watched && self.legs[leg].sends && self.legs[1 - leg].receives;
+        for leg in Leg::BOTH {
+            let expected = self.watched && self.legs[leg].sends && self.legs[leg.other()].receives;
             let audio = &mut self.legs[leg];
             match (expected, audio.expected_since_ns) {
                 (true, None) => {
@@ -53,25 +53,6 @@ impl AudioState {
                 (false, Some(_)) => audio.expected_since_ns = None,
                 _ => {}
             }
-        }
-    }
-}
-
-/// How a leg fell silent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Silence {
-    /// No packet since media became expected.
-    NoMedia,
-    /// Packets came, then stopped.
-    MediaStopped,
-}
-
-impl Silence {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NoMedia => "no_media",
-            Self::MediaStopped => "media_stopped",
         }
     }
 }
@@ -88,50 +69,39 @@ pub struct AudioDeadlines {
 #[derive(Debug, Clone)]
 pub struct SilentLeg {
     pub session: SessionInfo,
-    /// 0: leg a (public side), 1: leg b.
-    pub leg: usize,
+    pub leg: Leg,
     pub silence: Silence,
     pub expected_for: Duration,
 }
 
-impl MediaPlane {
-    /// Starts expecting media on a session's legs (its call was answered).
-    pub fn watch_audio(&self, id: u32) {
-        let now = monotonic_ns();
-        if let Some(session) = self.lock().sessions.get_mut(&id) {
-            session.audio.watched = true;
-            session.audio.refresh(now);
-        }
+impl AudioState {
+    /// Starts expecting media (the call was answered).
+    pub(super) fn watch(&mut self, now: u64) {
+        self.watched = true;
+        self.refresh(now);
     }
 
-    /// Records what a leg's party said in its SDP for this stream.
-    pub fn note_direction(&self, id: u32, leg: usize, sends: bool, receives: bool) {
-        let now = monotonic_ns();
-        if let Some(session) = self.lock().sessions.get_mut(&id) {
-            session.audio.legs[leg].sends = sends;
-            session.audio.legs[leg].receives = receives;
-            session.audio.refresh(now);
-        }
+    /// What a leg's party said in its SDP for this stream.
+    pub(super) fn note_direction(&mut self, leg: Leg, sends: bool, receives: bool, now: u64) {
+        self.legs[leg].sends = sends;
+        self.legs[leg].receives = receives;
+        self.refresh(now);
     }
 
-    /// The legs of a session, as just read, that missed a deadline (each expectation once).
-    pub(super) fn missed_audio_deadlines(
-        &self,
-        info: SessionInfo,
+    /// The legs of the session `info` that missed a deadline (each expectation once).
+    pub(super) fn missed_deadlines(
+        &mut self,
+        info: &SessionInfo,
         deadlines: AudioDeadlines,
+        now: u64,
     ) -> Vec<SilentLeg> {
-        let now = monotonic_ns();
-        let mut state = self.lock();
-        let Some(session) = state.sessions.get_mut(&info.id) else {
-            return Vec::new();
-        };
         let mut silent = Vec::new();
-        for (leg, audio) in session.audio.legs.iter_mut().enumerate() {
+        for (leg, audio) in Leg::BOTH.into_iter().zip(self.legs.iter_mut()) {
             let Some(since) = audio.expected_since_ns.filter(|_| !audio.reported) else {
                 continue;
             };
             let expected_for = Duration::from_nanos(now.saturating_sub(since));
-            if let Some(silence) = silence_of(&info, leg, expected_for, deadlines) {
+            if let Some(silence) = silence_of(info, leg, expected_for, deadlines) {
                 audio.reported = true;
                 silent.push(SilentLeg {
                     session: info.clone(),
@@ -148,7 +118,7 @@ impl MediaPlane {
 /// Whether (and how) a leg missed its deadline.
 fn silence_of(
     info: &SessionInfo,
-    leg: usize,
+    leg: Leg,
     expected_for: Duration,
     deadlines: AudioDeadlines,
 ) -> Option<Silence> {
@@ -173,7 +143,7 @@ mod tests {
 
     fn session(packets: [u64; 2], idle_ms: [Option<u64>; 2]) -> SessionInfo {
         let leg = |i: usize| LegInfo {
-            name: ["a", "b"][i],
+            name: Leg::BOTH[i],
             side: [Side::Public, Side::Private][i],
             local_rtp: "192.0.2.1:20000".parse().unwrap(),
             local_rtcp: None,
@@ -206,15 +176,15 @@ mod tests {
     fn a_leg_that_never_sent_misses_the_first_packet_deadline() {
         let info = session([100, 0], [Some(20), None]);
         assert_eq!(
-            silence_of(&info, 1, Duration::from_secs(4), DEADLINES),
+            silence_of(&info, Leg::B, Duration::from_secs(4), DEADLINES),
             None
         );
         assert_eq!(
-            silence_of(&info, 1, Duration::from_secs(5), DEADLINES),
+            silence_of(&info, Leg::B, Duration::from_secs(5), DEADLINES),
             Some(Silence::NoMedia)
         );
         assert_eq!(
-            silence_of(&info, 0, Duration::from_secs(60), DEADLINES),
+            silence_of(&info, Leg::A, Duration::from_secs(60), DEADLINES),
             None
         );
     }
@@ -223,16 +193,16 @@ mod tests {
     fn a_leg_that_stopped_is_reported_after_the_silence_deadline() {
         let info = session([100, 100], [Some(9_000), Some(10_000)]);
         assert_eq!(
-            silence_of(&info, 0, Duration::from_secs(60), DEADLINES),
+            silence_of(&info, Leg::A, Duration::from_secs(60), DEADLINES),
             None
         );
         assert_eq!(
-            silence_of(&info, 1, Duration::from_secs(60), DEADLINES),
+            silence_of(&info, Leg::B, Duration::from_secs(60), DEADLINES),
             Some(Silence::MediaStopped)
         );
         // Media that stopped before a hold ended is timed from the end of the hold.
         assert_eq!(
-            silence_of(&info, 1, Duration::from_secs(3), DEADLINES),
+            silence_of(&info, Leg::B, Duration::from_secs(3), DEADLINES),
             None
         );
     }

@@ -9,13 +9,12 @@ pub mod session;
 mod socket;
 mod totals;
 
-pub use audio_watch::{AudioDeadlines, Silence, SilentLeg};
+pub use audio_watch::{AudioDeadlines, SilentLeg};
 pub use latching::LatchPolicy;
 pub use plane::{
-    EndReason, EndedSession, MediaError, MediaPlane, MediaSettings, PeerAnnouncement,
-    RETRY_AFTER_SECS,
+    EndedSession, MediaError, MediaPlane, MediaSettings, PeerAnnouncement, RETRY_AFTER_SECS,
 };
-pub use session::{SessionInfo, SessionSpec};
+pub use session::{EndReason, SessionInfo, SessionSpec, Silence};
 pub use totals::MediaTotals;
 
 #[cfg(test)]
@@ -30,7 +29,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::events::EventSink;
+    use sbc_common::flow::PeerMatch;
+
+    use crate::{events::EventSink, media::session::Leg};
 
     const PUBLIC: &str = "127.0.0.1";
     const PRIVATE: &str = "127.0.0.2";
@@ -161,7 +162,11 @@ mod tests {
         let info = plane.get(info.id).unwrap();
         for leg in &info.legs {
             let latch = leg.latch.expect("latched by its peer");
-            assert_eq!((latch.matched, latch.locked), ("sdp", true), "{leg:?}");
+            assert_eq!(
+                (latch.matched, latch.locked),
+                (PeerMatch::Sdp, true),
+                "{leg:?}"
+            );
             assert_eq!(leg.rtp.unsignalled_dropped, 5, "{leg:?}");
             assert_eq!(leg.rtcp.unwrap().unsignalled_dropped, 5, "{leg:?}");
             assert!(leg.rtcp_latch.is_none(), "no RTCP was sent: {leg:?}");
@@ -191,7 +196,7 @@ mod tests {
             behind_nat.send_to(b"via NAT", a_local).unwrap();
             assert_eq!(recv(&callee).unwrap().0, b"via NAT");
             let latch = plane2.get(id).unwrap().legs[0].latch.unwrap();
-            assert_eq!((latch.matched, latch.locked), ("sip-source", false));
+            assert_eq!((latch.matched, latch.locked), (PeerMatch::SipSource, false));
             other_port.send_to(b"SDP address", a_local).unwrap();
             assert_eq!(recv(&callee).unwrap().0, b"SDP address");
             behind_nat.send_to(b"now foreign", a_local).unwrap();
@@ -208,7 +213,7 @@ mod tests {
         .unwrap();
         let leg = &plane.get(id).unwrap().legs[0];
         let latch = leg.latch.unwrap();
-        assert_eq!((latch.matched, latch.locked), ("sdp-address", true));
+        assert_eq!((latch.matched, latch.locked), (PeerMatch::SdpAddress, true));
         assert_eq!(
             Some(latch.peer),
             leg.peer,
@@ -236,7 +241,7 @@ mod tests {
                 rtcp_port: None,
                 sip_source: None,
             };
-            plane2.announce_peer(id, 0, announced).unwrap();
+            plane2.announce_peer(id, Leg::A, announced).unwrap();
             caller.send_to(b"old address", a_local).unwrap();
             assert_eq!(recv(&callee), None, "the old address still relays");
             moved.send_to(b"new address", a_local).unwrap();
@@ -245,7 +250,7 @@ mod tests {
         .await
         .unwrap();
         let latch = plane.get(id).unwrap().legs[0].latch.unwrap();
-        assert_eq!((latch.peer, latch.matched), (moved_to, "sdp"));
+        assert_eq!((latch.peer, latch.matched), (moved_to, PeerMatch::Sdp));
     }
 
     /// A session made through the API without peers takes each leg's first source (as the
@@ -272,7 +277,7 @@ mod tests {
                 rtcp_port: None,
                 sip_source: None,
             };
-            plane2.announce_peer(id, 0, announced).unwrap();
+            plane2.announce_peer(id, Leg::A, announced).unwrap();
             caller.send_to(b"no longer", a_local).unwrap();
             assert_eq!(recv(&callee), None, "the blind latch survived signalling");
             real.send_to(b"signalled", a_local).unwrap();
@@ -281,7 +286,7 @@ mod tests {
         .await
         .unwrap();
         let latch = plane.get(id).unwrap().legs[0].latch.unwrap();
-        assert_eq!((latch.peer, latch.matched), (real_addr, "sdp"));
+        assert_eq!((latch.peer, latch.matched), (real_addr, PeerMatch::Sdp));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

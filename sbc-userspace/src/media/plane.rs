@@ -13,9 +13,8 @@ use std::{
 
 use sbc_common::{
     Flow, FlowKey, IpAddress, SourceCheck,
-    flow::{FLOW_OF_CALL, LEG_A, LEG_B, PeerMatch, STREAM_RTP, check_source},
+    flow::{FLOW_OF_CALL, PeerMatch, STREAM_RTP, check_source},
 };
-use serde_json::json;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -25,16 +24,16 @@ use super::{
     ports::AllocError,
     relay,
     session::{
-        LEG_NAMES, LatchInfo, Leg, LegInfo, SessionInfo, SessionSpec, StreamCounters, flow_key,
-        socket_addr,
+        EndReason, LatchInfo, Leg, LegInfo, LegPorts, LegSpec, SessionInfo, SessionSpec,
+        StreamCounters, flow_key, socket_addr,
     },
     socket::{MediaSocket, SharedPool},
-    totals::SharedAccumulator,
+    totals::{Accumulator, MediaTotals, SharedAccumulator},
 };
 use crate::{
     clock::monotonic_ns,
     dataplane::{FlowMaps, maps::FlowStatsReader},
-    events::EventSink,
+    events::{self, Event, EventSink},
     side::Side,
 };
 
@@ -78,32 +77,6 @@ impl std::fmt::Display for MediaError {
 
 impl std::error::Error for MediaError {}
 
-/// Why a session ended (reported in its event).
-#[derive(Debug, Clone, Copy)]
-pub enum EndReason {
-    Deleted,
-    MediaTimeout,
-    Shutdown,
-    AdoptFailed,
-    /// The call it belonged to ended (BYE, CANCEL, a failed INVITE).
-    CallEnded,
-    /// Adopted from the pinned state, made for a call that no recorded call claims.
-    Orphaned,
-}
-
-impl EndReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Deleted => "deleted",
-            Self::MediaTimeout => "media_timeout",
-            Self::Shutdown => "shutdown",
-            Self::AdoptFailed => "adopt_failed",
-            Self::CallEnded => "call_ended",
-            Self::Orphaned => "orphaned",
-        }
-    }
-}
-
 /// Packets that the userspace relay saw on one flow.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct UserCounters {
@@ -128,7 +101,7 @@ pub(super) struct FlowEntry {
 
 pub(super) struct Session {
     pub rtcp_mux: bool,
-    pub legs: [Leg; 2],
+    pub legs: [LegPorts; 2],
     /// When it was created, or its media timeout armed.
     pub created_ns: u64,
     /// Whether the media timeout applies yet (a call's media is only expected once answered).
@@ -180,7 +153,7 @@ pub(super) struct NewFlow {
 
 /// A leg whose ports are bound: its sockets by stream (RTP, then RTCP if any).
 pub(super) struct BoundLeg {
-    pub leg: Leg,
+    pub leg: LegPorts,
     pub sockets: Vec<Arc<MediaSocket>>,
 }
 
@@ -214,6 +187,15 @@ impl PeerAnnouncement {
     }
 }
 
+/// What a session spec says about a leg's peer, for latching (`None`: nothing).
+fn announcement(spec: &LegSpec) -> Option<PeerAnnouncement> {
+    spec.peer.map(|rtp| PeerAnnouncement {
+        rtp,
+        rtcp_port: None,
+        sip_source: spec.sip_source,
+    })
+}
+
 /// The flows of a new session: what arrives on a leg's port leaves from the other leg's port of
 /// the same stream, towards the other leg's peer (unknown until announced or latched).
 fn session_flows(
@@ -222,14 +204,14 @@ fn session_flows(
     peers: [Option<PeerAnnouncement>; 2],
 ) -> Vec<NewFlow> {
     let mut flows = Vec::with_capacity(4);
-    for (index, bound) in legs.iter().enumerate() {
-        let other = &legs[1 - index];
+    for leg in Leg::BOTH {
+        let (bound, other) = (&legs[leg], &legs[leg.other()]);
         for (slot, (stream, local)) in bound.leg.ports().enumerate() {
             let new_src = other
                 .leg
                 .local(stream)
                 .expect("both legs have the same streams");
-            let new_dst = peers[1 - index].map(|peer| peer.media(stream));
+            let new_dst = peers[leg.other()].map(|peer| peer.media(stream));
             let flow = Flow {
                 new_src: IpAddress::from(new_src.ip()),
                 new_src_port: new_src.port().to_be(),
@@ -239,7 +221,7 @@ fn session_flows(
                 peer_port: 0,
                 flags: 0,
                 session_id: id,
-                leg: if index == 0 { LEG_A } else { LEG_B },
+                leg: leg.flow_tag(),
                 stream,
                 _pad: [0; 2],
                 // The kernel maps assign it when the flow is installed.
@@ -248,7 +230,7 @@ fn session_flows(
             flows.push(NewFlow {
                 key: flow_key(local),
                 flow,
-                expected: peers[index].map_or_else(Expected::default, |p| p.expected(stream)),
+                expected: peers[leg].map_or_else(Expected::default, |p| p.expected(stream)),
                 out: Arc::clone(&other.sockets[slot]),
                 own: Arc::clone(&bound.sockets[slot]),
             });
@@ -315,7 +297,7 @@ impl MediaPlane {
     }
 
     fn validate(&self, spec: &SessionSpec) -> Result<(), MediaError> {
-        for (name, leg) in LEG_NAMES.iter().zip([&spec.a, &spec.b]) {
+        for (name, leg) in [("a", &spec.a), ("b", &spec.b)] {
             let Some(peer) = leg.peer else { continue };
             let local = self.address(leg.side);
             if peer.is_ipv4() != local.is_ipv4() {
@@ -397,7 +379,7 @@ impl MediaPlane {
             self.bind_leg(spec.b.side, pair)?,
         ];
         let id = state.allocate_id();
-        let mut entries = session_flows(id, &legs, [spec.a.announcement(), spec.b.announcement()]);
+        let mut entries = session_flows(id, &legs, [announcement(&spec.a), announcement(&spec.b)]);
         if of_call {
             for entry in &mut entries {
                 entry.flow.flags |= FLOW_OF_CALL;
@@ -423,7 +405,9 @@ impl MediaPlane {
         drop(state);
         if let Some(info) = &info {
             self.events
-                .emit("media_session_created", json!({ "session": info }));
+                .emit(Event::MediaSessionCreated(events::MediaSessionCreated {
+                    session: info.clone(),
+                }));
         }
         info.ok_or(MediaError::Internal(
             "session vanished while created".into(),
@@ -448,7 +432,11 @@ impl MediaPlane {
                         counters: UserCounters::default(),
                     },
                 );
-                relay::spawn(Arc::clone(self), new.key, new.own)
+                let (plane, key) = (Arc::clone(self), new.key);
+                relay::spawn(
+                    new.own,
+                    Box::new(move |src, len| plane.on_packet(&key, src, len)),
+                )
             })
             .collect()
     }
@@ -460,7 +448,7 @@ impl MediaPlane {
     pub fn announce_peer(
         &self,
         id: u32,
-        leg: usize,
+        leg: Leg,
         announced: PeerAnnouncement,
     ) -> Result<(), MediaError> {
         let mut state = self.lock();
@@ -469,10 +457,11 @@ impl MediaPlane {
         if announced.rtp.is_ipv4() != session.legs[leg].rtp.is_ipv4() {
             return Err(MediaError::Invalid(format!(
                 "peer {} is of another IP family than leg {}",
-                announced.rtp, LEG_NAMES[leg]
+                announced.rtp,
+                leg.name()
             )));
         }
-        let (own, other) = (session.legs[leg].clone(), session.legs[1 - leg].clone());
+        let (own, other) = (session.legs[leg].clone(), session.legs[leg.other()].clone());
         for (stream, local) in own.ports() {
             let own_key = flow_key(local);
             let Some(entry) = state.flows.get_mut(&own_key) else {
@@ -559,10 +548,13 @@ impl MediaPlane {
         }
         drop(state);
         self.settle_totals(&info);
-        self.events.emit(
-            "media_session_ended",
-            json!({ "reason": reason.as_str(), "session": &info }),
-        );
+        self.events
+            .emit(Event::MediaSessionEnded(events::MediaSessionEnded {
+                reason,
+                session: Some(info.clone()),
+                session_id: None,
+                problem: None,
+            }));
         Ok(EndedSession {
             info,
             relays: session.relays,
@@ -595,13 +587,55 @@ impl MediaPlane {
                     );
                     watched.idle.push(ended.info);
                 }
-            } else if let Some(deadlines) = audio {
-                watched
-                    .silent
-                    .extend(self.missed_audio_deadlines(info, deadlines));
+            } else if let Some(deadlines) = audio
+                && let Some(session) = self.lock().sessions.get_mut(&id)
+            {
+                let missed = session
+                    .audio
+                    .missed_deadlines(&info, deadlines, monotonic_ns());
+                watched.silent.extend(missed);
             }
         }
         watched
+    }
+
+    /// Starts expecting media on a session's legs (its call was answered).
+    pub fn watch_audio(&self, id: u32) {
+        if let Some(session) = self.lock().sessions.get_mut(&id) {
+            session.audio.watch(monotonic_ns());
+        }
+    }
+
+    /// Records what a leg's party said in its SDP for this stream.
+    pub fn note_direction(&self, id: u32, leg: Leg, sends: bool, receives: bool) {
+        if let Some(session) = self.lock().sessions.get_mut(&id) {
+            session
+                .audio
+                .note_direction(leg, sends, receives, monotonic_ns());
+        }
+    }
+
+    /// The totals over every session since the daemon started, live ones included.
+    pub fn media_totals(&self) -> MediaTotals {
+        let ids: Vec<u32> = self.lock().sessions.keys().copied().collect();
+        for id in ids {
+            // The accumulator first, then the session: `end` removes a session before it
+            // settles its account, so a session found here is settled after this read.
+            let mut accumulator = self.lock_totals();
+            if let Some(info) = self.get(id) {
+                accumulator.take(&info);
+            }
+        }
+        self.lock_totals().totals()
+    }
+
+    /// Takes an ended session's final counters into the totals.
+    fn settle_totals(&self, info: &SessionInfo) {
+        self.lock_totals().settle(info);
+    }
+
+    fn lock_totals(&self) -> MutexGuard<'_, Accumulator> {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Ends every session (userspace dataplane shutdown: nothing would relay them).
@@ -701,17 +735,18 @@ impl MediaPlane {
             legs.push((leg, rtp, rtcp, rtp_idle_ms));
             flows.push(flow);
         }
+        let flows: [Option<Flow>; 2] = flows.try_into().ok()?;
         let leg_infos: Vec<LegInfo> = legs
             .into_iter()
-            .enumerate()
-            .map(|(index, (leg, rtp, rtcp, rtp_idle_ms))| {
+            .zip(Leg::BOTH)
+            .map(|((leg, rtp, rtcp, rtp_idle_ms), which)| {
                 // This leg's peer is where the other leg's flow sends to.
-                let peer = flows[1 - index]
+                let peer = flows[which.other()]
                     .filter(|f| f.new_dst_port != 0)
                     .map(|f| socket_addr(&f.new_dst, f.new_dst_port));
                 let latch = latch_info(state, leg.rtp);
                 LegInfo {
-                    name: LEG_NAMES[index],
+                    name: which,
                     side: leg.side,
                     local_rtp: leg.rtp,
                     local_rtcp: leg.rtcp,
@@ -740,7 +775,7 @@ fn latch_info(state: &State, local: SocketAddr) -> Option<LatchInfo> {
     let flow = state.flows.get(&flow_key(local))?.flow;
     flow.is_latched().then(|| LatchInfo {
         peer: socket_addr(&flow.peer, flow.peer_port),
-        matched: flow.peer_match().name(),
+        matched: flow.peer_match(),
         locked: !flow.is_learning(),
     })
 }
@@ -792,7 +827,7 @@ impl MediaPlane {
                 MediaError::Internal(format!("cannot bind a media port on {address}: {e}"))
             }
         })?;
-        let leg = Leg {
+        let leg = LegPorts {
             side,
             rtp: SocketAddr::new(address, first),
             rtcp: pair.then(|| SocketAddr::new(address, first + 1)),
@@ -831,7 +866,7 @@ impl State {
         }
         info!(
             session = flow.session_id,
-            leg = LEG_NAMES[usize::from(flow.leg & 1)],
+            leg = Leg::of_flow(flow.leg).map_or("?", Leg::name),
             stream = stream_name(flow.stream),
             %peer,
             matched = matched.name(),
@@ -855,7 +890,7 @@ impl State {
         }
         info!(
             session = flow.session_id,
-            leg = LEG_NAMES[usize::from(flow.leg & 1)],
+            leg = Leg::of_flow(flow.leg).map_or("?", Leg::name),
             stream = stream_name(flow.stream),
             peer = %socket_addr(&flow.peer, flow.peer_port),
             matched = flow.peer_match().name(),

@@ -1,23 +1,23 @@
 //! The userspace relay: one task per local media port. It receives what the kernel passes up
 //! (everything, with `--dataplane userspace`) and forwards it as `MediaPlane::on_packet` decides.
-use std::{io, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use sbc_common::FlowKey;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use super::{plane::MediaPlane, socket::MediaSocket};
+use super::socket::MediaSocket;
 
 /// Receive buffer per relay port: a jumbo frame's worth. Media never comes near it, and a
 /// buffer per port (four per session) must stay small; anything that fills it may have been
 /// cut short and is dropped rather than relayed.
 const MAX_DATAGRAM: usize = 9216;
 
-pub(super) fn spawn(
-    plane: Arc<MediaPlane>,
-    key: FlowKey,
-    socket: Arc<MediaSocket>,
-) -> JoinHandle<()> {
+/// Where a datagram of `len` bytes from `src` goes: out of which socket, to whom (`None`:
+/// dropped). The media plane decides (`MediaPlane::on_packet`).
+pub(super) type Decide =
+    Box<dyn Fn(SocketAddr, usize) -> Option<(Arc<MediaSocket>, SocketAddr)> + Send + Sync>;
+
+pub(super) fn spawn(socket: Arc<MediaSocket>, decide: Decide) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
@@ -36,7 +36,7 @@ pub(super) fn spawn(
                 debug!(%src, "oversized datagram on a media port dropped");
                 continue;
             }
-            if let Some((out, dst)) = plane.on_packet(&key, src, len)
+            if let Some((out, dst)) = decide(src, len)
                 && let Err(e) = out.send_to(&buf[..len], dst).await
             {
                 debug!(%dst, "relaying media failed: {e}");

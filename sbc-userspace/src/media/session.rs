@@ -3,19 +3,21 @@
 //! A session anchors one media stream between two peers. Each of its two legs ("a" and "b") has
 //! a local RTP port (and RTCP on port + 1 unless rtcp-mux is used) on the side's address; what
 //! arrives on one leg is relayed out of the other leg's port to that leg's peer.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    ops::{Index, IndexMut},
+};
 
 use sbc_common::{
     FlowKey, IpAddress,
-    flow::{LEG_A, LEG_B, STREAM_RTCP, STREAM_RTP},
+    flow::{LEG_A, LEG_B, PeerMatch, STREAM_RTCP, STREAM_RTP},
 };
 use serde::{Deserialize, Serialize};
 
-use super::plane::PeerAnnouncement;
 use crate::side::Side;
 
 /// One leg of a session to create.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LegSpec {
     pub side: Side,
@@ -28,19 +30,8 @@ pub struct LegSpec {
     pub sip_source: Option<IpAddr>,
 }
 
-impl LegSpec {
-    /// What the spec says about the peer, for latching (`None`: nothing).
-    pub fn announcement(&self) -> Option<PeerAnnouncement> {
-        self.peer.map(|rtp| PeerAnnouncement {
-            rtp,
-            rtcp_port: None,
-            sip_source: self.sip_source,
-        })
-    }
-}
-
 /// A session to create (the body of `POST /v1/sessions`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSpec {
     /// RTP and RTCP share one port (RFC 5761); otherwise RTCP uses port + 1.
@@ -50,15 +41,82 @@ pub struct SessionSpec {
     pub b: LegSpec,
 }
 
-/// A leg as held by the media plane.
+/// One of a session's two legs. A call's sessions have leg A on the public side and leg B on
+/// the private one (`facing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Leg {
+    A,
+    B,
+}
+
+impl Leg {
+    pub const BOTH: [Leg; 2] = [Leg::A, Leg::B];
+
+    pub fn other(self) -> Self {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+
+    /// How the API, the events and the logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Leg::A => "a",
+            Leg::B => "b",
+        }
+    }
+
+    /// How the kernel's flows name it (`Flow::leg`).
+    pub fn flow_tag(self) -> u8 {
+        match self {
+            Leg::A => LEG_A,
+            Leg::B => LEG_B,
+        }
+    }
+
+    pub fn of_flow(tag: u8) -> Option<Self> {
+        match tag {
+            LEG_A => Some(Leg::A),
+            LEG_B => Some(Leg::B),
+            _ => None,
+        }
+    }
+
+    /// The leg of a call's session that faces `side`.
+    pub fn facing(side: Side) -> Self {
+        match side {
+            Side::Public => Leg::A,
+            Side::Private => Leg::B,
+        }
+    }
+}
+
+/// Whatever a session keeps per leg, indexed by leg.
+impl<T> Index<Leg> for [T; 2] {
+    type Output = T;
+
+    fn index(&self, leg: Leg) -> &T {
+        &self[leg as usize]
+    }
+}
+
+impl<T> IndexMut<Leg> for [T; 2] {
+    fn index_mut(&mut self, leg: Leg) -> &mut T {
+        &mut self[leg as usize]
+    }
+}
+
+/// A leg's local ports, as held by the media plane.
 #[derive(Debug, Clone)]
-pub struct Leg {
+pub struct LegPorts {
     pub side: Side,
     pub rtp: SocketAddr,
     pub rtcp: Option<SocketAddr>,
 }
 
-impl Leg {
+impl LegPorts {
     /// The local ports of this leg with the stream each carries.
     pub fn ports(&self) -> impl Iterator<Item = (u8, SocketAddr)> + '_ {
         std::iter::once((STREAM_RTP, self.rtp)).chain(self.rtcp.map(|rtcp| (STREAM_RTCP, rtcp)))
@@ -81,18 +139,8 @@ pub fn socket_addr(addr: &IpAddress, port_be: u16) -> SocketAddr {
     SocketAddr::new(addr.to_ip(), u16::from_be(port_be))
 }
 
-pub const LEG_NAMES: [&str; 2] = ["a", "b"];
-
-pub fn leg_index(leg: u8) -> Option<usize> {
-    match leg {
-        LEG_A => Some(0),
-        LEG_B => Some(1),
-        _ => None,
-    }
-}
-
 /// Counters of packets that arrived on one local port, by the path that relayed them.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamCounters {
     pub kernel_packets: u64,
     pub kernel_bytes: u64,
@@ -113,9 +161,9 @@ impl StreamCounters {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LegInfo {
-    pub name: &'static str,
+    pub name: Leg,
     pub side: Side,
     pub local_rtp: SocketAddr,
     pub local_rtcp: Option<SocketAddr>,
@@ -135,17 +183,18 @@ pub struct LegInfo {
 }
 
 /// A latched peer as the API shows it.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LatchInfo {
     pub peer: SocketAddr,
     /// How it matched signalling: `sdp`, `sdp-address`, `sip-source`, `unchecked` (policy
-    /// `any`) or `unknown` (latched by an older daemon).
-    pub matched: &'static str,
+    /// `any`) or `unknown` (latched by an older daemon): `PeerMatch::name`.
+    #[serde(with = "peer_match_by_name")]
+    pub matched: PeerMatch,
     /// false while a better-matching source may still replace it.
     pub locked: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub id: u32,
     pub rtcp_mux: bool,
@@ -153,4 +202,62 @@ pub struct SessionInfo {
     /// Time since media last arrived on any leg (since creation when none has).
     pub idle_ms: u64,
     pub legs: [LegInfo; 2],
+}
+
+/// Why a media session ended (the `media_session_ended` event's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Deleted,
+    MediaTimeout,
+    Shutdown,
+    AdoptFailed,
+    /// The call it belonged to ended (BYE, CANCEL, a failed INVITE).
+    CallEnded,
+    /// Adopted from the pinned state, made for a call that no recorded call claims.
+    Orphaned,
+}
+
+/// How a leg fell silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Silence {
+    /// No packet since media became expected.
+    NoMedia,
+    /// Packets came, then stopped.
+    MediaStopped,
+}
+
+impl Silence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoMedia => "no_media",
+            Self::MediaStopped => "media_stopped",
+        }
+    }
+}
+
+/// A `PeerMatch` (a kernel map type) written and read by its name.
+mod peer_match_by_name {
+    use sbc_common::flow::PeerMatch;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALL: [PeerMatch; 5] = [
+        PeerMatch::Unknown,
+        PeerMatch::Unchecked,
+        PeerMatch::SipSource,
+        PeerMatch::SdpAddress,
+        PeerMatch::Sdp,
+    ];
+
+    pub fn serialize<S: Serializer>(matched: &PeerMatch, writer: S) -> Result<S::Ok, S::Error> {
+        writer.serialize_str(matched.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(reader: D) -> Result<PeerMatch, D::Error> {
+        let name = String::deserialize(reader)?;
+        ALL.into_iter()
+            .find(|matched| matched.name() == name)
+            .ok_or_else(|| serde::de::Error::custom(format!("no peer match is named {name:?}")))
+    }
 }

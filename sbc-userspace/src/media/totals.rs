@@ -8,7 +8,7 @@
 //! go down.
 use std::{collections::HashMap, sync::Mutex};
 
-use super::{SessionInfo, plane::MediaPlane, session::StreamCounters};
+use super::{SessionInfo, session::StreamCounters};
 
 /// The totals have the fields of one stream's counters, summed over every stream.
 pub type MediaTotals = StreamCounters;
@@ -51,36 +51,21 @@ pub(super) struct Accumulator {
 }
 
 impl Accumulator {
-    fn take(&mut self, id: u32, now: MediaTotals) {
-        let before = self.taken.insert(id, now).unwrap_or_default();
+    /// Takes what a live session's counters grew by since last taken.
+    pub(super) fn take(&mut self, info: &SessionInfo) {
+        let now = StreamCounters::session_total(info);
+        let before = self.taken.insert(info.id, now).unwrap_or_default();
         self.totals.add_growth(&now, &before);
     }
-}
 
-impl MediaPlane {
-    /// The totals over every session since the daemon started, live ones included.
-    pub fn media_totals(&self) -> MediaTotals {
-        let ids: Vec<u32> = self.lock().sessions.keys().copied().collect();
-        for id in ids {
-            // The accumulator first, then the session: `end` removes a session before it
-            // settles its account, so a session found here is settled after this read.
-            let mut accumulator = self.lock_totals();
-            if let Some(info) = self.get(id) {
-                accumulator.take(id, StreamCounters::session_total(&info));
-            }
-        }
-        self.lock_totals().totals
+    /// Takes an ended session's final counters, and forgets it.
+    pub(super) fn settle(&mut self, info: &SessionInfo) {
+        self.take(info);
+        self.taken.remove(&info.id);
     }
 
-    /// Takes an ended session's final counters into the totals.
-    pub(super) fn settle_totals(&self, info: &SessionInfo) {
-        let mut accumulator = self.lock_totals();
-        accumulator.take(info.id, StreamCounters::session_total(info));
-        accumulator.taken.remove(&info.id);
-    }
-
-    fn lock_totals(&self) -> std::sync::MutexGuard<'_, Accumulator> {
-        self.totals.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) fn totals(&self) -> MediaTotals {
+        self.totals
     }
 }
 

@@ -4,7 +4,6 @@
 //! schedule a timer, change the guard).
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
 
-use serde_json::json;
 use timer_queue::next_expired;
 use tokio::{net::UdpSocket, sync::mpsc};
 use tokio_util::time::DelayQueue;
@@ -24,7 +23,7 @@ use super::{
 use crate::{
     admission::{SipGuard, guard::block_reason_name},
     clock::Now,
-    events::EventSink,
+    events::{self, Event, EventSink},
     side::Side,
 };
 
@@ -144,7 +143,7 @@ impl Driver {
                             failed.extend(on_failure);
                         }
                     }
-                    Output::Event(name, fields) => self.events.emit(name, fields),
+                    Output::Event(event) => self.events.emit(*event),
                     Output::Journal(line) => self.journal.append(&line),
                     Output::Schedule(timer, after) => {
                         self.timers.insert(timer, after);
@@ -215,10 +214,13 @@ impl Driver {
                 }
                 let (reason, secs) = (block_reason_name(reason), duration.as_secs());
                 warn!(%source, secs, reason, "source blocked: {why}");
-                self.events.emit(
-                    "source_blocked",
-                    json!({ "address": source, "reason": reason, "secs": secs, "detail": why }),
-                );
+                self.events
+                    .emit(Event::SourceBlocked(events::SourceBlocked {
+                        address: source,
+                        reason: reason.to_owned(),
+                        secs,
+                        detail: why,
+                    }));
             }
         }
     }

@@ -12,7 +12,6 @@
 //! datagram is dropped and TCP readers wait, so the queue's memory stays bounded whatever
 //! arrives.
 use std::{
-    cell::OnceCell,
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{
@@ -27,7 +26,7 @@ use sbc_common::guard::starts_an_invite;
 use tokio::net::UdpSocket;
 use tracing::debug;
 
-use super::{Queued, lanes::Lanes, shed_answer::ShedAnswers};
+use super::{Queued, arriving::Arriving, lanes::Lanes, shed_answer::ShedAnswers};
 use crate::{
     admission::{AdmissionConfig, AdmissionCounters, QUEUE_LIMIT, SipGuard},
     side::Side,
@@ -95,54 +94,6 @@ impl RecentInvites {
 
     fn contains(&self, call_id: u64) -> bool {
         self.current.contains(&call_id) || self.previous.contains(&call_id)
-    }
-}
-
-/// A datagram being looked at on arrival, with what is known of it.
-pub(super) struct Arriving<'a> {
-    listener: Side,
-    source: IpAddr,
-    bytes: &'a [u8],
-    guard: &'a SipGuard,
-    dialog_id: OnceCell<Option<u64>>,
-    of_a_call: OnceCell<bool>,
-}
-
-impl<'a> Arriving<'a> {
-    pub(super) fn new(
-        listener: Side,
-        source: IpAddr,
-        bytes: &'a [u8],
-        guard: &'a SipGuard,
-    ) -> Self {
-        Self {
-            listener,
-            source,
-            bytes,
-            guard,
-            dialog_id: OnceCell::new(),
-            of_a_call: OnceCell::new(),
-        }
-    }
-
-    /// Its dialog key (see `SipGuard::dialog_id_of`), scanned for at most once: the scan is
-    /// the costly part, and both the lane and the memory of queued INVITEs need it.
-    fn dialog_id(&self) -> Option<u64> {
-        *self
-            .dialog_id
-            .get_or_init(|| self.guard.dialog_id_of(self.bytes))
-    }
-
-    /// Whether it keeps calls going: from the backends' side, a response, or a request of
-    /// a call the proxy holds.
-    pub(super) fn of_a_call(&self) -> bool {
-        *self.of_a_call.get_or_init(|| {
-            self.listener == Side::Private
-                || self.bytes.starts_with(b"SIP/2.0 ")
-                || self
-                    .dialog_id()
-                    .is_some_and(|id| self.guard.holds_dialog(id))
-        })
     }
 }
 

@@ -13,69 +13,13 @@ use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
     io::Write as _,
-    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::core::{
-    calls::{CallKey, Party},
-    transactions::{ClientKey, ServerKey},
-};
-use crate::side::Side;
-
-/// What a restarted daemon needs of a call.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CallRecord {
-    pub key: CallKey,
-    pub call_id: String,
-    pub caller: Party,
-    pub callee: Party,
-    pub media: Vec<Option<u32>>,
-    pub backend: Option<SocketAddr>,
-    pub started_unix_ms: u64,
-    /// `None` while the call is being set up.
-    pub answered_unix_ms: Option<u64>,
-    /// The INVITE transactions of a call being set up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub setup: Option<SetupRecord>,
-}
-
-/// A call's INVITE in flight: the caller's request as received (the server transaction) and
-/// as forwarded (the client transaction), so that a restarted daemon can take the answer,
-/// anchor its media and relay it, or end the attempt cleanly on both sides.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SetupRecord {
-    pub server_key: ServerKey,
-    /// The caller's INVITE as received, and where from.
-    pub invite: String,
-    pub upstream: SocketAddr,
-    pub upstream_side: Side,
-    /// Over UDP: a TCP connection dies with the daemon, and its caller with it.
-    pub upstream_udp: bool,
-    /// Our To tag for the responses we make.
-    pub to_tag: String,
-    pub client_key: ClientKey,
-    /// The INVITE as sent to the next hop, our Via on top.
-    pub forwarded: String,
-    pub target: SocketAddr,
-    pub out_side: Side,
-    /// A provisional response came back (the INVITE is no longer retransmitted; CANCEL may go).
-    pub provisional: bool,
-}
-
-/// One line of the journal: what the proxy core asks to be recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Line {
-    /// A call, recorded (again).
-    Put(Box<CallRecord>),
-    /// A call's end, by its key.
-    End(CallKey),
-}
+pub use super::core::record::{CallRecord, Line, SetupRecord};
 
 pub struct Journal {
     path: PathBuf,
@@ -165,6 +109,14 @@ fn line(entry: &Line) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        proxy::core::{
+            names::CallKey,
+            names::{ClientKey, ServerKey},
+            record::Party,
+        },
+        side::Side,
+    };
 
     fn party(side: Side, address: &str) -> Party {
         Party {

@@ -14,7 +14,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{Queued, intake::Arriving};
+use super::{Queued, arriving::Arriving};
 use crate::admission::SipGuard;
 
 #[derive(Clone)]

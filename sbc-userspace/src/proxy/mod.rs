@@ -7,6 +7,8 @@
 //! schedule). One task (`driver`) owns the core, the sockets and the timers, and handles one
 //! queued at a time: nothing is shared, so nothing is locked; the media plane is the only
 //! thing the core calls out to (`anchoring`).
+mod arriving;
+pub mod config;
 pub mod core;
 mod driver;
 mod intake;
@@ -31,6 +33,7 @@ use tokio_util::time::DelayQueue;
 
 pub use self::core::{calls::CallSummary, hiding, inspect::BackendSummary};
 use self::{
+    config::SipConfig,
     core::{Core, Parts, inspect::Query},
     driver::Driver,
     intake::{Intake, bind, spawn_receiver},
@@ -41,7 +44,6 @@ use self::{
 use crate::{
     admission::{AdmissionConfig, AdmissionCounters, SipGuard},
     clock::Now,
-    config::SipConfig,
     drain::Drain,
     events::EventSink,
     media::{MediaPlane, SessionInfo, SilentLeg},

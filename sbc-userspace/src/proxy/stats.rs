@@ -7,6 +7,8 @@ use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     metrics::{CounterMap, Histogram, HistogramMap},
     side::Side,
@@ -245,27 +247,54 @@ impl SipStats {
     }
 
     /// The counters of `GET /v1/stats`.
-    pub fn snapshot(&self) -> serde_json::Value {
-        let sum = |map: &CounterMap<(Side, &'static str, u16)>| -> u64 {
-            map.snapshot().iter().map(|(_, n)| n).sum()
-        };
-        serde_json::json!({
-            "requests": self.requests.snapshot().iter().map(|(_, n)| n).sum::<u64>(),
-            "responses": sum(&self.responses_received),
-            "refused": self.refused.load(Ordering::Relaxed),
-            "dropped": self.dropped.load(Ordering::Relaxed),
-            "oversized": self.oversized.load(Ordering::Relaxed),
-            "send_busy": self.send_busy.load(Ordering::Relaxed),
-            "tcp": {
-                "open": self.tcp_open.load(Ordering::Relaxed),
-                "refused": self.tcp_refused.load(Ordering::Relaxed),
-                "slow_closed": self.tcp_slow_closed.load(Ordering::Relaxed),
+    pub fn snapshot(&self) -> SipCounters {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        SipCounters {
+            requests: self.requests.snapshot().iter().map(|(_, n)| n).sum(),
+            responses: self
+                .responses_received
+                .snapshot()
+                .iter()
+                .map(|(_, n)| n)
+                .sum(),
+            refused: get(&self.refused),
+            dropped: get(&self.dropped),
+            oversized: get(&self.oversized),
+            send_busy: get(&self.send_busy),
+            tcp: TcpCounters {
+                open: get(&self.tcp_open),
+                refused: get(&self.tcp_refused),
+                slow_closed: get(&self.tcp_slow_closed),
             },
-            "calls_attempted": self.calls_attempted.load(Ordering::Relaxed),
-            "calls_answered": self.calls_answered.load(Ordering::Relaxed),
-            "calls_active": self.calls_active.load(Ordering::Relaxed),
-        })
+            calls_attempted: get(&self.calls_attempted),
+            calls_answered: get(&self.calls_answered),
+            calls_active: get(&self.calls_active),
+        }
     }
+}
+
+/// The proxy's totals as `GET /v1/stats` shows them (`sip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SipCounters {
+    pub requests: u64,
+    pub responses: u64,
+    /// Malformed requests answered (400 and the like).
+    pub refused: u64,
+    pub dropped: u64,
+    pub oversized: u64,
+    /// Datagrams that met a full send buffer (left to retransmission).
+    pub send_busy: u64,
+    pub tcp: TcpCounters,
+    pub calls_attempted: u64,
+    pub calls_answered: u64,
+    pub calls_active: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpCounters {
+    pub open: u64,
+    pub refused: u64,
+    pub slow_closed: u64,
 }
 
 #[cfg(test)]

@@ -303,11 +303,11 @@ fn call_setup_section(
         let _backend = serve()?;
         let daemon = sbc(lab, backend, "xdp", OVERLOAD_ADMISSION)?;
         let refused = || -> anyhow::Result<u64> {
-            let counter = |name| daemon.admission_counter(name);
-            Ok(counter("refused_overload")?
-                + counter("shed_late")?
-                + counter("shed_new_requests")?
-                + counter("shed_queue_full")?)
+            let totals = daemon.admission_totals()?;
+            Ok(totals.refused_overload
+                + totals.shed_late
+                + totals.shed_new_requests
+                + totals.shed_queue_full)
         };
         let seconds = steps.seconds_per_step * 2;
         rows.extend(calls::overload(

@@ -20,6 +20,7 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
     util::nr_cpus,
 };
+use sbc::{api::contract::SessionInfo, media::session::Leg};
 use sbc_common::bench::{
     FrameHeader, GENERATOR_PROGRAM, HEADER_MAP, LATENCY_BUCKETS, LATENCY_MAP, MAX_STREAMS,
     RTP_OFFSET, SINK_MAP, SINK_PROGRAM, STREAM_COUNT_MAP, STREAMS_MAP, SinkCounters, Stream,
@@ -356,16 +357,15 @@ pub fn routed_streams(count: u32) -> Vec<Stream> {
 pub fn relayed_streams(daemon: &crate::daemon::Daemon, count: u32) -> anyhow::Result<Vec<Stream>> {
     (0..count)
         .map(|i| {
-            let response = daemon.create_session(
-                SocketAddr::new(CALLER.into(), 10_000 + i as u16),
-                SocketAddr::new(CALLEE.into(), 30_000 + i as u16),
-                true,
-            )?;
-            ensure!(response.status == 201, "session {i}: {}", response.body);
-            let local: SocketAddr = response.body["legs"][0]["local_rtp"]
-                .as_str()
-                .context("no local_rtp")?
-                .parse()?;
+            let session: SessionInfo = daemon
+                .create_session(
+                    SocketAddr::new(CALLER.into(), 10_000 + i as u16),
+                    SocketAddr::new(CALLEE.into(), 30_000 + i as u16),
+                    true,
+                )?
+                .expect(201)
+                .with_context(|| format!("session {i}"))?;
+            let local = session.legs[Leg::A].local_rtp;
             Ok(Stream {
                 src_port: (10_000 + i as u16).to_be(),
                 dst_port: local.port().to_be(),

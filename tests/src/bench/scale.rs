@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
+use sbc::api::contract::SessionInfo;
 
 use super::report::Measurement;
 use crate::{
@@ -51,9 +52,7 @@ pub fn map_memory_bytes(pid: u32) -> anyhow::Result<u64> {
 }
 
 fn session_count(daemon: &Daemon) -> anyhow::Result<u64> {
-    daemon.api.get("/v1/stats")?.body["sessions"]
-        .as_u64()
-        .context("no session count in stats")
+    Ok(daemon.stats()?.sessions as u64)
 }
 
 /// Creates `count` sessions one request at a time, then deletes them.
@@ -64,25 +63,26 @@ pub fn sessions(daemon: &Daemon, count: u32) -> anyhow::Result<Vec<Measurement>>
     let mut ids = Vec::new();
     for i in 0..count {
         let port = 10_000 + (i % 50_000) as u16;
-        let response = daemon.create_session(
-            SocketAddr::new(CALLER.into(), port),
-            SocketAddr::new(CALLEE.into(), port),
-            true,
-        )?;
-        ensure!(
-            response.status == 201,
-            "session {i} refused: {}",
-            response.body
-        );
-        ids.push(response.body["id"].as_u64().context("no session id")?);
+        let session: SessionInfo = daemon
+            .create_session(
+                SocketAddr::new(CALLER.into(), port),
+                SocketAddr::new(CALLEE.into(), port),
+                true,
+            )?
+            .expect(201)
+            .with_context(|| format!("session {i} refused"))?;
+        ids.push(session.id);
     }
     let created = started.elapsed();
     let after = resident_kib(pid)?;
     let maps = map_memory_bytes(pid)?;
     let started = Instant::now();
     for id in &ids {
-        let response = daemon.api.delete(&format!("/v1/sessions/{id}"))?;
-        ensure!(response.status == 200, "delete {id}: {}", response.body);
+        let _: SessionInfo = daemon
+            .api
+            .delete(&format!("/v1/sessions/{id}"))?
+            .expect(200)
+            .with_context(|| format!("delete {id}"))?;
     }
     let deleted = started.elapsed();
     let per_thousand = f64::from(count) / 1000.0;

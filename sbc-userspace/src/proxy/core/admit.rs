@@ -5,10 +5,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use sbc_common::guard::{BLOCK_ABUSE, BLOCK_SCANNER};
 use tracing::debug;
 
-use super::{
-    Core, GuardUpdate,
-    transactions::{Peer, ServerKey},
-};
+use super::{Core, GuardUpdate, names::ServerKey, transactions::Peer};
 use crate::{
     admission::Refusal,
     sip::{Message, Method, check},

@@ -6,7 +6,7 @@ use std::{collections::HashSet, net::IpAddr, sync::Arc};
 use crate::{
     media::{
         EndReason, MediaError, MediaPlane, PeerAnnouncement, SessionInfo, SessionSpec,
-        session::LegSpec,
+        session::{Leg, LegSpec},
     },
     side::Side,
 };
@@ -19,11 +19,11 @@ pub trait MediaAnchoring: Send {
     fn announce_peer(
         &self,
         id: u32,
-        leg: usize,
+        leg: Leg,
         announced: PeerAnnouncement,
     ) -> Result<(), MediaError>;
     /// Whether a leg's peer sends and receives (SDP direction), for the audio watch.
-    fn note_direction(&self, id: u32, leg: usize, sends: bool, receives: bool);
+    fn note_direction(&self, id: u32, leg: Leg, sends: bool, receives: bool);
     fn session(&self, id: u32) -> Option<SessionInfo>;
     /// The relay's media address on a side (what SDP sent to that side names).
     fn address(&self, side: Side) -> IpAddr;
@@ -53,13 +53,13 @@ impl MediaAnchoring for Arc<MediaPlane> {
     fn announce_peer(
         &self,
         id: u32,
-        leg: usize,
+        leg: Leg,
         announced: PeerAnnouncement,
     ) -> Result<(), MediaError> {
         MediaPlane::announce_peer(self, id, leg, announced)
     }
 
-    fn note_direction(&self, id: u32, leg: usize, sends: bool, receives: bool) {
+    fn note_direction(&self, id: u32, leg: Leg, sends: bool, receives: bool) {
         MediaPlane::note_direction(self, id, leg, sends, receives);
     }
 

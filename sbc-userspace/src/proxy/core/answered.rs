@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{build, transactions::ServerKey};
+use super::{build, names::ServerKey};
 use crate::sip::Message;
 
 /// Transactions remembered at most.

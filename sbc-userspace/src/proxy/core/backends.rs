@@ -11,7 +11,7 @@ use std::{
     time::Instant,
 };
 
-use crate::config::{BalancePolicy, HealthConfig, SipConfig, code_range};
+use crate::proxy::config::{BalancePolicy, HealthConfig, SipConfig, code_range};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -279,7 +279,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackendConfig;
+    use crate::proxy::config::BackendConfig;
 
     fn pool(policy: BalancePolicy, weights: &[u32]) -> Backends {
         let config = SipConfig {

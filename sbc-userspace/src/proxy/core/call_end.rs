@@ -1,7 +1,8 @@
 //! Why a call ended, one name per cause: the `call_ended` event's `reason` and the
 //! `sbc_calls_ended_total{reason}` label say it the same way.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CallEnd {
     /// A BYE from either end, answered.
     Bye,
@@ -14,6 +15,8 @@ pub enum CallEnd {
     Replaced,
     /// Being set up when the daemon went down, and not completable by the next one.
     LostInRestart,
+    /// Answered, but its media did not survive the daemon's restart (the userspace dataplane).
+    MediaLostInRestart,
     /// Its media stopped for `media.timeout_secs`.
     MediaTimeout,
     /// A direction stayed silent past `media.no_audio` (with `action = "hangup"`).
@@ -30,6 +33,7 @@ impl CallEnd {
             Self::Failed => "failed",
             Self::Replaced => "replaced",
             Self::LostInRestart => "lost_in_restart",
+            Self::MediaLostInRestart => "media_lost_in_restart",
             Self::MediaTimeout => "media_timeout",
             Self::NoAudio => "no_audio",
             Self::DrainDeadline => "drain_deadline",

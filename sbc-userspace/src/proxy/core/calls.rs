@@ -7,51 +7,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::json;
-
-use super::{Core, GuardUpdate, backends::BackendId, call_end::CallEnd};
+use super::{
+    Core, GuardUpdate,
+    backends::BackendId,
+    call_end::CallEnd,
+    names::CallKey,
+    record::{CallRecord, Line, Party, SetupRecord},
+};
 use crate::{
     clock::Now,
-    media::{MediaError, PeerAnnouncement, SessionInfo},
-    proxy::journal::{CallRecord, Line, SetupRecord},
+    events::{self, Event, RtpPackets},
+    media::{MediaError, PeerAnnouncement, SessionInfo, session::Leg},
     sdp::{self, Anchor},
     side::Side,
     sip::{Message, address, check},
 };
-
-/// One end of a call, as the proxy needs it to reach that end itself (BYE on media timeout).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Party {
-    pub side: Side,
-    /// Its From (caller) or To (callee) value, tag included once known.
-    pub address: String,
-    pub contact: Option<String>,
-    /// Route set towards it, nearest first.
-    pub route_set: Vec<String>,
-    pub source: Option<SocketAddr>,
-    pub cseq: u32,
-}
-
-/// Calls are named by Call-ID and the caller's tag: a Call-ID alone may collide (RFC 5118's
-/// example messages share one). Only compared, never taken apart; recorded in the journal as
-/// `call-id;tag`.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(transparent)]
-pub struct CallKey(String);
-
-impl CallKey {
-    pub fn new(call_id: &str, caller_tag: &str) -> Self {
-        Self(format!("{call_id};{caller_tag}"))
-    }
-}
-
-impl std::fmt::Display for CallKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 #[derive(Debug)]
 pub struct Call {
@@ -87,22 +57,62 @@ fn record_routes(message: &Message) -> Vec<String> {
         .collect()
 }
 
-/// A call as the admin API shows it (its media sessions are looked up separately).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CallSummary {
+/// A call as the admin API shows it. The core knows its media sessions by id (`M = u32`); the
+/// API shows the sessions themselves (`M = SessionInfo`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CallSummary<M = u32> {
     pub call_id: String,
     pub from: String,
     pub to: String,
     /// The side the caller is on.
     pub caller_side: Side,
-    /// `trying`, `ringing` or `answered`.
-    pub state: &'static str,
+    pub state: CallState,
     pub backend: Option<SocketAddr>,
     pub age_ms: u64,
     /// Since the 2xx.
     pub answered_ms: Option<u64>,
     /// The media session of each `m=` line (`null`: a rejected stream).
-    pub media: Vec<Option<u32>>,
+    pub media: Vec<Option<M>>,
+}
+
+impl<M> CallSummary<M> {
+    /// The same call with each media session replaced by what `look_up` finds for it.
+    pub fn with_media<N>(self, look_up: impl Fn(M) -> Option<N>) -> CallSummary<N> {
+        CallSummary {
+            call_id: self.call_id,
+            from: self.from,
+            to: self.to,
+            caller_side: self.caller_side,
+            state: self.state,
+            backend: self.backend,
+            age_ms: self.age_ms,
+            answered_ms: self.answered_ms,
+            media: self
+                .media
+                .into_iter()
+                .map(|id| id.and_then(&look_up))
+                .collect(),
+        }
+    }
+}
+
+/// How far a call got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    Trying,
+    Ringing,
+    Answered,
+}
+
+impl CallState {
+    pub fn name(self) -> &'static str {
+        match self {
+            CallState::Trying => "trying",
+            CallState::Ringing => "ringing",
+            CallState::Answered => "answered",
+        }
+    }
 }
 
 /// CSeqs a restarted daemon adds to what its predecessor recorded: in-dialog requests since
@@ -174,9 +184,9 @@ impl Call {
 
     pub fn summary(&self, backend: Option<SocketAddr>, now: Now) -> CallSummary {
         let state = match (self.answered, self.ringing) {
-            (Some(_), _) => "answered",
-            (None, Some(_)) => "ringing",
-            (None, None) => "trying",
+            (Some(_), _) => CallState::Answered,
+            (None, Some(_)) => CallState::Ringing,
+            (None, None) => CallState::Trying,
         };
         CallSummary {
             call_id: self.call_id.clone(),
@@ -210,7 +220,7 @@ impl Call {
                 cseq: request.cseq,
             },
             callee: Party {
-                side: Core::other(side),
+                side: side.other(),
                 address: message.value("to").unwrap_or_default().to_owned(),
                 contact: None,
                 route_set: Vec::new(),
@@ -248,13 +258,6 @@ fn media_refusal(error: MediaError) -> (u16, String) {
     (status, error.to_string())
 }
 
-pub(super) fn leg_index(side: Side) -> usize {
-    match side {
-        Side::Public => 0,
-        Side::Private => 1,
-    }
-}
-
 impl Core {
     /// The call a request belongs to: named by its From tag (the caller's requests) or its To
     /// tag (the callee's).
@@ -289,11 +292,14 @@ impl Core {
         let Some(call) = self.calls.get(key) else {
             return;
         };
-        let call_id = call.call_id.clone();
-        let fields = json!({ "call_id": call.call_id, "from": call.caller.address, "to": call.callee.address });
+        let started = Event::CallStarted(events::CallStarted {
+            call_id: call.call_id.clone(),
+            from: call.caller.address.clone(),
+            to: call.callee.address.clone(),
+        });
         // From now on the guard lets its in-dialog traffic through unlimited.
-        self.guard(GuardUpdate::DialogStarted(call_id));
-        self.emit("call_started", fields);
+        self.guard(GuardUpdate::DialogStarted(call.call_id.clone()));
+        self.emit(started);
     }
 
     /// Notes what an INVITE response means for its call (only the initial INVITE: a call that
@@ -327,10 +333,11 @@ impl Core {
             180..=189 if call.ringing.is_none() => {
                 call.ringing = Some(self.now.at);
                 self.stats.setup_ringing.observe(setup);
-                self.emit(
-                    "call_ringing",
-                    json!({ "call_id": call_id, "code": code, "setup_ms": setup_ms }),
-                );
+                self.emit(Event::CallRinging(events::CallRinging {
+                    call_id,
+                    code,
+                    setup_ms,
+                }));
             }
             200..=299 => {
                 call.answered = Some(self.now.at);
@@ -347,15 +354,13 @@ impl Core {
                 if let Some(id) = backend {
                     self.backends[id].active_calls += 1;
                 }
-                self.emit(
-                    "call_answered",
-                    json!({
-                        "call_id": call_id,
-                        "code": code,
-                        "setup_ms": setup_ms,
-                        "backend": backend.map(|id| self.backends[id].address),
-                    }),
-                );
+                let backend = backend.map(|id| self.backends[id].address);
+                self.emit(Event::CallAnswered(events::CallAnswered {
+                    call_id,
+                    code,
+                    setup_ms,
+                    backend,
+                }));
             }
             300..=699 => {
                 let reason = if cancelled {
@@ -399,7 +404,7 @@ impl Core {
             return Ok(body.to_vec());
         };
         let streams = sdp::streams(body).map_err(|e| (400, e.to_string()))?;
-        let (leg, other) = (leg_index(from_side), leg_index(Core::other(from_side)));
+        let leg = Leg::facing(from_side);
         let mut anchors = Vec::with_capacity(streams.len());
         for (index, stream) in streams.iter().enumerate() {
             if call.media.len() <= index {
@@ -434,11 +439,11 @@ impl Core {
                 .session(id)
                 .ok_or((500, "media session vanished".to_owned()))?;
             anchors.push(Some(Anchor {
-                rtp_port: info.legs[other].local_rtp.port(),
-                rtcp_port: info.legs[other].local_rtcp.map(|a| a.port()),
+                rtp_port: info.legs[leg.other()].local_rtp.port(),
+                rtcp_port: info.legs[leg.other()].local_rtcp.map(|a| a.port()),
             }));
         }
-        let address = self.media.address(Core::other(from_side));
+        let address = self.media.address(from_side.other());
         sdp::rewrite(body, address, &anchors).map_err(|e| (400, e.to_string()))
     }
 
@@ -460,7 +465,7 @@ impl Core {
         };
         self.guard(GuardUpdate::DialogEnded(call.call_id.clone()));
         let (mut forward, mut backward) = (0u64, 0u64);
-        let caller_leg = leg_index(call.caller.side);
+        let caller_leg = Leg::facing(call.caller.side);
         for id in call.media.iter().flatten() {
             let info = match ended.iter().find(|info| info.id == *id) {
                 Some(info) => Some(info.clone()),
@@ -468,7 +473,7 @@ impl Core {
             };
             if let Some(info) = info {
                 forward += info.legs[caller_leg].rtp.packets();
-                backward += info.legs[1 - caller_leg].rtp.packets();
+                backward += info.legs[caller_leg.other()].rtp.packets();
             }
         }
         if let (Some(id), Some(_)) = (call.backend, call.answered) {
@@ -482,15 +487,15 @@ impl Core {
             self.stats.calls_ended.increment(reason.name());
             self.stats.calls_established.fetch_sub(1, Ordering::Relaxed);
         }
-        self.emit(
-            "call_ended",
-            json!({
-                "call_id": call.call_id,
-                "reason": reason.name(),
-                "final_code": code,
-                "duration_ms": call.answered.map(|t| self.now.since(t).as_millis() as u64),
-                "rtp_packets": { "caller_to_callee": forward, "callee_to_caller": backward },
+        self.emit(Event::CallEnded(events::CallEnded {
+            call_id: call.call_id,
+            reason,
+            final_code: code,
+            duration_ms: call.answered.map(|t| self.now.since(t).as_millis() as u64),
+            rtp_packets: Some(RtpPackets {
+                caller_to_callee: forward,
+                callee_to_caller: backward,
             }),
-        );
+        }));
     }
 }

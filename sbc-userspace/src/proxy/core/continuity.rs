@@ -7,19 +7,19 @@
 //! sessions made for calls that no record claims are freed.
 use std::{collections::HashSet, sync::atomic::Ordering, time::Duration};
 
-use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::{
     Core, GuardUpdate, Timer,
     call_end::CallEnd,
-    calls::{Call, CallKey},
-    transactions::{
-        ClientTx, GONE_CONNECTION, Peer, Purpose, ServerKey, ServerTx, T1, TIMER_C, Transport,
-    },
+    calls::Call,
+    names::CallKey,
+    names::ServerKey,
+    record::{CallRecord, Line, SetupRecord},
+    transactions::{ClientTx, GONE_CONNECTION, Peer, Purpose, ServerTx, T1, TIMER_C, Transport},
 };
 use crate::{
-    proxy::journal::{CallRecord, Line, SetupRecord},
+    events::{self, Event},
     sip::{
         Method,
         inbound::{self, Inbound},
@@ -105,11 +105,13 @@ impl Core {
             if record.answered_unix_ms.is_some() && media_lost {
                 warn!(call_id = %record.call_id, "a recorded call lost its media in the restart; ending it");
                 self.journal(Line::End(key));
-                self.emit(
-                    "call_ended",
-                    json!({ "call_id": record.call_id, "reason": "media_lost_in_restart",
-                            "final_code": null, "duration_ms": null }),
-                );
+                self.emit(Event::CallEnded(events::CallEnded {
+                    call_id: record.call_id,
+                    reason: CallEnd::MediaLostInRestart,
+                    final_code: None,
+                    duration_ms: None,
+                    rtp_packets: None,
+                }));
                 continue;
             }
             let backend = record.backend.and_then(|a| self.backends.id_of(a));

@@ -8,8 +8,10 @@ use tracing::{info, warn};
 use super::{
     Core, Timer, build,
     call_end::CallEnd,
-    calls::{CallKey, Party},
-    transactions::{ClientKey, ClientTx, LINGER, Purpose, ServerKey},
+    names::CallKey,
+    names::{ClientKey, ServerKey},
+    record::Party,
+    transactions::{ClientTx, LINGER, Purpose},
 };
 use crate::{
     media::SessionInfo,

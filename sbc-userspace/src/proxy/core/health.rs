@@ -9,9 +9,14 @@ use super::{
     Core, Timer,
     backends::{BackendId, Observation, Transition},
     build,
-    transactions::{ClientKey, ClientTx, Purpose},
+    names::ClientKey,
+    transactions::{ClientTx, Purpose},
 };
-use crate::{side::Side, sip::Method};
+use crate::{
+    events::{self, Event},
+    side::Side,
+    sip::Method,
+};
 
 impl Core {
     pub(super) fn start_probes(&mut self) {
@@ -92,15 +97,15 @@ impl Core {
             Transition::WentDown => {
                 stats.health_changed();
                 warn!(backend = %address, cause, "backend marked down");
-                self.emit(
-                    "backend_down",
-                    serde_json::json!({ "backend": address, "cause": cause }),
-                );
+                self.emit(Event::BackendDown(events::BackendDown {
+                    backend: address,
+                    cause: cause.to_owned(),
+                }));
             }
             Transition::CameUp => {
                 stats.health_changed();
                 info!(backend = %address, "backend back up");
-                self.emit("backend_up", serde_json::json!({ "backend": address }));
+                self.emit(Event::BackendUp(events::BackendUp { backend: address }));
             }
             Transition::None => {}
         }

@@ -14,11 +14,11 @@ use std::{
     hash::{BuildHasher as _, RandomState},
 };
 
-use serde::Deserialize;
 use tracing::warn;
 
-use super::{Core, build, transactions::ServerKey};
+use super::{Core, build, names::ServerKey};
 use crate::{
+    proxy::config::HidingConfig,
     side::Side,
     sip::{Message, Method, StartLine, edit::Editor, uri},
 };
@@ -34,27 +34,6 @@ const PROBING_METHODS: [Method; 5] = [
     Method::Subscribe,
     Method::Message,
 ];
-
-/// `[sip.hiding]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HidingConfig {
-    /// Answer "no such user" to untrusted sources as an existing user is answered.
-    pub uniform_failures: bool,
-    /// Headers removed from messages that leave on the public side from a backend.
-    pub strip_headers: Vec<String>,
-}
-
-impl Default for HidingConfig {
-    fn default() -> Self {
-        Self {
-            uniform_failures: true,
-            strip_headers: ["Server", "User-Agent", "Warning"]
-                .map(String::from)
-                .to_vec(),
-        }
-    }
-}
 
 /// A backend's challenge, to answer a missing user with.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use super::{Core, backends::Health, calls::CallSummary};
 use crate::clock::Now;
 
 /// A backend as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct BackendSummary {
     pub address: std::net::SocketAddr,
     pub weight: u32,

@@ -11,14 +11,16 @@ pub(super) mod anchoring;
 mod answered;
 mod backends;
 pub(super) mod build;
-mod call_end;
+pub mod call_end;
 pub mod calls;
 mod continuity;
 mod hangup;
 mod health;
 pub mod hiding;
 pub mod inspect;
+pub mod names;
 mod no_audio;
+pub mod record;
 mod requests;
 mod responses;
 #[cfg(test)]
@@ -33,26 +35,28 @@ use std::{
 };
 
 use sbc_common::guard::BLOCK_ABUSE;
-use serde_json::Value;
 use tracing::debug;
 
 use self::{
     anchoring::MediaAnchoring,
     answered::Answered,
     backends::{BackendId, Backends},
-    calls::{Call, CallKey},
+    calls::Call,
     hiding::Hiding,
-    transactions::{ClientKey, ClientTx, Peer, ServerKey, ServerTx, Transport},
+    names::CallKey,
+    names::{ClientKey, ServerKey},
+    record::{CallRecord, Line},
+    transactions::{ClientTx, Peer, ServerTx, Transport},
 };
 use super::{
-    journal::{CallRecord, Line},
+    config::SipConfig,
     stats::{self, Origin, SipStats},
 };
 use crate::{
     admission::{Admission, AdmissionConfig, AdmissionCounters},
     clock::Now,
-    config::SipConfig,
     drain::Drain,
+    events::Event,
     media::{SessionInfo, SilentLeg},
     side::Side,
     sip::{
@@ -111,8 +115,8 @@ pub enum Output {
         bytes: Vec<u8>,
         on_failure: Option<ClientKey>,
     },
-    /// A line for the events file: its name and fields.
-    Event(&'static str, Value),
+    /// A line for the events file.
+    Event(Box<Event>),
     /// A line for the call journal.
     Journal(Line),
     /// Wake the core with `Input::Timer(timer)` after this long.
@@ -234,11 +238,7 @@ impl Core {
                 waited,
             } => {
                 self.waited = waited;
-                let peer = Peer {
-                    side: self.side_of(listener, from),
-                    address: from,
-                    transport: Transport::Udp,
-                };
+                let peer = self.peer(listener, from, Transport::Udp);
                 self.on_message(peer, inbound::datagram(&bytes));
             }
             Input::Stream {
@@ -249,11 +249,7 @@ impl Core {
                 waited,
             } => {
                 self.waited = waited;
-                let peer = Peer {
-                    side: self.side_of(listener, from),
-                    address: from,
-                    transport: Transport::Tcp(connection),
-                };
+                let peer = self.peer(listener, from, Transport::Tcp(connection));
                 self.on_message(peer, inbound::message(&bytes));
             }
             Input::Timer(timer) => self.on_timer(timer),
@@ -280,8 +276,8 @@ impl Core {
         self.outputs.push_back(output);
     }
 
-    pub(super) fn emit(&mut self, event: &'static str, fields: Value) {
-        self.output(Output::Event(event, fields));
+    pub(super) fn emit(&mut self, event: Event) {
+        self.output(Output::Event(Box::new(event)));
     }
 
     pub(super) fn journal(&mut self, line: Line) {
@@ -334,6 +330,15 @@ impl Core {
             return false;
         }
         !self.admission.is_trusted(peer.address.ip()) || self.waited >= 4 * bound
+    }
+
+    /// Who sent a message that reached `listener` from `from`.
+    fn peer(&self, listener: Side, from: SocketAddr, transport: Transport) -> Peer {
+        Peer {
+            side: self.side_of(listener, from),
+            address: from,
+            transport,
+        }
     }
 
     /// Which side a message came from: its listener, or with one shared listener, whether
@@ -430,13 +435,6 @@ impl Core {
         match side {
             Side::Public => self.public,
             Side::Private => self.private,
-        }
-    }
-
-    pub(super) fn other(side: Side) -> Side {
-        match side {
-            Side::Public => Side::Private,
-            Side::Private => Side::Public,
         }
     }
 

@@ -10,8 +10,10 @@ use super::{
     backends::BackendId,
     build,
     call_end::CallEnd,
-    calls::{Call, CallKey},
-    transactions::{ClientKey, ClientTx, LINGER, Peer, Purpose, ServerKey, ServerTx, T1},
+    calls::Call,
+    names::CallKey,
+    names::{ClientKey, ServerKey},
+    transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1},
 };
 use crate::{
     proxy::stats::Origin,
@@ -325,7 +327,7 @@ impl Core {
 
     fn next_hop(&mut self, side: Side, request: &check::Request) -> Result<NextHop, (u16, String)> {
         let in_dialog = request.in_dialog();
-        let out = Self::other(side);
+        let out = side.other();
         // The edge is no open relay: in-dialog requests only for dialogs it set up, and no
         // preloaded Route elsewhere on new requests from the Internet.
         if in_dialog && self.find_call(request).is_none() {

@@ -10,7 +10,8 @@ use super::{
     backends::Observation,
     build,
     call_end::CallEnd,
-    transactions::{ClientKey, LINGER, Peer, Purpose, ServerKey, T2, TIMER_C},
+    names::{ClientKey, ServerKey},
+    transactions::{LINGER, Peer, Purpose, T2, TIMER_C},
 };
 use crate::{
     proxy::{stats::Origin, via_destination},
@@ -350,9 +351,9 @@ impl Core {
         let method = response.cseq_method.label();
         self.stats
             .responses_sent
-            .increment((Self::other(side), method, response.code));
+            .increment((side.other(), method, response.code));
         let bytes = editor.finish();
-        self.send(Self::other(side), destination, bytes);
+        self.send(side.other(), destination, bytes);
     }
 
     /// A request the transport could not send: as if its hop answered 503 (RFC 3261 16.9),

@@ -10,23 +10,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-
 use super::{
     Core, GuardUpdate, Input, Output, Parts, Timer,
     anchoring::MediaAnchoring,
-    transactions::{T1, TIMER_C},
+    call_end::CallEnd,
+    record::{CallRecord, Line},
+    transactions::{T1, TIMER_C, Transport},
 };
 use crate::{
     admission::{AdmissionConfig, AdmissionCounters},
     clock::Now,
-    config::SipConfig,
     drain::Drain,
+    events::Event,
     media::{
         MediaError, PeerAnnouncement, SessionInfo,
-        session::{LegInfo, StreamCounters},
+        session::{Leg, LegInfo, StreamCounters},
     },
-    proxy::{journal::Line, stats::SipStats},
+    proxy::{config::SipConfig, stats::SipStats},
     side::Side,
     sip::{Message, StartLine},
 };
@@ -60,7 +60,7 @@ fn config(backends: &[&str]) -> SipConfig {
 struct FakeMedia {
     next: u32,
     sessions: BTreeMap<u32, SessionInfo>,
-    announced: Vec<(u32, usize, SocketAddr)>,
+    announced: Vec<(u32, Leg, SocketAddr)>,
     answered: Vec<u32>,
     ended: Vec<u32>,
 }
@@ -68,7 +68,7 @@ struct FakeMedia {
 const MEDIA_PUBLIC: &str = "192.0.2.1";
 const MEDIA_PRIVATE: &str = "10.0.0.1";
 
-fn leg(name: &'static str, side: Side, rtp: SocketAddr) -> LegInfo {
+fn leg(name: Leg, side: Side, rtp: SocketAddr) -> LegInfo {
     LegInfo {
         name,
         side,
@@ -106,8 +106,8 @@ impl MediaAnchoring for SharedMedia {
             age_ms: 0,
             idle_ms: 0,
             legs: [
-                leg("a", Side::Public, SocketAddr::new(public, port(20000))),
-                leg("b", Side::Private, SocketAddr::new(private, port(30000))),
+                leg(Leg::A, Side::Public, SocketAddr::new(public, port(20000))),
+                leg(Leg::B, Side::Private, SocketAddr::new(private, port(30000))),
             ],
         };
         media.sessions.insert(id, info.clone());
@@ -117,7 +117,7 @@ impl MediaAnchoring for SharedMedia {
     fn announce_peer(
         &self,
         id: u32,
-        leg: usize,
+        leg: Leg,
         announced: PeerAnnouncement,
     ) -> Result<(), MediaError> {
         let mut media = self.lock();
@@ -128,7 +128,7 @@ impl MediaAnchoring for SharedMedia {
         Ok(())
     }
 
-    fn note_direction(&self, _id: u32, _leg: usize, _sends: bool, _receives: bool) {}
+    fn note_direction(&self, _id: u32, _leg: Leg, _sends: bool, _receives: bool) {}
 
     fn session(&self, id: u32) -> Option<SessionInfo> {
         self.lock().sessions.get(&id).cloned()
@@ -172,6 +172,7 @@ impl MediaAnchoring for SharedMedia {
 struct Sent {
     to: SocketAddr,
     side: Side,
+    transport: Transport,
     message: Message,
 }
 
@@ -217,7 +218,7 @@ struct Lab {
     now: Now,
     timers: Vec<(Instant, Timer)>,
     sent: Vec<Sent>,
-    events: Vec<(&'static str, Value)>,
+    events: Vec<Event>,
     journal: Vec<Line>,
     guard: Vec<GuardUpdate>,
     media: Arc<Mutex<FakeMedia>>,
@@ -230,7 +231,18 @@ impl Lab {
     }
 
     fn with(sip: SipConfig, admission: AdmissionConfig) -> Self {
-        let media = Arc::new(Mutex::new(FakeMedia::default()));
+        Self::taking_over(sip, admission, Vec::new(), FakeMedia::default())
+    }
+
+    /// A core started after a previous daemon that recorded `calls`; `media` is what the
+    /// media plane adopted.
+    fn taking_over(
+        sip: SipConfig,
+        admission: AdmissionConfig,
+        calls: Vec<CallRecord>,
+        media: FakeMedia,
+    ) -> Self {
+        let media = Arc::new(Mutex::new(media));
         let drain = Arc::new(Drain::new(Duration::from_secs(30)));
         let now = Now::read();
         let parts = Parts {
@@ -241,7 +253,7 @@ impl Lab {
             token: "t".to_owned(),
         };
         let mut core = Core::new(&sip, &admission, parts, now);
-        core.start(now, Vec::new());
+        core.start(now, calls);
         let mut lab = Self {
             core,
             now,
@@ -268,9 +280,10 @@ impl Lab {
                 Output::Send { to, bytes, .. } => self.sent.push(Sent {
                     to: to.address,
                     side: to.side,
+                    transport: to.transport,
                     message: Message::parse(bytes).expect("the core sends parseable SIP"),
                 }),
-                Output::Event(name, fields) => self.events.push((name, fields)),
+                Output::Event(event) => self.events.push(*event),
                 Output::Journal(line) => self.journal.push(line),
                 Output::Schedule(timer, after) => self.timers.push((self.now.at + after, timer)),
                 Output::Guard(update) => self.guard.push(update),
@@ -320,16 +333,21 @@ impl Lab {
     }
 
     fn event_names(&self) -> Vec<&'static str> {
-        self.events.iter().map(|(name, _)| *name).collect()
+        self.events.iter().map(Event::name).collect()
     }
 
-    fn event(&self, name: &str) -> &Value {
-        &self
+    /// How the call ended, and its final code: from its one `call_ended`.
+    fn call_end(&self) -> (CallEnd, Option<u16>) {
+        let ended: Vec<_> = self
             .events
             .iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("no {name} event in {:?}", self.event_names()))
-            .1
+            .filter_map(|event| match event {
+                Event::CallEnded(ended) => Some((ended.reason, ended.final_code)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ended.len(), 1, "one call_ended in {:?}", self.event_names());
+        ended[0]
     }
 }
 
@@ -643,6 +661,42 @@ const CASES: &[Case] = &[
         name: "a stray response for no transaction is dropped",
         play: stray_response,
     },
+    Case {
+        name: "a new request from the Internet with a preloaded Route elsewhere gets 403",
+        play: preloaded_route_refused,
+    },
+    Case {
+        name: "a call from the private side goes to its Request-URI, media anchored outwards",
+        play: call_from_a_backend,
+    },
+    Case {
+        name: "an in-dialog request sent to our address goes to the other party's Contact",
+        play: request_addressed_to_us,
+    },
+    Case {
+        name: "a backend's 503 to an in-dialog request reaches the caller as 500",
+        play: in_dialog_503_becomes_500,
+    },
+    Case {
+        name: "a scanner's User-Agent gets no answer and a block",
+        play: scanner_blocked,
+    },
+    Case {
+        name: "a request over TCP is answered on its connection",
+        play: tcp_answered_on_its_connection,
+    },
+    Case {
+        name: "media timeout: an answered call gets BYE with a Reason to both sides",
+        play: media_timeout_hangs_up,
+    },
+    Case {
+        name: "a drain's deadline cancels a ringing call and answers 503 upstream",
+        play: drain_deadline_cancels_ringing,
+    },
+    Case {
+        name: "a call a previous daemon recorded is taken over: its BYE is routed and ends it",
+        play: recorded_call_taken_over,
+    },
 ];
 
 #[test]
@@ -694,7 +748,10 @@ fn invite_goes_through() {
         "the private leg's port: {body}"
     );
     let media = lab.media.lock().expect("not poisoned");
-    assert_eq!(media.announced, vec![(1, 0, addr("203.0.113.5:40000"))]);
+    assert_eq!(
+        media.announced,
+        vec![(1, Leg::A, addr("203.0.113.5:40000"))]
+    );
     drop(media);
     assert_eq!(lab.event_names(), vec!["call_started"]);
     assert_eq!(
@@ -773,7 +830,7 @@ fn cancel_after_ringing() {
         Some("ACK"),
         "487 ACKed to the backend"
     );
-    assert_eq!(lab.event("call_ended")["reason"], "cancelled");
+    assert_eq!(lab.call_end().0, CallEnd::Cancelled);
 }
 
 fn cancel_before_ringing() {
@@ -788,7 +845,7 @@ fn cancel_before_ringing() {
         sent.iter().all(|s| s.to == addr(CARRIER)),
         "nothing to cancel downstream yet"
     );
-    assert_eq!(lab.event("call_ended")["reason"], "cancelled");
+    assert_eq!(lab.call_end().0, CallEnd::Cancelled);
 }
 
 fn cancel_of_nothing() {
@@ -864,7 +921,7 @@ fn none_left_is_503() {
     let refusal = sent_to(&sent, CARRIER);
     assert_eq!(refusal.code(), Some(503));
     assert!(!refusal.value("retry-after").is_empty(), "with Retry-After");
-    assert_eq!(lab.event("call_ended")["final_code"], 503);
+    assert_eq!(lab.call_end(), (CallEnd::Failed, Some(503)));
     // A new call now finds the backend still up (one failure is no verdict) and goes to it.
     let mut lab = Lab::with(config(&[]), AdmissionConfig::default());
     lab.carrier_sends(&Call::new("nowhere").invite("1"));
@@ -896,7 +953,7 @@ fn failure_is_acked_hop_by_hop() {
         lab.take_sent().is_empty(),
         "the ACK of a failure is not forwarded"
     );
-    assert_eq!(lab.event("call_ended")["reason"], "failed");
+    assert_eq!(lab.call_end(), (CallEnd::Failed, Some(486)));
 }
 
 fn answer_and_ack() {
@@ -1053,7 +1110,7 @@ fn reinvite_reanchors() {
     assert_eq!(media.sessions.len(), 1, "no new session");
     assert_eq!(
         media.announced.last(),
-        Some(&(1, 0, addr("203.0.113.9:41000"))),
+        Some(&(1, Leg::A, addr("203.0.113.9:41000"))),
         "the carrier's new media address announced"
     );
 }
@@ -1068,11 +1125,7 @@ fn bye_ends_the_call() {
     let backend = dialog.backend;
     lab.backend_sends(backend, &response(bye, 200, "", backend, None));
     assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
-    let ended = lab.event("call_ended");
-    assert_eq!(
-        (ended["reason"].as_str(), ended["final_code"].as_u64()),
-        (Some("bye"), Some(200))
-    );
+    assert_eq!(lab.call_end(), (CallEnd::Bye, Some(200)));
     assert_eq!(lab.media.lock().expect("not poisoned").ended, vec![1]);
     assert_eq!(
         lab.guard.last(),
@@ -1147,4 +1200,196 @@ fn stray_response() {
     );
     lab.backend_sends(addr(BACKEND_A), &stray);
     assert!(lab.take_sent().is_empty());
+}
+
+fn preloaded_route_refused() {
+    let mut lab = Lab::new();
+    let invite = Call::new("preloaded").invite("1").replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nRoute: <sip:198.51.100.99;lr>\r\n",
+    );
+    lab.carrier_sends(&invite);
+    let sent = lab.take_sent();
+    assert_eq!(sent_to(&sent, CARRIER).code(), Some(403));
+    assert_eq!(sent.len(), 1, "no open relay: {:?}", summary(&sent));
+}
+
+fn call_from_a_backend() {
+    let mut lab = Lab::new();
+    let head = format!(
+        "INVITE sip:bob@203.0.113.7:5070 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {BACKEND_A};branch=z9hG4bKout;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:alice@10.0.0.10>;tag=b-out\r\nTo: <sip:bob@203.0.113.7>\r\n\
+         Call-ID: outbound\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{BACKEND_A}>\r\n"
+    );
+    let invite = with_body(head, Some(&sdp("10.0.0.10", 50000)));
+    lab.backend_sends(addr(BACKEND_A), &invite);
+    let sent = lab.take_sent();
+    assert_eq!(sent_to(&sent, BACKEND_A).code(), Some(100));
+    let out = sent_to(&sent, "203.0.113.7:5070");
+    assert_eq!((out.method(), out.side), (Some("INVITE"), Side::Public));
+    assert!(
+        out.values("via")[0].contains(PUBLIC),
+        "{:?}",
+        out.values("via")
+    );
+    let body = out.body();
+    assert!(body.contains(&format!("c=IN IP4 {MEDIA_PUBLIC}")), "{body}");
+    assert_eq!(
+        lab.media.lock().expect("not poisoned").announced,
+        vec![(1, Leg::B, addr("10.0.0.10:50000"))],
+        "the backend's media announced on the private leg"
+    );
+}
+
+fn request_addressed_to_us() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "direct");
+    // A caller that ignores the route set sends to our address with no Route.
+    dialog.carrier_routes.clear();
+    let info = dialog
+        .carrier_request("INFO", "direct-info", None)
+        .replacen(
+            &format!("INFO sip:alice@{}", dialog.backend),
+            &format!("INFO sip:{PUBLIC}"),
+            1,
+        );
+    lab.carrier_sends(&info);
+    let sent = lab.take_sent();
+    let forwarded = sent_to(&sent, &dialog.backend.to_string());
+    assert_eq!(forwarded.method(), Some("INFO"));
+    assert_eq!(
+        forwarded.request_uri(),
+        format!("sip:alice@{}", dialog.backend),
+        "sent to the callee's Contact"
+    );
+}
+
+fn in_dialog_503_becomes_500() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "busy-info");
+    lab.carrier_sends(&dialog.carrier_request("INFO", "info", None));
+    let sent = lab.take_sent();
+    let info = sent_to(&sent, &dialog.backend.to_string());
+    let backend = dialog.backend;
+    lab.backend_sends(backend, &response(info, 503, "", backend, None));
+    let sent = lab.take_sent();
+    assert_eq!(
+        sent_to(&sent, CARRIER).code(),
+        Some(500),
+        "RFC 3261 16.7: a 503 is not passed on"
+    );
+}
+
+fn scanner_blocked() {
+    let mut lab = Lab::new();
+    let invite = Call::new("scan").invite("1").replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nUser-Agent: friendly-scanner\r\n",
+    );
+    lab.carrier_sends(&invite);
+    assert!(lab.take_sent().is_empty(), "a scanner hears nothing");
+    assert!(
+        matches!(
+            lab.guard.last(),
+            Some(GuardUpdate::Block { source, .. }) if *source == addr(CARRIER).ip()
+        ),
+        "{:?}",
+        lab.guard
+    );
+}
+
+fn tcp_answered_on_its_connection() {
+    let mut lab = Lab::new();
+    lab.input(Input::Stream {
+        listener: Side::Public,
+        from: addr(CARRIER),
+        connection: 7,
+        bytes: Call::new("over-tcp").invite("1").into_bytes(),
+        waited: Duration::ZERO,
+    });
+    let sent = lab.take_sent();
+    let trying = sent_to(&sent, CARRIER);
+    assert_eq!(
+        (trying.code(), trying.transport),
+        (Some(100), Transport::Tcp(7))
+    );
+    let forwarded = sent.iter().find(|s| s.method() == Some("INVITE"));
+    assert_eq!(
+        forwarded.map(|s| s.transport),
+        Some(Transport::Udp),
+        "to the backend over UDP"
+    );
+}
+
+fn media_timeout_hangs_up() {
+    let mut lab = Lab::new();
+    let dialog = establish(&mut lab, "quiet");
+    let session = lab.media.lock().expect("not poisoned").sessions[&1].clone();
+    lab.input(Input::MediaTimeout(vec![session]));
+    let sent = lab.take_sent();
+    for to in [CARRIER.to_owned(), dialog.backend.to_string()] {
+        let bye = sent_to(&sent, &to);
+        assert_eq!(bye.method(), Some("BYE"), "to {to}");
+        assert!(
+            bye.value("reason").contains("media timeout"),
+            "{}",
+            bye.value("reason")
+        );
+    }
+    assert_eq!(lab.call_end(), (CallEnd::MediaTimeout, None));
+}
+
+fn drain_deadline_cancels_ringing() {
+    let mut lab = Lab::new();
+    let invite = forward_invite(&mut lab, &Call::new("ringing"), "1");
+    lab.backend_sends(invite.to, &response(&invite, 180, "b", invite.to, None));
+    lab.take_sent();
+    lab.input(Input::HangUpAll);
+    let sent = lab.take_sent();
+    assert_eq!(
+        sent_to(&sent, &invite.to.to_string()).method(),
+        Some("CANCEL")
+    );
+    let refusal = sent_to(&sent, CARRIER);
+    assert_eq!(refusal.code(), Some(503));
+    assert_eq!(lab.call_end(), (CallEnd::DrainDeadline, Some(503)));
+}
+
+fn recorded_call_taken_over() {
+    let mut before = Lab::new();
+    let mut dialog = establish(&mut before, "survivor");
+    let recorded = before
+        .journal
+        .iter()
+        .rev()
+        .find_map(|line| match line {
+            Line::Put(record) if record.answered_unix_ms.is_some() => Some((**record).clone()),
+            _ => None,
+        })
+        .expect("the answered call recorded");
+    // The restarted daemon's media plane adopted the call's session.
+    let media = FakeMedia {
+        next: 1,
+        sessions: before.media.lock().expect("not poisoned").sessions.clone(),
+        ..FakeMedia::default()
+    };
+    let mut lab = Lab::taking_over(
+        config(&[BACKEND_A, BACKEND_B]),
+        AdmissionConfig::default(),
+        vec![recorded],
+        media,
+    );
+    assert_eq!(
+        lab.guard,
+        vec![GuardUpdate::DialogStarted("survivor".to_owned())]
+    );
+    assert_eq!(lab.media.lock().expect("not poisoned").answered, vec![1]);
+    lab.carrier_sends(&dialog.carrier_request("BYE", "bye-after", None));
+    let sent = lab.take_sent();
+    let bye = sent_to(&sent, &dialog.backend.to_string());
+    let backend = dialog.backend;
+    lab.backend_sends(backend, &response(bye, 200, "", backend, None));
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
+    assert_eq!(lab.call_end(), (CallEnd::Bye, Some(200)));
 }

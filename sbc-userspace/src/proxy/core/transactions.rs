@@ -1,14 +1,14 @@
 //! Transaction state (RFC 3261 17): what the proxy remembers per request it received (server
 //! side) and per request it sent (client side), and how they are named.
 use std::{
-    fmt,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-
-use super::{backends::BackendId, calls::CallKey};
+use super::{
+    backends::BackendId,
+    names::{CallKey, ClientKey, ServerKey},
+};
 use crate::{
     side::Side,
     sip::{Message, Method, check},
@@ -21,98 +21,6 @@ pub const T2: Duration = Duration::from_secs(4);
 pub const LINGER: Duration = Duration::from_secs(32);
 /// Timer C: how long a proxied INVITE may ring unanswered (RFC 3261: more than 3 minutes).
 pub const TIMER_C: Duration = Duration::from_secs(181);
-
-/// The name of a server transaction: only compared, never taken apart (see `of`). Recorded in
-/// the journal as its text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ServerKey(String);
-
-impl ServerKey {
-    /// The server transaction a request belongs to: RFC 3261 branch matching, or the RFC 2543
-    /// fallback (Call-ID, CSeq, From tag, top Via) for requests without a magic-cookie branch.
-    /// ACK is matched to its INVITE. The source address is part of the name too: user agents
-    /// that reuse branches (some do) must not see each other's responses.
-    pub fn of(message: &Message, request: &check::Request, source: SocketAddr) -> Self {
-        let method = if request.method == Method::Ack {
-            Method::Invite.as_str()
-        } else {
-            request.method.as_str()
-        };
-        let top = &request.vias[0];
-        Self(match top.branch() {
-            Some(branch) if top.has_rfc3261_branch() => {
-                format!(
-                    "{source}|{branch}|{}:{}|{method}",
-                    top.host,
-                    top.port.unwrap_or(5060)
-                )
-            }
-            _ => format!(
-                "{source}|2543|{}|{}|{}|{}|{method}",
-                request.call_id,
-                request.cseq,
-                request.from.tag().unwrap_or_default(),
-                message.value("via").unwrap_or_default()
-            ),
-        })
-    }
-}
-
-#[cfg(test)]
-impl ServerKey {
-    /// Any name, for tests of what stores keys.
-    pub fn named(name: &str) -> Self {
-        Self(name.to_owned())
-    }
-}
-
-impl fmt::Display for ServerKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The name of a client transaction: the branch of our Via and the method (a CANCEL shares
-/// the branch of the INVITE it cancels). Recorded in the journal as `branch|METHOD`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub struct ClientKey {
-    pub branch: String,
-    pub method: Method,
-}
-
-impl ClientKey {
-    pub fn new(branch: &str, method: Method) -> Self {
-        Self {
-            branch: branch.to_owned(),
-            method,
-        }
-    }
-}
-
-impl fmt::Display for ClientKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}|{}", self.branch, self.method)
-    }
-}
-
-impl From<ClientKey> for String {
-    fn from(key: ClientKey) -> Self {
-        key.to_string()
-    }
-}
-
-impl TryFrom<String> for ClientKey {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        let (branch, method) = text
-            .rsplit_once('|')
-            .ok_or_else(|| format!("a client transaction key is branch|METHOD, not {text:?}"))?;
-        Ok(Self::new(branch, Method::parse(method)))
-    }
-}
 
 /// The connection number of a caller's TCP connection held by a previous daemon: nothing is
 /// sent on it (connections are numbered from 0 up).

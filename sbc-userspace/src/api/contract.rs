@@ -1,0 +1,141 @@
+//! The admin API's requests and answers, as types: the server writes them, and the client, the
+//! CLI and the tests read them (`ApiResponse::json`). What each route answers:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /v1/health` | `Health` |
+//! | `GET /v1/sessions` | `Sessions` |
+//! | `POST /v1/sessions` (`SessionSpec`), `GET`/`DELETE /v1/sessions/{id}` | `SessionInfo` |
+//! | `GET /v1/stats` | `Stats` |
+//! | `GET /v1/blocks` | `Blocks` |
+//! | `POST /v1/blocks` (`BlockRequest`) | `BlockRequest` (as applied) |
+//! | `DELETE /v1/blocks/{address}` | `Unblocked` |
+//! | `POST /v1/reload` | `Reloaded` |
+//! | `GET /v1/status` | `Status` |
+//! | `GET /v1/calls`, `GET /v1/calls/{call_id}` | `Calls` |
+//! | `GET /v1/backends` | `Backends` |
+//! | `POST /v1/drain` | `DrainStarted` |
+//! | any refusal | `Refusal` |
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::{
+    admission::{AdmissionTotals, BlockInfo},
+    drain::DrainStatus,
+    media::{SessionInfo, SessionSpec},
+    proxy::{BackendSummary, CallSummary, stats::SipCounters},
+};
+
+/// Why a request was refused (with a 4xx or 5xx status).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` while the daemon serves.
+    pub status: String,
+    /// `xdp` or `userspace`.
+    pub dataplane: String,
+    pub sessions: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sessions {
+    pub sessions: Vec<SessionInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The XDP program's verdicts by reason (`None` with the userspace dataplane).
+    pub xdp_reasons: Option<BTreeMap<String, u64>>,
+    /// The SIP guard's verdicts by reason, when the daemon plays the guard itself.
+    pub guard_reasons: BTreeMap<String, u64>,
+    pub ports: Vec<PortPool>,
+    pub sessions: usize,
+    /// `None` without a `[sip]` table.
+    pub sip: Option<SipCounters>,
+    pub admission: Option<AdmissionTotals>,
+}
+
+/// One media address's port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortPool {
+    pub address: IpAddr,
+    pub in_use: usize,
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocks {
+    pub blocks: Vec<BlockInfo>,
+}
+
+/// A source to block (the body of `POST /v1/blocks`), for `secs` (`None`: until removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRequest {
+    pub address: IpAddr,
+    #[serde(default)]
+    pub secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unblocked {
+    pub address: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// The part of the configuration read again (`admission`).
+    pub reloaded: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub dataplane: String,
+    pub drain: DrainStatus,
+    /// `None` without a `[sip]` table.
+    pub calls: Option<CallCounts>,
+    pub sessions: usize,
+    pub backends: Option<BackendCounts>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallCounts {
+    pub active: u64,
+    pub established: u64,
+    pub attempted: u64,
+    pub answered: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendCounts {
+    pub total: usize,
+    pub healthy: usize,
+}
+
+/// Calls, oldest first, each with its media sessions as they stand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calls {
+    pub calls: Vec<CallSummary<SessionInfo>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backends {
+    pub backends: Vec<BackendSummary>,
+}
+
+/// A drain, as it began: what is left to finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainStarted {
+    #[serde(flatten)]
+    pub drain: DrainStatus,
+    pub calls: u64,
+    pub sessions: usize,
+}

@@ -1,0 +1,40 @@
+//! What every route of the API works with: the daemon's parts (`ApiState`), and how a route
+//! refuses (`error`).
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+use super::contract::Refusal;
+use crate::{
+    admission::{AdmissionControl, AdmissionCounters},
+    config::DataplaneMode,
+    dataplane::ReasonCounters,
+    drain::Drain,
+    media::MediaPlane,
+    proxy::{ProxyHandle, stats::SipStats},
+};
+
+pub struct ApiState {
+    pub plane: Arc<MediaPlane>,
+    pub reasons: Option<ReasonCounters>,
+    pub dataplane: DataplaneMode,
+    /// The SIP proxy's counters, when it runs.
+    pub sip: Option<Arc<SipStats>>,
+    pub admission_counters: Option<Arc<AdmissionCounters>>,
+    pub admission: Arc<AdmissionControl>,
+    pub proxy: Option<ProxyHandle>,
+    pub drain: Arc<Drain>,
+    pub started: std::time::Instant,
+}
+
+/// A refusal with `status` and the reason why.
+pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    let refusal = Refusal {
+        error: message.to_string(),
+    };
+    (status, Json(refusal)).into_response()
+}

@@ -1,0 +1,241 @@
+//! The `[sip]` section of the configuration: listeners, backends and how they are chosen and
+//! watched, bounds on what is accepted, TCP, topology hiding; checked here, where it is used.
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::tcp::TcpConfig;
+use crate::{config_error::ConfigError, sip::bounds};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// Where carriers and trunks send SIP (UDP).
+    pub public_listen: SocketAddr,
+    /// Where backends send SIP; defaults to `public_listen` (one interface).
+    #[serde(default)]
+    pub private_listen: Option<SocketAddr>,
+    /// The media servers new calls from the public side go to.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub policy: BalancePolicy,
+    /// An INVITE unanswered (not even 100) this long goes to the next backend.
+    #[serde(default = "default_invite_timeout_ms")]
+    pub invite_timeout_ms: u64,
+    /// Where new requests from the private side go when their Request-URI names no IP address.
+    #[serde(default)]
+    pub trunk: Option<SocketAddr>,
+    /// Retry-After of our 503s.
+    #[serde(default = "default_retry_after_secs")]
+    pub retry_after_secs: u32,
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Bounds on header fields and tokens: what exceeds them is refused, not forwarded.
+    #[serde(default)]
+    pub limits: bounds::Bounds,
+    /// Bounds on SIP over TCP: connections, and how long a message may take.
+    #[serde(default)]
+    pub tcp: TcpConfig,
+    /// What the public side does not learn: which users exist, what runs behind the edge.
+    #[serde(default)]
+    pub hiding: HidingConfig,
+}
+
+impl SipConfig {
+    pub fn private_listen(&self) -> SocketAddr {
+        self.private_listen.unwrap_or(self.public_listen)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: SocketAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Concurrent calls this backend takes (0: no limit); a full backend is skipped.
+    #[serde(default)]
+    pub max_calls: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    #[default]
+    RoundRobin,
+    Weighted,
+    LeastCalls,
+    CallIdHash,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Probe backends with OPTIONS (off for media servers that do not answer OPTIONS: then
+    /// only real traffic says whether a backend is healthy).
+    pub probes: bool,
+    /// Time between OPTIONS probes of each backend.
+    pub interval_ms: u64,
+    /// A probe unanswered this long failed.
+    pub timeout_ms: u64,
+    /// Consecutive failures (probes, INVITE timeouts, 5xx) that mark a backend down.
+    pub failure_threshold: u32,
+    /// Consecutive answered probes that bring it back.
+    pub recovery_threshold: u32,
+    /// Probe answers that count as alive: codes ("404") or ranges ("200-299").
+    pub alive_codes: Vec<String>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            probes: true,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            failure_threshold: 2,
+            recovery_threshold: 2,
+            alive_codes: vec!["200-299".into()],
+        }
+    }
+}
+
+/// Parses an `alive_codes` entry: "404" or "200-299".
+pub fn code_range(entry: &str) -> Option<(u16, u16)> {
+    let (low, high) = entry.split_once('-').unwrap_or((entry, entry));
+    let (low, high) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    ((100..=699).contains(&low) && low <= high && high <= 699).then_some((low, high))
+}
+
+fn default_invite_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_retry_after_secs() -> u32 {
+    5
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl SipConfig {
+    /// Checks what parsing cannot, naming the key of the first problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sip = self;
+        if sip.backends.is_empty() {
+            return Err(ConfigError::new(
+                "sip.backends",
+                "lists no backend: name at least one media server",
+            ));
+        }
+        for (i, backend) in sip.backends.iter().enumerate() {
+            if backend.weight == 0 {
+                return Err(ConfigError::new(
+                    &format!("sip.backends[{i}].weight"),
+                    "must be at least 1",
+                ));
+            }
+            // Two entries for one server would double its share and split its health.
+            if let Some(first) = sip.backends[..i]
+                .iter()
+                .position(|other| other.address == backend.address)
+            {
+                return Err(ConfigError::new(
+                    &format!("sip.backends[{i}].address"),
+                    format!("{} is already sip.backends[{first}]", backend.address),
+                ));
+            }
+        }
+        if sip.invite_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "sip.invite_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        let tcp = &sip.tcp;
+        for (key, value) in [
+            ("sip.tcp.max_connections", tcp.max_connections as u64),
+            (
+                "sip.tcp.max_connections_per_source",
+                tcp.max_connections_per_source as u64,
+            ),
+            ("sip.tcp.message_timeout_ms", tcp.message_timeout_ms),
+            ("sip.tcp.idle_secs", tcp.idle_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        let limits = &sip.limits;
+        for (key, value, least) in [
+            (
+                "sip.limits.max_headers",
+                limits.max_headers,
+                bounds::MIN_HEADERS,
+            ),
+            (
+                "sip.limits.max_header_bytes",
+                limits.max_header_bytes,
+                bounds::MIN_HEADER_BYTES,
+            ),
+            (
+                "sip.limits.max_token_bytes",
+                limits.max_token_bytes,
+                bounds::MIN_TOKEN_BYTES,
+            ),
+        ] {
+            if value < least {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be at least {least} (valid messages need that much)"),
+                ));
+            }
+        }
+        let health = &sip.health;
+        for (key, value) in [
+            ("sip.health.interval_ms", health.interval_ms),
+            ("sip.health.timeout_ms", health.timeout_ms),
+            (
+                "sip.health.failure_threshold",
+                u64::from(health.failure_threshold),
+            ),
+            (
+                "sip.health.recovery_threshold",
+                u64::from(health.recovery_threshold),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        if let Some(bad) = health.alive_codes.iter().find(|c| code_range(c).is_none()) {
+            return Err(ConfigError::new(
+                "sip.health.alive_codes",
+                format!("{bad:?} is neither a status code nor a range like \"200-299\""),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[sip.hiding]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HidingConfig {
+    /// Answer "no such user" to untrusted sources as an existing user is answered.
+    pub uniform_failures: bool,
+    /// Headers removed from messages that leave on the public side from a backend.
+    pub strip_headers: Vec<String>,
+}
+
+impl Default for HidingConfig {
+    fn default() -> Self {
+        Self {
+            uniform_failures: true,
+            strip_headers: ["Server", "User-Agent", "Warning"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
