@@ -107,6 +107,36 @@ fn media_survives_kill_9_and_a_restarted_daemon_adopts_and_ends_the_sessions() {
 }
 
 #[test]
+fn an_adopted_session_keeps_the_silence_the_kernel_saw() {
+    require_lab_privileges();
+    let lab = Lab::up("adopt-idle").expect("lab");
+    let mut daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
+    let calls: Vec<_> = open_calls(&daemon, 0..2, true)
+        .expect("sessions")
+        .into_iter()
+        .map(|(_, call)| call)
+        .collect();
+    Traffic::start(&lab, &calls, Duration::from_secs(1))
+        .finish()
+        .expect("traffic");
+    // Quiet for two seconds, then the daemon dies and a new one adopts the sessions: their
+    // silence started before it, and the media timeout must count it.
+    std::thread::sleep(Duration::from_secs(2));
+    daemon.kill9();
+    daemon.spawn(&[]).expect("restart");
+    let sessions = daemon.sessions().expect("sessions");
+    assert_eq!(sessions.len(), 2);
+    for session in &sessions {
+        assert!(
+            session.idle_ms >= 2000,
+            "session {} counts its silence from the adoption: idle {} ms",
+            session.id,
+            session.idle_ms
+        );
+    }
+}
+
+#[test]
 fn port_exhaustion_is_refused_cleanly_and_disturbs_nothing() {
     require_lab_privileges();
     let lab = Lab::up("ports").expect("lab");

@@ -145,19 +145,24 @@ impl MediaPlane {
             state.lock_peer(key);
         }
         let legs: [LegPorts; 2] = legs.try_into().expect("two legs");
-        state.sessions.insert(
-            id,
-            Session {
-                rtcp_mux,
-                legs,
-                created_ns: monotonic_ns(),
-                // A call's session waits for its restored call to arm it (once answered).
-                armed: !of_call,
-                of_call,
-                relays,
-                audio: Default::default(),
-            },
-        );
+        let now = monotonic_ns();
+        let mut session = Session {
+            rtcp_mux,
+            legs,
+            created_ns: now,
+            quiet_since_ns: now,
+            // A call's session waits for its restored call to arm it (once answered).
+            armed: !of_call,
+            of_call,
+            relays,
+            audio: Default::default(),
+        };
+        // Its silence did not start with this daemon: the kernel kept its last packet's time.
+        let seen = self.media_seen_ns(state, &session);
+        if seen != 0 {
+            session.quiet_since_ns = seen;
+        }
+        state.sessions.insert(id, session);
         Ok(())
     }
 

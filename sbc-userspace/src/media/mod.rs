@@ -105,6 +105,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn arming_a_session_whose_media_already_flowed_keeps_its_silence() {
+        let plane = plane(31800, 31899);
+        let (caller, callee) = (peer(PUBLIC), peer(PRIVATE));
+        let info = plane
+            .create_for_call(&spec(&caller, &callee, true))
+            .unwrap();
+        let (id, a_local) = (info.id, info.legs[Leg::A].local_rtp);
+        tokio::task::spawn_blocking(move || {
+            caller.send_to(b"early media", a_local).unwrap();
+            assert!(recv(&callee).is_some(), "relayed");
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Answered (or taken over after a restart) now: the 300 ms of silence still count.
+        plane.arm(id);
+        let idle = plane.get(id).unwrap().idle_ms;
+        assert!(idle >= 300, "arming restarted the idle clock: {idle} ms");
+
+        // A session that saw nothing before it was armed is quiet from the arming on.
+        let (caller, callee) = (peer(PUBLIC), peer(PRIVATE));
+        let quiet = plane
+            .create_for_call(&spec(&caller, &callee, true))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        plane.arm(quiet.id);
+        let idle = plane.get(quiet.id).unwrap().idle_ms;
+        assert!(idle < 300, "ringing counted as silence: {idle} ms");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn relays_to_where_a_peer_really_sends_from() {
         let plane = plane(31100, 31199);
         let (caller, callee) = (peer(PUBLIC), peer(PRIVATE));

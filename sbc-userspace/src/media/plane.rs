@@ -104,6 +104,10 @@ pub(super) struct Session {
     pub legs: [LegPorts; 2],
     /// When it was created, or its media timeout armed.
     pub created_ns: u64,
+    /// Since when its silence counts (its idle time, until media arrives): its creation, its
+    /// arming if no media had come before, or for a session adopted after a restart the last
+    /// packet the kernel saw of it.
+    pub quiet_since_ns: u64,
     /// Whether the media timeout applies yet (a call's media is only expected once answered).
     pub armed: bool,
     /// Made for a call of the SIP proxy (`create_for_call`), not through the API.
@@ -335,12 +339,43 @@ impl MediaPlane {
         self.create_session(spec, true)
     }
 
-    /// Starts a session's media timeout from now.
+    /// Starts a session's media timeout: from now if no media came yet, else media that
+    /// already flowed (early media, or a call taken over after a restart) keeps counting.
     pub fn arm(&self, id: u32) {
-        if let Some(session) = self.lock().sessions.get_mut(&id) {
+        let now = monotonic_ns();
+        let mut state = self.lock();
+        let Some(seen) = state
+            .sessions
+            .get(&id)
+            .map(|session| self.media_seen_ns(&state, session))
+        else {
+            return;
+        };
+        if let Some(session) = state.sessions.get_mut(&id) {
             session.armed = true;
-            session.created_ns = monotonic_ns();
+            session.created_ns = now;
+            if seen == 0 {
+                session.quiet_since_ns = now;
+            }
         }
+    }
+
+    /// When media last arrived on any of a session's ports, relayed in the kernel or here
+    /// (0: never).
+    pub(super) fn media_seen_ns(&self, state: &State, session: &Session) -> u64 {
+        session
+            .keys()
+            .map(|key| {
+                let here = state.flows.get(&key).map_or(0, |e| e.counters.last_seen_ns);
+                let kernel = self
+                    .kernel_stats
+                    .as_ref()
+                    .and_then(|k| k.get(&key))
+                    .map_or(0, |stats| stats.last_seen_ns);
+                here.max(kernel)
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Ends the sessions made for calls that none of `claimed` is (adopted from a daemon that
@@ -388,12 +423,14 @@ impl MediaPlane {
         state.install_in_kernel(&entries)?;
         let relays = self.activate_flows(&mut state, entries);
         let [a, b] = legs;
+        let now = monotonic_ns();
         state.sessions.insert(
             id,
             Session {
                 rtcp_mux: spec.rtcp_mux,
                 legs: [a.leg, b.leg],
-                created_ns: monotonic_ns(),
+                created_ns: now,
+                quiet_since_ns: now,
                 // A call's media is only expected once it is answered.
                 armed: !of_call,
                 of_call,
@@ -702,7 +739,7 @@ impl MediaPlane {
 
     pub(super) fn info_locked(&self, state: &State, id: u32, now: u64) -> Option<SessionInfo> {
         let session = state.sessions.get(&id)?;
-        let mut last_seen = session.created_ns;
+        let mut last_seen = session.quiet_since_ns;
         // A stream's counters, its flow, and when media last arrived on it (0: never).
         let mut stream_info = |local: SocketAddr| -> (StreamCounters, Option<Flow>, u64) {
             let key = flow_key(local);
