@@ -5,7 +5,7 @@
 //! The protocol itself is `core`: a state machine without I/O, handed one input at a time with
 //! the time (a message, a timer, a media notice) and asked for what to do (send, record,
 //! schedule). One task (`driver`) owns the core, the sockets and the timers, and handles one
-//! queued at a time: nothing is shared, so nothing is locked; the media plane is the only
+//! queued item at a time: nothing is shared, so nothing is locked; the media plane is the only
 //! thing the core calls out to (`anchoring`).
 mod arriving;
 pub mod config;

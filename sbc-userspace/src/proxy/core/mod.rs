@@ -322,10 +322,7 @@ impl Core {
         if self.waited < bound
             || peer.side == Side::Private
             || peer.transport != Transport::Udp
-            || self
-                .calls
-                .values()
-                .any(|call| call.call_id == request.call_id)
+            || self.find_call(request).is_some()
         {
             return false;
         }
