@@ -92,7 +92,7 @@ impl ApiResponse {
 
     /// The body as a type of `api::contract`, whatever the status.
     pub fn json<T: DeserializeOwned>(&self) -> anyhow::Result<T> {
-        serde_json::from_value(self.body.clone()).with_context(|| {
+        T::deserialize(&self.body).with_context(|| {
             format!(
                 "the daemon's answer does not read as {}: {}",
                 std::any::type_name::<T>(),

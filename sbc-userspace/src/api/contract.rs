@@ -1,21 +1,6 @@
 //! The admin API's requests and answers, as types: the server writes them, and the client, the
-//! CLI and the tests read them (`ApiResponse::json`). What each route answers:
-//!
-//! | route | answer |
-//! |---|---|
-//! | `GET /v1/health` | `Health` |
-//! | `GET /v1/sessions` | `Sessions` |
-//! | `POST /v1/sessions` (`SessionSpec`), `GET`/`DELETE /v1/sessions/{id}` | `SessionInfo` |
-//! | `GET /v1/stats` | `Stats` |
-//! | `GET /v1/blocks` | `Blocks` |
-//! | `POST /v1/blocks` (`BlockRequest`) | `BlockRequest` (as applied) |
-//! | `DELETE /v1/blocks/{address}` | `Unblocked` |
-//! | `POST /v1/reload` | `Reloaded` |
-//! | `GET /v1/status` | `Status` |
-//! | `GET /v1/calls`, `GET /v1/calls/{call_id}` | `Calls` |
-//! | `GET /v1/backends` | `Backends` |
-//! | `POST /v1/drain` | `DrainStarted` |
-//! | any refusal | `Refusal` |
+//! CLI and the tests read them (`ApiResponse::expect`). Which route answers which is in the route
+//! table of `api::server`.
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};

@@ -1,23 +1,25 @@
 //! Routes of the control API.
 //!
-//! | method and path          | what                                                   |
-//! |--------------------------|--------------------------------------------------------|
-//! | `GET /v1/health`         | liveness, dataplane mode, session count                |
-//! | `GET /v1/sessions`       | every media session with its counters                  |
-//! | `POST /v1/sessions`      | create one (`SessionSpec`); 503 + Retry-After when full |
-//! | `GET /v1/sessions/{id}`  | one session                                            |
-//! | `DELETE /v1/sessions/{id}` | end it; answers its final counters                   |
-//! | `GET /v1/stats`          | XDP verdicts by reason, port pool use, SIP and admission counters |
-//! | `GET /v1/blocks`         | the dynamic blocks in force                            |
-//! | `POST /v1/blocks`        | block a source (`{"address": .., "secs": ..}`)         |
-//! | `DELETE /v1/blocks/{address}` | lift a block                                      |
-//! | `POST /v1/reload`        | read `[admission]` from the config file again          |
-//! | `GET /v1/status`         | version, uptime, drain state, call and backend counts  |
-//! | `GET /v1/calls`          | every call with its media sessions (legs, counters, latching) |
-//! | `GET /v1/calls/{call_id}` | the calls with that Call-ID                           |
-//! | `GET /v1/backends`       | the backend pool: health, load, failure ratio          |
-//! | `POST /v1/drain`         | refuse new calls, exit once the last call has ended    |
-//! | `GET /metrics`           | Prometheus metrics                                     |
+//! | method and path | what | answer (`api::contract`) |
+//! |---|---|---|
+//! | `GET /v1/health` | liveness, dataplane mode, session count | `Health` |
+//! | `GET /v1/sessions` | every media session with its counters | `Sessions` |
+//! | `POST /v1/sessions` | create one (`SessionSpec`); 503 + Retry-After when full | `SessionInfo` |
+//! | `GET /v1/sessions/{id}` | one session | `SessionInfo` |
+//! | `DELETE /v1/sessions/{id}` | end it; answers its final counters | `SessionInfo` |
+//! | `GET /v1/stats` | XDP verdicts by reason, port pool use, SIP and admission counters | `Stats` |
+//! | `GET /v1/blocks` | the dynamic blocks in force | `Blocks` |
+//! | `POST /v1/blocks` | block a source (`BlockRequest`) | `BlockRequest`, as applied |
+//! | `DELETE /v1/blocks/{address}` | lift a block | `Unblocked` |
+//! | `POST /v1/reload` | read `[admission]` from the config file again | `Reloaded` |
+//! | `GET /v1/status` | version, uptime, drain state, call and backend counts | `Status` |
+//! | `GET /v1/calls` | every call with its media sessions (legs, counters, latching) | `Calls` |
+//! | `GET /v1/calls/{call_id}` | the calls with that Call-ID | `Calls` |
+//! | `GET /v1/backends` | the backend pool: health, load, failure ratio | `Backends` |
+//! | `POST /v1/drain` | refuse new calls, exit once the last call has ended | `DrainStarted` |
+//! | `GET /metrics` | Prometheus metrics | text |
+//!
+//! Every refusal answers `Refusal` (`{"error": ..}`).
 //!
 //! Over TCP (`api.listen`) every route needs `Authorization: Bearer <token>` when
 //! `api.token_file` is set; the Unix socket is guarded by its file mode.

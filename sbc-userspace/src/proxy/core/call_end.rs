@@ -49,3 +49,25 @@ impl CallEnd {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metric_label_and_the_event_say_it_the_same_way() {
+        for end in [
+            CallEnd::Bye,
+            CallEnd::Cancelled,
+            CallEnd::Failed,
+            CallEnd::Replaced,
+            CallEnd::LostInRestart,
+            CallEnd::MediaLostInRestart,
+            CallEnd::MediaTimeout,
+            CallEnd::NoAudio,
+            CallEnd::DrainDeadline,
+        ] {
+            assert_eq!(serde_json::to_value(end).unwrap(), end.name());
+        }
+    }
+}
