@@ -1,57 +1,115 @@
-//! Finding and hashing the Call-ID of a SIP message, one byte at a time.
+//! Finding and hashing the Call-ID of a SIP message, a word (8 bytes) at a time.
 //!
-//! `CallIdScanner` is a small state machine fed the message's bytes in order. The XDP program
-//! feeds it from `bpf_loop` (the verifier checks one step, not every iteration of a long scan);
-//! the daemon's tests feed it from a slice with `call_id_hash`: the same code either way.
+//! The XDP program copies the first `SCAN_BUFFER` bytes of a datagram into a `ScanWindow` and
+//! runs `CallIdScan::step` once per word from `bpf_loop` (the verifier checks one step, not
+//! every iteration of a long scan); the daemon runs the same steps over its own copy with
+//! `find_call_id_hash`. A step finds the line feeds in its word at once (SWAR), so only line
+//! starts are looked at, and a line start is told apart by its first eight bytes.
 //!
-//! What it accepts: a header line (after the first line) named `Call-ID` (any case) or `i` (the
-//! compact form), optional blanks, a colon, optional blanks, then the value up to the first
-//! blank or line end. It gives up at the blank line that ends the headers, on a value longer
-//! than `CALL_ID_MAX` or folded onto the next line, and when the bytes run out (a scan is cut
-//! at `SCAN_BUFFER` bytes): the packet is then treated as out of dialog, which is limited but
+//! What it accepts: a header line (after the first line) named `Call-ID` (any case) or `i`
+//! (the compact form), at most 7 blanks, a colon, at most 7 blanks (each run read as one word), then
+//! the value up to the first byte below `!` (a blank or a line end: RFC 3261's `word` has no
+//! such byte). It gives up at the blank line that ends the headers, on a value longer than
+//! `CALL_ID_MAX` or folded onto the next line, and when the bytes run out (a scan is cut at
+//! `SCAN_BUFFER` bytes): the packet is then treated as out of dialog, which is limited but
 //! never lost while under its limit.
-use crate::guard::Fnv1a;
 
-/// Bytes of a datagram that are scanned at most (the size of the XDP program's scan buffer).
+/// Bytes of a datagram that are scanned at most.
 pub const SCAN_BUFFER: usize = 2048;
+/// Size of a `ScanWindow`: a power of two (word indexes are masked into it, which the verifier
+/// can follow) that leaves room to read whole words past the scanned bytes.
+pub const SCAN_WINDOW: usize = 4096;
+const WINDOW_WORDS: usize = SCAN_WINDOW / 8;
+/// Words the header search looks at per step: fewer steps would cost less, but the
+/// verifier follows every path through a step's words (two already take it past its limit).
+const STEP_WORDS: usize = 1;
+const STEP_BYTES: usize = STEP_WORDS * 8;
 /// Longest Call-ID value hashed.
-pub const CALL_ID_MAX: u32 = 256;
-/// Blanks accepted before and after the colon.
-const BLANKS_MAX: u32 = 8;
-const NAME_BYTES: &[u8; 7] = b"call-id";
+pub const CALL_ID_MAX: usize = 256;
 
-// States (plain integers: the scanner lives in BPF stack memory and is matched on cheaply).
-/// Inside a line that is not the Call-ID header (the first line starts here).
-const IN_LINE: u32 = 0;
-/// Right after a line feed.
-const LINE_START: u32 = 1;
-/// `count` bytes of `call-id` matched.
-const IN_NAME: u32 = 2;
-/// The compact name `i` matched.
-const COMPACT: u32 = 3;
-/// The name matched; `count` blanks before the colon.
-const BEFORE_COLON: u32 = 4;
-/// The colon matched; `count` blanks after it.
-const AFTER_COLON: u32 = 5;
-/// `count` bytes of the value hashed.
-const VALUE: u32 = 6;
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// What a byte fed to the scanner led to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Keep feeding.
-    More,
-    /// The Call-ID's hash (the byte fed ended its value).
-    Found(u64),
-    /// There is no Call-ID to find within the bounds.
-    NotFound,
+/// `Call-ID` lower-cased in its first seven bytes (little-endian), and the bits that lower-case
+/// its letters (not the `-`, which `| 0x20` would leave alone but a `\r` would turn into).
+const CALL_ID_NAME: u64 = u64::from_le_bytes(*b"call-id\0");
+const CALL_ID_LETTERS: u64 = u64::from_le_bytes([0x20, 0x20, 0x20, 0x20, 0, 0x20, 0x20, 0]);
+const SEVEN_BYTES: u64 = 0x00ff_ffff_ffff_ffff;
+
+/// The first bytes of a datagram, copied where whole words can be read at any offset.
+#[repr(C, align(8))]
+pub struct ScanWindow {
+    pub bytes: [u8; SCAN_WINDOW],
 }
 
-#[repr(C)]
-pub struct CallIdScanner {
-    state: u32,
-    count: u32,
-    hasher: Fnv1a,
+impl ScanWindow {
+    /// The aligned word `index` (bytes `8 * index ..`), little-endian.
+    #[inline(always)]
+    pub fn word(&self, index: usize) -> u64 {
+        // SAFETY: the index is masked into the window, whose bytes are 8-aligned.
+        let word = unsafe {
+            *self
+                .bytes
+                .as_ptr()
+                .add((index & (WINDOW_WORDS - 1)) * 8)
+                .cast::<u64>()
+        };
+        u64::from_le(word)
+    }
+
+    /// The eight bytes from `offset` on, as one little-endian word (two aligned reads, and no
+    /// branch: each one doubles the paths the verifier follows through a loop).
+    #[inline(always)]
+    pub fn word_at(&self, offset: usize) -> u64 {
+        let (index, shift) = (offset / 8, (offset % 8) * 8);
+        // `<< 1 << (63 - shift)` is `<< (64 - shift)`, and shifts everything out at 0.
+        (self.word(index) >> shift) | (self.word(index + 1) << 1 << (63 - shift))
+    }
+
+    #[inline(always)]
+    pub fn byte(&self, offset: usize) -> u8 {
+        self.bytes[offset & (SCAN_WINDOW - 1)]
+    }
+}
+
+/// The high bit of each byte of `word` that is zero, and of no other (exact, unlike the
+/// cheaper test that may flag a byte above a zero one).
+#[inline(always)]
+const fn zero_bytes(word: u64) -> u64 {
+    let low_bits = (word & !HIGHS).wrapping_add(!HIGHS);
+    !(low_bits | word | !HIGHS)
+}
+
+/// The high bit of each byte of `word` equal to `byte`.
+#[inline(always)]
+const fn bytes_equal(word: u64, byte: u8) -> u64 {
+    zero_bytes(word ^ (ONES * byte as u64))
+}
+
+/// The high bit of the first byte of `word` (lowest address) below `!`, and perhaps of later
+/// ones: the classic borrow test is exact up to the first hit, which is all a scan needs.
+#[inline(always)]
+const fn first_below_bang(word: u64) -> u64 {
+    word.wrapping_sub(ONES * b'!' as u64) & !word & HIGHS
+}
+
+/// The index of the lowest byte whose high bit is set in `flags` (only high bits set), by a
+/// multiplication rather than `trailing_zeros`, which BPF computes with a table lookup whose
+/// index the verifier must then track.
+#[inline(always)]
+const fn first_flagged_byte(flags: u64) -> usize {
+    let lowest = (flags & flags.wrapping_neg()) >> 7;
+    (lowest.wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
+}
+
+/// The bytes of `word` before byte `n` (`n` from 0 to 8).
+#[inline(always)]
+const fn first_bytes(word: u64, n: usize) -> u64 {
+    if n >= 8 {
+        word
+    } else {
+        word & ((1u64 << (n * 8)) - 1)
+    }
 }
 
 #[inline(always)]
@@ -59,106 +117,232 @@ fn is_blank(byte: u8) -> bool {
     byte == b' ' || byte == b'\t'
 }
 
-impl CallIdScanner {
+/// How many blanks `word` starts with (8: it is all blanks, more than a header may have).
+#[inline(always)]
+fn leading_blanks(word: u64) -> usize {
+    let blanks = bytes_equal(word, b' ') | bytes_equal(word, b'\t');
+    ((!blanks & HIGHS).trailing_zeros() / 8) as usize
+}
+
+/// A seeded hash of a Call-ID, fed a word at a time: it keys the dialogs map. Not
+/// cryptographic; the seed (random per daemon) keeps strangers from aiming at a given key.
+pub struct CallIdHasher(u64);
+
+impl CallIdHasher {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+
     #[inline(always)]
     pub const fn new(seed: u64) -> Self {
+        Self(Self::OFFSET ^ seed)
+    }
+
+    /// Eight bytes of the value, little-endian.
+    #[inline(always)]
+    pub fn write_word(&mut self, word: u64) {
+        let mixed = (self.0 ^ word).wrapping_mul(Self::MULTIPLIER);
+        self.0 = mixed.rotate_left(29);
+    }
+
+    /// The last, partial word (its bytes past the value zero: a value whose length is a
+    /// multiple of eight ends with an empty one) and the value's length.
+    #[inline(always)]
+    pub fn finish(mut self, last: u64, len: usize) -> u64 {
+        self.write_word(last);
+        // The finaliser of MurmurHash3, so that every input bit reaches every output bit.
+        let mut hash = self.0 ^ len as u64;
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        hash ^ (hash >> 33)
+    }
+}
+
+/// The key of a dialog in the dialogs map, as the daemon computes it from a parsed Call-ID.
+pub fn call_id_hash(call_id: &[u8], seed: u64) -> u64 {
+    let mut hasher = CallIdHasher::new(seed);
+    let mut words = call_id.chunks_exact(8);
+    for word in &mut words {
+        hasher.write_word(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+    }
+    let mut last = [0u8; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    hasher.finish(u64::from_le_bytes(last), call_id.len())
+}
+
+/// A Call-ID scan over a `ScanWindow`, in three parts so that no `bpf_loop` step holds a loop
+/// within a loop (the verifier would follow every combination): `step` per word finds the
+/// header, `start_value` reads past its colon, `value_step` per word hashes the value.
+#[repr(C)]
+pub struct CallIdScan {
+    /// Bytes of the window that hold the message.
+    len: usize,
+    /// Where the Call-ID header's name ends (0: not found).
+    name_end: usize,
+    value_start: usize,
+    hasher: CallIdHasher,
+    result: Option<u64>,
+}
+
+impl CallIdScan {
+    /// Words of a value `value_step` looks at, at most.
+    pub const VALUE_WORDS: usize = CALL_ID_MAX / 8;
+
+    /// A scan of the first `len` bytes of a window (at most `SCAN_BUFFER`).
+    #[inline(always)]
+    pub const fn new(len: usize, seed: u64) -> Self {
         Self {
-            state: IN_LINE,
-            count: 0,
-            hasher: Fnv1a::new(seed),
+            len: if len > SCAN_BUFFER { SCAN_BUFFER } else { len },
+            name_end: 0,
+            value_start: 0,
+            hasher: CallIdHasher::new(seed),
+            result: None,
         }
     }
 
+    /// Steps the header search may take (`step`'s indexes run below it).
     #[inline(always)]
-    fn go(&mut self, state: u32, count: u32) -> Step {
-        self.state = state;
-        self.count = count;
-        Step::More
+    pub const fn steps(&self) -> usize {
+        self.len.div_ceil(STEP_BYTES)
     }
 
-    /// Not the Call-ID after all: on to the next line.
+    /// The Call-ID's hash, if the scan found one.
     #[inline(always)]
-    fn other_line(&mut self, byte: u8) -> Step {
-        self.go(if byte == b'\n' { LINE_START } else { IN_LINE }, 0)
+    pub const fn result(&self) -> Option<u64> {
+        self.result
     }
 
-    /// Feeds the next byte of the message.
+    /// Looks at the lines that start in the `STEP_WORDS` words of step `index` for the
+    /// Call-ID header; false when the search is over (found, or known not to be there). The
+    /// index comes from the caller (`bpf_loop`'s counter), not from state kept between steps:
+    /// the verifier then sees one step for all, where a position it tracked from step to step
+    /// would be a new state each.
     #[inline(always)]
-    pub fn feed(&mut self, byte: u8) -> Step {
-        // ASCII letters lower-case with 0x20; the '-' of the name is unaffected by it.
-        let lower = byte | 0x20;
-        match self.state {
-            IN_LINE => self.other_line(byte),
-            LINE_START => {
-                if byte == b'\r' || byte == b'\n' {
-                    Step::NotFound
-                } else if lower == b'c' {
-                    self.go(IN_NAME, 1)
-                } else if lower == b'i' {
-                    self.go(COMPACT, 0)
-                } else {
-                    self.other_line(byte)
-                }
-            }
-            IN_NAME => {
-                let index = self.count as usize;
-                if index < NAME_BYTES.len() && lower == NAME_BYTES[index] {
-                    if index + 1 == NAME_BYTES.len() {
-                        self.go(BEFORE_COLON, 0)
-                    } else {
-                        self.go(IN_NAME, self.count + 1)
-                    }
-                } else {
-                    self.other_line(byte)
-                }
-            }
-            COMPACT | BEFORE_COLON => {
-                if byte == b':' {
-                    self.go(AFTER_COLON, 0)
-                } else if is_blank(byte) && self.count < BLANKS_MAX {
-                    self.go(BEFORE_COLON, self.count + 1)
-                } else {
-                    self.other_line(byte)
-                }
-            }
-            AFTER_COLON => {
-                if is_blank(byte) && self.count < BLANKS_MAX {
-                    self.go(AFTER_COLON, self.count + 1)
-                } else if is_blank(byte) || byte == b'\r' || byte == b'\n' {
-                    // Empty, folded onto the next line, or too many blanks.
-                    Step::NotFound
-                } else {
-                    self.hasher.write_byte(byte);
-                    self.go(VALUE, 1)
-                }
-            }
-            VALUE => {
-                if is_blank(byte) || byte == b'\r' || byte == b'\n' {
-                    Step::Found(self.hasher.finish())
-                } else if self.count + 1 >= CALL_ID_MAX {
-                    Step::NotFound
-                } else {
-                    self.hasher.write_byte(byte);
-                    self.go(VALUE, self.count + 1)
-                }
-            }
-            _ => Step::NotFound,
+    pub fn step(&mut self, window: &ScanWindow, index: usize) -> bool {
+        let base = index * STEP_BYTES;
+        // A line starts after each line feed; the first line is the start line, never a header.
+        let mut feeds = [0u64; STEP_WORDS];
+        let mut any = 0;
+        for (n, word_feeds) in feeds.iter_mut().enumerate() {
+            *word_feeds = bytes_equal(window.word(index * STEP_WORDS + n), b'\n');
+            any |= *word_feeds;
         }
+        if any == 0 && base + STEP_BYTES <= self.len {
+            return true;
+        }
+        for (n, word_feeds) in feeds.into_iter().enumerate() {
+            if !self.lines(window, base + n * 8, word_feeds) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Looks at the lines that start after the line feeds `feeds` of the word at `base`; false
+    /// when the search is over.
+    #[inline(always)]
+    fn lines(&mut self, window: &ScanWindow, base: usize, mut feeds: u64) -> bool {
+        if base >= self.len {
+            return false;
+        }
+        if base + 8 > self.len {
+            feeds &= first_bytes(u64::MAX, self.len - base);
+        }
+        for _ in 0..8 {
+            if feeds == 0 {
+                break;
+            }
+            let line = base + first_flagged_byte(feeds) + 1;
+            feeds &= feeds - 1;
+            if line >= self.len {
+                return false;
+            }
+            let head = window.word_at(line);
+            let first = head as u8;
+            if first == b'\r' || first == b'\n' {
+                // The blank line that ends the headers.
+                return false;
+            }
+            // The name, then a colon or a blank (`Call-Info`, `If-Match`: other headers).
+            let name_len = if (head | CALL_ID_LETTERS) & SEVEN_BYTES == CALL_ID_NAME {
+                7
+            } else if first | 0x20 == b'i' {
+                1
+            } else {
+                continue;
+            };
+            let next = (head >> (name_len * 8)) as u8;
+            if next == b':' || is_blank(next) {
+                self.name_end = line + name_len;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// After `step` found the header: reads past the colon to the value; false if there is
+    /// none to hash. Without loops (a word at a time), so that the verifier follows one path.
+    #[inline(always)]
+    pub fn start_value(&mut self, window: &ScanWindow) -> bool {
+        if self.name_end == 0 {
+            return false;
+        }
+        let colon = self.name_end + leading_blanks(window.word_at(self.name_end));
+        if window.byte(colon) != b':' {
+            return false;
+        }
+        let value = colon + 1 + leading_blanks(window.word_at(colon + 1));
+        // Empty, folded onto the next line, too many blanks, or past the datagram.
+        if value >= self.len || window.byte(value) < b'!' {
+            return false;
+        }
+        self.value_start = value;
+        true
+    }
+
+    /// Hashes word `n` of the value (`n` below `VALUE_WORDS`); false once the value ended.
+    #[inline(always)]
+    pub fn value_step(&mut self, window: &ScanWindow, n: usize) -> bool {
+        let offset = n * 8;
+        let word = window.word_at(self.value_start + offset);
+        let ends = first_below_bang(word);
+        if ends == 0 {
+            self.hasher.write_word(word);
+            return true;
+        }
+        let len = offset + first_flagged_byte(ends);
+        // The byte that ends the value must be one of the message's.
+        if self.value_start + len < self.len && len < CALL_ID_MAX {
+            let hasher = CallIdHasher(self.hasher.0);
+            self.result = Some(hasher.finish(first_bytes(word, len - offset), len));
+        }
+        false
     }
 }
 
 /// The seeded hash of the Call-ID of `message` (at most its first `SCAN_BUFFER` bytes), as
 /// the XDP program computes it.
-pub fn call_id_hash(message: &[u8], seed: u64) -> Option<u64> {
-    let mut scanner = CallIdScanner::new(seed);
-    for &byte in message.iter().take(SCAN_BUFFER) {
-        match scanner.feed(byte) {
-            Step::More => {}
-            Step::Found(hash) => return Some(hash),
-            Step::NotFound => return None,
+pub fn find_call_id_hash(message: &[u8], seed: u64) -> Option<u64> {
+    let mut window = ScanWindow {
+        bytes: [0; SCAN_WINDOW],
+    };
+    let len = message.len().min(SCAN_BUFFER);
+    window.bytes[..len].copy_from_slice(&message[..len]);
+    let mut scan = CallIdScan::new(len, seed);
+    for index in 0..scan.steps() {
+        if !scan.step(&window, index) {
+            break;
         }
     }
-    None
+    if scan.start_value(&window) {
+        for n in 0..CallIdScan::VALUE_WORDS {
+            if !scan.value_step(&window, n) {
+                break;
+            }
+        }
+    }
+    scan.result()
 }
 
 #[cfg(test)]
@@ -166,14 +350,13 @@ mod tests {
     use std::format;
 
     use super::*;
-    use crate::guard;
 
     fn scan(message: &[u8]) -> Option<u64> {
-        call_id_hash(message, 42)
+        find_call_id_hash(message, 42)
     }
 
     fn expect(call_id: &str) -> Option<u64> {
-        Some(guard::call_id_hash(call_id.as_bytes(), 42))
+        Some(call_id_hash(call_id.as_bytes(), 42))
     }
 
     const ID: &str = "a84b4c76e66710@pc33.atlanta.com";
@@ -187,21 +370,49 @@ mod tests {
             "i: a84b4c76e66710@pc33.atlanta.com",
             "I :a84b4c76e66710@pc33.atlanta.com",
         ] {
-            let message = format!(
-                "BYE sip:bob@192.0.2.4 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1\r\n{header}\r\nCSeq: 2 BYE\r\n\r\n"
-            );
-            assert_eq!(scan(message.as_bytes()), expect(ID), "{header}");
+            // Every alignment of the header against the words.
+            for pad in 0..8 {
+                let message = format!(
+                    "BYE sip:bob@192.0.2.4 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1{}\r\n{header}\r\nCSeq: 2 BYE\r\n\r\n",
+                    "x".repeat(pad)
+                );
+                assert_eq!(scan(message.as_bytes()), expect(ID), "{header}, {pad}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_of_every_length_hash_as_the_daemon_hashes_them() {
+        for len in 1..CALL_ID_MAX {
+            let id: std::string::String =
+                (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            let message = format!("OPTIONS sip:a@b SIP/2.0\r\nCall-ID: {id}\r\n\r\n");
+            assert_eq!(scan(message.as_bytes()), expect(&id), "{len} bytes");
         }
     }
 
     #[test]
     fn lookalike_headers_and_bodies_are_not_the_call_id() {
         let message = "INVITE sip:b@h SIP/2.0\r\nIf-Match: x\r\nCall-Info: <http://x>\r\n\
-                       i-x: y\r\n\r\nCall-ID: in-the-body\r\n";
+                       i-x: y\r\nCall\rID: z\r\n\r\nCall-ID: in-the-body\r\n";
         assert_eq!(scan(message.as_bytes()), None);
-        // A response carries it the same way.
-        let response = format!("SIP/2.0 200 OK\r\nCall-Id: {ID}\r\n\r\n");
+        // A response carries it the same way; LF alone ends lines too.
+        let response = format!("SIP/2.0 200 OK\nCall-Id: {ID}\n\n");
         assert_eq!(scan(response.as_bytes()), expect(ID));
+        assert_eq!(
+            scan(format!("Call-ID: {ID}\r\n\r\n").as_bytes()),
+            None,
+            "start line"
+        );
+    }
+
+    #[test]
+    fn hashes_depend_on_every_byte_and_the_seed() {
+        let a = call_id_hash(ID.as_bytes(), 7);
+        assert_eq!(a, call_id_hash(ID.as_bytes(), 7));
+        assert_ne!(a, call_id_hash(b"a84b4c76e66710@pc33.atlanta.coM", 7));
+        assert_ne!(a, call_id_hash(ID.as_bytes(), 8));
+        assert_ne!(call_id_hash(b"abcdefgh", 7), call_id_hash(b"abcdefgh\0", 7));
     }
 
     #[test]
@@ -211,22 +422,27 @@ mod tests {
         assert_eq!(scan(late.as_bytes()), None, "ends past the scanned bytes");
         let long = format!(
             "OPTIONS sip:a@b SIP/2.0\r\nCall-ID: {}\r\n\r\n",
-            "c".repeat(CALL_ID_MAX as usize)
+            "c".repeat(CALL_ID_MAX)
         );
         assert_eq!(scan(long.as_bytes()), None, "too long");
-        let longest = "c".repeat(CALL_ID_MAX as usize - 1);
+        let longest = "c".repeat(CALL_ID_MAX - 1);
         let fits = format!("OPTIONS sip:a@b SIP/2.0\r\nCall-ID: {longest}\r\n\r\n");
         assert_eq!(scan(fits.as_bytes()), expect(&longest));
         let cut = format!("OPTIONS sip:a@b SIP/2.0\r\nCall-ID: {ID}");
         assert_eq!(
-            scan(&cut.as_bytes()[..cut.len() - 3]),
+            scan(cut.as_bytes()),
             None,
-            "runs past the datagram"
+            "runs to the end of the datagram"
         );
         assert_eq!(
             scan(b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID:   \r\n\r\n"),
             None,
             "empty"
+        );
+        assert_eq!(
+            scan(b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID:\r\n x\r\n\r\n"),
+            None,
+            "folded"
         );
     }
 }

@@ -3,7 +3,7 @@
 /// Version of the map layout. Pins live under `<bpffs>/sbc/<instance>/v<MAP_ABI_VERSION>/`, so a
 /// daemon with another layout never misreads old maps; bump it whenever the type of a map that
 /// carries calls changes (a map of `REBUILT` is replaced instead, see there).
-pub const MAP_ABI_VERSION: u32 = 4;
+pub const MAP_ABI_VERSION: u32 = 5;
 
 /// `HashMap<FlowKey, Flow>`: what to do with media arriving at a local port.
 pub const FLOWS: &str = "SBC_FLOWS";
@@ -28,6 +28,9 @@ pub const SOURCES: &str = "SBC_SOURCES";
 pub const BLOCKS: &str = "SBC_BLOCKS";
 /// `HashMap<u64, Dialog>`: the known dialogs, by Call-ID hash.
 pub const DIALOGS: &str = "SBC_DIALOGS";
+/// `HashMap<IpAddress, u32>`: the sources that are the caller of calls we hold, with how many:
+/// the guard drops a blocked source's datagrams unread unless it is one of them.
+pub const PARTIES: &str = "SBC_PARTIES";
 
 /// All maps, for pinning and re-opening.
 pub const ALL: &[&str] = &[
@@ -41,13 +44,22 @@ pub const ALL: &[&str] = &[
     SOURCES,
     BLOCKS,
     DIALOGS,
+    PARTIES,
 ];
 
 /// Maps that hold nothing a call needs, only what the daemon writes anew at every start
 /// (configuration, listeners, verdict counters, rate buckets, dynamic blocks). A pinned one
 /// whose layout differs from this build's is replaced rather than refused: an upgrade that
 /// changes only these keeps every call and loses counts, buckets and blocks, which rebuild.
-pub const REBUILT: &[&str] = &[REASONS, SIP_LISTENERS, GUARD, SOURCE_RULES, SOURCES, BLOCKS];
+pub const REBUILT: &[&str] = &[
+    REASONS,
+    SIP_LISTENERS,
+    GUARD,
+    SOURCE_RULES,
+    SOURCES,
+    BLOCKS,
+    PARTIES,
+];
 
 /// Capacity of the flow maps (two legs, RTP and RTCP: up to four flows per session).
 pub const MAX_FLOWS: usize = 65536;
@@ -63,6 +75,8 @@ pub const MAX_SOURCES: usize = 65536;
 pub const MAX_BLOCKS: usize = 16384;
 /// Capacity of the dialogs map (about one per call).
 pub const MAX_DIALOGS: usize = 65536;
+/// Capacity of the parties map (at most one per call).
+pub const MAX_PARTIES: usize = MAX_DIALOGS;
 
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "sbc_xdp";

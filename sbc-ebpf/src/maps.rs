@@ -7,10 +7,10 @@ use aya_ebpf::{
 use sbc_common::{
     Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SourceBucket,
     SourceRule,
-    call_id::SCAN_BUFFER,
+    call_id::ScanWindow,
     maps::{
-        MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_SIP_LISTENERS, MAX_SOURCE_RULES,
-        MAX_SOURCES,
+        MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES, MAX_SIP_LISTENERS,
+        MAX_SOURCE_RULES, MAX_SOURCES,
     },
 };
 
@@ -44,10 +44,9 @@ pub static SBC_BLOCKS: LruHashMap<IpAddress, Block, MAX_BLOCKS> = LruHashMap::ne
 #[btf_map]
 pub static SBC_DIALOGS: HashMap<u64, Dialog, MAX_DIALOGS> = HashMap::new();
 
-/// The start of a SIP payload, copied for the Call-ID scan (per CPU: XDP never nests).
-pub struct ScanBuffer {
-    pub bytes: [u8; SCAN_BUFFER],
-}
-
 #[btf_map]
-pub static SBC_SCAN: PerCpuArray<ScanBuffer, 1> = PerCpuArray::new();
+pub static SBC_PARTIES: HashMap<IpAddress, u32, MAX_PARTIES> = HashMap::new();
+
+/// The start of a SIP payload, copied for the Call-ID scan (per CPU: XDP never nests).
+#[btf_map]
+pub static SBC_SCAN: PerCpuArray<ScanWindow, 1> = PerCpuArray::new();

@@ -5,20 +5,20 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     btf_maps::lpm_trie::Key,
     cty::{c_long, c_void},
-    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_xdp_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_loop, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use network_types::udp::UdpHdr;
 use sbc_common::{
     Block, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
-    call_id::{CallIdScanner, SCAN_BUFFER, Step},
+    call_id::{CallIdScan, SCAN_BUFFER, ScanWindow},
     guard::{GuardTables, GuardedDatagram, decide, is_invite},
 };
 
 use crate::{
     Verdict,
     maps::{
-        SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES, ScanBuffer,
+        SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_PARTIES, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES,
     },
     parse::Ipv4Udp,
 };
@@ -43,8 +43,10 @@ pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
         &mut GuardMaps,
         &source,
         || Payload::copy(ctx, packet),
+        // The coarse clock (a tick's resolution, within a tick of the daemon's CLOCK_MONOTONIC)
+        // is plenty for buckets and blocks of seconds, and costs a VM far less to read.
         // SAFETY: no preconditions.
-        || unsafe { bpf_ktime_get_ns() },
+        || unsafe { bpf_ktime_get_coarse_ns() },
     );
     if decision.pass {
         Verdict::pass(decision.reason)
@@ -73,6 +75,11 @@ impl GuardTables for GuardMaps {
         // SAFETY: a pointer into the map value just looked up.
         count(unsafe { &raw mut (*entry).packets });
         true
+    }
+
+    #[inline(always)]
+    fn is_party(&self, source: &IpAddress) -> bool {
+        SBC_PARTIES.get_ptr(source).is_some()
     }
 
     #[inline(always)]
@@ -109,36 +116,47 @@ impl GuardTables for GuardMaps {
     }
 }
 
-/// The state of one Call-ID scan, on the stack and handed to each `bpf_loop` step.
+/// One Call-ID scan and its window, on the stack and handed to each `bpf_loop` step.
 struct Scan {
     /// This CPU's copy of the payload, looked up once for the whole scan.
-    buffer: *const ScanBuffer,
-    scanner: CallIdScanner,
-    result: Option<u64>,
+    window: *const ScanWindow,
+    scan: CallIdScan,
 }
 
-/// One `bpf_loop` step: feeds byte `index` of the scan buffer. Returns 1 to stop the loop.
-extern "C" fn scan_step(index: u64, scan: *mut c_void) -> c_long {
+/// One `bpf_loop` step of the header search (see `CallIdScan::step`). Returns 1 to stop the
+/// loop.
+extern "C" fn header_step(index: u64, scan: *mut c_void) -> c_long {
     let scan = scan.cast::<Scan>();
-    // SAFETY: `scan` is the caller's `Scan`, alive for the whole loop; its buffer is this
-    // CPU's, and the index is masked into it (bpf_loop stops at the copied length, which is
-    // at most its size).
+    // SAFETY: `scan` is the caller's `Scan`, alive for the whole loop; its window is this
+    // CPU's, and `step` masks every index into it.
+    unsafe { c_long::from(!(*scan).scan.step(&*(*scan).window, index as usize)) }
+}
+
+/// One `bpf_loop` step of hashing the value: word `n` of it. Returns 1 to stop the loop.
+extern "C" fn value_step(n: u64, scan: *mut c_void) -> c_long {
+    let scan = scan.cast::<Scan>();
+    // SAFETY: as in `header_step`.
+    unsafe { c_long::from(!(*scan).scan.value_step(&*(*scan).window, n as usize)) }
+}
+
+/// Runs `step` for indexes below `count` until it asks to stop.
+#[inline(always)]
+fn run_loop(count: usize, step: extern "C" fn(u64, *mut c_void) -> c_long, scan: &mut Scan) {
+    // SAFETY: `scan` outlives the call; the callback has the signature bpf_loop expects and
+    // is passed as a function address (the loader turns it into a BPF_PSEUDO_FUNC reference).
     unsafe {
-        let byte = (*(*scan).buffer).bytes[index as usize & (SCAN_BUFFER - 1)];
-        match (*scan).scanner.feed(byte) {
-            Step::More => 0,
-            Step::Found(hash) => {
-                (*scan).result = Some(hash);
-                1
-            }
-            Step::NotFound => 1,
-        }
-    }
+        bpf_loop(
+            count as u32,
+            step as *mut c_void,
+            (scan as *mut Scan).cast(),
+            0,
+        )
+    };
 }
 
 /// The first bytes of a datagram's payload, copied into this CPU's scan buffer.
 struct Payload {
-    buffer: *const ScanBuffer,
+    buffer: *const ScanWindow,
     len: usize,
 }
 
@@ -190,22 +208,14 @@ impl GuardedDatagram for Payload {
     #[inline(always)]
     fn call_id_hash(&self, seed: u64) -> Option<u64> {
         let mut scan = Scan {
-            buffer: self.buffer,
-            scanner: CallIdScanner::new(seed),
-            result: None,
+            window: self.buffer,
+            scan: CallIdScan::new(self.len, seed),
         };
-        // The callback is passed as a function address (the loader turns it into a
-        // BPF_PSEUDO_FUNC reference); it must reach the helper unchanged.
-        let step = scan_step as extern "C" fn(u64, *mut c_void) -> c_long;
-        // SAFETY: `scan` outlives the call; the callback has the signature bpf_loop expects.
-        unsafe {
-            bpf_loop(
-                self.len as u32,
-                step as *mut c_void,
-                (&raw mut scan).cast(),
-                0,
-            )
-        };
-        scan.result
+        run_loop(scan.scan.steps(), header_step, &mut scan);
+        // SAFETY: the window is this CPU's, looked up in `copy`.
+        if scan.scan.start_value(unsafe { &*self.buffer }) {
+            run_loop(CallIdScan::VALUE_WORDS, value_step, &mut scan);
+        }
+        scan.scan.result()
     }
 }

@@ -14,11 +14,11 @@ use aya::{
 };
 use sbc_common::{
     Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SourceRule,
+    call_id::call_id_hash,
     flow::FLOW_LATCHED,
-    guard::call_id_hash,
     maps::{
-        BLOCKS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, REASONS, SIP_LISTENERS, SOURCE_RULES,
-        XDP_PROGRAM,
+        BLOCKS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, PARTIES, REASONS, SIP_LISTENERS,
+        SOURCE_RULES, XDP_PROGRAM,
     },
 };
 
@@ -223,6 +223,18 @@ impl Program {
         dialogs
             .insert(call_id_hash(call_id.as_bytes(), seed), Dialog::default(), 0)
             .unwrap();
+    }
+
+    /// Makes `caller` the caller of `calls` calls (0: of none), as the daemon does.
+    pub fn set_party(&mut self, caller: Ipv4Addr, calls: u32) {
+        let mut parties: HashMap<&mut MapData, IpAddress, u32> =
+            HashMap::try_from(self.ebpf.map_mut(PARTIES).unwrap()).unwrap();
+        let caller = IpAddress::from_ipv4(caller.octets());
+        if calls == 0 {
+            parties.remove(&caller).unwrap();
+        } else {
+            parties.insert(caller, calls, 0).unwrap();
+        }
     }
 
     /// The dynamic blocks (an LRU hash, read and written like a hash map).

@@ -602,6 +602,7 @@ fn sip_guard_verdicts_and_dynamic_blocks() {
         },
     );
     program.add_dialog("dialog-7@198.18.1.2", SEED);
+    program.set_party(ROGUE, 1);
 
     // Other UDP to the SBC's address is none of the guard's business.
     let not_sip = UdpFrame {
@@ -688,7 +689,16 @@ fn sip_guard_verdicts_and_dynamic_blocks() {
         XDP_PASS,
         Reason::PassSipDialog,
     );
-    assert_eq!(program.blocks().get(&rogue, 0).unwrap().dropped, 1);
+    // Once its call is over, a blocked source's in-dialog spelling is dropped unread.
+    program.set_party(ROGUE, 0);
+    expect(
+        &mut program,
+        "blocked, no longer a caller",
+        &sip_frame(ROGUE, "i: dialog-7@198.18.1.2"),
+        XDP_DROP,
+        Reason::DropSipBlocked,
+    );
+    assert_eq!(program.blocks().get(&rogue, 0).unwrap().dropped, 2);
     // An expired block no longer applies (and the bucket has been refilling meanwhile).
     program
         .blocks()
@@ -830,6 +840,7 @@ fn the_xdp_program_plays_the_guard_script() {
         program.add_rule(Ipv4Addr::from(*network), u32::from(*prefix), rule);
     }
     program.add_dialog(script::KNOWN_CALL_ID, SEED);
+    program.set_party(Ipv4Addr::from(script::KNOWN_CALLER), 1);
     let mut failures = Vec::new();
     for (n, step) in script::STEPS.iter().enumerate() {
         let source = Ipv4Addr::from(step.source);
@@ -859,8 +870,11 @@ fn the_xdp_program_plays_the_guard_script() {
 #[test]
 fn verifier_cost_stays_within_budget() {
     require_lab_privileges();
-    const VERIFIED_BUDGET: u32 = 20_000;
-    const TRANSLATED_BUDGET_BYTES: u32 = 16 * 1024;
+    // About 36,000 today: the word-at-a-time Call-ID search is a `bpf_loop` callback the
+    // verifier follows once per state the caller's scan can be in (it was 8,400 with the
+    // byte-at-a-time one, which cost twelve times more per datagram).
+    const VERIFIED_BUDGET: u32 = 45_000;
+    const TRANSLATED_BUDGET_BYTES: u32 = 24 * 1024;
     let mut program = Program::load();
     let xdp: &mut Xdp = program
         .ebpf

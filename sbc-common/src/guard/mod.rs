@@ -275,53 +275,13 @@ impl SourceBucket {
     }
 }
 
-/// Value of the dialogs map, keyed by `call_id_hash` of a dialog's Call-ID.
+/// Value of the dialogs map, keyed by `call_id::call_id_hash` of a dialog's Call-ID.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Dialog {
     /// Packets of this dialog let through by the guard.
     pub packets: u64,
-}
-
-/// FNV-1a, seeded: small and stable. It keys the dialogs map (over a Call-ID's bytes) and the
-/// daemon uses it wherever a stable spread is enough (backend choice, branch suffixes).
-pub struct Fnv1a(u64);
-
-impl Fnv1a {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-    #[inline(always)]
-    pub const fn new(seed: u64) -> Self {
-        Self(Self::OFFSET ^ seed)
-    }
-
-    #[inline(always)]
-    pub fn write_byte(&mut self, byte: u8) {
-        self.0 = (self.0 ^ byte as u64).wrapping_mul(Self::PRIME);
-    }
-
-    #[inline(always)]
-    pub const fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl Fnv1a {
-    /// The hash of a whole byte string.
-    pub fn hash(bytes: &[u8], seed: u64) -> u64 {
-        let mut hasher = Self::new(seed);
-        for &byte in bytes {
-            hasher.write_byte(byte);
-        }
-        hasher.finish()
-    }
-}
-
-/// The key of a dialog in the dialogs map, as the daemon computes it from a parsed message.
-pub fn call_id_hash(call_id: &[u8], seed: u64) -> u64 {
-    Fnv1a::hash(call_id, seed)
 }
 
 const _: () = assert!(core::mem::size_of::<PacketLimit>() == 8);
@@ -463,13 +423,5 @@ mod tests {
             !bucket.strike(3, 2 * SEC + 5),
             "counting starts over after a block"
         );
-    }
-
-    #[test]
-    fn call_id_hashes_depend_on_every_byte_and_the_seed() {
-        let a = call_id_hash(b"a84b4c76e66710@pc33.atlanta.com", 7);
-        assert_eq!(a, call_id_hash(b"a84b4c76e66710@pc33.atlanta.com", 7));
-        assert_ne!(a, call_id_hash(b"a84b4c76e66710@pc33.atlanta.coM", 7));
-        assert_ne!(a, call_id_hash(b"a84b4c76e66710@pc33.atlanta.com", 8));
     }
 }

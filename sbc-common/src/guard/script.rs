@@ -43,6 +43,8 @@ pub const fn config(dialog_seed: u64) -> GuardConfig {
 
 /// The Call-ID of the one call the proxy holds.
 pub const KNOWN_CALL_ID: &str = "known-call@192.0.2.10";
+/// Its caller (a party: blocked, it keeps the call's signalling).
+pub const KNOWN_CALLER: [u8; 4] = STRANGER;
 
 /// One datagram and what the guard must make of it.
 pub struct Step {
@@ -157,6 +159,13 @@ pub const STEPS: &[Step] = &[
         "flooder: blocked",
         FLOODER,
         OPTIONS,
+        false,
+        Reason::DropSipBlocked,
+    ),
+    step(
+        "flooder: blocked, not a caller of the dialog it names",
+        FLOODER,
+        IN_DIALOG,
         false,
         Reason::DropSipBlocked,
     ),

@@ -11,10 +11,10 @@ use std::{
 use ipnet::IpNet;
 use sbc_common::{
     Block, GuardConfig, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
-    call_id::call_id_hash as scan_call_id,
+    call_id::{call_id_hash, find_call_id_hash as scan_call_id},
     guard::{
         BLOCK_ABUSE, BLOCK_MANUAL, BLOCK_RATE, BLOCK_SCANNER, GUARD_ON, GuardTables, RULE_ALLOW,
-        RULE_BLOCK, call_id_hash, decide,
+        RULE_BLOCK, decide,
     },
 };
 use serde::Serialize;
@@ -68,6 +68,8 @@ struct State {
     /// Calls per dialog id (the seeded Call-ID hash): a dialog entry goes when its last
     /// call does.
     dialogs: HashMap<u64, usize>,
+    /// Calls per caller address: a blocked source that is one keeps its calls' signalling.
+    parties: HashMap<IpAddress, usize>,
 }
 
 pub struct SipGuard {
@@ -121,6 +123,9 @@ impl SipGuard {
         for id in maps.dialog_ids() {
             maps.remove_dialog(id);
         }
+        for party in maps.parties() {
+            maps.set_party(party, 0)?;
+        }
         maps.set_config(config)?;
         Ok(Self::with(Tables::Kernel(Box::new(maps)), config))
     }
@@ -148,6 +153,7 @@ impl SipGuard {
                 config,
                 rules: Vec::new(),
                 dialogs: HashMap::new(),
+                parties: HashMap::new(),
             }),
         }
     }
@@ -205,24 +211,48 @@ impl SipGuard {
         call_id_hash(call_id.as_bytes(), state.config.dialog_seed)
     }
 
-    /// A call with this Call-ID is set up: its in-dialog traffic is never limited from now on.
-    pub fn dialog_started(&self, call_id: &str) -> anyhow::Result<()> {
+    /// A call with this Call-ID is set up by `caller` (if known): its in-dialog traffic is
+    /// never limited from now on, and a block of the caller does not cut it off.
+    pub fn dialog_started(&self, call_id: &str, caller: Option<IpAddr>) -> anyhow::Result<()> {
         let mut state = self.lock();
-        let id = Self::dialog_id(&state, call_id);
+        let state = &mut *state;
+        let id = Self::dialog_id(state, call_id);
+        if let Some(caller) = caller {
+            let party = IpAddress::from(caller);
+            let party_calls = state.parties.entry(party).or_insert(0);
+            *party_calls += 1;
+            if let Tables::Kernel(maps) = &mut state.tables {
+                maps.set_party(party, *party_calls)?;
+            }
+        }
         let calls = state.dialogs.entry(id).or_insert(0);
         *calls += 1;
-        if *calls > 1 {
-            return Ok(());
-        }
         match &mut state.tables {
-            Tables::Kernel(maps) => maps.add_dialog(id),
-            Tables::Userspace { .. } => Ok(()),
+            Tables::Kernel(maps) if *calls == 1 => maps.add_dialog(id),
+            _ => Ok(()),
         }
     }
 
-    pub fn dialog_ended(&self, call_id: &str) {
+    /// The end of a call `dialog_started` began (the same Call-ID and caller).
+    pub fn dialog_ended(&self, call_id: &str, caller: Option<IpAddr>) {
         let mut state = self.lock();
-        let id = Self::dialog_id(&state, call_id);
+        let state = &mut *state;
+        if let Some(caller) = caller {
+            let party = IpAddress::from(caller);
+            if let Some(party_calls) = state.parties.get_mut(&party) {
+                *party_calls -= 1;
+                let left = *party_calls;
+                if left == 0 {
+                    state.parties.remove(&party);
+                }
+                if let Tables::Kernel(maps) = &mut state.tables
+                    && let Err(e) = maps.set_party(party, left)
+                {
+                    tracing::warn!(%caller, "the kernel keeps a caller that has no call: {e:#}");
+                }
+            }
+        }
+        let id = Self::dialog_id(state, call_id);
         let Some(calls) = state.dialogs.get_mut(&id) else {
             return;
         };
@@ -362,6 +392,7 @@ impl SipGuard {
         let mut tables = DaemonTables {
             rules: &state.rules,
             dialogs: &state.dialogs,
+            parties: &state.parties,
             blocks,
             buckets,
         };
@@ -396,6 +427,7 @@ struct DaemonTables<'a> {
     /// Longest prefix first.
     rules: &'a [(IpNet, SourceRule)],
     dialogs: &'a HashMap<u64, usize>,
+    parties: &'a HashMap<IpAddress, usize>,
     blocks: &'a mut HashMap<IpAddress, Block>,
     buckets: &'a mut HashMap<IpAddress, SourceBucket>,
 }
@@ -407,6 +439,10 @@ impl GuardTables for DaemonTables<'_> {
 
     fn knows_dialog(&mut self, dialog: u64) -> bool {
         self.dialogs.contains_key(&dialog)
+    }
+
+    fn is_party(&self, source: &IpAddress) -> bool {
+        self.parties.contains_key(source)
     }
 
     fn block(&mut self, source: &IpAddress) -> Option<&mut Block> {
@@ -464,7 +500,12 @@ mod tests {
                 .collect();
             state.rules = longest_prefix_first(rules);
         }
-        guard.dialog_started(script::KNOWN_CALL_ID).unwrap();
+        guard
+            .dialog_started(
+                script::KNOWN_CALL_ID,
+                Some(Ipv4Addr::from(script::KNOWN_CALLER).into()),
+            )
+            .unwrap();
         let counted = |reason: Reason| {
             guard
                 .userspace_reasons()

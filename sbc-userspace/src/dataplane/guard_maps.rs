@@ -1,5 +1,5 @@
 //! The SIP guard's maps, as the daemon writes them: configuration, listeners, CIDR rules,
-//! dialogs and dynamic blocks (see `sbc_common::guard` for what the program does with them).
+//! dialogs, the callers of calls, and dynamic blocks (see `sbc_common::guard` for what the program does with them).
 use std::{collections::HashSet, net::SocketAddr};
 
 use anyhow::Context as _;
@@ -10,7 +10,7 @@ use aya::maps::{
 use ipnet::IpNet;
 use sbc_common::{
     Block, Dialog, FlowKey, GuardConfig, IpAddress, SourceRule,
-    maps::{BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, SIP_LISTENERS, SOURCE_RULES},
+    maps::{BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, PARTIES, SIP_LISTENERS, SOURCE_RULES},
 };
 
 use super::{PinLayout, maps::open};
@@ -20,6 +20,7 @@ pub struct GuardMaps {
     listeners: HashMap<MapData, FlowKey, u32>,
     rules: LpmTrie<MapData, [u8; 16], SourceRule>,
     dialogs: HashMap<MapData, u64, Dialog>,
+    parties: HashMap<MapData, IpAddress, u32>,
     blocks: HashMap<MapData, IpAddress, Block>,
 }
 
@@ -39,6 +40,7 @@ impl GuardMaps {
             listeners: HashMap::try_from(Map::HashMap(open(layout, SIP_LISTENERS)?))?,
             rules: LpmTrie::try_from(Map::LpmTrie(open(layout, SOURCE_RULES)?))?,
             dialogs: HashMap::try_from(Map::HashMap(open(layout, DIALOGS)?))?,
+            parties: HashMap::try_from(Map::HashMap(open(layout, PARTIES)?))?,
             blocks: HashMap::try_from(Map::LruHashMap(open(layout, BLOCKS)?))?,
         })
     }
@@ -116,6 +118,22 @@ impl GuardMaps {
 
     pub fn dialog_ids(&self) -> Vec<u64> {
         self.dialogs.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Records that `party` is the caller of `calls` calls we hold (0: of none).
+    pub fn set_party(&mut self, party: IpAddress, calls: usize) -> anyhow::Result<()> {
+        if calls == 0 {
+            let _ = self.parties.remove(&party);
+            return Ok(());
+        }
+        let calls = u32::try_from(calls).unwrap_or(u32::MAX);
+        self.parties
+            .insert(party, calls, 0)
+            .context("writing the parties map")
+    }
+
+    pub fn parties(&self) -> Vec<IpAddress> {
+        self.parties.keys().filter_map(Result::ok).collect()
     }
 
     pub fn block(&mut self, source: IpAddress, block: Block) -> anyhow::Result<()> {

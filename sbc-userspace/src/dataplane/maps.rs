@@ -11,8 +11,8 @@ use sbc_common::{
     SourceRule,
     maps::{
         BLOCKS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS,
-        MAX_FLOWS, MAX_SIP_LISTENERS, MAX_SOURCE_RULES, MAX_SOURCES, REASONS, SIP_LISTENERS,
-        SOURCE_RULES, SOURCES,
+        MAX_FLOWS, MAX_PARTIES, MAX_SIP_LISTENERS, MAX_SOURCE_RULES, MAX_SOURCES, PARTIES, REASONS,
+        SIP_LISTENERS, SOURCE_RULES, SOURCES,
     },
 };
 
@@ -50,6 +50,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
             MAX_BLOCKS as u32,
         )),
         DIALOGS => Some((8, size(size_of::<Dialog>()), MAX_DIALOGS as u32)),
+        PARTIES => Some((size(size_of::<IpAddress>()), 4, MAX_PARTIES as u32)),
         _ => None,
     }
 }

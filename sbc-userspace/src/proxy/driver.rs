@@ -196,12 +196,14 @@ impl Driver {
 
     fn update_guard(&self, update: GuardUpdate) {
         match update {
-            GuardUpdate::DialogStarted(call_id) => {
-                if let Err(e) = self.guard.dialog_started(&call_id) {
+            GuardUpdate::DialogStarted { call_id, caller } => {
+                if let Err(e) = self.guard.dialog_started(&call_id, caller) {
                     warn!(%call_id, "the kernel will limit this call's signalling: {e:#}");
                 }
             }
-            GuardUpdate::DialogEnded(call_id) => self.guard.dialog_ended(&call_id),
+            GuardUpdate::DialogEnded { call_id, caller } => {
+                self.guard.dialog_ended(&call_id, caller);
+            }
             GuardUpdate::Block {
                 source,
                 duration,

@@ -5,13 +5,13 @@
 //! A relayed frame is rewritten in place, so a repeated run would time the program on its own
 //! output: those frames run once per call instead, and the kernel's per-call timing overhead
 //! (one clock read, found by timing the unchanged pass-through frame both ways) is taken off.
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{Context as _, ensure};
 use sbc_common::{
-    FlowKey, GuardConfig, IpAddress, PacketLimit, SourceLimit,
+    Block, FlowKey, GuardConfig, IpAddress, PacketLimit, SourceLimit,
     flow::{LEG_A, STREAM_RTP},
-    guard::GUARD_ON,
+    guard::{BLOCK_RATE, GUARD_ON},
 };
 
 use super::report::Measurement;
@@ -19,7 +19,8 @@ use crate::{
     frames::UdpFrame,
     netns, sip_probe,
     xdp_fixture::{
-        CALLEE, CALLER, FlowSpec, PRIVATE, PUBLIC, Program, XDP_PASS, XDP_REDIRECT, fixture, flow,
+        CALLEE, CALLER, FlowSpec, PRIVATE, PUBLIC, Program, ROGUE, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT, fixture, flow,
     },
 };
 
@@ -35,12 +36,12 @@ struct Case {
     rewritten: bool,
 }
 
-fn sip_frame(call_id: &str) -> Vec<u8> {
-    let local = SocketAddr::new(CALLER.into(), 5060);
+fn sip_frame(from: Ipv4Addr, call_id: &str) -> Vec<u8> {
+    let local = SocketAddr::new(from.into(), 5060);
     let target = SocketAddr::new(PUBLIC.into(), 5060);
     UdpFrame {
         payload: sip_probe::invite(local, target, call_id),
-        ..UdpFrame::rtp((CALLER, 5060), (PUBLIC, 5060))
+        ..UdpFrame::rtp((from, 5060), (PUBLIC, 5060))
     }
     .bytes()
 }
@@ -61,14 +62,20 @@ fn cases() -> Vec<Case> {
         },
         Case {
             subject: "SIP INVITE, new call (Call-ID scan, bucket)",
-            frame: sip_frame("new-call-0123456789@198.18.1.2"),
+            frame: sip_frame(CALLER, "new-call-0123456789@198.18.1.2"),
             verdict: XDP_PASS,
             rewritten: false,
         },
         Case {
             subject: "SIP request of a known dialog",
-            frame: sip_frame("known-call-0123456789@198.18.1.2"),
+            frame: sip_frame(CALLER, "known-call-0123456789@198.18.1.2"),
             verdict: XDP_PASS,
+            rewritten: false,
+        },
+        Case {
+            subject: "SIP INVITE from a blocked source with no call (dropped unread)",
+            frame: sip_frame(ROGUE, "flood-0123456789@203.0.113.66"),
+            verdict: XDP_DROP,
             rewritten: false,
         },
     ]
@@ -114,6 +121,16 @@ pub fn measure(repeat: u32) -> anyhow::Result<Vec<Measurement>> {
             dialog_seed: SEED,
         });
         program.add_dialog("known-call-0123456789@198.18.1.2", SEED);
+        program.set_party(CALLER, 1);
+        let never_ends = Block {
+            until_ns: u64::MAX,
+            reason: BLOCK_RATE,
+            ..Block::default()
+        };
+        program
+            .blocks()
+            .insert(IpAddress::from_ipv4(ROGUE.octets()), never_ends, 0)
+            .context("blocking the flooding source")?;
         let runs = |program: &mut Program, case: &Case, repeated: bool| -> anyhow::Result<f64> {
             let (verdict, per_run) = if repeated {
                 let (verdict, _, per_run) = program.run_repeated(&case.frame, "pub0", repeat);

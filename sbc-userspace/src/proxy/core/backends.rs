@@ -271,9 +271,13 @@ impl Backend {
     }
 }
 
-/// A stable hash: the same Call-ID always picks the same backend.
+/// A stable hash (FNV-1a): the same Call-ID always picks the same backend.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    sbc_common::guard::Fnv1a::hash(bytes, 0)
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
 }
 
 #[cfg(test)]

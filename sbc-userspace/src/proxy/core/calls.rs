@@ -131,6 +131,22 @@ fn unix_ms_of_instant(instant: Instant, now: Now) -> u64 {
 }
 
 impl Call {
+    /// What the guard learns when the call starts (or is adopted by a restarted daemon).
+    pub(super) fn dialog_started(&self) -> GuardUpdate {
+        GuardUpdate::DialogStarted {
+            call_id: self.call_id.clone(),
+            caller: self.caller.source.map(|s| s.ip()),
+        }
+    }
+
+    /// What the guard learns when the call ends: the start's Call-ID and caller.
+    pub(super) fn dialog_ended(&self) -> GuardUpdate {
+        GuardUpdate::DialogEnded {
+            call_id: self.call_id.clone(),
+            caller: self.caller.source.map(|s| s.ip()),
+        }
+    }
+
     /// What the journal keeps of a call (with its INVITE transactions while it is set up).
     pub fn record(
         &self,
@@ -298,7 +314,7 @@ impl Core {
             to: call.callee.address.clone(),
         });
         // From now on the guard lets its in-dialog traffic through unlimited.
-        self.guard(GuardUpdate::DialogStarted(call.call_id.clone()));
+        self.guard(call.dialog_started());
         self.emit(started);
     }
 
@@ -463,7 +479,7 @@ impl Core {
         let Some(call) = self.calls.remove(key) else {
             return;
         };
-        self.guard(GuardUpdate::DialogEnded(call.call_id.clone()));
+        self.guard(call.dialog_ended());
         let (mut forward, mut backward) = (0u64, 0u64);
         let caller_leg = Leg::facing(call.caller.side);
         for id in call.media.iter().flatten() {

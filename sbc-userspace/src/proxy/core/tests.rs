@@ -756,7 +756,10 @@ fn invite_goes_through() {
     assert_eq!(lab.event_names(), vec!["call_started"]);
     assert_eq!(
         lab.guard,
-        vec![GuardUpdate::DialogStarted("through".to_owned())]
+        vec![GuardUpdate::DialogStarted {
+            call_id: "through".to_owned(),
+            caller: Some(addr(CARRIER).ip()),
+        }]
     );
     assert!(
         matches!(&lab.journal[..], [Line::Put(record)] if record.setup.is_some()),
@@ -1129,7 +1132,10 @@ fn bye_ends_the_call() {
     assert_eq!(lab.media.lock().expect("not poisoned").ended, vec![1]);
     assert_eq!(
         lab.guard.last(),
-        Some(&GuardUpdate::DialogEnded("ending".to_owned()))
+        Some(&GuardUpdate::DialogEnded {
+            call_id: "ending".to_owned(),
+            caller: Some(addr(CARRIER).ip()),
+        })
     );
     assert!(matches!(lab.journal.last(), Some(Line::End(_))));
     assert!(lab.core.calls.is_empty());
@@ -1382,7 +1388,10 @@ fn recorded_call_taken_over() {
     );
     assert_eq!(
         lab.guard,
-        vec![GuardUpdate::DialogStarted("survivor".to_owned())]
+        vec![GuardUpdate::DialogStarted {
+            call_id: "survivor".to_owned(),
+            caller: Some(addr(CARRIER).ip()),
+        }]
     );
     assert_eq!(lab.media.lock().expect("not poisoned").answered, vec![1]);
     lab.carrier_sends(&dialog.carrier_request("BYE", "bye-after", None));
