@@ -1,6 +1,7 @@
 //! What a flood costs the system under test: one source sends INVITEs (each with a Call-ID of
 //! its own) at a fixed rate, and the CPU time of the system's processes over the flood is
-//! compared with the wall time.
+//! compared with the wall time; so is the run time of the sbc's XDP program (the kernel's
+//! `bpf_stats`), which softirq spends where no process shows it.
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
@@ -14,6 +15,22 @@ use crate::{
 const SECTION: &str = "Flood";
 /// The CPU of the system under test's processes over the flood, against wall time.
 pub const METRIC: &str = "CPU used during the flood";
+/// The XDP program's run time over the flood, against wall time.
+pub const XDP_METRIC: &str = "XDP program run time during the flood";
+/// The name the kernel gives the sbc's XDP program.
+const XDP_PROGRAM: &str = "sbc_xdp";
+
+/// The run time of every loaded sbc XDP program so far (counted while stats are enabled).
+fn xdp_run_time() -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for program in aya::programs::loaded_programs() {
+        let program = program.context("listing the loaded BPF programs")?;
+        if program.name_as_str() == Some(XDP_PROGRAM) {
+            total += program.run_time();
+        }
+    }
+    Ok(total)
+}
 
 pub fn measure(
     lab: &Lab,
@@ -23,7 +40,11 @@ pub fn measure(
     rate: u32,
     duration: Duration,
 ) -> anyhow::Result<Vec<Measurement>> {
+    // Held for the measurement: the kernel counts program run time only while asked to.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics")?;
     let before = system_under_test.cpu_time()?;
+    let xdp_before = xdp_run_time()?;
     let report = flood::start(
         &lab.rogue,
         SocketAddr::new(ROGUE.into(), 5060),
@@ -39,6 +60,7 @@ pub fn measure(
     .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?
     .context("flood")?;
     let used = system_under_test.cpu_time()? - before;
+    let xdp_used = xdp_run_time()? - xdp_before;
     let achieved = report.packets_per_sec();
     let mut row = Measurement::new(
         SECTION,
@@ -54,5 +76,19 @@ pub fn measure(
     if achieved < f64::from(rate) * 0.95 {
         row.note += " (generator-limited)";
     }
-    Ok(vec![row])
+    let mut rows = vec![row];
+    if !xdp_used.is_zero() {
+        let per_packet = xdp_used.as_nanos() as f64 / report.sent.max(1) as f64;
+        rows.push(
+            Measurement::new(
+                SECTION,
+                system,
+                XDP_METRIC,
+                xdp_used.as_secs_f64() / report.elapsed.as_secs_f64() * 100.0,
+                "% of a core",
+            )
+            .note(format!("{per_packet:.0} ns per datagram (bpf_stats)")),
+        );
+    }
+    Ok(rows)
 }
