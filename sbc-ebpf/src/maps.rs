@@ -7,7 +7,7 @@ use aya_ebpf::{
 use sbc_common::{
     Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SourceBucket,
     SourceRule,
-    call_id::ScanWindow,
+    call_id::{CallIdScan, ScanWindow},
     maps::{
         MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES, MAX_SIP_LISTENERS,
         MAX_SOURCE_RULES, MAX_SOURCES,
@@ -47,6 +47,14 @@ pub static SBC_DIALOGS: HashMap<u64, Dialog, MAX_DIALOGS> = HashMap::new();
 #[btf_map]
 pub static SBC_PARTIES: HashMap<IpAddress, u32, MAX_PARTIES> = HashMap::new();
 
-/// The start of a SIP payload, copied for the Call-ID scan (per CPU: XDP never nests).
+/// The start of a SIP payload, copied for the Call-ID scan, and the scan's state: in map
+/// memory, whose contents the verifier does not track, a `bpf_loop` step is verified once; on
+/// the stack, each value the state could take between steps would be a state of its own.
+pub struct ScanScratch {
+    pub window: ScanWindow,
+    pub scan: CallIdScan,
+}
+
+/// One `ScanScratch` per CPU (XDP never nests).
 #[btf_map]
-pub static SBC_SCAN: PerCpuArray<ScanWindow, 1> = PerCpuArray::new();
+pub static SBC_SCAN: PerCpuArray<ScanScratch, 1> = PerCpuArray::new();

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use network_types::udp::UdpHdr;
 use sbc_common::{
     Block, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
-    call_id::{CallIdScan, SCAN_BUFFER, ScanWindow},
+    call_id::{CallIdScan, SCAN_BUFFER},
     guard::{GuardTables, GuardedDatagram, decide, is_invite},
 };
 
@@ -19,6 +19,7 @@ use crate::{
     Verdict,
     maps::{
         SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_PARTIES, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES,
+        ScanScratch,
     },
     parse::Ipv4Udp,
 };
@@ -116,39 +117,43 @@ impl GuardTables for GuardMaps {
     }
 }
 
-/// One Call-ID scan and its window, on the stack and handed to each `bpf_loop` step.
-struct Scan {
-    /// This CPU's copy of the payload, looked up once for the whole scan.
-    window: *const ScanWindow,
-    scan: CallIdScan,
-}
-
 /// One `bpf_loop` step of the header search (see `CallIdScan::step`). Returns 1 to stop the
 /// loop.
-extern "C" fn header_step(index: u64, scan: *mut c_void) -> c_long {
-    let scan = scan.cast::<Scan>();
-    // SAFETY: `scan` is the caller's `Scan`, alive for the whole loop; its window is this
-    // CPU's, and `step` masks every index into it.
-    unsafe { c_long::from(!(*scan).scan.step(&*(*scan).window, index as usize)) }
+extern "C" fn header_step(index: u64, scratch: *mut c_void) -> c_long {
+    // SAFETY: `scratch` is the caller's pointer to this CPU's scratch, alive for the whole
+    // loop; `step` masks every index into the window.
+    unsafe {
+        let scratch = *scratch.cast::<*mut ScanScratch>();
+        c_long::from(!(*scratch).scan.step(&(*scratch).window, index as usize))
+    }
 }
 
 /// One `bpf_loop` step of hashing the value: word `n` of it. Returns 1 to stop the loop.
-extern "C" fn value_step(n: u64, scan: *mut c_void) -> c_long {
-    let scan = scan.cast::<Scan>();
+extern "C" fn value_step(n: u64, scratch: *mut c_void) -> c_long {
     // SAFETY: as in `header_step`.
-    unsafe { c_long::from(!(*scan).scan.value_step(&*(*scan).window, n as usize)) }
+    unsafe {
+        let scratch = *scratch.cast::<*mut ScanScratch>();
+        c_long::from(!(*scratch).scan.value_step(&(*scratch).window, n as usize))
+    }
 }
 
-/// Runs `step` for indexes below `count` until it asks to stop.
+/// Runs `step` over this CPU's scratch for indexes below `count` until it asks to stop.
 #[inline(always)]
-fn run_loop(count: usize, step: extern "C" fn(u64, *mut c_void) -> c_long, scan: &mut Scan) {
-    // SAFETY: `scan` outlives the call; the callback has the signature bpf_loop expects and
-    // is passed as a function address (the loader turns it into a BPF_PSEUDO_FUNC reference).
+fn run_loop(
+    count: usize,
+    step: extern "C" fn(u64, *mut c_void) -> c_long,
+    scratch: *mut ScanScratch,
+) {
+    // The loop's context must be on the stack: it holds the pointer to the scratch.
+    let mut context = scratch;
+    // SAFETY: `context` outlives the call; the callback has the signature bpf_loop expects
+    // and is passed as a function address (the loader turns it into a BPF_PSEUDO_FUNC
+    // reference).
     unsafe {
         bpf_loop(
             count as u32,
             step as *mut c_void,
-            (scan as *mut Scan).cast(),
+            (&raw mut context).cast(),
             0,
         )
     };
@@ -156,7 +161,7 @@ fn run_loop(count: usize, step: extern "C" fn(u64, *mut c_void) -> c_long, scan:
 
 /// The first bytes of a datagram's payload, copied into this CPU's scan buffer.
 struct Payload {
-    buffer: *const ScanWindow,
+    scratch: *mut ScanScratch,
     len: usize,
 }
 
@@ -165,7 +170,7 @@ impl Payload {
     /// failed.
     #[inline(always)]
     fn copy(ctx: &XdpContext, packet: &Ipv4Udp) -> Option<Self> {
-        let buffer = SBC_SCAN.get_ptr_mut(0)?;
+        let scratch = SBC_SCAN.get_ptr_mut(0)?;
         let payload_offset = packet.udp as usize - ctx.data() + UdpHdr::LEN;
         // SAFETY: the parser bounds-checked the UDP header, and its length against the frame.
         let payload_len =
@@ -184,11 +189,11 @@ impl Payload {
             bpf_xdp_load_bytes(
                 ctx.ctx,
                 payload_offset as u32,
-                (*buffer).bytes.as_mut_ptr().cast(),
+                (*scratch).window.bytes.as_mut_ptr().cast(),
                 len as u32,
             )
         };
-        (copied == 0).then_some(Self { buffer, len })
+        (copied == 0).then_some(Self { scratch, len })
     }
 }
 
@@ -200,22 +205,22 @@ impl GuardedDatagram for Payload {
             return false;
         }
         // SAFETY: the buffer is this CPU's, and its first 8 bytes were copied from the frame.
-        let head = unsafe { core::ptr::read_unaligned((*self.buffer).bytes.as_ptr().cast()) };
-        is_invite(u64::from_le(head))
+        let head = unsafe { (*self.scratch).window.word(0) };
+        is_invite(head)
     }
 
     /// The seeded hash of the datagram's Call-ID, if it lies within the copied bytes.
     #[inline(always)]
     fn call_id_hash(&self, seed: u64) -> Option<u64> {
-        let mut scan = Scan {
-            window: self.buffer,
-            scan: CallIdScan::new(self.len, seed),
-        };
-        run_loop(scan.scan.steps(), header_step, &mut scan);
-        // SAFETY: the window is this CPU's, looked up in `copy`.
-        if scan.scan.start_value(unsafe { &*self.buffer }) {
-            run_loop(CallIdScan::VALUE_WORDS, value_step, &mut scan);
+        let scratch = self.scratch;
+        // SAFETY: this CPU's scratch, looked up in `copy`.
+        unsafe {
+            (*scratch).scan = CallIdScan::new(self.len, seed);
+            run_loop((*scratch).scan.steps(), header_step, scratch);
+            if (*scratch).scan.start_value(&(*scratch).window) {
+                run_loop(CallIdScan::VALUE_WORDS, value_step, scratch);
+            }
+            (*scratch).scan.result()
         }
-        scan.scan.result()
     }
 }

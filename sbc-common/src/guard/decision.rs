@@ -4,14 +4,16 @@
 //!
 //! In this order:
 //! 1. with the guard off, everything goes up (`PassSipUnguarded`);
-//! 2. a source in a blocklisted CIDR is dropped; an allowlisted CIDR's sources are held to its
+//! 2. a source under a dynamic block is dropped, before anything else is looked up or read,
+//!    unless it is the caller of a call we hold (then that call's datagrams pass, nothing
+//!    else): a flood from a blocked source costs two lookups. A block applies as found:
+//!    behaviour never blocks an allowlisted source (the kernel blocks none, the daemon refuses
+//!    to, and a reload that allowlists a source lifts what its behaviour earned), so a block
+//!    that names one is an operator's;
+//! 3. a source in a blocklisted CIDR is dropped; an allowlisted CIDR's sources are held to its
 //!    rule's limit, everyone else to the default one; a source without a limit goes up
 //!    (`PassSipUnlimited`: backends, unlimited trunks) before anything is read of its datagram;
-//! 3. a source under a dynamic block (never an allowlisted one: those are not blocked for
-//!    their behaviour) is dropped, before anything is read of its datagram unless it is the
-//!    caller of a call we hold: a flood from a blocked source costs two lookups, not a scan;
-//! 4. a known dialog (its seeded Call-ID hash is in the dialogs table) goes up, never limited
-//!    (a blocked caller's BYE still ends its call); a blocked source's other datagrams drop;
+//! 4. a known dialog (its seeded Call-ID hash is in the dialogs table) goes up, never limited;
 //! 5. the source's buckets: every datagram takes a packet token, an INVITE (which would start
 //!    a call: its dialog is unknown) an INVITE token too; without one it is dropped, and a
 //!    source that keeps exceeding its limits earns a dynamic block (never an allowlisted one).
@@ -96,6 +98,27 @@ pub fn decide<T: GuardTables, D: GuardedDatagram>(
     if config.flags & GUARD_ON == 0 {
         return Decision::pass(Reason::PassSipUnguarded);
     }
+    let now = now();
+    // Counted as dropped at once: that keeps a flood at one lookup of the block; the rare
+    // datagram of a blocked caller's call that passes takes its count back.
+    let blocked = match tables.block(source) {
+        Some(block) if block.is_active(now) => {
+            block.dropped += 1;
+            true
+        }
+        _ => false,
+    };
+    if blocked {
+        // Only a caller of a call we hold gets anything through: that call's datagrams.
+        if tables.is_party(source) && knows_dialog(config, tables, &read()) {
+            if let Some(block) = tables.block(source) {
+                block.dropped = block.dropped.saturating_sub(1);
+            }
+            return Decision::pass(Reason::PassSipDialog);
+        }
+        return Decision::drop(Reason::DropSipBlocked);
+    }
+
     let (limit, allowlisted) = match tables.rule(source) {
         Some(rule) if rule.action == RULE_BLOCK => {
             return Decision::drop(Reason::DropSipBlocklisted);
@@ -107,20 +130,9 @@ pub fn decide<T: GuardTables, D: GuardedDatagram>(
         return Decision::pass(Reason::PassSipUnlimited);
     }
 
-    let now = now();
-    let blocked = !allowlisted && tables.block(source).is_some_and(|b| b.is_active(now));
-    if blocked && !tables.is_party(source) {
-        return count_blocked(tables, source);
-    }
-
     let datagram = read();
-    if let Some(dialog) = datagram.call_id_hash(config.dialog_seed)
-        && tables.knows_dialog(dialog)
-    {
+    if knows_dialog(config, tables, &datagram) {
         return Decision::pass(Reason::PassSipDialog);
-    }
-    if blocked {
-        return count_blocked(tables, source);
     }
 
     let Some(bucket) = tables.bucket(source, &limit, now) else {
@@ -143,13 +155,16 @@ pub fn decide<T: GuardTables, D: GuardedDatagram>(
     Decision::drop(verdict)
 }
 
-/// Drops a datagram of a blocked source, counted against its block.
+/// Whether the datagram's Call-ID is that of a call the proxy holds.
 #[inline(always)]
-fn count_blocked<T: GuardTables>(tables: &mut T, source: &IpAddress) -> Decision {
-    if let Some(block) = tables.block(source) {
-        block.dropped += 1;
-    }
-    Decision::drop(Reason::DropSipBlocked)
+fn knows_dialog<T: GuardTables, D: GuardedDatagram>(
+    config: &GuardConfig,
+    tables: &mut T,
+    datagram: &D,
+) -> bool {
+    datagram
+        .call_id_hash(config.dialog_seed)
+        .is_some_and(|dialog| tables.knows_dialog(dialog))
 }
 
 /// A whole datagram, as the daemon holds it (the XDP program reads a copy of its first bytes).
@@ -308,6 +323,34 @@ mod tests {
         let decision = decide(&config, &mut tables, &flooder, unread, || 1_000);
         assert_eq!(decision, Decision::drop(Reason::DropSipBlocked));
         assert_eq!(tables.blocks[&flooder].dropped, 1);
+    }
+
+    #[test]
+    fn a_block_applies_without_limits_and_a_callers_call_takes_its_count_back() {
+        let mut tables = scripted_tables();
+        let config = GuardConfig {
+            default_limit: SourceLimit::UNLIMITED,
+            ..script::config(SEED)
+        };
+        let caller = IpAddress::from_ipv4(script::KNOWN_CALLER);
+        tables.set_block(
+            &caller,
+            Block {
+                until_ns: u64::MAX,
+                ..Block::default()
+            },
+        );
+        let bye: &[u8] = b"BYE sip:a@b SIP/2.0\r\nCall-ID: known-call@192.0.2.10\r\n\r\n";
+        let options: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: other@b\r\n\r\n";
+        let decision = decide(&config, &mut tables, &caller, || bye, || 1_000);
+        assert_eq!(decision, Decision::pass(Reason::PassSipDialog));
+        let decision = decide(&config, &mut tables, &caller, || options, || 1_000);
+        assert_eq!(
+            decision,
+            Decision::drop(Reason::DropSipBlocked),
+            "a block holds even where no limit does"
+        );
+        assert_eq!(tables.blocks[&caller].dropped, 1, "only what it dropped");
     }
 
     #[test]

@@ -36,6 +36,29 @@ pub fn block_reason_name(reason: u32) -> &'static str {
     }
 }
 
+/// Why a block was not put in place.
+#[derive(Debug)]
+pub enum BlockRefused {
+    /// The source is allowlisted (a trunk or a backend), which its behaviour never blocks.
+    Allowlisted(IpAddr),
+    /// The blocks map could not be written.
+    Failed(anyhow::Error),
+}
+
+impl std::fmt::Display for BlockRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Allowlisted(source) => write!(
+                f,
+                "{source} is allowlisted: only an operator blocks it, never its behaviour"
+            ),
+            Self::Failed(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for BlockRefused {}
+
 /// A dynamic block, as `GET /v1/blocks` and `sbc blocks` show it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct BlockInfo {
@@ -204,6 +227,26 @@ impl SipGuard {
             maps.set_rules(&state.rules)?;
             maps.set_listeners(listeners)?;
         }
+        // The guard applies a block as found: a block for behaviour may not name a source now
+        // allowlisted (an operator's own blocks stand).
+        let rules = &state.rules;
+        let stale = |address: &IpAddress, block: &Block| {
+            block.reason != BLOCK_MANUAL
+                && matching_rule(rules, address.to_ip())
+                    .is_some_and(|rule| rule.action == RULE_ALLOW)
+        };
+        match &mut state.tables {
+            Tables::Kernel(maps) => {
+                for (address, block) in maps.blocks() {
+                    if stale(&address, &block) {
+                        maps.unblock(&address);
+                    }
+                }
+            }
+            Tables::Userspace { blocks, .. } => {
+                blocks.retain(|address, block| !stale(address, block));
+            }
+        }
         Ok(())
     }
 
@@ -291,13 +334,18 @@ impl SipGuard {
         matching_rule(&self.lock().rules, source).is_some_and(|rule| rule.action == RULE_ALLOW)
     }
 
-    /// Blocks a source for `duration` (`None`: until unblocked).
+    /// Blocks a source for `duration` (`None`: until unblocked). An allowlisted source is
+    /// never blocked for its behaviour, only by an operator (`BLOCK_MANUAL`): the guard
+    /// applies a block as it finds it, before the source's rule.
     pub fn block(
         &self,
         source: IpAddr,
         duration: Option<Duration>,
         reason: u32,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), BlockRefused> {
+        if reason != BLOCK_MANUAL && self.is_allowlisted(source) {
+            return Err(BlockRefused::Allowlisted(source));
+        }
         let until_ns = duration.map_or(u64::MAX, |d| {
             monotonic_ns().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64)
         });
@@ -309,7 +357,7 @@ impl SipGuard {
         };
         let address = IpAddress::from(source);
         match &mut self.lock().tables {
-            Tables::Kernel(maps) => maps.block(address, block),
+            Tables::Kernel(maps) => maps.block(address, block).map_err(BlockRefused::Failed),
             Tables::Userspace { blocks, .. } => {
                 blocks.insert(address, block);
                 Ok(())
@@ -480,6 +528,36 @@ mod tests {
     use sbc_common::guard::script;
 
     use super::*;
+
+    #[test]
+    fn allowlisted_sources_are_blocked_by_operators_only() {
+        let guard = SipGuard::userspace();
+        let (trunk, other): (IpAddr, IpAddr) = (
+            Ipv4Addr::new(192, 0, 2, 10).into(),
+            Ipv4Addr::new(192, 0, 2, 11).into(),
+        );
+        guard.block(trunk, None, BLOCK_RATE).unwrap();
+        guard.block(other, None, BLOCK_MANUAL).unwrap();
+        let allowlisting = AdmissionConfig {
+            allowlist: vec!["192.0.2.0/24".parse().unwrap()],
+            ..AdmissionConfig::default()
+        };
+        guard.configure(&allowlisting, &[], &[]).unwrap();
+        let blocked: Vec<IpAddr> = guard.blocks().iter().map(|b| b.address).collect();
+        assert_eq!(
+            blocked,
+            [other],
+            "a reload that allowlists lifts what behaviour earned"
+        );
+        let refused = guard.block(trunk, None, BLOCK_SCANNER).unwrap_err();
+        assert!(matches!(refused, BlockRefused::Allowlisted(ip) if ip == trunk));
+        assert!(refused.to_string().contains("allowlisted"), "{refused}");
+        guard.block(trunk, None, BLOCK_MANUAL).unwrap();
+        assert!(
+            !guard.admit(trunk, b"OPTIONS sip:a@b SIP/2.0\r\n\r\n"),
+            "and it holds"
+        );
+    }
 
     #[test]
     fn the_userspace_dataplane_plays_the_guard_script() {

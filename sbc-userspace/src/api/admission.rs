@@ -47,7 +47,7 @@ pub async fn add_block(State(api): State<Arc<ApiState>>, body: Bytes) -> Respons
         .block(request.address, duration, BLOCK_MANUAL)
     {
         Ok(()) => (StatusCode::CREATED, Json(request)).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -44,6 +44,7 @@ pub fn measure(
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics")?;
     let before = system_under_test.cpu_time()?;
+    let verdicts_before = system_under_test.guard_verdicts();
     let xdp_before = xdp_run_time()?;
     let report = flood::start(
         &lab.rogue,
@@ -61,6 +62,12 @@ pub fn measure(
     .context("flood")?;
     let used = system_under_test.cpu_time()? - before;
     let xdp_used = xdp_run_time()? - xdp_before;
+    let verdicts: Vec<String> = system_under_test
+        .guard_verdicts()
+        .into_iter()
+        .zip(verdicts_before)
+        .map(|((name, after), (_, before))| format!("{name} {}", after - before))
+        .collect();
     let achieved = report.packets_per_sec();
     let mut row = Measurement::new(
         SECTION,
@@ -75,6 +82,9 @@ pub fn measure(
     ));
     if achieved < f64::from(rate) * 0.95 {
         row.note += " (generator-limited)";
+    }
+    if !verdicts.is_empty() {
+        row.note += &format!("; guard: {}", verdicts.join(", "));
     }
     let mut rows = vec![row];
     if !xdp_used.is_zero() {

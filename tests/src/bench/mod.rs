@@ -16,6 +16,7 @@ pub mod scale;
 use std::{net::SocketAddr, time::Duration};
 
 use report::{Machine, Measurement, Report, Target};
+use sbc_common::Reason;
 
 use crate::{
     daemon::{Daemon, DaemonOptions},
@@ -98,11 +99,31 @@ impl Options {
 pub trait SystemUnderTest: Sync {
     /// The CPU time all of its processes have used so far.
     fn cpu_time(&self) -> anyhow::Result<Duration>;
+
+    /// The SIP guard's verdicts so far, by reason, where the system has such a guard.
+    fn guard_verdicts(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 impl SystemUnderTest for Daemon {
     fn cpu_time(&self) -> anyhow::Result<Duration> {
         Daemon::cpu_time(self)
+    }
+
+    fn guard_verdicts(&self) -> Vec<(&'static str, u64)> {
+        [
+            Reason::DropSipBlocked,
+            Reason::DropSipInviteRate,
+            Reason::DropSipRateLimited,
+            Reason::PassSip,
+        ]
+        .into_iter()
+        .map(|reason| {
+            let count = Daemon::guard_verdicts(self, reason.name()).unwrap_or_default();
+            (reason.name(), count)
+        })
+        .collect()
     }
 }
 
