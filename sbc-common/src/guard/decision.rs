@@ -5,8 +5,8 @@
 //! In this order:
 //! 1. with the guard off, everything goes up (`PassSipUnguarded`);
 //! 2. a source under a dynamic block is dropped, before anything else is looked up or read,
-//!    unless it is the caller of a call we hold (then that call's datagrams pass, nothing
-//!    else): a flood from a blocked source costs two lookups. A block applies as found:
+//!    unless it is the caller of a call we hold that acknowledged its answer (then that call's
+//!    datagrams pass, nothing else): a flood from a blocked source costs two lookups. A block applies as found:
 //!    behaviour never blocks an allowlisted source (the kernel blocks none, the daemon refuses
 //!    to, and a reload that allowlists a source lifts what its behaviour earned), so a block
 //!    that names one is an operator's;
@@ -27,7 +27,7 @@ pub trait GuardTables {
     /// Whether `dialog` (a seeded Call-ID hash) is a call the proxy holds; where the table
     /// keeps counts, it counts the datagram against the dialog.
     fn knows_dialog(&mut self, dialog: u64) -> bool;
-    /// Whether `source` is the caller of a call the proxy holds.
+    /// Whether `source` is the caller of a call the proxy holds, and acknowledged its answer.
     fn is_party(&self, source: &IpAddress) -> bool;
     /// The source's dynamic block, active or expired, if it has one.
     fn block(&mut self, source: &IpAddress) -> Option<&mut Block>;

@@ -254,20 +254,11 @@ impl SipGuard {
         call_id_hash(call_id.as_bytes(), state.config.dialog_seed)
     }
 
-    /// A call with this Call-ID is set up by `caller` (if known): its in-dialog traffic is
-    /// never limited from now on, and a block of the caller does not cut it off.
-    pub fn dialog_started(&self, call_id: &str, caller: Option<IpAddr>) -> anyhow::Result<()> {
+    /// A call with this Call-ID is set up: its in-dialog traffic is never limited from now on.
+    pub fn dialog_started(&self, call_id: &str) -> anyhow::Result<()> {
         let mut state = self.lock();
         let state = &mut *state;
         let id = Self::dialog_id(state, call_id);
-        if let Some(caller) = caller {
-            let party = IpAddress::from(caller);
-            let party_calls = state.parties.entry(party).or_insert(0);
-            *party_calls += 1;
-            if let Tables::Kernel(maps) = &mut state.tables {
-                maps.set_party(party, *party_calls)?;
-            }
-        }
         let calls = state.dialogs.entry(id).or_insert(0);
         *calls += 1;
         match &mut state.tables {
@@ -276,7 +267,21 @@ impl SipGuard {
         }
     }
 
-    /// The end of a call `dialog_started` began (the same Call-ID and caller).
+    /// `caller` acknowledged the answer of a call: a block of it lets that call's in-dialog
+    /// traffic through (until `dialog_ended` names it).
+    pub fn caller_confirmed(&self, caller: IpAddr) -> anyhow::Result<()> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let party = IpAddress::from(caller);
+        let calls = state.parties.entry(party).or_insert(0);
+        *calls += 1;
+        match &mut state.tables {
+            Tables::Kernel(maps) => maps.set_party(party, *calls),
+            Tables::Userspace { .. } => Ok(()),
+        }
+    }
+
+    /// The end of a call `dialog_started` began; `caller`, if `caller_confirmed` named it.
     pub fn dialog_ended(&self, call_id: &str, caller: Option<IpAddr>) {
         let mut state = self.lock();
         let state = &mut *state;
@@ -578,11 +583,9 @@ mod tests {
                 .collect();
             state.rules = longest_prefix_first(rules);
         }
+        guard.dialog_started(script::KNOWN_CALL_ID).unwrap();
         guard
-            .dialog_started(
-                script::KNOWN_CALL_ID,
-                Some(Ipv4Addr::from(script::KNOWN_CALLER).into()),
-            )
+            .caller_confirmed(Ipv4Addr::from(script::KNOWN_CALLER).into())
             .unwrap();
         let counted = |reason: Reason| {
             guard

@@ -196,14 +196,20 @@ impl Driver {
 
     fn update_guard(&self, update: GuardUpdate) {
         match update {
-            GuardUpdate::DialogStarted { call_id, caller } => {
-                if let Err(e) = self.guard.dialog_started(&call_id, caller) {
+            GuardUpdate::DialogStarted(call_id) => {
+                if let Err(e) = self.guard.dialog_started(&call_id) {
                     warn!(%call_id, "the kernel will limit this call's signalling: {e:#}");
                 }
             }
-            GuardUpdate::DialogEnded { call_id, caller } => {
-                self.guard.dialog_ended(&call_id, caller);
+            GuardUpdate::CallerConfirmed(caller) => {
+                if let Err(e) = self.guard.caller_confirmed(caller) {
+                    warn!(%caller, "a block of this caller would cut its calls off: {e:#}");
+                }
             }
+            GuardUpdate::DialogEnded {
+                call_id,
+                confirmed_caller,
+            } => self.guard.dialog_ended(&call_id, confirmed_caller),
             GuardUpdate::Block {
                 source,
                 duration,

@@ -487,7 +487,7 @@ mod tests {
             ..AdmissionConfig::default()
         };
         guard.configure(&admission, &[], &[]).unwrap();
-        guard.dialog_started(call_id, Some(TRUNK)).unwrap();
+        guard.dialog_started(call_id).unwrap();
         guard
     }
 

@@ -36,6 +36,9 @@ pub struct Call {
     responded: bool,
     ringing: Option<Instant>,
     pub answered: Option<Instant>,
+    /// The caller acknowledged the answer (ACK of the 2xx): from then on a block of its
+    /// address does not cut the call off. A flood's answered INVITEs are never acknowledged.
+    pub caller_confirmed: bool,
     /// Recorded in the journal (its end must be too).
     pub journaled: bool,
 }
@@ -131,19 +134,19 @@ fn unix_ms_of_instant(instant: Instant, now: Now) -> u64 {
 }
 
 impl Call {
-    /// What the guard learns when the call starts (or is adopted by a restarted daemon).
-    pub(super) fn dialog_started(&self) -> GuardUpdate {
-        GuardUpdate::DialogStarted {
-            call_id: self.call_id.clone(),
-            caller: self.caller.source.map(|s| s.ip()),
-        }
+    /// The caller's address once it confirmed the call (see `caller_confirmed`).
+    pub(super) fn confirmed_caller(&self) -> Option<std::net::IpAddr> {
+        self.caller
+            .source
+            .filter(|_| self.caller_confirmed)
+            .map(|source| source.ip())
     }
 
-    /// What the guard learns when the call ends: the start's Call-ID and caller.
+    /// What the guard learns when the call ends.
     pub(super) fn dialog_ended(&self) -> GuardUpdate {
         GuardUpdate::DialogEnded {
             call_id: self.call_id.clone(),
-            caller: self.caller.source.map(|s| s.ip()),
+            confirmed_caller: self.confirmed_caller(),
         }
     }
 
@@ -185,6 +188,9 @@ impl Call {
             answered: record
                 .answered_unix_ms
                 .map(|ms| instant_of_unix_ms(ms, now)),
+            // Whether its ACK came is not recorded; an answered call that lasted is taken as
+            // acknowledged.
+            caller_confirmed: record.answered_unix_ms.is_some(),
             journaled: true,
         };
         for party in [&mut call.caller, &mut call.callee] {
@@ -249,6 +255,7 @@ impl Call {
             responded: false,
             ringing: None,
             answered: None,
+            caller_confirmed: false,
             journaled: false,
         }
     }
@@ -304,6 +311,20 @@ impl Core {
             .find(|key| self.calls.contains_key(key))
     }
 
+    /// The ACK of a call's answer came from its caller: the guard learns the caller.
+    pub(super) fn caller_confirmed(&mut self, key: &CallKey) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        if call.caller_confirmed || call.answered.is_none() {
+            return;
+        }
+        call.caller_confirmed = true;
+        if let Some(caller) = call.confirmed_caller() {
+            self.guard(GuardUpdate::CallerConfirmed(caller));
+        }
+    }
+
     pub(super) fn call_started(&mut self, key: &CallKey) {
         let Some(call) = self.calls.get(key) else {
             return;
@@ -314,7 +335,7 @@ impl Core {
             to: call.callee.address.clone(),
         });
         // From now on the guard lets its in-dialog traffic through unlimited.
-        self.guard(call.dialog_started());
+        self.guard(GuardUpdate::DialogStarted(call.call_id.clone()));
         self.emit(started);
     }
 

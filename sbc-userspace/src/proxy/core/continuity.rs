@@ -10,7 +10,7 @@ use std::{collections::HashSet, sync::atomic::Ordering, time::Duration};
 use tracing::{debug, info, warn};
 
 use super::{
-    Core, Timer,
+    Core, GuardUpdate, Timer,
     call_end::CallEnd,
     calls::Call,
     names::CallKey,
@@ -116,7 +116,10 @@ impl Core {
             }
             let backend = record.backend.and_then(|a| self.backends.id_of(a));
             let call = Call::restore(record, backend, self.now);
-            self.guard(call.dialog_started());
+            self.guard(GuardUpdate::DialogStarted(call.call_id.clone()));
+            if let Some(caller) = call.confirmed_caller() {
+                self.guard(GuardUpdate::CallerConfirmed(caller));
+            }
             let answered = call.answered.is_some();
             self.calls.insert(key.clone(), call);
             if answered {

@@ -128,16 +128,15 @@ pub enum Output {
 /// What the core changes in the SIP guard (the kernel's maps, or the daemon's own tables).
 #[derive(Debug, PartialEq)]
 pub enum GuardUpdate {
-    /// A call with this Call-ID is set up by a caller at this address (if known): its
-    /// in-dialog traffic is not limited, and a block of the caller does not cut it off.
-    DialogStarted {
-        call_id: String,
-        caller: Option<IpAddr>,
-    },
-    /// The end of the call of a `DialogStarted` (the same Call-ID and caller).
+    /// A call with this Call-ID is set up: its in-dialog traffic is not limited.
+    DialogStarted(String),
+    /// The caller at this address acknowledged a call's answer: a block of its address does
+    /// not cut that call's signalling off.
+    CallerConfirmed(IpAddr),
+    /// A call ended (its caller given if it had confirmed the call).
     DialogEnded {
         call_id: String,
-        caller: Option<IpAddr>,
+        confirmed_caller: Option<IpAddr>,
     },
     /// Block a source for `duration`; `why` goes into the log and the `source_blocked` event,
     /// which the driver writes once the block is in place.

@@ -533,6 +533,14 @@ impl Core {
         let branch = self.branch_with(&loop_hash(&request));
         let bytes = with_via(&template, &self.via_line(hop.side, &branch));
         self.send(hop.side, hop.target, bytes);
+        if let Some(key) = self.find_call(&request)
+            && self
+                .calls
+                .get(&key)
+                .is_some_and(|call| call.caller.side == side)
+        {
+            self.caller_confirmed(&key);
+        }
     }
 
     fn on_cancel(&mut self, peer: Peer, message: Message, request: check::Request) {

@@ -756,10 +756,7 @@ fn invite_goes_through() {
     assert_eq!(lab.event_names(), vec!["call_started"]);
     assert_eq!(
         lab.guard,
-        vec![GuardUpdate::DialogStarted {
-            call_id: "through".to_owned(),
-            caller: Some(addr(CARRIER).ip()),
-        }]
+        vec![GuardUpdate::DialogStarted("through".to_owned())]
     );
     assert!(
         matches!(&lab.journal[..], [Line::Put(record)] if record.setup.is_some()),
@@ -992,11 +989,19 @@ fn answer_and_ack() {
         backend: invite.to,
         to_tag: "b".to_owned(),
     };
-    lab.carrier_sends(&dialog.carrier_request("ACK", "ack", None));
-    let ack = sent_to(&lab.take_sent(), &invite.to.to_string())
-        .request_uri()
-        .to_owned();
-    assert_eq!(ack, format!("sip:alice@{}", invite.to));
+    let confirmed = GuardUpdate::CallerConfirmed(addr(CARRIER).ip());
+    assert!(
+        !lab.guard.contains(&confirmed),
+        "an answer not acknowledged confirms nothing (a flood's INVITEs never are)"
+    );
+    let ack = dialog.carrier_request("ACK", "ack", None);
+    lab.carrier_sends(&ack);
+    let sent = lab.take_sent();
+    let forwarded = sent_to(&sent, &invite.to.to_string());
+    assert_eq!(forwarded.request_uri(), format!("sip:alice@{}", invite.to));
+    lab.carrier_sends(&ack);
+    let confirmations = lab.guard.iter().filter(|u| **u == confirmed).count();
+    assert_eq!(confirmations, 1, "the caller confirmed by its ACK, once");
 }
 
 fn double_record_route() {
@@ -1134,7 +1139,7 @@ fn bye_ends_the_call() {
         lab.guard.last(),
         Some(&GuardUpdate::DialogEnded {
             call_id: "ending".to_owned(),
-            caller: Some(addr(CARRIER).ip()),
+            confirmed_caller: Some(addr(CARRIER).ip()),
         })
     );
     assert!(matches!(lab.journal.last(), Some(Line::End(_))));
@@ -1388,10 +1393,10 @@ fn recorded_call_taken_over() {
     );
     assert_eq!(
         lab.guard,
-        vec![GuardUpdate::DialogStarted {
-            call_id: "survivor".to_owned(),
-            caller: Some(addr(CARRIER).ip()),
-        }]
+        vec![
+            GuardUpdate::DialogStarted("survivor".to_owned()),
+            GuardUpdate::CallerConfirmed(addr(CARRIER).ip()),
+        ]
     );
     assert_eq!(lab.media.lock().expect("not poisoned").answered, vec![1]);
     lab.carrier_sends(&dialog.carrier_request("BYE", "bye-after", None));
