@@ -1,10 +1,12 @@
 //! Finding and hashing the Call-ID of a SIP message, a word (8 bytes) at a time.
 //!
 //! The XDP program copies the first `SCAN_BUFFER` bytes of a datagram into a `ScanWindow` and
-//! runs `CallIdScan::step` once per word from `bpf_loop` (the verifier checks one step, not
-//! every iteration of a long scan); the daemon runs the same steps over its own copy with
-//! `find_call_id_hash`. A step finds the line feeds in its word at once (SWAR), so only line
-//! starts are looked at, and a line start is told apart by its first eight bytes.
+//! runs `CallIdScan::step` from `bpf_loop` (the verifier checks one step, not every iteration
+//! of a long scan); the daemon runs the same steps over its own copy with
+//! `find_call_id_hash`. A step goes from one line start to the next: it finds the line feeds of
+//! a word at once (SWAR), up to `STEP_WORDS` words on, and tells the line by its first eight
+//! bytes. The scan's state (`CallIdScan`) lives beside the window in map memory, whose values
+//! the verifier does not track: each step is verified once, whatever the cursor.
 //!
 //! What it accepts: a header line (after the first line) named `Call-ID` (any case) or `i`
 //! (the compact form), at most 7 blanks, a colon, at most 7 blanks (each run read as one word), then
@@ -20,15 +22,11 @@ pub const SCAN_BUFFER: usize = 2048;
 /// can follow) that leaves room to read whole words past the scanned bytes.
 pub const SCAN_WINDOW: usize = 4096;
 const WINDOW_WORDS: usize = SCAN_WINDOW / 8;
-/// Words the header search looks at per step: fewer steps cost less, but the verifier follows
-/// every path through a step's words (two: about 8,000 more instructions verified; four:
-/// 240,000).
-const STEP_WORDS: usize = 2;
-const STEP_BYTES: usize = STEP_WORDS * 8;
-/// Line starts looked at per word: a header line takes at least three bytes (`x:` and a line
-/// feed), so a word holds at most three of them in any message worth reading; a word with
-/// more is not SIP, and its further lines are not searched.
-const LINES_PER_WORD: usize = 3;
+/// Words the header search looks through per step for the next line start (a loop with one
+/// way out per word, cheap to verify: eight cover most header lines in one step).
+const STEP_WORDS: usize = 8;
+/// Words of a Call-ID value hashed per step (one branch each, no loop: cheap to verify).
+const VALUE_STEP_WORDS: usize = 4;
 /// Longest Call-ID value hashed.
 pub const CALL_ID_MAX: usize = 256;
 
@@ -183,6 +181,8 @@ pub fn call_id_hash(call_id: &[u8], seed: u64) -> u64 {
 pub struct CallIdScan {
     /// Bytes of the window that hold the message.
     len: usize,
+    /// The first byte the search has not looked at for line feeds.
+    cursor: usize,
     /// Where the Call-ID header's name ends (0: not found).
     name_end: usize,
     value_start: usize,
@@ -191,14 +191,15 @@ pub struct CallIdScan {
 }
 
 impl CallIdScan {
-    /// Words of a value `value_step` looks at, at most.
-    pub const VALUE_WORDS: usize = CALL_ID_MAX / 8;
+    /// Steps of `value_step` a value takes at most.
+    pub const VALUE_STEPS: usize = CALL_ID_MAX / 8 / VALUE_STEP_WORDS;
 
     /// A scan of the first `len` bytes of a window (at most `SCAN_BUFFER`).
     #[inline(always)]
     pub const fn new(len: usize, seed: u64) -> Self {
         Self {
             len: if len > SCAN_BUFFER { SCAN_BUFFER } else { len },
+            cursor: 0,
             name_end: 0,
             value_start: 0,
             hasher: CallIdHasher::new(seed),
@@ -206,10 +207,10 @@ impl CallIdScan {
         }
     }
 
-    /// Steps the header search may take (`step`'s indexes run below it).
+    /// Steps the header search may take at most: each moves its cursor on by a byte at least.
     #[inline(always)]
     pub const fn steps(&self) -> usize {
-        self.len.div_ceil(STEP_BYTES)
+        self.len
     }
 
     /// The Call-ID's hash, if the scan found one.
@@ -218,70 +219,56 @@ impl CallIdScan {
         self.result
     }
 
-    /// Looks at the lines that start in the `STEP_WORDS` words of step `index` for the
-    /// Call-ID header; false when the search is over (found, or known not to be there). The
-    /// index comes from the caller (`bpf_loop`'s counter), not from state kept between steps:
-    /// the verifier then sees one step for all, where a position it tracked from step to step
-    /// would be a new state each.
+    /// One step of the search for the Call-ID header: the next line start within
+    /// `STEP_WORDS` words from the cursor (or, with none there, past those words); false when
+    /// the search is over (found, or known not to be there). Branches but no loop; the cursor
+    /// lives in this struct, which the XDP program keeps in map memory, where the verifier
+    /// tracks no values (on its stack, each position would be a state of its own).
     #[inline(always)]
-    pub fn step(&mut self, window: &ScanWindow, index: usize) -> bool {
-        let base = index * STEP_BYTES;
-        // A line starts after each line feed; the first line is the start line, never a header.
-        let mut feeds = [0u64; STEP_WORDS];
-        let mut any = 0;
-        for (n, word_feeds) in feeds.iter_mut().enumerate() {
-            *word_feeds = bytes_equal(window.word(index * STEP_WORDS + n), b'\n');
-            any |= *word_feeds;
-        }
-        if any == 0 && base + STEP_BYTES <= self.len {
-            return true;
-        }
-        for (n, word_feeds) in feeds.into_iter().enumerate() {
-            if !self.lines(window, base + n * 8, word_feeds) {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Looks at the lines that start after the line feeds `feeds` of the word at `base`; false
-    /// when the search is over.
-    #[inline(always)]
-    fn lines(&mut self, window: &ScanWindow, base: usize, mut feeds: u64) -> bool {
-        if base >= self.len {
+    pub fn step(&mut self, window: &ScanWindow) -> bool {
+        let from = self.cursor;
+        if from >= self.len {
             return false;
         }
-        if base + 8 > self.len {
-            feeds &= first_bytes(u64::MAX, self.len - base);
-        }
-        for _ in 0..LINES_PER_WORD {
-            if feeds == 0 {
+        let word = from / 8;
+        // Line feeds before the cursor were followed already.
+        let mut feeds = bytes_equal(window.word(word), b'\n') & !first_bytes(u64::MAX, from % 8);
+        let mut at = word * 8;
+        for n in 1..STEP_WORDS {
+            if feeds != 0 {
                 break;
             }
-            let line = base + first_flagged_byte(feeds) + 1;
-            feeds &= feeds - 1;
-            if line >= self.len {
-                return false;
-            }
-            let head = window.word_at(line);
-            let first = head as u8;
-            if first == b'\r' || first == b'\n' {
-                // The blank line that ends the headers.
-                return false;
-            }
-            // The name, then a colon or a blank (`Call-Info`, `If-Match`: other headers).
-            let name_len = if (head | CALL_ID_LETTERS) & SEVEN_BYTES == CALL_ID_NAME {
-                7
-            } else if first | 0x20 == b'i' {
-                1
-            } else {
-                continue;
-            };
-            let next = (head >> (name_len * 8)) as u8;
-            if next == b':' || is_blank(next) {
-                self.name_end = line + name_len;
-                return false;
-            }
+            feeds = bytes_equal(window.word(word + n), b'\n');
+            at = (word + n) * 8;
+        }
+        if feeds == 0 {
+            self.cursor = (word + STEP_WORDS) * 8;
+            return true;
+        }
+        // A line starts after each line feed; the first line is the start line, never a header.
+        let line = at + first_flagged_byte(feeds) + 1;
+        if line >= self.len {
+            return false;
+        }
+        self.cursor = line;
+        let head = window.word_at(line);
+        let first = head as u8;
+        if first == b'\r' || first == b'\n' {
+            // The blank line that ends the headers.
+            return false;
+        }
+        // The name, then a colon or a blank (`Call-Info`, `If-Match`: other headers).
+        let name_len = if (head | CALL_ID_LETTERS) & SEVEN_BYTES == CALL_ID_NAME {
+            7
+        } else if first | 0x20 == b'i' {
+            1
+        } else {
+            return true;
+        };
+        let next = (head >> (name_len * 8)) as u8;
+        if next == b':' || is_blank(next) {
+            self.name_end = line + name_len;
+            return false;
         }
         true
     }
@@ -306,23 +293,26 @@ impl CallIdScan {
         true
     }
 
-    /// Hashes word `n` of the value (`n` below `VALUE_WORDS`); false once the value ended.
+    /// Hashes the `VALUE_STEP_WORDS` words of step `n` of the value (`n` below
+    /// `VALUE_STEPS`); false once the value ended.
     #[inline(always)]
     pub fn value_step(&mut self, window: &ScanWindow, n: usize) -> bool {
-        let offset = n * 8;
-        let word = window.word_at(self.value_start + offset);
-        let ends = first_below_bang(word);
-        if ends == 0 {
+        for k in 0..VALUE_STEP_WORDS {
+            let offset = (n * VALUE_STEP_WORDS + k) * 8;
+            let word = window.word_at(self.value_start + offset);
+            let ends = first_below_bang(word);
+            if ends != 0 {
+                let len = offset + first_flagged_byte(ends);
+                // The byte that ends the value must be one of the message's.
+                if self.value_start + len < self.len && len < CALL_ID_MAX {
+                    let hasher = CallIdHasher(self.hasher.0);
+                    self.result = Some(hasher.finish(first_bytes(word, len - offset), len));
+                }
+                return false;
+            }
             self.hasher.write_word(word);
-            return true;
         }
-        let len = offset + first_flagged_byte(ends);
-        // The byte that ends the value must be one of the message's.
-        if self.value_start + len < self.len && len < CALL_ID_MAX {
-            let hasher = CallIdHasher(self.hasher.0);
-            self.result = Some(hasher.finish(first_bytes(word, len - offset), len));
-        }
-        false
+        true
     }
 }
 
@@ -335,13 +325,13 @@ pub fn find_call_id_hash(message: &[u8], seed: u64) -> Option<u64> {
     let len = message.len().min(SCAN_BUFFER);
     window.bytes[..len].copy_from_slice(&message[..len]);
     let mut scan = CallIdScan::new(len, seed);
-    for index in 0..scan.steps() {
-        if !scan.step(&window, index) {
+    for _ in 0..scan.steps() {
+        if !scan.step(&window) {
             break;
         }
     }
     if scan.start_value(&window) {
-        for n in 0..CallIdScan::VALUE_WORDS {
+        for n in 0..CallIdScan::VALUE_STEPS {
             if !scan.value_step(&window, n) {
                 break;
             }

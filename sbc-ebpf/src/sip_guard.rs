@@ -117,18 +117,20 @@ impl GuardTables for GuardMaps {
     }
 }
 
-/// One `bpf_loop` step of the header search (see `CallIdScan::step`). Returns 1 to stop the
-/// loop.
-extern "C" fn header_step(index: u64, scratch: *mut c_void) -> c_long {
+/// One `bpf_loop` step of the header search (see `CallIdScan::step`, which keeps its own
+/// cursor). Returns 1 to stop the loop. Every argument needs a name: the kernel refuses the
+/// BTF of a function with an unnamed one.
+extern "C" fn header_step(_index: u64, scratch: *mut c_void) -> c_long {
     // SAFETY: `scratch` is the caller's pointer to this CPU's scratch, alive for the whole
     // loop; `step` masks every index into the window.
     unsafe {
         let scratch = *scratch.cast::<*mut ScanScratch>();
-        c_long::from(!(*scratch).scan.step(&(*scratch).window, index as usize))
+        c_long::from(!(*scratch).scan.step(&(*scratch).window))
     }
 }
 
-/// One `bpf_loop` step of hashing the value: word `n` of it. Returns 1 to stop the loop.
+/// One `bpf_loop` step of hashing the value (see `CallIdScan::value_step`). Returns 1 to stop
+/// the loop.
 extern "C" fn value_step(n: u64, scratch: *mut c_void) -> c_long {
     // SAFETY: as in `header_step`.
     unsafe {
@@ -218,7 +220,7 @@ impl GuardedDatagram for Payload {
             (*scratch).scan = CallIdScan::new(self.len, seed);
             run_loop((*scratch).scan.steps(), header_step, scratch);
             if (*scratch).scan.start_value(&(*scratch).window) {
-                run_loop(CallIdScan::VALUE_WORDS, value_step, scratch);
+                run_loop(CallIdScan::VALUE_STEPS, value_step, scratch);
             }
             (*scratch).scan.result()
         }
