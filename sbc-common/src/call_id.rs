@@ -39,16 +39,36 @@ const CALL_ID_NAME: u64 = u64::from_le_bytes(*b"call-id\0");
 const CALL_ID_LETTERS: u64 = u64::from_le_bytes([0x20, 0x20, 0x20, 0x20, 0, 0x20, 0x20, 0]);
 const SEVEN_BYTES: u64 = 0x00ff_ffff_ffff_ffff;
 
+/// Bytes a scan reads a word at a time. What lies past the message is never relied on: the
+/// XDP program's window holds an earlier datagram's bytes there, the daemon's reading zeros.
+pub trait Words {
+    /// The aligned word `index` (bytes `8 * index ..`), little-endian.
+    fn word(&self, index: usize) -> u64;
+
+    /// The eight bytes from `offset` on, as one little-endian word (two aligned reads, and no
+    /// branch: each one doubles the paths the verifier follows through a loop).
+    #[inline(always)]
+    fn word_at(&self, offset: usize) -> u64 {
+        let (index, shift) = (offset / 8, (offset % 8) * 8);
+        // `<< 1 << (63 - shift)` is `<< (64 - shift)`, and shifts everything out at 0.
+        (self.word(index) >> shift) | (self.word(index + 1) << 1 << (63 - shift))
+    }
+
+    #[inline(always)]
+    fn byte(&self, offset: usize) -> u8 {
+        self.word_at(offset) as u8
+    }
+}
+
 /// The first bytes of a datagram, copied where whole words can be read at any offset.
 #[repr(C, align(8))]
 pub struct ScanWindow {
     pub bytes: [u8; SCAN_WINDOW],
 }
 
-impl ScanWindow {
-    /// The aligned word `index` (bytes `8 * index ..`), little-endian.
+impl Words for ScanWindow {
     #[inline(always)]
-    pub fn word(&self, index: usize) -> u64 {
+    fn word(&self, index: usize) -> u64 {
         // SAFETY: the index is masked into the window, whose bytes are 8-aligned.
         let word = unsafe {
             *self
@@ -60,18 +80,26 @@ impl ScanWindow {
         u64::from_le(word)
     }
 
-    /// The eight bytes from `offset` on, as one little-endian word (two aligned reads, and no
-    /// branch: each one doubles the paths the verifier follows through a loop).
     #[inline(always)]
-    pub fn word_at(&self, offset: usize) -> u64 {
-        let (index, shift) = (offset / 8, (offset % 8) * 8);
-        // `<< 1 << (63 - shift)` is `<< (64 - shift)`, and shifts everything out at 0.
-        (self.word(index) >> shift) | (self.word(index + 1) << 1 << (63 - shift))
+    fn byte(&self, offset: usize) -> u8 {
+        self.bytes[offset & (SCAN_WINDOW - 1)]
+    }
+}
+
+/// A message as the daemon holds it, read in place (zeros past its end): no copy per datagram.
+struct MessageWords<'a>(&'a [u8]);
+
+impl Words for MessageWords<'_> {
+    fn word(&self, index: usize) -> u64 {
+        let mut word = [0u8; 8];
+        let start = index.saturating_mul(8).min(self.0.len());
+        let bytes = &self.0[start..self.0.len().min(start + 8)];
+        word[..bytes.len()].copy_from_slice(bytes);
+        u64::from_le_bytes(word)
     }
 
-    #[inline(always)]
-    pub fn byte(&self, offset: usize) -> u8 {
-        self.bytes[offset & (SCAN_WINDOW - 1)]
+    fn byte(&self, offset: usize) -> u8 {
+        self.0.get(offset).copied().unwrap_or(0)
     }
 }
 
@@ -225,7 +253,7 @@ impl CallIdScan {
     /// lives in this struct, which the XDP program keeps in map memory, where the verifier
     /// tracks no values (on its stack, each position would be a state of its own).
     #[inline(always)]
-    pub fn step(&mut self, window: &ScanWindow) -> bool {
+    pub fn step(&mut self, window: &impl Words) -> bool {
         let from = self.cursor;
         if from >= self.len {
             return false;
@@ -276,7 +304,7 @@ impl CallIdScan {
     /// After `step` found the header: reads past the colon to the value; false if there is
     /// none to hash. Without loops (a word at a time), so that the verifier follows one path.
     #[inline(always)]
-    pub fn start_value(&mut self, window: &ScanWindow) -> bool {
+    pub fn start_value(&mut self, window: &impl Words) -> bool {
         if self.name_end == 0 {
             return false;
         }
@@ -296,7 +324,7 @@ impl CallIdScan {
     /// Hashes the `VALUE_STEP_WORDS` words of step `n` of the value (`n` below
     /// `VALUE_STEPS`); false once the value ended.
     #[inline(always)]
-    pub fn value_step(&mut self, window: &ScanWindow, n: usize) -> bool {
+    pub fn value_step(&mut self, window: &impl Words, n: usize) -> bool {
         for k in 0..VALUE_STEP_WORDS {
             let offset = (n * VALUE_STEP_WORDS + k) * 8;
             let word = window.word_at(self.value_start + offset);
@@ -319,12 +347,8 @@ impl CallIdScan {
 /// The seeded hash of the Call-ID of `message` (at most its first `SCAN_BUFFER` bytes), as
 /// the XDP program computes it.
 pub fn find_call_id_hash(message: &[u8], seed: u64) -> Option<u64> {
-    let mut window = ScanWindow {
-        bytes: [0; SCAN_WINDOW],
-    };
-    let len = message.len().min(SCAN_BUFFER);
-    window.bytes[..len].copy_from_slice(&message[..len]);
-    let mut scan = CallIdScan::new(len, seed);
+    let window = MessageWords(message);
+    let mut scan = CallIdScan::new(message.len(), seed);
     for _ in 0..scan.steps() {
         if !scan.step(&window) {
             break;
@@ -374,6 +398,50 @@ mod tests {
                 assert_eq!(scan(message.as_bytes()), expect(ID), "{header}, {pad}");
             }
         }
+    }
+
+    /// The scan as the XDP program runs it: in a window whose bytes past the message hold an
+    /// earlier datagram's, here the ones most likely to mislead it.
+    fn scan_in_a_used_window(message: &[u8]) -> Option<u64> {
+        let mut window = ScanWindow {
+            bytes: [0; SCAN_WINDOW],
+        };
+        let garbage = b"\r\nCall-ID: stale@elsewhere\r\ni: x\n";
+        for (byte, fill) in window.bytes.iter_mut().zip(garbage.iter().cycle()) {
+            *byte = *fill;
+        }
+        let len = message.len().min(SCAN_BUFFER);
+        window.bytes[..len].copy_from_slice(&message[..len]);
+        let mut scan = CallIdScan::new(len, 42);
+        for _ in 0..scan.steps() {
+            if !scan.step(&window) {
+                break;
+            }
+        }
+        if scan.start_value(&window) {
+            for n in 0..CallIdScan::VALUE_STEPS {
+                if !scan.value_step(&window, n) {
+                    break;
+                }
+            }
+        }
+        scan.result()
+    }
+
+    #[test]
+    fn what_lies_past_the_message_never_counts() {
+        let whole = format!("BYE sip:b@h SIP/2.0\r\nVia: x\r\nCall-ID: {ID}\r\n\r\n");
+        // Every cut of a message, including ones that end inside its Call-ID's name or value.
+        for cut in 0..=whole.len() {
+            let message = &whole.as_bytes()[..cut];
+            assert_eq!(
+                scan_in_a_used_window(message),
+                scan(message),
+                "cut at {cut}: {:?}",
+                std::string::String::from_utf8_lossy(message)
+            );
+        }
+        assert_eq!(scan(whole.as_bytes()), expect(ID));
     }
 
     #[test]

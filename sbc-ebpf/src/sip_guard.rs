@@ -11,7 +11,7 @@ use aya_ebpf::{
 use network_types::udp::UdpHdr;
 use sbc_common::{
     Block, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
-    call_id::{CallIdScan, SCAN_BUFFER},
+    call_id::{CallIdScan, SCAN_BUFFER, Words as _},
     guard::{GuardTables, GuardedDatagram, decide, is_invite},
 };
 
