@@ -321,6 +321,23 @@ impl CallIdScan {
         true
     }
 
+    /// The whole scan, its parts run in turn (the XDP program runs them from `bpf_loop`).
+    pub fn run(mut self, window: &impl Words) -> Option<u64> {
+        for _ in 0..self.steps() {
+            if !self.step(window) {
+                break;
+            }
+        }
+        if self.start_value(window) {
+            for n in 0..Self::VALUE_STEPS {
+                if !self.value_step(window, n) {
+                    break;
+                }
+            }
+        }
+        self.result()
+    }
+
     /// Hashes the `VALUE_STEP_WORDS` words of step `n` of the value (`n` below
     /// `VALUE_STEPS`); false once the value ended.
     #[inline(always)]
@@ -347,21 +364,7 @@ impl CallIdScan {
 /// The seeded hash of the Call-ID of `message` (at most its first `SCAN_BUFFER` bytes), as
 /// the XDP program computes it.
 pub fn find_call_id_hash(message: &[u8], seed: u64) -> Option<u64> {
-    let window = MessageWords(message);
-    let mut scan = CallIdScan::new(message.len(), seed);
-    for _ in 0..scan.steps() {
-        if !scan.step(&window) {
-            break;
-        }
-    }
-    if scan.start_value(&window) {
-        for n in 0..CallIdScan::VALUE_STEPS {
-            if !scan.value_step(&window, n) {
-                break;
-            }
-        }
-    }
-    scan.result()
+    CallIdScan::new(message.len(), seed).run(&MessageWords(message))
 }
 
 #[cfg(test)]
@@ -412,20 +415,7 @@ mod tests {
         }
         let len = message.len().min(SCAN_BUFFER);
         window.bytes[..len].copy_from_slice(&message[..len]);
-        let mut scan = CallIdScan::new(len, 42);
-        for _ in 0..scan.steps() {
-            if !scan.step(&window) {
-                break;
-            }
-        }
-        if scan.start_value(&window) {
-            for n in 0..CallIdScan::VALUE_STEPS {
-                if !scan.value_step(&window, n) {
-                    break;
-                }
-            }
-        }
-        scan.result()
+        CallIdScan::new(len, 42).run(&window)
     }
 
     #[test]
