@@ -28,8 +28,9 @@ pub const SOURCES: &str = "SBC_SOURCES";
 pub const BLOCKS: &str = "SBC_BLOCKS";
 /// `HashMap<u64, Dialog>`: the known dialogs, by Call-ID hash.
 pub const DIALOGS: &str = "SBC_DIALOGS";
-/// `HashMap<IpAddress, u32>`: the callers that acknowledged the answer of calls we hold, with
-/// how many: the guard drops a blocked source's datagrams unread unless it is one of them.
+/// `HashMap<IpAddress, u32>`: the callers that acknowledged the answer of calls we hold (the
+/// value is 1; the daemon counts their calls): the guard drops a blocked source's datagrams
+/// unread unless it is one of them.
 pub const PARTIES: &str = "SBC_PARTIES";
 
 /// All maps, for pinning and re-opening.

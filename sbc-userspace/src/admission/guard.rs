@@ -147,7 +147,7 @@ impl SipGuard {
             maps.remove_dialog(id);
         }
         for party in maps.parties() {
-            maps.set_party(party, 0)?;
+            maps.remove_party(&party);
         }
         maps.set_config(config)?;
         Ok(Self::with(Tables::Kernel(Box::new(maps)), config))
@@ -275,9 +275,10 @@ impl SipGuard {
         let party = IpAddress::from(caller);
         let calls = state.parties.entry(party).or_insert(0);
         *calls += 1;
+        // The kernel learns of the first call only.
         match &mut state.tables {
-            Tables::Kernel(maps) => maps.set_party(party, *calls),
-            Tables::Userspace { .. } => Ok(()),
+            Tables::Kernel(maps) if *calls == 1 => maps.add_party(party),
+            _ => Ok(()),
         }
     }
 
@@ -289,14 +290,11 @@ impl SipGuard {
             let party = IpAddress::from(caller);
             if let Some(party_calls) = state.parties.get_mut(&party) {
                 *party_calls -= 1;
-                let left = *party_calls;
-                if left == 0 {
+                if *party_calls == 0 {
                     state.parties.remove(&party);
-                }
-                if let Tables::Kernel(maps) = &mut state.tables
-                    && let Err(e) = maps.set_party(party, left)
-                {
-                    tracing::warn!(%caller, "the kernel keeps a caller that has no call: {e:#}");
+                    if let Tables::Kernel(maps) = &mut state.tables {
+                        maps.remove_party(&party);
+                    }
                 }
             }
         }

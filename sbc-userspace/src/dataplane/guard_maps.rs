@@ -120,16 +120,16 @@ impl GuardMaps {
         self.dialogs.keys().filter_map(Result::ok).collect()
     }
 
-    /// Records that `party` is the caller of `calls` calls we hold (0: of none).
-    pub fn set_party(&mut self, party: IpAddress, calls: usize) -> anyhow::Result<()> {
-        if calls == 0 {
-            let _ = self.parties.remove(&party);
-            return Ok(());
-        }
-        let calls = u32::try_from(calls).unwrap_or(u32::MAX);
+    /// Records that `party` is the caller of a confirmed call we hold (the kernel needs no
+    /// more: the daemon counts the calls).
+    pub fn add_party(&mut self, party: IpAddress) -> anyhow::Result<()> {
         self.parties
-            .insert(party, calls, 0)
+            .insert(party, 1, 0)
             .context("writing the parties map")
+    }
+
+    pub fn remove_party(&mut self, party: &IpAddress) {
+        let _ = self.parties.remove(party);
     }
 
     pub fn parties(&self) -> Vec<IpAddress> {
