@@ -16,12 +16,14 @@
 //! `SCAN_BUFFER` bytes): the packet is then treated as out of dialog, which is limited but
 //! never lost while under its limit.
 
+pub use crate::words::{MessageWords, SCAN_WINDOW, ScanWindow, Words};
+use crate::words::{
+    WordHasher, bytes_equal, first_below_bang, first_bytes, first_flagged_byte, hash_bytes,
+    is_blank, leading_blanks,
+};
+
 /// Bytes of a datagram that are scanned at most.
 pub const SCAN_BUFFER: usize = 2048;
-/// Size of a `ScanWindow`: a power of two (word indexes are masked into it, which the verifier
-/// can follow) that leaves room to read whole words past the scanned bytes.
-pub const SCAN_WINDOW: usize = 4096;
-const WINDOW_WORDS: usize = SCAN_WINDOW / 8;
 /// Words the header search looks through per step for the next line start (a loop with one
 /// way out per word, cheap to verify: eight cover most header lines in one step).
 const STEP_WORDS: usize = 8;
@@ -30,176 +32,15 @@ const VALUE_STEP_WORDS: usize = 4;
 /// Longest Call-ID value hashed.
 pub const CALL_ID_MAX: usize = 256;
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
 /// `Call-ID` lower-cased in its first seven bytes (little-endian), and the bits that lower-case
 /// its letters (not the `-`, which `| 0x20` would leave alone but a `\r` would turn into).
 const CALL_ID_NAME: u64 = u64::from_le_bytes(*b"call-id\0");
 const CALL_ID_LETTERS: u64 = u64::from_le_bytes([0x20, 0x20, 0x20, 0x20, 0, 0x20, 0x20, 0]);
 const SEVEN_BYTES: u64 = 0x00ff_ffff_ffff_ffff;
 
-/// Bytes a scan reads a word at a time. What lies past the message is never relied on: the
-/// XDP program's window holds an earlier datagram's bytes there, the daemon's reading zeros.
-pub trait Words {
-    /// The aligned word `index` (bytes `8 * index ..`), little-endian.
-    fn word(&self, index: usize) -> u64;
-
-    /// The eight bytes from `offset` on, as one little-endian word (two aligned reads, and no
-    /// branch: each one doubles the paths the verifier follows through a loop).
-    #[inline(always)]
-    fn word_at(&self, offset: usize) -> u64 {
-        let (index, shift) = (offset / 8, (offset % 8) * 8);
-        // `<< 1 << (63 - shift)` is `<< (64 - shift)`, and shifts everything out at 0.
-        (self.word(index) >> shift) | (self.word(index + 1) << 1 << (63 - shift))
-    }
-
-    #[inline(always)]
-    fn byte(&self, offset: usize) -> u8 {
-        self.word_at(offset) as u8
-    }
-}
-
-/// The first bytes of a datagram, copied where whole words can be read at any offset.
-#[repr(C, align(8))]
-pub struct ScanWindow {
-    pub bytes: [u8; SCAN_WINDOW],
-}
-
-impl Words for ScanWindow {
-    #[inline(always)]
-    fn word(&self, index: usize) -> u64 {
-        // SAFETY: the index is masked into the window, whose bytes are 8-aligned.
-        let word = unsafe {
-            *self
-                .bytes
-                .as_ptr()
-                .add((index & (WINDOW_WORDS - 1)) * 8)
-                .cast::<u64>()
-        };
-        u64::from_le(word)
-    }
-
-    #[inline(always)]
-    fn byte(&self, offset: usize) -> u8 {
-        self.bytes[offset & (SCAN_WINDOW - 1)]
-    }
-}
-
-/// A message as the daemon holds it, read in place (zeros past its end): no copy per datagram.
-struct MessageWords<'a>(&'a [u8]);
-
-impl Words for MessageWords<'_> {
-    fn word(&self, index: usize) -> u64 {
-        let mut word = [0u8; 8];
-        let start = index.saturating_mul(8).min(self.0.len());
-        let bytes = &self.0[start..self.0.len().min(start + 8)];
-        word[..bytes.len()].copy_from_slice(bytes);
-        u64::from_le_bytes(word)
-    }
-
-    fn byte(&self, offset: usize) -> u8 {
-        self.0.get(offset).copied().unwrap_or(0)
-    }
-}
-
-/// The high bit of each byte of `word` that is zero, and of no other (exact, unlike the
-/// cheaper test that may flag a byte above a zero one).
-#[inline(always)]
-const fn zero_bytes(word: u64) -> u64 {
-    let low_bits = (word & !HIGHS).wrapping_add(!HIGHS);
-    !(low_bits | word | !HIGHS)
-}
-
-/// The high bit of each byte of `word` equal to `byte`.
-#[inline(always)]
-const fn bytes_equal(word: u64, byte: u8) -> u64 {
-    zero_bytes(word ^ (ONES * byte as u64))
-}
-
-/// The high bit of the first byte of `word` (lowest address) below `!`, and perhaps of later
-/// ones: the classic borrow test is exact up to the first hit, which is all a scan needs.
-#[inline(always)]
-const fn first_below_bang(word: u64) -> u64 {
-    word.wrapping_sub(ONES * b'!' as u64) & !word & HIGHS
-}
-
-/// The index of the lowest byte whose high bit is set in `flags` (only high bits set), by a
-/// multiplication rather than `trailing_zeros`, which BPF computes with a table lookup whose
-/// index the verifier must then track.
-#[inline(always)]
-const fn first_flagged_byte(flags: u64) -> usize {
-    let lowest = (flags & flags.wrapping_neg()) >> 7;
-    (lowest.wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
-}
-
-/// The bytes of `word` before byte `n` (`n` from 0 to 8).
-#[inline(always)]
-const fn first_bytes(word: u64, n: usize) -> u64 {
-    if n >= 8 {
-        word
-    } else {
-        word & ((1u64 << (n * 8)) - 1)
-    }
-}
-
-#[inline(always)]
-fn is_blank(byte: u8) -> bool {
-    byte == b' ' || byte == b'\t'
-}
-
-/// How many blanks `word` starts with (8: it is all blanks, more than a header may have).
-#[inline(always)]
-fn leading_blanks(word: u64) -> usize {
-    let blanks = bytes_equal(word, b' ') | bytes_equal(word, b'\t');
-    ((!blanks & HIGHS).trailing_zeros() / 8) as usize
-}
-
-/// A seeded hash of a Call-ID, fed a word at a time: it keys the dialogs map. Not
-/// cryptographic; the seed (random per daemon) keeps strangers from aiming at a given key.
-pub struct CallIdHasher(u64);
-
-impl CallIdHasher {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
-
-    #[inline(always)]
-    pub const fn new(seed: u64) -> Self {
-        Self(Self::OFFSET ^ seed)
-    }
-
-    /// Eight bytes of the value, little-endian.
-    #[inline(always)]
-    pub fn write_word(&mut self, word: u64) {
-        let mixed = (self.0 ^ word).wrapping_mul(Self::MULTIPLIER);
-        self.0 = mixed.rotate_left(29);
-    }
-
-    /// The last, partial word (its bytes past the value zero: a value whose length is a
-    /// multiple of eight ends with an empty one) and the value's length.
-    #[inline(always)]
-    pub fn finish(mut self, last: u64, len: usize) -> u64 {
-        self.write_word(last);
-        // The finaliser of MurmurHash3, so that every input bit reaches every output bit.
-        let mut hash = self.0 ^ len as u64;
-        hash ^= hash >> 33;
-        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        hash ^= hash >> 33;
-        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        hash ^ (hash >> 33)
-    }
-}
-
 /// The key of a dialog in the dialogs map, as the daemon computes it from a parsed Call-ID.
 pub fn call_id_hash(call_id: &[u8], seed: u64) -> u64 {
-    let mut hasher = CallIdHasher::new(seed);
-    let mut words = call_id.chunks_exact(8);
-    for word in &mut words {
-        hasher.write_word(u64::from_le_bytes(word.try_into().expect("eight bytes")));
-    }
-    let mut last = [0u8; 8];
-    last[..words.remainder().len()].copy_from_slice(words.remainder());
-    hasher.finish(u64::from_le_bytes(last), call_id.len())
+    hash_bytes(call_id, seed)
 }
 
 /// A Call-ID scan over a `ScanWindow`, in three parts so that no `bpf_loop` step holds a loop
@@ -214,7 +55,7 @@ pub struct CallIdScan {
     /// Where the Call-ID header's name ends (0: not found).
     name_end: usize,
     value_start: usize,
-    hasher: CallIdHasher,
+    hasher: WordHasher,
     result: Option<u64>,
 }
 
@@ -230,7 +71,7 @@ impl CallIdScan {
             cursor: 0,
             name_end: 0,
             value_start: 0,
-            hasher: CallIdHasher::new(seed),
+            hasher: WordHasher::new(seed),
             result: None,
         }
     }
@@ -350,7 +191,7 @@ impl CallIdScan {
                 let len = offset + first_flagged_byte(ends);
                 // The byte that ends the value must be one of the message's.
                 if self.value_start + len < self.len && len < CALL_ID_MAX {
-                    let hasher = CallIdHasher(self.hasher.0);
+                    let hasher = WordHasher::from_state(self.hasher.state());
                     self.result = Some(hasher.finish(first_bytes(word, len - offset), len));
                 }
                 return false;

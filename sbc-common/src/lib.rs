@@ -11,12 +11,14 @@
 extern crate std;
 
 pub mod bench;
+pub mod branch;
 pub mod call_id;
 pub mod checksum;
 pub mod flow;
 pub mod guard;
 pub mod maps;
 pub mod reason;
+pub mod words;
 
 pub use flow::{Flow, FlowKey, FlowStats, IpAddress, SourceCheck};
 pub use guard::{

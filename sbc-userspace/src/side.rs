@@ -18,4 +18,12 @@ impl Side {
             Side::Private => Side::Public,
         }
     }
+
+    /// The side's number in the kernel's dialog tables (`sbc_common::branch`).
+    pub fn index(self) -> u8 {
+        match self {
+            Side::Public => sbc_common::branch::SIDE_PUBLIC,
+            Side::Private => sbc_common::branch::SIDE_PRIVATE,
+        }
+    }
 }

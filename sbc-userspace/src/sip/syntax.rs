@@ -51,6 +51,13 @@ pub fn split_top_level(s: &str, separator: u8) -> Vec<&str> {
     pieces
 }
 
+/// The text of `whole` from where `piece` (a slice of it, as `split_top_level` returns) starts:
+/// what follows a value that is edited or removed, kept as it was written.
+pub fn from_piece<'a>(whole: &'a str, piece: &str) -> &'a str {
+    let offset = (piece.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
+    &whole[offset.min(whole.len())..]
+}
+
 /// Reads a quoted string at the start of `s` (which begins with `"`); returns its content (with
 /// quoted-pairs resolved) and the rest after the closing quote.
 pub fn quoted_string(s: &str) -> Result<(String, &str), String> {

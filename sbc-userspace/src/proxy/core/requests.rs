@@ -2,6 +2,7 @@
 //! (RFC 3261 16.3-16.6) with Record-Route, our Via and the media anchored.
 use std::{net::SocketAddr, sync::atomic::Ordering};
 
+use sbc_common::branch;
 use tracing::{debug, info};
 
 use super::{
@@ -21,7 +22,7 @@ use crate::{
     sip::{
         Message, Method, address, check,
         edit::Editor,
-        syntax::split_top_level,
+        syntax::{from_piece, split_top_level},
         uri::{self, Host},
     },
 };
@@ -69,7 +70,7 @@ impl Core {
             let answer = self.own_answer(483, &to_tag);
             return self.refuse(&key, peer, &message, answer);
         }
-        if self.is_loop(&request) {
+        if !in_dialog && self.is_loop(&request) {
             let answer = self.own_answer(482, &to_tag);
             return self.refuse(&key, peer, &message, answer);
         }
@@ -153,8 +154,8 @@ impl Core {
             return;
         };
         let (side, method) = (tx.out_side, tx.info.method.clone());
-        let hash = loop_hash(&tx.info);
-        let branch = self.branch_with(&hash);
+        let branch = our_branch(&tx.request, &tx.info, side);
+        let branch = self.branch_from(branch);
         let Some(tx) = self.server.get(server_key) else {
             return;
         };
@@ -313,8 +314,18 @@ impl Core {
         }
     }
 
-    /// A request that already went through us unchanged: one of the Vias is ours with the
-    /// same loop hash (RFC 3261 16.3 step 4). Spirals (a new Request-URI) are fine.
+    /// The branch `our_branch` chose: a transaction branch takes our next sequence number.
+    fn branch_from(&mut self, branch: OurBranch) -> String {
+        match branch {
+            OurBranch::Stateless(branch) => branch,
+            OurBranch::Transaction { loop_hash } => self.branch_with(&loop_hash),
+        }
+    }
+
+    /// A new request that already went through us unchanged: one of the Vias is ours with
+    /// the same loop hash (RFC 3261 16.3 step 4). Spirals (a new Request-URI) are fine.
+    /// In-dialog requests follow a route set, which has no loop, and carry stateless branches
+    /// without the hash; Max-Forwards ends a loop of those.
     fn is_loop(&self, request: &check::Request) -> bool {
         let hash = loop_hash(request);
         request.vias.iter().any(|via| {
@@ -424,27 +435,10 @@ impl Core {
             editor.start_line(format!("{} {uri} SIP/2.0", request.method));
         }
         // The previous hop's Via: where responses really go (RFC 3581, RFC 3261 18.2.1).
-        if let Some(index) = editor.first("via") {
-            let header = &message.headers[index];
-            let values = split_top_level(&header.value, b',');
-            let top = &request.vias[0];
-            let mut first = values[0].to_owned();
-            if top.host.ip() != Some(from.ip()) {
-                first.push_str(&format!(";received={}", from.ip()));
-            }
-            if let Some(rport) = top.param("rport")
-                && rport.value.is_none()
-            {
-                first = first.replacen(";rport", &format!(";rport={}", from.port()), 1);
-            }
-            if first != values[0] {
-                let rest: Vec<&str> = values[1..].to_vec();
-                let value = std::iter::once(first.as_str())
-                    .chain(rest)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                editor.replace(index, &value);
-            }
+        if let Some(index) = editor.first("via")
+            && let Some(value) = marked_via(&message.headers[index].value, &request.vias[0], from)
+        {
+            editor.replace(index, &value);
         }
         match editor.first("max-forwards") {
             Some(index) => {
@@ -486,19 +480,19 @@ impl Core {
                 continue;
             }
             let values = split_top_level(&header.value, b',');
-            let keep: Vec<&str> = values
+            let first_kept = values
                 .iter()
-                .copied()
-                .skip_while(|v| address::parse(v).is_ok_and(|a| self.route_is_us(&a.uri)))
-                .collect();
-            if keep.len() == values.len() {
-                return;
-            }
-            if keep.is_empty() {
-                editor.remove(index);
-            } else {
-                editor.replace(index, &keep.join(", "));
-                return;
+                .position(|v| !address::parse(v).is_ok_and(|a| self.route_is_us(&a.uri)));
+            match first_kept {
+                Some(0) => return,
+                Some(kept) => {
+                    // The values that stay are copied as they were written.
+                    editor.replace(index, from_piece(&header.value, values[kept]));
+                    return;
+                }
+                None => {
+                    editor.remove(index);
+                }
             }
         }
     }
@@ -530,7 +524,7 @@ impl Core {
         let Ok(template) = self.forwardable(side, from, &message, &request, &hop) else {
             return;
         };
-        let branch = self.branch_with(&loop_hash(&request));
+        let branch = self.branch_from(our_branch(&message, &request, hop.side));
         let bytes = with_via(&template, &self.via_line(hop.side, &branch));
         self.send(hop.side, hop.target, bytes);
         if let Some(key) = self.find_call(&request)
@@ -604,6 +598,30 @@ impl Core {
     }
 }
 
+/// The branch of our Via on a request.
+enum OurBranch {
+    /// In-dialog requests: the stateless branch (`sbc_common::branch`). The XDP program
+    /// forwards those too and must give a request the branch the daemon would.
+    Stateless(String),
+    /// New requests: a transaction branch that ends with their loop hash.
+    Transaction { loop_hash: String },
+}
+
+/// The branch a request leaving on `side` gets.
+fn our_branch(message: &Message, request: &check::Request, side: Side) -> OurBranch {
+    if !request.in_dialog() {
+        return OurBranch::Transaction {
+            loop_hash: loop_hash(request),
+        };
+    }
+    let top_via = message
+        .value("via")
+        .map(|value| split_top_level(value, b',')[0])
+        .unwrap_or_default();
+    let hash = branch::branch_hash(top_via.as_bytes(), side.index());
+    OurBranch::Stateless(String::from_utf8_lossy(&branch::stateless_branch(hash)).into_owned())
+}
+
 /// Where a Route URI points (IP addresses only: the proxy does not resolve names).
 fn uri_target(route: &str) -> Result<SocketAddr, (u16, String)> {
     match uri::parse(route) {
@@ -637,6 +655,40 @@ pub(super) fn loop_hash(request: &check::Request) -> String {
         "{:x}",
         super::backends::fnv1a(text.as_bytes()) & 0xffff_ffff
     )
+}
+
+/// The first value of the previous hop's Via header (`via` is the whole value, `top` that
+/// first value parsed) marked with where the request really came from: a bare `rport` gets
+/// the source port (RFC 3581), `received` the source address when the Via names another host
+/// (RFC 3261 18.2.1). Everything else is kept as written; `None` when nothing changes.
+fn marked_via(via: &str, top: &crate::sip::via::Via, from: SocketAddr) -> Option<String> {
+    let first = split_top_level(via, b',')[0];
+    let rest = &via[first.len()..];
+    let mut marked = first.to_owned();
+    if top
+        .param("rport")
+        .is_some_and(|rport| rport.value.is_none())
+        && let Some(end) = bare_param_end(first, "rport")
+    {
+        marked.insert_str(end, &format!("={}", from.port()));
+    }
+    if top.host.ip() != Some(from.ip()) {
+        marked.push_str(&format!(";received={}", from.ip()));
+    }
+    (marked != first).then(|| marked + rest)
+}
+
+/// Where the name of the valueless parameter `name` (any case) ends in a Via value.
+fn bare_param_end(value: &str, name: &str) -> Option<usize> {
+    let mut at = 0;
+    for piece in value.split(';') {
+        let end = at + piece.len();
+        if at > 0 && crate::sip::syntax::trim_ws(piece).eq_ignore_ascii_case(name) {
+            return Some(at + piece.trim_end_matches([' ', '\t']).len());
+        }
+        at = end + 1;
+    }
+    None
 }
 
 /// Max-Forwards as received, or the value a proxy adds when it is missing.

@@ -3,6 +3,7 @@
 //! relay the rest upstream with our Via removed and media anchored.
 use std::{net::SocketAddr, sync::atomic::Ordering};
 
+use sbc_common::branch::STATELESS_BRANCH_PREFIX;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -16,7 +17,11 @@ use super::{
 use crate::{
     proxy::{stats::Origin, via_destination},
     side::Side,
-    sip::{Message, Method, check, edit::Editor, syntax::split_top_level},
+    sip::{
+        Message, Method, check,
+        edit::Editor,
+        syntax::{from_piece, split_top_level},
+    },
 };
 
 impl Core {
@@ -38,8 +43,11 @@ impl Core {
             self.backends.heard_from(backend_id, self.now.at);
         }
         let Some(client) = self.client.get_mut(&key) else {
-            // A 2xx to an INVITE outlives its transaction: its retransmissions go up as they come.
-            if response.cseq_method == Method::Invite && (200..300).contains(&code) {
+            // A 2xx to an INVITE outlives its transaction: its retransmissions go up as they
+            // come. So do the responses to in-dialog requests the XDP program forwarded (they
+            // never had a transaction here) or whose transaction ended.
+            let stateless = branch.as_bytes().starts_with(STATELESS_BRANCH_PREFIX);
+            if stateless || (response.cseq_method == Method::Invite && (200..300).contains(&code)) {
                 self.forward_stateless(side, from, &message, &response);
             }
             return;
@@ -354,6 +362,13 @@ impl Core {
             .increment((side.other(), method, response.code));
         let bytes = editor.finish();
         self.send(side.other(), destination, bytes);
+        // A BYE's final response ends its call, whoever forwarded the BYE.
+        if response.cseq_method == Method::Bye
+            && response.code >= 200
+            && let Some(call) = self.find_call_of_response(message, response)
+        {
+            self.end_call(&call, CallEnd::Bye, Some(response.code));
+        }
     }
 
     /// A request the transport could not send: as if its hop answered 503 (RFC 3261 16.9),
@@ -482,9 +497,11 @@ fn pop_top_via(message: &Message, editor: &mut Editor<'_>) {
     let Some(index) = editor.first("via") else {
         return;
     };
-    let values = split_top_level(&message.headers[index].value, b',');
+    let value = &message.headers[index].value;
+    let values = split_top_level(value, b',');
     if values.len() > 1 {
-        editor.replace(index, &values[1..].join(", "));
+        // The Vias below ours are copied as they were written.
+        editor.replace(index, from_piece(value, values[1]));
     } else {
         editor.remove(index);
     }

@@ -28,8 +28,9 @@ use crate::{
     },
     proxy::{config::SipConfig, stats::SipStats},
     side::Side,
-    sip::{Message, StartLine},
+    sip::{Message, StartLine, syntax::split_top_level},
 };
+use sbc_common::branch;
 
 const PUBLIC: &str = "192.0.2.1:5060";
 const PRIVATE: &str = "10.0.0.1:5060";
@@ -696,6 +697,18 @@ const CASES: &[Case] = &[
     Case {
         name: "a call a previous daemon recorded is taken over: its BYE is routed and ends it",
         play: recorded_call_taken_over,
+    },
+    Case {
+        name: "in-dialog requests carry the stateless branch, the same for a retransmission",
+        play: in_dialog_branch_is_stateless,
+    },
+    Case {
+        name: "the previous hop's Via is marked; every other Via and Route value kept as written",
+        play: edits_keep_what_they_do_not_change,
+    },
+    Case {
+        name: "a response to a request the kernel forwarded goes up its Vias; a BYE's ends the call",
+        play: response_to_a_kernel_forwarded_bye,
     },
 ];
 
@@ -1406,4 +1419,104 @@ fn recorded_call_taken_over() {
     lab.backend_sends(backend, &response(bye, 200, "", backend, None));
     assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
     assert_eq!(lab.call_end(), (CallEnd::Bye, Some(200)));
+}
+
+/// The branch of our Via on a forwarded request.
+fn our_branch(sent: &Sent) -> String {
+    let via = split_top_level(sent.value("via"), b',')[0].to_owned();
+    via.split(';')
+        .find_map(|param| param.strip_prefix("branch="))
+        .expect("a branch")
+        .to_owned()
+}
+
+fn in_dialog_branch_is_stateless() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "stateless");
+    let info = dialog.carrier_request("INFO", "info", None);
+    let top_via = format!("SIP/2.0/UDP {CARRIER};branch=z9hG4bKinfo;rport");
+    let expected = branch::stateless_branch(branch::branch_hash(
+        top_via.as_bytes(),
+        branch::SIDE_PRIVATE,
+    ));
+    lab.carrier_sends(&info);
+    let sent = lab.take_sent();
+    let forwarded = sent_to(&sent, &dialog.backend.to_string());
+    assert_eq!(our_branch(forwarded).as_bytes(), expected);
+    // A daemon restarted meanwhile (no transaction left) sends it with the same branch.
+    let mut other = Lab::new();
+    other.core.calls = std::mem::take(&mut lab.core.calls);
+    other.carrier_sends(&info);
+    let sent = other.take_sent();
+    assert_eq!(
+        our_branch(sent_to(&sent, &dialog.backend.to_string())).as_bytes(),
+        expected
+    );
+    // The other way, the branch is the one for the public side.
+    let backend = dialog.backend;
+    other.backend_sends(backend, &dialog.backend_request("INFO", "binfo", 1));
+    let sent = other.take_sent();
+    let top_via = format!("SIP/2.0/UDP {backend};branch=z9hG4bKbinfo;rport");
+    assert_eq!(
+        our_branch(sent_to(&sent, CARRIER)).as_bytes(),
+        branch::stateless_branch(branch::branch_hash(top_via.as_bytes(), branch::SIDE_PUBLIC))
+    );
+}
+
+fn edits_keep_what_they_do_not_change() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "verbatim");
+    let info = dialog.carrier_request("INFO", "info", None).replace(
+        &format!("Via: SIP/2.0/UDP {CARRIER};branch=z9hG4bKinfo;rport\r\n"),
+        "Via: SIP/2.0/UDP 198.51.100.7:5070;RPort;branch=z9hG4bKinfo ,SIP/2.0/UDP  h.example;branch=z9hG4bKold\r\n",
+    );
+    let routes = dialog.carrier_routes.join(", ");
+    let info = info.replace(
+        &format!(
+            "Route: {}\r\nRoute: {}\r\n",
+            dialog.carrier_routes[0], dialog.carrier_routes[1]
+        ),
+        &format!("Route: {routes},<sip:192.0.2.99;lr>,  <sip:192.0.2.98;lr>\r\n"),
+    );
+    lab.carrier_sends(&info);
+    let sent = lab.take_sent();
+    let forwarded = sent_to(&sent, "192.0.2.99:5060");
+    let text = String::from_utf8_lossy(forwarded.message.bytes()).into_owned();
+    assert!(
+        text.contains(
+            "\r\nVia: SIP/2.0/UDP 198.51.100.7:5070;RPort=5060;branch=z9hG4bKinfo;received=203.0.113.5 ,SIP/2.0/UDP  h.example;branch=z9hG4bKold\r\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\nRoute: <sip:192.0.2.99;lr>,  <sip:192.0.2.98;lr>\r\n"),
+        "{text}"
+    );
+}
+
+fn response_to_a_kernel_forwarded_bye() {
+    let mut lab = Lab::new();
+    let dialog = establish(&mut lab, "kernel-bye");
+    let backend = dialog.backend;
+    // The BYE went through the XDP program: the backend answers a request the core never saw.
+    let branch = String::from_utf8_lossy(&branch::stateless_branch(7)).into_owned();
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n\
+         Via: SIP/2.0/UDP {PRIVATE};branch={branch};rport=5060;received=10.0.0.1\r\n\
+         Via: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKbye;rport=5062;received=203.0.113.6\r\n\
+         From: <sip:carrier@203.0.113.5>;tag={}\r\nTo: <sip:alice@{PUBLIC}>;tag={}\r\n\
+         Call-ID: kernel-bye\r\nCSeq: 3 BYE\r\nServer: backend 1.0\r\nContent-Length: 0\r\n\r\n",
+        dialog.call.tag, dialog.to_tag
+    );
+    lab.backend_sends(backend, &ok);
+    let sent = lab.take_sent();
+    let relayed = sent_to(&sent, "203.0.113.6:5062");
+    assert_eq!(relayed.code(), Some(200));
+    assert_eq!(relayed.values("via").len(), 1, "our Via popped");
+    assert!(
+        relayed.values("server").is_empty(),
+        "hidden from the public side"
+    );
+    assert_eq!(lab.call_end(), (CallEnd::Bye, Some(200)));
+    assert!(lab.core.calls.is_empty());
 }
