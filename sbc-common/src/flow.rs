@@ -68,7 +68,7 @@ pub const PROTO_UDP: u8 = 17;
 
 /// Key of the flows map: the local address and port a media packet arrives at.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowKey {
     pub addr: IpAddress,

@@ -14,14 +14,17 @@ pub mod bench;
 pub mod branch;
 pub mod call_id;
 pub mod checksum;
+pub mod dialog;
 pub mod flow;
 pub mod guard;
 pub mod maps;
 pub mod reason;
+pub mod sip_forward;
 pub mod words;
 
+pub use dialog::{Dialog, DialogLeg, SipSelf, SipSelves};
 pub use flow::{Flow, FlowKey, FlowStats, IpAddress, SourceCheck};
 pub use guard::{
-    Block, Dialog, GuardConfig, PacketLimit, SourceBucket, SourceLimit, SourceRule, TokenBucket,
+    Block, GuardConfig, PacketLimit, SourceBucket, SourceLimit, SourceRule, TokenBucket,
 };
 pub use reason::Reason;

@@ -3,7 +3,7 @@
 /// Version of the map layout. Pins live under `<bpffs>/sbc/<instance>/v<MAP_ABI_VERSION>/`, so a
 /// daemon with another layout never misreads old maps; bump it whenever the type of a map that
 /// carries calls changes (a map of `REBUILT` is replaced instead, see there).
-pub const MAP_ABI_VERSION: u32 = 5;
+pub const MAP_ABI_VERSION: u32 = 6;
 
 /// `HashMap<FlowKey, Flow>`: what to do with media arriving at a local port.
 pub const FLOWS: &str = "SBC_FLOWS";
@@ -26,8 +26,12 @@ pub const SOURCE_RULES: &str = "SBC_SOURCE_RULES";
 pub const SOURCES: &str = "SBC_SOURCES";
 /// `LruHashMap<IpAddress, Block>`: sources blocked for a while.
 pub const BLOCKS: &str = "SBC_BLOCKS";
-/// `HashMap<u64, Dialog>`: the known dialogs, by Call-ID hash.
+/// `HashMap<u64, Dialog>`: the known dialogs, by Call-ID hash, and for established calls what
+/// the program needs to forward their in-dialog SIP.
 pub const DIALOGS: &str = "SBC_DIALOGS";
+/// `Array<SipSelves>` of one entry: our SIP addresses on each side as the proxy writes them,
+/// for in-dialog SIP forwarded in the kernel.
+pub const SIP_SELF: &str = "SBC_SIP_SELF";
 /// `HashMap<IpAddress, u32>`: the callers that acknowledged the answer of calls we hold (the
 /// value is 1; the daemon counts their calls): the guard drops a blocked source's datagrams
 /// unread unless it is one of them.
@@ -46,6 +50,7 @@ pub const ALL: &[&str] = &[
     BLOCKS,
     DIALOGS,
     PARTIES,
+    SIP_SELF,
 ];
 
 /// Maps that hold nothing a call needs, only what the daemon writes anew at every start
@@ -60,6 +65,7 @@ pub const REBUILT: &[&str] = &[
     SOURCES,
     BLOCKS,
     PARTIES,
+    SIP_SELF,
 ];
 
 /// Capacity of the flow maps (two legs, RTP and RTCP: up to four flows per session).

@@ -13,6 +13,12 @@ macro_rules! reasons {
             pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
+            /// The reason of counter `index`.
+            #[inline(always)]
+            pub fn from_index(index: u32) -> Option<Reason> {
+                Self::ALL.get(index as usize).copied()
+            }
+
             /// Stable snake_case name, used in metrics and `sbc maps`.
             pub const fn name(self) -> &'static str {
                 match self { $(Reason::$variant => $name,)* }
@@ -58,6 +64,16 @@ reasons! {
     DropSipBlocked = "drop_sip_blocked": "SIP from a source under a dynamic block",
     DropSipRateLimited = "drop_sip_rate_limited": "out-of-dialog SIP over its source's packet rate",
     DropSipInviteRate = "drop_sip_invite_rate": "an INVITE starting a call over twice its source's INVITE rate",
+    ForwardSipRequest = "forward_sip_request": "in-dialog request of an established call forwarded in the kernel",
+    ForwardSipResponse = "forward_sip_response": "response to an in-dialog request forwarded in the kernel",
+    PassSipInDialogMethod = "pass_sip_in_dialog_method": "in-dialog request of a method the kernel leaves to the daemon (CANCEL, SUBSCRIBE, ...)",
+    PassSipInDialogSdp = "pass_sip_in_dialog_sdp": "in-dialog SIP with an SDP body (the daemon re-anchors its media)",
+    PassSipInDialogForm = "pass_sip_in_dialog_form": "in-dialog SIP in a form the kernel does not edit (folded lines, odd spacing, a quoted or non-UDP Via, a repeated header, Proxy-Require, a Content-Length other than the body's)",
+    PassSipInDialogSize = "pass_sip_in_dialog_size": "in-dialog SIP larger than the kernel handles, or needing more edits",
+    PassSipInDialogMismatch = "pass_sip_in_dialog_mismatch": "in-dialog SIP whose Request-URI, Call-ID or tags are not the dialog's as the kernel knows it",
+    PassSipInDialogRoute = "pass_sip_in_dialog_route": "in-dialog request with a Route to another hop, or to us written otherwise",
+    PassSipInDialogHops = "pass_sip_in_dialog_hops": "in-dialog request with Max-Forwards 0 (the daemon answers 483)",
+    DropSipRewriteFailed = "drop_sip_rewrite_failed": "in-dialog SIP lost: its frame could not be rewritten once resized (should never happen)",
 }
 
 #[cfg(test)]

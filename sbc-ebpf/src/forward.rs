@@ -8,7 +8,7 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
-use sbc_common::{Flow, Reason};
+use sbc_common::Reason;
 
 use crate::{Verdict, maps::SBC_EGRESS};
 
@@ -21,21 +21,22 @@ pub struct NextHop {
     pub dst_mac: [u8; 6],
 }
 
-/// Resolves where a packet from `src` to `dst` leaves, as the kernel's routing would send it.
+/// Resolves where a packet from `src` to `dst` (UDP, ports in network byte order) leaves, as
+/// the kernel's routing would send it.
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
     src: [u8; 4],
     dst: [u8; 4],
-    flow: &Flow,
+    (src_port, dst_port): (u16, u16),
     tot_len: u16,
 ) -> Result<NextHop, Reason> {
     // SAFETY: bpf_fib_lookup is a plain C struct for which all-zero is a valid value.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = IPPROTO_UDP;
-    params.sport = flow.new_src_port;
-    params.dport = flow.new_dst_port;
+    params.sport = src_port;
+    params.dport = dst_port;
     params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ctx.ingress_ifindex() as u32;
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);

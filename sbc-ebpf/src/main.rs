@@ -13,6 +13,7 @@
 
 mod counters;
 mod forward;
+mod in_dialog;
 mod maps;
 mod parse;
 mod relay;
@@ -75,7 +76,7 @@ fn classify(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
     // SAFETY: the daemon replaces flow values whole with bpf_map_update_elem; the value is
     // copied out at once and no reference is held across a helper that could free it.
     if let Some(flow) = unsafe { SBC_FLOWS.get(destination) } {
-        return relay::media(ctx, packet, *flow);
+        return relay::media(ctx, packet, flow);
     }
     if SBC_SIP_LISTENERS.get_ptr(destination).is_some() {
         return sip_guard::sip(ctx, packet);

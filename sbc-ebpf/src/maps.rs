@@ -1,17 +1,19 @@
 //! The maps of the program. Their key and value types come from `sbc-common` (the contract);
 //! they are declared as BTF maps so `bpftool map dump` prints every field by name.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use sbc_common::{
-    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SourceBucket,
-    SourceRule,
+    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipSelves,
+    SourceBucket, SourceRule,
     call_id::{CallIdScan, ScanWindow},
     maps::{
         MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES, MAX_SIP_LISTENERS,
         MAX_SOURCE_RULES, MAX_SOURCES,
     },
+    sip_forward::ForwardScratch,
 };
 
 #[btf_map]
@@ -41,8 +43,18 @@ pub static SBC_SOURCES: LruHashMap<IpAddress, SourceBucket, MAX_SOURCES> = LruHa
 #[btf_map]
 pub static SBC_BLOCKS: LruHashMap<IpAddress, Block, MAX_BLOCKS> = LruHashMap::new();
 
+/// Allocated per call rather than for the map's whole capacity up front: a dialog holds its
+/// identity and routes (hundreds of bytes), and most systems hold far fewer calls.
 #[btf_map]
-pub static SBC_DIALOGS: HashMap<u64, Dialog, MAX_DIALOGS> = HashMap::new();
+pub static SBC_DIALOGS: HashMap<u64, Dialog, MAX_DIALOGS, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static SBC_SIP_SELF: Array<SipSelves, 1> = Array::new();
+
+/// The state of an in-dialog forwarding and the buffer its message is assembled in, per CPU.
+#[btf_map]
+pub static SBC_FORWARD: PerCpuArray<ForwardScratch, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static SBC_PARTIES: HashMap<IpAddress, u32, MAX_PARTIES> = HashMap::new();

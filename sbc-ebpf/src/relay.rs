@@ -14,9 +14,10 @@ use crate::{
     parse::{Ipv4Udp, header_at},
 };
 
-#[inline(always)]
-pub fn media(ctx: &XdpContext, packet: &Ipv4Udp, flow: Flow) -> Verdict {
-    match try_media(ctx, packet, flow) {
+/// Not inlined, as `sip_guard::sip`: its locals stay off the SIP path's stack.
+#[inline(never)]
+pub fn media(ctx: &XdpContext, packet: &Ipv4Udp, flow: &Flow) -> Verdict {
+    match try_media(ctx, packet, *flow) {
         Ok(verdict) => verdict,
         Err(reason) => reason.into(),
     }
@@ -108,7 +109,8 @@ fn remembered_next_hop(
             });
         }
     }
-    let next_hop = forward::next_hop(ctx, src, dst, flow, tot_len)?;
+    let ports = (flow.new_src_port, flow.new_dst_port);
+    let next_hop = forward::next_hop(ctx, src, dst, ports, tot_len)?;
     if let Some(stats) = stats {
         // SAFETY: per-CPU value, only this CPU touches it.
         unsafe {

@@ -16,7 +16,7 @@ use sbc_common::{
 };
 
 use crate::{
-    Verdict,
+    Verdict, in_dialog,
     maps::{
         SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_PARTIES, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES,
         ScanScratch,
@@ -32,7 +32,10 @@ fn count(counter: *mut u64) {
     unsafe { *counter += 1 };
 }
 
-#[inline(always)]
+/// A function of its own (a BPF-to-BPF call), not inlined: the stack of a call chain is
+/// limited to 512 bytes, and the media path's locals must not count against the forwarding's
+/// `bpf_loop` callbacks.
+#[inline(never)]
 pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
     let Some(config) = SBC_GUARD.get(0) else {
         return Verdict::pass(Reason::PassSipUnguarded);
@@ -49,11 +52,40 @@ pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
         // SAFETY: no preconditions.
         || unsafe { bpf_ktime_get_coarse_ns() },
     );
-    if decision.pass {
-        Verdict::pass(decision.reason)
-    } else {
-        Verdict::drop(decision.reason)
+    if !decision.pass {
+        return Verdict::drop(decision.reason);
     }
+    // What the guard lets up may be an established call's request the kernel forwards itself.
+    let scanned = match decision.reason {
+        Reason::PassSipDialog => true,
+        Reason::PassSipUnlimited | Reason::PassSipUnguarded => false,
+        _ => return Verdict::pass(decision.reason),
+    };
+    forward_in_dialog(ctx, packet, config.dialog_seed, scanned)
+        .unwrap_or(Verdict::pass(decision.reason))
+}
+
+/// The datagram forwarded as an established call's in-dialog SIP, or passed up for a reason
+/// of its own; `None` when it is no such call's. The guard scanned its Call-ID already when
+/// `scanned`; a source it does not limit (a backend) is scanned only now.
+#[inline(always)]
+fn forward_in_dialog(
+    ctx: &XdpContext,
+    packet: &Ipv4Udp,
+    seed: u64,
+    scanned: bool,
+) -> Option<Verdict> {
+    let dialog_id = if scanned {
+        let scratch = SBC_SCAN.get_ptr_mut(0)?;
+        // SAFETY: this CPU's scratch, where the guard's scan of this datagram left its result.
+        unsafe { (*scratch).scan.result() }?
+    } else {
+        Payload::copy(ctx, packet)?.call_id_hash(seed)?
+    };
+    let scratch = SBC_SCAN.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch, holding this datagram's first bytes.
+    let window = unsafe { &raw const (*scratch).window };
+    in_dialog::forward(ctx, packet, window, dialog_id, seed)
 }
 
 /// The guard's tables are the program's maps. Values are changed in place through pointers

@@ -13,12 +13,12 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use sbc_common::{
-    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SourceRule,
+    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipSelves, SourceRule,
     call_id::call_id_hash,
     flow::FLOW_LATCHED,
     maps::{
         BLOCKS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, PARTIES, REASONS, SIP_LISTENERS,
-        SOURCE_RULES, XDP_PROGRAM,
+        SIP_SELF, SOURCE_RULES, XDP_PROGRAM,
     },
 };
 
@@ -56,13 +56,31 @@ pub struct Fixture {
 }
 
 pub fn fixture() -> Fixture {
-    let prefix = unique_prefix("fixtures");
+    build_fixture(
+        "fixtures",
+        [("pub0", PUBLIC, PUB_MAC), ("priv0", PRIVATE, PRIV_MAC)],
+        &[
+            (CALLEE, CALLEE_MAC, "priv0"),
+            (HAIRPIN_PEER, HAIRPIN_MAC, "priv0"),
+            (CALLER, [0x02, 0, 0, 0, 0x01, 0x02], "pub0"),
+        ],
+        &[],
+    )
+}
+
+/// A fixture of two interfaces (`pub0`, `priv0`: name, address in a /24, MAC), permanent
+/// neighbours (address, MAC, interface) and on-link routes to further /24 networks (network,
+/// interface).
+pub fn build_fixture(
+    name: &str,
+    interfaces: [(&str, Ipv4Addr, [u8; 6]); 2],
+    neighbours: &[(Ipv4Addr, [u8; 6], &str)],
+    routes: &[(Ipv4Addr, &str)],
+) -> Fixture {
+    let prefix = unique_prefix(name);
     let sbc = Netns::create(&format!("{prefix}-sbc")).unwrap();
     let peer = Netns::create(&format!("{prefix}-peer")).unwrap();
-    for (dev, peer_dev, addr, mac_addr) in [
-        ("pub0", "p0", PUBLIC, PUB_MAC),
-        ("priv0", "p1", PRIVATE, PRIV_MAC),
-    ] {
+    for ((dev, addr, mac_addr), peer_dev) in interfaces.into_iter().zip(["p0", "p1"]) {
         netns::run(
             "ip",
             &[
@@ -80,17 +98,17 @@ pub fn fixture() -> Fixture {
         sbc.sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
             .unwrap();
     }
-    for (addr, mac_addr, dev) in [
-        (CALLEE, CALLEE_MAC, "priv0"),
-        (HAIRPIN_PEER, HAIRPIN_MAC, "priv0"),
-        (CALLER, [0x02, 0, 0, 0, 0x01, 0x02], "pub0"),
-    ] {
+    for (network, dev) in routes {
+        sbc.ip(&["route", "add", &format!("{network}/24"), "dev", dev])
+            .unwrap();
+    }
+    for (addr, mac_addr, dev) in neighbours {
         sbc.ip(&[
             "neigh",
             "replace",
             &addr.to_string(),
             "lladdr",
-            &mac(mac_addr),
+            &mac(*mac_addr),
             "dev",
             dev,
             "nud",
@@ -223,6 +241,26 @@ impl Program {
         dialogs
             .insert(call_id_hash(call_id.as_bytes(), seed), Dialog::default(), 0)
             .unwrap();
+    }
+
+    /// Sets what the dialogs map holds for the dialog `id` (a seeded Call-ID hash).
+    pub fn set_dialog(&mut self, id: u64, dialog: Dialog) {
+        let mut dialogs: HashMap<&mut MapData, u64, Dialog> =
+            HashMap::try_from(self.ebpf.map_mut(DIALOGS).unwrap()).unwrap();
+        dialogs.insert(id, dialog, 0).unwrap();
+    }
+
+    /// The dialogs map's value for `id`.
+    pub fn dialog(&self, id: u64) -> Dialog {
+        let dialogs: HashMap<&MapData, u64, Dialog> =
+            HashMap::try_from(self.ebpf.map(DIALOGS).unwrap()).unwrap();
+        dialogs.get(&id, 0).expect("a dialog")
+    }
+
+    pub fn set_sip_selves(&mut self, selves: SipSelves) {
+        let mut map: Array<&mut MapData, SipSelves> =
+            Array::try_from(self.ebpf.map_mut(SIP_SELF).unwrap()).unwrap();
+        map.set(0, selves, 0).unwrap();
     }
 
     /// Makes `caller` the caller of `calls` calls (0: of none), as the daemon does.

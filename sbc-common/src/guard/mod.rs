@@ -275,15 +275,6 @@ impl SourceBucket {
     }
 }
 
-/// Value of the dialogs map, keyed by `call_id::call_id_hash` of a dialog's Call-ID.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct Dialog {
-    /// Packets of this dialog let through by the guard.
-    pub packets: u64,
-}
-
 const _: () = assert!(core::mem::size_of::<PacketLimit>() == 8);
 const _: () = assert!(core::mem::size_of::<SourceLimit>() == 16);
 const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
@@ -291,7 +282,6 @@ const _: () = assert!(core::mem::size_of::<GuardConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<SourceRule>() == 20);
 const _: () = assert!(core::mem::size_of::<Block>() == 24);
 const _: () = assert!(core::mem::size_of::<SourceBucket>() == 64);
-const _: () = assert!(core::mem::size_of::<Dialog>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -303,7 +293,6 @@ mod pod {
     unsafe impl aya::Pod for super::SourceRule {}
     unsafe impl aya::Pod for super::Block {}
     unsafe impl aya::Pod for super::SourceBucket {}
-    unsafe impl aya::Pod for super::Dialog {}
 }
 
 #[cfg(test)]

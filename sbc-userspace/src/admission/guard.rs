@@ -10,7 +10,7 @@ use std::{
 
 use ipnet::IpNet;
 use sbc_common::{
-    Block, GuardConfig, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
+    Block, GuardConfig, IpAddress, Reason, SipSelves, SourceBucket, SourceLimit, SourceRule,
     call_id::{call_id_hash, find_call_id_hash as scan_call_id},
     guard::{
         BLOCK_ABUSE, BLOCK_MANUAL, BLOCK_RATE, BLOCK_SCANNER, GUARD_ON, GuardTables, RULE_ALLOW,
@@ -23,7 +23,7 @@ use super::{
     config::{AdmissionConfig, SourceLimits},
     rate::limit,
 };
-use crate::{clock::monotonic_ns, dataplane::GuardMaps};
+use crate::{clock::monotonic_ns, dataplane::GuardMaps, proxy::core::forwarding::Forwarding};
 
 /// Why a source is blocked, as operators read it.
 pub fn block_reason_name(reason: u32) -> &'static str {
@@ -264,6 +264,33 @@ impl SipGuard {
         match &mut state.tables {
             Tables::Kernel(maps) if *calls == 1 => maps.add_dialog(id),
             _ => Ok(()),
+        }
+    }
+
+    /// An established call's in-dialog SIP may be forwarded in the kernel as `forwarding`
+    /// says (the userspace dataplane forwards it all itself).
+    pub fn dialog_forwarding(&self, forwarding: &Forwarding) -> anyhow::Result<()> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let id = Self::dialog_id(state, &forwarding.call_id);
+        let seed = state.config.dialog_seed;
+        match &mut state.tables {
+            // A call whose Call-ID or tags are too long for the kernel stays with the daemon.
+            Tables::Kernel(maps) if state.dialogs.contains_key(&id) => {
+                match forwarding.map_value(seed) {
+                    Some(dialog) => maps.set_dialog(id, dialog),
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Our SIP addresses as the proxy writes them, for the kernel's forwarding.
+    pub fn set_sip_selves(&self, selves: &SipSelves) -> anyhow::Result<()> {
+        match &mut self.lock().tables {
+            Tables::Kernel(maps) => maps.set_sip_selves(selves),
+            Tables::Userspace { .. } => Ok(()),
         }
     }
 

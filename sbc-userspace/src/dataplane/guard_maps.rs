@@ -9,8 +9,8 @@ use aya::maps::{
 };
 use ipnet::IpNet;
 use sbc_common::{
-    Block, Dialog, FlowKey, GuardConfig, IpAddress, SourceRule,
-    maps::{BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, PARTIES, SIP_LISTENERS, SOURCE_RULES},
+    Block, Dialog, FlowKey, GuardConfig, IpAddress, SipSelves, SourceRule,
+    maps::{BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, PARTIES, SIP_LISTENERS, SIP_SELF, SOURCE_RULES},
 };
 
 use super::{PinLayout, maps::open};
@@ -22,6 +22,7 @@ pub struct GuardMaps {
     dialogs: HashMap<MapData, u64, Dialog>,
     parties: HashMap<MapData, IpAddress, u32>,
     blocks: HashMap<MapData, IpAddress, Block>,
+    sip_self: Array<MapData, SipSelves>,
 }
 
 /// The trie key of a CIDR: IPv4 networks are stored IPv4-mapped, 96 bits longer.
@@ -42,6 +43,7 @@ impl GuardMaps {
             dialogs: HashMap::try_from(Map::HashMap(open(layout, DIALOGS)?))?,
             parties: HashMap::try_from(Map::HashMap(open(layout, PARTIES)?))?,
             blocks: HashMap::try_from(Map::LruHashMap(open(layout, BLOCKS)?))?,
+            sip_self: Array::try_from(Map::Array(open(layout, SIP_SELF)?))?,
         })
     }
 
@@ -110,6 +112,22 @@ impl GuardMaps {
         self.dialogs
             .insert(id, Dialog::default(), 0)
             .with_context(|| format!("adding a dialog to the kernel map (capacity {MAX_DIALOGS})"))
+    }
+
+    /// What the program needs to forward an established dialog's SIP; the guard's count of
+    /// its datagrams so far stays.
+    pub fn set_dialog(&mut self, id: u64, dialog: Dialog) -> anyhow::Result<()> {
+        let packets = self.dialogs.get(&id, 0).map_or(0, |old| old.packets);
+        self.dialogs
+            .insert(id, Dialog { packets, ..dialog }, 0)
+            .context("writing a dialog to the kernel map")
+    }
+
+    /// Our SIP addresses on each side, as the proxy writes them.
+    pub fn set_sip_selves(&mut self, selves: &SipSelves) -> anyhow::Result<()> {
+        self.sip_self
+            .set(0, selves, 0)
+            .context("writing the SIP self map")
     }
 
     pub fn remove_dialog(&mut self, id: u64) {

@@ -206,6 +206,12 @@ impl Driver {
                     warn!(%caller, "a block of this caller would cut its calls off: {e:#}");
                 }
             }
+            GuardUpdate::DialogForwarding(forwarding) => {
+                if let Err(e) = self.guard.dialog_forwarding(&forwarding) {
+                    let call_id = &forwarding.call_id;
+                    warn!(%call_id, "this call's SIP stays with the daemon: {e:#}");
+                }
+            }
             GuardUpdate::DialogEnded {
                 call_id,
                 confirmed_caller,

@@ -210,6 +210,10 @@ pub async fn start(
         token: format!("{:x}", now.unix_ms ^ u64::from(std::process::id())),
     };
     let mut core = Core::new(config, admission, parts, now);
+    // Before any call is taken over: its dialog's forwarding needs our addresses.
+    guard
+        .set_sip_selves(&core.sip_selves())
+        .map_err(|e| e.context("writing our SIP addresses to the kernel"))?;
     core.start(now, recorded);
     let mut driver = Driver {
         core,

@@ -79,6 +79,14 @@ const COMPACT: &[(&str, &str)] = &[
     ("y", "identity"),
 ];
 
+/// The compact form of a header name (full and lower-case), if it has one.
+pub fn compact_form(name: &str) -> Option<&'static str> {
+    COMPACT
+        .iter()
+        .find(|(_, full)| *full == name)
+        .map(|(short, _)| *short)
+}
+
 /// The canonical (full, lower-case) form of a header name.
 pub fn canonical_name(name: &str) -> String {
     let lower = name.to_ascii_lowercase();

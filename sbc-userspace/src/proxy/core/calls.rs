@@ -323,6 +323,10 @@ impl Core {
         if let Some(caller) = call.confirmed_caller() {
             self.guard(GuardUpdate::CallerConfirmed(caller));
         }
+        // Confirmed both ways: from now on its in-dialog SIP may go through the kernel.
+        if let Some(forwarding) = self.forwarding(key) {
+            self.guard(GuardUpdate::DialogForwarding(Box::new(forwarding)));
+        }
     }
 
     pub(super) fn call_started(&mut self, key: &CallKey) {

@@ -123,6 +123,9 @@ impl Core {
             let answered = call.answered.is_some();
             self.calls.insert(key.clone(), call);
             if answered {
+                if let Some(forwarding) = self.forwarding(&key) {
+                    self.guard(GuardUpdate::DialogForwarding(Box::new(forwarding)));
+                }
                 for id in &sessions {
                     self.media.answered(*id);
                 }

@@ -14,6 +14,7 @@ pub(super) mod build;
 pub mod call_end;
 pub mod calls;
 mod continuity;
+pub mod forwarding;
 mod hangup;
 mod health;
 pub mod hiding;
@@ -133,6 +134,8 @@ pub enum GuardUpdate {
     /// The caller at this address acknowledged a call's answer: a block of its address does
     /// not cut that call's signalling off.
     CallerConfirmed(IpAddr),
+    /// An established call's in-dialog SIP may go through the kernel, as this says.
+    DialogForwarding(Box<forwarding::Forwarding>),
     /// A call ended (its caller given if it had confirmed the call).
     DialogEnded {
         call_id: String,

@@ -710,6 +710,10 @@ const CASES: &[Case] = &[
         name: "a response to a request the kernel forwarded goes up its Vias; a BYE's ends the call",
         play: response_to_a_kernel_forwarded_bye,
     },
+    Case {
+        name: "the kernel's forwarding plan matches the proxy on every case of the corpus",
+        play: kernel_forwarding_matches_the_proxy,
+    },
 ];
 
 #[test]
@@ -1015,6 +1019,15 @@ fn answer_and_ack() {
     lab.carrier_sends(&ack);
     let confirmations = lab.guard.iter().filter(|u| **u == confirmed).count();
     assert_eq!(confirmations, 1, "the caller confirmed by its ACK, once");
+    let forwardings = lab
+        .guard
+        .iter()
+        .filter(|u| matches!(u, GuardUpdate::DialogForwarding(_)))
+        .count();
+    assert_eq!(
+        forwardings, 1,
+        "confirmed: its SIP may go through the kernel"
+    );
 }
 
 fn double_record_route() {
@@ -1405,11 +1418,18 @@ fn recorded_call_taken_over() {
         media,
     );
     assert_eq!(
-        lab.guard,
-        vec![
+        lab.guard[..2],
+        [
             GuardUpdate::DialogStarted("survivor".to_owned()),
             GuardUpdate::CallerConfirmed(addr(CARRIER).ip()),
         ]
+    );
+    // Its in-dialog SIP goes through the kernel again, both ways.
+    assert!(
+        matches!(&lab.guard[2..], [GuardUpdate::DialogForwarding(f)]
+            if f.call_id == "survivor" && f.legs.iter().all(Option::is_some)),
+        "{:?}",
+        lab.guard
     );
     assert_eq!(lab.media.lock().expect("not poisoned").answered, vec![1]);
     lab.carrier_sends(&dialog.carrier_request("BYE", "bye-after", None));
@@ -1519,4 +1539,73 @@ fn response_to_a_kernel_forwarded_bye() {
     );
     assert_eq!(lab.call_end(), (CallEnd::Bye, Some(200)));
     assert!(lab.core.calls.is_empty());
+}
+
+/// The differential corpus (`sbc_common::sip_forward::corpus`): every request goes through
+/// the proxy core and through the kernel's forwarding (its userspace run, the same code the
+/// XDP program steps through); a request the kernel forwards must leave both byte for byte
+/// the same, to the same place. The XDP program is held to the same corpus in the
+/// privileged tests.
+fn kernel_forwarding_matches_the_proxy() {
+    use sbc_common::sip_forward::{
+        ForwardScratch,
+        corpus::{self, Expect, Sender},
+        forward_request,
+    };
+    const SEED: u64 = 0x5eed;
+    let socket = |(ip, port): ([u8; 4], u16)| SocketAddr::from((ip, port));
+    let mut failures = Vec::new();
+    let mut scratch = ForwardScratch::zeroed();
+    for case in corpus::CASES {
+        let mut lab = Lab::with(config(&[BACKEND_A]), AdmissionConfig::default());
+        let dialog = establish(&mut lab, corpus::CALL_ID);
+        assert_eq!(dialog.backend, socket(corpus::BACKEND));
+        let key = lab.core.calls.keys().next().expect("the call").clone();
+        let forwarding = lab.core.forwarding(&key).expect("an answered call");
+        assert_eq!(forwarding.tags, [corpus::CALLER_TAG, corpus::CALLEE_TAG]);
+        let map_value = forwarding.map_value(SEED).expect("fits the kernel's table");
+        // What the XDP tests install is what the daemon writes.
+        assert_eq!(map_value, corpus::dialog(SEED));
+        let selves = lab.core.sip_selves();
+        assert_eq!(selves, corpus::selves());
+        let source = socket(case.sender.source());
+        match case.sender {
+            Sender::Carrier => lab.carrier_sends(case.message),
+            Sender::Backend => lab.backend_sends(source, case.message),
+        }
+        let sent = lab.take_sent();
+        let target = socket(case.sender.target());
+        let proxied: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| s.to == target && s.method().is_some())
+            .collect();
+        let (ip, port) = case.sender.source();
+        let kernel = forward_request(
+            case.message.as_bytes(),
+            &map_value,
+            &selves,
+            (case.sender.leg(), ip, port, SEED),
+            &mut scratch,
+        )
+        .map(|len| String::from_utf8_lossy(&scratch.out.bytes[..len]).into_owned());
+        let outcome = match (case.expect, &kernel, proxied.as_slice()) {
+            (Expect::Forward, Ok(text), [proxy]) if proxy.message.bytes() == text.as_bytes() => {
+                continue;
+            }
+            (Expect::Forward, Ok(text), [proxy]) => format!(
+                "different bytes\n  proxy:  {:?}\n  kernel: {text:?}",
+                String::from_utf8_lossy(proxy.message.bytes()),
+            ),
+            (Expect::Forward, _, proxied) => {
+                format!(
+                    "kernel {kernel:?}, proxy sent {} requests there",
+                    proxied.len()
+                )
+            }
+            (Expect::Pass(reason), Err(got), _) if *got == reason => continue,
+            (Expect::Pass(reason), _, _) => format!("expected {reason:?}, got {kernel:?}"),
+        };
+        failures.push(format!("{}: {outcome}", case.name));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

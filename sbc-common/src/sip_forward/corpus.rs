@@ -1,0 +1,694 @@
+//! The differential corpus: in-dialog requests of one established call, each named, with
+//! what the kernel must do with it. The daemon's tests feed every one to the proxy core and
+//! to `forward_request` (a request marked `Forward` must come out of both byte for byte the
+//! same); the XDP tests feed them to the program under `BPF_PROG_TEST_RUN` (the same bytes,
+//! or up with the same reason).
+//!
+//! The call: a carrier (`CARRIER`) called through our public listener (`PUBLIC`) and a
+//! backend (`BACKEND`) answered through our private one (`PRIVATE`), both record-routed, as
+//! the daemon's core tests set it up (`Call-ID` `corpus1`, tags `c-corpus1` and `b-corpus1`).
+//! The first cases are what SIPp sends along such a dialog (its `[routes]` joins the route set
+//! in one header); the rest are crafted variants.
+use crate::{
+    Dialog, DialogLeg, Reason, SipSelf, SipSelves,
+    branch::{SIDE_PRIVATE, SIDE_PUBLIC},
+    call_id::call_id_hash,
+    dialog::{LEG_FORWARD, Text},
+};
+
+pub const CALL_ID: &str = "corpus1";
+pub const CALLER_TAG: &str = "c-corpus1";
+pub const CALLEE_TAG: &str = "b-corpus1";
+/// Our listeners.
+pub const PUBLIC: ([u8; 4], u16) = ([192, 0, 2, 1], 5060);
+pub const PRIVATE: ([u8; 4], u16) = ([10, 0, 0, 1], 5060);
+/// The parties, and their Contacts (the Request-URI of requests sent to them).
+pub const CARRIER: ([u8; 4], u16) = ([203, 0, 113, 5], 5060);
+pub const CARRIER_CONTACT: &str = "sip:carrier@203.0.113.5:5060";
+pub const BACKEND: ([u8; 4], u16) = ([10, 0, 0, 10], 5060);
+pub const BACKEND_CONTACT: &str = "sip:alice@10.0.0.10:5060";
+
+/// Who sends a case's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// The caller, through the public listener, to the backend.
+    Carrier,
+    /// The callee, through the private listener, to the carrier.
+    Backend,
+}
+
+impl Sender {
+    /// The leg its requests travel (`Dialog::legs`).
+    pub const fn leg(self) -> usize {
+        match self {
+            Sender::Carrier => 0,
+            Sender::Backend => 1,
+        }
+    }
+
+    /// Where its requests come from, and where they arrive.
+    pub const fn source(self) -> ([u8; 4], u16) {
+        match self {
+            Sender::Carrier => CARRIER,
+            Sender::Backend => BACKEND,
+        }
+    }
+
+    pub const fn listener(self) -> ([u8; 4], u16) {
+        match self {
+            Sender::Carrier => PUBLIC,
+            Sender::Backend => PRIVATE,
+        }
+    }
+
+    /// Where the request goes on.
+    pub const fn target(self) -> ([u8; 4], u16) {
+        match self {
+            Sender::Carrier => BACKEND,
+            Sender::Backend => CARRIER,
+        }
+    }
+}
+
+/// What the kernel does with a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Forwards it, byte for byte as the proxy does.
+    Forward,
+    /// Passes it up, unchanged, for this reason.
+    Pass(Reason),
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub sender: Sender,
+    pub message: &'static str,
+    pub expect: Expect,
+}
+
+/// The carrier's route set and dialog headers, as SIPp writes them.
+macro_rules! carrier {
+    ($method:literal, $cseq:literal, $($extra:literal),* $(,)?) => {
+        concat!(
+            $method, " sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-", $method, "-1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: ", $cseq, " ", $method, "\r\n",
+            "Contact: sip:sipp@203.0.113.5:5060\r\n",
+            "Max-Forwards: 70\r\n",
+            $($extra,)*
+        )
+    };
+}
+
+/// The backend's, with the software headers topology hiding removes.
+macro_rules! backend {
+    ($method:literal, $cseq:literal, $($extra:literal),* $(,)?) => {
+        concat!(
+            $method, " sip:carrier@203.0.113.5:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 10.0.0.10:5060;branch=z9hG4bK-b", $method, ";rport\r\n",
+            "Route: <sip:10.0.0.1:5060;lr>, <sip:192.0.2.1:5060;lr>\r\n",
+            "From: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "To: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: ", $cseq, " ", $method, "\r\n",
+            "User-Agent: PBX 9.1\r\n",
+            "Max-Forwards: 70\r\n",
+            $($extra,)*
+        )
+    };
+}
+
+use Expect::{Forward, Pass};
+use Sender::{Backend, Carrier};
+
+pub const CASES: &[Case] = &[
+    Case {
+        name: "sipp_ack",
+        sender: Carrier,
+        message: carrier!("ACK", "1", "Content-Length: 0\r\n\r\n"),
+        expect: Forward,
+    },
+    Case {
+        name: "sipp_bye",
+        sender: Carrier,
+        message: carrier!("BYE", "2", "Content-Length: 0\r\n\r\n"),
+        expect: Forward,
+    },
+    Case {
+        name: "info_with_a_dtmf_body",
+        sender: Carrier,
+        message: carrier!(
+            "INFO",
+            "3",
+            "Content-Type: application/dtmf-relay\r\n",
+            "Content-Length: 24\r\n\r\n",
+            "Signal=5\r\nDuration=160\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "options",
+        sender: Carrier,
+        message: carrier!(
+            "OPTIONS",
+            "4",
+            "Accept: application/sdp\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "notify",
+        sender: Carrier,
+        message: carrier!(
+            "NOTIFY",
+            "5",
+            "Event: refer\r\n",
+            "Subscription-State: active\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "refer",
+        sender: Carrier,
+        message: carrier!(
+            "REFER",
+            "6",
+            "Refer-To: <sip:bob@198.51.100.20>\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "message",
+        sender: Carrier,
+        message: carrier!(
+            "MESSAGE",
+            "7",
+            "Content-Type: text/plain\r\n",
+            "Content-Length: 5\r\n\r\n",
+            "hello"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "prack",
+        sender: Carrier,
+        message: carrier!(
+            "PRACK",
+            "8",
+            "RAck: 1 1 INVITE\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "update_without_sdp",
+        sender: Carrier,
+        message: carrier!(
+            "UPDATE",
+            "9",
+            "Session-Expires: 1800;refresher=uac\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "reinvite_without_sdp",
+        sender: Carrier,
+        message: carrier!("INVITE", "10", "Content-Length: 0\r\n\r\n"),
+        expect: Forward,
+    },
+    Case {
+        name: "backend_bye_hides_its_software",
+        sender: Backend,
+        message: backend!(
+            "BYE",
+            "1",
+            "Server: PBX 9.1\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "backend_info_without_content_length",
+        sender: Backend,
+        message: backend!("INFO", "2", "\r\n"),
+        expect: Forward,
+    },
+    Case {
+        name: "routes_across_headers_and_a_bare_rport",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;rport;branch=z9hG4bKr1\r\n",
+            "Max-Forwards: 70\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>\r\n",
+            "Route: <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 11 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "compact_names",
+        sender: Carrier,
+        message: concat!(
+            "OPTIONS sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "v: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKc1;rport\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>,<sip:10.0.0.1:5060;lr>\r\n",
+            "f: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "t: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "i: corpus1\r\n",
+            "CSeq: 12 OPTIONS\r\n",
+            "l: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "mixed_case_names_and_parameters",
+        sender: Carrier,
+        message: concat!(
+            "INFO sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "VIA: SIP/2.0/UDP 203.0.113.5:5060;Branch=z9hG4bKm1;RPORT\r\n",
+            "ROUTE: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "max-forwards: 70\r\n",
+            "FROM: <sip:sipp@203.0.113.5:5060>;TAG=c-corpus1\r\n",
+            "to: <sip:alice@192.0.2.1:5060>;Tag=b-corpus1\r\n",
+            "CALL-ID: corpus1\r\n",
+            "cseq: 13 INFO\r\n",
+            "CONTENT-LENGTH: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "extra_whitespace",
+        sender: Carrier,
+        message: concat!(
+            "INFO sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via :  SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKw1;rport  \r\n",
+            "Route:<sip:192.0.2.1:5060;lr> ,  <sip:10.0.0.1:5060;lr>  \r\n",
+            "Max-Forwards:\t70 \r\n",
+            "From:   <sip:sipp@203.0.113.5:5060>;tag=c-corpus1 \r\n",
+            "To: <sip:alice@192.0.2.1:5060> ;tag=b-corpus1\r\n",
+            "Call-ID:corpus1\r\n",
+            "CSeq:  14   INFO\r\n",
+            "Content-Length:  0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "via_names_a_host",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP pbx.carrier.example;branch=z9hG4bKn1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 15 BYE\r\n",
+            "Max-Forwards: 70\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "via_names_another_address_with_rport_given",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.50:5070;rport=5070;branch=z9hG4bKa1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 16 BYE\r\n",
+            "Max-Forwards: 70\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "via_shorter_than_the_source_address",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKs1;rport\r\n",
+            "Via: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKs0, SIP/2.0/UDP 198.51.100.2;branch=z9hG4bKsx\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 17 BYE\r\n",
+            "Max-Forwards: 70\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "several_vias_in_the_first_line",
+        sender: Carrier,
+        message: concat!(
+            "INFO sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKv1;rport ,SIP/2.0/UDP  198.51.100.3;branch=z9hG4bKv0\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 18 INFO\r\n",
+            "Max-Forwards: 70\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "max_forwards_1",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKf1\r\n",
+            "Max-Forwards: 1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 19 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "max_forwards_missing",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKf2\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 20 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "line_feeds_alone",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKl1;rport\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\n",
+            "Call-ID: corpus1\n",
+            "CSeq: 21 BYE\n",
+            "Max-Forwards: 70\n",
+            "Content-Length: 0\n\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "display_names_and_uri_parameters",
+        sender: Carrier,
+        message: concat!(
+            "INFO sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKd1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: \"Sipp; the tester\" <sip:sipp@203.0.113.5:5060;tag=not-this>;tag=c-corpus1;x=1\r\n",
+            "To: <sip:alice@192.0.2.1:5060;user=phone>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 22 INFO\r\n",
+            "Max-Forwards: 70\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "reinvite_with_sdp",
+        sender: Carrier,
+        message: carrier!(
+            "INVITE",
+            "30",
+            "Content-Type: application/sdp\r\n",
+            "Content-Length: 10\r\n\r\n",
+            "v=0\r\no=x\r\n"
+        ),
+        expect: Pass(Reason::PassSipInDialogSdp),
+    },
+    Case {
+        name: "cancel",
+        sender: Carrier,
+        message: carrier!("CANCEL", "31", "Content-Length: 0\r\n\r\n"),
+        expect: Pass(Reason::PassSipInDialogMethod),
+    },
+    Case {
+        name: "subscribe",
+        sender: Carrier,
+        message: carrier!(
+            "SUBSCRIBE",
+            "32",
+            "Event: dialog\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Pass(Reason::PassSipInDialogMethod),
+    },
+    Case {
+        name: "folded_line",
+        sender: Carrier,
+        message: carrier!(
+            "INFO",
+            "33",
+            "Subject: a\r\n  folded subject\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Pass(Reason::PassSipInDialogForm),
+    },
+    Case {
+        name: "max_forwards_0",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKz1\r\n",
+            "Max-Forwards: 0\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 34 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogHops),
+    },
+    Case {
+        name: "route_to_another_hop",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKo1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>, <sip:10.0.0.99;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 35 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogRoute),
+    },
+    Case {
+        name: "our_route_written_otherwise",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKo2\r\n",
+            "Route: <sip:192.0.2.1;lr>, <sip:10.0.0.1;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 36 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogRoute),
+    },
+    Case {
+        name: "another_to_tag",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKt1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus2\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 37 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogMismatch),
+    },
+    Case {
+        name: "a_tag_that_only_starts_like_the_dialogs",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKt2\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1x\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 38 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogMismatch),
+    },
+    Case {
+        name: "sent_to_our_address",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:192.0.2.1:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKu1\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 39 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogMismatch),
+    },
+    Case {
+        name: "quoted_via_parameter",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKq1;x=\"a,b\"\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 40 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogForm),
+    },
+    Case {
+        name: "via_over_tcp",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/TCP 203.0.113.5:5060;branch=z9hG4bKp1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 41 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogForm),
+    },
+    Case {
+        name: "cseq_twice",
+        sender: Carrier,
+        message: carrier!("BYE", "42", "CSeq: 43 BYE\r\n", "Content-Length: 0\r\n\r\n"),
+        expect: Pass(Reason::PassSipInDialogForm),
+    },
+    Case {
+        name: "content_length_other_than_the_body",
+        sender: Carrier,
+        message: carrier!(
+            "INFO",
+            "44",
+            "Content-Type: text/plain\r\n",
+            "Content-Length: 9\r\n\r\n",
+            "abc"
+        ),
+        expect: Pass(Reason::PassSipInDialogForm),
+    },
+    Case {
+        name: "proxy_require",
+        sender: Carrier,
+        message: carrier!(
+            "INFO",
+            "45",
+            "Proxy-Require: foo\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Pass(Reason::PassSipInDialogForm),
+    },
+    Case {
+        name: "cseq_method_other_than_the_request",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKe1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 46 INFO\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogForm),
+    },
+];
+
+fn flow_key((ip, port): ([u8; 4], u16)) -> crate::FlowKey {
+    crate::FlowKey::udp(crate::IpAddress::from_ipv4(ip), port.to_be())
+}
+
+fn text<const N: usize>(bytes: &[u8]) -> Text<N> {
+    Text::new(bytes).expect("fits")
+}
+
+/// The dialogs map's value for the corpus's call, as the daemon must write it (its tests
+/// check that it does) with the map's `seed`.
+pub fn dialog(seed: u64) -> Dialog {
+    let leg = |request_uri: &str, sender: Sender, out_side| DialogLeg {
+        request_uri_hash: call_id_hash(request_uri.as_bytes(), seed),
+        listener: flow_key(sender.listener()),
+        target: flow_key(sender.target()),
+        out_side,
+        flags: LEG_FORWARD,
+        ..DialogLeg::default()
+    };
+    Dialog {
+        call_id: text(CALL_ID.as_bytes()),
+        tags: [text(CALLER_TAG.as_bytes()), text(CALLEE_TAG.as_bytes())],
+        legs: [
+            leg(BACKEND_CONTACT, Sender::Carrier, SIDE_PRIVATE),
+            leg(CARRIER_CONTACT, Sender::Backend, SIDE_PUBLIC),
+        ],
+        ..Dialog::KNOWN
+    }
+}
+
+/// Our addresses as the daemon writes them for the corpus's listeners, with the default
+/// headers hidden from the public side.
+pub fn selves() -> SipSelves {
+    let mut public = SipSelf {
+        listener: flow_key(PUBLIC),
+        via: text(b"SIP/2.0/UDP 192.0.2.1:5060;branch="),
+        route: text(b"<sip:192.0.2.1:5060;lr>"),
+        stripped: 3,
+        ..SipSelf::default()
+    };
+    public.strip[0] = text(b"server");
+    public.strip[1] = text(b"user-agent");
+    public.strip[2] = text(b"warning");
+    let private = SipSelf {
+        listener: flow_key(PRIVATE),
+        via: text(b"SIP/2.0/UDP 10.0.0.1:5060;branch="),
+        route: text(b"<sip:10.0.0.1:5060;lr>"),
+        ..SipSelf::default()
+    };
+    SipSelves {
+        sides: [public, private],
+    }
+}

@@ -1,0 +1,180 @@
+//! SIP of established calls forwarded in the kernel, byte for byte as the daemon's proxy
+//! forwards it: the XDP program reads an in-dialog request with `RequestScan`, which builds
+//! a `Plan` of the message to send, and `Assembly` copies it out. Both run the same here and
+//! in the daemon's tests, which compare them with the proxy's own output.
+#[cfg(any(test, feature = "user"))]
+pub mod corpus;
+pub mod plan;
+pub mod request;
+pub mod text;
+
+pub use plan::{Assembly, OutBuffer, Plan};
+pub use request::{REQUEST_STEPS, RequestScan};
+
+use crate::{
+    Reason,
+    dialog::{Dialog, SipSelves},
+    words::{MessageWords, Words},
+};
+
+/// Everything a forwarding needs besides the message: the scan's state, the buffer the
+/// message is assembled in. The XDP program keeps one per CPU in map memory.
+#[repr(C)]
+pub struct ForwardScratch {
+    pub request: RequestScan,
+    pub assembly: Assembly,
+    pub out: OutBuffer,
+}
+
+impl ForwardScratch {
+    /// A scratch with every byte zero (what a fresh per-CPU map value holds).
+    pub fn zeroed() -> Self {
+        // SAFETY: every field is an integer, an array of them or a bool, for which zero is a
+        // valid value.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// Runs a whole forwarding of the request `message` (the datagram's payload) from
+/// `source`:`source_port` on `leg` of `dialog`, as the XDP program does step by step: the
+/// message to send is `scratch.out.bytes[..len]`, or the reason it goes up.
+pub fn forward_request(
+    message: &[u8],
+    dialog: &Dialog,
+    selves: &SipSelves,
+    arrival: (usize, [u8; 4], u16, u64),
+    scratch: &mut ForwardScratch,
+) -> Result<usize, Reason> {
+    forward_words(
+        &MessageWords(message),
+        message.len(),
+        dialog,
+        selves,
+        arrival,
+        scratch,
+    )
+}
+
+/// `forward_request` over the first `len` bytes of `words`.
+fn forward_words(
+    words: &impl Words,
+    len: usize,
+    dialog: &Dialog,
+    selves: &SipSelves,
+    (leg, source, source_port, seed): (usize, [u8; 4], u16, u64),
+    scratch: &mut ForwardScratch,
+) -> Result<usize, Reason> {
+    let scan = &mut scratch.request;
+    scan.start(len, leg, source, source_port, seed);
+    for _ in 0..REQUEST_STEPS {
+        if !scan.step(words, dialog, selves) {
+            break;
+        }
+    }
+    if !scan.forwards() {
+        let reason = Reason::ALL
+            .iter()
+            .copied()
+            .find(|r| *r as u32 == scan.verdict())
+            .unwrap_or(Reason::PassSipInDialogForm);
+        return Err(reason);
+    }
+    scratch.assembly = Assembly::new();
+    for _ in 0..Assembly::STEPS {
+        if !scratch
+            .assembly
+            .step(&scratch.request.plan, words, &mut scratch.out)
+        {
+            break;
+        }
+    }
+    let len = scratch.request.plan.out_len;
+    Assembly::clear_after(&mut scratch.out, len);
+    for _ in 0..Assembly::sum_steps(len) {
+        scratch.assembly.sum_step(&scratch.out);
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{vec, vec::Vec};
+
+    use super::{corpus::*, *};
+    use crate::words::{SCAN_WINDOW, ScanWindow};
+
+    fn run(message: &[u8], case: &Case, scratch: &mut ForwardScratch) -> Result<usize, Reason> {
+        let (ip, port) = case.sender.source();
+        let leg = (case.sender.leg(), ip, port, 9);
+        forward_request(message, &dialog(9), &selves(), leg, scratch)
+    }
+
+    #[test]
+    fn the_corpus_gets_what_it_expects() {
+        let mut scratch = ForwardScratch::zeroed();
+        for case in CASES {
+            let outcome = run(case.message.as_bytes(), case, &mut scratch);
+            match case.expect {
+                Expect::Forward => assert!(outcome.is_ok(), "{}: {outcome:?}", case.name),
+                Expect::Pass(reason) => assert_eq!(outcome, Err(reason), "{}", case.name),
+            }
+        }
+    }
+
+    /// Every cut and every single-byte change of every case: the scan ends within its steps
+    /// (never on an arithmetic overflow, which a debug build would catch) and a cut message is
+    /// never forwarded as if whole.
+    #[test]
+    fn cut_and_changed_messages_end_cleanly() {
+        let mut scratch = ForwardScratch::zeroed();
+        let bytes = [
+            b':', b';', b',', b' ', b'\t', b'\r', b'\n', b'"', b'>', b'<', b'0', b'x',
+        ];
+        for case in CASES {
+            let whole = case.message.as_bytes();
+            for cut in 0..whole.len() {
+                let outcome = run(&whole[..cut], case, &mut scratch);
+                assert!(outcome.is_err(), "{} cut at {cut}", case.name);
+                for byte in bytes {
+                    let mut changed: Vec<u8> = whole.to_vec();
+                    changed[cut] = byte;
+                    let _ = run(&changed, case, &mut scratch);
+                }
+            }
+            let long = vec![b'a'; 3000];
+            assert_eq!(
+                run(&long, case, &mut scratch),
+                Err(Reason::PassSipInDialogSize)
+            );
+        }
+    }
+
+    /// The XDP program reads a message in a window whose bytes past it hold an earlier
+    /// datagram's: here the ones most likely to mislead a scan. Every cut of every case gets
+    /// the same outcome there as alone.
+    #[test]
+    fn what_lies_past_the_message_never_counts() {
+        let mut scratch = ForwardScratch::zeroed();
+        let mut window = ScanWindow {
+            bytes: [0; SCAN_WINDOW],
+        };
+        let garbage = b"\r\n\r\n;tag=c-corpus1;rport, <sip:10.0.0.1:5060;lr>\n";
+        for case in CASES {
+            let whole = case.message.as_bytes();
+            for cut in 0..=whole.len() {
+                for (byte, fill) in window.bytes.iter_mut().zip(garbage.iter().cycle()) {
+                    *byte = *fill;
+                }
+                window.bytes[..cut].copy_from_slice(&whole[..cut]);
+                let (ip, port) = case.sender.source();
+                let arrival = (case.sender.leg(), ip, port, 9);
+                let windowed =
+                    forward_words(&window, cut, &dialog(9), &selves(), arrival, &mut scratch)
+                        .map(|len| scratch.out.bytes[..len].to_vec());
+                let alone = run(&whole[..cut], case, &mut scratch)
+                    .map(|len| scratch.out.bytes[..len].to_vec());
+                assert_eq!(windowed, alone, "{} cut at {cut}", case.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The XDP program forwarding SIP of established calls, under BPF_PROG_TEST_RUN: the
+//! differential corpus (`sbc_common::sip_forward::corpus`, which the daemon's tests hold the
+//! proxy core to) fed to the real program with the maps the daemon writes for its call. Every
+//! request marked `Forward` must leave the kernel byte for byte as the proxy sends it, from our
+//! listener on the other side to the other party, with valid checksums; every other one must
+//! go up unchanged, counted under its reason.
+//!
+//! The program runs in a namespace of its own whose two interfaces hold the corpus's listener
+//! addresses, with permanent neighbour entries for both parties.
+use std::net::Ipv4Addr;
+
+use sbc_common::{
+    GuardConfig, PacketLimit, Reason, SourceLimit, SourceRule,
+    call_id::call_id_hash,
+    guard::{GUARD_ON, RULE_ALLOW},
+    sip_forward::{
+        ForwardScratch,
+        corpus::{self, Expect, Sender},
+        forward_request,
+    },
+};
+use sbc_tests::{
+    frames::{UdpFrame, internet_checksum},
+    netns,
+    privileges::require_lab_privileges,
+    xdp_fixture::*,
+};
+
+const SEED: u64 = 0x5eed;
+const PUBLIC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+const PRIVATE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+const CARRIER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x05];
+const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x0a];
+
+fn address((ip, _): ([u8; 4], u16)) -> Ipv4Addr {
+    Ipv4Addr::from(ip)
+}
+
+/// The corpus's call as the daemon sets it up: listeners on both sides, the guard on (a
+/// stranger's limits for the carrier, the backend allowlisted without limits), the dialog and
+/// our addresses.
+fn program() -> Program {
+    let mut program = Program::load();
+    for listener in [corpus::PUBLIC, corpus::PRIVATE] {
+        program.listen_sip(key(address(listener), listener.1));
+    }
+    program.configure_guard(GuardConfig {
+        default_limit: SourceLimit {
+            packets: PacketLimit {
+                rate: 1000,
+                burst: 1000,
+            },
+            invites: PacketLimit {
+                rate: 10,
+                burst: 10,
+            },
+        },
+        block_after_drops: 0,
+        flags: GUARD_ON,
+        block_ns: 1_000_000_000,
+        dialog_seed: SEED,
+    });
+    program.add_rule(
+        address(corpus::BACKEND),
+        32,
+        SourceRule {
+            action: RULE_ALLOW,
+            limit: SourceLimit::UNLIMITED,
+        },
+    );
+    program.set_dialog(
+        call_id_hash(corpus::CALL_ID.as_bytes(), SEED),
+        corpus::dialog(SEED),
+    );
+    program.set_sip_selves(corpus::selves());
+    program.allow_egress("pub0");
+    program.allow_egress("priv0");
+    program
+}
+
+/// Where a sender's frames arrive: the interface, and the MACs on the wire.
+fn arrival(sender: Sender) -> (&'static str, [u8; 6], [u8; 6]) {
+    match sender {
+        Sender::Carrier => ("pub0", PUBLIC_MAC, CARRIER_MAC),
+        Sender::Backend => ("priv0", PRIVATE_MAC, BACKEND_MAC),
+    }
+}
+
+fn frame(case: &corpus::Case) -> UdpFrame {
+    let (_, our_mac, their_mac) = arrival(case.sender);
+    let (from, to) = (case.sender.source(), case.sender.listener());
+    UdpFrame {
+        eth_dst: our_mac,
+        eth_src: their_mac,
+        payload: case.message.as_bytes().to_vec(),
+        ..UdpFrame::rtp((address(from), from.1), (address(to), to.1))
+    }
+}
+
+/// What the kernel must send for a forwarded case: the proxy's bytes (its userspace run,
+/// which the daemon's tests hold to the proxy core) from our listener on the other side, to
+/// the other party, a fresh TTL and every checksum computed in full.
+fn expected_forward(case: &corpus::Case, sent: &UdpFrame) -> Vec<u8> {
+    let (ip, port) = case.sender.source();
+    let mut scratch = ForwardScratch::zeroed();
+    let len = forward_request(
+        case.message.as_bytes(),
+        &corpus::dialog(SEED),
+        &corpus::selves(),
+        (case.sender.leg(), ip, port, SEED),
+        &mut scratch,
+    )
+    .expect("the corpus forwards it");
+    let (out_mac, next_mac, out_listener) = match case.sender {
+        Sender::Carrier => (PRIVATE_MAC, BACKEND_MAC, corpus::PRIVATE),
+        Sender::Backend => (PUBLIC_MAC, CARRIER_MAC, corpus::PUBLIC),
+    };
+    let target = case.sender.target();
+    UdpFrame {
+        eth_dst: next_mac,
+        eth_src: out_mac,
+        src: address(out_listener),
+        dst: address(target),
+        sport: out_listener.1,
+        dport: target.1,
+        ttl: 64,
+        payload: scratch.out.bytes[..len].to_vec(),
+        ..sent.clone()
+    }
+    .bytes()
+}
+
+/// Every case of the corpus through the kernel: forwarded byte for byte, or up for its reason.
+#[test]
+fn the_kernel_forwards_the_corpus_as_the_proxy_does() {
+    require_lab_privileges();
+    let fixture = build_fixture(
+        "sip-forward",
+        [
+            ("pub0", address(corpus::PUBLIC), PUBLIC_MAC),
+            ("priv0", address(corpus::PRIVATE), PRIVATE_MAC),
+        ],
+        &[
+            (address(corpus::CARRIER), CARRIER_MAC, "pub0"),
+            (address(corpus::BACKEND), BACKEND_MAC, "priv0"),
+        ],
+        &[(Ipv4Addr::new(203, 0, 113, 0), "pub0")],
+    );
+    netns::enter(&fixture.sbc.name).unwrap();
+    let mut program = program();
+    let mut failures = Vec::new();
+    for case in corpus::CASES {
+        let sent = frame(case);
+        let before = program.reasons();
+        let (action, out) = program.run(&sent.bytes(), arrival(case.sender).0);
+        let after = program.reasons();
+        let counted: Vec<Reason> = Reason::ALL
+            .iter()
+            .copied()
+            .filter(|r| after[*r as usize] > before[*r as usize])
+            .collect();
+        let outcome = match case.expect {
+            Expect::Forward => {
+                let expected = expected_forward(case, &sent);
+                if action != XDP_REDIRECT || counted != [Reason::ForwardSipRequest] {
+                    Some(format!("forwarded? action {action}, counted {counted:?}"))
+                } else if out != expected {
+                    Some(format!(
+                        "different frame\n  kernel:   {:?}\n  expected: {:?}",
+                        String::from_utf8_lossy(&out[42..]),
+                        String::from_utf8_lossy(&expected[42..])
+                    ))
+                } else {
+                    check_sums(&out)
+                }
+            }
+            Expect::Pass(reason) => (action != XDP_PASS
+                || counted != [reason]
+                || out != sent.bytes())
+            .then(|| {
+                format!("expected {reason:?} up unchanged: action {action}, counted {counted:?}")
+            }),
+        };
+        if let Some(why) = outcome {
+            failures.push(format!("{}: {why}", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The kernel kept count of what it forwarded, per direction, and the highest CSeq.
+    let dialog = program.dialog(call_id_hash(corpus::CALL_ID.as_bytes(), SEED));
+    let forwarded = |sender| {
+        corpus::CASES
+            .iter()
+            .filter(|c| c.sender == sender && c.expect == Expect::Forward)
+            .count() as u64
+    };
+    assert_eq!(dialog.legs[0].requests, forwarded(Sender::Carrier));
+    assert_eq!(dialog.legs[1].requests, forwarded(Sender::Backend));
+    assert_eq!(dialog.legs[0].cseq, 22, "the highest CSeq the caller sent");
+}
+
+/// Both checksums of a frame the kernel made verify in full.
+fn check_sums(frame: &[u8]) -> Option<String> {
+    if internet_checksum(0, &frame[14..34]) != 0 {
+        return Some("bad IPv4 checksum".into());
+    }
+    let udp = &frame[34..];
+    let pseudo: u32 = frame[26..34]
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum::<u32>()
+        + 17
+        + udp.len() as u32;
+    (internet_checksum(pseudo, udp) != 0).then(|| "bad UDP checksum".into())
+}
