@@ -92,6 +92,8 @@ pub struct DialogLeg {
     pub listener: FlowKey,
     /// Where its requests go: the other party's Contact, resolved.
     pub target: FlowKey,
+    /// Where its sender is: the responses to its requests go there.
+    pub party: FlowKey,
     /// The side they leave on (`branch::SIDE_PUBLIC` or `SIDE_PRIVATE`).
     pub out_side: u8,
     /// `LEG_FORWARD` when the kernel forwards this leg at all.
@@ -118,6 +120,28 @@ pub struct Dialog {
     /// The caller's tag (its From tag) and the callee's (its To tag).
     pub tags: [Text<TAG_TEXT>; 2],
     pub legs: [DialogLeg; 2],
+    /// Set by the kernel when it forwarded the final response to a BYE: the call is over.
+    pub ended: DialogEnd,
+}
+
+/// How a dialog ended in the kernel: when (CLOCK_MONOTONIC, nanoseconds; 0: it did not), the
+/// BYE's final status, and the leg whose party sent the BYE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DialogEnd {
+    pub at_ns: u64,
+    pub code: u16,
+    pub by_leg: u8,
+    pub _pad: [u8; 5],
+}
+
+/// What the kernel reports on `SBC_DIALOG_EVENTS` when it forwarded the final response to a
+/// BYE: which dialog (its key in the dialogs map) ended, as `Dialog::ended` records it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DialogEnded {
+    pub dialog: u64,
+    pub end: DialogEnd,
 }
 
 impl Dialog {
@@ -130,6 +154,7 @@ impl Dialog {
             request_uri_hash: 0,
             listener: FlowKey::udp(IpAddress::UNSPECIFIED, 0),
             target: FlowKey::udp(IpAddress::UNSPECIFIED, 0),
+            party: FlowKey::udp(IpAddress::UNSPECIFIED, 0),
             out_side: 0,
             flags: 0,
             _pad: [0; 2],
@@ -137,6 +162,12 @@ impl Dialog {
             requests: 0,
             responses: 0,
         }; 2],
+        ended: DialogEnd {
+            at_ns: 0,
+            code: 0,
+            by_leg: 0,
+            _pad: [0; 5],
+        },
     };
 }
 
@@ -190,12 +221,16 @@ mod pod {
     unsafe impl bytemuck::Zeroable for SipSelves {}
     unsafe impl bytemuck::Pod for SipSelves {}
     unsafe impl aya::Pod for SipSelves {}
+    unsafe impl bytemuck::Zeroable for DialogEnded {}
+    unsafe impl bytemuck::Pod for DialogEnded {}
 }
 
 const _: () = assert!(core::mem::size_of::<Text<TAG_TEXT>>() == TAG_TEXT + 8);
-const _: () = assert!(core::mem::size_of::<DialogLeg>() == 72);
-const _: () =
-    assert!(core::mem::size_of::<Dialog>() == 8 + (CALL_ID_TEXT + 8) + 2 * (TAG_TEXT + 8) + 2 * 72);
+const _: () = assert!(core::mem::size_of::<DialogEnded>() == 24);
+const _: () = assert!(core::mem::size_of::<DialogLeg>() == 96);
+const _: () = assert!(
+    core::mem::size_of::<Dialog>() == 8 + (CALL_ID_TEXT + 8) + 2 * (TAG_TEXT + 8) + 2 * 96 + 16
+);
 const _: () = assert!(
     core::mem::size_of::<SipSelf>()
         == 20 + 4 + 2 * (SELF_TEXT + 8) + MAX_STRIPPED * (HEADER_NAME_TEXT + 8) + 8

@@ -22,7 +22,7 @@ pub mod reason;
 pub mod sip_forward;
 pub mod words;
 
-pub use dialog::{Dialog, DialogLeg, SipSelf, SipSelves};
+pub use dialog::{Dialog, DialogEnd, DialogEnded, DialogLeg, SipSelf, SipSelves};
 pub use flow::{Flow, FlowKey, FlowStats, IpAddress, SourceCheck};
 pub use guard::{
     Block, GuardConfig, PacketLimit, SourceBucket, SourceLimit, SourceRule, TokenBucket,

@@ -29,6 +29,11 @@ pub const BLOCKS: &str = "SBC_BLOCKS";
 /// `HashMap<u64, Dialog>`: the known dialogs, by Call-ID hash, and for established calls what
 /// the program needs to forward their in-dialog SIP.
 pub const DIALOGS: &str = "SBC_DIALOGS";
+/// `RingBuf` of `DialogEnded`: the dialogs the kernel saw end (the final response to a BYE
+/// forwarded), for the daemon to end their calls; kept while the daemon is away.
+pub const DIALOG_EVENTS: &str = "SBC_DIALOG_EVENTS";
+/// Its size in bytes (a power of two, whole pages): room for some 10,000 ends.
+pub const DIALOG_EVENTS_BYTES: usize = 512 * 1024;
 /// `Array<SipSelves>` of one entry: our SIP addresses on each side as the proxy writes them,
 /// for in-dialog SIP forwarded in the kernel.
 pub const SIP_SELF: &str = "SBC_SIP_SELF";
@@ -51,6 +56,7 @@ pub const ALL: &[&str] = &[
     DIALOGS,
     PARTIES,
     SIP_SELF,
+    DIALOG_EVENTS,
 ];
 
 /// Maps that hold nothing a call needs, only what the daemon writes anew at every start

@@ -73,6 +73,8 @@ reasons! {
     PassSipInDialogMismatch = "pass_sip_in_dialog_mismatch": "in-dialog SIP whose Request-URI, Call-ID or tags are not the dialog's as the kernel knows it",
     PassSipInDialogRoute = "pass_sip_in_dialog_route": "in-dialog request with a Route to another hop, or to us written otherwise",
     PassSipInDialogHops = "pass_sip_in_dialog_hops": "in-dialog request with Max-Forwards 0 (the daemon answers 483)",
+    PassSipInDialogTrying = "pass_sip_in_dialog_trying": "100 Trying to an in-dialog request (hop by hop: the daemon drops it)",
+    PassSipResponseStateful = "pass_sip_response_stateful": "response to a request the daemon forwarded in a transaction of its own",
     DropSipRewriteFailed = "drop_sip_rewrite_failed": "in-dialog SIP lost: its frame could not be rewritten once resized (should never happen)",
 }
 

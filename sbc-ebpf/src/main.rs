@@ -47,6 +47,13 @@ impl Verdict {
             reason,
         }
     }
+
+    /// Not a verdict yet: an in-dialog message is assembled in this CPU's scratch, for
+    /// `in_dialog::send` to write out and send.
+    pub const ASSEMBLED: Self = Self {
+        action: u32::MAX,
+        reason: Reason::ForwardSipRequest,
+    };
 }
 
 impl From<Reason> for Verdict {
@@ -79,7 +86,13 @@ fn classify(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
         return relay::media(ctx, packet, flow);
     }
     if SBC_SIP_LISTENERS.get_ptr(destination).is_some() {
-        return sip_guard::sip(ctx, packet);
+        let verdict = sip_guard::sip(ctx, packet);
+        // Sent from here, not from within the SIP path: the stack of a chain of BPF calls is
+        // limited to 512 bytes, and the SIP path's and the sending's would exceed it together.
+        if verdict.action == Verdict::ASSEMBLED.action {
+            return in_dialog::send(ctx);
+        }
+        return verdict;
     }
     Verdict::pass(Reason::PassNoFlow)
 }

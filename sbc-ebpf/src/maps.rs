@@ -2,7 +2,7 @@
 //! they are declared as BTF maps so `bpftool map dump` prints every field by name.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use sbc_common::{
@@ -10,8 +10,8 @@ use sbc_common::{
     SourceBucket, SourceRule,
     call_id::{CallIdScan, ScanWindow},
     maps::{
-        MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES, MAX_SIP_LISTENERS,
-        MAX_SOURCE_RULES, MAX_SOURCES,
+        DIALOG_EVENTS_BYTES, MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES,
+        MAX_SIP_LISTENERS, MAX_SOURCE_RULES, MAX_SOURCES,
     },
     sip_forward::ForwardScratch,
 };
@@ -51,6 +51,11 @@ pub static SBC_DIALOGS: HashMap<u64, Dialog, MAX_DIALOGS, { BPF_F_NO_PREALLOC as
 
 #[btf_map]
 pub static SBC_SIP_SELF: Array<SipSelves, 1> = Array::new();
+
+/// Records of `DialogEnded`. Its value type is left empty: a ring buffer has no value size,
+/// and libbpf (bpftool) refuses one that names a type of some size.
+#[btf_map]
+pub static SBC_DIALOG_EVENTS: RingBuf<(), DIALOG_EVENTS_BYTES> = RingBuf::new();
 
 /// The state of an in-dialog forwarding and the buffer its message is assembled in, per CPU.
 #[btf_map]

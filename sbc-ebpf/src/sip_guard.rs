@@ -85,7 +85,7 @@ fn forward_in_dialog(
     let scratch = SBC_SCAN.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch, holding this datagram's first bytes.
     let window = unsafe { &raw const (*scratch).window };
-    in_dialog::forward(ctx, packet, window, dialog_id, seed)
+    in_dialog::forward(packet, window, dialog_id, seed)
 }
 
 /// The guard's tables are the program's maps. Values are changed in place through pointers

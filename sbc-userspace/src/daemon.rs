@@ -11,7 +11,10 @@ use crate::{
     },
     api::server::{self, ApiState},
     config::{Config, DataplaneMode, NoAudioAction, NoAudioConfig, SigtermAction},
-    dataplane::{FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins, xdp},
+    dataplane::{
+        DialogEvents, FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins,
+        xdp,
+    },
     drain::Drain,
     events::EventSink,
     media::{AudioDeadlines, EndReason, MediaPlane, MediaSettings},
@@ -72,7 +75,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
             xdp::start(&config, &layout)?;
             let maps = FlowMaps::open(&layout)?;
             let stats = FlowStatsReader::open(&layout)?;
-            let guard = SipGuard::kernel(GuardMaps::open(&layout)?)?;
+            let guard = SipGuard::kernel(GuardMaps::open(&layout)?, DialogEvents::open(&layout)?)?;
             (
                 Some((maps, stats)),
                 Some(ReasonCounters::open(&layout)?),

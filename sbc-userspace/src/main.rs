@@ -365,13 +365,13 @@ fn rtp_packets<'a>(sessions: impl IntoIterator<Item = &'a SessionInfo>, leg: Leg
 fn calls(client: &ApiClient) -> anyhow::Result<()> {
     let Calls { calls } = client.get("/v1/calls")?.expect(200)?;
     println!(
-        "{:<36} {:<9} {:>8} {:<21} {:<29} {:>10} {:>10}",
-        "CALL-ID", "STATE", "AGE_S", "BACKEND", "LATCHED", "A->B PKTS", "B->A PKTS"
+        "{:<36} {:<9} {:>8} {:<21} {:<29} {:>10} {:>10} {:>10}",
+        "CALL-ID", "STATE", "AGE_S", "BACKEND", "LATCHED", "A->B PKTS", "B->A PKTS", "KERNEL_SIP"
     );
     for call in calls {
         let sessions: Vec<&SessionInfo> = call.media.iter().flatten().collect();
         println!(
-            "{:<36} {:<9} {:>8} {:<21} {:<29} {:>10} {:>10}",
+            "{:<36} {:<9} {:>8} {:<21} {:<29} {:>10} {:>10} {:>10}",
             call.call_id,
             call.state.name(),
             call.age_ms / 1000,
@@ -380,6 +380,8 @@ fn calls(client: &ApiClient) -> anyhow::Result<()> {
             latching_label(&sessions),
             rtp_packets(sessions.iter().copied(), Leg::A),
             rtp_packets(sessions.iter().copied(), Leg::B),
+            call.kernel_sip
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
         );
     }
     Ok(())

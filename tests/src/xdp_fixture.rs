@@ -7,18 +7,19 @@ use std::net::Ipv4Addr;
 use aya::{
     Ebpf,
     maps::{
-        Array, DevMapHash, HashMap, MapData, PerCpuArray,
+        Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use sbc_common::{
-    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipSelves, SourceRule,
+    Block, Dialog, DialogEnded, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason,
+    SipSelves, SourceRule,
     call_id::call_id_hash,
     flow::FLOW_LATCHED,
     maps::{
-        BLOCKS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, PARTIES, REASONS, SIP_LISTENERS,
-        SIP_SELF, SOURCE_RULES, XDP_PROGRAM,
+        BLOCKS, DIALOG_EVENTS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, PARTIES, REASONS,
+        SIP_LISTENERS, SIP_SELF, SOURCE_RULES, XDP_PROGRAM,
     },
 };
 
@@ -255,6 +256,16 @@ impl Program {
         let dialogs: HashMap<&MapData, u64, Dialog> =
             HashMap::try_from(self.ebpf.map(DIALOGS).unwrap()).unwrap();
         dialogs.get(&id, 0).expect("a dialog")
+    }
+
+    /// The dialog ends the program reported since the last call.
+    pub fn dialog_events(&mut self) -> Vec<DialogEnded> {
+        let mut ring = RingBuf::try_from(self.ebpf.map_mut(DIALOG_EVENTS).unwrap()).unwrap();
+        let mut ends = Vec::new();
+        while let Some(record) = ring.next() {
+            ends.push(*bytemuck::from_bytes::<DialogEnded>(&record));
+        }
+        ends
     }
 
     pub fn set_sip_selves(&mut self, selves: SipSelves) {

@@ -10,13 +10,13 @@
 use std::net::Ipv4Addr;
 
 use sbc_common::{
-    GuardConfig, PacketLimit, Reason, SourceLimit, SourceRule,
+    DialogEnded, GuardConfig, PacketLimit, Reason, SourceLimit, SourceRule,
     call_id::call_id_hash,
     guard::{GUARD_ON, RULE_ALLOW},
     sip_forward::{
         ForwardScratch,
         corpus::{self, Expect, Sender},
-        forward_request,
+        forward,
     },
 };
 use sbc_tests::{
@@ -99,15 +99,15 @@ fn frame(case: &corpus::Case) -> UdpFrame {
 
 /// What the kernel must send for a forwarded case: the proxy's bytes (its userspace run,
 /// which the daemon's tests hold to the proxy core) from our listener on the other side, to
-/// the other party, a fresh TTL and every checksum computed in full.
+/// the other party (a request's next hop, or the party whose request a response answers), a
+/// fresh TTL and every checksum computed in full.
 fn expected_forward(case: &corpus::Case, sent: &UdpFrame) -> Vec<u8> {
-    let (ip, port) = case.sender.source();
     let mut scratch = ForwardScratch::zeroed();
-    let len = forward_request(
+    let len = forward(
         case.message.as_bytes(),
         &corpus::dialog(SEED),
         &corpus::selves(),
-        (case.sender.leg(), ip, port, SEED),
+        case.arrival(SEED),
         &mut scratch,
     )
     .expect("the corpus forwards it");
@@ -162,7 +162,12 @@ fn the_kernel_forwards_the_corpus_as_the_proxy_does() {
         let outcome = match case.expect {
             Expect::Forward => {
                 let expected = expected_forward(case, &sent);
-                if action != XDP_REDIRECT || counted != [Reason::ForwardSipRequest] {
+                let forwarded = if case.is_response() {
+                    Reason::ForwardSipResponse
+                } else {
+                    Reason::ForwardSipRequest
+                };
+                if action != XDP_REDIRECT || counted != [forwarded] {
                     Some(format!("forwarded? action {action}, counted {counted:?}"))
                 } else if out != expected {
                     Some(format!(
@@ -186,17 +191,39 @@ fn the_kernel_forwards_the_corpus_as_the_proxy_does() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    // The kernel kept count of what it forwarded, per direction, and the highest CSeq.
+    // The kernel kept count of what it forwarded, per direction, and the highest CSeq; the
+    // first BYE answered ended the dialog, recorded and reported once.
     let dialog = program.dialog(call_id_hash(corpus::CALL_ID.as_bytes(), SEED));
-    let forwarded = |sender| {
+    let forwarded = |leg: usize, responses: bool| {
         corpus::CASES
             .iter()
-            .filter(|c| c.sender == sender && c.expect == Expect::Forward)
+            .filter(|c| c.expect == Expect::Forward && c.is_response() == responses)
+            .filter(|c| c.arrival(SEED).leg == leg)
             .count() as u64
     };
-    assert_eq!(dialog.legs[0].requests, forwarded(Sender::Carrier));
-    assert_eq!(dialog.legs[1].requests, forwarded(Sender::Backend));
+    for leg in 0..2 {
+        assert_eq!(
+            dialog.legs[leg].requests,
+            forwarded(leg, false),
+            "leg {leg}"
+        );
+        assert_eq!(
+            dialog.legs[leg].responses,
+            forwarded(leg, true),
+            "leg {leg}"
+        );
+    }
     assert_eq!(dialog.legs[0].cseq, 22, "the highest CSeq the caller sent");
+    assert_eq!((dialog.ended.code, dialog.ended.by_leg), (200, 0));
+    assert_ne!(dialog.ended.at_ns, 0);
+    let ends = program.dialog_events();
+    assert_eq!(
+        ends,
+        [DialogEnded {
+            dialog: call_id_hash(corpus::CALL_ID.as_bytes(), SEED),
+            end: dialog.ended,
+        }]
+    );
 }
 
 /// Both checksums of a frame the kernel made verify in full.

@@ -81,9 +81,45 @@ pub enum Expect {
 
 pub struct Case {
     pub name: &'static str,
+    /// Who sends it: a request's sender, or the party answering the other's request.
     pub sender: Sender,
     pub message: &'static str,
     pub expect: Expect,
+}
+
+impl Case {
+    pub fn is_response(&self) -> bool {
+        self.message.starts_with("SIP/2.0 ")
+    }
+
+    /// How the kernel sees it arrive: the leg of the request (a response's is the other
+    /// party's), from the sender's address.
+    pub fn arrival(&self, seed: u64) -> super::Arrival {
+        let leg = self.sender.leg() ^ usize::from(self.is_response());
+        super::Arrival {
+            leg,
+            source: self.sender.source(),
+            seed,
+        }
+    }
+}
+
+/// A response of the backend to a request of the carrier we forwarded (the Vias as it
+/// received them, `rport` filled in), with the software header hiding removes.
+macro_rules! backend_answers {
+    ($status:literal, $method:literal, $($extra:literal),* $(,)?) => {
+        concat!(
+            "SIP/2.0 ", $status, "\r\n",
+            "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-sbc-0123456789abcdef;rport=5060\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-", $method, "-1\r\n",
+            "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 2 ", $method, "\r\n",
+            "Server: PBX 9.1\r\n",
+            $($extra,)*
+        )
+    };
 }
 
 /// The carrier's route set and dialog headers, as SIPp writes them.
@@ -434,6 +470,114 @@ pub const CASES: &[Case] = &[
         expect: Forward,
     },
     Case {
+        name: "backend_200_to_a_bye",
+        sender: Backend,
+        message: backend_answers!("200 OK", "BYE", "Content-Length: 0\r\n\r\n"),
+        expect: Forward,
+    },
+    Case {
+        name: "backend_481_to_an_info",
+        sender: Backend,
+        message: backend_answers!(
+            "481 Call/Transaction Does Not Exist",
+            "INFO",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "carrier_200_to_a_bye_with_both_vias_in_one_line",
+        sender: Carrier,
+        message: concat!(
+            "SIP/2.0 200 OK\r\n",
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-sbc-fedcba9876543210;rport=5060;received=192.0.2.1, SIP/2.0/UDP 10.0.0.10:5060;branch=z9hG4bK-bBYE;rport=5060\r\n",
+            "From: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "To: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 1 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "carrier_200_to_an_options_the_via_marked_with_received",
+        sender: Carrier,
+        message: concat!(
+            "SIP/2.0 200 OK\r\n",
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-sbc-fedcba9876543211;rport=5060\r\n",
+            "Via: SIP/2.0/UDP pbx.backend.example;branch=z9hG4bK-bOPTIONS;rport=5060;received=10.0.0.10\r\n",
+            "From: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "To: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 3 OPTIONS\r\n",
+            "Allow: INVITE, ACK, BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "a_response_its_vias_send_elsewhere",
+        sender: Backend,
+        message: concat!(
+            "SIP/2.0 200 OK\r\n",
+            "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-sbc-0123456789abcdef;rport=5060\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-x;rport=5060;received=198.51.100.66\r\n",
+            "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 2 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogMismatch),
+    },
+    Case {
+        name: "a_100_trying",
+        sender: Backend,
+        message: backend_answers!("100 Trying", "INVITE", "Content-Length: 0\r\n\r\n"),
+        expect: Pass(Reason::PassSipInDialogTrying),
+    },
+    Case {
+        name: "a_response_to_a_transaction_of_the_daemons",
+        sender: Backend,
+        message: concat!(
+            "SIP/2.0 200 OK\r\n",
+            "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK5f0c2a14-77;rport=5060\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-INVITE-1\r\n",
+            "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 1 INVITE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipResponseStateful),
+    },
+    Case {
+        name: "an_answer_with_sdp",
+        sender: Backend,
+        message: backend_answers!(
+            "200 OK",
+            "INVITE",
+            "Content-Type: application/sdp\r\n",
+            "Content-Length: 10\r\n\r\n",
+            "v=0\r\no=x\r\n"
+        ),
+        expect: Pass(Reason::PassSipInDialogSdp),
+    },
+    Case {
+        name: "a_response_with_only_our_via",
+        sender: Backend,
+        message: concat!(
+            "SIP/2.0 200 OK\r\n",
+            "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-sbc-0123456789abcdef;rport=5060\r\n",
+            "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 2 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogForm),
+    },
+    Case {
         name: "reinvite_with_sdp",
         sender: Carrier,
         message: carrier!(
@@ -654,6 +798,7 @@ pub fn dialog(seed: u64) -> Dialog {
         request_uri_hash: call_id_hash(request_uri.as_bytes(), seed),
         listener: flow_key(sender.listener()),
         target: flow_key(sender.target()),
+        party: flow_key(sender.source()),
         out_side,
         flags: LEG_FORWARD,
         ..DialogLeg::default()

@@ -5,11 +5,14 @@
 #[cfg(any(test, feature = "user"))]
 pub mod corpus;
 pub mod plan;
-pub mod request;
+mod request_edits;
+pub mod scan;
+mod start_line;
 pub mod text;
+mod via;
 
 pub use plan::{Assembly, OutBuffer, Plan};
-pub use request::{REQUEST_STEPS, RequestScan};
+pub use scan::{DialogScan, SCAN_STEPS};
 
 use crate::{
     Reason,
@@ -21,10 +24,18 @@ use crate::{
 /// message is assembled in. The XDP program keeps one per CPU in map memory.
 #[repr(C)]
 pub struct ForwardScratch {
-    pub request: RequestScan,
+    pub scan: DialogScan,
     pub assembly: Assembly,
     pub out: OutBuffer,
+    /// The frame's new Ethernet, IPv4 and UDP headers, written whole by the XDP program (the
+    /// frame may grow at its head as well as at its tail).
+    pub headers: [u8; FRAME_HEADERS],
+    /// The dialogs map's key of the message's dialog (for the XDP program's report).
+    pub dialog_id: u64,
 }
+
+/// Bytes of Ethernet, IPv4 (no options) and UDP headers.
+pub const FRAME_HEADERS: usize = 14 + 20 + 8;
 
 impl ForwardScratch {
     /// A scratch with every byte zero (what a fresh per-CPU map value holds).
@@ -35,14 +46,15 @@ impl ForwardScratch {
     }
 }
 
-/// Runs a whole forwarding of the request `message` (the datagram's payload) from
-/// `source`:`source_port` on `leg` of `dialog`, as the XDP program does step by step: the
-/// message to send is `scratch.out.bytes[..len]`, or the reason it goes up.
-pub fn forward_request(
+/// Runs a whole forwarding of `message` (a datagram's payload, a request or a response) as
+/// the XDP program does, step by step: a request from `source` on `leg` of `dialog`, or a
+/// response to a request of `leg`. The message to send is `scratch.out.bytes[..len]`, or the
+/// reason it goes up.
+pub fn forward(
     message: &[u8],
     dialog: &Dialog,
     selves: &SipSelves,
-    arrival: (usize, [u8; 4], u16, u64),
+    arrival: Arrival,
     scratch: &mut ForwardScratch,
 ) -> Result<usize, Reason> {
     forward_words(
@@ -55,40 +67,50 @@ pub fn forward_request(
     )
 }
 
-/// `forward_request` over the first `len` bytes of `words`.
+/// Where and how a message arrived: the leg it belongs to, its source, the dialogs map's seed.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub leg: usize,
+    pub source: ([u8; 4], u16),
+    pub seed: u64,
+}
+
+/// Whether a message whose first eight bytes are `head` (little-endian) is a response.
+#[inline(always)]
+pub const fn is_response(head: u64) -> bool {
+    head == u64::from_le_bytes(*b"SIP/2.0 ")
+}
+
+/// `forward` over the first `len` bytes of `words`.
 fn forward_words(
     words: &impl Words,
     len: usize,
     dialog: &Dialog,
     selves: &SipSelves,
-    (leg, source, source_port, seed): (usize, [u8; 4], u16, u64),
+    arrival: Arrival,
     scratch: &mut ForwardScratch,
 ) -> Result<usize, Reason> {
-    let scan = &mut scratch.request;
-    scan.start(len, leg, source, source_port, seed);
-    for _ in 0..REQUEST_STEPS {
+    let scan = &mut scratch.scan;
+    let response = is_response(words.word_at(0));
+    scan.start(len, arrival.leg, response, arrival.source, arrival.seed);
+    for _ in 0..SCAN_STEPS {
         if !scan.step(words, dialog, selves) {
             break;
         }
     }
     if !scan.forwards() {
-        let reason = Reason::ALL
-            .iter()
-            .copied()
-            .find(|r| *r as u32 == scan.verdict())
-            .unwrap_or(Reason::PassSipInDialogForm);
-        return Err(reason);
+        return Err(Reason::from_index(scan.verdict()).unwrap_or(Reason::PassSipInDialogForm));
     }
     scratch.assembly = Assembly::new();
     for _ in 0..Assembly::STEPS {
         if !scratch
             .assembly
-            .step(&scratch.request.plan, words, &mut scratch.out)
+            .step(&scratch.scan.plan, words, &mut scratch.out)
         {
             break;
         }
     }
-    let len = scratch.request.plan.out_len;
+    let len = scratch.scan.plan.out_len;
     Assembly::clear_after(&mut scratch.out, len);
     for _ in 0..Assembly::sum_steps(len) {
         scratch.assembly.sum_step(&scratch.out);
@@ -104,9 +126,7 @@ mod tests {
     use crate::words::{SCAN_WINDOW, ScanWindow};
 
     fn run(message: &[u8], case: &Case, scratch: &mut ForwardScratch) -> Result<usize, Reason> {
-        let (ip, port) = case.sender.source();
-        let leg = (case.sender.leg(), ip, port, 9);
-        forward_request(message, &dialog(9), &selves(), leg, scratch)
+        forward(message, &dialog(9), &selves(), case.arrival(9), scratch)
     }
 
     #[test]
@@ -166,11 +186,15 @@ mod tests {
                     *byte = *fill;
                 }
                 window.bytes[..cut].copy_from_slice(&whole[..cut]);
-                let (ip, port) = case.sender.source();
-                let arrival = (case.sender.leg(), ip, port, 9);
-                let windowed =
-                    forward_words(&window, cut, &dialog(9), &selves(), arrival, &mut scratch)
-                        .map(|len| scratch.out.bytes[..len].to_vec());
+                let windowed = forward_words(
+                    &window,
+                    cut,
+                    &dialog(9),
+                    &selves(),
+                    case.arrival(9),
+                    &mut scratch,
+                )
+                .map(|len| scratch.out.bytes[..len].to_vec());
                 let alone = run(&whole[..cut], case, &mut scratch)
                     .map(|len| scratch.out.bytes[..len].to_vec());
                 assert_eq!(windowed, alone, "{} cut at {cut}", case.name);

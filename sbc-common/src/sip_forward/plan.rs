@@ -98,17 +98,18 @@ impl Plan {
             _pad: 0,
         };
         self.count += 1;
-        self.out_len += len;
+        self.out_len = self.out_len.wrapping_add(len);
     }
 
     /// The text inserted since the last copy, then the received bytes from where the plan
-    /// stands up to `end` (not before it), unchanged.
+    /// stands up to `end`, unchanged. An `end` before where it stands (a message whose parts
+    /// overlap) makes a length that wraps, which `fits` refuses.
     #[inline(always)]
     pub fn copy_to(&mut self, end: usize) {
         let from = self.inserted_from;
         self.push(from, self.inserted_len - from, 1);
         self.inserted_from = self.inserted_len;
-        self.push(self.done_to, end - self.done_to, 0);
+        self.push(self.done_to, end.wrapping_sub(self.done_to), 0);
         self.done_to = end;
     }
 

@@ -10,7 +10,8 @@ use std::{
 
 use ipnet::IpNet;
 use sbc_common::{
-    Block, GuardConfig, IpAddress, Reason, SipSelves, SourceBucket, SourceLimit, SourceRule,
+    Block, DialogEnd, GuardConfig, IpAddress, Reason, SipSelves, SourceBucket, SourceLimit,
+    SourceRule,
     call_id::{call_id_hash, find_call_id_hash as scan_call_id},
     guard::{
         BLOCK_ABUSE, BLOCK_MANUAL, BLOCK_RATE, BLOCK_SCANNER, GUARD_ON, GuardTables, RULE_ALLOW,
@@ -23,7 +24,11 @@ use super::{
     config::{AdmissionConfig, SourceLimits},
     rate::limit,
 };
-use crate::{clock::monotonic_ns, dataplane::GuardMaps, proxy::core::forwarding::Forwarding};
+use crate::{
+    clock::monotonic_ns,
+    dataplane::{DialogEvents, GuardMaps},
+    proxy::core::{KernelDialogs, forwarding::Forwarding},
+};
 
 /// Why a source is blocked, as operators read it.
 pub fn block_reason_name(reason: u32) -> &'static str {
@@ -88,17 +93,21 @@ struct State {
     config: GuardConfig,
     /// The CIDR rules, longest prefix first (the userspace lookup takes the first match).
     rules: Vec<(IpNet, SourceRule)>,
-    /// Calls per dialog id (the seeded Call-ID hash): a dialog entry goes when its last
-    /// call does.
-    dialogs: HashMap<u64, usize>,
+    /// The dialogs by id (the seeded Call-ID hash): a dialog entry goes when its last call
+    /// does.
+    dialogs: HashMap<u64, HeldDialog>,
     /// Calls per caller address: a blocked source that is one keeps its calls' signalling.
     parties: HashMap<IpAddress, usize>,
+    /// Dialogs the kernel saw end while no daemon ran (its map is rebuilt at start).
+    ended_while_away: Vec<(u64, DialogEnd)>,
 }
 
 pub struct SipGuard {
     state: Mutex<State>,
     /// The kernel decides (XDP): `admit` has nothing to do, and takes no lock to know it.
     in_kernel: bool,
+    /// The kernel's reports of dialogs it saw end, for the proxy to watch.
+    dialog_ends: Mutex<Option<DialogEvents>>,
 }
 
 fn random_seed() -> u64 {
@@ -137,12 +146,14 @@ fn kernel_limit(limits: &SourceLimits) -> SourceLimit {
 
 impl SipGuard {
     /// A guard that programs the kernel maps. The dialog seed of a previous daemon is kept
-    /// (its dialog entries stay meaningful); dialogs themselves are rebuilt from our calls.
-    pub fn kernel(mut maps: GuardMaps) -> anyhow::Result<Self> {
+    /// (its dialog entries stay meaningful); dialogs themselves are rebuilt from our calls,
+    /// after the ends the kernel recorded while no daemon ran are kept for them.
+    pub fn kernel(mut maps: GuardMaps, dialog_ends: DialogEvents) -> anyhow::Result<Self> {
         let mut config = maps.config()?;
         if config.dialog_seed == 0 {
             config.dialog_seed = random_seed();
         }
+        let ended_while_away = maps.ended_dialogs();
         for id in maps.dialog_ids() {
             maps.remove_dialog(id);
         }
@@ -150,7 +161,18 @@ impl SipGuard {
             maps.remove_party(&party);
         }
         maps.set_config(config)?;
-        Ok(Self::with(Tables::Kernel(Box::new(maps)), config))
+        let guard = Self::with(Tables::Kernel(Box::new(maps)), config);
+        guard.lock().ended_while_away = ended_while_away;
+        *guard.dialog_ends.lock().unwrap_or_else(|p| p.into_inner()) = Some(dialog_ends);
+        Ok(guard)
+    }
+
+    /// The kernel's reports of dialogs it saw end, for one watcher.
+    pub fn take_dialog_ends(&self) -> Option<DialogEvents> {
+        self.dialog_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn userspace() -> Self {
@@ -177,7 +199,9 @@ impl SipGuard {
                 rules: Vec::new(),
                 dialogs: HashMap::new(),
                 parties: HashMap::new(),
+                ended_while_away: Vec::new(),
             }),
+            dialog_ends: Mutex::new(None),
         }
     }
 
@@ -259,12 +283,47 @@ impl SipGuard {
         let mut state = self.lock();
         let state = &mut *state;
         let id = Self::dialog_id(state, call_id);
-        let calls = state.dialogs.entry(id).or_insert(0);
-        *calls += 1;
+        let held = state.dialogs.entry(id).or_insert_with(|| HeldDialog {
+            calls: 0,
+            call_id: call_id.to_owned(),
+        });
+        held.calls += 1;
         match &mut state.tables {
-            Tables::Kernel(maps) if *calls == 1 => maps.add_dialog(id),
+            Tables::Kernel(maps) if held.calls == 1 => maps.add_dialog(id),
             _ => Ok(()),
         }
+    }
+
+    /// The Call-ID of the dialog `id`, if it is one of ours.
+    pub fn call_id_of(&self, id: u64) -> Option<String> {
+        self.lock()
+            .dialogs
+            .get(&id)
+            .map(|held| held.call_id.clone())
+    }
+
+    /// The dialogs of our calls whose end the kernel recorded (their final BYE response went
+    /// through it), while no daemon ran or since, as Call-IDs with how they ended.
+    pub fn ended_in_kernel(&self) -> Vec<(String, DialogEnd)> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut ended = std::mem::take(&mut state.ended_while_away);
+        if let Tables::Kernel(maps) = &state.tables {
+            ended.extend(maps.ended_dialogs());
+        }
+        ended
+            .into_iter()
+            .filter_map(|(id, end)| Some((state.dialogs.get(&id)?.call_id.clone(), end)))
+            .collect()
+    }
+
+    /// How many SIP messages of the call `call_id` the kernel forwarded itself.
+    pub fn forwarded_in_kernel(&self, call_id: &str) -> Option<u64> {
+        let state = self.lock();
+        let Tables::Kernel(maps) = &state.tables else {
+            return None;
+        };
+        maps.forwarded(Self::dialog_id(&state, call_id))
     }
 
     /// An established call's in-dialog SIP may be forwarded in the kernel as `forwarding`
@@ -326,11 +385,11 @@ impl SipGuard {
             }
         }
         let id = Self::dialog_id(state, call_id);
-        let Some(calls) = state.dialogs.get_mut(&id) else {
+        let Some(held) = state.dialogs.get_mut(&id) else {
             return;
         };
-        *calls -= 1;
-        if *calls > 0 {
+        held.calls -= 1;
+        if held.calls > 0 {
             return;
         }
         state.dialogs.remove(&id);
@@ -501,10 +560,16 @@ fn matching_rule(rules: &[(IpNet, SourceRule)], source: IpAddr) -> Option<Source
 }
 
 /// The userspace dataplane's guard tables, borrowed from the guard's state for one decision.
+/// A dialog of calls we hold: how many (a Call-ID may be reused), and its Call-ID.
+struct HeldDialog {
+    calls: usize,
+    call_id: String,
+}
+
 struct DaemonTables<'a> {
     /// Longest prefix first.
     rules: &'a [(IpNet, SourceRule)],
-    dialogs: &'a HashMap<u64, usize>,
+    dialogs: &'a HashMap<u64, HeldDialog>,
     parties: &'a HashMap<IpAddress, usize>,
     blocks: &'a mut HashMap<IpAddress, Block>,
     buckets: &'a mut HashMap<IpAddress, SourceBucket>,
@@ -548,6 +613,16 @@ impl GuardTables for DaemonTables<'_> {
                 .entry(*source)
                 .or_insert_with(|| SourceBucket::full(limit, now_ns)),
         )
+    }
+}
+
+impl KernelDialogs for SipGuard {
+    fn highest_cseqs(&self, call_id: &str) -> Option<[u32; 2]> {
+        let state = self.lock();
+        let Tables::Kernel(maps) = &state.tables else {
+            return None;
+        };
+        maps.highest_cseqs(Self::dialog_id(&state, call_id))
     }
 }
 

@@ -63,10 +63,15 @@ async fn calls_with_media(api: &Arc<ApiState>, call_id: Option<&str>) -> Result<
     }
     calls.sort_by_key(|call| std::cmp::Reverse(call.age_ms));
     let plane = Arc::clone(&api.plane);
+    let guard = Arc::clone(&api.admission.guard);
     // Media counters come from the kernel map, a syscall per flow: off the async workers.
     let calls = tokio::task::spawn_blocking(move || {
         calls
             .into_iter()
+            .map(|call| CallSummary {
+                kernel_sip: guard.forwarded_in_kernel(&call.call_id),
+                ..call
+            })
             .map(|call| call.with_media(|id| plane.get(id)))
             .collect()
     })

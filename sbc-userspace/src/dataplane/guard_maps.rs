@@ -9,7 +9,7 @@ use aya::maps::{
 };
 use ipnet::IpNet;
 use sbc_common::{
-    Block, Dialog, FlowKey, GuardConfig, IpAddress, SipSelves, SourceRule,
+    Block, Dialog, DialogEnd, FlowKey, GuardConfig, IpAddress, SipSelves, SourceRule,
     maps::{BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, PARTIES, SIP_LISTENERS, SIP_SELF, SOURCE_RULES},
 };
 
@@ -132,6 +132,34 @@ impl GuardMaps {
 
     pub fn remove_dialog(&mut self, id: u64) {
         let _ = self.dialogs.remove(&id);
+    }
+
+    /// The dialogs whose end the kernel recorded, with how they ended.
+    pub fn ended_dialogs(&self) -> Vec<(u64, DialogEnd)> {
+        self.dialogs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, dialog)| dialog.ended.at_ns != 0)
+            .map(|(id, dialog)| (id, dialog.ended))
+            .collect()
+    }
+
+    /// The highest CSeq numbers the kernel forwarded in a dialog, per direction.
+    pub fn highest_cseqs(&self, id: u64) -> Option<[u32; 2]> {
+        let dialog = self.dialogs.get(&id, 0).ok()?;
+        Some(dialog.legs.map(|leg| leg.cseq))
+    }
+
+    /// What the kernel forwarded of a dialog: requests and responses, both ways.
+    pub fn forwarded(&self, id: u64) -> Option<u64> {
+        let dialog = self.dialogs.get(&id, 0).ok()?;
+        Some(
+            dialog
+                .legs
+                .iter()
+                .map(|leg| leg.requests + leg.responses)
+                .sum(),
+        )
     }
 
     pub fn dialog_ids(&self) -> Vec<u64> {

@@ -10,9 +10,10 @@ use sbc_common::{
     Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipSelves,
     SourceBucket, SourceRule,
     maps::{
-        BLOCKS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS,
-        MAX_FLOWS, MAX_PARTIES, MAX_SIP_LISTENERS, MAX_SOURCE_RULES, MAX_SOURCES, PARTIES, REASONS,
-        SIP_LISTENERS, SIP_SELF, SOURCE_RULES, SOURCES,
+        BLOCKS, DIALOG_EVENTS, DIALOG_EVENTS_BYTES, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD,
+        MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES, MAX_SIP_LISTENERS,
+        MAX_SOURCE_RULES, MAX_SOURCES, PARTIES, REASONS, SIP_LISTENERS, SIP_SELF, SOURCE_RULES,
+        SOURCES,
     },
 };
 
@@ -52,6 +53,8 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         DIALOGS => Some((8, size(size_of::<Dialog>()), MAX_DIALOGS as u32)),
         PARTIES => Some((size(size_of::<IpAddress>()), 4, MAX_PARTIES as u32)),
         SIP_SELF => Some((4, size(size_of::<SipSelves>()), 1)),
+        // A ring buffer has neither key nor value, only bytes.
+        DIALOG_EVENTS => Some((0, 0, DIALOG_EVENTS_BYTES as u32)),
         _ => None,
     }
 }

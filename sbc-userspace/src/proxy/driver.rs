@@ -118,12 +118,25 @@ impl Driver {
             Queued::Reconfigure(admission) => Input::Reconfigure(admission),
             Queued::HangUpAll => Input::HangUpAll,
             Queued::NoAudio { silent, hang_up } => Input::NoAudio { silent, hang_up },
+            Queued::EndedInKernel {
+                call_id,
+                code,
+                at_ns,
+            } => {
+                let now = Now::read();
+                let at = super::kernel_instant(at_ns, &now);
+                return self.handle_at(now, Input::EndedInKernel { call_id, code, at });
+            }
         };
         self.handle(input);
     }
 
     fn handle(&mut self, input: Input) {
-        self.core.handle(Now::read(), input);
+        self.handle_at(Now::read(), input);
+    }
+
+    pub fn handle_at(&mut self, now: Now, input: Input) {
+        self.core.handle(now, input);
         self.perform();
     }
 

@@ -30,11 +30,12 @@ use std::{
 
 use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
+use tracing::warn;
 
 pub use self::core::{calls::CallSummary, hiding, inspect::BackendSummary};
 use self::{
     config::SipConfig,
-    core::{Core, Parts, inspect::Query},
+    core::{Core, Input, KernelDialogs, Parts, inspect::Query},
     driver::Driver,
     intake::{Intake, bind, spawn_receiver},
     journal::Journal,
@@ -44,6 +45,7 @@ use self::{
 use crate::{
     admission::{AdmissionConfig, AdmissionCounters, SipGuard},
     clock::Now,
+    dataplane::DialogEvents,
     drain::Drain,
     events::EventSink,
     media::{MediaPlane, SessionInfo, SilentLeg},
@@ -86,6 +88,12 @@ pub enum Queued {
     NoAudio {
         silent: Vec<SilentLeg>,
         hang_up: bool,
+    },
+    /// The kernel forwarded the final response to a call's BYE (at `at_ns`, CLOCK_MONOTONIC).
+    EndedInKernel {
+        call_id: String,
+        code: u16,
+        at_ns: u64,
     },
 }
 
@@ -204,6 +212,7 @@ pub async fn start(
     let now = Now::read();
     let parts = Parts {
         media: Box::new(plane),
+        kernel: Arc::clone(&guard) as Arc<dyn KernelDialogs>,
         stats: Arc::clone(&stats),
         admission_counters: Arc::clone(&admission_counters),
         drain,
@@ -223,11 +232,31 @@ pub async fn start(
         timers: DelayQueue::new(),
         events,
         journal,
-        guard,
+        guard: Arc::clone(&guard),
         intake: Arc::clone(&intake),
         stats: Arc::clone(&stats),
     };
     driver.perform();
+    // Calls whose BYE went through the kernel while no daemon watched ended then.
+    for (call_id, end) in guard.ended_in_kernel() {
+        let now = Now::read();
+        let at = kernel_instant(end.at_ns, &now);
+        driver.handle_at(
+            now,
+            Input::EndedInKernel {
+                call_id,
+                code: end.code,
+                at,
+            },
+        );
+    }
+    if let Some(dialog_ends) = guard.take_dialog_ends() {
+        tokio::spawn(watch_dialog_ends(
+            dialog_ends,
+            Arc::clone(&guard),
+            lanes.clone(),
+        ));
+    }
     tokio::spawn(driver.run(receivers));
     Ok(ProxyHandle {
         lanes,
@@ -235,6 +264,37 @@ pub async fn start(
         stats,
         admission: admission_counters,
     })
+}
+
+/// The calls the kernel saw end, as it reports them, handed to the core.
+async fn watch_dialog_ends(mut ends: DialogEvents, guard: Arc<SipGuard>, lanes: Lanes) {
+    loop {
+        match ends.next().await {
+            Ok(ended) => {
+                for end in ended {
+                    // A dialog the daemon no longer holds ended here already.
+                    let Some(call_id) = guard.call_id_of(end.dialog) else {
+                        continue;
+                    };
+                    let _ = lanes.control(Queued::EndedInKernel {
+                        call_id,
+                        code: end.end.code,
+                        at_ns: end.end.at_ns,
+                    });
+                }
+            }
+            Err(e) => {
+                warn!("no longer reading the kernel's dialog ends: {e:#}");
+                return;
+            }
+        }
+    }
+}
+
+/// The instant of a CLOCK_MONOTONIC time the kernel took (at most `now`).
+fn kernel_instant(at_ns: u64, now: &Now) -> std::time::Instant {
+    let ago = std::time::Duration::from_nanos(now.monotonic_ns.saturating_sub(at_ns));
+    now.at.checked_sub(ago).unwrap_or(now.at)
 }
 
 /// Where a response goes for a Via (RFC 3261 18.2.2 with RFC 3581): `received` and `rport`

@@ -76,6 +76,10 @@ pub struct CallSummary<M = u32> {
     pub answered_ms: Option<u64>,
     /// The media session of each `m=` line (`null`: a rejected stream).
     pub media: Vec<Option<M>>,
+    /// SIP messages of the call (requests and responses, both ways) the kernel forwarded
+    /// itself; `null` with the userspace dataplane.
+    #[serde(default)]
+    pub kernel_sip: Option<u64>,
 }
 
 impl<M> CallSummary<M> {
@@ -95,6 +99,7 @@ impl<M> CallSummary<M> {
                 .into_iter()
                 .map(|id| id.and_then(&look_up))
                 .collect(),
+            kernel_sip: self.kernel_sip,
         }
     }
 }
@@ -220,6 +225,8 @@ impl Call {
             age_ms: now.since(self.started).as_millis() as u64,
             answered_ms: self.answered.map(|t| now.since(t).as_millis() as u64),
             media: self.media.clone(),
+            // The kernel's count is the dataplane's to tell (`SipGuard::forwarded_in_kernel`).
+            kernel_sip: None,
         }
     }
 
@@ -348,7 +355,7 @@ impl Core {
     pub(super) fn invite_progress(
         &mut self,
         key: &CallKey,
-        response: &Message,
+        (response, source): (&Message, SocketAddr),
         code: u16,
         cancelled: bool,
     ) {
@@ -389,6 +396,8 @@ impl Core {
                 }
                 call.callee.address = response.value("to").unwrap_or_default().to_owned();
                 call.callee.contact = contact_uri(response);
+                // Where the callee answered from: the responses to its requests go there.
+                call.callee.source = Some(source);
                 // In the 2xx, Record-Routes above ours were added beyond us, towards the callee.
                 call.callee.route_set = routes[..ours].iter().rev().cloned().collect();
                 let backend = call.backend;
@@ -493,6 +502,20 @@ impl Core {
         self.end_call_with(key, reason, code, &[]);
     }
 
+    /// The kernel forwarded a BYE of the answered call `call_id` and its final response
+    /// (`code`) at `at`, perhaps while no daemon ran: the call ended then.
+    pub(super) fn ended_in_kernel(&mut self, call_id: &str, code: u16, at: Instant) {
+        let answered: Vec<CallKey> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.call_id == call_id && call.answered.is_some())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in answered {
+            self.end_call_at(&key, CallEnd::Bye, Some(code), &[], at);
+        }
+    }
+
     /// `end_call` for a call some of whose media sessions already ended (`ended`).
     pub(super) fn end_call_with(
         &mut self,
@@ -500,6 +523,19 @@ impl Core {
         reason: CallEnd,
         code: Option<u16>,
         ended: &[SessionInfo],
+    ) {
+        let now = self.now.at;
+        self.end_call_at(key, reason, code, ended, now);
+    }
+
+    /// `end_call_with` for a call that ended at `at` (its duration runs to then).
+    fn end_call_at(
+        &mut self,
+        key: &CallKey,
+        reason: CallEnd,
+        code: Option<u16>,
+        ended: &[SessionInfo],
+        at: Instant,
     ) {
         let Some(call) = self.calls.remove(key) else {
             return;
@@ -532,7 +568,9 @@ impl Core {
             call_id: call.call_id,
             reason,
             final_code: code,
-            duration_ms: call.answered.map(|t| self.now.since(t).as_millis() as u64),
+            duration_ms: call
+                .answered
+                .map(|t| at.saturating_duration_since(t).as_millis() as u64),
             rtp_packets: Some(RtpPackets {
                 caller_to_callee: forward,
                 callee_to_caller: backward,

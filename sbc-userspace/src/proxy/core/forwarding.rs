@@ -26,6 +26,8 @@ pub struct LegRoute {
     pub listener: SocketAddr,
     /// Where its requests go: the other party's Contact, resolved.
     pub target: SocketAddr,
+    /// Where its sender is, and the responses to its requests go.
+    pub party: SocketAddr,
     pub out_side: Side,
 }
 
@@ -54,6 +56,7 @@ impl Forwarding {
                 request_uri_hash: call_id_hash(route.request_uri.as_bytes(), seed),
                 listener: flow_key(route.listener),
                 target: flow_key(route.target),
+                party: flow_key(route.party),
                 out_side: route.out_side.index(),
                 flags: LEG_FORWARD,
                 ..DialogLeg::default()
@@ -110,10 +113,12 @@ impl Core {
         }
         let request_uri = receiver.contact.clone()?;
         let target = ipv4_target(&request_uri)?;
+        let party = sender.source.filter(SocketAddr::is_ipv4)?;
         Some(LegRoute {
             request_uri,
             listener,
             target,
+            party,
             out_side: receiver.side,
         })
     }

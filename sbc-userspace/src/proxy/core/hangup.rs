@@ -86,7 +86,12 @@ impl Core {
         let call_id = call.call_id.clone();
         if call.answered.is_some() {
             info!(%call_id, reason = why.text, "ending the call with BYE to both sides");
-            let (caller, callee) = (call.caller.clone(), call.callee.clone());
+            let (mut caller, mut callee) = (call.caller.clone(), call.callee.clone());
+            // Requests the kernel forwarded went past the CSeqs the daemon saw: ours go above.
+            if let Some([from_caller, from_callee]) = self.kernel.highest_cseqs(&call_id) {
+                caller.cseq = caller.cseq.max(from_caller);
+                callee.cseq = callee.cseq.max(from_callee);
+            }
             self.send_bye(&call_id, &caller, &callee, why);
             self.send_bye(&call_id, &callee, &caller, why);
         } else if let Some(server_key) = self.invite_of(key) {

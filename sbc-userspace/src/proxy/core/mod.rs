@@ -32,7 +32,7 @@ use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sbc_common::guard::BLOCK_ABUSE;
@@ -102,6 +102,13 @@ pub enum Input {
     Reconfigure(Box<AdmissionConfig>),
     /// A drain's deadline passed: end every call.
     HangUpAll,
+    /// The kernel forwarded the final response (`code`) to a BYE of the call with this
+    /// Call-ID at `at`: the call ended then.
+    EndedInKernel {
+        call_id: String,
+        code: u16,
+        at: Instant,
+    },
 }
 
 /// What the core asks of the world, in the order it asks.
@@ -173,6 +180,7 @@ pub struct Core {
     pub(super) client: HashMap<ClientKey, ClientTx>,
     pub(super) calls: HashMap<CallKey, Call>,
     pub(super) media: Box<dyn MediaAnchoring>,
+    pub(super) kernel: Arc<dyn KernelDialogs>,
     pub(super) config: SipConfig,
     pub(super) stats: Arc<SipStats>,
     pub(super) admission: Admission,
@@ -192,9 +200,17 @@ pub struct Core {
     outputs: VecDeque<Output>,
 }
 
+/// What the kernel knows of a call's in-dialog requests that it forwarded itself.
+pub trait KernelDialogs: Send + Sync {
+    /// The highest CSeq numbers it forwarded in the call `call_id`: the caller's requests,
+    /// the callee's (`None`: it forwards none of the call's).
+    fn highest_cseqs(&self, call_id: &str) -> Option<[u32; 2]>;
+}
+
 /// What a core is made of, apart from its configuration.
 pub struct Parts {
     pub media: Box<dyn MediaAnchoring>,
+    pub kernel: Arc<dyn KernelDialogs>,
     pub stats: Arc<SipStats>,
     pub admission_counters: Arc<AdmissionCounters>,
     pub drain: Arc<Drain>,
@@ -215,6 +231,7 @@ impl Core {
             client: HashMap::new(),
             calls: HashMap::new(),
             media: parts.media,
+            kernel: parts.kernel,
             config: config.clone(),
             stats: parts.stats,
             admission: Admission::new(admission, backend_ips, now.monotonic_ns),
@@ -273,6 +290,7 @@ impl Core {
             }
             Input::Reconfigure(admission) => self.admission.reconfigure(&admission),
             Input::HangUpAll => self.hang_up_all(),
+            Input::EndedInKernel { call_id, code, at } => self.ended_in_kernel(&call_id, code, at),
         }
         self.publish_gauges();
     }

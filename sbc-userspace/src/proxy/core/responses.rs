@@ -154,7 +154,7 @@ impl Core {
             self.finish_with(server_key, bytes, uniform, upstream, Origin::Relayed);
             if let (true, Some(call)) = (invite, call) {
                 // The call's end says what really happened.
-                self.invite_progress(&call, message, code, cancelled);
+                self.invite_progress(&call, (message, from), code, cancelled);
             }
             return;
         }
@@ -168,7 +168,7 @@ impl Core {
                 build::response(&tx.request, 500, "Server Internal Error", &tx.to_tag, &[]);
             self.finish_with(server_key, response, 500, upstream, Origin::Relayed);
             if let (true, Some(call)) = (invite, call) {
-                self.invite_progress(&call, message, 500, cancelled);
+                self.invite_progress(&call, (message, from), 500, cancelled);
             }
             return;
         }
@@ -194,7 +194,7 @@ impl Core {
         }
         let bytes = editor.finish();
         if let (true, Some(call)) = (method == Method::Invite, &call) {
-            self.invite_progress(call, message, code, cancelled);
+            self.invite_progress(call, (message, from), code, cancelled);
             if (200..300).contains(&code) {
                 // Answered, or re-INVITEd (a new target or media): what a restart needs.
                 self.persist(call);
@@ -324,6 +324,10 @@ impl Core {
         message: &Message,
         response: &check::Response,
     ) {
+        // 100 Trying is hop by hop (RFC 3261 16.7 step 5).
+        if response.code == 100 {
+            return;
+        }
         let Some(next) = response.vias.get(1) else {
             return;
         };

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    Core, GuardUpdate, Input, Output, Parts, Timer,
+    Core, GuardUpdate, Input, KernelDialogs, Output, Parts, Timer,
     anchoring::MediaAnchoring,
     call_end::CallEnd,
     record::{CallRecord, Line},
@@ -82,6 +82,18 @@ fn leg(name: Leg, side: Side, rtp: SocketAddr) -> LegInfo {
         rtp: StreamCounters::default(),
         rtcp: None,
         rtp_idle_ms: None,
+    }
+}
+
+/// What the kernel forwarded itself: nothing unless a case says so.
+#[derive(Default)]
+struct FakeKernel {
+    cseqs: Mutex<Option<[u32; 2]>>,
+}
+
+impl KernelDialogs for FakeKernel {
+    fn highest_cseqs(&self, _call_id: &str) -> Option<[u32; 2]> {
+        *self.cseqs.lock().expect("not poisoned")
     }
 }
 
@@ -224,6 +236,7 @@ struct Lab {
     guard: Vec<GuardUpdate>,
     media: Arc<Mutex<FakeMedia>>,
     drain: Arc<Drain>,
+    kernel: Arc<FakeKernel>,
 }
 
 impl Lab {
@@ -246,8 +259,10 @@ impl Lab {
         let media = Arc::new(Mutex::new(media));
         let drain = Arc::new(Drain::new(Duration::from_secs(30)));
         let now = Now::read();
+        let kernel = Arc::new(FakeKernel::default());
         let parts = Parts {
             media: Box::new(SharedMedia(Arc::clone(&media))),
+            kernel: Arc::clone(&kernel) as Arc<dyn KernelDialogs>,
             stats: Arc::new(SipStats::new(sip.backends.iter().map(|b| b.address))),
             admission_counters: Arc::new(AdmissionCounters::default()),
             drain: Arc::clone(&drain),
@@ -265,6 +280,7 @@ impl Lab {
             guard: Vec::new(),
             media,
             drain,
+            kernel,
         };
         lab.collect();
         lab
@@ -687,7 +703,7 @@ const CASES: &[Case] = &[
         play: tcp_answered_on_its_connection,
     },
     Case {
-        name: "media timeout: an answered call gets BYE with a Reason to both sides",
+        name: "media timeout: BYE with a Reason to both sides, above the CSeqs the kernel forwarded",
         play: media_timeout_hangs_up,
     },
     Case {
@@ -1362,12 +1378,18 @@ fn tcp_answered_on_its_connection() {
 fn media_timeout_hangs_up() {
     let mut lab = Lab::new();
     let dialog = establish(&mut lab, "quiet");
+    // The kernel forwarded requests of both parties the core never saw: the BYEs go above.
+    *lab.kernel.cseqs.lock().expect("not poisoned") = Some([7, 3]);
     let session = lab.media.lock().expect("not poisoned").sessions[&1].clone();
     lab.input(Input::MediaTimeout(vec![session]));
     let sent = lab.take_sent();
-    for to in [CARRIER.to_owned(), dialog.backend.to_string()] {
+    for (to, cseq) in [
+        (CARRIER.to_owned(), "4 BYE"),
+        (dialog.backend.to_string(), "8 BYE"),
+    ] {
         let bye = sent_to(&sent, &to);
         assert_eq!(bye.method(), Some("BYE"), "to {to}");
+        assert_eq!(bye.value("cseq"), cseq, "to {to}");
         assert!(
             bye.value("reason").contains("media timeout"),
             "{}",
@@ -1550,7 +1572,7 @@ fn kernel_forwarding_matches_the_proxy() {
     use sbc_common::sip_forward::{
         ForwardScratch,
         corpus::{self, Expect, Sender},
-        forward_request,
+        forward,
     };
     const SEED: u64 = 0x5eed;
     let socket = |(ip, port): ([u8; 4], u16)| SocketAddr::from((ip, port));
@@ -1577,14 +1599,13 @@ fn kernel_forwarding_matches_the_proxy() {
         let target = socket(case.sender.target());
         let proxied: Vec<&Sent> = sent
             .iter()
-            .filter(|s| s.to == target && s.method().is_some())
+            .filter(|s| s.to == target && s.message.is_request() != case.is_response())
             .collect();
-        let (ip, port) = case.sender.source();
-        let kernel = forward_request(
+        let kernel = forward(
             case.message.as_bytes(),
             &map_value,
             &selves,
-            (case.sender.leg(), ip, port, SEED),
+            case.arrival(SEED),
             &mut scratch,
         )
         .map(|len| String::from_utf8_lossy(&scratch.out.bytes[..len]).into_owned());
@@ -1597,10 +1618,7 @@ fn kernel_forwarding_matches_the_proxy() {
                 String::from_utf8_lossy(proxy.message.bytes()),
             ),
             (Expect::Forward, _, proxied) => {
-                format!(
-                    "kernel {kernel:?}, proxy sent {} requests there",
-                    proxied.len()
-                )
+                format!("kernel {kernel:?}, proxy sent {} there", proxied.len())
             }
             (Expect::Pass(reason), Err(got), _) if *got == reason => continue,
             (Expect::Pass(reason), _, _) => format!("expected {reason:?}, got {kernel:?}"),

@@ -1,0 +1,112 @@
+//! What only a request gets: our Route values removed, Max-Forwards decremented, and the
+//! branch of our Via written once the top Via was hashed.
+use super::{
+    scan::{DialogScan, leading_digits, phase},
+    text::decimal,
+};
+use crate::{
+    Reason,
+    branch::hex_words,
+    dialog::{SELF_TEXT, SipSelves},
+    words::{Words, first_bytes, leading_blanks},
+};
+
+impl DialogScan {
+    /// A Route value starts at `cursor`: it is held against both of our Record-Route values.
+    #[inline(always)]
+    pub(super) fn route_value(&mut self) -> bool {
+        self.compare_word = 0;
+        self.route_matches = 0b11;
+        self.phase = phase::ROUTE_COMPARE;
+        true
+    }
+
+    /// A word of the Route value against each of ours; once one matched whole, what follows
+    /// must be another value or the line's end (then the whole line goes).
+    #[inline(always)]
+    pub(super) fn route_compare(&mut self, message: &impl Words, selves: &SipSelves) -> bool {
+        let k = self.compare_word;
+        let word = message.word_at(self.cursor + 8 * k);
+        let mut matches = self.route_matches;
+        let mut matched = 0;
+        let mut side = 0;
+        while side < 2 {
+            let route = &selves.sides[side].route;
+            let len = route.len();
+            let n = len.saturating_sub(8 * k);
+            if n == 0 || first_bytes(word, n) != first_bytes(route.word(k), n) {
+                matches &= !(1 << side);
+            } else if n <= 8 {
+                matched = len;
+            }
+            side += 1;
+        }
+        self.route_matches = matches;
+        self.compare_word = k + 1;
+        if matched == 0 {
+            if matches == 0 || k >= SELF_TEXT / 8 {
+                return self.pass(Reason::PassSipInDialogRoute);
+            }
+            return true;
+        }
+        let after = self.cursor + matched;
+        if after >= self.value_end {
+            if after > self.value_end {
+                return self.pass(Reason::PassSipInDialogRoute);
+            }
+            self.plan.copy_to(self.line);
+            self.plan.skip_to(self.next);
+            self.phase = phase::BEGIN_LINE;
+            return true;
+        }
+        let comma = after + leading_blanks(message.word_at(after));
+        if message.byte(comma) != b',' {
+            return self.pass(Reason::PassSipInDialogRoute);
+        }
+        self.cursor = comma + 1 + leading_blanks(message.word_at(comma + 1));
+        self.phase = phase::ROUTE_VALUE;
+        true
+    }
+
+    /// Max-Forwards: 1 to 3 digits, at most 255; 0 is the daemon's to answer (483).
+    #[inline(always)]
+    pub(super) fn max_forwards(&mut self, message: &impl Words) -> bool {
+        let (count, value) = leading_digits(message.word_at(self.value_start));
+        if count == 0 || count > 3 || self.value_start + count != self.value_end || value > 255 {
+            return self.pass(Reason::PassSipInDialogForm);
+        }
+        if value == 0 {
+            return self.pass(Reason::PassSipInDialogHops);
+        }
+        self.max_forwards = value as u32;
+        self.plan.copy_to(self.name_end);
+        self.plan.skip_to(self.next);
+        let (digits, len) = decimal(self.max_forwards - 1);
+        self.plan.insert_word(
+            (digits << 16) | u64::from(u16::from_le_bytes(*b": ")),
+            len + 2,
+        );
+        self.plan
+            .insert_word(u64::from(u16::from_le_bytes(*b"\r\n")), 2);
+        self.phase = phase::BEGIN_LINE;
+        true
+    }
+
+    /// Our Via's branch and the rest of its line, into the place kept for them (whose last
+    /// word ends exactly at its end: the text inserted after it is written already).
+    #[inline(always)]
+    pub(super) fn write_branch(&mut self) {
+        let (high, low) = hex_words(self.branch_hash);
+        // The hex digits in reading order, as little-endian words.
+        let (high, low) = (high.swap_bytes(), low.swap_bytes());
+        let at = self.via_slot;
+        self.plan
+            .write_inserted(at, u64::from_le_bytes(*b"z9hG4bK-"));
+        let mark = u64::from(u32::from_le_bytes(*b"sbc-"));
+        self.plan.write_inserted(at + 8, mark | high << 32);
+        self.plan.write_inserted(at + 16, high >> 32 | low << 32);
+        self.plan.write_inserted(at + 24, low >> 32);
+        self.plan
+            .write_inserted(at + 28, u64::from_le_bytes(*b";rport\r\n"));
+    }
+}
