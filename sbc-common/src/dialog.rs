@@ -105,6 +105,8 @@ pub struct DialogLeg {
     /// Requests the kernel forwarded on this leg, and responses to them.
     pub requests: u64,
     pub responses: u64,
+    /// When the kernel last forwarded a BYE on this leg (CLOCK_MONOTONIC, nanoseconds).
+    pub bye_ns: u64,
 }
 
 /// `DialogLeg::flags`: the kernel forwards this leg's in-dialog requests.
@@ -124,12 +126,14 @@ pub struct Dialog {
     pub ended: DialogEnd,
 }
 
-/// How a dialog ended in the kernel: when (CLOCK_MONOTONIC, nanoseconds; 0: it did not), the
-/// BYE's final status, and the leg whose party sent the BYE.
+/// How a dialog ended in the kernel: when (CLOCK_MONOTONIC, nanoseconds; 0: it did not), when
+/// its BYE went through (0: not through the kernel), the BYE's final status, and the leg whose
+/// party sent the BYE.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DialogEnd {
     pub at_ns: u64,
+    pub bye_ns: u64,
     pub code: u16,
     pub by_leg: u8,
     pub _pad: [u8; 5],
@@ -161,9 +165,11 @@ impl Dialog {
             cseq: 0,
             requests: 0,
             responses: 0,
+            bye_ns: 0,
         }; 2],
         ended: DialogEnd {
             at_ns: 0,
+            bye_ns: 0,
             code: 0,
             by_leg: 0,
             _pad: [0; 5],
@@ -226,10 +232,10 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<Text<TAG_TEXT>>() == TAG_TEXT + 8);
-const _: () = assert!(core::mem::size_of::<DialogEnded>() == 24);
-const _: () = assert!(core::mem::size_of::<DialogLeg>() == 96);
+const _: () = assert!(core::mem::size_of::<DialogEnded>() == 32);
+const _: () = assert!(core::mem::size_of::<DialogLeg>() == 104);
 const _: () = assert!(
-    core::mem::size_of::<Dialog>() == 8 + (CALL_ID_TEXT + 8) + 2 * (TAG_TEXT + 8) + 2 * 96 + 16
+    core::mem::size_of::<Dialog>() == 8 + (CALL_ID_TEXT + 8) + 2 * (TAG_TEXT + 8) + 2 * 104 + 24
 );
 const _: () = assert!(
     core::mem::size_of::<SipSelf>()

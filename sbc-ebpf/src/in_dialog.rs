@@ -241,6 +241,9 @@ fn note_forwarded(scratch: *mut ForwardScratch, dialog: *mut Dialog, leg: usize,
             if scan.cseq > counts.cseq {
                 counts.cseq = scan.cseq;
             }
+            if scan.is_bye() {
+                counts.bye_ns = bpf_ktime_get_ns();
+            }
             return;
         }
         counts.responses += 1;
@@ -249,6 +252,7 @@ fn note_forwarded(scratch: *mut ForwardScratch, dialog: *mut Dialog, leg: usize,
         }
         let end = DialogEnd {
             at_ns: bpf_ktime_get_ns(),
+            bye_ns: counts.bye_ns,
             code: scan.status as u16,
             by_leg: leg as u8,
             _pad: [0; 5],

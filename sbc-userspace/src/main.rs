@@ -101,7 +101,8 @@ enum Command {
         #[command(flatten)]
         target: ApiTarget,
     },
-    /// Print the pinned flows and XDP verdict counters (works while the daemon is down).
+    /// Print the pinned flows, the dialogs whose SIP the kernel forwards and the XDP verdict
+    /// counters (works while the daemon is down).
     Maps {
         #[command(flatten)]
         target: PinTarget,

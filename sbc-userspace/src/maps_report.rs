@@ -1,14 +1,15 @@
-//! `sbc maps`: the pinned flows, their counters and the XDP verdict counters, read straight from
-//! bpffs, so it works while the daemon is down (or gone).
+//! `sbc maps`: the pinned flows, their counters, the dialogs whose SIP the kernel forwards and
+//! the XDP verdict counters, read straight from bpffs, so it works while the daemon is down
+//! (or gone).
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, bail};
-use sbc_common::flow::STREAM_RTP;
+use sbc_common::{Dialog, DialogLeg, branch::SIDE_PUBLIC, dialog::LEG_FORWARD, flow::STREAM_RTP};
 use serde_json::{Value, json};
 
 use crate::{
     clock::monotonic_ns,
-    dataplane::{FlowMaps, PinLayout, ReasonCounters, maps::FlowStatsReader},
+    dataplane::{FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader},
     media::session::{Leg, socket_addr},
 };
 
@@ -54,14 +55,54 @@ pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
             row["stream"].as_str().map(str::to_owned),
         )
     });
+    let mut dialogs: Vec<Value> = GuardMaps::open(layout)?
+        .dialogs()
+        .iter()
+        .map(|(id, dialog)| dialog_row(*id, dialog, now))
+        .collect();
+    dialogs.sort_by_key(|row| row["call_id"].as_str().map(str::to_owned));
     let reasons: serde_json::Map<String, Value> = ReasonCounters::open(layout)?
         .read()?
         .into_iter()
         .map(|(reason, count)| (reason.name().to_owned(), count.into()))
         .collect();
-    Ok(
-        json!({ "pin_dir": layout.dir.display().to_string(), "flows": rows, "xdp_reasons": reasons }),
-    )
+    Ok(json!({
+        "pin_dir": layout.dir.display().to_string(),
+        "flows": rows,
+        "dialogs": dialogs,
+        "xdp_reasons": reasons,
+    }))
+}
+
+/// A dialog as the kernel holds it: its identity, per direction (the caller's requests, the
+/// callee's) where they arrive and go and what went through, and its end if the kernel saw it.
+fn dialog_row(id: u64, dialog: &Dialog, now: u64) -> Value {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let leg = |leg: &DialogLeg, tag| {
+        json!({
+            "tag": tag,
+            "forwarded_in_kernel": leg.flags & LEG_FORWARD != 0,
+            "listener": socket_addr(&leg.listener.addr, leg.listener.port).to_string(),
+            "next_hop": socket_addr(&leg.target.addr, leg.target.port).to_string(),
+            "party": socket_addr(&leg.party.addr, leg.party.port).to_string(),
+            "leaves_on": if leg.out_side == SIDE_PUBLIC { "public" } else { "private" },
+            "requests": leg.requests,
+            "responses": leg.responses,
+            "highest_cseq": leg.cseq,
+        })
+    };
+    json!({
+        "id": format!("{id:016x}"),
+        "call_id": text(dialog.call_id.as_bytes()),
+        "guard_packets": dialog.packets,
+        "caller": leg(&dialog.legs[0], text(dialog.tags[0].as_bytes())),
+        "callee": leg(&dialog.legs[1], text(dialog.tags[1].as_bytes())),
+        "ended": (dialog.ended.at_ns != 0).then(|| json!({
+            "ms_ago": now.saturating_sub(dialog.ended.at_ns) / 1_000_000,
+            "code": dialog.ended.code,
+            "bye_from": if dialog.ended.by_leg == 0 { "caller" } else { "callee" },
+        })),
+    })
 }
 
 pub fn render(report: &Value) -> anyhow::Result<String> {
@@ -114,11 +155,59 @@ pub fn render(report: &Value) -> anyhow::Result<String> {
                 .map_or("-".into(), |ms| ms.to_string()),
         )?;
     }
-    writeln!(out, "{} flows\n\nXDP verdicts (non-zero):", flows.len())?;
+    writeln!(out, "{} flows\n", flows.len())?;
+    render_dialogs(&mut out, report)?;
+    writeln!(out, "\nXDP verdicts (non-zero):")?;
     if let Some(reasons) = report["xdp_reasons"].as_object() {
         for (name, count) in reasons.iter().filter(|(_, c)| c.as_u64() != Some(0)) {
             writeln!(out, "  {name:<26} {}", count.as_u64().unwrap_or(0))?;
         }
     }
     Ok(out)
+}
+
+/// One line per direction of each dialog: who sends, where it arrives and goes, what the
+/// kernel forwarded.
+fn render_dialogs(out: &mut String, report: &Value) -> anyhow::Result<()> {
+    let dialogs = report["dialogs"]
+        .as_array()
+        .context("report without dialogs")?;
+    writeln!(
+        out,
+        "{:<36} {:<6} {:<3} {:<21} {:<21} {:>8} {:>9} {:>6}  ENDED",
+        "CALL-ID", "FROM", "FWD", "ARRIVES AT", "GOES TO", "REQUESTS", "RESPONSES", "CSEQ"
+    )?;
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    for dialog in dialogs {
+        let ended = dialog["ended"].as_object().map_or("-".to_owned(), |end| {
+            format!(
+                "{} by the {}, {} ms ago",
+                end["code"],
+                text(&end["bye_from"]),
+                end["ms_ago"]
+            )
+        });
+        for side in ["caller", "callee"] {
+            let leg = &dialog[side];
+            writeln!(
+                out,
+                "{:<36} {:<6} {:<3} {:<21} {:<21} {:>8} {:>9} {:>6}  {}",
+                text(&dialog["call_id"]),
+                side,
+                if leg["forwarded_in_kernel"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                text(&leg["listener"]),
+                text(&leg["next_hop"]),
+                leg["requests"].as_u64().unwrap_or(0),
+                leg["responses"].as_u64().unwrap_or(0),
+                leg["highest_cseq"].as_u64().unwrap_or(0),
+                ended,
+            )?;
+        }
+    }
+    writeln!(out, "{} dialogs", dialogs.len())?;
+    Ok(())
 }

@@ -13,17 +13,22 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use sbc_common::{
-    Block, Dialog, DialogEnded, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason,
-    SipSelves, SourceRule,
+    Block, Dialog, DialogEnded, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, PacketLimit,
+    Reason, SipSelves, SourceLimit, SourceRule,
     call_id::call_id_hash,
     flow::FLOW_LATCHED,
+    guard::{GUARD_ON, RULE_ALLOW},
     maps::{
         BLOCKS, DIALOG_EVENTS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, PARTIES, REASONS,
         SIP_LISTENERS, SIP_SELF, SOURCE_RULES, XDP_PROGRAM,
     },
+    sip_forward::corpus,
 };
 
-use crate::netns::{self, Netns, unique_prefix};
+use crate::{
+    frames::UdpFrame,
+    netns::{self, Netns, unique_prefix},
+};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -348,5 +353,95 @@ impl Program {
         let result = program.test_run(options).expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
         (result.return_value, out, result.duration)
+    }
+}
+
+/// The MACs of the corpus's fixture: our two interfaces, and the parties behind them.
+pub const CORPUS_PUBLIC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+pub const CORPUS_PRIVATE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+pub const CORPUS_CARRIER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x05];
+pub const CORPUS_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x0a];
+
+fn corpus_address((ip, _): ([u8; 4], u16)) -> Ipv4Addr {
+    Ipv4Addr::from(ip)
+}
+
+/// A fixture whose two interfaces hold the differential corpus's listener addresses
+/// (`sbc_common::sip_forward::corpus`), with permanent neighbour entries for both parties.
+pub fn corpus_fixture() -> Fixture {
+    build_fixture(
+        "sip-forward",
+        [
+            ("pub0", corpus_address(corpus::PUBLIC), CORPUS_PUBLIC_MAC),
+            ("priv0", corpus_address(corpus::PRIVATE), CORPUS_PRIVATE_MAC),
+        ],
+        &[
+            (corpus_address(corpus::CARRIER), CORPUS_CARRIER_MAC, "pub0"),
+            (corpus_address(corpus::BACKEND), CORPUS_BACKEND_MAC, "priv0"),
+        ],
+        &[(Ipv4Addr::new(203, 0, 113, 0), "pub0")],
+    )
+}
+
+/// The program with the corpus's call as the daemon sets it up: listeners on both sides, the
+/// guard on (a stranger's limits for the carrier, the backend allowlisted without limits),
+/// the dialog with the dialogs map's `seed`, and our addresses.
+pub fn corpus_program(seed: u64) -> Program {
+    let mut program = Program::load();
+    for listener in [corpus::PUBLIC, corpus::PRIVATE] {
+        program.listen_sip(key(corpus_address(listener), listener.1));
+    }
+    program.configure_guard(GuardConfig {
+        default_limit: SourceLimit {
+            packets: PacketLimit {
+                rate: 1000,
+                burst: 1000,
+            },
+            invites: PacketLimit {
+                rate: 10,
+                burst: 10,
+            },
+        },
+        block_after_drops: 0,
+        flags: GUARD_ON,
+        block_ns: 1_000_000_000,
+        dialog_seed: seed,
+    });
+    program.add_rule(
+        corpus_address(corpus::BACKEND),
+        32,
+        SourceRule {
+            action: RULE_ALLOW,
+            limit: SourceLimit::UNLIMITED,
+        },
+    );
+    program.set_dialog(
+        call_id_hash(corpus::CALL_ID.as_bytes(), seed),
+        corpus::dialog(seed),
+    );
+    program.set_sip_selves(corpus::selves());
+    program.allow_egress("pub0");
+    program.allow_egress("priv0");
+    program
+}
+
+/// Where a corpus sender's frames arrive: the interface, and the MACs on the wire (ours,
+/// theirs).
+pub fn corpus_arrival(sender: corpus::Sender) -> (&'static str, [u8; 6], [u8; 6]) {
+    match sender {
+        corpus::Sender::Carrier => ("pub0", CORPUS_PUBLIC_MAC, CORPUS_CARRIER_MAC),
+        corpus::Sender::Backend => ("priv0", CORPUS_PRIVATE_MAC, CORPUS_BACKEND_MAC),
+    }
+}
+
+/// A corpus case's message as its sender sends it to our listener.
+pub fn corpus_frame(case: &corpus::Case) -> UdpFrame {
+    let (_, our_mac, their_mac) = corpus_arrival(case.sender);
+    let (from, to) = (case.sender.source(), case.sender.listener());
+    UdpFrame {
+        eth_dst: our_mac,
+        eth_src: their_mac,
+        payload: case.message.as_bytes().to_vec(),
+        ..UdpFrame::rtp((corpus_address(from), from.1), (corpus_address(to), to.1))
     }
 }

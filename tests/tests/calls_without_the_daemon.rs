@@ -123,7 +123,8 @@ fn calls_carry_on_without_the_daemon(tag: &str, hangs_up: HangsUp) {
     let hung_up_at = Instant::now();
     // All of it went through the kernel: per call, the caller's INFO, OPTIONS and the callee's
     // INFO, a BYE, and their answers; nothing passed up to the daemon that was not there.
-    let reasons = daemon.maps().expect("sbc maps, from the pins")["xdp_reasons"].clone();
+    let maps = daemon.maps().expect("sbc maps, from the pins");
+    let reasons = maps["xdp_reasons"].clone();
     let count = |name: &str| reasons[name].as_u64().unwrap_or_default();
     let forwarded = (count("forward_sip_request"), count("forward_sip_response"));
     assert_eq!(
@@ -141,6 +142,18 @@ fn calls_carry_on_without_the_daemon(tag: &str, hangs_up: HangsUp) {
         .filter(|name| count(name) > 0)
         .collect();
     assert!(passed_up.is_empty(), "{reasons}");
+    // `sbc maps` shows each dialog as the kernel holds it, ended by the BYE it forwarded.
+    let dialogs = maps["dialogs"].as_array().expect("dialogs");
+    assert_eq!(dialogs.len(), CALLS as usize);
+    for dialog in dialogs {
+        assert_eq!(dialog["ended"]["code"], 200, "{dialog}");
+        assert_eq!(dialog["caller"]["forwarded_in_kernel"], true, "{dialog}");
+        assert_eq!(
+            dialog["callee"]["requests"],
+            2 - u64::from(matches!(hangs_up, HangsUp::Caller)),
+            "{dialog}"
+        );
+    }
 
     // The daemon comes back: the calls it held ended while it was away, each once.
     daemon.spawn(&[]).expect("the daemon starts again");

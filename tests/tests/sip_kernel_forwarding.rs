@@ -6,13 +6,12 @@
 //! go up unchanged, counted under its reason.
 //!
 //! The program runs in a namespace of its own whose two interfaces hold the corpus's listener
-//! addresses, with permanent neighbour entries for both parties.
+//! addresses, with permanent neighbour entries for both parties (`xdp_fixture::corpus_*`).
 use std::net::Ipv4Addr;
 
 use sbc_common::{
-    DialogEnded, GuardConfig, PacketLimit, Reason, SourceLimit, SourceRule,
+    DialogEnded, Reason,
     call_id::call_id_hash,
-    guard::{GUARD_ON, RULE_ALLOW},
     sip_forward::{
         ForwardScratch,
         corpus::{self, Expect, Sender},
@@ -27,74 +26,9 @@ use sbc_tests::{
 };
 
 const SEED: u64 = 0x5eed;
-const PUBLIC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
-const PRIVATE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
-const CARRIER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x05];
-const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x0a];
 
 fn address((ip, _): ([u8; 4], u16)) -> Ipv4Addr {
     Ipv4Addr::from(ip)
-}
-
-/// The corpus's call as the daemon sets it up: listeners on both sides, the guard on (a
-/// stranger's limits for the carrier, the backend allowlisted without limits), the dialog and
-/// our addresses.
-fn program() -> Program {
-    let mut program = Program::load();
-    for listener in [corpus::PUBLIC, corpus::PRIVATE] {
-        program.listen_sip(key(address(listener), listener.1));
-    }
-    program.configure_guard(GuardConfig {
-        default_limit: SourceLimit {
-            packets: PacketLimit {
-                rate: 1000,
-                burst: 1000,
-            },
-            invites: PacketLimit {
-                rate: 10,
-                burst: 10,
-            },
-        },
-        block_after_drops: 0,
-        flags: GUARD_ON,
-        block_ns: 1_000_000_000,
-        dialog_seed: SEED,
-    });
-    program.add_rule(
-        address(corpus::BACKEND),
-        32,
-        SourceRule {
-            action: RULE_ALLOW,
-            limit: SourceLimit::UNLIMITED,
-        },
-    );
-    program.set_dialog(
-        call_id_hash(corpus::CALL_ID.as_bytes(), SEED),
-        corpus::dialog(SEED),
-    );
-    program.set_sip_selves(corpus::selves());
-    program.allow_egress("pub0");
-    program.allow_egress("priv0");
-    program
-}
-
-/// Where a sender's frames arrive: the interface, and the MACs on the wire.
-fn arrival(sender: Sender) -> (&'static str, [u8; 6], [u8; 6]) {
-    match sender {
-        Sender::Carrier => ("pub0", PUBLIC_MAC, CARRIER_MAC),
-        Sender::Backend => ("priv0", PRIVATE_MAC, BACKEND_MAC),
-    }
-}
-
-fn frame(case: &corpus::Case) -> UdpFrame {
-    let (_, our_mac, their_mac) = arrival(case.sender);
-    let (from, to) = (case.sender.source(), case.sender.listener());
-    UdpFrame {
-        eth_dst: our_mac,
-        eth_src: their_mac,
-        payload: case.message.as_bytes().to_vec(),
-        ..UdpFrame::rtp((address(from), from.1), (address(to), to.1))
-    }
 }
 
 /// What the kernel must send for a forwarded case: the proxy's bytes (its userspace run,
@@ -112,8 +46,8 @@ fn expected_forward(case: &corpus::Case, sent: &UdpFrame) -> Vec<u8> {
     )
     .expect("the corpus forwards it");
     let (out_mac, next_mac, out_listener) = match case.sender {
-        Sender::Carrier => (PRIVATE_MAC, BACKEND_MAC, corpus::PRIVATE),
-        Sender::Backend => (PUBLIC_MAC, CARRIER_MAC, corpus::PUBLIC),
+        Sender::Carrier => (CORPUS_PRIVATE_MAC, CORPUS_BACKEND_MAC, corpus::PRIVATE),
+        Sender::Backend => (CORPUS_PUBLIC_MAC, CORPUS_CARRIER_MAC, corpus::PUBLIC),
     };
     let target = case.sender.target();
     UdpFrame {
@@ -134,25 +68,14 @@ fn expected_forward(case: &corpus::Case, sent: &UdpFrame) -> Vec<u8> {
 #[test]
 fn the_kernel_forwards_the_corpus_as_the_proxy_does() {
     require_lab_privileges();
-    let fixture = build_fixture(
-        "sip-forward",
-        [
-            ("pub0", address(corpus::PUBLIC), PUBLIC_MAC),
-            ("priv0", address(corpus::PRIVATE), PRIVATE_MAC),
-        ],
-        &[
-            (address(corpus::CARRIER), CARRIER_MAC, "pub0"),
-            (address(corpus::BACKEND), BACKEND_MAC, "priv0"),
-        ],
-        &[(Ipv4Addr::new(203, 0, 113, 0), "pub0")],
-    );
+    let fixture = corpus_fixture();
     netns::enter(&fixture.sbc.name).unwrap();
-    let mut program = program();
+    let mut program = corpus_program(SEED);
     let mut failures = Vec::new();
     for case in corpus::CASES {
-        let sent = frame(case);
+        let sent = corpus_frame(case);
         let before = program.reasons();
-        let (action, out) = program.run(&sent.bytes(), arrival(case.sender).0);
+        let (action, out) = program.run(&sent.bytes(), corpus_arrival(case.sender).0);
         let after = program.reasons();
         let counted: Vec<Reason> = Reason::ALL
             .iter()

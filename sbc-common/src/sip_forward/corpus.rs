@@ -556,12 +556,18 @@ pub const CASES: &[Case] = &[
         sender: Backend,
         message: backend_answers!(
             "200 OK",
-            "INVITE",
+            "UPDATE",
             "Content-Type: application/sdp\r\n",
             "Content-Length: 10\r\n\r\n",
             "v=0\r\no=x\r\n"
         ),
         expect: Pass(Reason::PassSipInDialogSdp),
+    },
+    Case {
+        name: "a_491_to_a_reinvite",
+        sender: Backend,
+        message: backend_answers!("491 Request Pending", "INVITE", "Content-Length: 0\r\n\r\n"),
+        expect: Pass(Reason::PassSipResponseStateful),
     },
     Case {
         name: "a_response_with_only_our_via",

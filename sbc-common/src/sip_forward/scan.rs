@@ -343,6 +343,12 @@ impl DialogScan {
         }
     }
 
+    /// Whether the message is a BYE request.
+    #[inline(always)]
+    pub fn is_bye(&self) -> bool {
+        self.response == 0 && self.method == u64::from(u32::from_le_bytes(*b"BYE\0"))
+    }
+
     /// Whether the scan ended with a message to forward (the plan holds it).
     #[inline(always)]
     pub fn forwards(&self) -> bool {
@@ -698,9 +704,14 @@ impl DialogScan {
             return self.pass(Reason::PassSipInDialogForm);
         }
         if self.response != 0 {
+            // An INVITE's answer may change the call (a new target, hold): the daemon's.
+            let word = message.word_at(method);
+            let invite = first_bytes(word, 6) == u64::from_le_bytes(*b"INVITE\0\0");
+            if invite && method + 6 == self.value_end {
+                return self.pass(Reason::PassSipResponseStateful);
+            }
             // Which request it answers: a BYE's final response ends the call.
-            let bye =
-                first_bytes(message.word_at(method), 3) == u64::from(u32::from_le_bytes(*b"BYE\0"));
+            let bye = first_bytes(word, 3) == u64::from(u32::from_le_bytes(*b"BYE\0"));
             self.bye = u32::from(bye && method + 3 == self.value_end);
             self.cseq = value as u32;
             self.phase = phase::BEGIN_LINE;

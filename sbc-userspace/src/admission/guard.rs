@@ -624,6 +624,14 @@ impl KernelDialogs for SipGuard {
         };
         maps.highest_cseqs(Self::dialog_id(&state, call_id))
     }
+
+    fn forwards(&self, call_id: &str) -> bool {
+        let state = self.lock();
+        let Tables::Kernel(maps) = &state.tables else {
+            return false;
+        };
+        maps.forwards(Self::dialog_id(&state, call_id))
+    }
 }
 
 #[cfg(test)]

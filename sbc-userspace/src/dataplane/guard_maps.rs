@@ -10,6 +10,7 @@ use aya::maps::{
 use ipnet::IpNet;
 use sbc_common::{
     Block, Dialog, DialogEnd, FlowKey, GuardConfig, IpAddress, SipSelves, SourceRule,
+    dialog::LEG_FORWARD,
     maps::{BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, PARTIES, SIP_LISTENERS, SIP_SELF, SOURCE_RULES},
 };
 
@@ -134,6 +135,11 @@ impl GuardMaps {
         let _ = self.dialogs.remove(&id);
     }
 
+    /// Every dialog the kernel holds, by id.
+    pub fn dialogs(&self) -> Vec<(u64, Dialog)> {
+        self.dialogs.iter().filter_map(Result::ok).collect()
+    }
+
     /// The dialogs whose end the kernel recorded, with how they ended.
     pub fn ended_dialogs(&self) -> Vec<(u64, DialogEnd)> {
         self.dialogs
@@ -148,6 +154,13 @@ impl GuardMaps {
     pub fn highest_cseqs(&self, id: u64) -> Option<[u32; 2]> {
         let dialog = self.dialogs.get(&id, 0).ok()?;
         Some(dialog.legs.map(|leg| leg.cseq))
+    }
+
+    /// Whether the kernel forwards a dialog's SIP (either way).
+    pub fn forwards(&self, id: u64) -> bool {
+        self.dialogs
+            .get(&id, 0)
+            .is_ok_and(|dialog| dialog.legs.iter().any(|leg| leg.flags & LEG_FORWARD != 0))
     }
 
     /// What the kernel forwarded of a dialog: requests and responses, both ways.

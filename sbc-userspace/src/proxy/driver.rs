@@ -118,14 +118,9 @@ impl Driver {
             Queued::Reconfigure(admission) => Input::Reconfigure(admission),
             Queued::HangUpAll => Input::HangUpAll,
             Queued::NoAudio { silent, hang_up } => Input::NoAudio { silent, hang_up },
-            Queued::EndedInKernel {
-                call_id,
-                code,
-                at_ns,
-            } => {
+            Queued::EndedInKernel { call_id, end } => {
                 let now = Now::read();
-                let at = super::kernel_instant(at_ns, &now);
-                return self.handle_at(now, Input::EndedInKernel { call_id, code, at });
+                return self.handle_at(now, super::ended_in_kernel(call_id, &end, &now));
             }
         };
         self.handle(input);

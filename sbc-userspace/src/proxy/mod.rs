@@ -28,6 +28,7 @@ use std::{
     time::Instant,
 };
 
+use sbc_common::DialogEnd;
 use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
 use tracing::warn;
@@ -89,11 +90,10 @@ pub enum Queued {
         silent: Vec<SilentLeg>,
         hang_up: bool,
     },
-    /// The kernel forwarded the final response to a call's BYE (at `at_ns`, CLOCK_MONOTONIC).
+    /// The kernel forwarded the final response to a call's BYE.
     EndedInKernel {
         call_id: String,
-        code: u16,
-        at_ns: u64,
+        end: DialogEnd,
     },
 }
 
@@ -240,15 +240,7 @@ pub async fn start(
     // Calls whose BYE went through the kernel while no daemon watched ended then.
     for (call_id, end) in guard.ended_in_kernel() {
         let now = Now::read();
-        let at = kernel_instant(end.at_ns, &now);
-        driver.handle_at(
-            now,
-            Input::EndedInKernel {
-                call_id,
-                code: end.code,
-                at,
-            },
-        );
+        driver.handle_at(now, ended_in_kernel(call_id, &end, &now));
     }
     if let Some(dialog_ends) = guard.take_dialog_ends() {
         tokio::spawn(watch_dialog_ends(
@@ -278,8 +270,7 @@ async fn watch_dialog_ends(mut ends: DialogEvents, guard: Arc<SipGuard>, lanes: 
                     };
                     let _ = lanes.control(Queued::EndedInKernel {
                         call_id,
-                        code: end.end.code,
-                        at_ns: end.end.at_ns,
+                        end: end.end,
                     });
                 }
             }
@@ -288,6 +279,17 @@ async fn watch_dialog_ends(mut ends: DialogEvents, guard: Arc<SipGuard>, lanes: 
                 return;
             }
         }
+    }
+}
+
+/// The core's input for a call whose end the kernel recorded (its times CLOCK_MONOTONIC).
+fn ended_in_kernel(call_id: String, end: &DialogEnd, now: &Now) -> Input {
+    Input::EndedInKernel {
+        call_id,
+        code: end.code,
+        at: kernel_instant(end.at_ns, now),
+        disconnect_delay: (end.bye_ns != 0 && end.bye_ns <= end.at_ns)
+            .then(|| std::time::Duration::from_nanos(end.at_ns - end.bye_ns)),
     }
 }
 

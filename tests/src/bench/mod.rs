@@ -6,6 +6,7 @@
 //! least two), so that each configuration gets the same one core.
 pub mod calls;
 pub mod flood_cost;
+pub mod in_dialog;
 pub mod kernel_cost;
 pub mod peer;
 pub mod relay;
@@ -58,6 +59,7 @@ pub enum Section {
     Scale,
     Relay,
     Flood,
+    InDialog,
 }
 
 /// What to measure.
@@ -270,6 +272,10 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     if runs(Section::Flood) {
         eprintln!("== flood");
         measurements.extend(flood_section(&lab, backend_address, full, peer)?);
+    }
+    if runs(Section::InDialog) {
+        eprintln!("== in-dialog latency");
+        measurements.extend(in_dialog::measure(&lab, backend_address)?);
     }
 
     let mut report = Report {

@@ -41,6 +41,9 @@ pub struct Call {
     pub caller_confirmed: bool,
     /// Recorded in the journal (its end must be too).
     pub journaled: bool,
+    /// When the daemon forwarded a BYE of the call without a transaction (its answer goes
+    /// through the kernel): the start of RFC 6076's session disconnect delay.
+    pub bye_forwarded: Option<Instant>,
 }
 
 fn contact_uri(message: &Message) -> Option<String> {
@@ -197,6 +200,7 @@ impl Call {
             // acknowledged.
             caller_confirmed: record.answered_unix_ms.is_some(),
             journaled: true,
+            bye_forwarded: None,
         };
         for party in [&mut call.caller, &mut call.callee] {
             party.cseq = party.cseq.saturating_add(RESTORED_CSEQ_MARGIN);
@@ -264,6 +268,7 @@ impl Call {
             answered: None,
             caller_confirmed: false,
             journaled: false,
+            bye_forwarded: None,
         }
     }
 
@@ -504,7 +509,13 @@ impl Core {
 
     /// The kernel forwarded a BYE of the answered call `call_id` and its final response
     /// (`code`) at `at`, perhaps while no daemon ran: the call ended then.
-    pub(super) fn ended_in_kernel(&mut self, call_id: &str, code: u16, at: Instant) {
+    pub(super) fn ended_in_kernel(
+        &mut self,
+        call_id: &str,
+        code: u16,
+        at: Instant,
+        disconnect_delay: Option<Duration>,
+    ) {
         let answered: Vec<CallKey> = self
             .calls
             .iter()
@@ -512,6 +523,12 @@ impl Core {
             .map(|(key, _)| key.clone())
             .collect();
         for key in answered {
+            // RFC 6076 SDD, as the kernel timed it, or from the BYE the daemon forwarded.
+            let forwarded = self.calls.get(&key).and_then(|call| call.bye_forwarded);
+            let delay = disconnect_delay.or_else(|| Some(at.saturating_duration_since(forwarded?)));
+            if let Some(delay) = delay {
+                self.stats.session_disconnect_delay.observe(delay);
+            }
             self.end_call_at(&key, CallEnd::Bye, Some(code), &[], at);
         }
     }

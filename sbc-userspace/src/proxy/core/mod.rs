@@ -108,6 +108,8 @@ pub enum Input {
         call_id: String,
         code: u16,
         at: Instant,
+        /// From the BYE to its final response, when the BYE went through the kernel too.
+        disconnect_delay: Option<Duration>,
     },
 }
 
@@ -205,6 +207,8 @@ pub trait KernelDialogs: Send + Sync {
     /// The highest CSeq numbers it forwarded in the call `call_id`: the caller's requests,
     /// the callee's (`None`: it forwards none of the call's).
     fn highest_cseqs(&self, call_id: &str) -> Option<[u32; 2]>;
+    /// Whether it forwards the in-dialog SIP of the call `call_id`.
+    fn forwards(&self, call_id: &str) -> bool;
 }
 
 /// What a core is made of, apart from its configuration.
@@ -290,7 +294,12 @@ impl Core {
             }
             Input::Reconfigure(admission) => self.admission.reconfigure(&admission),
             Input::HangUpAll => self.hang_up_all(),
-            Input::EndedInKernel { call_id, code, at } => self.ended_in_kernel(&call_id, code, at),
+            Input::EndedInKernel {
+                call_id,
+                code,
+                at,
+                disconnect_delay,
+            } => self.ended_in_kernel(&call_id, code, at, disconnect_delay),
         }
         self.publish_gauges();
     }

@@ -114,6 +114,19 @@ impl Core {
                 return;
             }
         };
+        if in_dialog && request.method != Method::Invite && self.kernel.forwards(&request.call_id) {
+            // Its response comes back through the kernel, past any transaction here: it is
+            // forwarded statelessly, as the kernel forwards it (RFC 3261 16.11).
+            if let (Method::Bye, Some(call)) = (
+                &request.method,
+                call.and_then(|key| self.calls.get_mut(&key)),
+            ) {
+                call.bye_forwarded = Some(self.now.at);
+            }
+            let branch = self.branch_from(our_branch(&message, &request, hop.side));
+            let bytes = with_via(&template, &self.via_line(hop.side, &branch));
+            return self.send(hop.side, hop.target, bytes);
+        }
         if request.method == Method::Invite {
             let trying = build::response(&message, 100, "Trying", &to_tag, &[]);
             self.respond(peer, &message, 100, trying, Origin::Local);

@@ -89,11 +89,16 @@ fn leg(name: Leg, side: Side, rtp: SocketAddr) -> LegInfo {
 #[derive(Default)]
 struct FakeKernel {
     cseqs: Mutex<Option<[u32; 2]>>,
+    forwards: Mutex<bool>,
 }
 
 impl KernelDialogs for FakeKernel {
     fn highest_cseqs(&self, _call_id: &str) -> Option<[u32; 2]> {
         *self.cseqs.lock().expect("not poisoned")
+    }
+
+    fn forwards(&self, _call_id: &str) -> bool {
+        *self.forwards.lock().expect("not poisoned")
     }
 }
 
@@ -725,6 +730,10 @@ const CASES: &[Case] = &[
     Case {
         name: "a response to a request the kernel forwarded goes up its Vias; a BYE's ends the call",
         play: response_to_a_kernel_forwarded_bye,
+    },
+    Case {
+        name: "with the kernel forwarding a dialog, its in-dialog requests leave no transaction",
+        play: kernel_forwarded_dialog_is_stateless_here,
     },
     Case {
         name: "the kernel's forwarding plan matches the proxy on every case of the corpus",
@@ -1626,4 +1635,39 @@ fn kernel_forwarding_matches_the_proxy() {
         failures.push(format!("{}: {outcome}", case.name));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A request of a dialog the kernel forwards, which reached the daemon anyway (sent to our
+/// address, or before the kernel knew the call): its answer goes back through the kernel, so
+/// no transaction here waits for it, retransmits it or answers 408.
+fn kernel_forwarded_dialog_is_stateless_here() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "kernel");
+    *lab.kernel.forwards.lock().expect("not poisoned") = true;
+    lab.carrier_sends(&dialog.carrier_request("BYE", "bye", None));
+    let sent = lab.take_sent();
+    assert_eq!(
+        sent_to(&sent, &dialog.backend.to_string()).method(),
+        Some("BYE")
+    );
+    let bye = crate::sip::Method::Bye;
+    assert!(!lab.core.server.values().any(|tx| tx.info.method == bye));
+    assert!(!lab.core.client.keys().any(|key| key.method == bye));
+    lab.advance(Duration::from_secs(40));
+    assert!(lab.take_sent().is_empty(), "no retransmission, no 408");
+    // The kernel forwarded the answer and reports the end: the delay from the BYE counts.
+    let at = lab.now.at;
+    lab.input(Input::EndedInKernel {
+        call_id: "kernel".to_owned(),
+        code: 200,
+        at,
+        disconnect_delay: None,
+    });
+    assert_eq!(lab.call_end(), (CallEnd::Bye, Some(200)));
+    let ended: Vec<_> = lab
+        .events
+        .iter()
+        .filter(|e| e.name() == "call_ended")
+        .collect();
+    assert_eq!(ended.len(), 1);
 }
