@@ -59,8 +59,6 @@ pub fn forward(
         return None;
     }
     let dialog = SBC_DIALOGS.get_ptr_mut(dialog_id)?;
-    let selves = SBC_SIP_SELF.get_ptr(0)?;
-    let scratch = SBC_FORWARD.get_ptr_mut(0)?;
     let (ip, udp) = (packet.ip, packet.udp);
     // SAFETY: the parser bounds-checked both headers; `window` is this CPU's scratch, its
     // first bytes copied from this datagram.
@@ -88,6 +86,9 @@ pub fn forward(
         }
     };
     let leg = arrived ^ usize::from(response);
+    // Looked up only for a dialog the kernel forwards (a call not confirmed yet has no legs).
+    let selves = SBC_SIP_SELF.get_ptr(0)?;
+    let scratch = SBC_FORWARD.get_ptr_mut(0)?;
     let mut steps = Steps {
         forward: scratch,
         window,

@@ -93,9 +93,9 @@ fn run(lab: &Lab, system: &str, flooded: bool) -> anyhow::Result<Vec<Measurement
     let result = placed.map_err(|_| anyhow::anyhow!("the SIPp thread panicked"))??;
     let mut times = result.response_times_ms.clone();
     times.sort_by(f64::total_cmp);
-    let expected = CALLS as usize * INFOS_PER_CALL;
+    // SIPp logs one response time per call and timer: the last INFO's.
     let note = format!(
-        "{} of {expected} INFOs answered, {} of {CALLS} calls completed; SIPp's timer: 1 ms resolution",
+        "{} samples, {} of {CALLS} calls completed (each with {INFOS_PER_CALL} INFOs); SIPp's timer: 1 ms resolution",
         times.len(),
         result.successful
     );

@@ -717,6 +717,16 @@ fn targets(report: &Report, (fewest, most): (u32, u32)) -> Vec<Target> {
             &|ns| ns < 200.0,
         ),
         judged(
+            "XDP program cost of forwarding an established call's in-dialog request under 1.5 us",
+            report.find(
+                "In-kernel cost",
+                "SIP BYE of an established call, forwarded (SIPp's)",
+                "time per packet",
+            ),
+            "ns".into(),
+            &|ns| ns < 1500.0,
+        ),
+        judged(
             "Flood of 100,000 INVITE/s from one source: daemon and XDP program together under \
              5 % of a core",
             report
