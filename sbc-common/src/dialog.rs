@@ -6,7 +6,10 @@
 //! requests (and the callee's responses to them), leg 1 the callee's. A request arrives at
 //! our listener on its sender's side (`DialogLeg::listener`) and leaves from our listener on
 //! the other side (`out_side`) to the other party's Contact (`target`).
-use crate::{FlowKey, IpAddress, words::Words};
+use crate::{
+    FlowKey, IpAddress,
+    words::{Words, masked_word},
+};
 
 /// Longest Call-ID of a dialog the kernel forwards (longer ones stay with the daemon).
 pub const CALL_ID_TEXT: usize = 128;
@@ -63,15 +66,8 @@ impl<const N: usize> Text<N> {
 impl<const N: usize> Words for Text<N> {
     #[inline(always)]
     fn word(&self, index: usize) -> u64 {
-        // SAFETY: the index is masked into the text, whose bytes are 8-aligned.
-        let word = unsafe {
-            *self
-                .bytes
-                .as_ptr()
-                .add((index & (N / 8 - 1)) * 8)
-                .cast::<u64>()
-        };
-        u64::from_le(word)
+        // SAFETY: the text's bytes are 8-aligned (the struct's alignment) and N long.
+        unsafe { masked_word::<N>(&self.bytes, index) }
     }
 }
 

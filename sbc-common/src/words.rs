@@ -4,7 +4,6 @@
 /// Size of a `ScanWindow`: a power of two (word indexes are masked into it, which the verifier
 /// can follow) that leaves room to read whole words past the scanned bytes.
 pub const SCAN_WINDOW: usize = 4096;
-const WINDOW_WORDS: usize = SCAN_WINDOW / 8;
 
 pub const ONES: u64 = 0x0101_0101_0101_0101;
 pub const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -39,21 +38,27 @@ pub struct ScanWindow {
 impl Words for ScanWindow {
     #[inline(always)]
     fn word(&self, index: usize) -> u64 {
-        // SAFETY: the index is masked into the window, whose bytes are 8-aligned.
-        let word = unsafe {
-            *self
-                .bytes
-                .as_ptr()
-                .add((index & (WINDOW_WORDS - 1)) * 8)
-                .cast::<u64>()
-        };
-        u64::from_le(word)
+        // SAFETY: the window's bytes are 8-aligned (the struct's alignment) and N long.
+        unsafe { masked_word::<SCAN_WINDOW>(&self.bytes, index) }
     }
 
     #[inline(always)]
     fn byte(&self, offset: usize) -> u8 {
         self.bytes[offset & (SCAN_WINDOW - 1)]
     }
+}
+
+/// Word `index` (little-endian) of the first `N` bytes of `bytes`, the index masked into them
+/// (`N` a power of two): how every buffer a scan reads a word at a time is read, an index the
+/// verifier can follow and an aligned load.
+///
+/// # Safety
+/// `bytes` must be 8-aligned and at least `N` long.
+#[inline(always)]
+pub unsafe fn masked_word<const N: usize>(bytes: &[u8], index: usize) -> u64 {
+    // SAFETY: the index is masked into the first N bytes, which the caller vouches for.
+    let word = unsafe { *bytes.as_ptr().add((index & (N / 8 - 1)) * 8).cast::<u64>() };
+    u64::from_le(word)
 }
 
 /// A message as the daemon holds it, read in place (zeros past its end): no copy per datagram.

@@ -1,8 +1,12 @@
-//! Media sessions set up through the daemon's API for lab peers.
-use std::net::{IpAddr, SocketAddr};
+//! Media sessions set up through the daemon's API for lab peers, and the media endpoints of
+//! SIP calls set up through the daemon.
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use sbc::{api::contract::SessionInfo, media::session::Leg};
+use sbc::{api::contract::SessionInfo, media::session::Leg, proxy::core::calls::CallState};
 
 use crate::{
     daemon::Daemon,
@@ -56,4 +60,36 @@ pub fn relayed_packets(daemon: &Daemon) -> anyhow::Result<(u64, u64)> {
         }
     }
     Ok(totals)
+}
+
+/// Waits (up to `limit`) until the daemon holds `count` calls, all answered; the media
+/// endpoints of each, in the daemon's order: call `i`'s peers use the lab's ports base + 2i.
+pub fn answered_calls(daemon: &Daemon, count: usize, limit: Duration) -> Vec<Call> {
+    let deadline = Instant::now() + limit;
+    let calls = loop {
+        let calls = daemon.calls().expect("GET /v1/calls");
+        if calls.len() == count && calls.iter().all(|c| c.state == CallState::Answered) {
+            break calls;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "calls not all answered: {calls:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, call)| {
+            let session = call.media[0].as_ref().expect("the call's media session");
+            let port = |base: u16| base + 2 * i as u16;
+            Call {
+                caller: SocketAddr::new(CALLER.into(), port(CALLER_PORT_BASE)),
+                caller_sends_to: session.legs[Leg::A].local_rtp,
+                callee: SocketAddr::new(CALLEE.into(), port(CALLEE_PORT_BASE)),
+                callee_sends_to: session.legs[Leg::B].local_rtp,
+                rtcp_mux: false,
+            }
+        })
+        .collect()
 }

@@ -90,6 +90,21 @@ impl TrafficReport {
         self.total(1)
     }
 
+    /// Panics naming the first call and direction that lost more than `bound` of media
+    /// (`when`: what was going on).
+    pub fn assert_loss_within(&self, bound: Duration, when: &str) {
+        let lost_bound = (bound.as_millis() / PACKET_INTERVAL.as_millis()) as u64;
+        for (i, call) in self.calls.iter().enumerate() {
+            for (direction, name) in call.iter().zip(["caller->callee", "callee->caller"]) {
+                let lost = direction.rtp_sent - direction.rtp_received.min(direction.rtp_sent);
+                assert!(
+                    lost <= lost_bound,
+                    "call {i} {name} lost {lost} RTP packets (over {bound:?}) {when}: {direction:?}"
+                );
+            }
+        }
+    }
+
     fn total(&self, direction: usize) -> Direction {
         let mut total = Direction::default();
         for call in &self.calls {

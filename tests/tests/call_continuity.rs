@@ -10,14 +10,15 @@ use std::{
 
 use sbc::{
     events::{CallEnd, CallEnded, Event, Kind},
-    media::{EndReason, session::Leg},
+    media::EndReason,
     proxy::core::calls::CallState,
 };
 use sbc_tests::{
-    daemon::{Daemon, DaemonOptions},
-    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
+    calls::answered_calls,
+    daemon::DaemonOptions,
+    lab::{CALLER, Lab, SBC_PUBLIC},
     privileges::require_lab_privileges,
-    rtp::{self, PACKET_INTERVAL, Traffic},
+    rtp::Traffic,
     scripted,
     sipp::{self, CallKind},
 };
@@ -28,37 +29,6 @@ const MAX_MEDIA_LOSS: Duration = Duration::from_millis(100);
 
 fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
-}
-
-/// Waits until every call is answered; the media endpoints of each, in a stable order.
-fn answered_calls(daemon: &Daemon) -> Vec<rtp::Call> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let calls = loop {
-        let calls = daemon.calls().expect("GET /v1/calls");
-        if calls.len() == CALLS as usize && calls.iter().all(|c| c.state == CallState::Answered) {
-            break calls;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "calls not all answered: {calls:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    calls
-        .iter()
-        .enumerate()
-        .map(|(i, call)| {
-            let session = call.media[0].as_ref().expect("the call's media session");
-            let port = |base: u16| base + 2 * i as u16;
-            rtp::Call {
-                caller: addr(CALLER, port(40000)),
-                caller_sends_to: session.legs[Leg::A].local_rtp,
-                callee: addr(CALLEE, port(50000)),
-                callee_sends_to: session.legs[Leg::B].local_rtp,
-                rtcp_mux: false,
-            }
-        })
-        .collect()
 }
 
 #[test]
@@ -80,24 +50,14 @@ fn fifty_calls_survive_kill_9_and_are_reinvited_and_ended_afterwards() {
                 Duration::from_secs(60),
             )
         });
-        let calls = answered_calls(&daemon);
+        let calls = answered_calls(&daemon, CALLS as usize, Duration::from_secs(15));
         let traffic = Traffic::start(&lab, &calls, Duration::from_secs(7));
         std::thread::sleep(Duration::from_secs(2));
         daemon.kill9();
         std::thread::sleep(Duration::from_millis(500));
         daemon.spawn(&[]).expect("the daemon starts again");
         let report = traffic.finish().expect("media");
-        let lost_bound = (MAX_MEDIA_LOSS.as_millis() / PACKET_INTERVAL.as_millis()) as u64;
-        for (i, call) in report.calls.iter().enumerate() {
-            for (direction, name) in call.iter().zip(["caller->callee", "callee->caller"]) {
-                let lost = direction.rtp_sent - direction.rtp_received.min(direction.rtp_sent);
-                assert!(
-                    lost <= lost_bound,
-                    "call {i} {name} lost {lost} RTP packets (over {MAX_MEDIA_LOSS:?}) across the restart: {direction:?}\n{}",
-                    daemon.log()
-                );
-            }
-        }
+        report.assert_loss_within(MAX_MEDIA_LOSS, "across the restart");
         caller.join().expect("caller thread").expect("SIPp caller")
     });
     assert_eq!(

@@ -10,16 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sbc::{
-    events::{CallEnd, CallEnded, Kind},
-    media::session::Leg,
-    proxy::core::calls::CallState,
-};
+use sbc::events::{CallEnd, CallEnded, Kind};
 use sbc_tests::{
+    calls::answered_calls,
     daemon::DaemonOptions,
-    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
+    lab::{CALLER, Lab, SBC_PUBLIC},
     privileges::require_lab_privileges,
-    rtp::{self, PACKET_INTERVAL, Traffic},
+    rtp::Traffic,
     scripted,
     sipp::{self, CallKind},
 };
@@ -60,35 +57,8 @@ fn calls_carry_on_without_the_daemon(tag: &str, hangs_up: HangsUp) {
                 Duration::from_secs(40),
             )
         });
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let calls = loop {
-            let calls = daemon.calls().expect("GET /v1/calls");
-            if calls.len() == CALLS as usize && calls.iter().all(|c| c.state == CallState::Answered)
-            {
-                break calls;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "calls not all answered: {calls:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let media = answered_calls(&daemon, CALLS as usize, Duration::from_secs(15));
         let answered_at = Instant::now();
-        let media: Vec<rtp::Call> = calls
-            .iter()
-            .enumerate()
-            .map(|(i, call)| {
-                let session = call.media[0].as_ref().expect("the call's media session");
-                let port = |base: u16| base + 2 * i as u16;
-                rtp::Call {
-                    caller: addr(CALLER, port(40000)),
-                    caller_sends_to: session.legs[Leg::A].local_rtp,
-                    callee: addr(CALLEE, port(50000)),
-                    callee_sends_to: session.legs[Leg::B].local_rtp,
-                    rtcp_mux: false,
-                }
-            })
-            .collect();
         // Media for as long as the calls are held, across the daemon's death.
         let traffic = Traffic::start(&lab, &media, HELD - Duration::from_secs(1));
         std::thread::sleep(Duration::from_millis(1500));
@@ -110,16 +80,7 @@ fn calls_carry_on_without_the_daemon(tag: &str, hangs_up: HangsUp) {
         "the backend did not play every call through (INFO, OPTIONS, its INFO, BYE):\n{}",
         backend.output()
     );
-    let lost_bound = (MAX_MEDIA_LOSS.as_millis() / PACKET_INTERVAL.as_millis()) as u64;
-    for (i, call) in report.calls.iter().enumerate() {
-        for (direction, name) in call.iter().zip(["caller->callee", "callee->caller"]) {
-            let lost = direction.rtp_sent - direction.rtp_received.min(direction.rtp_sent);
-            assert!(
-                lost <= lost_bound,
-                "call {i} {name} lost {lost} RTP packets with the daemon gone: {direction:?}"
-            );
-        }
-    }
+    report.assert_loss_within(MAX_MEDIA_LOSS, "with the daemon gone");
     let hung_up_at = Instant::now();
     // All of it went through the kernel: per call, the caller's INFO, OPTIONS and the callee's
     // INFO, a BYE, and their answers; nothing passed up to the daemon that was not there.

@@ -4,7 +4,7 @@
 //! `Assembly` then copies the pieces out a word at a time, a `bpf_loop` step per few words.
 use crate::{
     checksum::WordSum,
-    words::{SCAN_WINDOW, Words, first_bytes},
+    words::{SCAN_WINDOW, Words, first_bytes, masked_word},
 };
 
 /// Pieces a plan holds at most, a power of two (each copy of received bytes makes two: the text inserted
@@ -39,15 +39,8 @@ pub struct Inserted {
 impl Words for Inserted {
     #[inline(always)]
     fn word(&self, index: usize) -> u64 {
-        // SAFETY: the index is masked into the buffer, whose bytes are 8-aligned.
-        let word = unsafe {
-            *self
-                .bytes
-                .as_ptr()
-                .add((index & (INSERT_BUFFER / 8 - 1)) * 8)
-                .cast::<u64>()
-        };
-        u64::from_le(word)
+        // SAFETY: the buffer's bytes are 8-aligned (the struct's alignment), longer than N.
+        unsafe { masked_word::<INSERT_BUFFER>(&self.bytes, index) }
     }
 }
 
@@ -198,15 +191,8 @@ impl OutBuffer {
     /// The aligned word `index` (masked into the buffer).
     #[inline(always)]
     fn word(&self, index: usize) -> u64 {
-        // SAFETY: the index is masked into the buffer, whose bytes are 8-aligned.
-        let word = unsafe {
-            *self
-                .bytes
-                .as_ptr()
-                .add((index & (OUT_BUFFER / 8 - 1)) * 8)
-                .cast::<u64>()
-        };
-        u64::from_le(word)
+        // SAFETY: the buffer's bytes are 8-aligned (the struct's alignment), longer than N.
+        unsafe { masked_word::<OUT_BUFFER>(&self.bytes, index) }
     }
 
     /// Writes `COPY_STEP_WORDS` words from `at` (masked into the buffer, whose spare room
