@@ -21,7 +21,7 @@ use crate::{
         SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_PARTIES, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES,
         ScanScratch,
     },
-    parse::Ipv4Udp,
+    parse::{Ipv4Udp, header_at},
 };
 
 /// Adds one to a counter in a shared map value. Two CPUs may race and lose an increment: these
@@ -67,7 +67,8 @@ pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
 
 /// The datagram forwarded as an established call's in-dialog SIP, or passed up for a reason
 /// of its own; `None` when it is no such call's. The guard scanned its Call-ID already when
-/// `scanned`; a source it does not limit (a backend) is scanned only now.
+/// `scanned`; a source it does not limit (a backend) is scanned only now, and not for an
+/// INVITE.
 #[inline(always)]
 fn forward_in_dialog(
     ctx: &XdpContext,
@@ -80,6 +81,16 @@ fn forward_in_dialog(
         // SAFETY: this CPU's scratch, where the guard's scan of this datagram left its result.
         unsafe { (*scratch).scan.result() }?
     } else {
+        // A source the guard lets through unread (a backend, an unlimited trunk, everyone
+        // with the guard off) is read for a dialog only if it is no INVITE, told by the
+        // payload's first eight bytes in place: a flood of new calls from it costs one load
+        // more, and a re-INVITE goes to the daemon anyway but for the rare one without SDP.
+        let payload_offset = packet.udp as usize - ctx.data() + UdpHdr::LEN;
+        let head: *const [u8; 8] = header_at(ctx, payload_offset)?;
+        // SAFETY: bounds-checked by `header_at`.
+        if is_invite(u64::from_le_bytes(unsafe { *head })) {
+            return None;
+        }
         Payload::copy(ctx, packet)?.call_id_hash(seed)?
     };
     let scratch = SBC_SCAN.get_ptr_mut(0)?;
