@@ -76,8 +76,8 @@ fn forward_in_dialog(
     seed: u64,
     scanned: bool,
 ) -> Option<Verdict> {
+    let scratch = SBC_SCAN.get_ptr_mut(0)?;
     let dialog_id = if scanned {
-        let scratch = SBC_SCAN.get_ptr_mut(0)?;
         // SAFETY: this CPU's scratch, where the guard's scan of this datagram left its result.
         unsafe { (*scratch).scan.result() }?
     } else {
@@ -93,7 +93,6 @@ fn forward_in_dialog(
         }
         Payload::copy(ctx, packet)?.call_id_hash(seed)?
     };
-    let scratch = SBC_SCAN.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch, holding this datagram's first bytes.
     let window = unsafe { &raw const (*scratch).window };
     in_dialog::forward(packet, window, dialog_id, seed)

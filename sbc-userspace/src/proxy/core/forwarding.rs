@@ -6,13 +6,14 @@
 use std::net::SocketAddr;
 
 use sbc_common::{
-    Dialog, DialogLeg, FlowKey, IpAddress, SipSelf, SipSelves,
+    Dialog, DialogLeg, SipSelf, SipSelves,
     call_id::call_id_hash,
     dialog::{HEADER_NAME_TEXT, LEG_FORWARD, MAX_STRIPPED, Text},
 };
 
 use super::{Core, names::CallKey, record::Party};
 use crate::{
+    media::session::flow_key,
     side::Side,
     sip::{address, message::compact_form, uri},
 };
@@ -64,10 +65,6 @@ impl Forwarding {
         }
         Some(dialog)
     }
-}
-
-fn flow_key(address: SocketAddr) -> FlowKey {
-    FlowKey::udp(IpAddress::from(address.ip()), address.port().to_be())
 }
 
 fn tag_of(party_address: &str) -> Option<String> {
