@@ -8,7 +8,10 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
-use sbc_common::Reason;
+use sbc_common::{
+    Reason,
+    flow::{NEXT_HOP_MEMO_NS, NextHopMemo},
+};
 
 use crate::{Verdict, maps::SBC_EGRESS};
 
@@ -69,6 +72,50 @@ pub fn next_hop(
         && SBC_EGRESS.get_ifindex(next_hop.ifindex).is_none()
     {
         return Err(Reason::PassRedirectFailed);
+    }
+    Ok(next_hop)
+}
+
+/// The next hop from a memo of this CPU's (`NextHopMemo`), or looked up and remembered there:
+/// `bpf_fib_lookup` is the largest part of a forwarded packet's cost.
+#[inline(always)]
+pub fn remembered_next_hop(
+    ctx: &XdpContext,
+    memo: Option<*mut NextHopMemo>,
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    tot_len: u16,
+    now: u64,
+) -> Result<NextHop, Reason> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    if let Some(memo) = memo {
+        // SAFETY: a per-CPU value, only this CPU touches it.
+        let memo = unsafe { &*memo };
+        if memo.answers(src, dst, ingress, tot_len, now) {
+            return Ok(NextHop {
+                ifindex: memo.egress_ifindex,
+                src_mac: memo.src_mac,
+                dst_mac: memo.dst_mac,
+            });
+        }
+    }
+    let next_hop = next_hop(ctx, src, dst, ports, tot_len)?;
+    if let Some(memo) = memo {
+        // SAFETY: a per-CPU value, only this CPU touches it.
+        unsafe {
+            *memo = NextHopMemo {
+                until_ns: now + NEXT_HOP_MEMO_NS,
+                src,
+                dst,
+                ingress_ifindex: ingress,
+                egress_ifindex: next_hop.ifindex,
+                src_mac: next_hop.src_mac,
+                dst_mac: next_hop.dst_mac,
+                max_len: tot_len,
+                _pad: [0; 2],
+            }
+        };
     }
     Ok(next_hop)
 }

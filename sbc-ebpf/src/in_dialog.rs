@@ -8,16 +8,20 @@
 use aya_ebpf::{
     cty::{c_long, c_void},
     helpers::{
-        bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
+        generated::{bpf_csum_diff, bpf_probe_read_kernel},
     },
     programs::XdpContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use sbc_common::{
     Dialog, DialogEnd, DialogEnded, FlowKey, IpAddress, Reason, SipSelves,
+    checksum::WordSum,
     checksum::{ChecksumUpdate, udp_ipv4},
     sip_forward::{
-        Assembly, FRAME_HEADERS, ForwardScratch, SCAN_STEPS, is_response, plan::OUT_BUFFER,
+        FRAME_HEADERS, ForwardScratch, SCAN_STEPS, is_response,
+        plan::{MAX_PIECES, OUT_BUFFER},
     },
     words::{ScanWindow, Words as _},
 };
@@ -107,11 +111,19 @@ pub fn forward(
                 Reason::from_index(verdict).unwrap_or(Reason::PassSipInDialogForm),
             ));
         }
-        (*scratch).assembly = Assembly::new();
-        run_loop(Assembly::STEPS, assembly_step, &mut steps);
+        (*scratch).written = 0;
+        run_loop(MAX_PIECES, copy_piece, &mut steps);
+        // Zeros after the message: its sum is taken four bytes at a time.
         let len = (*scratch).scan.plan.out_len;
-        Assembly::clear_after(&mut (*scratch).out, len);
-        run_loop(Assembly::sum_steps(len), sum_step, &mut steps);
+        (*scratch)
+            .out
+            .bytes
+            .as_mut_ptr()
+            .add(len & (OUT_BUFFER - 1))
+            .cast::<u64>()
+            .write_unaligned(0);
+        (*scratch).sum = WordSum::new();
+        run_loop(len.div_ceil(SUM_CHUNK), sum_chunk, &mut steps);
     }
     // SAFETY: this CPU's scratch.
     unsafe { (*scratch).dialog_id = dialog_id };
@@ -167,7 +179,7 @@ fn write_out(
             response,
             from,
             to,
-            (*scratch).assembly.sum.folded(),
+            (*scratch).sum.folded(),
             leg_index,
             (*scratch).dialog_id,
         )
@@ -181,7 +193,12 @@ fn write_out(
     let udp_len = (out_len + UdpHdr::LEN) as u16;
     let tot_len = udp_len + Ipv4Hdr::LEN as u16;
     // Where it goes is settled before the frame changes: a refusal passes up the original.
-    let next_hop = forward::next_hop(ctx, src, dst, (from.port, to.port), tot_len)?;
+    // SAFETY: this CPU's scratch; the slot index is masked into its memos.
+    let memo = unsafe { &raw mut (*scratch).next_hops[ForwardScratch::memo_slot(dst)] };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let ports = (from.port, to.port);
+    let next_hop = forward::remembered_next_hop(ctx, Some(memo), src, dst, ports, tot_len, now)?;
     let addresses = Addresses {
         src,
         dst,
@@ -350,26 +367,58 @@ extern "C" fn scan_step(_index: u64, steps: *mut c_void) -> c_long {
     }
 }
 
-/// One step of assembling the message (`Assembly::step`); 1 stops the loop.
-extern "C" fn assembly_step(_index: u64, steps: *mut c_void) -> c_long {
-    // SAFETY: as in `request_step`.
+/// Copies piece `index` of the plan to where the message assembled so far ends (a helper's
+/// copy from map memory to map memory); 1 stops the loop after the last piece.
+extern "C" fn copy_piece(index: u64, steps: *mut c_void) -> c_long {
+    // SAFETY: as in `scan_step`; the copy's destination is masked into the out buffer, which
+    // is twice as long as the mask allows a position or a length to be.
     unsafe {
         let steps = &*steps.cast::<Steps>();
         let scratch = steps.forward;
-        let more =
-            (*scratch)
-                .assembly
-                .step(&(*scratch).scan.plan, &*steps.window, &mut (*scratch).out);
-        c_long::from(!more)
+        let plan = &(*scratch).scan.plan;
+        let index = index as usize;
+        if index >= plan.count {
+            return 1;
+        }
+        let piece = plan.pieces[index & (MAX_PIECES - 1)];
+        let source = if piece.inserted != 0 {
+            plan.inserted.bytes.as_ptr()
+        } else {
+            (*steps.window).bytes.as_ptr()
+        };
+        let len = usize::from(piece.len) & (OUT_BUFFER - 1);
+        let at = (*scratch).written & (OUT_BUFFER - 1);
+        bpf_probe_read_kernel(
+            (*scratch).out.bytes.as_mut_ptr().add(at).cast(),
+            len as u32,
+            source.add(usize::from(piece.offset)).cast(),
+        );
+        (*scratch).written = at + len;
+        0
     }
 }
 
-/// One step of summing the assembled message (`Assembly::sum_step`).
-extern "C" fn sum_step(_index: u64, steps: *mut c_void) -> c_long {
-    // SAFETY: as in `request_step`.
+/// Bytes of the assembled message summed per `bpf_csum_diff` (the helper's most).
+const SUM_CHUNK: usize = 512;
+
+/// Adds chunk `index` of the assembled message to its sum (whole words of four bytes: the
+/// message is followed by zeros).
+extern "C" fn sum_chunk(index: u64, steps: *mut c_void) -> c_long {
+    // SAFETY: as in `copy_piece`; the chunk lies within the out buffer.
     unsafe {
         let scratch = (*steps.cast::<Steps>()).forward;
-        (*scratch).assembly.sum_step(&(*scratch).out);
+        let from = (index as usize * SUM_CHUNK) & (OUT_BUFFER - 1);
+        let left = ((*scratch).scan.plan.out_len.wrapping_sub(from) + 3) & !3;
+        let len = if left > SUM_CHUNK { SUM_CHUNK } else { left };
+        let sum = bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            (*scratch).out.bytes.as_mut_ptr().add(from).cast(),
+            len as u32,
+            0,
+        );
+        // The helper's sum of 32 bits (folded to 16 on some kernels: the same once folded).
+        (*scratch).sum.add(u64::from(sum as u32));
     }
     0
 }

@@ -2,9 +2,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use sbc_common::{
-    Flow, FlowStats, IpAddress, Reason, SourceCheck,
-    checksum::ChecksumUpdate,
-    flow::{NEXT_HOP_MEMO_NS, NextHopMemo, check_source},
+    Flow, IpAddress, Reason, SourceCheck, checksum::ChecksumUpdate, flow::check_source,
 };
 
 use crate::{
@@ -73,7 +71,12 @@ fn try_media(ctx: &XdpContext, packet: &Ipv4Udp, flow: Flow) -> Result<Verdict, 
     // Find the next hop before touching the frame: a refusal must pass up the original bytes.
     // SAFETY: bounds checked by the parser.
     let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
-    let next_hop = remembered_next_hop(ctx, stats, new_src, new_dst, &flow, tot_len, now)?;
+    let memo = stats.map(|stats| {
+        // SAFETY: per-CPU value, only this CPU touches it.
+        unsafe { &raw mut (*stats).next_hop }
+    });
+    let ports = (flow.new_src_port, flow.new_dst_port);
+    let next_hop = forward::remembered_next_hop(ctx, memo, new_src, new_dst, ports, tot_len, now)?;
 
     rewrite(ctx, packet, &flow, new_src, new_dst, &next_hop)?;
     if let Some(stats) = stats {
@@ -84,50 +87,6 @@ fn try_media(ctx: &XdpContext, packet: &Ipv4Udp, flow: Flow) -> Result<Verdict, 
         }
     }
     Ok(forward::send(ctx, &next_hop))
-}
-
-/// The next hop from this CPU's memo for the flow, or looked up (and remembered).
-#[inline(always)]
-fn remembered_next_hop(
-    ctx: &XdpContext,
-    stats: Option<*mut FlowStats>,
-    src: [u8; 4],
-    dst: [u8; 4],
-    flow: &Flow,
-    tot_len: u16,
-    now: u64,
-) -> Result<NextHop, Reason> {
-    let ingress = ctx.ingress_ifindex() as u32;
-    if let Some(stats) = stats {
-        // SAFETY: per-CPU value, only this CPU touches it.
-        let memo = unsafe { &(*stats).next_hop };
-        if memo.answers(src, dst, ingress, tot_len, now) {
-            return Ok(NextHop {
-                ifindex: memo.egress_ifindex,
-                src_mac: memo.src_mac,
-                dst_mac: memo.dst_mac,
-            });
-        }
-    }
-    let ports = (flow.new_src_port, flow.new_dst_port);
-    let next_hop = forward::next_hop(ctx, src, dst, ports, tot_len)?;
-    if let Some(stats) = stats {
-        // SAFETY: per-CPU value, only this CPU touches it.
-        unsafe {
-            (*stats).next_hop = NextHopMemo {
-                until_ns: now + NEXT_HOP_MEMO_NS,
-                src,
-                dst,
-                ingress_ifindex: ingress,
-                egress_ifindex: next_hop.ifindex,
-                src_mac: next_hop.src_mac,
-                dst_mac: next_hop.dst_mac,
-                max_len: tot_len,
-                _pad: [0; 2],
-            }
-        };
-    }
-    Ok(next_hop)
 }
 
 /// Rewrites Ethernet, IPv4 and UDP headers in place, updating both checksums incrementally.

@@ -700,6 +700,21 @@ pub const CASES: &[Case] = &[
         expect: Pass(Reason::PassSipInDialogMismatch),
     },
     Case {
+        name: "parameters_crowded_before_the_tag",
+        sender: Carrier,
+        message: concat!(
+            "BYE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKt3\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: <sip:sipp@203.0.113.5:5060>;a;b;c;d;e;f;tag=c-corpus1\r\n",
+            "To: <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 47 BYE\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogForm),
+    },
+    Case {
         name: "sent_to_our_address",
         sender: Carrier,
         message: concat!(

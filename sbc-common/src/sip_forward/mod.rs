@@ -1,7 +1,7 @@
 //! SIP of established calls forwarded in the kernel, byte for byte as the daemon's proxy
 //! forwards it: the XDP program reads an in-dialog request with `RequestScan`, which builds
-//! a `Plan` of the message to send, and `Assembly` copies it out. Both run the same here and
-//! in the daemon's tests, which compare them with the proxy's own output.
+//! a `Plan` of the message to send, whose pieces are then copied out. The scan runs the same
+//! here and in the daemon's tests, which compare what it plans with the proxy's own output.
 #[cfg(any(test, feature = "user"))]
 pub mod corpus;
 pub mod plan;
@@ -11,12 +11,14 @@ mod start_line;
 pub mod text;
 mod via;
 
-pub use plan::{Assembly, OutBuffer, Plan};
+pub use plan::{OutBuffer, Plan};
 pub use scan::{DialogScan, SCAN_STEPS};
 
 use crate::{
     Reason,
+    checksum::WordSum,
     dialog::{Dialog, SipSelves},
+    flow::NextHopMemo,
     words::{MessageWords, Words},
 };
 
@@ -25,13 +27,31 @@ use crate::{
 #[repr(C)]
 pub struct ForwardScratch {
     pub scan: DialogScan,
-    pub assembly: Assembly,
     pub out: OutBuffer,
+    /// Bytes of `out` the XDP program copied so far, and the sum of the message for its UDP
+    /// checksum.
+    pub written: usize,
+    pub sum: WordSum,
     /// The frame's new Ethernet, IPv4 and UDP headers, written whole by the XDP program (the
     /// frame may grow at its head as well as at its tail).
     pub headers: [u8; FRAME_HEADERS],
     /// The dialogs map's key of the message's dialog (for the XDP program's report).
     pub dialog_id: u64,
+    /// The XDP program's memos of the next hops it sent to, by destination (`memo_slot`):
+    /// in-dialog SIP goes to few addresses (the trunks and backends), over and over.
+    pub next_hops: [NextHopMemo; NEXT_HOP_SLOTS],
+}
+
+/// Next hops a CPU remembers for forwarded SIP (a power of two).
+pub const NEXT_HOP_SLOTS: usize = 8;
+
+impl ForwardScratch {
+    /// The memo slot of next hops to `destination`.
+    #[inline(always)]
+    pub fn memo_slot(destination: [u8; 4]) -> usize {
+        let hash = u32::from_ne_bytes(destination).wrapping_mul(0x9e37_79b9);
+        (hash >> 29) as usize & (NEXT_HOP_SLOTS - 1)
+    }
 }
 
 /// Bytes of Ethernet, IPv4 (no options) and UDP headers.
@@ -101,21 +121,11 @@ fn forward_words(
     if !scan.forwards() {
         return Err(Reason::from_index(scan.verdict()).unwrap_or(Reason::PassSipInDialogForm));
     }
-    scratch.assembly = Assembly::new();
-    for _ in 0..Assembly::STEPS {
-        if !scratch
-            .assembly
-            .step(&scratch.scan.plan, words, &mut scratch.out)
-        {
-            break;
-        }
-    }
-    let len = scratch.scan.plan.out_len;
-    Assembly::clear_after(&mut scratch.out, len);
-    for _ in 0..Assembly::sum_steps(len) {
-        scratch.assembly.sum_step(&scratch.out);
-    }
-    Ok(len)
+    scratch
+        .scan
+        .plan
+        .assemble(words, &mut scratch.out.bytes)
+        .ok_or(Reason::PassSipInDialogSize)
 }
 
 #[cfg(test)]

@@ -1,22 +1,20 @@
 //! How a forwarded message is made from the received one: a list of pieces, each a run of the
 //! received bytes or of text the forwarding inserts, in order. The scan that reads the
 //! message builds the plan as it goes (its edits come in the order of the bytes they touch);
-//! `Assembly` then copies the pieces out a word at a time, a `bpf_loop` step per few words.
-use crate::{
-    checksum::WordSum,
-    words::{SCAN_WINDOW, Words, first_bytes, masked_word},
-};
+//! the pieces are then copied out whole, one after the other (`Plan::assemble` here, a
+//! helper's copy each in the XDP program).
+use crate::words::{SCAN_WINDOW, Words, first_bytes, masked_word};
 
 /// Pieces a plan holds at most, a power of two (each copy of received bytes makes two: the text inserted
 /// before it, perhaps empty, and the copy); a message that needs more goes up.
 pub const MAX_PIECES: usize = 64;
 /// Bytes of inserted text a plan holds at most (a power of two: offsets are masked into it).
 pub const INSERT_BUFFER: usize = 512;
-/// Size of the buffer a message is assembled in (a power of two, as the scan window); the
-/// longest message assembled is a step's overrun shorter.
+/// Longest message assembled, and the mask of positions and lengths in the buffer it is
+/// assembled in (a power of two, as the scan window).
 pub const OUT_BUFFER: usize = SCAN_WINDOW;
-/// Words an assembly step copies at most.
-const COPY_STEP_WORDS: usize = 8;
+/// Zero bytes kept after an assembled message (its sum is taken four bytes at a time).
+pub const OUT_PADDING: usize = 8;
 
 /// A run of bytes: `len` bytes from `offset` in the received message, or in the plan's
 /// inserted text when `inserted` is 1.
@@ -79,7 +77,7 @@ impl Plan {
     pub fn fits(&self) -> bool {
         self.count <= MAX_PIECES
             && self.inserted_len <= INSERT_BUFFER
-            && self.out_len <= OUT_BUFFER - OVERRUN
+            && self.out_len <= OUT_BUFFER - OUT_PADDING
     }
 
     #[inline(always)]
@@ -90,7 +88,8 @@ impl Plan {
             inserted,
             _pad: 0,
         };
-        self.count += 1;
+        // An empty piece is overwritten by the next (each piece costs an assembly step).
+        self.count += usize::from(len != 0);
         self.out_len = self.out_len.wrapping_add(len);
     }
 
@@ -162,125 +161,31 @@ impl Plan {
     }
 }
 
-/// Copying a plan's pieces out into a buffer, `COPY_STEP_WORDS` words a step; then summing
-/// what was assembled for the UDP checksum. Neither looks at a byte to decide what to do with
-/// the next (the XDP verifier follows every such branch as a path of its own): a step copies
-/// whole words, running past the end of its piece into what the next piece overwrites.
-#[repr(C)]
-pub struct Assembly {
-    /// The piece being copied, and how far into it.
-    pub piece: usize,
-    pub within: usize,
-    /// Where the next byte goes.
-    pub at: usize,
-    /// Bytes of the assembled message summed so far, and their sum.
-    pub summed: usize,
-    pub sum: WordSum,
-}
-
-/// What a copy step may write past its piece's end.
-const OVERRUN: usize = COPY_STEP_WORDS * 8;
-
-/// The buffer a message is assembled in: `OUT_BUFFER` bytes and room for a step's overrun.
+/// The buffer a message is assembled in: `OUT_BUFFER` bytes and as many again, so that a
+/// copy of any masked length at any masked position stays within it (what the XDP verifier
+/// checks a helper's copy against).
 #[repr(C, align(8))]
 pub struct OutBuffer {
-    pub bytes: [u8; OUT_BUFFER + OVERRUN],
+    pub bytes: [u8; 2 * OUT_BUFFER],
 }
 
-impl OutBuffer {
-    /// The aligned word `index` (masked into the buffer).
-    #[inline(always)]
-    fn word(&self, index: usize) -> u64 {
-        // SAFETY: the buffer's bytes are 8-aligned (the struct's alignment), longer than N.
-        unsafe { masked_word::<OUT_BUFFER>(&self.bytes, index) }
-    }
-
-    /// Writes `COPY_STEP_WORDS` words from `at` (masked into the buffer, whose spare room
-    /// takes the overrun), the `k`th made by `word(k)`.
-    #[inline(always)]
-    fn write_step(&mut self, at: usize, word: impl Fn(usize) -> u64) {
-        let at = at & (OUT_BUFFER - 1);
-        let mut k = 0;
-        while k < COPY_STEP_WORDS {
-            // SAFETY: `at + 8 * k + 8` is within the buffer (`OUT_BUFFER + OVERRUN` bytes).
-            unsafe {
-                self.bytes
-                    .as_mut_ptr()
-                    .add(at + 8 * k)
-                    .cast::<u64>()
-                    .write_unaligned(word(k).to_le())
-            };
-            k += 1;
+impl Plan {
+    /// The message the plan makes of `message` (whose bytes the plan was made from), written
+    /// to the start of `out`: its length, or `None` if it does not fit there.
+    pub fn assemble(&self, message: &impl Words, out: &mut [u8]) -> Option<usize> {
+        let mut at = 0;
+        for piece in self.pieces.get(..self.count)? {
+            let from = usize::from(piece.offset);
+            let target = out.get_mut(at..at + usize::from(piece.len))?;
+            for (k, byte) in target.iter_mut().enumerate() {
+                *byte = if piece.inserted != 0 {
+                    self.inserted.byte(from + k)
+                } else {
+                    message.byte(from + k)
+                };
+            }
+            at += target.len();
         }
-    }
-}
-
-impl Assembly {
-    pub const fn new() -> Self {
-        Self {
-            piece: 0,
-            within: 0,
-            at: 0,
-            summed: 0,
-            sum: WordSum::new(),
-        }
-    }
-
-    /// Steps an assembly takes at most: a piece of fewer than `OVERRUN` bytes takes one.
-    pub const STEPS: usize = MAX_PIECES + OUT_BUFFER / OVERRUN;
-
-    /// Copies the next `OVERRUN` bytes of the current piece (whole words, from the message or
-    /// the inserted text: both are read, one kept); false when every piece is out.
-    #[inline(always)]
-    pub fn step(&mut self, plan: &Plan, message: &impl Words, out: &mut OutBuffer) -> bool {
-        if self.piece >= plan.count || self.piece >= MAX_PIECES {
-            return false;
-        }
-        let piece = plan.pieces[self.piece % MAX_PIECES];
-        let from = piece.offset as usize + self.within;
-        let inserted = 0u64.wrapping_sub(u64::from(piece.inserted & 1));
-        out.write_step(self.at, |k| {
-            let offset = from + 8 * k;
-            (message.word_at(offset) & !inserted) | (plan.inserted.word_at(offset) & inserted)
-        });
-        let left = piece.len as usize - self.within;
-        let copied = if left < OVERRUN { left } else { OVERRUN };
-        self.at += copied;
-        self.within += copied;
-        if self.within >= piece.len as usize {
-            self.piece += 1;
-            self.within = 0;
-        }
-        true
-    }
-
-    /// Sum steps for a message of `len` bytes.
-    #[inline(always)]
-    pub const fn sum_steps(len: usize) -> usize {
-        len.div_ceil(OVERRUN)
-    }
-
-    /// Clears the bytes after the assembled message that the sum steps read.
-    #[inline(always)]
-    pub fn clear_after(out: &mut OutBuffer, len: usize) {
-        out.write_step(len, |_| 0);
-    }
-
-    /// Adds the next `OVERRUN` assembled bytes to the sum (run `sum_steps` times, after
-    /// `clear_after`: whatever it reads past the message is zero).
-    #[inline(always)]
-    pub fn sum_step(&mut self, out: &OutBuffer) {
-        let mut k = 0;
-        while k < COPY_STEP_WORDS {
-            self.sum.add(out.word(self.summed / 8 + k));
-            k += 1;
-        }
-        self.summed += OVERRUN;
-    }
-}
-
-impl Default for Assembly {
-    fn default() -> Self {
-        Self::new()
+        Some(at)
     }
 }

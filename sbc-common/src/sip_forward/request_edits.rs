@@ -1,53 +1,34 @@
 //! What only a request gets: our Route values removed, Max-Forwards decremented, and the
 //! branch of our Via written once the top Via was hashed.
 use super::{
-    scan::{DialogScan, leading_digits, phase},
+    scan::{DialogScan, differs, leading_digits, phase},
     text::decimal,
 };
 use crate::{
     Reason,
     branch::hex_words,
     dialog::{SELF_TEXT, SipSelves},
-    words::{Words, first_bytes, leading_blanks},
+    words::{Words, leading_blanks},
 };
 
 impl DialogScan {
-    /// A Route value starts at `cursor`: it is held against both of our Record-Route values.
+    /// A Route value starts at `cursor`: it must be one of our two Record-Route values (they
+    /// end with `>`, so that the value can be neither's prefix and be the other); what
+    /// follows must be another value or the line's end (then the whole line goes).
     #[inline(always)]
-    pub(super) fn route_value(&mut self) -> bool {
-        self.compare_word = 0;
-        self.route_matches = 0b11;
-        self.phase = phase::ROUTE_COMPARE;
-        true
-    }
-
-    /// A word of the Route value against each of ours; once one matched whole, what follows
-    /// must be another value or the line's end (then the whole line goes).
-    #[inline(always)]
-    pub(super) fn route_compare(&mut self, message: &impl Words, selves: &SipSelves) -> bool {
-        let k = self.compare_word;
-        let word = message.word_at(self.cursor + 8 * k);
-        let mut matches = self.route_matches;
+    pub(super) fn route_value(&mut self, message: &impl Words, selves: &SipSelves) -> bool {
         let mut matched = 0;
         let mut side = 0;
         while side < 2 {
             let route = &selves.sides[side].route;
             let len = route.len();
-            let n = len.saturating_sub(8 * k);
-            if n == 0 || first_bytes(word, n) != first_bytes(route.word(k), n) {
-                matches &= !(1 << side);
-            } else if n <= 8 {
+            if len != 0 && len <= SELF_TEXT && !differs(message, self.cursor, len, 0, route) {
                 matched = len;
             }
             side += 1;
         }
-        self.route_matches = matches;
-        self.compare_word = k + 1;
         if matched == 0 {
-            if matches == 0 || k >= SELF_TEXT / 8 {
-                return self.pass(Reason::PassSipInDialogRoute);
-            }
-            return true;
+            return self.pass(Reason::PassSipInDialogRoute);
         }
         let after = self.cursor + matched;
         if after >= self.value_end {

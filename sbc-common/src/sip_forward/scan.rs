@@ -23,14 +23,16 @@
 //! body's, Max-Forwards 0 or above 255, a response for a transaction of the daemon's.
 //!
 //! The scan is a state machine stepped line by line (`step`, from `bpf_loop` in the kernel):
-//! each step does one bounded piece of work (no loop within a loop, a step ends right after
-//! choosing among candidates) and keeps everything in `DialogScan`, which the XDP program
-//! keeps in map memory, where the verifier tracks no values.
+//! a step reads a whole line of the common length (its name classified, its end found), or a
+//! value (compared, searched or hashed up to eight words at once); no loop within a loop, and
+//! what was chosen among candidates is read back from memory before the step goes on (the
+//! verifier then follows one state, not one per candidate). Everything lives in `DialogScan`,
+//! which the XDP program keeps in map memory, where the verifier tracks no values.
 use super::plan::Plan;
 use crate::{
     Reason,
     call_id::SCAN_BUFFER,
-    dialog::{CALL_ID_TEXT, Dialog, DialogLeg, MAX_STRIPPED, SipSelves, TAG_TEXT},
+    dialog::{CALL_ID_TEXT, Dialog, DialogLeg, MAX_STRIPPED, SipSelves, TAG_TEXT, Text},
     words::{
         HIGHS, ONES, Words, bytes_equal, first_below_bang, first_bytes, first_flagged_byte,
         is_blank, leading_blanks,
@@ -49,12 +51,10 @@ pub(super) mod phase {
     pub const VIA_HASH: u32 = 7;
     pub const VIA_EDIT: u32 = 8;
     pub const ROUTE_VALUE: u32 = 9;
-    pub const ROUTE_COMPARE: u32 = 10;
     pub const MAX_FORWARDS: u32 = 11;
     pub const CALL_ID: u32 = 12;
     pub const COMPARE: u32 = 13;
     pub const TAG_SEARCH: u32 = 14;
-    pub const TAG_FOUND: u32 = 15;
     pub const CSEQ: u32 = 16;
     pub const CONTENT_LENGTH: u32 = 17;
     pub const CONTENT_TYPE: u32 = 18;
@@ -62,12 +62,11 @@ pub(super) mod phase {
     pub const END: u32 = 20;
     pub const DONE: u32 = 21;
     pub const SOURCE: u32 = 22;
-    pub const CLASSIFY: u32 = 23;
-    pub const STATUS: u32 = 24;
-    pub const POP_VIA: u32 = 25;
-    pub const POP_VIA_END: u32 = 26;
-    pub const NEXT_VIA: u32 = 27;
-    pub const NEXT_VIA_PARAMS: u32 = 28;
+    pub const STATUS: u32 = 23;
+    pub const POP_VIA: u32 = 24;
+    pub const POP_VIA_END: u32 = 25;
+    pub const NEXT_VIA: u32 = 26;
+    pub const NEXT_VIA_PARAMS: u32 = 27;
 }
 
 /// The headers the scan tells apart (`RequestScan::seen` has a bit for each).
@@ -107,6 +106,8 @@ pub(super) mod expected {
 
 /// Words a search looks through per step for what it looks for.
 const SEARCH_STEP_WORDS: usize = 8;
+/// Words of a value compared per step.
+const COMPARE_STEP_WORDS: usize = 8;
 /// Longest Request-URI, and longest header line the scan edits or checks.
 pub(super) const LINE_MAX: usize = 512;
 /// Steps a scan may take: one per line start and a few per line it reads, and per word.
@@ -190,8 +191,6 @@ pub struct DialogScan {
     pub compare_word: usize,
     pub compare_text: u32,
     pub compare_then: u32,
-    /// A Route value held against our two Record-Route values: which still match.
-    pub route_matches: u32,
     /// The top Via: where a bare `rport` ends (0: none), whether `received` is added, where
     /// the first value ends.
     pub rport_end: usize,
@@ -297,6 +296,50 @@ pub(super) fn find(
     }
 }
 
+/// The index of the highest byte whose high bit is set in `flags` (not zero, only high bits
+/// set): the flags smeared down to the lowest byte, and the top one isolated.
+#[inline(always)]
+pub(super) const fn last_flagged_byte(flags: u64) -> usize {
+    let mut below = flags | flags >> 8;
+    below |= below >> 16;
+    below |= below >> 32;
+    first_flagged_byte(below & !(below >> 8))
+}
+
+/// Whether `;tag=` (any case) is at `at`.
+#[inline(always)]
+fn is_tag(message: &impl Words, at: usize) -> bool {
+    lower(first_bytes(message.word_at(at), 5)) == u64::from_le_bytes(*b";tag=\0\0\0")
+}
+
+/// Whether the words from word `first` (`COMPARE_STEP_WORDS` of them) of the `len` bytes at
+/// `at` differ from `text`'s: whole words first, then the last, partial one if it is among
+/// them (few values live at once: the verifier's stack is small).
+#[inline(always)]
+pub(super) fn differs(
+    message: &impl Words,
+    at: usize,
+    len: usize,
+    first: usize,
+    text: &impl Words,
+) -> bool {
+    let mut difference = 0;
+    let mut i = 0;
+    while i < COMPARE_STEP_WORDS {
+        let k = first + i;
+        if 8 * k + 8 <= len {
+            difference |= message.word_at(at + 8 * k) ^ text.word(k);
+        }
+        i += 1;
+    }
+    let last = len / 8;
+    if last >= first && last < first + COMPARE_STEP_WORDS {
+        let partial = (1u64 << (8 * (len % 8))) - 1;
+        difference |= (message.word_at(at + 8 * last) ^ text.word(last)) & partial;
+    }
+    difference != 0
+}
+
 impl DialogScan {
     /// Sets up a scan of a `len`-byte message on `leg` of a dialog: a request from `source`
     /// (`source_port`), or a `response` (going to the leg's party, whatever it came from);
@@ -377,8 +420,7 @@ impl DialogScan {
             phase::STATUS => self.status(message),
             phase::URI => self.uri(message, dialog),
             phase::VERSION => self.version(message, selves),
-            phase::BEGIN_LINE => self.begin_line(message),
-            phase::CLASSIFY => self.classify(selves),
+            phase::BEGIN_LINE => self.begin_line(message, selves),
             phase::FIND_LINE_END => self.find_line_end(message),
             phase::VIA => self.via(message),
             phase::VIA_PARAMS => self.via_params(message),
@@ -388,13 +430,11 @@ impl DialogScan {
             phase::POP_VIA_END => self.pop_via_end(message),
             phase::NEXT_VIA => self.next_via(message),
             phase::NEXT_VIA_PARAMS => self.next_via_params(message),
-            phase::ROUTE_VALUE => self.route_value(),
-            phase::ROUTE_COMPARE => self.route_compare(message, selves),
+            phase::ROUTE_VALUE => self.route_value(message, selves),
             phase::MAX_FORWARDS => self.max_forwards(message),
             phase::CALL_ID => self.call_id(dialog),
             phase::COMPARE => self.compare(message, dialog, selves),
-            phase::TAG_SEARCH => self.tag_search(message),
-            phase::TAG_FOUND => self.tag_found(message, dialog),
+            phase::TAG_SEARCH => self.tag_search(message, dialog),
             phase::CSEQ => self.cseq(message),
             phase::CONTENT_LENGTH => self.content_length(message),
             phase::CONTENT_TYPE => self.content_type(message),
@@ -404,10 +444,11 @@ impl DialogScan {
         }
     }
 
-    /// A new line at `next`: the blank line that ends the headers, or a header to classify
-    /// by its name's key.
+    /// A new line at `next`: the blank line that ends the headers, or a header classified by
+    /// its name's key, its end found and its value handed to its reader (one step for a line
+    /// of up to `SEARCH_STEP_WORDS` words, the common case).
     #[inline(always)]
-    pub(super) fn begin_line(&mut self, message: &impl Words) -> bool {
+    pub(super) fn begin_line(&mut self, message: &impl Words, selves: &SipSelves) -> bool {
         let line = self.next;
         if line >= self.len {
             return self.pass(Reason::PassSipInDialogForm);
@@ -464,15 +505,22 @@ impl DialogScan {
         self.class = class;
         self.name_key = key;
         self.name_end = line + name_len;
-        self.phase = phase::CLASSIFY;
-        true
+        self.classify(selves) && self.find_line_end(message)
     }
 
-    /// What the line's header means for the scan (a step of its own, as `source`): one the
-    /// scan reads, one removed on the way out, or another.
+    /// The class of the line being read, read back from the scan's memory: the verifier then
+    /// follows one state from here, not one per header name the class was chosen among.
+    #[inline(always)]
+    fn line_class(&self) -> u32 {
+        // SAFETY: a field of `self`.
+        unsafe { core::ptr::read_volatile(&raw const self.class) }
+    }
+
+    /// What the line's header means for the scan: one the scan reads, one removed on the way
+    /// out, or another.
     #[inline(always)]
     fn classify(&mut self, selves: &SipSelves) -> bool {
-        let mut class = self.class & 31;
+        let mut class = self.line_class() & 31;
         // Route, Max-Forwards and Proxy-Require mean nothing to a response.
         if self.response != 0
             && (class == header::ROUTE
@@ -537,7 +585,7 @@ impl DialogScan {
         } else {
             feed
         };
-        if self.class == header::OTHER {
+        if self.line_class() == header::OTHER {
             self.phase = phase::BEGIN_LINE;
             return true;
         }
@@ -565,7 +613,7 @@ impl DialogScan {
             (_, 0) => phase::POP_VIA,
             _ => phase::NEXT_VIA,
         };
-        self.phase = match self.class {
+        self.phase = match self.line_class() {
             header::VIA => via,
             header::ROUTE => phase::ROUTE_VALUE,
             header::MAX_FORWARDS => phase::MAX_FORWARDS,
@@ -600,59 +648,84 @@ impl DialogScan {
         true
     }
 
-    /// A word of a value against one of the texts it must be; `compare_then` once all
-    /// matched.
+    /// `COMPARE_STEP_WORDS` words of a value against one of the texts it must be;
+    /// `compare_then` once all matched.
     #[inline(always)]
-    fn compare(&mut self, message: &impl Words, dialog: &Dialog, selves: &SipSelves) -> bool {
-        let k = self.compare_word;
-        let n = self.compare_len.saturating_sub(8 * k);
-        if n == 0 {
-            self.phase = self.compare_then;
-            return true;
-        }
-        let expected = match self.compare_text {
-            expected::CALL_ID => dialog.call_id.word(k),
-            expected::CALLER_TAG => dialog.tags[0].word(k),
-            expected::CALLEE_TAG => dialog.tags[1].word(k),
+    pub(super) fn compare(
+        &mut self,
+        message: &impl Words,
+        dialog: &Dialog,
+        selves: &SipSelves,
+    ) -> bool {
+        // The texts of 64 bytes chosen first: one comparison for them all.
+        let short: &Text<TAG_TEXT> = match self.compare_text {
+            expected::CALLER_TAG => &dialog.tags[0],
+            expected::CALLEE_TAG => &dialog.tags[1],
             // Ours on the side a response arrives on: the other than it leaves on.
-            _ => selves.sides[usize::from(self.out_side & 1 ^ 1)].via.word(k),
+            _ => &selves.sides[usize::from(self.out_side & 1 ^ 1)].via,
         };
-        let word = message.word_at(self.compare_at + 8 * k);
-        if first_bytes(word, n) != first_bytes(expected, n) {
+        let differs = if self.compare_text == expected::CALL_ID {
+            self.value_differs(message, &dialog.call_id)
+        } else {
+            self.value_differs(message, short)
+        };
+        if differs {
             return self.pass(Reason::PassSipInDialogMismatch);
         }
-        self.compare_word = k + 1;
+        self.compare_word += COMPARE_STEP_WORDS;
+        if 8 * self.compare_word >= self.compare_len {
+            self.phase = self.compare_then;
+        }
         true
     }
 
-    /// From or To, a mark (`;` or `>`) a step: the last `;tag=` after the last `>` (the
-    /// header's, not its URI's).
+    /// Whether the compared value's next words differ from `text`'s.
     #[inline(always)]
-    fn tag_search(&mut self, message: &impl Words) -> bool {
-        let marks = |word: u64| bytes_equal(word, b';') | bytes_equal(word, b'>');
-        let mark = match find(message, self.cursor, marks) {
-            Ok(mark) if mark < self.value_end => mark,
-            Ok(_) => {
-                self.phase = phase::TAG_FOUND;
-                return true;
+    fn value_differs(&self, message: &impl Words, text: &impl Words) -> bool {
+        differs(
+            message,
+            self.compare_at,
+            self.compare_len,
+            self.compare_word,
+            text,
+        )
+    }
+
+    /// From or To, `SEARCH_STEP_WORDS` words a step: the last `;tag=` and the last `>` (the
+    /// tag must follow it: it is the header's, not its URI's). A word with more than two
+    /// `;` (parameters of a letter or two) goes up rather than being looked at closer.
+    #[inline(always)]
+    fn tag_search(&mut self, message: &impl Words, dialog: &Dialog) -> bool {
+        let mut crowded = 0;
+        let mut k = 0;
+        while k < SEARCH_STEP_WORDS {
+            let at = self.cursor + 8 * k;
+            let word = first_bytes(message.word_at(at), self.value_end.saturating_sub(at));
+            let closes = bytes_equal(word, b'>');
+            if closes != 0 {
+                self.last_close = at + last_flagged_byte(closes);
             }
-            Err(on) => {
-                self.cursor = on;
-                if on >= self.value_end {
-                    self.phase = phase::TAG_FOUND;
+            let marks = bytes_equal(word, b';');
+            if marks != 0 {
+                let (first, last) = (first_flagged_byte(marks), last_flagged_byte(marks));
+                if is_tag(message, at + first) {
+                    self.tag_at = at + first + 5;
                 }
-                return true;
+                if is_tag(message, at + last) {
+                    self.tag_at = at + last + 5;
+                }
+                crowded |= marks & !(0x80 << (8 * first)) & !(0x80 << (8 * last));
             }
-        };
-        if message.byte(mark) == b'>' {
-            self.last_close = mark;
-        } else if lower(first_bytes(message.word_at(mark + 1), 4))
-            == u64::from(u32::from_le_bytes(*b"tag="))
-        {
-            self.tag_at = mark + 5;
+            k += 1;
         }
-        self.cursor = mark + 1;
-        true
+        if crowded != 0 {
+            return self.pass(Reason::PassSipInDialogForm);
+        }
+        self.cursor += 8 * SEARCH_STEP_WORDS;
+        if self.cursor < self.value_end {
+            return true;
+        }
+        self.tag_found(message, dialog)
     }
 
     /// The tag found is the one this header must carry: From the sender's, To the other's.
@@ -813,5 +886,21 @@ impl DialogScan {
         }
         self.phase = phase::DONE;
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every combination of flagged bytes: the highest flagged one is found.
+    #[test]
+    fn the_last_flagged_byte_is_the_highest() {
+        for bits in 1u32..256 {
+            let flags = (0..8)
+                .filter(|byte| bits & (1 << byte) != 0)
+                .fold(0u64, |flags, byte| flags | 0x80 << (8 * byte));
+            assert_eq!(last_flagged_byte(flags), 31 - bits.leading_zeros() as usize);
+        }
     }
 }
