@@ -76,6 +76,7 @@ reasons! {
     PassSipInDialogTrying = "pass_sip_in_dialog_trying": "100 Trying to an in-dialog request (hop by hop: the daemon drops it)",
     PassSipResponseStateful = "pass_sip_response_stateful": "response to an INVITE (its answer may change the call), or to a request the daemon forwarded in a transaction of its own",
     DropSipRewriteFailed = "drop_sip_rewrite_failed": "in-dialog SIP lost: its frame could not be rewritten once resized (should never happen)",
+    PassSipCopyFailed = "pass_sip_copy_failed": "in-dialog SIP passed up whole: the kernel could not copy or sum its pieces (should never happen)",
 }
 
 #[cfg(test)]

@@ -50,19 +50,18 @@ struct Steps {
 }
 
 /// The in-dialog message in `window` (the guard's copy of the datagram, its Call-ID hashed
-/// to `dialog_id`): forwarded, or passed up with a reason; `None` when it belongs to no
-/// dialog the kernel forwards (the guard's verdict stands).
+/// to `dialog_id`, whose entry is `dialog`): forwarded, or passed up with a reason; `None`
+/// when it belongs to no dialog the kernel forwards (the guard's verdict stands).
 #[inline(always)]
 pub fn forward(
     packet: &Ipv4Udp,
     window: *const ScanWindow,
-    dialog_id: u64,
+    (dialog_id, dialog): (u64, *mut Dialog),
     seed: u64,
 ) -> Option<Verdict> {
     if packet.vlan_tagged {
         return None;
     }
-    let dialog = SBC_DIALOGS.get_ptr_mut(dialog_id)?;
     let (ip, udp) = (packet.ip, packet.udp);
     // SAFETY: the parser bounds-checked both headers; `window` is this CPU's scratch, its
     // first bytes copied from this datagram.
@@ -124,6 +123,10 @@ pub fn forward(
             .write_unaligned(0);
         (*scratch).sum = WordSum::new();
         run_loop(len.div_ceil(SUM_CHUNK), sum_chunk, &mut steps);
+        // A helper that failed left `written` short of the message.
+        if (*scratch).written != len {
+            return Some(Verdict::pass(Reason::PassSipCopyFailed));
+        }
     }
     // SAFETY: this CPU's scratch.
     unsafe { (*scratch).dialog_id = dialog_id };
@@ -368,7 +371,8 @@ extern "C" fn scan_step(_index: u64, steps: *mut c_void) -> c_long {
 }
 
 /// Copies piece `index` of the plan to where the message assembled so far ends (a helper's
-/// copy from map memory to map memory); 1 stops the loop after the last piece.
+/// copy from map memory to map memory); 1 stops the loop after the last piece, or at a copy
+/// that failed.
 extern "C" fn copy_piece(index: u64, steps: *mut c_void) -> c_long {
     // SAFETY: as in `scan_step`; the copy's destination is masked into the out buffer, which
     // is twice as long as the mask allows a position or a length to be.
@@ -388,11 +392,14 @@ extern "C" fn copy_piece(index: u64, steps: *mut c_void) -> c_long {
         };
         let len = usize::from(piece.len) & (OUT_BUFFER - 1);
         let at = (*scratch).written & (OUT_BUFFER - 1);
-        bpf_probe_read_kernel(
+        let copied = bpf_probe_read_kernel(
             (*scratch).out.bytes.as_mut_ptr().add(at).cast(),
             len as u32,
             source.add(usize::from(piece.offset)).cast(),
         );
+        if copied != 0 {
+            return 1;
+        }
         (*scratch).written = at + len;
         0
     }
@@ -402,7 +409,7 @@ extern "C" fn copy_piece(index: u64, steps: *mut c_void) -> c_long {
 const SUM_CHUNK: usize = 512;
 
 /// Adds chunk `index` of the assembled message to its sum (whole words of four bytes: the
-/// message is followed by zeros).
+/// message is followed by zeros); a sum that failed clears `written` and stops the loop.
 extern "C" fn sum_chunk(index: u64, steps: *mut c_void) -> c_long {
     // SAFETY: as in `copy_piece`; the chunk lies within the out buffer.
     unsafe {
@@ -417,6 +424,10 @@ extern "C" fn sum_chunk(index: u64, steps: *mut c_void) -> c_long {
             len as u32,
             0,
         );
+        if sum < 0 {
+            (*scratch).written = 0;
+            return 1;
+        }
         // The helper's sum of 32 bits (folded to 16 on some kernels: the same once folded).
         (*scratch).sum.add(u64::from(sum as u32));
     }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use network_types::udp::UdpHdr;
 use sbc_common::{
-    Block, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
+    Block, Dialog, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
     call_id::{CallIdScan, SCAN_BUFFER, Words as _},
     guard::{GuardTables, GuardedDatagram, decide, is_invite},
 };
@@ -42,9 +42,10 @@ pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
     };
     // SAFETY: the parser bounds-checked the IPv4 header.
     let source = IpAddress::from_ipv4(unsafe { (*packet.ip).src_addr });
+    let mut maps = GuardMaps { dialog: None };
     let decision = decide(
         config,
-        &mut GuardMaps,
+        &mut maps,
         &source,
         || Payload::copy(ctx, packet),
         // The coarse clock (a tick's resolution, within a tick of the daemon's CLOCK_MONOTONIC)
@@ -56,30 +57,30 @@ pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
         return Verdict::drop(decision.reason);
     }
     // What the guard lets up may be an established call's request the kernel forwards itself.
-    let scanned = match decision.reason {
-        Reason::PassSipDialog => true,
-        Reason::PassSipUnlimited | Reason::PassSipUnguarded => false,
+    let found = match decision.reason {
+        Reason::PassSipDialog => maps.dialog,
+        Reason::PassSipUnlimited | Reason::PassSipUnguarded => None,
         _ => return Verdict::pass(decision.reason),
     };
-    forward_in_dialog(ctx, packet, config.dialog_seed, scanned)
+    forward_in_dialog(ctx, packet, config.dialog_seed, found)
         .unwrap_or(Verdict::pass(decision.reason))
 }
 
 /// The datagram forwarded as an established call's in-dialog SIP, or passed up for a reason
-/// of its own; `None` when it is no such call's. The guard scanned its Call-ID already when
-/// `scanned`; a source it does not limit (a backend) is scanned only now, and not for an
-/// INVITE.
+/// of its own; `None` when it is no such call's. The guard found its dialog already when it
+/// scanned it (`found`); a source it does not limit (a backend) is scanned only now, and not
+/// for an INVITE.
 #[inline(always)]
 fn forward_in_dialog(
     ctx: &XdpContext,
     packet: &Ipv4Udp,
     seed: u64,
-    scanned: bool,
+    found: Option<*mut Dialog>,
 ) -> Option<Verdict> {
     let scratch = SBC_SCAN.get_ptr_mut(0)?;
-    let dialog_id = if scanned {
+    let (dialog_id, dialog) = if let Some(dialog) = found {
         // SAFETY: this CPU's scratch, where the guard's scan of this datagram left its result.
-        unsafe { (*scratch).scan.result() }?
+        (unsafe { (*scratch).scan.result() }?, dialog)
     } else {
         // A source the guard lets through unread (a backend, an unlimited trunk, everyone
         // with the guard off) is read for a dialog only if it is no INVITE, told by the
@@ -91,18 +92,22 @@ fn forward_in_dialog(
         if is_invite(u64::from_le_bytes(unsafe { *head })) {
             return None;
         }
-        Payload::copy(ctx, packet)?.call_id_hash(seed)?
+        let dialog_id = Payload::copy(ctx, packet)?.call_id_hash(seed)?;
+        (dialog_id, SBC_DIALOGS.get_ptr_mut(dialog_id)?)
     };
     // SAFETY: this CPU's scratch, holding this datagram's first bytes.
     let window = unsafe { &raw const (*scratch).window };
-    in_dialog::forward(packet, window, dialog_id, seed)
+    in_dialog::forward(packet, window, (dialog_id, dialog), seed)
 }
 
-/// The guard's tables are the program's maps. Values are changed in place through pointers
+/// The guard's tables are the program's maps; the entry of the dialog a datagram was found to
+/// belong to is kept for its forwarding (one lookup of the dialogs map, not two). Values are changed in place through pointers
 /// into the maps: two CPUs may update one source's bucket or block at once and lose a refill,
 /// a token or a count, so limits are approximate by that much; a lock would cost every packet
 /// more than the error is worth.
-struct GuardMaps;
+struct GuardMaps {
+    dialog: Option<*mut Dialog>,
+}
 
 impl GuardTables for GuardMaps {
     #[inline(always)]
@@ -117,6 +122,7 @@ impl GuardTables for GuardMaps {
         };
         // SAFETY: a pointer into the map value just looked up.
         count(unsafe { &raw mut (*entry).packets });
+        self.dialog = Some(entry);
         true
     }
 

@@ -912,6 +912,8 @@ fn verifier_cost_stays_within_budget() {
 #[test]
 fn next_hops_are_remembered_briefly_and_follow_changes() {
     require_lab_privileges();
+    // The memo is per CPU: every run must see what the one before left there.
+    stay_on_this_cpu();
     let fixture = fixture();
     netns::enter(&fixture.sbc.name).unwrap();
     let mut program = Program::load();
@@ -963,4 +965,21 @@ fn next_hops_are_remembered_briefly_and_follow_changes() {
     let (key, value) = flow(&spec((HAIRPIN_PEER, 50004)));
     program.install(key, value);
     assert_eq!(dst_mac(&mut program), HAIRPIN_MAC);
+}
+
+/// Keeps the calling thread on the CPU it runs on (test runs execute on the caller's CPU).
+fn stay_on_this_cpu() {
+    // SAFETY: sched_getcpu has no preconditions; a zeroed cpu_set_t is empty and CPU_SET
+    // writes within it; pid 0 is the calling thread.
+    unsafe {
+        let cpu = usize::try_from(libc::sched_getcpu()).expect("sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
