@@ -271,26 +271,30 @@ pub(super) fn trailing_blanks(message: &impl Words, from: usize, end: usize) -> 
     if count > span { span } else { count }
 }
 
-/// The first byte from `from` (up to `SEARCH_STEP_WORDS` words on) that `marks` flags; `Err`
-/// with where to go on when there is none that far.
+/// The first byte from `from` on (within the `SEARCH_STEP_WORDS` aligned words from the one
+/// holding it) that `marks` flags; `Err` with where to go on when there is none that far.
+/// Aligned words are one read each; the bytes before `from` in the first are made DEL, which
+/// no search looks for and which stops no borrow test (see `first_below_bang`).
 #[inline(always)]
 pub(super) fn find(
     message: &impl Words,
     from: usize,
     marks: impl Fn(u64) -> u64,
 ) -> Result<usize, usize> {
-    let mut flags = 0;
-    let mut at = from;
-    let mut k = 0;
+    let first = from / 8;
+    let kept = !((1u64 << (8 * (from % 8))) - 1);
+    let mut flags = marks((message.word(first) & kept) | (ONES * 0x7f & !kept));
+    let mut at = 8 * first;
+    let mut k = 1;
     while k < SEARCH_STEP_WORDS {
         if flags == 0 {
-            at = from + 8 * k;
-            flags = marks(message.word_at(at));
+            at = 8 * (first + k);
+            flags = marks(message.word(first + k));
         }
         k += 1;
     }
     if flags == 0 {
-        Err(from + 8 * SEARCH_STEP_WORDS)
+        Err(8 * (first + SEARCH_STEP_WORDS))
     } else {
         Ok(at + first_flagged_byte(flags))
     }
