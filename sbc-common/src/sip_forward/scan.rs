@@ -283,7 +283,7 @@ pub(super) fn find(
 ) -> Result<usize, usize> {
     let first = from / 8;
     let kept = !((1u64 << (8 * (from % 8))) - 1);
-    let mut flags = marks((message.word(first) & kept) | (ONES * 0x7f & !kept));
+    let mut flags = marks((message.word(first) & kept) | ((ONES * 0x7f) & !kept));
     let mut at = 8 * first;
     let mut k = 1;
     while k < SEARCH_STEP_WORDS {
