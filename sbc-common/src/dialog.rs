@@ -171,6 +171,23 @@ impl Dialog {
             _pad: [0; 5],
         },
     };
+
+    /// This dialog as the daemon describes it, with what the kernel keeps in `held`, the
+    /// entry it holds: the packets counted, per leg the counts, the highest CSeq and the last
+    /// BYE's time, and an end it recorded. (A dialog is rewritten when its targets change;
+    /// what the kernel learnt meanwhile must not be lost.)
+    pub fn keeping_kernel_state(self, held: &Dialog) -> Dialog {
+        let mut dialog = self;
+        dialog.packets = held.packets;
+        for (leg, held) in dialog.legs.iter_mut().zip(&held.legs) {
+            leg.cseq = held.cseq;
+            leg.requests = held.requests;
+            leg.responses = held.responses;
+            leg.bye_ns = held.bye_ns;
+        }
+        dialog.ended = held.ended;
+        dialog
+    }
 }
 
 impl Default for Dialog {
@@ -237,3 +254,37 @@ const _: () = assert!(
     core::mem::size_of::<SipSelf>()
         == 20 + 4 + 2 * (SELF_TEXT + 8) + MAX_STRIPPED * (HEADER_NAME_TEXT + 8) + 8
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dialog rewritten with new targets keeps what the kernel counted and recorded, and
+    /// takes everything else from the daemon's description.
+    #[test]
+    fn a_rewritten_dialog_keeps_the_kernels_state() {
+        let mut held = Dialog::KNOWN;
+        held.packets = 7;
+        held.legs[0].cseq = 41;
+        held.legs[1].requests = 3;
+        held.legs[1].responses = 2;
+        held.legs[1].bye_ns = 99;
+        held.ended.at_ns = 1234;
+        let mut described = Dialog::KNOWN;
+        described.legs[0].request_uri_hash = 5;
+        described.legs[0].flags = LEG_FORWARD;
+        described.legs[0].target = FlowKey::udp(IpAddress::from_ipv4([10, 0, 0, 99]), 5070);
+        let rewritten = described.keeping_kernel_state(&held);
+        assert_eq!(rewritten.packets, 7);
+        assert_eq!(rewritten.legs[0].cseq, 41);
+        assert_eq!(
+            (rewritten.legs[1].requests, rewritten.legs[1].responses),
+            (3, 2)
+        );
+        assert_eq!(rewritten.legs[1].bye_ns, 99);
+        assert_eq!(rewritten.ended.at_ns, 1234);
+        assert_eq!(rewritten.legs[0].target, described.legs[0].target);
+        assert_eq!(rewritten.legs[0].request_uri_hash, 5);
+        assert_eq!(rewritten.legs[0].flags, LEG_FORWARD);
+    }
+}

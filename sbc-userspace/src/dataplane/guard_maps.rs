@@ -115,12 +115,15 @@ impl GuardMaps {
             .with_context(|| format!("adding a dialog to the kernel map (capacity {MAX_DIALOGS})"))
     }
 
-    /// What the program needs to forward an established dialog's SIP; the guard's count of
-    /// its datagrams so far stays.
+    /// What the program needs to forward an established dialog's SIP; what the kernel keeps
+    /// in an entry it holds (counts, CSeqs, an end) stays (`Dialog::keeping_kernel_state`).
     pub fn set_dialog(&mut self, id: u64, dialog: Dialog) -> anyhow::Result<()> {
-        let packets = self.dialogs.get(&id, 0).map_or(0, |old| old.packets);
+        let dialog = match self.dialogs.get(&id, 0) {
+            Ok(held) => dialog.keeping_kernel_state(&held),
+            Err(_) => dialog,
+        };
         self.dialogs
-            .insert(id, Dialog { packets, ..dialog }, 0)
+            .insert(id, dialog, 0)
             .context("writing a dialog to the kernel map")
     }
 

@@ -46,7 +46,8 @@ pub struct Call {
     pub bye_forwarded: Option<Instant>,
 }
 
-fn contact_uri(message: &Message) -> Option<String> {
+/// The URI of a message's first Contact.
+pub(super) fn contact_uri(message: &Message) -> Option<String> {
     address::parse_list(message.value("contact")?)
         .ok()?
         .into_iter()

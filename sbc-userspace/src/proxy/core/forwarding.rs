@@ -67,7 +67,8 @@ impl Forwarding {
     }
 }
 
-fn tag_of(party_address: &str) -> Option<String> {
+/// The tag in a From or To value.
+pub(super) fn tag_of(party_address: &str) -> Option<String> {
     address::parse(party_address).ok()?.tag().map(str::to_owned)
 }
 

@@ -24,6 +24,7 @@ mod no_audio;
 pub mod record;
 mod requests;
 mod responses;
+mod target_refresh;
 #[cfg(test)]
 mod tests;
 pub(super) mod transactions;

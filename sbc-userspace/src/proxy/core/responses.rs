@@ -194,6 +194,11 @@ impl Core {
         }
         let bytes = editor.finish();
         if let (true, Some(call)) = (method == Method::Invite, &call) {
+            if (200..300).contains(&code) {
+                let request = self.server.get(server_key).map(|tx| tx.request.clone());
+                // Persisted below with the rest of the answer.
+                self.refresh_targets(call, request.as_ref(), message);
+            }
             self.invite_progress(call, (message, from), code, cancelled);
             if (200..300).contains(&code) {
                 // Answered, or re-INVITEd (a new target or media): what a restart needs.
@@ -366,6 +371,14 @@ impl Core {
             .increment((side.other(), method, response.code));
         let bytes = editor.finish();
         self.send(side.other(), destination, bytes);
+        // The 2xx to a re-INVITE the kernel forwarded: the answerer's target may be new.
+        if response.cseq_method == Method::Invite
+            && (200..300).contains(&response.code)
+            && let Some(call) = self.find_call_of_response(message, response)
+            && self.refresh_targets(&call, None, message)
+        {
+            self.persist(&call);
+        }
         // A BYE's final response ends its call, whoever forwarded the BYE.
         if response.cseq_method == Method::Bye
             && response.code >= 200

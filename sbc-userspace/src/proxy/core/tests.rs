@@ -739,6 +739,10 @@ const CASES: &[Case] = &[
         name: "the kernel's forwarding plan matches the proxy on every case of the corpus",
         play: kernel_forwarding_matches_the_proxy,
     },
+    Case {
+        name: "a re-INVITE's answer with a new Contact refreshes the target, in the kernel too",
+        play: reinvite_refreshes_the_target,
+    },
 ];
 
 #[test]
@@ -1172,6 +1176,44 @@ fn reinvite_reanchors() {
         Some(&(1, Leg::A, addr("203.0.113.9:41000"))),
         "the carrier's new media address announced"
     );
+}
+
+fn reinvite_refreshes_the_target() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "refreshed");
+    let reinvite = dialog.carrier_request("INVITE", "re", Some(&sdp("203.0.113.5", 41000)));
+    lab.carrier_sends(&reinvite);
+    let sent = lab.take_sent();
+    let reinvite = sent
+        .into_iter()
+        .find(|s| s.method() == Some("INVITE"))
+        .expect("the re-INVITE forwarded");
+    // The backend answers from where it always did, naming another address to reach it at.
+    let moved = addr("10.0.0.99:5070");
+    let answer = response(&reinvite, 200, "", moved, Some(&sdp("10.0.0.10", 50000)));
+    lab.guard.clear();
+    lab.backend_sends(dialog.backend, &answer);
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
+    // The kernel's caller leg now goes to the new Contact; the callee's is unchanged.
+    match &lab.guard[..] {
+        [GuardUpdate::DialogForwarding(forwarding)] => {
+            let [Some(caller), Some(callee)] = &forwarding.legs else {
+                panic!("both legs forwarded: {forwarding:?}");
+            };
+            assert_eq!(caller.target, moved);
+            assert_eq!(caller.request_uri, format!("sip:alice@{moved}"));
+            assert_eq!(callee.target, addr(CARRIER));
+        }
+        other => panic!("one forwarding update expected: {other:?}"),
+    }
+    // A retransmitted answer names nothing new: no second update.
+    lab.backend_sends(dialog.backend, &answer);
+    lab.take_sent();
+    assert_eq!(lab.guard.len(), 1);
+    // The daemon's own requests go there too: its BYE at hang-up.
+    lab.input(Input::HangUpAll);
+    let sent = lab.take_sent();
+    assert_eq!(sent_to(&sent, &moved.to_string()).method(), Some("BYE"));
 }
 
 fn bye_ends_the_call() {
