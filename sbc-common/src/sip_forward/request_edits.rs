@@ -1,14 +1,15 @@
 //! What only a request gets: our Route values removed, Max-Forwards decremented, and the
 //! branch of our Via written once the top Via was hashed.
 use super::{
-    scan::{DialogScan, differs, leading_digits, phase},
+    scan::{DialogScan, differs, find, leading_digits, phase},
     text::decimal,
 };
 use crate::{
     Reason,
     branch::hex_words,
+    dialog::Dialog,
     dialog::{SELF_TEXT, SipSelves},
-    words::{Words, leading_blanks},
+    words::{WordHasher, Words, bytes_equal, first_below_bang, leading_blanks},
 };
 
 impl DialogScan {
@@ -46,6 +47,56 @@ impl DialogScan {
         }
         self.cursor = comma + 1 + leading_blanks(message.word_at(comma + 1));
         self.phase = phase::ROUTE_VALUE;
+        true
+    }
+
+    /// A re-INVITE's Contact: its first URI, as the daemon reads it (within `<>`, or up to a
+    /// parameter, another value or a blank), is hashed and must be its sender's known one,
+    /// which the other leg's requests carry as Request-URI. Another form goes up.
+    #[inline(always)]
+    pub(super) fn contact(&mut self, message: &impl Words) -> bool {
+        let start = self.value_start;
+        let bracketed = message.byte(start) == b'<';
+        let marks = |word: u64| {
+            if bracketed {
+                bytes_equal(word, b'>')
+            } else {
+                bytes_equal(word, b';')
+                    | bytes_equal(word, b',')
+                    | bytes_equal(word, b'<')
+                    | bytes_equal(word, b'"')
+                    | first_below_bang(word)
+            }
+        };
+        let uri = start + usize::from(bracketed);
+        let Ok(end) = find(message, uri, marks) else {
+            return self.pass(Reason::PassSipInDialogTarget);
+        };
+        // The end must lie within the value, and be `>`, or a bare URI's end (not a display
+        // name's `<` or quote).
+        let byte = message.byte(end);
+        if end > self.value_end || end == uri || byte == b'<' || byte == b'"' {
+            return self.pass(Reason::PassSipInDialogTarget);
+        }
+        self.hash_start = uri;
+        self.hash_at = uri;
+        self.hash_end = end;
+        self.hasher = WordHasher::new(self.seed).state();
+        self.phase = phase::CONTACT_HASH;
+        true
+    }
+
+    /// The Contact's URI hashed; another than the sender's known Contact goes up.
+    #[inline(always)]
+    pub(super) fn contact_hash(&mut self, message: &impl Words, dialog: &Dialog) -> bool {
+        let Some(hash) = self.hash_value(message) else {
+            return true;
+        };
+        // The sender's Contact is the Request-URI of the other leg's requests.
+        if hash != dialog.legs[(self.leg & 1) ^ 1].request_uri_hash {
+            return self.pass(Reason::PassSipInDialogTarget);
+        }
+        self.phase = phase::BEGIN_LINE;
         true
     }
 

@@ -67,6 +67,8 @@ pub(super) mod phase {
     pub const POP_VIA_END: u32 = 25;
     pub const NEXT_VIA: u32 = 26;
     pub const NEXT_VIA_PARAMS: u32 = 27;
+    pub const CONTACT: u32 = 28;
+    pub const CONTACT_HASH: u32 = 29;
 }
 
 /// The headers the scan tells apart (`RequestScan::seen` has a bit for each).
@@ -83,8 +85,11 @@ pub(super) mod header {
     pub const CONTENT_TYPE: u32 = 9;
     pub const STRIP: u32 = 10;
     pub const PROXY_REQUIRE: u32 = 11;
+    /// Read in a re-INVITE only (a target refresh goes up).
+    pub const CONTACT: u32 = 12;
     /// Headers that may appear once (RFC 3261 and the daemon's checks): a second one goes up.
     pub const SINGLE: u32 = 1 << MAX_FORWARDS
+        | 1 << CONTACT
         | 1 << CALL_ID
         | 1 << FROM
         | 1 << TO
@@ -390,6 +395,12 @@ impl DialogScan {
         }
     }
 
+    /// Whether the message is an INVITE request (in a dialog: a re-INVITE).
+    #[inline(always)]
+    pub fn is_invite(&self) -> bool {
+        self.response == 0 && self.method == u64::from_le_bytes(*b"INVITE\0\0")
+    }
+
     /// Whether the message is a BYE request.
     #[inline(always)]
     pub fn is_bye(&self) -> bool {
@@ -443,6 +454,8 @@ impl DialogScan {
             phase::CONTENT_LENGTH => self.content_length(message),
             phase::CONTENT_TYPE => self.content_type(message),
             phase::STRIP => self.strip(),
+            phase::CONTACT => self.contact(message),
+            phase::CONTACT_HASH => self.contact_hash(message, dialog),
             phase::END => self.end(message),
             _ => false,
         }
@@ -492,6 +505,7 @@ impl DialogScan {
                 b't' => header::TO,
                 b'l' => header::CONTENT_LENGTH,
                 b'c' => header::CONTENT_TYPE,
+                b'm' => header::CONTACT,
                 _ => header::OTHER,
             },
             2 if named(b"to") => header::TO,
@@ -500,6 +514,7 @@ impl DialogScan {
             4 if named(b"cseq") => header::CSEQ,
             5 if named(b"route") => header::ROUTE,
             7 if named(b"call-id") => header::CALL_ID,
+            7 if named(b"contact") => header::CONTACT,
             12 if named(b"max-forwards") => header::MAX_FORWARDS,
             12 if named(b"content-type") => header::CONTENT_TYPE,
             13 if named(b"proxy-require") => header::PROXY_REQUIRE,
@@ -525,11 +540,13 @@ impl DialogScan {
     #[inline(always)]
     fn classify(&mut self, selves: &SipSelves) -> bool {
         let mut class = self.line_class() & 31;
-        // Route, Max-Forwards and Proxy-Require mean nothing to a response.
+        // Route, Max-Forwards and Proxy-Require mean nothing to a response; a Contact, to
+        // anything but a re-INVITE.
         if self.response != 0
             && (class == header::ROUTE
                 || class == header::MAX_FORWARDS
                 || class == header::PROXY_REQUIRE)
+            || class == header::CONTACT && !self.is_invite()
         {
             class = header::OTHER;
         }
@@ -626,6 +643,7 @@ impl DialogScan {
             header::CSEQ => phase::CSEQ,
             header::CONTENT_LENGTH => phase::CONTENT_LENGTH,
             header::CONTENT_TYPE => phase::CONTENT_TYPE,
+            header::CONTACT => phase::CONTACT,
             _ => phase::STRIP,
         };
         true
@@ -855,6 +873,10 @@ impl DialogScan {
         };
         if body > self.len || self.seen & header::REQUIRED != header::REQUIRED {
             return self.pass(Reason::PassSipInDialogForm);
+        }
+        // A re-INVITE without a Contact the kernel read: the daemon's to judge.
+        if self.is_invite() && self.seen & (1 << header::CONTACT) == 0 {
+            return self.pass(Reason::PassSipInDialogTarget);
         }
         let body_len = self.len - body;
         let declared = self.seen & (1 << header::CONTENT_LENGTH) != 0;

@@ -97,25 +97,34 @@ impl DialogScan {
         true
     }
 
-    /// Hashes the first Via value, `HASH_STEP_WORDS` words a step, for the stateless branch.
+    /// Hashes the first Via value for the stateless branch.
     #[inline(always)]
     pub(super) fn via_hash(&mut self, message: &impl Words) -> bool {
+        if let Some(hash) = self.hash_value(message) {
+            self.branch_hash = hash;
+            self.phase = phase::VIA_EDIT;
+        }
+        true
+    }
+
+    /// `HASH_STEP_WORDS` words more of the value from `hash_start` to `hash_end` hashed (from
+    /// `hash_at`, with `hasher`): its hash once it is all in.
+    #[inline(always)]
+    pub(super) fn hash_value(&mut self, message: &impl Words) -> Option<u64> {
         let mut hasher = WordHasher::from_state(self.hasher);
         let mut k = 0;
         while k < HASH_STEP_WORDS {
             let left = self.hash_end - self.hash_at.min(self.hash_end);
             if left < 8 {
                 let word = first_bytes(message.word_at(self.hash_at), left);
-                self.branch_hash = hasher.finish(word, self.hash_end - self.hash_start);
-                self.phase = phase::VIA_EDIT;
-                return true;
+                return Some(hasher.finish(word, self.hash_end - self.hash_start));
             }
             hasher.write_word(message.word_at(self.hash_at));
             self.hash_at += 8;
             k += 1;
         }
         self.hasher = hasher.state();
-        true
+        None
     }
 
     /// The top Via's edits, if any: the line rewritten `Name: value` with `=port` after a
