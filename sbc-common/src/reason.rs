@@ -77,7 +77,7 @@ reasons! {
     PassSipResponseStateful = "pass_sip_response_stateful": "response to an INVITE (its answer may change the call), or to a request the daemon forwarded in a transaction of its own",
     DropSipRewriteFailed = "drop_sip_rewrite_failed": "in-dialog SIP lost: its frame could not be rewritten once resized (should never happen)",
     PassSipCopyFailed = "pass_sip_copy_failed": "in-dialog SIP passed up whole: the kernel could not copy or sum its pieces (should never happen)",
-    PassSipInDialogTarget = "pass_sip_in_dialog_target": "re-INVITE naming another Contact than its sender's known one (a target refresh: the daemon learns it), or none the kernel reads",
+    PassSipInDialogTarget = "pass_sip_in_dialog_target": "re-INVITE or UPDATE naming another Contact than its sender's known one (a target refresh: the daemon learns it), or none the kernel reads",
 }
 
 #[cfg(test)]

@@ -295,6 +295,22 @@ pub const CASES: &[Case] = &[
         expect: Pass(Reason::PassSipInDialogTarget),
     },
     Case {
+        name: "update_naming_a_new_contact",
+        sender: Carrier,
+        message: concat!(
+            "UPDATE sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-moved-update\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: 52 UPDATE\r\n",
+            "Contact: sip:carrier@203.0.113.77:5060\r\n",
+            "Content-Length: 0\r\n\r\n",
+        ),
+        expect: Pass(Reason::PassSipInDialogTarget),
+    },
+    Case {
         name: "reinvite_with_a_display_name_in_its_contact",
         sender: Carrier,
         message: concat!(

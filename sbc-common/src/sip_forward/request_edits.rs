@@ -50,7 +50,7 @@ impl DialogScan {
         true
     }
 
-    /// A re-INVITE's Contact: its first URI, as the daemon reads it (within `<>`, or up to a
+    /// A re-INVITE's or an UPDATE's Contact: its first URI, as the daemon reads it (within `<>`, or up to a
     /// parameter, another value or a blank), is hashed and must be its sender's known one,
     /// which the other leg's requests carry as Request-URI. Another form goes up.
     #[inline(always)]

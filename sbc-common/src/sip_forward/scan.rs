@@ -85,7 +85,7 @@ pub(super) mod header {
     pub const CONTENT_TYPE: u32 = 9;
     pub const STRIP: u32 = 10;
     pub const PROXY_REQUIRE: u32 = 11;
-    /// Read in a re-INVITE only (a target refresh goes up).
+    /// Read in a re-INVITE or an UPDATE only (a target refresh goes up).
     pub const CONTACT: u32 = 12;
     /// Headers that may appear once (RFC 3261 and the daemon's checks): a second one goes up.
     pub const SINGLE: u32 = 1 << MAX_FORWARDS
@@ -395,10 +395,13 @@ impl DialogScan {
         }
     }
 
-    /// Whether the message is an INVITE request (in a dialog: a re-INVITE).
+    /// Whether the message is a target refresh request (RFC 3261 12.2, RFC 3311): a
+    /// re-INVITE or an UPDATE, whose Contact may name a new target.
     #[inline(always)]
-    pub fn is_invite(&self) -> bool {
-        self.response == 0 && self.method == u64::from_le_bytes(*b"INVITE\0\0")
+    pub fn refreshes_target(&self) -> bool {
+        self.response == 0
+            && (self.method == u64::from_le_bytes(*b"INVITE\0\0")
+                || self.method == u64::from_le_bytes(*b"UPDATE\0\0"))
     }
 
     /// Whether the message is a BYE request.
@@ -541,12 +544,12 @@ impl DialogScan {
     fn classify(&mut self, selves: &SipSelves) -> bool {
         let mut class = self.line_class() & 31;
         // Route, Max-Forwards and Proxy-Require mean nothing to a response; a Contact, to
-        // anything but a re-INVITE.
+        // anything but a target refresh request.
         if self.response != 0
             && (class == header::ROUTE
                 || class == header::MAX_FORWARDS
                 || class == header::PROXY_REQUIRE)
-            || class == header::CONTACT && !self.is_invite()
+            || class == header::CONTACT && !self.refreshes_target()
         {
             class = header::OTHER;
         }
@@ -874,8 +877,8 @@ impl DialogScan {
         if body > self.len || self.seen & header::REQUIRED != header::REQUIRED {
             return self.pass(Reason::PassSipInDialogForm);
         }
-        // A re-INVITE without a Contact the kernel read: the daemon's to judge.
-        if self.is_invite() && self.seen & (1 << header::CONTACT) == 0 {
+        // A target refresh without a Contact the kernel read: the daemon's to judge.
+        if self.refreshes_target() && self.seen & (1 << header::CONTACT) == 0 {
             return self.pass(Reason::PassSipInDialogTarget);
         }
         let body_len = self.len - body;

@@ -193,12 +193,16 @@ impl Core {
             }
         }
         let bytes = editor.finish();
-        if let (true, Some(call)) = (method == Method::Invite, &call) {
-            if (200..300).contains(&code) {
-                let request = self.server.get(server_key).map(|tx| tx.request.clone());
-                // Persisted below with the rest of the answer.
-                self.refresh_targets(call, request.as_ref(), message);
+        let refresh =
+            matches!(method, Method::Invite | Method::Update) && (200..300).contains(&code);
+        if let (true, Some(call)) = (refresh, &call) {
+            let request = self.server.get(server_key).map(|tx| tx.request.clone());
+            // A re-INVITE's answer is persisted below with the rest of it.
+            if self.refresh_targets(call, request.as_ref(), message) && method == Method::Update {
+                self.persist(call);
             }
+        }
+        if let (true, Some(call)) = (method == Method::Invite, &call) {
             self.invite_progress(call, (message, from), code, cancelled);
             if (200..300).contains(&code) {
                 // Answered, or re-INVITEd (a new target or media): what a restart needs.
@@ -371,8 +375,9 @@ impl Core {
             .increment((side.other(), method, response.code));
         let bytes = editor.finish();
         self.send(side.other(), destination, bytes);
-        // The 2xx to a re-INVITE the kernel forwarded: the answerer's target may be new.
-        if response.cseq_method == Method::Invite
+        // The 2xx to a re-INVITE or UPDATE the kernel forwarded: the answerer's target may
+        // be new.
+        if matches!(response.cseq_method, Method::Invite | Method::Update)
             && (200..300).contains(&response.code)
             && let Some(call) = self.find_call_of_response(message, response)
             && self.refresh_targets(&call, None, message)

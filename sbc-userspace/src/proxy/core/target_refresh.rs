@@ -1,15 +1,18 @@
-//! Target refresh (RFC 3261 12.2.1.2 and 12.2.2): a re-INVITE carries its sender's Contact and
-//! its 2xx the answerer's; from then on each party's in-dialog requests go to the other's new
-//! Contact, through the daemon and through the kernel alike (its dialog entry is rewritten).
+//! Target refresh (RFC 3261 12.2.1.2 and 12.2.2, RFC 3311 for UPDATE): a re-INVITE or an
+//! UPDATE carries its sender's Contact and its 2xx the answerer's; from then on each party's
+//! in-dialog requests go to the other's new Contact, through the daemon and through the kernel
+//! alike (its dialog entry is rewritten; the kernel passes up a re-INVITE or UPDATE naming a
+//! new Contact, so that the daemon sees every refresh).
 use tracing::debug;
 
 use super::{Core, GuardUpdate, calls::contact_uri, forwarding::tag_of, names::CallKey};
 use crate::sip::Message;
 
 impl Core {
-    /// The Contacts of a 2xx (`answer`) to a re-INVITE of the answered call `key`, and of the
-    /// re-INVITE itself when it went through the daemon (`request`; one the kernel forwarded
-    /// goes unseen), become the parties' targets; whether one changed. The initial INVITE's
+    /// The Contacts of a 2xx (`answer`) to a re-INVITE or UPDATE of the answered call `key`,
+    /// and of the request itself when it went through the daemon (`request`; the kernel
+    /// forwards one only when it names its sender's known Contact), become the parties'
+    /// targets; whether one changed. The initial INVITE's
     /// answer is not one: `invite_progress` reads it.
     pub(super) fn refresh_targets(
         &mut self,
@@ -23,7 +26,7 @@ impl Core {
         if call.answered.is_none() {
             return false;
         }
-        // The re-INVITE's sender is the party whose tag its From carries.
+        // The request's sender is the party whose tag its From carries.
         let sender_tag = answer.value("from").and_then(tag_of);
         let caller_sent = sender_tag.is_some() && sender_tag == tag_of(&call.caller.address);
         let (sender, answerer) = if caller_sent {

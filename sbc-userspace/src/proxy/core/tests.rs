@@ -743,6 +743,10 @@ const CASES: &[Case] = &[
         name: "a re-INVITE's answer with a new Contact refreshes the target, in the kernel too",
         play: reinvite_refreshes_the_target,
     },
+    Case {
+        name: "an UPDATE's answer with a new Contact refreshes the target",
+        play: update_refreshes_the_target,
+    },
 ];
 
 #[test]
@@ -1214,6 +1218,27 @@ fn reinvite_refreshes_the_target() {
     lab.input(Input::HangUpAll);
     let sent = lab.take_sent();
     assert_eq!(sent_to(&sent, &moved.to_string()).method(), Some("BYE"));
+}
+
+fn update_refreshes_the_target() {
+    let mut lab = Lab::new();
+    let mut dialog = establish(&mut lab, "updated");
+    lab.carrier_sends(&dialog.carrier_request("UPDATE", "up", None));
+    let sent = lab.take_sent();
+    let update = sent
+        .into_iter()
+        .find(|s| s.method() == Some("UPDATE"))
+        .expect("the UPDATE forwarded");
+    let moved = addr("10.0.0.98:5072");
+    lab.guard.clear();
+    lab.backend_sends(dialog.backend, &response(&update, 200, "", moved, None));
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
+    assert!(
+        matches!(&lab.guard[..], [GuardUpdate::DialogForwarding(f)]
+            if f.legs[0].as_ref().is_some_and(|caller| caller.target == moved)),
+        "{:?}",
+        lab.guard
+    );
 }
 
 fn bye_ends_the_call() {
