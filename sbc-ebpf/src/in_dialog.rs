@@ -17,8 +17,7 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use sbc_common::{
     Dialog, DialogEnd, DialogEnded, FlowKey, IpAddress, Reason, SipSelves,
-    checksum::WordSum,
-    checksum::{ChecksumUpdate, udp_ipv4},
+    checksum::{ChecksumUpdate, WordSum, udp_ipv4},
     sip_forward::{
         FRAME_HEADERS, ForwardScratch, SCAN_STEPS, is_response,
         plan::{MAX_PIECES, OUT_BUFFER},

@@ -7,8 +7,7 @@ use super::{
 use crate::{
     Reason,
     branch::hex_words,
-    dialog::Dialog,
-    dialog::{SELF_TEXT, SipSelves},
+    dialog::{Dialog, SELF_TEXT, SipSelves},
     words::{WordHasher, Words, bytes_equal, first_below_bang, leading_blanks},
 };
 
@@ -50,9 +49,10 @@ impl DialogScan {
         true
     }
 
-    /// A re-INVITE's or an UPDATE's Contact: its first URI, as the daemon reads it (within `<>`, or up to a
-    /// parameter, another value or a blank), is hashed and must be its sender's known one,
-    /// which the other leg's requests carry as Request-URI. Another form goes up.
+    /// A re-INVITE's or an UPDATE's Contact: its first URI, as the daemon reads it (within
+    /// `<>`, or up to a parameter, another value or a blank), is hashed and must be its
+    /// sender's known one, which the other leg's requests carry as Request-URI. Another form
+    /// goes up.
     #[inline(always)]
     pub(super) fn contact(&mut self, message: &impl Words) -> bool {
         let start = self.value_start;

@@ -11,6 +11,7 @@ use super::{
     Core, GuardUpdate,
     backends::BackendId,
     call_end::CallEnd,
+    forwarding::tag_of,
     names::CallKey,
     record::{CallRecord, Line, Party, SetupRecord},
 };
@@ -307,12 +308,7 @@ impl Core {
         message: &Message,
         response: &check::Response,
     ) -> Option<CallKey> {
-        let tag = |name| {
-            message
-                .value(name)
-                .and_then(|value| address::parse(value).ok())
-                .and_then(|a| a.tag().map(str::to_owned))
-        };
+        let tag = |name| message.value(name).and_then(tag_of);
         let (from, to) = (tag("from"), tag("to"));
         self.find_call_by(&response.call_id, [from.as_deref(), to.as_deref()])
     }

@@ -193,8 +193,11 @@ impl Core {
             }
         }
         let bytes = editor.finish();
-        let refresh =
-            matches!(method, Method::Invite | Method::Update) && (200..300).contains(&code);
+        // Only an answered call's targets are refreshed: the request is not copied for the
+        // answer that sets a call up (`invite_progress` reads that one).
+        let refresh = matches!(method, Method::Invite | Method::Update)
+            && (200..300).contains(&code)
+            && call.as_ref().is_some_and(|key| self.is_answered(key));
         if let (true, Some(call)) = (refresh, &call) {
             let request = self.server.get(server_key).map(|tx| tx.request.clone());
             // A re-INVITE's answer is persisted below with the rest of it.

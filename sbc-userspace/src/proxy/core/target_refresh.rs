@@ -12,20 +12,20 @@ impl Core {
     /// The Contacts of a 2xx (`answer`) to a re-INVITE or UPDATE of the answered call `key`,
     /// and of the request itself when it went through the daemon (`request`; the kernel
     /// forwards one only when it names its sender's known Contact), become the parties'
-    /// targets; whether one changed. The initial INVITE's
-    /// answer is not one: `invite_progress` reads it.
+    /// targets; whether one changed. The initial INVITE's answer is not one:
+    /// `invite_progress` reads it.
     pub(super) fn refresh_targets(
         &mut self,
         key: &CallKey,
         request: Option<&Message>,
         answer: &Message,
     ) -> bool {
+        if !self.is_answered(key) {
+            return false;
+        }
         let Some(call) = self.calls.get_mut(key) else {
             return false;
         };
-        if call.answered.is_none() {
-            return false;
-        }
         // The request's sender is the party whose tag its From carries.
         let sender_tag = answer.value("from").and_then(tag_of);
         let caller_sent = sender_tag.is_some() && sender_tag == tag_of(&call.caller.address);
@@ -53,5 +53,12 @@ impl Core {
             }
         }
         changed
+    }
+
+    /// Whether the call `key` is held and answered.
+    pub(super) fn is_answered(&self, key: &CallKey) -> bool {
+        self.calls
+            .get(key)
+            .is_some_and(|call| call.answered.is_some())
     }
 }
