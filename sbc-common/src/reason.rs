@@ -74,7 +74,7 @@ reasons! {
     PassSipInDialogRoute = "pass_sip_in_dialog_route": "in-dialog request with a Route to another hop, or to us written otherwise",
     PassSipInDialogHops = "pass_sip_in_dialog_hops": "in-dialog request with Max-Forwards 0 (the daemon answers 483)",
     PassSipInDialogTrying = "pass_sip_in_dialog_trying": "100 Trying to an in-dialog request (hop by hop: the daemon drops it)",
-    PassSipResponseStateful = "pass_sip_response_stateful": "response to an INVITE (its answer may change the call), or to a request the daemon forwarded in a transaction of its own",
+    PassSipResponseStateful = "pass_sip_response_stateful": "response to an INVITE or UPDATE (its answer may change the call), or to a request the daemon forwarded in a transaction of its own",
     DropSipRewriteFailed = "drop_sip_rewrite_failed": "in-dialog SIP lost: its frame could not be rewritten once resized (should never happen)",
     PassSipCopyFailed = "pass_sip_copy_failed": "in-dialog SIP passed up whole: the kernel could not copy or sum its pieces (should never happen)",
     PassSipInDialogTarget = "pass_sip_in_dialog_target": "re-INVITE or UPDATE naming another Contact than its sender's known one (a target refresh: the daemon learns it), or none the kernel reads",

@@ -637,12 +637,23 @@ pub const CASES: &[Case] = &[
         sender: Backend,
         message: backend_answers!(
             "200 OK",
-            "UPDATE",
+            "PRACK",
             "Content-Type: application/sdp\r\n",
             "Content-Length: 10\r\n\r\n",
             "v=0\r\no=x\r\n"
         ),
         expect: Pass(Reason::PassSipInDialogSdp),
+    },
+    Case {
+        name: "a_200_to_an_update_naming_a_new_contact",
+        sender: Backend,
+        message: backend_answers!(
+            "200 OK",
+            "UPDATE",
+            "Contact: <sip:alice@10.0.0.11:5060>\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Pass(Reason::PassSipResponseStateful),
     },
     Case {
         name: "a_491_to_a_reinvite",

@@ -802,10 +802,12 @@ impl DialogScan {
             return self.pass(Reason::PassSipInDialogForm);
         }
         if self.response != 0 {
-            // An INVITE's answer may change the call (a new target, hold): the daemon's.
-            let word = message.word_at(method);
-            let invite = first_bytes(word, 6) == u64::from_le_bytes(*b"INVITE\0\0");
-            if invite && method + 6 == self.value_end {
+            // An INVITE's or UPDATE's answer may change the call (a new target, hold): the
+            // daemon's. Both method names are six letters long.
+            let word = first_bytes(message.word_at(method), 6);
+            let refresh = word == u64::from_le_bytes(*b"INVITE\0\0")
+                || word == u64::from_le_bytes(*b"UPDATE\0\0");
+            if refresh && method + 6 == self.value_end {
                 return self.pass(Reason::PassSipResponseStateful);
             }
             // Which request it answers: a BYE's final response ends the call.

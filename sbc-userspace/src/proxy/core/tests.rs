@@ -747,6 +747,10 @@ const CASES: &[Case] = &[
         name: "an UPDATE's answer with a new Contact refreshes the target",
         play: update_refreshes_the_target,
     },
+    Case {
+        name: "an UPDATE's answer passed up by the kernel that forwarded it refreshes the target",
+        play: update_forwarded_by_the_kernel_refreshes_the_target,
+    },
 ];
 
 #[test]
@@ -1221,14 +1225,34 @@ fn reinvite_refreshes_the_target() {
 }
 
 fn update_refreshes_the_target() {
+    update_answer_refreshes_the_target(false);
+}
+
+/// The kernel forwards an UPDATE naming its sender's known Contact and passes its answer up:
+/// the daemon holds no transaction for it, and learns the answerer's new Contact all the same.
+fn update_forwarded_by_the_kernel_refreshes_the_target() {
+    update_answer_refreshes_the_target(true);
+}
+
+fn update_answer_refreshes_the_target(kernel_forwards: bool) {
     let mut lab = Lab::new();
     let mut dialog = establish(&mut lab, "updated");
+    *lab.kernel.forwards.lock().expect("not poisoned") = kernel_forwards;
     lab.carrier_sends(&dialog.carrier_request("UPDATE", "up", None));
     let sent = lab.take_sent();
     let update = sent
         .into_iter()
         .find(|s| s.method() == Some("UPDATE"))
         .expect("the UPDATE forwarded");
+    let update_method = crate::sip::Method::Update;
+    assert_eq!(
+        lab.core
+            .client
+            .keys()
+            .any(|key| key.method == update_method),
+        !kernel_forwards,
+        "a transaction only where the daemon forwards the dialog"
+    );
     let moved = addr("10.0.0.98:5072");
     lab.guard.clear();
     lab.backend_sends(dialog.backend, &response(&update, 200, "", moved, None));
