@@ -25,6 +25,7 @@ pub mod words;
 pub use dialog::{Dialog, DialogEnd, DialogEnded, DialogLeg, SipSelf, SipSelves};
 pub use flow::{Flow, FlowKey, FlowStats, IpAddress, SourceCheck};
 pub use guard::{
-    Block, GuardConfig, PacketLimit, SourceBucket, SourceLimit, SourceRule, TokenBucket,
+    Block, GuardConfig, PacketLimit, SipListeners, SourceBucket, SourceLimit, SourceRule,
+    TokenBucket,
 };
 pub use reason::Reason;

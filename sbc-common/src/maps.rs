@@ -15,8 +15,8 @@ pub const REASONS: &str = "SBC_REASONS";
 /// `DevMapHash` keyed by ifindex: interfaces the program may redirect to.
 pub const EGRESS: &str = "SBC_EGRESS";
 
-/// `HashMap<FlowKey, u32>`: the addresses and ports of our SIP listeners (UDP), which the
-/// guard protects; the value is unused (1).
+/// `Array<SipListeners>` of one entry: the addresses and ports of our SIP listeners (UDP),
+/// which the guard protects.
 pub const SIP_LISTENERS: &str = "SBC_SIP_LISTENERS";
 /// `Array<GuardConfig>` of one entry: the guard's limits and switches.
 pub const GUARD: &str = "SBC_GUARD";
@@ -78,7 +78,7 @@ pub const REBUILT: &[&str] = &[
 pub const MAX_FLOWS: usize = 65536;
 /// Capacity of the redirect map.
 pub const MAX_EGRESS: usize = 64;
-/// Capacity of the SIP listeners map (public and private, with room to spare).
+/// SIP listeners the map holds (public and private, with room to spare).
 pub const MAX_SIP_LISTENERS: usize = 8;
 /// Capacity of the source rules (CIDRs in allow- and blocklists).
 pub const MAX_SOURCE_RULES: usize = 16384;

@@ -80,12 +80,12 @@ fn classify(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
     let (dst_addr, dst_port) =
         unsafe { ((*packet.ip).dst_addr, u16::from_ne_bytes((*packet.udp).dst)) };
     let destination = FlowKey::udp(IpAddress::from_ipv4(dst_addr), dst_port);
-    // SAFETY: the daemon replaces flow values whole with bpf_map_update_elem; the value is
-    // copied out at once and no reference is held across a helper that could free it.
-    if let Some(flow) = unsafe { SBC_FLOWS.get(destination) } {
-        return relay::media(ctx, packet, flow);
-    }
-    if SBC_SIP_LISTENERS.get_ptr(destination).is_some() {
+    // Listeners first: they are compared in place, and a flood to them then costs no lookup
+    // of the flows.
+    if SBC_SIP_LISTENERS
+        .get(0)
+        .is_some_and(|listeners| listeners.holds(&destination))
+    {
         let verdict = sip_guard::sip(ctx, packet);
         // Sent from here, not from within the SIP path: the stack of a chain of BPF calls is
         // limited to 512 bytes, and the SIP path's and the sending's would exceed it together.
@@ -93,6 +93,11 @@ fn classify(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
             return in_dialog::send(ctx);
         }
         return verdict;
+    }
+    // SAFETY: the daemon replaces flow values whole with bpf_map_update_elem; the value is
+    // copied out at once and no reference is held across a helper that could free it.
+    if let Some(flow) = unsafe { SBC_FLOWS.get(destination) } {
+        return relay::media(ctx, packet, flow);
     }
     Verdict::pass(Reason::PassNoFlow)
 }

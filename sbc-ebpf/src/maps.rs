@@ -6,12 +6,12 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use sbc_common::{
-    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipSelves,
-    SourceBucket, SourceRule,
+    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipListeners,
+    SipSelves, SourceBucket, SourceRule,
     call_id::{CallIdScan, ScanWindow},
     maps::{
         DIALOG_EVENTS_BYTES, MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES,
-        MAX_SIP_LISTENERS, MAX_SOURCE_RULES, MAX_SOURCES,
+        MAX_SOURCE_RULES, MAX_SOURCES,
     },
     sip_forward::ForwardScratch,
 };
@@ -29,7 +29,7 @@ pub static SBC_REASONS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArr
 pub static SBC_EGRESS: DevMapHash<MAX_EGRESS> = DevMapHash::new();
 
 #[btf_map]
-pub static SBC_SIP_LISTENERS: HashMap<FlowKey, u32, MAX_SIP_LISTENERS> = HashMap::new();
+pub static SBC_SIP_LISTENERS: Array<SipListeners, 1> = Array::new();
 
 #[btf_map]
 pub static SBC_GUARD: Array<GuardConfig, 1> = Array::new();

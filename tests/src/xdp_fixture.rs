@@ -14,7 +14,7 @@ use aya::{
 };
 use sbc_common::{
     Block, Dialog, DialogEnded, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, PacketLimit,
-    Reason, SipSelves, SourceLimit, SourceRule,
+    Reason, SipListeners, SipSelves, SourceLimit, SourceRule,
     call_id::call_id_hash,
     flow::FLOW_LATCHED,
     guard::{GUARD_ON, RULE_ALLOW},
@@ -222,10 +222,17 @@ impl Program {
         egress.insert(index, index, None, 0).unwrap();
     }
 
+    /// Adds `listener` to the SIP listeners the guard protects.
     pub fn listen_sip(&mut self, listener: FlowKey) {
-        let mut listeners: HashMap<&mut MapData, FlowKey, u32> =
-            HashMap::try_from(self.ebpf.map_mut(SIP_LISTENERS).unwrap()).unwrap();
-        listeners.insert(listener, 1, 0).unwrap();
+        let mut map: Array<&mut MapData, SipListeners> =
+            Array::try_from(self.ebpf.map_mut(SIP_LISTENERS).unwrap()).unwrap();
+        let listeners = map.get(&0, 0).unwrap();
+        let held = listeners
+            .listeners
+            .into_iter()
+            .take(listeners.count as usize);
+        let listeners = SipListeners::of(held.chain([listener])).expect("room for a listener");
+        map.set(0, listeners, 0).unwrap();
     }
 
     pub fn configure_guard(&mut self, config: GuardConfig) {
@@ -280,6 +287,8 @@ impl Program {
     }
 
     /// Makes `caller` the caller of `calls` calls (0: of none), as the daemon does.
+    /// Records `caller` as the caller of `calls` calls, and marks its block if it has one, as
+    /// the daemon does.
     pub fn set_party(&mut self, caller: Ipv4Addr, calls: u32) {
         let mut parties: HashMap<&mut MapData, IpAddress, u32> =
             HashMap::try_from(self.ebpf.map_mut(PARTIES).unwrap()).unwrap();
@@ -288,6 +297,11 @@ impl Program {
             parties.remove(&caller).unwrap();
         } else {
             parties.insert(caller, calls, 0).unwrap();
+        }
+        let mut blocks = self.blocks();
+        if let Ok(block) = blocks.get(&caller, 0) {
+            let party = u32::from(calls > 0);
+            blocks.insert(caller, Block { party, ..block }, 0).unwrap();
         }
     }
 

@@ -5,8 +5,9 @@
 //! In this order:
 //! 1. with the guard off, everything goes up (`PassSipUnguarded`);
 //! 2. a source under a dynamic block is dropped, before anything else is looked up or read,
-//!    unless it is the caller of a call we hold that acknowledged its answer (then that call's
-//!    datagrams pass, nothing else): a flood from a blocked source costs two lookups. A block applies as found:
+//!    unless it is the caller of a call we hold that acknowledged its answer (the block says
+//!    so; then that call's datagrams pass, nothing else): a flood from a blocked source costs
+//!    one lookup. A block applies as found:
 //!    behaviour never blocks an allowlisted source (the kernel blocks none, the daemon refuses
 //!    to, and a reload that allowlists a source lifts what its behaviour earned), so a block
 //!    that names one is an operator's;
@@ -27,7 +28,8 @@ pub trait GuardTables {
     /// Whether `dialog` (a seeded Call-ID hash) is a call the proxy holds; where the table
     /// keeps counts, it counts the datagram against the dialog.
     fn knows_dialog(&mut self, dialog: u64) -> bool;
-    /// Whether `source` is the caller of a call the proxy holds, and acknowledged its answer.
+    /// Whether `source` is the caller of a call the proxy holds, and acknowledged its answer:
+    /// asked when a block is set (the block carries the answer, `Block::party`).
     fn is_party(&self, source: &IpAddress) -> bool;
     /// The source's dynamic block, active or expired, if it has one.
     fn block(&mut self, source: &IpAddress) -> Option<&mut Block>;
@@ -104,13 +106,13 @@ pub fn decide<T: GuardTables, D: GuardedDatagram>(
     let blocked = match tables.block(source) {
         Some(block) if block.is_active(now) => {
             block.dropped += 1;
-            true
+            Some(block.party != 0)
         }
-        _ => false,
+        _ => None,
     };
-    if blocked {
+    if let Some(party) = blocked {
         // Only a caller of a call we hold gets anything through: that call's datagrams.
-        if tables.is_party(source) && knows_dialog(config, tables, &read()) {
+        if party && knows_dialog(config, tables, &read()) {
             if let Some(block) = tables.block(source) {
                 block.dropped = block.dropped.saturating_sub(1);
             }
@@ -148,9 +150,16 @@ pub fn decide<T: GuardTables, D: GuardedDatagram>(
             until_ns: now.saturating_add(config.block_ns),
             dropped: 0,
             reason: BLOCK_RATE,
-            _pad: 0,
+            party: 0,
         };
         tables.set_block(source, block);
+        // Asked after the block is in: a party the daemon records meanwhile finds the block
+        // and marks it, one it recorded before is found here.
+        if tables.is_party(source)
+            && let Some(block) = tables.block(source)
+        {
+            block.party = 1;
+        }
     }
     Decision::drop(verdict)
 }
@@ -337,6 +346,7 @@ mod tests {
             &caller,
             Block {
                 until_ns: u64::MAX,
+                party: 1,
                 ..Block::default()
             },
         );

@@ -8,9 +8,11 @@
 use crate::Reason;
 
 mod decision;
+mod listeners;
 pub mod script;
 
 pub use decision::{Decision, GuardTables, GuardedDatagram, decide};
+pub use listeners::SipListeners;
 
 /// A packet rate limit for one source: a token bucket refilled at `rate` packets per second,
 /// holding at most `burst`. A rate of 0 means no limit.
@@ -144,7 +146,10 @@ pub struct Block {
     /// Packets dropped by this block.
     pub dropped: u64,
     pub reason: u32,
-    pub _pad: u32,
+    /// 1 while the source is the caller of a call we hold that acknowledged its answer (see
+    /// `GuardTables::is_party`): that call's datagrams pass the block. Kept here by whoever
+    /// writes a block or changes a party, so that a blocked source costs one lookup.
+    pub party: u32,
 }
 
 impl Block {

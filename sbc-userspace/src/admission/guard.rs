@@ -157,8 +157,15 @@ impl SipGuard {
         for id in maps.dialog_ids() {
             maps.remove_dialog(id);
         }
+        // Parties are recorded again as calls are taken over; until then no block lets a
+        // call's datagrams through.
         for party in maps.parties() {
             maps.remove_party(&party);
+        }
+        for (address, block) in maps.blocks() {
+            if block.party != 0 {
+                maps.mark_block_party(&address, false);
+            }
         }
         maps.set_config(config)?;
         let guard = Self::with(Tables::Kernel(Box::new(maps)), config);
@@ -361,11 +368,16 @@ impl SipGuard {
         let party = IpAddress::from(caller);
         let calls = state.parties.entry(party).or_insert(0);
         *calls += 1;
-        // The kernel learns of the first call only.
-        match &mut state.tables {
-            Tables::Kernel(maps) if *calls == 1 => maps.add_party(party),
-            _ => Ok(()),
+        if *calls > 1 {
+            return Ok(());
         }
+        // The tables learn of the first call only. The party is recorded before a block is
+        // marked: the kernel, setting a block, asks for the party after (see `decide`).
+        if let Tables::Kernel(maps) = &mut state.tables {
+            maps.add_party(party)?;
+        }
+        mark_block_party(&mut state.tables, &party, true);
+        Ok(())
     }
 
     /// The end of a call `dialog_started` began; `caller`, if `caller_confirmed` named it.
@@ -381,6 +393,7 @@ impl SipGuard {
                     if let Tables::Kernel(maps) = &mut state.tables {
                         maps.remove_party(&party);
                     }
+                    mark_block_party(&mut state.tables, &party, false);
                 }
             }
         }
@@ -438,14 +451,15 @@ impl SipGuard {
         let until_ns = duration.map_or(u64::MAX, |d| {
             monotonic_ns().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64)
         });
+        let address = IpAddress::from(source);
+        let mut state = self.lock();
         let block = Block {
             until_ns,
             dropped: 0,
             reason,
-            _pad: 0,
+            party: u32::from(state.parties.contains_key(&address)),
         };
-        let address = IpAddress::from(source);
-        match &mut self.lock().tables {
+        match &mut state.tables {
             Tables::Kernel(maps) => maps.block(address, block).map_err(BlockRefused::Failed),
             Tables::Userspace { blocks, .. } => {
                 blocks.insert(address, block);
@@ -542,6 +556,18 @@ impl SipGuard {
         );
         reasons[decision.reason as usize] += 1;
         decision.pass
+    }
+}
+
+/// Marks a block of `source`, if it has one, as a party's or not (`Block::party`).
+fn mark_block_party(tables: &mut Tables, source: &IpAddress, party: bool) {
+    match tables {
+        Tables::Kernel(maps) => maps.mark_block_party(source, party),
+        Tables::Userspace { blocks, .. } => {
+            if let Some(block) = blocks.get_mut(source) {
+                block.party = u32::from(party);
+            }
+        }
     }
 }
 
@@ -670,6 +696,26 @@ mod tests {
             !guard.admit(trunk, b"OPTIONS sip:a@b SIP/2.0\r\n\r\n"),
             "and it holds"
         );
+    }
+
+    /// A blocked source's calls keep their signalling exactly while it is their caller,
+    /// whichever came first, the block or the call.
+    #[test]
+    fn a_block_lets_through_the_calls_of_its_source_while_they_last() {
+        let guard = SipGuard::userspace();
+        guard.lock().config.flags = GUARD_ON;
+        let caller: IpAddr = Ipv4Addr::new(203, 0, 113, 7).into();
+        let bye = b"BYE sip:a@b SIP/2.0\r\nCall-ID: held@b\r\n\r\n";
+        guard.dialog_started("held@b").unwrap();
+        guard.block(caller, None, BLOCK_MANUAL).unwrap();
+        assert!(!guard.admit(caller, bye), "not yet a caller");
+        guard.caller_confirmed(caller).unwrap();
+        assert!(guard.admit(caller, bye), "the block learnt of the call");
+        guard.block(caller, None, BLOCK_SCANNER).unwrap();
+        assert!(guard.admit(caller, bye), "a block set during the call");
+        guard.dialog_ended("held@b", Some(caller));
+        guard.dialog_started("held@b").unwrap();
+        assert!(!guard.admit(caller, bye), "its call is over");
     }
 
     #[test]

@@ -9,16 +9,19 @@ use aya::maps::{
 };
 use ipnet::IpNet;
 use sbc_common::{
-    Block, Dialog, DialogEnd, FlowKey, GuardConfig, IpAddress, SipSelves, SourceRule,
+    Block, Dialog, DialogEnd, FlowKey, GuardConfig, IpAddress, SipListeners, SipSelves, SourceRule,
     dialog::LEG_FORWARD,
-    maps::{BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, PARTIES, SIP_LISTENERS, SIP_SELF, SOURCE_RULES},
+    maps::{
+        BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, MAX_SIP_LISTENERS, PARTIES, SIP_LISTENERS, SIP_SELF,
+        SOURCE_RULES,
+    },
 };
 
 use super::{PinLayout, maps::open};
 
 pub struct GuardMaps {
     config: Array<MapData, GuardConfig>,
-    listeners: HashMap<MapData, FlowKey, u32>,
+    listeners: Array<MapData, SipListeners>,
     rules: LpmTrie<MapData, [u8; 16], SourceRule>,
     dialogs: HashMap<MapData, u64, Dialog>,
     parties: HashMap<MapData, IpAddress, u32>,
@@ -39,7 +42,7 @@ impl GuardMaps {
     pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
         Ok(Self {
             config: Array::try_from(Map::Array(open(layout, GUARD)?))?,
-            listeners: HashMap::try_from(Map::HashMap(open(layout, SIP_LISTENERS)?))?,
+            listeners: Array::try_from(Map::Array(open(layout, SIP_LISTENERS)?))?,
             rules: LpmTrie::try_from(Map::LpmTrie(open(layout, SOURCE_RULES)?))?,
             dialogs: HashMap::try_from(Map::HashMap(open(layout, DIALOGS)?))?,
             parties: HashMap::try_from(Map::HashMap(open(layout, PARTIES)?))?,
@@ -62,25 +65,18 @@ impl GuardMaps {
 
     /// Makes `listeners` exactly the set of protected SIP listeners.
     pub fn set_listeners(&mut self, listeners: &[SocketAddr]) -> anyhow::Result<()> {
-        let wanted: HashSet<FlowKey> = listeners
+        let keys = listeners
             .iter()
-            .map(|l| FlowKey::udp(IpAddress::from(l.ip()), l.port().to_be()))
-            .collect();
-        let stale: Vec<FlowKey> = self
-            .listeners
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| !wanted.contains(key))
-            .collect();
-        for key in stale {
-            let _ = self.listeners.remove(&key);
-        }
-        for key in wanted {
-            self.listeners
-                .insert(key, 1, 0)
-                .context("writing the SIP listeners map")?;
-        }
-        Ok(())
+            .map(|l| FlowKey::udp(IpAddress::from(l.ip()), l.port().to_be()));
+        let listeners = SipListeners::of(keys).with_context(|| {
+            format!(
+                "{} SIP listeners, the kernel guards at most {MAX_SIP_LISTENERS}",
+                listeners.len()
+            )
+        })?;
+        self.listeners
+            .set(0, listeners, 0)
+            .context("writing the SIP listeners map")
     }
 
     /// Makes the CIDR rules exactly `rules`: new ones are written before stale ones go, so
@@ -192,6 +188,20 @@ impl GuardMaps {
 
     pub fn remove_party(&mut self, party: &IpAddress) {
         let _ = self.parties.remove(party);
+    }
+
+    /// Marks a block of `source`, if it has one, as a party's or not (`Block::party`). The
+    /// entry is rewritten whole: a count the program adds meanwhile may be lost.
+    pub fn mark_block_party(&mut self, source: &IpAddress, party: bool) {
+        if let Ok(block) = self.blocks.get(source, 0)
+            && (block.party != 0) != party
+        {
+            let block = Block {
+                party: u32::from(party),
+                ..block
+            };
+            let _ = self.blocks.insert(source, block, 0);
+        }
     }
 
     pub fn parties(&self) -> Vec<IpAddress> {

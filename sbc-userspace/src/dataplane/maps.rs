@@ -7,13 +7,12 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use sbc_common::{
-    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipSelves,
-    SourceBucket, SourceRule,
+    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipListeners,
+    SipSelves, SourceBucket, SourceRule,
     maps::{
         BLOCKS, DIALOG_EVENTS, DIALOG_EVENTS_BYTES, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD,
-        MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES, MAX_SIP_LISTENERS,
-        MAX_SOURCE_RULES, MAX_SOURCES, PARTIES, REASONS, SIP_LISTENERS, SIP_SELF, SOURCE_RULES,
-        SOURCES,
+        MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES, MAX_SOURCE_RULES, MAX_SOURCES,
+        PARTIES, REASONS, SIP_LISTENERS, SIP_SELF, SOURCE_RULES, SOURCES,
     },
 };
 
@@ -32,7 +31,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         REASONS => Some((4, 8, Reason::COUNT)),
         // A devmap value is `struct bpf_devmap_val` (ifindex + program).
         EGRESS => Some((4, 8, MAX_EGRESS as u32)),
-        SIP_LISTENERS => Some((size(size_of::<FlowKey>()), 4, MAX_SIP_LISTENERS as u32)),
+        SIP_LISTENERS => Some((4, size(size_of::<SipListeners>()), 1)),
         GUARD => Some((4, size(size_of::<GuardConfig>()), 1)),
         // An LPM trie key is the prefix length (u32) and the address.
         SOURCE_RULES => Some((
