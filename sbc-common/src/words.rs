@@ -108,6 +108,16 @@ pub const fn first_flagged_byte(flags: u64) -> usize {
     (lowest.wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
 }
 
+/// The index of the highest byte whose high bit is set in `flags` (not zero, only high bits
+/// set): the flags smeared down to the lowest byte, and the top one isolated.
+#[inline(always)]
+pub const fn last_flagged_byte(flags: u64) -> usize {
+    let mut below = flags | flags >> 8;
+    below |= below >> 16;
+    below |= below >> 32;
+    first_flagged_byte(below & !(below >> 8))
+}
+
 /// The bytes of `word` before byte `n` (`n` from 0 to 8).
 #[inline(always)]
 pub const fn first_bytes(word: u64, n: usize) -> u64 {
@@ -124,10 +134,15 @@ pub fn is_blank(byte: u8) -> bool {
 }
 
 /// How many blanks `word` starts with (8: it is all blanks, more than a header may have).
+/// Counted with `first_flagged_byte`: see there why not `trailing_zeros`.
 #[inline(always)]
 pub fn leading_blanks(word: u64) -> usize {
-    let blanks = bytes_equal(word, b' ') | bytes_equal(word, b'\t');
-    ((!blanks & HIGHS).trailing_zeros() / 8) as usize
+    let others = !(bytes_equal(word, b' ') | bytes_equal(word, b'\t')) & HIGHS;
+    if others == 0 {
+        8
+    } else {
+        first_flagged_byte(others)
+    }
 }
 
 /// A seeded hash fed a word at a time (it keys the dialogs map by Call-ID, and makes the
@@ -188,4 +203,30 @@ pub fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {
     let mut last = [0u8; 8];
     last[..words.remainder().len()].copy_from_slice(words.remainder());
     hasher.finish(u64::from_le_bytes(last), bytes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every combination of flagged bytes: the lowest and the highest flagged ones are found.
+    #[test]
+    fn flagged_bytes_are_found_at_both_ends() {
+        for bits in 1u32..256 {
+            let flags = (0..8)
+                .filter(|byte| bits & (1 << byte) != 0)
+                .fold(0u64, |flags, byte| flags | 0x80 << (8 * byte));
+            assert_eq!(first_flagged_byte(flags), bits.trailing_zeros() as usize);
+            assert_eq!(last_flagged_byte(flags), 31 - bits.leading_zeros() as usize);
+        }
+    }
+
+    #[test]
+    fn leading_blanks_are_counted_up_to_a_word() {
+        let word = |text: &[u8; 8]| u64::from_le_bytes(*text);
+        assert_eq!(leading_blanks(word(b"value;x=")), 0);
+        assert_eq!(leading_blanks(word(b" \t value")), 3);
+        assert_eq!(leading_blanks(word(b"       x")), 7);
+        assert_eq!(leading_blanks(word(b" \t \t \t \t")), 8);
+    }
 }

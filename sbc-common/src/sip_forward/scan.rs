@@ -35,7 +35,7 @@ use crate::{
     dialog::{CALL_ID_TEXT, Dialog, DialogLeg, MAX_STRIPPED, SipSelves, TAG_TEXT, Text},
     words::{
         HIGHS, ONES, Words, bytes_equal, first_below_bang, first_bytes, first_flagged_byte,
-        is_blank, leading_blanks,
+        is_blank, last_flagged_byte, leading_blanks,
     },
 };
 
@@ -270,8 +270,12 @@ pub(super) fn trailing_blanks(message: &impl Words, from: usize, end: usize) -> 
         return 0;
     }
     let word = message.word_at(end.wrapping_sub(8));
-    let blanks = bytes_equal(word, b' ') | bytes_equal(word, b'\t');
-    let count = ((!blanks & HIGHS).leading_zeros() / 8) as usize;
+    let others = !(bytes_equal(word, b' ') | bytes_equal(word, b'\t')) & HIGHS;
+    let count = if others == 0 {
+        8
+    } else {
+        7 - last_flagged_byte(others)
+    };
     let span = end - from;
     if count > span { span } else { count }
 }
@@ -303,16 +307,6 @@ pub(super) fn find(
     } else {
         Ok(at + first_flagged_byte(flags))
     }
-}
-
-/// The index of the highest byte whose high bit is set in `flags` (not zero, only high bits
-/// set): the flags smeared down to the lowest byte, and the top one isolated.
-#[inline(always)]
-pub(super) const fn last_flagged_byte(flags: u64) -> usize {
-    let mut below = flags | flags >> 8;
-    below |= below >> 16;
-    below |= below >> 32;
-    first_flagged_byte(below & !(below >> 8))
 }
 
 /// Whether `;tag=` (any case) is at `at`.
@@ -917,21 +911,5 @@ impl DialogScan {
         }
         self.phase = phase::DONE;
         false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every combination of flagged bytes: the highest flagged one is found.
-    #[test]
-    fn the_last_flagged_byte_is_the_highest() {
-        for bits in 1u32..256 {
-            let flags = (0..8)
-                .filter(|byte| bits & (1 << byte) != 0)
-                .fold(0u64, |flags, byte| flags | 0x80 << (8 * byte));
-            assert_eq!(last_flagged_byte(flags), 31 - bits.leading_zeros() as usize);
-        }
     }
 }
