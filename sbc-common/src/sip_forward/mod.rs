@@ -212,3 +212,38 @@ mod tests {
         }
     }
 }
+#[cfg(test)]
+mod step_counts {
+    use super::*;
+
+    /// The steps a scan of `case` takes to its verdict.
+    fn steps(name: &str) -> usize {
+        let case = corpus::CASES
+            .iter()
+            .find(|c| c.name == name)
+            .expect("a case");
+        let (dialog, selves) = (corpus::dialog(0x5eed), corpus::selves());
+        let mut scratch = ForwardScratch::zeroed();
+        let arrival = case.arrival(0x5eed);
+        let words = MessageWords(case.message.as_bytes());
+        let scan = &mut scratch.scan;
+        let (len, response) = (case.message.len(), case.is_response());
+        scan.start(len, arrival.leg, response, arrival.source, arrival.seed);
+        (1..=SCAN_STEPS)
+            .find(|_| !scan.step(&words, &dialog, &selves))
+            .expect("a verdict within the steps")
+    }
+
+    /// Each step is a `bpf_loop` call in the kernel, some 25 ns of the forwarding's cost:
+    /// the common messages must not take more of them unnoticed.
+    #[test]
+    fn common_messages_take_few_steps() {
+        for (name, most) in [("sipp_bye", 21), ("backend_200_to_a_bye", 21)] {
+            let taken = steps(name);
+            assert!(
+                taken <= most,
+                "{name}: {taken} steps, at most {most} expected"
+            );
+        }
+    }
+}

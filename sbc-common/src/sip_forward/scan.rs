@@ -22,9 +22,12 @@
 //! that may appear once appearing twice, Proxy-Require, a Content-Length other than the
 //! body's, Max-Forwards 0 or above 255, a response for a transaction of the daemon's.
 //!
-//! The scan is a state machine stepped line by line (`step`, from `bpf_loop` in the kernel):
-//! a step reads a whole line of the common length (its name classified, its end found), or a
-//! value (compared, searched or hashed up to eight words at once); no loop within a loop, and
+//! The scan is a state machine stepped line by line (`step`, from `bpf_loop` in the kernel,
+//! where each step costs a call): a step reads a whole line of the common length (its name
+//! classified, its end found, and a value of one step read: Max-Forwards, Call-ID, CSeq,
+//! Content-Length and -Type, a header removed, the blank line), or a value (compared, searched
+//! or hashed up to eight words at once, a comparison begun where its value is found, a Via's
+//! parameters where its host is, its edits where its hash ends); no loop within a loop, and
 //! what was chosen among candidates is read back from memory before the step goes on (the
 //! verifier then follows one state, not one per candidate). Everything lives in `DialogScan`,
 //! which the XDP program keeps in map memory, where the verifier tracks no values.
@@ -49,17 +52,9 @@ pub(super) mod phase {
     pub const VIA: u32 = 5;
     pub const VIA_PARAMS: u32 = 6;
     pub const VIA_HASH: u32 = 7;
-    pub const VIA_EDIT: u32 = 8;
     pub const ROUTE_VALUE: u32 = 9;
-    pub const MAX_FORWARDS: u32 = 11;
-    pub const CALL_ID: u32 = 12;
     pub const COMPARE: u32 = 13;
     pub const TAG_SEARCH: u32 = 14;
-    pub const CSEQ: u32 = 16;
-    pub const CONTENT_LENGTH: u32 = 17;
-    pub const CONTENT_TYPE: u32 = 18;
-    pub const STRIP: u32 = 19;
-    pub const END: u32 = 20;
     pub const DONE: u32 = 21;
     pub const SOURCE: u32 = 22;
     pub const STATUS: u32 = 23;
@@ -113,6 +108,8 @@ pub(super) mod expected {
 const SEARCH_STEP_WORDS: usize = 8;
 /// Words of a value compared per step.
 const COMPARE_STEP_WORDS: usize = 8;
+/// Words of a value (Request-URI, Via, Contact) hashed per step.
+pub(super) const HASH_STEP_WORDS: usize = 8;
 /// Longest Request-URI, and longest header line the scan edits or checks.
 pub(super) const LINE_MAX: usize = 512;
 /// Steps a scan may take: one per line start and a few per line it reads, and per word.
@@ -432,28 +429,20 @@ impl DialogScan {
             phase::STATUS => self.status(message),
             phase::URI => self.uri(message, dialog),
             phase::VERSION => self.version(message, selves),
-            phase::BEGIN_LINE => self.begin_line(message, selves),
-            phase::FIND_LINE_END => self.find_line_end(message),
+            phase::BEGIN_LINE => self.begin_line(message, dialog, selves),
+            phase::FIND_LINE_END => self.find_line_end(message, dialog, selves),
             phase::VIA => self.via(message),
             phase::VIA_PARAMS => self.via_params(message),
             phase::VIA_HASH => self.via_hash(message),
-            phase::VIA_EDIT => self.via_edit(),
-            phase::POP_VIA => self.pop_via(selves),
+            phase::POP_VIA => self.pop_via(message, dialog, selves),
             phase::POP_VIA_END => self.pop_via_end(message),
             phase::NEXT_VIA => self.next_via(message),
             phase::NEXT_VIA_PARAMS => self.next_via_params(message),
             phase::ROUTE_VALUE => self.route_value(message, selves),
-            phase::MAX_FORWARDS => self.max_forwards(message),
-            phase::CALL_ID => self.call_id(dialog),
             phase::COMPARE => self.compare(message, dialog, selves),
-            phase::TAG_SEARCH => self.tag_search(message, dialog),
-            phase::CSEQ => self.cseq(message),
-            phase::CONTENT_LENGTH => self.content_length(message),
-            phase::CONTENT_TYPE => self.content_type(message),
-            phase::STRIP => self.strip(),
+            phase::TAG_SEARCH => self.tag_search(message, dialog, selves),
             phase::CONTACT => self.contact(message),
             phase::CONTACT_HASH => self.contact_hash(message, dialog),
-            phase::END => self.end(message),
             _ => false,
         }
     }
@@ -462,7 +451,12 @@ impl DialogScan {
     /// its name's key, its end found and its value handed to its reader (one step for a line
     /// of up to `SEARCH_STEP_WORDS` words, the common case).
     #[inline(always)]
-    pub(super) fn begin_line(&mut self, message: &impl Words, selves: &SipSelves) -> bool {
+    pub(super) fn begin_line(
+        &mut self,
+        message: &impl Words,
+        dialog: &Dialog,
+        selves: &SipSelves,
+    ) -> bool {
         let line = self.next;
         if line >= self.len {
             return self.pass(Reason::PassSipInDialogForm);
@@ -471,8 +465,7 @@ impl DialogScan {
         let head = message.word_at(line);
         let first = head as u8;
         if first == b'\r' || first == b'\n' {
-            self.phase = phase::END;
-            return true;
+            return self.end(message);
         }
         if is_blank(first) {
             // A folded line: the daemon unfolds it.
@@ -521,7 +514,7 @@ impl DialogScan {
         self.class = class;
         self.name_key = key;
         self.name_end = line + name_len;
-        self.classify(selves) && self.find_line_end(message)
+        self.classify(selves) && self.find_line_end(message, dialog, selves)
     }
 
     /// The class of the line being read, read back from the scan's memory: the verifier then
@@ -581,9 +574,9 @@ impl DialogScan {
     }
 
     /// Finds where the current line ends (up to `SEARCH_STEP_WORDS` words a step), then hands
-    /// its value to its header's reader.
+    /// its value to its header's reader: the readers that take one step read it in this one.
     #[inline(always)]
-    fn find_line_end(&mut self, message: &impl Words) -> bool {
+    fn find_line_end(&mut self, message: &impl Words, dialog: &Dialog, selves: &SipSelves) -> bool {
         let feed = match find(message, self.cursor, |word| bytes_equal(word, b'\n')) {
             Ok(feed) => feed,
             Err(on) => {
@@ -631,31 +624,36 @@ impl DialogScan {
             (_, 0) => phase::POP_VIA,
             _ => phase::NEXT_VIA,
         };
-        self.phase = match self.line_class() {
+        let then = match self.line_class() {
             header::VIA => via,
             header::ROUTE => phase::ROUTE_VALUE,
-            header::MAX_FORWARDS => phase::MAX_FORWARDS,
-            header::CALL_ID => phase::CALL_ID,
             header::FROM | header::TO => phase::TAG_SEARCH,
-            header::CSEQ => phase::CSEQ,
-            header::CONTENT_LENGTH => phase::CONTENT_LENGTH,
-            header::CONTENT_TYPE => phase::CONTENT_TYPE,
             header::CONTACT => phase::CONTACT,
-            _ => phase::STRIP,
+            header::MAX_FORWARDS => return self.max_forwards(message),
+            header::CALL_ID => return self.call_id(message, dialog, selves),
+            header::CSEQ => return self.cseq(message),
+            header::CONTENT_LENGTH => return self.content_length(message),
+            header::CONTENT_TYPE => return self.content_type(message),
+            _ => return self.strip(),
         };
+        self.phase = then;
         true
     }
 
-    /// The Call-ID: as long as the dialog's, then held against it word by word.
+    /// The Call-ID: as long as the dialog's, then held against it word by word, its first
+    /// words at once.
     #[inline(always)]
-    fn call_id(&mut self, dialog: &Dialog) -> bool {
+    fn call_id(&mut self, message: &impl Words, dialog: &Dialog, selves: &SipSelves) -> bool {
         let len = self.value_end - self.value_start;
         if len != dialog.call_id.len() || len == 0 || len > CALL_ID_TEXT {
             return self.pass(Reason::PassSipInDialogMismatch);
         }
         self.compare_with(expected::CALL_ID, self.value_start, len, phase::BEGIN_LINE)
+            && self.compare(message, dialog, selves)
     }
 
+    /// Sets up holding the `len` bytes at `at` against `text` (`expected`), then phase `then`;
+    /// its callers go on with the first `compare` in the same step.
     #[inline(always)]
     pub(super) fn compare_with(&mut self, text: u32, at: usize, len: usize, then: u32) -> bool {
         self.compare_text = text;
@@ -714,7 +712,7 @@ impl DialogScan {
     /// tag must follow it: it is the header's, not its URI's). A word with more than two
     /// `;` (parameters of a letter or two) goes up rather than being looked at closer.
     #[inline(always)]
-    fn tag_search(&mut self, message: &impl Words, dialog: &Dialog) -> bool {
+    fn tag_search(&mut self, message: &impl Words, dialog: &Dialog, selves: &SipSelves) -> bool {
         let mut crowded = 0;
         let mut k = 0;
         while k < SEARCH_STEP_WORDS {
@@ -744,12 +742,12 @@ impl DialogScan {
         if self.cursor < self.value_end {
             return true;
         }
-        self.tag_found(message, dialog)
+        self.tag_found(message, dialog, selves)
     }
 
     /// The tag found is the one this header must carry: From the sender's, To the other's.
     #[inline(always)]
-    fn tag_found(&mut self, message: &impl Words, dialog: &Dialog) -> bool {
+    fn tag_found(&mut self, message: &impl Words, dialog: &Dialog, selves: &SipSelves) -> bool {
         let sender = self.leg & 1;
         let party = if self.class == header::FROM {
             sender
@@ -771,7 +769,7 @@ impl DialogScan {
         } else {
             expected::CALLEE_TAG
         };
-        self.compare_with(tag, at, len, phase::BEGIN_LINE)
+        self.compare_with(tag, at, len, phase::BEGIN_LINE) && self.compare(message, dialog, selves)
     }
 
     /// CSeq: a number below 2^31, blanks, and the request's method.

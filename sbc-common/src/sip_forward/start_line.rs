@@ -1,7 +1,7 @@
 //! The start line: a request's method, Request-URI and version (after which our Via goes
 //! in), or a response's status.
 use super::{
-    scan::{DialogScan, LINE_MAX, header, leading_digits, phase},
+    scan::{DialogScan, HASH_STEP_WORDS, LINE_MAX, header, leading_digits, phase},
     text::dotted,
 };
 use crate::{
@@ -12,8 +12,6 @@ use crate::{
     words::{WordHasher, Words, first_below_bang, first_bytes, first_flagged_byte},
 };
 
-/// Words of the Request-URI hashed per step.
-const HASH_STEP_WORDS: usize = 4;
 /// What follows our Via's text in its line: the branch, `;rport` and the line's end.
 pub(super) const OUR_VIA_TAIL: usize = STATELESS_BRANCH_LEN + 8;
 

@@ -1,18 +1,17 @@
 //! The Vias: a request's previous hop marked and hashed for our branch; a response's top
 //! Via (ours) removed and the one below it checked against the party it goes to.
 use super::{
-    scan::{DialogScan, expected, find, leading_digits, lower, phase, trailing_blanks},
+    scan::{
+        DialogScan, HASH_STEP_WORDS, expected, find, leading_digits, lower, phase, trailing_blanks,
+    },
     text::decimal,
 };
 use crate::{
     Reason,
     branch::{STATELESS_BRANCH_PREFIX, branch_hasher},
-    dialog::SipSelves,
+    dialog::{Dialog, SipSelves},
     words::{WordHasher, Words, bytes_equal, first_below_bang, first_bytes, leading_blanks},
 };
-
-/// Words of a value hashed per step.
-const HASH_STEP_WORDS: usize = 4;
 
 impl DialogScan {
     /// The top Via: `SIP/2.0/UDP`, then its host compared with the source address.
@@ -39,7 +38,7 @@ impl DialogScan {
         self.received = u32::from(!same);
         self.cursor = host;
         self.phase = phase::VIA_PARAMS;
-        true
+        self.via_params(message)
     }
 
     /// The top Via's parameters, a mark (`;`, `,` or `"`) a step, up to its first value's end:
@@ -100,11 +99,11 @@ impl DialogScan {
     /// Hashes the first Via value for the stateless branch.
     #[inline(always)]
     pub(super) fn via_hash(&mut self, message: &impl Words) -> bool {
-        if let Some(hash) = self.hash_value(message) {
-            self.branch_hash = hash;
-            self.phase = phase::VIA_EDIT;
-        }
-        true
+        let Some(hash) = self.hash_value(message) else {
+            return true;
+        };
+        self.branch_hash = hash;
+        self.via_edit()
     }
 
     /// `HASH_STEP_WORDS` words more of the value from `hash_start` to `hash_end` hashed (from
@@ -164,7 +163,12 @@ impl DialogScan {
     /// A response's top Via must be ours on the side it arrives on, with a stateless branch
     /// (a response to a request the daemon forwarded in a transaction is the daemon's).
     #[inline(always)]
-    pub(super) fn pop_via(&mut self, selves: &SipSelves) -> bool {
+    pub(super) fn pop_via(
+        &mut self,
+        message: &impl Words,
+        dialog: &Dialog,
+        selves: &SipSelves,
+    ) -> bool {
         let ours = &selves.sides[usize::from(self.out_side & 1 ^ 1)].via;
         self.our_via_len = ours.len() & 63;
         if ours.is_empty() || self.value_end - self.value_start < self.our_via_len + 28 {
@@ -175,7 +179,7 @@ impl DialogScan {
             self.value_start,
             self.our_via_len,
             phase::POP_VIA_END,
-        )
+        ) && self.compare(message, dialog, selves)
     }
 
     /// Past our Via's text: the stateless branch's prefix, then the end of our value. Alone
