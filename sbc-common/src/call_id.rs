@@ -28,7 +28,7 @@ pub const SCAN_BUFFER: usize = 2048;
 /// way out per word, cheap to verify: eight cover most header lines in one step).
 const STEP_WORDS: usize = 8;
 /// Words of a Call-ID value hashed per step (one branch each, no loop: cheap to verify).
-const VALUE_STEP_WORDS: usize = 4;
+const VALUE_STEP_WORDS: usize = 8;
 /// Longest Call-ID value hashed.
 pub const CALL_ID_MAX: usize = 256;
 
@@ -88,13 +88,20 @@ impl CallIdScan {
         self.result
     }
 
-    /// One step of the search for the Call-ID header: the next line start within
-    /// `STEP_WORDS` words from the cursor (or, with none there, past those words); false when
-    /// the search is over (found, or known not to be there). Branches but no loop; the cursor
-    /// lives in this struct, which the XDP program keeps in map memory, where the verifier
-    /// tracks no values (on its stack, each position would be a state of its own).
+    /// One step of the search for the Call-ID header: two lines (see `line_step`). Each step
+    /// is a `bpf_loop` call in the kernel, which costs as much as reading a line.
     #[inline(always)]
     pub fn step(&mut self, window: &impl Words) -> bool {
+        self.line_step(window) && self.line_step(window)
+    }
+
+    /// The next line start within `STEP_WORDS` words from the cursor (or, with none there,
+    /// past those words); false when the search is over (found, or known not to be there).
+    /// Branches but no loop; the cursor lives in this struct, which the XDP program keeps in
+    /// map memory, where the verifier tracks no values (on its stack, each position would be a
+    /// state of its own).
+    #[inline(always)]
+    fn line_step(&mut self, window: &impl Words) -> bool {
         let from = self.cursor;
         if from >= self.len {
             return false;

@@ -238,7 +238,7 @@ mod step_counts {
     /// the common messages must not take more of them unnoticed.
     #[test]
     fn common_messages_take_few_steps() {
-        for (name, most) in [("sipp_bye", 21), ("backend_200_to_a_bye", 21)] {
+        for (name, most) in [("sipp_bye", 19), ("backend_200_to_a_bye", 20)] {
             let taken = steps(name);
             assert!(
                 taken <= most,

@@ -46,7 +46,6 @@ use crate::{
 pub(super) mod phase {
     pub const METHOD: u32 = 0;
     pub const URI: u32 = 1;
-    pub const VERSION: u32 = 2;
     pub const BEGIN_LINE: u32 = 3;
     pub const FIND_LINE_END: u32 = 4;
     pub const VIA: u32 = 5;
@@ -57,7 +56,6 @@ pub(super) mod phase {
     pub const TAG_SEARCH: u32 = 14;
     pub const DONE: u32 = 21;
     pub const SOURCE: u32 = 22;
-    pub const STATUS: u32 = 23;
     pub const POP_VIA: u32 = 24;
     pub const POP_VIA_END: u32 = 25;
     pub const NEXT_VIA: u32 = 26;
@@ -425,10 +423,8 @@ impl DialogScan {
     pub fn step(&mut self, message: &impl Words, dialog: &Dialog, selves: &SipSelves) -> bool {
         match self.phase {
             phase::METHOD => self.method(message, dialog),
-            phase::SOURCE => self.source(),
-            phase::STATUS => self.status(message),
-            phase::URI => self.uri(message, dialog),
-            phase::VERSION => self.version(message, selves),
+            phase::SOURCE => self.source(message, dialog, selves),
+            phase::URI => self.uri(message, dialog, selves),
             phase::BEGIN_LINE => self.begin_line(message, dialog, selves),
             phase::FIND_LINE_END => self.find_line_end(message, dialog, selves),
             phase::VIA => self.via(message),

@@ -84,20 +84,24 @@ impl DialogScan {
     /// step of its own: the method's search above leaves one path per method, which the
     /// verifier follows to the step's end.)
     #[inline(always)]
-    pub(super) fn source(&mut self) -> bool {
+    pub(super) fn source(
+        &mut self,
+        message: &impl Words,
+        dialog: &Dialog,
+        selves: &SipSelves,
+    ) -> bool {
         let (text, text_len) = dotted(self.source);
         self.source_text = text;
         self.source_text_len = text_len;
         if self.response != 0 {
-            self.phase = phase::STATUS;
-            return true;
+            return self.status(message);
         }
         self.hash_at = self.hash_start;
         self.hash_end = 0;
         // Seeded as the dialogs map's keys: the daemon hashes the Contact with `call_id_hash`.
         self.hasher = WordHasher::new(self.seed).state();
         self.phase = phase::URI;
-        true
+        self.uri(message, dialog, selves)
     }
 
     /// A response's status line: `SIP/2.0`, three digits and the reason phrase, copied as it
@@ -127,7 +131,12 @@ impl DialogScan {
     /// The Request-URI, hashed `HASH_STEP_WORDS` words a step up to its first byte below `!`,
     /// then held against the one this leg's requests carry.
     #[inline(always)]
-    pub(super) fn uri(&mut self, message: &impl Words, dialog: &Dialog) -> bool {
+    pub(super) fn uri(
+        &mut self,
+        message: &impl Words,
+        dialog: &Dialog,
+        selves: &SipSelves,
+    ) -> bool {
         let mut hasher = WordHasher::from_state(self.hasher);
         let mut k = 0;
         while k < HASH_STEP_WORDS {
@@ -144,8 +153,7 @@ impl DialogScan {
                 if hash != self.leg(dialog).request_uri_hash {
                     return self.pass(Reason::PassSipInDialogMismatch);
                 }
-                self.phase = phase::VERSION;
-                return true;
+                return self.version(message, selves);
             }
             hasher.write_word(word);
             self.hash_at += 8;
