@@ -2,9 +2,10 @@
 //! listeners against floods.
 //!
 //! parse (Ethernet, one VLAN tag, IPv4, UDP) → classify by destination:
+//! - a SIP listener (compared in place, no lookup): dynamic blocks, blocklists, known dialogs
+//!   (their in-dialog SIP forwarded here), per-source token buckets;
 //! - a media flow: check the source against the latched peer → rewrite → next hop by
-//!   `bpf_fib_lookup` → `XDP_TX` or a DEVMAP redirect;
-//! - a SIP listener: blocklists, known dialogs, dynamic blocks, per-source token buckets.
+//!   `bpf_fib_lookup` → `XDP_TX` or a DEVMAP redirect.
 //!
 //! Whatever it does not fully understand goes up with `XDP_PASS`, and every verdict is counted
 //! by reason (see `sbc_common::Reason`).
