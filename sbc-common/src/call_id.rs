@@ -3,7 +3,8 @@
 //! The XDP program copies the first `SCAN_BUFFER` bytes of a datagram into a `ScanWindow` and
 //! runs `CallIdScan::step` from `bpf_loop` (the verifier checks one step, not every iteration
 //! of a long scan); the daemon runs the same steps over its own copy with
-//! `find_call_id_hash`. A step goes from one line start to the next: it finds the line feeds of
+//! `find_call_id_hash`. A step goes two lines on (a `bpf_loop` call costs about a line's
+//! reading), each from one line start to the next: it finds the line feeds of
 //! a word at once (SWAR), up to `STEP_WORDS` words on, and tells the line by its first eight
 //! bytes. The scan's state (`CallIdScan`) lives beside the window in map memory, whose values
 //! the verifier does not track: each step is verified once, whatever the cursor.
