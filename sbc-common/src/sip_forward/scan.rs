@@ -421,11 +421,14 @@ impl DialogScan {
     /// One step; false when the scan is over (`verdict` says how).
     #[inline(always)]
     pub fn step(&mut self, message: &impl Words, dialog: &Dialog, selves: &SipSelves) -> bool {
+        // Most steps begin a line: asked first, not found down a chain of compares.
+        if self.phase == phase::BEGIN_LINE {
+            return self.begin_line(message, dialog, selves);
+        }
         match self.phase {
             phase::METHOD => self.method(message, dialog),
             phase::SOURCE => self.source(message, dialog, selves),
             phase::URI => self.uri(message, dialog, selves),
-            phase::BEGIN_LINE => self.begin_line(message, dialog, selves),
             phase::FIND_LINE_END => self.find_line_end(message, dialog, selves),
             phase::VIA => self.via(message),
             phase::VIA_PARAMS => self.via_params(message),
