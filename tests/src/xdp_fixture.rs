@@ -286,9 +286,8 @@ impl Program {
         map.set(0, selves, 0).unwrap();
     }
 
-    /// Makes `caller` the caller of `calls` calls (0: of none), as the daemon does.
-    /// Records `caller` as the caller of `calls` calls, and marks its block if it has one, as
-    /// the daemon does.
+    /// Makes `caller` the caller of `calls` calls (0: of none) and marks its block if it has
+    /// one, as the daemon does.
     pub fn set_party(&mut self, caller: Ipv4Addr, calls: u32) {
         let mut parties: HashMap<&mut MapData, IpAddress, u32> =
             HashMap::try_from(self.ebpf.map_mut(PARTIES).unwrap()).unwrap();

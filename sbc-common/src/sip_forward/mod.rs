@@ -113,11 +113,7 @@ fn forward_words(
     let scan = &mut scratch.scan;
     let response = is_response(words.word_at(0));
     scan.start(len, arrival.leg, response, arrival.source, arrival.seed);
-    for _ in 0..SCAN_STEPS {
-        if !scan.step(words, dialog, selves) {
-            break;
-        }
-    }
+    scan_steps(scan, words, dialog, selves);
     if !scan.forwards() {
         return Err(Reason::from_index(scan.verdict()).unwrap_or(Reason::PassSipInDialogForm));
     }
@@ -126,6 +122,19 @@ fn forward_words(
         .plan
         .assemble(words, &mut scratch.out.bytes)
         .ok_or(Reason::PassSipInDialogSize)
+}
+
+/// Steps `scan` to its verdict, as `bpf_loop` does in the kernel (at most `SCAN_STEPS`);
+/// how many steps it took.
+fn scan_steps(
+    scan: &mut DialogScan,
+    words: &impl Words,
+    dialog: &Dialog,
+    selves: &SipSelves,
+) -> usize {
+    (1..=SCAN_STEPS)
+        .find(|_| !scan.step(words, dialog, selves))
+        .unwrap_or(SCAN_STEPS)
 }
 
 #[cfg(test)]
@@ -179,6 +188,26 @@ mod tests {
         }
     }
 
+    /// Each step is a `bpf_loop` call in the kernel, some 25 ns of the forwarding's cost:
+    /// the common messages must not take more of them unnoticed.
+    #[test]
+    fn common_messages_take_few_steps() {
+        for (name, most) in [("sipp_bye", 19), ("backend_200_to_a_bye", 20)] {
+            let case = CASES.iter().find(|c| c.name == name).expect("a case");
+            let mut scratch = ForwardScratch::zeroed();
+            let (arrival, message) = (case.arrival(9), case.message.as_bytes());
+            let scan = &mut scratch.scan;
+            let (leg, source) = (arrival.leg, arrival.source);
+            scan.start(message.len(), leg, case.is_response(), source, arrival.seed);
+            let taken = scan_steps(scan, &MessageWords(message), &dialog(9), &selves());
+            assert!(scan.forwards(), "{name}: {:?}", scan.verdict());
+            assert!(
+                taken <= most,
+                "{name}: {taken} steps, at most {most} expected"
+            );
+        }
+    }
+
     /// The XDP program reads a message in a window whose bytes past it hold an earlier
     /// datagram's: here the ones most likely to mislead a scan. Every cut of every case gets
     /// the same outcome there as alone.
@@ -209,41 +238,6 @@ mod tests {
                     .map(|len| scratch.out.bytes[..len].to_vec());
                 assert_eq!(windowed, alone, "{} cut at {cut}", case.name);
             }
-        }
-    }
-}
-#[cfg(test)]
-mod step_counts {
-    use super::*;
-
-    /// The steps a scan of `case` takes to its verdict.
-    fn steps(name: &str) -> usize {
-        let case = corpus::CASES
-            .iter()
-            .find(|c| c.name == name)
-            .expect("a case");
-        let (dialog, selves) = (corpus::dialog(0x5eed), corpus::selves());
-        let mut scratch = ForwardScratch::zeroed();
-        let arrival = case.arrival(0x5eed);
-        let words = MessageWords(case.message.as_bytes());
-        let scan = &mut scratch.scan;
-        let (len, response) = (case.message.len(), case.is_response());
-        scan.start(len, arrival.leg, response, arrival.source, arrival.seed);
-        (1..=SCAN_STEPS)
-            .find(|_| !scan.step(&words, &dialog, &selves))
-            .expect("a verdict within the steps")
-    }
-
-    /// Each step is a `bpf_loop` call in the kernel, some 25 ns of the forwarding's cost:
-    /// the common messages must not take more of them unnoticed.
-    #[test]
-    fn common_messages_take_few_steps() {
-        for (name, most) in [("sipp_bye", 19), ("backend_200_to_a_bye", 20)] {
-            let taken = steps(name);
-            assert!(
-                taken <= most,
-                "{name}: {taken} steps, at most {most} expected"
-            );
         }
     }
 }

@@ -80,9 +80,10 @@ impl DialogScan {
         true
     }
 
-    /// The address a Via must name written out; a request's Request-URI hash started. (A
-    /// step of its own: the method's search above leaves one path per method, which the
-    /// verifier follows to the step's end.)
+    /// The address a Via must name written out, then a request's Request-URI read (and its
+    /// version, when the URI ends within this step) or a response's status line. (A step of
+    /// its own: the method's search above leaves one path per method, which the verifier
+    /// would follow through all of that.)
     #[inline(always)]
     pub(super) fn source(
         &mut self,
