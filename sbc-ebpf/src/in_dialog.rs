@@ -8,26 +8,23 @@
 use aya_ebpf::{
     cty::{c_long, c_void},
     helpers::{
-        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
-        generated::{bpf_csum_diff, bpf_probe_read_kernel},
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use sbc_common::{
     Dialog, DialogEnd, DialogEnded, FlowKey, IpAddress, Reason, SipSelves,
-    checksum::{ChecksumUpdate, WordSum, udp_ipv4},
-    sip_forward::{
-        FRAME_HEADERS, ForwardScratch, SCAN_STEPS, is_response,
-        plan::{MAX_PIECES, OUT_BUFFER},
-    },
+    checksum::{ChecksumUpdate, udp_ipv4},
+    sip_forward::{FRAME_HEADERS, ForwardScratch, SCAN_STEPS, is_response, plan::OUT_BUFFER},
     words::{ScanWindow, Words as _},
 };
 
 use crate::{
-    Verdict,
+    Verdict, assembly,
     forward::{self, NextHop},
+    loops::run_loop,
     maps::{SBC_DIALOG_EVENTS, SBC_DIALOGS, SBC_FORWARD, SBC_SIP_SELF},
     parse::{Ipv4Udp, header_at},
 };
@@ -109,21 +106,7 @@ pub fn forward(
                 Reason::from_index(verdict).unwrap_or(Reason::PassSipInDialogForm),
             ));
         }
-        (*scratch).written = 0;
-        run_loop(MAX_PIECES / PIECES_PER_STEP, copy_pieces, &mut steps);
-        // Zeros after the message: its sum is taken four bytes at a time.
-        let len = (*scratch).scan.plan.out_len;
-        (*scratch)
-            .out
-            .bytes
-            .as_mut_ptr()
-            .add(len & (OUT_BUFFER - 1))
-            .cast::<u64>()
-            .write_unaligned(0);
-        (*scratch).sum = WordSum::new();
-        run_loop(len.div_ceil(SUM_CHUNK), sum_chunk, &mut steps);
-        // A helper that failed left `written` short of the message.
-        if (*scratch).written != len {
+        if !assembly::assemble(scratch, window) {
             return Some(Verdict::pass(Reason::PassSipCopyFailed));
         }
     }
@@ -367,105 +350,4 @@ extern "C" fn scan_step(_index: u64, steps: *mut c_void) -> c_long {
             .step(&*steps.window, &*steps.dialog, &*steps.selves);
         c_long::from(!more)
     }
-}
-
-/// Pieces of the plan copied per `bpf_loop` call (a call costs about what a copy does).
-const PIECES_PER_STEP: usize = 4;
-
-/// Copies pieces `PIECES_PER_STEP * index` on of the plan; 1 stops the loop after the last
-/// piece, or at a copy that failed.
-extern "C" fn copy_pieces(index: u64, steps: *mut c_void) -> c_long {
-    let mut k = 0;
-    while k < PIECES_PER_STEP {
-        // SAFETY: as in `scan_step`.
-        if !unsafe {
-            copy_piece(
-                &*steps.cast::<Steps>(),
-                index as usize * PIECES_PER_STEP + k,
-            )
-        } {
-            return 1;
-        }
-        k += 1;
-    }
-    0
-}
-
-/// Copies piece `index` of the plan to where the message assembled so far ends (a helper's
-/// copy from map memory to map memory); false after the last piece, or at a copy that failed.
-///
-/// # Safety
-/// `steps` holds pointers into this CPU's map values.
-#[inline(always)]
-unsafe fn copy_piece(steps: &Steps, index: usize) -> bool {
-    // SAFETY: the copy's destination is masked into the out buffer, which is twice as long as
-    // the mask allows a position or a length to be.
-    unsafe {
-        let scratch = steps.forward;
-        let plan = &(*scratch).scan.plan;
-        if index >= plan.count {
-            return false;
-        }
-        let piece = plan.pieces[index & (MAX_PIECES - 1)];
-        let source = if piece.inserted != 0 {
-            plan.inserted.bytes.as_ptr()
-        } else {
-            (*steps.window).bytes.as_ptr()
-        };
-        let len = usize::from(piece.len) & (OUT_BUFFER - 1);
-        let at = (*scratch).written & (OUT_BUFFER - 1);
-        let copied = bpf_probe_read_kernel(
-            (*scratch).out.bytes.as_mut_ptr().add(at).cast(),
-            len as u32,
-            source.add(usize::from(piece.offset)).cast(),
-        );
-        if copied != 0 {
-            return false;
-        }
-        (*scratch).written = at + len;
-        true
-    }
-}
-
-/// Bytes of the assembled message summed per `bpf_csum_diff` (the helper's most).
-const SUM_CHUNK: usize = 512;
-
-/// Adds chunk `index` of the assembled message to its sum (whole words of four bytes: the
-/// message is followed by zeros); a sum that failed clears `written` and stops the loop.
-extern "C" fn sum_chunk(index: u64, steps: *mut c_void) -> c_long {
-    // SAFETY: as in `copy_piece`; the chunk lies within the out buffer.
-    unsafe {
-        let scratch = (*steps.cast::<Steps>()).forward;
-        let from = (index as usize * SUM_CHUNK) & (OUT_BUFFER - 1);
-        let left = ((*scratch).scan.plan.out_len.wrapping_sub(from) + 3) & !3;
-        let len = if left > SUM_CHUNK { SUM_CHUNK } else { left };
-        let sum = bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            (*scratch).out.bytes.as_mut_ptr().add(from).cast(),
-            len as u32,
-            0,
-        );
-        if sum < 0 {
-            (*scratch).written = 0;
-            return 1;
-        }
-        // The helper's sum of 32 bits (folded to 16 on some kernels: the same once folded).
-        (*scratch).sum.add(u64::from(sum as u32));
-    }
-    0
-}
-
-/// Runs `step` over `steps` up to `count` times, until it asks to stop.
-#[inline(always)]
-fn run_loop(count: usize, step: extern "C" fn(u64, *mut c_void) -> c_long, steps: &mut Steps) {
-    // SAFETY: `steps` outlives the call; the callback has the signature bpf_loop expects.
-    unsafe {
-        bpf_loop(
-            count as u32,
-            step as *mut c_void,
-            (steps as *mut Steps).cast(),
-            0,
-        )
-    };
 }

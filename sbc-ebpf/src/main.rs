@@ -11,10 +11,14 @@
 //! by reason (see `sbc_common::Reason`).
 #![no_std]
 #![no_main]
+// Unaligned word loads and stores in assembly (see `assembly::load`).
+#![feature(asm_experimental_arch)]
 
+mod assembly;
 mod counters;
 mod forward;
 mod in_dialog;
+mod loops;
 mod maps;
 mod parse;
 mod relay;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     btf_maps::lpm_trie::Key,
     cty::{c_long, c_void},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_loop, bpf_xdp_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use network_types::udp::UdpHdr;
@@ -17,6 +17,7 @@ use sbc_common::{
 
 use crate::{
     Verdict, in_dialog,
+    loops::run_loop,
     maps::{
         SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_PARTIES, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES,
         ScanScratch,
@@ -166,8 +167,7 @@ impl GuardTables for GuardMaps {
 }
 
 /// One `bpf_loop` step of the header search (see `CallIdScan::step`, which keeps its own
-/// cursor). Returns 1 to stop the loop. Every argument needs a name: the kernel refuses the
-/// BTF of a function with an unnamed one.
+/// cursor): a `loops::Step`.
 extern "C" fn header_step(_index: u64, scratch: *mut c_void) -> c_long {
     // SAFETY: `scratch` is the caller's pointer to this CPU's scratch, alive for the whole
     // loop; `step` masks every index into the window.
@@ -177,36 +177,13 @@ extern "C" fn header_step(_index: u64, scratch: *mut c_void) -> c_long {
     }
 }
 
-/// One `bpf_loop` step of hashing the value (see `CallIdScan::value_step`). Returns 1 to stop
-/// the loop.
+/// One `bpf_loop` step of hashing the value (see `CallIdScan::value_step`).
 extern "C" fn value_step(n: u64, scratch: *mut c_void) -> c_long {
     // SAFETY: as in `header_step`.
     unsafe {
         let scratch = *scratch.cast::<*mut ScanScratch>();
         c_long::from(!(*scratch).scan.value_step(&(*scratch).window, n as usize))
     }
-}
-
-/// Runs `step` over this CPU's scratch for indexes below `count` until it asks to stop.
-#[inline(always)]
-fn run_loop(
-    count: usize,
-    step: extern "C" fn(u64, *mut c_void) -> c_long,
-    scratch: *mut ScanScratch,
-) {
-    // The loop's context must be on the stack: it holds the pointer to the scratch.
-    let mut context = scratch;
-    // SAFETY: `context` outlives the call; the callback has the signature bpf_loop expects
-    // and is passed as a function address (the loader turns it into a BPF_PSEUDO_FUNC
-    // reference).
-    unsafe {
-        bpf_loop(
-            count as u32,
-            step as *mut c_void,
-            (&raw mut context).cast(),
-            0,
-        )
-    };
 }
 
 /// The first bytes of a datagram's payload, copied into this CPU's scan buffer.
@@ -266,9 +243,11 @@ impl GuardedDatagram for Payload {
         // SAFETY: this CPU's scratch, looked up in `copy`.
         unsafe {
             (*scratch).scan = CallIdScan::new(self.len, seed);
-            run_loop((*scratch).scan.steps(), header_step, scratch);
+            // The loops' context, on the stack: the pointer to the scratch.
+            let mut context = scratch;
+            run_loop((*scratch).scan.steps(), header_step, &mut context);
             if (*scratch).scan.start_value(&(*scratch).window) {
-                run_loop(CallIdScan::VALUE_STEPS, value_step, scratch);
+                run_loop(CallIdScan::VALUE_STEPS, value_step, &mut context);
             }
             (*scratch).scan.result()
         }

@@ -233,6 +233,33 @@ pub const CASES: &[Case] = &[
         expect: Forward,
     },
     Case {
+        // Its last piece (Max-Forwards on) is longer than the XDP program copies in one run.
+        name: "message_with_a_long_body",
+        sender: Carrier,
+        message: carrier!(
+            "MESSAGE",
+            "7",
+            "Content-Type: text/plain\r\n",
+            "Content-Length: 949\r\n\r\n",
+            "01 alpha: the body of a long MESSAGE, copied in several runs.\r\n",
+            "02 bravo: the body of a long MESSAGE, copied in several runs.\r\n",
+            "03 charlie: the body of a long MESSAGE, copied in several runs.\r\n",
+            "04 delta: the body of a long MESSAGE, copied in several runs.\r\n",
+            "05 echo: the body of a long MESSAGE, copied in several runs.\r\n",
+            "06 foxtrot: the body of a long MESSAGE, copied in several runs.\r\n",
+            "07 golf: the body of a long MESSAGE, copied in several runs.\r\n",
+            "08 hotel: the body of a long MESSAGE, copied in several runs.\r\n",
+            "09 india: the body of a long MESSAGE, copied in several runs.\r\n",
+            "10 juliett: the body of a long MESSAGE, copied in several runs.\r\n",
+            "11 kilo: the body of a long MESSAGE, copied in several runs.\r\n",
+            "12 lima: the body of a long MESSAGE, copied in several runs.\r\n",
+            "13 mike: the body of a long MESSAGE, copied in several runs.\r\n",
+            "14 november: the body of a long MESSAGE, copied in several runs.\r\n",
+            "15 oscar: the body of a long MESSAGE, copied in several runs.\r\n",
+        ),
+        expect: Forward,
+    },
+    Case {
         name: "prack",
         sender: Carrier,
         message: carrier!(

@@ -11,7 +11,7 @@ mod start_line;
 pub mod text;
 mod via;
 
-pub use plan::{OutBuffer, Plan};
+pub use plan::{Cursor, OutBuffer, Plan};
 pub use scan::{DialogScan, SCAN_STEPS};
 
 use crate::{
@@ -28,9 +28,9 @@ use crate::{
 pub struct ForwardScratch {
     pub scan: DialogScan,
     pub out: OutBuffer,
-    /// Bytes of `out` the XDP program copied so far, and the sum of the message for its UDP
-    /// checksum.
-    pub written: usize,
+    /// Where the XDP program's copy of the plan into `out` stands, and the sum of what it
+    /// copied (for the UDP checksum).
+    pub cursor: Cursor,
     pub sum: WordSum,
     /// The frame's new Ethernet, IPv4 and UDP headers, written whole by the XDP program (the
     /// frame may grow at its head as well as at its tail).

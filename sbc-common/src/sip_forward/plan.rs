@@ -1,8 +1,8 @@
 //! How a forwarded message is made from the received one: a list of pieces, each a run of the
 //! received bytes or of text the forwarding inserts, in order. The scan that reads the
 //! message builds the plan as it goes (its edits come in the order of the bytes they touch);
-//! the pieces are then copied out whole, one after the other (`Plan::assemble` here, a
-//! helper's copy each in the XDP program).
+//! the pieces are then copied out in runs, one after the other (`Plan::next_run`: a byte at a
+//! time by `Plan::assemble` here, a word at a time in the XDP program).
 use crate::words::{SCAN_WINDOW, Words, first_bytes, masked_word};
 
 /// Pieces a plan holds at most, a power of two (each copy of received bytes makes two: the text inserted
@@ -13,8 +13,12 @@ pub const INSERT_BUFFER: usize = 512;
 /// Longest message assembled, and the mask of positions and lengths in the buffer it is
 /// assembled in (a power of two, as the scan window).
 pub const OUT_BUFFER: usize = SCAN_WINDOW;
-/// Zero bytes kept after an assembled message (its sum is taken four bytes at a time).
-pub const OUT_PADDING: usize = 8;
+/// Bytes of a piece copied in one run at most (a multiple of 8): the XDP program copies a run
+/// with a loop the verifier follows to its end, so a long piece takes several short runs.
+pub const RUN_BYTES: usize = 256;
+/// Runs a plan that fits takes at most: one per piece, and one more per `RUN_BYTES` of
+/// message a piece holds past its first run.
+pub const MAX_RUNS: usize = MAX_PIECES + OUT_BUFFER / RUN_BYTES;
 
 /// A run of bytes: `len` bytes from `offset` in the received message, or in the plan's
 /// inserted text when `inserted` is 1.
@@ -75,9 +79,7 @@ impl Plan {
     /// Whether every piece and every inserted byte fit, and the message does.
     #[inline(always)]
     pub fn fits(&self) -> bool {
-        self.count <= MAX_PIECES
-            && self.inserted_len <= INSERT_BUFFER
-            && self.out_len <= OUT_BUFFER - OUT_PADDING
+        self.count <= MAX_PIECES && self.inserted_len <= INSERT_BUFFER && self.out_len < OUT_BUFFER
     }
 
     #[inline(always)]
@@ -161,31 +163,75 @@ impl Plan {
     }
 }
 
-/// The buffer a message is assembled in: `OUT_BUFFER` bytes and as many again, so that a
-/// copy of any masked length at any masked position stays within it (what the XDP verifier
-/// checks a helper's copy against).
+/// The buffer a message is assembled in: `OUT_BUFFER` bytes and room for a run's words past
+/// them, so that a run copied at any masked position stays within it (what the XDP verifier
+/// checks each store against).
 #[repr(C, align(8))]
 pub struct OutBuffer {
-    pub bytes: [u8; 2 * OUT_BUFFER],
+    pub bytes: [u8; OUT_BUFFER + RUN_BYTES + 8],
+}
+
+/// Where the assembly of a plan stands: the piece being copied, its bytes copied, and the
+/// message's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cursor {
+    pub piece: usize,
+    pub piece_done: usize,
+    pub written: usize,
+}
+
+/// `len` bytes (at most `RUN_BYTES`) from `from` in the received message, or in the plan's
+/// inserted text, to be copied to `to` in the assembled one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub inserted: bool,
+    pub from: usize,
+    pub len: usize,
+    pub to: usize,
 }
 
 impl Plan {
+    /// The next run to copy, the cursor moved past it; `None` after the last piece.
+    #[inline(always)]
+    pub fn next_run(&self, cursor: &mut Cursor) -> Option<Run> {
+        if cursor.piece >= self.count {
+            return None;
+        }
+        let piece = self.pieces[cursor.piece & (MAX_PIECES - 1)];
+        let left = usize::from(piece.len).wrapping_sub(cursor.piece_done);
+        let len = if left > RUN_BYTES { RUN_BYTES } else { left };
+        let run = Run {
+            inserted: piece.inserted != 0,
+            from: usize::from(piece.offset) + cursor.piece_done,
+            len,
+            to: cursor.written,
+        };
+        cursor.written += len;
+        if len == left {
+            cursor.piece += 1;
+            cursor.piece_done = 0;
+        } else {
+            cursor.piece_done += len;
+        }
+        Some(run)
+    }
+
     /// The message the plan makes of `message` (whose bytes the plan was made from), written
-    /// to the start of `out`: its length, or `None` if it does not fit there.
+    /// to the start of `out`, run by run as the XDP program copies it: its length, or `None`
+    /// if it does not fit there.
     pub fn assemble(&self, message: &impl Words, out: &mut [u8]) -> Option<usize> {
-        let mut at = 0;
-        for piece in self.pieces.get(..self.count)? {
-            let from = usize::from(piece.offset);
-            let target = out.get_mut(at..at + usize::from(piece.len))?;
+        let mut cursor = Cursor::default();
+        while let Some(run) = self.next_run(&mut cursor) {
+            let target = out.get_mut(run.to..run.to + run.len)?;
             for (k, byte) in target.iter_mut().enumerate() {
-                *byte = if piece.inserted != 0 {
-                    self.inserted.byte(from + k)
+                *byte = if run.inserted {
+                    self.inserted.byte(run.from + k)
                 } else {
-                    message.byte(from + k)
+                    message.byte(run.from + k)
                 };
             }
-            at += target.len();
         }
-        Some(at)
+        Some(cursor.written)
     }
 }
