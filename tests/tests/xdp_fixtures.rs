@@ -870,9 +870,10 @@ fn the_xdp_program_plays_the_guard_script() {
 #[test]
 fn verifier_cost_stays_within_budget() {
     require_lab_privileges();
-    // About 68,000 today, most of it the in-dialog scan (`bpf_loop` callback of some 8,500
+    // About 96,000 today, most of it the in-dialog scan (`bpf_loop` callback of some 8,500
     // instructions, verified once per state of its caller that reaches the loop and again
-    // until its effect settles). Each such state multiplies the callback's cost, and a loop
+    // until its effect settles) and the assembly's word loops (a run's loop is followed
+    // through each of its words: `RUN_BYTES` weighs here). Each such state multiplies the callback's cost, and a loop
     // inside a callback multiplies its paths: that is why the scans keep their state in map
     // memory, do one bounded piece of work per step, read a choice among candidates back
     // from memory before going on, and make numbers and texts without branching on their digits (1 million is

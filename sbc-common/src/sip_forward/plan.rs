@@ -15,7 +15,7 @@ pub const INSERT_BUFFER: usize = 512;
 pub const OUT_BUFFER: usize = SCAN_WINDOW;
 /// Bytes of a piece copied in one run at most (a multiple of 8): the XDP program copies a run
 /// with a loop the verifier follows to its end, so a long piece takes several short runs.
-pub const RUN_BYTES: usize = 256;
+pub const RUN_BYTES: usize = 64;
 /// Runs a plan that fits takes at most: one per piece, and one more per `RUN_BYTES` of
 /// message a piece holds past its first run.
 pub const MAX_RUNS: usize = MAX_PIECES + OUT_BUFFER / RUN_BYTES;
