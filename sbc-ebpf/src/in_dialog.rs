@@ -32,8 +32,6 @@ use crate::{
 /// A forwarded datagram's TTL: a new one, as the daemon's socket would send it.
 const TTL: u8 = 64;
 const IPPROTO_UDP: u8 = 17;
-/// Where the SIP payload starts in an untagged IPv4/UDP frame.
-const PAYLOAD_OFFSET: usize = FRAME_HEADERS;
 
 /// What the `bpf_loop` steps work on: pointers into map values, kept on the stack (the
 /// verifier follows pointers spilled there into the callback).
@@ -190,26 +188,20 @@ fn write_out(
         ports: (u16::from_be(from.port), u16::from_be(to.port)),
     };
     // SAFETY: this CPU's scratch.
-    let headers = unsafe { &mut (*scratch).headers };
+    let headers = unsafe { &mut (*scratch).out.headers };
     write_headers(headers, &addresses, tot_len, sum, &next_hop, ctx)
         .ok_or(Reason::PassTruncatedIpv4)?;
     resize(ctx, out_len as i32 - payload_len as i32)?;
-    let len = (out_len & (OUT_BUFFER - 1)) as u32;
-    // SAFETY: the header block and `len` bytes (below the buffer's size) of this CPU's
-    // assembled message; the helper checks the frame's bounds itself.
+    let len = FRAME_HEADERS + (out_len & (OUT_BUFFER - 1));
+    // SAFETY: the headers and `out_len` bytes (below the buffer's size) of this CPU's
+    // assembled message right after them; the helper checks the frame's bounds itself.
     let stored = unsafe {
         bpf_xdp_store_bytes(
             ctx.ctx,
             0,
-            (*scratch).headers.as_mut_ptr().cast::<c_void>(),
-            FRAME_HEADERS as u32,
+            (*scratch).out.headers.as_mut_ptr().cast::<c_void>(),
+            len as u32,
         ) == 0
-            && bpf_xdp_store_bytes(
-                ctx.ctx,
-                PAYLOAD_OFFSET as u32,
-                (*scratch).out.bytes.as_mut_ptr().cast::<c_void>(),
-                len,
-            ) == 0
     };
     if !stored {
         return Ok(Verdict::drop(Reason::DropSipRewriteFailed));

@@ -27,14 +27,13 @@ use crate::{
 #[repr(C)]
 pub struct ForwardScratch {
     pub scan: DialogScan,
+    /// The message assembled, after the frame's new Ethernet, IPv4 and UDP headers (written
+    /// whole by the XDP program: the frame may grow at its head as well as at its tail).
     pub out: OutBuffer,
     /// Where the XDP program's copy of the plan into `out` stands, and the sum of what it
     /// copied (for the UDP checksum).
     pub cursor: Cursor,
     pub sum: WordSum,
-    /// The frame's new Ethernet, IPv4 and UDP headers, written whole by the XDP program (the
-    /// frame may grow at its head as well as at its tail).
-    pub headers: [u8; FRAME_HEADERS],
     /// The dialogs map's key of the message's dialog (for the XDP program's report).
     pub dialog_id: u64,
     /// The XDP program's memos of the next hops it sent to, by destination (`memo_slot`):
@@ -56,6 +55,12 @@ impl ForwardScratch {
 
 /// Bytes of Ethernet, IPv4 (no options) and UDP headers.
 pub const FRAME_HEADERS: usize = 14 + 20 + 8;
+const _: () = assert!(
+    core::mem::offset_of!(OutBuffer, bytes) % 8 == 0
+        && core::mem::offset_of!(OutBuffer, bytes)
+            == core::mem::offset_of!(OutBuffer, headers) + FRAME_HEADERS,
+    "the message follows its headers, at a multiple of 8"
+);
 
 impl ForwardScratch {
     /// A scratch with every byte zero (what a fresh per-CPU map value holds).

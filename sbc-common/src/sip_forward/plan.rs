@@ -3,6 +3,7 @@
 //! message builds the plan as it goes (its edits come in the order of the bytes they touch);
 //! the pieces are then copied out in runs, one after the other (`Plan::next_run`: a byte at a
 //! time by `Plan::assemble` here, a word at a time in the XDP program).
+use super::FRAME_HEADERS;
 use crate::words::{SCAN_WINDOW, Words, first_bytes, masked_word};
 
 /// Pieces a plan holds at most, a power of two (each copy of received bytes makes two: the text inserted
@@ -163,11 +164,15 @@ impl Plan {
     }
 }
 
-/// The buffer a message is assembled in: `OUT_BUFFER` bytes and room for a run's words past
-/// them, so that a run copied at any masked position stays within it (what the XDP verifier
-/// checks each store against).
+/// Where a message is assembled: `OUT_BUFFER` bytes and room for a run's words past them, so
+/// that a run copied at any masked position stays within it (what the XDP verifier checks each
+/// store against), right after the frame headers the XDP program writes for it (header and
+/// message then leave for the frame in one copy).
 #[repr(C, align(8))]
 pub struct OutBuffer {
+    /// Puts `bytes` at a multiple of 8.
+    pub _align: [u8; 6],
+    pub headers: [u8; FRAME_HEADERS],
     pub bytes: [u8; OUT_BUFFER + RUN_BYTES + 8],
 }
 
