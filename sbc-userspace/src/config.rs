@@ -11,7 +11,9 @@ use std::{
 use serde::Deserialize;
 
 pub use crate::proxy::config::{BackendConfig, BalancePolicy, HealthConfig, SipConfig};
-use crate::{admission::AdmissionConfig, media::LatchPolicy};
+use crate::{
+    admission::AdmissionConfig, media::LatchPolicy, proxy::config::check_advertised, side::Side,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +135,15 @@ pub struct MediaConfig {
     /// Local address for legs on the private side (backends); defaults to the public one.
     #[serde(default)]
     pub private_address: Option<IpAddr>,
+    /// The address the public side's parties send media to, when that is not
+    /// `public_address` (a 1:1 NAT in front of the edge): written in SDP (`c=`, `o=`,
+    /// `a=rtcp`), while the relay binds and the XDP flows match `public_address`. Defaults to
+    /// `sip.public_advertise`.
+    #[serde(default)]
+    pub public_advertise: Option<IpAddr>,
+    /// The same on the private side; defaults to `sip.private_advertise`.
+    #[serde(default)]
+    pub private_advertise: Option<IpAddr>,
     /// First port of the relay range (inclusive).
     pub port_min: u16,
     /// Last port of the relay range (inclusive).
@@ -213,6 +224,26 @@ impl Default for NoAudioConfig {
 impl MediaConfig {
     pub fn private_address(&self) -> IpAddr {
         self.private_address.unwrap_or(self.public_address)
+    }
+}
+
+impl Config {
+    /// The media address written in SDP for `side`: its advertised address (media's own, else
+    /// SIP's), or the one the relay binds.
+    pub fn media_advertised(&self, side: Side) -> IpAddr {
+        let (media, sip, bound) = match side {
+            Side::Public => (
+                self.media.public_advertise,
+                self.sip.as_ref().and_then(|sip| sip.public_advertise),
+                self.media.public_address,
+            ),
+            Side::Private => (
+                self.media.private_advertise,
+                self.sip.as_ref().and_then(|sip| sip.private_advertise),
+                self.media.private_address(),
+            ),
+        };
+        media.or(sip).unwrap_or(bound)
     }
 }
 
@@ -453,6 +484,22 @@ impl Config {
         if let Some(sip) = &self.sip {
             sip.validate()?;
         }
+        for (key, advertised, bound) in [
+            (
+                "media.public_advertise",
+                media.public_advertise,
+                media.public_address,
+            ),
+            (
+                "media.private_advertise",
+                media.private_advertise,
+                media.private_address(),
+            ),
+        ] {
+            if let Some(advertised) = advertised {
+                check_advertised(key, advertised, bound)?;
+            }
+        }
         if let Some(listen) = self.api.listen
             && !listen.ip().is_loopback()
             && self.api.token_file.is_none()
@@ -598,6 +645,47 @@ mod tests {
         assert_eq!(c.dataplane.xdp_mode, XdpAttachMode::Native);
         assert_eq!(c.media.timeout_secs, 60);
         assert_eq!(c.api_socket(), PathBuf::from("/run/sbc/lab/api.sock"));
+    }
+
+    /// Behind a 1:1 NAT: media advertises what SIP does unless told otherwise, and an address
+    /// no party can send to, or of the other family, is refused with its key.
+    #[test]
+    fn advertised_addresses() {
+        let sip = |extra: &str| {
+            format!(
+                "{GOOD}\n[sip]\npublic_listen = \"198.18.1.1:5060\"\n{extra}\n\
+                 [[sip.backends]]\naddress = \"198.18.2.10:5060\"\n"
+            )
+        };
+        let behind = Config::parse(&sip("public_advertise = \"203.0.113.10\"")).unwrap();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(behind.media_advertised(Side::Public), ip("203.0.113.10"));
+        assert_eq!(behind.media_advertised(Side::Private), ip("198.18.2.1"));
+        let own = GOOD.replace(
+            "port_min = 20000",
+            "public_advertise = \"203.0.113.11\"\nport_min = 20000",
+        );
+        let media_own = Config::parse(&format!(
+            "{own}\n[sip]\npublic_listen = \"198.18.1.1:5060\"\npublic_advertise = \"203.0.113.10\"\n\
+             [[sip.backends]]\naddress = \"198.18.2.10:5060\"\n"
+        ))
+        .unwrap();
+        assert_eq!(media_own.media_advertised(Side::Public), ip("203.0.113.11"));
+        assert_eq!(
+            key_of(&sip("public_advertise = \"2001:db8::10\"")),
+            "sip.public_advertise"
+        );
+        assert_eq!(
+            key_of(&sip("private_advertise = \"0.0.0.0\"")),
+            "sip.private_advertise"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace(
+                "port_min = 20000",
+                "private_advertise = \"127.0.0.1\"\nport_min = 20000"
+            )),
+            "media.private_advertise"
+        );
     }
 
     #[test]

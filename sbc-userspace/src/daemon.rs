@@ -19,6 +19,7 @@ use crate::{
     events::EventSink,
     media::{AudioDeadlines, EndReason, MediaPlane, MediaSettings},
     proxy::{self, ProxyHandle, journal::Journal},
+    side::Side,
 };
 
 pub struct RunOptions {
@@ -48,6 +49,8 @@ fn media_settings(config: &Config) -> MediaSettings {
     MediaSettings {
         public_address: config.media.public_address,
         private_address: config.media.private_address(),
+        public_advertised: config.media_advertised(Side::Public),
+        private_advertised: config.media_advertised(Side::Private),
         port_min: config.media.port_min,
         port_max: config.media.port_max,
         timeout: std::time::Duration::from_secs(config.media.timeout_secs),

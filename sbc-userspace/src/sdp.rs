@@ -188,8 +188,23 @@ fn family(address: IpAddr) -> &'static str {
     if address.is_ipv4() { "IP4" } else { "IP6" }
 }
 
+/// An origin line naming `address` as its host, the sender's user name, session id and
+/// version kept (RFC 4566 5.2); `None` for one not of that form, which stays as it was.
+fn origin(value: &str, address: IpAddr) -> Option<String> {
+    let fields: Vec<&str> = value.split(' ').collect();
+    let [user, session, version, "IN", _, _] = fields[..] else {
+        return None;
+    };
+    Some(format!(
+        "o={user} {session} {version} IN {} {address}",
+        family(address)
+    ))
+}
+
 /// The SDP with every active stream pointed at its anchor on `address`: `c=` lines (except
-/// `0.0.0.0` holds), `m=` ports and `a=rtcp`; ICE attributes removed; all else as it was.
+/// `0.0.0.0` holds), `m=` ports and `a=rtcp`; the origin (`o=`) names `address` too, once any
+/// stream is anchored (the sender's host is none of the receiver's business); ICE attributes
+/// removed; all else as it was.
 /// `anchors[i]` belongs to the i-th `m=` line (`None`: leave that stream alone).
 pub fn rewrite(
     sdp: &[u8],
@@ -198,9 +213,12 @@ pub fn rewrite(
 ) -> Result<Vec<u8>, SdpError> {
     let mut out = String::with_capacity(sdp.len() + 64);
     let mut media_index: Option<usize> = None;
+    let anchored = anchors.iter().any(Option::is_some);
     for (line, ending) in lines(text(sdp)?) {
         let anchor = media_index.and_then(|i| anchors.get(i).copied().flatten());
-        let rewritten = if let Some(value) = line.strip_prefix("m=") {
+        let rewritten = if let Some(value) = line.strip_prefix("o=") {
+            anchored.then(|| origin(value, address)).flatten()
+        } else if let Some(value) = line.strip_prefix("m=") {
             let index = media_index.map_or(0, |i| i + 1);
             media_index = Some(index);
             let (_, port) = media_port(value)?;
@@ -290,7 +308,7 @@ m=video 51372 RTP/AVP 99\r\nc=IN IP4 192.0.2.11\r\na=rtcp-mux\r\n";
         let out = String::from_utf8(out).unwrap();
         assert_eq!(
             out,
-            "v=0\r\no=alice 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 198.18.2.1\r\nt=0 0\r\n\
+            "v=0\r\no=alice 1 1 IN IP4 198.18.2.1\r\ns=-\r\nc=IN IP4 198.18.2.1\r\nt=0 0\r\n\
 m=audio 20000 RTP/AVP 0 8\r\na=rtcp:20001\r\na=sendrecv\r\n\
 m=video 0 RTP/AVP 31\r\n\
 m=video 20002 RTP/AVP 99\r\nc=IN IP4 198.18.2.1\r\na=rtcp-mux\r\n"
@@ -310,6 +328,31 @@ m=video 20002 RTP/AVP 99\r\nc=IN IP4 198.18.2.1\r\na=rtcp-mux\r\n"
             String::from_utf8(out).unwrap(),
             "v=0\nc=IN IP4 0.0.0.0\nm=audio 20000 RTP/AVP 0\na=sendonly\n"
         );
+    }
+
+    /// The origin names the anchor's host, in its family, once a stream is anchored; an
+    /// origin of another form, or an SDP with nothing anchored, is left alone.
+    #[test]
+    fn the_origin_names_the_anchor() {
+        let anchors = [Some(Anchor {
+            rtp_port: 20000,
+            rtcp_port: None,
+        })];
+        let rewritten = |sdp: &str, anchors: &[Option<Anchor>]| {
+            let out = rewrite(sdp.as_bytes(), "203.0.113.10".parse().unwrap(), anchors);
+            String::from_utf8(out.unwrap()).unwrap()
+        };
+        let from_v6 =
+            "v=0\no=- 7 8 IN IP6 2001:db8::5\nc=IN IP6 2001:db8::5\nm=audio 4000 RTP/AVP 0\n";
+        assert!(
+            rewritten(from_v6, &anchors).starts_with("v=0\no=- 7 8 IN IP4 203.0.113.10\n"),
+            "{}",
+            rewritten(from_v6, &anchors)
+        );
+        let odd = "v=0\no=just-a-name\nc=IN IP4 10.0.0.10\nm=audio 4000 RTP/AVP 0\n";
+        assert!(rewritten(odd, &anchors).starts_with("v=0\no=just-a-name\n"));
+        let plain = "v=0\no=- 7 8 IN IP4 10.0.0.10\nc=IN IP4 10.0.0.10\nm=audio 4000 RTP/AVP 0\n";
+        assert!(rewritten(plain, &[None]).starts_with("v=0\no=- 7 8 IN IP4 10.0.0.10\n"));
     }
 
     #[test]

@@ -41,6 +41,8 @@ mod tests {
             MediaSettings {
                 public_address: PUBLIC.parse().unwrap(),
                 private_address: PRIVATE.parse().unwrap(),
+                public_advertised: PUBLIC.parse().unwrap(),
+                private_advertised: PRIVATE.parse().unwrap(),
                 port_min,
                 port_max,
                 timeout: Duration::from_secs(60),

@@ -42,8 +42,12 @@ pub const RETRY_AFTER_SECS: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct MediaSettings {
+    /// Where each side's legs are bound (and the XDP flows match).
     pub public_address: IpAddr,
     pub private_address: IpAddr,
+    /// What each side's parties are told to send to (`Config::media_advertised`).
+    pub public_advertised: IpAddr,
+    pub private_advertised: IpAddr,
     pub port_min: u16,
     pub port_max: u16,
     pub timeout: Duration,
@@ -283,10 +287,19 @@ impl MediaPlane {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Where a side's legs are bound.
     pub fn address(&self, side: Side) -> IpAddr {
         match side {
             Side::Public => self.settings.public_address,
             Side::Private => self.settings.private_address,
+        }
+    }
+
+    /// What a side's parties are told to send media to (in SDP).
+    pub fn advertised(&self, side: Side) -> IpAddr {
+        match side {
+            Side::Public => self.settings.public_advertised,
+            Side::Private => self.settings.private_advertised,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The `[sip]` section of the configuration: listeners, backends and how they are chosen and
 //! watched, bounds on what is accepted, TCP, topology hiding; checked here, where it is used.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
 
@@ -15,6 +15,16 @@ pub struct SipConfig {
     /// Where backends send SIP; defaults to `public_listen` (one interface).
     #[serde(default)]
     pub private_listen: Option<SocketAddr>,
+    /// The address carriers reach `public_listen` by, when that is not the bound one (a 1:1
+    /// NAT in front of the edge, as a cloud VM's external IP): written in our Via,
+    /// Record-Route and Contact on the public side, while sockets, XDP flows and routing use
+    /// the bound address. Media advertises it too unless `media.public_advertise` says
+    /// otherwise.
+    #[serde(default)]
+    pub public_advertise: Option<IpAddr>,
+    /// The same on the private side, for backends that reach the edge through a NAT.
+    #[serde(default)]
+    pub private_advertise: Option<IpAddr>,
     /// The media servers new calls from the public side go to.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -147,6 +157,22 @@ impl SipConfig {
                 ));
             }
         }
+        for (key, advertised, bound) in [
+            (
+                "sip.public_advertise",
+                sip.public_advertise,
+                sip.public_listen,
+            ),
+            (
+                "sip.private_advertise",
+                sip.private_advertise,
+                sip.private_listen(),
+            ),
+        ] {
+            if let Some(advertised) = advertised {
+                check_advertised(key, advertised, bound.ip())?;
+            }
+        }
         if sip.invite_timeout_ms == 0 {
             return Err(ConfigError::new(
                 "sip.invite_timeout_ms",
@@ -217,6 +243,23 @@ impl SipConfig {
         }
         Ok(())
     }
+}
+
+/// An address to advertise instead of `bound`: one parties can send to, of the same family.
+pub fn check_advertised(key: &str, advertised: IpAddr, bound: IpAddr) -> Result<(), ConfigError> {
+    if advertised.is_unspecified() || advertised.is_multicast() || advertised.is_loopback() {
+        return Err(ConfigError::new(
+            key,
+            format!("{advertised} is no address a party can send to"),
+        ));
+    }
+    if advertised.is_ipv4() != bound.is_ipv4() {
+        return Err(ConfigError::new(
+            key,
+            format!("{advertised} is not of the family of the bound address {bound}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `[sip.hiding]`.

@@ -25,8 +25,9 @@ pub trait MediaAnchoring: Send {
     /// Whether a leg's peer sends and receives (SDP direction), for the audio watch.
     fn note_direction(&self, id: u32, leg: Leg, sends: bool, receives: bool);
     fn session(&self, id: u32) -> Option<SessionInfo>;
-    /// The relay's media address on a side (what SDP sent to that side names).
-    fn address(&self, side: Side) -> IpAddr;
+    /// The relay's media address as a side's parties reach it (what SDP sent to that side
+    /// names: the advertised address behind a NAT).
+    fn advertised(&self, side: Side) -> IpAddr;
     /// The call is answered: media timeout and audio watch start.
     fn answered(&self, id: u32);
     /// Ends a session because its call ended; its final counters, if it was still there.
@@ -67,8 +68,8 @@ impl MediaAnchoring for Arc<MediaPlane> {
         self.get(id)
     }
 
-    fn address(&self, side: Side) -> IpAddr {
-        MediaPlane::address(self, side)
+    fn advertised(&self, side: Side) -> IpAddr {
+        MediaPlane::advertised(self, side)
     }
 
     fn answered(&self, id: u32) {

@@ -289,6 +289,8 @@ mod tests {
         let config = SipConfig {
             public_listen: "127.0.0.1:5060".parse().unwrap(),
             private_listen: None,
+            public_advertise: None,
+            private_advertise: None,
             backends: weights
                 .iter()
                 .enumerate()

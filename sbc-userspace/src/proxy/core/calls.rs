@@ -495,7 +495,7 @@ impl Core {
                 rtcp_port: info.legs[leg.other()].local_rtcp.map(|a| a.port()),
             }));
         }
-        let address = self.media.address(from_side.other());
+        let address = self.media.advertised(from_side.other());
         sdp::rewrite(body, address, &anchors).map_err(|e| (400, e.to_string()))
     }
 

@@ -101,7 +101,7 @@ impl Core {
 
     /// The direction in which `sender` sends to `receiver`, if the kernel can forward it.
     fn leg_route(&self, sender: &Party, receiver: &Party) -> Option<LegRoute> {
-        let listener = self.address(sender.side);
+        let listener = self.addresses.bound(sender.side);
         // One listener for both sides: the kernel tells directions apart by listener.
         if sender.side == receiver.side || !listener.is_ipv4() {
             return None;
@@ -143,16 +143,18 @@ impl Core {
         self.stripped_names().is_some()
     }
 
-    /// Our own addresses on each side (`branch::SIDE_*` order), as the proxy writes them in
-    /// its Via and Record-Route, and the headers hidden from the public side.
+    /// Our own addresses on each side (`branch::SIDE_*` order): the listener, and what the
+    /// proxy writes in its Via and Record-Route (the advertised address); and the headers
+    /// hidden from the public side.
     pub fn sip_selves(&self) -> SipSelves {
         let mut selves = [SipSelf::default(); 2];
         for side in [Side::Public, Side::Private] {
-            let address = self.address(side);
             let this = &mut selves[usize::from(side.index())];
-            this.listener = flow_key(address);
-            this.via =
-                Text::new(format!("SIP/2.0/UDP {address};branch=").as_bytes()).unwrap_or_default();
+            // The kernel sends from the bound listener, and reads back what parties were told.
+            this.listener = flow_key(self.addresses.bound(side));
+            let advertised = self.addresses.advertised(side);
+            this.via = Text::new(format!("SIP/2.0/UDP {advertised};branch=").as_bytes())
+                .unwrap_or_default();
             this.route = Text::new(self.uri(side).as_bytes()).unwrap_or_default();
         }
         let public = &mut selves[usize::from(Side::Public.index())];

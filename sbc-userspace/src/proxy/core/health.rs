@@ -37,7 +37,7 @@ impl Core {
         let target = self.backends[id].address;
         let branch = self.branch();
         let n = self.next_sequence();
-        let local = self.address(Side::Private);
+        let local = self.addresses.advertised(Side::Private);
         let bytes = build::RequestBuilder::new(&Method::Options, &format!("sip:{target}"))
             .header("Via", &self.via_line(Side::Private, &branch))
             .header("Max-Forwards", "70")

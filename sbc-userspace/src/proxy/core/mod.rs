@@ -6,6 +6,7 @@
 //!
 //! Its state (transactions, calls, backend health, admission) is its own; the media plane is
 //! reached through `MediaAnchoring`, synchronously, because an SDP must name ports that exist.
+mod addresses;
 mod admit;
 pub(super) mod anchoring;
 mod answered;
@@ -40,6 +41,7 @@ use sbc_common::guard::BLOCK_ABUSE;
 use tracing::debug;
 
 use self::{
+    addresses::OurAddresses,
     anchoring::MediaAnchoring,
     answered::Answered,
     backends::{BackendId, Backends},
@@ -175,9 +177,8 @@ pub enum Timer {
 }
 
 pub struct Core {
-    /// The listeners' addresses (the same with one shared listener).
-    public: SocketAddr,
-    private: SocketAddr,
+    /// The listeners' addresses, bound and advertised.
+    pub(super) addresses: OurAddresses,
     pub(super) backends: Backends,
     pub(super) server: HashMap<ServerKey, ServerTx>,
     pub(super) client: HashMap<ClientKey, ClientTx>,
@@ -229,8 +230,7 @@ impl Core {
     pub fn new(config: &SipConfig, admission: &AdmissionConfig, parts: Parts, now: Now) -> Self {
         let backend_ips = config.backends.iter().map(|b| b.address.ip()).collect();
         Self {
-            public: config.public_listen,
-            private: config.private_listen(),
+            addresses: OurAddresses::new(config),
             backends: Backends::new(config, now.at),
             server: HashMap::new(),
             client: HashMap::new(),
@@ -379,7 +379,7 @@ impl Core {
     /// Which side a message came from: its listener, or with one shared listener, whether
     /// it came from a backend.
     fn side_of(&self, listener: Side, from: SocketAddr) -> Side {
-        if self.public != self.private {
+        if !self.addresses.shared() {
             return listener;
         }
         if self
@@ -465,14 +465,6 @@ impl Core {
         }
     }
 
-    /// The address of a side's listener.
-    pub(super) fn address(&self, side: Side) -> SocketAddr {
-        match side {
-            Side::Public => self.public,
-            Side::Private => self.private,
-        }
-    }
-
     /// Answers a peer the way it reached us (UDP, or its TCP connection).
     pub(super) fn send_to(&mut self, peer: Peer, bytes: Vec<u8>) {
         self.output(Output::Send {
@@ -543,20 +535,21 @@ impl Core {
 
     /// Our Via for a request leaving on `side`.
     pub(super) fn via_line(&self, side: Side, branch: &str) -> String {
-        format!("SIP/2.0/UDP {};branch={branch};rport", self.address(side))
+        format!(
+            "SIP/2.0/UDP {};branch={branch};rport",
+            self.addresses.advertised(side)
+        )
     }
 
     /// Our Record-Route/Route URI on `side`.
     pub(super) fn uri(&self, side: Side) -> String {
-        format!("<sip:{};lr>", self.address(side))
+        format!("<sip:{};lr>", self.addresses.advertised(side))
     }
 
-    /// Whether a SIP URI names this proxy (either listener).
+    /// Whether a SIP URI names this proxy (either listener, bound or advertised).
     pub(super) fn is_us(&self, host: &crate::sip::uri::Host, port: Option<u16>) -> bool {
-        let port = port.unwrap_or(5060);
-        [self.public, self.private]
-            .iter()
-            .any(|a| host.ip() == Some(a.ip()) && a.port() == port)
+        host.ip()
+            .is_some_and(|ip| self.addresses.name_us(ip, port.unwrap_or(5060)))
     }
 
     /// Sends a request the proxy originates (CANCEL, BYE, probe) in a client transaction that

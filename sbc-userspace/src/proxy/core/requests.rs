@@ -475,7 +475,7 @@ impl Core {
                 .or_else(|| editor.first("via").map(|v| v + 1))
                 .unwrap_or(0);
             editor.insert(index, "Record-Route", &self.uri(hop.side));
-            if hop.side != side && self.address(Side::Public) != self.address(Side::Private) {
+            if hop.side != side && self.uri(Side::Public) != self.uri(Side::Private) {
                 editor.insert(index, "Record-Route", &self.uri(side));
             }
         }

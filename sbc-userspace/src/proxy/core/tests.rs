@@ -59,6 +59,8 @@ fn config(backends: &[&str]) -> SipConfig {
 /// 30000 + 2n (private leg), and remembers what it was told.
 #[derive(Default)]
 struct FakeMedia {
+    /// What the public side is told to send media to, when not `MEDIA_PUBLIC` (a NAT).
+    public_advertised: Option<IpAddr>,
     next: u32,
     sessions: BTreeMap<u32, SessionInfo>,
     announced: Vec<(u32, Leg, SocketAddr)>,
@@ -152,13 +154,12 @@ impl MediaAnchoring for SharedMedia {
         self.lock().sessions.get(&id).cloned()
     }
 
-    fn address(&self, side: Side) -> IpAddr {
-        match side {
-            Side::Public => MEDIA_PUBLIC,
-            Side::Private => MEDIA_PRIVATE,
+    fn advertised(&self, side: Side) -> IpAddr {
+        match (side, self.lock().public_advertised) {
+            (Side::Public, Some(advertised)) => advertised,
+            (Side::Public, None) => MEDIA_PUBLIC.parse().expect("an address"),
+            (Side::Private, _) => MEDIA_PRIVATE.parse().expect("an address"),
         }
-        .parse()
-        .expect("an address")
     }
 
     fn answered(&self, id: u32) {
@@ -594,6 +595,10 @@ const CASES: &[Case] = &[
     Case {
         name: "an INVITE goes through with 100 Trying, Record-Route and anchored media",
         play: invite_goes_through,
+    },
+    Case {
+        name: "behind a 1:1 NAT the public side is told the advertised address, in SIP and SDP",
+        play: behind_a_one_to_one_nat,
     },
     Case {
         name: "INVITE retransmissions are absorbed, and answered with the last response",
@@ -1064,6 +1069,90 @@ fn answer_and_ack() {
     assert_eq!(
         forwardings, 1,
         "confirmed: its SIP may go through the kernel"
+    );
+}
+
+/// The public side bound on `PUBLIC` behind a 1:1 NAT whose outside address is `NAT_OUTSIDE`.
+const NAT_OUTSIDE: &str = "198.51.100.7";
+
+fn behind_a_one_to_one_nat() {
+    let mut sip = config(&[BACKEND_A]);
+    sip.public_advertise = Some(NAT_OUTSIDE.parse().expect("an address"));
+    let media = FakeMedia {
+        public_advertised: sip.public_advertise,
+        ..FakeMedia::default()
+    };
+    let mut lab = Lab::taking_over(sip, AdmissionConfig::default(), Vec::new(), media);
+    let outside = format!("{NAT_OUTSIDE}:5060");
+    let bound_ip = addr(PUBLIC).ip().to_string();
+    let mut dialog = establish(&mut lab, "nat");
+    // What the carrier learnt from the 200: our advertised address, never the bound one.
+    assert_eq!(
+        dialog.carrier_routes,
+        vec![format!("<sip:{outside};lr>"), format!("<sip:{PRIVATE};lr>")]
+    );
+    // The backend is told the addresses it reaches: the private listener as bound.
+    assert_eq!(
+        dialog.backend_routes,
+        vec![format!("<sip:{PRIVATE};lr>"), format!("<sip:{outside};lr>")]
+    );
+    // The carrier's in-dialog request, routed by the advertised address, is ours to forward.
+    lab.carrier_sends(&dialog.carrier_request("INFO", "nat-info", None));
+    let sent = lab.take_sent();
+    let info = sent_to(&sent, &dialog.backend.to_string());
+    assert!(
+        info.values("route").is_empty(),
+        "{:?}",
+        info.values("route")
+    );
+    assert!(info.value("via").contains(PRIVATE), "{}", info.value("via"));
+    // The backend's request leaves for the carrier with our Via at the advertised address,
+    // its re-offer anchored there too (connection and origin).
+    let backend = dialog.backend;
+    let mut reinvite = dialog.backend_request("INVITE", "nat-reinvite", 2);
+    reinvite = reinvite.replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Contact: <sip:alice@{backend}>\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {len}\r\n\r\n{body}",
+            len = sdp("10.0.0.10", 50002).len(),
+            body = sdp("10.0.0.10", 50002)
+        ),
+    );
+    lab.backend_sends(backend, &reinvite);
+    let sent = lab.take_sent();
+    let offer = sent_to(&sent, CARRIER);
+    assert_eq!(offer.method(), Some("INVITE"));
+    assert!(
+        offer.values("via")[0].starts_with(&format!("SIP/2.0/UDP {outside};")),
+        "{:?}",
+        offer.values("via")
+    );
+    let body = offer.body();
+    assert!(body.contains(&format!("c=IN IP4 {NAT_OUTSIDE}")), "{body}");
+    assert!(
+        body.contains(&format!("o=- 1 1 IN IP4 {NAT_OUTSIDE}")),
+        "{body}"
+    );
+    assert!(
+        !offer.value("via").contains(&bound_ip) && !body.contains(&bound_ip),
+        "the bound public address leaked: {:?} {body}",
+        offer.values("via")
+    );
+    // The kernel sends from the bound listener, and compares what the parties were told.
+    let selves = lab.core.sip_selves();
+    let public = &selves.sides[usize::from(Side::Public.index())];
+    assert_eq!(
+        public.listener,
+        crate::media::session::flow_key(addr(PUBLIC))
+    );
+    assert_eq!(
+        public.route.as_bytes(),
+        format!("<sip:{outside};lr>").as_bytes()
+    );
+    assert_eq!(
+        public.via.as_bytes(),
+        format!("SIP/2.0/UDP {outside};branch=").as_bytes()
     );
 }
 

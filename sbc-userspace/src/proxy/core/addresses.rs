@@ -1,0 +1,58 @@
+//! Our SIP addresses on each side: the listener its sockets are bound to, and the address its
+//! parties are told (in our Via and Record-Route): the advertised one behind a 1:1 NAT, else
+//! the same. Parties write either back to us (a Route, a Request-URI), so both name us.
+use std::net::{IpAddr, SocketAddr};
+
+use crate::{config::SipConfig, side::Side};
+
+pub struct OurAddresses {
+    /// By `Side::index`-free order: public, then private.
+    bound: [SocketAddr; 2],
+    advertised: [SocketAddr; 2],
+}
+
+impl OurAddresses {
+    pub fn new(config: &SipConfig) -> Self {
+        let bound = [config.public_listen, config.private_listen()];
+        let advertise = |listener: SocketAddr, address: Option<IpAddr>| {
+            address.map_or(listener, |ip| SocketAddr::new(ip, listener.port()))
+        };
+        Self {
+            bound,
+            advertised: [
+                advertise(bound[0], config.public_advertise),
+                advertise(bound[1], config.private_advertise),
+            ],
+        }
+    }
+
+    /// Where a side's listener is bound: the source of what we send there.
+    pub fn bound(&self, side: Side) -> SocketAddr {
+        self.bound[slot(side)]
+    }
+
+    /// How a side's parties reach that listener.
+    pub fn advertised(&self, side: Side) -> SocketAddr {
+        self.advertised[slot(side)]
+    }
+
+    /// Whether both sides share one listener.
+    pub fn shared(&self) -> bool {
+        self.bound[0] == self.bound[1]
+    }
+
+    /// Whether `ip` and `port` name one of our listeners, as bound or as advertised.
+    pub fn name_us(&self, ip: IpAddr, port: u16) -> bool {
+        self.bound
+            .iter()
+            .chain(&self.advertised)
+            .any(|address| address.ip() == ip && address.port() == port)
+    }
+}
+
+fn slot(side: Side) -> usize {
+    match side {
+        Side::Public => 0,
+        Side::Private => 1,
+    }
+}
