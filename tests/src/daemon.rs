@@ -107,10 +107,17 @@ impl Daemon {
         );
         let config = dir.path().join("sbc.toml");
         let socket = dir.path().join("api.sock");
+        let public = lab.sbc_public();
         let mut sip = String::new();
         if !options.sip_backends.is_empty() {
+            // Behind the lab's NAT, the sbc binds its inside address and advertises the outside.
+            let advertise = if lab.nat.is_some() {
+                format!("public_advertise = \"{SBC_PUBLIC}\"\n")
+            } else {
+                String::new()
+            };
             sip = format!(
-                "[sip]\npublic_listen = \"{SBC_PUBLIC}:5060\"\nprivate_listen = \"{SBC_PRIVATE}:5060\"\n\
+                "[sip]\npublic_listen = \"{public}:5060\"\nprivate_listen = \"{SBC_PRIVATE}:5060\"\n{advertise}\
                  [sip.health]\nprobes = {}\ninterval_ms = {}\ntimeout_ms = {}\nfailure_threshold = {}\n",
                 options.health_probes,
                 options.health_interval_ms,
@@ -130,7 +137,7 @@ state_dir = "{state_dir}"
 mode = "{mode}"
 interfaces = {interfaces:?}
 [media]
-public_address = "{SBC_PUBLIC}"
+public_address = "{public}"
 private_address = "{SBC_PRIVATE}"
 port_min = {port_min}
 port_max = {port_max}

@@ -9,6 +9,15 @@
 //! (an attacker on the private side). On demand the rogue host also holds a botnet's addresses,
 //! 198.18.4.0/22, routed through the caller like its own.
 //! 198.18.0.0/15 is the benchmarking range (RFC 2544): it exists only inside these namespaces.
+//!
+//! `Lab::behind_nat` puts a 1:1 NAT between the caller and the sbc, as a cloud provider does in
+//! front of a VM: pub0 holds only an inside address, 198.19.1.2, and the caller reaches it as
+//! 198.18.1.1 through the `nat` namespace (nftables DNAT in, SNAT out; `SBC_PUBLIC` is then the
+//! NAT's outside address, the one the sbc must advertise).
+//!
+//! ```text
+//!  caller 198.18.1.2 ─ out0 198.18.1.1  nat  198.19.1.1 in0 ─ pub0 198.19.1.2  sbc ...
+//! ```
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
@@ -27,6 +36,10 @@ const ROGUE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
 const BOTNET: Ipv4Addr = Ipv4Addr::new(198, 18, 4, 0);
 const BOTNET_PREFIX: u8 = 22;
 
+/// Behind the NAT: the sbc's public interface, and the NAT's side of that link.
+pub const SBC_INSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 2);
+const NAT_INSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
+
 /// The sbc namespace's interfaces, where XDP is attached.
 pub const SBC_INTERFACES: [&str; 2] = ["pub0", "priv0"];
 
@@ -35,6 +48,8 @@ pub struct Lab {
     pub sbc: Netns,
     pub callee: Netns,
     pub rogue: Netns,
+    /// The 1:1 NAT in front of the sbc, in a lab built `behind_nat`.
+    pub nat: Option<Netns>,
 }
 
 impl Lab {
@@ -45,15 +60,36 @@ impl Lab {
 
     /// Builds the topology with namespaces called `<prefix>-caller`, `<prefix>-sbc`, ...
     pub fn up_named(prefix: &str) -> anyhow::Result<Self> {
+        Self::build(prefix, false)
+    }
+
+    /// The topology with the sbc behind a 1:1 NAT (see the module's doc).
+    pub fn behind_nat(tag: &str) -> anyhow::Result<Self> {
+        Self::build(&unique_prefix(tag), true)
+    }
+
+    fn build(prefix: &str, nat: bool) -> anyhow::Result<Self> {
         let lab = Self {
             caller: Netns::create(&format!("{prefix}-caller"))?,
             sbc: Netns::create(&format!("{prefix}-sbc"))?,
             callee: Netns::create(&format!("{prefix}-callee"))?,
             rogue: Netns::create(&format!("{prefix}-rogue"))?,
+            nat: nat
+                .then(|| Netns::create(&format!("{prefix}-nat")))
+                .transpose()?,
         };
         lab.wire()
             .with_context(|| format!("building lab {prefix}"))?;
         Ok(lab)
+    }
+
+    /// The address pub0 holds: `SBC_PUBLIC`, or behind the NAT its inside address.
+    pub fn sbc_public(&self) -> Ipv4Addr {
+        if self.nat.is_some() {
+            SBC_INSIDE
+        } else {
+            SBC_PUBLIC
+        }
     }
 
     fn wire(&self) -> anyhow::Result<()> {
@@ -70,19 +106,52 @@ impl Lab {
         caller.sysctl("net.ipv4.ip_forward", "1")?;
         rogue.ip(&["route", "add", "default", "via", &ROGUE_GATEWAY.to_string()])?;
         for ns in [callee, rogue] {
-            host_offloads(ns)?;
+            host_offloads(ns, "eth0")?;
         }
         Ok(())
     }
 
-    /// The caller ↔ sbc link (pub0), with the sbc's default route through it.
+    /// The caller ↔ sbc link (pub0), with the sbc's default route through it; behind the NAT,
+    /// caller ↔ nat ↔ sbc.
     fn connect_public(&self) -> anyhow::Result<()> {
-        veth(&self.sbc, "pub0", &self.caller, "eth0")?;
+        let Some(nat) = &self.nat else {
+            veth(&self.sbc, "pub0", &self.caller, "eth0")?;
+            address(&self.caller, "eth0", CALLER)?;
+            address(&self.sbc, "pub0", SBC_PUBLIC)?;
+            host_offloads(&self.caller, "eth0")?;
+            self.sbc
+                .ip(&["route", "replace", "default", "via", &CALLER.to_string()])?;
+            return Ok(());
+        };
+        veth(nat, "out0", &self.caller, "eth0")?;
+        veth(&self.sbc, "pub0", nat, "in0")?;
         address(&self.caller, "eth0", CALLER)?;
-        address(&self.sbc, "pub0", SBC_PUBLIC)?;
-        host_offloads(&self.caller)?;
-        self.sbc
-            .ip(&["route", "replace", "default", "via", &CALLER.to_string()])?;
+        address(nat, "out0", SBC_PUBLIC)?;
+        address(nat, "in0", NAT_INSIDE)?;
+        address(&self.sbc, "pub0", SBC_INSIDE)?;
+        host_offloads(&self.caller, "eth0")?;
+        // The NAT forwards what the sbc's XDP program redirects into in0: GRO gives it NAPI.
+        host_offloads(nat, "in0")?;
+        nat.sysctl("net.ipv4.ip_forward", "1")?;
+        let (outside, inside) = (SBC_PUBLIC, SBC_INSIDE);
+        let rules = format!(
+            "table ip sbc_lab_nat {{\n\
+             chain prerouting {{ type nat hook prerouting priority dstnat; ip daddr {outside} dnat to {inside}; }}\n\
+             chain postrouting {{ type nat hook postrouting priority srcnat; ip saddr {inside} snat to {outside}; }}\n\
+             }}\n"
+        );
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), rules)?;
+        let path = file.path().to_string_lossy().into_owned();
+        nat.exec("nft", &["-f", &path])
+            .context("the NAT's nftables rules (cargo xtask setup installs nftables)")?;
+        self.sbc.ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &NAT_INSIDE.to_string(),
+        ])?;
         Ok(())
     }
 
@@ -119,7 +188,7 @@ impl Lab {
 
     /// Removes a kept lab.
     pub fn down(prefix: &str) {
-        for role in ["caller", "sbc", "callee", "rogue"] {
+        for role in ["caller", "sbc", "callee", "rogue", "nat"] {
             let _ = std::process::Command::new("ip")
                 .args(["netns", "del", &format!("{prefix}-{role}")])
                 .output();
@@ -138,8 +207,8 @@ impl Lab {
 /// offload); the XDP relay forwards frames as they are, as it must for real NICs, so lab hosts
 /// compute full checksums like a host on a wire. GRO gives the veth NAPI, which XDP_REDIRECT into
 /// it needs (no second XDP program).
-fn host_offloads(ns: &Netns) -> anyhow::Result<()> {
-    ns.exec("ethtool", &["-K", "eth0", "tx", "off", "gro", "on"])?;
+fn host_offloads(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    ns.exec("ethtool", &["-K", dev, "tx", "off", "gro", "on"])?;
     Ok(())
 }
 

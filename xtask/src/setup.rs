@@ -27,6 +27,7 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "procps",     // sysctl
     "bpftool",    // inspecting maps and programs
     "sip-tester", // SIPp: callers and backends in the tests and the demo
+    "nftables",   // nft: the 1:1 NAT in front of the sbc in the lab behind a NAT
     "prometheus", // promtool: the tests check the /metrics exposition with it
 ];
 

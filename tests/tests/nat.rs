@@ -1,0 +1,89 @@
+//! The sbc behind a 1:1 NAT, as on a cloud VM: pub0 holds only an inside address, and the
+//! carrier reaches it through the NAT's outside address (nftables DNAT/SNAT in a namespace of
+//! its own, `Lab::behind_nat`), which the sbc advertises (`sip.public_advertise`). Calls must
+//! have audio both ways, relayed in the kernel once latched, and the carrier must never be
+//! told the inside address (its SIPp scenario checks every message it receives).
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use sbc::events::{CallEnd, CallEnded, Event, Kind};
+use sbc_tests::{
+    daemon::{Daemon, DaemonOptions},
+    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
+    privileges::require_lab_privileges,
+    sipp::{self, Backend, CallKind},
+};
+
+const CALLS: usize = 100;
+
+#[test]
+fn calls_through_a_one_to_one_nat_have_audio_and_name_only_the_outside_address() {
+    require_lab_privileges();
+    let lab = Lab::behind_nat("nat").expect("lab behind a NAT");
+    let backend = SocketAddr::new(CALLEE.into(), 5060);
+    let _backend = Backend::start(&lab.callee, backend).expect("backend");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            sip_backends: vec![backend],
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+
+    let result = sipp::place_calls(
+        &lab.caller,
+        SocketAddr::new(CALLER.into(), 5060),
+        SocketAddr::new(SBC_PUBLIC.into(), 5060),
+        CallKind::Scenario("nat_uac"),
+        (CALLS as u32, 20),
+        Duration::from_secs(60),
+    )
+    .expect("SIPp caller");
+    assert_eq!(
+        (result.exit_code, result.successful, result.failed),
+        (Some(0), CALLS as u64, 0),
+        "calls failed (a failed check of what the carrier was told fails its call):\n{}\n{}",
+        result.output,
+        daemon.log()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events = daemon.events();
+    while events.iter().filter_map(CallEnded::of_ref).count() < CALLS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        events = daemon.events();
+    }
+    let ended: Vec<&CallEnded> = events.iter().filter_map(CallEnded::of_ref).collect();
+    assert_eq!(ended.len(), CALLS, "one end event per call");
+    for event in &ended {
+        assert_eq!(
+            (event.reason, event.final_code),
+            (CallEnd::Bye, Some(200)),
+            "{event:?}"
+        );
+        let packets = event.rtp_packets.expect("RTP counted");
+        // The pcap holds 236 RTP packets; the backend echoes them.
+        assert!(
+            packets.caller_to_callee >= 230 && packets.callee_to_caller >= 230,
+            "audio lost behind the NAT: {packets:?} RTP packets in {event:?}"
+        );
+    }
+    let (mut kernel, mut userspace) = (0u64, 0u64);
+    for event in &events {
+        if let Event::MediaSessionEnded(ended) = event {
+            for leg in &ended.session.as_ref().expect("its counters").legs {
+                kernel += leg.rtp.kernel_packets;
+                userspace += leg.rtp.userspace_packets;
+            }
+        }
+    }
+    let share = kernel as f64 / (kernel + userspace).max(1) as f64;
+    eprintln!("RTP relayed behind the NAT: {kernel} in the kernel, {userspace} in userspace");
+    assert!(
+        share >= 0.98,
+        "only {share:.4} of RTP relayed in the kernel"
+    );
+}
