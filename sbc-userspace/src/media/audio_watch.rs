@@ -147,6 +147,7 @@ mod tests {
             side: [Side::Public, Side::Private][i],
             local_rtp: "192.0.2.1:20000".parse().unwrap(),
             local_rtcp: None,
+            advertised: "192.0.2.1".parse().unwrap(),
             peer: None,
             latched: packets[i] > 0,
             latch: None,

@@ -37,11 +37,20 @@ mod tests {
     const PRIVATE: &str = "127.0.0.2";
 
     fn plane(port_min: u16, port_max: u16) -> std::sync::Arc<MediaPlane> {
+        plane_advertising(port_min, port_max, PUBLIC)
+    }
+
+    /// A plane whose public side is told `public_advertised` (a NAT's outside address).
+    fn plane_advertising(
+        port_min: u16,
+        port_max: u16,
+        public_advertised: &str,
+    ) -> std::sync::Arc<MediaPlane> {
         MediaPlane::new(
             MediaSettings {
                 public_address: PUBLIC.parse().unwrap(),
                 private_address: PRIVATE.parse().unwrap(),
-                public_advertised: PUBLIC.parse().unwrap(),
+                public_advertised: public_advertised.parse().unwrap(),
                 private_advertised: PRIVATE.parse().unwrap(),
                 port_min,
                 port_max,
@@ -78,6 +87,19 @@ mod tests {
             .recv_from(&mut buf)
             .ok()
             .map(|(n, from)| (buf[..n].to_vec(), from))
+    }
+
+    /// Behind a NAT a session's public leg binds the inside address and tells its peer (the
+    /// API client writing SDP) the outside one, with the same port.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_reports_the_address_its_peers_are_told() {
+        let plane = plane_advertising(31900, 31999, "203.0.113.10");
+        let (caller, callee) = (peer(PUBLIC), peer(PRIVATE));
+        let info = plane.create(&spec(&caller, &callee, true)).unwrap();
+        let [public, private] = [&info.legs[0], &info.legs[1]];
+        assert_eq!(public.local_rtp.ip().to_string(), PUBLIC);
+        assert_eq!(public.advertised.to_string(), "203.0.113.10");
+        assert_eq!(private.advertised, private.local_rtp.ip());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

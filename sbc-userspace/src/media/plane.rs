@@ -800,6 +800,7 @@ impl MediaPlane {
                     side: leg.side,
                     local_rtp: leg.rtp,
                     local_rtcp: leg.rtcp,
+                    advertised: self.advertised(leg.side),
                     peer,
                     latched: latch.is_some(),
                     latch,

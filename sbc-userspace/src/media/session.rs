@@ -167,6 +167,9 @@ pub struct LegInfo {
     pub side: Side,
     pub local_rtp: SocketAddr,
     pub local_rtcp: Option<SocketAddr>,
+    /// The address this leg's peer is told to send to (in SDP): `local_rtp`'s, unless its side
+    /// is behind a NAT (`media.*_advertise`), whose ports are the same.
+    pub advertised: IpAddr,
     /// Where this leg's media is sent: the latched source, else the announced address.
     pub peer: Option<SocketAddr>,
     /// Whether the leg's RTP has a peer (locked, or chosen while learning).

@@ -77,6 +77,7 @@ fn leg(name: Leg, side: Side, rtp: SocketAddr) -> LegInfo {
         side,
         local_rtp: rtp,
         local_rtcp: Some(SocketAddr::new(rtp.ip(), rtp.port() + 1)),
+        advertised: rtp.ip(),
         peer: None,
         latched: false,
         latch: None,
