@@ -6,7 +6,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use sbc::{api::contract::SessionInfo, media::session::Leg, proxy::core::calls::CallState};
+use sbc::{
+    api::contract::SessionInfo,
+    events::{CallEnd, CallEnded, Event, Kind},
+    media::session::Leg,
+    proxy::core::calls::CallState,
+};
 
 use crate::{
     daemon::Daemon,
@@ -60,6 +65,45 @@ pub fn relayed_packets(daemon: &Daemon) -> anyhow::Result<(u64, u64)> {
         }
     }
     Ok(totals)
+}
+
+/// The daemon's events once `count` calls placed with SIPp's pcap scenarios have ended
+/// (waiting up to 5 s for the last BYEs), each checked: ended by a BYE answered 200, with the
+/// pcap's audio both ways (at least 230 of its 236 RTP packets, which the backend echoes).
+/// Also returns the share of the calls' RTP relayed in the kernel.
+pub fn ended_pcap_calls(daemon: &Daemon, count: usize) -> (Vec<Event>, f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events = daemon.events();
+    while events.iter().filter_map(CallEnded::of_ref).count() < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        events = daemon.events();
+    }
+    let ended: Vec<&CallEnded> = events.iter().filter_map(CallEnded::of_ref).collect();
+    assert_eq!(ended.len(), count, "one end event per call");
+    for event in &ended {
+        assert_eq!(
+            (event.reason, event.final_code),
+            (CallEnd::Bye, Some(200)),
+            "{event:?}"
+        );
+        let packets = event.rtp_packets.expect("RTP counted");
+        assert!(
+            packets.caller_to_callee >= 230 && packets.callee_to_caller >= 230,
+            "audio lost: {packets:?} RTP packets in {event:?}"
+        );
+    }
+    let (mut kernel, mut userspace) = (0u64, 0u64);
+    for event in &events {
+        if let Event::MediaSessionEnded(ended) = event {
+            for leg in &ended.session.as_ref().expect("its counters").legs {
+                kernel += leg.rtp.kernel_packets;
+                userspace += leg.rtp.userspace_packets;
+            }
+        }
+    }
+    eprintln!("RTP relayed: {kernel} in the kernel, {userspace} in userspace");
+    let share = kernel as f64 / (kernel + userspace).max(1) as f64;
+    (events, share)
 }
 
 /// Waits (up to `limit`) until the daemon holds `count` calls, all answered; the media

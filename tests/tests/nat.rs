@@ -3,13 +3,10 @@
 //! its own, `Lab::behind_nat`), which the sbc advertises (`sip.public_advertise`). Calls must
 //! have audio both ways, relayed in the kernel once latched, and the carrier must never be
 //! told the inside address (its SIPp scenario checks every message it receives).
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
-use sbc::events::{CallEnd, CallEnded, Event, Kind};
 use sbc_tests::{
+    calls::ended_pcap_calls,
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
     privileges::require_lab_privileges,
@@ -50,38 +47,7 @@ fn calls_through_a_one_to_one_nat_have_audio_and_name_only_the_outside_address()
         daemon.log()
     );
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut events = daemon.events();
-    while events.iter().filter_map(CallEnded::of_ref).count() < CALLS && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        events = daemon.events();
-    }
-    let ended: Vec<&CallEnded> = events.iter().filter_map(CallEnded::of_ref).collect();
-    assert_eq!(ended.len(), CALLS, "one end event per call");
-    for event in &ended {
-        assert_eq!(
-            (event.reason, event.final_code),
-            (CallEnd::Bye, Some(200)),
-            "{event:?}"
-        );
-        let packets = event.rtp_packets.expect("RTP counted");
-        // The pcap holds 236 RTP packets; the backend echoes them.
-        assert!(
-            packets.caller_to_callee >= 230 && packets.callee_to_caller >= 230,
-            "audio lost behind the NAT: {packets:?} RTP packets in {event:?}"
-        );
-    }
-    let (mut kernel, mut userspace) = (0u64, 0u64);
-    for event in &events {
-        if let Event::MediaSessionEnded(ended) = event {
-            for leg in &ended.session.as_ref().expect("its counters").legs {
-                kernel += leg.rtp.kernel_packets;
-                userspace += leg.rtp.userspace_packets;
-            }
-        }
-    }
-    let share = kernel as f64 / (kernel + userspace).max(1) as f64;
-    eprintln!("RTP relayed behind the NAT: {kernel} in the kernel, {userspace} in userspace");
+    let (_, share) = ended_pcap_calls(&daemon, CALLS);
     assert!(
         share >= 0.98,
         "only {share:.4} of RTP relayed in the kernel"

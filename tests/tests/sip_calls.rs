@@ -5,8 +5,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sbc::events::{CallEnd, CallEnded, Event, Kind};
+use sbc::events::{CallEnd, CallEnded, Event};
 use sbc_tests::{
+    calls::ended_pcap_calls,
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PRIVATE, SBC_PUBLIC},
     privileges::require_lab_privileges,
@@ -54,41 +55,9 @@ fn five_hundred_calls_with_media_through_the_sbc() {
         daemon.log()
     );
 
-    // Events are written as calls end; the last BYE may still be in flight.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut events = daemon.events();
-    while events_named(&events, "call_ended").len() < 500 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        events = daemon.events();
-    }
+    let (events, share) = ended_pcap_calls(&daemon, 500);
     assert_eq!(events_named(&events, "call_started").len(), 500);
     assert_eq!(events_named(&events, "call_answered").len(), 500);
-    let ended: Vec<&CallEnded> = events.iter().filter_map(CallEnded::of_ref).collect();
-    assert_eq!(ended.len(), 500, "one end event per call");
-    for event in &ended {
-        assert_eq!(
-            (event.reason, event.final_code),
-            (CallEnd::Bye, Some(200)),
-            "{event:?}"
-        );
-        let packets = event.rtp_packets.expect("RTP counted");
-        // The pcap holds 236 RTP packets; the backend echoes them.
-        assert!(
-            packets.caller_to_callee >= 230 && packets.callee_to_caller >= 230,
-            "{packets:?} RTP packets in {event:?}"
-        );
-    }
-    let (mut kernel, mut userspace) = (0u64, 0u64);
-    for event in &events {
-        if let Event::MediaSessionEnded(ended) = event {
-            for leg in &ended.session.as_ref().expect("its counters").legs {
-                kernel += leg.rtp.kernel_packets;
-                userspace += leg.rtp.userspace_packets;
-            }
-        }
-    }
-    let share = kernel as f64 / (kernel + userspace).max(1) as f64;
-    eprintln!("RTP relayed: {kernel} in the kernel, {userspace} in userspace");
     assert!(
         share >= 0.98,
         "only {share:.4} of RTP relayed in the kernel"
