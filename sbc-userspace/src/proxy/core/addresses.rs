@@ -6,34 +6,38 @@ use std::net::{IpAddr, SocketAddr};
 use crate::{config::SipConfig, side::Side};
 
 pub struct OurAddresses {
-    /// By `Side::index`-free order: public, then private.
+    /// Indexed by `Side::index`.
     bound: [SocketAddr; 2],
     advertised: [SocketAddr; 2],
 }
 
 impl OurAddresses {
     pub fn new(config: &SipConfig) -> Self {
-        let bound = [config.public_listen, config.private_listen()];
-        let advertise = |listener: SocketAddr, address: Option<IpAddr>| {
-            address.map_or(listener, |ip| SocketAddr::new(ip, listener.port()))
-        };
-        Self {
-            bound,
-            advertised: [
-                advertise(bound[0], config.public_advertise),
-                advertise(bound[1], config.private_advertise),
-            ],
+        let mut bound = [config.public_listen; 2];
+        let mut advertised = bound;
+        for (side, listener, address) in [
+            (Side::Public, config.public_listen, config.public_advertise),
+            (
+                Side::Private,
+                config.private_listen(),
+                config.private_advertise,
+            ),
+        ] {
+            let slot = usize::from(side.index());
+            bound[slot] = listener;
+            advertised[slot] = address.map_or(listener, |ip| SocketAddr::new(ip, listener.port()));
         }
+        Self { bound, advertised }
     }
 
     /// Where a side's listener is bound: the source of what we send there.
     pub fn bound(&self, side: Side) -> SocketAddr {
-        self.bound[slot(side)]
+        self.bound[usize::from(side.index())]
     }
 
     /// How a side's parties reach that listener.
     pub fn advertised(&self, side: Side) -> SocketAddr {
-        self.advertised[slot(side)]
+        self.advertised[usize::from(side.index())]
     }
 
     /// Whether both sides share one listener.
@@ -47,12 +51,5 @@ impl OurAddresses {
             .iter()
             .chain(&self.advertised)
             .any(|address| address.ip() == ip && address.port() == port)
-    }
-}
-
-fn slot(side: Side) -> usize {
-    match side {
-        Side::Public => 0,
-        Side::Private => 1,
     }
 }

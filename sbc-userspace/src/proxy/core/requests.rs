@@ -475,7 +475,10 @@ impl Core {
                 .or_else(|| editor.first("via").map(|v| v + 1))
                 .unwrap_or(0);
             editor.insert(index, "Record-Route", &self.uri(hop.side));
-            if hop.side != side && self.uri(Side::Public) != self.uri(Side::Private) {
+            if hop.side != side
+                && self.addresses.advertised(Side::Public)
+                    != self.addresses.advertised(Side::Private)
+            {
                 editor.insert(index, "Record-Route", &self.uri(side));
             }
         }
