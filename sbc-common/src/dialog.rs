@@ -15,6 +15,9 @@ use crate::{
 pub const CALL_ID_TEXT: usize = 128;
 /// Longest tag of a dialog the kernel forwards.
 pub const TAG_TEXT: usize = 64;
+/// Longest Request-URI the kernel writes in a forwarded request (a longer Contact leaves its
+/// dialog's direction with the daemon).
+pub const TARGET_URI_TEXT: usize = 128;
 /// Room for one of our own texts (a Via sent-by with `;branch=`, a Record-Route URI).
 pub const SELF_TEXT: usize = 64;
 /// Room for a header name the edge removes from what leaves on the public side.
@@ -82,8 +85,11 @@ impl<const N: usize> Default for Text<N> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DialogLeg {
     /// The seeded hash (`call_id::call_id_hash`, the dialog seed) of the Request-URI this
-    /// party's requests carry: the other party's Contact. Another one goes up.
+    /// party's requests carry: the other party's Contact, as this party was told it (ours,
+    /// when the other party is hidden from it). Another one goes up.
     pub request_uri_hash: u64,
+    /// The Request-URI they leave with: the other party's Contact.
+    pub target_uri: Text<TARGET_URI_TEXT>,
     /// Our listener on the sender's side, where its requests arrive.
     pub listener: FlowKey,
     /// Where its requests go: the other party's Contact, resolved.
@@ -105,8 +111,13 @@ pub struct DialogLeg {
     pub bye_ns: u64,
 }
 
-/// `DialogLeg::flags`: the kernel forwards this leg's in-dialog requests.
+/// `DialogLeg::flags`: the kernel forwards this leg's in-dialog requests (and the responses
+/// to them). Without it a leg still tells the listener a response to the other leg's
+/// requests arrives at.
 pub const LEG_FORWARD: u8 = 1;
+/// `DialogLeg::flags`: the party answering this leg's requests is hidden from their sender
+/// (topology hiding): the Contact of its responses is removed.
+pub const LEG_ANSWERS_HIDDEN: u8 = 2;
 
 /// Value of the dialogs map, keyed by `call_id::call_id_hash` of a dialog's Call-ID.
 #[repr(C)]
@@ -152,6 +163,7 @@ impl Dialog {
         tags: [Text::EMPTY; 2],
         legs: [DialogLeg {
             request_uri_hash: 0,
+            target_uri: Text::EMPTY,
             listener: FlowKey::udp(IpAddress::UNSPECIFIED, 0),
             target: FlowKey::udp(IpAddress::UNSPECIFIED, 0),
             party: FlowKey::udp(IpAddress::UNSPECIFIED, 0),
@@ -246,9 +258,11 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<Text<TAG_TEXT>>() == TAG_TEXT + 8);
 const _: () = assert!(core::mem::size_of::<DialogEnded>() == 32);
-const _: () = assert!(core::mem::size_of::<DialogLeg>() == 104);
+const DIALOG_LEG: usize = 104 + TARGET_URI_TEXT + 8;
+const _: () = assert!(core::mem::size_of::<DialogLeg>() == DIALOG_LEG);
 const _: () = assert!(
-    core::mem::size_of::<Dialog>() == 8 + (CALL_ID_TEXT + 8) + 2 * (TAG_TEXT + 8) + 2 * 104 + 24
+    core::mem::size_of::<Dialog>()
+        == 8 + (CALL_ID_TEXT + 8) + 2 * (TAG_TEXT + 8) + 2 * DIALOG_LEG + 24
 );
 const _: () = assert!(
     core::mem::size_of::<SipSelf>()

@@ -430,7 +430,7 @@ pub fn corpus_program(seed: u64) -> Program {
     );
     program.set_dialog(
         call_id_hash(corpus::CALL_ID.as_bytes(), seed),
-        corpus::dialog(seed),
+        corpus::dialog(seed, corpus::Topology::Open),
     );
     program.set_sip_selves(corpus::selves());
     program.allow_egress("pub0");

@@ -2,7 +2,9 @@
 //! carrier reaches it through the NAT's outside address (nftables DNAT/SNAT in a namespace of
 //! its own, `Lab::behind_nat`), which the sbc advertises (`sip.public_advertise`). Calls must
 //! have audio both ways, relayed in the kernel once latched, and the carrier must never be
-//! told the inside address (its SIPp scenario checks every message it receives).
+//! told the inside address nor the backends' (topology hiding, on by default: its SIPp
+//! scenario checks every message it receives), while its in-dialog requests still go through
+//! the kernel.
 use std::{net::SocketAddr, time::Duration};
 
 use sbc_tests::{
@@ -51,5 +53,15 @@ fn calls_through_a_one_to_one_nat_have_audio_and_name_only_the_outside_address()
     assert!(
         share >= 0.98,
         "only {share:.4} of RTP relayed in the kernel"
+    );
+    // The carrier's in-dialog requests, sent to the Contact we gave for the hidden backend,
+    // were the kernel's to forward (to the backend's own): every BYE at least, and not one
+    // went up for a Request-URI the kernel did not know.
+    let maps = daemon.maps().expect("sbc maps, from the pins");
+    let reasons = &maps["xdp_reasons"];
+    let count = |name: &str| reasons[name].as_u64().unwrap_or_default();
+    assert!(
+        count("forward_sip_request") >= CALLS as u64 && count("pass_sip_in_dialog_mismatch") == 0,
+        "{reasons}"
     );
 }

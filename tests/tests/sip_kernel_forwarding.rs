@@ -14,7 +14,7 @@ use sbc_common::{
     call_id::call_id_hash,
     sip_forward::{
         ForwardScratch,
-        corpus::{self, Expect, Sender},
+        corpus::{self, Expect, Sender, Topology},
         forward,
     },
 };
@@ -35,11 +35,11 @@ fn address((ip, _): ([u8; 4], u16)) -> Ipv4Addr {
 /// which the daemon's tests hold to the proxy core) from our listener on the other side, to
 /// the other party (a request's next hop, or the party whose request a response answers), a
 /// fresh TTL and every checksum computed in full.
-fn expected_forward(case: &corpus::Case, sent: &UdpFrame) -> Vec<u8> {
+fn expected_forward(case: &corpus::Case, topology: Topology, sent: &UdpFrame) -> Vec<u8> {
     let mut scratch = ForwardScratch::zeroed();
     let len = forward(
         case.message.as_bytes(),
-        &corpus::dialog(SEED),
+        &corpus::dialog(SEED, topology),
         &corpus::selves(),
         case.arrival(SEED),
         &mut scratch,
@@ -64,15 +64,11 @@ fn expected_forward(case: &corpus::Case, sent: &UdpFrame) -> Vec<u8> {
     .bytes()
 }
 
-/// Every case of the corpus through the kernel: forwarded byte for byte, or up for its reason.
-#[test]
-fn the_kernel_forwards_the_corpus_as_the_proxy_does() {
-    require_lab_privileges();
-    let fixture = corpus_fixture();
-    netns::enter(&fixture.sbc.name).unwrap();
-    let mut program = corpus_program(SEED);
+/// Runs `cases` through the program, whose dialogs map holds the call as `topology` makes
+/// it; what went otherwise than the case expects, by case.
+fn run_cases(program: &mut Program, cases: &[corpus::Case], topology: Topology) -> Vec<String> {
     let mut failures = Vec::new();
-    for case in corpus::CASES {
+    for case in cases {
         let sent = corpus_frame(case);
         let before = program.reasons();
         let (action, out) = program.run(&sent.bytes(), corpus_arrival(case.sender).0);
@@ -84,7 +80,7 @@ fn the_kernel_forwards_the_corpus_as_the_proxy_does() {
             .collect();
         let outcome = match case.expect {
             Expect::Forward => {
-                let expected = expected_forward(case, &sent);
+                let expected = expected_forward(case, topology, &sent);
                 let forwarded = if case.is_response() {
                     Reason::ForwardSipResponse
                 } else {
@@ -113,6 +109,17 @@ fn the_kernel_forwards_the_corpus_as_the_proxy_does() {
             failures.push(format!("{}: {why}", case.name));
         }
     }
+    failures
+}
+
+/// Every case of the corpus through the kernel: forwarded byte for byte, or up for its reason.
+#[test]
+fn the_kernel_forwards_the_corpus_as_the_proxy_does() {
+    require_lab_privileges();
+    let fixture = corpus_fixture();
+    netns::enter(&fixture.sbc.name).unwrap();
+    let mut program = corpus_program(SEED);
+    let failures = run_cases(&mut program, corpus::CASES, Topology::Open);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The kernel kept count of what it forwarded, per direction, and the highest CSeq; the
     // first BYE answered ended the dialog, recorded and reported once.
@@ -160,6 +167,11 @@ fn the_kernel_forwards_the_corpus_as_the_proxy_does() {
             end: dialog.ended,
         }]
     );
+    // The call again, its backend hidden from the carrier (`[sip.hiding] topology`).
+    let dialog_key = call_id_hash(corpus::CALL_ID.as_bytes(), SEED);
+    program.set_dialog(dialog_key, corpus::dialog(SEED, Topology::Hidden));
+    let failures = run_cases(&mut program, corpus::HIDDEN_CASES, Topology::Hidden);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Both checksums of a frame the kernel made verify in full.

@@ -870,7 +870,8 @@ fn the_xdp_program_plays_the_guard_script() {
 #[test]
 fn verifier_cost_stays_within_budget() {
     require_lab_privileges();
-    // About 96,000 today, most of it the in-dialog scan (`bpf_loop` callback of some 8,500
+    // About 101,000 today (96,000 before the Request-URI was written from the dialog, for
+    // topology hiding), most of it the in-dialog scan (`bpf_loop` callback of some 8,500
     // instructions, verified once per state of its caller that reaches the loop and again
     // until its effect settles) and the assembly's word loops (a run's loop is followed
     // through each of its words: `RUN_BYTES` weighs here). Each such state multiplies the callback's cost, and a loop
@@ -878,8 +879,10 @@ fn verifier_cost_stays_within_budget() {
     // memory, do one bounded piece of work per step, read a choice among candidates back
     // from memory before going on, and make numbers and texts without branching on their digits (1 million is
     // the kernel's limit; 600,000 on the way there).
-    const VERIFIED_BUDGET: u32 = 100_000;
-    const TRANSLATED_BUDGET_BYTES: u32 = 128 * 1024;
+    const VERIFIED_BUDGET: u32 = 110_000;
+    // 135 KiB today: 127 KiB before the Request-URI written from the dialog (its sixteen
+    // words are stored a byte at a time: BPF has no unaligned store LLVM will emit).
+    const TRANSLATED_BUDGET_BYTES: u32 = 144 * 1024;
     let mut program = Program::load();
     let xdp: &mut Xdp = program
         .ebpf

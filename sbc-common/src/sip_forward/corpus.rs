@@ -13,7 +13,7 @@ use crate::{
     Dialog, DialogLeg, Reason, SipSelf, SipSelves,
     branch::{SIDE_PRIVATE, SIDE_PUBLIC},
     call_id::call_id_hash,
-    dialog::{LEG_FORWARD, Text},
+    dialog::{LEG_ANSWERS_HIDDEN, LEG_FORWARD, Text},
 };
 
 pub const CALL_ID: &str = "corpus1";
@@ -27,6 +27,23 @@ pub const CARRIER: ([u8; 4], u16) = ([203, 0, 113, 5], 5060);
 pub const CARRIER_CONTACT: &str = "sip:carrier@203.0.113.5:5060";
 pub const BACKEND: ([u8; 4], u16) = ([10, 0, 0, 10], 5060);
 pub const BACKEND_CONTACT: &str = "sip:alice@10.0.0.10:5060";
+/// The backend's Contact as the carrier is told it when topology hiding is on: ours, with
+/// the backend's user.
+pub const HIDDEN_BACKEND_CONTACT: &str = "sip:alice@192.0.2.1:5060";
+
+/// Whether the call hides the backend from the carrier (`[sip.hiding] topology`): `CASES`
+/// are sent in the call without, `HIDDEN_CASES` in the call with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    Open,
+    Hidden,
+}
+
+/// Every case, with the call it is sent in.
+pub fn all_cases() -> impl Iterator<Item = (Topology, &'static Case)> {
+    let open = CASES.iter().map(|case| (Topology::Open, case));
+    open.chain(HIDDEN_CASES.iter().map(|case| (Topology::Hidden, case)))
+}
 
 /// Who sends a case's request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +144,24 @@ macro_rules! carrier {
     ($method:literal, $cseq:literal, $($extra:literal),* $(,)?) => {
         concat!(
             $method, " sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-", $method, "-1\r\n",
+            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
+            "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
+            "To: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
+            "Call-ID: corpus1\r\n",
+            "CSeq: ", $cseq, " ", $method, "\r\n",
+            "Contact: sip:carrier@203.0.113.5:5060\r\n",
+            "Max-Forwards: 70\r\n",
+            $($extra,)*
+        )
+    };
+}
+
+/// The carrier's requests in the call whose backend is hidden from it (its Contact is ours).
+macro_rules! carrier_of_hidden {
+    ($method:literal, $cseq:literal, $($extra:literal),* $(,)?) => {
+        concat!(
+            $method, " sip:alice@192.0.2.1:5060 SIP/2.0\r\n",
             "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-", $method, "-1\r\n",
             "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
             "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
@@ -923,6 +958,77 @@ pub const CASES: &[Case] = &[
     },
 ];
 
+/// The call whose backend is hidden from the carrier: the carrier's requests come to our
+/// Contact and leave with the backend's, the backend's responses lose their Contact, and the
+/// backend's requests (whose Vias the daemon keeps) go up.
+pub const HIDDEN_CASES: &[Case] = &[
+    Case {
+        name: "hidden_sipp_ack",
+        sender: Carrier,
+        message: carrier_of_hidden!("ACK", "1", "Content-Length: 0\r\n\r\n"),
+        expect: Forward,
+    },
+    Case {
+        name: "hidden_sipp_bye",
+        sender: Carrier,
+        message: carrier_of_hidden!("BYE", "2", "Content-Length: 0\r\n\r\n"),
+        expect: Forward,
+    },
+    Case {
+        name: "hidden_info_with_a_dtmf_body",
+        sender: Carrier,
+        message: carrier_of_hidden!(
+            "INFO",
+            "3",
+            "Content-Type: application/dtmf-relay\r\n",
+            "Content-Length: 24\r\n\r\n",
+            "Signal=5\r\nDuration=160\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "hidden_request_to_the_backends_own_contact",
+        sender: Carrier,
+        message: carrier!("BYE", "4", "Content-Length: 0\r\n\r\n"),
+        expect: Pass(Reason::PassSipInDialogMismatch),
+    },
+    Case {
+        name: "hidden_backend_bye",
+        sender: Backend,
+        message: backend!("BYE", "1", "Content-Length: 0\r\n\r\n"),
+        expect: Pass(Reason::PassSipDialog),
+    },
+    Case {
+        name: "hidden_backend_200_to_a_bye",
+        sender: Backend,
+        message: backend_answers!("200 OK", "BYE", "Content-Length: 0\r\n\r\n"),
+        expect: Forward,
+    },
+    Case {
+        name: "hidden_backend_200_to_an_options_with_its_contact",
+        sender: Backend,
+        message: backend_answers!(
+            "200 OK",
+            "OPTIONS",
+            "Contact: <sip:alice@10.0.0.10:5060>\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Forward,
+    },
+    Case {
+        name: "hidden_backend_200_to_a_bye_with_two_contact_lines",
+        sender: Backend,
+        message: backend_answers!(
+            "200 OK",
+            "BYE",
+            "m: <sip:alice@10.0.0.10:5060>\r\n",
+            "Contact: <sip:alice@10.0.0.10:5062>\r\n",
+            "Content-Length: 0\r\n\r\n"
+        ),
+        expect: Forward,
+    },
+];
+
 fn flow_key((ip, port): ([u8; 4], u16)) -> crate::FlowKey {
     crate::FlowKey::udp(crate::IpAddress::from_ipv4(ip), port.to_be())
 }
@@ -933,23 +1039,50 @@ fn text<const N: usize>(bytes: &[u8]) -> Text<N> {
 
 /// The dialogs map's value for the corpus's call, as the daemon must write it (its tests
 /// check that it does) with the map's `seed`.
-pub fn dialog(seed: u64) -> Dialog {
-    let leg = |request_uri: &str, sender: Sender, out_side| DialogLeg {
-        request_uri_hash: call_id_hash(request_uri.as_bytes(), seed),
+pub fn dialog(seed: u64, topology: Topology) -> Dialog {
+    let leg = |carried: &str, target: &str, sender: Sender, out_side, flags| DialogLeg {
+        request_uri_hash: call_id_hash(carried.as_bytes(), seed),
+        target_uri: text(target.as_bytes()),
         listener: flow_key(sender.listener()),
         target: flow_key(sender.target()),
         party: flow_key(sender.source()),
         out_side,
-        flags: LEG_FORWARD,
+        flags,
         ..DialogLeg::default()
     };
+    let carrier_leg = match topology {
+        Topology::Open => leg(
+            BACKEND_CONTACT,
+            BACKEND_CONTACT,
+            Sender::Carrier,
+            SIDE_PRIVATE,
+            LEG_FORWARD,
+        ),
+        Topology::Hidden => leg(
+            HIDDEN_BACKEND_CONTACT,
+            BACKEND_CONTACT,
+            Sender::Carrier,
+            SIDE_PRIVATE,
+            LEG_FORWARD | LEG_ANSWERS_HIDDEN,
+        ),
+    };
+    // With the backend hidden, its requests go up (their Vias are kept in a transaction of
+    // the daemon's); the leg is still there for the responses arriving on its listener.
+    let backend_flags = match topology {
+        Topology::Open => LEG_FORWARD,
+        Topology::Hidden => 0,
+    };
+    let backend_leg = leg(
+        CARRIER_CONTACT,
+        CARRIER_CONTACT,
+        Sender::Backend,
+        SIDE_PUBLIC,
+        backend_flags,
+    );
     Dialog {
         call_id: text(CALL_ID.as_bytes()),
         tags: [text(CALLER_TAG.as_bytes()), text(CALLEE_TAG.as_bytes())],
-        legs: [
-            leg(BACKEND_CONTACT, Sender::Carrier, SIDE_PRIVATE),
-            leg(CARRIER_CONTACT, Sender::Backend, SIDE_PUBLIC),
-        ],
+        legs: [carrier_leg, backend_leg],
         ..Dialog::KNOWN
     }
 }

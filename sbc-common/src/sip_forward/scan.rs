@@ -3,6 +3,8 @@
 //! the differential test holds this to).
 //!
 //! A request (`start_line`, `via`, `request_edits`) gets:
+//! - the Request-URI the dialog's leg leaves with (the other party's Contact: another one
+//!   than it carries when that party is hidden from the sender, `[sip.hiding] topology`);
 //! - our Via on top, `SIP/2.0/UDP <our address on the way out>;branch=<stateless>;rport`;
 //! - the previous hop's Via marked: a bare `rport` gets the source port, `received` the source
 //!   address when the Via names another host; the line is then rewritten `Name: value`;
@@ -13,6 +15,9 @@
 //! A response (to a request forwarded with a stateless branch, by the kernel or the daemon)
 //! gets our Via removed; the Via below it must send it to the dialog's party that sent the
 //! request, as the proxy would read it (`received`, `rport`, the host and port).
+//!
+//! A response from a party hidden from where it goes (`LEG_ANSWERS_HIDDEN`) loses its Contact
+//! (it answers no target refresh, and the daemon removes such a one too).
 //!
 //! Both: on the way from the private to the public side, the configured headers removed;
 //! everything else as received, the body included. They go up unchanged (with the reason)
@@ -212,6 +217,8 @@ pub struct DialogScan {
     pub received_matches: u32,
     pub via_port: u32,
     pub rport: u32,
+    /// A response from a party hidden from where it goes (`LEG_ANSWERS_HIDDEN`).
+    pub from_hidden: u32,
     /// A response's status code, and whether it answers a BYE.
     pub status: u32,
     pub bye: u32,
@@ -529,6 +536,11 @@ impl DialogScan {
     #[inline(always)]
     fn classify(&mut self, selves: &SipSelves) -> bool {
         let mut class = self.line_class() & 31;
+        // A hidden party's Contact in its response to a request that is no target refresh
+        // (the kernel forwards no other) updates nothing: it goes, as the daemon removes it.
+        if class == header::CONTACT && self.from_hidden != 0 {
+            class = header::STRIP;
+        }
         // Route, Max-Forwards and Proxy-Require mean nothing to a response; a Contact, to
         // anything but a target refresh request.
         if self.response != 0

@@ -8,7 +8,7 @@ use crate::{
     Reason,
     branch::STATELESS_BRANCH_LEN,
     call_id::SCAN_BUFFER,
-    dialog::{Dialog, LEG_FORWARD, SELF_TEXT, SipSelves},
+    dialog::{Dialog, LEG_ANSWERS_HIDDEN, LEG_FORWARD, SELF_TEXT, SipSelves, TARGET_URI_TEXT},
     words::{WordHasher, Words, first_below_bang, first_bytes, first_flagged_byte},
 };
 
@@ -42,6 +42,7 @@ impl DialogScan {
         if self.len > SCAN_BUFFER {
             return self.pass(Reason::PassSipInDialogSize);
         }
+        self.from_hidden = u32::from(leg.flags & LEG_ANSWERS_HIDDEN != 0) & self.response;
         if self.response != 0 {
             self.out_side = leg.out_side & 1 ^ 1;
             let party = leg.party;
@@ -130,7 +131,8 @@ impl DialogScan {
     }
 
     /// The Request-URI, hashed `HASH_STEP_WORDS` words a step up to its first byte below `!`,
-    /// then held against the one this leg's requests carry.
+    /// then held against the one this leg's requests carry and replaced by the one they leave
+    /// with (`DialogLeg::target_uri`).
     #[inline(always)]
     pub(super) fn uri(
         &mut self,
@@ -151,9 +153,17 @@ impl DialogScan {
                 if self.hash_end >= self.len || len == 0 || len > LINE_MAX {
                     return self.pass(Reason::PassSipInDialogForm);
                 }
-                if hash != self.leg(dialog).request_uri_hash {
+                let leg = self.leg(dialog);
+                if hash != leg.request_uri_hash {
                     return self.pass(Reason::PassSipInDialogMismatch);
                 }
+                // It leaves with the other party's Contact (the one it carries when that
+                // party is not hidden from it: then the same bytes).
+                self.plan.copy_to(self.hash_start);
+                let target = &leg.target_uri;
+                self.plan
+                    .insert_text(target, target.len(), TARGET_URI_TEXT / 8);
+                self.plan.skip_to(self.hash_end);
                 return self.version(message, selves);
             }
             hasher.write_word(word);

@@ -270,6 +270,11 @@ pub struct HidingConfig {
     pub uniform_failures: bool,
     /// Headers removed from messages that leave on the public side from a backend.
     pub strip_headers: Vec<String>,
+    /// Topology hiding: what leaves on the public side from the private one names no party
+    /// of the private side. Their Contacts become ours (their user part kept, in-dialog
+    /// requests to it go on to the real one) and their Vias stay here (restored on the
+    /// responses).
+    pub topology: bool,
 }
 
 impl Default for HidingConfig {
@@ -279,6 +284,7 @@ impl Default for HidingConfig {
             strip_headers: ["Server", "User-Agent", "Warning"]
                 .map(String::from)
                 .to_vec(),
+            topology: true,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use sbc_common::{
     Dialog, DialogLeg, SipSelf, SipSelves,
     call_id::call_id_hash,
-    dialog::{HEADER_NAME_TEXT, LEG_FORWARD, MAX_STRIPPED, Text},
+    dialog::{HEADER_NAME_TEXT, LEG_ANSWERS_HIDDEN, LEG_FORWARD, MAX_STRIPPED, Text},
 };
 
 use super::{Core, names::CallKey, record::Party};
@@ -21,8 +21,16 @@ use crate::{
 /// One direction of a call, named by the party that sends its requests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LegRoute {
-    /// The Request-URI of its requests: the other party's Contact.
+    /// The Request-URI of its requests: the other party's Contact, as the sender was told it
+    /// (ours when that party is hidden from it).
     pub request_uri: String,
+    /// The Request-URI they leave with: the other party's Contact.
+    pub target_uri: String,
+    /// The other party is hidden from the sender: a Contact in its responses is rewritten.
+    pub answers_hidden: bool,
+    /// The kernel forwards its requests (not a hidden party's, whose Vias a transaction here
+    /// keeps); the leg is there for the responses to the other party's requests all the same.
+    pub forwards_requests: bool,
     /// Our listener on the sender's side.
     pub listener: SocketAddr,
     /// Where its requests go: the other party's Contact, resolved.
@@ -44,7 +52,8 @@ pub struct Forwarding {
 
 impl Forwarding {
     /// The dialogs map's value for this call (the Request-URIs hashed with the map's `seed`),
-    /// or `None` when its Call-ID or tags are longer than the kernel keeps.
+    /// or `None` when its Call-ID or tags are longer than the kernel keeps. A direction whose
+    /// Request-URI is longer is left to the daemon.
     pub fn map_value(&self, seed: u64) -> Option<Dialog> {
         let mut dialog = Dialog::KNOWN;
         dialog.call_id = Text::new(self.call_id.as_bytes())?;
@@ -53,13 +62,27 @@ impl Forwarding {
         }
         for (leg, route) in dialog.legs.iter_mut().zip(&self.legs) {
             let Some(route) = route else { continue };
+            let Some(target_uri) = Text::new(route.target_uri.as_bytes()) else {
+                continue;
+            };
+            let hidden = if route.answers_hidden {
+                LEG_ANSWERS_HIDDEN
+            } else {
+                0
+            };
+            let forward = if route.forwards_requests {
+                LEG_FORWARD
+            } else {
+                0
+            };
             *leg = DialogLeg {
                 request_uri_hash: call_id_hash(route.request_uri.as_bytes(), seed),
+                target_uri,
                 listener: flow_key(route.listener),
                 target: flow_key(route.target),
                 party: flow_key(route.party),
                 out_side: route.out_side.index(),
-                flags: LEG_FORWARD,
+                flags: forward | hidden,
                 ..DialogLeg::default()
             };
         }
@@ -109,11 +132,20 @@ impl Core {
         if receiver.side == Side::Public && !self.strip_fits() {
             return None;
         }
-        let request_uri = receiver.contact.clone()?;
-        let target = ipv4_target(&request_uri)?;
+        let target_uri = receiver.contact.clone()?;
+        let target = ipv4_target(&target_uri)?;
         let party = sender.source.filter(SocketAddr::is_ipv4)?;
+        let answers_hidden = self.hiding.hides_topology(receiver.side, sender.side);
+        let request_uri = if answers_hidden {
+            self.hidden_contact(&target_uri)
+        } else {
+            target_uri.clone()
+        };
         Some(LegRoute {
             request_uri,
+            target_uri,
+            answers_hidden,
+            forwards_requests: !self.hiding.hides_topology(sender.side, receiver.side),
             listener,
             target,
             party,

@@ -12,6 +12,7 @@ use super::{
     build,
     call_end::CallEnd,
     calls::Call,
+    hiding,
     names::CallKey,
     names::{ClientKey, ServerKey},
     transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1},
@@ -38,6 +39,8 @@ struct NextHop {
     candidates: Vec<BackendId>,
     /// A new Request-URI (an in-dialog request sent to us instead of along its route set).
     request_uri: Option<String>,
+    /// Routes to put in (the route set towards the other party of such a request).
+    routes: Vec<String>,
 }
 
 impl Core {
@@ -63,7 +66,7 @@ impl Core {
         if !self.admit(&key, peer, &message, &request, of_known_call, &to_tag) {
             return;
         }
-        if request.method == Method::Options && self.addressed_to_us(&request) {
+        if request.method == Method::Options && !in_dialog && self.addressed_to_us(&request) {
             return self.answer_options(peer, &message, &to_tag);
         }
         if max_forwards(&request) == 0 {
@@ -114,7 +117,12 @@ impl Core {
                 return;
             }
         };
-        if in_dialog && request.method != Method::Invite && self.kernel.forwards(&request.call_id) {
+        // A request whose Vias are hidden needs its transaction here to put them back.
+        if in_dialog
+            && request.method != Method::Invite
+            && self.kernel.forwards(&request.call_id)
+            && !self.hiding.hides_topology(side, hop.side)
+        {
             // Its response comes back through the kernel, past any transaction here: it is
             // forwarded statelessly, as the kernel forwards it (RFC 3261 16.11).
             if let (Method::Bye, Some(call)) = (
@@ -368,6 +376,7 @@ impl Core {
                 side: out,
                 candidates: Vec::new(),
                 request_uri: None,
+                routes: Vec::new(),
             });
         }
         let uri = request.uri.as_sip().expect("checked: SIP Request-URI");
@@ -386,6 +395,7 @@ impl Core {
                 side: out,
                 candidates: Vec::new(),
                 request_uri: None,
+                routes: Vec::new(),
             });
         }
         let candidates = self.backends.candidates(&request.call_id);
@@ -402,11 +412,13 @@ impl Core {
             side: Side::Private,
             candidates,
             request_uri: None,
+            routes: Vec::new(),
         })
     }
 
-    /// An in-dialog request addressed to us rather than routed through us (user agents that
-    /// ignore the route set): it goes to the other party of the call, at its Contact.
+    /// An in-dialog request addressed to us rather than routed through us (sent to the
+    /// Contact we gave for a hidden party, or by user agents that ignore the route set): it
+    /// goes to the other party of the call, at its Contact, along its route set beyond us.
     fn dialog_peer(&self, side: Side, request: &check::Request) -> Result<NextHop, (u16, String)> {
         let call = self
             .find_call(request)
@@ -421,12 +433,16 @@ impl Core {
             .contact
             .clone()
             .ok_or((481, "the other party has no Contact yet".to_owned()))?;
-        let target = uri_target(&contact).or_else(|e| peer.source.ok_or(e))?;
+        let target = match peer.route_set.first() {
+            Some(route) => uri_target(route)?,
+            None => uri_target(&contact).or_else(|e| peer.source.ok_or(e))?,
+        };
         Ok(NextHop {
             target,
             side: peer.side,
             candidates: Vec::new(),
             request_uri: Some(contact),
+            routes: peer.route_set.iter().map(|r| format!("<{r}>")).collect(),
         })
     }
 
@@ -466,16 +482,31 @@ impl Core {
             }
         }
         self.pop_our_routes(message, &mut editor);
+        let after_via = editor.first("via").map_or(0, |via| via + 1);
+        for route in &hop.routes {
+            editor.insert(after_via, "Route", route);
+        }
         if side == Side::Private && hop.side == Side::Public {
             self.hiding.strip(message, &mut editor);
         }
+        let hides = self.hiding.hides_topology(side, hop.side);
+        if hides {
+            hiding::hide_vias(message, &mut editor);
+            self.hide_contacts(message, &mut editor);
+        }
         if request.method.creates_dialog() && !in_dialog {
+            if hides {
+                // The Record-Routes of the private side's proxies stay on their side; the
+                // public party's requests come to us, and go on along them (`dialog_peer`).
+                hiding::remove_all(message, &mut editor, "record-route");
+            }
             let index = editor
                 .first("record-route")
                 .or_else(|| editor.first("via").map(|v| v + 1))
                 .unwrap_or(0);
             editor.insert(index, "Record-Route", &self.uri(hop.side));
             if hop.side != side
+                && !hides
                 && self.addresses.advertised(Side::Public)
                     != self.addresses.advertised(Side::Private)
             {
@@ -677,7 +708,11 @@ pub(super) fn loop_hash(request: &check::Request) -> String {
 /// first value parsed) marked with where the request really came from: a bare `rport` gets
 /// the source port (RFC 3581), `received` the source address when the Via names another host
 /// (RFC 3261 18.2.1). Everything else is kept as written; `None` when nothing changes.
-fn marked_via(via: &str, top: &crate::sip::via::Via, from: SocketAddr) -> Option<String> {
+pub(super) fn marked_via(
+    via: &str,
+    top: &crate::sip::via::Via,
+    from: SocketAddr,
+) -> Option<String> {
     let first = split_top_level(via, b',')[0];
     let rest = &via[first.len()..];
     let mut marked = first.to_owned();

@@ -11,6 +11,7 @@ use super::{
     backends::Observation,
     build,
     call_end::CallEnd,
+    hiding::{self, HiddenContacts},
     names::{ClientKey, ServerKey},
     transactions::{LINGER, Peer, Purpose, T2, TIMER_C},
 };
@@ -48,7 +49,7 @@ impl Core {
             // never had a transaction here) or whose transaction ended.
             let stateless = branch.as_bytes().starts_with(STATELESS_BRANCH_PREFIX);
             if stateless || (response.cseq_method == Method::Invite && (200..300).contains(&code)) {
-                self.forward_stateless(side, from, &message, &response);
+                self.forward_stateless(side, from, &message, &response, None);
             }
             return;
         };
@@ -68,7 +69,8 @@ impl Core {
             if purpose == Purpose::Forward && invite && code >= 300 {
                 self.ack_failure(&key, &message);
             } else if purpose == Purpose::Forward && invite {
-                self.forward_stateless(side, from, &message, &response);
+                let server = client.server.clone();
+                self.forward_stateless(side, from, &message, &response, server.as_ref());
             }
             return;
         } else {
@@ -180,9 +182,17 @@ impl Core {
             tx.cancelled,
         );
         let mut editor = Editor::new(message);
-        pop_top_via(message, &mut editor);
+        let via_at = pop_top_via(message, &mut editor);
         if upstream.side == Side::Public && out_side == Side::Private {
             self.hiding.strip(message, &mut editor);
+        }
+        if let Some(tx) = self.server.get(server_key) {
+            let sides = (out_side, upstream.side);
+            let contacts = HiddenContacts::of(code, &method, tx.info.in_dialog());
+            self.hide_in_response(sides, message, Some(&tx.request), contacts, &mut editor);
+            if self.hiding.hides_topology(upstream.side, out_side) {
+                hiding::restore_vias(&tx.request, &tx.info, upstream.address, via_at, &mut editor);
+            }
         }
         if let (true, Some(call)) = (message.has_sdp(), &call) {
             match self.anchor(call, out_side, from.ip(), message.body()) {
@@ -328,29 +338,47 @@ impl Core {
         }
     }
 
-    /// Relays a response that matches no transaction (2xx retransmissions) along its Vias.
+    /// Relays a response that matches no transaction (2xx retransmissions) along its Vias,
+    /// or, when they were hidden, to the sender of the request of `server` (still here)
+    /// with them restored.
     fn forward_stateless(
         &mut self,
         side: Side,
         from: SocketAddr,
         message: &Message,
         response: &check::Response,
+        server: Option<&ServerKey>,
     ) {
         // 100 Trying is hop by hop (RFC 3261 16.7 step 5).
         if response.code == 100 {
             return;
         }
-        let Some(next) = response.vias.get(1) else {
-            return;
+        let hidden = server
+            .and_then(|key| self.server.get(key))
+            .filter(|tx| self.hiding.hides_topology(tx.upstream.side, tx.out_side));
+        let destination = match (response.vias.get(1), hidden) {
+            (Some(next), _) => via_destination(next),
+            (None, Some(tx)) => Some(tx.upstream.address),
+            (None, None) => None,
         };
-        let Some(destination) = via_destination(next) else {
+        let Some(destination) = destination else {
             return;
         };
         let mut editor = Editor::new(message);
-        pop_top_via(message, &mut editor);
+        let via_at = pop_top_via(message, &mut editor);
+        if let (None, Some(tx)) = (response.vias.get(1), hidden) {
+            hiding::restore_vias(&tx.request, &tx.info, destination, via_at, &mut editor);
+        }
         if side == Side::Private {
             self.hiding.strip(message, &mut editor);
         }
+        let request = hidden.map(|tx| &tx.request);
+        let sides = (side, side.other());
+        // Only an INVITE's 2xx outlives its transaction: the rest answer in-dialog requests
+        // (and an INVITE's Contact is rewritten, in a dialog or not).
+        let in_dialog = response.cseq_method != Method::Invite;
+        let contacts = HiddenContacts::of(response.code, &response.cseq_method, in_dialog);
+        self.hide_in_response(sides, message, request, contacts, &mut editor);
         // Its SDP is anchored as the first answer's was. An answer for a call we do not hold
         // would route media around the relay and name the far side's addresses: dropped.
         if message.has_sdp() {
@@ -517,10 +545,11 @@ impl Core {
     }
 }
 
-/// Removes the topmost Via value (ours) from a message being relayed.
-fn pop_top_via(message: &Message, editor: &mut Editor<'_>) {
+/// Removes the topmost Via value (ours) from a message being relayed; returns where its
+/// header was (where hidden Vias go back).
+fn pop_top_via(message: &Message, editor: &mut Editor<'_>) -> usize {
     let Some(index) = editor.first("via") else {
-        return;
+        return 0;
     };
     let value = &message.headers[index].value;
     let values = split_top_level(value, b',');
@@ -530,4 +559,5 @@ fn pop_top_via(message: &Message, editor: &mut Editor<'_>) {
     } else {
         editor.remove(index);
     }
+    index
 }

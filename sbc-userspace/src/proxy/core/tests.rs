@@ -602,6 +602,10 @@ const CASES: &[Case] = &[
         play: behind_a_one_to_one_nat,
     },
     Case {
+        name: "topology hiding: the carrier learns no private address, and in-dialog routing works both ways",
+        play: topology_hidden_from_the_public_side,
+    },
+    Case {
         name: "INVITE retransmissions are absorbed, and answered with the last response",
         play: retransmissions_are_absorbed,
     },
@@ -1088,10 +1092,7 @@ fn behind_a_one_to_one_nat() {
     let bound_ip = addr(PUBLIC).ip().to_string();
     let mut dialog = establish(&mut lab, "nat");
     // What the carrier learnt from the 200: our advertised address, never the bound one.
-    assert_eq!(
-        dialog.carrier_routes,
-        vec![format!("<sip:{outside};lr>"), format!("<sip:{PRIVATE};lr>")]
-    );
+    assert_eq!(dialog.carrier_routes, vec![format!("<sip:{outside};lr>")]);
     // The backend is told the addresses it reaches: the private listener as bound.
     assert_eq!(
         dialog.backend_routes,
@@ -1157,20 +1158,99 @@ fn behind_a_one_to_one_nat() {
     );
 }
 
-fn double_record_route() {
+/// Whether a message names the backends' network anywhere (headers or body).
+fn names_private_network(sent: &Sent) -> bool {
+    String::from_utf8_lossy(sent.message.bytes()).contains("10.0.0.")
+}
+
+fn topology_hidden_from_the_public_side() {
     let mut lab = Lab::new();
-    let dialog = establish(&mut lab, "routes");
+    let call = Call::new("hidden");
+    let invite = forward_invite(&mut lab, &call, "hidden-1");
+    let backend = invite.to;
+    let answer = sdp("10.0.0.10", 50000);
+    lab.backend_sends(
+        backend,
+        &response(&invite, 200, "b-hidden", backend, Some(&answer)),
+    );
+    let sent = lab.take_sent();
+    let ok = sent_to(&sent, CARRIER);
+    // The backend's Contact is ours, its user kept; nothing names the private network.
+    assert_eq!(ok.value("contact"), format!("<sip:alice@{PUBLIC}>"));
+    assert!(!names_private_network(ok), "{:?}", ok.message);
+    let mut dialog = Dialog {
+        carrier_routes: ok.values("record-route").into_iter().rev().collect(),
+        backend_routes: invite.values("record-route"),
+        call,
+        backend,
+        to_tag: "b-hidden".to_owned(),
+    };
+    // The carrier's requests go to that Contact, and on to the backend's own.
+    let to_backend_contact = format!("sip:alice@{backend}");
+    let to_our_contact = format!("sip:alice@{PUBLIC}");
+    let ack = dialog.carrier_request("ACK", "hidden-ack", None);
+    lab.carrier_sends(&ack.replacen(&to_backend_contact, &to_our_contact, 1));
+    let sent = lab.take_sent();
+    assert_eq!(
+        sent_to(&sent, &backend.to_string()).request_uri(),
+        to_backend_contact
+    );
+    let info = dialog.carrier_request("INFO", "hidden-info", None);
+    lab.carrier_sends(&info.replacen(&to_backend_contact, &to_our_contact, 1));
+    let sent = lab.take_sent();
+    let info = sent_to(&sent, &backend.to_string());
+    assert_eq!(info.request_uri(), to_backend_contact);
+    lab.backend_sends(backend, &response(info, 200, "", backend, None));
+    let sent = lab.take_sent();
+    let info_ok = sent_to(&sent, CARRIER);
+    assert_eq!(info_ok.code(), Some(200));
+    assert!(!names_private_network(info_ok), "{:?}", info_ok.message);
+    // A Contact that refreshes nothing is removed rather than rewritten, as the kernel does.
+    assert!(info_ok.values("contact").is_empty());
+    // The backend's BYE reaches the carrier with our Via alone; the carrier's answer gets the
+    // backend's Via back, and ends the call.
+    lab.backend_sends(backend, &dialog.backend_request("BYE", "hidden-bye", 2));
+    let sent = lab.take_sent();
+    let bye = sent_to(&sent, CARRIER);
+    assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(bye.values("via").len(), 1, "{:?}", bye.values("via"));
+    assert!(!names_private_network(bye), "{:?}", bye.message);
+    lab.carrier_sends(&response(bye, 200, "", addr(CARRIER), None));
+    let sent = lab.take_sent();
+    let bye_ok = sent_to(&sent, &backend.to_string());
+    assert_eq!(bye_ok.code(), Some(200));
+    assert_eq!(
+        bye_ok.values("via"),
+        vec![format!(
+            "SIP/2.0/UDP {backend};branch=z9hG4bKhidden-bye;rport=5060"
+        )]
+    );
+    assert_eq!(lab.call_end(), (CallEnd::Bye, Some(200)));
+}
+
+fn double_record_route() {
     let ours = |side: &str| format!("<sip:{side};lr>");
-    assert_eq!(
-        dialog.backend_routes,
-        vec![ours(PRIVATE), ours(PUBLIC)],
-        "the backend reaches us first at our private address"
-    );
-    assert_eq!(
-        dialog.carrier_routes,
-        vec![ours(PUBLIC), ours(PRIVATE)],
-        "the carrier reaches us first at our public address"
-    );
+    for topology_hidden in [false, true] {
+        let mut sip = config(&[BACKEND_A]);
+        sip.hiding.topology = topology_hidden;
+        let mut lab = Lab::with(sip, AdmissionConfig::default());
+        let dialog = establish(&mut lab, "routes");
+        assert_eq!(
+            dialog.backend_routes,
+            vec![ours(PRIVATE), ours(PUBLIC)],
+            "the backend reaches us first at our private address"
+        );
+        // With topology hiding the carrier learns nothing of the private side, ours included.
+        let carrier_routes = if topology_hidden {
+            vec![ours(PUBLIC)]
+        } else {
+            vec![ours(PUBLIC), ours(PRIVATE)]
+        };
+        assert_eq!(
+            dialog.carrier_routes, carrier_routes,
+            "the carrier reaches us first at our public address"
+        );
+    }
 }
 
 fn loose_routing() {
@@ -1292,14 +1372,18 @@ fn reinvite_refreshes_the_target() {
     lab.guard.clear();
     lab.backend_sends(dialog.backend, &answer);
     assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
-    // The kernel's caller leg now goes to the new Contact; the callee's is unchanged.
+    // The kernel's caller leg now goes to the new Contact, still to our Contact for it in
+    // the caller's requests (topology hiding); the callee's is unchanged (its requests, whose
+    // Vias are hidden, stay with the daemon).
     match &lab.guard[..] {
         [GuardUpdate::DialogForwarding(forwarding)] => {
             let [Some(caller), Some(callee)] = &forwarding.legs else {
-                panic!("both legs forwarded: {forwarding:?}");
+                panic!("both legs known: {forwarding:?}");
             };
             assert_eq!(caller.target, moved);
-            assert_eq!(caller.request_uri, format!("sip:alice@{moved}"));
+            assert_eq!(caller.target_uri, format!("sip:alice@{moved}"));
+            assert_eq!(caller.request_uri, format!("sip:alice@{PUBLIC}"));
+            assert!(caller.forwards_requests && !callee.forwards_requests);
             assert_eq!(callee.target, addr(CARRIER));
         }
         other => panic!("one forwarding update expected: {other:?}"),
@@ -1696,7 +1780,10 @@ fn in_dialog_branch_is_stateless() {
 }
 
 fn edits_keep_what_they_do_not_change() {
-    let mut lab = Lab::new();
+    // Without topology hiding the carrier's route set holds both our addresses.
+    let mut sip = config(&[BACKEND_A]);
+    sip.hiding.topology = false;
+    let mut lab = Lab::with(sip, AdmissionConfig::default());
     let mut dialog = establish(&mut lab, "verbatim");
     let info = dialog.carrier_request("INFO", "info", None).replace(
         &format!("Via: SIP/2.0/UDP {CARRIER};branch=z9hG4bKinfo;rport\r\n"),
@@ -1761,15 +1848,17 @@ fn response_to_a_kernel_forwarded_bye() {
 fn kernel_forwarding_matches_the_proxy() {
     use sbc_common::sip_forward::{
         ForwardScratch,
-        corpus::{self, Expect, Sender},
+        corpus::{self, Expect, Sender, Topology},
         forward,
     };
     const SEED: u64 = 0x5eed;
     let socket = |(ip, port): ([u8; 4], u16)| SocketAddr::from((ip, port));
     let mut failures = Vec::new();
     let mut scratch = ForwardScratch::zeroed();
-    for case in corpus::CASES {
-        let mut lab = Lab::with(config(&[BACKEND_A]), AdmissionConfig::default());
+    for (topology, case) in corpus::all_cases() {
+        let mut config = config(&[BACKEND_A]);
+        config.hiding.topology = topology == Topology::Hidden;
+        let mut lab = Lab::with(config, AdmissionConfig::default());
         let dialog = establish(&mut lab, corpus::CALL_ID);
         assert_eq!(dialog.backend, socket(corpus::BACKEND));
         let key = lab.core.calls.keys().next().expect("the call").clone();
@@ -1777,7 +1866,7 @@ fn kernel_forwarding_matches_the_proxy() {
         assert_eq!(forwarding.tags, [corpus::CALLER_TAG, corpus::CALLEE_TAG]);
         let map_value = forwarding.map_value(SEED).expect("fits the kernel's table");
         // What the XDP tests install is what the daemon writes.
-        assert_eq!(map_value, corpus::dialog(SEED));
+        assert_eq!(map_value, corpus::dialog(SEED, topology));
         let selves = lab.core.sip_selves();
         assert_eq!(selves, corpus::selves());
         let source = socket(case.sender.source());
