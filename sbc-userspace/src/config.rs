@@ -688,6 +688,41 @@ mod tests {
         );
     }
 
+    /// The public address read from a command or a file, at start: one source only, and
+    /// what it gives is held to what a written one is.
+    #[test]
+    fn advertised_address_read_from_its_source() {
+        let sip = |extra: &str| {
+            format!(
+                "{GOOD}\n[sip]\npublic_listen = \"198.18.1.1:5060\"\n{extra}\n\
+                 [[sip.backends]]\naddress = \"198.18.2.10:5060\"\n"
+            )
+        };
+        assert_eq!(
+            key_of(&sip(
+                "public_advertise = \"203.0.113.10\"\npublic_advertise_file = \"/run/ip\""
+            )),
+            "sip.public_advertise_file"
+        );
+        let detected = |source: &str| {
+            let mut config = Config::parse(&sip(source)).unwrap();
+            config.sip.as_mut().unwrap().detect_advertised()?;
+            let address = config.sip.as_ref().unwrap().public_advertise;
+            Ok::<_, ConfigError>((address, config.media_advertised(Side::Public)))
+        };
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let (sip_address, media_address) =
+            detected("public_advertise_command = \"echo 203.0.113.20\"").unwrap();
+        assert_eq!(
+            (sip_address, Some(media_address)),
+            (ip("203.0.113.20"), ip("203.0.113.20"))
+        );
+        let error = detected("public_advertise_command = \"echo 2001:db8::1\"").unwrap_err();
+        assert_eq!(error.key, "sip.public_advertise_command", "{error}");
+        let error = detected("public_advertise_file = \"/nonexistent/sbc-ip\"").unwrap_err();
+        assert_eq!(error.key, "sip.public_advertise_file", "{error}");
+    }
+
     #[test]
     fn unknown_key_is_named_with_its_table() {
         let err = Config::parse(&GOOD.replace("port_max = 20999", "port_max = 20999\nbogus = 1"))

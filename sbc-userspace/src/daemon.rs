@@ -9,6 +9,7 @@ use crate::{
         AdmissionControl, SipGuard,
         control::{Reconfigure, Reread},
     },
+    advertise::Readvertise,
     api::server::{self, ApiState},
     config::{Config, DataplaneMode, NoAudioAction, NoAudioConfig, SigtermAction},
     dataplane::{
@@ -19,6 +20,7 @@ use crate::{
     events::EventSink,
     media::{AudioDeadlines, EndReason, MediaPlane, MediaSettings},
     proxy::{self, ProxyHandle, journal::Journal},
+    reload::Reload,
     side::Side,
 };
 
@@ -37,6 +39,10 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     };
     config.validate().map_err(in_file)?;
     config.check_environment().map_err(in_file)?;
+    let mut config = config;
+    if let Some(sip) = config.sip.as_mut() {
+        sip.detect_advertised().map_err(in_file)?;
+    }
     raise_open_files_limit(u64::from(config.media.port_max - config.media.port_min) + 1);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,7 +135,26 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
         reread,
     ));
     admission.apply(&config.admission)?;
-    tokio::spawn(reload_on_sighup(Arc::clone(&admission)));
+    let public_address = match (&config.sip, &proxy) {
+        (Some(sip), Some(proxy)) => sip.advertise_source().map(|source| {
+            let bound = sip.public_listen.ip();
+            let current = sip.public_advertise.unwrap_or(bound);
+            let media_follows = config.media.public_advertise.is_none();
+            Readvertise::new(
+                source,
+                (bound, current),
+                media_follows,
+                proxy.clone(),
+                Arc::clone(&plane),
+            )
+        }),
+        _ => None,
+    };
+    let reload = Arc::new(Reload {
+        admission: Arc::clone(&admission),
+        public_address,
+    });
+    tokio::spawn(reload_on_sighup(Arc::clone(&reload)));
     tokio::spawn(crate::logging::report_suppressed());
     let reaper = tokio::spawn(watch_media(
         Arc::clone(&plane),
@@ -143,6 +168,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
         sip: proxy.as_ref().map(|p| Arc::clone(&p.stats)),
         admission_counters: proxy.as_ref().map(|p| Arc::clone(&p.admission)),
         admission,
+        reload,
         proxy: proxy.clone(),
         drain: Arc::clone(&drain),
         started: std::time::Instant::now(),
@@ -199,18 +225,18 @@ async fn watch_media(plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>, no_audi
     }
 }
 
-/// SIGHUP: reload `[admission]` from the config file.
-async fn reload_on_sighup(admission: Arc<AdmissionControl>) {
+/// SIGHUP: reload `[admission]` from the config file, and the public address from its source.
+async fn reload_on_sighup(reload: Arc<Reload>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         warn!("cannot install the SIGHUP handler; reload with POST /v1/reload");
         return;
     };
     while hangup.recv().await.is_some() {
-        let admission = Arc::clone(&admission);
-        // Reading the file and writing the maps are blocking calls.
-        match tokio::task::spawn_blocking(move || admission.reload()).await {
-            Ok(Ok(())) => {}
+        let reload = Arc::clone(&reload);
+        // Reading the file, running the command and writing the maps are blocking calls.
+        match tokio::task::spawn_blocking(move || reload.reload()).await {
+            Ok(Ok(reloaded)) => info!("SIGHUP: reloaded {reloaded}"),
             Ok(Err(e)) => warn!("SIGHUP: reload failed, keeping the running configuration: {e:#}"),
             Err(e) => warn!("SIGHUP: reload failed: {e}"),
         }

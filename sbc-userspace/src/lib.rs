@@ -1,6 +1,7 @@
 //! sbc: the daemon (`sbc run`) and its operator commands, as a library so that integration
 //! tests and the lab drive the same code.
 pub mod admission;
+pub mod advertise;
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod maps_report;
 pub mod media;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod sdp;
 pub mod side;
 pub mod sip;

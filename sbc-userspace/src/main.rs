@@ -96,7 +96,8 @@ enum Command {
         #[command(subcommand)]
         action: Option<BlocksAction>,
     },
-    /// Make a running daemon read `[admission]` from its config file again (as SIGHUP does).
+    /// Make a running daemon read `[admission]` from its config file again, and the public
+    /// address from `sip.public_advertise_command` or `_file` (as SIGHUP does).
     Reload {
         #[command(flatten)]
         target: ApiTarget,
@@ -252,10 +253,21 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             )
         }
         Command::CheckConfig { config: path } => {
-            let config = Config::load(&path)?;
-            config
-                .check_environment()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let mut config = Config::load(&path)?;
+            let in_file = |e| anyhow::anyhow!("{}: {e}", path.display());
+            config.check_environment().map_err(in_file)?;
+            if let Some(sip) = config.sip.as_mut() {
+                sip.detect_advertised().map_err(in_file)?;
+                if let (Some(source), Some(address)) =
+                    (sip.advertise_source(), sip.public_advertise)
+                {
+                    println!(
+                        "{}: advertising {address} (read by {})",
+                        path.display(),
+                        source.key()
+                    );
+                }
+            }
             println!("{}: ok", path.display());
             Ok(())
         }
@@ -284,8 +296,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Sessions { target, action } => sessions(&target.client()?, action),
         Command::Blocks { target, action } => blocks(&target.client()?, action),
         Command::Reload { target } => {
-            let _: Reloaded = target.client()?.post("/v1/reload", &())?.expect(200)?;
-            println!("admission configuration reloaded");
+            let reloaded: Reloaded = target.client()?.post("/v1/reload", &())?.expect(200)?;
+            println!("reloaded: {}", reloaded.reloaded);
             Ok(())
         }
         Command::Maps { target, json } => {

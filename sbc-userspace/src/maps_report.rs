@@ -4,7 +4,12 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, bail};
-use sbc_common::{Dialog, DialogLeg, branch::SIDE_PUBLIC, dialog::LEG_FORWARD, flow::STREAM_RTP};
+use sbc_common::{
+    Dialog, DialogLeg, SipSelf, SipSelves,
+    branch::{SIDE_PRIVATE, SIDE_PUBLIC},
+    dialog::{LEG_ANSWERS_HIDDEN, LEG_FORWARD},
+    flow::STREAM_RTP,
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -55,11 +60,13 @@ pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
             row["stream"].as_str().map(str::to_owned),
         )
     });
-    let mut dialogs: Vec<Value> = GuardMaps::open(layout)?
+    let guard = GuardMaps::open(layout)?;
+    let mut dialogs: Vec<Value> = guard
         .dialogs()
         .iter()
         .map(|(id, dialog)| dialog_row(*id, dialog, now))
         .collect();
+    let selves = guard.sip_selves()?;
     dialogs.sort_by_key(|row| row["call_id"].as_str().map(str::to_owned));
     let reasons: serde_json::Map<String, Value> = ReasonCounters::open(layout)?
         .read()?
@@ -70,8 +77,25 @@ pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
         "pin_dir": layout.dir.display().to_string(),
         "flows": rows,
         "dialogs": dialogs,
+        "sip_self": sip_self_rows(&selves),
         "xdp_reasons": reasons,
     }))
+}
+
+/// Our addresses per side as the kernel compares and writes them: the listener it sends
+/// from, and the Via and Record-Route the parties were told.
+fn sip_self_rows(selves: &SipSelves) -> Value {
+    let side = |side: &SipSelf| {
+        json!({
+            "listener": socket_addr(&side.listener.addr, side.listener.port).to_string(),
+            "via": String::from_utf8_lossy(side.via.as_bytes()),
+            "record_route": String::from_utf8_lossy(side.route.as_bytes()),
+        })
+    };
+    json!({
+        "public": side(&selves.sides[usize::from(SIDE_PUBLIC)]),
+        "private": side(&selves.sides[usize::from(SIDE_PRIVATE)]),
+    })
 }
 
 /// A dialog as the kernel holds it: its identity, per direction (the caller's requests, the
@@ -82,6 +106,8 @@ fn dialog_row(id: u64, dialog: &Dialog, now: u64) -> Value {
         json!({
             "tag": tag,
             "forwarded_in_kernel": leg.flags & LEG_FORWARD != 0,
+            "request_uri_out": text(leg.target_uri.as_bytes()),
+            "answerer_hidden": leg.flags & LEG_ANSWERS_HIDDEN != 0,
             "listener": socket_addr(&leg.listener.addr, leg.listener.port).to_string(),
             "next_hop": socket_addr(&leg.target.addr, leg.target.port).to_string(),
             "party": socket_addr(&leg.party.addr, leg.party.port).to_string(),

@@ -60,6 +60,9 @@ pub struct DaemonOptions {
     pub cpu: Option<usize>,
     /// More keys of the `[api]` table (`listen`, `token_file`).
     pub api_config: String,
+    /// More keys of the `[sip]` table. One naming the public address
+    /// (`public_advertise_file`, say) replaces the NAT lab's own `public_advertise`.
+    pub sip_keys: String,
     /// `log.format`: "text" or "json".
     pub log_format: &'static str,
 }
@@ -78,6 +81,7 @@ impl Default for DaemonOptions {
             extra_config: String::new(),
             cpu: None,
             api_config: String::new(),
+            sip_keys: String::new(),
             log_format: "text",
         }
     }
@@ -111,11 +115,12 @@ impl Daemon {
         let mut sip = String::new();
         if !options.sip_backends.is_empty() {
             // Behind the lab's NAT, the sbc binds its inside address and advertises the outside.
-            let advertise = if lab.nat.is_some() {
+            let advertise = if lab.nat.is_some() && !options.sip_keys.contains("public_advertise") {
                 format!("public_advertise = \"{SBC_PUBLIC}\"\n")
             } else {
                 String::new()
             };
+            let advertise = advertise + &options.sip_keys;
             sip = format!(
                 "[sip]\npublic_listen = \"{public}:5060\"\nprivate_listen = \"{SBC_PRIVATE}:5060\"\n{advertise}\
                  [sip.health]\nprobes = {}\ninterval_ms = {}\ntimeout_ms = {}\nfailure_threshold = {}\n",

@@ -5,7 +5,10 @@
 //! told the inside address nor the backends' (topology hiding, on by default: its SIPp
 //! scenario checks every message it receives), while its in-dialog requests still go through
 //! the kernel.
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use sbc_tests::{
     calls::ended_pcap_calls,
@@ -64,4 +67,71 @@ fn calls_through_a_one_to_one_nat_have_audio_and_name_only_the_outside_address()
         count("forward_sip_request") >= CALLS as u64 && count("pass_sip_in_dialog_mismatch") == 0,
         "{reasons}"
     );
+}
+
+/// The outside address read from a file, as a provisioning hook writes a cloud VM's elastic IP:
+/// at start, and again on reload, when it moved (SIGHUP or `sbc reload`). What the kernel
+/// writes in our Via and Record-Route and what new media sessions advertise follow it; a
+/// file that names no address is refused and the running address kept.
+#[test]
+fn the_outside_address_is_read_from_a_file_and_again_on_reload() {
+    require_lab_privileges();
+    let lab = Lab::behind_nat("natfile").expect("lab behind a NAT");
+    let dir = tempfile::tempdir().expect("a directory");
+    let file = dir.path().join("public-ip");
+    std::fs::write(&file, format!("{SBC_PUBLIC}\n")).expect("written");
+    let backend = SocketAddr::new(CALLEE.into(), 5060);
+    let _backend = Backend::start(&lab.callee, backend).expect("backend");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            sip_backends: vec![backend],
+            sip_keys: format!("public_advertise_file = \"{}\"\n", file.display()),
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    let record_route = || {
+        let maps = daemon.maps().expect("sbc maps");
+        maps["sip_self"]["public"]["record_route"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(record_route(), format!("<sip:{SBC_PUBLIC}:5060;lr>"));
+
+    // The elastic IP moved: SIGHUP.
+    let moved = "198.18.1.9";
+    std::fs::write(&file, format!("{moved}\n")).expect("written");
+    daemon.signal(libc::SIGHUP).expect("SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while record_route() != format!("<sip:{moved}:5060;lr>") {
+        assert!(
+            Instant::now() < deadline,
+            "still {}:\n{}",
+            record_route(),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let session = daemon
+        .create_session(
+            SocketAddr::new(CALLER.into(), 40000),
+            SocketAddr::new(CALLEE.into(), 40000),
+            false,
+        )
+        .expect("a media session")
+        .json::<sbc::media::SessionInfo>()
+        .expect("its description");
+    assert_eq!(session.legs[0].advertised.to_string(), moved);
+
+    // A file that names no address: refused, the running address kept.
+    std::fs::write(&file, "<html>metadata service down</html>\n").expect("written");
+    let reload = daemon.command(&["reload"]).expect("sbc reload");
+    let said = String::from_utf8_lossy(&reload.stderr);
+    assert!(
+        !reload.status.success() && said.contains("sip.public_advertise_file"),
+        "{said}"
+    );
+    assert_eq!(record_route(), format!("<sip:{moved}:5060;lr>"));
 }

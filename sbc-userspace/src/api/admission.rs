@@ -69,12 +69,9 @@ pub async fn remove_block(
 }
 
 pub async fn reload(State(api): State<Arc<ApiState>>) -> Response {
-    let admission = Arc::clone(&api.admission);
-    match tokio::task::spawn_blocking(move || admission.reload()).await {
-        Ok(Ok(())) => Json(Reloaded {
-            reloaded: "admission".to_owned(),
-        })
-        .into_response(),
+    let reload = Arc::clone(&api.reload);
+    match tokio::task::spawn_blocking(move || reload.reload()).await {
+        Ok(Ok(reloaded)) => Json(Reloaded { reloaded }).into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, format!("{e:#}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

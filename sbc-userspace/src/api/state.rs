@@ -16,6 +16,7 @@ use crate::{
     drain::Drain,
     media::MediaPlane,
     proxy::{ProxyHandle, stats::SipStats},
+    reload::Reload,
 };
 
 pub struct ApiState {
@@ -26,6 +27,8 @@ pub struct ApiState {
     pub sip: Option<Arc<SipStats>>,
     pub admission_counters: Option<Arc<AdmissionCounters>>,
     pub admission: Arc<AdmissionControl>,
+    /// What `POST /v1/reload` does, as SIGHUP.
+    pub reload: Arc<Reload>,
     pub proxy: Option<ProxyHandle>,
     pub drain: Arc<Drain>,
     pub started: std::time::Instant,

@@ -130,6 +130,11 @@ impl GuardMaps {
             .context("writing the SIP self map")
     }
 
+    /// Our SIP addresses as the kernel holds them.
+    pub fn sip_selves(&self) -> anyhow::Result<SipSelves> {
+        self.sip_self.get(&0, 0).context("reading the SIP self map")
+    }
+
     pub fn remove_dialog(&mut self, id: u64) {
         let _ = self.dialogs.remove(&id);
     }

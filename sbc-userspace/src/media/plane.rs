@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
     time::Duration,
 };
 
@@ -45,7 +45,8 @@ pub struct MediaSettings {
     /// Where each side's legs are bound (and the XDP flows match).
     pub public_address: IpAddr,
     pub private_address: IpAddr,
-    /// What each side's parties are told to send to (`Config::media_advertised`).
+    /// What each side's parties are told to send to (`Config::media_advertised`), at start:
+    /// `MediaPlane::readvertise` moves it.
     pub public_advertised: IpAddr,
     pub private_advertised: IpAddr,
     pub port_min: u16,
@@ -138,6 +139,8 @@ pub(super) struct State {
 
 pub struct MediaPlane {
     pub(super) settings: MediaSettings,
+    /// What each side's parties are told now, by `Side::index`.
+    advertised: RwLock<[IpAddr; 2]>,
     pub(super) state: Mutex<State>,
     /// The relay ports of each local address (their own locks: sockets give ports back).
     pub(super) pools: HashMap<IpAddr, SharedPool>,
@@ -262,8 +265,11 @@ impl MediaPlane {
                 .or_insert_with(|| SharedPool::new(settings.port_min, settings.port_max));
         }
         let (kernel, kernel_stats) = kernel.unzip();
+        let mut advertised = [settings.public_advertised; 2];
+        advertised[usize::from(Side::Private.index())] = settings.private_advertised;
         let plane = Arc::new(Self {
             settings,
+            advertised: RwLock::new(advertised),
             state: Mutex::new(State {
                 sessions: BTreeMap::new(),
                 flows: HashMap::new(),
@@ -297,10 +303,15 @@ impl MediaPlane {
 
     /// What a side's parties are told to send media to (in SDP).
     pub fn advertised(&self, side: Side) -> IpAddr {
-        match side {
-            Side::Public => self.settings.public_advertised,
-            Side::Private => self.settings.private_advertised,
-        }
+        let advertised = self.advertised.read().unwrap_or_else(|p| p.into_inner());
+        advertised[usize::from(side.index())]
+    }
+
+    /// A side's parties are told `address` from now on (in the SDP of new offers and
+    /// answers; the sessions set up before keep relaying: they are bound, not advertised).
+    pub fn readvertise(&self, side: Side, address: IpAddr) {
+        let mut advertised = self.advertised.write().unwrap_or_else(|p| p.into_inner());
+        advertised[usize::from(side.index())] = address;
     }
 
     pub fn ports_in_use(&self) -> Vec<(IpAddr, usize, usize)> {

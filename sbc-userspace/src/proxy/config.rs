@@ -1,11 +1,14 @@
 //! The `[sip]` section of the configuration: listeners, backends and how they are chosen and
 //! watched, bounds on what is accepted, TCP, topology hiding; checked here, where it is used.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use serde::Deserialize;
 
 use super::tcp::TcpConfig;
-use crate::{config_error::ConfigError, sip::bounds};
+use crate::{advertise::AdvertiseSource, config_error::ConfigError, sip::bounds};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +25,13 @@ pub struct SipConfig {
     /// otherwise.
     #[serde(default)]
     pub public_advertise: Option<IpAddr>,
+    /// Where `public_advertise` is read at start and on every reload instead (a cloud VM's
+    /// external address, which may move): a command whose output's first line is the address
+    /// (the provider's metadata service), or a file holding it. At most one of the three.
+    #[serde(default)]
+    pub public_advertise_command: Option<String>,
+    #[serde(default)]
+    pub public_advertise_file: Option<PathBuf>,
     /// The same on the private side, for backends that reach the edge through a NAT.
     #[serde(default)]
     pub private_advertise: Option<IpAddr>,
@@ -55,6 +65,29 @@ pub struct SipConfig {
 impl SipConfig {
     pub fn private_listen(&self) -> SocketAddr {
         self.private_listen.unwrap_or(self.public_listen)
+    }
+
+    /// Where the public address to advertise is read, if it is not written here.
+    pub fn advertise_source(&self) -> Option<AdvertiseSource> {
+        let command = self.public_advertise_command.clone();
+        let file = self.public_advertise_file.clone();
+        command
+            .map(AdvertiseSource::Command)
+            .or(file.map(AdvertiseSource::File))
+    }
+
+    /// Reads the public address to advertise from its source, if it has one, into
+    /// `public_advertise` (a problem names the source's key).
+    pub fn detect_advertised(&mut self) -> Result<(), ConfigError> {
+        let Some(source) = self.advertise_source() else {
+            return Ok(());
+        };
+        let address = source
+            .read()
+            .map_err(|e| ConfigError::new(source.key(), e))?;
+        check_advertised(source.key(), address, self.public_listen.ip())?;
+        self.public_advertise = Some(address);
+        Ok(())
     }
 }
 
@@ -156,6 +189,25 @@ impl SipConfig {
                     format!("{} is already sip.backends[{first}]", backend.address),
                 ));
             }
+        }
+        // One source of the public address: written, or read from a command or a file.
+        let sources = [
+            ("sip.public_advertise", sip.public_advertise.is_some()),
+            (
+                "sip.public_advertise_command",
+                sip.public_advertise_command.is_some(),
+            ),
+            (
+                "sip.public_advertise_file",
+                sip.public_advertise_file.is_some(),
+            ),
+        ];
+        let mut given = sources.iter().filter(|(_, set)| *set).map(|(key, _)| *key);
+        if let (Some(first), Some(second)) = (given.next(), given.next()) {
+            return Err(ConfigError::new(
+                second,
+                format!("{first} is set too: give the public address one way"),
+            ));
         }
         for (key, advertised, bound) in [
             (

@@ -116,6 +116,7 @@ impl Driver {
             Queued::Query(query) => return query.answer(&self.core, Now::read()),
             Queued::MediaTimeout(sessions) => Input::MediaTimeout(sessions),
             Queued::Reconfigure(admission) => Input::Reconfigure(admission),
+            Queued::Readvertise { side, address } => Input::Readvertise { side, address },
             Queued::HangUpAll => Input::HangUpAll,
             Queued::NoAudio { silent, hang_up } => Input::NoAudio { silent, hang_up },
             Queued::EndedInKernel { call_id, end } => {
@@ -224,6 +225,11 @@ impl Driver {
                 call_id,
                 confirmed_caller,
             } => self.guard.dialog_ended(&call_id, confirmed_caller),
+            GuardUpdate::SipSelves(selves) => {
+                if let Err(e) = self.guard.set_sip_selves(&selves) {
+                    warn!("the kernel still names our previous addresses: {e:#}");
+                }
+            }
             GuardUpdate::Block {
                 source,
                 duration,

@@ -20,7 +20,7 @@ pub mod tcp;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -81,6 +81,11 @@ pub enum Queued {
     MediaTimeout(Vec<SessionInfo>),
     /// A reloaded `[admission]`.
     Reconfigure(Box<AdmissionConfig>),
+    /// A side's parties are told this address from now on (it moved).
+    Readvertise {
+        side: Side,
+        address: IpAddr,
+    },
     /// From the admin API.
     Query(Query),
     /// A drain's deadline passed: end every call.
@@ -120,6 +125,11 @@ impl ProxyHandle {
     pub fn reconfigure(&self, admission: AdmissionConfig) {
         self.intake.reconfigure(&admission);
         let _ = self.lanes.control(Queued::Reconfigure(Box::new(admission)));
+    }
+
+    /// A side's advertised address moved (`advertise::Readvertise`).
+    pub fn readvertise(&self, side: Side, address: IpAddr) {
+        let _ = self.lanes.control(Queued::Readvertise { side, address });
     }
 
     pub fn media_timed_out(&self, sessions: Vec<SessionInfo>) {

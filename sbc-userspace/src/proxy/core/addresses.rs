@@ -9,6 +9,8 @@ pub struct OurAddresses {
     /// Indexed by `Side::index`.
     bound: [SocketAddr; 2],
     advertised: [SocketAddr; 2],
+    /// Addresses advertised before (`readvertise`): calls set up then still name them.
+    formerly: Vec<SocketAddr>,
 }
 
 impl OurAddresses {
@@ -27,7 +29,22 @@ impl OurAddresses {
             bound[slot] = listener;
             advertised[slot] = address.map_or(listener, |ip| SocketAddr::new(ip, listener.port()));
         }
-        Self { bound, advertised }
+        Self {
+            bound,
+            advertised,
+            formerly: Vec::new(),
+        }
+    }
+
+    /// A side's parties are told `ip` from now on (at the same port); the address they were
+    /// told before still names us, for the calls that know us by it.
+    pub fn readvertise(&mut self, side: Side, ip: IpAddr) {
+        let slot = &mut self.advertised[usize::from(side.index())];
+        let moved = SocketAddr::new(ip, slot.port());
+        if *slot != moved && !self.formerly.contains(slot) {
+            self.formerly.push(*slot);
+        }
+        *slot = moved;
     }
 
     /// Where a side's listener is bound: the source of what we send there.
@@ -45,11 +62,13 @@ impl OurAddresses {
         self.bound[0] == self.bound[1]
     }
 
-    /// Whether `ip` and `port` name one of our listeners, as bound or as advertised.
+    /// Whether `ip` and `port` name one of our listeners, as bound or as advertised (now or
+    /// before).
     pub fn name_us(&self, ip: IpAddr, port: u16) -> bool {
         self.bound
             .iter()
             .chain(&self.advertised)
+            .chain(&self.formerly)
             .any(|address| address.ip() == ip && address.port() == port)
     }
 }

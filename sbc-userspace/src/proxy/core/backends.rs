@@ -290,6 +290,8 @@ mod tests {
             public_listen: "127.0.0.1:5060".parse().unwrap(),
             private_listen: None,
             public_advertise: None,
+            public_advertise_command: None,
+            public_advertise_file: None,
             private_advertise: None,
             backends: weights
                 .iter()

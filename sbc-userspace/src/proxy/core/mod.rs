@@ -103,6 +103,8 @@ pub enum Input {
     Shed(Vec<(IpAddr, u32)>),
     /// A reloaded `[admission]`.
     Reconfigure(Box<AdmissionConfig>),
+    /// A side's parties are told this address from now on (an elastic IP that moved).
+    Readvertise { side: Side, address: IpAddr },
     /// A drain's deadline passed: end every call.
     HangUpAll,
     /// The kernel forwarded the final response (`code`) to a BYE of the call with this
@@ -153,6 +155,8 @@ pub enum GuardUpdate {
         call_id: String,
         confirmed_caller: Option<IpAddr>,
     },
+    /// Our addresses as the kernel compares and writes them changed (`Core::sip_selves`).
+    SipSelves(Box<sbc_common::SipSelves>),
     /// Block a source for `duration`; `why` goes into the log and the `source_blocked` event,
     /// which the driver writes once the block is in place.
     Block {
@@ -294,6 +298,11 @@ impl Core {
                 }
             }
             Input::Reconfigure(admission) => self.admission.reconfigure(&admission),
+            Input::Readvertise { side, address } => {
+                self.addresses.readvertise(side, address);
+                let selves = Box::new(self.sip_selves());
+                self.guard(GuardUpdate::SipSelves(selves));
+            }
             Input::HangUpAll => self.hang_up_all(),
             Input::EndedInKernel {
                 call_id,

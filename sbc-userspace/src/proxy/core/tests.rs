@@ -602,6 +602,10 @@ const CASES: &[Case] = &[
         play: behind_a_one_to_one_nat,
     },
     Case {
+        name: "a public address that moved is advertised to new calls; calls set up before still reach us by the old one",
+        play: public_address_moved,
+    },
+    Case {
         name: "topology hiding: the carrier learns no private address, and in-dialog routing works both ways",
         play: topology_hidden_from_the_public_side,
     },
@@ -1156,6 +1160,47 @@ fn behind_a_one_to_one_nat() {
         public.via.as_bytes(),
         format!("SIP/2.0/UDP {outside};branch=").as_bytes()
     );
+}
+
+fn public_address_moved() {
+    let mut sip = config(&[BACKEND_A]);
+    sip.public_advertise = Some(NAT_OUTSIDE.parse().expect("an address"));
+    let media = FakeMedia {
+        public_advertised: sip.public_advertise,
+        ..FakeMedia::default()
+    };
+    let mut lab = Lab::taking_over(sip, AdmissionConfig::default(), Vec::new(), media);
+    let mut before = establish(&mut lab, "before");
+    let moved = "203.0.113.99";
+    lab.guard.clear();
+    lab.input(Input::Readvertise {
+        side: Side::Public,
+        address: moved.parse().expect("an address"),
+    });
+    // The kernel compares what parties are told from now on.
+    match &lab.guard[..] {
+        [GuardUpdate::SipSelves(selves)] => {
+            let public = &selves.sides[usize::from(Side::Public.index())];
+            assert_eq!(
+                public.route.as_bytes(),
+                format!("<sip:{moved}:5060;lr>").as_bytes()
+            );
+        }
+        other => panic!("our new addresses for the kernel expected: {other:?}"),
+    }
+    // A new call is told the new address.
+    let after = establish(&mut lab, "after");
+    assert_eq!(after.carrier_routes, vec![format!("<sip:{moved}:5060;lr>")]);
+    // The call set up before routes by the address it was told, still ours.
+    assert_eq!(
+        before.carrier_routes,
+        vec![format!("<sip:{NAT_OUTSIDE}:5060;lr>")]
+    );
+    lab.carrier_sends(&before.carrier_request("BYE", "before-bye", None));
+    let sent = lab.take_sent();
+    let bye = sent_to(&sent, &before.backend.to_string());
+    assert_eq!(bye.method(), Some("BYE"));
+    assert!(bye.values("route").is_empty(), "{:?}", bye.values("route"));
 }
 
 /// Whether a message names the backends' network anywhere (headers or body).
