@@ -4,7 +4,8 @@
 //! have audio both ways, relayed in the kernel once latched, and the carrier must never be
 //! told the inside address nor the backends' (topology hiding, on by default: its SIPp
 //! scenario checks every message it receives), while its in-dialog requests still go through
-//! the kernel.
+//! the kernel. The carrier's own SDP names a private address (a carrier behind its own NAT):
+//! its media is latched where it really comes from (symmetric RTP, the default).
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
