@@ -69,7 +69,7 @@ reasons! {
     PassSipInDialogMethod = "pass_sip_in_dialog_method": "in-dialog request of a method the kernel leaves to the daemon (CANCEL, SUBSCRIBE, ...)",
     PassSipInDialogSdp = "pass_sip_in_dialog_sdp": "in-dialog SIP with an SDP body (the daemon re-anchors its media)",
     PassSipInDialogForm = "pass_sip_in_dialog_form": "in-dialog SIP in a form the kernel does not edit (folded lines, odd spacing, a quoted or non-UDP Via, a repeated header, Proxy-Require, a Content-Length other than the body's)",
-    PassSipInDialogSize = "pass_sip_in_dialog_size": "in-dialog SIP larger than the kernel handles, or needing more edits",
+    PassSipInDialogSize = "pass_sip_in_dialog_size": "in-dialog SIP larger than the kernel handles, or needing more edits; a request over 1300 bytes (it goes by TCP)",
     PassSipInDialogMismatch = "pass_sip_in_dialog_mismatch": "in-dialog SIP whose Request-URI, Call-ID or tags are not the dialog's as the kernel knows it",
     PassSipInDialogRoute = "pass_sip_in_dialog_route": "in-dialog request with a Route to another hop, or to us written otherwise",
     PassSipInDialogHops = "pass_sip_in_dialog_hops": "in-dialog request with Max-Forwards 0 (the daemon answers 483)",

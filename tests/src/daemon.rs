@@ -47,8 +47,11 @@ pub struct DaemonOptions {
     pub port_min: u16,
     pub port_max: u16,
     pub media_timeout_secs: u64,
-    /// Backends of the SIP proxy; none: no `[sip]` table (media only).
+    /// Backends of the SIP proxy; none (and no `tcp_backends`): no `[sip]` table (media
+    /// only).
     pub sip_backends: Vec<std::net::SocketAddr>,
+    /// More backends, reached over TCP (`transport = "tcp"`).
+    pub tcp_backends: Vec<std::net::SocketAddr>,
     pub health_interval_ms: u64,
     /// Failures in a row that mark a backend down.
     pub health_failure_threshold: u32,
@@ -75,6 +78,7 @@ impl Default for DaemonOptions {
             port_max: 29999,
             media_timeout_secs: 60,
             sip_backends: Vec::new(),
+            tcp_backends: Vec::new(),
             health_interval_ms: 1000,
             health_failure_threshold: 2,
             health_probes: true,
@@ -113,7 +117,7 @@ impl Daemon {
         let socket = dir.path().join("api.sock");
         let public = lab.sbc_public();
         let mut sip = String::new();
-        if !options.sip_backends.is_empty() {
+        if !options.sip_backends.is_empty() || !options.tcp_backends.is_empty() {
             // Behind the lab's NAT, the sbc binds its inside address and advertises the outside.
             let advertise = if lab.nat.is_some() && !options.sip_keys.contains("public_advertise") {
                 format!("public_advertise = \"{SBC_PUBLIC}\"\n")
@@ -131,6 +135,11 @@ impl Daemon {
             );
             for backend in &options.sip_backends {
                 sip.push_str(&format!("[[sip.backends]]\naddress = \"{backend}\"\n"));
+            }
+            for backend in &options.tcp_backends {
+                sip.push_str(&format!(
+                    "[[sip.backends]]\naddress = \"{backend}\"\ntransport = \"tcp\"\n"
+                ));
             }
         }
         std::fs::write(

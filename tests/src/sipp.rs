@@ -73,6 +73,22 @@ impl Backend {
         )
     }
 
+    /// SIPp's built-in backend over TCP (`-t t1`): it answers every INVITE and OPTIONS on
+    /// the connections it accepts.
+    pub fn start_tcp(ns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
+        Self::spawn(ns, address, &["-sn", "uas", "-aa", "-t", "t1"])
+    }
+
+    /// A backend over TCP playing `scenario` (for every call) until stopped.
+    pub fn start_tcp_scenario(
+        ns: &Netns,
+        address: SocketAddr,
+        scenario: &Path,
+    ) -> anyhow::Result<Self> {
+        let scenario = scenario.to_string_lossy();
+        Self::spawn(ns, address, &["-sf", &scenario, "-aa", "-t", "t1"])
+    }
+
     /// A backend that answers every call (and OPTIONS) but never sends media: the one-way
     /// call of the no-audio tests.
     pub fn start_silent(ns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {

@@ -870,7 +870,7 @@ fn the_xdp_program_plays_the_guard_script() {
 #[test]
 fn verifier_cost_stays_within_budget() {
     require_lab_privileges();
-    // About 101,000 today (96,000 before the Request-URI was written from the dialog, for
+    // About 103,500 today (96,000 before the Request-URI was written from the dialog, for
     // topology hiding), most of it the in-dialog scan (`bpf_loop` callback of some 8,500
     // instructions, verified once per state of its caller that reaches the loop and again
     // until its effect settles) and the assembly's word loops (a run's loop is followed

@@ -14,6 +14,11 @@ mod via;
 pub use plan::{Cursor, OutBuffer, Plan};
 pub use scan::{DialogScan, SCAN_STEPS};
 
+/// The largest request sent over UDP (RFC 3261 18.1.1: 200 bytes under the path MTU, 1300
+/// when it is not known); a larger one goes by TCP, which the daemon does: the kernel passes
+/// it up.
+pub const UDP_MAX_REQUEST: usize = 1300;
+
 use crate::{
     Reason,
     checksum::WordSum,

@@ -915,7 +915,7 @@ impl DialogScan {
         }
         self.plan.copy_to(self.len);
         self.write_branch();
-        if !self.plan.fits() {
+        if !self.plan.fits() || self.plan.out_len > super::UDP_MAX_REQUEST {
             return self.pass(Reason::PassSipInDialogSize);
         }
         self.phase = phase::DONE;

@@ -168,6 +168,11 @@ fn write_sip(out: &mut Exposition, sip: &SipStats) {
         load(&sip.tcp_slow_closed),
     );
     out.counter_value(
+        "sbc_sip_tcp_peers_lost_total",
+        "SIP TCP connections the proxy opened that the peer ended: closed, reset, never accepted, or gone silent past sip.tcp.dead_after_ms (their requests fail over).",
+        load(&sip.tcp_peers_lost),
+    );
+    out.counter_value(
         "sbc_sip_oversized_total",
         "SIP messages beyond [sip.limits] (header count, header or token length): requests refused with 400, responses dropped; also counted in sbc_sip_malformed_total.",
         load(&sip.oversized),

@@ -100,6 +100,18 @@ pub struct BackendConfig {
     /// Concurrent calls this backend takes (0: no limit); a full backend is skipped.
     #[serde(default)]
     pub max_calls: u32,
+    /// How requests reach it: `udp` (the default; a request over 1300 bytes still goes by
+    /// TCP, RFC 3261 18.1.1) or `tcp`, over a connection kept open and reused.
+    #[serde(default)]
+    pub transport: BackendTransport,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTransport {
+    #[default]
+    Udp,
+    Tcp,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -240,6 +252,8 @@ impl SipConfig {
             ),
             ("sip.tcp.message_timeout_ms", tcp.message_timeout_ms),
             ("sip.tcp.idle_secs", tcp.idle_secs),
+            ("sip.tcp.connect_timeout_ms", tcp.connect_timeout_ms),
+            ("sip.tcp.dead_after_ms", tcp.dead_after_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));

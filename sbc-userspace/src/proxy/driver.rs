@@ -19,6 +19,7 @@ use super::{
     journal::Journal,
     lanes::LaneReceivers,
     stats::SipStats,
+    tcp::Outbound,
 };
 use crate::{
     admission::{SipGuard, guard::block_reason_name},
@@ -34,8 +35,10 @@ pub struct Driver {
     pub core: Core,
     pub public: Arc<UdpSocket>,
     pub private: Arc<UdpSocket>,
-    /// Writers of the open TCP connections.
+    /// Writers of the open TCP connections (accepted, and opened by us).
     pub connections: HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>,
+    /// The connections we opened, by peer.
+    pub outbound: Outbound,
     pub timers: DelayQueue<Timer>,
     pub events: Arc<EventSink>,
     pub journal: Journal,
@@ -111,7 +114,10 @@ impl Driver {
             }
             Queued::Disconnected { connection } => {
                 self.connections.remove(&connection);
-                return;
+                match self.outbound.closed(connection) {
+                    Some((side, address)) => Input::ConnectionLost { side, address },
+                    None => return,
+                }
             }
             Queued::Query(query) => return query.answer(&self.core, Now::read()),
             Queued::MediaTimeout(sessions) => Input::MediaTimeout(sessions),
@@ -174,13 +180,21 @@ impl Driver {
     /// it. A full send buffer is no refusal: under load it fills, and the message counts as
     /// sent and lost, which retransmissions repair. Treating it as a failed hop would answer
     /// callers 500 and blame a healthy backend.
-    fn send(&self, to: Peer, bytes: &[u8]) -> bool {
+    fn send(&mut self, to: Peer, bytes: &[u8]) -> bool {
         match to.transport {
             Transport::Udp => self.send_datagram(to.side, to.address, bytes),
             Transport::Tcp(connection) => self
                 .connections
                 .get(&connection)
                 .is_some_and(|writer| writer.send(bytes.to_vec()).is_ok()),
+            // A connection that cannot be opened, or is lost, reports its requests failed
+            // when it closes (`Input::ConnectionLost`).
+            Transport::TcpOut => {
+                let writer = self
+                    .outbound
+                    .writer_to(to.side, to.address, &mut self.connections);
+                writer.send(bytes.to_vec()).is_ok()
+            }
         }
     }
 

@@ -190,6 +190,7 @@ mod tests {
             forwarded: "INVITE sip:b@192.0.2.2 SIP/2.0\r\n".into(),
             target: "192.0.2.2:5060".parse().unwrap(),
             out_side: Side::Private,
+            out_tcp: false,
             provisional: true,
         });
         journal.append(&Line::Put(Box::new(ringing.clone())));

@@ -234,11 +234,22 @@ pub async fn start(
         .set_sip_selves(&core.sip_selves())
         .map_err(|e| e.context("writing our SIP addresses to the kernel"))?;
     core.start(now, recorded);
+    let mut local = [config.public_listen.ip(); 2];
+    local[usize::from(Side::Private.index())] = config.private_listen().ip();
+    let outbound = tcp::Outbound::new(tcp::Dialer {
+        lanes: lanes.clone(),
+        intake: Arc::clone(&intake),
+        numbers: Arc::clone(&connections),
+        limits: config.tcp.clone(),
+        stats: Arc::clone(&stats),
+        local,
+    });
     let mut driver = Driver {
         core,
         public,
         private,
         connections: HashMap::new(),
+        outbound,
         timers: DelayQueue::new(),
         events,
         journal,

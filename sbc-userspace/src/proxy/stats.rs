@@ -182,6 +182,9 @@ pub struct SipStats {
     pub tcp_open: AtomicU64,
     pub tcp_refused: AtomicU64,
     pub tcp_slow_closed: AtomicU64,
+    /// Connections we opened that the peer ended: closed, reset, never accepted, or gone
+    /// silent (what we sent unacknowledged for `sip.tcp.dead_after_ms`).
+    pub tcp_peers_lost: AtomicU64,
     /// Messages beyond `[sip.limits]` (requests refused with 400, responses dropped; also
     /// counted in `refused` or `dropped`).
     pub oversized: AtomicU64,
@@ -265,6 +268,7 @@ impl SipStats {
                 open: get(&self.tcp_open),
                 refused: get(&self.tcp_refused),
                 slow_closed: get(&self.tcp_slow_closed),
+                peers_lost: get(&self.tcp_peers_lost),
             },
             calls_attempted: get(&self.calls_attempted),
             calls_answered: get(&self.calls_answered),
@@ -295,6 +299,9 @@ pub struct TcpCounters {
     pub open: u64,
     pub refused: u64,
     pub slow_closed: u64,
+    /// Connections we opened that the peer ended (`SipStats::tcp_peers_lost`).
+    #[serde(default)]
+    pub peers_lost: u64,
 }
 
 #[cfg(test)]

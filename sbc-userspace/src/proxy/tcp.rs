@@ -5,6 +5,12 @@
 //! 400 when the broken request can still be answered). Connections are bounded in total and
 //! per source address (`[sip.tcp]`): beyond that a new one is closed at once, so a single host
 //! cannot hold every descriptor the media relay needs.
+//!
+//! The proxy opens connections of its own to the peers it sends requests to over TCP
+//! (`Outbound`: one per peer, reused while open), from the side's listener address. An idle
+//! one carries a CRLF keep-alive ping every `keepalive_secs` (RFC 5626), and data the peer's
+//! kernel has not acknowledged within `dead_after_ms` ends it (TCP_USER_TIMEOUT): a peer that
+//! vanished without closing is known in seconds, and the requests waiting on it fail over.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -19,7 +25,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::mpsc,
 };
 use tracing::debug;
@@ -45,6 +51,12 @@ pub struct TcpConfig {
     pub message_timeout_ms: u64,
     /// A connection silent this long is closed (clients keep theirs alive with CRLF pings).
     pub idle_secs: u64,
+    /// Connections we open: how long connecting may take, how often an idle one is pinged
+    /// (0: never), and how long what we sent may stay unacknowledged before the peer is
+    /// taken for dead.
+    pub connect_timeout_ms: u64,
+    pub keepalive_secs: u64,
+    pub dead_after_ms: u64,
 }
 
 impl Default for TcpConfig {
@@ -54,6 +66,9 @@ impl Default for TcpConfig {
             max_connections_per_source: 128,
             message_timeout_ms: 5000,
             idle_secs: 300,
+            connect_timeout_ms: 2000,
+            keepalive_secs: 10,
+            dead_after_ms: 3000,
         }
     }
 }
@@ -146,7 +161,22 @@ pub async fn listen(
                             listener: side,
                             connection,
                         };
-                        serve(stream, peer, &limits, lanes, intake, &stats).await;
+                        let (writer, writes) = mpsc::unbounded_channel();
+                        let connected = Queued::Connected {
+                            connection,
+                            writer: writer.clone(),
+                        };
+                        if lanes.control(connected) {
+                            let link = Link {
+                                lanes,
+                                intake,
+                                writer,
+                                writes,
+                                ours: false,
+                                keepalive: None,
+                            };
+                            serve(stream, peer, &limits, link, &stats).await;
+                        }
                         drop(admitted);
                     });
                 }
@@ -164,29 +194,42 @@ struct Peer {
     connection: u64,
 }
 
-async fn serve(
-    stream: TcpStream,
-    peer: Peer,
-    limits: &TcpConfig,
+/// What joins a connection to the proxy: its queues, and the channel of what the proxy
+/// writes on it (the proxy holds a `writer` too); keep-alive pings for connections we opened.
+struct Link {
     lanes: Lanes,
     intake: Arc<Intake>,
-    stats: &SipStats,
-) {
+    writer: mpsc::UnboundedSender<Vec<u8>>,
+    writes: mpsc::UnboundedReceiver<Vec<u8>>,
+    /// We opened it (its end by the peer is counted).
+    ours: bool,
+    keepalive: Option<Duration>,
+}
+
+async fn serve(stream: TcpStream, peer: Peer, limits: &TcpConfig, link: Link, stats: &SipStats) {
     let Peer {
         from,
         listener,
         connection,
     } = peer;
+    let Link {
+        lanes,
+        intake,
+        writer: tx,
+        writes: mut rx,
+        ours,
+        keepalive,
+    } = link;
+    let lost = || {
+        if ours {
+            stats.tcp_peers_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     let idle = Duration::from_secs(limits.idle_secs);
     let message_timeout = Duration::from_millis(limits.message_timeout_ms);
+    // Between reads, wait no longer than a keep-alive interval.
+    let tick = keepalive.map_or(idle, |every| every.min(idle));
     let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if !lanes.control(Queued::Connected {
-        connection,
-        writer: tx.clone(),
-    }) {
-        return;
-    }
     let writing = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
             if writer.write_all(&bytes).await.is_err() {
@@ -197,22 +240,40 @@ async fn serve(
     });
     let mut buffer = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
-    // When the first byte of the message in the buffer arrived.
+    // When the first byte of the message in the buffer arrived, and when anything last did.
     let mut message_began: Option<Instant> = None;
+    let mut heard = Instant::now();
     'read: loop {
-        let wait = message_began.map_or(idle, |began| {
+        let wait = message_began.map_or(tick, |began| {
             message_timeout.saturating_sub(began.elapsed())
         });
         let read = match tokio::time::timeout(wait, reader.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(0)) => {
+                lost();
+                break;
+            }
+            Ok(Err(e)) => {
+                debug!(%from, "SIP connection lost: {e}");
+                lost();
+                break;
+            }
             Err(_) if message_began.is_some() => {
                 stats.tcp_slow_closed.fetch_add(1, Ordering::Relaxed);
                 debug!(%from, "closing SIP connection: a message took longer than sip.tcp.message_timeout_ms");
                 break;
             }
-            Err(_) => break,
+            Err(_) if heard.elapsed() >= idle => break,
+            Err(_) => {
+                // RFC 5626: a double-CRLF ping. A peer gone silent never acknowledges it,
+                // and the kernel ends the connection (`dead_after_ms`).
+                if keepalive.is_some() {
+                    let _ = tx.send(b"\r\n\r\n".to_vec());
+                }
+                continue;
+            }
             Ok(Ok(read)) => read,
         };
+        heard = Instant::now();
         buffer.extend_from_slice(&chunk[..read]);
         loop {
             match framing::stream(&buffer) {
@@ -270,4 +331,134 @@ async fn serve(
     drop(tx);
     let _ = lanes.control(Queued::Disconnected { connection });
     let _ = writing.await;
+}
+
+/// The connections the proxy opens to the peers it sends requests to over TCP: one per peer
+/// and side, reused while it stays open.
+pub struct Outbound {
+    by_peer: HashMap<(Side, SocketAddr), u64>,
+    peer_of: HashMap<u64, (Side, SocketAddr)>,
+    dialer: Arc<Dialer>,
+}
+
+/// What opening a connection takes.
+pub struct Dialer {
+    pub lanes: Lanes,
+    pub intake: Arc<Intake>,
+    /// Numbers connections, with the listeners' (one sequence: the proxy tells them apart).
+    pub numbers: Arc<AtomicU64>,
+    pub limits: TcpConfig,
+    pub stats: Arc<SipStats>,
+    /// Each side's listener address, which its connections are opened from (`Side::index`).
+    pub local: [IpAddr; 2],
+}
+
+impl Outbound {
+    pub fn new(dialer: Dialer) -> Self {
+        Self {
+            by_peer: HashMap::new(),
+            peer_of: HashMap::new(),
+            dialer: Arc::new(dialer),
+        }
+    }
+
+    /// The writer of the connection to `peer` on `side`, opened now when there is none
+    /// (what is written meanwhile waits for it; if it cannot be opened, its close says so).
+    pub fn writer_to(
+        &mut self,
+        side: Side,
+        peer: SocketAddr,
+        writers: &mut HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>,
+    ) -> mpsc::UnboundedSender<Vec<u8>> {
+        if let Some(writer) = self
+            .by_peer
+            .get(&(side, peer))
+            .and_then(|connection| writers.get(connection))
+        {
+            return writer.clone();
+        }
+        let connection = self.dialer.numbers.fetch_add(1, Ordering::Relaxed);
+        let (writer, writes) = mpsc::unbounded_channel();
+        writers.insert(connection, writer.clone());
+        self.by_peer.insert((side, peer), connection);
+        self.peer_of.insert(connection, (side, peer));
+        let dialer = Arc::clone(&self.dialer);
+        let link = Link {
+            lanes: dialer.lanes.clone(),
+            intake: Arc::clone(&dialer.intake),
+            writer: writer.clone(),
+            writes,
+            ours: true,
+            keepalive: (dialer.limits.keepalive_secs > 0)
+                .then(|| Duration::from_secs(dialer.limits.keepalive_secs)),
+        };
+        tokio::spawn(async move {
+            let peer = Peer {
+                from: peer,
+                listener: side,
+                connection,
+            };
+            dial(&dialer, peer, link).await;
+        });
+        writer
+    }
+
+    /// A connection closed: the peer it went to, when it was one of ours.
+    pub fn closed(&mut self, connection: u64) -> Option<(Side, SocketAddr)> {
+        let peer = self.peer_of.remove(&connection)?;
+        if self.by_peer.get(&peer) == Some(&connection) {
+            self.by_peer.remove(&peer);
+        }
+        Some(peer)
+    }
+}
+
+/// Opens a connection to `peer` and serves it; its close (or failure to open) is queued as
+/// `Disconnected`, as a listener's connections are.
+async fn dial(dialer: &Dialer, peer: Peer, link: Link) {
+    let limits = &dialer.limits;
+    let local = dialer.local[usize::from(peer.listener.index())];
+    let connect = async {
+        let socket = if peer.from.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        set_dead_after(&socket, Duration::from_millis(limits.dead_after_ms))?;
+        socket.connect(peer.from).await
+    };
+    let timeout = Duration::from_millis(limits.connect_timeout_ms);
+    let connection = peer.connection;
+    let lanes = link.lanes.clone();
+    let why = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(stream)) => return serve(stream, peer, limits, link, &dialer.stats).await,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within sip.tcp.connect_timeout_ms".to_owned(),
+    };
+    debug!(to = %peer.from, "cannot open a SIP connection: {why}");
+    dialer.stats.tcp_peers_lost.fetch_add(1, Ordering::Relaxed);
+    let _ = lanes.control(Queued::Disconnected { connection });
+}
+
+/// TCP_USER_TIMEOUT: data unacknowledged this long ends the connection (a keep-alive ping
+/// included), where the kernel's own retransmissions would take many minutes.
+fn set_dead_after(socket: &TcpSocket, after: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let ms = libc::c_uint::try_from(after.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: a valid socket descriptor, and an option value of the size given.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&raw const ms).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

@@ -11,7 +11,7 @@ use std::{
     time::Instant,
 };
 
-use crate::proxy::config::{BalancePolicy, HealthConfig, SipConfig, code_range};
+use crate::proxy::config::{BackendTransport, BalancePolicy, HealthConfig, SipConfig, code_range};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -22,6 +22,8 @@ pub enum Health {
 #[derive(Debug)]
 pub struct Backend {
     pub address: SocketAddr,
+    /// Reached over TCP (`transport = "tcp"`).
+    pub tcp: bool,
     pub weight: u32,
     pub health: Health,
     /// Consecutive failures and answered probes.
@@ -94,6 +96,7 @@ impl Backends {
                 .iter()
                 .map(|b| Backend {
                     address: b.address,
+                    tcp: b.transport == BackendTransport::Tcp,
                     weight: b.weight,
                     health: Health::Up,
                     failures: 0,
@@ -300,6 +303,7 @@ mod tests {
                     address: format!("127.0.0.{}:5060", i + 2).parse().unwrap(),
                     weight,
                     max_calls: 0,
+                    transport: Default::default(),
                 })
                 .collect(),
             policy,

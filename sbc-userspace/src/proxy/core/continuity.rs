@@ -78,6 +78,7 @@ impl Core {
             forwarded: forwarded.to_owned(),
             target: client.target,
             out_side: client.side,
+            out_tcp: client.transport.reliable(),
             provisional: client.provisional,
         };
         let backend = call.backend.map(|id| self.backends[id].address);
@@ -203,6 +204,7 @@ impl Core {
                 // No failover: the other candidates were not recorded.
                 template: Vec::new(),
                 out_side: setup.out_side,
+                tcp_asked: setup.out_tcp,
                 balanced: false,
                 candidates: Vec::new(),
                 cancelled: false,
@@ -218,6 +220,11 @@ impl Core {
                 method: Method::Invite,
                 target: setup.target,
                 side: setup.out_side,
+                transport: if setup.out_tcp {
+                    Transport::TcpOut
+                } else {
+                    Transport::Udp
+                },
                 bytes: setup.forwarded.into_bytes(),
                 backend: self.backends.id_of(setup.target),
                 provisional: setup.provisional,

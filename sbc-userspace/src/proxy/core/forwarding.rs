@@ -11,7 +11,7 @@ use sbc_common::{
     dialog::{HEADER_NAME_TEXT, LEG_ANSWERS_HIDDEN, LEG_FORWARD, MAX_STRIPPED, Text},
 };
 
-use super::{Core, names::CallKey, record::Party};
+use super::{Core, names::CallKey, record::Party, requests::uri_asks_tcp, transactions::Transport};
 use crate::{
     media::session::flow_key,
     side::Side,
@@ -145,12 +145,25 @@ impl Core {
             request_uri,
             target_uri,
             answers_hidden,
-            forwards_requests: !self.hiding.hides_topology(sender.side, receiver.side),
+            // The kernel sends over UDP only; a hidden party's Vias need a transaction here.
+            forwards_requests: !self.hiding.hides_topology(sender.side, receiver.side)
+                && !self.over_tcp(sender)
+                && !self.over_tcp(receiver),
             listener,
             target,
             party,
             out_side: receiver.side,
         })
+    }
+
+    /// Whether a party is reached over TCP (a backend configured so, or a Contact that asks
+    /// for it): its requests and the answers to them are the daemon's.
+    fn over_tcp(&self, party: &Party) -> bool {
+        let contact = party.contact.as_deref();
+        let asks = contact.is_some_and(uri_asks_tcp);
+        let address = contact.and_then(ipv4_target).or(party.source);
+        asks || address
+            .is_some_and(|address| self.request_transport(address, false, 0) != Transport::Udp)
     }
 
     /// The header names hidden from the public side, with their compact forms, as the

@@ -11,7 +11,8 @@ use super::{
     names::CallKey,
     names::{ClientKey, ServerKey},
     record::Party,
-    transactions::{ClientTx, LINGER, Purpose},
+    requests::uri_asks_tcp,
+    transactions::{ClientTx, LINGER, Peer, Purpose},
 };
 use crate::{
     media::SessionInfo,
@@ -148,8 +149,9 @@ impl Core {
             return;
         };
         let branch = self.branch();
+        let transport = self.request_transport(destination, uri_asks_tcp(&target_uri), 0);
         let mut bye = build::RequestBuilder::new(&Method::Bye, &target_uri)
-            .header("Via", &self.via_line(to.side, &branch))
+            .header("Via", &self.via_line(to.side, &branch, transport))
             .header("Max-Forwards", "70");
         for route in &to.route_set {
             bye = bye.header("Route", &format!("<{route}>"));
@@ -163,14 +165,12 @@ impl Core {
             .header("Reason", &reason)
             .finish();
         let key = ClientKey::new(&branch, Method::Bye);
-        let bye = ClientTx::own(
-            Purpose::Bye,
-            Method::Bye,
-            to.side,
-            destination,
-            bytes,
-            self.now.at,
-        );
+        let peer = Peer {
+            side: to.side,
+            address: destination,
+            transport,
+        };
+        let bye = ClientTx::own(Purpose::Bye, Method::Bye, peer, bytes, self.now.at);
         self.originate(key.clone(), bye, Timer::ClientDone(key), LINGER);
     }
 }

@@ -10,7 +10,7 @@ use super::{
     backends::{BackendId, Observation, Transition},
     build,
     names::ClientKey,
-    transactions::{ClientTx, Purpose},
+    transactions::{ClientTx, Peer, Purpose},
 };
 use crate::{
     events::{self, Event},
@@ -38,8 +38,13 @@ impl Core {
         let branch = self.branch();
         let n = self.next_sequence();
         let local = self.addresses.advertised(Side::Private);
+        let to = Peer {
+            side: Side::Private,
+            address: target,
+            transport: self.request_transport(target, false, 0),
+        };
         let bytes = build::RequestBuilder::new(&Method::Options, &format!("sip:{target}"))
-            .header("Via", &self.via_line(Side::Private, &branch))
+            .header("Via", &self.via_line(Side::Private, &branch, to.transport))
             .header("Max-Forwards", "70")
             .header("From", &format!("<sip:sbc@{local}>;tag=hc{n}"))
             .header("To", &format!("<sip:{target}>"))
@@ -47,14 +52,7 @@ impl Core {
             .header("CSeq", &format!("{n} OPTIONS"))
             .finish();
         let key = ClientKey::new(&branch, Method::Options);
-        let probe = ClientTx::own(
-            Purpose::Probe(id),
-            Method::Options,
-            Side::Private,
-            target,
-            bytes,
-            self.now.at,
-        );
+        let probe = ClientTx::own(Purpose::Probe(id), Method::Options, to, bytes, self.now.at);
         let timeout = Duration::from_millis(self.config.health.timeout_ms);
         self.originate(key.clone(), probe, Timer::ClientTimeout(key), timeout);
     }

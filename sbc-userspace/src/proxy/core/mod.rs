@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sbc_common::guard::BLOCK_ABUSE;
+use sbc_common::{guard::BLOCK_ABUSE, sip_forward::UDP_MAX_REQUEST};
 use tracing::debug;
 
 use self::{
@@ -105,6 +105,8 @@ pub enum Input {
     Reconfigure(Box<AdmissionConfig>),
     /// A side's parties are told this address from now on (an elastic IP that moved).
     Readvertise { side: Side, address: IpAddr },
+    /// A TCP connection we opened to this peer closed, or could not be opened.
+    ConnectionLost { side: Side, address: SocketAddr },
     /// A drain's deadline passed: end every call.
     HangUpAll,
     /// The kernel forwarded the final response (`code`) to a BYE of the call with this
@@ -298,6 +300,7 @@ impl Core {
                 }
             }
             Input::Reconfigure(admission) => self.admission.reconfigure(&admission),
+            Input::ConnectionLost { side, address } => self.connection_lost(side, address),
             Input::Readvertise { side, address } => {
                 self.addresses.readvertise(side, address);
                 let selves = Box::new(self.sip_selves());
@@ -543,11 +546,32 @@ impl Core {
     }
 
     /// Our Via for a request leaving on `side`.
-    pub(super) fn via_line(&self, side: Side, branch: &str) -> String {
+    pub(super) fn via_line(&self, side: Side, branch: &str, transport: Transport) -> String {
         format!(
-            "SIP/2.0/UDP {};branch={branch};rport",
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.via_name(),
             self.addresses.advertised(side)
         )
+    }
+
+    /// How a request of `len` bytes (our Via included) goes to `target`: over TCP to a
+    /// backend configured for it, when its URI asks for it (`tcp_asked`: `transport=tcp`),
+    /// or when UDP could fragment it (over `UDP_MAX_REQUEST`, RFC 3261 18.1.1); else UDP.
+    pub(super) fn request_transport(
+        &self,
+        target: SocketAddr,
+        tcp_asked: bool,
+        len: usize,
+    ) -> Transport {
+        let tcp_backend = self
+            .backends
+            .id_of(target)
+            .is_some_and(|id| self.backends[id].tcp);
+        if tcp_asked || tcp_backend || len > UDP_MAX_REQUEST {
+            Transport::TcpOut
+        } else {
+            Transport::Udp
+        }
     }
 
     /// Our Record-Route/Route URI on `side`.
@@ -564,9 +588,12 @@ impl Core {
     /// Sends a request the proxy originates (CANCEL, BYE, probe) in a client transaction that
     /// retransmits until answered; `end` is when to give up on it.
     pub(super) fn originate(&mut self, key: ClientKey, tx: ClientTx, end: Timer, after: Duration) {
-        self.send(tx.side, tx.target, tx.bytes.clone());
+        self.send_to(tx.peer(), tx.bytes.clone());
+        let reliable = tx.transport.reliable();
         self.client.insert(key.clone(), tx);
-        self.schedule(Timer::Retransmit(key), transactions::T1);
+        if !reliable {
+            self.schedule(Timer::Retransmit(key.clone()), transactions::T1);
+        }
         self.schedule(end, after);
     }
 

@@ -56,6 +56,9 @@ pub struct SetupRecord {
     pub forwarded: String,
     pub target: SocketAddr,
     pub out_side: Side,
+    /// It went over TCP (a restarted daemon sends it again on a new connection).
+    #[serde(default)]
+    pub out_tcp: bool,
     /// A provisional response came back (the INVITE is no longer retransmitted; CANCEL may go).
     pub provisional: bool,
 }

@@ -15,7 +15,7 @@ use super::{
     hiding,
     names::CallKey,
     names::{ClientKey, ServerKey},
-    transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1},
+    transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1, Transport},
 };
 use crate::{
     proxy::stats::Origin,
@@ -41,6 +41,8 @@ struct NextHop {
     request_uri: Option<String>,
     /// Routes to put in (the route set towards the other party of such a request).
     routes: Vec<String>,
+    /// The URI it is sent by asks for TCP (`transport=tcp`).
+    tcp: bool,
 }
 
 impl Core {
@@ -132,8 +134,9 @@ impl Core {
                 call.bye_forwarded = Some(self.now.at);
             }
             let branch = self.branch_from(our_branch(&message, &request, hop.side));
-            let bytes = with_via(&template, &self.via_line(hop.side, &branch));
-            return self.send(hop.side, hop.target, bytes);
+            let (bytes, to) =
+                self.with_our_via(&template, &branch, (hop.side, hop.target), hop.tcp);
+            return self.send_to(to, bytes);
         }
         if request.method == Method::Invite {
             let trying = build::response(&message, 100, "Trying", &to_tag, &[]);
@@ -150,6 +153,7 @@ impl Core {
             client: None,
             template,
             out_side: hop.side,
+            tcp_asked: hop.tcp,
             balanced: !hop.candidates.is_empty(),
             candidates: hop.candidates,
             cancelled: false,
@@ -180,12 +184,12 @@ impl Core {
         let Some(tx) = self.server.get(server_key) else {
             return;
         };
-        let bytes = with_via(&tx.template, &self.via_line(side, &branch));
+        let (bytes, to) = self.with_our_via(&tx.template, &branch, (side, target), tx.tcp_asked);
         let key = ClientKey::new(&branch, method.clone());
         let backend = self.backends.id_of(target);
         // RFC 3261 16.9: a transport error counts as a 503 from that hop (`SendFailed`).
         self.output(Output::Send {
-            to: Peer::udp(side, target),
+            to,
             bytes: bytes.clone(),
             on_failure: Some(key.clone()),
         });
@@ -197,6 +201,7 @@ impl Core {
                 method: method.clone(),
                 target,
                 side,
+                transport: to.transport,
                 bytes,
                 backend,
                 provisional: false,
@@ -208,7 +213,9 @@ impl Core {
         if let Some(tx) = self.server.get_mut(server_key) {
             tx.client = Some(key.clone());
         }
-        self.schedule(Timer::Retransmit(key.clone()), T1);
+        if !to.transport.reliable() {
+            self.schedule(Timer::Retransmit(key.clone()), T1);
+        }
         let timeout = if method == Method::Invite {
             std::time::Duration::from_millis(self.config.invite_timeout_ms)
         } else {
@@ -217,6 +224,31 @@ impl Core {
         // A call's INVITE in flight is recorded, so that a restart does not lose it.
         self.persist_setup(server_key);
         self.schedule(Timer::ClientTimeout(key), timeout);
+    }
+
+    /// A request made from `template` with our Via, and where it goes (`to`: a side and an
+    /// address) and how: over the transport `request_transport` picks for it, which our Via
+    /// names (`SIP/2.0/UDP` and `TCP` are as long: the size is known before).
+    fn with_our_via(
+        &self,
+        template: &[u8],
+        branch: &str,
+        (side, target): (Side, SocketAddr),
+        tcp_asked: bool,
+    ) -> (Vec<u8>, Peer) {
+        let udp = with_via(template, &self.via_line(side, branch, Transport::Udp));
+        let transport = self.request_transport(target, tcp_asked, udp.len());
+        let bytes = if transport == Transport::Udp {
+            udp
+        } else {
+            with_via(template, &self.via_line(side, branch, transport))
+        };
+        let to = Peer {
+            side,
+            address: target,
+            transport,
+        };
+        (bytes, to)
     }
 
     /// OPTIONS to us: 200 while taking calls; 503 with Retry-After while draining, which
@@ -377,6 +409,7 @@ impl Core {
                 candidates: Vec::new(),
                 request_uri: None,
                 routes: Vec::new(),
+                tcp: uri_asks_tcp(&route.uri),
             });
         }
         let uri = request.uri.as_sip().expect("checked: SIP Request-URI");
@@ -396,6 +429,7 @@ impl Core {
                 candidates: Vec::new(),
                 request_uri: None,
                 routes: Vec::new(),
+                tcp: asks_tcp(uri),
             });
         }
         let candidates = self.backends.candidates(&request.call_id);
@@ -413,6 +447,8 @@ impl Core {
             candidates,
             request_uri: None,
             routes: Vec::new(),
+            // The backends' own transport applies (`request_transport`).
+            tcp: false,
         })
     }
 
@@ -433,9 +469,12 @@ impl Core {
             .contact
             .clone()
             .ok_or((481, "the other party has no Contact yet".to_owned()))?;
-        let target = match peer.route_set.first() {
-            Some(route) => uri_target(route)?,
-            None => uri_target(&contact).or_else(|e| peer.source.ok_or(e))?,
+        let (target, tcp) = match peer.route_set.first() {
+            Some(route) => (uri_target(route)?, uri_asks_tcp(route)),
+            None => (
+                uri_target(&contact).or_else(|e| peer.source.ok_or(e))?,
+                uri_asks_tcp(&contact),
+            ),
         };
         Ok(NextHop {
             target,
@@ -443,6 +482,7 @@ impl Core {
             candidates: Vec::new(),
             request_uri: Some(contact),
             routes: peer.route_set.iter().map(|r| format!("<{r}>")).collect(),
+            tcp,
         })
     }
 
@@ -572,8 +612,8 @@ impl Core {
             return;
         };
         let branch = self.branch_from(our_branch(&message, &request, hop.side));
-        let bytes = with_via(&template, &self.via_line(hop.side, &branch));
-        self.send(hop.side, hop.target, bytes);
+        let (bytes, to) = self.with_our_via(&template, &branch, (hop.side, hop.target), hop.tcp);
+        self.send_to(to, bytes);
         if let Some(key) = self.find_call(&request)
             && self
                 .calls
@@ -631,16 +671,10 @@ impl Core {
         let Some(bytes) = build::for_forwarded_invite(Method::Cancel, &client.bytes, None) else {
             return;
         };
-        let (side, target) = (client.side, client.target);
+        // The same way as the INVITE (RFC 3261 9.1).
+        let to = client.peer();
         let key = ClientKey::new(&invite_client.branch, Method::Cancel);
-        let cancel = ClientTx::own(
-            Purpose::Cancel,
-            Method::Cancel,
-            side,
-            target,
-            bytes,
-            self.now.at,
-        );
+        let cancel = ClientTx::own(Purpose::Cancel, Method::Cancel, to, bytes, self.now.at);
         self.originate(key.clone(), cancel, Timer::ClientDone(key), LINGER);
     }
 }
@@ -745,6 +779,24 @@ fn bare_param_end(value: &str, name: &str) -> Option<usize> {
 /// Max-Forwards as received, or the value a proxy adds when it is missing.
 fn max_forwards(request: &check::Request) -> u8 {
     request.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS)
+}
+
+/// Whether a URI asks to be reached over TCP (`;transport=tcp`).
+pub(super) fn uri_asks_tcp(uri: &str) -> bool {
+    match uri::parse(uri) {
+        Ok(uri::Uri::Sip(sip)) => asks_tcp(&sip),
+        _ => false,
+    }
+}
+
+fn asks_tcp(sip: &uri::SipUri) -> bool {
+    sip.params.iter().any(|param| {
+        param.name.eq_ignore_ascii_case("transport")
+            && param
+                .value
+                .as_deref()
+                .is_some_and(|v| v.eq_ignore_ascii_case("tcp"))
+    })
 }
 
 /// The request with our Via on top (the first header after the start line).

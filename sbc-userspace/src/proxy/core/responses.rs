@@ -13,7 +13,7 @@ use super::{
     call_end::CallEnd,
     hiding::{self, HiddenContacts},
     names::{ClientKey, ServerKey},
-    transactions::{LINGER, Peer, Purpose, T2, TIMER_C},
+    transactions::{LINGER, Peer, Purpose, T2, TIMER_C, Transport},
 };
 use crate::{
     proxy::{stats::Origin, via_destination},
@@ -333,8 +333,8 @@ impl Core {
         if let Some(ack) =
             build::for_forwarded_invite(Method::Ack, &client.bytes, response.value("to"))
         {
-            let (side, target) = (client.side, client.target);
-            self.send(side, target, ack);
+            let to = client.peer();
+            self.send_to(to, ack);
         }
     }
 
@@ -424,15 +424,22 @@ impl Core {
         }
     }
 
-    /// A request the transport could not send: as if its hop answered 503 (RFC 3261 16.9),
-    /// which fails over, or reaches the caller as 500.
+    /// A request the transport could not send, or whose connection was lost before its
+    /// final response: as if its hop answered 503 (RFC 3261 16.9), which fails over, or
+    /// reaches the caller as 500. A backend that lost a call this way counts it as failed.
     pub(super) fn transport_failed(&mut self, key: &ClientKey) {
         let Some(client) = self.client.get_mut(key) else {
             return;
         };
+        if client.final_code.is_some() {
+            return;
+        }
         client.final_code = Some(503);
-        let (server, invite) = (client.server.clone(), client.is_invite());
+        let (server, invite, backend) = (client.server.clone(), client.is_invite(), client.backend);
         self.schedule(Timer::ClientDone(key.clone()), LINGER);
+        if let (Some(backend), true) = (backend, invite) {
+            self.observe_backend(backend, Observation::CallFailed, "its connection failed");
+        }
         let Some(server) = server else { return };
         if invite && self.fail_over(&server) {
             return;
@@ -448,6 +455,25 @@ impl Core {
             self.server.get(&server).and_then(|tx| tx.call.clone()),
         ) {
             self.end_call(&call, CallEnd::Failed, Some(500));
+        }
+    }
+
+    /// A TCP connection we opened to `address` on `side` closed (the peer went away, or
+    /// stopped answering): the requests on it still waiting for a final response failed.
+    pub(super) fn connection_lost(&mut self, side: Side, address: SocketAddr) {
+        let lost: Vec<ClientKey> = self
+            .client
+            .iter()
+            .filter(|(_, c)| {
+                c.side == side
+                    && c.target == address
+                    && c.transport == Transport::TcpOut
+                    && c.final_code.is_none()
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in lost {
+            self.transport_failed(&key);
         }
     }
 
@@ -482,10 +508,13 @@ impl Core {
         } else {
             (client.interval * 2).min(T2)
         };
-        let (side, target, interval) = (client.side, client.target, client.interval);
+        let (to, interval) = (client.peer(), client.interval);
         let bytes = client.bytes.clone();
-        self.send(side, target, bytes);
-        self.schedule(Timer::Retransmit(key.clone()), interval);
+        self.send_to(to, bytes);
+        // Over TCP a request is sent once (again only after a restart, on a new connection).
+        if !to.transport.reliable() {
+            self.schedule(Timer::Retransmit(key.clone()), interval);
+        }
     }
 
     pub(super) fn client_timeout(&mut self, key: &ClientKey) {

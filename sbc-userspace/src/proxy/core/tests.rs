@@ -26,7 +26,10 @@ use crate::{
         MediaError, PeerAnnouncement, SessionInfo,
         session::{Leg, LegInfo, StreamCounters},
     },
-    proxy::{config::SipConfig, stats::SipStats},
+    proxy::{
+        config::{BackendTransport, SipConfig},
+        stats::SipStats,
+    },
     side::Side,
     sip::{Message, StartLine, syntax::split_top_level},
 };
@@ -602,6 +605,18 @@ const CASES: &[Case] = &[
         play: behind_a_one_to_one_nat,
     },
     Case {
+        name: "a backend configured for TCP gets requests on a connection of ours, once each, and answers on it",
+        play: tcp_backend,
+    },
+    Case {
+        name: "a request too large for UDP goes by TCP (RFC 3261 18.1.1)",
+        play: large_request_goes_by_tcp,
+    },
+    Case {
+        name: "a lost connection fails its INVITE over to the next backend, the caller hearing nothing of it",
+        play: lost_connection_fails_over,
+    },
+    Case {
         name: "a public address that moved is advertised to new calls; calls set up before still reach us by the old one",
         play: public_address_moved,
     },
@@ -1160,6 +1175,99 @@ fn behind_a_one_to_one_nat() {
         public.via.as_bytes(),
         format!("SIP/2.0/UDP {outside};branch=").as_bytes()
     );
+}
+
+/// A lab whose backend chosen first (`BACKEND_B`, round robin) is reached over TCP.
+fn lab_with_a_tcp_backend() -> Lab {
+    let mut sip = config(&[BACKEND_A, BACKEND_B]);
+    sip.backends[1].transport = BackendTransport::Tcp;
+    Lab::with(sip, AdmissionConfig::default())
+}
+
+fn tcp_backend() {
+    let mut lab = lab_with_a_tcp_backend();
+    let invite = forward_invite(&mut lab, &Call::new("tcp"), "tcp-1");
+    assert_eq!(
+        (invite.to, invite.transport),
+        (addr(BACKEND_B), Transport::TcpOut)
+    );
+    assert!(
+        invite.values("via")[0].starts_with(&format!("SIP/2.0/TCP {PRIVATE};branch=")),
+        "{:?}",
+        invite.values("via")
+    );
+    // TCP delivers it or fails: no retransmission (RFC 3261 17.1.1.2).
+    lab.advance(INVITE_TIMEOUT / 2);
+    assert!(lab.take_sent().is_empty());
+    // Its answer comes back on our connection, and goes on to the caller.
+    let ok = response(
+        &invite,
+        200,
+        "b-tcp",
+        invite.to,
+        Some(&sdp("10.0.0.10", 50000)),
+    );
+    lab.input(Input::Stream {
+        listener: Side::Private,
+        from: invite.to,
+        connection: 7,
+        bytes: ok.into_bytes(),
+        waited: Duration::ZERO,
+    });
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
+}
+
+fn large_request_goes_by_tcp() {
+    let mut lab = Lab::new();
+    let call = Call::new("large");
+    let padding = format!("X-Padding: {}\r\n", "p".repeat(1400));
+    let invite = call.invite("large-1").replacen(
+        "Max-Forwards: 70\r\n",
+        &format!("Max-Forwards: 70\r\n{padding}"),
+        1,
+    );
+    lab.carrier_sends(&invite);
+    let sent = lab.take_sent();
+    let forwarded = sent
+        .iter()
+        .find(|s| s.method() == Some("INVITE"))
+        .expect("the INVITE forwarded");
+    assert!(forwarded.message.bytes().len() > sbc_common::sip_forward::UDP_MAX_REQUEST);
+    assert_eq!(forwarded.transport, Transport::TcpOut);
+    assert!(forwarded.values("via")[0].starts_with("SIP/2.0/TCP "));
+    // A small one still goes over UDP.
+    let small = forward_invite(&mut lab, &Call::new("small"), "small-1");
+    assert_eq!(small.transport, Transport::Udp);
+}
+
+fn lost_connection_fails_over() {
+    let mut lab = lab_with_a_tcp_backend();
+    let first = forward_invite(&mut lab, &Call::new("lost"), "lost-1");
+    assert_eq!(first.to, addr(BACKEND_B));
+    lab.input(Input::ConnectionLost {
+        side: Side::Private,
+        address: first.to,
+    });
+    let sent = lab.take_sent();
+    let next = sent_to(&sent, BACKEND_A);
+    assert_eq!(
+        (next.method(), next.transport),
+        (Some("INVITE"), Transport::Udp)
+    );
+    assert!(
+        !sent.iter().any(|s| s.to == addr(CARRIER)),
+        "the caller hears nothing of it: {:?}",
+        summary(&sent)
+    );
+    // A connection lost once the call was answered takes nothing with it.
+    let ok = response(next, 200, "b-lost", next.to, Some(&sdp("10.0.0.11", 50000)));
+    lab.backend_sends(next.to, &ok);
+    assert_eq!(sent_to(&lab.take_sent(), CARRIER).code(), Some(200));
+    lab.input(Input::ConnectionLost {
+        side: Side::Private,
+        address: next.to,
+    });
+    assert!(lab.take_sent().is_empty());
 }
 
 fn public_address_moved() {

@@ -32,6 +32,22 @@ pub enum Transport {
     Udp,
     /// A TCP connection, by its number.
     Tcp(u64),
+    /// A TCP connection to the peer, which the driver opens, or reuses when it has one open
+    /// (requests we send over TCP; their responses come back on it as `Tcp`).
+    TcpOut,
+}
+
+impl Transport {
+    /// Whether it delivers or fails by itself: requests over it are not retransmitted
+    /// (RFC 3261 17.1.1.2).
+    pub fn reliable(self) -> bool {
+        self != Transport::Udp
+    }
+
+    /// Its name in a Via.
+    pub fn via_name(self) -> &'static str {
+        if self.reliable() { "TCP" } else { "UDP" }
+    }
 }
 
 /// Where a message came from: responses go back the same way (RFC 3581; the same TCP
@@ -69,6 +85,8 @@ pub struct ServerTx {
     /// The forwarded request without our Via (each attempt adds its own).
     pub template: Vec<u8>,
     pub out_side: Side,
+    /// The URI it was routed by asks for TCP (`transport=tcp`).
+    pub tcp_asked: bool,
     /// Sent to a backend chosen from the pool (new requests from the public side): failures
     /// fail over, and a final failure is our own 503.
     pub balanced: bool,
@@ -99,6 +117,8 @@ pub struct ClientTx {
     pub method: Method,
     pub target: SocketAddr,
     pub side: Side,
+    /// How it is sent (`Udp` or `TcpOut`); its CANCEL and ACK go the same way.
+    pub transport: Transport,
     pub bytes: Vec<u8>,
     pub backend: Option<BackendId>,
     pub provisional: bool,
@@ -110,20 +130,14 @@ pub struct ClientTx {
 
 impl ClientTx {
     /// A client transaction for a request the proxy originates itself.
-    pub fn own(
-        purpose: Purpose,
-        method: Method,
-        side: Side,
-        target: SocketAddr,
-        bytes: Vec<u8>,
-        sent: Instant,
-    ) -> Self {
+    pub fn own(purpose: Purpose, method: Method, to: Peer, bytes: Vec<u8>, sent: Instant) -> Self {
         Self {
             server: None,
             purpose,
             method,
-            target,
-            side,
+            target: to.address,
+            side: to.side,
+            transport: to.transport,
             bytes,
             backend: match purpose {
                 Purpose::Probe(id) => Some(id),
@@ -140,8 +154,18 @@ impl ClientTx {
         self.method == Method::Invite
     }
 
-    /// Still retransmitting: INVITE until anything arrives, others until a final response.
+    /// Still retransmitting: INVITE until anything arrives, others until a final response
+    /// (over UDP only).
     pub fn awaiting(&self) -> bool {
         self.final_code.is_none() && !(self.is_invite() && self.provisional)
+    }
+
+    /// Where it is sent, and how.
+    pub fn peer(&self) -> Peer {
+        Peer {
+            side: self.side,
+            address: self.target,
+            transport: self.transport,
+        }
     }
 }
