@@ -153,6 +153,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let reload = Arc::new(Reload {
         admission: Arc::clone(&admission),
         public_address,
+        tls: proxy.as_ref().and_then(|proxy| proxy.tls.clone()),
     });
     tokio::spawn(reload_on_sighup(Arc::clone(&reload)));
     tokio::spawn(crate::logging::report_suppressed());

@@ -258,6 +258,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             config.check_environment().map_err(in_file)?;
             if let Some(sip) = config.sip.as_mut() {
                 sip.detect_advertised().map_err(in_file)?;
+                if let Some(tls) = &sip.tls {
+                    sbc::proxy::tls::Certificates::load(tls).map_err(in_file)?;
+                }
                 if let (Some(source), Some(address)) =
                     (sip.advertise_source(), sip.public_advertise)
                 {

@@ -355,6 +355,31 @@ m=video 20002 RTP/AVP 99\r\nc=IN IP4 198.18.2.1\r\na=rtcp-mux\r\n"
         assert!(rewritten(plain, &[None]).starts_with("v=0\no=- 7 8 IN IP4 10.0.0.10\n"));
     }
 
+    /// SRTP is relayed, not terminated: SDES keys and DTLS fingerprints reach the far end as
+    /// they were written (the packets the relay forwards are theirs to decrypt).
+    #[test]
+    fn srtp_keys_and_dtls_fingerprints_pass_through() {
+        let keys = [
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:32",
+            "a=fingerprint:sha-256 4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB:3F:57:F1:D0:26:1F:27:8B:0A:4F:33:5C",
+            "a=setup:actpass",
+        ];
+        let offer = format!(
+            "v=0\no=- 1 1 IN IP4 10.0.0.10\nc=IN IP4 10.0.0.10\nm=audio 4000 RTP/SAVP 0\n{}\n",
+            keys.join("\n")
+        );
+        let anchors = [Some(Anchor {
+            rtp_port: 20000,
+            rtcp_port: None,
+        })];
+        let out = rewrite(offer.as_bytes(), "203.0.113.10".parse().unwrap(), &anchors).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("m=audio 20000 RTP/SAVP 0\n"), "{out}");
+        for key in keys {
+            assert!(out.contains(&format!("{key}\n")), "{key} lost:\n{out}");
+        }
+    }
+
     #[test]
     fn rejects_garbage() {
         assert!(streams(b"v=0\r\nm=audio x RTP/AVP 0\r\n").is_err());

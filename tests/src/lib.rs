@@ -21,4 +21,5 @@ pub mod rtp;
 pub mod scripted;
 pub mod sip_probe;
 pub mod sipp;
+pub mod tls;
 pub mod xdp_fixture;

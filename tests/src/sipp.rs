@@ -227,10 +227,41 @@ pub fn place_calls_through(
     target: SocketAddr,
     proxy: Option<SocketAddr>,
     kind: CallKind,
-    (calls, rate): (u32, u32),
+    calls: (u32, u32),
     limit: Duration,
 ) -> anyhow::Result<CallerResult> {
-    let dir = workdir()?;
+    let mut args = uac_args(local, target, kind, calls, limit);
+    if let Some(proxy) = proxy {
+        args.extend(["-rsa".to_owned(), proxy.to_string()]);
+    }
+    run_uac(ns, args, limit)
+}
+
+/// `place_calls_through` over one TCP connection (`-t t1`) to `proxy`: a TLS tunnel's end
+/// (stunnel), for a carrier over TLS.
+pub fn place_calls_over_tcp(
+    ns: &Netns,
+    local: SocketAddr,
+    target: SocketAddr,
+    proxy: SocketAddr,
+    kind: CallKind,
+    calls: (u32, u32),
+    limit: Duration,
+) -> anyhow::Result<CallerResult> {
+    let mut args = uac_args(local, target, kind, calls, limit);
+    args.extend(["-rsa".to_owned(), proxy.to_string()]);
+    args.extend(["-t".to_owned(), "t1".to_owned()]);
+    run_uac(ns, args, limit)
+}
+
+/// SIPp's arguments for `calls` calls of `kind` at `rate` a second from `local` to `target`.
+fn uac_args(
+    local: SocketAddr,
+    target: SocketAddr,
+    kind: CallKind,
+    (calls, rate): (u32, u32),
+    limit: Duration,
+) -> Vec<String> {
     let (flag, scenario) = match kind {
         CallKind::WithMedia => ("-sn", "uac_pcap".to_owned()),
         CallKind::Short | CallKind::Held(_) => ("-sn", "uac".to_owned()),
@@ -240,7 +271,7 @@ pub fn place_calls_through(
         CallKind::Held(hold) => hold.as_millis(),
         _ => 0,
     };
-    let args: Vec<String> = [
+    [
         flag,
         &scenario,
         &target.to_string(),
@@ -264,11 +295,13 @@ pub fn place_calls_through(
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect();
-    let mut args = args;
-    if let Some(proxy) = proxy {
-        args.extend(["-rsa".to_owned(), proxy.to_string()]);
-    }
+    .collect()
+}
+
+/// Runs a SIPp caller with `args` to its end (or `limit` and a little more) and reads its
+/// counts.
+fn run_uac(ns: &Netns, args: Vec<String>, limit: Duration) -> anyhow::Result<CallerResult> {
+    let dir = workdir()?;
     let out_path = dir.path().join("uac.out");
     let mut child = sipp(ns, dir.path(), &args)
         .stdout(std::fs::File::create(&out_path)?)

@@ -2,7 +2,8 @@
 //! and over TCP from the caller's namespace: each is forwarded to the backend, answered with the
 //! status the index calls for, or dropped; and the proxy still answers OPTIONS after every one.
 use std::{
-    net::{SocketAddr, UdpSocket},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +20,8 @@ use sbc_tests::{
     sip_probe,
 };
 
-/// A backend that only records what reaches it.
+/// A backend that only records what reaches it, over UDP or TCP (requests over 1300 bytes
+/// come by TCP, RFC 3261 18.1.1).
 struct Sink {
     received: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -30,29 +32,37 @@ impl Sink {
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (r, s) = (Arc::clone(&received), Arc::clone(&stop));
-        let ready = ns.spawn(move || {
+        let udp = ns.spawn(move || {
             let socket = UdpSocket::bind(address)?;
             socket.set_read_timeout(Some(Duration::from_millis(50)))?;
             let mut buf = [0u8; 65_536];
             while !s.load(Ordering::Relaxed) {
                 if let Ok((len, from)) = socket.recv_from(&mut buf) {
                     let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-                    // Every request gets a final answer at once (200 to health probes, 404 to
-                    // the rest), so no transaction lingers into the next case.
-                    if text.starts_with("ACK ") || text.starts_with("SIP/2.0") {
-                        continue;
-                    }
-                    let probe = text.starts_with("OPTIONS sip:") && text.contains(";tag=hc");
-                    let reply = answer(&text, if probe { "200 OK" } else { "404 Not Found" });
-                    let _ = socket.send_to(reply.as_bytes(), from);
-                    if !probe {
-                        r.lock().unwrap().push(text);
+                    if let Some(reply) = take_request(&r, text) {
+                        let _ = socket.send_to(reply.as_bytes(), from);
                     }
                 }
             }
             Ok(())
         });
-        std::mem::drop(ready);
+        std::mem::drop(udp);
+        let (r, s) = (Arc::clone(&received), Arc::clone(&stop));
+        let tcp = ns.spawn(move || {
+            let listener = TcpListener::bind(address)?;
+            listener.set_nonblocking(true)?;
+            while !s.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(Duration::from_millis(50)))?;
+                serve_connection(stream, &r, &s);
+            }
+            Ok(())
+        });
+        std::mem::drop(tcp);
         std::thread::sleep(Duration::from_millis(100));
         Self { received, stop }
     }
@@ -65,6 +75,58 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Records a request and says what to answer it: every request gets a final answer at once
+/// (200 to health probes, 404 to the rest), so no transaction lingers into the next case.
+/// Responses and ACKs get nothing.
+fn take_request(received: &std::sync::Mutex<Vec<String>>, text: String) -> Option<String> {
+    if text.starts_with("ACK ") || text.starts_with("SIP/2.0") {
+        return None;
+    }
+    let probe = text.starts_with("OPTIONS sip:") && text.contains(";tag=hc");
+    let reply = answer(&text, if probe { "200 OK" } else { "404 Not Found" });
+    if !probe {
+        received.lock().unwrap().push(text);
+    }
+    Some(reply)
+}
+
+/// Reads messages from one TCP connection (framed as the proxy frames them) and answers each
+/// on it, until it closes or the sink stops.
+fn serve_connection(
+    mut stream: std::net::TcpStream,
+    received: &std::sync::Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) {
+    use sbc::sip::framing::{StreamFrame, stream as frame};
+    let (mut buffer, mut chunk) = (Vec::new(), [0u8; 16 * 1024]);
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+        loop {
+            match frame(&buffer) {
+                Ok(StreamFrame::Message(len)) => {
+                    let text = String::from_utf8_lossy(&buffer[..len]).into_owned();
+                    buffer.drain(..len);
+                    if let Some(reply) = take_request(received, text) {
+                        let _ = stream.write_all(reply.as_bytes());
+                    }
+                }
+                Ok(StreamFrame::KeepAlive { len, .. }) => {
+                    buffer.drain(..len);
+                }
+                Ok(StreamFrame::Incomplete) => break,
+                Err(_) => return,
+            }
+        }
     }
 }
 

@@ -28,6 +28,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "bpftool",    // inspecting maps and programs
     "sip-tester", // SIPp: callers and backends in the tests and the demo
     "nftables",   // nft: the 1:1 NAT in front of the sbc in the lab behind a NAT
+    "stunnel4",   // TLS for the lab's SIPp carrier (Debian's SIPp is built without TLS)
+    "openssl",    // the lab's TLS certificates, and what the sbc's TLS listener offers
     "prometheus", // promtool: the tests check the /metrics exposition with it
 ];
 

@@ -7,7 +7,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::tcp::TcpConfig;
+use super::{tcp::TcpConfig, tls::TlsConfig};
 use crate::{advertise::AdvertiseSource, config_error::ConfigError, sip::bounds};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +60,9 @@ pub struct SipConfig {
     /// What the public side does not learn: which users exist, what runs behind the edge.
     #[serde(default)]
     pub hiding: HidingConfig,
+    /// A TLS listener on the public side, with its certificate and key.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 impl SipConfig {

@@ -183,7 +183,7 @@ impl Driver {
     fn send(&mut self, to: Peer, bytes: &[u8]) -> bool {
         match to.transport {
             Transport::Udp => self.send_datagram(to.side, to.address, bytes),
-            Transport::Tcp(connection) => self
+            Transport::Tcp(connection) | Transport::Tls(connection) => self
                 .connections
                 .get(&connection)
                 .is_some_and(|writer| writer.send(bytes.to_vec()).is_ok()),

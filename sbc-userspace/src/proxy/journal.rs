@@ -126,6 +126,7 @@ mod tests {
             route_set: vec!["sip:192.0.2.9;lr".to_owned()],
             source: Some("192.0.2.1:5060".parse().unwrap()),
             cseq: 1,
+            connection: None,
         }
     }
 

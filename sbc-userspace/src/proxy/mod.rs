@@ -17,6 +17,7 @@ mod lanes;
 mod shed_answer;
 pub mod stats;
 pub mod tcp;
+pub mod tls;
 
 use std::{
     collections::HashMap,
@@ -36,7 +37,7 @@ use tracing::warn;
 pub use self::core::{calls::CallSummary, hiding, inspect::BackendSummary};
 use self::{
     config::SipConfig,
-    core::{Core, Input, KernelDialogs, Parts, inspect::Query},
+    core::{Core, Input, KernelDialogs, Parts, inspect::Query, transactions::Transport},
     driver::Driver,
     intake::{Intake, bind, spawn_receiver},
     journal::Journal,
@@ -62,11 +63,11 @@ pub enum Queued {
         bytes: Vec<u8>,
         received: Instant,
     },
-    /// A complete message read from a TCP connection.
+    /// A complete message read from a TCP or TLS connection (`Transport::Tcp` or `Tls`).
     Stream {
         listener: Side,
         from: SocketAddr,
-        connection: u64,
+        connection: Transport,
         bytes: Vec<u8>,
         received: Instant,
     },
@@ -119,6 +120,8 @@ pub struct ProxyHandle {
     intake: Arc<Intake>,
     pub stats: Arc<SipStats>,
     pub admission: Arc<AdmissionCounters>,
+    /// The TLS listener's certificate, reloaded on reload.
+    pub tls: Option<Arc<tls::Certificates>>,
 }
 
 impl ProxyHandle {
@@ -213,11 +216,20 @@ pub async fn start(
     if config.private_listen() != config.public_listen {
         tcp_listeners.push((config.private_listen(), Side::Private));
     }
-    for (address, side) in tcp_listeners {
-        let (lanes, intake, numbers) =
-            (lanes.clone(), Arc::clone(&intake), Arc::clone(&connections));
-        let limits = Arc::clone(&tcp_connections);
-        tcp::listen(address, side, lanes, intake, numbers, limits).await?;
+    let tls = match &config.tls {
+        Some(tls) => Some((tls.listen, tls::Certificates::load(tls)?)),
+        None => None,
+    };
+    let tcp_listeners = tcp_listeners
+        .into_iter()
+        .map(|(address, side)| (address, side, None));
+    let tls_listener = tls
+        .iter()
+        .map(|(address, certificates)| (*address, Side::Public, Some(Arc::clone(certificates))));
+    for (address, side, certificates) in tcp_listeners.chain(tls_listener) {
+        let queues = (lanes.clone(), Arc::clone(&intake));
+        let (numbers, limits) = (Arc::clone(&connections), Arc::clone(&tcp_connections));
+        tcp::listen(address, side, certificates, queues, numbers, limits).await?;
     }
     let now = Now::read();
     let parts = Parts {
@@ -276,6 +288,7 @@ pub async fn start(
         intake,
         stats,
         admission: admission_counters,
+        tls: tls.map(|(_, certificates)| certificates),
     })
 }
 

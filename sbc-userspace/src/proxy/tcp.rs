@@ -24,13 +24,20 @@ use std::{
 use anyhow::Context as _;
 use serde::Deserialize;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpSocket, TcpStream},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, TcpSocket},
     sync::mpsc,
 };
 use tracing::debug;
 
-use super::{Queued, core::build, intake::Intake, lanes::Lanes, stats::SipStats};
+use super::{
+    Queued,
+    core::{build, transactions::Transport},
+    intake::Intake,
+    lanes::Lanes,
+    stats::SipStats,
+    tls::Certificates,
+};
 use crate::{
     side::Side,
     sip::{
@@ -132,17 +139,20 @@ impl Drop for Admitted {
     }
 }
 
+/// Accepts SIP connections on `address` (TCP, or TLS with `tls`'s current certificate) and
+/// serves each within the `[sip.tcp]` limits.
 pub async fn listen(
     address: SocketAddr,
     side: Side,
-    lanes: Lanes,
-    intake: Arc<Intake>,
+    tls: Option<Arc<Certificates>>,
+    (lanes, intake): (Lanes, Arc<Intake>),
     numbers: Arc<AtomicU64>,
     connections: Arc<Connections>,
 ) -> anyhow::Result<()> {
+    let kind = if tls.is_some() { "TLS" } else { "TCP" };
     let listener = TcpListener::bind(address)
         .await
-        .with_context(|| format!("binding SIP listener {address} (TCP)"))?;
+        .with_context(|| format!("binding SIP listener {address} ({kind})"))?;
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -151,31 +161,32 @@ pub async fn listen(
                         debug!(%from, "SIP connection refused: over [sip.tcp] limits");
                         continue;
                     };
-                    let connection = numbers.fetch_add(1, Ordering::Relaxed);
-                    let (lanes, intake) = (lanes.clone(), Arc::clone(&intake));
-                    let limits = connections.config.clone();
-                    let stats = Arc::clone(&connections.stats);
+                    let peer = Peer {
+                        from,
+                        listener: side,
+                        connection: numbers.fetch_add(1, Ordering::Relaxed),
+                        tls: tls.is_some(),
+                    };
+                    let link = (lanes.clone(), Arc::clone(&intake));
+                    let (connections, tls) = (Arc::clone(&connections), tls.clone());
                     tokio::spawn(async move {
-                        let peer = Peer {
-                            from,
-                            listener: side,
-                            connection,
-                        };
-                        let (writer, writes) = mpsc::unbounded_channel();
-                        let connected = Queued::Connected {
-                            connection,
-                            writer: writer.clone(),
-                        };
-                        if lanes.control(connected) {
-                            let link = Link {
-                                lanes,
-                                intake,
-                                writer,
-                                writes,
-                                ours: false,
-                                keepalive: None,
-                            };
-                            serve(stream, peer, &limits, link, &stats).await;
+                        match tls {
+                            None => accepted(stream, peer, link, &connections).await,
+                            Some(tls) => {
+                                // A handshake is a message too: it must not take longer.
+                                let limit =
+                                    Duration::from_millis(connections.config.message_timeout_ms);
+                                let handshake = tls.acceptor().accept(stream);
+                                match tokio::time::timeout(limit, handshake).await {
+                                    Ok(Ok(stream)) => {
+                                        accepted(stream, peer, link, &connections).await
+                                    }
+                                    Ok(Err(e)) => debug!(%from, "TLS handshake failed: {e}"),
+                                    Err(_) => {
+                                        debug!(%from, "TLS handshake took longer than sip.tcp.message_timeout_ms")
+                                    }
+                                }
+                            }
                         }
                         drop(admitted);
                     });
@@ -187,11 +198,40 @@ pub async fn listen(
     Ok(())
 }
 
+/// Serves a connection a listener accepted, once the proxy knows its writer.
+async fn accepted<S>(
+    stream: S,
+    peer: Peer,
+    (lanes, intake): (Lanes, Arc<Intake>),
+    connections: &Connections,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (writer, writes) = mpsc::unbounded_channel();
+    let connected = Queued::Connected {
+        connection: peer.connection,
+        writer: writer.clone(),
+    };
+    if lanes.control(connected) {
+        let link = Link {
+            lanes,
+            intake,
+            writer,
+            writes,
+            ours: false,
+            keepalive: None,
+        };
+        serve(stream, peer, &connections.config, link, &connections.stats).await;
+    }
+}
+
 /// Who is at the other end of a connection, and which one it is.
 struct Peer {
     from: SocketAddr,
     listener: Side,
     connection: u64,
+    /// Over TLS.
+    tls: bool,
 }
 
 /// What joins a connection to the proxy: its queues, and the channel of what the proxy
@@ -206,12 +246,21 @@ struct Link {
     keepalive: Option<Duration>,
 }
 
-async fn serve(stream: TcpStream, peer: Peer, limits: &TcpConfig, link: Link, stats: &SipStats) {
+async fn serve<S>(stream: S, peer: Peer, limits: &TcpConfig, link: Link, stats: &SipStats)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let Peer {
         from,
         listener,
         connection,
+        tls,
     } = peer;
+    let transport = if tls {
+        Transport::Tls(connection)
+    } else {
+        Transport::Tcp(connection)
+    };
     let Link {
         lanes,
         intake,
@@ -229,7 +278,7 @@ async fn serve(stream: TcpStream, peer: Peer, limits: &TcpConfig, link: Link, st
     let message_timeout = Duration::from_millis(limits.message_timeout_ms);
     // Between reads, wait no longer than a keep-alive interval.
     let tick = keepalive.map_or(idle, |every| every.min(idle));
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let writing = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
             if writer.write_all(&bytes).await.is_err() {
@@ -290,7 +339,7 @@ async fn serve(stream: TcpStream, peer: Peer, limits: &TcpConfig, link: Link, st
                     let event = Queued::Stream {
                         listener,
                         from,
-                        connection,
+                        connection: transport,
                         bytes,
                         received: Instant::now(),
                     };
@@ -397,6 +446,7 @@ impl Outbound {
                 from: peer,
                 listener: side,
                 connection,
+                tls: false,
             };
             dial(&dialer, peer, link).await;
         });

@@ -11,6 +11,8 @@ pub struct OurAddresses {
     advertised: [SocketAddr; 2],
     /// Addresses advertised before (`readvertise`): calls set up then still name them.
     formerly: Vec<SocketAddr>,
+    /// The public side's TLS listener (`[sip.tls]`), as bound.
+    tls: Option<SocketAddr>,
 }
 
 impl OurAddresses {
@@ -33,7 +35,15 @@ impl OurAddresses {
             bound,
             advertised,
             formerly: Vec::new(),
+            tls: config.tls.as_ref().map(|tls| tls.listen),
         }
+    }
+
+    /// How the public side's parties reach our TLS listener: the advertised address, at the
+    /// TLS listener's port.
+    pub fn tls_advertised(&self) -> Option<SocketAddr> {
+        let public = self.advertised(Side::Public);
+        self.tls.map(|tls| SocketAddr::new(public.ip(), tls.port()))
     }
 
     /// A side's parties are told `ip` from now on (at the same port); the address they were
@@ -65,10 +75,20 @@ impl OurAddresses {
     /// Whether `ip` and `port` name one of our listeners, as bound or as advertised (now or
     /// before).
     pub fn name_us(&self, ip: IpAddr, port: u16) -> bool {
+        let tls = self.tls.into_iter().chain(self.tls_advertised());
         self.bound
             .iter()
             .chain(&self.advertised)
             .chain(&self.formerly)
+            .copied()
+            .chain(tls)
             .any(|address| address.ip() == ip && address.port() == port)
+    }
+
+    /// Whether `ip` and `port` are how the public side reaches us now (the advertised
+    /// address, at the UDP/TCP listener's port or the TLS one).
+    pub fn public_now(&self, ip: IpAddr, port: u16) -> bool {
+        let ours = self.advertised(Side::Public);
+        ip == ours.ip() && (port == ours.port() || self.tls.is_some_and(|tls| tls.port() == port))
     }
 }

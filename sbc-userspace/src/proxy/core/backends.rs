@@ -314,6 +314,7 @@ mod tests {
             limits: Default::default(),
             tcp: Default::default(),
             hiding: Default::default(),
+            tls: None,
         };
         Backends::new(&config, Instant::now())
     }

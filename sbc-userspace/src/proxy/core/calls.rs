@@ -14,6 +14,7 @@ use super::{
     forwarding::tag_of,
     names::CallKey,
     record::{CallRecord, Line, Party, SetupRecord},
+    transactions::Peer,
 };
 use crate::{
     clock::Now,
@@ -236,13 +237,8 @@ impl Call {
         }
     }
 
-    pub fn new(
-        request: &check::Request,
-        message: &Message,
-        side: Side,
-        source: SocketAddr,
-        now: Instant,
-    ) -> Self {
+    pub fn new(request: &check::Request, message: &Message, caller: Peer, now: Instant) -> Self {
+        let side = caller.side;
         Self {
             call_id: request.call_id.clone(),
             caller: Party {
@@ -251,8 +247,9 @@ impl Call {
                 contact: contact_uri(message),
                 // Record-Routes above ours were added by proxies between the caller and us.
                 route_set: record_routes(message),
-                source: Some(source),
+                source: Some(caller.address),
                 cseq: request.cseq,
+                connection: caller.transport.connection(),
             },
             callee: Party {
                 side: side.other(),
@@ -261,6 +258,7 @@ impl Call {
                 route_set: Vec::new(),
                 source: None,
                 cseq: 0,
+                connection: None,
             },
             media: Vec::new(),
             backend: None,

@@ -205,6 +205,7 @@ impl Core {
                 template: Vec::new(),
                 out_side: setup.out_side,
                 tcp_asked: setup.out_tcp,
+                connection: None,
                 balanced: false,
                 candidates: Vec::new(),
                 cancelled: false,

@@ -11,7 +11,9 @@ use sbc_common::{
     dialog::{HEADER_NAME_TEXT, LEG_ANSWERS_HIDDEN, LEG_FORWARD, MAX_STRIPPED, Text},
 };
 
-use super::{Core, names::CallKey, record::Party, requests::uri_asks_tcp, transactions::Transport};
+use super::{
+    Core, names::CallKey, record::Party, requests::uri_asks_stream, transactions::Transport,
+};
 use crate::{
     media::session::flow_key,
     side::Side,
@@ -156,11 +158,12 @@ impl Core {
         })
     }
 
-    /// Whether a party is reached over TCP (a backend configured so, or a Contact that asks
-    /// for it): its requests and the answers to them are the daemon's.
+    /// Whether a party is reached over TCP or TLS (a backend configured so, a Contact that
+    /// asks for it, a connection it came over): its requests and the answers to them are
+    /// the daemon's.
     fn over_tcp(&self, party: &Party) -> bool {
         let contact = party.contact.as_deref();
-        let asks = contact.is_some_and(uri_asks_tcp);
+        let asks = party.connection.is_some() || contact.is_some_and(uri_asks_stream);
         let address = contact.and_then(ipv4_target).or(party.source);
         asks || address
             .is_some_and(|address| self.request_transport(address, false, 0) != Transport::Udp)

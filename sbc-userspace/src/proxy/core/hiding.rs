@@ -334,8 +334,8 @@ impl Core {
         };
         match uri::parse(&route.uri) {
             Ok(uri::Uri::Sip(sip)) => sip.host.ip().is_some_and(|ip| {
-                let ours = self.addresses.advertised(Side::Public);
-                ip == ours.ip() && sip.port.unwrap_or(5060) == ours.port()
+                let port = sip.port.unwrap_or(if sip.secure { 5061 } else { 5060 });
+                self.addresses.public_now(ip, port)
             }),
             _ => false,
         }

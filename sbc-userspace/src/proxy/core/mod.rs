@@ -83,7 +83,8 @@ pub enum Input {
     Stream {
         listener: Side,
         from: SocketAddr,
-        connection: u64,
+        /// `Transport::Tcp` or `Tls`, with the connection's number.
+        connection: Transport,
         bytes: Vec<u8>,
         waited: Duration,
     },
@@ -287,7 +288,7 @@ impl Core {
                 waited,
             } => {
                 self.waited = waited;
-                let peer = self.peer(listener, from, Transport::Tcp(connection));
+                let peer = self.peer(listener, from, connection);
                 self.on_message(peer, inbound::message(&bytes));
             }
             Input::Timer(timer) => self.on_timer(timer),
@@ -577,6 +578,19 @@ impl Core {
     /// Our Record-Route/Route URI on `side`.
     pub(super) fn uri(&self, side: Side) -> String {
         format!("<sip:{};lr>", self.addresses.advertised(side))
+    }
+
+    /// Our Record-Route on `side` for a party that came over TLS (`tls`: our TLS listener,
+    /// which its in-dialog requests then reach), else `uri`.
+    pub(super) fn record_route(&self, side: Side, tls: bool) -> String {
+        match self
+            .addresses
+            .tls_advertised()
+            .filter(|_| tls && side == Side::Public)
+        {
+            Some(tls) => format!("<sip:{tls};transport=tls;lr>"),
+            None => self.uri(side),
+        }
     }
 
     /// Whether a SIP URI names this proxy (either listener, bound or advertised).

@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::names::{CallKey, ClientKey, ServerKey};
+use super::{
+    names::{CallKey, ClientKey, ServerKey},
+    transactions::Transport,
+};
 use crate::side::Side;
 
 /// One end of a call, as the proxy needs it to reach that end itself (BYE on media timeout).
@@ -18,6 +21,11 @@ pub struct Party {
     pub route_set: Vec<String>,
     pub source: Option<SocketAddr>,
     pub cseq: u32,
+    /// The TCP or TLS connection it reached us over: requests to it go back on it (a
+    /// carrier over TLS is reached on the connection it opened). Not recorded: connections
+    /// do not outlive the daemon.
+    #[serde(skip)]
+    pub connection: Option<Transport>,
 }
 
 /// What a restarted daemon needs of a call.

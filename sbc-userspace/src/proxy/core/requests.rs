@@ -43,6 +43,8 @@ struct NextHop {
     routes: Vec<String>,
     /// The URI it is sent by asks for TCP (`transport=tcp`).
     tcp: bool,
+    /// The connection the party it goes to reached us over, which it goes back on.
+    connection: Option<Transport>,
 }
 
 impl Core {
@@ -100,14 +102,14 @@ impl Core {
             }
             self.calls.insert(
                 key.clone(),
-                Call::new(&request, &message, side, from, self.now.at),
+                Call::new(&request, &message, peer, self.now.at),
             );
             self.call_started(&key);
             Some(key)
         } else {
             known_call
         };
-        let template = match self.forwardable(side, from, &message, &request, &hop) {
+        let template = match self.forwardable(peer, &message, &request, &hop) {
             Ok(template) => template,
             Err((code, why)) => {
                 info!(call_id = %request.call_id, "refusing {}: {why}", request.method);
@@ -134,8 +136,8 @@ impl Core {
                 call.bye_forwarded = Some(self.now.at);
             }
             let branch = self.branch_from(our_branch(&message, &request, hop.side));
-            let (bytes, to) =
-                self.with_our_via(&template, &branch, (hop.side, hop.target), hop.tcp);
+            let how = (hop.tcp, hop.connection);
+            let (bytes, to) = self.with_our_via(&template, &branch, (hop.side, hop.target), how);
             return self.send_to(to, bytes);
         }
         if request.method == Method::Invite {
@@ -154,6 +156,7 @@ impl Core {
             template,
             out_side: hop.side,
             tcp_asked: hop.tcp,
+            connection: hop.connection,
             balanced: !hop.candidates.is_empty(),
             candidates: hop.candidates,
             cancelled: false,
@@ -184,7 +187,8 @@ impl Core {
         let Some(tx) = self.server.get(server_key) else {
             return;
         };
-        let (bytes, to) = self.with_our_via(&tx.template, &branch, (side, target), tx.tcp_asked);
+        let how = (tx.tcp_asked, tx.connection);
+        let (bytes, to) = self.with_our_via(&tx.template, &branch, (side, target), how);
         let key = ClientKey::new(&branch, method.clone());
         let backend = self.backends.id_of(target);
         // RFC 3261 16.9: a transport error counts as a 503 from that hop (`SendFailed`).
@@ -234,10 +238,11 @@ impl Core {
         template: &[u8],
         branch: &str,
         (side, target): (Side, SocketAddr),
-        tcp_asked: bool,
+        (tcp_asked, connection): (bool, Option<Transport>),
     ) -> (Vec<u8>, Peer) {
         let udp = with_via(template, &self.via_line(side, branch, Transport::Udp));
-        let transport = self.request_transport(target, tcp_asked, udp.len());
+        let transport =
+            connection.unwrap_or_else(|| self.request_transport(target, tcp_asked, udp.len()));
         let bytes = if transport == Transport::Udp {
             udp
         } else {
@@ -410,6 +415,7 @@ impl Core {
                 request_uri: None,
                 routes: Vec::new(),
                 tcp: uri_asks_tcp(&route.uri),
+                connection: None,
             });
         }
         let uri = request.uri.as_sip().expect("checked: SIP Request-URI");
@@ -430,6 +436,7 @@ impl Core {
                 request_uri: None,
                 routes: Vec::new(),
                 tcp: asks_tcp(uri),
+                connection: self.connection_to(out, request),
             });
         }
         let candidates = self.backends.candidates(&request.call_id);
@@ -449,7 +456,18 @@ impl Core {
             routes: Vec::new(),
             // The backends' own transport applies (`request_transport`).
             tcp: false,
+            connection: None,
         })
+    }
+
+    /// The connection that the party of `request`'s call on `side` reached us over, if it
+    /// did over one: an in-dialog request to it goes back on it.
+    fn connection_to(&self, side: Side, request: &check::Request) -> Option<Transport> {
+        let call = self.calls.get(&self.find_call(request)?)?;
+        [&call.caller, &call.callee]
+            .into_iter()
+            .find(|party| party.side == side)
+            .and_then(|party| party.connection)
     }
 
     /// An in-dialog request addressed to us rather than routed through us (sent to the
@@ -483,6 +501,7 @@ impl Core {
             request_uri: Some(contact),
             routes: peer.route_set.iter().map(|r| format!("<{r}>")).collect(),
             tcp,
+            connection: peer.connection,
         })
     }
 
@@ -490,12 +509,12 @@ impl Core {
     /// Record-Route added, the previous hop's Via marked (received/rport), media anchored.
     fn forwardable(
         &mut self,
-        side: Side,
-        from: SocketAddr,
+        peer: Peer,
         message: &Message,
         request: &check::Request,
         hop: &NextHop,
     ) -> Result<Vec<u8>, (u16, String)> {
+        let (side, from) = (peer.side, peer.address);
         let in_dialog = request.in_dialog();
         // Callers answered 483 already when Max-Forwards was 0.
         let max_forwards = max_forwards(request).saturating_sub(1);
@@ -550,7 +569,9 @@ impl Core {
                 && self.addresses.advertised(Side::Public)
                     != self.addresses.advertised(Side::Private)
             {
-                editor.insert(index, "Record-Route", &self.uri(side));
+                // A party that came over TLS keeps to it (`;transport=tls`, our TLS port).
+                let tls = matches!(peer.transport, Transport::Tls(_));
+                editor.insert(index, "Record-Route", &self.record_route(side, tls));
             }
         }
         if let (true, Some(call)) = (message.has_sdp(), self.find_call(request)) {
@@ -608,11 +629,13 @@ impl Core {
             debug!(call_id = %request.call_id, "ACK without a route dropped");
             return;
         };
-        let Ok(template) = self.forwardable(side, from, &message, &request, &hop) else {
+        // (An ACK creates no dialog: how it came does not matter to what it becomes.)
+        let Ok(template) = self.forwardable(Peer::udp(side, from), &message, &request, &hop) else {
             return;
         };
         let branch = self.branch_from(our_branch(&message, &request, hop.side));
-        let (bytes, to) = self.with_our_via(&template, &branch, (hop.side, hop.target), hop.tcp);
+        let how = (hop.tcp, hop.connection);
+        let (bytes, to) = self.with_our_via(&template, &branch, (hop.side, hop.target), how);
         self.send_to(to, bytes);
         if let Some(key) = self.find_call(&request)
             && self
@@ -779,6 +802,22 @@ fn bare_param_end(value: &str, name: &str) -> Option<usize> {
 /// Max-Forwards as received, or the value a proxy adds when it is missing.
 fn max_forwards(request: &check::Request) -> u8 {
     request.max_forwards.unwrap_or(DEFAULT_MAX_FORWARDS)
+}
+
+/// Whether a URI asks for a stream: TCP or TLS (`;transport=tcp` or `tls`, or `sips:`).
+pub(super) fn uri_asks_stream(uri: &str) -> bool {
+    match uri::parse(uri) {
+        Ok(uri::Uri::Sip(sip)) => {
+            sip.secure
+                || sip.params.iter().any(|param| {
+                    param.name.eq_ignore_ascii_case("transport")
+                        && param.value.as_deref().is_some_and(|v| {
+                            v.eq_ignore_ascii_case("tcp") || v.eq_ignore_ascii_case("tls")
+                        })
+                })
+        }
+        _ => false,
+    }
 }
 
 /// Whether a URI asks to be reached over TCP (`;transport=tcp`).

@@ -617,6 +617,10 @@ const CASES: &[Case] = &[
         play: lost_connection_fails_over,
     },
     Case {
+        name: "a caller over TLS is record-routed at our TLS port, and the backend's BYE goes back on its connection",
+        play: caller_over_tls,
+    },
+    Case {
         name: "a public address that moved is advertised to new calls; calls set up before still reach us by the old one",
         play: public_address_moved,
     },
@@ -1210,7 +1214,7 @@ fn tcp_backend() {
     lab.input(Input::Stream {
         listener: Side::Private,
         from: invite.to,
-        connection: 7,
+        connection: Transport::Tcp(7),
         bytes: ok.into_bytes(),
         waited: Duration::ZERO,
     });
@@ -1268,6 +1272,76 @@ fn lost_connection_fails_over() {
         address: next.to,
     });
     assert!(lab.take_sent().is_empty());
+}
+
+fn caller_over_tls() {
+    let mut sip = config(&[BACKEND_A]);
+    sip.tls = Some(crate::proxy::tls::TlsConfig {
+        listen: "192.0.2.1:5061".parse().expect("an address"),
+        certificate: "/etc/sbc/tls/sbc.pem".into(),
+        private_key: "/etc/sbc/tls/sbc.key".into(),
+    });
+    let mut lab = Lab::with(sip, AdmissionConfig::default());
+    let call = Call::new("tls");
+    let connection = Transport::Tls(9);
+    let over_tls = |lab: &mut Lab, text: &str| {
+        lab.input(Input::Stream {
+            listener: Side::Public,
+            from: addr(CARRIER),
+            connection,
+            bytes: text.as_bytes().to_vec(),
+            waited: Duration::ZERO,
+        });
+    };
+    over_tls(&mut lab, &call.invite("tls-1"));
+    let sent = lab.take_sent();
+    let invite = sent
+        .iter()
+        .find(|s| s.method() == Some("INVITE"))
+        .expect("the INVITE forwarded");
+    // The backend and the carrier both see our TLS listener as the carrier's way back.
+    assert!(
+        invite
+            .values("record-route")
+            .contains(&"<sip:192.0.2.1:5061;transport=tls;lr>".to_owned()),
+        "{:?}",
+        invite.values("record-route")
+    );
+    let backend = invite.to;
+    let ok = response(
+        invite,
+        200,
+        "b-tls",
+        backend,
+        Some(&sdp("10.0.0.10", 50000)),
+    );
+    lab.backend_sends(backend, &ok);
+    let sent = lab.take_sent();
+    let answer = sent_to(&sent, CARRIER);
+    assert_eq!((answer.code(), answer.transport), (Some(200), connection));
+    let mut dialog = Dialog {
+        carrier_routes: answer.values("record-route").into_iter().rev().collect(),
+        backend_routes: invite.values("record-route"),
+        call,
+        backend,
+        to_tag: "b-tls".to_owned(),
+    };
+    // The carrier's route set names our TLS listener: it is ours.
+    over_tls(&mut lab, &dialog.carrier_request("ACK", "tls-ack", None));
+    assert_eq!(
+        sent_to(&lab.take_sent(), &backend.to_string()).method(),
+        Some("ACK")
+    );
+    // The backend's BYE reaches the carrier on the connection it came over, named in our Via.
+    lab.backend_sends(backend, &dialog.backend_request("BYE", "tls-bye", 2));
+    let sent = lab.take_sent();
+    let bye = sent_to(&sent, CARRIER);
+    assert_eq!((bye.method(), bye.transport), (Some("BYE"), connection));
+    assert!(
+        bye.values("via")[0].starts_with("SIP/2.0/TLS "),
+        "{:?}",
+        bye.values("via")
+    );
 }
 
 fn public_address_moved() {
@@ -1784,7 +1858,7 @@ fn tcp_answered_on_its_connection() {
     lab.input(Input::Stream {
         listener: Side::Public,
         from: addr(CARRIER),
-        connection: 7,
+        connection: Transport::Tcp(7),
         bytes: Call::new("over-tcp").invite("1").into_bytes(),
         waited: Duration::ZERO,
     });

@@ -32,6 +32,8 @@ pub enum Transport {
     Udp,
     /// A TCP connection, by its number.
     Tcp(u64),
+    /// A TLS connection (accepted on `[sip.tls]`), by its number.
+    Tls(u64),
     /// A TCP connection to the peer, which the driver opens, or reuses when it has one open
     /// (requests we send over TCP; their responses come back on it as `Tcp`).
     TcpOut,
@@ -44,9 +46,19 @@ impl Transport {
         self != Transport::Udp
     }
 
+    /// Itself when it is a connection a peer opened (TCP or TLS), which requests to that
+    /// peer may go back on.
+    pub fn connection(self) -> Option<Self> {
+        matches!(self, Transport::Tcp(_) | Transport::Tls(_)).then_some(self)
+    }
+
     /// Its name in a Via.
     pub fn via_name(self) -> &'static str {
-        if self.reliable() { "TCP" } else { "UDP" }
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp(_) | Transport::TcpOut => "TCP",
+            Transport::Tls(_) => "TLS",
+        }
     }
 }
 
@@ -87,6 +99,8 @@ pub struct ServerTx {
     pub out_side: Side,
     /// The URI it was routed by asks for TCP (`transport=tcp`).
     pub tcp_asked: bool,
+    /// The connection the party it goes to reached us over, which it goes back on.
+    pub connection: Option<Transport>,
     /// Sent to a backend chosen from the pool (new requests from the public side): failures
     /// fail over, and a final failure is our own 503.
     pub balanced: bool,

@@ -1,0 +1,102 @@
+//! SIP over TLS (RFC 3261 26.2, RFC 5630): a listener on the public side (`[sip.tls]`, port
+//! 5061 as a rule) for carriers that send their signalling encrypted. Its certificate chain
+//! and private key are read from PEM files at start (a problem stops the start, naming the
+//! key) and again on every reload (SIGHUP, `sbc reload`): connections accepted from then on
+//! get the new certificate, while the open ones, and the calls on them, go on. Once the
+//! handshake is done a connection is served as a TCP one (`tcp::serve`), within the same
+//! `[sip.tcp]` limits. (rustls with the aws-lc-rs provider: no OpenSSL in the daemon.)
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self, ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    },
+};
+use tracing::info;
+
+use crate::config_error::ConfigError;
+
+/// `[sip.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Where carriers connect (TLS over TCP), on the public side.
+    pub listen: SocketAddr,
+    /// The certificate chain (PEM: the server's certificate first, then its issuers).
+    pub certificate: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+}
+
+/// The certificate new connections are offered, replaced on reload.
+pub struct Certificates {
+    config: TlsConfig,
+    acceptor: RwLock<TlsAcceptor>,
+}
+
+impl Certificates {
+    /// Reads the certificate and key; a problem names the key of the file at fault.
+    pub fn load(config: &TlsConfig) -> Result<Arc<Self>, ConfigError> {
+        let acceptor = acceptor(config)?;
+        Ok(Arc::new(Self {
+            config: config.clone(),
+            acceptor: RwLock::new(acceptor),
+        }))
+    }
+
+    /// What a connection accepted now is offered.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the files again: new connections get what they hold now. Files that do not
+    /// make a certificate and key leave the running ones in place (the error says why).
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let acceptor = acceptor(&self.config).context("keeping the TLS certificate in use")?;
+        *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+        info!(certificate = %self.config.certificate.display(), "TLS certificate reloaded: new connections get it");
+        Ok(())
+    }
+}
+
+fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
+    let unreadable = |key: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
+        ConfigError::new(key, format!("cannot read {}: {e}", path.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(&config.certificate)
+        .map_err(|e| unreadable("sip.tls.certificate", &config.certificate, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreadable("sip.tls.certificate", &config.certificate, &e))?;
+    if chain.is_empty() {
+        return Err(ConfigError::new(
+            "sip.tls.certificate",
+            format!("{} holds no PEM certificate", config.certificate.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&config.private_key)
+        .map_err(|e| unreadable("sip.tls.private_key", &config.private_key, &e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new("sip.tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            ConfigError::new(
+                "sip.tls.private_key",
+                format!("does not go with the certificate: {e}"),
+            )
+        })?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
