@@ -688,6 +688,19 @@ mod tests {
         );
     }
 
+    /// A backend over TLS must say which name its certificate is for.
+    #[test]
+    fn a_tls_backend_names_its_server() {
+        let backend = |extra: &str| {
+            format!(
+                "{GOOD}\n[sip]\npublic_listen = \"198.18.1.1:5060\"\n\
+                 [[sip.backends]]\naddress = \"198.18.2.10:5061\"\ntransport = \"tls\"\n{extra}"
+            )
+        };
+        assert_eq!(key_of(&backend("")), "sip.backends[0].server_name");
+        assert!(Config::parse(&backend("server_name = \"pbx.example.com\"\n")).is_ok());
+    }
+
     /// The public address read from a command or a file, at start: one source only, and
     /// what it gives is held to what a written one is.
     #[test]

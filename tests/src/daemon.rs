@@ -52,6 +52,8 @@ pub struct DaemonOptions {
     pub sip_backends: Vec<std::net::SocketAddr>,
     /// More backends, reached over TCP (`transport = "tcp"`).
     pub tcp_backends: Vec<std::net::SocketAddr>,
+    /// More `[[sip.backends]]` tables, written as they are (a TLS backend's settings).
+    pub backend_tables: String,
     pub health_interval_ms: u64,
     /// Failures in a row that mark a backend down.
     pub health_failure_threshold: u32,
@@ -79,6 +81,7 @@ impl Default for DaemonOptions {
             media_timeout_secs: 60,
             sip_backends: Vec::new(),
             tcp_backends: Vec::new(),
+            backend_tables: String::new(),
             health_interval_ms: 1000,
             health_failure_threshold: 2,
             health_probes: true,
@@ -117,7 +120,10 @@ impl Daemon {
         let socket = dir.path().join("api.sock");
         let public = lab.sbc_public();
         let mut sip = String::new();
-        if !options.sip_backends.is_empty() || !options.tcp_backends.is_empty() {
+        let has_backends = !options.sip_backends.is_empty()
+            || !options.tcp_backends.is_empty()
+            || !options.backend_tables.is_empty();
+        if has_backends {
             // Behind the lab's NAT, the sbc binds its inside address and advertises the outside.
             let advertise = if lab.nat.is_some() && !options.sip_keys.contains("public_advertise") {
                 format!("public_advertise = \"{SBC_PUBLIC}\"\n")
@@ -141,6 +147,7 @@ impl Daemon {
                     "[[sip.backends]]\naddress = \"{backend}\"\ntransport = \"tcp\"\n"
                 ));
             }
+            sip.push_str(&options.backend_tables);
         }
         std::fs::write(
             &config,

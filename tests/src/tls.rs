@@ -12,38 +12,70 @@ use anyhow::Context as _;
 
 use crate::netns::{Netns, command_in, run};
 
-/// A self-signed certificate for `host` and its key, written as `<name>.pem` and
-/// `<name>.key` in `dir`.
-pub fn certificate(dir: &Path, name: &str, host: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let (cert, key) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    let (cert_arg, key_arg) = (cert.to_string_lossy(), key.to_string_lossy());
-    run(
-        "openssl",
+/// A certificate for `host`, its key, and the authority that issued it (made for it alone,
+/// as `<name>-ca.pem`), in `dir`: a leaf as a real one is (not a CA itself, its name in
+/// subjectAltName), which TLS clients that check the chain (rustls, stunnel) accept.
+pub struct Issued {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn certificate(dir: &Path, name: &str, host: &str) -> anyhow::Result<Issued> {
+    let path = |suffix: &str| dir.join(format!("{name}{suffix}"));
+    let text = |path: &Path| path.to_string_lossy().into_owned();
+    let (ca, ca_key) = (path("-ca.pem"), path("-ca.key"));
+    let (cert, key, request, extensions) = (path(".pem"), path(".key"), path(".csr"), path(".ext"));
+    let new_key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let openssl = |args: &[&str]| {
+        run("openssl", args).context("making a certificate (cargo xtask setup installs openssl)")
+    };
+    let ca_subject = format!("/CN={name} lab authority");
+    openssl(
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={host}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{host}"),
-            "-keyout",
-            &key_arg,
-            "-out",
-            &cert_arg,
-        ],
-    )
-    .context("making a certificate (cargo xtask setup installs openssl)")?;
-    Ok((cert, key))
+            &["req", "-x509", "-days", "2", "-subj", &ca_subject][..],
+            &new_key,
+            &["-keyout", &text(&ca_key), "-out", &text(&ca)],
+        ]
+        .concat(),
+    )?;
+    let subject = format!("/CN={host}");
+    openssl(
+        &[
+            &["req", "-subj", &subject][..],
+            &new_key,
+            &["-keyout", &text(&key), "-out", &text(&request)],
+        ]
+        .concat(),
+    )?;
+    std::fs::write(
+        &extensions,
+        format!("subjectAltName=DNS:{host}\nbasicConstraints=CA:false\n"),
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &text(&request),
+        "-CA",
+        &text(&ca),
+        "-CAkey",
+        &text(&ca_key),
+        "-CAcreateserial",
+        "-extfile",
+        &text(&extensions),
+        "-out",
+        &text(&cert),
+    ])?;
+    Ok(Issued { ca, cert, key })
 }
 
 /// The SHA-256 fingerprint of a certificate file, as openssl prints it.
@@ -86,15 +118,40 @@ impl Tunnel {
         connect: SocketAddr,
         (trusted, host): (&Path, &str),
     ) -> anyhow::Result<Self> {
+        Self::run(
+            ns,
+            &format!(
+                "client = yes\naccept = {accept}\nconnect = {connect}\nverifyChain = yes\n\
+                 CAfile = {}\ncheckHost = {host}\n",
+                trusted.display()
+            ),
+        )
+    }
+
+    /// A TLS server tunnel: TLS accepted on `accept` with `cert` and `key`, plain TCP to
+    /// `connect` (a backend over TLS).
+    pub fn serve(
+        ns: &Netns,
+        accept: SocketAddr,
+        connect: SocketAddr,
+        (cert, key): (&Path, &Path),
+    ) -> anyhow::Result<Self> {
+        Self::run(
+            ns,
+            &format!(
+                "accept = {accept}\nconnect = {connect}\ncert = {}\nkey = {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+    }
+
+    fn run(ns: &Netns, service: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("stunnel.conf");
         std::fs::write(
             &config,
-            format!(
-                "foreground = yes\npid =\ndebug = 4\n[sip]\nclient = yes\naccept = {accept}\n\
-                 connect = {connect}\nverifyChain = yes\nCAfile = {}\ncheckHost = {host}\n",
-                trusted.display()
-            ),
+            format!("foreground = yes\npid =\ndebug = 4\n[sip]\n{service}"),
         )?;
         let log = std::fs::File::create(dir.path().join("stunnel.log"))?;
         let child = command_in(&ns.name, None, "stunnel")

@@ -104,9 +104,15 @@ pub struct BackendConfig {
     #[serde(default)]
     pub max_calls: u32,
     /// How requests reach it: `udp` (the default; a request over 1300 bytes still goes by
-    /// TCP, RFC 3261 18.1.1) or `tcp`, over a connection kept open and reused.
+    /// TCP, RFC 3261 18.1.1), `tcp` or `tls`, over a connection kept open and reused.
     #[serde(default)]
     pub transport: BackendTransport,
+    /// With `tls`: the name its certificate must be for (checked, and sent as SNI), and the
+    /// PEM file of the authorities to trust for it (default: the system's).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -115,6 +121,7 @@ pub enum BackendTransport {
     #[default]
     Udp,
     Tcp,
+    Tls,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -192,6 +199,12 @@ impl SipConfig {
                 return Err(ConfigError::new(
                     &format!("sip.backends[{i}].weight"),
                     "must be at least 1",
+                ));
+            }
+            if backend.transport == BackendTransport::Tls && backend.server_name.is_none() {
+                return Err(ConfigError::new(
+                    &format!("sip.backends[{i}].server_name"),
+                    "is needed with transport = \"tls\": the name its certificate is for",
                 ));
             }
             // Two entries for one server would double its share and split its health.

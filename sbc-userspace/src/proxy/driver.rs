@@ -189,10 +189,11 @@ impl Driver {
                 .is_some_and(|writer| writer.send(bytes.to_vec()).is_ok()),
             // A connection that cannot be opened, or is lost, reports its requests failed
             // when it closes (`Input::ConnectionLost`).
-            Transport::TcpOut => {
+            Transport::TcpOut | Transport::TlsOut => {
+                let tls = to.transport == Transport::TlsOut;
                 let writer = self
                     .outbound
-                    .writer_to(to.side, to.address, &mut self.connections);
+                    .writer_to((to.side, to.address, tls), &mut self.connections);
                 writer.send(bytes.to_vec()).is_ok()
             }
         }

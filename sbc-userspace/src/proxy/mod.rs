@@ -248,6 +248,12 @@ pub async fn start(
     core.start(now, recorded);
     let mut local = [config.public_listen.ip(); 2];
     local[usize::from(Side::Private.index())] = config.private_listen().ip();
+    let mut tls_peers = HashMap::new();
+    for (index, backend) in config.backends.iter().enumerate() {
+        if backend.transport == config::BackendTransport::Tls {
+            tls_peers.insert(backend.address, tls::TlsPeer::for_backend(backend, index)?);
+        }
+    }
     let outbound = tcp::Outbound::new(tcp::Dialer {
         lanes: lanes.clone(),
         intake: Arc::clone(&intake),
@@ -255,6 +261,7 @@ pub async fn start(
         limits: config.tcp.clone(),
         stats: Arc::clone(&stats),
         local,
+        tls: tls_peers,
     });
     let mut driver = Driver {
         core,

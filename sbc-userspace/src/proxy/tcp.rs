@@ -36,7 +36,7 @@ use super::{
     intake::Intake,
     lanes::Lanes,
     stats::SipStats,
-    tls::Certificates,
+    tls::{Certificates, TlsPeer},
 };
 use crate::{
     side::Side,
@@ -385,10 +385,13 @@ where
 /// The connections the proxy opens to the peers it sends requests to over TCP: one per peer
 /// and side, reused while it stays open.
 pub struct Outbound {
-    by_peer: HashMap<(Side, SocketAddr), u64>,
-    peer_of: HashMap<u64, (Side, SocketAddr)>,
+    by_peer: HashMap<OutboundKey, u64>,
+    peer_of: HashMap<u64, OutboundKey>,
     dialer: Arc<Dialer>,
 }
+
+/// A connection we open: the side, the peer, and whether over TLS.
+type OutboundKey = (Side, SocketAddr, bool);
 
 /// What opening a connection takes.
 pub struct Dialer {
@@ -400,6 +403,8 @@ pub struct Dialer {
     pub stats: Arc<SipStats>,
     /// Each side's listener address, which its connections are opened from (`Side::index`).
     pub local: [IpAddr; 2],
+    /// How to speak TLS to the peers configured for it, by address.
+    pub tls: HashMap<SocketAddr, TlsPeer>,
 }
 
 impl Outbound {
@@ -411,26 +416,27 @@ impl Outbound {
         }
     }
 
-    /// The writer of the connection to `peer` on `side`, opened now when there is none
-    /// (what is written meanwhile waits for it; if it cannot be opened, its close says so).
+    /// The writer of the connection to `peer` on `side` (over TLS with `tls`), opened now
+    /// when there is none (what is written meanwhile waits for it; if it cannot be opened,
+    /// its close says so).
     pub fn writer_to(
         &mut self,
-        side: Side,
-        peer: SocketAddr,
+        key: OutboundKey,
         writers: &mut HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>,
     ) -> mpsc::UnboundedSender<Vec<u8>> {
         if let Some(writer) = self
             .by_peer
-            .get(&(side, peer))
+            .get(&key)
             .and_then(|connection| writers.get(connection))
         {
             return writer.clone();
         }
+        let (side, peer, tls) = key;
         let connection = self.dialer.numbers.fetch_add(1, Ordering::Relaxed);
         let (writer, writes) = mpsc::unbounded_channel();
         writers.insert(connection, writer.clone());
-        self.by_peer.insert((side, peer), connection);
-        self.peer_of.insert(connection, (side, peer));
+        self.by_peer.insert(key, connection);
+        self.peer_of.insert(connection, key);
         let dialer = Arc::clone(&self.dialer);
         let link = Link {
             lanes: dialer.lanes.clone(),
@@ -446,7 +452,7 @@ impl Outbound {
                 from: peer,
                 listener: side,
                 connection,
-                tls: false,
+                tls,
             };
             dial(&dialer, peer, link).await;
         });
@@ -455,11 +461,11 @@ impl Outbound {
 
     /// A connection closed: the peer it went to, when it was one of ours.
     pub fn closed(&mut self, connection: u64) -> Option<(Side, SocketAddr)> {
-        let peer = self.peer_of.remove(&connection)?;
-        if self.by_peer.get(&peer) == Some(&connection) {
-            self.by_peer.remove(&peer);
+        let key = self.peer_of.remove(&connection)?;
+        if self.by_peer.get(&key) == Some(&connection) {
+            self.by_peer.remove(&key);
         }
-        Some(peer)
+        Some((key.0, key.1))
     }
 }
 
@@ -482,7 +488,19 @@ async fn dial(dialer: &Dialer, peer: Peer, link: Link) {
     let connection = peer.connection;
     let lanes = link.lanes.clone();
     let why = match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(stream)) => return serve(stream, peer, limits, link, &dialer.stats).await,
+        Ok(Ok(stream)) if !peer.tls => {
+            return serve(stream, peer, limits, link, &dialer.stats).await;
+        }
+        Ok(Ok(stream)) => match dialer.tls.get(&peer.from) {
+            Some(tls) => match tokio::time::timeout(timeout, tls.connect(stream)).await {
+                Ok(Ok(stream)) => {
+                    return serve(stream, peer, limits, link, &dialer.stats).await;
+                }
+                Ok(Err(e)) => format!("TLS handshake failed: {e}"),
+                Err(_) => "TLS handshake took longer than sip.tcp.connect_timeout_ms".to_owned(),
+            },
+            None => "no TLS settings for it (only backends have them)".to_owned(),
+        },
         Ok(Err(e)) => e.to_string(),
         Err(_) => "no answer within sip.tcp.connect_timeout_ms".to_owned(),
     };

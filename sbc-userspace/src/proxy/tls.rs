@@ -5,6 +5,10 @@
 //! get the new certificate, while the open ones, and the calls on them, go on. Once the
 //! handshake is done a connection is served as a TCP one (`tcp::serve`), within the same
 //! `[sip.tcp]` limits. (rustls with the aws-lc-rs provider: no OpenSSL in the daemon.)
+//!
+//! Backends with `transport = "tls"` are reached over TLS (`TlsPeer`): their certificate must
+//! be for their `server_name` (also sent as SNI) and issued by an authority of `tls_ca`, or of
+//! the system's store when that is not set.
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -13,16 +17,75 @@ use std::{
 
 use anyhow::Context as _;
 use serde::Deserialize;
+use tokio::net::TcpStream;
 use tokio_rustls::{
-    TlsAcceptor,
+    TlsAcceptor, TlsConnector,
+    client::TlsStream,
     rustls::{
-        self, ServerConfig,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+        self, ClientConfig, RootCertStore, ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
     },
 };
 use tracing::info;
 
+use super::config::BackendConfig;
 use crate::config_error::ConfigError;
+
+/// How to speak TLS to one peer: what to trust, and the name it must prove.
+pub struct TlsPeer {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl TlsPeer {
+    /// The TLS settings of `[[sip.backends]]` entry `index`; a problem names its key.
+    pub fn for_backend(backend: &BackendConfig, index: usize) -> Result<Self, ConfigError> {
+        let key = |name: &str| format!("sip.backends[{index}].{name}");
+        let name = backend.server_name.clone().unwrap_or_default();
+        let name = ServerName::try_from(name)
+            .map_err(|e| ConfigError::new(&key("server_name"), e.to_string()))?;
+        let mut roots = RootCertStore::empty();
+        match &backend.tls_ca {
+            Some(path) => {
+                let read = |e: &dyn std::fmt::Display| {
+                    ConfigError::new(
+                        &key("tls_ca"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                };
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| read(&e))? {
+                    let cert = cert.map_err(|e| read(&e))?;
+                    roots.add(cert).map_err(|e| read(&e))?;
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(native.certs);
+            }
+        }
+        if roots.is_empty() {
+            return Err(ConfigError::new(
+                &key("tls_ca"),
+                "no authority to trust (none in the file, nor in the system's store)",
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::new(&key("transport"), e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(client)),
+            name,
+        })
+    }
+
+    /// The handshake over `stream`, checking the peer's certificate and name.
+    pub async fn connect(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        self.connector.connect(self.name.clone(), stream).await
+    }
+}
 
 /// `[sip.tls]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -22,8 +22,8 @@ pub enum Health {
 #[derive(Debug)]
 pub struct Backend {
     pub address: SocketAddr,
-    /// Reached over TCP (`transport = "tcp"`).
-    pub tcp: bool,
+    /// How requests reach it (`transport`).
+    pub transport: BackendTransport,
     pub weight: u32,
     pub health: Health,
     /// Consecutive failures and answered probes.
@@ -96,7 +96,7 @@ impl Backends {
                 .iter()
                 .map(|b| Backend {
                     address: b.address,
-                    tcp: b.transport == BackendTransport::Tcp,
+                    transport: b.transport,
                     weight: b.weight,
                     health: Health::Up,
                     failures: 0,
@@ -304,6 +304,8 @@ mod tests {
                     weight,
                     max_calls: 0,
                     transport: Default::default(),
+                    server_name: None,
+                    tls_ca: None,
                 })
                 .collect(),
             policy,

@@ -221,11 +221,7 @@ impl Core {
                 method: Method::Invite,
                 target: setup.target,
                 side: setup.out_side,
-                transport: if setup.out_tcp {
-                    Transport::TcpOut
-                } else {
-                    Transport::Udp
-                },
+                transport: self.request_transport(setup.target, setup.out_tcp, 0),
                 bytes: setup.forwarded.into_bytes(),
                 backend: self.backends.id_of(setup.target),
                 provisional: setup.provisional,

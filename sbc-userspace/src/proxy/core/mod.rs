@@ -53,7 +53,7 @@ use self::{
     transactions::{ClientTx, Peer, ServerTx, Transport},
 };
 use super::{
-    config::SipConfig,
+    config::{BackendTransport, SipConfig},
     stats::{self, Origin, SipStats},
 };
 use crate::{
@@ -555,23 +555,25 @@ impl Core {
         )
     }
 
-    /// How a request of `len` bytes (our Via included) goes to `target`: over TCP to a
-    /// backend configured for it, when its URI asks for it (`tcp_asked`: `transport=tcp`),
-    /// or when UDP could fragment it (over `UDP_MAX_REQUEST`, RFC 3261 18.1.1); else UDP.
+    /// How a request of `len` bytes (our Via included) goes to `target`: over TLS or TCP to
+    /// a backend configured for it, over TCP when its URI asks for it (`tcp_asked`:
+    /// `transport=tcp`) or when UDP could fragment it (over `UDP_MAX_REQUEST`, RFC 3261
+    /// 18.1.1); else UDP.
     pub(super) fn request_transport(
         &self,
         target: SocketAddr,
         tcp_asked: bool,
         len: usize,
     ) -> Transport {
-        let tcp_backend = self
+        let configured = self
             .backends
             .id_of(target)
-            .is_some_and(|id| self.backends[id].tcp);
-        if tcp_asked || tcp_backend || len > UDP_MAX_REQUEST {
-            Transport::TcpOut
-        } else {
-            Transport::Udp
+            .map(|id| self.backends[id].transport);
+        match configured {
+            Some(BackendTransport::Tls) => Transport::TlsOut,
+            Some(BackendTransport::Tcp) => Transport::TcpOut,
+            _ if tcp_asked || len > UDP_MAX_REQUEST => Transport::TcpOut,
+            _ => Transport::Udp,
         }
     }
 

@@ -13,7 +13,7 @@ use super::{
     call_end::CallEnd,
     hiding::{self, HiddenContacts},
     names::{ClientKey, ServerKey},
-    transactions::{LINGER, Peer, Purpose, T2, TIMER_C, Transport},
+    transactions::{LINGER, Peer, Purpose, T2, TIMER_C},
 };
 use crate::{
     proxy::{stats::Origin, via_destination},
@@ -467,7 +467,7 @@ impl Core {
             .filter(|(_, c)| {
                 c.side == side
                     && c.target == address
-                    && c.transport == Transport::TcpOut
+                    && c.transport.outbound()
                     && c.final_code.is_none()
             })
             .map(|(key, _)| key.clone())

@@ -37,6 +37,8 @@ pub enum Transport {
     /// A TCP connection to the peer, which the driver opens, or reuses when it has one open
     /// (requests we send over TCP; their responses come back on it as `Tcp`).
     TcpOut,
+    /// The same over TLS (a backend with `transport = "tls"`).
+    TlsOut,
 }
 
 impl Transport {
@@ -44,6 +46,11 @@ impl Transport {
     /// (RFC 3261 17.1.1.2).
     pub fn reliable(self) -> bool {
         self != Transport::Udp
+    }
+
+    /// Whether it is a connection we open (`TcpOut`, `TlsOut`).
+    pub fn outbound(self) -> bool {
+        matches!(self, Transport::TcpOut | Transport::TlsOut)
     }
 
     /// Itself when it is a connection a peer opened (TCP or TLS), which requests to that
@@ -57,7 +64,7 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp(_) | Transport::TcpOut => "TCP",
-            Transport::Tls(_) => "TLS",
+            Transport::Tls(_) | Transport::TlsOut => "TLS",
         }
     }
 }
@@ -131,7 +138,8 @@ pub struct ClientTx {
     pub method: Method,
     pub target: SocketAddr,
     pub side: Side,
-    /// How it is sent (`Udp` or `TcpOut`); its CANCEL and ACK go the same way.
+    /// How it is sent (`Udp`, `TcpOut`, `TlsOut`, or a party's own connection); its CANCEL
+    /// and ACK go the same way.
     pub transport: Transport,
     pub bytes: Vec<u8>,
     pub backend: Option<BackendId>,
