@@ -46,6 +46,13 @@ pub struct SipConfig {
     /// Where new requests from the private side go when their Request-URI names no IP address.
     #[serde(default)]
     pub trunk: Option<SocketAddr>,
+    /// How requests reach the trunk, as a backend's `transport`, `server_name` and `tls_ca`.
+    #[serde(default)]
+    pub trunk_transport: BackendTransport,
+    #[serde(default)]
+    pub trunk_server_name: Option<String>,
+    #[serde(default)]
+    pub trunk_tls_ca: Option<PathBuf>,
     /// Retry-After of our 503s.
     #[serde(default = "default_retry_after_secs")]
     pub retry_after_secs: u32,
@@ -68,6 +75,17 @@ pub struct SipConfig {
 impl SipConfig {
     pub fn private_listen(&self) -> SocketAddr {
         self.private_listen.unwrap_or(self.public_listen)
+    }
+
+    /// How requests reach `target` when it is a configured backend or the trunk.
+    pub fn transport_to(&self, target: SocketAddr) -> Option<BackendTransport> {
+        if self.trunk == Some(target) {
+            return Some(self.trunk_transport);
+        }
+        self.backends
+            .iter()
+            .find(|backend| backend.address == target)
+            .map(|backend| backend.transport)
     }
 
     /// Where the public address to advertise is read, if it is not written here.
@@ -217,6 +235,12 @@ impl SipConfig {
                     format!("{} is already sip.backends[{first}]", backend.address),
                 ));
             }
+        }
+        if sip.trunk_transport == BackendTransport::Tls && sip.trunk_server_name.is_none() {
+            return Err(ConfigError::new(
+                "sip.trunk_server_name",
+                "is needed with trunk_transport = \"tls\": the name its certificate is for",
+            ));
         }
         // One source of the public address: written, or read from a command or a file.
         let sources = [

@@ -254,6 +254,9 @@ pub async fn start(
             tls_peers.insert(backend.address, tls::TlsPeer::for_backend(backend, index)?);
         }
     }
+    if let (Some(trunk), config::BackendTransport::Tls) = (config.trunk, config.trunk_transport) {
+        tls_peers.insert(trunk, tls::TlsPeer::for_trunk(config)?);
+    }
     let outbound = tcp::Outbound::new(tcp::Dialer {
         lanes: lanes.clone(),
         intake: Arc::clone(&intake),

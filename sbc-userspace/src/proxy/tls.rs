@@ -28,7 +28,7 @@ use tokio_rustls::{
 };
 use tracing::info;
 
-use super::config::BackendConfig;
+use super::config::{BackendConfig, SipConfig};
 use crate::config_error::ConfigError;
 
 /// How to speak TLS to one peer: what to trust, and the name it must prove.
@@ -41,17 +41,33 @@ impl TlsPeer {
     /// The TLS settings of `[[sip.backends]]` entry `index`; a problem names its key.
     pub fn for_backend(backend: &BackendConfig, index: usize) -> Result<Self, ConfigError> {
         let key = |name: &str| format!("sip.backends[{index}].{name}");
-        let name = backend.server_name.clone().unwrap_or_default();
-        let name = ServerName::try_from(name)
-            .map_err(|e| ConfigError::new(&key("server_name"), e.to_string()))?;
+        let settings = (backend.server_name.as_deref(), backend.tls_ca.as_deref());
+        Self::new(settings, (&key("server_name"), &key("tls_ca")))
+    }
+
+    /// The trunk's (`sip.trunk_server_name`, `sip.trunk_tls_ca`).
+    pub fn for_trunk(sip: &SipConfig) -> Result<Self, ConfigError> {
+        let settings = (
+            sip.trunk_server_name.as_deref(),
+            sip.trunk_tls_ca.as_deref(),
+        );
+        Self::new(settings, ("sip.trunk_server_name", "sip.trunk_tls_ca"))
+    }
+
+    /// A peer's certificate must be for `server_name` and issued by an authority of the
+    /// `tls_ca` file, or of the system's store; a problem names the key at fault.
+    fn new(
+        (server_name, tls_ca): (Option<&str>, Option<&std::path::Path>),
+        (name_key, ca_key): (&str, &str),
+    ) -> Result<Self, ConfigError> {
+        let name = server_name.unwrap_or_default().to_owned();
+        let name =
+            ServerName::try_from(name).map_err(|e| ConfigError::new(name_key, e.to_string()))?;
         let mut roots = RootCertStore::empty();
-        match &backend.tls_ca {
+        match tls_ca {
             Some(path) => {
                 let read = |e: &dyn std::fmt::Display| {
-                    ConfigError::new(
-                        &key("tls_ca"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
+                    ConfigError::new(ca_key, format!("cannot read {}: {e}", path.display()))
                 };
                 for cert in CertificateDer::pem_file_iter(path).map_err(|e| read(&e))? {
                     let cert = cert.map_err(|e| read(&e))?;
@@ -65,14 +81,14 @@ impl TlsPeer {
         }
         if roots.is_empty() {
             return Err(ConfigError::new(
-                &key("tls_ca"),
+                ca_key,
                 "no authority to trust (none in the file, nor in the system's store)",
             ));
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::new(&key("transport"), e.to_string()))?
+            .map_err(|e| ConfigError::new(name_key, e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Self {

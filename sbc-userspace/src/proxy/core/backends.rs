@@ -11,7 +11,7 @@ use std::{
     time::Instant,
 };
 
-use crate::proxy::config::{BackendTransport, BalancePolicy, HealthConfig, SipConfig, code_range};
+use crate::proxy::config::{BalancePolicy, HealthConfig, SipConfig, code_range};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -22,8 +22,6 @@ pub enum Health {
 #[derive(Debug)]
 pub struct Backend {
     pub address: SocketAddr,
-    /// How requests reach it (`transport`).
-    pub transport: BackendTransport,
     pub weight: u32,
     pub health: Health,
     /// Consecutive failures and answered probes.
@@ -96,7 +94,6 @@ impl Backends {
                 .iter()
                 .map(|b| Backend {
                     address: b.address,
-                    transport: b.transport,
                     weight: b.weight,
                     health: Health::Up,
                     failures: 0,
@@ -311,6 +308,9 @@ mod tests {
             policy,
             invite_timeout_ms: 2000,
             trunk: None,
+            trunk_transport: Default::default(),
+            trunk_server_name: None,
+            trunk_tls_ca: None,
             retry_after_secs: 5,
             health: HealthConfig::default(),
             limits: Default::default(),

@@ -556,7 +556,7 @@ impl Core {
     }
 
     /// How a request of `len` bytes (our Via included) goes to `target`: over TLS or TCP to
-    /// a backend configured for it, over TCP when its URI asks for it (`tcp_asked`:
+    /// a backend or the trunk configured for it, over TCP when its URI asks for it (`tcp_asked`:
     /// `transport=tcp`) or when UDP could fragment it (over `UDP_MAX_REQUEST`, RFC 3261
     /// 18.1.1); else UDP.
     pub(super) fn request_transport(
@@ -565,11 +565,7 @@ impl Core {
         tcp_asked: bool,
         len: usize,
     ) -> Transport {
-        let configured = self
-            .backends
-            .id_of(target)
-            .map(|id| self.backends[id].transport);
-        match configured {
+        match self.config.transport_to(target) {
             Some(BackendTransport::Tls) => Transport::TlsOut,
             Some(BackendTransport::Tcp) => Transport::TcpOut,
             _ if tcp_asked || len > UDP_MAX_REQUEST => Transport::TcpOut,

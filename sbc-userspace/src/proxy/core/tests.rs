@@ -613,6 +613,10 @@ const CASES: &[Case] = &[
         play: large_request_goes_by_tcp,
     },
     Case {
+        name: "a backend's call to a number goes to the trunk over TLS when the trunk is configured so",
+        play: trunk_over_tls,
+    },
+    Case {
         name: "a lost connection fails its INVITE over to the next backend, the caller hearing nothing of it",
         play: lost_connection_fails_over,
     },
@@ -1103,14 +1107,19 @@ fn answer_and_ack() {
 /// The public side bound on `PUBLIC` behind a 1:1 NAT whose outside address is `NAT_OUTSIDE`.
 const NAT_OUTSIDE: &str = "198.51.100.7";
 
-fn behind_a_one_to_one_nat() {
+/// A lab whose public side advertises `NAT_OUTSIDE`, in SIP and in SDP.
+fn lab_behind_nat() -> Lab {
     let mut sip = config(&[BACKEND_A]);
     sip.public_advertise = Some(NAT_OUTSIDE.parse().expect("an address"));
     let media = FakeMedia {
         public_advertised: sip.public_advertise,
         ..FakeMedia::default()
     };
-    let mut lab = Lab::taking_over(sip, AdmissionConfig::default(), Vec::new(), media);
+    Lab::taking_over(sip, AdmissionConfig::default(), Vec::new(), media)
+}
+
+fn behind_a_one_to_one_nat() {
+    let mut lab = lab_behind_nat();
     let outside = format!("{NAT_OUTSIDE}:5060");
     let bound_ip = addr(PUBLIC).ip().to_string();
     let mut dialog = establish(&mut lab, "nat");
@@ -1244,6 +1253,36 @@ fn large_request_goes_by_tcp() {
     assert_eq!(small.transport, Transport::Udp);
 }
 
+fn trunk_over_tls() {
+    let trunk = "203.0.113.9:5061";
+    let mut sip = config(&[BACKEND_A]);
+    sip.trunk = Some(addr(trunk));
+    sip.trunk_transport = BackendTransport::Tls;
+    sip.trunk_server_name = Some("trunk.example.com".to_owned());
+    let mut lab = Lab::with(sip, AdmissionConfig::default());
+    let invite = with_body(
+        format!(
+            "INVITE sip:+15551234567@trunk.example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {BACKEND_A};branch=z9hG4bKout-1;rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:alice@{BACKEND_A}>;tag=out\r\nTo: <sip:+15551234567@trunk.example.com>\r\n\
+             Call-ID: out\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{BACKEND_A}>\r\n"
+        ),
+        Some(&sdp("10.0.0.10", 50000)),
+    );
+    lab.backend_sends(addr(BACKEND_A), &invite);
+    let sent = lab.take_sent();
+    let out = sent_to(&sent, trunk);
+    assert_eq!(
+        (out.method(), out.transport),
+        (Some("INVITE"), Transport::TlsOut)
+    );
+    assert!(
+        out.values("via")[0].starts_with("SIP/2.0/TLS "),
+        "{:?}",
+        out.values("via")
+    );
+}
+
 fn lost_connection_fails_over() {
     let mut lab = lab_with_a_tcp_backend();
     let first = forward_invite(&mut lab, &Call::new("lost"), "lost-1");
@@ -1345,13 +1384,7 @@ fn caller_over_tls() {
 }
 
 fn public_address_moved() {
-    let mut sip = config(&[BACKEND_A]);
-    sip.public_advertise = Some(NAT_OUTSIDE.parse().expect("an address"));
-    let media = FakeMedia {
-        public_advertised: sip.public_advertise,
-        ..FakeMedia::default()
-    };
-    let mut lab = Lab::taking_over(sip, AdmissionConfig::default(), Vec::new(), media);
+    let mut lab = lab_behind_nat();
     let mut before = establish(&mut lab, "before");
     let moved = "203.0.113.99";
     lab.guard.clear();
