@@ -139,11 +139,11 @@ macro_rules! backend_answers {
     };
 }
 
-/// The carrier's route set and dialog headers, as SIPp writes them.
-macro_rules! carrier {
-    ($method:literal, $cseq:literal, $($extra:literal),* $(,)?) => {
+/// The carrier's request to `$uri`, with its route set and dialog headers as SIPp writes them.
+macro_rules! carrier_to {
+    ($uri:literal, $method:literal, $cseq:literal, $($extra:literal),* $(,)?) => {
         concat!(
-            $method, " sip:alice@10.0.0.10:5060 SIP/2.0\r\n",
+            $method, " ", $uri, " SIP/2.0\r\n",
             "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-", $method, "-1\r\n",
             "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
             "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
@@ -157,22 +157,15 @@ macro_rules! carrier {
     };
 }
 
-/// The carrier's requests in the call whose backend is hidden from it (its Contact is ours).
+/// The carrier's request to the backend's Contact (`BACKEND_CONTACT`).
+macro_rules! carrier {
+    ($($args:tt)*) => { carrier_to!("sip:alice@10.0.0.10:5060", $($args)*) };
+}
+
+/// The carrier's request in the call whose backend is hidden from it: to our Contact for the
+/// backend (`HIDDEN_BACKEND_CONTACT`).
 macro_rules! carrier_of_hidden {
-    ($method:literal, $cseq:literal, $($extra:literal),* $(,)?) => {
-        concat!(
-            $method, " sip:alice@192.0.2.1:5060 SIP/2.0\r\n",
-            "Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-", $method, "-1\r\n",
-            "Route: <sip:192.0.2.1:5060;lr>, <sip:10.0.0.1:5060;lr>\r\n",
-            "From: sipp <sip:sipp@203.0.113.5:5060>;tag=c-corpus1\r\n",
-            "To: alice <sip:alice@192.0.2.1:5060>;tag=b-corpus1\r\n",
-            "Call-ID: corpus1\r\n",
-            "CSeq: ", $cseq, " ", $method, "\r\n",
-            "Contact: sip:carrier@203.0.113.5:5060\r\n",
-            "Max-Forwards: 70\r\n",
-            $($extra,)*
-        )
-    };
+    ($($args:tt)*) => { carrier_to!("sip:alice@192.0.2.1:5060", $($args)*) };
 }
 
 /// The backend's, with the software headers topology hiding removes.

@@ -16,7 +16,9 @@ use super::{
     names::CallKey,
     names::ServerKey,
     record::{CallRecord, Line, SetupRecord},
-    transactions::{ClientTx, GONE_CONNECTION, Peer, Purpose, ServerTx, T1, TIMER_C, Transport},
+    transactions::{
+        ClientTx, GONE_CONNECTION, Peer, Purpose, Reach, ServerTx, T1, TIMER_C, Transport,
+    },
 };
 use crate::{
     events::{self, Event},
@@ -204,8 +206,10 @@ impl Core {
                 // No failover: the other candidates were not recorded.
                 template: Vec::new(),
                 out_side: setup.out_side,
-                tcp_asked: setup.out_tcp,
-                connection: None,
+                reach: Reach {
+                    tcp_asked: setup.out_tcp,
+                    connection: None,
+                },
                 balanced: false,
                 candidates: Vec::new(),
                 cancelled: false,

@@ -22,7 +22,7 @@ use std::{
 
 use tracing::warn;
 
-use super::{Core, build, names::ServerKey, requests::marked_via};
+use super::{Core, build, names::ServerKey, requests::marked_via, transactions::ServerTx};
 use crate::{
     proxy::config::HidingConfig,
     side::Side,
@@ -213,7 +213,7 @@ fn set_record_routes(message: &Message, editor: &mut Editor<'_>, values: &[Strin
 
 /// Puts the Vias of `request` (the first marked with where it came from, as it was when
 /// forwarded) back in a response to it, at header `index`.
-pub(super) fn restore_vias(
+fn restore_vias(
     request: &Message,
     info: &check::Request,
     from: SocketAddr,
@@ -292,21 +292,23 @@ impl Core {
         }
     }
 
-    /// A response on its way `from` one side `to` the other, to `request`: when the side it
-    /// comes from is hidden, its Contacts (`HiddenContacts`) and the Record-Routes of that
-    /// side; when the side the request came from was, that side's Record-Routes back.
+    /// A response on its way `from` one side `to` the other, to the request of `tx` (when it
+    /// is still here), our Via popped at header `via_at`. When the side it comes from is
+    /// hidden: its Contacts (`HiddenContacts`) and that side's Record-Routes go. When the side
+    /// the request came from was: the request's Vias and that side's Record-Routes come back.
     pub(super) fn hide_in_response(
         &self,
         (from, to): (Side, Side),
         response: &Message,
-        request: Option<&Message>,
+        (tx, via_at): (Option<&ServerTx>, usize),
         contacts: HiddenContacts,
         editor: &mut Editor<'_>,
     ) {
-        let routes = record_route_values(response);
-        let ours = routes
-            .iter()
-            .position(|value| self.names_our_public_side(value));
+        let ours = |routes: &[String]| {
+            routes
+                .iter()
+                .position(|value| self.names_our_public_side(value))
+        };
         if self.hiding.hides_topology(from, to) {
             match contacts {
                 HiddenContacts::Rewritten => self.hide_contacts(response, editor),
@@ -314,16 +316,21 @@ impl Core {
                 HiddenContacts::Kept => {}
             }
             // Values above ours were added on the private side.
-            if let Some(ours) = ours {
+            let routes = record_route_values(response);
+            if let Some(ours) = ours(&routes) {
                 set_record_routes(response, editor, &routes[ours..]);
             }
         } else if self.hiding.hides_topology(to, from)
-            && let (Some(ours), Some(request)) = (ours, request)
+            && let Some(tx) = tx
         {
-            let mut restored = routes[..=ours].to_vec();
-            restored.push(self.uri(Side::Private));
-            restored.extend(record_route_values(request));
-            set_record_routes(response, editor, &restored);
+            restore_vias(&tx.request, &tx.info, tx.upstream.address, via_at, editor);
+            let routes = record_route_values(response);
+            if let Some(ours) = ours(&routes) {
+                let mut restored = routes[..=ours].to_vec();
+                restored.push(self.uri(Side::Private));
+                restored.extend(record_route_values(&tx.request));
+                set_record_routes(response, editor, &restored);
+            }
         }
     }
 

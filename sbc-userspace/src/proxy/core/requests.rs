@@ -15,7 +15,7 @@ use super::{
     hiding,
     names::CallKey,
     names::{ClientKey, ServerKey},
-    transactions::{ClientTx, LINGER, Peer, Purpose, ServerTx, T1, Transport},
+    transactions::{ClientTx, LINGER, Peer, Purpose, Reach, ServerTx, T1, Transport},
 };
 use crate::{
     proxy::stats::Origin,
@@ -23,7 +23,7 @@ use crate::{
     sip::{
         Message, Method, address, check,
         edit::Editor,
-        syntax::{from_piece, split_top_level},
+        syntax::{from_piece, param, split_top_level},
         uri::{self, Host},
     },
 };
@@ -41,10 +41,7 @@ struct NextHop {
     request_uri: Option<String>,
     /// Routes to put in (the route set towards the other party of such a request).
     routes: Vec<String>,
-    /// The URI it is sent by asks for TCP (`transport=tcp`).
-    tcp: bool,
-    /// The connection the party it goes to reached us over, which it goes back on.
-    connection: Option<Transport>,
+    reach: Reach,
 }
 
 impl Core {
@@ -52,7 +49,7 @@ impl Core {
         let (side, from) = (peer.side, peer.address);
         let key = ServerKey::of(&message, &request, from);
         match request.method {
-            Method::Ack => return self.on_ack(side, from, &key, message, request),
+            Method::Ack => return self.on_ack(peer, &key, message, request),
             Method::Cancel => return self.on_cancel(peer, message, request),
             _ => {}
         }
@@ -136,8 +133,8 @@ impl Core {
                 call.bye_forwarded = Some(self.now.at);
             }
             let branch = self.branch_from(our_branch(&message, &request, hop.side));
-            let how = (hop.tcp, hop.connection);
-            let (bytes, to) = self.with_our_via(&template, &branch, (hop.side, hop.target), how);
+            let (bytes, to) =
+                self.with_our_via(&template, &branch, (hop.side, hop.target), hop.reach);
             return self.send_to(to, bytes);
         }
         if request.method == Method::Invite {
@@ -155,8 +152,7 @@ impl Core {
             client: None,
             template,
             out_side: hop.side,
-            tcp_asked: hop.tcp,
-            connection: hop.connection,
+            reach: hop.reach,
             balanced: !hop.candidates.is_empty(),
             candidates: hop.candidates,
             cancelled: false,
@@ -187,8 +183,7 @@ impl Core {
         let Some(tx) = self.server.get(server_key) else {
             return;
         };
-        let how = (tx.tcp_asked, tx.connection);
-        let (bytes, to) = self.with_our_via(&tx.template, &branch, (side, target), how);
+        let (bytes, to) = self.with_our_via(&tx.template, &branch, (side, target), tx.reach);
         let key = ClientKey::new(&branch, method.clone());
         let backend = self.backends.id_of(target);
         // RFC 3261 16.9: a transport error counts as a 503 from that hop (`SendFailed`).
@@ -231,23 +226,20 @@ impl Core {
     }
 
     /// A request made from `template` with our Via, and where it goes (`to`: a side and an
-    /// address) and how: over the transport `request_transport` picks for it, which our Via
-    /// names (`SIP/2.0/UDP` and `TCP` are as long: the size is known before).
+    /// address) and how: over the transport `request_transport` picks for its size, which our
+    /// Via names (`UDP`, `TCP` and `TLS` are as long: the size is known before it is made).
     fn with_our_via(
         &self,
         template: &[u8],
         branch: &str,
         (side, target): (Side, SocketAddr),
-        (tcp_asked, connection): (bool, Option<Transport>),
+        reach: Reach,
     ) -> (Vec<u8>, Peer) {
-        let udp = with_via(template, &self.via_line(side, branch, Transport::Udp));
-        let transport =
-            connection.unwrap_or_else(|| self.request_transport(target, tcp_asked, udp.len()));
-        let bytes = if transport == Transport::Udp {
-            udp
-        } else {
-            with_via(template, &self.via_line(side, branch, transport))
-        };
+        let len = with_via_len(template, &self.via_line(side, branch, Transport::Udp));
+        let transport = reach
+            .connection
+            .unwrap_or_else(|| self.request_transport(target, reach.tcp_asked, len));
+        let bytes = with_via(template, &self.via_line(side, branch, transport));
         let to = Peer {
             side,
             address: target,
@@ -414,8 +406,10 @@ impl Core {
                 candidates: Vec::new(),
                 request_uri: None,
                 routes: Vec::new(),
-                tcp: uri_asks_tcp(&route.uri),
-                connection: None,
+                reach: Reach {
+                    tcp_asked: uri_asks_tcp(&route.uri),
+                    connection: None,
+                },
             });
         }
         let uri = request.uri.as_sip().expect("checked: SIP Request-URI");
@@ -435,8 +429,10 @@ impl Core {
                 candidates: Vec::new(),
                 request_uri: None,
                 routes: Vec::new(),
-                tcp: asks_tcp(uri),
-                connection: self.connection_to(out, request),
+                reach: Reach {
+                    tcp_asked: asks_transport(uri, "tcp"),
+                    connection: self.connection_to(out, request),
+                },
             });
         }
         let candidates = self.backends.candidates(&request.call_id);
@@ -455,8 +451,7 @@ impl Core {
             request_uri: None,
             routes: Vec::new(),
             // The backends' own transport applies (`request_transport`).
-            tcp: false,
-            connection: None,
+            reach: Reach::default(),
         })
     }
 
@@ -487,7 +482,7 @@ impl Core {
             .contact
             .clone()
             .ok_or((481, "the other party has no Contact yet".to_owned()))?;
-        let (target, tcp) = match peer.route_set.first() {
+        let (target, tcp_asked) = match peer.route_set.first() {
             Some(route) => (uri_target(route)?, uri_asks_tcp(route)),
             None => (
                 uri_target(&contact).or_else(|e| peer.source.ok_or(e))?,
@@ -500,8 +495,10 @@ impl Core {
             candidates: Vec::new(),
             request_uri: Some(contact),
             routes: peer.route_set.iter().map(|r| format!("<{r}>")).collect(),
-            tcp,
-            connection: peer.connection,
+            reach: Reach {
+                tcp_asked,
+                connection: peer.connection,
+            },
         })
     }
 
@@ -605,14 +602,8 @@ impl Core {
         }
     }
 
-    fn on_ack(
-        &mut self,
-        side: Side,
-        from: SocketAddr,
-        key: &ServerKey,
-        message: Message,
-        request: check::Request,
-    ) {
+    fn on_ack(&mut self, peer: Peer, key: &ServerKey, message: Message, request: check::Request) {
+        let side = peer.side;
         // The ACK of a non-2xx final response ends its INVITE transaction here (hop by hop).
         if self
             .server
@@ -629,13 +620,11 @@ impl Core {
             debug!(call_id = %request.call_id, "ACK without a route dropped");
             return;
         };
-        // (An ACK creates no dialog: how it came does not matter to what it becomes.)
-        let Ok(template) = self.forwardable(Peer::udp(side, from), &message, &request, &hop) else {
+        let Ok(template) = self.forwardable(peer, &message, &request, &hop) else {
             return;
         };
         let branch = self.branch_from(our_branch(&message, &request, hop.side));
-        let how = (hop.tcp, hop.connection);
-        let (bytes, to) = self.with_our_via(&template, &branch, (hop.side, hop.target), how);
+        let (bytes, to) = self.with_our_via(&template, &branch, (hop.side, hop.target), hop.reach);
         self.send_to(to, bytes);
         if let Some(key) = self.find_call(&request)
             && self
@@ -808,13 +797,7 @@ fn max_forwards(request: &check::Request) -> u8 {
 pub(super) fn uri_asks_stream(uri: &str) -> bool {
     match uri::parse(uri) {
         Ok(uri::Uri::Sip(sip)) => {
-            sip.secure
-                || sip.params.iter().any(|param| {
-                    param.name.eq_ignore_ascii_case("transport")
-                        && param.value.as_deref().is_some_and(|v| {
-                            v.eq_ignore_ascii_case("tcp") || v.eq_ignore_ascii_case("tls")
-                        })
-                })
+            sip.secure || asks_transport(&sip, "tcp") || asks_transport(&sip, "tls")
         }
         _ => false,
     }
@@ -823,19 +806,21 @@ pub(super) fn uri_asks_stream(uri: &str) -> bool {
 /// Whether a URI asks to be reached over TCP (`;transport=tcp`).
 pub(super) fn uri_asks_tcp(uri: &str) -> bool {
     match uri::parse(uri) {
-        Ok(uri::Uri::Sip(sip)) => asks_tcp(&sip),
+        Ok(uri::Uri::Sip(sip)) => asks_transport(&sip, "tcp"),
         _ => false,
     }
 }
 
-fn asks_tcp(sip: &uri::SipUri) -> bool {
-    sip.params.iter().any(|param| {
-        param.name.eq_ignore_ascii_case("transport")
-            && param
-                .value
-                .as_deref()
-                .is_some_and(|v| v.eq_ignore_ascii_case("tcp"))
-    })
+/// Whether a SIP URI's `transport` parameter is `transport` (any case).
+fn asks_transport(sip: &uri::SipUri, transport: &str) -> bool {
+    param(&sip.params, "transport")
+        .and_then(|p| p.value.as_deref())
+        .is_some_and(|value| value.eq_ignore_ascii_case(transport))
+}
+
+/// The length of `with_via(template, via_line)`.
+fn with_via_len(template: &[u8], via_line: &str) -> usize {
+    template.len() + "Via: \r\n".len() + via_line.len()
 }
 
 /// The request with our Via on top (the first header after the start line).

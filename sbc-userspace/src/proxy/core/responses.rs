@@ -11,7 +11,7 @@ use super::{
     backends::Observation,
     build,
     call_end::CallEnd,
-    hiding::{self, HiddenContacts},
+    hiding::HiddenContacts,
     names::{ClientKey, ServerKey},
     transactions::{LINGER, Peer, Purpose, T2, TIMER_C},
 };
@@ -189,10 +189,7 @@ impl Core {
         if let Some(tx) = self.server.get(server_key) {
             let sides = (out_side, upstream.side);
             let contacts = HiddenContacts::of(code, &method, tx.info.in_dialog());
-            self.hide_in_response(sides, message, Some(&tx.request), contacts, &mut editor);
-            if self.hiding.hides_topology(upstream.side, out_side) {
-                hiding::restore_vias(&tx.request, &tx.info, upstream.address, via_at, &mut editor);
-            }
+            self.hide_in_response(sides, message, (Some(tx), via_at), contacts, &mut editor);
         }
         if let (true, Some(call)) = (message.has_sdp(), &call) {
             match self.anchor(call, out_side, from.ip(), message.body()) {
@@ -366,19 +363,15 @@ impl Core {
         };
         let mut editor = Editor::new(message);
         let via_at = pop_top_via(message, &mut editor);
-        if let (None, Some(tx)) = (response.vias.get(1), hidden) {
-            hiding::restore_vias(&tx.request, &tx.info, destination, via_at, &mut editor);
-        }
         if side == Side::Private {
             self.hiding.strip(message, &mut editor);
         }
-        let request = hidden.map(|tx| &tx.request);
         let sides = (side, side.other());
         // Only an INVITE's 2xx outlives its transaction: the rest answer in-dialog requests
         // (and an INVITE's Contact is rewritten, in a dialog or not).
         let in_dialog = response.cseq_method != Method::Invite;
         let contacts = HiddenContacts::of(response.code, &response.cseq_method, in_dialog);
-        self.hide_in_response(sides, message, request, contacts, &mut editor);
+        self.hide_in_response(sides, message, (hidden, via_at), contacts, &mut editor);
         // Its SDP is anchored as the first answer's was. An answer for a call we do not hold
         // would route media around the relay and name the far side's addresses: dropped.
         if message.has_sdp() {

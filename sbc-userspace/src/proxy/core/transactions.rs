@@ -69,6 +69,16 @@ impl Transport {
     }
 }
 
+/// What a request's way to its next hop says of how to reach it, besides what is configured
+/// for that hop (`Core::request_transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// The URI it is sent by asks for TCP (`transport=tcp`).
+    pub tcp_asked: bool,
+    /// The connection the party it goes to reached us over, which it goes back on.
+    pub connection: Option<Transport>,
+}
+
 /// Where a message came from: responses go back the same way (RFC 3581; the same TCP
 /// connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,10 +114,8 @@ pub struct ServerTx {
     /// The forwarded request without our Via (each attempt adds its own).
     pub template: Vec<u8>,
     pub out_side: Side,
-    /// The URI it was routed by asks for TCP (`transport=tcp`).
-    pub tcp_asked: bool,
-    /// The connection the party it goes to reached us over, which it goes back on.
-    pub connection: Option<Transport>,
+    /// How its next hop is reached, besides what is configured for it.
+    pub reach: Reach,
     /// Sent to a backend chosen from the pool (new requests from the public side): failures
     /// fail over, and a final failure is our own 503.
     pub balanced: bool,
