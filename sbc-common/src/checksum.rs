@@ -47,6 +47,13 @@ impl ChecksumUpdate {
         )
     }
 
+    /// Replaces fields whose 16-bit words sum to `old` with ones summing to `new` (sums of
+    /// at most 65,536 words each).
+    #[inline(always)]
+    pub const fn replace_sum(self, old: u32, new: u32) -> Self {
+        self.remove_u16(fold(old)).add_u16(fold(new))
+    }
+
     /// The updated checksum (big-endian value).
     #[inline(always)]
     pub const fn finish(self) -> u16 {
@@ -65,6 +72,13 @@ impl ChecksumUpdate {
             c => c,
         }
     }
+}
+
+/// A sum of 16-bit words folded to sixteen bits (ones' complement: carries wrap around).
+#[inline(always)]
+const fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ((sum & 0xffff) + (sum >> 16)) as u16
 }
 
 /// The ones' complement sum of a payload taken eight bytes at a time. The sum does not depend
@@ -218,6 +232,38 @@ mod tests {
             words[5] = 0;
             let expected = full(&words);
             assert_eq!(check, expected);
+        }
+    }
+
+    #[test]
+    fn an_ipv6_address_replaced_by_its_sums_checks_as_recomputed() {
+        let mut seed = 0x0bad_cafeu32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for _ in 0..1_000 {
+            let mut words: [u16; 12] = core::array::from_fn(|_| next() as u16);
+            words[0] = 0;
+            words[0] = full(&words);
+            let old: [u8; 16] = core::array::from_fn(|i| words[2 + i / 2].to_be_bytes()[i % 2]);
+            let new: [u8; 16] = core::array::from_fn(|_| next() as u8);
+            let sum = |bytes: &[u8; 16]| -> u32 {
+                bytes
+                    .chunks(2)
+                    .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+                    .sum()
+            };
+            let check = ChecksumUpdate::new(words[0])
+                .replace_sum(sum(&old), sum(&new))
+                .finish();
+            for i in 0..8 {
+                words[2 + i] = u16::from_be_bytes([new[2 * i], new[2 * i + 1]]);
+            }
+            words[0] = 0;
+            assert_eq!(check, full(&words));
         }
     }
 

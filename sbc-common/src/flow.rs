@@ -286,13 +286,13 @@ pub const NEXT_HOP_MEMO_NS: u64 = 250_000_000;
 pub struct NextHopMemo {
     /// 0: empty.
     pub until_ns: u64,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: IpAddress,
+    pub dst: IpAddress,
     pub ingress_ifindex: u32,
     pub egress_ifindex: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    /// The IPv4 total length that passed the MTU check.
+    /// The IP length (IPv4 total length, IPv6 payload length) that passed the MTU check.
     pub max_len: u16,
     pub _pad: [u8; 2],
 }
@@ -301,10 +301,17 @@ impl NextHopMemo {
     /// Whether the memo answers for a frame of `len` bytes from `src` to `dst` that arrived
     /// on `ingress` at `now_ns`.
     #[inline(always)]
-    pub fn answers(&self, src: [u8; 4], dst: [u8; 4], ingress: u32, len: u16, now_ns: u64) -> bool {
+    pub fn answers(
+        &self,
+        src: &IpAddress,
+        dst: &IpAddress,
+        ingress: u32,
+        len: u16,
+        now_ns: u64,
+    ) -> bool {
         now_ns < self.until_ns
-            && self.src == src
-            && self.dst == dst
+            && self.src == *src
+            && self.dst == *dst
             && self.ingress_ifindex == ingress
             && len <= self.max_len
     }
@@ -326,8 +333,8 @@ impl FlowStats {
 const _: () = assert!(core::mem::size_of::<IpAddress>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Flow>() == 68);
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 72);
-const _: () = assert!(core::mem::size_of::<NextHopMemo>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 96);
+const _: () = assert!(core::mem::size_of::<NextHopMemo>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {

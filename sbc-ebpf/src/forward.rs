@@ -9,13 +9,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sbc_common::{
-    Reason,
+    IpAddress, Reason,
     flow::{NEXT_HOP_MEMO_NS, NextHopMemo},
 };
 
-use crate::{Verdict, maps::SBC_EGRESS};
+use crate::{
+    Verdict,
+    maps::{SBC_EGRESS, SBC_FIB},
+};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const IPPROTO_UDP: u8 = 17;
 
 pub struct NextHop {
@@ -24,32 +28,48 @@ pub struct NextHop {
     pub dst_mac: [u8; 6],
 }
 
-/// Resolves where a packet from `src` to `dst` (UDP, ports in network byte order) leaves, as
-/// the kernel's routing would send it.
+/// Resolves where a packet from `src` to `dst` (UDP, ports in network byte order, both
+/// addresses of one family; `ip_len` the whole IP packet's length) leaves, as the kernel's
+/// routing would send it.
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
-    src: [u8; 4],
-    dst: [u8; 4],
+    src: &IpAddress,
+    dst: &IpAddress,
     (src_port, dst_port): (u16, u16),
-    tot_len: u16,
+    ip_len: u16,
 ) -> Result<NextHop, Reason> {
-    // SAFETY: bpf_fib_lookup is a plain C struct for which all-zero is a valid value.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
+    let params = SBC_FIB.get_ptr_mut(0).ok_or(Reason::PassFibFailed)?;
+    // SAFETY: this CPU's value, only this program run touches it; bpf_fib_lookup is a plain
+    // C struct for which all-zero is a valid value.
+    let params = unsafe {
+        *params = core::mem::zeroed();
+        &mut *params
+    };
     params.l4_protocol = IPPROTO_UDP;
     params.sport = src_port;
     params.dport = dst_port;
-    params.__bindgen_anon_1.tot_len = tot_len;
+    params.__bindgen_anon_1.tot_len = ip_len;
     params.ifindex = ctx.ingress_ifindex() as u32;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    match (src.ipv4(), dst.ipv4()) {
+        (Some(src), Some(dst)) => {
+            params.family = AF_INET;
+            params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+            params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+        }
+        (None, None) => {
+            params.family = AF_INET6;
+            params.__bindgen_anon_3.ipv6_src = words(&src.octets);
+            params.__bindgen_anon_4.ipv6_dst = words(&dst.octets);
+        }
+        _ => return Err(Reason::PassFamilyTranslation),
+    }
 
     // SAFETY: `params` is a valid, writable bpf_fib_lookup of the size we pass.
     let ret = unsafe {
         fib_lookup(
             ctx.ctx.cast(),
-            &mut params,
+            params,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -76,23 +96,31 @@ pub fn next_hop(
     Ok(next_hop)
 }
 
+/// An IPv6 address as the four words `bpf_fib_lookup` holds it in (network order in memory).
+#[inline(always)]
+fn words(octets: &[u8; 16]) -> [u32; 4] {
+    let word =
+        |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}
+
 /// The next hop from a memo of this CPU's (`NextHopMemo`), or looked up and remembered there:
 /// `bpf_fib_lookup` is the largest part of a forwarded packet's cost.
 #[inline(always)]
 pub fn remembered_next_hop(
     ctx: &XdpContext,
     memo: Option<*mut NextHopMemo>,
-    src: [u8; 4],
-    dst: [u8; 4],
+    src: &IpAddress,
+    dst: &IpAddress,
     ports: (u16, u16),
-    tot_len: u16,
+    ip_len: u16,
     now: u64,
 ) -> Result<NextHop, Reason> {
     let ingress = ctx.ingress_ifindex() as u32;
     if let Some(memo) = memo {
         // SAFETY: a per-CPU value, only this CPU touches it.
         let memo = unsafe { &*memo };
-        if memo.answers(src, dst, ingress, tot_len, now) {
+        if memo.answers(src, dst, ingress, ip_len, now) {
             return Ok(NextHop {
                 ifindex: memo.egress_ifindex,
                 src_mac: memo.src_mac,
@@ -100,19 +128,19 @@ pub fn remembered_next_hop(
             });
         }
     }
-    let next_hop = next_hop(ctx, src, dst, ports, tot_len)?;
+    let next_hop = next_hop(ctx, src, dst, ports, ip_len)?;
     if let Some(memo) = memo {
         // SAFETY: a per-CPU value, only this CPU touches it.
         unsafe {
             *memo = NextHopMemo {
                 until_ns: now + NEXT_HOP_MEMO_NS,
-                src,
-                dst,
+                src: *src,
+                dst: *dst,
                 ingress_ifindex: ingress,
                 egress_ifindex: next_hop.ifindex,
                 src_mac: next_hop.src_mac,
                 dst_mac: next_hop.dst_mac,
-                max_len: tot_len,
+                max_len: ip_len,
                 _pad: [0; 2],
             }
         };

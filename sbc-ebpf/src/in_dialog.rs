@@ -181,7 +181,8 @@ fn write_out(
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let ports = (from.port, to.port);
-    let next_hop = forward::remembered_next_hop(ctx, Some(memo), src, dst, ports, tot_len, now)?;
+    let next_hop =
+        forward::remembered_next_hop(ctx, Some(memo), &from.addr, &to.addr, ports, tot_len, now)?;
     let addresses = Addresses {
         src,
         dst,

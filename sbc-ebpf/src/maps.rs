@@ -1,7 +1,7 @@
 //! The maps of the program. Their key and value types come from `sbc-common` (the contract);
 //! they are declared as BTF maps so `bpftool map dump` prints every field by name.
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, bpf_fib_lookup},
     btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
@@ -56,6 +56,11 @@ pub static SBC_SIP_SELF: Array<SipSelves, 1> = Array::new();
 /// and libbpf (bpftool) refuses one that names a type of some size.
 #[btf_map]
 pub static SBC_DIALOG_EVENTS: RingBuf<(), DIALOG_EVENTS_BYTES> = RingBuf::new();
+
+/// This CPU's `bpf_fib_lookup` parameters: 64 bytes kept off the stack, which the relay's
+/// frame shares with `main`'s (512 bytes for a chain of calls).
+#[btf_map]
+pub static SBC_FIB: PerCpuArray<bpf_fib_lookup, 1> = PerCpuArray::new();
 
 /// The state of an in-dialog forwarding and the buffer its message is assembled in, per CPU.
 #[btf_map]

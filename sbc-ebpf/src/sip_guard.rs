@@ -10,9 +10,9 @@ use aya_ebpf::{
 };
 use network_types::udp::UdpHdr;
 use sbc_common::{
-    Block, Dialog, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
+    Block, Dialog, GuardConfig, IpAddress, Reason, SourceBucket, SourceLimit, SourceRule,
     call_id::{CallIdScan, SCAN_BUFFER, Words as _},
-    guard::{GuardTables, GuardedDatagram, decide, is_invite},
+    guard::{Decision, GuardTables, GuardedDatagram, decide, is_invite},
 };
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
         SBC_BLOCKS, SBC_DIALOGS, SBC_GUARD, SBC_PARTIES, SBC_SCAN, SBC_SOURCE_RULES, SBC_SOURCES,
         ScanScratch,
     },
-    parse::{Ipv4Udp, header_at},
+    parse::{Ipv4Udp, Ipv6Udp, header_at},
 };
 
 /// Adds one to a counter in a shared map value. Two CPUs may race and lose an increment: these
@@ -38,33 +38,67 @@ fn count(counter: *mut u64) {
 /// `bpf_loop` callbacks.
 #[inline(never)]
 pub fn sip(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
-    let Some(config) = SBC_GUARD.get(0) else {
-        return Verdict::pass(Reason::PassSipUnguarded);
-    };
     // SAFETY: the parser bounds-checked the IPv4 header.
     let source = IpAddress::from_ipv4(unsafe { (*packet.ip).src_addr });
+    let (config, decision, found) = match guard(ctx, &source, packet.udp) {
+        Ok(guarded) => guarded,
+        Err(verdict) => return verdict,
+    };
+    forward_in_dialog(ctx, packet, config.dialog_seed, found)
+        .unwrap_or(Verdict::pass(decision.reason))
+}
+
+/// The guard over IPv6, where the kernel forwards no SIP: a known dialog's goes up to the
+/// daemon. Not inlined, as `sip`, and without the forwarding's locals: it is called a frame
+/// deeper (from `classify_v6`).
+#[inline(never)]
+pub fn sip_v6(ctx: &XdpContext, packet: &Ipv6Udp) -> Verdict {
+    // SAFETY: the parser bounds-checked the IPv6 header.
+    let source = IpAddress {
+        octets: unsafe { (*packet.ip).src_addr },
+    };
+    match guard(ctx, &source, packet.udp) {
+        Ok((_, decision, _)) if decision.reason == Reason::PassSipDialog => {
+            Verdict::pass(Reason::PassSipIpv6InDialog)
+        }
+        Ok((_, decision, _)) => Verdict::pass(decision.reason),
+        Err(verdict) => verdict,
+    }
+}
+
+/// The guard's decision on a datagram from `source` (its bounds-checked UDP header `udp`): the
+/// verdict when it is dropped or goes up as it is, else what the kernel may forward, with the
+/// dialog the guard found it in (`None`: a source it let through unread).
+#[inline(always)]
+fn guard(
+    ctx: &XdpContext,
+    source: &IpAddress,
+    udp: *mut UdpHdr,
+) -> Result<(&'static GuardConfig, Decision, Option<*mut Dialog>), Verdict> {
+    let Some(config) = SBC_GUARD.get(0) else {
+        return Err(Verdict::pass(Reason::PassSipUnguarded));
+    };
     let mut maps = GuardMaps { dialog: None };
     let decision = decide(
         config,
         &mut maps,
-        &source,
-        || Payload::copy(ctx, packet),
+        source,
+        || Payload::copy(ctx, udp),
         // The coarse clock (a tick's resolution, within a tick of the daemon's CLOCK_MONOTONIC)
         // is plenty for buckets and blocks of seconds, and costs a VM far less to read.
         // SAFETY: no preconditions.
         || unsafe { bpf_ktime_get_coarse_ns() },
     );
     if !decision.pass {
-        return Verdict::drop(decision.reason);
+        return Err(Verdict::drop(decision.reason));
     }
     // What the guard lets up may be an established call's request the kernel forwards itself.
     let found = match decision.reason {
         Reason::PassSipDialog => maps.dialog,
         Reason::PassSipUnlimited | Reason::PassSipUnguarded => None,
-        _ => return Verdict::pass(decision.reason),
+        _ => return Err(Verdict::pass(decision.reason)),
     };
-    forward_in_dialog(ctx, packet, config.dialog_seed, found)
-        .unwrap_or(Verdict::pass(decision.reason))
+    Ok((config, decision, found))
 }
 
 /// The datagram forwarded as an established call's in-dialog SIP, or passed up for a reason
@@ -93,7 +127,7 @@ fn forward_in_dialog(
         if is_invite(u64::from_le_bytes(unsafe { *head })) {
             return None;
         }
-        let dialog_id = Payload::copy(ctx, packet)?.call_id_hash(seed)?;
+        let dialog_id = Payload::copy(ctx, packet.udp)?.call_id_hash(seed)?;
         (dialog_id, SBC_DIALOGS.get_ptr_mut(dialog_id)?)
     };
     // SAFETY: this CPU's scratch, holding this datagram's first bytes.
@@ -193,15 +227,14 @@ struct Payload {
 }
 
 impl Payload {
-    /// Copies up to `SCAN_BUFFER` bytes of the payload; `None` if it is empty or the copy
-    /// failed.
+    /// Copies up to `SCAN_BUFFER` bytes of the payload of the datagram whose (bounds-checked)
+    /// UDP header is `udp`; `None` if it is empty or the copy failed.
     #[inline(always)]
-    fn copy(ctx: &XdpContext, packet: &Ipv4Udp) -> Option<Self> {
+    fn copy(ctx: &XdpContext, udp: *mut UdpHdr) -> Option<Self> {
         let scratch = SBC_SCAN.get_ptr_mut(0)?;
-        let payload_offset = packet.udp as usize - ctx.data() + UdpHdr::LEN;
+        let payload_offset = udp as usize - ctx.data() + UdpHdr::LEN;
         // SAFETY: the parser bounds-checked the UDP header, and its length against the frame.
-        let payload_len =
-            usize::from(u16::from_be_bytes(unsafe { (*packet.udp).len })) - UdpHdr::LEN;
+        let payload_len = usize::from(u16::from_be_bytes(unsafe { (*udp).len })) - UdpHdr::LEN;
         let len = if payload_len > SCAN_BUFFER {
             SCAN_BUFFER
         } else {

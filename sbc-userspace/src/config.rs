@@ -110,8 +110,10 @@ pub struct DataplaneConfig {
     pub interfaces: Vec<String>,
     /// Where bpffs is (or gets) mounted.
     pub bpffs: PathBuf,
-    /// `bpf_fib_lookup` only answers for interfaces with IPv4 forwarding on: turn it on for the
-    /// XDP interfaces at start. When false, the daemon refuses to start if it is off.
+    /// `bpf_fib_lookup` only answers for interfaces with forwarding on: turn it on for the
+    /// XDP interfaces at start (IPv4, and IPv6 when a media address is IPv6; an interface that
+    /// took router advertisements keeps taking them). When false, the daemon refuses to start
+    /// if it is off.
     pub enable_forwarding: bool,
 }
 
@@ -472,12 +474,6 @@ impl Config {
                 return Err(ConfigError::new(
                     key,
                     format!("{addr} is not a unicast address of this host"),
-                ));
-            }
-            if addr.is_ipv6() && self.dataplane.mode == DataplaneMode::Xdp {
-                return Err(ConfigError::new(
-                    key,
-                    "IPv6 media is relayed only with dataplane.mode = \"userspace\" for now",
                 ));
             }
         }

@@ -2,7 +2,7 @@
 //! namespace of its own with two veth interfaces and permanent neighbour entries, so that
 //! `bpf_fib_lookup` answers deterministically. The fixtures test every verdict with it and the
 //! benchmark times it.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
     Ebpf,
@@ -43,6 +43,13 @@ pub const CALLEE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 pub const HAIRPIN_PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
 pub const UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 9);
 
+/// The same hosts over IPv6 (the fixture is dual-stack; 2001:db8::/32 is for documentation).
+pub const CALLER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const ROGUE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x66);
+pub const PUBLIC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const PRIVATE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+pub const CALLEE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2);
+
 pub const PUB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 pub const PRIV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
 pub const CALLEE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
@@ -62,7 +69,7 @@ pub struct Fixture {
 }
 
 pub fn fixture() -> Fixture {
-    build_fixture(
+    let fixture = build_fixture(
         "fixtures",
         [("pub0", PUBLIC, PUB_MAC), ("priv0", PRIVATE, PRIV_MAC)],
         &[
@@ -71,7 +78,51 @@ pub fn fixture() -> Fixture {
             (CALLER, [0x02, 0, 0, 0, 0x01, 0x02], "pub0"),
         ],
         &[],
-    )
+    );
+    fixture.add_ipv6(
+        [("pub0", PUBLIC6), ("priv0", PRIVATE6)],
+        &[
+            (CALLEE6, CALLEE_MAC, "priv0"),
+            (CALLER6, [0x02, 0, 0, 0, 0x01, 0x02], "pub0"),
+        ],
+    );
+    fixture
+}
+
+impl Fixture {
+    /// IPv6 beside IPv4: an address in a /64 on each interface (without duplicate address
+    /// detection, usable at once), IPv6 forwarding (`bpf_fib_lookup` asks for it) and permanent
+    /// neighbours.
+    pub fn add_ipv6(
+        &self,
+        interfaces: [(&str, Ipv6Addr); 2],
+        neighbours: &[(Ipv6Addr, [u8; 6], &str)],
+    ) {
+        for (dev, addr) in interfaces {
+            self.sbc
+                .sysctl(&format!("net.ipv6.conf.{dev}.forwarding"), "1")
+                .unwrap();
+            self.sbc
+                .ip(&["addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])
+                .unwrap();
+        }
+        for (addr, mac_addr, dev) in neighbours {
+            self.sbc
+                .ip(&[
+                    "-6",
+                    "neigh",
+                    "replace",
+                    &addr.to_string(),
+                    "lladdr",
+                    &mac(*mac_addr),
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])
+                .unwrap();
+        }
+    }
 }
 
 /// A fixture of two interfaces (`pub0`, `priv0`: name, address in a /24, MAC), permanent
@@ -129,29 +180,34 @@ pub fn ifindex(name: &str) -> u32 {
     sbc::config::interface_index(name).unwrap_or_else(|| panic!("no interface {name}"))
 }
 
-pub fn key(addr: Ipv4Addr, port: u16) -> FlowKey {
-    FlowKey::udp(IpAddress::from_ipv4(addr.octets()), port.to_be())
+pub fn key(addr: impl Into<IpAddr>, port: u16) -> FlowKey {
+    FlowKey::udp(IpAddress::from(addr.into()), port.to_be())
 }
 
-/// A flow as the daemon would install it.
-pub struct FlowSpec {
-    pub local: (Ipv4Addr, u16),
-    pub peer: Option<(Ipv4Addr, u16)>,
-    pub send_from: (Ipv4Addr, u16),
-    pub send_to: Option<(Ipv4Addr, u16)>,
+/// A flow as the daemon would install it; `A`: an address family's type, or `IpAddr` for a
+/// flow between families.
+pub struct FlowSpec<A = Ipv4Addr> {
+    pub local: (A, u16),
+    pub peer: Option<(A, u16)>,
+    pub send_from: (A, u16),
+    pub send_to: Option<(A, u16)>,
     pub leg: u8,
     pub stream: u8,
 }
 
-pub fn flow(spec: &FlowSpec) -> (FlowKey, Flow) {
-    let peer = spec.peer.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
-    let send_to = spec.send_to.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+pub fn flow<A: Into<IpAddr> + Copy>(spec: &FlowSpec<A>) -> (FlowKey, Flow) {
+    let address = |endpoint: Option<(A, u16)>| {
+        endpoint.map_or((IpAddress::UNSPECIFIED, 0), |(addr, port)| {
+            (IpAddress::from(addr.into()), port)
+        })
+    };
+    let (peer, send_to) = (address(spec.peer), address(spec.send_to));
     (
         key(spec.local.0, spec.local.1),
         Flow {
-            new_src: IpAddress::from_ipv4(spec.send_from.0.octets()),
-            new_dst: IpAddress::from_ipv4(send_to.0.octets()),
-            peer: IpAddress::from_ipv4(peer.0.octets()),
+            new_src: IpAddress::from(spec.send_from.0.into()),
+            new_dst: send_to.0,
+            peer: peer.0,
             new_src_port: spec.send_from.1.to_be(),
             new_dst_port: send_to.1.to_be(),
             peer_port: peer.1.to_be(),

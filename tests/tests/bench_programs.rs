@@ -2,6 +2,8 @@
 //! frame with its stream's ports, sequence and send time, and the sink must count stamped
 //! frames, record their latency and leave everything else alone. A benchmark is only as good
 //! as its harness.
+use std::net::Ipv4Addr;
+
 use aya::{
     Ebpf,
     maps::{Array, PerCpuArray},
@@ -51,7 +53,10 @@ fn the_generator_stamps_streams_in_turn_and_the_sink_counts_them() {
     let mut ebpf = load();
     let template = UdpFrame {
         udp_checksum: false,
-        ..UdpFrame::rtp(([198, 18, 1, 2].into(), 1), ([198, 18, 1, 1].into(), 2))
+        ..UdpFrame::rtp(
+            (Ipv4Addr::new(198, 18, 1, 2), 1),
+            (Ipv4Addr::new(198, 18, 1, 1), 2),
+        )
     }
     .bytes();
     let mut header = FrameHeader {

@@ -53,8 +53,8 @@ fn expected_forward(case: &corpus::Case, topology: Topology, sent: &UdpFrame) ->
     UdpFrame {
         eth_dst: next_mac,
         eth_src: out_mac,
-        src: address(out_listener),
-        dst: address(target),
+        src: address(out_listener).into(),
+        dst: address(target).into(),
         sport: out_listener.1,
         dport: target.1,
         ttl: 64,

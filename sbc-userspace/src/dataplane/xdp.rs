@@ -66,8 +66,15 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
         XdpAttachMode::Generic => XdpMode::Skb,
     };
     detach_unconfigured(config, layout)?;
+    let media = &config.media;
+    let ipv6 = [media.public_address, media.private_address()]
+        .iter()
+        .any(|address| address.is_ipv6());
     for interface in &config.dataplane.interfaces {
-        ensure_forwarding(interface, config.dataplane.enable_forwarding)?;
+        ensure_forwarding(interface, "ipv4", config.dataplane.enable_forwarding)?;
+        if ipv6 {
+            ensure_forwarding(interface, "ipv6", config.dataplane.enable_forwarding)?;
+        }
         attach(program, interface, mode, layout)?;
     }
 
@@ -162,23 +169,34 @@ fn detach_unconfigured(config: &Config, layout: &PinLayout) -> anyhow::Result<()
     Ok(())
 }
 
-/// `bpf_fib_lookup` refuses to route for an ingress interface without IPv4 forwarding.
-fn ensure_forwarding(interface: &str, enable: bool) -> anyhow::Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+/// `bpf_fib_lookup` refuses to route for an ingress interface without forwarding of the
+/// packet's family (`ipv4`, `ipv6`: the sysctl tree).
+fn ensure_forwarding(interface: &str, family: &str, enable: bool) -> anyhow::Result<()> {
+    let sysctl = |name: &str| format!("/proc/sys/net/{family}/conf/{interface}/{name}");
+    let path = sysctl("forwarding");
     let current = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     if current.trim() == "1" {
         return Ok(());
     }
     if !enable {
         bail!(
-            "IPv4 forwarding is off on {interface}, so XDP cannot look up next hops; \
+            "{family} forwarding is off on {interface}, so XDP cannot look up next hops; \
              set {path} to 1 or dataplane.enable_forwarding = true"
         );
+    }
+    if family == "ipv6" {
+        // An IPv6 interface that forwards ignores router advertisements unless accept_ra is 2:
+        // a host that learns its default route from them (a cloud VM) must keep it.
+        let accept_ra = sysctl("accept_ra");
+        if std::fs::read_to_string(&accept_ra).is_ok_and(|value| value.trim() == "1") {
+            std::fs::write(&accept_ra, "2").with_context(|| format!("writing {accept_ra}"))?;
+        }
     }
     std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
     warn!(
         interface,
-        "enabled IPv4 forwarding (needed by bpf_fib_lookup); filter routed traffic with your firewall"
+        family,
+        "enabled forwarding (needed by bpf_fib_lookup); filter routed traffic with your firewall"
     );
     Ok(())
 }
