@@ -43,6 +43,24 @@ impl IpAddress {
         self.octets == [0; 16] || self.ipv4() == Some([0; 4])
     }
 
+    /// The address a source is limited and blocked as: an IPv4 address itself, an IPv6
+    /// address its /64. A host on IPv6 holds a whole /64 (SLAAC and privacy addresses hand
+    /// its addresses out of it), so limits per address would let one attacker be 2^64
+    /// sources.
+    #[inline(always)]
+    pub fn source_key(&self) -> Self {
+        if self.ipv4().is_some() {
+            return *self;
+        }
+        let mut key = *self;
+        let mut i = 8;
+        while i < 16 {
+            key.octets[i] = 0;
+            i += 1;
+        }
+        key
+    }
+
     /// The address as a `core::net::IpAddr` (IPv4-mapped addresses become IPv4).
     pub fn to_ip(&self) -> core::net::IpAddr {
         match self.ipv4() {
@@ -382,6 +400,20 @@ mod tests {
         assert_eq!(a.to_ip(), ip);
         let ip6: core::net::IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(IpAddress::from(ip6).to_ip(), ip6);
+    }
+
+    #[test]
+    fn an_ipv6_source_is_limited_as_its_slash_64() {
+        let v4: core::net::IpAddr = "198.18.1.2".parse().unwrap();
+        assert_eq!(IpAddress::from(v4).source_key(), IpAddress::from(v4));
+        let host: core::net::IpAddr = "2001:db8:1:2:a:b:c:d".parse().unwrap();
+        let other: core::net::IpAddr = "2001:db8:1:2::99".parse().unwrap();
+        let next: core::net::IpAddr = "2001:db8:1:3::99".parse().unwrap();
+        let key = IpAddress::from(host).source_key();
+        assert_eq!(key, IpAddress::from(other).source_key());
+        assert_ne!(key, IpAddress::from(next).source_key());
+        let network: core::net::IpAddr = "2001:db8:1:2::".parse().unwrap();
+        assert_eq!(key.to_ip(), network);
     }
 
     #[test]

@@ -493,9 +493,10 @@ fn xdp_verdicts_counters_and_output_bytes() {
 
 /// IPv6 media: relayed in the kernel between IPv6 legs (hop limit one less, the UDP checksum
 /// updated for 16-byte addresses), judged by source as IPv4 is, and sent up where the kernel
-/// does not relay it (a leg of the other family, an extension header, the last hop).
+/// does not relay it (a leg of the other family, an extension header, the last hop). IPv6 SIP:
+/// guarded as IPv4 is, a host limited as its /64.
 #[test]
-fn ipv6_media_verdicts_and_output_bytes() {
+fn ipv6_media_and_sip_verdicts_and_output_bytes() {
     require_lab_privileges();
     let fixture = fixture();
     netns::enter(&fixture.sbc.name).unwrap();
@@ -606,6 +607,66 @@ fn ipv6_media_verdicts_and_output_bytes() {
     );
     let stats = program.flow_stats(&key(PUBLIC6, 20000));
     assert_eq!((stats.packets, stats.foreign_dropped), (1, 1), "{stats:?}");
+
+    // SIP to a listener over IPv6: the guard's decision, an IPv6 host limited as its /64 (it
+    // may send from any address of it), a known dialog's SIP sent up to the daemon.
+    program.listen_sip(key(PUBLIC6, SIP_PORT));
+    program.configure_guard(script::config(SEED));
+    program.add_dialog("known-v6@example", SEED);
+    let from = |host: &str| -> IpAddr { host.parse().unwrap() };
+    let options = |host: &str| {
+        sip_datagram(
+            (from(host), PUBLIC6.into()),
+            "OPTIONS",
+            "Call-ID: ood-v6@example",
+        )
+    };
+    let burst = script::config(SEED).default_limit.packets.burst;
+    let mut cases: Vec<Case> = (0..burst)
+        .map(|host| Case {
+            name: "IPv6 SIP within its source's limit",
+            frame: options(&format!("2001:db8:66:1::{:x}", host + 1)),
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassSip,
+            expect: None,
+        })
+        .collect();
+    cases.push(Case {
+        name: "another address of the same /64 is the same source, over its limit",
+        frame: options("2001:db8:66:1:ffff::9"),
+        ingress: "pub0",
+        action: XDP_DROP,
+        reason: Reason::DropSipRateLimited,
+        expect: None,
+    });
+    cases.push(Case {
+        name: "another /64 is another source",
+        frame: options("2001:db8:66:2::1"),
+        ingress: "pub0",
+        action: XDP_PASS,
+        reason: Reason::PassSip,
+        expect: None,
+    });
+    cases.push(Case {
+        name: "a known dialog's SIP over IPv6 goes up to the daemon (the kernel forwards IPv4)",
+        frame: sip_datagram(
+            (from("2001:db8:66:1::1"), PUBLIC6.into()),
+            "BYE",
+            "Call-ID: known-v6@example",
+        ),
+        ingress: "pub0",
+        action: XDP_PASS,
+        reason: Reason::PassSipIpv6InDialog,
+        expect: None,
+    });
+    let failures = failed_cases(&mut program, cases);
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn rtp6(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16)) -> UdpFrame {
@@ -626,14 +687,24 @@ fn sip_frame(src: Ipv4Addr, call_id_header: &str) -> Vec<u8> {
 }
 
 fn sip_request(src: Ipv4Addr, method: &str, call_id_header: &str) -> Vec<u8> {
+    sip_datagram((src.into(), PUBLIC.into()), method, call_id_header)
+}
+
+/// A SIP request from `src` to our listener at `dst` (of one family).
+fn sip_datagram((src, dst): (IpAddr, IpAddr), method: &str, call_id_header: &str) -> Vec<u8> {
+    let host = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    let (via, sbc) = (host(src), host(dst));
     let text = format!(
-        "{method} sip:sbc@198.18.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP {src}:5060;branch=z9hG4bK1\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:a@{src}>;tag=1\r\nTo: <sip:sbc@198.18.1.1>\r\n\
+        "{method} sip:sbc@{sbc} SIP/2.0\r\nVia: SIP/2.0/UDP {via}:5060;branch=z9hG4bK1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@{via}>;tag=1\r\nTo: <sip:sbc@{sbc}>\r\n\
          {call_id_header}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
     );
     UdpFrame {
         payload: text.into_bytes(),
-        ..rtp((src, 5060), (PUBLIC, SIP_PORT))
+        ..UdpFrame::rtp((src, 5060), (dst, SIP_PORT))
     }
     .bytes()
 }

@@ -101,9 +101,12 @@ pub fn decide<T: GuardTables, D: GuardedDatagram>(
         return Decision::pass(Reason::PassSipUnguarded);
     }
     let now = now();
+    // Blocks and buckets hold a source as `source_key` (an IPv6 source's /64); its rule and
+    // whether it is a party go by its own address.
+    let limited = source.source_key();
     // Counted as dropped at once: that keeps a flood at one lookup of the block; the rare
     // datagram of a blocked caller's call that passes takes its count back.
-    let blocked = match tables.block(source) {
+    let blocked = match tables.block(&limited) {
         Some(block) if block.is_active(now) => {
             block.dropped += 1;
             Some(block.party != 0)
@@ -113,7 +116,7 @@ pub fn decide<T: GuardTables, D: GuardedDatagram>(
     if let Some(party) = blocked {
         // Only a caller of a call we hold gets anything through: that call's datagrams.
         if party && knows_dialog(config, tables, &read()) {
-            if let Some(block) = tables.block(source) {
+            if let Some(block) = tables.block(&limited) {
                 block.dropped = block.dropped.saturating_sub(1);
             }
             return Decision::pass(Reason::PassSipDialog);
@@ -137,7 +140,7 @@ pub fn decide<T: GuardTables, D: GuardedDatagram>(
         return Decision::pass(Reason::PassSipDialog);
     }
 
-    let Some(bucket) = tables.bucket(source, &limit, now) else {
+    let Some(bucket) = tables.bucket(&limited, &limit, now) else {
         return Decision::pass(Reason::PassSip);
     };
     let verdict = bucket.admit(&limit, datagram.is_invite(), now);
@@ -152,11 +155,11 @@ pub fn decide<T: GuardTables, D: GuardedDatagram>(
             reason: BLOCK_RATE,
             party: 0,
         };
-        tables.set_block(source, block);
+        tables.set_block(&limited, block);
         // Asked after the block is in: a party the daemon records meanwhile finds the block
         // and marks it, one it recorded before is found here.
         if tables.is_party(source)
-            && let Some(block) = tables.block(source)
+            && let Some(block) = tables.block(&limited)
         {
             block.party = 1;
         }
@@ -294,6 +297,29 @@ mod tests {
         let trunk = IpAddress::from_ipv4(script::TRUNK);
         assert!(!tables.blocks.contains_key(&trunk), "allowlisted");
         assert_eq!(tables.dialogs.values().sum::<u64>(), 4, "dialog packets");
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_source_whatever_address_of_its_64_it_sends_from() {
+        let config = script::config(SEED);
+        let mut tables = scripted_tables();
+        let options: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\n\r\n";
+        let from = |address: &str| IpAddress::from(address.parse::<core::net::IpAddr>().unwrap());
+        let mut send = |address: &str| {
+            decide(&config, &mut tables, &from(address), || options, || 1_000).reason
+        };
+        let burst = script::config(SEED).default_limit.packets.burst;
+        for host in 0..burst {
+            let address = std::format!("2001:db8:66:1::{:x}", host + 1);
+            assert_eq!(send(&address), Reason::PassSip, "{address}");
+        }
+        assert_eq!(
+            send("2001:db8:66:1:ffff::9"),
+            Reason::DropSipRateLimited,
+            "another address of the same /64 takes from the same bucket"
+        );
+        assert_eq!(send("2001:db8:66:2::1"), Reason::PassSip, "another /64");
+        assert_eq!(tables.buckets.len(), 2);
     }
 
     #[test]

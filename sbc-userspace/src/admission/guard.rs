@@ -436,9 +436,10 @@ impl SipGuard {
         matching_rule(&self.lock().rules, source).is_some_and(|rule| rule.action == RULE_ALLOW)
     }
 
-    /// Blocks a source for `duration` (`None`: until unblocked). An allowlisted source is
-    /// never blocked for its behaviour, only by an operator (`BLOCK_MANUAL`): the guard
-    /// applies a block as it finds it, before the source's rule.
+    /// Blocks a source for `duration` (`None`: until unblocked); an IPv6 source is blocked
+    /// with its /64 (`IpAddress::source_key`). An allowlisted source is never blocked for its
+    /// behaviour, only by an operator (`BLOCK_MANUAL`): the guard applies a block as it finds
+    /// it, before the source's rule.
     pub fn block(
         &self,
         source: IpAddr,
@@ -459,18 +460,19 @@ impl SipGuard {
             reason,
             party: u32::from(state.parties.contains_key(&address)),
         };
+        let blocked = address.source_key();
         match &mut state.tables {
-            Tables::Kernel(maps) => maps.block(address, block).map_err(BlockRefused::Failed),
+            Tables::Kernel(maps) => maps.block(blocked, block).map_err(BlockRefused::Failed),
             Tables::Userspace { blocks, .. } => {
-                blocks.insert(address, block);
+                blocks.insert(blocked, block);
                 Ok(())
             }
         }
     }
 
-    /// Lifts a block; false if the source was not blocked.
+    /// Lifts a block (of an IPv6 source's /64); false if the source was not blocked.
     pub fn unblock(&self, source: IpAddr) -> bool {
-        let address = IpAddress::from(source);
+        let address = IpAddress::from(source).source_key();
         match &mut self.lock().tables {
             Tables::Kernel(maps) => maps.unblock(&address),
             Tables::Userspace { blocks, .. } => blocks.remove(&address).is_some(),
@@ -561,10 +563,11 @@ impl SipGuard {
 
 /// Marks a block of `source`, if it has one, as a party's or not (`Block::party`).
 fn mark_block_party(tables: &mut Tables, source: &IpAddress, party: bool) {
+    let blocked = source.source_key();
     match tables {
-        Tables::Kernel(maps) => maps.mark_block_party(source, party),
+        Tables::Kernel(maps) => maps.mark_block_party(&blocked, party),
         Tables::Userspace { blocks, .. } => {
-            if let Some(block) = blocks.get_mut(source) {
+            if let Some(block) = blocks.get_mut(&blocked) {
                 block.party = u32::from(party);
             }
         }

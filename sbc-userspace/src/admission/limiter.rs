@@ -88,6 +88,12 @@ pub struct AdmissionTotals {
 }
 
 /// The scanner User-Agents, lower-cased once for matching.
+/// What a source's limits and refusals are counted by: the source, or an IPv6 source's /64
+/// (see `IpAddress::source_key`), as the guard counts it.
+fn source_key(source: IpAddr) -> IpAddr {
+    sbc_common::IpAddress::from(source).source_key().to_ip()
+}
+
 fn scanner_needles(config: &AdmissionConfig) -> Vec<String> {
     config
         .scanner_user_agents
@@ -204,7 +210,7 @@ impl Admission {
             return None;
         }
         self.failed_users
-            .failed(source, user, now_ns)
+            .failed(source_key(source), user, now_ns)
             .then(|| self.scanner_block())
     }
 
@@ -233,7 +239,7 @@ impl Admission {
         }
         if let Some(limits) = self.limits_of(source) {
             let per_source = limit(limits.invites_per_sec, limits.invite_burst);
-            if !self.invites.take(source, &per_source, now_ns) {
+            if !self.invites.take(source_key(source), &per_source, now_ns) {
                 counters.source_invite_rate.fetch_add(1, Ordering::Relaxed);
                 return Err(self.refuse(source, "too many calls from this source", true, now_ns));
             }
@@ -260,7 +266,7 @@ impl Admission {
             return Ok(());
         };
         let per_source: PacketLimit = limit(limits.requests_per_sec, limits.request_burst);
-        if self.requests.take(source, &per_source, now_ns) {
+        if self.requests.take(source_key(source), &per_source, now_ns) {
             return Ok(());
         }
         counters.source_request_rate.fetch_add(1, Ordering::Relaxed);
@@ -293,7 +299,7 @@ impl Admission {
         if !self.config.enabled || threshold == 0 || self.is_allowlisted(source) {
             return None;
         }
-        let (start, refused) = self.refusals.entry(source).or_insert((now, 0));
+        let (start, refused) = self.refusals.entry(source_key(source)).or_insert((now, 0));
         if now.saturating_sub(*start) >= REFUSAL_WINDOW_NS {
             (*start, *refused) = (now, 0);
         }
