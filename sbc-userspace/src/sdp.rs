@@ -113,7 +113,13 @@ fn connection(value: &str) -> Result<IpAddr, SdpError> {
         return Err(SdpError(format!("bad connection line c={value}")));
     };
     let address = address.split('/').next().unwrap_or(address);
-    let address: IpAddr = address
+    // RFC 4566 writes an IPv6 address bare; some agents (SIPp's built-in scenarios among
+    // them) bracket it as in a SIP URI. Read both: the rewrite writes the anchor bare.
+    let bare = address
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(address);
+    let address: IpAddr = bare
         .parse()
         .map_err(|_| SdpError(format!("bad connection address {address:?}")))?;
     // An IPv4-mapped IPv6 address (RFC 5118 4.9) is the IPv4 host it maps.
@@ -276,6 +282,16 @@ m=video 51372 RTP/AVP 99\r\nc=IN IP4 192.0.2.11\r\na=rtcp-mux\r\n";
         assert_eq!(s[2].rtp_peer(), Some("192.0.2.11:51372".parse().unwrap()));
         assert!(s[2].rtcp_mux && !s[0].rtcp_mux);
         assert_eq!((s[0].rtcp_port, s[2].rtcp_port), (Some(49171), None));
+    }
+
+    #[test]
+    fn reads_an_ipv6_connection_address_bare_or_bracketed() {
+        for written in ["2001:db8::5", "[2001:db8::5]"] {
+            let sdp = format!("v=0\nc=IN IP6 {written}\nm=audio 4000 RTP/AVP 0\n");
+            let s = streams(sdp.as_bytes()).unwrap();
+            assert_eq!(s[0].rtp_peer(), Some("[2001:db8::5]:4000".parse().unwrap()));
+        }
+        assert!(streams(b"v=0\nc=IN IP6 [2001:db8::5\nm=audio 4000 RTP/AVP 0\n").is_err());
     }
 
     #[test]

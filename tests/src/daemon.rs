@@ -1,6 +1,7 @@
 //! The sbc daemon as the tests and the demo run it: inside the lab's sbc namespace (network
 //! namespace only, so its bpffs pins live in the host's bpffs), with a generated config.
 use std::{
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -70,6 +71,9 @@ pub struct DaemonOptions {
     pub sip_keys: String,
     /// `log.format`: "text" or "json".
     pub log_format: &'static str,
+    /// The public and private addresses the sbc binds (media and SIP), when not the lab's
+    /// IPv4 ones (`lab::SBC_PUBLIC6`, say).
+    pub addresses: Option<(IpAddr, IpAddr)>,
 }
 
 impl Default for DaemonOptions {
@@ -90,6 +94,7 @@ impl Default for DaemonOptions {
             api_config: String::new(),
             sip_keys: String::new(),
             log_format: "text",
+            addresses: None,
         }
     }
 }
@@ -118,7 +123,10 @@ impl Daemon {
         );
         let config = dir.path().join("sbc.toml");
         let socket = dir.path().join("api.sock");
-        let public = lab.sbc_public();
+        let (public, private) = options
+            .addresses
+            .unwrap_or((lab.sbc_public().into(), SBC_PRIVATE.into()));
+        let listen = |ip: IpAddr| SocketAddr::new(ip, 5060);
         let mut sip = String::new();
         let has_backends = !options.sip_backends.is_empty()
             || !options.tcp_backends.is_empty()
@@ -132,8 +140,10 @@ impl Daemon {
             };
             let advertise = advertise + &options.sip_keys;
             sip = format!(
-                "[sip]\npublic_listen = \"{public}:5060\"\nprivate_listen = \"{SBC_PRIVATE}:5060\"\n{advertise}\
+                "[sip]\npublic_listen = \"{}\"\nprivate_listen = \"{}\"\n{advertise}\
                  [sip.health]\nprobes = {}\ninterval_ms = {}\ntimeout_ms = {}\nfailure_threshold = {}\n",
+                listen(public),
+                listen(private),
                 options.health_probes,
                 options.health_interval_ms,
                 options.health_interval_ms / 2,
@@ -159,7 +169,7 @@ mode = "{mode}"
 interfaces = {interfaces:?}
 [media]
 public_address = "{public}"
-private_address = "{SBC_PRIVATE}"
+private_address = "{private}"
 port_min = {port_min}
 port_max = {port_max}
 timeout_secs = {timeout}

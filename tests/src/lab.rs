@@ -10,6 +10,10 @@
 //! 198.18.4.0/22, routed through the caller like its own.
 //! 198.18.0.0/15 is the benchmarking range (RFC 2544): it exists only inside these namespaces.
 //!
+//! The caller ↔ sbc ↔ callee links carry IPv6 too (2001:db8::/32, documentation, likewise only
+//! inside): caller 2001:db8:1::2 ─ pub0 2001:db8:1::1, priv0 2001:db8:2::1 ─ callee
+//! 2001:db8:2::2 (not behind the NAT).
+//!
 //! `Lab::behind_nat` puts a 1:1 NAT between the caller and the sbc, as a cloud provider does in
 //! front of a VM: pub0 holds only an inside address, 198.19.1.2, and the caller reaches it as
 //! 198.18.1.1 through the `nat` namespace (nftables DNAT in, SNAT out; `SBC_PUBLIC` is then the
@@ -18,7 +22,7 @@
 //! ```text
 //!  caller 198.18.1.2 ─ out0 198.18.1.1  nat  198.19.1.1 in0 ─ pub0 198.19.1.2  sbc ...
 //! ```
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 
@@ -39,6 +43,12 @@ const BOTNET_PREFIX: u8 = 22;
 /// Behind the NAT: the sbc's public interface, and the NAT's side of that link.
 pub const SBC_INSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 2);
 const NAT_INSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
+
+/// The same hosts over IPv6.
+pub const CALLER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const SBC_PUBLIC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const SBC_PRIVATE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+pub const CALLEE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2);
 
 /// The sbc namespace's interfaces, where XDP is attached.
 pub const SBC_INTERFACES: [&str; 2] = ["pub0", "priv0"];
@@ -100,6 +110,8 @@ impl Lab {
         address(caller, "rogue0", ROGUE_GATEWAY)?;
         address(sbc, "priv0", SBC_PRIVATE)?;
         address(callee, "eth0", CALLEE)?;
+        address6(sbc, "priv0", SBC_PRIVATE6)?;
+        address6(callee, "eth0", CALLEE6)?;
         address(callee, "eth0", PRIVATE_ROGUE)?;
         address(rogue, "eth0", ROGUE)?;
         // The caller's side stands for the Internet: it routes the rogue host to the sbc.
@@ -118,6 +130,8 @@ impl Lab {
             veth(&self.sbc, "pub0", &self.caller, "eth0")?;
             address(&self.caller, "eth0", CALLER)?;
             address(&self.sbc, "pub0", SBC_PUBLIC)?;
+            address6(&self.caller, "eth0", CALLER6)?;
+            address6(&self.sbc, "pub0", SBC_PUBLIC6)?;
             host_offloads(&self.caller, "eth0")?;
             self.sbc
                 .ip(&["route", "replace", "default", "via", &CALLER.to_string()])?;
@@ -220,6 +234,14 @@ fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> anyhow::Result<()> {
             "netns", &b.name,
         ],
     )?;
+    Ok(())
+}
+
+/// An IPv6 address in a /64, usable at once (no duplicate address detection: the lab's
+/// addresses are unique by construction).
+fn address6(ns: &Netns, dev: &str, addr: Ipv6Addr) -> anyhow::Result<()> {
+    ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])?;
+    ns.ip(&["link", "set", dev, "up"])?;
     Ok(())
 }
 
