@@ -9,6 +9,7 @@ pub mod calls;
 pub mod conformance;
 pub mod daemon;
 pub mod demo;
+pub mod dns_server;
 pub mod flood;
 pub mod frames;
 pub mod http;

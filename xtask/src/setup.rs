@@ -21,16 +21,17 @@ use crate::run;
 
 /// Debian packages the tests, the demo and operators use.
 const RUNTIME_PACKAGES: &[&str] = &[
-    "iproute2",   // ip, netns, veth
-    "util-linux", // nsenter
-    "ethtool",    // lab interface offloads
-    "procps",     // sysctl
-    "bpftool",    // inspecting maps and programs
-    "sip-tester", // SIPp: callers and backends in the tests and the demo
-    "nftables",   // nft: the 1:1 NAT in front of the sbc in the lab behind a NAT
-    "stunnel4",   // TLS for the lab's SIPp carrier (Debian's SIPp is built without TLS)
-    "openssl",    // the lab's TLS certificates, and what the sbc's TLS listener offers
-    "prometheus", // promtool: the tests check the /metrics exposition with it
+    "iproute2",     // ip, netns, veth
+    "util-linux",   // nsenter
+    "ethtool",      // lab interface offloads
+    "procps",       // sysctl
+    "bpftool",      // inspecting maps and programs
+    "sip-tester",   // SIPp: callers and backends in the tests and the demo
+    "nftables",     // nft: the 1:1 NAT in front of the sbc in the lab behind a NAT
+    "stunnel4",     // TLS for the lab's SIPp carrier (Debian's SIPp is built without TLS)
+    "openssl",      // the lab's TLS certificates, and what the sbc's TLS listener offers
+    "dnsmasq-base", // the lab's DNS server: SRV records of backends named by host
+    "prometheus",   // promtool: the tests check the /metrics exposition with it
 ];
 
 /// The benchmark's peer, `--peer kamailio-rtpengine`: the main kamailio package carries the

@@ -100,6 +100,9 @@ struct State {
     parties: HashMap<IpAddress, usize>,
     /// Dialogs the kernel saw end while no daemon ran (its map is rebuilt at start).
     ended_while_away: Vec<(u64, DialogEnd)>,
+    /// Backends DNS found (`trust_backends`), allowlisted without limits as the configured
+    /// ones are, through every reconfiguration.
+    found_backends: Vec<IpAddr>,
 }
 
 pub struct SipGuard {
@@ -207,6 +210,7 @@ impl SipGuard {
                 dialogs: HashMap::new(),
                 parties: HashMap::new(),
                 ended_while_away: Vec::new(),
+                found_backends: Vec::new(),
             }),
             dialog_ends: Mutex::new(None),
         }
@@ -249,6 +253,7 @@ impl SipGuard {
             .chain(
                 backends
                     .iter()
+                    .chain(&state.found_backends)
                     .map(|ip| (IpNet::from(*ip), rule(RULE_ALLOW, SourceLimit::UNLIMITED))),
             )
             .collect();
@@ -468,6 +473,39 @@ impl SipGuard {
                 Ok(())
             }
         }
+    }
+
+    /// Allowlists backends DNS found without limits, as the configured ones (kept through
+    /// reconfiguration); those already allowlisted so change nothing.
+    pub fn trust_backends(&self, ips: &[IpAddr]) -> anyhow::Result<()> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let unlimited = SourceRule {
+            action: RULE_ALLOW,
+            limit: SourceLimit::UNLIMITED,
+        };
+        let mut changed = false;
+        for &ip in ips {
+            let net = IpNet::from(ip);
+            if state
+                .rules
+                .iter()
+                .any(|(n, rule)| *n == net && *rule == unlimited)
+            {
+                continue;
+            }
+            state.found_backends.push(ip);
+            state.rules.push((net, unlimited));
+            changed = true;
+        }
+        if !changed {
+            return Ok(());
+        }
+        state.rules = longest_prefix_first(std::mem::take(&mut state.rules));
+        if let Tables::Kernel(maps) = &mut state.tables {
+            maps.set_rules(&state.rules)?;
+        }
+        Ok(())
     }
 
     /// Lifts a block (of an IPv6 source's /64); false if the source was not blocked.

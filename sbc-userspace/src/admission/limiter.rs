@@ -203,6 +203,15 @@ impl Admission {
         self.is_allowlisted(source)
     }
 
+    /// Backends DNS found: trusted as the configured ones.
+    pub fn trust_backends(&mut self, ips: &[IpAddr]) {
+        for &ip in ips {
+            if !self.backends.contains(&ip) {
+                self.backends.push(ip);
+            }
+        }
+    }
+
     /// An out-of-dialog request from `source` for `user` failed as for a missing user: how
     /// long to block the source, if this makes it an enumerator.
     pub fn user_failed(&mut self, source: IpAddr, user: &str, now_ns: u64) -> Option<Duration> {

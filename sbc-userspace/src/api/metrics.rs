@@ -283,7 +283,8 @@ fn write_calls(out: &mut Exposition, sip: &SipStats) {
 }
 
 fn write_backends(out: &mut Exposition, sip: &SipStats) {
-    let names: Vec<String> = sip.backends.iter().map(|b| b.address.to_string()).collect();
+    let backends = sip.backends.snapshot();
+    let names: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
     let gauges: [GaugeOf<BackendStats>; 3] = [
         (
             "sbc_backend_up",
@@ -305,14 +306,13 @@ fn write_backends(out: &mut Exposition, sip: &SipStats) {
         out.gauge(
             name,
             help,
-            sip.backends
+            backends
                 .iter()
                 .zip(&names)
                 .map(|(backend, name)| ([("backend", name.as_str())], value(backend))),
         );
     }
-    let answers: Vec<_> = sip
-        .backends
+    let answers: Vec<_> = backends
         .iter()
         .zip(&names)
         .flat_map(|(backend, name)| {
@@ -331,8 +331,7 @@ fn write_backends(out: &mut Exposition, sip: &SipStats) {
             (labels, *n)
         }),
     );
-    let latency: Vec<(Vec<(&str, &str)>, HistogramSnapshot)> = sip
-        .backends
+    let latency: Vec<(Vec<(&str, &str)>, HistogramSnapshot)> = backends
         .iter()
         .zip(&names)
         .flat_map(|(backend, name)| {

@@ -22,13 +22,15 @@ pub async fn status(State(api): State<Arc<ApiState>>) -> Json<Status> {
         attempted: load(&sip.calls_attempted),
         answered: load(&sip.calls_answered),
     });
-    let backends = api.sip.as_ref().map(|sip| BackendCounts {
-        total: sip.backends.len(),
-        healthy: sip
-            .backends
-            .iter()
-            .filter(|b| b.up.load(Ordering::Relaxed))
-            .count(),
+    let backends = api.sip.as_ref().map(|sip| {
+        let backends = sip.backends.snapshot();
+        BackendCounts {
+            total: backends.len(),
+            healthy: backends
+                .iter()
+                .filter(|b| b.up.load(Ordering::Relaxed))
+                .count(),
+        }
     });
     Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),

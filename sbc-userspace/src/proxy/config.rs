@@ -7,7 +7,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{tcp::TcpConfig, tls::TlsConfig};
+use super::{dns::DnsConfig, tcp::TcpConfig, tls::TlsConfig};
 use crate::{advertise::AdvertiseSource, config_error::ConfigError, sip::bounds};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +38,13 @@ pub struct SipConfig {
     /// The media servers new calls from the public side go to.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Media servers named by host: their targets found by DNS (RFC 3263) and kept for their
+    /// TTL, each a backend of its own beside `backends`.
+    #[serde(default)]
+    pub backend_hosts: Vec<BackendHostConfig>,
+    /// Where and how backends named by host are looked up.
+    #[serde(default)]
+    pub dns: DnsConfig,
     #[serde(default)]
     pub policy: BalancePolicy,
     /// An INVITE unanswered (not even 100) this long goes to the next backend.
@@ -77,7 +84,8 @@ impl SipConfig {
         self.private_listen.unwrap_or(self.public_listen)
     }
 
-    /// How requests reach `target` when it is a configured backend or the trunk.
+    /// How requests reach `target` when it is a backend configured by address or the trunk
+    /// (the pool knows those found by DNS).
     pub fn transport_to(&self, target: SocketAddr) -> Option<BackendTransport> {
         if self.trunk == Some(target) {
             return Some(self.trunk_transport);
@@ -131,6 +139,24 @@ pub struct BackendConfig {
     pub server_name: Option<String>,
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+}
+
+/// `[[sip.backend_hosts]]`: media servers a DNS name stands for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendHostConfig {
+    /// Its NAPTR and SRV records name the targets (priorities and weights), else its A/AAAA
+    /// records at the transport's default port.
+    pub host: String,
+    /// With a port, only the host's A/AAAA records are asked (RFC 3263 4.2).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `udp` or `tcp` (over connections kept open, as a backend's).
+    #[serde(default)]
+    pub transport: BackendTransport,
+    /// Concurrent calls each target takes (0: no limit).
+    #[serde(default)]
+    pub max_calls: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -206,11 +232,24 @@ impl SipConfig {
     /// Checks what parsing cannot, naming the key of the first problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let sip = self;
-        if sip.backends.is_empty() {
+        if sip.backends.is_empty() && sip.backend_hosts.is_empty() {
             return Err(ConfigError::new(
                 "sip.backends",
-                "lists no backend: name at least one media server",
+                "lists no backend: name at least one media server (or sip.backend_hosts)",
             ));
+        }
+        for (i, host) in sip.backend_hosts.iter().enumerate() {
+            let key = |name: &str| format!("sip.backend_hosts[{i}].{name}");
+            if host.host.trim().is_empty() || host.host.contains(char::is_whitespace) {
+                return Err(ConfigError::new(&key("host"), "must be a DNS name"));
+            }
+            if host.transport == BackendTransport::Tls {
+                return Err(ConfigError::new(
+                    &key("transport"),
+                    "\"tls\" is not available for backends named by host yet: name a TLS \
+                     backend by address in sip.backends",
+                ));
+            }
         }
         for (i, backend) in sip.backends.iter().enumerate() {
             if backend.weight == 0 {

@@ -124,6 +124,7 @@ impl Driver {
             Queued::Reconfigure(admission) => Input::Reconfigure(admission),
             Queued::Readvertise { side, address } => Input::Readvertise { side, address },
             Queued::HangUpAll => Input::HangUpAll,
+            Queued::Resolved { host, targets } => Input::BackendsResolved { host, targets },
             Queued::NoAudio { silent, hang_up } => Input::NoAudio { silent, hang_up },
             Queued::EndedInKernel { call_id, end } => {
                 let now = Now::read();
@@ -243,6 +244,11 @@ impl Driver {
             GuardUpdate::SipSelves(selves) => {
                 if let Err(e) = self.guard.set_sip_selves(&selves) {
                     warn!("the kernel still names our previous addresses: {e:#}");
+                }
+            }
+            GuardUpdate::TrustBackends(ips) => {
+                if let Err(e) = self.guard.trust_backends(&ips) {
+                    warn!(?ips, "the kernel limits these backends as strangers: {e:#}");
                 }
             }
             GuardUpdate::Block {

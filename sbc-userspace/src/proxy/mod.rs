@@ -10,6 +10,7 @@
 mod arriving;
 pub mod config;
 pub mod core;
+pub mod dns;
 mod driver;
 mod intake;
 pub mod journal;
@@ -96,6 +97,11 @@ pub enum Queued {
         silent: Vec<SilentLeg>,
         hang_up: bool,
     },
+    /// DNS says what `[[sip.backend_hosts]]` entry `host` stands for now.
+    Resolved {
+        host: usize,
+        targets: Vec<dns::Target>,
+    },
     /// The kernel forwarded the final response to a call's BYE.
     EndedInKernel {
         call_id: String,
@@ -177,6 +183,24 @@ impl ProxyHandle {
     }
 }
 
+/// Starts a task per `[[sip.backend_hosts]]` entry that keeps its targets current.
+fn keep_backend_hosts_resolved(config: &SipConfig, lanes: &Lanes) -> anyhow::Result<()> {
+    if config.backend_hosts.is_empty() {
+        return Ok(());
+    }
+    let resolver = Arc::new(dns::Resolver::new(&config.dns)?);
+    for (host, entry) in config.backend_hosts.iter().enumerate() {
+        let lanes = lanes.clone();
+        tokio::spawn(dns::keep_resolved(
+            Arc::clone(&resolver),
+            entry.clone(),
+            config.dns.clone(),
+            move |targets| lanes.control(Queued::Resolved { host, targets }),
+        ));
+    }
+    Ok(())
+}
+
 /// Binds the listeners and starts the proxy task.
 pub async fn start(
     config: &SipConfig,
@@ -246,6 +270,7 @@ pub async fn start(
         .set_sip_selves(&core.sip_selves())
         .map_err(|e| e.context("writing our SIP addresses to the kernel"))?;
     core.start(now, recorded);
+    keep_backend_hosts_resolved(config, &lanes)?;
     let mut local = [config.public_listen.ip(); 2];
     local[usize::from(Side::Private.index())] = config.private_listen().ip();
     let mut tls_peers = HashMap::new();

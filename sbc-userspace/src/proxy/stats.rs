@@ -4,6 +4,7 @@
 //! briefly locked.
 use std::{
     net::SocketAddr,
+    sync::Arc,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
@@ -208,15 +209,45 @@ pub struct SipStats {
     pub session_request_delay: Histogram,
     /// RFC 6076 SDD: BYE to its final response.
     pub session_disconnect_delay: Histogram,
-    pub backends: Vec<BackendStats>,
+    pub backends: BackendStatsList,
+}
+
+/// The backends' stats, in the pool's order; the pool grows when DNS names a new target.
+#[derive(Default)]
+pub struct BackendStatsList(std::sync::RwLock<Vec<Arc<BackendStats>>>);
+
+impl BackendStatsList {
+    /// The stats of the backend at `index` in the pool.
+    pub fn get(&self, index: usize) -> Arc<BackendStats> {
+        Arc::clone(&self.read()[index])
+    }
+
+    /// Every backend's, in the pool's order.
+    pub fn snapshot(&self) -> Vec<Arc<BackendStats>> {
+        self.read().clone()
+    }
+
+    /// Stats for the backend that joined the pool at its end.
+    pub fn push(&self, address: SocketAddr) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(BackendStats::new(address)));
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<BackendStats>>> {
+        // Counters only: nothing a panic elsewhere leaves inconsistent.
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl SipStats {
     pub fn new(backends: impl IntoIterator<Item = SocketAddr>) -> Self {
-        Self {
-            backends: backends.into_iter().map(BackendStats::new).collect(),
-            ..Self::default()
+        let stats = Self::default();
+        for address in backends {
+            stats.backends.push(address);
         }
+        stats
     }
 
     /// The final response to an initial INVITE, once per call attempt.

@@ -11,7 +11,10 @@ use std::{
     time::Instant,
 };
 
-use crate::proxy::config::{BalancePolicy, HealthConfig, SipConfig, code_range};
+use crate::proxy::{
+    config::{BackendTransport, BalancePolicy, HealthConfig, SipConfig, code_range},
+    dns::Target,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -22,7 +25,18 @@ pub enum Health {
 #[derive(Debug)]
 pub struct Backend {
     pub address: SocketAddr,
+    /// Where it comes from: `[[sip.backends]]`, or the DNS of `[[sip.backend_hosts]]`.
+    pub source: Source,
+    pub transport: BackendTransport,
     pub weight: u32,
+    /// SRV priority (0 for a backend given by address): a new call goes to the lowest
+    /// priority that has a healthy backend with room.
+    pub priority: u16,
+    /// No longer among its host's targets: it keeps its calls but takes no new ones, and is
+    /// not probed.
+    pub retired: bool,
+    /// A probe timer of its own is running.
+    pub probing: bool,
     pub health: Health,
     /// Consecutive failures and answered probes.
     failures: u32,
@@ -38,16 +52,32 @@ pub struct Backend {
     pub changed_at: Instant,
 }
 
-/// A backend of the pool, by its place in `[[sip.backends]]` (also its place in the stats).
+/// Where a backend of the pool comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `[[sip.backends]]`, by address.
+    Address,
+    /// A target of `[[sip.backend_hosts]]` entry `n`, found by DNS.
+    Host(usize),
+}
+
+/// A backend of the pool, by its place in it (also its place in the stats): those of
+/// `[[sip.backends]]` in their order, then the targets DNS found, in the order they were first
+/// found. A place is never reused, so that a transaction's candidates keep meaning what they
+/// meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendId(usize);
 
 impl BackendId {
-    /// Its place in `[[sip.backends]]` and in `SipStats::backends`.
+    /// Its place in the pool and in `SipStats::backends`.
     pub fn index(self) -> usize {
         self.0
     }
 }
+
+/// The most targets one host's DNS adds to the pool over the daemon's life: a name whose
+/// answers keep changing must not grow it without bound.
+pub const MAX_TARGETS_PER_HOST: usize = 64;
 
 #[derive(Debug)]
 pub struct Backends {
@@ -94,7 +124,12 @@ impl Backends {
                 .iter()
                 .map(|b| Backend {
                     address: b.address,
+                    source: Source::Address,
+                    transport: b.transport,
                     weight: b.weight,
+                    priority: 0,
+                    retired: false,
+                    probing: false,
                     health: Health::Up,
                     failures: 0,
                     successes: 0,
@@ -124,13 +159,77 @@ impl Backends {
             .map(BackendId)
     }
 
-    /// Every backend, in configuration order.
+    /// Every backend, in the pool's order (retired ones too).
     pub fn iter(&self) -> impl Iterator<Item = (BackendId, &Backend)> {
         self.list.iter().enumerate().map(|(i, b)| (BackendId(i), b))
     }
 
+    /// The backends in service (not retired).
+    pub fn serving(&self) -> impl Iterator<Item = (BackendId, &Backend)> {
+        self.iter().filter(|(_, b)| !b.retired)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// Host entry `host` now stands for `targets` (its DNS answer): targets it did not have
+    /// join the pool (their ids returned), those it no longer has retire, the others take
+    /// their new priority and weight (a weight of 0 counts as 1: a small share, as RFC 2782
+    /// gives it). An address the pool has from elsewhere stays that entry's.
+    pub fn resolved(
+        &mut self,
+        host: usize,
+        targets: &[Target],
+        (transport, max_calls): (BackendTransport, u32),
+        now: Instant,
+    ) -> Vec<BackendId> {
+        for backend in &mut self.list {
+            if backend.source != Source::Host(host) {
+                continue;
+            }
+            match targets.iter().find(|t| t.address == backend.address) {
+                Some(target) => {
+                    backend.retired = false;
+                    backend.priority = target.priority;
+                    backend.weight = u32::from(target.weight.max(1));
+                }
+                None => backend.retired = true,
+            }
+        }
+        let mut added = Vec::new();
+        for target in targets {
+            if self.list.iter().any(|b| b.address == target.address) {
+                continue;
+            }
+            let of_host = self
+                .list
+                .iter()
+                .filter(|b| b.source == Source::Host(host))
+                .count();
+            if of_host >= MAX_TARGETS_PER_HOST {
+                break;
+            }
+            self.list.push(Backend {
+                address: target.address,
+                source: Source::Host(host),
+                transport,
+                weight: u32::from(target.weight.max(1)),
+                priority: target.priority,
+                retired: false,
+                probing: false,
+                health: Health::Up,
+                failures: 0,
+                successes: 0,
+                last_heard: None,
+                active_calls: 0,
+                max_calls: max_calls as usize,
+                current_weight: 0,
+                changed_at: now,
+            });
+            added.push(BackendId(self.list.len() - 1));
+        }
+        added
     }
 
     /// Whether a backend can take another call.
@@ -142,40 +241,51 @@ impl Backends {
     /// Whether there are healthy backends and every one is at its `max_calls`.
     pub fn all_full(&self) -> bool {
         let mut up = (0..self.list.len())
-            .filter(|&i| self.list[i].health == Health::Up)
+            .filter(|&i| self.list[i].health == Health::Up && !self.list[i].retired)
             .peekable();
         up.peek().is_some() && up.all(|i| !self.has_room(i))
     }
 
-    /// The healthy backends with room for a call, in the order to try them for a new call.
+    /// The healthy backends with room for a call, in the order to try them for a new call:
+    /// the policy's choice among the lowest priority, the rest of that priority after it, then
+    /// each higher priority in turn (RFC 2782: a higher priority only when the lower fail).
     pub fn candidates(&mut self, call_id: &str) -> Vec<BackendId> {
-        let healthy: Vec<usize> = (0..self.list.len())
-            .filter(|&i| self.list[i].health == Health::Up && self.has_room(i))
+        let mut healthy: Vec<usize> = (0..self.list.len())
+            .filter(|&i| {
+                let backend = &self.list[i];
+                backend.health == Health::Up && !backend.retired && self.has_room(i)
+            })
             .collect();
-        if healthy.is_empty() {
+        let Some(lowest) = healthy.iter().map(|&i| self.list[i].priority).min() else {
             return Vec::new();
-        }
+        };
+        // Stable: within a priority the pool's order, which the policies rotate.
+        healthy.sort_by_key(|&i| self.list[i].priority);
+        let first_tier = healthy
+            .iter()
+            .take_while(|&&i| self.list[i].priority == lowest)
+            .count();
+        let (tier, rest) = healthy.split_at(first_tier);
         let first = match self.policy {
             BalancePolicy::RoundRobin => {
                 self.next = self.next.wrapping_add(1);
-                healthy[self.next % healthy.len()]
+                tier[self.next % tier.len()]
             }
-            BalancePolicy::Weighted => self.smooth_weighted(&healthy),
-            BalancePolicy::LeastCalls => *healthy
+            BalancePolicy::Weighted => self.smooth_weighted(tier),
+            BalancePolicy::LeastCalls => *tier
                 .iter()
                 .min_by_key(|&&i| self.list[i].active_calls)
                 .expect("not empty"),
-            BalancePolicy::CallIdHash => {
-                healthy[fnv1a(call_id.as_bytes()) as usize % healthy.len()]
-            }
+            BalancePolicy::CallIdHash => tier[fnv1a(call_id.as_bytes()) as usize % tier.len()],
         };
-        let position = healthy
+        let position = tier
             .iter()
             .position(|&i| i == first)
-            .expect("chosen from healthy");
-        healthy[position..]
+            .expect("chosen from the tier");
+        tier[position..]
             .iter()
-            .chain(&healthy[..position])
+            .chain(&tier[..position])
+            .chain(rest)
             .map(|&i| BackendId(i))
             .collect()
     }
@@ -287,6 +397,8 @@ mod tests {
 
     fn pool(policy: BalancePolicy, weights: &[u32]) -> Backends {
         let config = SipConfig {
+            backend_hosts: Vec::new(),
+            dns: Default::default(),
             public_listen: "127.0.0.1:5060".parse().unwrap(),
             private_listen: None,
             public_advertise: None,
@@ -407,5 +519,76 @@ mod tests {
             backend.health = Health::Down;
         }
         assert!(!backends.all_full());
+    }
+
+    fn target(address: &str, priority: u16, weight: u16) -> Target {
+        Target {
+            address: address.parse().unwrap(),
+            priority,
+            weight,
+        }
+    }
+
+    #[test]
+    fn dns_targets_join_retire_and_return_in_place() {
+        let mut backends = pool(BalancePolicy::Weighted, &[1]);
+        let shape = (BackendTransport::Udp, 0);
+        let added = backends.resolved(
+            0,
+            &[
+                target("10.0.0.1:5060", 10, 3),
+                target("10.0.0.2:5060", 10, 1),
+            ],
+            shape,
+            Instant::now(),
+        );
+        assert_eq!(added, vec![BackendId(1), BackendId(2)]);
+        // An SRV answer for the address configured by hand leaves it that entry's.
+        let added = backends.resolved(
+            0,
+            &[
+                target("127.0.0.2:5060", 10, 1),
+                target("10.0.0.2:5060", 10, 5),
+            ],
+            shape,
+            Instant::now(),
+        );
+        assert!(added.is_empty());
+        assert!(backends[BackendId(1)].retired, "no longer a target");
+        assert_eq!(backends[BackendId(2)].weight, 5);
+        assert_eq!(backends[BackendId(0)].source, Source::Address);
+        let added = backends.resolved(0, &[target("10.0.0.1:5060", 10, 0)], shape, Instant::now());
+        assert!(added.is_empty(), "it returns in its old place");
+        assert!(!backends[BackendId(1)].retired && backends[BackendId(2)].retired);
+        assert_eq!(backends[BackendId(1)].weight, 1, "weight 0 counts as 1");
+        assert_eq!(backends.serving().count(), 2);
+    }
+
+    #[test]
+    fn a_higher_srv_priority_only_after_every_lower_one_and_weights_within_it() {
+        let mut backends = pool(BalancePolicy::Weighted, &[]);
+        let shape = (BackendTransport::Udp, 0);
+        backends.resolved(
+            0,
+            &[
+                target("10.0.0.1:5060", 10, 3),
+                target("10.0.0.2:5060", 10, 1),
+                target("10.0.0.3:5060", 20, 100),
+            ],
+            shape,
+            Instant::now(),
+        );
+        let firsts: Vec<BackendId> = (0..8).map(|_| backends.candidates("x")[0]).collect();
+        assert_eq!(firsts.iter().filter(|&&id| id == BackendId(0)).count(), 6);
+        assert_eq!(firsts.iter().filter(|&&id| id == BackendId(1)).count(), 2);
+        assert_eq!(
+            backends.candidates("x").last(),
+            Some(&BackendId(2)),
+            "the higher priority last, for failover"
+        );
+        for id in [BackendId(0), BackendId(1)] {
+            backends[id].health = Health::Down;
+        }
+        assert_eq!(backends.candidates("x"), vec![BackendId(2)]);
     }
 }

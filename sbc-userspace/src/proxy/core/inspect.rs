@@ -56,7 +56,7 @@ impl Core {
     pub fn backend_summaries(&self, now: Now) -> Vec<BackendSummary> {
         self.backends
             .iter()
-            .zip(&self.stats.backends)
+            .zip(self.stats.backends.snapshot())
             .map(|((_, backend), stats)| BackendSummary {
                 address: backend.address,
                 weight: backend.weight,

@@ -108,6 +108,11 @@ pub enum Input {
     Readvertise { side: Side, address: IpAddr },
     /// A TCP connection we opened to this peer closed, or could not be opened.
     ConnectionLost { side: Side, address: SocketAddr },
+    /// DNS says what `[[sip.backend_hosts]]` entry `host` stands for now.
+    BackendsResolved {
+        host: usize,
+        targets: Vec<crate::proxy::dns::Target>,
+    },
     /// A drain's deadline passed: end every call.
     HangUpAll,
     /// The kernel forwarded the final response (`code`) to a BYE of the call with this
@@ -160,6 +165,8 @@ pub enum GuardUpdate {
     },
     /// Our addresses as the kernel compares and writes them changed (`Core::sip_selves`).
     SipSelves(Box<sbc_common::SipSelves>),
+    /// Backends DNS found: allowlisted without limits, as the configured ones.
+    TrustBackends(Vec<IpAddr>),
     /// Block a source for `duration`; `why` goes into the log and the `source_blocked` event,
     /// which the driver writes once the block is in place.
     Block {
@@ -302,6 +309,7 @@ impl Core {
             }
             Input::Reconfigure(admission) => self.admission.reconfigure(&admission),
             Input::ConnectionLost { side, address } => self.connection_lost(side, address),
+            Input::BackendsResolved { host, targets } => self.backends_resolved(host, &targets),
             Input::Readvertise { side, address } => {
                 self.addresses.readvertise(side, address);
                 let selves = Box::new(self.sip_selves());
@@ -353,7 +361,7 @@ impl Core {
         stats
             .calls_active
             .store(self.calls.len() as u64, Ordering::Relaxed);
-        for ((_, backend), published) in self.backends.iter().zip(&stats.backends) {
+        for ((_, backend), published) in self.backends.iter().zip(stats.backends.snapshot()) {
             published
                 .up
                 .store(backend.health == backends::Health::Up, Ordering::Relaxed);
@@ -565,7 +573,12 @@ impl Core {
         tcp_asked: bool,
         len: usize,
     ) -> Transport {
-        match self.config.transport_to(target) {
+        let configured = self.config.transport_to(target).or_else(|| {
+            self.backends
+                .id_of(target)
+                .map(|id| self.backends[id].transport)
+        });
+        match configured {
             Some(BackendTransport::Tls) => Transport::TlsOut,
             Some(BackendTransport::Tcp) => Transport::TcpOut,
             _ if tcp_asked || len > UDP_MAX_REQUEST => Transport::TcpOut,

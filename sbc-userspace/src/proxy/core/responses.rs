@@ -56,7 +56,9 @@ impl Core {
         let first_response = !client.provisional && client.final_code.is_none();
         if let (true, Some(backend_id)) = (first_response, client.backend) {
             let method = client.method.label();
-            self.stats.backends[backend_id.index()]
+            self.stats
+                .backends
+                .get(backend_id.index())
                 .latency
                 .observe(method, self.now.since(client.sent));
         }
@@ -76,7 +78,10 @@ impl Core {
         } else {
             client.final_code = Some(code);
             if let Some(backend_id) = client.backend {
-                self.stats.backends[backend_id.index()].answered(&client.method, Some(code));
+                self.stats
+                    .backends
+                    .get(backend_id.index())
+                    .answered(&client.method, Some(code));
             }
         }
         let (purpose, backend, invite, server) = (
@@ -519,7 +524,10 @@ impl Core {
         }
         client.final_code = Some(408);
         if let Some(backend_id) = client.backend {
-            self.stats.backends[backend_id.index()].answered(&client.method, None);
+            self.stats
+                .backends
+                .get(backend_id.index())
+                .answered(&client.method, None);
         }
         let (purpose, backend, server, invite, sent) = (
             client.purpose,

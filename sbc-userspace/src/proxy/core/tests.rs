@@ -609,6 +609,10 @@ const CASES: &[Case] = &[
         play: tcp_backend,
     },
     Case {
+        name: "backends found by DNS take calls by SRV priority, are trusted as backends, and retire when DNS drops them",
+        play: backends_found_by_dns,
+    },
+    Case {
         name: "a request too large for UDP goes by TCP (RFC 3261 18.1.1)",
         play: large_request_goes_by_tcp,
     },
@@ -1195,6 +1199,47 @@ fn lab_with_a_tcp_backend() -> Lab {
     let mut sip = config(&[BACKEND_A, BACKEND_B]);
     sip.backends[1].transport = BackendTransport::Tcp;
     Lab::with(sip, AdmissionConfig::default())
+}
+
+fn backends_found_by_dns() {
+    let mut sip = config(&[]);
+    sip.backend_hosts = vec![crate::proxy::config::BackendHostConfig {
+        host: "pbx.example".to_owned(),
+        port: None,
+        transport: BackendTransport::Tcp,
+        max_calls: 0,
+    }];
+    let mut lab = Lab::with(sip, AdmissionConfig::default());
+    let target = |address: &str, priority| crate::proxy::dns::Target {
+        address: addr(address),
+        priority,
+        weight: 1,
+    };
+    lab.input(Input::BackendsResolved {
+        host: 0,
+        targets: vec![target(BACKEND_B, 20), target(BACKEND_A, 10)],
+    });
+    assert!(
+        lab.guard
+            .iter()
+            .any(|u| matches!(u, GuardUpdate::TrustBackends(ips)
+            if ips.contains(&addr(BACKEND_A).ip()) && ips.contains(&addr(BACKEND_B).ip()))),
+        "{:?}",
+        lab.guard
+    );
+    // The lower SRV priority takes the call, over the entry's transport.
+    let invite = forward_invite(&mut lab, &Call::new("dns-1"), "dns-1");
+    assert_eq!(
+        (invite.to, invite.transport),
+        (addr(BACKEND_A), Transport::TcpOut)
+    );
+    // DNS no longer names it: the next call goes to the one left.
+    lab.input(Input::BackendsResolved {
+        host: 0,
+        targets: vec![target(BACKEND_B, 20)],
+    });
+    let invite = forward_invite(&mut lab, &Call::new("dns-2"), "dns-2");
+    assert_eq!(invite.to, addr(BACKEND_B));
 }
 
 fn tcp_backend() {

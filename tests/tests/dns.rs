@@ -1,0 +1,146 @@
+//! Backends named by host (`[[sip.backend_hosts]]`), found by DNS as RFC 3263 says: a dnsmasq
+//! in the backends' namespace serves `_sip._udp.pbx.lab` with two SRV targets (two SIPp
+//! backends) of weights 3 and 1, with a TTL of one second. Calls go to them by weight; when one
+//! dies, calls fail over to the other and none fails; when DNS stops naming one, the next
+//! calls go only to the other once the TTL has passed.
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use sbc_tests::{
+    daemon::{Daemon, DaemonOptions},
+    dns_server::{DnsServer, Srv, Zone},
+    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
+    privileges::require_lab_privileges,
+    sipp::{self, Backend, CallKind},
+};
+
+const HEAVY: u16 = 5060;
+const LIGHT: u16 = 5070;
+
+fn zone(targets: &[(&'static str, u16, u16)]) -> Zone {
+    Zone {
+        srv: targets
+            .iter()
+            .map(|&(target, port, weight)| Srv {
+                name: "_sip._udp.pbx.lab",
+                target,
+                port,
+                priority: 10,
+                weight,
+            })
+            .collect(),
+        hosts: vec![
+            ("heavy.pbx.lab", IpAddr::V4(CALLEE)),
+            ("light.pbx.lab", IpAddr::V4(CALLEE)),
+        ],
+        ttl_secs: 1,
+    }
+}
+
+/// INVITEs each backend answered 2xx, by port.
+fn answered(daemon: &Daemon, port: u16) -> f64 {
+    let metrics = daemon.metrics().expect("metrics");
+    metrics.sum(
+        "sbc_backend_answers_total",
+        &[
+            &format!("backend=\"{CALLEE}:{port}\""),
+            "method=\"INVITE\"",
+            "class=\"2xx\"",
+        ],
+    )
+}
+
+fn place(lab: &Lab, daemon: &Daemon, calls: u32) {
+    let result = sipp::place_calls(
+        &lab.caller,
+        SocketAddr::new(CALLER.into(), 5060),
+        SocketAddr::new(SBC_PUBLIC.into(), 5060),
+        CallKind::Short,
+        (calls, 10),
+        Duration::from_secs(60),
+    )
+    .expect("SIPp caller");
+    assert_eq!(
+        (result.exit_code, result.successful, result.failed),
+        (Some(0), u64::from(calls), 0),
+        "not every call succeeded:\n{}\n{}",
+        result.output,
+        daemon.log()
+    );
+}
+
+#[test]
+fn srv_targets_take_calls_by_weight_fail_over_and_follow_the_ttl() {
+    require_lab_privileges();
+    let lab = Lab::up("dns").expect("lab");
+    let dns_address = IpAddr::V4(CALLEE);
+    let mut dns = DnsServer::start(
+        &lab.callee,
+        dns_address,
+        &zone(&[("heavy.pbx.lab", HEAVY, 3), ("light.pbx.lab", LIGHT, 1)]),
+    )
+    .expect("DNS server");
+    let mut heavy =
+        Backend::start(&lab.callee, SocketAddr::new(CALLEE.into(), HEAVY)).expect("backend");
+    let _light =
+        Backend::start(&lab.callee, SocketAddr::new(CALLEE.into(), LIGHT)).expect("backend");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            sip_keys: "policy = \"weighted\"\n".to_owned(),
+            backend_tables: format!(
+                "[[sip.backend_hosts]]\nhost = \"pbx.lab\"\n\
+                 [sip.dns]\nservers = [\"{dns_address}:53\"]\n"
+            ),
+            health_interval_ms: 500,
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    // Both targets found (and probed) before the first call.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.backends().map_or(0, |b| b.len()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "DNS targets not found:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Weights 3 and 1: the heavy target takes three calls in four.
+    place(&lab, &daemon, 40);
+    let (to_heavy, to_light) = (answered(&daemon, HEAVY), answered(&daemon, LIGHT));
+    eprintln!("by weight: {to_heavy} to the heavy target, {to_light} to the light one");
+    assert_eq!(to_heavy + to_light, 40.0);
+    assert!((27.0..=33.0).contains(&to_heavy), "{to_heavy} of 40");
+
+    // The heavy target dies: every call still succeeds (the INVITE fails over to the other
+    // SRV target, and the dead one is marked down).
+    heavy.kill();
+    place(&lab, &daemon, 20);
+    assert_eq!(answered(&daemon, LIGHT), to_light + 20.0);
+
+    // DNS stops naming the heavy target (it comes back to life meanwhile): once the TTL has
+    // passed, it is retired and takes no more calls.
+    drop(dns);
+    dns = DnsServer::start(
+        &lab.callee,
+        dns_address,
+        &zone(&[("light.pbx.lab", LIGHT, 1)]),
+    )
+    .expect("DNS server");
+    let _heavy =
+        Backend::start(&lab.callee, SocketAddr::new(CALLEE.into(), HEAVY)).expect("backend");
+    std::thread::sleep(Duration::from_secs(3));
+    let before = answered(&daemon, HEAVY);
+    place(&lab, &daemon, 20);
+    assert_eq!(
+        answered(&daemon, HEAVY),
+        before,
+        "a retired target took calls"
+    );
+    drop(dns);
+}
