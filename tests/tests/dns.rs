@@ -2,7 +2,9 @@
 //! in the backends' namespace serves `_sip._udp.pbx.lab` with two SRV targets (two SIPp
 //! backends) of weights 3 and 1, with a TTL of one second. Calls go to them by weight; when one
 //! dies, calls fail over to the other and none fails; when DNS stops naming one, the next
-//! calls go only to the other once the TTL has passed.
+//! calls go only to the other once the TTL has passed. A trunk named by host
+//! (`sip.trunk_host`): a backend's calls to numbers at `carrier.lab` reach the carrier's live
+//! target after its first SRV target, where nothing answers, fails.
 use std::{
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
@@ -11,7 +13,7 @@ use std::{
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     dns_server::{DnsServer, Srv, Zone},
-    lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
+    lab::{CALLEE, CALLER, Lab, SBC_PRIVATE, SBC_PUBLIC},
     privileges::require_lab_privileges,
     sipp::{self, Backend, CallKind},
 };
@@ -143,4 +145,78 @@ fn srv_targets_take_calls_by_weight_fail_over_and_follow_the_ttl() {
         "a retired target took calls"
     );
     drop(dns);
+}
+
+#[test]
+fn a_trunk_named_by_host_is_reached_at_its_next_srv_target_when_the_first_fails() {
+    require_lab_privileges();
+    let lab = Lab::up("dnstrunk").expect("lab");
+    let dns_address = IpAddr::V4(CALLEE);
+    // The carrier's first target (priority 10) has nothing listening; the second is SIPp.
+    let (dead, live) = (5080, 5060);
+    let _dns = DnsServer::start(
+        &lab.callee,
+        dns_address,
+        &Zone {
+            srv: vec![
+                Srv {
+                    name: "_sip._udp.carrier.lab",
+                    target: "edge1.carrier.lab",
+                    port: dead,
+                    priority: 10,
+                    weight: 1,
+                },
+                Srv {
+                    name: "_sip._udp.carrier.lab",
+                    target: "edge2.carrier.lab",
+                    port: live,
+                    priority: 20,
+                    weight: 1,
+                },
+            ],
+            hosts: vec![
+                ("edge1.carrier.lab", IpAddr::V4(CALLER)),
+                ("edge2.carrier.lab", IpAddr::V4(CALLER)),
+            ],
+            ttl_secs: 60,
+        },
+    )
+    .expect("DNS server");
+    let _carrier =
+        Backend::start(&lab.caller, SocketAddr::new(CALLER.into(), live)).expect("carrier");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            sip_backends: vec![SocketAddr::new(CALLEE.into(), 5070)],
+            health_probes: false,
+            sip_keys: "trunk_host = \"carrier.lab\"\n".to_owned(),
+            backend_tables: format!("[sip.dns]\nservers = [\"{dns_address}:53\"]\n"),
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    std::thread::sleep(Duration::from_millis(500));
+    let result = sipp::place_calls_through(
+        &lab.callee,
+        SocketAddr::new(CALLEE.into(), 5060),
+        SocketAddr::new(SBC_PRIVATE.into(), 5060),
+        Some(SocketAddr::new(SBC_PRIVATE.into(), 5060)),
+        CallKind::Scenario("trunk_uac"),
+        (5, 5),
+        Duration::from_secs(60),
+    )
+    .expect("SIPp backend calling out");
+    assert_eq!(
+        (result.exit_code, result.successful, result.failed),
+        (Some(0), 5, 0),
+        "{}\n{}",
+        result.output,
+        daemon.log()
+    );
+    // Each call tried the lower priority first, and failed over from it.
+    let failovers = daemon
+        .log()
+        .matches("failing over to the next target")
+        .count();
+    assert!(failovers >= 5, "{failovers} failovers:\n{}", daemon.log());
 }

@@ -53,6 +53,13 @@ pub struct SipConfig {
     /// Where new requests from the private side go when their Request-URI names no IP address.
     #[serde(default)]
     pub trunk: Option<SocketAddr>,
+    /// Or the trunk named by host, found by DNS as a backend host is (RFC 3263): a request
+    /// tries its targets by SRV priority and weight, failing over on 408, 5xx or silence.
+    #[serde(default)]
+    pub trunk_host: Option<String>,
+    /// With `trunk_host`: only its A/AAAA records, at this port.
+    #[serde(default)]
+    pub trunk_port: Option<u16>,
     /// How requests reach the trunk, as a backend's `transport`, `server_name` and `tls_ca`.
     #[serde(default)]
     pub trunk_transport: BackendTransport,
@@ -272,6 +279,24 @@ impl SipConfig {
                 return Err(ConfigError::new(
                     &format!("sip.backends[{i}].address"),
                     format!("{} is already sip.backends[{first}]", backend.address),
+                ));
+            }
+        }
+        if let Some(host) = &sip.trunk_host {
+            if sip.trunk.is_some() {
+                return Err(ConfigError::new(
+                    "sip.trunk_host",
+                    "and sip.trunk both name the trunk: keep one",
+                ));
+            }
+            if host.trim().is_empty() || host.contains(char::is_whitespace) {
+                return Err(ConfigError::new("sip.trunk_host", "must be a DNS name"));
+            }
+            if sip.trunk_transport == BackendTransport::Tls {
+                return Err(ConfigError::new(
+                    "sip.trunk_transport",
+                    "\"tls\" is not available for a trunk named by host yet: name it by \
+                     address in sip.trunk",
                 ));
             }
         }

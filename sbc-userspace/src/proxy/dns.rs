@@ -203,13 +203,31 @@ impl Resolver {
     }
 }
 
-/// Keeps `entry`'s targets current for as long as `found` takes them (it returns false once
+/// A name to keep resolved, and how it is reached.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub host: String,
+    pub port: Option<u16>,
+    pub transport: BackendTransport,
+}
+
+impl Lookup {
+    pub fn of(entry: &BackendHostConfig) -> Self {
+        Self {
+            host: entry.host.clone(),
+            port: entry.port,
+            transport: entry.transport,
+        }
+    }
+}
+
+/// Keeps `lookup`'s targets current for as long as `found` takes them (it returns false once
 /// the proxy is gone): looked up at once, then again when the answer's TTL runs out (at least
 /// a second, at most `max_ttl_secs`); a failed lookup leaves the last answer in use and is
 /// tried again after `retry_secs`.
 pub async fn keep_resolved(
     resolver: std::sync::Arc<Resolver>,
-    entry: BackendHostConfig,
+    lookup: Lookup,
     dns: DnsConfig,
     mut found: impl FnMut(Vec<Target>) -> bool,
 ) {
@@ -219,7 +237,7 @@ pub async fn keep_resolved(
     );
     loop {
         let wait = match resolver
-            .resolve(&entry.host, entry.port, entry.transport)
+            .resolve(&lookup.host, lookup.port, lookup.transport)
             .await
         {
             Ok(resolution) => {
@@ -232,13 +250,59 @@ pub async fn keep_resolved(
                 left.clamp(shortest, longest)
             }
             Err(e) => {
-                let host = &entry.host;
-                warn!(%host, "looking up a backend host failed, its last answer stays in use: {e:#}");
+                let host = &lookup.host;
+                warn!(%host, "looking up a host failed, its last answer stays in use: {e:#}");
                 Duration::from_secs(dns.retry_secs.max(1))
             }
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// What a lookup was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// `[[sip.backend_hosts]]` entry `n`.
+    BackendHost(usize),
+    /// `sip.trunk_host`.
+    Trunk,
+}
+
+/// The order to try `targets` in for one request (RFC 2782): lowest priority first; within a
+/// priority, drawn by weight (a target of weight 0 only after those with weight). `seed`
+/// makes the draw (a request's Call-ID hash: its retransmissions and failovers agree).
+pub fn try_order(targets: &[Target], seed: u64) -> Vec<SocketAddr> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        // xorshift64: spread enough for a weighted draw, and reproducible.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut left: Vec<Target> = targets.to_vec();
+    left.sort_by_key(|t| t.priority);
+    let mut order = Vec::with_capacity(left.len());
+    while let Some(priority) = left.first().map(|t| t.priority) {
+        let tier = left.iter().take_while(|t| t.priority == priority).count();
+        let total: u64 = left[..tier].iter().map(|t| u64::from(t.weight)).sum();
+        let chosen = if total == 0 {
+            0
+        } else {
+            let mut point = next() % total;
+            left[..tier]
+                .iter()
+                .position(|t| {
+                    let weight = u64::from(t.weight);
+                    let here = point < weight;
+                    point = point.saturating_sub(weight);
+                    here
+                })
+                .unwrap_or(0)
+        };
+        order.push(left.remove(chosen).address);
+    }
+    order
 }
 
 fn earliest(a: Option<Instant>, b: Instant) -> Instant {
@@ -325,6 +389,32 @@ mod tests {
             Some("_sip._tcp.example")
         );
         assert_eq!(srv_name_of_naptr(&offers, BackendTransport::Tls), None);
+    }
+
+    #[test]
+    fn targets_are_tried_by_priority_then_drawn_by_weight() {
+        let target = |last: u8, priority, weight| Target {
+            address: SocketAddr::from(([10, 0, 0, last], 5060)),
+            priority,
+            weight,
+        };
+        let targets = [
+            target(1, 10, 3),
+            target(2, 10, 1),
+            target(3, 5, 0),
+            target(4, 20, 100),
+        ];
+        let mut firsts = [0u32; 2];
+        for seed in 0..4000u64 {
+            let order = try_order(&targets, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            assert_eq!(order.len(), 4);
+            assert_eq!(order[0], targets[2].address, "the lowest priority first");
+            assert_eq!(order[3], targets[3].address, "the highest last");
+            firsts[usize::from(order[1] == targets[1].address)] += 1;
+        }
+        let share = f64::from(firsts[0]) / 4000.0;
+        assert!((0.7..0.8).contains(&share), "weight 3 of 4 drawn {share}");
+        assert_eq!(try_order(&targets, 7), try_order(&targets, 7));
     }
 
     #[test]

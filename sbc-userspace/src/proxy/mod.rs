@@ -97,9 +97,9 @@ pub enum Queued {
         silent: Vec<SilentLeg>,
         hang_up: bool,
     },
-    /// DNS says what `[[sip.backend_hosts]]` entry `host` stands for now.
+    /// DNS says what a backend host or the trunk stands for now.
     Resolved {
-        host: usize,
+        of: dns::Named,
         targets: Vec<dns::Target>,
     },
     /// The kernel forwarded the final response to a call's BYE.
@@ -183,19 +183,32 @@ impl ProxyHandle {
     }
 }
 
-/// Starts a task per `[[sip.backend_hosts]]` entry that keeps its targets current.
-fn keep_backend_hosts_resolved(config: &SipConfig, lanes: &Lanes) -> anyhow::Result<()> {
-    if config.backend_hosts.is_empty() {
-        return Ok(());
-    }
-    let resolver = Arc::new(dns::Resolver::new(&config.dns)?);
-    for (host, entry) in config.backend_hosts.iter().enumerate() {
+/// Starts a task per name to look up (each `[[sip.backend_hosts]]` entry, `sip.trunk_host`)
+/// that keeps its targets current.
+fn keep_names_resolved(config: &SipConfig, lanes: &Lanes) -> anyhow::Result<()> {
+    let trunk = config.trunk_host.as_ref().map(|host| dns::Lookup {
+        host: host.clone(),
+        port: config.trunk_port,
+        transport: config.trunk_transport,
+    });
+    let names = config
+        .backend_hosts
+        .iter()
+        .enumerate()
+        .map(|(n, entry)| (dns::Named::BackendHost(n), dns::Lookup::of(entry)))
+        .chain(trunk.map(|lookup| (dns::Named::Trunk, lookup)));
+    let mut resolver = None;
+    for (of, lookup) in names {
+        let resolver = match &resolver {
+            Some(resolver) => Arc::clone(resolver),
+            None => Arc::clone(resolver.insert(Arc::new(dns::Resolver::new(&config.dns)?))),
+        };
         let lanes = lanes.clone();
         tokio::spawn(dns::keep_resolved(
-            Arc::clone(&resolver),
-            entry.clone(),
+            resolver,
+            lookup,
             config.dns.clone(),
-            move |targets| lanes.control(Queued::Resolved { host, targets }),
+            move |targets| lanes.control(Queued::Resolved { of, targets }),
         ));
     }
     Ok(())
@@ -270,7 +283,7 @@ pub async fn start(
         .set_sip_selves(&core.sip_selves())
         .map_err(|e| e.context("writing our SIP addresses to the kernel"))?;
     core.start(now, recorded);
-    keep_backend_hosts_resolved(config, &lanes)?;
+    keep_names_resolved(config, &lanes)?;
     let mut local = [config.public_listen.ip(); 2];
     local[usize::from(Side::Private.index())] = config.private_listen().ip();
     let mut tls_peers = HashMap::new();

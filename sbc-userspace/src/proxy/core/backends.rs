@@ -420,6 +420,8 @@ mod tests {
             policy,
             invite_timeout_ms: 2000,
             trunk: None,
+            trunk_host: None,
+            trunk_port: None,
             trunk_transport: Default::default(),
             trunk_server_name: None,
             trunk_tls_ca: None,

@@ -38,7 +38,7 @@ use std::{
 };
 
 use sbc_common::{guard::BLOCK_ABUSE, sip_forward::UDP_MAX_REQUEST};
-use tracing::debug;
+use tracing::{debug, info};
 
 use self::{
     addresses::OurAddresses,
@@ -54,6 +54,7 @@ use self::{
 };
 use super::{
     config::{BackendTransport, SipConfig},
+    dns::{Named, Target},
     stats::{self, Origin, SipStats},
 };
 use crate::{
@@ -108,11 +109,8 @@ pub enum Input {
     Readvertise { side: Side, address: IpAddr },
     /// A TCP connection we opened to this peer closed, or could not be opened.
     ConnectionLost { side: Side, address: SocketAddr },
-    /// DNS says what `[[sip.backend_hosts]]` entry `host` stands for now.
-    BackendsResolved {
-        host: usize,
-        targets: Vec<crate::proxy::dns::Target>,
-    },
+    /// DNS says what a backend host or the trunk stands for now.
+    Resolved { of: Named, targets: Vec<Target> },
     /// A drain's deadline passed: end every call.
     HangUpAll,
     /// The kernel forwarded the final response (`code`) to a BYE of the call with this
@@ -194,6 +192,8 @@ pub struct Core {
     /// The listeners' addresses, bound and advertised.
     pub(super) addresses: OurAddresses,
     pub(super) backends: Backends,
+    /// The targets DNS found for `sip.trunk_host` (none until it answers).
+    pub(super) trunk_targets: Vec<Target>,
     pub(super) server: HashMap<ServerKey, ServerTx>,
     pub(super) client: HashMap<ClientKey, ClientTx>,
     pub(super) calls: HashMap<CallKey, Call>,
@@ -246,6 +246,7 @@ impl Core {
         Self {
             addresses: OurAddresses::new(config),
             backends: Backends::new(config, now.at),
+            trunk_targets: Vec::new(),
             server: HashMap::new(),
             client: HashMap::new(),
             calls: HashMap::new(),
@@ -309,7 +310,10 @@ impl Core {
             }
             Input::Reconfigure(admission) => self.admission.reconfigure(&admission),
             Input::ConnectionLost { side, address } => self.connection_lost(side, address),
-            Input::BackendsResolved { host, targets } => self.backends_resolved(host, &targets),
+            Input::Resolved { of, targets } => match of {
+                Named::BackendHost(host) => self.backends_resolved(host, &targets),
+                Named::Trunk => self.trunk_resolved(targets),
+            },
             Input::Readvertise { side, address } => {
                 self.addresses.readvertise(side, address);
                 let selves = Box::new(self.sip_selves());
@@ -345,6 +349,15 @@ impl Core {
 
     pub(super) fn guard(&mut self, update: GuardUpdate) {
         self.output(Output::Guard(update));
+    }
+
+    /// DNS says the trunk is `targets` now.
+    fn trunk_resolved(&mut self, targets: Vec<Target>) {
+        if targets != self.trunk_targets {
+            let found: Vec<String> = targets.iter().map(|t| t.address.to_string()).collect();
+            info!(targets = %found.join(", "), "trunk targets found by DNS");
+        }
+        self.trunk_targets = targets;
     }
 
     /// `requests` new requests of `source` were shed: it is blocked if that makes too many.
@@ -574,6 +587,9 @@ impl Core {
         len: usize,
     ) -> Transport {
         let configured = self.config.transport_to(target).or_else(|| {
+            if self.trunk_targets.iter().any(|t| t.address == target) {
+                return Some(self.config.trunk_transport);
+            }
             self.backends
                 .id_of(target)
                 .map(|id| self.backends[id].transport)

@@ -8,16 +8,16 @@ use tracing::{debug, info};
 use super::{
     Core, Output, Timer,
     answered::Answer,
-    backends::BackendId,
     build,
     call_end::CallEnd,
     calls::Call,
     hiding,
     names::CallKey,
     names::{ClientKey, ServerKey},
-    transactions::{ClientTx, LINGER, Peer, Purpose, Reach, ServerTx, T1, Transport},
+    transactions::{Candidate, ClientTx, LINGER, Peer, Purpose, Reach, ServerTx, T1, Transport},
 };
 use crate::{
+    proxy::dns::try_order,
     proxy::stats::Origin,
     side::Side,
     sip::{
@@ -35,8 +35,9 @@ const DEFAULT_MAX_FORWARDS: u8 = 70;
 struct NextHop {
     target: SocketAddr,
     side: Side,
-    /// Backends to fall back on, for new calls from the public side.
-    candidates: Vec<BackendId>,
+    /// Where to fall back on: backends, for new calls from the public side; the trunk's
+    /// other targets, for new requests to it.
+    candidates: Vec<Candidate>,
     /// A new Request-URI (an in-dialog request sent to us instead of along its route set).
     request_uri: Option<String>,
     /// Routes to put in (the route set towards the other party of such a request).
@@ -166,8 +167,10 @@ impl Core {
             call.backend = Some(backend);
         }
         let target = hop.target;
-        tx.candidates
-            .retain(|&b| self.backends[b].address != target);
+        tx.candidates.retain(|&candidate| match candidate {
+            Candidate::Backend(id) => self.backends[id].address != target,
+            Candidate::Trunk(address) => address != target,
+        });
         self.server.insert(key.clone(), tx);
         self.attempt(&key, target);
     }
@@ -418,15 +421,23 @@ impl Core {
         }
         if in_dialog || side == Side::Private {
             let uri = request.uri.as_sip().expect("checked: SIP Request-URI");
+            let mut candidates = Vec::new();
             let target = match (uri.host.ip(), self.config.trunk) {
                 (Some(ip), _) => SocketAddr::new(ip, uri.port.unwrap_or(5060)),
                 (None, Some(trunk)) if !in_dialog => trunk,
+                (None, None) if !in_dialog && !self.trunk_targets.is_empty() => {
+                    let seed = super::backends::fnv1a(request.call_id.as_bytes());
+                    let mut order = try_order(&self.trunk_targets, seed).into_iter();
+                    let first = order.next().expect("not empty");
+                    candidates.extend(order.map(Candidate::Trunk));
+                    first
+                }
                 (None, _) => return Err((404, format!("cannot resolve {}", uri.host))),
             };
             return Ok(NextHop {
                 target,
                 side: out,
-                candidates: Vec::new(),
+                candidates,
                 request_uri: None,
                 routes: Vec::new(),
                 reach: Reach {
@@ -447,7 +458,7 @@ impl Core {
         Ok(NextHop {
             target: self.backends[first].address,
             side: Side::Private,
-            candidates,
+            candidates: candidates.into_iter().map(Candidate::Backend).collect(),
             request_uri: None,
             routes: Vec::new(),
             // The backends' own transport applies (`request_transport`).

@@ -8,12 +8,12 @@ use tracing::{debug, info, warn};
 
 use super::{
     Core, Timer,
-    backends::Observation,
+    backends::{Health, Observation},
     build,
     call_end::CallEnd,
     hiding::HiddenContacts,
     names::{ClientKey, ServerKey},
-    transactions::{LINGER, Peer, Purpose, T2, TIMER_C},
+    transactions::{Candidate, LINGER, Peer, Purpose, T2, TIMER_C},
 };
 use crate::{
     proxy::{stats::Origin, via_destination},
@@ -313,17 +313,27 @@ impl Core {
         }
         while let Some(next) = tx.candidates.first().copied() {
             tx.candidates.remove(0);
-            if self.backends[next].health == super::backends::Health::Up {
-                let target = self.backends[next].address;
-                info!(call_id = %tx.info.call_id, backend = %target, "failing over to the next backend");
-                if let Some(call) = tx.call.clone().and_then(|key| self.calls.get_mut(&key)) {
-                    call.backend = Some(next);
+            let (target, backend) = match next {
+                Candidate::Backend(id) if self.backends[id].health == Health::Up => {
+                    (self.backends[id].address, Some(id))
                 }
-                self.attempt(server_key, target);
-                return true;
+                Candidate::Backend(_) => continue,
+                Candidate::Trunk(address) => (address, None),
+            };
+            info!(call_id = %tx.info.call_id, %target, "failing over to the next target");
+            if let Some(id) = backend
+                && let Some(call) = tx.call.clone().and_then(|key| self.calls.get_mut(&key))
+            {
+                call.backend = Some(id);
             }
+            self.attempt(server_key, target);
+            return true;
         }
-        self.finish_invite(server_key, 503, Some("no backend answered"));
+        let why = match tx.out_side {
+            Side::Private => "no backend answered",
+            Side::Public => "no trunk target answered",
+        };
+        self.finish_invite(server_key, 503, Some(why));
         true
     }
 

@@ -613,6 +613,10 @@ const CASES: &[Case] = &[
         play: backends_found_by_dns,
     },
     Case {
+        name: "a trunk named by host: a backend's call goes to its lowest SRV priority and fails over to the next target on 503",
+        play: trunk_found_by_dns,
+    },
+    Case {
         name: "a request too large for UDP goes by TCP (RFC 3261 18.1.1)",
         play: large_request_goes_by_tcp,
     },
@@ -1215,8 +1219,8 @@ fn backends_found_by_dns() {
         priority,
         weight: 1,
     };
-    lab.input(Input::BackendsResolved {
-        host: 0,
+    lab.input(Input::Resolved {
+        of: crate::proxy::dns::Named::BackendHost(0),
         targets: vec![target(BACKEND_B, 20), target(BACKEND_A, 10)],
     });
     assert!(
@@ -1234,8 +1238,8 @@ fn backends_found_by_dns() {
         (addr(BACKEND_A), Transport::TcpOut)
     );
     // DNS no longer names it: the next call goes to the one left.
-    lab.input(Input::BackendsResolved {
-        host: 0,
+    lab.input(Input::Resolved {
+        of: crate::proxy::dns::Named::BackendHost(0),
         targets: vec![target(BACKEND_B, 20)],
     });
     let invite = forward_invite(&mut lab, &Call::new("dns-2"), "dns-2");
@@ -1296,6 +1300,50 @@ fn large_request_goes_by_tcp() {
     // A small one still goes over UDP.
     let small = forward_invite(&mut lab, &Call::new("small"), "small-1");
     assert_eq!(small.transport, Transport::Udp);
+}
+
+fn trunk_found_by_dns() {
+    let (first, second) = ("203.0.113.9:5060", "203.0.113.10:5060");
+    let mut sip = config(&[BACKEND_A]);
+    sip.trunk_host = Some("carrier.example".to_owned());
+    let mut lab = Lab::with(sip, AdmissionConfig::default());
+    let target = |address: &str, priority| crate::proxy::dns::Target {
+        address: addr(address),
+        priority,
+        weight: 1,
+    };
+    lab.input(Input::Resolved {
+        of: crate::proxy::dns::Named::Trunk,
+        targets: vec![target(second, 20), target(first, 10)],
+    });
+    let invite = with_body(
+        format!(
+            "INVITE sip:+15551234567@carrier.example SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {BACKEND_A};branch=z9hG4bKout-1;rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:alice@{BACKEND_A}>;tag=out\r\nTo: <sip:+15551234567@carrier.example>\r\n\
+             Call-ID: out-dns\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{BACKEND_A}>\r\n"
+        ),
+        Some(&sdp("10.0.0.10", 50000)),
+    );
+    lab.backend_sends(addr(BACKEND_A), &invite);
+    let sent = lab.take_sent();
+    let out = sent_to(&sent, first);
+    assert_eq!(out.method(), Some("INVITE"));
+    // The first target is out of service: the next one gets the INVITE, the backend hears
+    // nothing of it.
+    lab.datagram(
+        Side::Public,
+        first,
+        &response(out, 503, "busy", addr(first), None),
+    );
+    let sent = lab.take_sent();
+    assert_eq!(sent_to(&sent, second).method(), Some("INVITE"));
+    assert!(
+        !sent
+            .iter()
+            .any(|s| s.to == addr(BACKEND_A) && s.code() == Some(503)),
+        "the backend heard the first target's 503"
+    );
 }
 
 fn trunk_over_tls() {

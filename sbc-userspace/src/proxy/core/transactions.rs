@@ -116,16 +116,25 @@ pub struct ServerTx {
     pub out_side: Side,
     /// How its next hop is reached, besides what is configured for it.
     pub reach: Reach,
-    /// Sent to a backend chosen from the pool (new requests from the public side): failures
-    /// fail over, and a final failure is our own 503.
+    /// Sent to a backend chosen from the pool (new requests from the public side), or to a
+    /// trunk target DNS found: failures fail over, and a final failure is our own 503.
     pub balanced: bool,
-    /// Backends still to try if the current one fails.
-    pub candidates: Vec<BackendId>,
+    /// Where to try next if the current one fails.
+    pub candidates: Vec<Candidate>,
     pub cancelled: bool,
     /// A provisional response went upstream: the caller has heard something, no failover.
     pub provisional_forwarded: bool,
     /// When the request arrived (RFC 6076 delays are measured from here).
     pub received: Instant,
+}
+
+/// Where a failed request may go next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Candidate {
+    /// A backend of the pool, if it is still healthy then.
+    Backend(BackendId),
+    /// Another target of the trunk (its SRV records, RFC 3263 4.3).
+    Trunk(SocketAddr),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
