@@ -19,8 +19,19 @@ pub struct Srv {
     pub weight: u16,
 }
 
+/// A NAPTR record (RFC 3403) of `name` pointing, with the "s" flag, to the SRV name
+/// `replacement` for `service` (`SIP+D2U`...).
+pub struct Naptr {
+    pub name: &'static str,
+    pub order: u16,
+    pub preference: u16,
+    pub service: &'static str,
+    pub replacement: &'static str,
+}
+
 /// What the server answers.
 pub struct Zone {
+    pub naptr: Vec<Naptr>,
     pub srv: Vec<Srv>,
     /// A and AAAA records.
     pub hosts: Vec<(&'static str, IpAddr)>,
@@ -49,6 +60,12 @@ impl DnsServer {
             "--user=root".to_owned(),
             format!("--local-ttl={}", zone.ttl_secs),
         ];
+        for naptr in &zone.naptr {
+            args.push(format!(
+                "--naptr-record={},{},{},s,{},,{}",
+                naptr.name, naptr.order, naptr.preference, naptr.service, naptr.replacement
+            ));
+        }
         for srv in &zone.srv {
             args.push(format!(
                 "--srv-host={},{},{},{},{}",

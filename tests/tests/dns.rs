@@ -1,6 +1,8 @@
 //! Backends named by host (`[[sip.backend_hosts]]`), found by DNS as RFC 3263 says: a dnsmasq
-//! in the backends' namespace serves `_sip._udp.pbx.lab` with two SRV targets (two SIPp
-//! backends) of weights 3 and 1, with a TTL of one second. Calls go to them by weight; when one
+//! in the backends' namespace serves a NAPTR record of `pbx.lab` naming the SRV name
+//! `_sip._udp.media.pbx.lab` for UDP (not the default `_sip._udp.pbx.lab`, which has no
+//! records), whose two SRV targets (two SIPp backends) have weights 3 and 1, all with a TTL of
+//! one second. Calls go to them by weight; when one
 //! dies, calls fail over to the other and none fails; when DNS stops naming one, the next
 //! calls go only to the other once the TTL has passed. A trunk named by host
 //! (`sip.trunk_host`): a backend's calls to numbers at `carrier.lab` reach the carrier's live
@@ -12,7 +14,7 @@ use std::{
 
 use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
-    dns_server::{DnsServer, Srv, Zone},
+    dns_server::{DnsServer, Naptr, Srv, Zone},
     lab::{CALLEE, CALLER, Lab, SBC_PRIVATE, SBC_PUBLIC},
     privileges::require_lab_privileges,
     sipp::{self, Backend, CallKind},
@@ -23,10 +25,27 @@ const LIGHT: u16 = 5070;
 
 fn zone(targets: &[(&'static str, u16, u16)]) -> Zone {
     Zone {
+        naptr: vec![
+            Naptr {
+                name: "pbx.lab",
+                order: 10,
+                preference: 10,
+                service: "SIP+D2U",
+                replacement: "_sip._udp.media.pbx.lab",
+            },
+            // Another transport's: not for UDP backends.
+            Naptr {
+                name: "pbx.lab",
+                order: 5,
+                preference: 10,
+                service: "SIP+D2T",
+                replacement: "_sip._tcp.elsewhere.pbx.lab",
+            },
+        ],
         srv: targets
             .iter()
             .map(|&(target, port, weight)| Srv {
-                name: "_sip._udp.pbx.lab",
+                name: "_sip._udp.media.pbx.lab",
                 target,
                 port,
                 priority: 10,
@@ -158,6 +177,7 @@ fn a_trunk_named_by_host_is_reached_at_its_next_srv_target_when_the_first_fails(
         &lab.callee,
         dns_address,
         &Zone {
+            naptr: Vec::new(),
             srv: vec![
                 Srv {
                     name: "_sip._udp.carrier.lab",
