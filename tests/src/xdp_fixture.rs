@@ -107,20 +107,7 @@ impl Fixture {
                 .unwrap();
         }
         for (addr, mac_addr, dev) in neighbours {
-            self.sbc
-                .ip(&[
-                    "-6",
-                    "neigh",
-                    "replace",
-                    &addr.to_string(),
-                    "lladdr",
-                    &mac(*mac_addr),
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ])
-                .unwrap();
+            permanent_neighbour(&self.sbc, (*addr).into(), *mac_addr, dev);
         }
     }
 }
@@ -160,20 +147,26 @@ pub fn build_fixture(
             .unwrap();
     }
     for (addr, mac_addr, dev) in neighbours {
-        sbc.ip(&[
-            "neigh",
-            "replace",
-            &addr.to_string(),
-            "lladdr",
-            &mac(*mac_addr),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
+        permanent_neighbour(&sbc, (*addr).into(), *mac_addr, dev);
     }
     Fixture { sbc, _peer: peer }
+}
+
+/// A neighbour entry that never ages: `bpf_fib_lookup` answers the same every time.
+fn permanent_neighbour(ns: &Netns, addr: IpAddr, mac_addr: [u8; 6], dev: &str) {
+    let (addr, mac_addr) = (addr.to_string(), mac(mac_addr));
+    let args = [
+        "neigh",
+        "replace",
+        &addr,
+        "lladdr",
+        &mac_addr,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ];
+    ns.ip(&args).unwrap();
 }
 
 pub fn ifindex(name: &str) -> u32 {

@@ -122,22 +122,10 @@ impl Backends {
             list: config
                 .backends
                 .iter()
-                .map(|b| Backend {
-                    address: b.address,
-                    source: Source::Address,
-                    transport: b.transport,
-                    weight: b.weight,
-                    priority: 0,
-                    retired: false,
-                    probing: false,
-                    health: Health::Up,
-                    failures: 0,
-                    successes: 0,
-                    last_heard: None,
-                    active_calls: 0,
-                    max_calls: b.max_calls as usize,
-                    current_weight: 0,
-                    changed_at: now,
+                .map(|b| {
+                    let weight = b.weight;
+                    let shape = (b.transport, b.max_calls);
+                    Backend::new(b.address, Source::Address, shape, (0, weight), now)
                 })
                 .collect(),
             policy: config.policy,
@@ -210,23 +198,11 @@ impl Backends {
             if of_host >= MAX_TARGETS_PER_HOST {
                 break;
             }
-            self.list.push(Backend {
-                address: target.address,
-                source: Source::Host(host),
-                transport,
-                weight: u32::from(target.weight.max(1)),
-                priority: target.priority,
-                retired: false,
-                probing: false,
-                health: Health::Up,
-                failures: 0,
-                successes: 0,
-                last_heard: None,
-                active_calls: 0,
-                max_calls: max_calls as usize,
-                current_weight: 0,
-                changed_at: now,
-            });
+            let weight = u32::from(target.weight.max(1));
+            let order = (target.priority, weight);
+            let shape = (transport, max_calls);
+            let backend = Backend::new(target.address, Source::Host(host), shape, order, now);
+            self.list.push(backend);
             added.push(BackendId(self.list.len() - 1));
         }
         added
@@ -369,6 +345,34 @@ impl IndexMut<BackendId> for Backends {
 }
 
 impl Backend {
+    /// A healthy backend without calls: `(transport, max_calls)` as configured, `(priority,
+    /// weight)` as configured or found.
+    fn new(
+        address: SocketAddr,
+        source: Source,
+        (transport, max_calls): (BackendTransport, u32),
+        (priority, weight): (u16, u32),
+        now: Instant,
+    ) -> Self {
+        Self {
+            address,
+            source,
+            transport,
+            weight,
+            priority,
+            retired: false,
+            probing: false,
+            health: Health::Up,
+            failures: 0,
+            successes: 0,
+            last_heard: None,
+            active_calls: 0,
+            max_calls: max_calls as usize,
+            current_weight: 0,
+            changed_at: now,
+        }
+    }
+
     fn change(&mut self, health: Health, now: Instant) -> Transition {
         self.health = health;
         self.changed_at = now;

@@ -1205,6 +1205,15 @@ fn lab_with_a_tcp_backend() -> Lab {
     Lab::with(sip, AdmissionConfig::default())
 }
 
+/// A target DNS found, of weight 1.
+fn target(address: &str, priority: u16) -> crate::proxy::dns::Target {
+    crate::proxy::dns::Target {
+        address: addr(address),
+        priority,
+        weight: 1,
+    }
+}
+
 fn backends_found_by_dns() {
     let mut sip = config(&[]);
     sip.backend_hosts = vec![crate::proxy::config::BackendHostConfig {
@@ -1214,11 +1223,6 @@ fn backends_found_by_dns() {
         max_calls: 0,
     }];
     let mut lab = Lab::with(sip, AdmissionConfig::default());
-    let target = |address: &str, priority| crate::proxy::dns::Target {
-        address: addr(address),
-        priority,
-        weight: 1,
-    };
     lab.input(Input::Resolved {
         of: crate::proxy::dns::Named::BackendHost(0),
         targets: vec![target(BACKEND_B, 20), target(BACKEND_A, 10)],
@@ -1307,11 +1311,6 @@ fn trunk_found_by_dns() {
     let mut sip = config(&[BACKEND_A]);
     sip.trunk_host = Some("carrier.example".to_owned());
     let mut lab = Lab::with(sip, AdmissionConfig::default());
-    let target = |address: &str, priority| crate::proxy::dns::Target {
-        address: addr(address),
-        priority,
-        weight: 1,
-    };
     lab.input(Input::Resolved {
         of: crate::proxy::dns::Named::Trunk,
         targets: vec![target(second, 20), target(first, 10)],
