@@ -349,9 +349,9 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Runs each case through the program: what fails of its action, its counted reason (one
-/// counter moved by one, no other) and its output frame.
-fn failed_cases(program: &mut Program, cases: Vec<Case>) -> Vec<String> {
+/// Runs each case through the program and fails with every case whose action, counted reason
+/// (one counter moved by one, no other) or output frame is not the expected one.
+fn assert_cases_pass(program: &mut Program, cases: Vec<Case>) {
     let mut failures = Vec::new();
     for case in cases {
         let before = program.reasons();
@@ -383,7 +383,12 @@ fn failed_cases(program: &mut Program, cases: Vec<Case>) -> Vec<String> {
             failures.push(format!("{}:\n  {}", case.name, problems.join("\n  ")));
         }
     }
-    failures
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -474,13 +479,7 @@ fn xdp_verdicts_counters_and_output_bytes() {
     );
     program.install(provisional_key, provisional);
 
-    let failures = failed_cases(&mut program, cases());
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_cases_pass(&mut program, cases());
 
     // Per-flow counters of port 20000: two packets relayed (with and without UDP checksum; the
     // TTL-1 and VLAN-tagged ones went up), their 172-byte payloads, three foreign sources.
@@ -598,13 +597,7 @@ fn ipv6_media_and_sip_verdicts_and_output_bytes() {
             expect: None,
         },
     ];
-    let failures = failed_cases(&mut program, cases);
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_cases_pass(&mut program, cases);
     let stats = program.flow_stats(&key(PUBLIC6, 20000));
     assert_eq!((stats.packets, stats.foreign_dropped), (1, 1), "{stats:?}");
 
@@ -660,13 +653,7 @@ fn ipv6_media_and_sip_verdicts_and_output_bytes() {
         reason: Reason::PassSipIpv6InDialog,
         expect: None,
     });
-    let failures = failed_cases(&mut program, cases);
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_cases_pass(&mut program, cases);
 }
 
 fn rtp6(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16)) -> UdpFrame {
