@@ -6,7 +6,9 @@
 //! dies, calls fail over to the other and none fails; when DNS stops naming one, the next
 //! calls go only to the other once the TTL has passed. A trunk named by host
 //! (`sip.trunk_host`): a backend's calls to numbers at `carrier.lab` reach the carrier's live
-//! target after its first SRV target, where nothing answers, fails.
+//! target after its first SRV target, where nothing answers, fails. A backend named by host
+//! over TLS: its `_sips._tcp` SRV target reached through stunnel, its certificate checked for
+//! the host's name.
 use std::{
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
@@ -18,6 +20,7 @@ use sbc_tests::{
     lab::{CALLEE, CALLER, Lab, SBC_PRIVATE, SBC_PUBLIC},
     privileges::require_lab_privileges,
     sipp::{self, Backend, CallKind},
+    tls::{self, Tunnel},
 };
 
 const HEAVY: u16 = 5060;
@@ -239,4 +242,69 @@ fn a_trunk_named_by_host_is_reached_at_its_next_srv_target_when_the_first_fails(
         .matches("failing over to the next target")
         .count();
     assert!(failovers >= 5, "{failovers} failovers:\n{}", daemon.log());
+}
+
+#[test]
+fn a_backend_named_by_host_is_reached_over_tls_with_its_certificate_checked_for_the_name() {
+    require_lab_privileges();
+    let lab = Lab::up("dnstls").expect("lab");
+    let dir = tempfile::tempdir().expect("a directory");
+    let host = "pbx.lab.test";
+    let pbx = tls::certificate(dir.path(), "pbx", host).expect("certificate");
+    let (sipp_at, tls_at) = (
+        SocketAddr::new(CALLEE.into(), 5070),
+        SocketAddr::new(CALLEE.into(), 5061),
+    );
+    let _backend = Backend::start_tcp(&lab.callee, sipp_at).expect("backend");
+    let tunnel =
+        Tunnel::serve(&lab.callee, tls_at, sipp_at, (&pbx.cert, &pbx.key)).expect("stunnel");
+    let dns_address = IpAddr::V4(CALLEE);
+    let _dns = DnsServer::start(
+        &lab.callee,
+        dns_address,
+        &Zone {
+            naptr: Vec::new(),
+            srv: vec![Srv {
+                name: "_sips._tcp.pbx.lab.test",
+                target: "edge.pbx.lab.test",
+                port: tls_at.port(),
+                priority: 10,
+                weight: 1,
+            }],
+            hosts: vec![("edge.pbx.lab.test", dns_address)],
+            ttl_secs: 60,
+        },
+    )
+    .expect("DNS server");
+    let daemon = Daemon::start(
+        &lab,
+        &DaemonOptions {
+            health_probes: false,
+            backend_tables: format!(
+                "[[sip.backend_hosts]]\nhost = \"{host}\"\ntransport = \"tls\"\n\
+                 tls_ca = \"{}\"\n[sip.dns]\nservers = [\"{dns_address}:53\"]\n",
+                pbx.ca.display()
+            ),
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    std::thread::sleep(Duration::from_millis(500));
+    let result = sipp::place_calls(
+        &lab.caller,
+        SocketAddr::new(CALLER.into(), 5060),
+        SocketAddr::new(SBC_PUBLIC.into(), 5060),
+        CallKind::Short,
+        (10, 10),
+        Duration::from_secs(20),
+    )
+    .expect("SIPp caller");
+    assert_eq!(
+        (result.successful, result.failed),
+        (10, 0),
+        "{}\n{}\n{}",
+        result.output,
+        daemon.log(),
+        tunnel.log()
+    );
 }

@@ -158,9 +158,15 @@ pub struct BackendHostConfig {
     /// With a port, only the host's A/AAAA records are asked (RFC 3263 4.2).
     #[serde(default)]
     pub port: Option<u16>,
-    /// `udp` or `tcp` (over connections kept open, as a backend's).
+    /// `udp`, `tcp` or `tls` (over connections kept open, as a backend's).
     #[serde(default)]
     pub transport: BackendTransport,
+    /// With `tls`: the name the targets' certificates must be for (default: `host`), and the
+    /// authorities to trust (default: the system's).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
     /// Concurrent calls each target takes (0: no limit).
     #[serde(default)]
     pub max_calls: u32,
@@ -250,13 +256,6 @@ impl SipConfig {
             if host.host.trim().is_empty() || host.host.contains(char::is_whitespace) {
                 return Err(ConfigError::new(&key("host"), "must be a DNS name"));
             }
-            if host.transport == BackendTransport::Tls {
-                return Err(ConfigError::new(
-                    &key("transport"),
-                    "\"tls\" is not available for backends named by host yet: name a TLS \
-                     backend by address in sip.backends",
-                ));
-            }
         }
         for (i, backend) in sip.backends.iter().enumerate() {
             if backend.weight == 0 {
@@ -292,15 +291,11 @@ impl SipConfig {
             if host.trim().is_empty() || host.contains(char::is_whitespace) {
                 return Err(ConfigError::new("sip.trunk_host", "must be a DNS name"));
             }
-            if sip.trunk_transport == BackendTransport::Tls {
-                return Err(ConfigError::new(
-                    "sip.trunk_transport",
-                    "\"tls\" is not available for a trunk named by host yet: name it by \
-                     address in sip.trunk",
-                ));
-            }
         }
-        if sip.trunk_transport == BackendTransport::Tls && sip.trunk_server_name.is_none() {
+        if sip.trunk_transport == BackendTransport::Tls
+            && sip.trunk_server_name.is_none()
+            && sip.trunk_host.is_none()
+        {
             return Err(ConfigError::new(
                 "sip.trunk_server_name",
                 "is needed with trunk_transport = \"tls\": the name its certificate is for",

@@ -260,7 +260,7 @@ pub async fn keep_resolved(
 }
 
 /// What a lookup was for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Named {
     /// `[[sip.backend_hosts]]` entry `n`.
     BackendHost(usize),

@@ -124,7 +124,10 @@ impl Driver {
             Queued::Reconfigure(admission) => Input::Reconfigure(admission),
             Queued::Readvertise { side, address } => Input::Readvertise { side, address },
             Queued::HangUpAll => Input::HangUpAll,
-            Queued::Resolved { of, targets } => Input::Resolved { of, targets },
+            Queued::Resolved { of, targets } => {
+                self.outbound.resolved(of, &targets);
+                Input::Resolved { of, targets }
+            }
             Queued::NoAudio { silent, hang_up } => Input::NoAudio { silent, hang_up },
             Queued::EndedInKernel { call_id, end } => {
                 let now = Now::read();

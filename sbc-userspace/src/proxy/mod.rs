@@ -289,11 +289,25 @@ pub async fn start(
     let mut tls_peers = HashMap::new();
     for (index, backend) in config.backends.iter().enumerate() {
         if backend.transport == config::BackendTransport::Tls {
-            tls_peers.insert(backend.address, tls::TlsPeer::for_backend(backend, index)?);
+            let peer = tls::TlsPeer::for_backend(backend, index)?;
+            tls_peers.insert(backend.address, Arc::new(peer));
         }
     }
     if let (Some(trunk), config::BackendTransport::Tls) = (config.trunk, config.trunk_transport) {
-        tls_peers.insert(trunk, tls::TlsPeer::for_trunk(config)?);
+        tls_peers.insert(trunk, Arc::new(tls::TlsPeer::for_trunk(config)?));
+    }
+    let mut named_tls = HashMap::new();
+    for (index, entry) in config.backend_hosts.iter().enumerate() {
+        if entry.transport == config::BackendTransport::Tls {
+            let peer = tls::TlsPeer::for_backend_host(entry, index)?;
+            named_tls.insert(dns::Named::BackendHost(index), Arc::new(peer));
+        }
+    }
+    if config.trunk_host.is_some() && config.trunk_transport == config::BackendTransport::Tls {
+        named_tls.insert(
+            dns::Named::Trunk,
+            Arc::new(tls::TlsPeer::for_trunk(config)?),
+        );
     }
     let outbound = tcp::Outbound::new(tcp::Dialer {
         lanes: lanes.clone(),
@@ -302,7 +316,8 @@ pub async fn start(
         limits: config.tcp.clone(),
         stats: Arc::clone(&stats),
         local,
-        tls: tls_peers,
+        tls: std::sync::RwLock::new(tls_peers),
+        named_tls,
     });
     let mut driver = Driver {
         core,

@@ -33,6 +33,7 @@ use tracing::debug;
 use super::{
     Queued,
     core::{build, transactions::Transport},
+    dns::{Named, Target},
     intake::Intake,
     lanes::Lanes,
     stats::SipStats,
@@ -403,8 +404,11 @@ pub struct Dialer {
     pub stats: Arc<SipStats>,
     /// Each side's listener address, which its connections are opened from (`Side::index`).
     pub local: [IpAddr; 2],
-    /// How to speak TLS to the peers configured for it, by address.
-    pub tls: HashMap<SocketAddr, TlsPeer>,
+    /// How to speak TLS to the peers configured for it, by address; those DNS finds for a
+    /// name configured for TLS join as they are found (`Outbound::resolved`).
+    pub tls: std::sync::RwLock<HashMap<SocketAddr, Arc<TlsPeer>>>,
+    /// How to speak TLS to the targets of each name configured for it.
+    pub named_tls: HashMap<Named, Arc<TlsPeer>>,
 }
 
 impl Outbound {
@@ -413,6 +417,19 @@ impl Outbound {
             by_peer: HashMap::new(),
             peer_of: HashMap::new(),
             dialer: Arc::new(dialer),
+        }
+    }
+
+    /// DNS found `targets` for `of`: if that name is reached over TLS, they are spoken to
+    /// with its settings (the certificate checked for its server name).
+    pub fn resolved(&self, of: Named, targets: &[Target]) {
+        let Some(peer) = self.dialer.named_tls.get(&of) else {
+            return;
+        };
+        let mut tls = self.dialer.tls.write().unwrap_or_else(|p| p.into_inner());
+        for target in targets {
+            tls.entry(target.address)
+                .or_insert_with(|| Arc::clone(peer));
         }
     }
 
@@ -491,7 +508,7 @@ async fn dial(dialer: &Dialer, peer: Peer, link: Link) {
         Ok(Ok(stream)) if !peer.tls => {
             return serve(stream, peer, limits, link, &dialer.stats).await;
         }
-        Ok(Ok(stream)) => match dialer.tls.get(&peer.from) {
+        Ok(Ok(stream)) => match tls_peer(dialer, peer.from) {
             Some(tls) => match tokio::time::timeout(timeout, tls.connect(stream)).await {
                 Ok(Ok(stream)) => {
                     return serve(stream, peer, limits, link, &dialer.stats).await;
@@ -507,6 +524,11 @@ async fn dial(dialer: &Dialer, peer: Peer, link: Link) {
     debug!(to = %peer.from, "cannot open a SIP connection: {why}");
     dialer.stats.tcp_peers_lost.fetch_add(1, Ordering::Relaxed);
     let _ = lanes.control(Queued::Disconnected { connection });
+}
+
+fn tls_peer(dialer: &Dialer, address: SocketAddr) -> Option<Arc<TlsPeer>> {
+    let tls = dialer.tls.read().unwrap_or_else(|p| p.into_inner());
+    tls.get(&address).cloned()
 }
 
 /// TCP_USER_TIMEOUT: data unacknowledged this long ends the connection (a keep-alive ping

@@ -28,7 +28,7 @@ use tokio_rustls::{
 };
 use tracing::info;
 
-use super::config::{BackendConfig, SipConfig};
+use super::config::{BackendConfig, BackendHostConfig, SipConfig};
 use crate::config_error::ConfigError;
 
 /// How to speak TLS to one peer: what to trust, and the name it must prove.
@@ -45,12 +45,23 @@ impl TlsPeer {
         Self::new(settings, (&key("server_name"), &key("tls_ca")))
     }
 
-    /// The trunk's (`sip.trunk_server_name`, `sip.trunk_tls_ca`).
+    /// The TLS settings of `[[sip.backend_hosts]]` entry `index`: its certificate must be for
+    /// `server_name`, by default the host it is named by.
+    pub fn for_backend_host(entry: &BackendHostConfig, index: usize) -> Result<Self, ConfigError> {
+        let key = |name: &str| format!("sip.backend_hosts[{index}].{name}");
+        let name = entry.server_name.as_deref().unwrap_or(&entry.host);
+        let settings = (Some(name), entry.tls_ca.as_deref());
+        Self::new(settings, (&key("server_name"), &key("tls_ca")))
+    }
+
+    /// The trunk's (`sip.trunk_server_name`, by default `sip.trunk_host`, and
+    /// `sip.trunk_tls_ca`).
     pub fn for_trunk(sip: &SipConfig) -> Result<Self, ConfigError> {
-        let settings = (
-            sip.trunk_server_name.as_deref(),
-            sip.trunk_tls_ca.as_deref(),
-        );
+        let name = sip
+            .trunk_server_name
+            .as_deref()
+            .or(sip.trunk_host.as_deref());
+        let settings = (name, sip.trunk_tls_ca.as_deref());
         Self::new(settings, ("sip.trunk_server_name", "sip.trunk_tls_ca"))
     }
 

@@ -1220,6 +1220,8 @@ fn backends_found_by_dns() {
         host: "pbx.example".to_owned(),
         port: None,
         transport: BackendTransport::Tcp,
+        server_name: None,
+        tls_ca: None,
         max_calls: 0,
     }];
     let mut lab = Lab::with(sip, AdmissionConfig::default());
