@@ -433,23 +433,30 @@ fn latching_label(sessions: &[&SessionInfo]) -> String {
 fn backends(client: &ApiClient) -> anyhow::Result<()> {
     let Backends { backends } = client.get("/v1/backends")?.expect(200)?;
     println!(
-        "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>8}",
-        "BACKEND", "HEALTH", "SINCE_S", "CALLS", "MAX_CALLS", "WEIGHT", "FAILURES"
+        "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>8} {:>8}  FOUND_FOR",
+        "BACKEND", "HEALTH", "SINCE_S", "CALLS", "MAX_CALLS", "WEIGHT", "PRIORITY", "FAILURES"
     );
     for backend in backends {
         let max = match backend.max_calls {
             0 => "-".to_owned(),
             n => n.to_string(),
         };
+        let health = match (backend.retired, backend.healthy) {
+            (true, _) => "retired",
+            (false, true) => "up",
+            (false, false) => "down",
+        };
         println!(
-            "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>7.0}%",
+            "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>8} {:>7.0}%  {}",
             backend.address.to_string(),
-            if backend.healthy { "up" } else { "down" },
+            health,
             backend.since_secs,
             backend.active_calls,
             max,
             backend.weight,
+            backend.priority,
             backend.failure_ratio * 100.0,
+            backend.host.as_deref().unwrap_or("-"),
         );
     }
     Ok(())

@@ -159,6 +159,15 @@ fn srv_targets_take_calls_by_weight_fail_over_and_follow_the_ttl() {
     let _heavy =
         Backend::start(&lab.callee, SocketAddr::new(CALLEE.into(), HEAVY)).expect("backend");
     std::thread::sleep(Duration::from_secs(3));
+    let backends = daemon.backends().expect("backends");
+    let heavy_now = backends
+        .iter()
+        .find(|b| b.address.port() == HEAVY)
+        .expect("the heavy target is still listed");
+    assert!(
+        heavy_now.retired && heavy_now.host.as_deref() == Some("pbx.lab"),
+        "{backends:?}"
+    );
     let before = answered(&daemon, HEAVY);
     place(&lab, &daemon, 20);
     assert_eq!(

@@ -3,7 +3,11 @@
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{Core, backends::Health, calls::CallSummary};
+use super::{
+    Core,
+    backends::{Health, Source},
+    calls::CallSummary,
+};
 use crate::clock::Now;
 
 /// A backend as the admin API shows it.
@@ -19,6 +23,15 @@ pub struct BackendSummary {
     pub max_calls: usize,
     /// Share of its last 128 final answers that were 5xx, 408 or none.
     pub failure_ratio: f64,
+    /// The `[[sip.backend_hosts]]` host DNS found it for; none for a backend given by address.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Its SRV priority (0 for a backend given by address).
+    #[serde(default)]
+    pub priority: u16,
+    /// DNS no longer names it: it finishes its calls and takes no new ones.
+    #[serde(default)]
+    pub retired: bool,
 }
 
 /// A question for the proxy task, with where to send the answer.
@@ -65,6 +78,12 @@ impl Core {
                 active_calls: backend.active_calls,
                 max_calls: backend.max_calls,
                 failure_ratio: stats.failure_ratio(),
+                host: match backend.source {
+                    Source::Address => None,
+                    Source::Host(n) => self.config.backend_hosts.get(n).map(|h| h.host.clone()),
+                },
+                priority: backend.priority,
+                retired: backend.retired,
             })
             .collect()
     }
