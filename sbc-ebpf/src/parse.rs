@@ -73,6 +73,13 @@ pub unsafe fn ipv6_address(at: *const [u8; 16], to: &mut IpAddress) {
     unsafe { core::ptr::copy_nonoverlapping(at.cast::<u8>(), to.octets.as_mut_ptr(), 16) };
 }
 
+/// IPv6 extension headers (RFC 8200 4, and IANA's list): hop-by-hop, routing, fragment,
+/// ESP, AH, destination options, mobility, HIP, shim6.
+#[inline(always)]
+fn is_extension_header(next_header: u8) -> bool {
+    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
+}
+
 /// A pointer to a `T` at `offset` into the frame, if the frame holds all of it.
 #[inline(always)]
 pub fn header_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
@@ -177,7 +184,11 @@ fn ipv6_udp(ctx: &XdpContext, offset: usize, vlan_tagged: bool) -> Result<Ipv6Ud
         return Err(Reason::PassBadIpv6);
     }
     if next_header != IpProto::Udp as u8 {
-        return Err(Reason::PassIpv6Extension);
+        return Err(if is_extension_header(next_header) {
+            Reason::PassIpv6Extension
+        } else {
+            Reason::PassNotUdp
+        });
     }
     let udp: *mut UdpHdr = header_at(ctx, offset + Ipv6Hdr::LEN).ok_or(Reason::PassTruncatedUdp)?;
     // SAFETY: bounds checked by `header_at`.

@@ -530,6 +530,8 @@ fn ipv6_media_and_sip_verdicts_and_output_bytes() {
     let mut hop_by_hop = media_in.bytes();
     // Next header 0: a hop-by-hop options header comes before UDP.
     hop_by_hop[20] = 0;
+    let mut icmpv6 = media_in.bytes();
+    icmpv6[20] = 58;
     let cases = vec![
         Case {
             name: "IPv6 RTP of a latched flow is rewritten and redirected to the private interface",
@@ -586,6 +588,14 @@ fn ipv6_media_and_sip_verdicts_and_output_bytes() {
             ingress: "pub0",
             action: XDP_PASS,
             reason: Reason::PassIpv6Extension,
+            expect: None,
+        },
+        Case {
+            name: "ICMPv6 (neighbour discovery) goes up as not UDP",
+            frame: icmpv6,
+            ingress: "pub0",
+            action: XDP_PASS,
+            reason: Reason::PassNotUdp,
             expect: None,
         },
         Case {
