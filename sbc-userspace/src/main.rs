@@ -433,8 +433,16 @@ fn latching_label(sessions: &[&SessionInfo]) -> String {
 fn backends(client: &ApiClient) -> anyhow::Result<()> {
     let Backends { backends } = client.get("/v1/backends")?.expect(200)?;
     println!(
-        "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>8} {:>8}  FOUND_FOR",
-        "BACKEND", "HEALTH", "SINCE_S", "CALLS", "MAX_CALLS", "WEIGHT", "PRIORITY", "FAILURES"
+        "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>8} {:>8}  {:<30}",
+        "BACKEND",
+        "HEALTH",
+        "SINCE_S",
+        "CALLS",
+        "MAX_CALLS",
+        "WEIGHT",
+        "PRIORITY",
+        "FAILURES",
+        "FOUND_FOR"
     );
     for backend in backends {
         let max = match backend.max_calls {
@@ -447,7 +455,7 @@ fn backends(client: &ApiClient) -> anyhow::Result<()> {
             (false, false) => "down",
         };
         println!(
-            "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>8} {:>7.0}%  {}",
+            "{:<21} {:<7} {:>8} {:>6} {:>9} {:>6} {:>8} {:>7.0}%  {:<30}",
             backend.address.to_string(),
             health,
             backend.since_secs,
