@@ -37,6 +37,9 @@ pub struct Config {
     /// The SIP proxy; without it the daemon anchors media for the control API only.
     #[serde(default)]
     pub sip: Option<SipConfig>,
+    /// A fleet's shared call state (Redis); without it the node stands alone.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Rate limits, allow- and blocklists, dynamic blocks (applies to the SIP proxy).
     #[serde(default)]
     pub admission: AdmissionConfig,
@@ -480,6 +483,9 @@ impl Config {
         if let Some(sip) = &self.sip {
             sip.validate()?;
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         for (key, advertised, bound) in [
             (
                 "media.public_advertise",
@@ -739,6 +745,21 @@ mod tests {
         assert_eq!(err.key, "media.bogus", "{err}");
         assert!(err.to_string().contains("unknown field"), "{err}");
         assert_eq!(key_of(&format!("colour = 1\n{GOOD}")), "colour");
+    }
+
+    #[test]
+    fn cluster_problems_name_their_key() {
+        let cluster = |body: &str| format!("{GOOD}\n[cluster]\n{body}");
+        assert!(Config::parse(&cluster("redis = \"redis://10.0.0.20:6379\"\n")).is_ok());
+        assert_eq!(key_of(&cluster("redis = \"not a url\"\n")), "cluster.redis");
+        assert_eq!(
+            key_of(&cluster("redis = \"redis://r\"\nttl_secs = 1\n")),
+            "cluster.ttl_secs"
+        );
+        assert_eq!(
+            key_of(&cluster("redis = \"redis://r\"\nnode = \"a:b\"\n")),
+            "cluster.node"
+        );
     }
 
     #[test]

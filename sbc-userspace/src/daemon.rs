@@ -115,7 +115,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 Arc::clone(&plane),
                 Arc::clone(&events),
                 Arc::clone(&drain),
-                &config.call_state_file(),
+                (&config.call_state_file(), config.cluster.as_ref()),
             )
             .await?,
         ),

@@ -37,6 +37,24 @@ pub enum Event {
     SourceBlocked(SourceBlocked),
     MediaSessionCreated(MediaSessionCreated),
     MediaSessionEnded(MediaSessionEnded),
+    ClusterDegraded(ClusterDegraded),
+    ClusterRestored(ClusterRestored),
+}
+
+/// The fleet's shared state (Redis) stopped taking this node's writes: its calls go on from
+/// memory and the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterDegraded {
+    pub node: String,
+    pub cause: String,
+}
+
+/// Redis holds this node's calls (again): all of them were written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRestored {
+    pub node: String,
+    pub degraded_ms: u64,
+    pub calls: u64,
 }
 
 /// An initial INVITE was taken on.
@@ -177,6 +195,8 @@ impl Event {
             Event::SourceBlocked(_) => "source_blocked",
             Event::MediaSessionCreated(_) => "media_session_created",
             Event::MediaSessionEnded(_) => "media_session_ended",
+            Event::ClusterDegraded(_) => "cluster_degraded",
+            Event::ClusterRestored(_) => "cluster_restored",
         }
     }
 }
@@ -219,7 +239,9 @@ kinds!(
     BackendUp,
     SourceBlocked,
     MediaSessionCreated,
-    MediaSessionEnded
+    MediaSessionEnded,
+    ClusterDegraded,
+    ClusterRestored
 );
 
 /// A line of the events file.

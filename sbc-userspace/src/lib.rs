@@ -4,6 +4,7 @@ pub mod admission;
 pub mod advertise;
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod config_error;
 pub mod daemon;

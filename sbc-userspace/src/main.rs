@@ -367,6 +367,17 @@ fn status(client: &ApiClient) -> anyhow::Result<()> {
             backends.healthy, backends.total
         );
     }
+    if let Some(cluster) = status.cluster {
+        let redis = if cluster.redis_up {
+            "redis up"
+        } else {
+            "DEGRADED: redis away, calls kept in memory and the journal"
+        };
+        println!(
+            "cluster     node {} group {} epoch {}, {} calls shared, {redis}",
+            cluster.node, cluster.group, cluster.epoch, cluster.calls
+        );
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod lab;
 pub mod netns;
 pub mod privileges;
 pub mod process_cpu;
+pub mod redis;
 pub mod responder;
 pub mod rtp;
 pub mod scripted;

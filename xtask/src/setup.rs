@@ -31,6 +31,7 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "stunnel4",     // TLS for the lab's SIPp carrier (Debian's SIPp is built without TLS)
     "openssl",      // the lab's TLS certificates, and what the sbc's TLS listener offers
     "dnsmasq-base", // the lab's DNS server: SRV records of backends named by host
+    "redis-server", // the fleet's shared call state ([cluster]) in the lab
     "prometheus",   // promtool: the tests check the /metrics exposition with it
 ];
 

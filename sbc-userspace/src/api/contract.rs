@@ -89,6 +89,20 @@ pub struct Status {
     pub calls: Option<CallCounts>,
     pub sessions: usize,
     pub backends: Option<BackendCounts>,
+    /// `None` without a `[cluster]` table.
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// This node in its fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node: String,
+    pub group: String,
+    /// Redis takes this node's writes; false: degraded (calls go on from memory).
+    pub redis_up: bool,
+    pub calls: u64,
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ use sbc_common::Reason;
 use super::state::{ApiState, error};
 use crate::{
     admission::AdmissionCounters,
+    cluster::ClusterHealth,
     media::MediaTotals,
     metrics::{Exposition, HistogramSnapshot, NO_LABELS},
     proxy::stats::{BackendStats, Rfc6076, SipStats, side_label},
@@ -66,6 +67,9 @@ pub async fn metrics(State(api): State<Arc<ApiState>>) -> Response {
     }
     if let Some(admission) = &api.admission_counters {
         write_admission(&mut out, admission);
+    }
+    if let Some(cluster) = api.proxy.as_ref().and_then(|p| p.cluster.as_ref()) {
+        write_cluster(&mut out, cluster);
     }
     write_dataplane(&mut out, &readings);
     out.counter_value(
@@ -279,6 +283,29 @@ fn write_calls(out: &mut Exposition, sip: &SipStats) {
         "sbc_ineffective_session_attempts_ratio",
         "RFC 6076 ISA since start: ineffective / attempts.",
         isa,
+    );
+}
+
+fn write_cluster(out: &mut Exposition, cluster: &ClusterHealth) {
+    out.gauge_value(
+        "sbc_cluster_redis_up",
+        "1 while Redis takes this node's writes of its calls; 0: degraded (calls kept in memory and the journal, rewritten when Redis is back).",
+        f64::from(u8::from(cluster.redis_up.load(Ordering::Relaxed))),
+    );
+    out.gauge_value(
+        "sbc_cluster_calls",
+        "Calls this node holds and shares with its fleet.",
+        load(&cluster.calls) as f64,
+    );
+    out.counter_value(
+        "sbc_cluster_write_failures_total",
+        "Rounds of writes to Redis that failed (each retried whole).",
+        load(&cluster.writes_failed),
+    );
+    out.counter_value(
+        "sbc_cluster_resyncs_total",
+        "Times Redis went away and every call was written again once it was back.",
+        load(&cluster.resyncs),
     );
 }
 

@@ -2,7 +2,7 @@
 use std::sync::{Arc, atomic::Ordering};
 
 use super::{
-    contract::{BackendCounts, Backends, CallCounts, Calls, DrainStarted, Status},
+    contract::{BackendCounts, Backends, CallCounts, Calls, ClusterStatus, DrainStarted, Status},
     metrics::load,
     state::{ApiState, error},
 };
@@ -32,6 +32,17 @@ pub async fn status(State(api): State<Arc<ApiState>>) -> Json<Status> {
                 .count(),
         }
     });
+    let cluster = api
+        .proxy
+        .as_ref()
+        .and_then(|proxy| proxy.cluster.as_ref())
+        .map(|cluster| ClusterStatus {
+            node: cluster.node.clone(),
+            group: cluster.group.clone(),
+            redis_up: cluster.redis_up.load(Ordering::Relaxed),
+            calls: load(&cluster.calls),
+            epoch: load(&cluster.epoch),
+        });
     Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
@@ -40,6 +51,7 @@ pub async fn status(State(api): State<Arc<ApiState>>) -> Json<Status> {
         drain: api.drain.status(),
         calls,
         sessions: api.plane.session_count(),
+        cluster,
         backends,
     })
 }

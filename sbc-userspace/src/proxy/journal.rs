@@ -24,6 +24,8 @@ pub use super::core::record::{CallRecord, Line, SetupRecord};
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// The fleet's copy (`[cluster]`), fed the same lines.
+    mirror: Option<crate::cluster::Mirror>,
 }
 
 impl Journal {
@@ -51,6 +53,7 @@ impl Journal {
             Self {
                 path: path.to_owned(),
                 file,
+                mirror: None,
             },
             calls,
         ))
@@ -90,7 +93,15 @@ impl Journal {
         Ok(calls.into_values().collect())
     }
 
+    /// Feeds every line from now on to the fleet's copy as well.
+    pub fn mirror_to(&mut self, mirror: crate::cluster::Mirror) {
+        self.mirror = Some(mirror);
+    }
+
     pub fn append(&mut self, entry: &Line) {
+        if let Some(mirror) = &self.mirror {
+            mirror.record(entry);
+        }
         if let Err(e) = self.file.write_all(&line(entry)) {
             warn!(
                 file = %self.path.display(),

@@ -48,6 +48,7 @@ use self::{
 use crate::{
     admission::{AdmissionConfig, AdmissionCounters, SipGuard},
     clock::Now,
+    cluster::{ClusterConfig, ClusterHealth, Mirror},
     dataplane::DialogEvents,
     drain::Drain,
     events::EventSink,
@@ -128,6 +129,8 @@ pub struct ProxyHandle {
     pub admission: Arc<AdmissionCounters>,
     /// The TLS listener's certificate, reloaded on reload.
     pub tls: Option<Arc<tls::Certificates>>,
+    /// How the fleet's shared state stands (`[cluster]`).
+    pub cluster: Option<Arc<ClusterHealth>>,
 }
 
 impl ProxyHandle {
@@ -222,9 +225,18 @@ pub async fn start(
     plane: Arc<MediaPlane>,
     events: Arc<EventSink>,
     drain: Arc<Drain>,
-    state_file: &std::path::Path,
+    (state_file, cluster): (&std::path::Path, Option<&ClusterConfig>),
 ) -> anyhow::Result<ProxyHandle> {
-    let (journal, recorded) = Journal::open(state_file)?;
+    let (mut journal, recorded) = Journal::open(state_file)?;
+    let cluster = match cluster {
+        Some(cluster) => {
+            let mirror = Mirror::start(cluster, &recorded, Arc::clone(&events))?;
+            let health = Arc::clone(&mirror.health);
+            journal.mirror_to(mirror);
+            Some(health)
+        }
+        None => None,
+    };
     let public = bind(config.public_listen).await?;
     let private = if config.private_listen() == config.public_listen {
         Arc::clone(&public)
@@ -352,6 +364,7 @@ pub async fn start(
         stats,
         admission: admission_counters,
         tls: tls.map(|(_, certificates)| certificates),
+        cluster,
     })
 }
 
