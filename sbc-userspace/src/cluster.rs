@@ -94,10 +94,13 @@ fn host_name() -> String {
 }
 
 /// How the fleet's state stands, as the metrics and `sbc status` show it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClusterHealth {
     pub node: String,
     pub group: String,
+    /// Where the fleet's state is read (`fleet`).
+    client: redis::Client,
+    ttl: Duration,
     /// Redis answered the last write (or heartbeat).
     pub redis_up: AtomicBool,
     /// Calls this node holds (and mirrors).
@@ -127,10 +130,17 @@ impl Mirror {
         let client = redis::Client::open(config.redis.as_str())?;
         let node = config.node_name();
         let group = config.group.clone().unwrap_or_else(|| node.clone());
+        let ttl = Duration::from_secs(config.ttl_secs);
         let health = Arc::new(ClusterHealth {
             node,
             group,
-            ..ClusterHealth::default()
+            client: client.clone(),
+            ttl,
+            redis_up: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            writes_failed: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         });
         let (lines, receiver) = mpsc::unbounded_channel();
         let mirror = Self {
@@ -140,7 +150,6 @@ impl Mirror {
         for record in calls {
             mirror.record(&Line::Put(Box::new(record.clone())));
         }
-        let ttl = Duration::from_secs(config.ttl_secs);
         tokio::spawn(run(client, receiver, health, events, ttl));
         Ok(mirror)
     }
@@ -168,6 +177,67 @@ pub struct Heartbeat {
     pub calls: u64,
     pub epoch: u64,
     pub unix_ms: u64,
+}
+
+/// A node of the fleet, as its heartbeat says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetNode {
+    pub node: String,
+    pub group: String,
+    pub calls: u64,
+    pub epoch: u64,
+    /// Since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// Its heartbeat is younger than two refresh periods (a node that stopped writing is late
+    /// before its key expires at `ttl_secs`).
+    pub healthy: bool,
+}
+
+impl ClusterHealth {
+    /// Every node whose heartbeat Redis holds, by name.
+    pub async fn fleet(&self) -> anyhow::Result<Vec<FleetNode>> {
+        let read = async {
+            let mut connection = self.client.get_multiplexed_async_connection().await?;
+            let keys: Vec<String> = {
+                let mut scan: redis::AsyncIter<'_, String> =
+                    connection.scan_match("sbc:node:*").await?;
+                let mut keys = Vec::new();
+                while let Some(key) = scan.next_item().await {
+                    keys.push(key?);
+                }
+                keys
+            };
+            let values: Vec<Option<String>> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                connection.mget(&keys).await?
+            };
+            anyhow::Ok((keys, values))
+        };
+        let (keys, values) = tokio::time::timeout(ROUND_TIMEOUT, read)
+            .await
+            .map_err(|_| anyhow::anyhow!("Redis did not answer within {ROUND_TIMEOUT:?}"))??;
+        let now = unix_ms();
+        let late_after = (2 * self.ttl / 3).as_millis() as u64;
+        let mut nodes: Vec<FleetNode> = keys
+            .iter()
+            .zip(values)
+            .filter_map(|(key, value)| {
+                let heartbeat: Heartbeat = serde_json::from_str(&value?).ok()?;
+                let age = now.saturating_sub(heartbeat.unix_ms);
+                Some(FleetNode {
+                    node: key.strip_prefix("sbc:node:")?.to_owned(),
+                    group: heartbeat.group,
+                    calls: heartbeat.calls,
+                    epoch: heartbeat.epoch,
+                    heartbeat_age_ms: age,
+                    healthy: age <= late_after,
+                })
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
 }
 
 pub fn call_key(group: &str, call: &CallKey) -> String {

@@ -7,7 +7,7 @@ use sbc::{
     api::{
         ApiClient,
         contract::{
-            Backends, BlockRequest, Blocks, Calls, DrainStarted, Reloaded, SessionInfo,
+            Backends, BlockRequest, Blocks, Calls, DrainStarted, Fleet, Reloaded, SessionInfo,
             SessionSpec, Sessions, Status, Unblocked,
         },
     },
@@ -73,6 +73,11 @@ enum Command {
     },
     /// The backend pool: health, load, share of recent failures.
     Backends {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// The fleet (`[cluster]`): each node's address group, calls, epoch and last heartbeat.
+    Fleet {
         #[command(flatten)]
         target: ApiTarget,
     },
@@ -283,6 +288,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backends { target } => backends(&target.client()?),
+        Command::Fleet { target } => fleet(&target.client()?),
         Command::Drain { target } => {
             let started: DrainStarted = target.client()?.post("/v1/drain", &())?.expect(202)?;
             println!(
@@ -476,6 +482,26 @@ fn backends(client: &ApiClient) -> anyhow::Result<()> {
             backend.priority,
             backend.failure_ratio * 100.0,
             backend.host.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+fn fleet(client: &ApiClient) -> anyhow::Result<()> {
+    let Fleet { nodes } = client.get("/v1/fleet")?.expect(200)?;
+    println!(
+        "{:<24} {:<24} {:>7} {:>6} {:>12} {:<7}",
+        "NODE", "GROUP", "CALLS", "EPOCH", "HEARTBEAT_MS", "HEALTH"
+    );
+    for node in nodes {
+        println!(
+            "{:<24} {:<24} {:>7} {:>6} {:>12} {:<7}",
+            node.node,
+            node.group,
+            node.calls,
+            node.epoch,
+            node.heartbeat_age_ms,
+            if node.healthy { "ok" } else { "late" },
         );
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! backends' network, 10 held SIPp calls through the sbc. Each call is in Redis with this node
 //! as its owner and a TTL; Redis killed during the calls: none is lost, the node reports itself
 //! degraded (status, metric, event); a new, empty Redis: every call is written again within
-//! seconds; the calls end: their records go.
+//! seconds; the calls end: their records go. `sbc fleet` lists the node from its heartbeat.
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
@@ -107,6 +107,20 @@ fn while_calls_are_held(lab: &Lab, daemon: &Daemon, redis: RedisServer) -> Redis
     assert!(
         !redis.keys("sbc:node:edge-a").expect("keys").is_empty(),
         "heartbeat"
+    );
+    // The fleet as its heartbeats say: this node, its group, its calls.
+    let fleet = daemon.command(&["fleet"]).expect("sbc fleet");
+    let listing = String::from_utf8_lossy(&fleet.stdout);
+    let row = listing
+        .lines()
+        .find(|line| line.starts_with("edge-a "))
+        .unwrap_or_else(|| panic!("no row for the node:\n{listing}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let calls = CALLS.to_string();
+    assert_eq!(
+        (fields[1], fields[2], fields[5]),
+        ("edge-a", calls.as_str(), "ok"),
+        "{listing}"
     );
 
     // Redis is lost: the calls go on, the node says it is degraded.

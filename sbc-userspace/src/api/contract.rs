@@ -130,6 +130,12 @@ pub struct Backends {
     pub backends: Vec<BackendSummary>,
 }
 
+/// `GET /v1/fleet`: the nodes whose heartbeats the fleet's Redis holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    pub nodes: Vec<crate::cluster::FleetNode>,
+}
+
 /// A drain, as it began: what is left to finish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrainStarted {

@@ -2,7 +2,9 @@
 use std::sync::{Arc, atomic::Ordering};
 
 use super::{
-    contract::{BackendCounts, Backends, CallCounts, Calls, ClusterStatus, DrainStarted, Status},
+    contract::{
+        BackendCounts, Backends, CallCounts, Calls, ClusterStatus, DrainStarted, Fleet, Status,
+    },
     metrics::load,
     state::{ApiState, error},
 };
@@ -122,6 +124,23 @@ pub async fn backends(State(api): State<Arc<ApiState>>) -> Response {
     match proxy.backends().await {
         Ok(backends) => Json(Backends { backends }).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
+}
+
+/// The fleet this node belongs to, from the heartbeats in Redis.
+pub async fn fleet(State(api): State<Arc<ApiState>>) -> Response {
+    let Some(cluster) = api.proxy.as_ref().and_then(|proxy| proxy.cluster.as_ref()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this daemon is in no fleet (no [cluster] table)",
+        );
+    };
+    match cluster.fleet().await {
+        Ok(nodes) => Json(Fleet { nodes }).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("reading the fleet: {e:#}"),
+        ),
     }
 }
 

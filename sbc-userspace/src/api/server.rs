@@ -79,6 +79,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/calls", get(operations::list_calls))
         .route("/v1/calls/{call_id}", get(operations::show_call))
         .route("/v1/backends", get(operations::backends))
+        .route("/v1/fleet", get(operations::fleet))
         .route("/v1/drain", post(operations::drain))
         .route("/metrics", get(metrics::metrics))
         .with_state(state)
