@@ -53,7 +53,7 @@ impl Datagram {
 
     /// Its (bounds-checked) UDP header.
     #[inline(always)]
-    pub fn udp(&self) -> *mut UdpHdr {
+    fn udp(&self) -> *mut UdpHdr {
         match self {
             Self::V4(packet) => packet.udp,
             Self::V6(packet) => packet.udp,
@@ -68,7 +68,7 @@ impl Datagram {
 /// # Safety
 /// `at` points to 16 bounds-checked bytes of the frame.
 #[inline(always)]
-pub unsafe fn ipv6_address(at: *const [u8; 16], to: &mut IpAddress) {
+unsafe fn ipv6_address(at: *const [u8; 16], to: &mut IpAddress) {
     // SAFETY: 16 readable bytes (see above) to 16 writable ones.
     unsafe { core::ptr::copy_nonoverlapping(at.cast::<u8>(), to.octets.as_mut_ptr(), 16) };
 }

@@ -275,6 +275,8 @@ async fn run(
     let mut connection: Option<redis::aio::MultiplexedConnection> = None;
     // Degraded until the first write lands: the event says when it does.
     let mut degraded_since: Option<u64> = Some(unix_ms());
+    // Whether a write landed before: the next restore after a loss is a full rewrite.
+    let mut written_before = false;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut refresh = tokio::time::interval(ttl / 3);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -307,6 +309,10 @@ async fn run(
                 pending = Pending::default();
                 health.redis_up.store(true, Ordering::Relaxed);
                 if let Some(since) = degraded_since.take() {
+                    if written_before {
+                        health.resyncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    written_before = true;
                     info!(calls = calls.len(), "the fleet's state in Redis is current");
                     events.emit(Event::ClusterRestored(ClusterRestored {
                         node: health.node.clone(),
@@ -333,7 +339,6 @@ async fn run(
                         node: health.node.clone(),
                         cause: why,
                     }));
-                    health.resyncs.fetch_add(1, Ordering::Relaxed);
                 }
                 // Everything current is written again once Redis is back (it may have lost
                 // what it had: a restart without persistence).

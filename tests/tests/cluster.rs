@@ -142,5 +142,7 @@ fn while_calls_are_held(lab: &Lab, daemon: &Daemon, redis: RedisServer) -> Redis
     let redis = RedisServer::start(&lab.callee, redis_at).expect("redis again");
     eventually("the calls rewritten", daemon, || shared(&redis) == CALLS);
     assert_eq!(redis_up(), Some(true));
+    let metrics = daemon.metrics().expect("metrics");
+    assert_eq!(metrics.get("sbc_cluster_resyncs_total"), 1.0);
     redis
 }

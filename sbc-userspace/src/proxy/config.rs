@@ -237,6 +237,14 @@ fn default_retry_after_secs() -> u32 {
     5
 }
 
+/// A name to look up in DNS: not empty, no blanks.
+fn check_dns_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.trim().is_empty() || name.contains(char::is_whitespace) {
+        return Err(ConfigError::new(key, "must be a DNS name"));
+    }
+    Ok(())
+}
+
 fn default_weight() -> u32 {
     1
 }
@@ -252,10 +260,7 @@ impl SipConfig {
             ));
         }
         for (i, host) in sip.backend_hosts.iter().enumerate() {
-            let key = |name: &str| format!("sip.backend_hosts[{i}].{name}");
-            if host.host.trim().is_empty() || host.host.contains(char::is_whitespace) {
-                return Err(ConfigError::new(&key("host"), "must be a DNS name"));
-            }
+            check_dns_name(&format!("sip.backend_hosts[{i}].host"), &host.host)?;
         }
         for (i, backend) in sip.backends.iter().enumerate() {
             if backend.weight == 0 {
@@ -288,9 +293,7 @@ impl SipConfig {
                     "and sip.trunk both name the trunk: keep one",
                 ));
             }
-            if host.trim().is_empty() || host.contains(char::is_whitespace) {
-                return Err(ConfigError::new("sip.trunk_host", "must be a DNS name"));
-            }
+            check_dns_name("sip.trunk_host", host)?;
         }
         if sip.trunk_transport == BackendTransport::Tls
             && sip.trunk_server_name.is_none()

@@ -73,7 +73,7 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(config: &DnsConfig) -> anyhow::Result<Self> {
-        let builder = if config.servers.is_empty() {
+        let mut builder = if config.servers.is_empty() {
             TokioResolver::builder_tokio().context("reading the system's DNS configuration")?
         } else {
             let mut servers = ResolverConfig::new();
@@ -88,7 +88,6 @@ impl Resolver {
         options.positive_max_ttl = Some(Duration::from_secs(config.max_ttl_secs.max(1)));
         // A name that does not exist yet (a backend being provisioned) is asked again soon.
         options.negative_max_ttl = Some(Duration::from_secs(config.retry_secs.max(1)));
-        let mut builder = builder;
         *builder.options_mut() = options;
         Ok(Self {
             inner: builder.build(),

@@ -194,21 +194,21 @@ fn keep_names_resolved(config: &SipConfig, lanes: &Lanes) -> anyhow::Result<()> 
         port: config.trunk_port,
         transport: config.trunk_transport,
     });
-    let names = config
+    let names: Vec<_> = config
         .backend_hosts
         .iter()
         .enumerate()
         .map(|(n, entry)| (dns::Named::BackendHost(n), dns::Lookup::of(entry)))
-        .chain(trunk.map(|lookup| (dns::Named::Trunk, lookup)));
-    let mut resolver = None;
+        .chain(trunk.map(|lookup| (dns::Named::Trunk, lookup)))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let resolver = Arc::new(dns::Resolver::new(&config.dns)?);
     for (of, lookup) in names {
-        let resolver = match &resolver {
-            Some(resolver) => Arc::clone(resolver),
-            None => Arc::clone(resolver.insert(Arc::new(dns::Resolver::new(&config.dns)?))),
-        };
         let lanes = lanes.clone();
         tokio::spawn(dns::keep_resolved(
-            resolver,
+            Arc::clone(&resolver),
             lookup,
             config.dns.clone(),
             move |targets| lanes.control(Queued::Resolved { of, targets }),

@@ -108,6 +108,15 @@ impl Observation {
     }
 }
 
+/// What a DNS answer changed in the pool (`Backends::resolved`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// Targets new to the pool.
+    pub added: Vec<BackendId>,
+    /// How many of the host's targets retired now.
+    pub retired: usize,
+}
+
 /// What a health observation changed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Transition {
@@ -162,16 +171,17 @@ impl Backends {
     }
 
     /// Host entry `host` now stands for `targets` (its DNS answer): targets it did not have
-    /// join the pool (their ids returned), those it no longer has retire, the others take
-    /// their new priority and weight (a weight of 0 counts as 1: a small share, as RFC 2782
-    /// gives it). An address the pool has from elsewhere stays that entry's.
+    /// join the pool, those it no longer has retire, the others take their new priority and
+    /// weight (a weight of 0 counts as 1: a small share, as RFC 2782 gives it). An address the
+    /// pool has from elsewhere stays that entry's.
     pub fn resolved(
         &mut self,
         host: usize,
         targets: &[Target],
         (transport, max_calls): (BackendTransport, u32),
         now: Instant,
-    ) -> Vec<BackendId> {
+    ) -> Joined {
+        let mut retired = 0;
         for backend in &mut self.list {
             if backend.source != Source::Host(host) {
                 continue;
@@ -182,7 +192,11 @@ impl Backends {
                     backend.priority = target.priority;
                     backend.weight = u32::from(target.weight.max(1));
                 }
-                None => backend.retired = true,
+                None if !backend.retired => {
+                    backend.retired = true;
+                    retired += 1;
+                }
+                None => {}
             }
         }
         let mut added = Vec::new();
@@ -205,7 +219,7 @@ impl Backends {
             self.list.push(backend);
             added.push(BackendId(self.list.len() - 1));
         }
-        added
+        Joined { added, retired }
     }
 
     /// Whether a backend can take another call.
@@ -539,7 +553,7 @@ mod tests {
     fn dns_targets_join_retire_and_return_in_place() {
         let mut backends = pool(BalancePolicy::Weighted, &[1]);
         let shape = (BackendTransport::Udp, 0);
-        let added = backends.resolved(
+        let joined = backends.resolved(
             0,
             &[
                 target("10.0.0.1:5060", 10, 3),
@@ -548,9 +562,9 @@ mod tests {
             shape,
             Instant::now(),
         );
-        assert_eq!(added, vec![BackendId(1), BackendId(2)]);
+        assert_eq!(joined.added, vec![BackendId(1), BackendId(2)]);
         // An SRV answer for the address configured by hand leaves it that entry's.
-        let added = backends.resolved(
+        let joined = backends.resolved(
             0,
             &[
                 target("127.0.0.2:5060", 10, 1),
@@ -559,12 +573,13 @@ mod tests {
             shape,
             Instant::now(),
         );
-        assert!(added.is_empty());
+        assert!(joined.added.is_empty());
+        assert_eq!(joined.retired, 1);
         assert!(backends[BackendId(1)].retired, "no longer a target");
         assert_eq!(backends[BackendId(2)].weight, 5);
         assert_eq!(backends[BackendId(0)].source, Source::Address);
-        let added = backends.resolved(0, &[target("10.0.0.1:5060", 10, 0)], shape, Instant::now());
-        assert!(added.is_empty(), "it returns in its old place");
+        let joined = backends.resolved(0, &[target("10.0.0.1:5060", 10, 0)], shape, Instant::now());
+        assert!(joined.added.is_empty(), "it returns in its old place");
         assert!(!backends[BackendId(1)].retired && backends[BackendId(2)].retired);
         assert_eq!(backends[BackendId(1)].weight, 1, "weight 0 counts as 1");
         assert_eq!(backends.serving().count(), 2);

@@ -1,23 +1,19 @@
 //! Active health checks: an OPTIONS probe per backend every interval; answers with an alive
 //! code count as success, other answers and silence as failure (with what the backend does
 //! with the calls sent to it, see `responses`), against the configured thresholds.
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use super::{
-    Core, GuardUpdate, Timer,
-    backends::{BackendId, Observation, Source, Transition},
+    Core, Timer,
+    backends::{BackendId, Observation, Transition},
     build,
     names::ClientKey,
     transactions::{ClientTx, Peer, Purpose},
 };
 use crate::{
     events::{self, Event},
-    proxy::dns::Target,
     side::Side,
     sip::Method,
 };
@@ -45,52 +41,6 @@ impl Core {
             let stagger = Duration::from_millis(50 * id.index() as u64 + 10);
             self.schedule(Timer::Probe(id), stagger);
         }
-    }
-
-    /// `[[sip.backend_hosts]]` entry `host` stands for `targets` now (DNS): new targets join
-    /// the pool (stats, trust, probes), those gone retire with the calls they carry.
-    pub(super) fn backends_resolved(&mut self, host: usize, targets: &[Target]) {
-        let Some(entry) = self.config.backend_hosts.get(host) else {
-            return;
-        };
-        let (name, shape) = (entry.host.clone(), (entry.transport, entry.max_calls));
-        let before: Vec<BackendId> = self.backends.serving().map(|(id, _)| id).collect();
-        let added = self.backends.resolved(host, targets, shape, self.now.at);
-        for &id in &added {
-            self.stats.backends.push(self.backends[id].address);
-        }
-        let serving: Vec<BackendId> = self
-            .backends
-            .serving()
-            .filter(|(_, b)| b.source == Source::Host(host))
-            .map(|(id, _)| id)
-            .collect();
-        let ips: Vec<IpAddr> = added
-            .iter()
-            .map(|&id| self.backends[id].address.ip())
-            .collect();
-        if !ips.is_empty() {
-            self.admission.trust_backends(&ips);
-            self.guard(GuardUpdate::TrustBackends(ips));
-        }
-        let retired = before
-            .iter()
-            .filter(|id| self.backends[**id].retired)
-            .count();
-        if !added.is_empty() || retired > 0 {
-            let now_serving: Vec<String> = serving
-                .iter()
-                .map(|&id| {
-                    let b = &self.backends[id];
-                    format!(
-                        "{} (priority {}, weight {})",
-                        b.address, b.priority, b.weight
-                    )
-                })
-                .collect();
-            info!(host = %name, added = added.len(), retired, targets = %now_serving.join(", "), "backends found by DNS");
-        }
-        self.start_probes_of(&serving);
     }
 
     pub(super) fn probe(&mut self, id: BackendId) {

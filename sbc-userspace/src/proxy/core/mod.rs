@@ -16,6 +16,7 @@ pub mod call_end;
 pub mod calls;
 mod continuity;
 pub mod forwarding;
+mod found_by_dns;
 mod hangup;
 mod health;
 pub mod hiding;
@@ -38,7 +39,7 @@ use std::{
 };
 
 use sbc_common::{guard::BLOCK_ABUSE, sip_forward::UDP_MAX_REQUEST};
-use tracing::{debug, info};
+use tracing::debug;
 
 use self::{
     addresses::OurAddresses,
@@ -349,15 +350,6 @@ impl Core {
 
     pub(super) fn guard(&mut self, update: GuardUpdate) {
         self.output(Output::Guard(update));
-    }
-
-    /// DNS says the trunk is `targets` now.
-    fn trunk_resolved(&mut self, targets: Vec<Target>) {
-        if targets != self.trunk_targets {
-            let found: Vec<String> = targets.iter().map(|t| t.address.to_string()).collect();
-            info!(targets = %found.join(", "), "trunk targets found by DNS");
-        }
-        self.trunk_targets = targets;
     }
 
     /// `requests` new requests of `source` were shed: it is blocked if that makes too many.
