@@ -536,6 +536,38 @@ impl Config {
 
     /// Checks the configuration against this host: interfaces exist and addresses are local.
     pub fn check_environment(&self) -> Result<(), ConfigError> {
+        self.check_interfaces()?;
+        self.check_addresses()
+    }
+
+    /// Whether this node's addresses float (`[[cluster.groups]]`): they are checked when the
+    /// node takes a group, not at start.
+    pub fn floating(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| !c.groups.is_empty())
+    }
+
+    /// This configuration with `group`'s addresses in place of the node's own.
+    pub fn for_group(&self, group: &crate::cluster::Group) -> Config {
+        let mut config = self.clone();
+        if !group.floating {
+            return config;
+        }
+        config.media.public_address = group.public;
+        config.media.private_address = Some(group.private);
+        if let Some(sip) = config.sip.as_mut() {
+            let port = sip.public_listen.port();
+            sip.public_listen.set_ip(group.public);
+            let private_port = sip.private_listen.map_or(port, |listen| listen.port());
+            sip.private_listen = Some(SocketAddr::new(group.private, private_port));
+            if let Some(tls) = sip.tls.as_mut() {
+                tls.listen.set_ip(group.public);
+            }
+        }
+        config
+    }
+
+    /// The API token and the XDP interfaces.
+    pub fn check_interfaces(&self) -> Result<(), ConfigError> {
         self.api.token()?;
         if self.dataplane.mode == DataplaneMode::Xdp {
             for name in &self.dataplane.interfaces {
@@ -547,6 +579,11 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The media and SIP addresses are this host's.
+    pub fn check_addresses(&self) -> Result<(), ConfigError> {
         let mut local = vec![
             ("media.public_address", self.media.public_address),
             ("media.private_address", self.media.private_address()),

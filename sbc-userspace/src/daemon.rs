@@ -11,15 +11,20 @@ use crate::{
     },
     advertise::Readvertise,
     api::server::{self, ApiState},
+    cluster::{Claim, ClusterHealth, Mirror},
     config::{Config, DataplaneMode, NoAudioAction, NoAudioConfig, SigtermAction},
     dataplane::{
         DialogEvents, FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins,
         xdp,
     },
     drain::Drain,
-    events::EventSink,
+    events::{Event, EventSink, GroupReleased, GroupTakenOver},
+    fleet,
     media::{AudioDeadlines, EndReason, MediaPlane, MediaSettings},
-    proxy::{self, ProxyHandle, journal::Journal},
+    proxy::{
+        self, ProxyHandle,
+        journal::{CallRecord, Journal, Line},
+    },
     reload::Reload,
     side::Side,
 };
@@ -38,17 +43,73 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         None => anyhow::Error::new(e),
     };
     config.validate().map_err(in_file)?;
-    config.check_environment().map_err(in_file)?;
+    // Floating addresses are looked at when the node takes their group.
+    if config.floating() {
+        config.check_interfaces().map_err(in_file)?;
+    } else {
+        config.check_environment().map_err(in_file)?;
+    }
     let mut config = config;
     if let Some(sip) = config.sip.as_mut() {
         sip.detect_advertised().map_err(in_file)?;
     }
     raise_open_files_limit(u64::from(config.media.port_max - config.media.port_min) + 1);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?
-        .block_on(serve(config, options))
+    let mut clean = options.clean;
+    loop {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        let outcome = runtime.block_on(serve_node(&config, &options, clean));
+        // Every task of the group served ends here, its sockets closed.
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        clean = false;
+        match outcome? {
+            Outcome::Stopped => return Ok(()),
+            Outcome::LetGo => forget_group(&config)?,
+        }
+    }
+}
+
+/// How serving ended.
+enum Outcome {
+    /// Told to stop.
+    Stopped,
+    /// The node's group is no longer its own (`[cluster]`): its calls are the new owner's.
+    LetGo,
+}
+
+/// Forgets the calls of a group let go: the pinned flows and dialogs (the new owner relays
+/// them) and the journal (a restart must not take them back).
+fn forget_group(config: &Config) -> anyhow::Result<()> {
+    let layout = PinLayout::new(&config.dataplane.bpffs, &config.instance);
+    if layout.exists() {
+        layout.remove()?;
+    }
+    Journal::remove(&config.call_state_file())?;
+    Ok(())
+}
+
+/// Serves the node's configuration, or with `[cluster]` the group it takes after standing by.
+async fn serve_node(config: &Config, options: &RunOptions, clean: bool) -> anyhow::Result<Outcome> {
+    if clean {
+        let layout = PinLayout::new(&config.dataplane.bpffs, &config.instance);
+        if config.dataplane.mode == DataplaneMode::Xdp {
+            pins::ensure_bpffs(&config.dataplane.bpffs)?;
+        }
+        layout.remove()?;
+        Journal::remove(&config.call_state_file())?;
+        info!(dir = %layout.instance_dir.display(), "--clean: removed pinned state and recorded calls");
+    }
+    let Some(cluster) = &config.cluster else {
+        return serve(config.clone(), options, None).await;
+    };
+    let Some(taking) = fleet::stand_by(config, cluster).await? else {
+        return Ok(Outcome::Stopped);
+    };
+    let config = config.for_group(&taking.group);
+    config.check_addresses()?;
+    serve(config, options, Some(taking)).await
 }
 
 fn media_settings(config: &Config) -> MediaSettings {
@@ -66,7 +127,11 @@ fn media_settings(config: &Config) -> MediaSettings {
     }
 }
 
-async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    options: &RunOptions,
+    taking: Option<fleet::Taking>,
+) -> anyhow::Result<Outcome> {
     // First, so a second daemon for the same instance stops before touching anything.
     let socket = config.api_socket();
     let api_listener = server::bind_unix(&socket)?;
@@ -76,11 +141,6 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let (kernel, reasons, guard) = match mode {
         DataplaneMode::Xdp => {
             pins::ensure_bpffs(&config.dataplane.bpffs)?;
-            if options.clean {
-                layout.remove()?;
-                Journal::remove(&config.call_state_file())?;
-                info!(dir = %layout.instance_dir.display(), "--clean: removed pinned state and recorded calls");
-            }
             xdp::start(&config, &layout)?;
             let maps = FlowMaps::open(&layout)?;
             let stats = FlowStatsReader::open(&layout)?;
@@ -106,6 +166,17 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let drain = Arc::new(Drain::new(Duration::from_secs(config.drain.deadline_secs)));
     let events = Arc::new(EventSink::open(config.events.file.as_deref())?);
     let plane = MediaPlane::new(media_settings(&config), kernel, Arc::clone(&events));
+    let (mut journal, mut recorded) = Journal::open(&config.call_state_file())?;
+    let mirror = match (&taking, &config.cluster) {
+        (Some(taking), Some(cluster)) => Some(take_over(
+            taking,
+            cluster,
+            &plane,
+            &events,
+            (&mut journal, &mut recorded),
+        )),
+        _ => None,
+    };
     let proxy = match &config.sip {
         Some(sip) => Some(
             proxy::start(
@@ -115,7 +186,11 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 Arc::clone(&plane),
                 Arc::clone(&events),
                 Arc::clone(&drain),
-                (&config.call_state_file(), config.cluster.as_ref()),
+                (
+                    journal,
+                    recorded,
+                    mirror.as_ref().map(|m| Arc::clone(&m.health)),
+                ),
             )
             .await?,
         ),
@@ -126,6 +201,7 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
     });
     let reread = options
         .config_path
+        .clone()
         .map(|path| -> Reread { Box::new(move || Ok(Config::load(&path)?.admission)) });
     let admission = Arc::new(AdmissionControl::new(
         guard,
@@ -191,8 +267,33 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
         proxy.clone(),
         config.drain.on_sigterm,
     );
-    server::serve(api_listener, tcp, router, stopped).await?;
+    let (outcome, ended) = tokio::sync::oneshot::channel();
+    let events_at_end = Arc::clone(&events);
+    let ended_by = async move {
+        let group = taking.as_ref().map(|t| &t.group);
+        let lost = async {
+            match group {
+                Some(group) => fleet::lost(group, mirror.as_ref()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            () = stopped => None,
+            why = lost => Some(why),
+        };
+        if let (Some(why), Some(taking), Some(mirror)) = (why.clone(), &taking, &mirror) {
+            let_go(taking, mirror, &events_at_end, &why).await;
+        }
+        let _ = outcome.send(why);
+    };
+    server::serve(api_listener, tcp, router, ended_by).await?;
+    let let_go = ended.await.ok().flatten().is_some();
     reaper.abort();
+    let _ = std::fs::remove_file(&socket);
+    if let_go {
+        // The group's new owner has its calls; this node forgets them (`forget_group`).
+        return Ok(Outcome::LetGo);
+    }
     match mode {
         DataplaneMode::Userspace => plane.end_all(EndReason::Shutdown),
         DataplaneMode::Xdp => info!(
@@ -200,8 +301,95 @@ async fn serve(config: Config, options: RunOptions) -> anyhow::Result<()> {
             "stopping; the kernel keeps relaying latched media and the next daemon adopts it"
         ),
     }
-    let _ = std::fs::remove_file(&socket);
-    Ok(())
+    Ok(Outcome::Stopped)
+}
+
+/// Takes over the calls of the group being taken (`[cluster]`) and starts sharing the node's
+/// calls: the taken calls join the journal's (`recorded`) and are journaled here too, so a
+/// restart of this node keeps them.
+fn take_over(
+    taking: &fleet::Taking,
+    cluster: &crate::cluster::ClusterConfig,
+    plane: &Arc<MediaPlane>,
+    events: &Arc<EventSink>,
+    (journal, recorded): (&mut Journal, &mut Vec<CallRecord>),
+) -> Mirror {
+    let (taken, without_media) = match &taking.claimed {
+        Some(claimed) => fleet::take_over_calls(plane, claimed, &taking.node, recorded),
+        None => (Vec::new(), 0),
+    };
+    for record in &taken {
+        journal.append(&Line::Put(Box::new(record.clone())));
+    }
+    let serves = cluster
+        .served_groups((taking.group.public, taking.group.private))
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    let health = Arc::new(ClusterHealth::new(
+        taking.client.clone(),
+        taking.node.clone(),
+        (taking.group.name.clone(), serves),
+        cluster.ttl(),
+    ));
+    let epoch = taking.claimed.as_ref().map_or(0, |claimed| claimed.epoch);
+    health
+        .epoch
+        .store(epoch, std::sync::atomic::Ordering::Relaxed);
+    info!(
+        group = %taking.group.name,
+        epoch,
+        taken = taken.len(),
+        own = recorded.len(),
+        "serving the address group"
+    );
+    events.emit(Event::GroupTakenOver(GroupTakenOver {
+        node: taking.node.clone(),
+        group: taking.group.name.clone(),
+        epoch,
+        previous_owner: taking
+            .claimed
+            .as_ref()
+            .and_then(|c| c.previous_owner.clone()),
+        calls: taken.len() as u64,
+        calls_without_media: without_media,
+    }));
+    recorded.extend(taken);
+    let mirror = Mirror::start(
+        taking.client.clone(),
+        health,
+        recorded,
+        Arc::clone(plane),
+        Arc::clone(events),
+    );
+    journal.mirror_to(mirror.clone());
+    mirror
+}
+
+/// Lets the group go: gives the claim up in Redis (if it is still the latest) and says so.
+async fn let_go(taking: &fleet::Taking, mirror: &Mirror, events: &EventSink, why: &str) {
+    warn!(group = %taking.group.name, "letting the address group go: {why}");
+    let epoch = mirror
+        .health
+        .epoch
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let claim = Claim {
+        client: &taking.client,
+        group: &taking.group.name,
+        node: &taking.node,
+    };
+    if let Err(e) = claim.release(epoch).await {
+        warn!("cannot release the group in Redis ({e:#}); its next owner claims it anyway");
+    }
+    events.emit(Event::GroupReleased(GroupReleased {
+        node: taking.node.clone(),
+        group: taking.group.name.clone(),
+        reason: why.to_owned(),
+        calls: mirror
+            .health
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }));
 }
 
 /// Once a second: ends sessions without media (the proxy then ends their calls with BYE),

@@ -39,6 +39,32 @@ pub enum Event {
     MediaSessionEnded(MediaSessionEnded),
     ClusterDegraded(ClusterDegraded),
     ClusterRestored(ClusterRestored),
+    GroupTakenOver(GroupTakenOver),
+    GroupReleased(GroupReleased),
+}
+
+/// This node serves an address group now: it claimed it (`epoch`) and took over the calls the
+/// group's previous owner had shared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupTakenOver {
+    pub node: String,
+    pub group: String,
+    pub epoch: u64,
+    pub previous_owner: Option<String>,
+    /// Calls taken over from the fleet's state (not counting this node's own journal's).
+    pub calls: u64,
+    /// Of those, calls whose media could not be taken over (they end).
+    pub calls_without_media: u64,
+}
+
+/// This node stopped serving its group (its addresses left, or another node claimed the
+/// group after it); its calls are the group's new owner's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupReleased {
+    pub node: String,
+    pub group: String,
+    pub reason: String,
+    pub calls: u64,
 }
 
 /// The fleet's shared state (Redis) stopped taking this node's writes: its calls go on from
@@ -197,6 +223,8 @@ impl Event {
             Event::MediaSessionEnded(_) => "media_session_ended",
             Event::ClusterDegraded(_) => "cluster_degraded",
             Event::ClusterRestored(_) => "cluster_restored",
+            Event::GroupTakenOver(_) => "group_taken_over",
+            Event::GroupReleased(_) => "group_released",
         }
     }
 }
@@ -241,7 +269,9 @@ kinds!(
     MediaSessionCreated,
     MediaSessionEnded,
     ClusterDegraded,
-    ClusterRestored
+    ClusterRestored,
+    GroupTakenOver,
+    GroupReleased
 );
 
 /// A line of the events file.

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod drain;
 pub mod events;
+pub mod fleet;
 pub mod logging;
 pub mod maps_report;
 pub mod media;

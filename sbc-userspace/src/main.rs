@@ -8,7 +8,7 @@ use sbc::{
         ApiClient,
         contract::{
             Backends, BlockRequest, Blocks, Calls, DrainStarted, Fleet, Reloaded, SessionInfo,
-            SessionSpec, Sessions, Status, Unblocked,
+            SessionSpec, Sessions, Status, TakenOver, TakeoverRequest, Unblocked,
         },
     },
     config::{CALL_STATE_FILE, Config, DataplaneMode, default_api_socket, default_state_dir},
@@ -78,6 +78,16 @@ enum Command {
     },
     /// The fleet (`[cluster]`): each node's address group, calls, epoch and last heartbeat.
     Fleet {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Serve an address group now (`[cluster]`): what keepalived's notify hook calls when this
+    /// node becomes master. A node on standby claims the group and takes its calls over; a node
+    /// that serves the group already answers so.
+    Takeover {
+        /// The group (default: the first of the node's groups whose addresses are here).
+        #[arg(long)]
+        group: Option<String>,
         #[command(flatten)]
         target: ApiTarget,
     },
@@ -289,6 +299,18 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Backends { target } => backends(&target.client()?),
         Command::Fleet { target } => fleet(&target.client()?),
+        Command::Takeover { group, target } => {
+            let taken: TakenOver = target
+                .client()?
+                .post("/v1/takeover", &TakeoverRequest { group })?
+                .expect(200)?;
+            if taken.already {
+                println!("serving group {} already", taken.group);
+            } else {
+                println!("taking group {} over", taken.group);
+            }
+            Ok(())
+        }
         Command::Drain { target } => {
             let started: DrainStarted = target.client()?.post("/v1/drain", &())?.expect(202)?;
             println!(
@@ -379,10 +401,18 @@ fn status(client: &ApiClient) -> anyhow::Result<()> {
         } else {
             "DEGRADED: redis away, calls kept in memory and the journal"
         };
-        println!(
-            "cluster     node {} group {} epoch {}, {} calls shared, {redis}",
-            cluster.node, cluster.group, cluster.epoch, cluster.calls
-        );
+        if cluster.state == "standby" {
+            println!(
+                "cluster     node {} on STANDBY for groups {}",
+                cluster.node,
+                cluster.serves.join(", ")
+            );
+        } else {
+            println!(
+                "cluster     node {} group {} epoch {}, {} calls shared, {redis}",
+                cluster.node, cluster.group, cluster.epoch, cluster.calls
+            );
+        }
     }
     Ok(())
 }
@@ -497,7 +527,11 @@ fn fleet(client: &ApiClient) -> anyhow::Result<()> {
         println!(
             "{:<24} {:<24} {:>7} {:>6} {:>12} {:<7}",
             node.node,
-            node.group,
+            if node.group.is_empty() {
+                "(standby)"
+            } else {
+                &node.group
+            },
             node.calls,
             node.epoch,
             node.heartbeat_age_ms,

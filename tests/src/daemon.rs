@@ -15,7 +15,7 @@ use sbc::{
         client::ApiResponse,
         contract::{
             AdmissionTotals, BackendSummary, Backends, BlockInfo, Blocks, CallSummary, Calls,
-            SessionInfo, SessionSpec, Sessions, Stats, Status,
+            Health, SessionInfo, SessionSpec, Sessions, Stats, Status,
         },
     },
     events::{Event, EventLine, Kind},
@@ -99,6 +99,16 @@ impl Default for DaemonOptions {
     }
 }
 
+/// An instance name no other daemon of this test process uses.
+fn unique_instance(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 pub struct Daemon {
     child: Option<Child>,
     netns: String,
@@ -109,18 +119,15 @@ pub struct Daemon {
     pub pin_dir: PathBuf,
     binary: PathBuf,
     cpu: Option<usize>,
+    /// A node of a fleet is ready on standby too (it serves no group yet).
+    standby_is_ready: bool,
 }
 
 impl Daemon {
     /// Writes a config for `lab` and starts the daemon, waiting until its API answers.
     pub fn start(lab: &Lab, options: &DaemonOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("sbc-test-").tempdir()?;
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let instance = format!(
-            "t{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let instance = unique_instance("t");
         let config = dir.path().join("sbc.toml");
         let socket = dir.path().join("api.sock");
         let (public, private) = options
@@ -207,6 +214,43 @@ format = "{log_format}"
             dir,
             binary: crate::daemon::sbc_binary(),
             cpu: options.cpu,
+            standby_is_ready: false,
+        };
+        daemon.spawn(&[])?;
+        Ok(daemon)
+    }
+
+    /// A node of a fleet in namespace `netns`: `body` is its configuration but for the
+    /// instance, state directory, API socket and events file, set here. Ready once its API
+    /// answers, on standby or serving.
+    pub fn start_node(netns: &str, body: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("sbc-node-").tempdir()?;
+        let instance = unique_instance("n");
+        let socket = dir.path().join("api.sock");
+        let config = dir.path().join("sbc.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "instance = \"{instance}\"\nstate_dir = \"{state}\"\n{body}\n[api]\nsocket = \"{socket}\"\n\
+                 [events]\nfile = \"{events}\"\n",
+                state = dir.path().display(),
+                socket = socket.display(),
+                events = dir.path().join("events.jsonl").display(),
+            ),
+        )?;
+        let mut daemon = Self {
+            child: None,
+            netns: netns.to_owned(),
+            api: ApiClient::new(&socket),
+            pin_dir: PathBuf::from(format!(
+                "/sys/fs/bpf/sbc/{instance}/v{}",
+                sbc_common::maps::MAP_ABI_VERSION
+            )),
+            config,
+            dir,
+            binary: crate::daemon::sbc_binary(),
+            cpu: None,
+            standby_is_ready: true,
         };
         daemon.spawn(&[])?;
         Ok(daemon)
@@ -234,8 +278,11 @@ format = "{log_format}"
     fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            // A node of a fleet answers `standby` until it serves its group.
             if let Ok(r) = self.api.get("/v1/health")
                 && r.status == 200
+                && r.json::<Health>()
+                    .is_ok_and(|h| h.status == "ok" || self.standby_is_ready)
             {
                 return Ok(());
             }

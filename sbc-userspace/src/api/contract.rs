@@ -98,7 +98,14 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub node: String,
+    /// The address group it serves; empty on standby.
     pub group: String,
+    /// `serving` or `standby`.
+    #[serde(default = "serving")]
+    pub state: String,
+    /// The groups it may serve (`cluster.serves`).
+    #[serde(default)]
+    pub serves: Vec<String>,
     /// Redis takes this node's writes; false: degraded (calls go on from memory).
     pub redis_up: bool,
     pub calls: u64,
@@ -134,6 +141,26 @@ pub struct Backends {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fleet {
     pub nodes: Vec<crate::cluster::FleetNode>,
+}
+
+fn serving() -> String {
+    "serving".into()
+}
+
+/// The body of `POST /v1/takeover` (optional): which group to serve (default: the first of
+/// the node's groups whose addresses are on this host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeoverRequest {
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// The group a node serves after `POST /v1/takeover`; `already`: it served it before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenOver {
+    pub group: String,
+    pub already: bool,
 }
 
 /// A drain, as it began: what is left to finish.

@@ -6,6 +6,7 @@ pub mod contract;
 mod metrics;
 mod operations;
 pub mod server;
+pub mod standby;
 mod state;
 
 pub use client::ApiClient;

@@ -4,6 +4,7 @@ use std::sync::{Arc, atomic::Ordering};
 use super::{
     contract::{
         BackendCounts, Backends, CallCounts, Calls, ClusterStatus, DrainStarted, Fleet, Status,
+        TakenOver, TakeoverRequest,
     },
     metrics::load,
     state::{ApiState, error},
@@ -11,6 +12,7 @@ use super::{
 use crate::proxy::CallSummary;
 use axum::{
     Json,
+    body::Bytes,
     extract::{Path as UrlPath, State},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -41,6 +43,8 @@ pub async fn status(State(api): State<Arc<ApiState>>) -> Json<Status> {
         .map(|cluster| ClusterStatus {
             node: cluster.node.clone(),
             group: cluster.group.clone(),
+            state: "serving".into(),
+            serves: cluster.serves.clone(),
             redis_up: cluster.redis_up.load(Ordering::Relaxed),
             calls: load(&cluster.calls),
             epoch: load(&cluster.epoch),
@@ -141,6 +145,39 @@ pub async fn fleet(State(api): State<Arc<ApiState>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("reading the fleet: {e:#}"),
         ),
+    }
+}
+
+/// `sbc takeover` on a node that serves a group already: fine if it is that group (the
+/// keepalived hook calls it whenever the node becomes master).
+pub async fn takeover(State(api): State<Arc<ApiState>>, body: Bytes) -> Response {
+    let Some(cluster) = api.proxy.as_ref().and_then(|proxy| proxy.cluster.as_ref()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this daemon is in no fleet (no [cluster] table)",
+        );
+    };
+    let asked: TakeoverRequest = if body.is_empty() {
+        TakeoverRequest { group: None }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(asked) => asked,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
+        }
+    };
+    match asked.group {
+        Some(group) if group != cluster.group => error(
+            StatusCode::CONFLICT,
+            format!(
+                "this node serves group {} (one group at a time): it cannot take {group} as well",
+                cluster.group
+            ),
+        ),
+        _ => Json(TakenOver {
+            group: cluster.group.clone(),
+            already: true,
+        })
+        .into_response(),
     }
 }
 

@@ -81,6 +81,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/backends", get(operations::backends))
         .route("/v1/fleet", get(operations::fleet))
         .route("/v1/drain", post(operations::drain))
+        .route("/v1/takeover", post(operations::takeover))
         .route("/metrics", get(metrics::metrics))
         .with_state(state)
 }

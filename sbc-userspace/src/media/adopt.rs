@@ -1,8 +1,12 @@
-//! Re-adopting the sessions a previous daemon left in the pinned flow map.
+//! Re-adopting sessions: those a previous daemon left in the pinned flow map, and those of calls
+//! taken over from another node of the fleet (`[cluster]`, their flows as it shared them).
 //!
 //! The kernel keeps relaying latched media while no daemon runs. Each flow carries its session
 //! id, leg and stream, so a new daemon rebuilds every session from the map alone: it reserves
-//! and binds the same ports (the slow path must receive again) and restarts their relays.
+//! and binds the same ports (the slow path must receive again) and restarts their relays. A
+//! session taken over is rebuilt the same way from its shared flows, under an id of this
+//! daemon, and its flows are installed in the kernel as they were: a latched peer stays
+//! latched, so media flows again as soon as it arrives here.
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
@@ -47,7 +51,7 @@ impl MediaPlane {
         }
         let mut adopted = 0;
         for (id, flows) in &by_session {
-            match self.adopt_session(&mut state, *id, flows) {
+            match self.adopt_session(&mut state, *id, flows, Installed::Already) {
                 Ok(()) => adopted += 1,
                 Err(problem) => {
                     warn!(
@@ -81,6 +85,50 @@ impl MediaPlane {
         }
     }
 
+    /// Adopts the sessions of calls taken over from another node: `(its id there, its flows)`.
+    /// Returns the id each adopted session has here; a session that cannot be adopted (its
+    /// ports taken, flows that do not make a session) is left out, and its call then ends as
+    /// one that lost its media.
+    pub fn adopt_shared(
+        self: &Arc<Self>,
+        sessions: Vec<(u32, Vec<(FlowKey, Flow)>)>,
+    ) -> HashMap<u32, u32> {
+        let mut state = self.lock();
+        let mut ids = HashMap::new();
+        for (theirs, mut flows) in sessions {
+            let ours = state.allocate_id();
+            for (_, flow) in &mut flows {
+                flow.session_id = ours;
+            }
+            match self.adopt_session(&mut state, ours, &flows, Installed::NotYet) {
+                Ok(()) => {
+                    ids.insert(theirs, ours);
+                }
+                Err(problem) => warn!(
+                    session = theirs,
+                    "cannot adopt a media session taken over from another node: {problem}"
+                ),
+            }
+        }
+        ids
+    }
+
+    /// The flows of the given sessions, as the kernel (or the userspace relay) forwards by
+    /// them now: what another node needs to take the sessions over.
+    pub fn flows_of(&self, ids: &[u32]) -> Vec<(u32, Vec<(FlowKey, Flow)>)> {
+        let state = self.lock();
+        ids.iter()
+            .filter_map(|id| {
+                let session = state.sessions.get(id)?;
+                let flows = session
+                    .keys()
+                    .filter_map(|key| Some((key, state.flows.get(&key)?.flow)))
+                    .collect();
+                Some((*id, flows))
+            })
+            .collect()
+    }
+
     fn side_of(&self, local: SocketAddr) -> Side {
         if local.ip() == self.settings.public_address {
             Side::Public
@@ -94,6 +142,7 @@ impl MediaPlane {
         state: &mut State,
         id: u32,
         flows: &[(FlowKey, Flow)],
+        installed: Installed,
     ) -> Result<(), String> {
         let local_of = |leg: u8, stream: u8| {
             flows
@@ -138,6 +187,11 @@ impl MediaPlane {
             });
         }
 
+        if installed == Installed::NotYet {
+            state
+                .install_in_kernel(&entries)
+                .map_err(|e| format!("installing its flows: {e}"))?;
+        }
         let of_call = flows.iter().any(|(_, flow)| flow.flags & FLOW_OF_CALL != 0);
         let relays = self.activate_flows(state, entries);
         // A learning window died with the daemon that opened it: keep the peer it chose.
@@ -181,6 +235,14 @@ impl MediaPlane {
             })
             .collect()
     }
+}
+
+/// Whether an adopted session's flows are in the kernel map already (pinned by the previous
+/// daemon) or come from elsewhere (another node's shared state).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Installed {
+    Already,
+    NotYet,
 }
 
 /// What signalling said about an adopted flow's peer, as far as the pinned flows tell. A flow

@@ -975,7 +975,7 @@ impl State {
     }
 
     /// Mirrors new flows into the kernel map, all or nothing.
-    fn install_in_kernel(&mut self, flows: &[NewFlow]) -> Result<(), MediaError> {
+    pub(super) fn install_in_kernel(&mut self, flows: &[NewFlow]) -> Result<(), MediaError> {
         let Some(kernel) = self.kernel.as_mut() else {
             return Ok(());
         };
@@ -990,7 +990,7 @@ impl State {
         Ok(())
     }
 
-    fn allocate_id(&mut self) -> u32 {
+    pub(super) fn allocate_id(&mut self) -> u32 {
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.checked_add(1).unwrap_or(1);

@@ -41,14 +41,14 @@ use self::{
     core::{Core, Input, KernelDialogs, Parts, inspect::Query, transactions::Transport},
     driver::Driver,
     intake::{Intake, bind, spawn_receiver},
-    journal::Journal,
+    journal::{CallRecord, Journal},
     lanes::Lanes,
     stats::SipStats,
 };
 use crate::{
     admission::{AdmissionConfig, AdmissionCounters, SipGuard},
     clock::Now,
-    cluster::{ClusterConfig, ClusterHealth, Mirror},
+    cluster::ClusterHealth,
     dataplane::DialogEvents,
     drain::Drain,
     events::EventSink,
@@ -225,18 +225,8 @@ pub async fn start(
     plane: Arc<MediaPlane>,
     events: Arc<EventSink>,
     drain: Arc<Drain>,
-    (state_file, cluster): (&std::path::Path, Option<&ClusterConfig>),
+    (journal, recorded, cluster): (Journal, Vec<CallRecord>, Option<Arc<ClusterHealth>>),
 ) -> anyhow::Result<ProxyHandle> {
-    let (mut journal, recorded) = Journal::open(state_file)?;
-    let cluster = match cluster {
-        Some(cluster) => {
-            let mirror = Mirror::start(cluster, &recorded, Arc::clone(&events))?;
-            let health = Arc::clone(&mirror.health);
-            journal.mirror_to(mirror);
-            Some(health)
-        }
-        None => None,
-    };
     let public = bind(config.public_listen).await?;
     let private = if config.private_listen() == config.public_listen {
         Arc::clone(&public)
