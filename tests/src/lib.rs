@@ -10,6 +10,7 @@ pub mod conformance;
 pub mod daemon;
 pub mod demo;
 pub mod dns_server;
+pub mod fleet;
 pub mod flood;
 pub mod frames;
 pub mod http;

@@ -146,6 +146,11 @@ struct EndpointPlan {
 impl Traffic {
     /// Starts paced RTP (and RTCP) both ways on every call, for `duration`.
     pub fn start(lab: &Lab, calls: &[Call], duration: Duration) -> Self {
+        Self::between(&lab.caller, &lab.callee, calls, duration)
+    }
+
+    /// `start` with the callers in namespace `caller` and the callees in `callee`.
+    pub fn between(caller: &Netns, callee: &Netns, calls: &[Call], duration: Duration) -> Self {
         let progress = Arc::new(Progress::default());
         let barrier = Arc::new(Barrier::new(2));
         let plans = |caller_side: bool| -> Vec<EndpointPlan> {
@@ -181,8 +186,8 @@ impl Traffic {
             ns.spawn(move || run_side(plans, duration, &barrier, &progress))
         };
         Self {
-            caller: side(&lab.caller, plans(true)),
-            callee: side(&lab.callee, plans(false)),
+            caller: side(caller, plans(true)),
+            callee: side(callee, plans(false)),
             progress,
         }
     }

@@ -32,6 +32,7 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "openssl",      // the lab's TLS certificates, and what the sbc's TLS listener offers
     "dnsmasq-base", // the lab's DNS server: SRV records of backends named by host
     "redis-server", // the fleet's shared call state ([cluster]) in the lab
+    "keepalived",   // VRRP: moves the fleet's floating addresses between nodes in the lab
     "prometheus",   // promtool: the tests check the /metrics exposition with it
 ];
 
