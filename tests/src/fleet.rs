@@ -273,38 +273,40 @@ impl Keepalived {
         std::fs::read_to_string(self.dir.path().join("keepalived.log")).unwrap_or_default()
     }
 
-    /// SIGKILL: the node is gone, its VRRP adverts stop without a goodbye.
-    pub fn kill9(&mut self) {
-        // keepalived's VRRP child runs on its own; kill it first, by its recorded PID.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("vrrp.pid"))
-            && let Ok(pid) = pid.trim().parse::<i32>()
-        {
-            // SAFETY: signalling the VRRP process our keepalived forked (its PID file).
+    /// SIGKILL: the node is gone, its VRRP adverts stop without a goodbye (the addresses it
+    /// added stay, as on a machine that died).
+    pub fn kill9(&self) {
+        // keepalived's VRRP child runs on its own: kill it too, by its recorded PID.
+        let vrrp = std::fs::read_to_string(self.dir.path().join("vrrp.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok());
+        let parent = self.child.as_ref().map(|child| child.id() as i32);
+        for pid in vrrp.into_iter().chain(parent) {
+            // SAFETY: signalling our keepalived and the VRRP process it forked (its PID file).
             unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
 
 impl Drop for Keepalived {
     fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            // SIGTERM: keepalived stops its VRRP child and removes the addresses it added.
-            // SAFETY: signalling our own child by its PID.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        }
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SIGTERM: keepalived stops its VRRP child and removes the addresses it added.
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
             }
-            self.kill9();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+        self.kill9();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
         }
     }
 }

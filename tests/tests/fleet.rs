@@ -1,7 +1,8 @@
-//! A fleet of three nodes (two active, one standby) with keepalived and Redis: a node is lost
-//! in the middle of its calls (its daemon killed with SIGKILL, its keepalived too, its link
-//! down) and the standby takes its address group over: every call keeps its media, is
-//! re-INVITEd and hung up through the standby afterwards, and ends exactly once.
+//! A fleet of three nodes (two active, one standby) with keepalived and Redis (`fleet::FleetLab`):
+//! a node is lost in the middle of its calls (its daemon killed with SIGKILL, its keepalived
+//! too, its link down) and the standby takes its address group over: every call keeps its
+//! media, is re-INVITEd and hung up through the standby afterwards, and ends exactly once. And a
+//! split brain: two nodes hold a group's addresses at once, yet each call has one owner.
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -9,7 +10,8 @@ use std::{
 };
 
 use sbc::{
-    events::{CallEnd, CallEnded, Event, GroupTakenOver, Kind},
+    cluster::SharedCall,
+    events::{CallEnd, CallEnded, Event, GroupReleased, GroupTakenOver, Kind},
     media::session::Leg,
     proxy::core::calls::CallState,
 };
@@ -18,8 +20,8 @@ use sbc_tests::{
     fleet::{BACKEND, CARRIER, FleetLab, GROUPS, Keepalived, REDIS, wait_until},
     privileges::require_lab_privileges,
     redis::RedisServer,
-    rtp::{Call, Traffic},
-    sipp::{self, Backend, CallKind},
+    rtp::{Call, Direction, Traffic},
+    sipp::{self, Backend, CallKind, CallerResult},
 };
 
 /// Calls per active node.
@@ -28,6 +30,7 @@ const CALLS: usize = 50;
 const MAX_GAP: Duration = Duration::from_secs(3);
 /// A node that stays up loses no media.
 const MAX_LOSS_ELSEWHERE: Duration = Duration::from_millis(100);
+const BACKEND_SIP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(BACKEND), 5060);
 const CALLER_PORT_BASE: u16 = 40000;
 const CALLEE_PORT_BASE: u16 = 50000;
 
@@ -62,139 +65,229 @@ fn media_of(daemon: &Daemon, first: usize) -> Vec<Call> {
         .collect()
 }
 
-/// Every node's keepalived and sbc log, for a failure's message.
-fn logs(keepalived: &BTreeMap<&str, Keepalived>, daemons: &BTreeMap<&str, Daemon>) -> String {
-    let mut all = String::new();
-    for (name, daemon) in daemons {
-        if let Some(vrrp) = keepalived.get(name) {
-            all += &format!("==== keepalived on node {name}\n{}\n", vrrp.log());
-        }
-        all += &format!("==== sbc on node {name}\n{}\n", daemon.log());
-    }
-    all
+/// The lab running: Redis, the scripted backend, a daemon and keepalived on every node, each
+/// active node serving its group and the standby serving none.
+struct Fleet {
+    lab: FleetLab,
+    redis: RedisServer,
+    backend: Backend,
+    daemons: BTreeMap<&'static str, Daemon>,
+    keepalived: BTreeMap<&'static str, Keepalived>,
 }
 
-/// Whether the node's daemon serves `group`.
-fn serving(daemon: &Daemon, group: &str) -> bool {
-    daemon
-        .status()
-        .ok()
-        .and_then(|status| status.cluster)
-        .is_some_and(|cluster| cluster.state == "serving" && cluster.group == group)
+impl Fleet {
+    /// `calls`: how many calls the backend's script plays.
+    fn up(tag: &str, calls: u32) -> Self {
+        let lab = FleetLab::up(tag).expect("fleet lab");
+        let redis = RedisServer::start(&lab.backend, REDIS).expect("redis");
+        let backend = Backend::start_scenario(
+            &lab.backend,
+            BACKEND_SIP,
+            &sipp::scenario("restart_uas"),
+            Some(calls),
+        )
+        .expect("backend");
+        let mut fleet = Self {
+            daemons: BTreeMap::new(),
+            keepalived: BTreeMap::new(),
+            lab,
+            redis,
+            backend,
+        };
+        for node in &fleet.lab.nodes {
+            let config = node.sbc_config(BACKEND_SIP, (20000, 29999));
+            let daemon = Daemon::start_node(&node.ns.name, &config).expect("sbc node");
+            fleet.daemons.insert(node.name, daemon);
+        }
+        // The active nodes first: each becomes master of its group and serves it.
+        for name in ["a", "b"] {
+            fleet.start_keepalived(name);
+        }
+        for (name, group) in [("a", &GROUPS[0]), ("b", &GROUPS[1])] {
+            fleet.wait(&format!("node {name} serving group {}", group.name), || {
+                fleet.lab.node(name).holds(group) && fleet.serving(name, group.name)
+            });
+        }
+        fleet.start_keepalived("s");
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            !fleet.serving("s", "a") && !fleet.serving("s", "b"),
+            "the standby took a group while both active nodes live:\n{}",
+            fleet.logs()
+        );
+        fleet
+    }
+
+    /// keepalived on node `name`, its notify hook calling `sbc takeover` on the node's daemon.
+    fn start_keepalived(&mut self, name: &'static str) {
+        let notify = format!(
+            "{} takeover --socket {} --group",
+            sbc_binary().display(),
+            self.daemons[name].dir.path().join("api.sock").display()
+        );
+        let started = Keepalived::start(self.lab.node(name), Some(&notify)).expect("keepalived");
+        self.keepalived.insert(name, started);
+    }
+
+    /// Whether node `name`'s daemon serves `group`.
+    fn serving(&self, name: &str, group: &str) -> bool {
+        self.daemons[name]
+            .status()
+            .ok()
+            .and_then(|status| status.cluster)
+            .is_some_and(|cluster| cluster.state == "serving" && cluster.group == group)
+    }
+
+    /// Waits up to 10 s for `holds`, failing with every log.
+    fn wait(&self, what: &str, holds: impl FnMut() -> bool) {
+        wait_until(what, Duration::from_secs(10), holds)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
+    /// Every node's keepalived and sbc log, for a failure's message.
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for (name, daemon) in &self.daemons {
+            if let Some(vrrp) = self.keepalived.get(name) {
+                all += &format!("==== keepalived on node {name}\n{}\n", vrrp.log());
+            }
+            all += &format!("==== sbc on node {name}\n{}\n", daemon.log());
+        }
+        all
+    }
+
+    /// Places `CALLS` calls on each group (INVITE, 12 s established, re-INVITE, BYE from the
+    /// carrier) in the background of `during`, which gets each answered call's media.
+    fn with_calls<T>(&self, during: impl FnOnce(Vec<Call>) -> T) -> (Vec<CallerResult>, T) {
+        std::thread::scope(|scope| {
+            let callers: Vec<_> = GROUPS
+                .iter()
+                .enumerate()
+                .map(|(index, group)| {
+                    let carrier = &self.lab.carrier;
+                    scope.spawn(move || {
+                        sipp::place_calls(
+                            carrier,
+                            SocketAddr::new(CARRIER.into(), 5060 + 10 * index as u16),
+                            SocketAddr::new(group.public.into(), 5060),
+                            CallKind::Scenario("restart_uac"),
+                            (CALLS as u32, 50),
+                            Duration::from_secs(60),
+                        )
+                    })
+                })
+                .collect();
+            let mut calls = media_of(&self.daemons["a"], 0);
+            calls.extend(media_of(&self.daemons["b"], CALLS));
+            let outcome = during(calls);
+            let results = callers
+                .into_iter()
+                .map(|caller| caller.join().expect("caller thread").expect("SIPp caller"))
+                .collect();
+            (results, outcome)
+        })
+    }
+
+    /// Every call of both callers went through; the backend played all of them as scripted;
+    /// each call ended exactly once across the fleet, with a BYE answered 200.
+    fn assert_every_call_completed_once(&mut self, results: &[CallerResult]) -> Vec<Event> {
+        for (result, group) in results.iter().zip(GROUPS) {
+            assert_eq!(
+                (result.successful, result.failed),
+                (CALLS as u64, 0),
+                "calls of group {}:\n{}\n{}",
+                group.name,
+                result.output,
+                self.logs()
+            );
+        }
+        assert_eq!(
+            self.backend.wait(Duration::from_secs(15)),
+            Some(0),
+            "the backend saw every call as scripted:\n{}",
+            self.backend.output()
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let events = loop {
+            let events: Vec<Event> = self.daemons.values().flat_map(Daemon::events).collect();
+            let ended = events.iter().filter_map(CallEnded::of_ref).count();
+            if ended >= 2 * CALLS || Instant::now() > deadline {
+                break events;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut ends: BTreeMap<&str, Vec<&CallEnded>> = BTreeMap::new();
+        for ended in events.iter().filter_map(CallEnded::of_ref) {
+            ends.entry(&ended.call_id).or_default().push(ended);
+        }
+        assert_eq!(ends.len(), 2 * CALLS, "calls with an end event");
+        for (call_id, ended) in &ends {
+            assert_eq!(
+                ended.len(),
+                1,
+                "{call_id} ended {} times: {ended:?}",
+                ended.len()
+            );
+            assert_eq!(
+                (ended[0].reason, ended[0].final_code),
+                (CallEnd::Bye, Some(200)),
+                "{ended:?}"
+            );
+        }
+        wait_until(
+            "the ended calls gone from Redis",
+            Duration::from_secs(5),
+            || {
+                self.redis
+                    .keys("sbc:call:*")
+                    .is_ok_and(|keys| keys.is_empty())
+            },
+        )
+        .expect("Redis cleaned up");
+        events
+    }
+}
+
+/// The worst media gap of these calls, over both directions: packets lost × 20 ms.
+fn worst_gap_ms(calls: &[[Direction; 2]]) -> u64 {
+    calls
+        .iter()
+        .flatten()
+        .map(|direction| direction.rtp_sent.saturating_sub(direction.rtp_received) * 20)
+        .max()
+        .unwrap_or(0)
 }
 
 #[test]
 fn a_lost_node_s_calls_are_taken_over_by_the_standby() {
     require_lab_privileges();
-    let lab = FleetLab::up("fleet").expect("fleet lab");
-    let redis = RedisServer::start(&lab.backend, REDIS).expect("redis");
-    let backend_at = SocketAddr::new(BACKEND.into(), 5060);
-    let mut backend = Backend::start_scenario(
-        &lab.backend,
-        backend_at,
-        &sipp::scenario("restart_uas"),
-        Some(2 * CALLS as u32),
-    )
-    .expect("backend");
-    let mut daemons = BTreeMap::new();
-    for node in &lab.nodes {
-        let config = node.sbc_config(backend_at, (20000, 29999));
-        let daemon = Daemon::start_node(&node.ns.name, &config).expect("sbc node");
-        daemons.insert(node.name, daemon);
-    }
-    let notify = |name: &str| {
-        format!(
-            "{} takeover --socket {} --group",
-            sbc_binary().display(),
-            daemons[name].dir.path().join("api.sock").display()
-        )
-    };
-    // The active nodes first: each becomes master of its group and serves it.
-    let mut keepalived = BTreeMap::new();
-    for name in ["a", "b"] {
-        let started = Keepalived::start(lab.node(name), Some(&notify(name))).expect("keepalived");
-        keepalived.insert(name, started);
-    }
-    for (name, group) in [("a", &GROUPS[0]), ("b", &GROUPS[1])] {
-        wait_until(
-            &format!("node {name} serving group {}", group.name),
-            Duration::from_secs(10),
-            || lab.node(name).holds(group) && serving(&daemons[name], group.name),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&keepalived, &daemons)));
-    }
-    let standby = Keepalived::start(lab.node("s"), Some(&notify("s"))).expect("keepalived");
-    keepalived.insert("s", standby);
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        !serving(&daemons["s"], "a") && !serving(&daemons["s"], "b"),
-        "the standby took a group while both active nodes live:\n{}",
-        logs(&keepalived, &daemons)
-    );
-
-    let (results, report) = std::thread::scope(|scope| {
-        // Each call: INVITE, 12 s established, re-INVITE, BYE from the carrier.
-        let callers: Vec<_> = GROUPS
-            .iter()
-            .enumerate()
-            .map(|(index, group)| {
-                let carrier = &lab.carrier;
-                scope.spawn(move || {
-                    sipp::place_calls(
-                        carrier,
-                        SocketAddr::new(CARRIER.into(), 5060 + 10 * index as u16),
-                        SocketAddr::new(group.public.into(), 5060),
-                        CallKind::Scenario("restart_uac"),
-                        (CALLS as u32, 50),
-                        Duration::from_secs(60),
-                    )
-                })
-            })
-            .collect();
-        let mut calls = media_of(&daemons["a"], 0);
-        calls.extend(media_of(&daemons["b"], CALLS));
+    let mut fleet = Fleet::up("fleet", 2 * CALLS as u32);
+    let (results, report) = fleet.with_calls(|calls| {
+        let lab = &fleet.lab;
         let traffic = Traffic::between(&lab.carrier, &lab.backend, &calls, Duration::from_secs(8));
         std::thread::sleep(Duration::from_secs(2));
         // Node a is gone: its daemon, its keepalived, its link.
-        daemons.get_mut("a").unwrap().kill9();
-        keepalived.get_mut("a").unwrap().kill9();
-        lab.node("a")
-            .ns
-            .ip(&["link", "set", "eth0", "down"])
-            .expect("link down");
+        fleet.daemons["a"]
+            .signal(libc::SIGKILL)
+            .expect("kill -9 node a's sbc");
+        fleet.keepalived["a"].kill9();
+        let link_down = lab.node("a").ns.ip(&["link", "set", "eth0", "down"]);
+        link_down.expect("node a's link down");
         let lost_at = Instant::now();
-        wait_until(
-            "the standby serving group a",
-            Duration::from_secs(5),
-            || serving(&daemons["s"], "a"),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&keepalived, &daemons)));
+        fleet.wait("the standby serving group a", || fleet.serving("s", "a"));
         eprintln!(
             "the standby serves group a {:?} after node a was lost",
             lost_at.elapsed()
         );
-        let report = traffic.finish().expect("media");
-        let results: Vec<_> = callers
-            .into_iter()
-            .map(|caller| caller.join().expect("caller thread").expect("SIPp caller"))
-            .collect();
-        (results, report)
+        traffic.finish().expect("media")
     });
 
     // Media: every call of node a kept it, with a gap within the bound; node b's lost nothing.
-    let worst = |calls: &[[sbc_tests::rtp::Direction; 2]]| {
-        calls
-            .iter()
-            .flat_map(|call| call.iter())
-            .map(|direction| direction.rtp_sent.saturating_sub(direction.rtp_received) * 20)
-            .max()
-            .unwrap_or(0)
-    };
     let (lost_node, other_node) = report.calls.split_at(CALLS);
     eprintln!(
         "worst media gap: {} ms on the lost node's calls, {} ms on the other's",
-        worst(lost_node),
-        worst(other_node)
+        worst_gap_ms(lost_node),
+        worst_gap_ms(other_node)
     );
     for (calls, bound, which) in [
         (lost_node, MAX_GAP, "a call of the lost node"),
@@ -216,53 +309,9 @@ fn a_lost_node_s_calls_are_taken_over_by_the_standby() {
         }
     }
 
-    // Signalling: every call re-INVITEd and hung up afterwards, through the standby for group a.
-    for (result, group) in results.iter().zip(GROUPS) {
-        assert_eq!(
-            (result.successful, result.failed),
-            (CALLS as u64, 0),
-            "calls of group {}:\n{}\n{}",
-            group.name,
-            result.output,
-            daemons["s"].log()
-        );
-    }
-    assert_eq!(
-        backend.wait(Duration::from_secs(15)),
-        Some(0),
-        "the backend saw every call as scripted:\n{}",
-        backend.output()
-    );
-
-    // Exactly one end per call, across the fleet; the takeover said what it took.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let events = loop {
-        let events: Vec<Event> = daemons.values().flat_map(Daemon::events).collect();
-        let ended = events.iter().filter_map(CallEnded::of_ref).count();
-        if ended >= 2 * CALLS || Instant::now() > deadline {
-            break events;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut ends: BTreeMap<&str, Vec<&CallEnded>> = BTreeMap::new();
-    for ended in events.iter().filter_map(CallEnded::of_ref) {
-        ends.entry(&ended.call_id).or_default().push(ended);
-    }
-    assert_eq!(ends.len(), 2 * CALLS, "calls with an end event");
-    for (call_id, ended) in &ends {
-        assert_eq!(
-            ended.len(),
-            1,
-            "{call_id} ended {} times: {ended:?}",
-            ended.len()
-        );
-        assert_eq!(
-            (ended[0].reason, ended[0].final_code),
-            (CallEnd::Bye, Some(200)),
-            "{ended:?}"
-        );
-    }
-    let taken: Vec<GroupTakenOver> = daemons["s"].events_of();
+    // Every call re-INVITEd and hung up afterwards (group a's through the standby), once.
+    fleet.assert_every_call_completed_once(&results);
+    let taken: Vec<GroupTakenOver> = fleet.daemons["s"].events_of();
     assert_eq!(taken.len(), 1, "{taken:?}");
     assert_eq!(
         (
@@ -274,10 +323,84 @@ fn a_lost_node_s_calls_are_taken_over_by_the_standby() {
         "{taken:?}"
     );
     assert_eq!(taken[0].previous_owner.as_deref(), Some("node-a"));
-    wait_until(
-        "the ended calls gone from Redis",
-        Duration::from_secs(5),
-        || redis.keys("sbc:call:*").is_ok_and(|keys| keys.is_empty()),
-    )
-    .expect("Redis cleaned up");
+}
+
+/// A split brain: the standby stops hearing node a's VRRP adverts (nftables drops them) and
+/// takes group a's addresses while node a still holds them. The later claim wins: node a
+/// finds its writes refused and lets the group go; when the adverts pass again the standby
+/// yields the addresses (lower priority) and node a takes the group back from Redis. At every
+/// moment each call has one owner, and every call ends once.
+#[test]
+fn a_split_brain_leaves_each_call_with_one_owner() {
+    require_lab_privileges();
+    let mut fleet = Fleet::up("split", 2 * CALLS as u32);
+    let node_a = fleet.lab.node("a").address.to_string();
+    let (results, (during, after)) = fleet.with_calls(|_| {
+        let standby = &fleet.lab.node("s").ns;
+        let nft = |script: &str| {
+            standby
+                .exec("nft", &[script])
+                .expect("nft in the standby's namespace");
+        };
+        nft(&format!(
+            "add table ip split; add chain ip split input {{ type filter hook input priority 0; }}; \
+             add rule ip split input ip saddr {node_a} ip protocol vrrp drop"
+        ));
+        fleet.wait("the standby serving group a (split brain)", || {
+            fleet.serving("s", "a")
+        });
+        fleet.wait("node a letting group a go", || !fleet.serving("a", "a"));
+        assert!(
+            fleet.lab.node("a").holds(&GROUPS[0]) && fleet.lab.node("s").holds(&GROUPS[0]),
+            "both nodes hold group a's addresses in a split brain"
+        );
+        let during = owners(&fleet);
+        nft("delete table ip split");
+        fleet.wait("node a serving group a again", || fleet.serving("a", "a"));
+        fleet.wait("the standby back on standby", || !fleet.serving("s", "a"));
+        (during, owners(&fleet))
+    });
+    for (owners, expected, when) in [
+        (&during, "node-s", "during the split brain"),
+        (&after, "node-a", "after it healed"),
+    ] {
+        assert_eq!(owners.len(), CALLS, "group a's calls {when}: {owners:?}");
+        for (call, (held_by, shared_by)) in owners {
+            assert_eq!(
+                (held_by.as_slice(), shared_by.as_str()),
+                (&[expected.to_owned()][..], expected),
+                "call {call} {when}: held by {held_by:?}, shared in Redis by {shared_by}"
+            );
+        }
+    }
+    fleet.assert_every_call_completed_once(&results);
+    let released: Vec<GroupReleased> = fleet.daemons["a"].events_of();
+    assert!(
+        released
+            .iter()
+            .any(|r| r.reason.contains("claimed the group after")),
+        "node a let the group go when superseded: {released:?}"
+    );
+}
+
+/// Group a's calls: which nodes hold each (their `GET /v1/calls`; a node on standby holds
+/// none), and which node shares each in Redis.
+fn owners(fleet: &Fleet) -> BTreeMap<String, (Vec<String>, String)> {
+    let mut owners: BTreeMap<String, (Vec<String>, String)> = BTreeMap::new();
+    for key in fleet.redis.keys("sbc:call:a:*").expect("redis keys") {
+        let text = fleet.redis.cli(&["GET", &key]).expect("redis get");
+        let shared: SharedCall = serde_json::from_str(text.trim()).expect("a shared call");
+        owners.entry(shared.record.call_id).or_default().1 = shared.owner;
+    }
+    for (name, daemon) in &fleet.daemons {
+        let Ok(calls) = daemon.calls() else { continue };
+        if !fleet.serving(name, "a") {
+            continue;
+        }
+        for call in calls {
+            let entry = owners.entry(call.call_id).or_default();
+            entry.0.push(format!("node-{name}"));
+        }
+    }
+    owners
 }
