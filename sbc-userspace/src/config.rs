@@ -611,6 +611,17 @@ impl Config {
             .join(CALL_STATE_FILE)
     }
 
+    /// The file keepalived tracks for this node (`cluster.fault_file`).
+    pub fn fault_file(&self) -> Option<PathBuf> {
+        let cluster = self.cluster.as_ref()?;
+        Some(cluster.fault_file.clone().unwrap_or_else(|| {
+            self.state_dir
+                .clone()
+                .unwrap_or_else(|| default_state_dir(&self.instance))
+                .join("vrrp-fault")
+        }))
+    }
+
     pub fn api_socket(&self) -> PathBuf {
         self.api
             .socket

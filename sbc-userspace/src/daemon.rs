@@ -11,20 +11,16 @@ use crate::{
     },
     advertise::Readvertise,
     api::server::{self, ApiState},
-    cluster::{Claim, ClusterHealth, Mirror},
     config::{Config, DataplaneMode, NoAudioAction, NoAudioConfig, SigtermAction},
     dataplane::{
         DialogEvents, FlowMaps, GuardMaps, PinLayout, ReasonCounters, maps::FlowStatsReader, pins,
         xdp,
     },
     drain::Drain,
-    events::{Event, EventSink, GroupReleased, GroupTakenOver},
+    events::EventSink,
     fleet,
     media::{AudioDeadlines, EndReason, MediaPlane, MediaSettings},
-    proxy::{
-        self, ProxyHandle,
-        journal::{CallRecord, Journal, Line},
-    },
+    proxy::{self, ProxyHandle, journal::Journal},
     reload::Reload,
     side::Side,
 };
@@ -67,16 +63,21 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         match outcome? {
             Outcome::Stopped => return Ok(()),
             Outcome::LetGo => forget_group(&config)?,
+            Outcome::HandedOver => return forget_group(&config),
         }
     }
 }
 
 /// How serving ended.
-enum Outcome {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
     /// Told to stop.
     Stopped,
-    /// The node's group is no longer its own (`[cluster]`): its calls are the new owner's.
+    /// The node's group is no longer its own (`[cluster]`): its calls are the new owner's,
+    /// and the node stands by again.
     LetGo,
+    /// A drain handed the group to another node (`[cluster]`): the daemon exits.
+    HandedOver,
 }
 
 /// Forgets the calls of a group let go: the pinned flows and dialogs (the new owner relays
@@ -168,7 +169,7 @@ async fn serve(
     let plane = MediaPlane::new(media_settings(&config), kernel, Arc::clone(&events));
     let (mut journal, mut recorded) = Journal::open(&config.call_state_file())?;
     let mirror = match (&taking, &config.cluster) {
-        (Some(taking), Some(cluster)) => Some(take_over(
+        (Some(taking), Some(cluster)) => Some(fleet::take_over(
             taking,
             cluster,
             &plane,
@@ -261,38 +262,51 @@ async fn serve(
         sessions = plane.session_count(),
         "sbc running"
     );
+    let hand_over_at = taking
+        .as_ref()
+        .filter(|taking| taking.group.floating)
+        .zip(config.cluster.as_ref())
+        .map(|(_, cluster)| cluster.drain_hand_over_at);
     let stopped = until_stopped(
         Arc::clone(&drain),
         Arc::clone(&plane),
         proxy.clone(),
-        config.drain.on_sigterm,
+        (config.drain.on_sigterm, hand_over_at),
     );
     let (outcome, ended) = tokio::sync::oneshot::channel();
+    let fault_file = config.fault_file();
     let events_at_end = Arc::clone(&events);
     let ended_by = async move {
-        let group = taking.as_ref().map(|t| &t.group);
+        let serving = taking.as_ref().zip(mirror.as_ref());
         let lost = async {
-            match group {
-                Some(group) => fleet::lost(group, mirror.as_ref()).await,
+            match serving {
+                Some((taking, mirror)) => fleet::lost(&taking.group, Some(mirror)).await,
                 None => std::future::pending().await,
             }
         };
-        let why = tokio::select! {
-            () = stopped => None,
-            why = lost => Some(why),
+        let end = tokio::select! {
+            stop = stopped => match (stop, serving, &fault_file) {
+                (Stop::HandOver, Some((taking, mirror)), Some(fault_file)) => {
+                    fleet::hand_over(taking, mirror, fault_file, &events_at_end).await
+                }
+                _ => Outcome::Stopped,
+            },
+            why = lost => {
+                if let Some((taking, mirror)) = serving {
+                    fleet::let_go(taking, mirror, &events_at_end, &why).await;
+                }
+                Outcome::LetGo
+            }
         };
-        if let (Some(why), Some(taking), Some(mirror)) = (why.clone(), &taking, &mirror) {
-            let_go(taking, mirror, &events_at_end, &why).await;
-        }
-        let _ = outcome.send(why);
+        let _ = outcome.send(end);
     };
     server::serve(api_listener, tcp, router, ended_by).await?;
-    let let_go = ended.await.ok().flatten().is_some();
+    let outcome = ended.await.unwrap_or(Outcome::Stopped);
     reaper.abort();
     let _ = std::fs::remove_file(&socket);
-    if let_go {
+    if outcome != Outcome::Stopped {
         // The group's new owner has its calls; this node forgets them (`forget_group`).
-        return Ok(Outcome::LetGo);
+        return Ok(outcome);
     }
     match mode {
         DataplaneMode::Userspace => plane.end_all(EndReason::Shutdown),
@@ -302,94 +316,6 @@ async fn serve(
         ),
     }
     Ok(Outcome::Stopped)
-}
-
-/// Takes over the calls of the group being taken (`[cluster]`) and starts sharing the node's
-/// calls: the taken calls join the journal's (`recorded`) and are journaled here too, so a
-/// restart of this node keeps them.
-fn take_over(
-    taking: &fleet::Taking,
-    cluster: &crate::cluster::ClusterConfig,
-    plane: &Arc<MediaPlane>,
-    events: &Arc<EventSink>,
-    (journal, recorded): (&mut Journal, &mut Vec<CallRecord>),
-) -> Mirror {
-    let (taken, without_media) = match &taking.claimed {
-        Some(claimed) => fleet::take_over_calls(plane, claimed, &taking.node, recorded),
-        None => (Vec::new(), 0),
-    };
-    for record in &taken {
-        journal.append(&Line::Put(Box::new(record.clone())));
-    }
-    let serves = cluster
-        .served_groups((taking.group.public, taking.group.private))
-        .into_iter()
-        .map(|g| g.name)
-        .collect();
-    let health = Arc::new(ClusterHealth::new(
-        taking.client.clone(),
-        taking.node.clone(),
-        (taking.group.name.clone(), serves),
-        cluster.ttl(),
-    ));
-    let epoch = taking.claimed.as_ref().map_or(0, |claimed| claimed.epoch);
-    health
-        .epoch
-        .store(epoch, std::sync::atomic::Ordering::Relaxed);
-    info!(
-        group = %taking.group.name,
-        epoch,
-        taken = taken.len(),
-        own = recorded.len(),
-        "serving the address group"
-    );
-    events.emit(Event::GroupTakenOver(GroupTakenOver {
-        node: taking.node.clone(),
-        group: taking.group.name.clone(),
-        epoch,
-        previous_owner: taking
-            .claimed
-            .as_ref()
-            .and_then(|c| c.previous_owner.clone()),
-        calls: taken.len() as u64,
-        calls_without_media: without_media,
-    }));
-    recorded.extend(taken);
-    let mirror = Mirror::start(
-        taking.client.clone(),
-        health,
-        recorded,
-        Arc::clone(plane),
-        Arc::clone(events),
-    );
-    journal.mirror_to(mirror.clone());
-    mirror
-}
-
-/// Lets the group go: gives the claim up in Redis (if it is still the latest) and says so.
-async fn let_go(taking: &fleet::Taking, mirror: &Mirror, events: &EventSink, why: &str) {
-    warn!(group = %taking.group.name, "letting the address group go: {why}");
-    let epoch = mirror
-        .health
-        .epoch
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let claim = Claim {
-        client: &taking.client,
-        group: &taking.group.name,
-        node: &taking.node,
-    };
-    if let Err(e) = claim.release(epoch).await {
-        warn!("cannot release the group in Redis ({e:#}); its next owner claims it anyway");
-    }
-    events.emit(Event::GroupReleased(GroupReleased {
-        node: taking.node.clone(),
-        group: taking.group.name.clone(),
-        reason: why.to_owned(),
-        calls: mirror
-            .health
-            .calls
-            .load(std::sync::atomic::Ordering::Relaxed),
-    }));
 }
 
 /// Once a second: ends sessions without media (the proxy then ends their calls with BYE),
@@ -432,15 +358,26 @@ async fn reload_on_sighup(reload: Arc<Reload>) {
     }
 }
 
+/// Why the daemon stops serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// At once (a signal, a finished drain).
+    Now,
+    /// A drain of a node serving a floating group: its group (and the calls left) go to
+    /// another node.
+    HandOver,
+}
+
 /// Resolves when the daemon should stop: SIGINT; SIGTERM (at once, or after a drain when
 /// `drain.on_sigterm = "drain"`, a second SIGTERM stopping at once); or a drain begun by the
-/// API that has finished.
+/// API that has finished. `hand_over_at`: for a node serving a floating group, how few calls
+/// the drain waits for before handing the group over.
 async fn until_stopped(
     drain: Arc<Drain>,
     plane: Arc<MediaPlane>,
     proxy: Option<ProxyHandle>,
-    on_sigterm: SigtermAction,
-) {
+    (on_sigterm, hand_over_at): (SigtermAction, Option<u64>),
+) -> Stop {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -449,16 +386,25 @@ async fn until_stopped(
         warn!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
-    let drained = drained(&drain, plane, proxy);
+    let drained = drained(&drain, plane, proxy, hand_over_at);
     tokio::pin!(drained);
     loop {
         tokio::select! {
-            () = &mut drained => return,
-            _ = int.recv() => return info!("SIGINT: shutting down"),
+            stop = &mut drained => return stop,
+            _ = int.recv() => {
+                info!("SIGINT: shutting down");
+                return Stop::Now;
+            }
             _ = term.recv() => match on_sigterm {
                 SigtermAction::Drain if !drain.is_draining() => drain.begin("SIGTERM"),
-                SigtermAction::Drain => return info!("second SIGTERM: shutting down now"),
-                SigtermAction::Stop => return info!("SIGTERM: shutting down"),
+                SigtermAction::Drain => {
+                    info!("second SIGTERM: shutting down now");
+                    return Stop::Now;
+                }
+                SigtermAction::Stop => {
+                    info!("SIGTERM: shutting down");
+                    return Stop::Now;
+                }
             },
         }
     }
@@ -470,17 +416,31 @@ const DRAIN_POLL: Duration = Duration::from_millis(200);
 const HANGUP_GRACE: Duration = Duration::from_secs(2);
 
 /// Resolves once a drain has begun and the last call has ended, or its deadline has passed
-/// (the remaining calls are then hung up with BYE); pending forever otherwise.
-async fn drained(drain: &Drain, plane: Arc<MediaPlane>, proxy: Option<ProxyHandle>) {
+/// (the remaining calls are then hung up with BYE); pending forever otherwise. With
+/// `hand_over_at` (a floating group), once at most that many calls remain, or at the
+/// deadline, it asks for the group to be handed over instead: the calls go on elsewhere.
+async fn drained(
+    drain: &Drain,
+    plane: Arc<MediaPlane>,
+    proxy: Option<ProxyHandle>,
+    hand_over_at: Option<u64>,
+) -> Stop {
     drain.begun().await;
     loop {
         let calls = proxy.as_ref().map_or(0, ProxyHandle::active_calls);
         let sessions = plane.session_count();
+        let deadline_passed = drain.remaining().is_some_and(|r| r.is_zero());
+        if let Some(few) = hand_over_at
+            && (calls <= few || deadline_passed)
+        {
+            info!(calls, "drained: handing the address group over");
+            return Stop::HandOver;
+        }
         if calls == 0 && sessions == 0 {
             info!("drained: the last call has ended");
-            return;
+            return Stop::Now;
         }
-        if drain.remaining().is_some_and(|r| r.is_zero()) {
+        if deadline_passed {
             warn!(
                 calls,
                 sessions, "drain deadline passed: hanging up the remaining calls"
@@ -489,7 +449,7 @@ async fn drained(drain: &Drain, plane: Arc<MediaPlane>, proxy: Option<ProxyHandl
                 proxy.hang_up_all();
             }
             tokio::time::sleep(HANGUP_GRACE).await;
-            return;
+            return Stop::Now;
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }

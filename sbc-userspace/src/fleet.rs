@@ -6,8 +6,9 @@
 //! calls' records go to the proxy as a journal's would, and their media sessions are rebuilt
 //! from the shared flows (`MediaPlane::adopt_shared`), latched peers and all, on the same ports
 //! of the group's addresses.
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -17,12 +18,13 @@ use crate::{
         standby::{self, StandbyApi},
     },
     cluster::{
-        Claim, Claimed, ClusterConfig, Group, Mirror, SharedCall,
+        Claim, Claimed, ClusterConfig, ClusterHealth, Group, Mirror, SharedCall,
         standby::{Standby, is_local},
     },
     config::Config,
+    events::{Event, EventSink, GroupReleased, GroupTakenOver},
     media::MediaPlane,
-    proxy::journal::CallRecord,
+    proxy::journal::{CallRecord, Journal, Line},
 };
 
 /// A group this node is to serve, with its claim (`None`: Redis did not answer; the node
@@ -195,4 +197,136 @@ pub async fn lost(group: &Group, mirror: Option<&Mirror>) -> String {
         epoch = superseded => format!("another node claimed the group after this one (epoch {epoch})"),
         () = addresses_left => "its addresses left this host".to_owned(),
     }
+}
+
+/// Takes over the calls of the group being taken (`[cluster]`) and starts sharing the node's
+/// calls: the taken calls join the journal's (`recorded`) and are journaled here too, so a
+/// restart of this node keeps them.
+pub fn take_over(
+    taking: &Taking,
+    cluster: &ClusterConfig,
+    plane: &Arc<MediaPlane>,
+    events: &Arc<EventSink>,
+    (journal, recorded): (&mut Journal, &mut Vec<CallRecord>),
+) -> Mirror {
+    let (taken, without_media) = match &taking.claimed {
+        Some(claimed) => take_over_calls(plane, claimed, &taking.node, recorded),
+        None => (Vec::new(), 0),
+    };
+    for record in &taken {
+        journal.append(&Line::Put(Box::new(record.clone())));
+    }
+    let serves = cluster
+        .served_groups((taking.group.public, taking.group.private))
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    let health = Arc::new(ClusterHealth::new(
+        taking.client.clone(),
+        taking.node.clone(),
+        (taking.group.name.clone(), serves),
+        cluster.ttl(),
+    ));
+    let epoch = taking.claimed.as_ref().map_or(0, |claimed| claimed.epoch);
+    health
+        .epoch
+        .store(epoch, std::sync::atomic::Ordering::Relaxed);
+    info!(
+        group = %taking.group.name,
+        epoch,
+        taken = taken.len(),
+        own = recorded.len(),
+        "serving the address group"
+    );
+    events.emit(Event::GroupTakenOver(GroupTakenOver {
+        node: taking.node.clone(),
+        group: taking.group.name.clone(),
+        epoch,
+        previous_owner: taking
+            .claimed
+            .as_ref()
+            .and_then(|c| c.previous_owner.clone()),
+        calls: taken.len() as u64,
+        calls_without_media: without_media,
+    }));
+    recorded.extend(taken);
+    let mirror = Mirror::start(
+        taking.client.clone(),
+        health,
+        recorded,
+        Arc::clone(plane),
+        Arc::clone(events),
+    );
+    journal.mirror_to(mirror.clone());
+    mirror
+}
+
+/// Lets the group go: gives the claim up in Redis (if it is still the latest) and says so.
+pub async fn let_go(taking: &Taking, mirror: &Mirror, events: &EventSink, why: &str) {
+    warn!(group = %taking.group.name, "letting the address group go: {why}");
+    let epoch = mirror
+        .health
+        .epoch
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let claim = Claim {
+        client: &taking.client,
+        group: &taking.group.name,
+        node: &taking.node,
+    };
+    if let Err(e) = claim.release(epoch).await {
+        warn!("cannot release the group in Redis ({e:#}); its next owner claims it anyway");
+    }
+    events.emit(Event::GroupReleased(GroupReleased {
+        node: taking.node.clone(),
+        group: taking.group.name.clone(),
+        reason: why.to_owned(),
+        calls: mirror
+            .health
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+    }));
+}
+
+/// Hands the group over at the end of a drain: tells keepalived to give the addresses up
+/// (`fault_file`), waits for them to leave, and lets the group go; its calls, shared in Redis,
+/// go on with the node that takes the addresses. If keepalived does not react, the daemon
+/// stops holding them (a restart takes them back).
+pub async fn hand_over(
+    taking: &Taking,
+    mirror: &Mirror,
+    fault_file: &Path,
+    events: &EventSink,
+) -> crate::daemon::Outcome {
+    use crate::daemon::Outcome;
+    if let Err(e) = write_fault_file(fault_file, true) {
+        warn!("cannot hand the group over ({e:#}); stopping with its calls");
+        return Outcome::Stopped;
+    }
+    let why = "drained: handed over to another node";
+    match tokio::time::timeout(HAND_OVER_WAIT, lost(&taking.group, None)).await {
+        Ok(_) => {
+            let_go(taking, mirror, events, why).await;
+            Outcome::HandedOver
+        }
+        Err(_) => {
+            warn!(
+                file = %fault_file.display(),
+                "the group's addresses are still here {HAND_OVER_WAIT:?} after asking keepalived to give them up (does it track this file?); stopping with the calls"
+            );
+            Outcome::Stopped
+        }
+    }
+}
+
+/// How long a drain waits for keepalived to move the addresses away.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(10);
+
+/// The file keepalived tracks (weight 0): `1` puts the node's VRRP instances in FAULT (the
+/// addresses go to another node), `0` lets them run.
+pub fn write_fault_file(path: &Path, fault: bool) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, if fault { "1\n" } else { "0\n" })
+        .with_context(|| format!("writing {}", path.display()))
 }

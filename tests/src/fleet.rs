@@ -13,7 +13,7 @@
 //! 198.18.0.0/15 is the benchmarking range (RFC 2544): it exists only inside these namespaces.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -168,6 +168,8 @@ redis = "redis://{REDIS}"
 node = "node-{name}"
 ttl_secs = 6
 serves = [{serves}]
+# A drain hands the group and its calls over at once.
+drain_hand_over_at = 1000
 "#,
             public = first.public,
             private = first.private,
@@ -218,7 +220,8 @@ pub const ADVERT_INTERVAL: &str = "0.3";
 impl Keepalived {
     /// Starts keepalived in `node`'s namespace; `notify`: the command keepalived runs (with
     /// the group's name) when the node becomes master of a group.
-    pub fn start(node: &Node, notify: Option<&str>) -> anyhow::Result<Self> {
+    /// `fault_file`: the sbc's `cluster.fault_file`, which keepalived tracks.
+    pub fn start(node: &Node, notify: Option<&str>, fault_file: &Path) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("keepalived-").tempdir()?;
         let template = std::fs::read_to_string(template_path())
             .context("reading packaging/keepalived/keepalived.conf")?;
@@ -233,6 +236,7 @@ impl Keepalived {
                     .replace("@ADVERT_INT@", ADVERT_INTERVAL)
                     .replace("@PUBLIC@", &format!("{}/24", group.public))
                     .replace("@PRIVATE@", &format!("{}/24", group.private))
+                    .replace("@FAULT_FILE@", &fault_file.display().to_string())
                     .replace(
                         "@NOTIFY@",
                         &notify.map_or(String::new(), |command| {

@@ -125,7 +125,9 @@ impl Fleet {
             sbc_binary().display(),
             self.daemons[name].dir.path().join("api.sock").display()
         );
-        let started = Keepalived::start(self.lab.node(name), Some(&notify)).expect("keepalived");
+        let fault_file = self.daemons[name].dir.path().join("vrrp-fault");
+        let started =
+            Keepalived::start(self.lab.node(name), Some(&notify), &fault_file).expect("keepalived");
         self.keepalived.insert(name, started);
     }
 
@@ -248,6 +250,31 @@ impl Fleet {
     }
 }
 
+/// Every call whose group moved kept its media with a gap within `MAX_GAP`; the calls of the
+/// node that stayed lost at most `MAX_LOSS_ELSEWHERE`.
+fn assert_media_kept(moved: &[[Direction; 2]], stayed: &[[Direction; 2]]) {
+    eprintln!(
+        "worst media gap: {} ms on the calls that moved, {} ms on the others",
+        worst_gap_ms(moved),
+        worst_gap_ms(stayed)
+    );
+    for (calls, bound, which) in [
+        (moved, MAX_GAP, "a call that moved"),
+        (stayed, MAX_LOSS_ELSEWHERE, "a call of the node that stayed"),
+    ] {
+        for (i, call) in calls.iter().enumerate() {
+            for direction in call {
+                let gap_ms = direction.rtp_sent.saturating_sub(direction.rtp_received) * 20;
+                assert!(
+                    gap_ms <= bound.as_millis() as u64,
+                    "{which} ({i}) lost {gap_ms} ms of media: {direction:?}"
+                );
+                assert!(direction.rtp_received > 0, "{which} ({i}) had no media");
+            }
+        }
+    }
+}
+
 /// The worst media gap of these calls, over both directions: packets lost × 20 ms.
 fn worst_gap_ms(calls: &[[Direction; 2]]) -> u64 {
     calls
@@ -283,32 +310,8 @@ fn a_lost_node_s_calls_are_taken_over_by_the_standby() {
     });
 
     // Media: every call of node a kept it, with a gap within the bound; node b's lost nothing.
-    let (lost_node, other_node) = report.calls.split_at(CALLS);
-    eprintln!(
-        "worst media gap: {} ms on the lost node's calls, {} ms on the other's",
-        worst_gap_ms(lost_node),
-        worst_gap_ms(other_node)
-    );
-    for (calls, bound, which) in [
-        (lost_node, MAX_GAP, "a call of the lost node"),
-        (
-            other_node,
-            MAX_LOSS_ELSEWHERE,
-            "a call of the node that stayed",
-        ),
-    ] {
-        for (i, call) in calls.iter().enumerate() {
-            for direction in call {
-                let gap_ms = direction.rtp_sent.saturating_sub(direction.rtp_received) * 20;
-                assert!(
-                    gap_ms <= bound.as_millis() as u64,
-                    "{which} ({i}) lost {gap_ms} ms of media: {direction:?}"
-                );
-                assert!(direction.rtp_received > 0, "{which} ({i}) had no media");
-            }
-        }
-    }
-
+    let (moved, stayed) = report.calls.split_at(CALLS);
+    assert_media_kept(moved, stayed);
     // Every call re-INVITEd and hung up afterwards (group a's through the standby), once.
     fleet.assert_every_call_completed_once(&results);
     let taken: Vec<GroupTakenOver> = fleet.daemons["s"].events_of();
@@ -323,6 +326,42 @@ fn a_lost_node_s_calls_are_taken_over_by_the_standby() {
         "{taken:?}"
     );
     assert_eq!(taken[0].previous_owner.as_deref(), Some("node-a"));
+}
+
+/// Scale-in: `sbc drain` on node b (configured to hand over at once) gives its group, with its
+/// 50 calls, to the standby through keepalived (the tracked fault file), and the daemon exits.
+/// The calls keep their media and end once, through the standby.
+#[test]
+fn a_drained_node_hands_its_group_and_calls_to_the_standby() {
+    require_lab_privileges();
+    let mut fleet = Fleet::up("drain", 2 * CALLS as u32);
+    let (results, report) = fleet.with_calls(|calls| {
+        let lab = &fleet.lab;
+        let traffic = Traffic::between(&lab.carrier, &lab.backend, &calls, Duration::from_secs(8));
+        std::thread::sleep(Duration::from_secs(2));
+        let drain = fleet.daemons["b"].command(&["drain"]).expect("sbc drain");
+        assert!(drain.status.success(), "{drain:?}");
+        fleet.wait("the standby serving group b", || fleet.serving("s", "b"));
+        fleet.wait("node b's daemon gone", || {
+            fleet.daemons["b"].status().is_err()
+        });
+        traffic.finish().expect("media")
+    });
+    let (stayed, moved) = report.calls.split_at(CALLS);
+    assert_media_kept(moved, stayed);
+    fleet.assert_every_call_completed_once(&results);
+    let released: Vec<GroupReleased> = fleet.daemons["b"].events_of();
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert!(released[0].reason.contains("drained"), "{released:?}");
+    let taken: Vec<GroupTakenOver> = fleet.daemons["s"].events_of();
+    assert_eq!(
+        taken
+            .iter()
+            .map(|t| (t.group.as_str(), t.calls))
+            .collect::<Vec<_>>(),
+        [("b", CALLS as u64)],
+        "{taken:?}"
+    );
 }
 
 /// A split brain: the standby stops hearing node a's VRRP adverts (nftables drops them) and

@@ -58,6 +58,16 @@ pub struct ClusterConfig {
     /// a standby (default: every group).
     #[serde(default)]
     pub serves: Vec<String>,
+    /// `sbc drain` on a node serving a floating group: new calls are refused until at most
+    /// this many remain (0: until every call has ended, or the drain deadline passes), then
+    /// the group and its remaining calls are handed to another node and the daemon exits.
+    #[serde(default)]
+    pub drain_hand_over_at: u64,
+    /// The file keepalived tracks (`track_file`, weight 0): sbc writes 1 to hand its group
+    /// over (keepalived then gives the addresses up) and 0 when it starts. Default:
+    /// `<state_dir>/vrrp-fault`.
+    #[serde(default)]
+    pub fault_file: Option<std::path::PathBuf>,
 }
 
 /// `[[cluster.groups]]`: a pair of floating addresses.
