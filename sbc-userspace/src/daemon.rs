@@ -197,6 +197,17 @@ async fn serve(
         ),
         None => None,
     };
+    if let (Some(taking), Some(cluster), Some(proxy)) = (&taking, &config.cluster, &proxy)
+        && cluster.limits.any()
+    {
+        tokio::spawn(crate::cluster::limits::keep_shared(
+            taking.client.clone(),
+            taking.node.clone(),
+            cluster.limits,
+            cluster.groups.len(),
+            proxy.clone(),
+        ));
+    }
     let reconfigure_proxy = proxy.clone().map(|proxy| -> Reconfigure {
         Box::new(move |admission| proxy.reconfigure(admission.clone()))
     });

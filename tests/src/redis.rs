@@ -88,6 +88,14 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// SIGKILL, by its PID: Redis is gone (reaped when dropped).
+    pub fn kill(&self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -204,6 +204,8 @@ pub enum CallKind {
     Held(Duration),
     /// A scenario file of this crate (see `scenario`).
     Scenario(&'static str),
+    /// A scenario file whose `<pause/>` holds each call this long.
+    HeldScenario(&'static str, Duration),
 }
 
 /// Places `calls` calls at `rate` per second from `local` to `target`, and waits for them
@@ -265,10 +267,12 @@ fn uac_args(
     let (flag, scenario) = match kind {
         CallKind::WithMedia => ("-sn", "uac_pcap".to_owned()),
         CallKind::Short | CallKind::Held(_) => ("-sn", "uac".to_owned()),
-        CallKind::Scenario(name) => ("-sf", scenario(name).to_string_lossy().into_owned()),
+        CallKind::Scenario(name) | CallKind::HeldScenario(name, _) => {
+            ("-sf", scenario(name).to_string_lossy().into_owned())
+        }
     };
     let hold = match kind {
-        CallKind::Held(hold) => hold.as_millis(),
+        CallKind::Held(hold) | CallKind::HeldScenario(_, hold) => hold.as_millis(),
         _ => 0,
     };
     [

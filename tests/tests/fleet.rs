@@ -76,16 +76,20 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// `calls`: how many calls the backend's script plays.
-    fn up(tag: &str, calls: u32) -> Self {
+    /// `scripted`: how many calls the backend's script (`restart_uas`) plays; `None`: SIPp's
+    /// own backend answers every call. `extra`: more of every node's configuration.
+    fn up(tag: &str, scripted: Option<u32>, extra: &str) -> Self {
         let lab = FleetLab::up(tag).expect("fleet lab");
         let redis = RedisServer::start(&lab.backend, REDIS).expect("redis");
-        let backend = Backend::start_scenario(
-            &lab.backend,
-            BACKEND_SIP,
-            &sipp::scenario("restart_uas"),
-            Some(calls),
-        )
+        let backend = match scripted {
+            Some(calls) => Backend::start_scenario(
+                &lab.backend,
+                BACKEND_SIP,
+                &sipp::scenario("restart_uas"),
+                Some(calls),
+            ),
+            None => Backend::start(&lab.backend, BACKEND_SIP),
+        }
         .expect("backend");
         let mut fleet = Self {
             daemons: BTreeMap::new(),
@@ -95,7 +99,7 @@ impl Fleet {
             backend,
         };
         for node in &fleet.lab.nodes {
-            let config = node.sbc_config(BACKEND_SIP, (20000, 29999));
+            let config = node.sbc_config(BACKEND_SIP, (20000, 29999)) + extra;
             let daemon = Daemon::start_node(&node.ns.name, &config).expect("sbc node");
             fleet.daemons.insert(node.name, daemon);
         }
@@ -288,7 +292,7 @@ fn worst_gap_ms(calls: &[[Direction; 2]]) -> u64 {
 #[test]
 fn a_lost_node_s_calls_are_taken_over_by_the_standby() {
     require_lab_privileges();
-    let mut fleet = Fleet::up("fleet", 2 * CALLS as u32);
+    let mut fleet = Fleet::up("fleet", Some(2 * CALLS as u32), "");
     let (results, report) = fleet.with_calls(|calls| {
         let lab = &fleet.lab;
         let traffic = Traffic::between(&lab.carrier, &lab.backend, &calls, Duration::from_secs(8));
@@ -334,7 +338,7 @@ fn a_lost_node_s_calls_are_taken_over_by_the_standby() {
 #[test]
 fn a_drained_node_hands_its_group_and_calls_to_the_standby() {
     require_lab_privileges();
-    let mut fleet = Fleet::up("drain", 2 * CALLS as u32);
+    let mut fleet = Fleet::up("drain", Some(2 * CALLS as u32), "");
     let (results, report) = fleet.with_calls(|calls| {
         let lab = &fleet.lab;
         let traffic = Traffic::between(&lab.carrier, &lab.backend, &calls, Duration::from_secs(8));
@@ -372,7 +376,7 @@ fn a_drained_node_hands_its_group_and_calls_to_the_standby() {
 #[test]
 fn a_split_brain_leaves_each_call_with_one_owner() {
     require_lab_privileges();
-    let mut fleet = Fleet::up("split", 2 * CALLS as u32);
+    let mut fleet = Fleet::up("split", Some(2 * CALLS as u32), "");
     let node_a = fleet.lab.node("a").address.to_string();
     let (results, (during, after)) = fleet.with_calls(|_| {
         let standby = &fleet.lab.node("s").ns;
@@ -442,4 +446,61 @@ fn owners(fleet: &Fleet) -> BTreeMap<String, (Vec<String>, String)> {
         }
     }
     owners
+}
+
+/// Fleet-wide limits (`[cluster.limits] max_calls = 60`): node a holds 40 calls, so node b
+/// admits at most the 20 left, refusing the rest with 503 and Retry-After; with Redis gone
+/// both fall back to an even share (30 each), and node b admits exactly 30.
+#[test]
+fn fleet_wide_limits_hold_across_nodes_and_fall_back_to_an_even_share() {
+    require_lab_privileges();
+    let fleet = Fleet::up("limits", None, "[cluster.limits]\nmax_calls = 60\n");
+    let place = |group_index: usize, calls: u32, held: Duration| {
+        let carrier = &fleet.lab.carrier;
+        let group = &GROUPS[group_index];
+        sipp::place_calls(
+            carrier,
+            SocketAddr::new(CARRIER.into(), 5100 + 10 * group_index as u16),
+            SocketAddr::new(group.public.into(), 5060),
+            CallKind::HeldScenario("admission_uac", held),
+            (calls, 20),
+            Duration::from_secs(60),
+        )
+        .expect("SIPp caller")
+    };
+    let refused = |name: &str| {
+        fleet.daemons[name]
+            .admission_totals()
+            .expect("admission totals")
+            .refused_fleet_max_calls
+    };
+    std::thread::scope(|scope| {
+        let held = scope.spawn(|| place(0, 40, Duration::from_secs(25)));
+        fleet.wait("node a holding 40 calls", || {
+            fleet.daemons["a"]
+                .calls()
+                .is_ok_and(|calls| calls.len() == 40)
+        });
+        // Every call either answered and held or refused with 503 and Retry-After.
+        let second = place(1, 40, Duration::from_secs(4));
+        assert_eq!(second.successful, 40, "{}", second.output);
+        let admitted = 40 - refused("b");
+        eprintln!("with Redis: node b admitted {admitted} of 40");
+        assert!(
+            (10..=20).contains(&admitted),
+            "node b admitted {admitted} calls while node a held 40 of the fleet's 60"
+        );
+
+        fleet.redis.kill();
+        std::thread::sleep(Duration::from_secs(2));
+        let refused_before = refused("b");
+        let third = place(1, 40, Duration::from_secs(4));
+        assert_eq!(third.successful, 40, "{}", third.output);
+        let admitted = 40 - (refused("b") - refused_before);
+        eprintln!("without Redis: node b admitted {admitted} of 40");
+        assert_eq!(admitted, 30, "an even share of the fleet's 60 calls");
+        let held = held.join().expect("caller thread");
+        assert_eq!(held.successful, 40, "{}", held.output);
+        assert_eq!(refused("a"), 0, "node a refused nothing");
+    });
 }

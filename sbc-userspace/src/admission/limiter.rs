@@ -33,6 +33,12 @@ pub struct AdmissionCounters {
     pub source_request_rate: AtomicU64,
     pub global_invite_rate: AtomicU64,
     pub max_calls: AtomicU64,
+    /// Over this node's share of the fleet's limits (`[cluster.limits]`).
+    pub fleet_invite_rate: AtomicU64,
+    pub fleet_max_calls: AtomicU64,
+    /// New INVITEs admission looked at (admitted or not): the demand a node reports to its
+    /// fleet when the fleet's limits are shared out.
+    pub invites_offered: AtomicU64,
     pub overload: AtomicU64,
     /// New INVITEs while the daemon drains.
     pub draining: AtomicU64,
@@ -58,6 +64,8 @@ impl AdmissionCounters {
             refused_source_request_rate: get(&self.source_request_rate),
             refused_global_invite_rate: get(&self.global_invite_rate),
             refused_max_calls: get(&self.max_calls),
+            refused_fleet_invite_rate: get(&self.fleet_invite_rate),
+            refused_fleet_max_calls: get(&self.fleet_max_calls),
             refused_overload: get(&self.overload),
             refused_draining: get(&self.draining),
             scanners_blocked: get(&self.scanners),
@@ -77,6 +85,10 @@ pub struct AdmissionTotals {
     pub refused_source_request_rate: u64,
     pub refused_global_invite_rate: u64,
     pub refused_max_calls: u64,
+    #[serde(default)]
+    pub refused_fleet_invite_rate: u64,
+    #[serde(default)]
+    pub refused_fleet_max_calls: u64,
     pub refused_overload: u64,
     pub refused_draining: u64,
     pub scanners_blocked: u64,
@@ -119,6 +131,24 @@ pub struct Admission {
     refusals: HashMap<IpAddr, (u64, u32)>,
     scanner_needles: Vec<String>,
     failed_users: FailedUsers,
+    /// This node's share of the fleet's limits, and its INVITE bucket.
+    fleet: Option<(FleetShare, TokenBucket)>,
+}
+
+/// What a node of a fleet may admit of the fleet's limits (`cluster::limits`); `None`: no
+/// limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FleetShare {
+    pub invites_per_sec: Option<u32>,
+    pub max_calls: Option<u32>,
+}
+
+impl FleetShare {
+    /// A second's worth of INVITEs may come at once.
+    fn invites(&self) -> PacketLimit {
+        let rate = self.invites_per_sec.unwrap_or(0);
+        limit(rate, rate.max(1))
+    }
 }
 
 impl Admission {
@@ -133,7 +163,18 @@ impl Admission {
             refusals: HashMap::new(),
             scanner_needles: scanner_needles(config),
             failed_users: failed_users(config),
+            fleet: None,
         }
+    }
+
+    /// This node's share of the fleet's limits from now on; its bucket keeps what it holds,
+    /// within the new share.
+    pub fn set_fleet_share(&mut self, share: FleetShare, now_ns: u64) {
+        let bucket = match self.fleet.take() {
+            Some((_, bucket)) => bucket,
+            None => TokenBucket::full(&share.invites(), now_ns),
+        };
+        self.fleet = Some((share, bucket));
     }
 
     /// Takes a new configuration; buckets and refusal counts carry over.
@@ -257,6 +298,32 @@ impl Admission {
         if !global.is_unlimited() && !self.global_invites.take(&global, now_ns) {
             counters.global_invite_rate.fetch_add(1, Ordering::Relaxed);
             return Err(self.refuse(source, "too many calls", false, now_ns));
+        }
+        self.within_fleet_share(source, active_calls, counters, now_ns)
+    }
+
+    /// The fleet's limits, as far as this node's share of them goes.
+    fn within_fleet_share(
+        &mut self,
+        source: IpAddr,
+        active_calls: usize,
+        counters: &AdmissionCounters,
+        now_ns: u64,
+    ) -> Result<(), Refusal> {
+        let Some((share, bucket)) = self.fleet.as_mut() else {
+            return Ok(());
+        };
+        if share
+            .max_calls
+            .is_some_and(|max| active_calls >= max as usize)
+        {
+            counters.fleet_max_calls.fetch_add(1, Ordering::Relaxed);
+            return Err(self.refuse(source, "the fleet's call limit is reached", false, now_ns));
+        }
+        let invites = share.invites();
+        if share.invites_per_sec.is_some() && !bucket.take(&invites, now_ns) {
+            counters.fleet_invite_rate.fetch_add(1, Ordering::Relaxed);
+            return Err(self.refuse(source, "too many calls in the fleet", false, now_ns));
         }
         Ok(())
     }

@@ -19,4 +19,4 @@ pub mod rate;
 pub use config::{AdmissionConfig, QUEUE_LIMIT, SourceLimits};
 pub use control::AdmissionControl;
 pub use guard::{BlockInfo, SipGuard};
-pub use limiter::{Admission, AdmissionCounters, AdmissionTotals, Refusal};
+pub use limiter::{Admission, AdmissionCounters, AdmissionTotals, FleetShare, Refusal};

@@ -390,6 +390,8 @@ fn write_admission(out: &mut Exposition, admission: &AdmissionCounters) {
             ("source_request_rate", &admission.source_request_rate),
             ("global_invite_rate", &admission.global_invite_rate),
             ("max_calls", &admission.max_calls),
+            ("fleet_invite_rate", &admission.fleet_invite_rate),
+            ("fleet_max_calls", &admission.fleet_max_calls),
             ("overload", &admission.overload),
             ("draining", &admission.draining),
         ]

@@ -12,6 +12,7 @@
 //! - `sbc:call:<group>:<call key>`: JSON `SharedCall` (owner, epoch, the journal's record and
 //!   the flows of its media), expiring after `ttl_secs` unless its owner refreshes it;
 //! - `sbc:node:<node>`: JSON `Heartbeat`, same TTL.
+pub mod limits;
 mod mirror;
 mod ownership;
 mod shared;
@@ -68,6 +69,9 @@ pub struct ClusterConfig {
     /// `<state_dir>/vrrp-fault`.
     #[serde(default)]
     pub fault_file: Option<std::path::PathBuf>,
+    /// Admission limits of the whole fleet, shared out among its nodes.
+    #[serde(default)]
+    pub limits: limits::FleetLimits,
 }
 
 /// `[[cluster.groups]]`: a pair of floating addresses.

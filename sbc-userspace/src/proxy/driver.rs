@@ -122,6 +122,7 @@ impl Driver {
             Queued::Query(query) => return query.answer(&self.core, Now::read()),
             Queued::MediaTimeout(sessions) => Input::MediaTimeout(sessions),
             Queued::Reconfigure(admission) => Input::Reconfigure(admission),
+            Queued::FleetShare(share) => Input::FleetShare(share),
             Queued::Readvertise { side, address } => Input::Readvertise { side, address },
             Queued::HangUpAll => Input::HangUpAll,
             Queued::Resolved { of, targets } => {

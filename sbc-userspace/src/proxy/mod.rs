@@ -46,7 +46,7 @@ use self::{
     stats::SipStats,
 };
 use crate::{
-    admission::{AdmissionConfig, AdmissionCounters, SipGuard},
+    admission::{AdmissionConfig, AdmissionCounters, FleetShare, SipGuard},
     clock::Now,
     cluster::ClusterHealth,
     dataplane::DialogEvents,
@@ -84,6 +84,8 @@ pub enum Queued {
     MediaTimeout(Vec<SessionInfo>),
     /// A reloaded `[admission]`.
     Reconfigure(Box<AdmissionConfig>),
+    /// This node's share of the fleet's limits now.
+    FleetShare(FleetShare),
     /// A side's parties are told this address from now on (it moved).
     Readvertise {
         side: Side,
@@ -137,6 +139,11 @@ impl ProxyHandle {
     pub fn reconfigure(&self, admission: AdmissionConfig) {
         self.intake.reconfigure(&admission);
         let _ = self.lanes.control(Queued::Reconfigure(Box::new(admission)));
+    }
+
+    /// This node's share of the fleet's limits (`cluster::limits`).
+    pub fn fleet_share(&self, share: FleetShare) {
+        let _ = self.lanes.control(Queued::FleetShare(share));
     }
 
     /// A side's advertised address moved (`advertise::Readvertise`).

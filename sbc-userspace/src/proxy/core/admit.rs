@@ -47,6 +47,9 @@ impl Core {
                 block: None,
             })
         } else if request.method == Method::Invite {
+            self.admission_counters
+                .invites_offered
+                .fetch_add(1, Ordering::Relaxed);
             let delay = self.waited;
             let calls = self.calls.len();
             self.admission

@@ -106,6 +106,8 @@ pub enum Input {
     Shed(Vec<(IpAddr, u32)>),
     /// A reloaded `[admission]`.
     Reconfigure(Box<AdmissionConfig>),
+    /// This node's share of the fleet's limits now.
+    FleetShare(crate::admission::FleetShare),
     /// A side's parties are told this address from now on (an elastic IP that moved).
     Readvertise { side: Side, address: IpAddr },
     /// A TCP connection we opened to this peer closed, or could not be opened.
@@ -310,6 +312,9 @@ impl Core {
                 }
             }
             Input::Reconfigure(admission) => self.admission.reconfigure(&admission),
+            Input::FleetShare(share) => {
+                self.admission.set_fleet_share(share, self.now.monotonic_ns)
+            }
             Input::ConnectionLost { side, address } => self.connection_lost(side, address),
             Input::Resolved { of, targets } => match of {
                 Named::BackendHost(host) => self.backends_resolved(host, &targets),
