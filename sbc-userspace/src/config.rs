@@ -1,8 +1,9 @@
 //! The daemon's TOML configuration: parsing, defaults, and validation that names the key.
 //!
 //! Two stages: `parse` checks the file on its own (syntax, unknown keys, types, ranges), and
-//! `check_environment` checks it against the host (interfaces and addresses exist). `sbc run`
-//! and `sbc check-config` run both.
+//! `check_host` checks it against the host (interfaces exist; addresses are local, but a fleet
+//! node's floating ones, checked when it takes their group). `sbc run` and `sbc check-config`
+//! run both.
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
@@ -538,6 +539,16 @@ impl Config {
     pub fn check_environment(&self) -> Result<(), ConfigError> {
         self.check_interfaces()?;
         self.check_addresses()
+    }
+
+    /// What `sbc run` and `sbc check-config` check on this host: everything, but a fleet
+    /// node's floating addresses, which are looked at when the node takes their group.
+    pub fn check_host(&self) -> Result<(), ConfigError> {
+        if self.floating() {
+            self.check_interfaces()
+        } else {
+            self.check_environment()
+        }
     }
 
     /// Whether this node's addresses float (`[[cluster.groups]]`): they are checked when the

@@ -39,12 +39,7 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         None => anyhow::Error::new(e),
     };
     config.validate().map_err(in_file)?;
-    // Floating addresses are looked at when the node takes their group.
-    if config.floating() {
-        config.check_interfaces().map_err(in_file)?;
-    } else {
-        config.check_environment().map_err(in_file)?;
-    }
+    config.check_host().map_err(in_file)?;
     let mut config = config;
     if let Some(sip) = config.sip.as_mut() {
         sip.detect_advertised().map_err(in_file)?;

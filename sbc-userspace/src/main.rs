@@ -270,7 +270,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { config: path } => {
             let mut config = Config::load(&path)?;
             let in_file = |e| anyhow::anyhow!("{}: {e}", path.display());
-            config.check_environment().map_err(in_file)?;
+            config.check_host().map_err(in_file)?;
             if let Some(sip) = config.sip.as_mut() {
                 sip.detect_advertised().map_err(in_file)?;
                 if let Some(tls) = &sip.tls {
