@@ -22,6 +22,7 @@ use sbc_common::Reason;
 use crate::{
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, Lab, SBC_PUBLIC},
+    redis::RedisServer,
     sipp::{self, Backend},
 };
 
@@ -292,6 +293,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
 
 const CALL_SETUP: &str = "Call setup";
 const SBC_XDP: &str = "SBC (XDP)";
+const SBC_XDP_CLUSTER: &str = "SBC (XDP, [cluster] Redis)";
 
 /// Call setup through the SBC and, if asked, the peer: each with a fresh backend, stepped
 /// rates, then the ratio.
@@ -320,10 +322,49 @@ fn call_setup_section(
         let daemon = sbc(lab, backend, "xdp", NO_LIMITS)?;
         rows.extend(calls::measure(lab, target, SBC_XDP, &daemon, &steps)?);
     }
-    let capacity = rows
-        .iter()
-        .find(|m| m.subject == SBC_XDP && m.metric == calls::HIGHEST_RATE)
-        .map_or(0, |m| m.value as u32);
+    {
+        // The same with the fleet's shared state on: every call written to Redis (never on
+        // the setup path), to show that it costs call setup nothing.
+        let _backend = serve()?;
+        let redis = RedisServer::start(&lab.callee, SocketAddr::new(CALLEE.into(), 6379))?;
+        let cluster = format!(
+            "{NO_LIMITS}[cluster]\nredis = \"redis://{}\"\nnode = \"bench\"\n",
+            redis.address
+        );
+        let daemon = sbc(lab, backend, "xdp", &cluster)?;
+        rows.extend(calls::measure(
+            lab,
+            target,
+            SBC_XDP_CLUSTER,
+            &daemon,
+            &steps,
+        )?);
+        let shared = redis.keys("sbc:node:*")?;
+        anyhow::ensure!(
+            !shared.is_empty(),
+            "the [cluster] run wrote no heartbeat to Redis: it measured nothing of the fleet"
+        );
+    }
+    let rate_of = |rows: &[Measurement], system: &str| {
+        rows.iter()
+            .find(|m| m.subject == system && m.metric == calls::HIGHEST_RATE)
+            .map(|m| m.value)
+    };
+    if let (Some(alone), Some(shared)) = (rate_of(&rows, SBC_XDP), rate_of(&rows, SBC_XDP_CLUSTER))
+        && alone > 0.0
+    {
+        rows.push(
+            Measurement::new(
+                CALL_SETUP,
+                format!("{SBC_XDP_CLUSTER} / {SBC_XDP}"),
+                calls::HIGHEST_RATE,
+                shared / alone,
+                "x",
+            )
+            .note("the fleet's state in Redis (written off the setup path) against none"),
+        );
+    }
+    let capacity = rate_of(&rows, SBC_XDP).map_or(0, |rate| rate as u32);
     if capacity > 0 {
         // Admission on, as in production, but no per-source limit: the one SIPp caller
         // stands for many callers, and what is measured is the edge past its capacity.
