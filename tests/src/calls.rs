@@ -109,6 +109,18 @@ pub fn ended_pcap_calls(daemon: &Daemon, count: usize) -> (Vec<Event>, f64) {
 /// Waits (up to `limit`) until the daemon holds `count` calls, all answered; the media
 /// endpoints of each, in the daemon's order: call `i`'s peers use the lab's ports base + 2i.
 pub fn answered_calls(daemon: &Daemon, count: usize, limit: Duration) -> Vec<Call> {
+    answered_calls_of(daemon, count, limit, (CALLER.into(), CALLEE.into()), 0)
+}
+
+/// `answered_calls` with the peers at `caller` and `callee`, call `i` of the daemon being the
+/// peers' call `first + i` (several daemons' calls, their peers' ports apart).
+pub fn answered_calls_of(
+    daemon: &Daemon,
+    count: usize,
+    limit: Duration,
+    (caller, callee): (IpAddr, IpAddr),
+    first: usize,
+) -> Vec<Call> {
     let deadline = Instant::now() + limit;
     let calls = loop {
         let calls = daemon.calls().expect("GET /v1/calls");
@@ -126,11 +138,11 @@ pub fn answered_calls(daemon: &Daemon, count: usize, limit: Duration) -> Vec<Cal
         .enumerate()
         .map(|(i, call)| {
             let session = call.media[0].as_ref().expect("the call's media session");
-            let port = |base: u16| base + 2 * i as u16;
+            let port = |base: u16| base + 2 * (first + i) as u16;
             Call {
-                caller: SocketAddr::new(CALLER.into(), port(CALLER_PORT_BASE)),
+                caller: SocketAddr::new(caller, port(CALLER_PORT_BASE)),
                 caller_sends_to: session.legs[Leg::A].local_rtp,
-                callee: SocketAddr::new(CALLEE.into(), port(CALLEE_PORT_BASE)),
+                callee: SocketAddr::new(callee, port(CALLEE_PORT_BASE)),
                 callee_sends_to: session.legs[Leg::B].local_rtp,
                 rtcp_mux: false,
             }

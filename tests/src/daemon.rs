@@ -202,10 +202,21 @@ format = "{log_format}"
                 log_format = options.log_format,
             ),
         )?;
+        Self::launch(&lab.sbc.name, (dir, config, &instance), options.cpu, false)
+    }
+
+    /// Starts `sbc run` in `netns` with the configuration `config` (in `dir`, which holds its
+    /// API socket) of instance `instance`.
+    fn launch(
+        netns: &str,
+        (dir, config, instance): (tempfile::TempDir, PathBuf, &str),
+        cpu: Option<usize>,
+        standby_is_ready: bool,
+    ) -> anyhow::Result<Self> {
         let mut daemon = Self {
             child: None,
-            netns: lab.sbc.name.clone(),
-            api: ApiClient::new(&socket),
+            netns: netns.to_owned(),
+            api: ApiClient::new(dir.path().join("api.sock")),
             pin_dir: PathBuf::from(format!(
                 "/sys/fs/bpf/sbc/{instance}/v{}",
                 sbc_common::maps::MAP_ABI_VERSION
@@ -213,8 +224,8 @@ format = "{log_format}"
             config,
             dir,
             binary: crate::daemon::sbc_binary(),
-            cpu: options.cpu,
-            standby_is_ready: false,
+            cpu,
+            standby_is_ready,
         };
         daemon.spawn(&[])?;
         Ok(daemon)
@@ -238,22 +249,7 @@ format = "{log_format}"
                 events = dir.path().join("events.jsonl").display(),
             ),
         )?;
-        let mut daemon = Self {
-            child: None,
-            netns: netns.to_owned(),
-            api: ApiClient::new(&socket),
-            pin_dir: PathBuf::from(format!(
-                "/sys/fs/bpf/sbc/{instance}/v{}",
-                sbc_common::maps::MAP_ABI_VERSION
-            )),
-            config,
-            dir,
-            binary: crate::daemon::sbc_binary(),
-            cpu: None,
-            standby_is_ready: true,
-        };
-        daemon.spawn(&[])?;
-        Ok(daemon)
+        Self::launch(netns, (dir, config, &instance), None, true)
     }
 
     /// Starts the daemon process (again), with extra `sbc run` arguments.

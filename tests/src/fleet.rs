@@ -141,8 +141,8 @@ impl FleetLab {
 
 impl Node {
     /// The node's sbc configuration (without instance, state, API and events: see
-    /// `Daemon::start_node`), its backend at `backend`.
-    pub fn sbc_config(&self, backend: SocketAddr, port_range: (u16, u16)) -> String {
+    /// `Daemon::start_node`), its backends (taking calls in turn) at `backends`.
+    pub fn sbc_config(&self, backends: &[SocketAddr], port_range: (u16, u16)) -> String {
         let first = self.serves[0].0;
         // Native XDP_TX from a veth into a bridge port is lost in the kernel (6.18: the frames
         // reach the port's NAPI but never its stack); generic XDP transmits through the stack.
@@ -161,9 +161,7 @@ public_listen = "{public}:5060"
 private_listen = "{private}:5060"
 [sip.health]
 probes = false
-[[sip.backends]]
-address = "{backend}"
-[cluster]
+{backends}[cluster]
 redis = "redis://{REDIS}"
 node = "node-{name}"
 ttl_secs = 6
@@ -173,6 +171,10 @@ drain_hand_over_at = 1000
 "#,
             public = first.public,
             private = first.private,
+            backends = backends
+                .iter()
+                .map(|backend| format!("[[sip.backends]]\naddress = \"{backend}\"\n"))
+                .collect::<String>(),
             min = port_range.0,
             max = port_range.1,
             name = self.name,

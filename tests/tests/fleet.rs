@@ -1,8 +1,10 @@
 //! A fleet of three nodes (two active, one standby) with keepalived and Redis (`fleet::FleetLab`):
 //! a node is lost in the middle of its calls (its daemon killed with SIGKILL, its keepalived
 //! too, its link down) and the standby takes its address group over: every call keeps its
-//! media, is re-INVITEd and hung up through the standby afterwards, and ends exactly once. And a
-//! split brain: two nodes hold a group's addresses at once, yet each call has one owner.
+//! media, is re-INVITEd and hung up (half by the carrier, half by the backend) through the
+//! standby afterwards, and ends exactly once. A drained node hands its group over; a split
+//! brain (two nodes holding a group's addresses at once) leaves each call with one owner; the
+//! fleet's admission limits hold across nodes.
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -12,10 +14,9 @@ use std::{
 use sbc::{
     cluster::SharedCall,
     events::{CallEnd, CallEnded, Event, GroupReleased, GroupTakenOver, Kind},
-    media::session::Leg,
-    proxy::core::calls::CallState,
 };
 use sbc_tests::{
+    calls::answered_calls_of,
     daemon::{Daemon, sbc_binary},
     fleet::{BACKEND, CARRIER, FleetLab, GROUPS, Keepalived, REDIS, wait_until},
     privileges::require_lab_privileges,
@@ -31,75 +32,64 @@ const MAX_GAP: Duration = Duration::from_secs(3);
 /// A node that stays up loses no media.
 const MAX_LOSS_ELSEWHERE: Duration = Duration::from_millis(100);
 const BACKEND_SIP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(BACKEND), 5060);
-const CALLER_PORT_BASE: u16 = 40000;
-const CALLEE_PORT_BASE: u16 = 50000;
+/// The backend whose calls the callee hangs up.
+const BACKEND_SIP_HANGS_UP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(BACKEND), 5062);
 
 /// The calls `daemon` holds, all answered, with the lab's RTP peers of call `first + i`.
 fn media_of(daemon: &Daemon, first: usize) -> Vec<Call> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let calls = loop {
-        let calls = daemon.calls().expect("GET /v1/calls");
-        if calls.len() == CALLS && calls.iter().all(|c| c.state == CallState::Answered) {
-            break calls;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "calls not all answered: {calls:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    calls
-        .iter()
-        .enumerate()
-        .map(|(i, call)| {
-            let session = call.media[0].as_ref().expect("the call's media session");
-            let port = |base: u16| base + 2 * (first + i) as u16;
-            Call {
-                caller: SocketAddr::new(CARRIER.into(), port(CALLER_PORT_BASE)),
-                caller_sends_to: session.legs[Leg::A].local_rtp,
-                callee: SocketAddr::new(BACKEND.into(), port(CALLEE_PORT_BASE)),
-                callee_sends_to: session.legs[Leg::B].local_rtp,
-                rtcp_mux: false,
-            }
-        })
-        .collect()
+    let peers = (CARRIER.into(), BACKEND.into());
+    answered_calls_of(daemon, CALLS, Duration::from_secs(15), peers, first)
 }
 
-/// The lab running: Redis, the scripted backend, a daemon and keepalived on every node, each
-/// active node serving its group and the standby serving none.
+/// The lab running: Redis, the backends, a daemon and keepalived on every node, each active
+/// node serving its group and the standby serving none.
 struct Fleet {
     lab: FleetLab,
     redis: RedisServer,
-    backend: Backend,
+    backends: Vec<Backend>,
     daemons: BTreeMap<&'static str, Daemon>,
     keepalived: BTreeMap<&'static str, Keepalived>,
 }
 
 impl Fleet {
-    /// `scripted`: how many calls the backend's script (`restart_uas`) plays; `None`: SIPp's
-    /// own backend answers every call. `extra`: more of every node's configuration.
+    /// `scripted`: how many calls the backends' scripts play, half each: one where the caller
+    /// hangs up (`restart_uas`), one where the callee does (`restart_uas_callee_hangs_up`),
+    /// taking calls in turn; `None`: SIPp's own backend answers every call. `extra`: more of
+    /// every node's configuration.
     fn up(tag: &str, scripted: Option<u32>, extra: &str) -> Self {
         let lab = FleetLab::up(tag).expect("fleet lab");
         let redis = RedisServer::start(&lab.backend, REDIS).expect("redis");
-        let backend = match scripted {
-            Some(calls) => Backend::start_scenario(
-                &lab.backend,
-                BACKEND_SIP,
-                &sipp::scenario("restart_uas"),
-                Some(calls),
-            ),
-            None => Backend::start(&lab.backend, BACKEND_SIP),
+        let backends = match scripted {
+            Some(calls) => [
+                ("restart_uas", BACKEND_SIP),
+                ("restart_uas_callee_hangs_up", BACKEND_SIP_HANGS_UP),
+            ]
+            .into_iter()
+            .map(|(script, address)| {
+                Backend::start_scenario(
+                    &lab.backend,
+                    address,
+                    &sipp::scenario(script),
+                    Some(calls / 2),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>(),
+            None => Backend::start(&lab.backend, BACKEND_SIP).map(|backend| vec![backend]),
         }
-        .expect("backend");
+        .expect("backends");
+        let addresses: Vec<SocketAddr> = match scripted {
+            Some(_) => vec![BACKEND_SIP, BACKEND_SIP_HANGS_UP],
+            None => vec![BACKEND_SIP],
+        };
         let mut fleet = Self {
             daemons: BTreeMap::new(),
             keepalived: BTreeMap::new(),
             lab,
             redis,
-            backend,
+            backends,
         };
         for node in &fleet.lab.nodes {
-            let config = node.sbc_config(BACKEND_SIP, (20000, 29999)) + extra;
+            let config = node.sbc_config(&addresses, (20000, 29999)) + extra;
             let daemon = Daemon::start_node(&node.ns.name, &config).expect("sbc node");
             fleet.daemons.insert(node.name, daemon);
         }
@@ -162,8 +152,8 @@ impl Fleet {
         all
     }
 
-    /// Places `CALLS` calls on each group (INVITE, 12 s established, re-INVITE, BYE from the
-    /// carrier) in the background of `during`, which gets each answered call's media.
+    /// Places `CALLS` calls on each group (INVITE, 12 s established, re-INVITE, BYE from either
+    /// side) in the background of `during`, which gets each answered call's media.
     fn with_calls<T>(&self, during: impl FnOnce(Vec<Call>) -> T) -> (Vec<CallerResult>, T) {
         std::thread::scope(|scope| {
             let callers: Vec<_> = GROUPS
@@ -194,8 +184,9 @@ impl Fleet {
         })
     }
 
-    /// Every call of both callers went through; the backend played all of them as scripted;
-    /// each call ended exactly once across the fleet, with a BYE answered 200.
+    /// Every call of both callers went through; the backends played all of them as scripted
+    /// (half hung up by the caller, half by the callee); each call ended exactly once across
+    /// the fleet, with a BYE answered 200.
     fn assert_every_call_completed_once(&mut self, results: &[CallerResult]) -> Vec<Event> {
         for (result, group) in results.iter().zip(GROUPS) {
             assert_eq!(
@@ -207,12 +198,14 @@ impl Fleet {
                 self.logs()
             );
         }
-        assert_eq!(
-            self.backend.wait(Duration::from_secs(15)),
-            Some(0),
-            "the backend saw every call as scripted:\n{}",
-            self.backend.output()
-        );
+        for backend in &mut self.backends {
+            assert_eq!(
+                backend.wait(Duration::from_secs(15)),
+                Some(0),
+                "a backend saw calls other than scripted:\n{}",
+                backend.output()
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         let events = loop {
             let events: Vec<Event> = self.daemons.values().flat_map(Daemon::events).collect();

@@ -156,6 +156,16 @@ pub struct TakeoverRequest {
     pub group: Option<String>,
 }
 
+impl TakeoverRequest {
+    /// The request's body: empty (no group named) or this type as JSON.
+    pub fn from_body(body: &[u8]) -> Result<Self, serde_json::Error> {
+        if body.is_empty() {
+            return Ok(Self { group: None });
+        }
+        serde_json::from_slice(body)
+    }
+}
+
 /// The group a node serves after `POST /v1/takeover`; `already`: it served it before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TakenOver {

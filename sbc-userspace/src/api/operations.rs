@@ -3,11 +3,11 @@ use std::sync::{Arc, atomic::Ordering};
 
 use super::{
     contract::{
-        BackendCounts, Backends, CallCounts, Calls, ClusterStatus, DrainStarted, Fleet, Status,
-        TakenOver, TakeoverRequest,
+        BackendCounts, Backends, CallCounts, Calls, ClusterStatus, DrainStarted, Status, TakenOver,
+        TakeoverRequest,
     },
     metrics::load,
-    state::{ApiState, error},
+    state::{ApiState, error, fleet_answer},
 };
 use crate::proxy::CallSummary;
 use axum::{
@@ -139,13 +139,7 @@ pub async fn fleet(State(api): State<Arc<ApiState>>) -> Response {
             "this daemon is in no fleet (no [cluster] table)",
         );
     };
-    match cluster.fleet().await {
-        Ok(nodes) => Json(Fleet { nodes }).into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("reading the fleet: {e:#}"),
-        ),
-    }
+    fleet_answer(cluster.fleet().await)
 }
 
 /// `sbc takeover` on a node that serves a group already: fine if it is that group (the
@@ -157,13 +151,9 @@ pub async fn takeover(State(api): State<Arc<ApiState>>, body: Bytes) -> Response
             "this daemon is in no fleet (no [cluster] table)",
         );
     };
-    let asked: TakeoverRequest = if body.is_empty() {
-        TakeoverRequest { group: None }
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(asked) => asked,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
-        }
+    let asked = match TakeoverRequest::from_body(&body) {
+        Ok(asked) => asked,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
     };
     match asked.group {
         Some(group) if group != cluster.group => error(

@@ -13,8 +13,8 @@ use axum::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    contract::{ClusterStatus, Fleet, Health, Status, TakenOver, TakeoverRequest},
-    state::error,
+    contract::{ClusterStatus, Health, Status, TakenOver, TakeoverRequest},
+    state::{error, fleet_answer},
 };
 use crate::{cluster::standby, drain::Drain};
 
@@ -75,23 +75,13 @@ async fn status(State(api): State<Arc<StandbyApi>>) -> Json<Status> {
 }
 
 async fn fleet(State(api): State<Arc<StandbyApi>>) -> Response {
-    match crate::cluster::fleet(&api.client, api.ttl).await {
-        Ok(nodes) => Json(Fleet { nodes }).into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("reading the fleet: {e:#}"),
-        ),
-    }
+    fleet_answer(crate::cluster::fleet(&api.client, api.ttl).await)
 }
 
 async fn takeover(State(api): State<Arc<StandbyApi>>, body: Bytes) -> Response {
-    let asked: TakeoverRequest = if body.is_empty() {
-        TakeoverRequest { group: None }
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(asked) => asked,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
-        }
+    let asked = match TakeoverRequest::from_body(&body) {
+        Ok(asked) => asked,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
     };
     let (reply, answer) = oneshot::channel();
     let request = standby::TakeoverRequest {

@@ -41,3 +41,14 @@ pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     };
     (status, Json(refusal)).into_response()
 }
+
+/// `GET /v1/fleet`'s answer: the nodes, or 503 when Redis did not say.
+pub fn fleet_answer(nodes: anyhow::Result<Vec<crate::cluster::FleetNode>>) -> Response {
+    match nodes {
+        Ok(nodes) => Json(super::contract::Fleet { nodes }).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("reading the fleet: {e:#}"),
+        ),
+    }
+}
