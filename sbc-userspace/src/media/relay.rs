@@ -1,16 +1,26 @@
 //! The userspace relay: one task per local media port. It receives what the kernel passes up
 //! (everything, with `--dataplane userspace`) and forwards it as `MediaPlane::on_packet` decides.
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+//!
+//! A task holds no buffer while it waits: it waits for its socket to be readable, then reads
+//! what is there into its worker thread's one buffer and relays it at once, without awaiting.
+//! A port costs its task and its socket, not a datagram's worth of memory (four ports a call).
+use std::{cell::RefCell, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::task::JoinHandle;
 use tracing::debug;
 
 use super::socket::MediaSocket;
 
-/// Receive buffer per relay port: a jumbo frame's worth. Media never comes near it, and a
-/// buffer per port (four per session) must stay small; anything that fills it may have been
-/// cut short and is dropped rather than relayed.
+/// The receive buffer: a jumbo frame's worth. Media never comes near it; anything that fills it
+/// may have been cut short and is dropped rather than relayed.
 const MAX_DATAGRAM: usize = 9216;
+/// Datagrams one task relays before it waits again (at once, if more are there).
+const BATCH: usize = 64;
+
+thread_local! {
+    /// One receive buffer per worker thread, used only between a wake-up and the next wait.
+    static RECEIVED: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
+}
 
 /// Where a datagram of `len` bytes from `src` goes: out of which socket, to whom (`None`:
 /// dropped). The media plane decides (`MediaPlane::on_packet`).
@@ -19,28 +29,44 @@ pub(super) type Decide =
 
 pub(super) fn spawn(socket: Arc<MediaSocket>, decide: Decide) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
-            let (len, src) = match socket.recv_from(&mut buf).await {
-                Ok(received) => received,
-                // An ICMP error for something we sent earlier; nothing to do with this port.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => {
-                    // Not expected on a bound UDP socket; back off rather than spin.
-                    debug!("media socket receive failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            if len == MAX_DATAGRAM {
-                debug!(%src, "oversized datagram on a media port dropped");
+            if let Err(e) = socket.readable().await {
+                // Not expected on a bound UDP socket; back off rather than spin.
+                debug!("media socket failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
-            if let Some((out, dst)) = decide(src, len)
-                && let Err(e) = out.send_to(&buf[..len], dst).await
-            {
-                debug!(%dst, "relaying media failed: {e}");
-            }
+            // Past a batch the socket stays readable, and tokio's budget for the task makes
+            // the next wait yield to the others in time.
+            RECEIVED.with_borrow_mut(|buffer| relay_waiting(&socket, &decide, buffer));
         }
     })
+}
+
+/// Relays up to `BATCH` datagrams waiting on `socket`. A datagram the other leg's socket
+/// cannot take at once (its send buffer full) is dropped, as a router drops: waiting for it
+/// would hold every later packet of the stream back.
+fn relay_waiting(socket: &MediaSocket, decide: &Decide, buffer: &mut [u8]) {
+    for _ in 0..BATCH {
+        let (len, src) = match socket.try_recv_from(buffer) {
+            Ok(received) => received,
+            // Nothing more (readiness is cleared for the next wait).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            // An ICMP error for something we sent earlier; nothing to do with this port.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => {
+                debug!("media socket receive failed: {e}");
+                return;
+            }
+        };
+        if len == MAX_DATAGRAM {
+            debug!(%src, "oversized datagram on a media port dropped");
+            continue;
+        }
+        if let Some((out, dst)) = decide(src, len)
+            && let Err(e) = out.try_send_to(&buffer[..len], dst)
+        {
+            debug!(%dst, "relaying media failed: {e}");
+        }
+    }
 }
