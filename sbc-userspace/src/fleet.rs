@@ -128,7 +128,7 @@ async fn stop_signal() {
 /// journal, which knows better), each with its media adopted here. A call whose media could
 /// not be adopted keeps a session id that names nothing, so the proxy ends it as a call that
 /// lost its media. Returns the records and how many lost their media.
-pub fn take_over_calls(
+fn take_over_calls(
     plane: &Arc<MediaPlane>,
     claimed: &Claimed,
     node: &str,
@@ -323,7 +323,7 @@ const HAND_OVER_WAIT: Duration = Duration::from_secs(10);
 
 /// The file keepalived tracks (weight 0): `1` puts the node's VRRP instances in FAULT (the
 /// addresses go to another node), `0` lets them run.
-pub fn write_fault_file(path: &Path, fault: bool) -> anyhow::Result<()> {
+fn write_fault_file(path: &Path, fault: bool) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
