@@ -57,8 +57,8 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         clean = false;
         match outcome? {
             Outcome::Stopped => return Ok(()),
-            Outcome::LetGo => forget_group(&config)?,
-            Outcome::HandedOver => return forget_group(&config),
+            Outcome::LetGo => forget_calls(&config)?,
+            Outcome::HandedOver => return forget_calls(&config),
         }
     }
 }
@@ -75,13 +75,11 @@ pub enum Outcome {
     HandedOver,
 }
 
-/// Forgets the calls of a group let go: the pinned flows and dialogs (the new owner relays
-/// them) and the journal (a restart must not take them back).
-fn forget_group(config: &Config) -> anyhow::Result<()> {
-    let layout = PinLayout::new(&config.dataplane.bpffs, &config.instance);
-    if layout.exists() {
-        layout.remove()?;
-    }
+/// Forgets every call: the pinned state (flows, dialogs, links) and the journal. After a
+/// group is let go its calls are the new owner's, and a restart must not take them back;
+/// `--clean` starts from nothing.
+fn forget_calls(config: &Config) -> anyhow::Result<()> {
+    PinLayout::new(&config.dataplane.bpffs, &config.instance).remove()?;
     Journal::remove(&config.call_state_file())?;
     Ok(())
 }
@@ -89,13 +87,11 @@ fn forget_group(config: &Config) -> anyhow::Result<()> {
 /// Serves the node's configuration, or with `[cluster]` the group it takes after standing by.
 async fn serve_node(config: &Config, options: &RunOptions, clean: bool) -> anyhow::Result<Outcome> {
     if clean {
-        let layout = PinLayout::new(&config.dataplane.bpffs, &config.instance);
         if config.dataplane.mode == DataplaneMode::Xdp {
             pins::ensure_bpffs(&config.dataplane.bpffs)?;
         }
-        layout.remove()?;
-        Journal::remove(&config.call_state_file())?;
-        info!(dir = %layout.instance_dir.display(), "--clean: removed pinned state and recorded calls");
+        forget_calls(config)?;
+        info!("--clean: removed pinned state and recorded calls");
     }
     let Some(cluster) = &config.cluster else {
         return serve(config.clone(), options, None).await;
@@ -162,35 +158,37 @@ async fn serve(
     let drain = Arc::new(Drain::new(Duration::from_secs(config.drain.deadline_secs)));
     let events = Arc::new(EventSink::open(config.events.file.as_deref())?);
     let plane = MediaPlane::new(media_settings(&config), kernel, Arc::clone(&events));
-    let (mut journal, mut recorded) = Journal::open(&config.call_state_file())?;
-    let mirror = match (&taking, &config.cluster) {
-        (Some(taking), Some(cluster)) => Some(fleet::take_over(
-            taking,
-            cluster,
-            &plane,
-            &events,
-            (&mut journal, &mut recorded),
-        )),
-        _ => None,
-    };
-    let proxy = match &config.sip {
-        Some(sip) => Some(
-            proxy::start(
+    // The calls (and with `[cluster]` the group's) are the SIP proxy's: without it there are
+    // none to record or take over.
+    let (proxy, mirror) = match &config.sip {
+        Some(sip) => {
+            let (mut journal, mut recorded) = Journal::open(&config.call_state_file())?;
+            let mirror = taking
+                .as_ref()
+                .zip(config.cluster.as_ref())
+                .map(|(taking, cluster)| {
+                    fleet::take_over(
+                        taking,
+                        cluster,
+                        &plane,
+                        &events,
+                        (&mut journal, &mut recorded),
+                    )
+                });
+            let health = mirror.as_ref().map(|m| Arc::clone(&m.health));
+            let proxy = proxy::start(
                 sip,
                 &config.admission,
                 Arc::clone(&guard),
                 Arc::clone(&plane),
                 Arc::clone(&events),
                 Arc::clone(&drain),
-                (
-                    journal,
-                    recorded,
-                    mirror.as_ref().map(|m| Arc::clone(&m.health)),
-                ),
+                (journal, recorded, health),
             )
-            .await?,
-        ),
-        None => None,
+            .await?;
+            (Some(proxy), mirror)
+        }
+        None => (None, None),
     };
     if let (Some(taking), Some(cluster), Some(proxy)) = (&taking, &config.cluster, &proxy)
         && cluster.limits.any()
@@ -311,7 +309,7 @@ async fn serve(
     reaper.abort();
     let _ = std::fs::remove_file(&socket);
     if outcome != Outcome::Stopped {
-        // The group's new owner has its calls; this node forgets them (`forget_group`).
+        // The group's new owner has its calls; this node forgets them (`forget_calls`).
         return Ok(outcome);
     }
     match mode {

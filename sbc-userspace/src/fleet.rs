@@ -31,6 +31,8 @@ use crate::{
 /// serves without taking calls over and claims the group once Redis is back).
 pub struct Taking {
     pub group: Group,
+    /// The groups the node may serve (`cluster.serves`), for its status.
+    pub serves: Vec<String>,
     pub claimed: Option<Claimed>,
     pub client: redis::Client,
     pub node: String,
@@ -43,10 +45,12 @@ pub async fn stand_by(config: &Config, cluster: &ClusterConfig) -> anyhow::Resul
     let node = cluster.node_name();
     let groups =
         cluster.served_groups((config.media.public_address, config.media.private_address()));
+    let serves: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
     let (requests, mut asked) = mpsc::channel(4);
     let api = StandbyApi {
         node: node.clone(),
-        serves: groups.iter().map(|g| g.name.clone()).collect(),
+        serves: serves.clone(),
+        drain_deadline_secs: config.drain.deadline_secs,
         client: client.clone(),
         ttl: cluster.ttl(),
         dataplane: config.dataplane.mode.as_str().to_owned(),
@@ -104,6 +108,7 @@ pub async fn stand_by(config: &Config, cluster: &ClusterConfig) -> anyhow::Resul
     };
     Ok(Some(Taking {
         group,
+        serves,
         claimed,
         client,
         node,
@@ -216,15 +221,10 @@ pub fn take_over(
     for record in &taken {
         journal.append(&Line::Put(Box::new(record.clone())));
     }
-    let serves = cluster
-        .served_groups((taking.group.public, taking.group.private))
-        .into_iter()
-        .map(|g| g.name)
-        .collect();
     let health = Arc::new(ClusterHealth::new(
         taking.client.clone(),
         taking.node.clone(),
-        (taking.group.name.clone(), serves),
+        (taking.group.name.clone(), taking.serves.clone()),
         cluster.ttl(),
     ));
     let epoch = taking.claimed.as_ref().map_or(0, |claimed| claimed.epoch);
@@ -250,13 +250,7 @@ pub fn take_over(
         calls_without_media: without_media,
     }));
     recorded.extend(taken);
-    let mirror = Mirror::start(
-        taking.client.clone(),
-        health,
-        recorded,
-        Arc::clone(plane),
-        Arc::clone(events),
-    );
+    let mirror = Mirror::start(health, recorded, Arc::clone(plane), Arc::clone(events));
     journal.mirror_to(mirror.clone());
     mirror
 }

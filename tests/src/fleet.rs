@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::netns::{Netns, command_in, unique_prefix};
 
@@ -319,20 +319,4 @@ impl Drop for Keepalived {
 
 fn template_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/keepalived/keepalived.conf")
-}
-
-/// Waits up to `limit` for `holds` to be true.
-pub fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut holds: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while !holds() {
-        if Instant::now() > deadline {
-            bail!("{what}: not within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }

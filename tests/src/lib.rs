@@ -26,3 +26,21 @@ pub mod sip_probe;
 pub mod sipp;
 pub mod tls;
 pub mod xdp_fixture;
+
+use std::time::{Duration, Instant};
+
+/// Waits up to `limit` for `holds` to be true.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut holds: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !holds() {
+        if Instant::now() > deadline {
+            anyhow::bail!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

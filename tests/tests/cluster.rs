@@ -3,10 +3,7 @@
 //! as its owner and a TTL; Redis killed during the calls: none is lost, the node reports itself
 //! degraded (status, metric, event); a new, empty Redis: every call is written again within
 //! seconds; the calls end: their records go. `sbc fleet` lists the node from its heartbeat.
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use sbc::{cluster::SharedCall, events::Event};
 use sbc_tests::{
@@ -15,18 +12,16 @@ use sbc_tests::{
     privileges::require_lab_privileges,
     redis::RedisServer,
     sipp::{self, Backend, CallKind},
+    wait_until,
 };
 
 const CALLS: usize = 10;
 const CALL_KEYS: &str = "sbc:call:edge-a:*";
 
 /// Waits up to 5 s for `what` to hold.
-fn eventually(what: &str, daemon: &Daemon, mut holds: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !holds() {
-        assert!(Instant::now() < deadline, "{what}:\n{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn eventually(what: &str, daemon: &Daemon, holds: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(5), holds)
+        .unwrap_or_else(|e| panic!("{e}:\n{}", daemon.log()));
 }
 
 #[test]

@@ -18,11 +18,12 @@ use sbc::{
 use sbc_tests::{
     calls::answered_calls_of,
     daemon::{Daemon, sbc_binary},
-    fleet::{BACKEND, CARRIER, FleetLab, GROUPS, Keepalived, REDIS, wait_until},
+    fleet::{BACKEND, CARRIER, FleetLab, GROUPS, Keepalived, REDIS},
     privileges::require_lab_privileges,
     redis::RedisServer,
     rtp::{Call, Direction, Traffic},
     sipp::{self, Backend, CallKind, CallerResult},
+    wait_until,
 };
 
 /// Calls per active node.

@@ -16,12 +16,14 @@ use super::{
     contract::{ClusterStatus, Health, Status, TakenOver, TakeoverRequest},
     state::{error, fleet_answer},
 };
-use crate::{cluster::standby, drain::Drain};
+use crate::{cluster::standby, drain::DrainStatus};
 
 pub struct StandbyApi {
     pub node: String,
     /// The groups it may take.
     pub serves: Vec<String>,
+    /// `drain.deadline_secs`, for the status (a node on standby has nothing to drain).
+    pub drain_deadline_secs: u64,
     pub client: redis::Client,
     pub ttl: Duration,
     pub dataplane: String,
@@ -58,7 +60,11 @@ async fn status(State(api): State<Arc<StandbyApi>>) -> Json<Status> {
         pid: std::process::id(),
         uptime_secs: api.started.elapsed().as_secs(),
         dataplane: api.dataplane.clone(),
-        drain: Drain::new(Duration::ZERO).status(),
+        drain: DrainStatus {
+            draining: false,
+            deadline_secs: api.drain_deadline_secs,
+            remaining_secs: None,
+        },
         calls: None,
         sessions: 0,
         backends: None,

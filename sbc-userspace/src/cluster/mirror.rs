@@ -67,7 +67,6 @@ impl Mirror {
     /// Starts mirroring the group's calls under `health.epoch`; `calls` are the ones this node
     /// holds already (its journal's after a restart, and those it took over).
     pub fn start(
-        client: redis::Client,
         health: Arc<ClusterHealth>,
         calls: &[CallRecord],
         plane: Arc<MediaPlane>,
@@ -84,7 +83,6 @@ impl Mirror {
             mirror.record(&Line::Put(Box::new(record.clone())));
         }
         let task = Task {
-            client,
             health,
             plane,
             events,
@@ -130,7 +128,6 @@ struct Pending {
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 struct Task {
-    client: redis::Client,
     health: Arc<ClusterHealth>,
     plane: Arc<MediaPlane>,
     events: Arc<EventSink>,
@@ -257,22 +254,25 @@ impl Task {
         let changed: Vec<CallKey> = self
             .written
             .iter()
-            .filter(|(key, before)| {
-                let now = self.media_of(&self.calls[*key]);
-                now != **before
-            })
+            .filter(|(key, before)| self.media_of(&self.calls[*key]).0 != **before)
             .map(|(key, _)| key.clone())
             .collect();
         self.pending.puts.extend(changed);
     }
 
-    fn media_of(&self, record: &CallRecord) -> Vec<SharedSession> {
+    /// The call's media sessions with their flows as they stand, and whether every flow has
+    /// latched its peer (nothing more to learn: the call need not be written again for it).
+    fn media_of(&self, record: &CallRecord) -> (Vec<SharedSession>, bool) {
         let ids: Vec<u32> = record.media.iter().flatten().copied().collect();
-        self.plane
-            .flows_of(&ids)
+        let sessions = self.plane.flows_of(&ids);
+        let latched = sessions
+            .iter()
+            .all(|(_, flows)| flows.iter().all(|(_, flow)| flow.is_latched()));
+        let shared = sessions
             .iter()
             .map(|(id, flows)| SharedSession::new(*id, flows))
-            .collect()
+            .collect();
+        (shared, latched)
     }
 
     /// One round: the pending puts and ends and (`refreshing`) every current call's TTL, in
@@ -280,11 +280,16 @@ impl Task {
     /// away when this node took it) first if there is no connection.
     async fn write_round(&mut self, refreshing: bool, ttl: Duration) -> anyhow::Result<Round> {
         if self.connection.is_none() {
-            self.connection = Some(self.client.get_multiplexed_async_connection().await?);
+            self.connection = Some(
+                self.health
+                    .client
+                    .get_multiplexed_async_connection()
+                    .await?,
+            );
         }
         if self.health.epoch.load(Ordering::Relaxed) == 0 {
             let claim = super::Claim {
-                client: &self.client,
+                client: &self.health.client,
                 group: &self.health.group,
                 node: &self.health.node,
             };
@@ -300,24 +305,19 @@ impl Task {
             let Some(record) = self.calls.get(key) else {
                 continue;
             };
-            let media = self.media_of(record);
-            let settled = media.iter().all(|session| {
-                session
-                    .flows()
-                    .is_ok_and(|flows| flows.iter().all(|(_, flow)| flow.is_latched()))
-            });
+            let (media, settled) = self.media_of(record);
             let shared = SharedCall {
                 owner: self.health.node.clone(),
                 epoch,
                 written_unix_ms: now,
                 record: record.clone(),
-                media: media.clone(),
+                media,
             };
             puts.push((call_key(&group, key), serde_json::to_string(&shared)?));
             if settled {
                 self.written.remove(key);
             } else {
-                self.written.insert(key.clone(), media);
+                self.written.insert(key.clone(), shared.media);
             }
         }
         let refreshed: Vec<String> = if refreshing {

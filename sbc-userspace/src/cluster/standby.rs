@@ -49,7 +49,7 @@ impl Standby {
     pub async fn wait(&self, requests: &mut mpsc::Receiver<TakeoverRequest>) -> Group {
         // Groups whose addresses were away at some point while we watched.
         let mut were_away: HashSet<String> = HashSet::new();
-        let mut asked_owner = Instant::now() - ASK_OWNER_EVERY;
+        let mut asked_owner: Option<Instant> = None;
         let mut waiting_for: Option<String> = None;
         let mut look = tokio::time::interval(LOOK_EVERY);
         let mut beat = tokio::time::interval(self.ttl / 3);
@@ -95,10 +95,10 @@ impl Standby {
                     info!(group = %group.name, "the group's addresses arrived: taking it over");
                     return group.clone();
                 }
-                if asked_owner.elapsed() < ASK_OWNER_EVERY {
+                if asked_owner.is_some_and(|asked| asked.elapsed() < ASK_OWNER_EVERY) {
                     continue;
                 }
-                asked_owner = Instant::now();
+                asked_owner = Some(Instant::now());
                 let claim = Claim {
                     client: &self.client,
                     group: &group.name,
