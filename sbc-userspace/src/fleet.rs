@@ -86,6 +86,23 @@ pub async fn stand_by(config: &Config, cluster: &ClusterConfig) -> anyhow::Resul
         group = standby.wait(&mut asked) => Some(group),
         () = stop_signal() => None,
     };
+    // A `sbc takeover` that came in while the addresses were seen arriving waits for its
+    // answer, and the API's graceful stop waits for it: answer every one before stopping.
+    asked.close();
+    while let Ok(request) = asked.try_recv() {
+        let answer = match &group {
+            Some(taken)
+                if request
+                    .group
+                    .as_ref()
+                    .is_none_or(|name| name == &taken.name) =>
+            {
+                Ok(taken.name.clone())
+            }
+            _ => Err("the node is leaving standby".to_owned()),
+        };
+        let _ = request.reply.send(answer);
+    }
     let _ = stop_api.send(());
     if let Ok(Err(e)) = api_server.await {
         warn!("the standby API stopped: {e:#}");
