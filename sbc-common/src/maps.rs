@@ -74,7 +74,9 @@ pub const REBUILT: &[&str] = &[
     SIP_SELF,
 ];
 
-/// Capacity of the flow maps (two legs, RTP and RTCP: up to four flows per session).
+/// Capacity the object declares for the flow maps (what a loader other than the daemon's
+/// gets); the daemon sizes them from its port range instead
+/// (`sbc-userspace/src/dataplane/table_sizes.rs`).
 pub const MAX_FLOWS: usize = 65536;
 /// Capacity of the redirect map.
 pub const MAX_EGRESS: usize = 64;
@@ -86,9 +88,10 @@ pub const MAX_SOURCE_RULES: usize = 16384;
 pub const MAX_SOURCES: usize = 65536;
 /// Dynamic blocks kept; when full, the least recently hit make room.
 pub const MAX_BLOCKS: usize = 16384;
-/// Capacity of the dialogs map (about one per call).
+/// Capacity the object declares for the dialogs map (about one per call); the daemon loads it
+/// sized from its limits instead, as the flows.
 pub const MAX_DIALOGS: usize = 65536;
-/// Capacity of the parties map (at most one per call).
+/// Capacity the object declares for the parties map (at most one per call); sized as dialogs.
 pub const MAX_PARTIES: usize = MAX_DIALOGS;
 
 /// Name of the XDP program in the object file.

@@ -16,8 +16,11 @@ use sbc_common::{
     sip_forward::ForwardScratch,
 };
 
+/// Sized by the daemon from its port range; allocated per flow (only the daemon inserts), so
+/// a large range costs memory only as calls use it.
 #[btf_map]
-pub static SBC_FLOWS: HashMap<FlowKey, Flow, MAX_FLOWS> = HashMap::new();
+pub static SBC_FLOWS: HashMap<FlowKey, Flow, MAX_FLOWS, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
 
 #[btf_map]
 pub static SBC_FLOW_STATS: PerCpuArray<FlowStats, MAX_FLOWS> = PerCpuArray::new();
@@ -66,8 +69,10 @@ pub static SBC_FIB: PerCpuArray<bpf_fib_lookup, 1> = PerCpuArray::new();
 #[btf_map]
 pub static SBC_FORWARD: PerCpuArray<ForwardScratch, 1> = PerCpuArray::new();
 
+/// Allocated per caller (only the daemon inserts).
 #[btf_map]
-pub static SBC_PARTIES: HashMap<IpAddress, u32, MAX_PARTIES> = HashMap::new();
+pub static SBC_PARTIES: HashMap<IpAddress, u32, MAX_PARTIES, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
 
 /// The start of a SIP payload, copied for the Call-ID scan, and the scan's state: in map
 /// memory, whose contents the verifier does not track, a `bpf_loop` step is verified once; on

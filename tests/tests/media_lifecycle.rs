@@ -269,3 +269,94 @@ fn a_restarted_daemon_reattaches_xdp_to_a_recreated_interface() {
         daemon.log()
     );
 }
+
+/// `max_entries` of a pinned map, as bpftool reads it.
+fn pinned_capacity(daemon: &Daemon, map: &str) -> u64 {
+    let path = daemon.pin_dir.join(map);
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(&path)
+        .output()
+        .expect("bpftool is installed (`cargo xtask setup`)");
+    assert!(
+        output.status.success(),
+        "bpftool on {}: {output:?}",
+        path.display()
+    );
+    let shown: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    shown["max_entries"].as_u64().expect("max_entries")
+}
+
+/// The kernel tables are as large as the port range makes them (10,000 ports on each of two
+/// media addresses: 20,000 flows). A restart with a smaller range while sessions hold flows
+/// keeps the flow table as it is, so media goes on through the restart; the next start with
+/// no session makes it the new size. Tables holding nothing take the new size at once.
+#[test]
+fn the_kernel_tables_follow_the_port_range_and_a_resize_never_costs_a_call() {
+    require_lab_privileges();
+    let lab = Lab::up("tables").expect("lab");
+    let mut daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
+    assert_eq!(pinned_capacity(&daemon, "SBC_FLOWS"), 20_000);
+    assert_eq!(pinned_capacity(&daemon, "SBC_FLOW_STATS"), 20_000);
+    assert_eq!(pinned_capacity(&daemon, "SBC_DIALOGS"), 20_000);
+
+    let opened = open_calls(&daemon, 0..4, true).expect("sessions");
+    let ids: Vec<u32> = opened.iter().map(|(id, _)| *id).collect();
+    let calls: Vec<_> = opened.into_iter().map(|(_, call)| call).collect();
+    let traffic = Traffic::start(&lab, &calls, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(1));
+    daemon.kill9();
+    let config = std::fs::read_to_string(&daemon.config).expect("config");
+    std::fs::write(
+        &daemon.config,
+        config.replace("port_max = 29999", "port_max = 24999"),
+    )
+    .expect("config with a smaller port range");
+    daemon.spawn(&[]).expect("restart with sessions held");
+    assert_eq!(
+        pinned_capacity(&daemon, "SBC_FLOWS"),
+        20_000,
+        "a table holding flows was resized"
+    );
+    assert_eq!(pinned_capacity(&daemon, "SBC_FLOW_STATS"), 20_000);
+    assert_eq!(
+        pinned_capacity(&daemon, "SBC_DIALOGS"),
+        10_000,
+        "an empty table kept its old size"
+    );
+    assert!(
+        daemon.log().contains("kept until a start without calls"),
+        "the kept size is not reported:\n{}",
+        daemon.log()
+    );
+    let report = traffic.finish().expect("traffic");
+    for direction in [report.caller_to_callee(), report.callee_to_caller()] {
+        assert!(
+            direction.delivered() >= 0.999,
+            "media was lost across the restart: {direction:?}\n{}",
+            daemon.log()
+        );
+    }
+
+    for id in ids {
+        let response = daemon
+            .api
+            .delete(&format!("/v1/sessions/{id}"))
+            .expect("delete");
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    daemon.stop().expect("stop");
+    daemon.spawn(&[]).expect("restart without sessions");
+    assert_eq!(pinned_capacity(&daemon, "SBC_FLOWS"), 10_000);
+    assert_eq!(pinned_capacity(&daemon, "SBC_FLOW_STATS"), 10_000);
+    let more = open_calls(&daemon, 0..2, true).expect("sessions in the resized tables");
+    let calls: Vec<_> = more.into_iter().map(|(_, call)| call).collect();
+    let report = Traffic::start(&lab, &calls, Duration::from_secs(2))
+        .finish()
+        .expect("traffic");
+    let (kernel, _) = relayed_packets(&daemon).expect("relayed packets");
+    assert!(
+        kernel > 0,
+        "nothing relayed in the kernel after the resize: {report:?}"
+    );
+}

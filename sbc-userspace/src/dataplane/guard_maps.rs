@@ -12,8 +12,7 @@ use sbc_common::{
     Block, Dialog, DialogEnd, FlowKey, GuardConfig, IpAddress, SipListeners, SipSelves, SourceRule,
     dialog::LEG_FORWARD,
     maps::{
-        BLOCKS, DIALOGS, GUARD, MAX_DIALOGS, MAX_SIP_LISTENERS, PARTIES, SIP_LISTENERS, SIP_SELF,
-        SOURCE_RULES,
+        BLOCKS, DIALOGS, GUARD, MAX_SIP_LISTENERS, PARTIES, SIP_LISTENERS, SIP_SELF, SOURCE_RULES,
     },
 };
 
@@ -24,6 +23,8 @@ pub struct GuardMaps {
     listeners: Array<MapData, SipListeners>,
     rules: LpmTrie<MapData, [u8; 16], SourceRule>,
     dialogs: HashMap<MapData, u64, Dialog>,
+    /// Dialogs the map holds (its size, from the configuration of the daemon that made it).
+    dialogs_capacity: u32,
     parties: HashMap<MapData, IpAddress, u32>,
     blocks: HashMap<MapData, IpAddress, Block>,
     sip_self: Array<MapData, SipSelves>,
@@ -40,11 +41,14 @@ pub fn rule_key(net: &IpNet) -> Key<[u8; 16]> {
 
 impl GuardMaps {
     pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
+        let dialogs = open(layout, DIALOGS)?;
+        let dialogs_capacity = dialogs.info()?.max_entries();
         Ok(Self {
             config: Array::try_from(Map::Array(open(layout, GUARD)?))?,
             listeners: Array::try_from(Map::Array(open(layout, SIP_LISTENERS)?))?,
             rules: LpmTrie::try_from(Map::LpmTrie(open(layout, SOURCE_RULES)?))?,
-            dialogs: HashMap::try_from(Map::HashMap(open(layout, DIALOGS)?))?,
+            dialogs: HashMap::try_from(Map::HashMap(dialogs))?,
+            dialogs_capacity,
             parties: HashMap::try_from(Map::HashMap(open(layout, PARTIES)?))?,
             blocks: HashMap::try_from(Map::LruHashMap(open(layout, BLOCKS)?))?,
             sip_self: Array::try_from(Map::Array(open(layout, SIP_SELF)?))?,
@@ -108,7 +112,12 @@ impl GuardMaps {
     pub fn add_dialog(&mut self, id: u64) -> anyhow::Result<()> {
         self.dialogs
             .insert(id, Dialog::default(), 0)
-            .with_context(|| format!("adding a dialog to the kernel map (capacity {MAX_DIALOGS})"))
+            .with_context(|| {
+                format!(
+                    "adding a dialog to the kernel map (capacity {})",
+                    self.dialogs_capacity
+                )
+            })
     }
 
     /// What the program needs to forward an established dialog's SIP; what the kernel keeps

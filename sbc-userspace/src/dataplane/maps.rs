@@ -11,49 +11,47 @@ use sbc_common::{
     SipSelves, SourceBucket, SourceRule,
     maps::{
         BLOCKS, DIALOG_EVENTS, DIALOG_EVENTS_BYTES, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD,
-        MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES, MAX_SOURCE_RULES, MAX_SOURCES,
-        PARTIES, REASONS, SIP_LISTENERS, SIP_SELF, SOURCE_RULES, SOURCES,
+        MAX_BLOCKS, MAX_EGRESS, MAX_SOURCE_RULES, MAX_SOURCES, PARTIES, REASONS, SIP_LISTENERS,
+        SIP_SELF, SOURCE_RULES, SOURCES,
     },
 };
 
 use super::{PinLayout, stats_slots::StatsSlots};
 
-/// Key size, value size and capacity this build expects of each pinned map.
-fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
+/// Key size, value size and capacity this build expects of each pinned map; the capacity of
+/// the per-call tables is the configuration's (`table_sizes`), not the build's.
+fn expected_layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
     let size = |n: usize| n as u32;
+    let fixed = |key: u32, value: u32, entries: usize| Some((key, value, Some(entries as u32)));
     match name {
-        FLOWS => Some((
-            size(size_of::<FlowKey>()),
-            size(size_of::<Flow>()),
-            MAX_FLOWS as u32,
-        )),
-        FLOW_STATS => Some((4, size(size_of::<FlowStats>()), MAX_FLOWS as u32)),
-        REASONS => Some((4, 8, Reason::COUNT)),
+        FLOWS => Some((size(size_of::<FlowKey>()), size(size_of::<Flow>()), None)),
+        FLOW_STATS => Some((4, size(size_of::<FlowStats>()), None)),
+        REASONS => fixed(4, 8, Reason::COUNT as usize),
         // A devmap value is `struct bpf_devmap_val` (ifindex + program).
-        EGRESS => Some((4, 8, MAX_EGRESS as u32)),
-        SIP_LISTENERS => Some((4, size(size_of::<SipListeners>()), 1)),
-        GUARD => Some((4, size(size_of::<GuardConfig>()), 1)),
+        EGRESS => fixed(4, 8, MAX_EGRESS),
+        SIP_LISTENERS => fixed(4, size(size_of::<SipListeners>()), 1),
+        GUARD => fixed(4, size(size_of::<GuardConfig>()), 1),
         // An LPM trie key is the prefix length (u32) and the address.
-        SOURCE_RULES => Some((
+        SOURCE_RULES => fixed(
             4 + size(size_of::<IpAddress>()),
             size(size_of::<SourceRule>()),
-            MAX_SOURCE_RULES as u32,
-        )),
-        SOURCES => Some((
+            MAX_SOURCE_RULES,
+        ),
+        SOURCES => fixed(
             size(size_of::<IpAddress>()),
             size(size_of::<SourceBucket>()),
-            MAX_SOURCES as u32,
-        )),
-        BLOCKS => Some((
+            MAX_SOURCES,
+        ),
+        BLOCKS => fixed(
             size(size_of::<IpAddress>()),
             size(size_of::<Block>()),
-            MAX_BLOCKS as u32,
-        )),
-        DIALOGS => Some((8, size(size_of::<Dialog>()), MAX_DIALOGS as u32)),
-        PARTIES => Some((size(size_of::<IpAddress>()), 4, MAX_PARTIES as u32)),
-        SIP_SELF => Some((4, size(size_of::<SipSelves>()), 1)),
+            MAX_BLOCKS,
+        ),
+        DIALOGS => Some((8, size(size_of::<Dialog>()), None)),
+        PARTIES => Some((size(size_of::<IpAddress>()), 4, None)),
+        SIP_SELF => fixed(4, size(size_of::<SipSelves>()), 1),
         // A ring buffer has neither key nor value, only bytes.
-        DIALOG_EVENTS => Some((0, 0, DIALOG_EVENTS_BYTES as u32)),
+        DIALOG_EVENTS => fixed(0, 0, DIALOG_EVENTS_BYTES),
         _ => None,
     }
 }
@@ -65,11 +63,12 @@ pub fn layout_difference(path: &Path, name: &str) -> anyhow::Result<Option<Strin
     };
     let info = MapInfo::from_pin(path).with_context(|| format!("reading {}", path.display()))?;
     let found = (info.key_size(), info.value_size(), info.max_entries());
-    Ok((found != (key, value, entries)).then(|| {
+    let expected = (key, value, entries.unwrap_or(found.2));
+    Ok((found != expected).then(|| {
         format!(
-            "pinned map {} has key/value size and capacity {found:?}, this build expects {:?}",
-            path.display(),
-            (key, value, entries)
+            "pinned map {} has key/value size and capacity {found:?}, this build expects \
+             {expected:?}",
+            path.display()
         )
     }))
 }
@@ -97,6 +96,8 @@ pub struct FlowMaps {
     flows: HashMap<MapData, FlowKey, Flow>,
     stats: PerCpuArray<MapData, FlowStats>,
     slots: StatsSlots,
+    /// Flows the tables hold (their size, from the configuration of the daemon that made them).
+    capacity: u32,
     cpus: usize,
 }
 
@@ -104,8 +105,10 @@ impl FlowMaps {
     /// Opens the pinned maps, taking over the slots of flows already installed (by a daemon
     /// that ran before this one).
     pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
-        let flows: HashMap<MapData, FlowKey, Flow> =
-            HashMap::try_from(Map::HashMap(open(layout, FLOWS)?))?;
+        let flows = open(layout, FLOWS)?;
+        let stats = open(layout, FLOW_STATS)?;
+        let capacity = flows.info()?.max_entries().min(stats.info()?.max_entries());
+        let flows: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(Map::HashMap(flows))?;
         let installed = flows
             .iter()
             .map(|entry| entry.map(|(key, flow)| (key, flow.stats_slot)))
@@ -113,8 +116,9 @@ impl FlowMaps {
             .context("reading the kernel flow map")?;
         Ok(Self {
             flows,
-            stats: PerCpuArray::try_from(Map::PerCpuArray(open(layout, FLOW_STATS)?))?,
-            slots: StatsSlots::new(MAX_FLOWS as u32, installed),
+            stats: PerCpuArray::try_from(Map::PerCpuArray(stats))?,
+            slots: StatsSlots::new(capacity, installed),
+            capacity,
             cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
         })
     }
@@ -123,10 +127,13 @@ impl FlowMaps {
     /// another flow's).
     pub fn install(&mut self, key: &FlowKey, flow: &Flow) -> anyhow::Result<()> {
         if self.slots.of(key).is_none() {
-            let slot = self
-                .slots
-                .take()
-                .with_context(|| format!("the kernel flow map is full ({MAX_FLOWS} flows)"))?;
+            let slot = self.slots.take().with_context(|| {
+                format!(
+                    "the kernel flow map is full ({} flows: the media port range on each \
+                         address)",
+                    self.capacity
+                )
+            })?;
             let zero = PerCpuValues::try_from(vec![FlowStats::default(); self.cpus])?;
             if let Err(e) = self.stats.set(slot, zero, 0) {
                 self.slots.give_back(slot);
@@ -152,7 +159,12 @@ impl FlowMaps {
                 },
                 0,
             )
-            .map_err(|e| anyhow::anyhow!("writing the kernel flow map (capacity {MAX_FLOWS}): {e}"))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "writing the kernel flow map (capacity {}): {e}",
+                    self.capacity
+                )
+            })
     }
 
     /// Removes a flow and frees its counters; a flow that is already gone is not an error.

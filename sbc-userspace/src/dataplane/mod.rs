@@ -4,6 +4,7 @@ pub mod guard_maps;
 pub mod maps;
 pub mod pins;
 mod stats_slots;
+pub mod table_sizes;
 pub mod xdp;
 
 pub use dialog_events::DialogEvents;

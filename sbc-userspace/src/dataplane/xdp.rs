@@ -22,6 +22,7 @@ use super::{
     PinLayout,
     maps::{check_pinned, layout_difference},
     pins::pinned_xdp_link_ifindex,
+    table_sizes::{self, TableSizes},
 };
 use crate::config::{Config, XdpAttachMode, interface_index};
 
@@ -48,10 +49,21 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
             check_pinned(&path, name)?;
         }
     }
+    let sizes = TableSizes::of(config);
+    table_sizes::fit_pinned(layout, &sizes)?;
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL {
         loader.map_pin_path(name, layout.map(name));
+        if let Some(entries) = sizes.of_map(name) {
+            loader.map_max_entries(name, entries);
+        }
     }
+    info!(
+        flows = sizes.flows,
+        calls = sizes.calls,
+        counters_kib = sizes.counters_bytes(aya::util::nr_cpus().map_err(|(_, e)| e)?) >> 10,
+        "kernel tables sized from the media port range and limits"
+    );
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)

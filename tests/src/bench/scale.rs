@@ -59,6 +59,7 @@ fn session_count(daemon: &Daemon) -> anyhow::Result<u64> {
 pub fn sessions(daemon: &Daemon, count: u32) -> anyhow::Result<Vec<Measurement>> {
     let pid = daemon.pid().context("daemon not running")?;
     let before = resident_kib(pid)?;
+    let maps_idle = map_memory_bytes(pid)?;
     let started = Instant::now();
     let mut ids = Vec::new();
     for i in 0..count {
@@ -114,11 +115,19 @@ pub fn sessions(daemon: &Daemon, count: u32) -> anyhow::Result<Vec<Measurement>>
         Measurement::new(
             SECTION,
             system,
-            "kernel map memory (all maps)",
-            maps as f64 / (1024.0 * 1024.0),
+            "kernel map memory with no session",
+            maps_idle as f64 / (1024.0 * 1024.0),
             "MiB",
         )
-        .note("hash maps are preallocated: the same with no call or a full table"),
+        .note("all maps; the flow counters sized from the port range, the guard's for floods"),
+        Measurement::new(
+            SECTION,
+            system,
+            "kernel map memory per 1,000 media sessions",
+            (maps.saturating_sub(maps_idle)) as f64 / per_thousand / (1024.0 * 1024.0),
+            "MiB",
+        )
+        .note("flows allocated as sessions install them"),
     ])
 }
 
