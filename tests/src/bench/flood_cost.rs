@@ -6,7 +6,13 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 
-use super::{SystemUnderTest, report::Measurement};
+use sbc_common::maps::XDP_PROGRAM;
+
+use super::{
+    SystemUnderTest,
+    bpf_stats::{self, ProgramRuns},
+    report::Measurement,
+};
 use crate::{
     flood::{self, Flood, Mix},
     lab::{Lab, ROGUE},
@@ -17,21 +23,6 @@ const SECTION: &str = "Flood";
 pub const METRIC: &str = "CPU used during the flood";
 /// The XDP program's run time over the flood, against wall time.
 pub const XDP_METRIC: &str = "XDP program run time during the flood";
-/// The name the kernel gives the sbc's XDP program.
-const XDP_PROGRAM: &str = "sbc_xdp";
-
-/// The run time of every loaded sbc XDP program so far (counted while stats are enabled).
-fn xdp_run_time() -> anyhow::Result<Duration> {
-    let mut total = Duration::ZERO;
-    for program in aya::programs::loaded_programs() {
-        let program = program.context("listing the loaded BPF programs")?;
-        if program.name_as_str() == Some(XDP_PROGRAM) {
-            total += program.run_time();
-        }
-    }
-    Ok(total)
-}
-
 pub fn measure(
     lab: &Lab,
     system_under_test: &dyn SystemUnderTest,
@@ -41,11 +32,10 @@ pub fn measure(
     duration: Duration,
 ) -> anyhow::Result<Vec<Measurement>> {
     // Held for the measurement: the kernel counts program run time only while asked to.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .context("enabling BPF run-time statistics")?;
+    let _stats = bpf_stats::enable()?;
     let before = system_under_test.cpu_time()?;
     let verdicts_before = system_under_test.guard_verdicts();
-    let xdp_before = xdp_run_time()?;
+    let xdp_before = ProgramRuns::of(XDP_PROGRAM)?;
     let report = flood::start(
         &lab.rogue,
         SocketAddr::new(ROGUE.into(), 5060),
@@ -61,7 +51,7 @@ pub fn measure(
     .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?
     .context("flood")?;
     let used = system_under_test.cpu_time()? - before;
-    let xdp_used = xdp_run_time()? - xdp_before;
+    let xdp_used = ProgramRuns::of(XDP_PROGRAM)?.since(xdp_before).time;
     let verdicts: Vec<String> = system_under_test
         .guard_verdicts()
         .into_iter()

@@ -4,6 +4,7 @@
 //!
 //! The load generators run on CPU 0 and the system under test on CPU 1 (on a machine with at
 //! least two), so that each configuration gets the same one core.
+pub mod bpf_stats;
 pub mod calls;
 pub mod flood_cost;
 pub mod in_dialog;
@@ -540,52 +541,58 @@ fn relay_section(
             latency.insert((path, streams), [0.5, 0.99].map(|p| outcome.latency_us(p)));
         }
     }
+    // Saturation: each configuration as fast as the generator sends, and its own CPU per
+    // frame: the machine's less the generator's and sink's, measured alone first.
     let step = Duration::from_secs(if full { 4 } else { 2 });
+    let alone = relay::harness_alone(&mut harness, lab, step)?;
+    eprintln!(
+        "  generator and sink alone: {:.0} delivered/s, {:.0} ns per frame",
+        alone.delivered_pps(),
+        alone.cpu_ns_per_frame()
+    );
+    let harness_ns = alone.cpu_ns_per_frame();
+    rows.extend(relay::harness_rows(&alone));
     let saturation_streams = stream_counts.iter().copied().min().unwrap_or(1_000);
+    // The XDP relay also at every larger count, and in a full run at as many sessions as the
+    // benchmark's port range holds: its cost per frame against the number of flows.
+    let mut xdp_counts = stream_counts.to_vec();
+    if full {
+        xdp_counts.push(MAX_RELAY_STREAMS);
+    }
+    xdp_counts.sort_unstable();
+    xdp_counts.dedup();
     let mut saturation = std::collections::HashMap::new();
+    let mut per_core = std::collections::HashMap::new();
     for &path in &paths {
-        let Some(setup) = latched_setup(
-            &mut harness,
-            lab,
-            backend,
-            path,
-            saturation_streams,
-            &mut rows,
-        )?
-        else {
-            continue;
+        let counts = if path == relay::Path::Xdp {
+            xdp_counts.clone()
+        } else {
+            vec![saturation_streams]
         };
-        let mut best = 0.0f64;
-        let mut note = "the highest offered rate passed";
-        for rate in [100_000u64, 200_000, 400_000, 800_000, 1_600_000, 3_200_000] {
-            let outcome = relay::run(&mut harness, lab, &setup, rate, step)?;
+        for streams in counts {
+            let Some(setup) = latched_setup(&mut harness, lab, backend, path, streams, &mut rows)?
+            else {
+                continue;
+            };
+            let outcome = relay::unpaced(&mut harness, lab, &setup, step)?;
             eprintln!(
-                "  {} at {rate}/s: {:.0} delivered/s, loss {:.3} %",
+                "  {}, unpaced, {streams} streams: {:.0} delivered/s, loss {:.3} %",
                 path.label(),
                 outcome.delivered_pps(),
                 outcome.loss() * 100.0
             );
-            best = best.max(outcome.delivered_pps());
-            if outcome.generator_limited() {
-                note = "the generator was the limit";
-                break;
+            rows.extend(relay::unpaced_rows(path, streams, &outcome, harness_ns));
+            if streams != saturation_streams {
+                continue;
             }
-            if outcome.loss() > 0.01 {
-                note = "loss above 1 %";
-                break;
+            let relay_ns = outcome.cpu_ns_per_frame() - harness_ns;
+            saturation.insert(path, outcome.delivered_pps());
+            per_core.insert(path, 1e9 / relay_ns.max(1.0));
+            if path == relay::Path::Xdp {
+                let programs = relay::program_costs(&mut harness, lab, &setup, step)?;
+                rows.extend(relay::cost_rows(&programs, harness_ns, relay_ns));
             }
         }
-        saturation.insert(path, best);
-        rows.push(
-            Measurement::new(
-                RELAY,
-                format!("{}, saturation", path.label()),
-                "highest delivered rate",
-                best,
-                "packets/s",
-            )
-            .note(format!("{saturation_streams} streams; {note}")),
-        );
     }
     let relays = &paths[1..];
     // Added latency: a relay's latency less plain routing's over the same harness.
@@ -630,6 +637,20 @@ fn relay_section(
                 .note(
                     "whole machine, generator and sink included: the relays' own ratio is higher",
                 ),
+            );
+        }
+    }
+    for &path in paths.iter().filter(|&&p| p != relay::Path::Xdp) {
+        if let Some(relayed) = per_core.get(&path) {
+            rows.push(
+                Measurement::new(
+                    RELAY,
+                    format!("XDP / {}, per core", path.label()),
+                    relay::PER_CORE,
+                    per_core[&relay::Path::Xdp] / relayed,
+                    "x",
+                )
+                .note("frames one core relays at each one's own CPU per frame"),
             );
         }
     }

@@ -21,13 +21,20 @@ use aya::{
     util::nr_cpus,
 };
 use sbc::{api::contract::SessionInfo, media::session::Leg};
-use sbc_common::bench::{
-    FrameHeader, GENERATOR_PROGRAM, HEADER_MAP, LATENCY_BUCKETS, LATENCY_MAP, MAX_STREAMS,
-    RTP_OFFSET, SINK_MAP, SINK_PROGRAM, STREAM_COUNT_MAP, STREAMS_MAP, SinkCounters, Stream,
-    bucket_floor,
+use sbc_common::{
+    bench::{
+        FrameHeader, GENERATOR_PROGRAM, HEADER_MAP, LATENCY_BUCKETS, LATENCY_MAP, MAX_STREAMS,
+        RTP_OFFSET, SINK_MAP, SINK_PROGRAM, STREAM_COUNT_MAP, STREAMS_MAP, SinkCounters, Stream,
+        bucket_floor,
+    },
+    maps::XDP_PROGRAM,
 };
 
-use super::{SystemUnderTest, report::Measurement};
+use super::{
+    SystemUnderTest,
+    bpf_stats::{self, ProgramRuns},
+    report::Measurement,
+};
 use crate::{
     frames::UdpFrame,
     lab::{CALLEE, CALLER, Lab},
@@ -36,8 +43,9 @@ use crate::{
 
 /// Frames per live-frame batch (the kernel's maximum is 256; 64 is NAPI's budget).
 const LIVE_BATCH: u32 = 64;
-/// Frames per BPF_PROG_TEST_RUN call at most: the pacing granularity.
-const MAX_CALL: u64 = 4096;
+/// Frames per BPF_PROG_TEST_RUN call at most (~25 ms of frames at full speed): below the
+/// generator's full speed a call carries what is due, so frames go out smoothly.
+const MAX_CALL: u64 = 65_536;
 /// A G.711 stream: one frame every 20 ms.
 pub const STREAM_PPS: u64 = 50;
 
@@ -144,49 +152,79 @@ impl Harness {
 
     /// Sends `frames` frames (`frame` with ports and stamp filled in per stream) at `rate`
     /// frames/s, stopping at `limit` if they are not all out by then; returns how many were
-    /// sent.
-    fn send(
-        &mut self,
-        frame: &[u8],
-        rate: u64,
-        frames: u64,
-        limit: Duration,
-    ) -> anyhow::Result<u64> {
+    /// sent. `GENERATOR_THREADS` threads on the calling thread's CPU share the rate: each
+    /// BPF_PROG_TEST_RUN call ends with a wait off the CPU (`CALL_END_WAIT`), which one thread
+    /// would spend idle.
+    fn send(&self, frame: &[u8], rate: u64, frames: u64, limit: Duration) -> anyhow::Result<u64> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
         let ctx: Vec<u8> = [0, frame.len() as u32, 0, self.caller_ifindex, 0, 0]
             .iter()
             .flat_map(|v| v.to_ne_bytes())
             .collect();
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(GENERATOR_PROGRAM)
-            .unwrap()
-            .try_into()?;
-        netns::within(&self.caller_ns, || -> anyhow::Result<u64> {
-            let started = Instant::now();
-            let mut sent = 0u64;
-            loop {
-                let elapsed = started.elapsed();
-                if sent >= frames || elapsed >= limit {
-                    return Ok(sent);
-                }
-                let due = ((rate as f64 * elapsed.as_secs_f64()) as u64).min(frames);
-                if sent >= due {
-                    std::thread::sleep(Duration::from_micros(100));
-                    continue;
-                }
-                let batch = (due - sent).min(MAX_CALL) as u32;
-                let mut options = TestRunOptions::new();
-                options.data_in = Some(frame);
-                options.ctx_in = Some(&ctx);
-                options.repeat = batch;
-                options.attrs = TestRunAttrs::new().xdp_live_frames(LIVE_BATCH);
-                program
-                    .test_run(options)
-                    .context("BPF_PROG_TEST_RUN in live-frame mode")?;
-                sent += u64::from(batch);
-            }
-        })?
+        let program: &Xdp = self.ebpf.program(GENERATOR_PROGRAM).unwrap().try_into()?;
+        let threads = GENERATOR_THREADS;
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let senders: Vec<_> = (0..threads)
+                .map(|i| {
+                    // This thread's share: the rate and frames split evenly, the rest to the first.
+                    let share =
+                        |total: u64| total / threads + u64::from(i == 0) * (total % threads);
+                    let (rate, frames, ctx) = (share(rate).max(1), share(frames), &ctx);
+                    scope.spawn(move || {
+                        netns::within(&self.caller_ns, || {
+                            paced_runs(program, (frame, ctx), rate, frames, (started, limit))
+                        })?
+                    })
+                })
+                .collect();
+            senders
+                .into_iter()
+                .map(|sender| sender.join().expect("a generator thread panicked"))
+                .sum()
+        })
+    }
+}
+
+/// Generator threads: enough that one is always running while the others wait for their
+/// call's end (measured: one thread made 165,000 frames/s in calls of 4,096 frames, its CPU
+/// 90 % idle; four make 4.4 million in calls of 65,536, their CPU busy).
+const GENERATOR_THREADS: u64 = 4;
+
+/// How long a BPF_PROG_TEST_RUN call in live-frame mode waits before it returns, at most: its
+/// page pool is destroyed after an RCU grace period (25-140 ms on this VM). A thread sends
+/// that far ahead of its schedule, so that its frames are out by the end of the run.
+const CALL_END_WAIT: Duration = Duration::from_millis(150);
+
+/// One generator thread: `frames` frames at `rate` frames/s from `started`, until `limit`.
+fn paced_runs(
+    program: &Xdp,
+    (frame, ctx): (&[u8], &[u8]),
+    rate: u64,
+    frames: u64,
+    (started, limit): (Instant, Duration),
+) -> anyhow::Result<u64> {
+    let mut sent = 0u64;
+    loop {
+        let elapsed = started.elapsed();
+        if sent >= frames || elapsed >= limit {
+            return Ok(sent);
+        }
+        let due = ((rate as f64 * (elapsed + CALL_END_WAIT).as_secs_f64()) as u64).min(frames);
+        if sent >= due {
+            std::thread::sleep(Duration::from_micros(100));
+            continue;
+        }
+        let batch = (due - sent).min(MAX_CALL) as u32;
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.ctx_in = Some(ctx);
+        options.repeat = batch;
+        options.attrs = TestRunAttrs::new().xdp_live_frames(LIVE_BATCH);
+        program
+            .test_run(options)
+            .context("BPF_PROG_TEST_RUN in live-frame mode")?;
+        sent += u64::from(batch);
     }
 }
 
@@ -201,38 +239,46 @@ impl Drop for Harness {
     }
 }
 
-/// Busy CPU time of the whole machine, from /proc/stat (seconds). Per-process or softirq
-/// figures would miss work: the kernel runs the receive path of a frame the generator sends
-/// in the generator's own system call, on its way out.
-#[derive(Debug, Clone, Copy, Default)]
+/// Busy CPU time of each CPU, from /proc/stat (seconds). Per-process or softirq figures
+/// would miss work: the kernel runs the receive path of a frame the generator sends in the
+/// generator's own system call, on its way out.
+#[derive(Debug, Clone, Default)]
 struct MachineCpu {
-    busy: f64,
+    per_cpu: Vec<f64>,
 }
 
 impl MachineCpu {
     fn read() -> anyhow::Result<Self> {
         let stat = std::fs::read_to_string("/proc/stat")?;
-        let fields: Vec<f64> = stat
-            .lines()
-            .next()
-            .context("empty /proc/stat")?
-            .split_whitespace()
-            .skip(1)
-            .map(|f| f.parse().unwrap_or(0.0))
-            .collect();
-        ensure!(fields.len() >= 8, "short /proc/stat");
         // SAFETY: sysconf has no preconditions.
         let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        // user nice system idle iowait irq softirq steal
-        let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7];
-        Ok(Self {
-            busy: busy / per_sec,
-        })
+        let per_cpu = stat
+            .lines()
+            .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
+            .map(|line| {
+                let fields: Vec<f64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .map(|f| f.parse().unwrap_or(0.0))
+                    .collect();
+                ensure!(fields.len() >= 8, "short /proc/stat line: {line}");
+                // user nice system idle iowait irq softirq steal
+                let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7];
+                Ok(busy / per_sec)
+            })
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        ensure!(!per_cpu.is_empty(), "no CPU in /proc/stat");
+        Ok(Self { per_cpu })
     }
 
-    fn since(self, before: Self) -> Self {
+    fn since(&self, before: &Self) -> Self {
         Self {
-            busy: self.busy - before.busy,
+            per_cpu: self
+                .per_cpu
+                .iter()
+                .zip(&before.per_cpu)
+                .map(|(now, then)| now - then)
+                .collect(),
         }
     }
 }
@@ -274,7 +320,10 @@ pub struct Outcome {
     pub sent: u64,
     pub delivered: u64,
     pub seconds: f64,
+    /// Busy CPU-seconds of the whole machine.
     pub cpu_busy: f64,
+    /// Each CPU's busy share of the run (0..1).
+    pub cpu_shares: Vec<f64>,
     /// CPU seconds of the relay's processes (none for plain routing).
     pub relay_cpu: Option<f64>,
     pub histogram: Vec<u64>,
@@ -308,6 +357,11 @@ impl Outcome {
             }
         }
         f64::NAN
+    }
+
+    /// Machine CPU nanoseconds per delivered frame.
+    pub fn cpu_ns_per_frame(&self) -> f64 {
+        self.cpu_busy * 1e9 / self.delivered.max(1) as f64
     }
 
     /// Machine CPU seconds per million delivered frames.
@@ -383,7 +437,7 @@ pub fn run(
     duration: Duration,
 ) -> anyhow::Result<Outcome> {
     let frames = (rate as f64 * duration.as_secs_f64()) as u64;
-    run_frames(harness, lab, setup, rate, frames, duration)
+    run_frames(harness, lab, setup, rate, frames, duration + CALL_END_WAIT)
 }
 
 /// Sends `frames` frames of `setup`'s streams at `rate` frames/s, within `limit`.
@@ -405,7 +459,7 @@ fn run_frames(
     // Frames still in flight (queued in the userspace relay) arrive shortly after.
     std::thread::sleep(Duration::from_millis(200));
     let seconds = started.elapsed().as_secs_f64() - 0.2;
-    let machine = MachineCpu::read()?.since(machine_before);
+    let machine = MachineCpu::read()?.since(&machine_before);
     let relay_cpu = match (&setup.relay, relay_before) {
         (Some(relay), Some(before)) => Some((relay.cpu_time()? - before).as_secs_f64()),
         _ => None,
@@ -416,7 +470,8 @@ fn run_frames(
         sent,
         delivered: counters.packets,
         seconds,
-        cpu_busy: machine.busy,
+        cpu_busy: machine.per_cpu.iter().sum(),
+        cpu_shares: machine.per_cpu.iter().map(|busy| busy / seconds).collect(),
         relay_cpu,
         histogram,
     })
@@ -441,6 +496,71 @@ pub fn latch(harness: &mut Harness, lab: &Lab, setup: &Setup) -> anyhow::Result<
         setup.path.label(),
         link_report(lab)
     )
+}
+
+/// An offered rate no run reaches: as fast as the generator sends.
+const UNPACED: u64 = 1 << 40;
+
+/// `setup`'s streams as fast as the generator sends them, for `duration`.
+pub fn unpaced(
+    harness: &mut Harness,
+    lab: &Lab,
+    setup: &Setup,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    run_frames(harness, lab, setup, UNPACED, u64::MAX / 2, duration)
+}
+
+/// The generator and the sink alone, unpaced: the sink, attached to the sbc's receiving
+/// interface too, ends every frame at the first hop. pub0 must have no other XDP program.
+pub fn harness_alone(
+    harness: &mut Harness,
+    lab: &Lab,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    fn sink(harness: &mut Harness) -> anyhow::Result<&mut Xdp> {
+        Ok(harness.ebpf.program_mut(SINK_PROGRAM).unwrap().try_into()?)
+    }
+    let program = sink(harness)?;
+    let link = netns::within(&lab.sbc.name, || program.attach("pub0", XdpMode::Driver))?
+        .context("attaching the sink to the sbc's pub0")?;
+    let setup = Setup {
+        path: Path::Routing,
+        relay: None,
+        streams: routed_streams(1_000),
+        destination: CALLEE,
+    };
+    let outcome = unpaced(harness, lab, &setup, duration);
+    let program = sink(harness)?;
+    netns::within(&lab.sbc.name, || program.detach(link))?
+        .context("detaching the sink from the sbc's pub0")?;
+    outcome
+}
+
+/// Each program's time per frame over an unpaced run of `setup` (`bpf_stats`, which adds two
+/// clock reads to every run, so the run's rate is not reported): the generator's, the
+/// sink's, and the sbc's where it runs.
+pub fn program_costs(
+    harness: &mut Harness,
+    lab: &Lab,
+    setup: &Setup,
+    duration: Duration,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let _stats = bpf_stats::enable()?;
+    let names = [GENERATOR_PROGRAM, XDP_PROGRAM, SINK_PROGRAM];
+    let before = names
+        .iter()
+        .map(|name| ProgramRuns::of(name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    unpaced(harness, lab, setup, duration)?;
+    let mut costs = Vec::new();
+    for (name, before) in names.into_iter().zip(before) {
+        let runs = ProgramRuns::of(name)?.since(before);
+        if runs.count > 0 {
+            costs.push((name, runs.ns_per_run()));
+        }
+    }
+    Ok(costs)
 }
 
 /// The lab links' counters on the generator's path, for a failure message.
@@ -501,6 +621,141 @@ pub fn paced_rows(path: Path, streams: u32, outcome: &Outcome) -> Vec<Measuremen
             )
             .note("the relay's own processes; the XDP program runs in the kernel, counted in machine CPU"),
         );
+    }
+    rows
+}
+
+/// What limited an unpaced run, and how busy each CPU was.
+fn limited_by(path: Path, outcome: &Outcome) -> String {
+    let shares = outcome
+        .cpu_shares
+        .iter()
+        .enumerate()
+        .map(|(cpu, share)| format!("CPU {cpu} {:.0} %", share * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The generator runs on the first CPU (`pin_load_generators`).
+    let generator_core_full = outcome
+        .cpu_shares
+        .first()
+        .is_some_and(|&share| share >= 0.9);
+    let who = if outcome.loss() > 0.01 {
+        format!(
+            "the relay (it dropped {:.1} % of the frames)",
+            outcome.loss() * 100.0
+        )
+    } else if generator_core_full {
+        match path {
+            Path::Routing | Path::Xdp => {
+                "the generator's core, where the relay runs too (inline in the generator's call)"
+                    .to_owned()
+            }
+            Path::Userspace | Path::Rtpengine => "the generator's core".to_owned(),
+        }
+    } else {
+        "neither core was full".to_owned()
+    };
+    format!("limited by {who}; {shares}")
+}
+
+/// The generator and sink alone: the harness' ceiling on one core, and its CPU per frame,
+/// which the relays' shares leave out.
+pub fn harness_rows(outcome: &Outcome) -> Vec<Measurement> {
+    let subject = "generator and sink alone (no relay)";
+    vec![
+        Measurement::new(
+            SECTION,
+            subject,
+            "delivered",
+            outcome.delivered_pps(),
+            "packets/s",
+        )
+        .note(format!(
+            "unpaced, {GENERATOR_THREADS} generator threads on one core; {}",
+            limited_by(Path::Routing, outcome)
+        )),
+        Measurement::new(
+            SECTION,
+            subject,
+            "CPU per frame",
+            outcome.cpu_ns_per_frame(),
+            "ns",
+        ),
+    ]
+}
+
+/// An unpaced run through `path`: what got through and what limited it, and the relay's own
+/// CPU per frame (the machine's less the harness', measured alone) with the rate one core
+/// would relay at that cost.
+pub fn unpaced_rows(
+    path: Path,
+    streams: u32,
+    outcome: &Outcome,
+    harness_ns: f64,
+) -> Vec<Measurement> {
+    let subject = format!("{}, unpaced, {streams} streams", path.label());
+    let relay_ns = (outcome.cpu_ns_per_frame() - harness_ns).max(1.0);
+    let per_core = 1e9 / relay_ns;
+    let row = |metric, value, unit| Measurement::new(SECTION, subject.clone(), metric, value, unit);
+    vec![
+        row("delivered", outcome.delivered_pps(), "packets/s").note(format!(
+            "as fast as the generator sends; {}",
+            limited_by(path, outcome)
+        )),
+        row("loss", outcome.loss() * 100.0, "%"),
+        row(RELAY_NS, relay_ns, "ns")
+            .note("machine CPU per delivered frame less the generator's and sink's alone"),
+        row(PER_CORE, per_core, "packets/s"),
+        row(
+            "concurrent 50 pps streams per core",
+            per_core / STREAM_PPS as f64,
+            "streams",
+        )
+        .note("one direction each: a call is two"),
+    ]
+}
+
+/// Relay CPU per frame: the machine's less the harness'.
+pub const RELAY_NS: &str = "relay CPU per frame";
+/// Frames one core relays at the relay's CPU per frame.
+pub const PER_CORE: &str = "relayed per core";
+
+/// Where the nanoseconds of a relayed frame go: each program's own time (bpf_stats) and the
+/// kernel's path around them.
+pub fn cost_rows(programs: &[(&str, f64)], harness_ns: f64, xdp_relay_ns: f64) -> Vec<Measurement> {
+    let row = |part: String, value, note: &str| {
+        Measurement::new(
+            SECTION,
+            format!("where a frame's time goes: {part}"),
+            "time per frame",
+            value,
+            "ns",
+        )
+        .note(note)
+    };
+    let program = |name: &str| {
+        programs
+            .iter()
+            .find(|(program, _)| *program == name)
+            .map(|(_, ns)| *ns)
+    };
+    let mut rows: Vec<Measurement> = programs
+        .iter()
+        .map(|(name, ns)| row(format!("program {name}"), *ns, "bpf_stats run time per run"))
+        .collect();
+    if let Some(relay_program) = program(XDP_PROGRAM) {
+        rows.push(row(
+            "kernel around sbc_xdp".into(),
+            xdp_relay_ns - relay_program,
+            "XDP relay CPU per frame less sbc_xdp: veth receive, redirect, transmit",
+        ));
+    }
+    if let (Some(generate), Some(sink)) = (program(GENERATOR_PROGRAM), program(SINK_PROGRAM)) {
+        rows.push(row(
+            "kernel around the harness' programs".into(),
+            harness_ns - generate - sink,
+            "the harness' CPU per frame less its programs: test run, one veth hop, page pool",
+        ));
     }
     rows
 }
