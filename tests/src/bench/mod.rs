@@ -186,22 +186,26 @@ fn sbc(
 }
 
 /// Sessions (and relay streams) of the full run's scale tests: 10,000, as the issue asks,
-/// where the daemon can have the descriptors. Every media port is a socket and a session
-/// takes two, so 10,000 sessions need more than 20,000 descriptors: the daemon raises its hard
-/// limit where it may (CAP_SYS_RESOURCE), as this process tries here for it to inherit. Under a
-/// lower hard limit that cannot be raised, the most whole thousands that fit.
+/// where the daemon can have the descriptors (`sessions_that_fit`).
 fn full_sessions() -> u32 {
-    const WANTED: u32 = 10_000;
+    sessions_that_fit(10_000)
+}
+
+/// `wanted` sessions where the daemon can have the descriptors, else the most whole thousands
+/// that fit. Every media port is a socket and a session takes two, so 10,000 sessions need more
+/// than 20,000 descriptors: the daemon raises its hard limit where it may (CAP_SYS_RESOURCE),
+/// as this process tries here for it to inherit.
+fn sessions_that_fit(wanted: u32) -> u32 {
     // The daemon's own descriptors besides media: maps, listeners, API, logs.
     const OTHER_DESCRIPTORS: u64 = 2_000;
-    let needed = u64::from(WANTED) * 2 + OTHER_DESCRIPTORS;
+    let needed = u64::from(wanted) * 2 + OTHER_DESCRIPTORS;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return WANTED;
+        return wanted;
     }
     if limit.rlim_max < needed {
         let raised = libc::rlimit {
@@ -210,11 +214,11 @@ fn full_sessions() -> u32 {
         };
         // SAFETY: a valid rlimit; refused without CAP_SYS_RESOURCE, which the fallback covers.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return WANTED;
+            return wanted;
         }
     }
     let fit = limit.rlim_max.saturating_sub(OTHER_DESCRIPTORS) / 2 / 1_000 * 1_000;
-    fit.min(u64::from(WANTED)) as u32
+    fit.min(u64::from(wanted)) as u32
 }
 
 /// Admission off: call setup is measured, not the limits.
@@ -554,10 +558,11 @@ fn relay_section(
     rows.extend(relay::harness_rows(&alone));
     let saturation_streams = stream_counts.iter().copied().min().unwrap_or(1_000);
     // The XDP relay also at every larger count, and in a full run at as many sessions as the
-    // benchmark's port range holds: its cost per frame against the number of flows.
+    // benchmark's port range holds (or the descriptor limit lets the daemon open): its cost
+    // per frame against the number of flows.
     let mut xdp_counts = stream_counts.to_vec();
     if full {
-        xdp_counts.push(MAX_RELAY_STREAMS);
+        xdp_counts.push(sessions_that_fit(MAX_RELAY_STREAMS));
     }
     xdp_counts.sort_unstable();
     xdp_counts.dedup();
