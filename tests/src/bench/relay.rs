@@ -741,7 +741,14 @@ pub fn cost_rows(programs: &[(&str, f64)], harness_ns: f64, xdp_relay_ns: f64) -
     };
     let mut rows: Vec<Measurement> = programs
         .iter()
-        .map(|(name, ns)| row(format!("program {name}"), *ns, "bpf_stats run time per run"))
+        .map(|(name, ns)| {
+            row(
+                format!("program {name}"),
+                *ns,
+                "bpf_stats run time per run: includes part of the kernel's two clock reads \
+                 around each run (slow under kvm-clock)",
+            )
+        })
         .collect();
     if let Some(relay_program) = program(XDP_PROGRAM) {
         rows.push(row(
