@@ -402,6 +402,25 @@ format = "{log_format}"
         Ok(serde_json::from_slice(&output.stdout)?)
     }
 
+    /// bpftool's JSON of `bpftool map <verb> pinned` on this daemon's pinned map `map`
+    /// (`show`: its layout; `dump`: its entries, named by BTF).
+    pub fn bpftool_map(&self, verb: &str, map: &str) -> anyhow::Result<Value> {
+        let path = self.pin_dir.join(map);
+        let output = Command::new("bpftool")
+            .args(["-j", "map", verb, "pinned"])
+            .arg(&path)
+            .output()
+            .context("bpftool is installed (`cargo xtask setup`)")?;
+        if !output.status.success() {
+            bail!(
+                "bpftool map {verb} on {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
     /// Every event so far, once `count` events named `name` are among them (or at `limit`).
     pub fn events_once(&self, name: &str, count: usize, limit: Duration) -> Vec<Event> {
         let deadline = Instant::now() + limit;

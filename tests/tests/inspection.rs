@@ -1,14 +1,11 @@
 //! The pinned maps can be read by an operator: bpftool prints the flows with named fields
 //! (BTF), and `sbc maps` prints the same table with the daemon stopped.
-use std::process::Command;
-
 use sbc_tests::{
     calls::open_calls,
     daemon::{Daemon, DaemonOptions},
     lab::Lab,
     privileges::require_lab_privileges,
 };
-use serde_json::Value;
 
 #[test]
 fn bpftool_and_sbc_maps_show_the_flows() {
@@ -18,18 +15,9 @@ fn bpftool_and_sbc_maps_show_the_flows() {
     let opened = open_calls(&daemon, 0..2, false).expect("sessions");
     daemon.stop().expect("clean stop");
 
-    let flows = daemon.pin_dir.join("SBC_FLOWS");
-    let output = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&flows)
-        .output()
-        .expect("bpftool is installed (`cargo xtask setup`)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let dump: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    let dump = daemon
+        .bpftool_map("dump", "SBC_FLOWS")
+        .expect("bpftool dumps the flows");
     let entries = dump.as_array().expect("entries");
     assert_eq!(entries.len(), 8, "two sessions of four flows: {dump}");
     for entry in entries {

@@ -8,7 +8,7 @@ use sbc_tests::{
     daemon::{Daemon, DaemonOptions},
     lab::Lab,
     privileges::require_lab_privileges,
-    rtp::Traffic,
+    rtp::{Traffic, TrafficReport},
 };
 use serde_json::Value;
 
@@ -70,13 +70,7 @@ fn media_survives_kill_9_and_a_restarted_daemon_adopts_and_ends_the_sessions() {
         "the restarted daemon lists other sessions"
     );
     let report = traffic.finish().expect("traffic");
-    for direction in [report.caller_to_callee(), report.callee_to_caller()] {
-        assert!(
-            direction.delivered() >= 0.999,
-            "media was lost across the crash: {direction:?}\n{}",
-            daemon.log()
-        );
-    }
+    assert_media_kept(&report, "the crash", &daemon);
 
     for id in &ids {
         let response = daemon
@@ -272,19 +266,21 @@ fn a_restarted_daemon_reattaches_xdp_to_a_recreated_interface() {
 
 /// `max_entries` of a pinned map, as bpftool reads it.
 fn pinned_capacity(daemon: &Daemon, map: &str) -> u64 {
-    let path = daemon.pin_dir.join(map);
-    let output = std::process::Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(&path)
-        .output()
-        .expect("bpftool is installed (`cargo xtask setup`)");
-    assert!(
-        output.status.success(),
-        "bpftool on {}: {output:?}",
-        path.display()
-    );
-    let shown: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    let shown = daemon
+        .bpftool_map("show", map)
+        .expect("bpftool shows the map");
     shown["max_entries"].as_u64().expect("max_entries")
+}
+
+/// Every frame of `report` delivered both ways (at least 99.9 %), across `what`.
+fn assert_media_kept(report: &TrafficReport, what: &str, daemon: &Daemon) {
+    for direction in [report.caller_to_callee(), report.callee_to_caller()] {
+        assert!(
+            direction.delivered() >= 0.999,
+            "media was lost across {what}: {direction:?}\n{}",
+            daemon.log()
+        );
+    }
 }
 
 /// The kernel tables are as large as the port range makes them (10,000 ports on each of two
@@ -330,13 +326,7 @@ fn the_kernel_tables_follow_the_port_range_and_a_resize_never_costs_a_call() {
         daemon.log()
     );
     let report = traffic.finish().expect("traffic");
-    for direction in [report.caller_to_callee(), report.callee_to_caller()] {
-        assert!(
-            direction.delivered() >= 0.999,
-            "media was lost across the restart: {direction:?}\n{}",
-            daemon.log()
-        );
-    }
+    assert_media_kept(&report, "the restart", &daemon);
 
     for id in ids {
         let response = daemon

@@ -117,15 +117,20 @@ fn pinned_size(path: &Path) -> anyhow::Result<u32> {
 /// calls. The old program keeps its copies until its links take the new program.
 pub fn fit_pinned(layout: &PinLayout, sizes: &TableSizes) -> anyhow::Result<()> {
     for group in SIZED {
-        let mut differing = Vec::new();
+        // The group's first pinned table of another size, if any.
+        let mut differing = None;
         for &name in group.maps {
             let path = layout.map(name);
             let wanted = sizes.of_map(name).expect("every sized map has a size");
-            if path.exists() && pinned_size(&path)? != wanted {
-                differing.push((name, pinned_size(&path)?, wanted));
+            if path.exists() {
+                let pinned = pinned_size(&path)?;
+                if pinned != wanted {
+                    differing = Some((name, pinned, wanted));
+                    break;
+                }
             }
         }
-        let Some(&(first, pinned, wanted)) = differing.first() else {
+        let Some((first, pinned, wanted)) = differing else {
             continue;
         };
         if (group.holds_calls)(&layout.map(group.maps[0]))? {

@@ -541,7 +541,7 @@ fn relay_section(
                 outcome.loss() * 100.0
             );
             rows.extend(relay::paced_rows(path, streams, &outcome));
-            per_million.insert((path, streams), outcome.cpu_per_million(outcome.cpu_busy));
+            per_million.insert((path, streams), outcome.cpu_per_million(outcome.cpu_busy()));
             latency.insert((path, streams), [0.5, 0.99].map(|p| outcome.latency_us(p)));
         }
     }
@@ -590,11 +590,11 @@ fn relay_section(
             if streams != saturation_streams {
                 continue;
             }
-            let relay_ns = outcome.cpu_ns_per_frame() - harness_ns;
             saturation.insert(path, outcome.delivered_pps());
-            per_core.insert(path, 1e9 / relay_ns.max(1.0));
+            per_core.insert(path, outcome.relayed_per_core(harness_ns));
             if path == relay::Path::Xdp {
                 let programs = relay::program_costs(&mut harness, lab, &setup, step)?;
+                let relay_ns = outcome.relay_ns_per_frame(harness_ns);
                 rows.extend(relay::cost_rows(&programs, harness_ns, relay_ns));
             }
         }

@@ -320,10 +320,8 @@ pub struct Outcome {
     pub sent: u64,
     pub delivered: u64,
     pub seconds: f64,
-    /// Busy CPU-seconds of the whole machine.
-    pub cpu_busy: f64,
-    /// Each CPU's busy share of the run (0..1).
-    pub cpu_shares: Vec<f64>,
+    /// Busy CPU-seconds of each CPU over the run.
+    pub busy_by_cpu: Vec<f64>,
     /// CPU seconds of the relay's processes (none for plain routing).
     pub relay_cpu: Option<f64>,
     pub histogram: Vec<u64>,
@@ -359,9 +357,25 @@ impl Outcome {
         f64::NAN
     }
 
+    /// Busy CPU-seconds of the whole machine.
+    pub fn cpu_busy(&self) -> f64 {
+        self.busy_by_cpu.iter().sum()
+    }
+
     /// Machine CPU nanoseconds per delivered frame.
     pub fn cpu_ns_per_frame(&self) -> f64 {
-        self.cpu_busy * 1e9 / self.delivered.max(1) as f64
+        self.cpu_busy() * 1e9 / self.delivered.max(1) as f64
+    }
+
+    /// The relay's own CPU per frame: the machine's less `harness_ns`, the generator's and
+    /// sink's alone.
+    pub fn relay_ns_per_frame(&self, harness_ns: f64) -> f64 {
+        (self.cpu_ns_per_frame() - harness_ns).max(1.0)
+    }
+
+    /// Frames one core would relay at the relay's own CPU per frame.
+    pub fn relayed_per_core(&self, harness_ns: f64) -> f64 {
+        1e9 / self.relay_ns_per_frame(harness_ns)
     }
 
     /// Machine CPU seconds per million delivered frames.
@@ -470,8 +484,7 @@ fn run_frames(
         sent,
         delivered: counters.packets,
         seconds,
-        cpu_busy: machine.per_cpu.iter().sum(),
-        cpu_shares: machine.per_cpu.iter().map(|busy| busy / seconds).collect(),
+        busy_by_cpu: machine.per_cpu,
         relay_cpu,
         histogram,
     })
@@ -607,7 +620,7 @@ pub fn paced_rows(path: Path, streams: u32, outcome: &Outcome) -> Vec<Measuremen
         row("latency p99.9", outcome.latency_us(0.999), "us"),
         row(
             "machine CPU per million packets",
-            outcome.cpu_per_million(outcome.cpu_busy),
+            outcome.cpu_per_million(outcome.cpu_busy()),
             "s",
         )
         .note("generator and sink included (the same in every configuration)"),
@@ -625,20 +638,22 @@ pub fn paced_rows(path: Path, streams: u32, outcome: &Outcome) -> Vec<Measuremen
     rows
 }
 
-/// What limited an unpaced run, and how busy each CPU was.
-fn limited_by(path: Path, outcome: &Outcome) -> String {
+/// What limited an unpaced run through `path` (`None`: no relay, the harness alone), and how
+/// busy each CPU was.
+fn limited_by(path: Option<Path>, outcome: &Outcome) -> String {
+    let share = |busy: f64| busy / outcome.seconds;
     let shares = outcome
-        .cpu_shares
+        .busy_by_cpu
         .iter()
         .enumerate()
-        .map(|(cpu, share)| format!("CPU {cpu} {:.0} %", share * 100.0))
+        .map(|(cpu, &busy)| format!("CPU {cpu} {:.0} %", share(busy) * 100.0))
         .collect::<Vec<_>>()
         .join(", ");
     // The generator runs on the first CPU (`pin_load_generators`).
     let generator_core_full = outcome
-        .cpu_shares
+        .busy_by_cpu
         .first()
-        .is_some_and(|&share| share >= 0.9);
+        .is_some_and(|&busy| share(busy) >= 0.9);
     let who = if outcome.loss() > 0.01 {
         format!(
             "the relay (it dropped {:.1} % of the frames)",
@@ -646,11 +661,11 @@ fn limited_by(path: Path, outcome: &Outcome) -> String {
         )
     } else if generator_core_full {
         match path {
-            Path::Routing | Path::Xdp => {
+            Some(Path::Routing | Path::Xdp) => {
                 "the generator's core, where the relay runs too (inline in the generator's call)"
                     .to_owned()
             }
-            Path::Userspace | Path::Rtpengine => "the generator's core".to_owned(),
+            Some(Path::Userspace | Path::Rtpengine) | None => "the generator's core".to_owned(),
         }
     } else {
         "neither core was full".to_owned()
@@ -672,7 +687,7 @@ pub fn harness_rows(outcome: &Outcome) -> Vec<Measurement> {
         )
         .note(format!(
             "unpaced, {GENERATOR_THREADS} generator threads on one core; {}",
-            limited_by(Path::Routing, outcome)
+            limited_by(None, outcome)
         )),
         Measurement::new(
             SECTION,
@@ -694,16 +709,15 @@ pub fn unpaced_rows(
     harness_ns: f64,
 ) -> Vec<Measurement> {
     let subject = format!("{}, unpaced, {streams} streams", path.label());
-    let relay_ns = (outcome.cpu_ns_per_frame() - harness_ns).max(1.0);
-    let per_core = 1e9 / relay_ns;
+    let per_core = outcome.relayed_per_core(harness_ns);
     let row = |metric, value, unit| Measurement::new(SECTION, subject.clone(), metric, value, unit);
     vec![
         row("delivered", outcome.delivered_pps(), "packets/s").note(format!(
             "as fast as the generator sends; {}",
-            limited_by(path, outcome)
+            limited_by(Some(path), outcome)
         )),
         row("loss", outcome.loss() * 100.0, "%"),
-        row(RELAY_NS, relay_ns, "ns")
+        row(RELAY_NS, outcome.relay_ns_per_frame(harness_ns), "ns")
             .note("machine CPU per delivered frame less the generator's and sink's alone"),
         row(PER_CORE, per_core, "packets/s"),
         row(
