@@ -216,7 +216,7 @@ impl MediaPlane {
         if seen != 0 {
             session.quiet_since_ns = seen;
         }
-        state.sessions.insert(id, session);
+        state.sessions.insert(id, Box::new(session));
         Ok(())
     }
 

@@ -131,8 +131,10 @@ impl Session {
 }
 
 pub(super) struct State {
-    pub sessions: BTreeMap<u32, Session>,
-    pub flows: HashMap<FlowKey, FlowEntry>,
+    /// Boxed, as the flows: a table grows by doubling, and its empty slots then cost a pointer
+    /// each rather than a whole entry (a few hundred bytes a session at any count).
+    pub sessions: BTreeMap<u32, Box<Session>>,
+    pub flows: HashMap<FlowKey, Box<FlowEntry>>,
     pub kernel: Option<FlowMaps>,
     pub next_id: u32,
 }
@@ -450,7 +452,7 @@ impl MediaPlane {
         let now = monotonic_ns();
         state.sessions.insert(
             id,
-            Session {
+            Box::new(Session {
                 rtcp_mux: spec.rtcp_mux,
                 legs: [a.leg, b.leg],
                 created_ns: now,
@@ -460,7 +462,7 @@ impl MediaPlane {
                 of_call,
                 relays,
                 audio: AudioState::default(),
-            },
+            }),
         );
         let info = self.info_locked(&state, id, monotonic_ns());
         drop(state);
@@ -486,18 +488,15 @@ impl MediaPlane {
             .map(|new| {
                 state.flows.insert(
                     new.key,
-                    FlowEntry {
+                    Box::new(FlowEntry {
                         flow: new.flow,
                         learning: Learning::new(new.expected),
                         out: new.out,
                         counters: UserCounters::default(),
-                    },
+                    }),
                 );
                 let (plane, key) = (Arc::clone(self), new.key);
-                relay::spawn(
-                    new.own,
-                    Box::new(move |src, len| plane.on_packet(&key, src, len)),
-                )
+                relay::spawn(new.own, move |src, len| plane.on_packet(&key, src, len))
             })
             .collect()
     }

@@ -3,8 +3,10 @@
 //!
 //! A task holds no buffer while it waits: it waits for its socket to be readable, then reads
 //! what is there into its worker thread's one buffer and relays it at once, without awaiting.
-//! A port costs its task and its socket, not a datagram's worth of memory (four ports a call).
-use std::{cell::RefCell, io, net::SocketAddr, sync::Arc, time::Duration};
+//! A port costs its task and its socket, not a datagram's worth of memory (four ports a call),
+//! and the task is kept small: its decision is held inline, not boxed, and it awaits nothing
+//! but its socket (a timer's state would double the task).
+use std::{cell::RefCell, io, net::SocketAddr, sync::Arc};
 
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -24,29 +26,33 @@ thread_local! {
 
 /// Where a datagram of `len` bytes from `src` goes: out of which socket, to whom (`None`:
 /// dropped). The media plane decides (`MediaPlane::on_packet`).
-pub(super) type Decide =
-    Box<dyn Fn(SocketAddr, usize) -> Option<(Arc<MediaSocket>, SocketAddr)> + Send + Sync>;
+pub(super) trait Decide:
+    Fn(SocketAddr, usize) -> Option<(Arc<MediaSocket>, SocketAddr)> + Send + Sync + 'static
+{
+}
 
-pub(super) fn spawn(socket: Arc<MediaSocket>, decide: Decide) -> JoinHandle<()> {
+impl<F> Decide for F where
+    F: Fn(SocketAddr, usize) -> Option<(Arc<MediaSocket>, SocketAddr)> + Send + Sync + 'static
+{
+}
+
+pub(super) fn spawn(socket: Arc<MediaSocket>, decide: impl Decide) -> JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
-            if let Err(e) = socket.readable().await {
-                // Not expected on a bound UDP socket; back off rather than spin.
-                debug!("media socket failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
+        // Waiting fails only once the runtime's I/O driver is gone (the daemon is stopping):
+        // nothing is left to relay.
+        while let Ok(()) = socket.readable().await {
             // Past a batch the socket stays readable, and tokio's budget for the task makes
             // the next wait yield to the others in time.
             RECEIVED.with_borrow_mut(|buffer| relay_waiting(&socket, &decide, buffer));
         }
+        debug!("media relay task ends: the runtime is shutting down");
     })
 }
 
 /// Relays up to `BATCH` datagrams waiting on `socket`. A datagram the other leg's socket
 /// cannot take at once (its send buffer full) is dropped, as a router drops: waiting for it
 /// would hold every later packet of the stream back.
-fn relay_waiting(socket: &MediaSocket, decide: &Decide, buffer: &mut [u8]) {
+fn relay_waiting(socket: &MediaSocket, decide: &impl Decide, buffer: &mut [u8]) {
     for _ in 0..BATCH {
         let (len, src) = match socket.try_recv_from(buffer) {
             Ok(received) => received,
