@@ -202,7 +202,11 @@ pub struct Flow {
     pub session_id: u32,
     pub leg: u8,
     pub stream: u8,
-    pub _pad: [u8; 2],
+    /// Changes with every write of the flow by the daemon (`FlowMaps`), so that a next-hop memo
+    /// made for an earlier value (another destination) is not used: the memo is checked
+    /// against it instead of against both addresses. Wraps; a flow is not rewritten 65,536
+    /// times within a memo's life.
+    pub generation: u16,
     /// This flow's entry in the per-CPU counters (`SBC_FLOW_STATS`, an array): an array slot
     /// costs the program far less per packet than a second hash lookup by key. The daemon
     /// assigns it, one per installed flow.
@@ -275,7 +279,8 @@ pub fn check_source(flow: &Flow, src: &IpAddress, src_port_be: u16) -> SourceChe
 }
 
 /// Per-CPU counters of one flow, written only by the XDP program (packets it forwarded or
-/// dropped); the daemon sums them over CPUs. Host byte order.
+/// dropped); the daemon sums them over CPUs. Host byte order. One cache line: the relay touches
+/// all of it for every packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -296,40 +301,32 @@ pub const NEXT_HOP_MEMO_NS: u64 = 250_000_000;
 
 /// A next hop the relay looked up for a flow, so that `bpf_fib_lookup` (the largest part of
 /// the per-packet cost) runs a few times a second per flow instead of for every packet. It is
-/// used only for the same addresses and ingress it was found for, for frames no longer than
-/// one that passed the MTU check, and until `until_ns`.
+/// used only for the flow's value it was found for (`Flow::generation`: the same addresses),
+/// for the same ingress, for frames no longer than one that passed the MTU check, and until
+/// `until_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct NextHopMemo {
     /// 0: empty.
     pub until_ns: u64,
-    pub src: IpAddress,
-    pub dst: IpAddress,
+    /// `Flow::generation` of the value it was found for.
+    pub generation: u16,
+    /// The IP length (IPv4 total length, IPv6 payload length) that passed the MTU check.
+    pub max_len: u16,
     pub ingress_ifindex: u32,
     pub egress_ifindex: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    /// The IP length (IPv4 total length, IPv6 payload length) that passed the MTU check.
-    pub max_len: u16,
-    pub _pad: [u8; 2],
 }
 
 impl NextHopMemo {
-    /// Whether the memo answers for a frame of `len` bytes from `src` to `dst` that arrived
-    /// on `ingress` at `now_ns`.
+    /// Whether the memo answers for a frame of `len` bytes of the flow's value `generation`
+    /// that arrived on `ingress` at `now_ns`.
     #[inline(always)]
-    pub fn answers(
-        &self,
-        src: &IpAddress,
-        dst: &IpAddress,
-        ingress: u32,
-        len: u16,
-        now_ns: u64,
-    ) -> bool {
+    pub fn answers(&self, generation: u16, ingress: u32, len: u16, now_ns: u64) -> bool {
         now_ns < self.until_ns
-            && self.src == *src
-            && self.dst == *dst
+            && self.generation == generation
             && self.ingress_ifindex == ingress
             && len <= self.max_len
     }
@@ -351,8 +348,8 @@ impl FlowStats {
 const _: () = assert!(core::mem::size_of::<IpAddress>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Flow>() == 68);
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 96);
-const _: () = assert!(core::mem::size_of::<NextHopMemo>() == 64);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 64);
+const _: () = assert!(core::mem::size_of::<NextHopMemo>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -381,7 +378,7 @@ mod tests {
             session_id: 1,
             leg: LEG_A,
             stream: STREAM_RTP,
-            _pad: [0; 2],
+            generation: 0,
             stats_slot: 0,
         }
     }

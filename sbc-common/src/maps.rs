@@ -2,7 +2,8 @@
 
 /// Version of the map layout. Pins live under `<bpffs>/sbc/<instance>/v<MAP_ABI_VERSION>/`, so a
 /// daemon with another layout never misreads old maps; bump it whenever the type of a map that
-/// carries calls changes (a map of `REBUILT` is replaced instead, see there).
+/// carries calls changes (a map of `REBUILT` is replaced instead, see there; the flow counters'
+/// earlier layout is carried across by the daemon, `dataplane/counters_upgrade.rs`).
 pub const MAP_ABI_VERSION: u32 = 6;
 
 /// `HashMap<FlowKey, Flow>`: what to do with media arriving at a local port.

@@ -104,14 +104,15 @@ fn words(octets: &[u8; 16]) -> [u32; 4] {
     [word(0), word(4), word(8), word(12)]
 }
 
-/// The next hop from a memo of this CPU's (`NextHopMemo`), or looked up and remembered there:
-/// `bpf_fib_lookup` is the largest part of a forwarded packet's cost.
+/// The next hop from a memo of this CPU's (`NextHopMemo`) for the flow's value `generation`,
+/// or looked up and remembered there: `bpf_fib_lookup` is the largest part of a forwarded
+/// packet's cost.
 #[inline(always)]
 pub fn remembered_next_hop(
     ctx: &XdpContext,
     memo: Option<*mut NextHopMemo>,
-    src: &IpAddress,
-    dst: &IpAddress,
+    generation: u16,
+    (src, dst): (&IpAddress, &IpAddress),
     ports: (u16, u16),
     ip_len: u16,
     now: u64,
@@ -120,7 +121,7 @@ pub fn remembered_next_hop(
     if let Some(memo) = memo {
         // SAFETY: a per-CPU value, only this CPU touches it.
         let memo = unsafe { &*memo };
-        if memo.answers(src, dst, ingress, ip_len, now) {
+        if memo.answers(generation, ingress, ip_len, now) {
             return Ok(NextHop {
                 ifindex: memo.egress_ifindex,
                 src_mac: memo.src_mac,
@@ -134,14 +135,12 @@ pub fn remembered_next_hop(
         unsafe {
             *memo = NextHopMemo {
                 until_ns: now + NEXT_HOP_MEMO_NS,
-                src: *src,
-                dst: *dst,
+                generation,
+                max_len: ip_len,
                 ingress_ifindex: ingress,
                 egress_ifindex: next_hop.ifindex,
                 src_mac: next_hop.src_mac,
                 dst_mac: next_hop.dst_mac,
-                max_len: ip_len,
-                _pad: [0; 2],
             }
         };
     }

@@ -177,12 +177,15 @@ fn write_out(
     let tot_len = udp_len + Ipv4Hdr::LEN as u16;
     // Where it goes is settled before the frame changes: a refusal passes up the original.
     // SAFETY: this CPU's scratch; the slot index is masked into its memos.
-    let memo = unsafe { &raw mut (*scratch).next_hops[ForwardScratch::memo_slot(dst)] };
+    let memo = unsafe {
+        &raw mut *(*scratch).next_hops[ForwardScratch::memo_slot(dst)]
+            .for_pair(&from.addr, &to.addr)
+    };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let ports = (from.port, to.port);
-    let next_hop =
-        forward::remembered_next_hop(ctx, Some(memo), &from.addr, &to.addr, ports, tot_len, now)?;
+    let (pair, ports) = ((&from.addr, &to.addr), (from.port, to.port));
+    // The slot holds this pair's memo only: one generation is all it has.
+    let next_hop = forward::remembered_next_hop(ctx, Some(memo), 0, pair, ports, tot_len, now)?;
     let addresses = Addresses {
         src,
         dst,

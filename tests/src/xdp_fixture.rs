@@ -208,7 +208,7 @@ pub fn flow<A: Into<IpAddr> + Copy>(spec: &FlowSpec<A>) -> (FlowKey, Flow) {
             session_id: 7,
             leg: spec.leg,
             stream: spec.stream,
-            _pad: [0; 2],
+            generation: 0,
             // `Program::install` assigns it.
             stats_slot: 0,
         },
@@ -242,22 +242,23 @@ impl Program {
     }
 
     /// Installs or replaces a flow, as the daemon does: a new flow gets counters of its own, a
-    /// replaced one keeps its counters.
+    /// replaced one keeps its counters and is a new generation (its next hop is looked up anew).
     pub fn install(&mut self, key: FlowKey, value: Flow) {
         let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
             HashMap::try_from(self.ebpf.map_mut(FLOWS).unwrap()).unwrap();
-        let stats_slot = flows.get(&key, 0).map_or_else(
+        let (stats_slot, generation) = flows.get(&key, 0).map_or_else(
             |_| {
                 self.next_stats_slot += 1;
-                self.next_stats_slot - 1
+                (self.next_stats_slot - 1, 0)
             },
-            |installed| installed.stats_slot,
+            |installed| (installed.stats_slot, installed.generation.wrapping_add(1)),
         );
         flows
             .insert(
                 key,
                 Flow {
                     stats_slot,
+                    generation,
                     ..value
                 },
                 0,

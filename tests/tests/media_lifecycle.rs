@@ -350,3 +350,107 @@ fn the_kernel_tables_follow_the_port_range_and_a_resize_never_costs_a_call() {
         "nothing relayed in the kernel after the resize: {report:?}"
     );
 }
+
+/// Packets each flow had counted under the earlier build, in the test below.
+const EARLIER_PACKETS: u64 = 1_000_000;
+
+/// Replaces the pinned flow counters with a table of the layout builds before 2026-12-05 made
+/// (96 bytes a flow and CPU: packets, bytes, last seen, foreign drops, then a 64-byte next-hop
+/// memo, here garbage that would misroute if it were taken as a memo), holding
+/// `EARLIER_PACKETS` for each installed flow, last seen now.
+fn pin_earlier_flow_counters(daemon: &Daemon) {
+    let flows = daemon.bpftool_map("dump", "SBC_FLOWS").expect("flows");
+    let capacity = pinned_capacity(daemon, "SBC_FLOW_STATS");
+    let path = daemon.pin_dir.join("SBC_FLOW_STATS");
+    std::fs::remove_file(&path).expect("unpin the counters");
+    bpftool(&[
+        "map".as_ref(),
+        "create".as_ref(),
+        path.as_os_str(),
+        "type percpu_array key 4 value 96 entries".as_ref(),
+        capacity.to_string().as_ref(),
+        "name SBC_FLOW_STATS".as_ref(),
+    ]);
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let mut value = Vec::new();
+    for counter in [EARLIER_PACKETS, EARLIER_PACKETS * 160, now_ns, 7] {
+        value.extend(counter.to_le_bytes());
+    }
+    value.extend([0xff; 64]);
+    for entry in flows.as_array().expect("flow entries") {
+        let slot = entry["formatted"]["value"]["stats_slot"]
+            .as_u64()
+            .expect("stats_slot") as u32;
+        let mut args: Vec<String> = vec!["map".into(), "update".into(), "pinned".into()];
+        args.push(path.display().to_string());
+        args.push("key".into());
+        args.extend(slot.to_le_bytes().iter().map(u8::to_string));
+        args.push("value".into());
+        args.extend(value.iter().map(u8::to_string));
+        bpftool(&args.iter().map(|a| a.as_ref()).collect::<Vec<_>>());
+    }
+}
+
+fn bpftool(args: &[&std::ffi::OsStr]) {
+    // Words of one argument split as the shell would (the map's type and sizes above).
+    let words: Vec<&std::ffi::OsStr> = args
+        .iter()
+        .flat_map(|arg| match arg.to_str() {
+            Some(text) => text.split(' ').map(std::ffi::OsStr::new).collect(),
+            None => vec![*arg],
+        })
+        .collect();
+    let output = std::process::Command::new("bpftool")
+        .args(&words)
+        .output()
+        .expect("bpftool");
+    assert!(output.status.success(), "bpftool {words:?}: {output:?}");
+}
+
+/// An upgrade from a build whose flow counters had the earlier layout, with calls relaying
+/// media: the new daemon carries each flow's counters into its own layout and keeps every
+/// call; its program relays with the new table and does not take the old memo.
+#[test]
+fn an_upgrade_carries_the_flow_counters_of_the_earlier_layout_and_keeps_every_call() {
+    require_lab_privileges();
+    let lab = Lab::up("counters-up").expect("lab");
+    let mut daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
+    let opened = open_calls(&daemon, 0..4, false).expect("sessions");
+    let ids: BTreeSet<u64> = opened.iter().map(|(id, _)| u64::from(*id)).collect();
+    let calls: Vec<_> = opened.into_iter().map(|(_, call)| call).collect();
+    let traffic = Traffic::start(&lab, &calls, Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(1));
+    daemon.kill9();
+    pin_earlier_flow_counters(&daemon);
+    daemon
+        .spawn(&[])
+        .expect("the new build starts over the earlier counters");
+    assert!(
+        daemon.log().contains("carried into the new one"),
+        "no word of the carried counters:\n{}",
+        daemon.log()
+    );
+    let shown = daemon
+        .bpftool_map("show", "SBC_FLOW_STATS")
+        .expect("the new counters");
+    assert_eq!(shown["bytes_value"].as_u64(), Some(64), "{shown}");
+    let report = traffic.finish().expect("traffic");
+    assert_media_kept(&report, "the upgrade", &daemon);
+    assert_eq!(session_ids(&daemon), ids, "a session was lost");
+    let maps = daemon.maps().expect("maps");
+    let flows = maps["flows"].as_array().expect("flows");
+    assert_eq!(flows.len(), 16, "four sessions of four flows: {maps}");
+    for flow in flows {
+        let packets = flow["packets"].as_u64().expect("packets");
+        assert!(
+            packets > EARLIER_PACKETS,
+            "a flow's counters were not carried, or it relayed nothing since: {flow}"
+        );
+    }
+}

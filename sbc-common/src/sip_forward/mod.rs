@@ -23,7 +23,7 @@ use crate::{
     Reason,
     checksum::WordSum,
     dialog::{Dialog, SipSelves},
-    flow::NextHopMemo,
+    flow::{IpAddress, NextHopMemo},
     words::{MessageWords, Words},
 };
 
@@ -43,7 +43,29 @@ pub struct ForwardScratch {
     pub dialog_id: u64,
     /// The XDP program's memos of the next hops it sent to, by destination (`memo_slot`):
     /// in-dialog SIP goes to few addresses (the trunks and backends), over and over.
-    pub next_hops: [NextHopMemo; NEXT_HOP_SLOTS],
+    pub next_hops: [AddressedNextHop; NEXT_HOP_SLOTS],
+}
+
+/// A next hop remembered for forwarded SIP. Destinations share the slots, so each names the
+/// addresses it was found for (a media flow's memo is its own, and checked by its generation).
+#[repr(C)]
+pub struct AddressedNextHop {
+    pub src: IpAddress,
+    pub dst: IpAddress,
+    pub hop: NextHopMemo,
+}
+
+impl AddressedNextHop {
+    /// The memo for `src` to `dst`: this slot's, emptied first if it was another pair's.
+    #[inline(always)]
+    pub fn for_pair(&mut self, src: &IpAddress, dst: &IpAddress) -> &mut NextHopMemo {
+        if self.src != *src || self.dst != *dst {
+            self.src = *src;
+            self.dst = *dst;
+            self.hop.until_ns = 0;
+        }
+        &mut self.hop
+    }
 }
 
 /// Next hops a CPU remembers for forwarded SIP (a power of two).

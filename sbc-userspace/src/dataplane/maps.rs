@@ -145,16 +145,23 @@ impl FlowMaps {
     }
 
     /// Replaces an installed flow's forwarding (latching, a new destination); counters are kept.
+    /// Each write is a new generation of the flow, so the program looks its next hop up anew.
     pub fn update(&mut self, key: &FlowKey, flow: &Flow) -> anyhow::Result<()> {
         let stats_slot = self
             .slots
             .of(key)
             .context("updating a flow that was never installed")?;
+        // The kernel's value is the one to follow, whichever daemon wrote it.
+        let generation = self
+            .flows
+            .get(key, 0)
+            .map_or(0, |installed| installed.generation.wrapping_add(1));
         self.flows
             .insert(
                 key,
                 Flow {
                     stats_slot,
+                    generation,
                     ..*flow
                 },
                 0,

@@ -1,4 +1,5 @@
 //! The kernel side as the daemon sees it: pinned state, the typed maps, and the XDP program.
+mod counters_upgrade;
 pub mod dialog_events;
 pub mod guard_maps;
 pub mod maps;

@@ -19,7 +19,7 @@ use sbc_common::maps::{self as map_names, XDP_PROGRAM};
 use tracing::{info, warn};
 
 use super::{
-    PinLayout,
+    PinLayout, counters_upgrade,
     maps::{check_pinned, layout_difference},
     pins::pinned_xdp_link_ifindex,
     table_sizes::{self, TableSizes},
@@ -33,6 +33,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SBC_XDP_OBJECT"));
 /// previous daemon pinned), and fills the egress map.
 pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
     layout.create()?;
+    let carried = counters_upgrade::carry(layout)?;
     for name in map_names::ALL {
         let path = layout.map(name);
         if !path.exists() {
@@ -58,6 +59,10 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
             loader.map_max_entries(name, entries);
         }
     }
+    if let Some(carried) = &carried {
+        // The flow table that the carried counters belong to is kept at its size.
+        loader.map_max_entries(map_names::FLOW_STATS, carried.capacity);
+    }
     info!(
         flows = sizes.flows,
         calls = sizes.calls,
@@ -65,6 +70,12 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
         "kernel tables sized from the media port range and limits"
     );
     let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+    if let Some(carried) = carried {
+        carried.restore(
+            ebpf.map_mut(map_names::FLOW_STATS)
+                .context("the XDP object has no flow counters map")?,
+        )?;
+    }
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .context("the XDP object has no sbc_xdp program")?

@@ -236,7 +236,7 @@ fn session_flows(
                 session_id: id,
                 leg: leg.flow_tag(),
                 stream,
-                _pad: [0; 2],
+                generation: 0,
                 // The kernel maps assign it when the flow is installed.
                 stats_slot: 0,
             };
