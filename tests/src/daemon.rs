@@ -406,19 +406,12 @@ format = "{log_format}"
     /// (`show`: its layout; `dump`: its entries, named by BTF).
     pub fn bpftool_map(&self, verb: &str, map: &str) -> anyhow::Result<Value> {
         let path = self.pin_dir.join(map);
-        let output = Command::new("bpftool")
-            .args(["-j", "map", verb, "pinned"])
-            .arg(&path)
-            .output()
-            .context("bpftool is installed (`cargo xtask setup`)")?;
-        if !output.status.success() {
-            bail!(
-                "bpftool map {verb} on {}: {}",
-                path.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(serde_json::from_slice(&output.stdout)?)
+        crate::bpftool::json([
+            "map".as_ref(),
+            verb.as_ref(),
+            "pinned".as_ref(),
+            path.as_os_str(),
+        ])
     }
 
     /// Every event so far, once `count` events named `name` are among them (or at `limit`).

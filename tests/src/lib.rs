@@ -5,6 +5,7 @@
 //! prefix), with addresses that exist only inside them, and removes them on drop, also when a
 //! test fails.
 pub mod bench;
+pub mod bpftool;
 pub mod calls;
 pub mod conformance;
 pub mod daemon;

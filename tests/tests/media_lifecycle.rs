@@ -1,9 +1,10 @@
 //! The life of media sessions around the daemon: a crash and restart, running out of ports,
 //! and the media timeout.
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeSet, ffi::OsStr, time::Duration};
 
 use sbc::{api::contract::Refusal, events::MediaSessionEnded, media::EndReason};
 use sbc_tests::{
+    bpftool,
     calls::{open_calls, relayed_packets},
     daemon::{Daemon, DaemonOptions},
     lab::Lab,
@@ -360,17 +361,24 @@ const EARLIER_PACKETS: u64 = 1_000_000;
 /// `EARLIER_PACKETS` for each installed flow, last seen now.
 fn pin_earlier_flow_counters(daemon: &Daemon) {
     let flows = daemon.bpftool_map("dump", "SBC_FLOWS").expect("flows");
-    let capacity = pinned_capacity(daemon, "SBC_FLOW_STATS");
+    let capacity = pinned_capacity(daemon, "SBC_FLOW_STATS").to_string();
     let path = daemon.pin_dir.join("SBC_FLOW_STATS");
     std::fs::remove_file(&path).expect("unpin the counters");
-    bpftool(&[
-        "map".as_ref(),
-        "create".as_ref(),
-        path.as_os_str(),
-        "type percpu_array key 4 value 96 entries".as_ref(),
-        capacity.to_string().as_ref(),
-        "name SBC_FLOW_STATS".as_ref(),
-    ]);
+    let layout = [
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "96",
+        "entries",
+        &capacity,
+    ];
+    let create = ["map".as_ref(), "create".as_ref(), path.as_os_str()]
+        .into_iter()
+        .chain(layout.iter().map(OsStr::new))
+        .chain(["name", "SBC_FLOW_STATS"].map(OsStr::new));
+    bpftool::run(create).expect("bpftool creates the earlier counters");
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -383,34 +391,22 @@ fn pin_earlier_flow_counters(daemon: &Daemon) {
         value.extend(counter.to_le_bytes());
     }
     value.extend([0xff; 64]);
+    let value: Vec<String> = value.iter().map(u8::to_string).collect();
     for entry in flows.as_array().expect("flow entries") {
         let slot = entry["formatted"]["value"]["stats_slot"]
             .as_u64()
             .expect("stats_slot") as u32;
-        let mut args: Vec<String> = vec!["map".into(), "update".into(), "pinned".into()];
-        args.push(path.display().to_string());
-        args.push("key".into());
-        args.extend(slot.to_le_bytes().iter().map(u8::to_string));
-        args.push("value".into());
-        args.extend(value.iter().map(u8::to_string));
-        bpftool(&args.iter().map(|a| a.as_ref()).collect::<Vec<_>>());
+        let key: Vec<String> = slot.to_le_bytes().iter().map(u8::to_string).collect();
+        // bpftool writes the value to every CPU's copy.
+        let update = ["map", "update", "pinned"]
+            .map(OsStr::new)
+            .into_iter()
+            .chain([path.as_os_str(), OsStr::new("key")])
+            .chain(key.iter().map(OsStr::new))
+            .chain([OsStr::new("value")])
+            .chain(value.iter().map(OsStr::new));
+        bpftool::run(update).expect("bpftool writes the earlier counters");
     }
-}
-
-fn bpftool(args: &[&std::ffi::OsStr]) {
-    // Words of one argument split as the shell would (the map's type and sizes above).
-    let words: Vec<&std::ffi::OsStr> = args
-        .iter()
-        .flat_map(|arg| match arg.to_str() {
-            Some(text) => text.split(' ').map(std::ffi::OsStr::new).collect(),
-            None => vec![*arg],
-        })
-        .collect();
-    let output = std::process::Command::new("bpftool")
-        .args(&words)
-        .output()
-        .expect("bpftool");
-    assert!(output.status.success(), "bpftool {words:?}: {output:?}");
 }
 
 /// An upgrade from a build whose flow counters had the earlier layout, with calls relaying

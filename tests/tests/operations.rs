@@ -1,6 +1,7 @@
 //! Operating the edge: Prometheus metrics during live calls (checked by promtool and against
 //! what the test did), the admin API and CLI, and drains from the CLI and from SIGTERM.
 use std::{
+    ffi::OsStr,
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -10,6 +11,7 @@ use sbc::{
     proxy::core::calls::CallState,
 };
 use sbc_tests::{
+    bpftool,
     daemon::{Daemon, DaemonOptions},
     lab::{CALLEE, CALLER, Lab, SBC_PUBLIC},
     privileges::require_lab_privileges,
@@ -482,13 +484,13 @@ fn a_drain_deadline_hangs_up_the_remaining_calls_and_exits() {
 
 /// The id of the map pinned at `path` (`bpftool map show`).
 fn pinned_map_id(path: &std::path::Path) -> u64 {
-    let output = std::process::Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(path)
-        .output()
-        .expect("bpftool (install bpftool)");
-    assert!(output.status.success(), "{output:?}");
-    let info: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    let info = bpftool::json([
+        "map".as_ref(),
+        "show".as_ref(),
+        "pinned".as_ref(),
+        path.as_os_str(),
+    ])
+    .expect("bpftool shows the map");
     info["id"].as_u64().expect("a map id")
 }
 
@@ -496,15 +498,13 @@ fn pinned_map_id(path: &std::path::Path) -> u64 {
 fn pin_other_layout(daemon: &Daemon, name: &str) {
     let path = daemon.pin_dir.join(name);
     std::fs::remove_file(&path).expect("unpinning");
-    let output = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&path)
-        .args([
-            "type", "array", "key", "4", "value", "4", "entries", "3", "name", "old",
-        ])
-        .output()
-        .expect("bpftool");
-    assert!(output.status.success(), "{output:?}");
+    let layout = [
+        "type", "array", "key", "4", "value", "4", "entries", "3", "name", "old",
+    ];
+    let args = ["map".as_ref(), "create".as_ref(), path.as_os_str()]
+        .into_iter()
+        .chain(layout.iter().map(OsStr::new));
+    bpftool::run(args).expect("bpftool creates the map");
 }
 
 /// An upgrade to a build whose guard and counter maps have another layout: the new daemon

@@ -1,0 +1,28 @@
+//! bpftool, as the tests run it on the daemon's pinned maps: the kernel's own view of them.
+use std::{ffi::OsStr, process::Command};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// Runs bpftool with `args`; its output, or an error with what it said.
+pub fn run<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> anyhow::Result<Vec<u8>> {
+    let mut command = Command::new("bpftool");
+    command.args(args);
+    let output = command
+        .output()
+        .context("bpftool is installed (`cargo xtask setup`)")?;
+    if !output.status.success() {
+        bail!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output.stdout)
+}
+
+/// Runs bpftool with `args` in JSON mode and parses what it prints.
+pub fn json<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> anyhow::Result<Value> {
+    let mut all = vec![OsStr::new("-j").to_owned()];
+    all.extend(args.into_iter().map(|arg| arg.as_ref().to_owned()));
+    Ok(serde_json::from_slice(&run(all)?)?)
+}
