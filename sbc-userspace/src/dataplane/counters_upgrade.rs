@@ -8,7 +8,7 @@
 //! media timeout and no-audio detection go by) is kept. The memos start empty. Until its link
 //! takes the new program, the old one counts into the old table: those few milliseconds of
 //! counts are lost, the media is not.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
@@ -53,6 +53,10 @@ pub struct CarriedCounters {
     pub capacity: u32,
     /// Each installed flow's slot and its counters on each CPU.
     slots: Vec<(u32, Vec<FlowStats>)>,
+    /// The earlier table, unpinned, and where it was pinned: pinned back if the new table
+    /// cannot be made, so that a daemon that tries again still finds the counters.
+    earlier: Map,
+    path: PathBuf,
 }
 
 /// If the pinned counters table has the earlier layout: unpins it, and returns the counters of
@@ -68,13 +72,13 @@ pub fn carry(layout: &PinLayout) -> anyhow::Result<Option<CarriedCounters>> {
         return Ok(None);
     }
     let slots = installed_slots(&layout.map(FLOWS))?;
-    let earlier: PerCpuArray<MapData, EarlierFlowStats> = PerCpuArray::try_from(Map::PerCpuArray(
-        MapData::from_pin(&path).context("opening the earlier flow counters")?,
-    ))?;
+    let earlier =
+        Map::PerCpuArray(MapData::from_pin(&path).context("opening the earlier flow counters")?);
+    let counters: PerCpuArray<&MapData, EarlierFlowStats> = PerCpuArray::try_from(&earlier)?;
     let slots = slots
         .into_iter()
         .map(|slot| {
-            let per_cpu = earlier
+            let per_cpu = counters
                 .get(&slot, 0)
                 .with_context(|| format!("reading the earlier counters of slot {slot}"))?;
             Ok((slot, per_cpu.iter().copied().map(FlowStats::from).collect()))
@@ -88,6 +92,8 @@ pub fn carry(layout: &PinLayout) -> anyhow::Result<Option<CarriedCounters>> {
     Ok((!slots.is_empty()).then_some(CarriedCounters {
         capacity: info.max_entries(),
         slots,
+        earlier,
+        path,
     }))
 }
 
@@ -109,6 +115,16 @@ fn installed_slots(flows: &Path) -> anyhow::Result<Vec<u32>> {
 }
 
 impl CarriedCounters {
+    /// Pins the earlier table back where it was (the new one could not be made).
+    pub fn put_back(self) -> anyhow::Result<()> {
+        self.earlier.pin(&self.path).with_context(|| {
+            format!(
+                "pinning the earlier flow counters back at {}",
+                self.path.display()
+            )
+        })
+    }
+
     /// Writes the counters into the new table (made by the loader, not yet counted in).
     pub fn restore(self, table: &mut Map) -> anyhow::Result<()> {
         let mut counters: PerCpuArray<&mut MapData, FlowStats> = PerCpuArray::try_from(table)?;
