@@ -8,17 +8,17 @@
 //! media timeout and no-audio detection go by) is kept. The memos start empty. Until its link
 //! takes the new program, the old one counts into the old table: those few milliseconds of
 //! counts are lost, the media is not.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use sbc_common::{
-    Flow, FlowKey, FlowStats,
+    FlowStats,
     maps::{FLOW_STATS, FLOWS},
 };
 use tracing::info;
 
-use super::PinLayout;
+use super::{PinLayout, maps};
 
 /// `FlowStats` as builds up to 2026-12-05 laid it out.
 #[repr(C)]
@@ -71,13 +71,18 @@ pub fn carry(layout: &PinLayout) -> anyhow::Result<Option<CarriedCounters>> {
     if info.value_size() as usize != size_of::<EarlierFlowStats>() {
         return Ok(None);
     }
-    let slots = installed_slots(&layout.map(FLOWS))?;
+    let slots = if layout.map(FLOWS).exists() {
+        let flows = HashMap::try_from(Map::HashMap(maps::open(layout, FLOWS)?))?;
+        maps::installed_slots(&flows)?
+    } else {
+        Vec::new()
+    };
     let earlier =
         Map::PerCpuArray(MapData::from_pin(&path).context("opening the earlier flow counters")?);
     let counters: PerCpuArray<&MapData, EarlierFlowStats> = PerCpuArray::try_from(&earlier)?;
     let slots = slots
         .into_iter()
-        .map(|slot| {
+        .map(|(_, slot)| {
             let per_cpu = counters
                 .get(&slot, 0)
                 .with_context(|| format!("reading the earlier counters of slot {slot}"))?;
@@ -95,23 +100,6 @@ pub fn carry(layout: &PinLayout) -> anyhow::Result<Option<CarriedCounters>> {
         earlier,
         path,
     }))
-}
-
-/// The counters slots of the flows in the pinned flow table (none without one).
-fn installed_slots(flows: &Path) -> anyhow::Result<Vec<u32>> {
-    if !flows.exists() {
-        return Ok(Vec::new());
-    }
-    let data = MapData::from_pin(flows).with_context(|| format!("opening {}", flows.display()))?;
-    let flows: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(Map::HashMap(data))?;
-    flows
-        .iter()
-        .map(|entry| {
-            entry
-                .map(|(_, flow)| flow.stats_slot)
-                .context("reading the flow table")
-        })
-        .collect()
 }
 
 impl CarriedCounters {

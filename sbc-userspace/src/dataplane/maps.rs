@@ -90,6 +90,17 @@ pub(super) fn open(layout: &PinLayout, name: &str) -> anyhow::Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
 }
 
+/// Each installed flow and the slot of the counters array it owns.
+pub(super) fn installed_slots(
+    flows: &HashMap<MapData, FlowKey, Flow>,
+) -> anyhow::Result<Vec<(FlowKey, u32)>> {
+    flows
+        .iter()
+        .map(|entry| entry.map(|(key, flow)| (key, flow.stats_slot)))
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the kernel flow map")
+}
+
 /// The flow table and its counters, as written by the daemon: each installed flow owns a slot
 /// of the counters array, named in its `stats_slot`.
 pub struct FlowMaps {
@@ -109,11 +120,7 @@ impl FlowMaps {
         let stats = open(layout, FLOW_STATS)?;
         let capacity = flows.info()?.max_entries().min(stats.info()?.max_entries());
         let flows: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(Map::HashMap(flows))?;
-        let installed = flows
-            .iter()
-            .map(|entry| entry.map(|(key, flow)| (key, flow.stats_slot)))
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading the kernel flow map")?;
+        let installed = installed_slots(&flows)?;
         Ok(Self {
             flows,
             stats: PerCpuArray::try_from(Map::PerCpuArray(stats))?,

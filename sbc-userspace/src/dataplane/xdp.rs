@@ -69,23 +69,21 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
         counters_kib = sizes.counters_bytes(aya::util::nr_cpus().map_err(|(_, e)| e)?) >> 10,
         "kernel tables sized from the media port range and limits"
     );
-    let mut ebpf = match (loader.load(OBJECT), carried) {
-        (Ok(mut ebpf), carried) => {
-            if let Some(carried) = carried {
-                carried.restore(
-                    ebpf.map_mut(map_names::FLOW_STATS)
-                        .context("the XDP object has no flow counters map")?,
-                )?;
-            }
-            ebpf
-        }
-        (Err(e), carried) => {
+    let mut ebpf = match loader.load(OBJECT) {
+        Ok(ebpf) => ebpf,
+        Err(e) => {
             if let Some(carried) = carried {
                 carried.put_back()?;
             }
             return Err(e).context("loading the XDP object");
         }
     };
+    if let Some(carried) = carried {
+        carried.restore(
+            ebpf.map_mut(map_names::FLOW_STATS)
+                .context("the XDP object has no flow counters map")?,
+        )?;
+    }
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .context("the XDP object has no sbc_xdp program")?
