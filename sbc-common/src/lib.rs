@@ -16,6 +16,7 @@ pub mod call_id;
 pub mod checksum;
 pub mod dialog;
 pub mod flow;
+pub mod flow_table;
 pub mod guard;
 pub mod maps;
 pub mod reason;
@@ -24,6 +25,7 @@ pub mod words;
 
 pub use dialog::{Dialog, DialogEnd, DialogEnded, DialogLeg, SipSelf, SipSelves};
 pub use flow::{Flow, FlowKey, FlowStats, IpAddress, SourceCheck};
+pub use flow_table::{FlowEntry, FlowTableLayout};
 pub use guard::{
     Block, GuardConfig, PacketLimit, SipListeners, SourceBucket, SourceLimit, SourceRule,
     TokenBucket,

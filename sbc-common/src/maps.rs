@@ -2,12 +2,16 @@
 
 /// Version of the map layout. Pins live under `<bpffs>/sbc/<instance>/v<MAP_ABI_VERSION>/`, so a
 /// daemon with another layout never misreads old maps; bump it whenever the type of a map that
-/// carries calls changes (a map of `REBUILT` is replaced instead, see there; the flow counters'
-/// earlier layout is carried across by the daemon, `dataplane/counters_upgrade.rs`).
+/// carries calls changes (a map of `REBUILT` is replaced instead, see there; the flow table's
+/// and its counters' earlier layouts are carried across by the daemon, without a new version:
+/// `dataplane/flow_table_upgrade.rs`, `dataplane/counters_upgrade.rs`).
 pub const MAP_ABI_VERSION: u32 = 6;
 
-/// `HashMap<FlowKey, Flow>`: what to do with media arriving at a local port.
+/// `Array<FlowEntry>` indexed by `FlowTableLayout::index`: what to do with media arriving at a
+/// local address and port.
 pub const FLOWS: &str = "SBC_FLOWS";
+/// `Array<FlowTableLayout>` of one entry: which addresses and ports `SBC_FLOWS` covers.
+pub const FLOW_LAYOUT: &str = "SBC_FLOW_LAYOUT";
 /// `PerCpuArray<FlowStats>` indexed by `Flow::stats_slot`: per-flow counters kept by the XDP
 /// program.
 pub const FLOW_STATS: &str = "SBC_FLOW_STATS";
@@ -46,6 +50,7 @@ pub const PARTIES: &str = "SBC_PARTIES";
 /// All maps, for pinning and re-opening.
 pub const ALL: &[&str] = &[
     FLOWS,
+    FLOW_LAYOUT,
     FLOW_STATS,
     REASONS,
     EGRESS,

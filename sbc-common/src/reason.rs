@@ -49,6 +49,7 @@ reasons! {
     PassNotUdp = "pass_not_udp": "IP but not UDP (ICMP, TCP, ICMPv6 neighbour discovery ...)",
     PassTruncatedUdp = "pass_truncated_udp": "frame shorter than its UDP header or UDP length",
     PassNoFlow = "pass_no_flow": "UDP to an address and port with neither a media flow nor a SIP listener",
+    PassFlowChanging = "pass_flow_changing": "media flow that the daemon rewrote while the packet was read (the copy could be torn; the daemon relays it)",
     PassNotLatched = "pass_not_latched": "media flow whose peer is not latched yet, or from another source while its peer is provisional (the daemon decides who latches)",
     PassNoDestination = "pass_no_destination": "media flow whose other leg has no known peer yet",
     PassVlanTagged = "pass_vlan_tagged": "media for a known flow in a VLAN-tagged frame (relayed in userspace)",

@@ -16,6 +16,7 @@
 
 mod assembly;
 mod counters;
+mod flow_table;
 mod forward;
 mod in_dialog;
 mod loops;
@@ -28,7 +29,8 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use sbc_common::{Flow, FlowKey, Reason};
 
 use crate::{
-    maps::{SBC_FLOWS, SBC_SIP_LISTENERS},
+    flow_table::flow_at,
+    maps::SBC_SIP_LISTENERS,
     parse::{Datagram, Ipv4Udp, Ipv6Udp},
 };
 
@@ -94,8 +96,8 @@ fn classify_v4(ctx: &XdpContext, packet: &Ipv4Udp) -> Verdict {
         return verdict;
     }
     match flow_at(&destination) {
-        Some(flow) => relay::media_v4(ctx, packet, flow),
-        None => Verdict::pass(Reason::PassNoFlow),
+        Ok(flow) => relay::media_v4(ctx, packet, flow),
+        Err(reason) => Verdict::pass(reason),
     }
 }
 
@@ -108,14 +110,15 @@ fn classify_v6(ctx: &XdpContext, packet: &Ipv6Udp) -> Verdict {
     match destination_v6(packet) {
         DestinationV6::SipListener => sip_guard::sip_v6(ctx, packet),
         DestinationV6::Media(flow) => relay::media_v6(ctx, packet, flow),
-        DestinationV6::Nothing => Verdict::pass(Reason::PassNoFlow),
+        DestinationV6::Neither(reason) => Verdict::pass(reason),
     }
 }
 
 enum DestinationV6 {
     SipListener,
     Media(&'static Flow),
-    Nothing,
+    /// Neither a listener nor a flow to relay by: why.
+    Neither(Reason),
 }
 
 #[inline(never)]
@@ -124,7 +127,7 @@ fn destination_v6(packet: &Ipv6Udp) -> DestinationV6 {
     if is_sip_listener(&destination) {
         return DestinationV6::SipListener;
     }
-    flow_at(&destination).map_or(DestinationV6::Nothing, DestinationV6::Media)
+    flow_at(&destination).map_or_else(DestinationV6::Neither, DestinationV6::Media)
 }
 
 /// Listeners are checked before the flows: they are compared in place, and a flood to them
@@ -134,15 +137,6 @@ fn is_sip_listener(destination: &FlowKey) -> bool {
     SBC_SIP_LISTENERS
         .get(0)
         .is_some_and(|listeners| listeners.holds(destination))
-}
-
-/// The media flow at `destination`. The daemon replaces flow values whole with
-/// bpf_map_update_elem; the relay copies what it needs at once and holds no reference across
-/// a helper that could free it.
-#[inline(always)]
-fn flow_at(destination: &FlowKey) -> Option<&'static Flow> {
-    // SAFETY: as said above.
-    unsafe { SBC_FLOWS.get(*destination) }
 }
 
 #[cfg(not(test))]

@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use sbc_common::{
-    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipListeners,
-    SipSelves, SourceBucket, SourceRule,
+    Block, Dialog, Flow, FlowEntry, FlowStats, FlowTableLayout, GuardConfig, IpAddress, Reason,
+    SipListeners, SipSelves, SourceBucket, SourceRule,
     call_id::{CallIdScan, ScanWindow},
     maps::{
         DIALOG_EVENTS_BYTES, MAX_BLOCKS, MAX_DIALOGS, MAX_EGRESS, MAX_FLOWS, MAX_PARTIES,
@@ -16,11 +16,17 @@ use sbc_common::{
     sip_forward::ForwardScratch,
 };
 
-/// Sized by the daemon from its port range; allocated per flow (only the daemon inserts), so
-/// a large range costs memory only as calls use it.
+/// Sized by the daemon to its layout (`SBC_FLOW_LAYOUT`): an entry for every local media
+/// address and port.
 #[btf_map]
-pub static SBC_FLOWS: HashMap<FlowKey, Flow, MAX_FLOWS, { BPF_F_NO_PREALLOC as usize }> =
-    HashMap::new();
+pub static SBC_FLOWS: Array<FlowEntry, MAX_FLOWS> = Array::new();
+
+#[btf_map]
+pub static SBC_FLOW_LAYOUT: Array<FlowTableLayout, 1> = Array::new();
+
+/// This CPU's copy of the flow being relayed (see `flow_table`): 68 bytes kept off the stack.
+#[btf_map]
+pub static SBC_FLOW_COPY: PerCpuArray<Flow, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static SBC_FLOW_STATS: PerCpuArray<FlowStats, MAX_FLOWS> = PerCpuArray::new();

@@ -25,7 +25,8 @@ pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
             layout.dir.display()
         );
     }
-    let flows = FlowMaps::open(layout)?.flows()?;
+    let maps = FlowMaps::open(layout)?;
+    let flows = maps.flows()?;
     let stats = FlowStatsReader::open(layout)?;
     let now = monotonic_ns();
     let mut rows: Vec<Value> = flows
@@ -37,6 +38,8 @@ pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
                 "leg": Leg::of_flow(flow.leg).map_or("?", Leg::name),
                 "stream": if flow.stream == STREAM_RTP { "rtp" } else { "rtcp" },
                 "local": socket_addr(&key.addr, key.port).to_string(),
+                // The key of its entry in SBC_FLOWS, for `bpftool map lookup`.
+                "table_entry": maps.entry_of(key),
                 "latched": flow.is_latched(),
                 "locked": flow.is_latched() && !flow.is_learning(),
                 "matched": flow.is_latched().then(|| flow.peer_match().name()),

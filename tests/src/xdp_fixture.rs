@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{
         Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
@@ -13,14 +13,15 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use sbc_common::{
-    Block, Dialog, DialogEnded, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, PacketLimit,
-    Reason, SipListeners, SipSelves, SourceLimit, SourceRule,
+    Block, Dialog, DialogEnded, Flow, FlowEntry, FlowKey, FlowStats, FlowTableLayout, GuardConfig,
+    IpAddress, PacketLimit, Reason, SipListeners, SipSelves, SourceLimit, SourceRule,
     call_id::call_id_hash,
     flow::FLOW_LATCHED,
+    flow_table::FLOW_TABLE_ADDRESSES,
     guard::{GUARD_ON, RULE_ALLOW},
     maps::{
-        BLOCKS, DIALOG_EVENTS, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD, PARTIES, REASONS,
-        SIP_LISTENERS, SIP_SELF, SOURCE_RULES, XDP_PROGRAM,
+        BLOCKS, DIALOG_EVENTS, DIALOGS, EGRESS, FLOW_LAYOUT, FLOW_STATS, FLOWS, GUARD, PARTIES,
+        REASONS, SIP_LISTENERS, SIP_SELF, SOURCE_RULES, XDP_PROGRAM,
     },
     sip_forward::corpus,
 };
@@ -215,6 +216,16 @@ pub fn flow<A: Into<IpAddr> + Copy>(spec: &FlowSpec<A>) -> (FlowKey, Flow) {
     )
 }
 
+/// The flow table's layout under test: every UDP port, on up to four addresses added as the
+/// test installs flows on them.
+const FIXTURE_LAYOUT: FlowTableLayout = FlowTableLayout {
+    addresses: [IpAddress::UNSPECIFIED; 4],
+    address_count: 0,
+    port_min: 1,
+    _pad: 0,
+    ports: u16::MAX as u32,
+};
+
 /// The program with its maps, loaded fresh (unpinned) for this test.
 pub struct Program {
     pub ebpf: Ebpf,
@@ -232,38 +243,103 @@ impl Program {
                 object.display()
             )
         });
-        let mut ebpf = Ebpf::load(&bytes).expect("loading the XDP object");
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOWS, FLOW_TABLE_ADDRESSES as u32 * FIXTURE_LAYOUT.ports)
+            .load(&bytes)
+            .expect("loading the XDP object");
         let program: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
         program.load().expect("the verifier accepts the program");
-        Self {
+        let mut program = Self {
             ebpf,
             next_stats_slot: 0,
+        };
+        program.set_flow_layout(FIXTURE_LAYOUT);
+        program
+    }
+
+    fn flow_layout(&self) -> FlowTableLayout {
+        let map: Array<&MapData, FlowTableLayout> =
+            Array::try_from(self.ebpf.map(FLOW_LAYOUT).unwrap()).unwrap();
+        map.get(&0, 0).unwrap()
+    }
+
+    fn set_flow_layout(&mut self, layout: FlowTableLayout) {
+        let mut map: Array<&mut MapData, FlowTableLayout> =
+            Array::try_from(self.ebpf.map_mut(FLOW_LAYOUT).unwrap()).unwrap();
+        map.set(0, layout, 0).unwrap();
+    }
+
+    /// The table entry of `key`, its address added to the layout if it is new.
+    fn flow_entry(&mut self, key: &FlowKey) -> u32 {
+        let mut layout = self.flow_layout();
+        if layout.index(key).is_none() {
+            layout
+                .add_address(key.addr)
+                .expect("a fixture uses at most four local media addresses");
+            self.set_flow_layout(layout);
         }
+        layout
+            .index(key)
+            .expect("every UDP port is in the fixture's layout")
+    }
+
+    /// The flow published at `key`, if any.
+    fn published_flow(&self, key: &FlowKey) -> Option<Flow> {
+        let index = self.flow_layout().index(key)?;
+        let flows: Array<&MapData, FlowEntry> =
+            Array::try_from(self.ebpf.map(FLOWS).unwrap()).unwrap();
+        flows.get(&index, 0).unwrap().published()
     }
 
     /// Installs or replaces a flow, as the daemon does: a new flow gets counters of its own, a
     /// replaced one keeps its counters and is a new generation (its next hop is looked up anew).
     pub fn install(&mut self, key: FlowKey, value: Flow) {
-        let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
-            HashMap::try_from(self.ebpf.map_mut(FLOWS).unwrap()).unwrap();
-        let (stats_slot, generation) = flows.get(&key, 0).map_or_else(
-            |_| {
+        let (stats_slot, generation) = self.published_flow(&key).map_or_else(
+            || {
                 self.next_stats_slot += 1;
                 (self.next_stats_slot - 1, 0)
             },
             |installed| (installed.stats_slot, installed.generation.wrapping_add(1)),
         );
-        flows
-            .insert(
-                key,
-                Flow {
-                    stats_slot,
-                    generation,
-                    ..value
-                },
-                0,
-            )
-            .unwrap();
+        let index = self.flow_entry(&key);
+        let flow = Flow {
+            stats_slot,
+            generation,
+            ..value
+        };
+        let mut flows: Array<&mut MapData, FlowEntry> =
+            Array::try_from(self.ebpf.map_mut(FLOWS).unwrap()).unwrap();
+        let entry = flows.get(&index, 0).unwrap();
+        for write in entry.publishing(Some(flow)) {
+            flows.set(index, write, 0).unwrap();
+        }
+    }
+
+    /// A second handle on the flow table, for a thread that republishes `key`'s flow while this
+    /// one runs the program: each call of the returned writer publishes its flow as the daemon
+    /// does (installed flows only: counters and generation as they are).
+    pub fn flow_writer(&mut self, key: FlowKey) -> impl FnMut(Flow) + Send + use<> {
+        let installed = self.published_flow(&key).expect("an installed flow");
+        let index = self.flow_entry(&key);
+        // A pin is the one way to a second descriptor of an unpinned map: made and removed at
+        // once.
+        let pin = std::path::Path::new("/sys/fs/bpf")
+            .join(format!("sbc-fixture-flows-{}-{index}", std::process::id()));
+        self.ebpf.map(FLOWS).unwrap().pin(&pin).unwrap();
+        let opened = MapData::from_pin(&pin);
+        std::fs::remove_file(&pin).unwrap();
+        let mut flows: Array<MapData, FlowEntry> =
+            Array::try_from(aya::maps::Map::Array(opened.unwrap())).unwrap();
+        move |flow| {
+            let entry = flows.get(&index, 0).unwrap();
+            let flow = Flow {
+                stats_slot: installed.stats_slot,
+                ..flow
+            };
+            for write in entry.publishing(Some(flow)) {
+                flows.set(index, write, 0).unwrap();
+            }
+        }
     }
 
     pub fn allow_egress(&mut self, interface: &str) {
@@ -370,9 +446,10 @@ impl Program {
 
     /// The counters of an installed flow, summed over CPUs.
     pub fn flow_stats(&self, key: &FlowKey) -> FlowStats {
-        let flows: HashMap<&MapData, FlowKey, Flow> =
-            HashMap::try_from(self.ebpf.map(FLOWS).unwrap()).unwrap();
-        let slot = flows.get(key, 0).expect("an installed flow").stats_slot;
+        let slot = self
+            .published_flow(key)
+            .expect("an installed flow")
+            .stats_slot;
         let stats: PerCpuArray<&MapData, FlowStats> =
             PerCpuArray::try_from(self.ebpf.map(FLOW_STATS).unwrap()).unwrap();
         stats

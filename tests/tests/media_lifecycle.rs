@@ -286,8 +286,9 @@ fn assert_media_kept(report: &TrafficReport, what: &str, daemon: &Daemon) {
 
 /// The kernel tables are as large as the port range makes them (10,000 ports on each of two
 /// media addresses: 20,000 flows). A restart with a smaller range while sessions hold flows
-/// keeps the flow table as it is, so media goes on through the restart; the next start with
-/// no session makes it the new size. Tables holding nothing take the new size at once.
+/// lays the flow table out anew and carries the flows, so media goes on through the restart;
+/// the counters holding flows keep their size until the next start with no session. Tables
+/// holding nothing take the new size at once.
 #[test]
 fn the_kernel_tables_follow_the_port_range_and_a_resize_never_costs_a_call() {
     require_lab_privileges();
@@ -302,8 +303,10 @@ fn the_kernel_tables_follow_the_port_range_and_a_resize_never_costs_a_call() {
     let calls: Vec<_> = opened.into_iter().map(|(_, call)| call).collect();
     let traffic = Traffic::start(&lab, &calls, Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(1));
-    daemon.kill9();
     let config = std::fs::read_to_string(&daemon.config).expect("config");
+
+    // A smaller range that still holds the sessions' ports.
+    daemon.kill9();
     std::fs::write(
         &daemon.config,
         config.replace("port_max = 29999", "port_max = 24999"),
@@ -312,8 +315,13 @@ fn the_kernel_tables_follow_the_port_range_and_a_resize_never_costs_a_call() {
     daemon.spawn(&[]).expect("restart with sessions held");
     assert_eq!(
         pinned_capacity(&daemon, "SBC_FLOWS"),
-        20_000,
-        "a table holding flows was resized"
+        10_000,
+        "the flow table does not follow the range"
+    );
+    assert!(
+        daemon.log().contains("its flows are carried"),
+        "the new layout is not reported:\n{}",
+        daemon.log()
     );
     assert_eq!(pinned_capacity(&daemon, "SBC_FLOW_STATS"), 20_000);
     assert_eq!(
@@ -326,6 +334,7 @@ fn the_kernel_tables_follow_the_port_range_and_a_resize_never_costs_a_call() {
         "the kept size is not reported:\n{}",
         daemon.log()
     );
+
     let report = traffic.finish().expect("traffic");
     assert_media_kept(&report, "the restart", &daemon);
 
@@ -360,7 +369,7 @@ const EARLIER_PACKETS: u64 = 1_000_000;
 /// memo, here garbage that would misroute if it were taken as a memo), holding
 /// `EARLIER_PACKETS` for each installed flow, last seen now.
 fn pin_earlier_flow_counters(daemon: &Daemon) {
-    let flows = daemon.bpftool_map("dump", "SBC_FLOWS").expect("flows");
+    let flows = bpftool::published_flows(&daemon.bpftool_map("dump", "SBC_FLOWS").expect("flows"));
     let capacity = pinned_capacity(daemon, "SBC_FLOW_STATS").to_string();
     let path = daemon.pin_dir.join("SBC_FLOW_STATS");
     std::fs::remove_file(&path).expect("unpin the counters");
@@ -392,10 +401,8 @@ fn pin_earlier_flow_counters(daemon: &Daemon) {
     }
     value.extend([0xff; 64]);
     let value: Vec<String> = value.iter().map(u8::to_string).collect();
-    for entry in flows.as_array().expect("flow entries") {
-        let slot = entry["formatted"]["value"]["stats_slot"]
-            .as_u64()
-            .expect("stats_slot") as u32;
+    for (_, flow) in &flows {
+        let slot = flow["stats_slot"].as_u64().expect("stats_slot") as u32;
         let key: Vec<String> = slot.to_le_bytes().iter().map(u8::to_string).collect();
         // bpftool writes the value to every CPU's copy.
         let update = ["map", "update", "pinned"]
@@ -449,4 +456,125 @@ fn an_upgrade_carries_the_flow_counters_of_the_earlier_layout_and_keeps_every_ca
             "a flow's counters were not carried, or it relayed nothing since: {flow}"
         );
     }
+}
+
+/// Replaces the pinned flow table with one of the form builds before 2026-12-05 made: a hash
+/// table by local address and port (`FlowKey`, 20 bytes) of `Flow`s, holding each installed
+/// flow as the kernel table publishes it.
+fn pin_earlier_flow_table(daemon: &Daemon) {
+    let dump = daemon.bpftool_map("dump", "SBC_FLOWS").expect("flows");
+    let raw = |entry: &Value, part: &str| -> Vec<u8> {
+        entry[part]
+            .as_array()
+            .expect("raw bytes")
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    };
+    let locals: std::collections::HashMap<u64, String> = daemon.maps().expect("maps")["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .map(|flow| {
+            (
+                flow["table_entry"].as_u64().unwrap(),
+                flow["local"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let capacity = pinned_capacity(daemon, "SBC_FLOWS").to_string();
+    for name in ["SBC_FLOWS", "SBC_FLOW_LAYOUT"] {
+        std::fs::remove_file(daemon.pin_dir.join(name)).expect("unpin the flow table");
+    }
+    let path = daemon.pin_dir.join("SBC_FLOWS");
+    let layout = [
+        "type",
+        "hash",
+        "key",
+        "20",
+        "value",
+        "68",
+        "entries",
+        &capacity,
+        "flags",
+        "1",
+        "name",
+        "SBC_FLOWS",
+    ];
+    let create = ["map".as_ref(), "create".as_ref(), path.as_os_str()]
+        .into_iter()
+        .chain(layout.iter().map(OsStr::new));
+    bpftool::run(create).expect("bpftool creates the earlier flow table");
+    let mut written = 0;
+    for entry in dump.as_array().expect("entries") {
+        let index = u32::from_le_bytes(raw(entry, "key").try_into().unwrap());
+        let Some(local) = locals.get(&u64::from(index)) else {
+            continue;
+        };
+        let local: std::net::SocketAddrV4 = local.parse().expect("an IPv4 lab address");
+        let mut key = vec![0u8; 10];
+        key.extend([0xff, 0xff]);
+        key.extend(local.ip().octets());
+        key.extend(local.port().to_be_bytes());
+        key.extend([17, 0]);
+        let value = raw(entry, "value");
+        let sequence = u32::from_le_bytes(value[..4].try_into().unwrap());
+        let start = 4 + 68 * (sequence as usize & 1);
+        let mut flow = value[start..start + 68].to_vec();
+        // The earlier table had no "installed" mark (bit 3 of the flags, at byte 54).
+        flow[54] &= !(sbc_common::flow_table::FLOW_INSTALLED as u8);
+        let hex = |bytes: &[u8]| bytes.iter().map(u8::to_string).collect::<Vec<_>>();
+        let update = ["map", "update", "pinned"]
+            .map(OsStr::new)
+            .into_iter()
+            .chain([path.as_os_str(), OsStr::new("key")])
+            .map(OsStr::to_owned)
+            .chain(hex(&key).into_iter().map(Into::into))
+            .chain([OsStr::new("value").to_owned()])
+            .chain(hex(&flow).into_iter().map(Into::into));
+        bpftool::run(update).expect("bpftool writes an earlier flow");
+        written += 1;
+    }
+    assert_eq!(written, locals.len(), "every installed flow was written");
+}
+
+/// An upgrade from a build that kept the flows in a hash table, with calls relaying media: the
+/// new daemon carries every flow into its table (addressed by port) before its program is
+/// attached, and keeps every call with its counters.
+#[test]
+fn an_upgrade_carries_the_flows_of_the_earlier_hash_table_and_keeps_every_call() {
+    require_lab_privileges();
+    let lab = Lab::up("table-up").expect("lab");
+    let mut daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
+    let opened = open_calls(&daemon, 0..4, false).expect("sessions");
+    let ids: BTreeSet<u64> = opened.iter().map(|(id, _)| u64::from(*id)).collect();
+    let calls: Vec<_> = opened.into_iter().map(|(_, call)| call).collect();
+    let traffic = Traffic::start(&lab, &calls, Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(1));
+    daemon.kill9();
+    let before = kernel_packets(&daemon.maps().expect("maps"));
+    pin_earlier_flow_table(&daemon);
+    daemon
+        .spawn(&[])
+        .expect("the new build starts over the earlier flow table");
+    assert!(
+        daemon.log().contains("its flows are carried"),
+        "no word of the carried flows:\n{}",
+        daemon.log()
+    );
+    let shown = daemon.bpftool_map("show", "SBC_FLOWS").expect("the table");
+    assert_eq!(shown["type"].as_str(), Some("array"), "{shown}");
+    let report = traffic.finish().expect("traffic");
+    assert_media_kept(&report, "the upgrade", &daemon);
+    assert_eq!(session_ids(&daemon), ids, "a session was lost");
+    let maps = daemon.maps().expect("maps");
+    assert_eq!(
+        maps["flows"].as_array().map(Vec::len),
+        Some(16),
+        "four sessions of four flows: {maps}"
+    );
+    assert!(
+        kernel_packets(&maps) > before,
+        "the counters were lost, or the kernel relayed nothing since: {before} then {maps}"
+    );
 }

@@ -1176,3 +1176,91 @@ fn stay_on_this_cpu() {
         );
     }
 }
+
+/// The daemon rewrites flows while the program relays by them (a latch, a re-INVITE): a packet
+/// is sent by the flow before or by the flow after, whole, or goes up unchanged
+/// (`pass_flow_changing`), never by half of each.
+#[test]
+fn a_flow_rewritten_while_packets_arrive_is_never_used_half_written() {
+    require_lab_privileges();
+    let fixture = fixture();
+    netns::enter(&fixture.sbc.name).unwrap();
+    let mut program = Program::load();
+    program.allow_egress("priv0");
+    // Two flows that differ in every address and port they rewrite.
+    let spec = |send_from, send_to| FlowSpec {
+        local: (PUBLIC, 20000),
+        peer: Some((CALLER, 40000)),
+        send_from,
+        send_to: Some(send_to),
+        leg: LEG_A,
+        stream: STREAM_RTP,
+    };
+    let one = spec((PRIVATE, 30000), (CALLEE, 50000));
+    let other = spec((PUBLIC, 30002), (HAIRPIN_PEER, 50004));
+    let (key, first) = flow(&one);
+    let (_, second) = flow(&other);
+    program.install(key, first);
+    let mut publish = program.flow_writer(key);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut published = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && published < 2_000_000 {
+                let flow = if published.is_multiple_of(2) { second } else { first };
+                // Each write a new generation, as the daemon's.
+                publish(sbc_common::Flow {
+                    generation: published as u16,
+                    ..flow
+                });
+                published += 1;
+            }
+            published
+        })
+    };
+    let frame = rtp((CALLER, 40000), (PUBLIC, 20000)).bytes();
+    let rewritten = |spec: &FlowSpec| {
+        let (from, to) = (spec.send_from, spec.send_to.unwrap());
+        (from.0.octets(), to.0.octets(), from.1, to.1)
+    };
+    let (expected_one, expected_other) = (rewritten(&one), rewritten(&other));
+    let before = program.reasons()[Reason::PassFlowChanging as usize];
+    let (mut relayed, mut passed) = (0u64, 0u64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline && relayed + passed < 300_000 {
+        let (action, out) = program.run(&frame, "pub0");
+        match action {
+            XDP_REDIRECT => {
+                let seen = (
+                    <[u8; 4]>::try_from(&out[26..30]).unwrap(),
+                    <[u8; 4]>::try_from(&out[30..34]).unwrap(),
+                    u16::from_be_bytes([out[34], out[35]]),
+                    u16::from_be_bytes([out[36], out[37]]),
+                );
+                assert!(
+                    seen == expected_one || seen == expected_other,
+                    "relayed by a half-written flow: {seen:?}"
+                );
+                relayed += 1;
+            }
+            XDP_PASS => {
+                assert_eq!(out, frame, "a packet passed up was changed");
+                passed += 1;
+            }
+            other => panic!("verdict {other}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = writer.join().expect("the writer");
+    let changing = program.reasons()[Reason::PassFlowChanging as usize] - before;
+    eprintln!(
+        "{published} publications; {relayed} relayed, {passed} passed up while the flow changed"
+    );
+    assert!(published > 1_000, "the flow was hardly rewritten");
+    assert!(relayed > 1_000, "hardly anything relayed");
+    assert_eq!(
+        passed, changing,
+        "every packet passed up is counted as such"
+    );
+}

@@ -11,14 +11,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
-use sbc_common::{
-    FlowStats,
-    maps::{FLOW_STATS, FLOWS},
-};
+use aya::maps::{Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
+use sbc_common::{Flow, FlowKey, FlowStats, maps::FLOW_STATS};
 use tracing::info;
 
-use super::{PinLayout, maps};
+use super::PinLayout;
 
 /// `FlowStats` as builds up to 2026-12-05 laid it out.
 #[repr(C)]
@@ -60,9 +57,12 @@ pub struct CarriedCounters {
 }
 
 /// If the pinned counters table has the earlier layout: unpins it, and returns the counters of
-/// the flows installed (none when the flow table is empty: the new table is then simply made
-/// at its configured size).
-pub fn carry(layout: &PinLayout) -> anyhow::Result<Option<CarriedCounters>> {
+/// the `installed` flows (none when there are none: the new table is then simply made at its
+/// configured size).
+pub fn carry(
+    layout: &PinLayout,
+    installed: &[(FlowKey, Flow)],
+) -> anyhow::Result<Option<CarriedCounters>> {
     let path = layout.map(FLOW_STATS);
     if !path.exists() {
         return Ok(None);
@@ -71,23 +71,24 @@ pub fn carry(layout: &PinLayout) -> anyhow::Result<Option<CarriedCounters>> {
     if info.value_size() as usize != size_of::<EarlierFlowStats>() {
         return Ok(None);
     }
-    let slots = if layout.map(FLOWS).exists() {
-        let flows = HashMap::try_from(Map::HashMap(maps::open(layout, FLOWS)?))?;
-        maps::installed_slots(&flows)?
-    } else {
-        Vec::new()
-    };
     let earlier =
         Map::PerCpuArray(MapData::from_pin(&path).context("opening the earlier flow counters")?);
     let counters: PerCpuArray<&MapData, EarlierFlowStats> = PerCpuArray::try_from(&earlier)?;
-    let slots = slots
-        .into_iter()
-        .map(|(_, slot)| {
-            let per_cpu = counters
-                .get(&slot, 0)
-                .with_context(|| format!("reading the earlier counters of slot {slot}"))?;
-            Ok((slot, per_cpu.iter().copied().map(FlowStats::from).collect()))
-        })
+    let slots = installed
+        .iter()
+        .map(
+            |&(
+                _,
+                Flow {
+                    stats_slot: slot, ..
+                },
+            )| {
+                let per_cpu = counters
+                    .get(&slot, 0)
+                    .with_context(|| format!("reading the earlier counters of slot {slot}"))?;
+                Ok((slot, per_cpu.iter().copied().map(FlowStats::from).collect()))
+            },
+        )
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
     info!(

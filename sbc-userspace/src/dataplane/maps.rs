@@ -5,18 +5,18 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
+use aya::maps::{Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use sbc_common::{
-    Block, Dialog, Flow, FlowKey, FlowStats, GuardConfig, IpAddress, Reason, SipListeners,
-    SipSelves, SourceBucket, SourceRule,
+    Block, Dialog, Flow, FlowEntry, FlowKey, FlowStats, FlowTableLayout, GuardConfig, IpAddress,
+    Reason, SipListeners, SipSelves, SourceBucket, SourceRule,
     maps::{
-        BLOCKS, DIALOG_EVENTS, DIALOG_EVENTS_BYTES, DIALOGS, EGRESS, FLOW_STATS, FLOWS, GUARD,
-        MAX_BLOCKS, MAX_EGRESS, MAX_SOURCE_RULES, MAX_SOURCES, PARTIES, REASONS, SIP_LISTENERS,
-        SIP_SELF, SOURCE_RULES, SOURCES,
+        BLOCKS, DIALOG_EVENTS, DIALOG_EVENTS_BYTES, DIALOGS, EGRESS, FLOW_LAYOUT, FLOW_STATS,
+        FLOWS, GUARD, MAX_BLOCKS, MAX_EGRESS, MAX_SOURCE_RULES, MAX_SOURCES, PARTIES, REASONS,
+        SIP_LISTENERS, SIP_SELF, SOURCE_RULES, SOURCES,
     },
 };
 
-use super::{PinLayout, stats_slots::StatsSlots};
+use super::{PinLayout, flow_table::FlowTable, stats_slots::StatsSlots};
 
 /// Key size, value size and capacity this build expects of each pinned map; the capacity of
 /// the per-call tables is the configuration's (`table_sizes`), not the build's.
@@ -24,7 +24,8 @@ fn expected_layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
     let size = |n: usize| n as u32;
     let fixed = |key: u32, value: u32, entries: usize| Some((key, value, Some(entries as u32)));
     match name {
-        FLOWS => Some((size(size_of::<FlowKey>()), size(size_of::<Flow>()), None)),
+        FLOWS => Some((4, size(size_of::<FlowEntry>()), None)),
+        FLOW_LAYOUT => fixed(4, size(size_of::<FlowTableLayout>()), 1),
         FLOW_STATS => Some((4, size(size_of::<FlowStats>()), None)),
         REASONS => fixed(4, 8, Reason::COUNT as usize),
         // A devmap value is `struct bpf_devmap_val` (ifindex + program).
@@ -90,24 +91,13 @@ pub(super) fn open(layout: &PinLayout, name: &str) -> anyhow::Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
 }
 
-/// Each installed flow and the slot of the counters array it owns.
-pub(super) fn installed_slots(
-    flows: &HashMap<MapData, FlowKey, Flow>,
-) -> anyhow::Result<Vec<(FlowKey, u32)>> {
-    flows
-        .iter()
-        .map(|entry| entry.map(|(key, flow)| (key, flow.stats_slot)))
-        .collect::<Result<Vec<_>, _>>()
-        .context("reading the kernel flow map")
-}
-
 /// The flow table and its counters, as written by the daemon: each installed flow owns a slot
 /// of the counters array, named in its `stats_slot`.
 pub struct FlowMaps {
-    flows: HashMap<MapData, FlowKey, Flow>,
+    table: FlowTable,
     stats: PerCpuArray<MapData, FlowStats>,
     slots: StatsSlots,
-    /// Flows the tables hold (their size, from the configuration of the daemon that made them).
+    /// Flows the counters have room for (from the configuration of the daemon that made them).
     capacity: u32,
     cpus: usize,
 }
@@ -116,15 +106,17 @@ impl FlowMaps {
     /// Opens the pinned maps, taking over the slots of flows already installed (by a daemon
     /// that ran before this one).
     pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
-        let flows = open(layout, FLOWS)?;
+        let table = FlowTable::open(layout)?;
         let stats = open(layout, FLOW_STATS)?;
-        let capacity = flows.info()?.max_entries().min(stats.info()?.max_entries());
-        let flows: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(Map::HashMap(flows))?;
-        let installed = installed_slots(&flows)?;
+        let capacity = stats.info()?.max_entries();
+        let installed = table.installed()?;
         Ok(Self {
-            flows,
+            table,
             stats: PerCpuArray::try_from(Map::PerCpuArray(stats))?,
-            slots: StatsSlots::new(capacity, installed),
+            slots: StatsSlots::new(
+                capacity,
+                installed.iter().map(|(key, flow)| (*key, flow.stats_slot)),
+            ),
             capacity,
             cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
         })
@@ -136,8 +128,8 @@ impl FlowMaps {
         if self.slots.of(key).is_none() {
             let slot = self.slots.take().with_context(|| {
                 format!(
-                    "the kernel flow map is full ({} flows: the media port range on each \
-                         address)",
+                    "the kernel flow counters are full ({} flows: the media port range on \
+                     each address, or media.max_sessions)",
                     self.capacity
                 )
             })?;
@@ -160,58 +152,50 @@ impl FlowMaps {
             .context("updating a flow that was never installed")?;
         // The kernel's value is the one to follow, whichever daemon wrote it.
         let generation = self
-            .flows
-            .get(key, 0)
+            .table
+            .get(key)
             .map_or(0, |installed| installed.generation.wrapping_add(1));
-        self.flows
-            .insert(
-                key,
-                Flow {
-                    stats_slot,
-                    generation,
-                    ..*flow
-                },
-                0,
-            )
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "writing the kernel flow map (capacity {}): {e}",
-                    self.capacity
-                )
-            })
+        let flow = Flow {
+            stats_slot,
+            generation,
+            ..*flow
+        };
+        self.table.publish(key, Some(flow))
     }
 
     /// Removes a flow and frees its counters; a flow that is already gone is not an error.
     pub fn remove(&mut self, key: &FlowKey) {
-        let _ = self.flows.remove(key);
+        let _ = self.table.publish(key, None);
         self.slots.release(key);
     }
 
     pub fn flows(&self) -> anyhow::Result<Vec<(FlowKey, Flow)>> {
-        self.flows
-            .iter()
-            .map(|entry| entry.context("reading the kernel flow map"))
-            .collect()
+        self.table.installed()
+    }
+
+    /// The table entry of a flow's key (for `bpftool map lookup`).
+    pub fn entry_of(&self, key: &FlowKey) -> Option<u32> {
+        self.table.entry_of(key)
     }
 }
 
 /// Read-only access to the per-flow counters, usable without the daemon's state lock.
 pub struct FlowStatsReader {
-    flows: HashMap<MapData, FlowKey, Flow>,
+    table: FlowTable,
     stats: PerCpuArray<MapData, FlowStats>,
 }
 
 impl FlowStatsReader {
     pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
         Ok(Self {
-            flows: HashMap::try_from(Map::HashMap(open(layout, FLOWS)?))?,
+            table: FlowTable::open(layout)?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(layout, FLOW_STATS)?))?,
         })
     }
 
     /// The counters of one installed flow summed over CPUs (last seen: the latest of any CPU).
     pub fn get(&self, key: &FlowKey) -> Option<FlowStats> {
-        let slot = self.flows.get(key, 0).ok()?.stats_slot;
+        let slot = self.table.get(key)?.stats_slot;
         let per_cpu = self.stats.get(&slot, 0).ok()?;
         Some(per_cpu.iter().fold(FlowStats::default(), FlowStats::merge))
     }

@@ -1,6 +1,8 @@
 //! The kernel side as the daemon sees it: pinned state, the typed maps, and the XDP program.
 mod counters_upgrade;
 pub mod dialog_events;
+pub mod flow_table;
+mod flow_table_upgrade;
 pub mod guard_maps;
 pub mod maps;
 pub mod pins;

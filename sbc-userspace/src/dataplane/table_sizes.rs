@@ -10,8 +10,8 @@ use std::path::Path;
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, MapInfo};
 use sbc_common::{
-    Dialog, Flow, FlowKey, FlowStats,
-    maps::{DIALOGS, FLOW_STATS, FLOWS, PARTIES},
+    Dialog, FlowStats,
+    maps::{DIALOGS, FLOW_STATS, PARTIES},
 };
 use tracing::{info, warn};
 
@@ -26,7 +26,8 @@ const MIN_CALLS: u64 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableSizes {
-    /// `SBC_FLOWS` and its counters `SBC_FLOW_STATS`: one flow per local address and port.
+    /// The flow counters `SBC_FLOW_STATS`: one per flow, a flow per local address and port.
+    /// (The flow table itself has an entry for every address and port: `flow_table`.)
     pub flows: u32,
     /// `SBC_DIALOGS` and `SBC_PARTIES`: at most one of each per call.
     pub calls: u32,
@@ -71,32 +72,33 @@ impl TableSizes {
     /// The size each per-call table is to be created with.
     pub fn of_map(&self, name: &str) -> Option<u32> {
         match name {
-            FLOWS | FLOW_STATS => Some(self.flows),
+            FLOW_STATS => Some(self.flows),
             DIALOGS | PARTIES => Some(self.calls),
             _ => None,
         }
     }
 }
 
-/// Tables sized together, and the one whose entries say whether calls are held in them.
+/// Tables sized together, and whether calls are held in them (given the first table's pin,
+/// and whether any flow is installed).
 struct Sized {
     maps: &'static [&'static str],
-    holds_calls: fn(&Path) -> anyhow::Result<bool>,
+    holds_calls: fn(&Path, bool) -> anyhow::Result<bool>,
 }
 
 const SIZED: &[Sized] = &[
     Sized {
-        maps: &[FLOWS, FLOW_STATS],
-        holds_calls: |path| not_empty::<FlowKey, Flow>(path),
+        maps: &[FLOW_STATS],
+        holds_calls: |_, flows_installed| Ok(flows_installed),
     },
     Sized {
         maps: &[DIALOGS],
-        holds_calls: |path| not_empty::<u64, Dialog>(path),
+        holds_calls: |path, _| not_empty::<u64, Dialog>(path),
     },
     // Rebuilt from the calls at every start: never worth keeping at another size.
     Sized {
         maps: &[PARTIES],
-        holds_calls: |_| Ok(false),
+        holds_calls: |_, _| Ok(false),
     },
 ];
 
@@ -115,7 +117,11 @@ fn pinned_size(path: &Path) -> anyhow::Result<u32> {
 /// Unpins each pinned per-call table whose size differs from `sizes` and holds no call, so
 /// the loader creates it anew at its configured size; keeps, with a warning, those that hold
 /// calls. The old program keeps its copies until its links take the new program.
-pub fn fit_pinned(layout: &PinLayout, sizes: &TableSizes) -> anyhow::Result<()> {
+pub fn fit_pinned(
+    layout: &PinLayout,
+    sizes: &TableSizes,
+    flows_installed: bool,
+) -> anyhow::Result<()> {
     for group in SIZED {
         // The group's first pinned table of another size, if any.
         let mut differing = None;
@@ -133,7 +139,7 @@ pub fn fit_pinned(layout: &PinLayout, sizes: &TableSizes) -> anyhow::Result<()> 
         let Some((first, pinned, wanted)) = differing else {
             continue;
         };
-        if (group.holds_calls)(&layout.map(group.maps[0]))? {
+        if (group.holds_calls)(&layout.map(group.maps[0]), flows_installed)? {
             warn!(
                 map = first,
                 pinned,

@@ -19,7 +19,7 @@ use sbc_common::maps::{self as map_names, XDP_PROGRAM};
 use tracing::{info, warn};
 
 use super::{
-    PinLayout, counters_upgrade,
+    PinLayout, counters_upgrade, flow_table, flow_table_upgrade,
     maps::{check_pinned, layout_difference},
     pins::pinned_xdp_link_ifindex,
     table_sizes::{self, TableSizes},
@@ -33,7 +33,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SBC_XDP_OBJECT"));
 /// previous daemon pinned), and fills the egress map.
 pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
     layout.create()?;
-    let carried = counters_upgrade::carry(layout)?;
+    let installed = flow_table_upgrade::pinned_flows(layout)?;
+    let carried = counters_upgrade::carry(layout, &installed)?;
+    let sizes = TableSizes::of(config);
+    table_sizes::fit_pinned(layout, &sizes, !installed.is_empty())?;
+    let table = flow_table_upgrade::plan(layout, flow_table::configured_layout(config), installed)?;
     for name in map_names::ALL {
         let path = layout.map(name);
         if !path.exists() {
@@ -50,8 +54,6 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
             check_pinned(&path, name)?;
         }
     }
-    let sizes = TableSizes::of(config);
-    table_sizes::fit_pinned(layout, &sizes)?;
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL {
         loader.map_pin_path(name, layout.map(name));
@@ -59,11 +61,13 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
             loader.map_max_entries(name, entries);
         }
     }
+    loader.map_max_entries(map_names::FLOWS, table.layout.capacity());
     if let Some(carried) = &carried {
-        // The flow table that the carried counters belong to is kept at its size.
+        // The flows that the carried counters belong to keep their slots.
         loader.map_max_entries(map_names::FLOW_STATS, carried.capacity);
     }
     info!(
+        flow_entries = table.layout.capacity(),
         flows = sizes.flows,
         calls = sizes.calls,
         counters_kib = sizes.counters_bytes(aya::util::nr_cpus().map_err(|(_, e)| e)?) >> 10,
@@ -75,9 +79,11 @@ pub fn start(config: &Config, layout: &PinLayout) -> anyhow::Result<()> {
             if let Some(carried) = carried {
                 carried.put_back()?;
             }
+            table.put_back()?;
             return Err(e).context("loading the XDP object");
         }
     };
+    table.restore(layout)?;
     if let Some(carried) = carried {
         carried.restore(
             ebpf.map_mut(map_names::FLOW_STATS)
