@@ -5,11 +5,17 @@
 //!
 //! The program runs in a namespace of its own with two veth interfaces and permanent neighbour
 //! entries, so `bpf_fib_lookup` answers deterministically.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use aya::programs::Xdp;
 use sbc_common::{
-    Block, GuardConfig, IpAddress, PacketLimit, Reason, SourceLimit, SourceRule,
+    Block, Flow, GuardConfig, IpAddress, PacketLimit, Reason, SourceLimit, SourceRule,
     flow::{LEG_A, LEG_B, PeerMatch, STREAM_RTCP, STREAM_RTP},
     guard::{BLOCK_RATE, GUARD_ON, RULE_ALLOW, RULE_BLOCK, script},
     maps::XDP_PROGRAM,
@@ -1202,15 +1208,15 @@ fn a_flow_rewritten_while_packets_arrive_is_never_used_half_written() {
     let (_, second) = flow(&other);
     program.install(key, first);
     let mut publish = program.flow_writer(key);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let stop = std::sync::Arc::clone(&stop);
+        let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
             let mut published = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && published < 2_000_000 {
-                let flow = if published.is_multiple_of(2) { second } else { first };
+            while !stop.load(Ordering::Relaxed) && published < 2_000_000 {
+                let flow = [second, first][published as usize % 2];
                 // Each write a new generation, as the daemon's.
-                publish(sbc_common::Flow {
+                publish(Flow {
                     generation: published as u16,
                     ..flow
                 });
@@ -1251,7 +1257,7 @@ fn a_flow_rewritten_while_packets_arrive_is_never_used_half_written() {
             other => panic!("verdict {other}"),
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let published = writer.join().expect("the writer");
     let changing = program.reasons()[Reason::PassFlowChanging as usize] - before;
     eprintln!(
