@@ -546,16 +546,9 @@ fn relay_section(
         }
     }
     // Saturation: each configuration as fast as the generator sends, and its own CPU per
-    // frame: the machine's less the generator's and sink's, measured alone first.
+    // frame: the machine's less the generator's and sink's, measured alone first with as
+    // many streams.
     let step = Duration::from_secs(if full { 4 } else { 2 });
-    let alone = relay::harness_alone(&mut harness, lab, step)?;
-    eprintln!(
-        "  generator and sink alone: {:.0} delivered/s, {:.0} ns per frame",
-        alone.delivered_pps(),
-        alone.cpu_ns_per_frame()
-    );
-    let harness_ns = alone.cpu_ns_per_frame();
-    rows.extend(relay::harness_rows(&alone));
     let saturation_streams = stream_counts.iter().copied().min().unwrap_or(1_000);
     // The XDP relay also at every larger count, and in a full run at as many sessions as the
     // benchmark's port range holds (or the descriptor limit lets the daemon open): its cost
@@ -566,6 +559,17 @@ fn relay_section(
     }
     xdp_counts.sort_unstable();
     xdp_counts.dedup();
+    let mut harness_ns = std::collections::HashMap::new();
+    for &streams in &xdp_counts {
+        let alone = relay::harness_alone(&mut harness, lab, streams, step)?;
+        eprintln!(
+            "  generator and sink alone, {streams} streams: {:.0} delivered/s, {:.0} ns per frame",
+            alone.delivered_pps(),
+            alone.cpu_ns_per_frame()
+        );
+        harness_ns.insert(streams, alone.cpu_ns_per_frame());
+        rows.extend(relay::harness_rows(streams, &alone));
+    }
     let mut saturation = std::collections::HashMap::new();
     let mut per_core = std::collections::HashMap::new();
     for &path in &paths {
@@ -586,6 +590,7 @@ fn relay_section(
                 outcome.delivered_pps(),
                 outcome.loss() * 100.0
             );
+            let harness_ns = harness_ns[&streams];
             rows.extend(relay::unpaced_rows(path, streams, &outcome, harness_ns));
             if streams != saturation_streams {
                 continue;

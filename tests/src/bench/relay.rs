@@ -524,11 +524,14 @@ pub fn unpaced(
     run_frames(harness, lab, setup, UNPACED, u64::MAX / 2, duration)
 }
 
-/// The generator and the sink alone, unpaced: the sink, attached to the sbc's receiving
-/// interface too, ends every frame at the first hop. pub0 must have no other XDP program.
+/// The generator and the sink alone, unpaced, with as many streams as the runs it is
+/// subtracted from (the generator's own cost grows with its streams): the sink, attached to
+/// the sbc's receiving interface too, ends every frame at the first hop. pub0 must have no
+/// other XDP program.
 pub fn harness_alone(
     harness: &mut Harness,
     lab: &Lab,
+    streams: u32,
     duration: Duration,
 ) -> anyhow::Result<Outcome> {
     fn sink(harness: &mut Harness) -> anyhow::Result<&mut Xdp> {
@@ -540,7 +543,7 @@ pub fn harness_alone(
     let setup = Setup {
         path: Path::Routing,
         relay: None,
-        streams: routed_streams(1_000),
+        streams: routed_streams(streams),
         destination: CALLEE,
     };
     let outcome = unpaced(harness, lab, &setup, duration);
@@ -675,12 +678,12 @@ fn limited_by(path: Option<Path>, outcome: &Outcome) -> String {
 
 /// The generator and sink alone: the harness' ceiling on one core, and its CPU per frame,
 /// which the relays' shares leave out.
-pub fn harness_rows(outcome: &Outcome) -> Vec<Measurement> {
-    let subject = "generator and sink alone (no relay)";
+pub fn harness_rows(streams: u32, outcome: &Outcome) -> Vec<Measurement> {
+    let subject = format!("generator and sink alone (no relay), {streams} streams");
     vec![
         Measurement::new(
             SECTION,
-            subject,
+            subject.clone(),
             "delivered",
             outcome.delivered_pps(),
             "packets/s",
