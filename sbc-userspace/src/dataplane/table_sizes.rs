@@ -4,7 +4,8 @@
 //!
 //! A pinned table of another size (the port range changed across a restart) is made anew when
 //! it holds nothing; one that holds calls is kept as it is, with a warning, so that a restart
-//! never costs a call: the new size takes effect at the next start without calls.
+//! never costs a call: the new size takes effect at the next start without calls. (The flow
+//! table follows its layout instead, its flows carried: `flow_table_upgrade`.)
 use std::path::Path;
 
 use anyhow::Context as _;
