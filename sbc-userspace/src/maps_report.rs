@@ -32,7 +32,7 @@ pub fn read(layout: &PinLayout) -> anyhow::Result<Value> {
     let mut rows: Vec<Value> = flows
         .iter()
         .map(|(key, flow)| {
-            let counters = stats.get(key).unwrap_or_default();
+            let counters = stats.get(flow.stats_slot).unwrap_or_default();
             json!({
                 "session": flow.session_id,
                 "leg": Leg::of_flow(flow.leg).map_or("?", Leg::name),

@@ -173,29 +173,33 @@ impl FlowMaps {
         self.table.installed()
     }
 
+    /// The counters slot of an installed flow: what `FlowStatsReader::get` reads, without
+    /// reading the flow table.
+    pub fn stats_slot(&self, key: &FlowKey) -> Option<u32> {
+        self.slots.of(key)
+    }
+
     /// The table entry of a flow's key (for `bpftool map lookup`).
     pub fn entry_of(&self, key: &FlowKey) -> Option<u32> {
         self.table.entry_of(key)
     }
 }
 
-/// Read-only access to the per-flow counters, usable without the daemon's state lock.
+/// Read-only access to the per-flow counters, usable without the daemon's state lock: by a
+/// flow's slot, which its `Flow::stats_slot` (or `FlowMaps::stats_slot`) names.
 pub struct FlowStatsReader {
-    table: FlowTable,
     stats: PerCpuArray<MapData, FlowStats>,
 }
 
 impl FlowStatsReader {
     pub fn open(layout: &PinLayout) -> anyhow::Result<Self> {
         Ok(Self {
-            table: FlowTable::open(layout)?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(layout, FLOW_STATS)?))?,
         })
     }
 
-    /// The counters of one installed flow summed over CPUs (last seen: the latest of any CPU).
-    pub fn get(&self, key: &FlowKey) -> Option<FlowStats> {
-        let slot = self.table.get(key)?.stats_slot;
+    /// The counters of a slot summed over CPUs (last seen: the latest of any CPU).
+    pub fn get(&self, slot: u32) -> Option<FlowStats> {
         let per_cpu = self.stats.get(&slot, 0).ok()?;
         Some(per_cpu.iter().fold(FlowStats::default(), FlowStats::merge))
     }

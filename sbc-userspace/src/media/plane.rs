@@ -12,7 +12,7 @@ use std::{
 };
 
 use sbc_common::{
-    Flow, FlowKey, IpAddress, SourceCheck,
+    Flow, FlowKey, FlowStats, IpAddress, SourceCheck,
     flow::{FLOW_OF_CALL, PeerMatch, STREAM_RTP, check_source},
 };
 use tokio::task::JoinHandle;
@@ -386,6 +386,13 @@ impl MediaPlane {
         }
     }
 
+    /// The kernel's counters of a flow: one read of its slot, which the state knows (the
+    /// watch reads every session's once a second).
+    fn kernel_counters(&self, state: &State, key: &FlowKey) -> Option<FlowStats> {
+        let slot = state.kernel.as_ref()?.stats_slot(key)?;
+        self.kernel_stats.as_ref()?.get(slot)
+    }
+
     /// When media last arrived on any of a session's ports, relayed in the kernel or here
     /// (0: never).
     pub(super) fn media_seen_ns(&self, state: &State, session: &Session) -> u64 {
@@ -394,9 +401,7 @@ impl MediaPlane {
             .map(|key| {
                 let here = state.flows.get(&key).map_or(0, |e| e.counters.last_seen_ns);
                 let kernel = self
-                    .kernel_stats
-                    .as_ref()
-                    .and_then(|k| k.get(&key))
+                    .kernel_counters(state, &key)
                     .map_or(0, |stats| stats.last_seen_ns);
                 here.max(kernel)
             })
@@ -777,7 +782,7 @@ impl MediaPlane {
                 counters.undeliverable = entry.counters.undeliverable;
                 stream_seen = entry.counters.last_seen_ns;
             }
-            if let Some(kernel) = self.kernel_stats.as_ref().and_then(|k| k.get(&key)) {
+            if let Some(kernel) = self.kernel_counters(state, &key) {
                 counters.kernel_packets = kernel.packets;
                 counters.kernel_bytes = kernel.bytes;
                 counters.foreign_dropped += kernel.foreign_dropped;

@@ -559,7 +559,7 @@ fn relay_section(
     }
     xdp_counts.sort_unstable();
     xdp_counts.dedup();
-    let mut harness_ns = std::collections::HashMap::new();
+    let mut harness_alone = std::collections::HashMap::new();
     for &streams in &xdp_counts {
         let alone = relay::harness_alone(&mut harness, lab, streams, step)?;
         eprintln!(
@@ -567,8 +567,8 @@ fn relay_section(
             alone.delivered_pps(),
             alone.cpu_ns_per_frame()
         );
-        harness_ns.insert(streams, alone.cpu_ns_per_frame());
         rows.extend(relay::harness_rows(streams, &alone));
+        harness_alone.insert(streams, alone);
     }
     let mut saturation = std::collections::HashMap::new();
     let mut per_core = std::collections::HashMap::new();
@@ -590,8 +590,9 @@ fn relay_section(
                 outcome.delivered_pps(),
                 outcome.loss() * 100.0
             );
-            let harness_ns = harness_ns[&streams];
-            rows.extend(relay::unpaced_rows(path, streams, &outcome, harness_ns));
+            let alone = &harness_alone[&streams];
+            let harness_ns = alone.cpu_ns_per_frame();
+            rows.extend(relay::unpaced_rows(path, streams, &outcome, alone));
             if streams != saturation_streams {
                 continue;
             }

@@ -367,6 +367,11 @@ impl Outcome {
         self.cpu_busy() * 1e9 / self.delivered.max(1) as f64
     }
 
+    /// CPU nanoseconds of one CPU per delivered frame.
+    pub fn core_ns_per_frame(&self, cpu: usize) -> f64 {
+        self.busy_by_cpu.get(cpu).copied().unwrap_or(0.0) * 1e9 / self.delivered.max(1) as f64
+    }
+
     /// The relay's own CPU per frame: the machine's less `harness_ns`, the generator's and
     /// sink's alone.
     pub fn relay_ns_per_frame(&self, harness_ns: f64) -> f64 {
@@ -705,16 +710,40 @@ pub fn harness_rows(streams: u32, outcome: &Outcome) -> Vec<Measurement> {
 /// An unpaced run through `path`: what got through and what limited it, and the relay's own
 /// CPU per frame (the machine's less the harness', measured alone) with the rate one core
 /// would relay at that cost.
+///
+/// Where the relay runs inline in the generator's call (routing, XDP), the packet path's cost is
+/// also read on that core alone, and the other core's work beside it: there the daemon does
+/// its once-a-second upkeep of every session, which grows with the sessions, not the frames.
 pub fn unpaced_rows(
     path: Path,
     streams: u32,
     outcome: &Outcome,
-    harness_ns: f64,
+    harness: &Outcome,
 ) -> Vec<Measurement> {
     let subject = format!("{}, unpaced, {streams} streams", path.label());
+    let harness_ns = harness.cpu_ns_per_frame();
     let per_core = outcome.relayed_per_core(harness_ns);
     let row = |metric, value, unit| Measurement::new(SECTION, subject.clone(), metric, value, unit);
-    vec![
+    let mut inline = Vec::new();
+    if matches!(path, Path::Routing | Path::Xdp) {
+        let on_core = |run: &Outcome| run.core_ns_per_frame(super::LOAD_CPU);
+        inline.push(
+            row(ON_CORE_NS, on_core(outcome) - on_core(harness), "ns").note(
+                "the packet path alone: the generator's core's CPU per delivered frame less the \
+                 harness's on it",
+            ),
+        );
+        if let Some(other) = super::sut_cpu() {
+            let busy = outcome.busy_by_cpu.get(other).copied().unwrap_or(0.0);
+            inline.push(
+                row("other core busy", busy / outcome.seconds * 100.0, "%").note(
+                    "meanwhile; with XDP the daemon's core: its once-a-second reading of every \
+                     session's counters (media timeout, no-audio), per session, not per frame",
+                ),
+            );
+        }
+    }
+    let mut rows = vec![
         row("delivered", outcome.delivered_pps(), "packets/s").note(format!(
             "as fast as the generator sends; {}",
             limited_by(Some(path), outcome)
@@ -729,11 +758,15 @@ pub fn unpaced_rows(
             "streams",
         )
         .note("one direction each: a call is two"),
-    ]
+    ];
+    rows.extend(inline);
+    rows
 }
 
 /// Relay CPU per frame: the machine's less the harness'.
 pub const RELAY_NS: &str = "relay CPU per frame";
+/// The packet path's CPU per frame on the core it runs on, less the harness'.
+pub const ON_CORE_NS: &str = "CPU per frame on its core";
 /// Frames one core relays at the relay's CPU per frame.
 pub const PER_CORE: &str = "relayed per core";
 
