@@ -416,13 +416,17 @@ fn pin_earlier_flow_counters(daemon: &Daemon) {
     }
 }
 
-/// An upgrade from a build whose flow counters had the earlier layout, with calls relaying
-/// media: the new daemon carries each flow's counters into its own layout and keeps every
-/// call; its program relays with the new table and does not take the old memo.
-#[test]
-fn an_upgrade_carries_the_flow_counters_of_the_earlier_layout_and_keeps_every_call() {
+/// Four calls relaying media through a daemon that is killed, its pins rewritten by `earlier`
+/// as an earlier build would have left them, and started again: the new build must say it
+/// `carried` them and keep every call with its media. The lab, the daemon and `sbc maps`
+/// after, for the checks of each upgrade, with what `earlier` returned.
+fn upgrade_with_calls_relaying<T>(
+    name: &str,
+    earlier: impl FnOnce(&Daemon) -> T,
+    carried: &str,
+) -> (Lab, Daemon, Value, T) {
     require_lab_privileges();
-    let lab = Lab::up("counters-up").expect("lab");
+    let lab = Lab::up(name).expect("lab");
     let mut daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
     let opened = open_calls(&daemon, 0..4, false).expect("sessions");
     let ids: BTreeSet<u64> = opened.iter().map(|(id, _)| u64::from(*id)).collect();
@@ -430,26 +434,42 @@ fn an_upgrade_carries_the_flow_counters_of_the_earlier_layout_and_keeps_every_ca
     let traffic = Traffic::start(&lab, &calls, Duration::from_secs(6));
     std::thread::sleep(Duration::from_secs(1));
     daemon.kill9();
-    pin_earlier_flow_counters(&daemon);
+    let found = earlier(&daemon);
     daemon
         .spawn(&[])
-        .expect("the new build starts over the earlier counters");
+        .expect("the new build starts over the earlier pins");
     assert!(
-        daemon.log().contains("carried into the new one"),
-        "no word of the carried counters:\n{}",
+        daemon.log().contains(carried),
+        "no word of what was carried ({carried}):\n{}",
         daemon.log()
+    );
+    let report = traffic.finish().expect("traffic");
+    assert_media_kept(&report, "the upgrade", &daemon);
+    assert_eq!(session_ids(&daemon), ids, "a session was lost");
+    let maps = daemon.maps().expect("maps");
+    assert_eq!(
+        maps["flows"].as_array().map(Vec::len),
+        Some(16),
+        "four sessions of four flows: {maps}"
+    );
+    (lab, daemon, maps, found)
+}
+
+/// An upgrade from a build whose flow counters had the earlier layout, with calls relaying
+/// media: the new daemon carries each flow's counters into its own layout and keeps every
+/// call; its program relays with the new table and does not take the old memo.
+#[test]
+fn an_upgrade_carries_the_flow_counters_of_the_earlier_layout_and_keeps_every_call() {
+    let (_lab, daemon, maps, ()) = upgrade_with_calls_relaying(
+        "counters-up",
+        pin_earlier_flow_counters,
+        "carried into the new one",
     );
     let shown = daemon
         .bpftool_map("show", "SBC_FLOW_STATS")
         .expect("the new counters");
     assert_eq!(shown["bytes_value"].as_u64(), Some(64), "{shown}");
-    let report = traffic.finish().expect("traffic");
-    assert_media_kept(&report, "the upgrade", &daemon);
-    assert_eq!(session_ids(&daemon), ids, "a session was lost");
-    let maps = daemon.maps().expect("maps");
-    let flows = maps["flows"].as_array().expect("flows");
-    assert_eq!(flows.len(), 16, "four sessions of four flows: {maps}");
-    for flow in flows {
+    for flow in maps["flows"].as_array().expect("flows") {
         let packets = flow["packets"].as_u64().expect("packets");
         assert!(
             packets > EARLIER_PACKETS,
@@ -543,36 +563,15 @@ fn pin_earlier_flow_table(daemon: &Daemon) {
 /// attached, and keeps every call with its counters.
 #[test]
 fn an_upgrade_carries_the_flows_of_the_earlier_hash_table_and_keeps_every_call() {
-    require_lab_privileges();
-    let lab = Lab::up("table-up").expect("lab");
-    let mut daemon = Daemon::start(&lab, &DaemonOptions::default()).expect("daemon");
-    let opened = open_calls(&daemon, 0..4, false).expect("sessions");
-    let ids: BTreeSet<u64> = opened.iter().map(|(id, _)| u64::from(*id)).collect();
-    let calls: Vec<_> = opened.into_iter().map(|(_, call)| call).collect();
-    let traffic = Traffic::start(&lab, &calls, Duration::from_secs(6));
-    std::thread::sleep(Duration::from_secs(1));
-    daemon.kill9();
-    let before = kernel_packets(&daemon.maps().expect("maps"));
-    pin_earlier_flow_table(&daemon);
-    daemon
-        .spawn(&[])
-        .expect("the new build starts over the earlier flow table");
-    assert!(
-        daemon.log().contains("its flows are carried"),
-        "no word of the carried flows:\n{}",
-        daemon.log()
-    );
+    let earlier = |daemon: &Daemon| {
+        let before = kernel_packets(&daemon.maps().expect("maps"));
+        pin_earlier_flow_table(daemon);
+        before
+    };
+    let (_lab, daemon, maps, before) =
+        upgrade_with_calls_relaying("table-up", earlier, "its flows are carried");
     let shown = daemon.bpftool_map("show", "SBC_FLOWS").expect("the table");
     assert_eq!(shown["type"].as_str(), Some("array"), "{shown}");
-    let report = traffic.finish().expect("traffic");
-    assert_media_kept(&report, "the upgrade", &daemon);
-    assert_eq!(session_ids(&daemon), ids, "a session was lost");
-    let maps = daemon.maps().expect("maps");
-    assert_eq!(
-        maps["flows"].as_array().map(Vec::len),
-        Some(16),
-        "four sessions of four flows: {maps}"
-    );
     assert!(
         kernel_packets(&maps) > before,
         "the counters were lost, or the kernel relayed nothing since: {before} then {maps}"
