@@ -119,7 +119,7 @@ pub fn sessions(daemon: &Daemon, count: u32) -> anyhow::Result<Vec<Measurement>>
             maps_idle as f64 / (1024.0 * 1024.0),
             "MiB",
         )
-        .note("all maps; the flow counters sized from the port range, the guard's for floods"),
+        .note("all maps; the flow table and its counters sized from the port range, the guard's for floods"),
         Measurement::new(
             SECTION,
             system,
@@ -127,7 +127,7 @@ pub fn sessions(daemon: &Daemon, count: u32) -> anyhow::Result<Vec<Measurement>>
             (maps.saturating_sub(maps_idle)) as f64 / per_thousand / (1024.0 * 1024.0),
             "MiB",
         )
-        .note("flows allocated as sessions install them"),
+        .note("dialogs and callers allocated as calls use them; the flow table and counters are whole"),
     ])
 }
 
