@@ -11,7 +11,10 @@
 //! the version to read. A reader copies the version its sequence names and reads the sequence
 //! again: if it moved, the copy may be torn and the packet goes to the slow path instead. Each
 //! write is one `bpf_map_update_elem` of the whole entry, which rewrites the version in use
-//! with the bytes it already holds.
+//! with the bytes it already holds. The reader's three loads are kept in order by the compiler
+//! (volatile) and by x86 (loads are not reordered with loads); a CPU that may reorder them
+//! (arm64: BPF has no read barrier before load-acquire) could see a torn copy only if the
+//! writer's two system calls, microseconds, fell between two of those loads.
 use crate::flow::{Flow, FlowKey, IpAddress, PROTO_UDP};
 
 /// Local media addresses a table can hold: the public and the private one, and those that
